@@ -1,0 +1,5 @@
+//! Bearer token injection with a cached token and one single-flight refresh on 401.
+
+mod token;
+
+pub use token::{Token, TokenSource};

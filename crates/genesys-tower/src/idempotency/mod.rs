@@ -1,0 +1,1 @@
+//! Idempotency keys stable across retries, and a response store.

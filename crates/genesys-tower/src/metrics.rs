@@ -1,0 +1,212 @@
+//! Counters that every layer of this crate can feed, and a user can read or export.
+//!
+//! A [`Metrics`] handle is cheap to clone and shared: give the same handle to several layers (the
+//! `metrics` method on each layer) and read one [`MetricsSnapshot`] for the whole stack. A layer that
+//! is given no handle keeps its own, reachable from the layer.
+//!
+//! ```
+//! use genesys_tower::metrics::{Metrics, RetryReason};
+//!
+//! let metrics = Metrics::new();
+//! metrics.record_retry(RetryReason::RateLimited);
+//! assert_eq!(metrics.snapshot().retries.rate_limited, 1);
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// Why an attempt was retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RetryReason {
+    /// The connection failed before the request was sent.
+    Connect,
+    /// The attempt failed after the request may have reached the server (timeout, reset), and the
+    /// request was safe to send again.
+    Ambiguous,
+    /// 408 Request Timeout.
+    RequestTimeout,
+    /// 429 Too Many Requests.
+    RateLimited,
+    /// A 5xx status the policy retries (500, 502, 503, 504).
+    ServerError,
+}
+
+impl RetryReason {
+    /// A short name for logs and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Connect => "connect",
+            RetryReason::Ambiguous => "ambiguous",
+            RetryReason::RequestTimeout => "request_timeout",
+            RetryReason::RateLimited => "rate_limited",
+            RetryReason::ServerError => "server_error",
+        }
+    }
+}
+
+impl fmt::Display for RetryReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    attempts: AtomicU64,
+    retries: [AtomicU64; 5],
+    rate_limited_responses: AtomicU64,
+    budget_refusals: AtomicU64,
+    token_fetches: AtomicU64,
+    unauthorized_refreshes: AtomicU64,
+    idempotent_replays: AtomicU64,
+    idempotent_joins: AtomicU64,
+    pacing_waits: AtomicU64,
+    concurrency_rejections: AtomicU64,
+}
+
+/// A shared set of counters. Clones share the same counters.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    inner: Arc<Counters>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.snapshot(), f)
+    }
+}
+
+/// Retries counted by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RetriesByReason {
+    /// Connection failures before the request was sent.
+    pub connect: u64,
+    /// Ambiguous failures of requests that were safe to send again.
+    pub ambiguous: u64,
+    /// 408 responses.
+    pub request_timeout: u64,
+    /// 429 responses.
+    pub rate_limited: u64,
+    /// Retried 5xx responses.
+    pub server_error: u64,
+}
+
+impl RetriesByReason {
+    /// All retries, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.connect + self.ambiguous + self.request_timeout + self.rate_limited + self.server_error
+    }
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Logical requests (one per call of the retry layer, however many attempts it took).
+    pub requests: u64,
+    /// Attempts sent to the service below the retry layer.
+    pub attempts: u64,
+    /// Retries, by reason.
+    pub retries: RetriesByReason,
+    /// 429 responses seen, retried or not.
+    pub rate_limited_responses: u64,
+    /// Retries refused because the retry budget was spent.
+    pub budget_refusals: u64,
+    /// Tokens fetched from the token source.
+    pub token_fetches: u64,
+    /// Requests re-sent once after a 401 with a fresh token.
+    pub unauthorized_refreshes: u64,
+    /// Calls answered from the idempotency store without calling the service.
+    pub idempotent_replays: u64,
+    /// Calls that joined a call in flight with the same idempotency key.
+    pub idempotent_joins: u64,
+    /// Requests held back by client-side pacing.
+    pub pacing_waits: u64,
+    /// Requests rejected because the concurrency limit was reached (reject mode).
+    pub concurrency_rejections: u64,
+}
+
+macro_rules! counter {
+    ($(#[$doc:meta] $name:ident => $field:ident;)*) => {
+        $(
+            #[$doc]
+            pub fn $name(&self) {
+                self.inner.$field.fetch_add(1, Relaxed);
+            }
+        )*
+    };
+}
+
+impl Metrics {
+    /// A new set of counters, all zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    counter! {
+        /// Counts one logical request.
+        record_request => requests;
+        /// Counts one attempt.
+        record_attempt => attempts;
+        /// Counts one 429 response.
+        record_rate_limited_response => rate_limited_responses;
+        /// Counts one retry refused by the budget.
+        record_budget_refusal => budget_refusals;
+        /// Counts one token fetched from the token source.
+        record_token_fetch => token_fetches;
+        /// Counts one re-send after a 401.
+        record_unauthorized_refresh => unauthorized_refreshes;
+        /// Counts one call answered from the idempotency store.
+        record_idempotent_replay => idempotent_replays;
+        /// Counts one call that joined another in flight with the same key.
+        record_idempotent_join => idempotent_joins;
+        /// Counts one request held back by pacing.
+        record_pacing_wait => pacing_waits;
+        /// Counts one request rejected by the concurrency limit.
+        record_concurrency_rejection => concurrency_rejections;
+    }
+
+    /// Counts one retry for `reason`.
+    pub fn record_retry(&self, reason: RetryReason) {
+        let i = match reason {
+            RetryReason::Connect => 0,
+            RetryReason::Ambiguous => 1,
+            RetryReason::RequestTimeout => 2,
+            RetryReason::RateLimited => 3,
+            RetryReason::ServerError => 4,
+        };
+        self.inner.retries[i].fetch_add(1, Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let c = &self.inner;
+        let r = |i: usize| c.retries[i].load(Relaxed);
+        MetricsSnapshot {
+            requests: c.requests.load(Relaxed),
+            attempts: c.attempts.load(Relaxed),
+            retries: RetriesByReason {
+                connect: r(0),
+                ambiguous: r(1),
+                request_timeout: r(2),
+                rate_limited: r(3),
+                server_error: r(4),
+            },
+            rate_limited_responses: c.rate_limited_responses.load(Relaxed),
+            budget_refusals: c.budget_refusals.load(Relaxed),
+            token_fetches: c.token_fetches.load(Relaxed),
+            unauthorized_refreshes: c.unauthorized_refreshes.load(Relaxed),
+            idempotent_replays: c.idempotent_replays.load(Relaxed),
+            idempotent_joins: c.idempotent_joins.load(Relaxed),
+            pacing_waits: c.pacing_waits.load(Relaxed),
+            concurrency_rejections: c.concurrency_rejections.load(Relaxed),
+        }
+    }
+}
