@@ -1,0 +1,246 @@
+//! The command line: every subcommand and flag, parsed by clap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Bulk Genesys Cloud jobs that survive rate limits, expired tokens and flaky servers.
+///
+/// Credentials come from GENESYS_CLIENT_ID and GENESYS_CLIENT_SECRET (an OAuth
+/// client-credentials client). Try `gcx demo` first: it needs no account.
+#[derive(Debug, Parser)]
+#[command(name = "gcx", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) common: Common,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every job takes.
+#[derive(Debug, Args)]
+pub(crate) struct Common {
+    /// Genesys Cloud region: a name such as `us-east-1`, `eu-west-1`, or its domain
+    /// such as `mypurecloud.ie`.
+    #[arg(
+        long,
+        global = true,
+        conflicts_with = "base_url",
+        value_name = "REGION"
+    )]
+    pub(crate) region: Option<String>,
+
+    /// API base URL (for a proxy or a simulator); OAuth goes to the same base unless
+    /// --login-url is given.
+    #[arg(long, global = true, value_name = "URL")]
+    pub(crate) base_url: Option<String>,
+
+    /// OAuth base URL, when it differs from the API's.
+    #[arg(long, global = true, value_name = "URL")]
+    pub(crate) login_url: Option<String>,
+
+    /// Requests in flight at once.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) concurrency: Option<u32>,
+
+    /// Client-side pacing: at most N requests per SECS seconds, e.g. `300/60`.
+    #[arg(long, global = true, value_name = "N/SECS", value_parser = parse_rate)]
+    pub(crate) rate_limit: Option<Rate>,
+
+    /// Write a JSON report (counts, durations, retries, every failure) to FILE.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) report: Option<PathBuf>,
+
+    /// Write the items that were not delivered to FILE, in the input's own format, so the
+    /// same command can re-run just those.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) failed: Option<PathBuf>,
+
+    /// Write invalid records (JSONL: line, reason, raw) to FILE.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) quarantine: Option<PathBuf>,
+
+    /// More logging (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub(crate) verbose: u8,
+
+    /// No progress and no summary table; errors only.
+    #[arg(short, long, global = true)]
+    pub(crate) quiet: bool,
+
+    /// Print the summary as JSON on stdout (the table goes to stderr).
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a bulk user update on an embedded simulator with faults switched on.
+    Demo(DemoArgs),
+    /// User jobs.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Validate records against a JSON Schema and ingest them in chunks.
+    Ingest(IngestArgs),
+    /// Data action jobs.
+    #[command(subcommand)]
+    Actions(ActionsCommand),
+}
+
+/// `gcx demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How many users to create and update.
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub(crate) users: u32,
+
+    /// Faults the simulator injects, e.g. `5xx=0.05,reset-before=0.01,reset-after=0.01`.
+    #[arg(
+        long,
+        default_value = "5xx=0.05,reset-before=0.01,reset-after=0.01",
+        value_name = "SPEC"
+    )]
+    pub(crate) faults: String,
+
+    /// Seed for the simulator's faults (the same seed gives the same faults).
+    #[arg(long, default_value_t = 7)]
+    pub(crate) seed: u64,
+}
+
+/// `gcx users ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum UsersCommand {
+    /// Patch users from JSONL (`{"user_id": "...", "updates": {...}}`) or CSV (a `user_id`
+    /// column plus one column per field). The user's current version is read for you.
+    Patch(InputArgs),
+}
+
+/// `--input FILE`, format from the extension.
+#[derive(Debug, Args)]
+pub(crate) struct InputArgs {
+    /// Input file: `.csv` is read as CSV with a header row, anything else as JSONL.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) input: PathBuf,
+}
+
+/// `gcx ingest`.
+#[derive(Debug, Args)]
+pub(crate) struct IngestArgs {
+    /// Records: JSONL (one object a line) or CSV with a header row.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) input: PathBuf,
+
+    /// JSON Schema every record must satisfy; invalid records are quarantined, not sent.
+    #[arg(long, value_name = "SCHEMA.json")]
+    pub(crate) schema: PathBuf,
+
+    /// Records per request.
+    #[arg(long, default_value_t = 500, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) chunk_size: u32,
+
+    /// Ingestion endpoint path (the seed's endpoint is not part of the public API: point this
+    /// at your own).
+    #[arg(long, value_name = "P")]
+    pub(crate) path: Option<String>,
+}
+
+/// `gcx actions ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ActionsCommand {
+    /// Execute a data action once (--input) or once per line (--batch).
+    Execute(ExecuteArgs),
+}
+
+/// `gcx actions execute`.
+#[derive(Debug, Args)]
+pub(crate) struct ExecuteArgs {
+    /// The data action's id.
+    pub(crate) action_id: String,
+
+    /// One JSON object: the action's input.
+    #[arg(
+        long,
+        value_name = "FILE.json",
+        conflicts_with = "batch",
+        required_unless_present = "batch"
+    )]
+    pub(crate) input: Option<PathBuf>,
+
+    /// JSONL: one action input a line, one execution each.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub(crate) batch: Option<PathBuf>,
+
+    /// Idempotency key for the call; with --batch each line gets `KEY-<hash of the line>`.
+    #[arg(long, value_name = "K")]
+    pub(crate) idempotency_key: Option<String>,
+}
+
+/// `N/SECS`: at most `requests` per `window`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Rate {
+    pub(crate) requests: u32,
+    pub(crate) window: Duration,
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    let usage = || format!("`{s}` is not N/SECS: write e.g. `300/60` for 300 requests a minute");
+    let (n, secs) = s.split_once('/').ok_or_else(usage)?;
+    let requests: u32 = n.trim().parse().map_err(|_| usage())?;
+    let secs = secs.trim().trim_end_matches('s');
+    let secs: f64 = secs.parse().map_err(|_| usage())?;
+    if requests == 0 || !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        return Err(format!(
+            "`{s}`: N must be at least 1 and SECS between 0 and 86400"
+        ));
+    }
+    Ok(Rate {
+        requests,
+        window: Duration::from_secs_f64(secs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(
+            parse_rate("300/60").unwrap(),
+            Rate {
+                requests: 300,
+                window: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(parse_rate("600/1s").unwrap().window, Duration::from_secs(1));
+        assert!(parse_rate("0/1").is_err());
+        assert!(parse_rate("10").is_err());
+        assert!(parse_rate("10/-1").is_err());
+    }
+
+    #[test]
+    fn flags_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "gcx",
+            "users",
+            "patch",
+            "--input",
+            "u.jsonl",
+            "--concurrency",
+            "4",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.concurrency, Some(4));
+        assert!(cli.common.json);
+    }
+}

@@ -1,0 +1,536 @@
+//! Streaming input: JSONL, CSV, or one JSON document, read on a blocking thread into a bounded
+//! channel, so memory stays flat whatever the size of the file.
+//!
+//! Every line becomes either a [`Record`] (parsed and validated, ready to send) or a
+//! [`Quarantined`] entry with its line number and the reason. Problems that make the whole run
+//! pointless (missing file, CSV header without the required columns) are found by
+//! [`Source::open`], before anything is sent.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::error::CliError;
+
+/// How a record looked in the input, kept to write it back unchanged to the failed file.
+#[derive(Debug, Clone)]
+pub(crate) enum Raw {
+    /// A JSONL line without its line ending, or a whole JSON document.
+    Line(Vec<u8>),
+    /// A CSV row.
+    Csv(csv::ByteRecord),
+}
+
+impl Raw {
+    /// The raw text for a quarantine entry (lossy when the input is not UTF-8).
+    pub(crate) fn lossy(&self) -> String {
+        match self {
+            Raw::Line(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            Raw::Csv(rec) => {
+                let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+                let _ = w.write_byte_record(rec);
+                let bytes = w.into_inner().unwrap_or_default();
+                String::from_utf8_lossy(&bytes).trim_end().to_owned()
+            }
+        }
+    }
+}
+
+/// Where a record came from: enough to report it and to write it to the failed file.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    /// 1-based line number in the input (for CSV, the row's line).
+    pub(crate) line: u64,
+    /// The entity the record is about (a user id), for the report.
+    pub(crate) key: Option<String>,
+    /// The record as it was read.
+    pub(crate) raw: Raw,
+}
+
+/// A valid record, ready to deliver.
+#[derive(Debug)]
+pub(crate) struct Record<I> {
+    pub(crate) meta: Meta,
+    pub(crate) item: I,
+}
+
+/// A record that was not sent: malformed, not UTF-8, or invalid.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Quarantined {
+    pub(crate) line: u64,
+    pub(crate) reason: String,
+    pub(crate) raw: String,
+}
+
+/// One message from the reader.
+#[derive(Debug)]
+pub(crate) enum Input<I> {
+    Record(Record<I>),
+    Quarantined(Quarantined),
+    /// The input could not be read any further (an I/O error mid-file).
+    Broken(String),
+}
+
+/// Turns one JSON value into the item a job sends, or says why it cannot.
+pub(crate) trait Parse: Send + Sync + 'static {
+    /// The item delivered for one record.
+    type Item: Send + 'static;
+
+    /// CSV columns that must be present.
+    fn required_columns(&self) -> &[&'static str] {
+        &[]
+    }
+
+    /// A record from a JSON value (a JSONL line or the whole document).
+    fn from_json(&self, value: Value) -> Result<(Self::Item, Option<String>), String>;
+
+    /// A record from a CSV row, given as column name -> cell text (empty cells left out).
+    fn from_csv(&self, row: Map<String, Value>) -> Result<(Self::Item, Option<String>), String> {
+        self.from_json(Value::Object(row))
+    }
+}
+
+/// The shape of the input file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// One JSON value a line.
+    Jsonl,
+    /// A header row, then one record a row.
+    Csv,
+    /// One JSON document: one record.
+    Json,
+}
+
+impl Format {
+    /// JSONL unless the file ends in `.csv`.
+    pub(crate) fn from_path(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("csv") => Format::Csv,
+            _ => Format::Jsonl,
+        }
+    }
+}
+
+/// An opened input, checked and ready to stream.
+#[derive(Debug)]
+pub(crate) struct Source {
+    path: PathBuf,
+    format: Format,
+    reader: BufReader<File>,
+    /// The CSV header, also written first to the failed file.
+    header: Option<csv::ByteRecord>,
+}
+
+impl Source {
+    /// Opens `path` and, for CSV, reads and checks the header.
+    pub(crate) fn open<P: Parse>(
+        path: &Path,
+        format: Format,
+        parser: &P,
+    ) -> Result<Self, CliError> {
+        let file = File::open(path).map_err(|e| {
+            CliError::usage(format!(
+                "cannot open input {}: {e}; check the path given to --input",
+                path.display()
+            ))
+        })?;
+        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(CliError::usage(format!(
+                "input {} is a directory; give a JSONL or CSV file",
+                path.display()
+            )));
+        }
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        let mut header = None;
+        if format == Format::Csv {
+            let mut line = Vec::new();
+            read_line(&mut reader, &mut line)
+                .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+            let mut rdr = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(line.as_slice());
+            let mut rec = csv::ByteRecord::new();
+            let has = rdr.read_byte_record(&mut rec).unwrap_or(false);
+            if has {
+                rec.trim();
+                let names: Vec<String> = rec
+                    .iter()
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect();
+                let missing: Vec<&str> = parser
+                    .required_columns()
+                    .iter()
+                    .copied()
+                    .filter(|c| !names.iter().any(|n| n == c))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(CliError::usage(format!(
+                        "{}: the CSV header has no {} column (found: {}); the first row must name the columns, \
+                         e.g. `user_id,department,title`",
+                        path.display(),
+                        missing.join(", "),
+                        if names.is_empty() {
+                            "nothing".into()
+                        } else {
+                            names.join(", ")
+                        }
+                    )));
+                }
+                header = Some(rec);
+            }
+        }
+        Ok(Source {
+            path: path.to_owned(),
+            format,
+            reader,
+            header,
+        })
+    }
+
+    /// The CSV header, if the input is CSV and has one.
+    pub(crate) fn header(&self) -> Option<&csv::ByteRecord> {
+        self.header.as_ref()
+    }
+
+    /// The input's format.
+    pub(crate) fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Streams every record into a channel of `capacity` messages, on a blocking thread.
+    /// The thread stops early when the receiver is dropped.
+    pub(crate) fn stream<P: Parse>(
+        self,
+        parser: std::sync::Arc<P>,
+        capacity: usize,
+    ) -> mpsc::Receiver<Input<P::Item>> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        std::thread::Builder::new()
+            .name("gcx-input".into())
+            .spawn(move || {
+                let path = self.path.clone();
+                let result = match self.format {
+                    Format::Jsonl => read_jsonl(self.reader, &*parser, &tx),
+                    Format::Csv => read_csv(self.reader, self.header, &*parser, &tx),
+                    Format::Json => read_document(self.reader, &*parser, &tx),
+                };
+                if let Err(e) = result {
+                    let _ = tx.blocking_send(Input::Broken(format!(
+                        "reading {} failed: {e}",
+                        path.display()
+                    )));
+                }
+            })
+            .expect("spawning the input thread");
+        rx
+    }
+}
+
+/// A closed channel means the job stopped listening: not an error, stop reading.
+struct Closed;
+
+impl From<Closed> for std::io::Error {
+    fn from(_: Closed) -> Self {
+        std::io::Error::other("closed")
+    }
+}
+
+fn send<I>(tx: &mpsc::Sender<Input<I>>, msg: Input<I>) -> Result<(), Closed> {
+    tx.blocking_send(msg).map_err(|_| Closed)
+}
+
+/// Reads one line (up to and without `\n` / `\r\n`); `Ok(false)` at end of input.
+fn read_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.clear();
+    let n = r.read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(false);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    }
+    Ok(true)
+}
+
+fn quarantine(line: u64, reason: String, raw: &[u8]) -> Quarantined {
+    Quarantined {
+        line,
+        reason,
+        raw: String::from_utf8_lossy(raw).into_owned(),
+    }
+}
+
+/// Parses one JSON text, naming the first problem a person would need to fix.
+fn parse_json<P: Parse>(parser: &P, bytes: &[u8]) -> Result<(P::Item, Option<String>), String> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(format!("not valid UTF-8 (byte {})", e.valid_up_to() + 1));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("malformed JSON: {e}"))?;
+    parser.from_json(value)
+}
+
+fn read_jsonl<P: Parse>(
+    mut reader: BufReader<File>,
+    parser: &P,
+    tx: &mpsc::Sender<Input<P::Item>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut line = 0u64;
+    while read_line(&mut reader, &mut buf)? {
+        line += 1;
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let msg = match parse_json(parser, &buf) {
+            Ok((item, key)) => Input::Record(Record {
+                meta: Meta {
+                    line,
+                    key,
+                    raw: Raw::Line(buf.clone()),
+                },
+                item,
+            }),
+            Err(reason) => Input::Quarantined(quarantine(line, reason, &buf)),
+        };
+        send(tx, msg)?;
+    }
+    Ok(())
+}
+
+fn read_document<P: Parse>(
+    mut reader: BufReader<File>,
+    parser: &P,
+    tx: &mpsc::Sender<Input<P::Item>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    reader.read_to_end(&mut buf)?;
+    if buf.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let msg = match parse_json(parser, &buf) {
+        Ok((item, key)) => Input::Record(Record {
+            meta: Meta {
+                line: 1,
+                key,
+                raw: Raw::Line(buf),
+            },
+            item,
+        }),
+        Err(reason) => Input::Quarantined(quarantine(1, reason, &buf)),
+    };
+    send(tx, msg)?;
+    Ok(())
+}
+
+fn read_csv<P: Parse>(
+    reader: BufReader<File>,
+    header: Option<csv::ByteRecord>,
+    parser: &P,
+    tx: &mpsc::Sender<Input<P::Item>>,
+) -> std::io::Result<()> {
+    let Some(header) = header else {
+        return Ok(());
+    };
+    let names: Vec<String> = header
+        .iter()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(reader);
+    let mut rec = csv::ByteRecord::new();
+    loop {
+        let read = rdr.read_byte_record(&mut rec);
+        // The header was line 1 and was consumed before this reader started.
+        let line = rdr.position().line() + 1;
+        match read {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(e) => match e.kind() {
+                csv::ErrorKind::Io(_) => {
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+                _ => {
+                    send(
+                        tx,
+                        Input::Quarantined(quarantine(line, format!("malformed CSV: {e}"), b"")),
+                    )?;
+                    continue;
+                }
+            },
+        }
+        let line = rec.position().map(|p| p.line() + 1).unwrap_or(line);
+        if rec.len() == 1 && rec.get(0).is_some_and(|c| c.is_empty()) {
+            continue;
+        }
+        let raw = Raw::Csv(rec.clone());
+        let result = csv_row(&names, &rec).and_then(|row| parser.from_csv(row));
+        let msg = match result {
+            Ok((item, key)) => Input::Record(Record {
+                meta: Meta { line, key, raw },
+                item,
+            }),
+            Err(reason) => Input::Quarantined(Quarantined {
+                line,
+                reason,
+                raw: raw.lossy(),
+            }),
+        };
+        send(tx, msg)?;
+    }
+}
+
+fn csv_row(names: &[String], rec: &csv::ByteRecord) -> Result<Map<String, Value>, String> {
+    if rec.len() != names.len() {
+        return Err(format!(
+            "row has {} fields, the header has {}",
+            rec.len(),
+            names.len()
+        ));
+    }
+    let mut row = Map::new();
+    for (i, (name, cell)) in names.iter().zip(rec.iter()).enumerate() {
+        let cell = std::str::from_utf8(cell)
+            .map_err(|_| format!("not valid UTF-8 in column {} ({name})", i + 1))?;
+        if !cell.is_empty() {
+            row.insert(name.clone(), Value::String(cell.to_owned()));
+        }
+    }
+    Ok(row)
+}
+
+/// Counts the lines of `path` (for a progress bar's length); `None` if it cannot be read.
+pub(crate) fn count_lines(path: &Path) -> Option<u64> {
+    let mut file = File::open(path).ok()?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut lines = 0u64;
+    let mut last = b'\n';
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        last = buf[n - 1];
+    }
+    if last != b'\n' {
+        lines += 1;
+    }
+    Some(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    struct Obj;
+    impl Parse for Obj {
+        type Item = Value;
+        fn required_columns(&self) -> &[&'static str] {
+            &["id"]
+        }
+        fn from_json(&self, value: Value) -> Result<(Value, Option<String>), String> {
+            match value.get("id").and_then(Value::as_str) {
+                Some(id) => Ok((value.clone(), Some(id.to_owned()))),
+                None => Err("no id".into()),
+            }
+        }
+    }
+
+    fn file(name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("gcx-input-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+        path
+    }
+
+    fn drain(path: &Path, format: Format) -> Vec<Input<Value>> {
+        let src = Source::open(path, format, &Obj).unwrap();
+        let mut rx = src.stream(Arc::new(Obj), 2);
+        let mut out = Vec::new();
+        while let Some(m) = rx.blocking_recv() {
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn jsonl_lines_are_numbered_and_bad_ones_quarantined() {
+        let path = file(
+            "a.jsonl",
+            b"{\"id\":\"a\"}\r\n\n{oops\n{\"id\":\"\xff\"}\n{\"x\":1}\n{\"id\":\"b\"}",
+        );
+        let got = drain(&path, Format::Jsonl);
+        let summary: Vec<String> = got
+            .iter()
+            .map(|m| match m {
+                Input::Record(r) => format!("ok {}", r.meta.line),
+                Input::Quarantined(q) => format!("q {} {}", q.line, q.reason),
+                Input::Broken(e) => format!("broken {e}"),
+            })
+            .collect();
+        assert_eq!(summary[0], "ok 1");
+        assert!(summary[1].starts_with("q 3 malformed JSON"), "{summary:?}");
+        assert!(summary[2].starts_with("q 4 not valid UTF-8"), "{summary:?}");
+        assert_eq!(summary[3], "q 5 no id");
+        assert_eq!(summary[4], "ok 6");
+        assert_eq!(summary.len(), 5);
+    }
+
+    #[test]
+    fn csv_needs_its_columns() {
+        let path = file("b.csv", b"name,title\nx,y\n");
+        let err = Source::open(&path, Format::Csv, &Obj).unwrap_err();
+        assert!(err.to_string().contains("no id column"), "{err}");
+    }
+
+    #[test]
+    fn csv_rows_become_objects() {
+        let path = file("c.csv", b"id,title\na,Boss\nb\nc,\n");
+        let got = drain(&path, Format::Csv);
+        match &got[0] {
+            Input::Record(r) => {
+                assert_eq!(r.meta.line, 2);
+                assert_eq!(r.item, serde_json::json!({"id": "a", "title": "Boss"}));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &got[1] {
+            Input::Quarantined(q) => {
+                assert_eq!(q.line, 3);
+                assert!(q.reason.contains("1 fields"), "{}", q.reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &got[2] {
+            Input::Record(r) => assert_eq!(r.item, serde_json::json!({"id": "c"})),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_file_is_refused() {
+        let err = Source::open(Path::new("/nonexistent/x.jsonl"), Format::Jsonl, &Obj).unwrap_err();
+        assert!(err.to_string().contains("--input"));
+    }
+
+    #[test]
+    fn lines_are_counted() {
+        assert_eq!(count_lines(&file("d", b"a\nb\nc")), Some(3));
+        assert_eq!(count_lines(&file("e", b"a\nb\n")), Some(2));
+        assert_eq!(count_lines(&file("f", b"")), Some(0));
+    }
+}

@@ -1,0 +1,311 @@
+//! What a valid record is for each job: a user update, an ingestion record checked against the
+//! user's JSON Schema, a data action input.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::error::CliError;
+use crate::input::Parse;
+
+/// One user update: the user and the fields to set (the version is added by the client).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct UserUpdate {
+    pub(crate) user_id: String,
+    pub(crate) fields: Map<String, Value>,
+}
+
+/// Seed 001's shape: `{"user_id": "...", "updates": {...}}` (`id` accepted for `user_id`); in CSV,
+/// a `user_id` column and one column per field.
+#[derive(Debug, Default)]
+pub(crate) struct UserRecords;
+
+fn user_id(obj: &Map<String, Value>) -> Result<String, String> {
+    let id = obj.get("user_id").or_else(|| obj.get("id"));
+    match id {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        Some(Value::String(_)) => Err("user_id is empty".into()),
+        Some(other) => Err(format!("user_id must be a string, found {}", kind(other))),
+        None => Err("no user_id (or id) field".into()),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn check_fields(fields: &Map<String, Value>) -> Result<(), String> {
+    if fields.is_empty() {
+        return Err("updates is empty: nothing to change".into());
+    }
+    // The version is read from the user right before the PATCH; a stale one from a file would
+    // only cause conflicts.
+    for forbidden in ["id", "version", "selfUri"] {
+        if fields.contains_key(forbidden) {
+            return Err(format!(
+                "updates must not set `{forbidden}`: gcx reads the user's current version itself"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Parse for UserRecords {
+    type Item = UserUpdate;
+
+    fn required_columns(&self) -> &[&'static str] {
+        &["user_id"]
+    }
+
+    fn from_json(&self, value: Value) -> Result<(UserUpdate, Option<String>), String> {
+        let Value::Object(mut obj) = value else {
+            return Err(format!(
+                "expected an object like {{\"user_id\": \"...\", \"updates\": {{...}}}}, found {}",
+                kind(&value)
+            ));
+        };
+        let user_id = user_id(&obj)?;
+        let fields = match obj.remove("updates") {
+            Some(Value::Object(fields)) => fields,
+            Some(other) => {
+                return Err(format!("updates must be an object, found {}", kind(&other)));
+            }
+            None => return Err("no updates object".into()),
+        };
+        check_fields(&fields)?;
+        Ok((
+            UserUpdate {
+                user_id: user_id.clone(),
+                fields,
+            },
+            Some(user_id),
+        ))
+    }
+
+    fn from_csv(
+        &self,
+        mut row: Map<String, Value>,
+    ) -> Result<(UserUpdate, Option<String>), String> {
+        let user_id = user_id(&row)?;
+        row.remove("user_id");
+        check_fields(&row)?;
+        Ok((
+            UserUpdate {
+                user_id: user_id.clone(),
+                fields: row,
+            },
+            Some(user_id),
+        ))
+    }
+}
+
+/// Ingestion records: any JSON value the schema accepts. CSV cells are converted to the type the
+/// schema gives their column (`integer`, `number`, `boolean`), so a CSV can satisfy a typed schema.
+#[derive(Debug)]
+pub(crate) struct IngestRecords {
+    schema: Value,
+    validator: jsonschema::Validator,
+}
+
+impl IngestRecords {
+    /// Loads and checks the schema: refused (exit 2) when it is missing, not JSON, or not a valid
+    /// JSON Schema.
+    pub(crate) fn load(path: &Path) -> Result<Self, CliError> {
+        let text = std::fs::read(path).map_err(|e| {
+            CliError::usage(format!(
+                "cannot read the schema {}: {e}; check the path given to --schema",
+                path.display()
+            ))
+        })?;
+        let schema: Value = serde_json::from_slice(&text).map_err(|e| {
+            CliError::usage(format!(
+                "the schema {} is not JSON ({e}); --schema takes a JSON Schema document",
+                path.display()
+            ))
+        })?;
+        Self::new(schema).map_err(|e| {
+            CliError::usage(format!(
+                "the schema {} is not a valid JSON Schema: {e}; fix it (a validator such as `check-jsonschema` shows where)",
+                path.display()
+            ))
+        })
+    }
+
+    /// Records checked against `schema`.
+    pub(crate) fn new(schema: Value) -> Result<Self, String> {
+        if !(schema.is_object() || schema.is_boolean()) {
+            return Err(format!(
+                "a schema is an object or a boolean, found {}",
+                kind(&schema)
+            ));
+        }
+        jsonschema::meta::validate(&schema).map_err(|e| {
+            let at = e.instance_path().to_string();
+            if at.is_empty() {
+                e.to_string()
+            } else {
+                format!("at {at}: {e}")
+            }
+        })?;
+        let validator = jsonschema::validator_for(&schema).map_err(|e| e.to_string())?;
+        Ok(IngestRecords { schema, validator })
+    }
+
+    fn column_type(&self, column: &str) -> Option<&str> {
+        self.schema
+            .get("properties")?
+            .get(column)?
+            .get("type")?
+            .as_str()
+    }
+}
+
+impl Parse for IngestRecords {
+    type Item = Value;
+
+    fn from_json(&self, value: Value) -> Result<(Value, Option<String>), String> {
+        let errors: Vec<String> = self
+            .validator
+            .iter_errors(&value)
+            .take(3)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() {
+                    format!("schema: {e}")
+                } else {
+                    format!("schema: {at}: {e}")
+                }
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        let key = ["external_id", "id"]
+            .iter()
+            .find_map(|k| value.get(k).and_then(Value::as_str))
+            .map(str::to_owned);
+        Ok((value, key))
+    }
+
+    fn from_csv(&self, row: Map<String, Value>) -> Result<(Value, Option<String>), String> {
+        let mut out = Map::new();
+        for (column, cell) in row {
+            let text = cell.as_str().unwrap_or_default();
+            let typed = match self.column_type(&column) {
+                Some("integer") => text
+                    .trim()
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .map_err(|_| format!("column {column}: `{text}` is not an integer"))?,
+                Some("number") => text
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number)
+                    .ok_or_else(|| format!("column {column}: `{text}` is not a number"))?,
+                Some("boolean") => match text.trim() {
+                    "true" | "TRUE" | "True" => Value::Bool(true),
+                    "false" | "FALSE" | "False" => Value::Bool(false),
+                    _ => return Err(format!("column {column}: `{text}` is not true or false")),
+                },
+                _ => cell,
+            };
+            out.insert(column, typed);
+        }
+        self.from_json(Value::Object(out))
+    }
+}
+
+/// Data action inputs: one JSON object each.
+#[derive(Debug, Default)]
+pub(crate) struct ActionInputs;
+
+impl Parse for ActionInputs {
+    type Item = Value;
+
+    fn from_json(&self, value: Value) -> Result<(Value, Option<String>), String> {
+        if !value.is_object() {
+            return Err(format!(
+                "a data action input is a JSON object, found {}",
+                kind(&value)
+            ));
+        }
+        Ok((value, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn user_updates() {
+        let (u, key) = UserRecords
+            .from_json(json!({"user_id": "u1", "updates": {"title": "Lead"}}))
+            .unwrap();
+        assert_eq!(u.user_id, "u1");
+        assert_eq!(key.as_deref(), Some("u1"));
+        assert_eq!(
+            u.fields,
+            json!({"title": "Lead"}).as_object().unwrap().clone()
+        );
+        assert!(
+            UserRecords
+                .from_json(json!({"id": "u1", "updates": {"title": "x"}}))
+                .is_ok()
+        );
+        let err = UserRecords
+            .from_json(json!({"updates": {"a": 1}}))
+            .unwrap_err();
+        assert!(err.contains("no user_id"), "{err}");
+        let err = UserRecords
+            .from_json(json!({"user_id": "u", "updates": {"version": 3}}))
+            .unwrap_err();
+        assert!(err.contains("version"), "{err}");
+        let err = UserRecords.from_json(json!([1])).unwrap_err();
+        assert!(err.contains("an array"), "{err}");
+    }
+
+    #[test]
+    fn user_csv_rows() {
+        let mut row = Map::new();
+        row.insert("user_id".into(), json!("u9"));
+        row.insert("department".into(), json!("Sales"));
+        let (u, _) = UserRecords.from_csv(row).unwrap();
+        assert_eq!(
+            u.fields,
+            json!({"department": "Sales"}).as_object().unwrap().clone()
+        );
+    }
+
+    #[test]
+    fn ingestion_schema() {
+        let r = IngestRecords::new(json!({
+            "type": "object",
+            "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}},
+            "required": ["n"]
+        }))
+        .unwrap();
+        assert!(r.from_json(json!({"n": 1})).is_ok());
+        let err = r.from_json(json!({"n": "x"})).unwrap_err();
+        assert!(err.starts_with("schema: /n:"), "{err}");
+        let mut row = Map::new();
+        row.insert("n".into(), json!("42"));
+        row.insert("ok".into(), json!("true"));
+        let (v, _) = r.from_csv(row).unwrap();
+        assert_eq!(v, json!({"n": 42, "ok": true}));
+
+        let err = IngestRecords::new(json!({"type": "no-such-type"})).unwrap_err();
+        assert!(!err.is_empty());
+        assert!(IngestRecords::new(json!(3)).is_err());
+    }
+}

@@ -1,0 +1,354 @@
+//! The end of a run: the JSON report (`--report`, `--json`) and the summary table.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use genesys_tower::metrics::{MetricsSnapshot, RetriesByReason};
+use serde::Serialize;
+
+use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK};
+use crate::job::{Failure, QuarantineEntry, Tally};
+
+/// The machine-readable account of one run.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    /// The subcommand, e.g. `users patch`.
+    pub(crate) command: String,
+    /// The input file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) input: Option<PathBuf>,
+    /// `complete`, `incomplete` or `interrupted`.
+    pub(crate) status: &'static str,
+    /// The process exit code.
+    pub(crate) exit_code: u8,
+    /// What happened to the records.
+    pub(crate) counts: Counts,
+    /// Time spent.
+    pub(crate) durations: Durations,
+    /// What the HTTP stack did (retries, 429s, tokens).
+    pub(crate) http: Http,
+    /// Ctrl-C was pressed: records not started are in the failed file.
+    pub(crate) interrupted: bool,
+    /// The input could not be read to its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) input_error: Option<String>,
+    /// An output file could not be written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) output_error: Option<String>,
+    /// Where the failed items were written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) failed_file: Option<PathBuf>,
+    /// Where the quarantined records were written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) quarantine_file: Option<PathBuf>,
+    /// Every failed item with its reason (items not started are counted, not listed).
+    pub(crate) failures: Vec<Failure>,
+    /// Every quarantined record with its line and reason.
+    pub(crate) quarantined: Vec<QuarantineEntry>,
+    /// The demo's verdict, for `gcx demo`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) verdict: Option<Verdict>,
+}
+
+/// Record counts. `records = delivered + failed + quarantined + not_started`.
+#[derive(Debug, Serialize)]
+pub(crate) struct Counts {
+    pub(crate) records: u64,
+    pub(crate) delivered: u64,
+    pub(crate) failed: u64,
+    pub(crate) quarantined: u64,
+    pub(crate) not_started: u64,
+    /// Requests sent by the job (one per record, or one per chunk).
+    pub(crate) requests: u64,
+}
+
+/// Durations in milliseconds.
+#[derive(Debug, Serialize)]
+pub(crate) struct Durations {
+    pub(crate) elapsed_ms: f64,
+    pub(crate) records_per_second: f64,
+    /// Time per delivered unit (retries and waits included).
+    pub(crate) unit_mean_ms: f64,
+    pub(crate) unit_p50_ms: f64,
+    pub(crate) unit_p95_ms: f64,
+    pub(crate) unit_p99_ms: f64,
+    pub(crate) unit_max_ms: f64,
+}
+
+/// Counters of the HTTP stack.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Http {
+    /// Attempts sent (first tries and retries).
+    pub(crate) attempts: u64,
+    /// Retries by reason.
+    pub(crate) retries_by_reason: RetriesByReason,
+    /// All retries.
+    pub(crate) retries: u64,
+    /// 429 responses seen.
+    pub(crate) rate_limited_responses: u64,
+    /// Tokens fetched, the first one included.
+    pub(crate) token_fetches: u64,
+    /// Tokens fetched after the first (expiry or 401).
+    pub(crate) token_refreshes: u64,
+    /// Requests re-sent once after a 401 with a fresh token.
+    pub(crate) refreshes_after_401: u64,
+    /// Retries refused because the retry budget was spent.
+    pub(crate) budget_refusals: u64,
+    /// Requests held back by client-side pacing.
+    pub(crate) pacing_waits: u64,
+    /// Calls answered from the idempotency store.
+    pub(crate) idempotent_replays: u64,
+}
+
+impl From<MetricsSnapshot> for Http {
+    fn from(m: MetricsSnapshot) -> Self {
+        Http {
+            attempts: m.attempts,
+            retries_by_reason: m.retries,
+            retries: m.retries.total(),
+            rate_limited_responses: m.rate_limited_responses,
+            token_fetches: m.token_fetches,
+            token_refreshes: m.token_fetches.saturating_sub(1),
+            refreshes_after_401: m.unauthorized_refreshes,
+            budget_refusals: m.budget_refusals,
+            pacing_waits: m.pacing_waits,
+            idempotent_replays: m.idempotent_replays,
+        }
+    }
+}
+
+/// What the simulator's ledger says about a demo run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Verdict {
+    /// Users whose final state has every requested field.
+    pub(crate) applied: u64,
+    /// Users whose final state lacks a requested field.
+    pub(crate) missing: u64,
+    /// Users updated more than once in the ledger.
+    pub(crate) applied_twice: u64,
+    /// Users the job was asked to update.
+    pub(crate) expected: u64,
+    /// True when every update was applied and none twice.
+    pub(crate) ok: bool,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+impl Report {
+    /// Builds the report of a finished job.
+    pub(crate) fn new(
+        command: &str,
+        input: Option<&Path>,
+        tally: &Tally,
+        metrics: Option<MetricsSnapshot>,
+        failed_file: Option<&Path>,
+        quarantine_file: Option<&Path>,
+    ) -> Self {
+        let complete = tally.complete();
+        let secs = tally.elapsed.as_secs_f64();
+        Report {
+            command: command.to_owned(),
+            input: input.map(Path::to_owned),
+            status: if tally.interrupted {
+                "interrupted"
+            } else if complete {
+                "complete"
+            } else {
+                "incomplete"
+            },
+            exit_code: if complete { EXIT_OK } else { EXIT_INCOMPLETE },
+            counts: Counts {
+                records: tally.records(),
+                delivered: tally.delivered,
+                failed: tally.failed,
+                quarantined: tally.quarantined,
+                not_started: tally.not_started,
+                requests: tally.requests,
+            },
+            durations: Durations {
+                elapsed_ms: ms(tally.elapsed),
+                records_per_second: if secs > 0.0 {
+                    (tally.records() as f64 / secs * 10.0).round() / 10.0
+                } else {
+                    0.0
+                },
+                unit_mean_ms: ms(tally.latencies.mean()),
+                unit_p50_ms: ms(tally.latencies.quantile(0.5)),
+                unit_p95_ms: ms(tally.latencies.quantile(0.95)),
+                unit_p99_ms: ms(tally.latencies.quantile(0.99)),
+                unit_max_ms: ms(tally.latencies.max()),
+            },
+            http: metrics.map(Http::from).unwrap_or_default(),
+            interrupted: tally.interrupted,
+            input_error: tally.broken_input.clone(),
+            output_error: tally.output_error.clone(),
+            failed_file: failed_file.map(Path::to_owned),
+            quarantine_file: quarantine_file.map(Path::to_owned),
+            failures: tally.failures.clone(),
+            quarantined: tally.quarantine.clone(),
+            verdict: None,
+        }
+    }
+
+    /// Adds the demo's verdict (a failed verdict makes the run incomplete).
+    pub(crate) fn with_verdict(mut self, verdict: Verdict) -> Self {
+        if !verdict.ok {
+            self.exit_code = EXIT_INCOMPLETE;
+            self.status = "incomplete";
+        }
+        self.verdict = Some(verdict);
+        self
+    }
+
+    /// Writes the report as pretty JSON.
+    pub(crate) fn write(&self, path: &Path) -> Result<(), CliError> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| CliError::runtime(e.to_string()))?;
+        std::fs::write(path, json).map_err(|e| {
+            CliError::runtime(format!(
+                "cannot write the report to {}: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// The report as one line of JSON.
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The human summary.
+    pub(crate) fn table(&self) -> String {
+        let c = &self.counts;
+        let h = &self.http;
+        let d = &self.durations;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "gcx {}: {} in {:.1} s",
+            self.command,
+            self.status,
+            d.elapsed_ms / 1000.0
+        );
+        let row = |s: &mut String, k: &str, v: String| {
+            let _ = writeln!(s, "  {k:<14} {v}");
+        };
+        row(&mut s, "records", c.records.to_string());
+        row(&mut s, "delivered", c.delivered.to_string());
+        row(&mut s, "failed", c.failed.to_string());
+        row(&mut s, "quarantined", c.quarantined.to_string());
+        if c.not_started > 0 || self.interrupted {
+            row(&mut s, "not started", c.not_started.to_string());
+        }
+        row(
+            &mut s,
+            "requests",
+            format!("{} ({} attempts)", c.requests, h.attempts),
+        );
+        let r = &h.retries_by_reason;
+        row(
+            &mut s,
+            "retries",
+            format!(
+                "{} (429: {}, 5xx: {}, ambiguous: {}, connect: {}, 408: {})",
+                h.retries,
+                r.rate_limited,
+                r.server_error,
+                r.ambiguous,
+                r.connect,
+                r.request_timeout
+            ),
+        );
+        row(
+            &mut s,
+            "429 responses",
+            h.rate_limited_responses.to_string(),
+        );
+        row(
+            &mut s,
+            "tokens",
+            format!(
+                "{} fetched, {} refreshed after a 401",
+                h.token_fetches, h.refreshes_after_401
+            ),
+        );
+        row(
+            &mut s,
+            "throughput",
+            format!("{:.0} records/s", d.records_per_second),
+        );
+        row(
+            &mut s,
+            "latency",
+            format!(
+                "p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
+                d.unit_p50_ms, d.unit_p95_ms, d.unit_max_ms
+            ),
+        );
+        if let Some(v) = &self.verdict {
+            row(
+                &mut s,
+                "ledger",
+                format!(
+                    "{} of {} users updated, {} missing, {} applied twice",
+                    v.applied, v.expected, v.missing, v.applied_twice
+                ),
+            );
+        }
+        for f in self.failures.iter().take(5) {
+            let _ = writeln!(s, "  failed: line {}: {}", f.line, f.reason);
+        }
+        if self.failures.len() > 5 {
+            let _ = writeln!(
+                s,
+                "  ... {} more failures in the report",
+                self.failures.len() - 5
+            );
+        }
+        for q in self.quarantined.iter().take(5) {
+            let _ = writeln!(s, "  quarantined: line {}: {}", q.line, q.reason);
+        }
+        if self.quarantined.len() > 5 {
+            let _ = writeln!(
+                s,
+                "  ... {} more quarantined records",
+                self.quarantined.len() - 5
+            );
+        }
+        if let Some(e) = &self.input_error {
+            let _ = writeln!(s, "  input error: {e}");
+        }
+        if let Some(e) = &self.output_error {
+            let _ = writeln!(s, "  output error: {e}");
+        }
+        if c.failed + c.not_started > 0 {
+            match &self.failed_file {
+                Some(p) => {
+                    let _ = writeln!(
+                        s,
+                        "  re-run the items not delivered with --input {}",
+                        p.display()
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "  add --failed FILE to keep the items not delivered for a re-run"
+                    );
+                }
+            }
+        }
+        if c.quarantined > 0 && self.quarantine_file.is_none() {
+            let _ = writeln!(
+                s,
+                "  add --quarantine FILE to keep the invalid records with their reasons"
+            );
+        }
+        if c.records == 0 && self.input_error.is_none() {
+            let _ = writeln!(s, "  the input has no records: nothing to do");
+        }
+        s
+    }
+}
