@@ -1,0 +1,351 @@
+//! What the simulator serves: clients, limits, seeded data, data actions, faults.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::faults::Faults;
+
+/// The id of the data action every simulator registers unless told otherwise: it answers its
+/// input unchanged and records it in the ledger.
+pub const ECHO_ACTION_ID: &str = "echo";
+
+/// The default path of the ingestion endpoint (seed 000's; it does not exist in the public API).
+pub const DEFAULT_INGESTION_PATH: &str = "/api/v2/dataexchange/ingestion";
+
+/// The documented default maximum request body (`request.bytes.max`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 512_000;
+
+/// The most records one ingestion batch may hold.
+pub const DEFAULT_MAX_RECORDS: usize = 500;
+
+/// An OAuth client the token endpoint accepts. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCredentials {
+    /// The client id.
+    pub id: String,
+    /// The client secret.
+    pub secret: String,
+}
+
+impl ClientCredentials {
+    /// A client from its id and secret.
+    pub fn new(id: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            secret: secret.into(),
+        }
+    }
+
+    /// Parses `ID:SECRET` (the secret may itself contain `:`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some((id, secret)) if !id.is_empty() && !secret.is_empty() => Ok(Self::new(id, secret)),
+            _ => Err("a client must be given as ID:SECRET, both non-empty".to_string()),
+        }
+    }
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a data action failed: answered as an ErrorBody with this status, code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionFailure {
+    /// HTTP status of the failure.
+    pub status: u16,
+    /// Dotted error code, e.g. `bad.request`.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+type ActionFn = dyn Fn(&Value) -> Result<Value, ActionFailure> + Send + Sync;
+
+/// What a data action does with its input.
+#[derive(Clone)]
+pub enum Action {
+    /// Answers the input unchanged.
+    Echo,
+    /// Answers this value whatever the input.
+    Static(Value),
+    /// Always fails with this error (nothing is recorded in the ledger).
+    Fail(ActionFailure),
+    /// Computes the output (or a failure) from the input.
+    Custom(Arc<ActionFn>),
+}
+
+impl Action {
+    /// An action computed by `f`.
+    pub fn custom(
+        f: impl Fn(&Value) -> Result<Value, ActionFailure> + Send + Sync + 'static,
+    ) -> Self {
+        Action::Custom(Arc::new(f))
+    }
+
+    pub(crate) fn run(&self, input: &Value) -> Result<Value, ActionFailure> {
+        match self {
+            Action::Echo => Ok(input.clone()),
+            Action::Static(v) => Ok(v.clone()),
+            Action::Fail(f) => Err(f.clone()),
+            Action::Custom(f) => f(input),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Action::Echo => "Echo",
+            Action::Static(_) => "Static",
+            Action::Fail(_) => "Fail",
+            Action::Custom(_) => "Custom",
+        }
+    }
+}
+
+impl fmt::Debug for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Echo => f.write_str("Echo"),
+            Action::Static(v) => f.debug_tuple("Static").field(v).finish(),
+            Action::Fail(e) => f.debug_tuple("Fail").field(e).finish(),
+            Action::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// The data actions the simulator knows, by id. The default holds [`ECHO_ACTION_ID`].
+///
+/// ```
+/// use genesys_sim::{Action, Actions, ECHO_ACTION_ID};
+/// use serde_json::json;
+///
+/// let actions = Actions::default().with("lookup", Action::Static(json!({"found": true})));
+/// assert!(actions.get(ECHO_ACTION_ID).is_some());
+/// assert!(actions.get("lookup").is_some());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Actions {
+    map: HashMap<String, Action>,
+}
+
+impl Actions {
+    /// No actions at all (every execute answers 404).
+    pub fn empty() -> Self {
+        Self {
+            map: HashMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) an action.
+    pub fn with(mut self, id: impl Into<String>, action: Action) -> Self {
+        self.insert(id, action);
+        self
+    }
+
+    /// Adds (or replaces) an action.
+    pub fn insert(&mut self, id: impl Into<String>, action: Action) {
+        self.map.insert(id.into(), action);
+    }
+
+    /// The action with this id.
+    pub fn get(&self, id: &str) -> Option<&Action> {
+        self.map.get(id)
+    }
+
+    /// The ids, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+}
+
+impl Default for Actions {
+    fn default() -> Self {
+        Self::empty().with(ECHO_ACTION_ID, Action::Echo)
+    }
+}
+
+/// The default ingestion schema: seed 000's `InteractionRecord` (every field required; extra
+/// fields allowed, as pydantic ignores them by default).
+pub fn default_ingestion_schema() -> Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "InteractionRecord",
+        "type": "object",
+        "properties": {
+            "external_id": {"type": "string"},
+            "timestamp": {"type": "string"},
+            "channel": {"type": "string"},
+            "duration_seconds": {"type": "integer"},
+            "customer_segment": {"type": "string"}
+        },
+        "required": ["external_id", "timestamp", "channel", "duration_seconds", "customer_segment"]
+    })
+}
+
+/// The simulator's configuration. Every field has a default that matches the real service's
+/// documented defaults; set fields directly or chain the builder methods.
+///
+/// ```
+/// use std::time::Duration;
+/// use genesys_sim::SimConfig;
+///
+/// let config = SimConfig::default()
+///     .users(10)
+///     .rate_limit(Some((5, Duration::from_secs(2))))
+///     .faults("5xx=0.1".parse().unwrap())
+///     .seed(7);
+/// assert_eq!(config.users, 10);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Where to listen (default `127.0.0.1:0`: an ephemeral port).
+    pub addr: SocketAddr,
+    /// The OAuth clients accepted (default `demo-client:demo-secret`).
+    pub clients: Vec<ClientCredentials>,
+    /// Lifetime of issued tokens (default 86400 s, the real default).
+    pub token_ttl: Duration,
+    /// Per-token quota: `(requests, window)` in a fixed window (default 300 per 60 s);
+    /// `None` switches the quota (and its headers) off.
+    pub rate_limit: Option<(u32, Duration)>,
+    /// How many users to seed (default 1000).
+    pub users: usize,
+    /// How many integrations to seed (default 1), see [`crate::integration_id`].
+    pub integrations: usize,
+    /// Faults to inject (default none).
+    pub faults: Faults,
+    /// Seed for users, ids and faults (default 0).
+    pub seed: u64,
+    /// Send `inin-ratelimit-allowed/count/reset` (default true).
+    pub ratelimit_headers: bool,
+    /// The data actions (default: [`ECHO_ACTION_ID`]).
+    pub actions: Actions,
+    /// JSON Schema every ingested record must satisfy (default [`default_ingestion_schema`]).
+    pub ingestion_schema: Value,
+    /// Path of the ingestion endpoint (default [`DEFAULT_INGESTION_PATH`]).
+    pub ingestion_path: String,
+    /// Field of a record that names it in the ledger (default `external_id`; records without it
+    /// are named `records[i]`).
+    pub ingestion_record_key: String,
+    /// Maximum request body in bytes, 413 above (default 512000).
+    pub max_body_bytes: usize,
+    /// Maximum records per ingestion batch, 413 above (default 500).
+    pub max_records: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            clients: vec![ClientCredentials::new("demo-client", "demo-secret")],
+            token_ttl: Duration::from_secs(86_400),
+            rate_limit: Some((300, Duration::from_secs(60))),
+            users: 1000,
+            integrations: 1,
+            faults: Faults::default(),
+            seed: 0,
+            ratelimit_headers: true,
+            actions: Actions::default(),
+            ingestion_schema: default_ingestion_schema(),
+            ingestion_path: DEFAULT_INGESTION_PATH.to_string(),
+            ingestion_record_key: "external_id".to_string(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_records: DEFAULT_MAX_RECORDS,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Listen on this address.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Replace the accepted OAuth clients.
+    pub fn clients(mut self, clients: Vec<ClientCredentials>) -> Self {
+        self.clients = clients;
+        self
+    }
+
+    /// Accept one more OAuth client.
+    pub fn client(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.clients.push(ClientCredentials::new(id, secret));
+        self
+    }
+
+    /// Token lifetime.
+    pub fn token_ttl(mut self, ttl: Duration) -> Self {
+        self.token_ttl = ttl;
+        self
+    }
+
+    /// Per-token quota, `None` for unlimited.
+    pub fn rate_limit(mut self, limit: Option<(u32, Duration)>) -> Self {
+        self.rate_limit = limit;
+        self
+    }
+
+    /// Number of seeded users.
+    pub fn users(mut self, n: usize) -> Self {
+        self.users = n;
+        self
+    }
+
+    /// Number of seeded integrations.
+    pub fn integrations(mut self, n: usize) -> Self {
+        self.integrations = n;
+        self
+    }
+
+    /// Faults to inject.
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Seed for data and faults.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Send the `inin-ratelimit-*` headers or not.
+    pub fn ratelimit_headers(mut self, on: bool) -> Self {
+        self.ratelimit_headers = on;
+        self
+    }
+
+    /// Replace the data actions.
+    pub fn actions(mut self, actions: Actions) -> Self {
+        self.actions = actions;
+        self
+    }
+
+    /// Register one more data action.
+    pub fn action(mut self, id: impl Into<String>, action: Action) -> Self {
+        self.actions.insert(id, action);
+        self
+    }
+
+    /// Replace the ingestion JSON Schema.
+    pub fn ingestion_schema(mut self, schema: Value) -> Self {
+        self.ingestion_schema = schema;
+        self
+    }
+
+    /// Serve ingestion on another path.
+    pub fn ingestion_path(mut self, path: impl Into<String>) -> Self {
+        self.ingestion_path = path.into();
+        self
+    }
+}

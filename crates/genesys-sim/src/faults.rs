@@ -1,0 +1,377 @@
+//! Seeded, reproducible fault injection: the `--faults SPEC` language.
+//!
+//! A spec is a comma list of `key=value` items:
+//!
+//! | key | value | effect on an API request (never on `/oauth/token` or `/sim/*`) |
+//! | --- | --- | --- |
+//! | `5xx` | probability | 502, 503 or 504 (equally likely), ErrorBody, no `Retry-After` |
+//! | `500` | probability | 500 `internal.server.error` (kept apart: clients do not retry 500 by default) |
+//! | `503-retry-after` | probability | 503 `service.unavailable` with `Retry-After: 1..=3` |
+//! | `reset-before` | probability | the connection is reset before anything is applied; no response |
+//! | `reset-after` | probability | the effect is applied and recorded in the ledger, then the connection is reset; no response |
+//! | `long-retry-after` | probability | 429 `too.many.requests` with `Retry-After` between 181 and 3600 s |
+//! | `latency` | `5ms..50ms` or `20ms` | every API request waits a uniform delay in the range first |
+//! | `revoke-every` | duration (`30s`) | every token is revoked periodically (the next call gets 401) |
+//! | `token-5xx` | probability | `POST /oauth/token` answers 503 |
+//!
+//! The probabilities of `5xx`, `500`, `503-retry-after`, `reset-before`, `reset-after` and
+//! `long-retry-after` are exclusive outcomes of one draw, so they must sum to at most 1.
+//! The draw for the n-th API request depends only on the seed and n, so a sequential client
+//! sees the same faults on every run with the same seed.
+//!
+//! ```
+//! use genesys_sim::Faults;
+//!
+//! let faults: Faults = "5xx=0.05,reset-after=0.01,latency=5ms..50ms".parse().unwrap();
+//! assert_eq!(faults.server_error, 0.05);
+//! assert_eq!(faults.to_string(), "5xx=0.05,reset-after=0.01,latency=5ms..50ms");
+//! assert!("5xx=2".parse::<Faults>().is_err());
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
+/// The keys a fault spec accepts, for error messages and docs.
+pub const FAULT_KEYS: &str = "5xx, 500, 503-retry-after, reset-before, reset-after, \
+long-retry-after (probabilities 0..=1), latency (MIN..MAX or a single duration, e.g. 5ms..50ms), \
+revoke-every (a duration, e.g. 30s), token-5xx (a probability)";
+
+/// The fault configuration: what goes wrong, how often. `Faults::default()` injects nothing.
+///
+/// Parse it from a spec with [`str::parse`] / [`Faults::parse`]; `Display` writes the spec back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// `5xx=p`: probability of a 502, 503 or 504 (chosen uniformly), without `Retry-After`.
+    pub server_error: f64,
+    /// `500=p`: probability of a 500 `internal.server.error`.
+    pub internal_error: f64,
+    /// `503-retry-after=p`: probability of a 503 with `Retry-After` of 1 to 3 seconds.
+    pub retry_after_503: f64,
+    /// `reset-before=p`: probability that the connection is reset before the effect is applied.
+    pub reset_before: f64,
+    /// `reset-after=p`: probability that the effect is applied, then the connection is reset.
+    pub reset_after: f64,
+    /// `long-retry-after=p`: probability of a 429 whose `Retry-After` exceeds 180 seconds.
+    pub long_retry_after: f64,
+    /// `latency=MIN..MAX`: an added delay, uniform in the range, before every API request.
+    pub latency: Option<(Duration, Duration)>,
+    /// `revoke-every=D`: revoke every issued token each `D`.
+    pub revoke_every: Option<Duration>,
+    /// `token-5xx=p`: probability that `POST /oauth/token` answers 503.
+    pub token_error: f64,
+}
+
+/// A fault spec that could not be parsed: says what is wrong and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultSpecError(String);
+
+impl fmt::Display for FaultSpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FaultSpecError {}
+
+impl Faults {
+    /// Parses a spec such as `5xx=0.05,latency=5ms..50ms` (empty or `none`: no faults).
+    pub fn parse(spec: &str) -> Result<Self, FaultSpecError> {
+        spec.parse()
+    }
+
+    /// True when nothing is injected.
+    pub fn is_none(&self) -> bool {
+        *self == Faults::default()
+    }
+
+    fn exclusive_sum(&self) -> f64 {
+        self.server_error
+            + self.internal_error
+            + self.retry_after_503
+            + self.reset_before
+            + self.reset_after
+            + self.long_retry_after
+    }
+
+    /// The fault (if any) for the `n`-th API request under `seed`.
+    pub(crate) fn decide(&self, rng: &mut SmallRng) -> Fault {
+        let u: f64 = rng.random();
+        let mut edge = self.server_error;
+        if u < edge {
+            return Fault::ServerError([502, 503, 504][rng.random_range(0..3)]);
+        }
+        edge += self.internal_error;
+        if u < edge {
+            return Fault::ServerError(500);
+        }
+        edge += self.retry_after_503;
+        if u < edge {
+            return Fault::RetryAfter503(rng.random_range(1..=3));
+        }
+        edge += self.reset_before;
+        if u < edge {
+            return Fault::ResetBefore;
+        }
+        edge += self.reset_after;
+        if u < edge {
+            return Fault::ResetAfter;
+        }
+        edge += self.long_retry_after;
+        if u < edge {
+            return Fault::LongRetryAfter(rng.random_range(181..=3600));
+        }
+        Fault::None
+    }
+
+    /// The added latency for this request, if configured.
+    pub(crate) fn latency(&self, rng: &mut SmallRng) -> Option<Duration> {
+        let (lo, hi) = self.latency?;
+        if hi <= lo {
+            return Some(lo);
+        }
+        let span = (hi - lo).as_nanos() as u64;
+        Some(lo + Duration::from_nanos(rng.random_range(0..=span)))
+    }
+}
+
+/// One request's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    None,
+    ServerError(u16),
+    RetryAfter503(u64),
+    ResetBefore,
+    ResetAfter,
+    LongRetryAfter(u64),
+}
+
+impl Fault {
+    /// The name counted in [`crate::Stats::faults`].
+    pub(crate) fn kind(self) -> Option<&'static str> {
+        Some(match self {
+            Fault::None => return None,
+            Fault::ServerError(500) => "500",
+            Fault::ServerError(_) => "5xx",
+            Fault::RetryAfter503(_) => "503-retry-after",
+            Fault::ResetBefore => "reset-before",
+            Fault::ResetAfter => "reset-after",
+            Fault::LongRetryAfter(_) => "long-retry-after",
+        })
+    }
+}
+
+/// A reproducible generator for the `n`-th draw of a stream under `seed`.
+pub(crate) fn rng_for(seed: u64, stream: u64, n: u64) -> SmallRng {
+    SmallRng::seed_from_u64(splitmix(
+        seed ^ splitmix(n ^ stream.wrapping_mul(0xA24B_AED4_963E_E407)),
+    ))
+}
+
+/// SplitMix64 finaliser: spreads nearby inputs over the whole range.
+pub(crate) fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn bad(msg: String) -> FaultSpecError {
+    FaultSpecError(format!("{msg}; allowed keys: {FAULT_KEYS}"))
+}
+
+fn parse_prob(key: &str, value: &str) -> Result<f64, FaultSpecError> {
+    match value.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(bad(format!(
+            "fault `{key}` needs a probability between 0 and 1, got `{value}`"
+        ))),
+    }
+}
+
+/// Parses `250us`, `5ms`, `2s`, `1.5s`, `1m`, `1h`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{v}` has no unit (use us, ms, s, m or h, e.g. 50ms)"))?;
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{v}` does not start with a number"))?;
+    let secs = match unit {
+        "us" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "`{v}` has unknown unit `{unit}` (use us, ms, s, m or h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{v}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Writes a duration in the unit `parse_duration` reads back exactly.
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}us", d.as_micros())
+    }
+}
+
+impl FromStr for Faults {
+    type Err = FaultSpecError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let mut f = Faults::default();
+        let spec = spec.trim();
+        if spec.is_empty() || spec.eq_ignore_ascii_case("none") {
+            return Ok(f);
+        }
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| bad(format!("fault item `{item}` is not of the form key=value")))?;
+            let key = key.trim();
+            match key {
+                "5xx" => f.server_error = parse_prob(key, value)?,
+                "500" => f.internal_error = parse_prob(key, value)?,
+                "503-retry-after" => f.retry_after_503 = parse_prob(key, value)?,
+                "reset-before" => f.reset_before = parse_prob(key, value)?,
+                "reset-after" => f.reset_after = parse_prob(key, value)?,
+                "long-retry-after" => f.long_retry_after = parse_prob(key, value)?,
+                "token-5xx" => f.token_error = parse_prob(key, value)?,
+                "latency" => {
+                    let (lo, hi) = match value.split_once("..") {
+                        Some((lo, hi)) => (lo, hi),
+                        None => (value, value),
+                    };
+                    let lo =
+                        parse_duration(lo).map_err(|e| bad(format!("fault `latency`: {e}")))?;
+                    let hi =
+                        parse_duration(hi).map_err(|e| bad(format!("fault `latency`: {e}")))?;
+                    if hi < lo {
+                        return Err(bad(format!(
+                            "fault `latency={value}`: the maximum is below the minimum"
+                        )));
+                    }
+                    f.latency = Some((lo, hi));
+                }
+                "revoke-every" => {
+                    let d = parse_duration(value)
+                        .map_err(|e| bad(format!("fault `revoke-every`: {e}")))?;
+                    if d.is_zero() {
+                        return Err(bad("fault `revoke-every` must be longer than 0".into()));
+                    }
+                    f.revoke_every = Some(d);
+                }
+                other => return Err(bad(format!("unknown fault `{other}`"))),
+            }
+        }
+        let sum = f.exclusive_sum();
+        if sum > 1.0 + 1e-9 {
+            return Err(FaultSpecError(format!(
+                "the probabilities of 5xx, 500, 503-retry-after, reset-before, reset-after and \
+                 long-retry-after are exclusive outcomes of one draw and must sum to at most 1 \
+                 (they sum to {sum})"
+            )));
+        }
+        Ok(f)
+    }
+}
+
+impl fmt::Display for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut items: Vec<String> = Vec::new();
+        let probs = [
+            ("5xx", self.server_error),
+            ("500", self.internal_error),
+            ("503-retry-after", self.retry_after_503),
+            ("reset-before", self.reset_before),
+            ("reset-after", self.reset_after),
+            ("long-retry-after", self.long_retry_after),
+        ];
+        for (k, p) in probs {
+            if p > 0.0 {
+                items.push(format!("{k}={p}"));
+            }
+        }
+        if let Some((lo, hi)) = self.latency {
+            if lo == hi {
+                items.push(format!("latency={}", fmt_duration(lo)));
+            } else {
+                items.push(format!(
+                    "latency={}..{}",
+                    fmt_duration(lo),
+                    fmt_duration(hi)
+                ));
+            }
+        }
+        if let Some(d) = self.revoke_every {
+            items.push(format!("revoke-every={}", fmt_duration(d)));
+        }
+        if self.token_error > 0.0 {
+            items.push(format!("token-5xx={}", self.token_error));
+        }
+        if items.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&items.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let spec = "5xx=0.05,503-retry-after=0.01,reset-before=0.01,reset-after=0.01,\
+                    long-retry-after=0.001,latency=5ms..50ms,revoke-every=30s";
+        let f: Faults = spec.parse().unwrap();
+        assert_eq!(f.to_string(), spec);
+        assert_eq!(f.to_string().parse::<Faults>().unwrap(), f);
+        assert_eq!(Faults::default().to_string(), "none");
+        assert_eq!("none".parse::<Faults>().unwrap(), Faults::default());
+    }
+
+    #[test]
+    fn refuses_with_what_is_allowed() {
+        for bad in [
+            "5xx",
+            "5xx=1.5",
+            "boom=0.1",
+            "latency=5",
+            "latency=50ms..5ms",
+            "5xx=0.6,500=0.6",
+        ] {
+            let e = bad.parse::<Faults>().unwrap_err().to_string();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        let e = "boom=0.1".parse::<Faults>().unwrap_err().to_string();
+        assert!(
+            e.contains("unknown fault `boom`") && e.contains("reset-after"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}

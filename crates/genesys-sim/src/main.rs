@@ -1,0 +1,117 @@
+//! `genesys-sim`: run the simulator until Ctrl-C.
+//!
+//! The first line on stdout is `listening on http://ADDR`; logs go to stderr (`RUST_LOG`).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use genesys_sim::{ClientCredentials, Faults, SimConfig, Simulator};
+
+/// A local Genesys Cloud: OAuth, users, data actions, ingestion, integration config and limits,
+/// with a per-token quota, seeded faults and an effect ledger (GET /sim/ledger, GET /sim/stats).
+#[derive(Debug, Parser)]
+#[command(name = "genesys-sim", version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+
+    /// An accepted OAuth client as ID:SECRET (repeatable) [default: demo-client:demo-secret]
+    #[arg(long = "client", value_name = "ID:SECRET", value_parser = ClientCredentials::parse)]
+    clients: Vec<ClientCredentials>,
+
+    /// Lifetime of issued tokens in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    token_ttl: u64,
+
+    /// Per-token quota as N/SECS (requests per fixed window), or `off`.
+    #[arg(long, value_name = "N/SECS", default_value = "300/60", value_parser = parse_rate_limit)]
+    rate_limit: RateLimit,
+
+    /// Number of seeded users.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    users: usize,
+
+    /// Faults to inject, e.g. 5xx=0.05,503-retry-after=0.01,reset-before=0.01,reset-after=0.01,latency=5ms..50ms,long-retry-after=0.001,revoke-every=30s
+    #[arg(long, value_name = "SPEC", default_value = "none", value_parser = |s: &str| s.parse::<Faults>().map_err(|e| e.to_string()))]
+    faults: Faults,
+
+    /// Seed for users, ids and faults.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+
+    /// Do not send the inin-ratelimit-allowed/count/reset headers.
+    #[arg(long)]
+    no_ratelimit_headers: bool,
+
+    /// Serve the ingestion endpoint on this path.
+    #[arg(long, value_name = "PATH", default_value = genesys_sim::DEFAULT_INGESTION_PATH)]
+    ingestion_path: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RateLimit(Option<(u32, Duration)>);
+
+fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(RateLimit(None));
+    }
+    let err = || format!("`{s}` is not N/SECS with N >= 1 and SECS >= 1 (e.g. 300/60), or `off`");
+    let (n, secs) = s.split_once('/').ok_or_else(err)?;
+    let n: u32 = n.trim().parse().map_err(|_| err())?;
+    let secs: u64 = secs.trim().parse().map_err(|_| err())?;
+    if n == 0 || secs == 0 {
+        return Err(err());
+    }
+    Ok(RateLimit(Some((n, Duration::from_secs(secs)))))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut config = SimConfig::default()
+        .addr(args.addr)
+        .token_ttl(Duration::from_secs(args.token_ttl))
+        .rate_limit(args.rate_limit.0)
+        .users(args.users)
+        .faults(args.faults)
+        .seed(args.seed)
+        .ratelimit_headers(!args.no_ratelimit_headers)
+        .ingestion_path(args.ingestion_path);
+    if !args.clients.is_empty() {
+        config = config.clients(args.clients);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("genesys-sim: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let faults = config.faults.to_string();
+        let sim = match Simulator::spawn(config).await {
+            Ok(sim) => sim,
+            Err(e) => {
+                eprintln!("genesys-sim: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("listening on {}", sim.base_url());
+        tracing::info!(faults = %faults, "ready; Ctrl-C stops");
+        let _ = tokio::signal::ctrl_c().await;
+        sim.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

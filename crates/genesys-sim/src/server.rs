@@ -1,0 +1,234 @@
+//! The listener, per-connection serving (with the ability to reset a connection from inside a
+//! handler), and the handle a test holds.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::config::SimConfig;
+use crate::data::lock;
+use crate::error::SimError;
+use crate::routes::handle;
+use crate::state::{LedgerEntry, Shared, Stats};
+
+/// Lets a handler ask its connection task to drop the connection without a response.
+#[derive(Debug, Default)]
+pub(crate) struct ConnCtl {
+    kill: Notify,
+}
+
+impl ConnCtl {
+    /// Asks for the connection to be reset and never returns: the connection task drops this
+    /// future together with the connection.
+    pub(crate) async fn reset<T>(&self) -> T {
+        self.kill.notify_one();
+        std::future::pending().await
+    }
+}
+
+/// Starts simulators. See [`Simulator::spawn`].
+#[derive(Debug, Clone, Copy)]
+pub struct Simulator;
+
+impl Simulator {
+    /// Binds `config.addr` (default `127.0.0.1:0`), starts serving on the current tokio runtime
+    /// and returns at once with a handle. OAuth, API and `/sim/*` share the address.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), genesys_sim::SimError> {
+    /// use genesys_sim::{SimConfig, Simulator};
+    ///
+    /// let sim = Simulator::spawn(SimConfig::default().users(5)).await?;
+    /// assert!(sim.base_url().starts_with("http://127.0.0.1:"));
+    /// assert_eq!(sim.user_ids().len(), 5);
+    /// sim.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn spawn(config: SimConfig) -> Result<SimHandle, SimError> {
+        let revoke_every = config.faults.revoke_every;
+        let shared = Arc::new(Shared::new(config)?);
+        let listener = TcpListener::bind(shared.cfg.addr)
+            .await
+            .map_err(SimError::Bind)?;
+        let addr = listener.local_addr().map_err(SimError::Bind)?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(every) = revoke_every {
+            let sh = shared.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let start = tokio::time::Instant::now() + every;
+                let mut tick = tokio::time::interval_at(start, every);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            sh.tokens.revoke_all();
+                            sh.stats.fault("revoke");
+                        }
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        tracing::debug!(%addr, "genesys-sim listening");
+        Ok(SimHandle {
+            addr,
+            shared,
+            stop: stop_tx,
+            task: Some(task),
+        })
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                conns.spawn(serve(stream, shared.clone(), stop.clone()));
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    conns.shutdown().await;
+}
+
+async fn serve(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let ctl = Arc::new(ConnCtl::default());
+    let svc_ctl = ctl.clone();
+    let svc = service_fn(move |req| {
+        let sh = shared.clone();
+        let ctl = svc_ctl.clone();
+        async move { Ok::<_, Infallible>(handle(sh, ctl, req).await) }
+    });
+    let mut conn = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        _ = &mut conn => {}
+        _ = ctl.kill.notified() => {
+            // SO_LINGER 0: closing sends RST, so the client sees a reset, never a response.
+            let parts = conn.into_parts();
+            let _ = parts.io.inner().set_zero_linger();
+        }
+        _ = stop.changed() => {}
+    }
+}
+
+/// A running simulator. Dropping it stops the simulator too (without waiting).
+#[derive(Debug)]
+pub struct SimHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// `http://127.0.0.1:PORT`: the base URL of both the OAuth and the API routes.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.cfg
+    }
+
+    /// Every applied side effect so far, in order.
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        lock(&self.shared.ledger).clone()
+    }
+
+    /// Number of ledger entries.
+    pub fn ledger_len(&self) -> usize {
+        lock(&self.shared.ledger).len()
+    }
+
+    /// How many effects were applied to this entity (user id, action id, integration id or
+    /// ingested record key).
+    pub fn ledger_count_for(&self, entity: &str) -> usize {
+        lock(&self.shared.ledger)
+            .iter()
+            .filter(|e| e.entity == entity)
+            .count()
+    }
+
+    /// The effects applied to this entity, in order.
+    pub fn ledger_for(&self, entity: &str) -> Vec<LedgerEntry> {
+        lock(&self.shared.ledger)
+            .iter()
+            .filter(|e| e.entity == entity)
+            .cloned()
+            .collect()
+    }
+
+    /// Request statistics so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// A user's current state as the API would return it, or `None` for an unknown id.
+    pub fn user(&self, id: &str) -> Option<Value> {
+        let cell = self.shared.users.get(id)?;
+        serde_json::to_value(&*lock(cell)).ok()
+    }
+
+    /// The seeded users' ids, in index order (also [`crate::user_id`]`(seed, i)`).
+    pub fn user_ids(&self) -> Vec<String> {
+        self.shared
+            .users
+            .list
+            .iter()
+            .map(|u| lock(u).id.clone())
+            .collect()
+    }
+
+    /// The seeded integrations' ids (also [`crate::integration_id`]`(seed, i)`).
+    pub fn integration_ids(&self) -> Vec<String> {
+        self.shared.integration_ids.clone()
+    }
+
+    /// An integration's current config, or `None` for an unknown id.
+    pub fn integration_config(&self, id: &str) -> Option<Value> {
+        let cell = self.shared.integrations.get(id)?;
+        Some(Value::Object(lock(cell).clone()))
+    }
+
+    /// Revokes every issued token now: the next API call with any of them gets 401.
+    /// Returns how many tokens were live.
+    pub fn revoke_tokens(&self) -> usize {
+        self.shared.tokens.revoke_all()
+    }
+
+    /// Stops accepting, closes every connection and waits until the listener is gone.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}

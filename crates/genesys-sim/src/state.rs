@@ -1,0 +1,435 @@
+//! Shared simulator state: tokens and quotas, entities, the effect ledger, statistics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::config::SimConfig;
+use crate::data::{Users, integration_id, lock, seeded_integration};
+use crate::error::SimError;
+
+/// One applied side effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntry {
+    /// Position in the ledger, from 0.
+    pub seq: u64,
+    /// The route template, e.g. `/api/v2/users/{userId}`.
+    pub route: String,
+    /// The HTTP method, e.g. `PATCH`.
+    pub method: String,
+    /// The entity the effect applies to: a user id, an action id, an integration id, or an
+    /// ingested record's key (its `external_id` by default).
+    pub entity: String,
+    /// The request's `Idempotency-Key`, if it carried one (recorded even where not honoured).
+    pub idempotency_key: Option<String>,
+    /// FNV-1a 64 of the payload (the request body, or the record for ingestion), in hex.
+    pub payload_hash: String,
+    /// The request's correlation id.
+    pub correlation_id: String,
+    /// When, in milliseconds since the simulator started (tokio clock, so a paused clock counts).
+    pub elapsed_ms: u64,
+    /// When, as an HTTP date (wall clock).
+    pub time: String,
+}
+
+/// Request statistics. Route keys are `METHOD /template` such as `PATCH /api/v2/users/{userId}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Responses sent, by route and status (a reset connection sends none: see `faults`).
+    pub requests: BTreeMap<String, BTreeMap<u16, u64>>,
+    /// All responses sent.
+    pub total_responses: u64,
+    /// Tokens issued by `/oauth/token`.
+    pub tokens_issued: u64,
+    /// 429s given because a token's quota was used up (long-retry-after faults not included).
+    pub rate_limited: u64,
+    /// Faults injected, by kind (`5xx`, `500`, `503-retry-after`, `reset-before`, `reset-after`,
+    /// `long-retry-after`, `latency`, `token-5xx`, `revoke`).
+    pub faults: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    /// Responses with this status on this route (`"GET /api/v2/users/{userId}"`).
+    pub fn count(&self, route: &str, status: u16) -> u64 {
+        self.requests
+            .get(route)
+            .and_then(|m| m.get(&status))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Responses with this status on every route.
+    pub fn status_count(&self, status: u16) -> u64 {
+        self.requests.values().filter_map(|m| m.get(&status)).sum()
+    }
+
+    /// Faults of this kind injected.
+    pub fn fault_count(&self, kind: &str) -> u64 {
+        self.faults.get(kind).copied().unwrap_or(0)
+    }
+}
+
+/// The routes, for statistics without a global lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    Token,
+    ListUsers,
+    GetUser,
+    PatchUser,
+    Execute,
+    Test,
+    Ingest,
+    GetConfig,
+    PutConfig,
+    Limits,
+    Ledger,
+    Stats,
+    Other,
+}
+
+impl Route {
+    pub(crate) const ALL: [Route; 13] = [
+        Route::Token,
+        Route::ListUsers,
+        Route::GetUser,
+        Route::PatchUser,
+        Route::Execute,
+        Route::Test,
+        Route::Ingest,
+        Route::GetConfig,
+        Route::PutConfig,
+        Route::Limits,
+        Route::Ledger,
+        Route::Stats,
+        Route::Other,
+    ];
+
+    /// `(method, template)`.
+    pub(crate) fn parts(self, ingestion_path: &str) -> (&'static str, String) {
+        let (m, t) = match self {
+            Route::Token => ("POST", "/oauth/token"),
+            Route::ListUsers => ("GET", "/api/v2/users"),
+            Route::GetUser => ("GET", "/api/v2/users/{userId}"),
+            Route::PatchUser => ("PATCH", "/api/v2/users/{userId}"),
+            Route::Execute => ("POST", "/api/v2/integrations/actions/{actionId}/execute"),
+            Route::Test => ("POST", "/api/v2/integrations/actions/{actionId}/test"),
+            Route::Ingest => return ("POST", ingestion_path.to_string()),
+            Route::GetConfig => ("GET", "/api/v2/integrations/{integrationId}/config/current"),
+            Route::PutConfig => ("PUT", "/api/v2/integrations/{integrationId}/config/current"),
+            Route::Limits => ("GET", "/api/v2/organizations/limits/namespaces/{namespace}"),
+            Route::Ledger => ("GET", "/sim/ledger"),
+            Route::Stats => ("GET", "/sim/stats"),
+            Route::Other => ("*", "(unmatched)"),
+        };
+        (m, t.to_string())
+    }
+}
+
+const STATUS_SLOTS: usize = 600;
+
+/// Lock-free counters behind [`Stats`].
+pub(crate) struct StatsInner {
+    by_route_status: Vec<AtomicU64>,
+    pub(crate) tokens_issued: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    faults: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl StatsInner {
+    fn new() -> Self {
+        Self {
+            by_route_status: (0..Route::ALL.len() * STATUS_SLOTS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            tokens_issued: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            faults: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub(crate) fn record(&self, route: Route, status: u16) {
+        let s = (status as usize).min(STATUS_SLOTS - 1);
+        self.by_route_status[route as usize * STATUS_SLOTS + s].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn fault(&self, kind: &'static str) {
+        *lock(&self.faults).entry(kind).or_insert(0) += 1;
+    }
+
+    fn snapshot(&self, ingestion_path: &str) -> Stats {
+        let mut stats = Stats::default();
+        for route in Route::ALL {
+            let mut per = BTreeMap::new();
+            for s in 0..STATUS_SLOTS {
+                let n = self.by_route_status[route as usize * STATUS_SLOTS + s].load(Relaxed);
+                if n > 0 {
+                    per.insert(s as u16, n);
+                    stats.total_responses += n;
+                }
+            }
+            if !per.is_empty() {
+                let (m, t) = route.parts(ingestion_path);
+                stats.requests.insert(format!("{m} {t}"), per);
+            }
+        }
+        stats.tokens_issued = self.tokens_issued.load(Relaxed);
+        stats.rate_limited = self.rate_limited.load(Relaxed);
+        stats.faults = lock(&self.faults)
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        stats
+    }
+}
+
+/// What a token may do right now.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Quota {
+    pub(crate) allowed: u32,
+    pub(crate) count: u32,
+    /// Seconds until the window resets, rounded up.
+    pub(crate) reset_secs: u64,
+}
+
+#[derive(Debug)]
+pub(crate) enum TokenCheck {
+    Ok(Arc<str>, Option<Quota>),
+    Unknown,
+    Expired,
+    Limited(Quota),
+}
+
+struct TokenEntry {
+    client: Arc<str>,
+    expires_at: Instant,
+    window_start: Instant,
+    count: u32,
+}
+
+const TOKEN_SHARDS: usize = 16;
+
+/// Issued tokens, sharded so concurrent callers rarely share a lock.
+pub(crate) struct Tokens {
+    shards: Vec<Mutex<HashMap<String, TokenEntry>>>,
+}
+
+fn shard_of(token: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    token.hash(&mut h);
+    (h.finish() as usize) % TOKEN_SHARDS
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    let n = d.as_nanos();
+    (n.div_ceil(1_000_000_000) as u64).max(1)
+}
+
+impl Tokens {
+    fn new() -> Self {
+        Self {
+            shards: (0..TOKEN_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn insert(&self, token: String, client: Arc<str>, ttl: Duration) {
+        let now = Instant::now();
+        lock(&self.shards[shard_of(&token)]).insert(
+            token,
+            TokenEntry {
+                client,
+                expires_at: now + ttl,
+                window_start: now,
+                count: 0,
+            },
+        );
+    }
+
+    /// Authenticates a token and counts the request against its quota.
+    pub(crate) fn check(&self, token: &str, limit: Option<(u32, Duration)>) -> TokenCheck {
+        let now = Instant::now();
+        let mut shard = lock(&self.shards[shard_of(token)]);
+        let Some(entry) = shard.get_mut(token) else {
+            return TokenCheck::Unknown;
+        };
+        if now >= entry.expires_at {
+            shard.remove(token);
+            return TokenCheck::Expired;
+        }
+        let Some((allowed, window)) = limit else {
+            return TokenCheck::Ok(entry.client.clone(), None);
+        };
+        if now >= entry.window_start + window {
+            entry.window_start = now;
+            entry.count = 0;
+        }
+        let reset_secs = ceil_secs(entry.window_start + window - now);
+        if entry.count >= allowed {
+            return TokenCheck::Limited(Quota {
+                allowed,
+                count: entry.count,
+                reset_secs,
+            });
+        }
+        entry.count += 1;
+        TokenCheck::Ok(
+            entry.client.clone(),
+            Some(Quota {
+                allowed,
+                count: entry.count,
+                reset_secs,
+            }),
+        )
+    }
+
+    /// Forgets every token; returns how many were live.
+    pub(crate) fn revoke_all(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let mut s = lock(s);
+                let n = s.len();
+                s.clear();
+                n
+            })
+            .sum()
+    }
+}
+
+/// A completed ingestion, kept for replays of its `Idempotency-Key`.
+pub(crate) struct Stored {
+    pub(crate) payload_hash: u64,
+    pub(crate) status: u16,
+    pub(crate) body: Bytes,
+}
+
+/// Everything the handlers share.
+pub(crate) struct Shared {
+    pub(crate) cfg: SimConfig,
+    pub(crate) clients: HashMap<String, String>,
+    pub(crate) tokens: Tokens,
+    pub(crate) users: Users,
+    pub(crate) integrations: HashMap<String, Mutex<Map<String, Value>>>,
+    pub(crate) integration_ids: Vec<String>,
+    pub(crate) ledger: Mutex<Vec<LedgerEntry>>,
+    pub(crate) stats: StatsInner,
+    pub(crate) idempotency: Mutex<HashMap<(Arc<str>, String), Stored>>,
+    pub(crate) schema: jsonschema::Validator,
+    pub(crate) api_seq: AtomicU64,
+    pub(crate) token_seq: AtomicU64,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+/// What a ledger entry is made of, before it gets its position and time.
+pub(crate) struct Effect<'a> {
+    pub(crate) route: Route,
+    pub(crate) entity: String,
+    pub(crate) idempotency_key: Option<&'a str>,
+    pub(crate) payload: &'a [u8],
+    pub(crate) correlation_id: &'a str,
+}
+
+impl Shared {
+    pub(crate) fn new(cfg: SimConfig) -> Result<Self, SimError> {
+        if let Some((n, w)) = cfg.rate_limit
+            && (n == 0 || w.is_zero())
+        {
+            return Err(SimError::Config(
+                "the rate limit needs at least 1 request in a window longer than 0".into(),
+            ));
+        }
+        if cfg.token_ttl.is_zero() {
+            return Err(SimError::Config(
+                "the token lifetime must be longer than 0".into(),
+            ));
+        }
+        if cfg.clients.is_empty() {
+            return Err(SimError::Config(
+                "at least one OAuth client is needed".into(),
+            ));
+        }
+        if !cfg.ingestion_path.starts_with('/') {
+            return Err(SimError::Config(format!(
+                "the ingestion path must start with `/`, got `{}`",
+                cfg.ingestion_path
+            )));
+        }
+        let schema = jsonschema::validator_for(&cfg.ingestion_schema)
+            .map_err(|e| SimError::Schema(e.to_string()))?;
+        let integration_ids: Vec<String> = (0..cfg.integrations)
+            .map(|i| integration_id(cfg.seed, i))
+            .collect();
+        let integrations = integration_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), Mutex::new(seeded_integration(id, i))))
+            .collect();
+        Ok(Self {
+            clients: cfg
+                .clients
+                .iter()
+                .map(|c| (c.id.clone(), c.secret.clone()))
+                .collect(),
+            tokens: Tokens::new(),
+            users: Users::seeded(cfg.seed, cfg.users),
+            integrations,
+            integration_ids,
+            ledger: Mutex::new(Vec::new()),
+            stats: StatsInner::new(),
+            idempotency: Mutex::new(HashMap::new()),
+            schema,
+            api_seq: AtomicU64::new(0),
+            token_seq: AtomicU64::new(0),
+            started: Instant::now(),
+            cfg,
+        })
+    }
+
+    pub(crate) fn record(&self, e: Effect<'_>) {
+        let (method, route) = e.route.parts(&self.cfg.ingestion_path);
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        let mut ledger = lock(&self.ledger);
+        let seq = ledger.len() as u64;
+        ledger.push(LedgerEntry {
+            seq,
+            route,
+            method: method.to_string(),
+            entity: e.entity,
+            idempotency_key: e.idempotency_key.map(str::to_string),
+            payload_hash: format!("{:016x}", fnv1a(e.payload)),
+            correlation_id: e.correlation_id.to_string(),
+            elapsed_ms,
+            time: httpdate::fmt_http_date(SystemTime::now()),
+        });
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.stats.snapshot(&self.cfg.ingestion_path)
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash (unlike std's) so ledgers compare across runs.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
