@@ -1,0 +1,496 @@
+//! The client-side layer: a stable key per logical call, replay, and joining calls in flight.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use tower::ServiceExt;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::store::{Claim, ClaimToken, IdempotencyStore, StoreError, StoredResponse};
+use super::{Fingerprint, IDEMPOTENCY_KEY, IdempotencyKey, MemoryStore};
+use crate::body::DEFAULT_REPLAY_LIMIT;
+use crate::{Body, BoxError, Metrics};
+
+/// How long a client call holds its key by default before another call with the same key may
+/// take it over: 5 minutes, longer than any sane retry schedule below the layer.
+pub const DEFAULT_CLIENT_LOCK_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// How long completed responses are kept by default: 24 hours.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Gives every POST and PATCH a stable `Idempotency-Key`, answers repeats from a store, and
+/// collapses concurrent calls with the same key into one. See the [module docs](super).
+///
+/// ```
+/// use genesys_tower::idempotency::IdempotencyLayer;
+/// use genesys_tower::{Body, BoxError, Metrics};
+/// use http::{Request, Response};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let metrics = Metrics::new();
+/// let svc = ServiceBuilder::new()
+///     .layer(IdempotencyLayer::new().metrics(metrics.clone()))
+///     .service(service_fn(|req: Request<Body>| async move {
+///         let key = req.headers()["idempotency-key"].to_str()?.to_owned();
+///         Ok::<_, BoxError>(Response::new(Body::from(format!("created with {key}"))))
+///     }));
+///
+/// let request = || Request::post("/orders")
+///     .extension(genesys_tower::idempotency::IdempotencyKey::new("order-42"))
+///     .body(Body::from("{\"qty\":1}"))
+///     .unwrap();
+/// let first = svc.clone().oneshot(request()).await?;
+/// let again = svc.oneshot(request()).await?;
+/// assert_eq!(again.headers()["idempotent-replayed"], "true");
+/// assert_eq!(again.into_body().collect_bytes().await?, "created with order-42");
+/// assert_eq!(metrics.snapshot().idempotent_replays, 1);
+/// # drop(first);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    config: Config,
+}
+
+#[derive(Clone)]
+struct Config {
+    store: Arc<dyn IdempotencyStore>,
+    metrics: Metrics,
+    methods: Vec<Method>,
+    body_limit: usize,
+    response_limit: usize,
+    lock_ttl: Duration,
+    retention: Duration,
+}
+
+impl IdempotencyLayer {
+    /// A layer for POST and PATCH with its own [`MemoryStore`], shared by every service it makes.
+    pub fn new() -> Self {
+        IdempotencyLayer {
+            config: Config {
+                store: Arc::new(MemoryStore::new()),
+                metrics: Metrics::new(),
+                methods: vec![Method::POST, Method::PATCH],
+                body_limit: DEFAULT_REPLAY_LIMIT,
+                response_limit: DEFAULT_REPLAY_LIMIT,
+                lock_ttl: DEFAULT_CLIENT_LOCK_TTL,
+                retention: DEFAULT_RETENTION,
+            },
+        }
+    }
+
+    /// The store for keys and responses (an `Arc<dyn IdempotencyStore>` is accepted too).
+    pub fn store(mut self, store: impl IdempotencyStore) -> Self {
+        self.config.store = Arc::new(store);
+        self
+    }
+
+    /// Counters to feed: replays and joins.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.config.metrics = metrics;
+        self
+    }
+
+    /// The counters this layer feeds (its own unless [`metrics`](Self::metrics) gave others).
+    pub fn metrics_handle(&self) -> &Metrics {
+        &self.config.metrics
+    }
+
+    /// The methods that get a key when the caller gave none (default: POST and PATCH). A request
+    /// whose caller supplied a key is handled whatever its method.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.config.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// How much of a streaming request body is read to fingerprint it (default 1 MiB). A larger
+    /// body is sent once with its key, but not fingerprinted, stored or joined.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.config.body_limit = bytes;
+        self
+    }
+
+    /// How much of a response body is read to store it (default 1 MiB). A larger response is
+    /// passed to the caller as it streams, and not stored: a repeat calls the service again (with
+    /// the same key).
+    pub fn response_limit(mut self, bytes: usize) -> Self {
+        self.config.response_limit = bytes;
+        self
+    }
+
+    /// How long a call holds its key before another call with the same key may take it over
+    /// (default [`DEFAULT_CLIENT_LOCK_TTL`]); the key is released at once when a call ends without
+    /// a final response, or is dropped.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.config.lock_ttl = ttl;
+        self
+    }
+
+    /// How long final responses are kept for replay (default 24 hours).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.config.retention = retention;
+        self
+    }
+}
+
+impl Default for IdempotencyLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("methods", &self.config.methods)
+            .field("body_limit", &self.config.body_limit)
+            .field("response_limit", &self.config.response_limit)
+            .field("lock_ttl", &self.config.lock_ttl)
+            .field("retention", &self.config.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency {
+            inner,
+            config: Arc::new(self.config.clone()),
+        }
+    }
+}
+
+/// The service made by [`IdempotencyLayer`].
+#[derive(Clone)]
+pub struct Idempotency<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> Idempotency<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future of [`Idempotency`].
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Idempotency<S>
+where
+    S: Service<Request<Body>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ReqB: http_body::Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    /// Always ready: most calls answered from the store or joined to another never reach the
+    /// inner service, so its readiness is awaited in the call, only when the request is sent.
+    /// No capacity below (a concurrency permit, say) is held while a call waits for another.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let inner = self.inner.clone();
+        let config = self.config.clone();
+        ResponseFuture {
+            inner: Box::pin(run(config, inner, req)),
+        }
+    }
+}
+
+/// Errors of the client-side [`IdempotencyLayer`] itself (errors of the inner service pass
+/// through as they are).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key was already used for a different request (method, path or body differ). Nothing
+    /// was sent.
+    KeyReused {
+        /// The key.
+        key: String,
+    },
+    /// The key cannot be sent as a header value.
+    InvalidKey {
+        /// Why.
+        reason: &'static str,
+    },
+    /// The store failed; nothing was sent.
+    Store(StoreError),
+    /// The request body could not be read; nothing was sent.
+    Body(BoxError),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::KeyReused { key } => write!(
+                f,
+                "idempotency key {key:?} was already used for a different request (method, path \
+                 or body differ); nothing was sent: use a new key for a new operation"
+            ),
+            Error::InvalidKey { reason } => write!(f, "invalid idempotency key: {reason}"),
+            Error::Store(e) => write!(f, "{e}; nothing was sent"),
+            Error::Body(e) => write!(f, "could not read the request body to fingerprint it: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Store(e) => Some(e),
+            Error::Body(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the client layer stores a response: 2xx, and 4xx other than 408, 409 and 429 (those
+/// three, 3xx and 5xx are transient or incomplete: the next call with the key goes to the server).
+pub fn is_final(status: StatusCode) -> bool {
+    status.is_success()
+        || (status.is_client_error()
+            && !matches!(
+                status,
+                StatusCode::REQUEST_TIMEOUT | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS
+            ))
+}
+
+fn caller_key<B>(req: &Request<B>) -> Result<Option<String>, Error> {
+    let key = if let Some(key) = req.extensions().get::<IdempotencyKey>() {
+        Some(key.as_str().to_owned())
+    } else if let Some(value) = req.headers().get(IDEMPOTENCY_KEY) {
+        let text = value.to_str().map_err(|_| Error::InvalidKey {
+            reason: "the Idempotency-Key header is not visible ASCII",
+        })?;
+        Some(text.to_owned())
+    } else {
+        None
+    };
+    if key.as_deref() == Some("") {
+        return Err(Error::InvalidKey {
+            reason: "the key is empty",
+        });
+    }
+    Ok(key)
+}
+
+async fn run<S, ReqB, ResB>(
+    config: Arc<Config>,
+    inner: S,
+    req: Request<ReqB>,
+) -> Result<Response<Body>, BoxError>
+where
+    S: Service<Request<Body>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ReqB: http_body::Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let caller_key = caller_key(&req)?;
+    if caller_key.is_none() && !config.methods.contains(req.method()) {
+        return send(inner, req.map(Body::new)).await;
+    }
+    let key = caller_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let value = HeaderValue::from_str(&key).map_err(|_| Error::InvalidKey {
+        reason: "the key is not a valid header value (use visible ASCII)",
+    })?;
+    let (mut parts, body) = req.into_parts();
+    // Set once here, above any retry: every attempt below carries the same key.
+    parts.headers.insert(IDEMPOTENCY_KEY, value);
+    parts.extensions.insert(IdempotencyKey::new(key.clone()));
+
+    let body = Body::new(body)
+        .buffer(config.body_limit)
+        .await
+        .map_err(Error::Body)?;
+    let Some(bytes) = body.as_bytes().cloned() else {
+        tracing::debug!(
+            limit = config.body_limit,
+            "request body too large to fingerprint: sent with its idempotency key, not stored"
+        );
+        let response = send(inner, Request::from_parts(parts, body)).await?;
+        return Ok(with_key(response, &key));
+    };
+    let fingerprint = Fingerprint::of(&parts.method, &parts.uri, &bytes);
+
+    let mut joined = false;
+    loop {
+        let claim = config
+            .store
+            .claim(&key, fingerprint, config.lock_ttl)
+            .await
+            .map_err(Error::Store)?;
+        match claim {
+            Claim::Completed(stored) => {
+                if joined {
+                    config.metrics.record_idempotent_join();
+                } else {
+                    config.metrics.record_idempotent_replay();
+                }
+                tracing::debug!(status = %stored.status(), joined, "idempotent replay");
+                return Ok(with_key(stored.to_replay(), &key));
+            }
+            Claim::Mismatch => return Err(Error::KeyReused { key }.into()),
+            Claim::InFlight => {
+                // Another call with this key is running: wait for its outcome, then look again
+                // (its response, or the key itself when it ended without a final response).
+                joined = true;
+                config
+                    .store
+                    .wait(&key, config.lock_ttl)
+                    .await
+                    .map_err(Error::Store)?;
+            }
+            Claim::Acquired(token) => {
+                let mut guard = ReleaseOnDrop {
+                    store: config.store.clone(),
+                    key: key.clone(),
+                    token: Some(token),
+                };
+                let request = Request::from_parts(parts, Body::from_bytes(bytes));
+                let outcome = async {
+                    let (head, body) = send(inner, request).await?.into_parts();
+                    Ok::<_, BoxError>((head, body.buffer(config.response_limit).await?))
+                }
+                .await;
+                let token = guard.token.take().expect("the token is taken once");
+                let (head, body) = match outcome {
+                    Ok(response) => response,
+                    Err(e) => {
+                        // No outcome: the next call with this key must reach the service.
+                        if let Err(e) = config.store.release(&key, &token).await {
+                            tracing::warn!(error = %e, "idempotency key not released");
+                        }
+                        return Err(e);
+                    }
+                };
+                match body.as_bytes() {
+                    Some(bytes) if is_final(head.status) => {
+                        let stored =
+                            StoredResponse::new(head.status, head.headers.clone(), bytes.clone());
+                        match config
+                            .store
+                            .complete(&key, &token, stored, config.retention)
+                            .await
+                        {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!(
+                                "idempotency lock expired before the response arrived; not stored \
+                                 (raise lock_ttl above the longest call)"
+                            ),
+                            // The response is real: hand it over even if it cannot be remembered.
+                            Err(e) => tracing::warn!(error = %e, "response not stored"),
+                        }
+                    }
+                    _ => {
+                        if let Err(e) = config.store.release(&key, &token).await {
+                            tracing::warn!(error = %e, "idempotency key not released");
+                        }
+                    }
+                }
+                return Ok(with_key(Response::from_parts(head, body), &key));
+            }
+        }
+    }
+}
+
+async fn send<S, ResB>(inner: S, req: Request<Body>) -> Result<Response<Body>, BoxError>
+where
+    S: Service<Request<Body>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let response = inner.oneshot(req).await.map_err(Into::into)?;
+    Ok(response.map(Body::new))
+}
+
+fn with_key(mut response: Response<Body>, key: &str) -> Response<Body> {
+    response
+        .extensions_mut()
+        .insert(IdempotencyKey::new(key.to_owned()));
+    response
+}
+
+/// Releases a claim whose call ended without an outcome (an error, or the caller dropped the
+/// future), so that the next call with the key is not kept waiting until the lock expires.
+struct ReleaseOnDrop {
+    store: Arc<dyn IdempotencyStore>,
+    key: String,
+    token: Option<ClaimToken>,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let store = self.store.clone();
+        let key = std::mem::take(&mut self.key);
+        // Without a runtime the lock simply expires.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = store.release(&key, &token).await {
+                    tracing::warn!(error = %e, "idempotency key not released");
+                }
+            });
+        }
+    }
+}

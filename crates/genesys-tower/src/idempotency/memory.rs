@@ -1,0 +1,363 @@
+//! An in-memory store: bounded, with expiry.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use moka::sync::Cache;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Fingerprint;
+use super::store::{Claim, ClaimToken, IdempotencyStore, StoreFuture, StoredResponse};
+
+/// The default bound of a [`MemoryStore`]: 64 MiB of stored responses.
+pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
+
+/// An in-memory [`IdempotencyStore`] for one process: completed responses in a bounded cache
+/// ([moka], weighed by response size, least useful entries evicted first), each kept for the
+/// retention its layer asks for; in-flight claims in a map beside it.
+///
+/// Clones share the same records. Waiting callers are woken the moment a key completes or is
+/// released, not by polling. Lock and retention deadlines follow tokio's clock, so they can be
+/// tested on a paused clock.
+///
+/// For several processes behind one load balancer use the Redis store (feature `redis`).
+///
+/// ```
+/// use genesys_tower::idempotency::{IdempotencyLayer, MemoryStore};
+///
+/// let store = MemoryStore::with_capacity(16 * 1024 * 1024);
+/// let layer = IdempotencyLayer::new().store(store.clone());
+/// # drop(layer);
+/// ```
+///
+/// [moka]: https://docs.rs/moka
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    completed: Cache<String, Arc<Completed>>,
+    in_flight: Mutex<HashMap<String, Lock>>,
+}
+
+struct Completed {
+    fingerprint: Fingerprint,
+    response: StoredResponse,
+    expires_at: Instant,
+    retention: Duration,
+}
+
+struct Lock {
+    token: ClaimToken,
+    expires_at: Instant,
+    // Dropped when the lock goes: every waiter's receiver then wakes.
+    changed: watch::Sender<()>,
+}
+
+/// Expires completed entries after their own retention (on moka's clock; reads also check
+/// tokio's clock, see `get_live`).
+struct Retention;
+
+impl moka::Expiry<String, Arc<Completed>> for Retention {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<Completed>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.retention)
+    }
+}
+
+impl MemoryStore {
+    /// A store bounded to [`DEFAULT_MEMORY_CAPACITY`] bytes of responses.
+    pub fn new() -> Self {
+        Self::with_capacity(DEFAULT_MEMORY_CAPACITY)
+    }
+
+    /// A store bounded to `max_bytes` of responses (body and headers). When full, the entries least
+    /// likely to be asked for again are evicted; an evicted key is treated as new.
+    pub fn with_capacity(max_bytes: u64) -> Self {
+        let completed = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &String, value: &Arc<Completed>| {
+                u32::try_from(key.len() + value.response.size()).unwrap_or(u32::MAX)
+            })
+            .expire_after(Retention)
+            .build();
+        MemoryStore {
+            inner: Arc::new(Inner {
+                completed,
+                in_flight: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The number of keys completed and kept (approximate: evictions run lazily).
+    pub fn completed_len(&self) -> u64 {
+        self.inner.completed.run_pending_tasks();
+        self.inner.completed.entry_count()
+    }
+
+    /// The number of keys in flight (claimed and neither completed nor released).
+    pub fn in_flight_len(&self) -> usize {
+        let now = Instant::now();
+        self.locks().values().filter(|l| l.expires_at > now).count()
+    }
+
+    fn locks(&self) -> MutexGuard<'_, HashMap<String, Lock>> {
+        // A panic while holding the lock cannot leave the map half-updated (every update is one
+        // insert or remove), so a poisoned lock is safe to use.
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get_live(&self, key: &str, now: Instant) -> Option<Arc<Completed>> {
+        let completed = self.inner.completed.get(key)?;
+        if completed.expires_at <= now {
+            self.inner.completed.invalidate(key);
+            return None;
+        }
+        Some(completed)
+    }
+
+    fn claim_now(&self, key: &str, fingerprint: Fingerprint, lock_ttl: Duration) -> Claim {
+        let now = Instant::now();
+        // One mutex orders every claim, completion and release, so a key cannot be completed
+        // between our look at the cache and our look at the locks.
+        let mut locks = self.locks();
+        if let Some(completed) = self.get_live(key, now) {
+            return if completed.fingerprint == fingerprint {
+                Claim::Completed(completed.response.clone())
+            } else {
+                Claim::Mismatch
+            };
+        }
+        if let Some(lock) = locks.get(key).filter(|l| l.expires_at > now) {
+            return if lock.token.fingerprint() == fingerprint {
+                Claim::InFlight
+            } else {
+                Claim::Mismatch
+            };
+        }
+        // Absent, or the owner's lock expired (it crashed or hung): the key is ours.
+        if locks.len() >= 1024 && locks.len().is_power_of_two() {
+            // Keep abandoned locks from piling up; amortised over the map's growth.
+            locks.retain(|_, l| l.expires_at > now);
+        }
+        let token = ClaimToken::new(fingerprint);
+        locks.insert(
+            key.to_owned(),
+            Lock {
+                token: token.clone(),
+                expires_at: now + lock_ttl,
+                changed: watch::channel(()).0,
+            },
+        );
+        Claim::Acquired(token)
+    }
+
+    fn complete_now(
+        &self,
+        key: &str,
+        token: &ClaimToken,
+        response: StoredResponse,
+        retention: Duration,
+    ) -> bool {
+        let now = Instant::now();
+        let mut locks = self.locks();
+        let owned = locks
+            .get(key)
+            .is_some_and(|l| l.token == *token && l.expires_at > now);
+        if !owned {
+            return false;
+        }
+        self.inner.completed.insert(
+            key.to_owned(),
+            Arc::new(Completed {
+                fingerprint: token.fingerprint(),
+                response,
+                expires_at: now + retention,
+                retention,
+            }),
+        );
+        locks.remove(key);
+        true
+    }
+
+    fn release_now(&self, key: &str, token: &ClaimToken) {
+        let mut locks = self.locks();
+        if locks.get(key).is_some_and(|l| l.token == *token) {
+            locks.remove(key);
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("completed", &self.inner.completed.entry_count())
+            .field("max_bytes", &self.inner.completed.policy().max_capacity())
+            .finish()
+    }
+}
+
+impl IdempotencyStore for MemoryStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: Fingerprint,
+        lock_ttl: Duration,
+    ) -> StoreFuture<'a, Claim> {
+        let claim = self.claim_now(key, fingerprint, lock_ttl);
+        Box::pin(async move { Ok(claim) })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a ClaimToken,
+        response: StoredResponse,
+        retention: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let stored = self.complete_now(key, token, response, retention);
+        Box::pin(async move { Ok(stored) })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, token: &'a ClaimToken) -> StoreFuture<'a, ()> {
+        self.release_now(key, token);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn wait<'a>(&'a self, key: &'a str, max_wait: Duration) -> StoreFuture<'a, ()> {
+        let watched = self.locks().get(key).map(|l| {
+            let until = l.expires_at.min(Instant::now() + max_wait);
+            (l.changed.subscribe(), until)
+        });
+        Box::pin(async move {
+            if let Some((mut changed, until)) = watched {
+                // Wakes when the lock is dropped (completed or released) or when it expires.
+                let _ = tokio::time::timeout_at(until, changed.changed()).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, Method, StatusCode};
+
+    fn fp(body: &str) -> Fingerprint {
+        Fingerprint::of(&Method::POST, &"/x".parse().unwrap(), body.as_bytes())
+    }
+
+    fn ok() -> StoredResponse {
+        StoredResponse::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"done"),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn claim_complete_replay_and_expiry() {
+        let store = MemoryStore::new();
+        let lock = Duration::from_secs(30);
+        let Claim::Acquired(token) = store.claim("k", fp("a"), lock).await.unwrap() else {
+            panic!("a new key is acquired");
+        };
+        assert!(matches!(
+            store.claim("k", fp("a"), lock).await.unwrap(),
+            Claim::InFlight
+        ));
+        assert!(matches!(
+            store.claim("k", fp("b"), lock).await.unwrap(),
+            Claim::Mismatch
+        ));
+        let retention = Duration::from_secs(60);
+        assert!(store.complete("k", &token, ok(), retention).await.unwrap());
+        match store.claim("k", fp("a"), lock).await.unwrap() {
+            Claim::Completed(r) => assert_eq!(r.body().as_ref(), b"done"),
+            other => panic!("expected the stored response, got {other:?}"),
+        }
+        assert!(matches!(
+            store.claim("k", fp("b"), lock).await.unwrap(),
+            Claim::Mismatch
+        ));
+        tokio::time::advance(retention).await;
+        assert!(matches!(
+            store.claim("k", fp("b"), lock).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_lock_is_taken_over_and_the_old_owner_cannot_complete() {
+        let store = MemoryStore::new();
+        let lock = Duration::from_secs(30);
+        let Claim::Acquired(old) = store.claim("k", fp("a"), lock).await.unwrap() else {
+            panic!("a new key is acquired");
+        };
+        tokio::time::advance(lock - Duration::from_millis(1)).await;
+        assert!(matches!(
+            store.claim("k", fp("a"), lock).await.unwrap(),
+            Claim::InFlight
+        ));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let Claim::Acquired(new) = store.claim("k", fp("a"), lock).await.unwrap() else {
+            panic!("an expired lock is taken over");
+        };
+        let day = Duration::from_secs(86_400);
+        assert!(!store.complete("k", &old, ok(), day).await.unwrap());
+        store.release("k", &old).await.unwrap();
+        assert_eq!(
+            store.in_flight_len(),
+            1,
+            "the old owner cannot release the new lock"
+        );
+        assert!(store.complete("k", &new, ok(), day).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_wake_when_the_key_completes() {
+        let store = MemoryStore::new();
+        let Claim::Acquired(token) = store
+            .claim("k", fp("a"), Duration::from_secs(30))
+            .await
+            .unwrap()
+        else {
+            panic!("a new key is acquired");
+        };
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                store.wait("k", Duration::from_secs(3600)).await.unwrap();
+                start.elapsed()
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            store
+                .complete("k", &token, ok(), Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert_eq!(waiter.await.unwrap(), Duration::from_secs(2));
+    }
+}
