@@ -1,1 +1,526 @@
-//! Retries: classification, backoff with jitter, Retry-After as a floor, a retry budget.
+//! Retries: classification, backoff with jitter, `Retry-After` as a floor, a retry budget and a
+//! total deadline.
+//!
+//! [`RetryLayer`] wraps any `Service<http::Request<Body>>` whose responses are
+//! `http::Response<_>`: a hyper-util client, a `tower::service_fn`, an axum `Router`. It takes
+//! `Request<B>` for any body `B` with `Bytes` data and hands [`Body`] to the service below.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//!
+//! use genesys_tower::Body;
+//! use genesys_tower::retry::{RetryInfo, RetryLayer, RetryPolicy};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), genesys_tower::BoxError> {
+//! // A service that fails once with 503, then answers.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let flaky = service_fn(move |_req: Request<Body>| {
+//!     let n = calls.fetch_add(1, Ordering::Relaxed);
+//!     async move {
+//!         let status = if n == 0 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+//!         Ok::<_, Infallible>(Response::builder().status(status).body(String::new()).unwrap())
+//!     }
+//! });
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(RetryPolicy::default()))
+//!     .service(flaky);
+//!
+//! let response = service
+//!     .oneshot(Request::get("http://example.com/users").body(String::new())?)
+//!     .await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! let info = response.extensions().get::<RetryInfo>().unwrap();
+//! assert_eq!(info.attempts, 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What is retried
+//!
+//! A [`Classify`] implementation ([`DefaultClassifier`] by default) sorts each outcome into
+//! final, retry, or *ambiguous*. Connection failures before sending, 408, 429, 502, 503 and 504
+//! are retried whatever the method: the request was not sent, or the server answered. Other 4xx
+//! are never retried. An error after the request may have reached the server (a timeout, a
+//! reset) is ambiguous: it may have been applied, so it is replayed only when the request is safe
+//! to send twice ([`RetryPolicy::may_replay`]: an idempotent method, a [`RetrySafety`] mark, or an
+//! `Idempotency-Key` the target honours). Otherwise the call ends with an [`Error`] of kind
+//! [`ErrorKind::OutcomeUnknown`] that says so: a possible duplicate never becomes a silent one.
+//!
+//! # How long to wait
+//!
+//! A [`Backoff`] schedule (exponential from 500 ms by 2, capped at 30 s, [`Jitter::Full`]) gives
+//! the delay. A server's hint ([`headers`]: `Retry-After`, and on a 429 the `RateLimit` and
+//! `inin-ratelimit-reset` fields) is a floor: the delay is `max(backoff, hint)`, plus a small
+//! spread above the hint (up to 10 %, at most 1 s) so that clients released by the same hint do
+//! not return together. A hint over `max_retry_after` (180 s), or past the total deadline, ends
+//! the call at once with an [`Error`] that carries the hint.
+//!
+//! # Why a budget
+//!
+//! `max_attempts` bounds retries per request; in an outage every request makes all its attempts
+//! and the client multiplies the load on a failing server. A [`RetryBudget`], shared by every
+//! clone of the service, bounds retries to a share of requests. A retry it refuses returns the
+//! last response as it is (or the last error, wrapped in an [`Error`] of kind
+//! [`ErrorKind::BudgetExhausted`]) and counts in
+//! [`MetricsSnapshot::budget_refusals`](crate::metrics::MetricsSnapshot::budget_refusals).
+//!
+//! # Bodies
+//!
+//! The request body is converted with [`Body::new`] and buffered with [`Body::buffer`] up to
+//! `replay_limit` (1 MiB): a body already in memory costs nothing and is replayed by reference
+//! count; a streaming body that fits is read into memory first. A longer streaming body is sent
+//! once, as it streams, and that request is never retried, so no part of a body is sent twice.
+//!
+//! # Dropped responses
+//!
+//! A response that is retried is not returned to anyone. Its body is read and discarded, up to
+//! 64 KiB, during the backoff wait (never making the wait longer), so that an HTTP/1 connection
+//! can go back to the pool instead of being closed; a longer or slower body is dropped when the
+//! wait ends, which closes that connection.
+//!
+//! # Observability
+//!
+//! The final response carries a [`RetryInfo`] extension (attempts, time spent waiting). Each
+//! attempt emits a `tracing` event at DEBUG level with the attempt number, the status or error,
+//! and for a retry the delay and the [`RetryReason`]; headers are never logged. The [`Metrics`]
+//! given to [`RetryLayer::metrics`] count requests, attempts, retries by reason, 429 responses
+//! and budget refusals.
+//!
+//! # tower manners, and why not tower's `retry::Policy`
+//!
+//! [`Retry`] is `Clone` (the state it shares, budget and counters, is behind `Arc`s) and needs
+//! the inner service to be `Clone`. `poll_ready` polls the inner service; `call` then takes that
+//! ready service for the first attempt and leaves a fresh clone in its place (the clone-and-swap
+//! of tower's own middleware), so whatever the inner service reserved in `poll_ready` (a
+//! concurrency permit, say) is the one the first attempt uses. Later attempts wait for
+//! readiness again on the same service before they are sent, so under a concurrency layer no
+//! permit is held while the call sleeps.
+//!
+//! tower's `retry::Retry` and its `Policy` trait were considered. They are not used because:
+//! the request must first be turned into a replayable [`Body`], which needs an `async` step
+//! (buffering a stream) that `Policy::clone_request` cannot take, and tower's `Retry` hands the
+//! inner service the same request type it receives; draining the dropped response during the
+//! backoff needs the response by value, where `Policy::retry` sees `&mut Result`; and attempts,
+//! deadline, hint and budget read more plainly as one loop than as a policy plus wrappers.
+//! tower's `TpsBudget` is not reused either; [`RetryBudget`] says why.
+//!
+//! [`Metrics`]: crate::Metrics
+//! [`RetryReason`]: crate::metrics::RetryReason
+
+mod backoff;
+mod budget;
+mod classify;
+mod error;
+pub mod future;
+pub mod headers;
+mod layer;
+mod policy;
+
+use std::mem;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_service::Service;
+
+pub use self::backoff::{Backoff, Jitter};
+pub use self::budget::RetryBudget;
+pub use self::classify::{Classification, Classify, DefaultClassifier, RetrySafety};
+pub use self::error::{Error, ErrorKind};
+pub use self::future::ResponseFuture;
+pub use self::layer::RetryLayer;
+pub use self::policy::{IDEMPOTENCY_KEY, RetryPolicy, RetryPolicyBuilder};
+
+use crate::metrics::RetryReason;
+use crate::{Body, BoxError, Metrics};
+
+/// How much of a dropped response's body is read so that its connection can be reused.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// Retries requests to the inner service by a [`RetryPolicy`]. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    policy: RetryPolicy,
+    metrics: Metrics,
+}
+
+/// The response extension that says how a call went: attempts sent and time spent waiting
+/// between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct RetryInfo {
+    /// Attempts sent, the first included (1 when the call was not retried).
+    pub attempts: u32,
+    /// Time spent in backoff between attempts (not the time of the attempts themselves).
+    pub waited: Duration,
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner`, retrying by `policy`, with counters of its own.
+    pub fn new(inner: S, policy: RetryPolicy) -> Self {
+        Retry {
+            inner,
+            policy,
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Counts into `metrics` instead.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The counters this service feeds.
+    pub fn metrics_handle(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: http_body::Body + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<Response<ResBody>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The ready service goes to the first attempt; its clone waits for the next call.
+        let clone = self.inner.clone();
+        let ready = mem::replace(&mut self.inner, clone);
+        let call = Call {
+            seed: self.policy.next_call_seed(),
+            policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
+        };
+        ResponseFuture::new(call.run(ready, request))
+    }
+}
+
+/// The last outcome of a retryable attempt.
+enum Last<R> {
+    Response(Response<R>),
+    Error(BoxError),
+}
+
+struct Call {
+    policy: RetryPolicy,
+    metrics: Metrics,
+    seed: Option<u64>,
+}
+
+impl Call {
+    async fn run<S, B, R>(
+        self,
+        mut service: S,
+        request: Request<B>,
+    ) -> Result<Response<R>, BoxError>
+    where
+        S: Service<Request<Body>, Response = Response<R>> + Send,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+        R: http_body::Body + Send,
+    {
+        let Call {
+            policy,
+            metrics,
+            seed,
+        } = self;
+        let started = Instant::now();
+        let deadline = policy.deadline().map(|d| started + d);
+        metrics.record_request();
+        if let Some(budget) = policy.budget() {
+            budget.deposit();
+        }
+
+        let (parts, body) = request.into_parts();
+        let body = Body::new(body).buffer(policy.replay_limit()).await?;
+        // A replayable body is cloned for every attempt; a stream past the limit goes once.
+        let (template, mut once) = if body.is_replayable() {
+            (Some(body), None)
+        } else {
+            (None, Some(body))
+        };
+
+        let mut attempts = 0u32;
+        let mut waited = Duration::ZERO;
+        let mut backoff: Option<Backoff> = None;
+
+        loop {
+            attempts += 1;
+            if attempts > 1 {
+                service.ready().await.map_err(Into::into)?;
+            }
+            let attempt_body = template
+                .as_ref()
+                .and_then(Body::try_clone)
+                .or_else(|| once.take())
+                .unwrap_or_default();
+            metrics.record_attempt();
+            let outcome = service
+                .call(Request::from_parts(parts.clone(), attempt_body))
+                .await
+                .map_err(Into::<BoxError>::into);
+
+            let classifier = policy.classifier();
+            let (reason, hint, status, last) = match outcome {
+                Ok(response) => {
+                    let status = response.status();
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        metrics.record_rate_limited_response();
+                    }
+                    let reason =
+                        match classifier.classify_response(&parts, status, response.headers()) {
+                            Classification::Final => None,
+                            Classification::Retry(reason) => Some(reason),
+                            Classification::Ambiguous => {
+                                policy.may_replay(&parts).then_some(RetryReason::Ambiguous)
+                            }
+                        };
+                    let Some(reason) = reason else {
+                        tracing::debug!(
+                            attempt = attempts,
+                            status = status.as_u16(),
+                            "attempt done"
+                        );
+                        return Ok(finish(response, attempts, waited));
+                    };
+                    let hint = headers::hint(
+                        response.headers(),
+                        SystemTime::now(),
+                        status == StatusCode::TOO_MANY_REQUESTS,
+                    );
+                    (reason, hint, Some(status), Last::Response(response))
+                }
+                Err(error) => {
+                    let reason = match classifier.classify_error(&parts, &*error) {
+                        Classification::Final => {
+                            tracing::debug!(attempt = attempts, error = %error, "attempt failed; not retryable");
+                            return Err(error);
+                        }
+                        Classification::Retry(reason) => reason,
+                        Classification::Ambiguous if policy.may_replay(&parts) => {
+                            RetryReason::Ambiguous
+                        }
+                        Classification::Ambiguous => {
+                            tracing::debug!(
+                                attempt = attempts,
+                                error = %error,
+                                method = %parts.method,
+                                "attempt failed after the request may have been sent; outcome unknown"
+                            );
+                            return Err(Error::new(ErrorKind::OutcomeUnknown, attempts)
+                                .with_method(parts.method.clone())
+                                .with_source(Some(error))
+                                .into());
+                        }
+                    };
+                    (reason, None, None, Last::Error(error))
+                }
+            };
+
+            let stop = |kind: ErrorKind, last: Last<R>| -> Result<Response<R>, BoxError> {
+                tracing::debug!(
+                    attempt = attempts,
+                    status = status.map(|s| s.as_u16()),
+                    reason = %reason,
+                    stopped = ?kind,
+                    "attempt failed; not retried"
+                );
+                match last {
+                    Last::Response(response) => Ok(finish(response, attempts, waited)),
+                    Last::Error(error) => Err(Error::new(kind, attempts)
+                        .with_method(parts.method.clone())
+                        .with_source(Some(error))
+                        .into()),
+                }
+            };
+
+            if attempts >= policy.max_attempts() {
+                return stop(ErrorKind::AttemptsExhausted, last);
+            }
+            if template.is_none() {
+                // A body that cannot be replayed: the outcome is returned as it came.
+                tracing::debug!(attempt = attempts, status = status.map(|s| s.as_u16()), reason = %reason,
+                    "attempt failed; not retried: the body was too long to replay");
+                return match last {
+                    Last::Response(response) => Ok(finish(response, attempts, waited)),
+                    Last::Error(error) => Err(error),
+                };
+            }
+            if let Some(hint) = hint.filter(|h| *h > policy.max_retry_after()) {
+                return Err(hint_error(
+                    Error::new(ErrorKind::RetryAfterTooLong, attempts),
+                    hint,
+                    status,
+                    policy.max_retry_after(),
+                    last,
+                ));
+            }
+
+            let backoff = backoff.get_or_insert_with(|| policy.backoff_with_seed(seed));
+            let mut delay = backoff.next_delay();
+            if let Some(hint) = hint.filter(|h| *h >= delay) {
+                delay = hint + backoff.spread(policy.spread_for(hint));
+            }
+            // tokio's timers tick in whole milliseconds: round up, so that `waited` is what
+            // the call really waits.
+            delay = ceil_millis(delay);
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Some(hint) = hint.filter(|h| *h > left) {
+                    return Err(hint_error(
+                        Error::new(ErrorKind::DeadlineExceeded, attempts),
+                        hint,
+                        status,
+                        left,
+                        last,
+                    ));
+                }
+                if delay > left {
+                    if hint.is_some() {
+                        // The hint fits: only the spread above it is trimmed.
+                        delay = left;
+                    } else {
+                        let error = Error::new(ErrorKind::DeadlineExceeded, attempts)
+                            .with_method(parts.method.clone())
+                            .with_status(status)
+                            .with_limit(left);
+                        return Err(with_last(error, last).into());
+                    }
+                }
+            }
+            if policy.budget().is_some_and(|budget| !budget.withdraw()) {
+                metrics.record_budget_refusal();
+                return stop(ErrorKind::BudgetExhausted, last);
+            }
+
+            metrics.record_retry(reason);
+            match &last {
+                Last::Response(_) => tracing::debug!(
+                    attempt = attempts,
+                    status = status.map(|s| s.as_u16()),
+                    delay_ms = delay.as_millis() as u64,
+                    reason = %reason,
+                    "attempt failed; retrying"
+                ),
+                Last::Error(error) => tracing::debug!(
+                    attempt = attempts,
+                    error = %error,
+                    delay_ms = delay.as_millis() as u64,
+                    reason = %reason,
+                    "attempt failed; retrying"
+                ),
+            }
+
+            let wake = Instant::now() + delay;
+            if let Last::Response(response) = last {
+                // Read the dropped body while we wait anyway; never wait longer for it.
+                let _ = tokio::time::timeout_at(wake, drain(response.into_body())).await;
+            }
+            tokio::time::sleep_until(wake).await;
+            waited += delay;
+        }
+    }
+}
+
+fn ceil_millis(d: Duration) -> Duration {
+    let sub_ms = d.subsec_nanos() % 1_000_000;
+    if sub_ms == 0 {
+        d
+    } else {
+        d.saturating_add(Duration::from_nanos(u64::from(1_000_000 - sub_ms)))
+    }
+}
+
+fn finish<R>(mut response: Response<R>, attempts: u32, waited: Duration) -> Response<R> {
+    response
+        .extensions_mut()
+        .insert(RetryInfo { attempts, waited });
+    response
+}
+
+fn hint_error<R>(
+    error: Error,
+    hint: Duration,
+    status: Option<StatusCode>,
+    limit: Duration,
+    last: Last<R>,
+) -> BoxError {
+    tracing::debug!(
+        status = status.map(|s| s.as_u16()),
+        hint_s = hint.as_secs(),
+        limit_s = limit.as_secs(),
+        "server hint too long; call ended"
+    );
+    let error = error
+        .with_status(status)
+        .with_retry_after(Some(hint))
+        .with_limit(limit);
+    with_last(error, last).into()
+}
+
+fn with_last<R>(error: Error, last: Last<R>) -> Error {
+    match last {
+        Last::Response(_) => error,
+        Last::Error(source) => error.with_source(Some(source)),
+    }
+}
+
+/// Reads and discards up to [`DRAIN_LIMIT`] bytes of a body, so that its connection can be reused.
+async fn drain<R: http_body::Body>(body: R) {
+    let mut body = std::pin::pin!(body);
+    let mut read = 0usize;
+    while read <= DRAIN_LIMIT {
+        match body.as_mut().frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read = read.saturating_add(data.remaining());
+                }
+            }
+            _ => break,
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Deciding which outcomes are worth another attempt.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+
+use http::{HeaderMap, StatusCode, request};
+
+use crate::metrics::RetryReason;
+
+/// What an attempt's outcome means for the retry layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Classification {
+    /// Return the outcome to the caller as it is: a success, or a failure that another attempt
+    /// would not change (a 400, a 404, an error of a layer that already retried).
+    Final,
+    /// Retry, whatever the request's method: the request was not sent (a refused connection), or
+    /// the server answered that it did not process it (429, 503) or failed in a way the policy
+    /// retries.
+    Retry(RetryReason),
+    /// The request may have reached the server and been applied (a timeout, a reset after
+    /// sending). The layer retries it only when the request is safe to send twice: an idempotent
+    /// method, a [`RetrySafety`](super::RetrySafety) mark, or an `Idempotency-Key` the target
+    /// honours. Otherwise the caller gets an "outcome unknown" [`Error`](super::Error).
+    Ambiguous,
+}
+
+/// Classifies each attempt's outcome. Implement it to change what is retried; the layer still
+/// decides, from the request, whether an [`Ambiguous`](Classification::Ambiguous) outcome may be
+/// replayed, so a classifier cannot turn a possible duplicate into a silent one by mistake.
+pub trait Classify: Send + Sync + 'static {
+    /// Classifies a response (the head only: the body is not read).
+    fn classify_response(
+        &self,
+        request: &request::Parts,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Classification;
+
+    /// Classifies an error of the service below. The error is the whole chain: walk
+    /// [`source`](std::error::Error::source) to find the cause.
+    fn classify_error(
+        &self,
+        request: &request::Parts,
+        error: &(dyn StdError + 'static),
+    ) -> Classification;
+}
+
+/// The default classification.
+///
+/// | outcome | classification |
+/// | --- | --- |
+/// | connection failed before sending (hyper-util's `is_connect()`, `ConnectionRefused` anywhere in the chain) | retry ([`Connect`](RetryReason::Connect)) |
+/// | 408 | retry ([`RequestTimeout`](RetryReason::RequestTimeout)) |
+/// | 429 | retry ([`RateLimited`](RetryReason::RateLimited)) |
+/// | 502, 503, 504 | retry ([`ServerError`](RetryReason::ServerError)) |
+/// | 500 | final, unless [`retry_500`](DefaultClassifier::retry_500) is set |
+/// | any other status | final (never other 4xx: another attempt gets the same answer) |
+/// | an error of an inner retry layer | final (retries are not multiplied) |
+/// | any other error (timeouts, resets, incomplete messages) | ambiguous |
+///
+/// A retried status is not ambiguous by default: the server answered. A gateway's 502 or 504 can
+/// still hide an upstream that applied the request; set
+/// [`ambiguous_gateway_errors`](DefaultClassifier::ambiguous_gateway_errors) to treat 500, 502 and
+/// 504 as ambiguous, so that they are replayed only for requests safe to send twice.
+///
+/// ```
+/// use genesys_tower::retry::{Classification, Classify, DefaultClassifier};
+/// use genesys_tower::metrics::RetryReason;
+/// use http::{HeaderMap, Request, StatusCode};
+///
+/// let (parts, ()) = Request::post("/x").body(()).unwrap().into_parts();
+/// let classify = DefaultClassifier::new();
+/// let c = |s| classify.classify_response(&parts, s, &HeaderMap::new());
+/// assert_eq!(c(StatusCode::TOO_MANY_REQUESTS), Classification::Retry(RetryReason::RateLimited));
+/// assert_eq!(c(StatusCode::NOT_FOUND), Classification::Final);
+/// assert_eq!(c(StatusCode::INTERNAL_SERVER_ERROR), Classification::Final);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DefaultClassifier {
+    retry_500: bool,
+    ambiguous_gateway_errors: bool,
+}
+
+impl DefaultClassifier {
+    /// The default classification (500 not retried).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether to retry 500 Internal Server Error (default: no; a 500 is more often a bug than a
+    /// transient failure).
+    pub fn retry_500(mut self, retry: bool) -> Self {
+        self.retry_500 = retry;
+        self
+    }
+
+    /// Whether 500, 502 and 504 count as ambiguous (default: no).
+    pub fn ambiguous_gateway_errors(mut self, ambiguous: bool) -> Self {
+        self.ambiguous_gateway_errors = ambiguous;
+        self
+    }
+}
+
+impl Classify for DefaultClassifier {
+    fn classify_response(
+        &self,
+        _request: &request::Parts,
+        status: StatusCode,
+        _headers: &HeaderMap,
+    ) -> Classification {
+        let server = |retry: bool| match (retry, self.ambiguous_gateway_errors) {
+            (false, _) => Classification::Final,
+            (true, false) => Classification::Retry(RetryReason::ServerError),
+            (true, true) => Classification::Ambiguous,
+        };
+        match status {
+            StatusCode::REQUEST_TIMEOUT => Classification::Retry(RetryReason::RequestTimeout),
+            StatusCode::TOO_MANY_REQUESTS => Classification::Retry(RetryReason::RateLimited),
+            StatusCode::SERVICE_UNAVAILABLE => Classification::Retry(RetryReason::ServerError),
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => server(true),
+            StatusCode::INTERNAL_SERVER_ERROR => server(self.retry_500),
+            _ => Classification::Final,
+        }
+    }
+
+    fn classify_error(
+        &self,
+        _request: &request::Parts,
+        error: &(dyn StdError + 'static),
+    ) -> Classification {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if e.is::<super::Error>() {
+                return Classification::Final;
+            }
+            if is_connect_error(e) {
+                return Classification::Retry(RetryReason::Connect);
+            }
+            cause = e.source();
+        }
+        Classification::Ambiguous
+    }
+}
+
+/// A failure to connect: nothing of the request was sent.
+fn is_connect_error(e: &(dyn StdError + 'static)) -> bool {
+    #[cfg(feature = "hyper-util")]
+    if e.downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(hyper_util::client::legacy::Error::is_connect)
+    {
+        return true;
+    }
+    e.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
+}
+
+/// Whether a request may be replayed after an ambiguous failure, set as a request extension.
+///
+/// Without it, the layer decides by method: GET, HEAD, OPTIONS, PUT, DELETE and TRACE are
+/// idempotent (RFC 9110 §9.2.2); POST and PATCH are replayed only with an `Idempotency-Key` the
+/// target honours (per [`RetryPolicyBuilder::honours_idempotency_keys`](super::RetryPolicyBuilder::honours_idempotency_keys)).
+/// Only ambiguous failures are concerned: a refused connection or a 503 is retried whatever the
+/// mark, because the request was not processed.
+///
+/// ```
+/// use genesys_tower::retry::RetrySafety;
+/// use http::Request;
+///
+/// // A PATCH that carries the entity's version cannot apply twice: a replay gets a 409.
+/// let mut req = Request::patch("/api/v2/users/42").body(r#"{"version":7}"#).unwrap();
+/// req.extensions_mut().insert(RetrySafety::Idempotent);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetrySafety {
+    /// Safe to send twice, whatever the method (a conditional write, with `version` or `If-Match`).
+    Idempotent,
+    /// The target deduplicates by `Idempotency-Key`: the request is replayed when it carries one.
+    KeyHonoured,
+    /// Never replay after an ambiguous failure, even for an idempotent method.
+    Unsafe,
+}
+
+impl fmt::Display for RetrySafety {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RetrySafety::Idempotent => "idempotent",
+            RetrySafety::KeyHonoured => "key honoured",
+            RetrySafety::Unsafe => "unsafe",
+        })
+    }
+}
