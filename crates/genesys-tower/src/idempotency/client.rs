@@ -422,7 +422,9 @@ where
                     }
                 };
                 match body.as_bytes() {
-                    Some(bytes) if is_final(head.status) => {
+                    Some(bytes)
+                        if is_final(head.status) && bytes.len() <= config.response_limit =>
+                    {
                         let stored =
                             StoredResponse::new(head.status, head.headers.clone(), bytes.clone());
                         match config

@@ -527,7 +527,9 @@ where
                         return Ok(Response::from_parts(head, failed_body(e)));
                     }
                 };
-                match body.as_bytes() {
+                // A body already in memory may exceed the limit too: the limit bounds the store.
+                let bytes = body.as_bytes().filter(|b| b.len() <= config.response_limit);
+                match bytes {
                     Some(bytes) if (config.should_store)(head.status) => {
                         let stored =
                             StoredResponse::new(head.status, head.headers.clone(), bytes.clone());

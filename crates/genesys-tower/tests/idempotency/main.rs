@@ -1,1 +1,845 @@
-//! Idempotency tests.
+//! Idempotency: the client-side layer over a recording service, and the server-side layer in an
+//! axum router, driven with `oneshot`. Time-based behaviour runs on a paused clock.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use genesys_tower::idempotency::server::ServerIdempotencyLayer;
+use genesys_tower::idempotency::{
+    Claim, ClaimToken, Error, Fingerprint, IdempotencyKey, IdempotencyLayer, IdempotencyStore,
+    MemoryStore, StoreError, StoreFuture, StoredResponse,
+};
+use genesys_tower::{Body, BoxError, Metrics};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::sync::Notify;
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+// ---------------------------------------------------------------------------------------------
+// Client side.
+
+/// What the service below the layer saw: one entry per call.
+#[derive(Clone, Default)]
+struct Seen {
+    calls: Arc<Mutex<Vec<(Method, Option<String>, Bytes)>>>,
+}
+
+impl Seen {
+    fn count(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    fn keys(&self) -> Vec<Option<String>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.1.clone())
+            .collect()
+    }
+
+    async fn record(&self, req: Request<Body>) -> (Method, Option<String>, Bytes) {
+        let key = req
+            .headers()
+            .get("idempotency-key")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let method = req.method().clone();
+        let body = req.into_body().collect_bytes().await.unwrap();
+        self.calls
+            .lock()
+            .unwrap()
+            .push((method.clone(), key.clone(), body.clone()));
+        (method, key, body)
+    }
+}
+
+/// A service that answers with the given statuses in turn (the last one repeats), after `delay`,
+/// with a body that names the call.
+fn scripted(
+    seen: &Seen,
+    statuses: &[u16],
+    delay: Duration,
+) -> impl Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Response<Body>, BoxError>> + Send,
+> + Clone
++ Send
++ 'static {
+    let seen = seen.clone();
+    let statuses: Arc<Vec<u16>> = Arc::new(statuses.to_vec());
+    service_fn(move |req: Request<Body>| {
+        let seen = seen.clone();
+        let statuses = statuses.clone();
+        async move {
+            let n = seen.count();
+            seen.record(req).await;
+            tokio::time::sleep(delay).await;
+            let status = statuses[n.min(statuses.len() - 1)];
+            let response = Response::builder()
+                .status(status)
+                .header("x-call", n.to_string())
+                .body(Body::from(format!("call {n}")))
+                .unwrap();
+            Ok::<_, BoxError>(response)
+        }
+    })
+}
+
+fn request(method: Method, body: &'static str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri("/orders")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn keyed(key: &str, body: &'static str) -> Request<Body> {
+    let mut req = request(Method::POST, body);
+    req.extensions_mut().insert(IdempotencyKey::new(key));
+    req
+}
+
+async fn text(response: Response<Body>) -> String {
+    let bytes = response.into_body().collect_bytes().await.unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn post_and_patch_get_a_uuid_key_and_get_does_not() {
+    let seen = Seen::default();
+    let svc = IdempotencyLayer::new().layer(scripted(&seen, &[200], Duration::ZERO));
+
+    let post = svc
+        .clone()
+        .oneshot(request(Method::POST, "a"))
+        .await
+        .unwrap();
+    let patch = svc
+        .clone()
+        .oneshot(request(Method::PATCH, "b"))
+        .await
+        .unwrap();
+    svc.clone().oneshot(request(Method::GET, "")).await.unwrap();
+    svc.clone()
+        .oneshot(request(Method::PUT, "c"))
+        .await
+        .unwrap();
+
+    let keys = seen.keys();
+    for key in &keys[..2] {
+        let key = key.as_deref().expect("POST and PATCH carry a key");
+        let uuid = uuid::Uuid::parse_str(key).expect("the key is a UUID");
+        assert_eq!(uuid.get_version_num(), 4);
+    }
+    assert_ne!(keys[0], keys[1], "each logical call has its own key");
+    assert_eq!(keys[2], None, "GET is idempotent already");
+    assert_eq!(keys[3], None, "PUT is idempotent already");
+    // The caller learns the key that was used from the response.
+    let used = post.extensions().get::<IdempotencyKey>().unwrap();
+    assert_eq!(Some(used.as_str()), keys[0].as_deref());
+    assert!(patch.extensions().get::<IdempotencyKey>().is_some());
+}
+
+#[tokio::test]
+async fn the_callers_key_is_kept() {
+    let seen = Seen::default();
+    let svc = IdempotencyLayer::new().layer(scripted(&seen, &[200], Duration::ZERO));
+
+    let mut with_header = request(Method::POST, "a");
+    with_header
+        .headers_mut()
+        .insert("idempotency-key", "from-header".parse().unwrap());
+    svc.clone().oneshot(with_header).await.unwrap();
+    svc.clone()
+        .oneshot(keyed("from-extension", "b"))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        seen.keys(),
+        [
+            Some("from-header".to_owned()),
+            Some("from-extension".to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn every_attempt_below_carries_the_same_key() {
+    // A stand-in for a retry layer: sends the request it gets three times.
+    let seen = Seen::default();
+    let calls_from_layer = Arc::new(AtomicUsize::new(0));
+    let below = {
+        let seen = seen.clone();
+        let calls_from_layer = calls_from_layer.clone();
+        service_fn(move |req: Request<Body>| {
+            let seen = seen.clone();
+            calls_from_layer.fetch_add(1, SeqCst);
+            async move {
+                let (parts, body) = req.into_parts();
+                for _ in 0..3 {
+                    let copy = body
+                        .try_clone()
+                        .expect("the layer hands down a replayable body");
+                    seen.record(Request::from_parts(parts.clone(), copy)).await;
+                }
+                Ok::<_, BoxError>(Response::new(Body::empty()))
+            }
+        })
+    };
+    let svc = IdempotencyLayer::new().layer(below);
+    svc.oneshot(request(Method::POST, "{}")).await.unwrap();
+
+    assert_eq!(
+        calls_from_layer.load(SeqCst),
+        1,
+        "the layer calls below once"
+    );
+    let keys = seen.keys();
+    assert_eq!(keys.len(), 3);
+    assert!(keys[0].is_some());
+    assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+}
+
+#[tokio::test]
+async fn a_repeat_is_answered_from_the_store_without_a_call() {
+    let seen = Seen::default();
+    let metrics = Metrics::new();
+    let svc = IdempotencyLayer::new()
+        .metrics(metrics.clone())
+        .layer(scripted(&seen, &[201], Duration::ZERO));
+
+    let first = svc
+        .clone()
+        .oneshot(keyed("k1", "{\"qty\":1}"))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    assert_eq!(text(first).await, "call 0");
+
+    let again = svc
+        .clone()
+        .oneshot(keyed("k1", "{\"qty\":1}"))
+        .await
+        .unwrap();
+    assert_eq!(seen.count(), 1, "the repeat did not reach the service");
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["x-call"], "0");
+    assert_eq!(text(again).await, "call 0");
+    assert_eq!(metrics.snapshot().idempotent_replays, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn twenty_concurrent_calls_with_one_key_make_one_call() {
+    let seen = Seen::default();
+    let metrics = Metrics::new();
+    let svc = IdempotencyLayer::new()
+        .metrics(metrics.clone())
+        .layer(scripted(&seen, &[200], Duration::from_secs(2)));
+
+    let calls = (0..20).map(|_| svc.clone().oneshot(keyed("same", "{}")));
+    let responses = join_all(calls).await;
+
+    assert_eq!(seen.count(), 1);
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(text(response).await, "call 0");
+    }
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.idempotent_joins, 19);
+    assert_eq!(snapshot.idempotent_replays, 0);
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_body_is_refused_before_sending() {
+    let seen = Seen::default();
+    let svc = IdempotencyLayer::new().layer(scripted(&seen, &[200], Duration::ZERO));
+
+    svc.clone()
+        .oneshot(keyed("k", "{\"qty\":1}"))
+        .await
+        .unwrap();
+    let err = svc
+        .clone()
+        .oneshot(keyed("k", "{\"qty\":2}"))
+        .await
+        .unwrap_err();
+
+    assert_eq!(seen.count(), 1, "nothing was sent for the second body");
+    match err.downcast_ref::<Error>() {
+        Some(Error::KeyReused { key }) => assert_eq!(key, "k"),
+        other => panic!("expected KeyReused, got {other:?} ({err})"),
+    }
+    assert!(err.to_string().contains("use a new key"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_body_is_refused_while_the_first_is_in_flight() {
+    let seen = Seen::default();
+    let svc = IdempotencyLayer::new().layer(scripted(&seen, &[200], Duration::from_secs(5)));
+
+    let first = tokio::spawn(svc.clone().oneshot(keyed("k", "one")));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let err = svc.clone().oneshot(keyed("k", "two")).await.unwrap_err();
+    assert!(matches!(
+        err.downcast_ref::<Error>(),
+        Some(Error::KeyReused { .. })
+    ));
+    first.await.unwrap().unwrap();
+    assert_eq!(seen.count(), 1);
+}
+
+#[tokio::test]
+async fn transient_statuses_are_not_stored() {
+    for transient in [503, 429, 408, 409, 500] {
+        let seen = Seen::default();
+        let svc = IdempotencyLayer::new().layer(scripted(&seen, &[transient, 200], Duration::ZERO));
+
+        let first = svc.clone().oneshot(keyed("k", "{}")).await.unwrap();
+        assert_eq!(first.status().as_u16(), transient);
+        let second = svc.clone().oneshot(keyed("k", "{}")).await.unwrap();
+        assert_eq!(second.status(), StatusCode::OK, "after {transient}");
+        assert!(second.headers().get("idempotent-replayed").is_none());
+        let third = svc.clone().oneshot(keyed("k", "{}")).await.unwrap();
+        assert_eq!(third.headers()["idempotent-replayed"], "true");
+        assert_eq!(seen.count(), 2, "after {transient}");
+        // Both calls used the caller's key.
+        assert!(seen.keys().iter().all(|k| k.as_deref() == Some("k")));
+    }
+}
+
+#[tokio::test]
+async fn final_client_errors_are_stored() {
+    let seen = Seen::default();
+    let svc = IdempotencyLayer::new().layer(scripted(&seen, &[422, 200], Duration::ZERO));
+    svc.clone().oneshot(keyed("k", "{}")).await.unwrap();
+    let again = svc.clone().oneshot(keyed("k", "{}")).await.unwrap();
+    assert_eq!(again.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(seen.count(), 1);
+}
+
+#[tokio::test]
+async fn an_error_below_releases_the_key() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let below = {
+        let attempts = attempts.clone();
+        service_fn(move |_req: Request<Body>| {
+            let n = attempts.fetch_add(1, SeqCst);
+            async move {
+                if n == 0 {
+                    Err::<Response<Body>, BoxError>("connection reset".into())
+                } else {
+                    Ok(Response::new(Body::from("ok")))
+                }
+            }
+        })
+    };
+    let svc = IdempotencyLayer::new().layer(below);
+    let err = svc.clone().oneshot(keyed("k", "{}")).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "connection reset",
+        "errors below pass through"
+    );
+    let ok = svc.clone().oneshot(keyed("k", "{}")).await.unwrap();
+    assert_eq!(text(ok).await, "ok");
+    assert_eq!(attempts.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn joined_calls_send_again_when_the_first_gets_a_transient_status() {
+    let seen = Seen::default();
+    let svc = IdempotencyLayer::new().layer(scripted(&seen, &[503, 200], Duration::from_secs(1)));
+    let responses = join_all((0..5).map(|_| svc.clone().oneshot(keyed("k", "{}")))).await;
+    let statuses: Vec<u16> = responses
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    // One call got the 503; one of the others took the key over and got the 200 the rest share.
+    assert_eq!(seen.count(), 2);
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 4);
+}
+
+#[tokio::test]
+async fn a_response_past_the_bound_is_passed_through_not_stored() {
+    let seen = Seen::default();
+    let svc =
+        IdempotencyLayer::new()
+            .response_limit(4)
+            .layer(scripted(&seen, &[200], Duration::ZERO));
+    let first = svc.clone().oneshot(keyed("k", "{}")).await.unwrap();
+    assert_eq!(
+        text(first).await,
+        "call 0",
+        "the whole body reaches the caller"
+    );
+    let second = svc.clone().oneshot(keyed("k", "{}")).await.unwrap();
+    assert_eq!(text(second).await, "call 1");
+    assert_eq!(seen.count(), 2);
+}
+
+#[tokio::test]
+async fn clones_share_one_store_and_another_layer_may_share_it_too() {
+    let seen = Seen::default();
+    let store = MemoryStore::new();
+    let a =
+        IdempotencyLayer::new()
+            .store(store.clone())
+            .layer(scripted(&seen, &[200], Duration::ZERO));
+    let b = IdempotencyLayer::new()
+        .store(Arc::new(store.clone()) as Arc<dyn IdempotencyStore>)
+        .layer(scripted(&seen, &[200], Duration::ZERO));
+    a.oneshot(keyed("k", "{}")).await.unwrap();
+    let replay = b.oneshot(keyed("k", "{}")).await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(seen.count(), 1);
+    assert_eq!(store.completed_len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_midway_frees_its_key() {
+    let seen = Seen::default();
+    let store = MemoryStore::new();
+    let svc = IdempotencyLayer::new().store(store.clone()).layer(scripted(
+        &seen,
+        &[200],
+        Duration::from_secs(60),
+    ));
+    let timed_out = tokio::time::timeout(
+        Duration::from_secs(1),
+        svc.clone().oneshot(keyed("k", "{}")),
+    )
+    .await;
+    assert!(timed_out.is_err());
+    tokio::task::yield_now().await;
+    assert_eq!(store.in_flight_len(), 0, "the key was released");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server side.
+
+#[derive(Clone, Default)]
+struct Handler {
+    runs: Arc<AtomicUsize>,
+    /// When set, the handler waits for it before answering.
+    gate: Option<Arc<Notify>>,
+    /// Statuses to answer in turn (the last repeats); 201 when empty.
+    statuses: Arc<Vec<u16>>,
+    /// How long the handler takes.
+    delay: Duration,
+}
+
+impl Handler {
+    fn runs(&self) -> usize {
+        self.runs.load(SeqCst)
+    }
+
+    fn router(&self, layer: ServerIdempotencyLayer) -> Router {
+        let this = self.clone();
+        Router::new()
+            .route(
+                "/orders",
+                post(move |body: Bytes| {
+                    let this = this.clone();
+                    async move {
+                        let n = this.runs.fetch_add(1, SeqCst);
+                        if let Some(gate) = &this.gate {
+                            gate.notified().await;
+                        }
+                        tokio::time::sleep(this.delay).await;
+                        let status = this
+                            .statuses
+                            .get(n.min(this.statuses.len().saturating_sub(1)))
+                            .copied()
+                            .unwrap_or(201);
+                        Response::builder()
+                            .status(status)
+                            .header("x-order-id", format!("order-{n}"))
+                            .header("content-type", "application/json")
+                            .body(axum::body::Body::from(format!(
+                                "{{\"run\":{n},\"echo\":{}}}",
+                                String::from_utf8_lossy(&body)
+                            )))
+                            .unwrap()
+                    }
+                }),
+            )
+            .route("/other", post(|| async { "other" }))
+            .layer(layer)
+    }
+}
+
+fn order(key: Option<&str>, body: &'static str) -> Request<axum::body::Body> {
+    let mut builder = Request::post("/orders").header("content-type", "application/json");
+    if let Some(key) = key {
+        builder = builder.header("idempotency-key", key);
+    }
+    builder.body(axum::body::Body::from(body)).unwrap()
+}
+
+async fn json(response: axum::response::Response) -> serde_json::Value {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+async fn send(app: &Router, req: Request<axum::body::Body>) -> axum::response::Response {
+    app.clone().oneshot(req).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_required_key_that_is_missing_gives_400() {
+    let handler = Handler::default();
+    let app = handler.router(ServerIdempotencyLayer::new().require_key(true));
+    let response = send(&app, order(None, "{}")).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body = json(response).await;
+    assert_eq!(body["error"], "idempotency_key_missing");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("requires an Idempotency-Key")
+    );
+    assert_eq!(handler.runs(), 0);
+}
+
+#[tokio::test]
+async fn an_optional_key_that_is_missing_passes_through() {
+    let handler = Handler::default();
+    let app = handler.router(ServerIdempotencyLayer::new());
+    assert_eq!(
+        send(&app, order(None, "{}")).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(&app, order(None, "{}")).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(handler.runs(), 2);
+}
+
+#[tokio::test]
+async fn keys_longer_than_255_characters_give_400() {
+    let handler = Handler::default();
+    let app = handler.router(ServerIdempotencyLayer::new().require_key(true));
+    let longest = "k".repeat(255);
+    let too_long = "k".repeat(256);
+    assert_eq!(
+        send(&app, order(Some(&longest), "{}")).await.status(),
+        StatusCode::CREATED
+    );
+    let response = send(&app, order(Some(&too_long), "{}")).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json(response).await["error"], "idempotency_key_invalid");
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_repeat_gets_the_original_status_headers_and_body() {
+    let handler = Handler::default();
+    let metrics = Metrics::new();
+    let app = handler.router(ServerIdempotencyLayer::new().metrics(metrics.clone()));
+    let first = send(&app, order(Some("k1"), "{\"qty\":1}")).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first_body = json(first).await;
+
+    let again = send(&app, order(Some("k1"), "{\"qty\":1}")).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["x-order-id"], "order-0");
+    assert_eq!(again.headers()["content-type"], "application/json");
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(json(again).await, first_body);
+    assert_eq!(handler.runs(), 1);
+    assert_eq!(metrics.snapshot().idempotent_replays, 1);
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_payload_gives_422() {
+    let handler = Handler::default();
+    let app = handler.router(ServerIdempotencyLayer::new());
+    send(&app, order(Some("k"), "{\"qty\":1}")).await;
+    let response = send(&app, order(Some("k"), "{\"qty\":2}")).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(json(response).await["error"], "idempotency_key_reused");
+    // Another path with the same key is another payload too.
+    let other = Request::post("/other")
+        .header("idempotency-key", "k")
+        .body(axum::body::Body::from("{\"qty\":1}"))
+        .unwrap();
+    assert_eq!(
+        send(&app, other).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test]
+async fn the_same_key_in_flight_gives_409_then_the_response() {
+    let gate = Arc::new(Notify::new());
+    let handler = Handler {
+        gate: Some(gate.clone()),
+        ..Handler::default()
+    };
+    let app = handler.router(ServerIdempotencyLayer::new());
+    let first = tokio::spawn(send_owned(app.clone(), order(Some("k"), "{}")));
+    while handler.runs() == 0 {
+        tokio::task::yield_now().await;
+    }
+
+    let conflict = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    assert_eq!(conflict.headers()["retry-after"], "1");
+    assert_eq!(
+        json(conflict).await["error"],
+        "idempotency_request_in_progress"
+    );
+
+    gate.notify_one();
+    assert_eq!(first.await.unwrap().status(), StatusCode::CREATED);
+    let replay = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(handler.runs(), 1);
+}
+
+async fn send_owned(app: Router, req: Request<axum::body::Body>) -> axum::response::Response {
+    app.oneshot(req).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_wait_mode_concurrent_repeats_share_one_run() {
+    let handler = Handler {
+        delay: Duration::from_secs(2),
+        ..Handler::default()
+    };
+    let metrics = Metrics::new();
+    let app = handler.router(
+        ServerIdempotencyLayer::new()
+            .wait_in_flight(Duration::from_secs(10))
+            .metrics(metrics.clone()),
+    );
+    let responses =
+        join_all((0..10).map(|_| send_owned(app.clone(), order(Some("k"), "{}")))).await;
+    assert_eq!(handler.runs(), 1);
+    let mut bodies = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::CREATED);
+        bodies.push(json(response).await);
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]));
+    assert_eq!(metrics.snapshot().idempotent_joins, 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_wait_mode_a_wait_past_the_timeout_gives_409() {
+    let handler = Handler {
+        delay: Duration::from_secs(20),
+        ..Handler::default()
+    };
+    let app = handler.router(ServerIdempotencyLayer::new().wait_in_flight(Duration::from_secs(5)));
+    let first = tokio::spawn(send_owned(app.clone(), order(Some("k"), "{}")));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = tokio::time::Instant::now();
+    let waited = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(waited.status(), StatusCode::CONFLICT);
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    assert_eq!(first.await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test]
+async fn validation_failures_and_conflicts_are_not_stored() {
+    for rejected in [400, 409, 422, 429, 503] {
+        let handler = Handler {
+            statuses: Arc::new(vec![rejected, 201]),
+            ..Handler::default()
+        };
+        let app = handler.router(ServerIdempotencyLayer::new());
+        let first = send(&app, order(Some("k"), "{}")).await;
+        assert_eq!(first.status().as_u16(), rejected);
+        let retried = send(&app, order(Some("k"), "{}")).await;
+        assert_eq!(retried.status(), StatusCode::CREATED, "after {rejected}");
+        assert!(retried.headers().get("idempotent-replayed").is_none());
+        assert_eq!(handler.runs(), 2, "after {rejected}");
+    }
+}
+
+#[tokio::test]
+async fn a_500_is_stored_and_replayed() {
+    let handler = Handler {
+        statuses: Arc::new(vec![500, 201]),
+        ..Handler::default()
+    };
+    let app = handler.router(ServerIdempotencyLayer::new());
+    send(&app, order(Some("k"), "{}")).await;
+    let again = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(again.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test]
+async fn get_requests_pass_through() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let runs = runs.clone();
+        Router::new()
+            .route(
+                "/orders",
+                axum::routing::get(move || {
+                    runs.fetch_add(1, SeqCst);
+                    async { "list" }
+                }),
+            )
+            .layer(ServerIdempotencyLayer::new().require_key(true))
+    };
+    for _ in 0..2 {
+        let req = Request::get("/orders")
+            .header("idempotency-key", "k")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = send(&app, req).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get("idempotent-replayed").is_none());
+    }
+    assert_eq!(runs.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_key_can_come_from_the_body() {
+    let handler = Handler::default();
+    let app = handler.router(ServerIdempotencyLayer::new().require_key(true).key_from(
+        |_, body| {
+            let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+            Some(json.get("idempotency_key")?.as_str()?.to_owned())
+        },
+    ));
+    let body = "{\"idempotency_key\":\"evt-1\",\"input_payload\":{}}";
+    assert_eq!(
+        send(&app, order(None, body)).await.status(),
+        StatusCode::CREATED
+    );
+    let again = send(&app, order(None, body)).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test]
+async fn scopes_keep_clients_apart() {
+    let handler = Handler::default();
+    let app = handler.router(
+        ServerIdempotencyLayer::new()
+            .scope(|head| Some(head.headers.get("x-client")?.to_str().ok()?.to_owned())),
+    );
+    for client in ["alice", "bob", "alice"] {
+        let mut req = order(Some("k"), "{}");
+        req.headers_mut()
+            .insert("x-client", client.parse().unwrap());
+        send(&app, req).await;
+    }
+    assert_eq!(handler.runs(), 2);
+}
+
+/// A store that is always down.
+struct DownStore;
+
+impl IdempotencyStore for DownStore {
+    fn claim<'a>(&'a self, _: &'a str, _: Fingerprint, _: Duration) -> StoreFuture<'a, Claim> {
+        Box::pin(async { Err(StoreError::new("connection refused")) })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a ClaimToken,
+        _: StoredResponse,
+        _: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async { Err(StoreError::new("connection refused")) })
+    }
+
+    fn release<'a>(&'a self, _: &'a str, _: &'a ClaimToken) -> StoreFuture<'a, ()> {
+        Box::pin(async { Err(StoreError::new("connection refused")) })
+    }
+}
+
+#[tokio::test]
+async fn a_store_outage_gives_503_unless_failing_open() {
+    let handler = Handler::default();
+    let app = handler.router(ServerIdempotencyLayer::new().store(DownStore));
+    let response = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = json(response).await;
+    assert_eq!(body["error"], "idempotency_store_unavailable");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("idempotency store unavailable: connection refused")
+    );
+    assert_eq!(handler.runs(), 0);
+
+    let open = handler.router(
+        ServerIdempotencyLayer::new()
+            .store(DownStore)
+            .fail_open(true),
+    );
+    assert_eq!(
+        send(&open, order(Some("k"), "{}")).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_store_outage_on_the_client_is_an_error_and_nothing_is_sent() {
+    let seen = Seen::default();
+    let svc =
+        IdempotencyLayer::new()
+            .store(DownStore)
+            .layer(scripted(&seen, &[200], Duration::ZERO));
+    let err = svc.oneshot(keyed("k", "{}")).await.unwrap_err();
+    assert!(
+        matches!(err.downcast_ref::<Error>(), Some(Error::Store(_))),
+        "{err}"
+    );
+    assert_eq!(seen.count(), 0);
+}
+
+#[tokio::test]
+async fn the_handler_sees_the_key() {
+    let app = Router::new()
+        .route(
+            "/orders",
+            post(|req: Request<axum::body::Body>| async move {
+                req.extensions()
+                    .get::<IdempotencyKey>()
+                    .map(|k| k.to_string())
+                    .unwrap_or_default()
+            }),
+        )
+        .layer(ServerIdempotencyLayer::new());
+    let response = send(&app, order(Some("abc"), "{}")).await;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "abc");
+}
+
+#[allow(dead_code)]
+fn _assert_store_is_object_safe(_: &dyn IdempotencyStore) {}
+
+#[allow(dead_code)]
+fn _unused(_: HeaderMap, _: Infallible) {}
