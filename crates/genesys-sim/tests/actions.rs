@@ -1,0 +1,142 @@
+//! Data actions: execute and test; Idempotency-Key is not honoured, like the real service.
+
+mod common;
+
+use common::{api, token};
+use genesys_sim::{Action, ActionFailure, ECHO_ACTION_ID, SimConfig, Simulator};
+use serde_json::json;
+
+#[tokio::test]
+async fn echo_records_every_execution_even_with_the_same_key() {
+    let sim = Simulator::spawn(SimConfig::default().users(1))
+        .await
+        .unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    let path = format!("/api/v2/integrations/actions/{ECHO_ACTION_ID}/execute");
+    let input = json!({"customer": {"id": "c-1"}, "amount": 5}).to_string();
+    for _ in 0..2 {
+        let r = api(
+            &base,
+            &t,
+            "POST",
+            &path,
+            &input,
+            &[("idempotency-key", "same")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json(), json!({"customer": {"id": "c-1"}, "amount": 5}));
+    }
+    let ledger = sim.ledger_for(ECHO_ACTION_ID);
+    assert_eq!(ledger.len(), 2, "data actions do not deduplicate by key");
+    assert_eq!(ledger[0].payload_hash, ledger[1].payload_hash);
+    assert_eq!(ledger[1].idempotency_key.as_deref(), Some("same"));
+
+    let r = api(
+        &base,
+        &t,
+        "POST",
+        &format!("{path}?flatten=true"),
+        &input,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json(), json!({"customer.id": "c-1", "amount": 5}));
+}
+
+#[tokio::test]
+async fn test_route_reports_operations_and_configured_actions_work() {
+    let failing = ActionFailure {
+        status: 400,
+        code: "bad.request".into(),
+        message: "the remote endpoint refused the input".into(),
+    };
+    let sim = Simulator::spawn(
+        SimConfig::default()
+            .users(1)
+            .action("lookup", Action::Static(json!({"found": true})))
+            .action("broken", Action::Fail(failing)),
+    )
+    .await
+    .unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+
+    let r = api(
+        &base,
+        &t,
+        "POST",
+        "/api/v2/integrations/actions/echo/test",
+        r#"{"a":1}"#,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let b = r.json();
+    assert_eq!(b["success"], true);
+    assert_eq!(b["finalResult"], json!({"a": 1}));
+    assert!(b["operations"].as_array().unwrap().len() >= 1);
+
+    let r = api(
+        &base,
+        &t,
+        "POST",
+        "/api/v2/integrations/actions/lookup/execute",
+        "{}",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json(), json!({"found": true}));
+
+    let r = api(
+        &base,
+        &t,
+        "POST",
+        "/api/v2/integrations/actions/broken/execute",
+        "{}",
+        &[],
+    )
+    .await
+    .unwrap();
+    r.error_body(400, "bad.request");
+    let r = api(
+        &base,
+        &t,
+        "POST",
+        "/api/v2/integrations/actions/broken/test",
+        "{}",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json()["success"], false);
+    assert_eq!(sim.ledger_count_for("broken"), 0);
+
+    let r = api(
+        &base,
+        &t,
+        "POST",
+        "/api/v2/integrations/actions/nope/execute",
+        "{}",
+        &[],
+    )
+    .await
+    .unwrap();
+    r.error_body(404, "not.found");
+    let r = api(
+        &base,
+        &t,
+        "POST",
+        "/api/v2/integrations/actions/echo/execute",
+        "[1]",
+        &[],
+    )
+    .await
+    .unwrap();
+    r.error_body(400, "bad.request");
+}

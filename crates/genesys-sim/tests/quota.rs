@@ -1,0 +1,129 @@
+//! The per-token quota is a fixed window and exact: request N+1 gets 429 with a Retry-After
+//! that ends the window, and the next window admits again. Runs on a paused clock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{api, token};
+use genesys_sim::{SimConfig, Simulator};
+
+#[tokio::test(start_paused = true)]
+async fn request_n_plus_one_gets_429_and_the_next_window_admits() {
+    let sim = Simulator::spawn(
+        SimConfig::default()
+            .users(1)
+            .rate_limit(Some((5, Duration::from_secs(60)))),
+    )
+    .await
+    .unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    for i in 1..=5 {
+        let r = api(&base, &t, "GET", "/api/v2/users", "", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("inin-ratelimit-allowed"), Some("5"));
+        assert_eq!(
+            r.header("inin-ratelimit-count"),
+            Some(i.to_string().as_str())
+        );
+        assert_eq!(r.header("inin-ratelimit-reset"), Some("60"));
+    }
+    tokio::time::advance(Duration::from_millis(10_500)).await;
+    let r = api(&base, &t, "GET", "/api/v2/users", "", &[])
+        .await
+        .unwrap();
+    let b = r.error_body(429, "too.many.requests");
+    assert_eq!(
+        b["message"],
+        "Rate limit exceeded the maximum [5] requests within [60] seconds"
+    );
+    let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    // 49.5 s are left in the window: the smallest whole number of seconds that ends it.
+    assert_eq!(retry_after, 50);
+    assert_eq!(r.header("inin-ratelimit-count"), Some("5"));
+
+    // Other tokens have their own quota.
+    let other = token(&base).await;
+    assert_eq!(
+        api(&base, &other, "GET", "/api/v2/users", "", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    tokio::time::advance(Duration::from_secs(retry_after - 1)).await;
+    let r = api(&base, &t, "GET", "/api/v2/users", "", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 429, "still inside the window");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let r = api(&base, &t, "GET", "/api/v2/users", "", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "the next window admits again");
+    assert_eq!(r.header("inin-ratelimit-count"), Some("1"));
+    assert_eq!(sim.stats().rate_limited, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_quota_is_300_per_minute() {
+    let sim = Simulator::spawn(SimConfig::default().users(1))
+        .await
+        .unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    for _ in 0..300 {
+        assert_eq!(
+            api(&base, &t, "GET", "/api/v2/users?pageSize=1", "", &[])
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    let r = api(&base, &t, "GET", "/api/v2/users?pageSize=1", "", &[])
+        .await
+        .unwrap();
+    let b = r.error_body(429, "too.many.requests");
+    assert_eq!(
+        b["message"],
+        "Rate limit exceeded the maximum [300] requests within [60] seconds"
+    );
+    let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after));
+}
+
+#[tokio::test]
+async fn headers_can_be_switched_off_and_the_quota_removed() {
+    let sim = Simulator::spawn(SimConfig::default().users(1).ratelimit_headers(false))
+        .await
+        .unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    let r = api(&base, &t, "GET", "/api/v2/users", "", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.header("inin-ratelimit-allowed").is_none());
+    assert!(r.header("inin-correlation-id").is_some());
+
+    let sim = Simulator::spawn(SimConfig::default().users(1).rate_limit(None))
+        .await
+        .unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    for _ in 0..400 {
+        assert_eq!(
+            api(&base, &t, "GET", "/api/v2/users?pageSize=1", "", &[])
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+}
