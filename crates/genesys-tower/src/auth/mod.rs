@@ -1,5 +1,301 @@
 //! Bearer token injection with a cached token and one single-flight refresh on 401.
+//!
+//! [`AuthLayer`] takes tokens from a [`TokenSource`] (an OAuth client, a file, a closure through
+//! [`token_source_fn`]), caches the current one for every clone of the service, and puts it in
+//! each request as `Authorization: Bearer <token>`, marked sensitive so that HTTP/2 header
+//! compression and well-behaved loggers leave it out.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use genesys_tower::Body;
+//! use genesys_tower::auth::{AuthLayer, Token, token_source_fn};
+//! use http::{Request, Response, header::AUTHORIZATION};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), genesys_tower::BoxError> {
+//! let source = token_source_fn(|| async {
+//!     Ok(Token::new("t0k3n", Some(Duration::from_secs(86_400))))
+//! });
+//! let api = service_fn(|req: Request<Body>| async move {
+//!     let auth = req.headers()[AUTHORIZATION].to_str().unwrap_or_default().to_owned();
+//!     Ok::<_, Infallible>(Response::new(auth))
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(AuthLayer::new(source).only_to("https://api.example.com".parse()?))
+//!     .service(api);
+//!
+//! let request = Request::get("https://api.example.com/api/v2/users/me").body(String::new())?;
+//! let response = client.oneshot(request).await?;
+//! assert_eq!(response.into_body(), "Bearer t0k3n");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # When the token is refreshed
+//!
+//! A token is fetched when there is none yet, when the cached one expires within the refresh
+//! margin, and when a request that carried it is answered 401. The margin is
+//! [`refresh_margin`](AuthLayer::refresh_margin) (60 s by default) **but at most a fifth of the
+//! token's lifetime**: a 24 h token is refreshed 60 s before it expires, a 5-minute token 60 s
+//! before, and a 5 s test token 1 s before (not on every request). A token without an expiry is
+//! only refreshed after a 401.
+//!
+//! While a token is being refreshed before its expiry, other requests keep using the current
+//! one; once it has expired (or was refused), they wait for the new one.
+//!
+//! # Single flight
+//!
+//! However many requests find the token missing or expired, or see a 401, at the same moment,
+//! exactly one of them calls [`TokenSource::fetch`] and the others wait for its outcome. A
+//! failure is shared the same way: every waiter gets a clone of the same [`Error`], and the
+//! source is tried again by the next request that comes after it, never in a loop. If the
+//! refresh of a token that has not expired yet fails, the old token keeps serving until it
+//! expires.
+//!
+//! # On 401
+//!
+//! A 401 drops the token *that request carried* from the cache (tokens are compared by value:
+//! when another request already replaced it, the newer token is kept and used), fetches a new
+//! one once for everyone, and re-sends the request once with it: at once, without backoff, and
+//! without counting as a retry of the retry layer. A second 401 is returned to the caller as it
+//! is. A 401 is also returned as it is when the new token has the same value as the refused one,
+//! or when the body cannot be re-sent.
+//!
+//! Re-sending needs the body again: a body in memory is cloned cheaply; a streaming body is read
+//! into memory first, up to [`replay_limit`](AuthLayer::replay_limit) (1 MiB by default).
+//! A larger one is sent as it streams, once.
+//!
+//! # Where the token goes
+//!
+//! By default the token goes with every request. With [`only_to`](AuthLayer::only_to) it goes
+//! only to the given bases (scheme, host, port, path prefix; hosts compared case-insensitively,
+//! default ports filled in); a request to any other host is **sent without the token** (not
+//! refused), and a 401 from it is not acted upon. So a pre-signed upload URL on another host
+//! works, and never sees the token. A request whose URI has no host (as in front of a router or a
+//! client that adds the base URL) is judged by its `Host` header, or by its path when it has
+//! none.
+//!
+//! # Secrets
+//!
+//! `Debug` of the layer, the service and [`Token`] print the token as `[redacted]`; tracing
+//! events (on each fetch, at debug level, and on failures, at warn) never carry it; errors
+//! carry the token source's error, which must not hold secrets either.
 
+mod cache;
+mod error;
+mod future;
+mod layer;
+mod scope;
+mod source_fn;
 mod token;
 
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{Request, Response, StatusCode};
+use tower::ServiceExt;
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use self::error::Error;
+pub use self::future::ResponseFuture;
+pub use self::layer::AuthLayer;
+pub use self::source_fn::{TokenSourceFn, token_source_fn};
 pub use token::{Token, TokenSource};
+
+use self::cache::Cache;
+use self::scope::Scope;
+use crate::{Body, BoxError, Metrics};
+
+/// Everything a call needs, shared by every clone.
+struct Shared<T> {
+    source: Arc<T>,
+    cache: Arc<Cache>,
+    margin: Duration,
+    metrics: Metrics,
+    scopes: Arc<[Scope]>,
+    replay_limit: usize,
+}
+
+/// Prints whether a token is cached and when it expires, never its value.
+struct RedactedToken<'a>(&'a Cache);
+
+impl fmt::Debug for RedactedToken<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.peek() {
+            None => f.write_str("None"),
+            Some(expires_at) => f
+                .debug_struct("Token")
+                .field("value", &"[redacted]")
+                .field("expires_at", &expires_at)
+                .finish(),
+        }
+    }
+}
+
+/// Adds a bearer token to each request and re-sends once after a 401 with a fresh token. Made
+/// by [`AuthLayer`]; see the [module docs](self).
+pub struct Auth<S, T> {
+    inner: S,
+    shared: Arc<Shared<T>>,
+}
+
+impl<S, T: TokenSource> Auth<S, T> {
+    /// Wraps `inner` with tokens from `source` and the defaults of [`AuthLayer`]; the same as
+    /// `AuthLayer::new(source).layer(inner)`.
+    pub fn new(inner: S, source: T) -> Self {
+        AuthLayer::new(source).layer(inner)
+    }
+}
+
+impl<S, T> Auth<S, T> {
+    fn from_shared(inner: S, shared: Arc<Shared<T>>) -> Self {
+        Auth { inner, shared }
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<T: TokenSource> Shared<T> {
+    fn in_scope(&self, parts: &http::request::Parts) -> bool {
+        self.scopes.is_empty() || self.scopes.iter().any(|s| s.contains(parts))
+    }
+
+    async fn send<S, B, ResBody>(
+        &self,
+        mut service: S,
+        request: Request<B>,
+    ) -> Result<Response<ResBody>, BoxError>
+    where
+        S: Service<Request<Body>, Response = Response<ResBody>>,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = request.into_parts();
+        let body = Body::new(body);
+        if !self.in_scope(&parts) {
+            return service
+                .call(Request::from_parts(parts, body))
+                .await
+                .map_err(Into::into);
+        }
+
+        let token = self
+            .cache
+            .token(&*self.source, self.margin, &self.metrics, None)
+            .await?;
+        let body = if body.is_replayable() || self.replay_limit == 0 {
+            body
+        } else {
+            body.buffer(self.replay_limit).await?
+        };
+        let replay = body.try_clone();
+        parts.headers.insert(AUTHORIZATION, token.header.clone());
+        let head = replay.is_some().then(|| parts.clone());
+
+        let response = service
+            .call(Request::from_parts(parts, body))
+            .await
+            .map_err(Into::into)?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let (Some(mut parts), Some(body)) = (head, replay) else {
+            tracing::debug!("401 for a request whose body cannot be sent again: returned as is");
+            return Ok(response);
+        };
+
+        let fresh = self
+            .cache
+            .token(
+                &*self.source,
+                self.margin,
+                &self.metrics,
+                Some(&token.token),
+            )
+            .await?;
+        if fresh.token.same_value(&token.token) {
+            tracing::debug!("401, and the token source gave the same token again: returned as is");
+            return Ok(response);
+        }
+        // The refused response is dropped on purpose: its connection goes back to the pool.
+        drop(response);
+        self.metrics.record_unauthorized_refresh();
+        tracing::debug!("401: sending the request again with a new token");
+        parts.headers.insert(AUTHORIZATION, fresh.header);
+        service
+            .ready()
+            .await
+            .map_err(Into::into)?
+            .call(Request::from_parts(parts, body))
+            .await
+            .map_err(Into::into)
+    }
+}
+
+impl<S, T, B, ResBody> Service<Request<B>> for Auth<S, T>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    T: TokenSource,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<Response<ResBody>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The ready service goes with the request; a fresh clone waits for the next poll_ready.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        ResponseFuture::new(async move { shared.send(ready, request).await })
+    }
+}
+
+impl<S: Clone, T> Clone for Auth<S, T> {
+    fn clone(&self) -> Self {
+        Auth {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, T> fmt::Debug for Auth<S, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("inner", &self.inner)
+            .field("source", &std::any::type_name::<T>())
+            .field("token", &RedactedToken(&self.shared.cache))
+            .field("refresh_margin", &self.shared.margin)
+            .finish()
+    }
+}

@@ -1,1 +1,313 @@
 //! A shared in-flight limit and client-side pacing learned from rate-limit headers.
+//!
+//! [`ConcurrencyLayer`] does three things for the service below it, with one state shared by
+//! every clone of the service (and every service made by the same layer):
+//!
+//! - **An in-flight limit.** Each call of the inner service holds one permit, from the moment
+//!   `poll_ready` reserves it until the response head arrives or the call fails. Under the retry
+//!   layer a call is one *attempt*, so no permit is held while a request sleeps in backoff.
+//!   Callers beyond the limit wait for a permit (in `poll_ready`); with
+//!   [`reject_when_full`](ConcurrencyLayer::reject_when_full) they get [`Error::Overloaded`] at
+//!   once instead, and nothing is sent.
+//! - **Pacing.** With [`pacing(n, window)`](ConcurrencyLayer::pacing), at most `n` calls start in
+//!   any period of length `window`.
+//! - **Learning from the server.** Rate-limit headers and 429 responses hold new requests back
+//!   until the server's window resets, instead of letting them collect 429s.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use genesys_tower::concurrency::ConcurrencyLayer;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), genesys_tower::BoxError> {
+//! let client = service_fn(|_req: Request<String>| async {
+//!     Ok::<_, Infallible>(Response::new(String::from("ok")))
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(ConcurrencyLayer::new(5).pacing(300, Duration::from_secs(60)))
+//!     .service(client);
+//!
+//! // Clones share the limit: hand one to each task.
+//! let response = client.clone().oneshot(Request::new(String::new())).await?;
+//! assert_eq!(response.into_body(), "ok");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Why not tower's `ConcurrencyLimit`?
+//!
+//! tower's `ConcurrencyLimit` is per instance unless it is given a shared semaphore
+//! (`GlobalConcurrencyLimitLayer`), it only waits (it cannot refuse), it keeps the permit until its
+//! response future is dropped, and it knows nothing of rate limits. This service follows its design
+//! (a shared `tokio::sync::Semaphore`, the permit taken in `poll_ready` and used by `call`) and adds
+//! the rest, so that one permit check and one pacing check run per call.
+//!
+//! # Pacing
+//!
+//! The pacer keeps the start times of the last `n` calls (a sliding-window log): a call may start
+//! when fewer than `n` calls started in the last `window`, otherwise it waits until the oldest of
+//! them leaves the window. So a burst of up to `n` goes out at once, and no period of length
+//! `window` ever sees more than `n` starts, whichever way the server aligns its own windows.
+//! A call waits for its pacing slot *after* it has its permit, so the start it records is the
+//! moment the inner service is called. Waiting uses tokio's clock, so a paused clock in tests
+//! makes it instant and exact.
+//!
+//! # Learning from the server
+//!
+//! After each response (on by default; see
+//! [`learn_from_responses`](ConcurrencyLayer::learn_from_responses)) the layer reads:
+//!
+//! - `inin-ratelimit-allowed`, `inin-ratelimit-count`, `inin-ratelimit-reset` (Genesys Cloud:
+//!   the window's quota, the requests used in it, seconds until it resets);
+//! - the IETF `RateLimit` field (`r=` remaining, `t=` seconds to reset; the older
+//!   `RateLimit-Remaining` and `RateLimit-Reset` fields too) and `RateLimit-Policy` (`q=` quota,
+//!   `w=` window in seconds);
+//! - `Retry-After` (seconds or an HTTP-date) on a 429.
+//!
+//! When a window has at most [`rate_limit_reserve`](ConcurrencyLayer::rate_limit_reserve)
+//! requests left (1 by default), or a 429 arrives with `Retry-After` or a reset time, no new call
+//! starts until that time has passed (at most [`max_hold`](ConcurrencyLayer::max_hold), 180 s by
+//! default). Calls already waiting for a pacing slot see the hold too. A 429 that gives no time
+//! sets no hold: the retry layer's backoff handles it. A published quota lowers the pacing rate
+//! when it is slower than the configured one (`RateLimit-Policy`, or `inin-ratelimit-allowed`
+//! taken over the configured window); a `RateLimit-Policy` sets a rate even when no pacing was
+//! configured. Malformed fields are ignored.
+//!
+//! # Errors
+//!
+//! The service's error is a [`BoxError`]: the inner service's error, or an [`Error`] of this
+//! module.
+
+mod error;
+mod future;
+mod layer;
+mod pacing;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::time::Sleep;
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use self::error::Error;
+pub use self::future::ResponseFuture;
+pub use self::layer::ConcurrencyLayer;
+
+use self::pacing::Pacer;
+use crate::{BoxError, Metrics};
+
+type Acquire =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>;
+
+/// State shared by every clone of the service.
+#[derive(Debug)]
+struct Shared {
+    semaphore: Arc<Semaphore>,
+    max_in_flight: usize,
+    reject: bool,
+    pacer: Arc<Pacer>,
+    metrics: Metrics,
+}
+
+impl Shared {
+    fn new(max_in_flight: usize, reject: bool, pacer: Pacer, metrics: Metrics) -> Self {
+        Shared {
+            semaphore: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            reject,
+            pacer: Arc::new(pacer),
+            metrics,
+        }
+    }
+}
+
+/// Limits the calls in flight and paces their starts, with state shared by every clone. Made by
+/// [`ConcurrencyLayer`]; see the [module docs](self).
+pub struct Concurrency<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    /// Taken in `poll_ready`, handed to the response future by `call`.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Waiting for a permit.
+    acquire: Option<Acquire>,
+    /// The pacer has recorded this call's start.
+    paced: bool,
+    /// This call already counted as a pacing wait.
+    waited: bool,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Reject mode found no permit: `call` answers with `Error::Overloaded`.
+    overloaded: bool,
+}
+
+impl<S> Concurrency<S> {
+    /// Wraps `inner` with a limit of `max_in_flight` calls, waiting for a permit when full; the
+    /// same as `ConcurrencyLayer::new(max_in_flight).layer(inner)`.
+    pub fn new(inner: S, max_in_flight: usize) -> Self {
+        ConcurrencyLayer::new(max_in_flight).layer(inner)
+    }
+
+    fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Concurrency {
+            inner,
+            shared,
+            permit: None,
+            acquire: None,
+            paced: false,
+            waited: false,
+            sleep: None,
+            overloaded: false,
+        }
+    }
+
+    /// The permits not in use right now (shared by every clone).
+    pub fn available_permits(&self) -> usize {
+        self.shared.semaphore.available_permits()
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.permit.is_some() {
+            return Poll::Ready(());
+        }
+        if self.acquire.is_none() {
+            // The fast path takes a free permit without allocating.
+            match self.shared.semaphore.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    self.permit = Some(permit);
+                    return Poll::Ready(());
+                }
+                Err(TryAcquireError::NoPermits) if self.shared.reject => {
+                    self.overloaded = true;
+                    return Poll::Ready(());
+                }
+                Err(_) => {
+                    self.acquire = Some(Box::pin(self.shared.semaphore.clone().acquire_owned()))
+                }
+            }
+        }
+        if let Some(acquire) = self.acquire.as_mut() {
+            let permit = ready!(acquire.as_mut().poll(cx));
+            self.acquire = None;
+            self.permit = Some(permit.expect("the semaphore is never closed"));
+        }
+        Poll::Ready(())
+    }
+
+    fn poll_pacing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.paced || !self.shared.pacer.is_active() {
+            return Poll::Ready(());
+        }
+        loop {
+            match self.shared.pacer.try_start() {
+                Ok(()) => {
+                    self.paced = true;
+                    self.sleep = None;
+                    return Poll::Ready(());
+                }
+                Err(until) => {
+                    if !self.waited {
+                        self.waited = true;
+                        self.shared.metrics.record_pacing_wait();
+                        tracing::trace!(
+                            wait_ms = until
+                                .saturating_duration_since(tokio::time::Instant::now())
+                                .as_millis() as u64,
+                            "pacing: request held back"
+                        );
+                    }
+                    match self.sleep.as_mut() {
+                        Some(sleep) => sleep.as_mut().reset(until),
+                        None => self.sleep = Some(Box::pin(tokio::time::sleep_until(until))),
+                    }
+                    if let Some(sleep) = self.sleep.as_mut() {
+                        ready!(sleep.as_mut().poll(cx));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Concurrency<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        ready!(self.poll_permit(cx));
+        if self.overloaded {
+            // `call` refuses at once; the inner service is not asked.
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.poll_pacing(cx));
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if std::mem::take(&mut self.overloaded) {
+            self.shared.metrics.record_concurrency_rejection();
+            tracing::debug!(
+                max_in_flight = self.shared.max_in_flight,
+                "concurrency limit reached: request refused"
+            );
+            return ResponseFuture::overloaded();
+        }
+        let permit = self
+            .permit
+            .take()
+            .expect("Concurrency: poll_ready must return Ready before call");
+        self.paced = false;
+        self.waited = false;
+        let pacer = self
+            .shared
+            .pacer
+            .learns()
+            .then(|| self.shared.pacer.clone());
+        ResponseFuture::new(self.inner.call(request), permit, pacer)
+    }
+}
+
+impl<S: Clone> Clone for Concurrency<S> {
+    fn clone(&self) -> Self {
+        // A clone shares the limit but holds no permit of its own yet.
+        Concurrency::from_shared(self.inner.clone(), self.shared.clone())
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Concurrency<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Concurrency")
+            .field("inner", &self.inner)
+            .field("max_in_flight", &self.shared.max_in_flight)
+            .field("available_permits", &self.available_permits())
+            .field("holds_permit", &self.permit.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,520 @@
+//! Tests of the auth layer: single-flight refresh, 401 handling, failing sources, the margin
+//! rule, secrets and scope, all on a paused tokio clock.
+
+use std::convert::Infallible;
+use std::error::Error as _;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use genesys_tower::auth::{self, AuthLayer, Token, TokenSource};
+use genesys_tower::concurrency::ConcurrencyLayer;
+use genesys_tower::{Body, BoxError, Metrics};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A token source that counts its fetches and hands out `token-1`, `token-2`, ...
+struct Source {
+    fetches: AtomicUsize,
+    lifetime: Duration,
+    latency: Duration,
+    fail: AtomicBool,
+}
+
+#[derive(Debug)]
+struct CredentialsRejected;
+
+impl fmt::Display for CredentialsRejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid_client: the client id or secret is wrong")
+    }
+}
+
+impl std::error::Error for CredentialsRejected {}
+
+impl Source {
+    fn new(lifetime: Duration, latency: Duration) -> Arc<Self> {
+        Arc::new(Source {
+            fetches: AtomicUsize::new(0),
+            lifetime,
+            latency,
+            fail: AtomicBool::new(false),
+        })
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(SeqCst)
+    }
+}
+
+impl TokenSource for Source {
+    async fn fetch(&self) -> Result<Token, BoxError> {
+        let n = self.fetches.fetch_add(1, SeqCst) + 1;
+        tokio::time::sleep(self.latency).await;
+        if self.fail.load(SeqCst) {
+            return Err(CredentialsRejected.into());
+        }
+        Ok(Token::new(format!("token-{n}"), Some(self.lifetime)))
+    }
+}
+
+/// One request as the API saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    authorization: Option<HeaderValue>,
+    body: Bytes,
+}
+
+impl Seen {
+    fn token(&self) -> Option<&str> {
+        self.authorization
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    }
+}
+
+/// A fake API that accepts one token value (`"*"`: any; `None`: none) and records every request.
+#[derive(Clone, Default)]
+struct Api {
+    accepted: Arc<Mutex<Option<String>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Api {
+    fn accepting(token: &str) -> Self {
+        let api = Api::default();
+        api.accept(Some(token));
+        api
+    }
+
+    fn accept(&self, token: Option<&str>) {
+        *self.accepted.lock().unwrap() = token.map(str::to_owned);
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn service(
+        &self,
+        latency: Duration,
+    ) -> impl Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Send + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        let api = self.clone();
+        service_fn(move |req: Request<Body>| {
+            let api = api.clone();
+            async move {
+                let at = Instant::now();
+                let authorization = req.headers().get(AUTHORIZATION).cloned();
+                let body = req.into_body().collect_bytes().await.unwrap();
+                let seen = Seen {
+                    at,
+                    authorization,
+                    body,
+                };
+                let ok = match (seen.token(), api.accepted.lock().unwrap().as_deref()) {
+                    (Some(_), Some("*")) => true,
+                    (Some(got), Some(want)) => got == want,
+                    _ => false,
+                };
+                api.seen.lock().unwrap().push(seen);
+                tokio::time::sleep(latency).await;
+                let status = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                let mut response = Response::new(Body::empty());
+                *response.status_mut() = status;
+                Ok::<_, Infallible>(response)
+            }
+        })
+    }
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_requests_at_expiry_fetch_one_token() {
+    let source = Source::new(HOUR, Duration::from_millis(200));
+    let api = Api::accepting("token-1");
+    let metrics = Metrics::new();
+    let svc = AuthLayer::new(source.clone())
+        .metrics(metrics.clone())
+        .layer(api.service(Duration::from_millis(10)));
+
+    let first = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(source.fetches(), 1);
+
+    tokio::time::sleep(HOUR).await;
+    api.accept(Some("token-2"));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/"))))
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(source.fetches(), 2, "one fetch for the hundred");
+    assert_eq!(metrics.snapshot().token_fetches, 2);
+    let seen = api.seen();
+    assert_eq!(seen.len(), 101, "nobody was sent with the expired token");
+    assert!(seen[1..].iter().all(|s| s.token() == Some("token-2")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_storm_makes_one_refresh_and_every_request_succeeds() {
+    let source = Source::new(DAY, Duration::from_millis(200));
+    let api = Api::accepting("token-1");
+    let metrics = Metrics::new();
+    let svc = AuthLayer::new(source.clone())
+        .metrics(metrics.clone())
+        .layer(api.service(Duration::from_millis(50)));
+    svc.clone().oneshot(get("/")).await.unwrap();
+
+    // The server revokes token-1 behind the client's back.
+    api.accept(Some("token-2"));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/"))))
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
+    assert_eq!(source.fetches(), 2, "one refresh for fifty 401s");
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.token_fetches, 2);
+    assert_eq!(
+        snapshot.unauthorized_refreshes, 50,
+        "each request re-sent once"
+    );
+    let seen = api.seen();
+    assert_eq!(seen.len(), 1 + 50 + 50);
+    let refused = seen.iter().filter(|s| s.token() == Some("token-1")).count();
+    assert_eq!(refused, 1 + 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_401_is_returned_as_it_is() {
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::default(); // refuses every token
+    let metrics = Metrics::new();
+    let svc = AuthLayer::new(source.clone())
+        .metrics(metrics.clone())
+        .layer(api.service(Duration::ZERO));
+
+    let response = svc.oneshot(get("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let tokens: Vec<_> = api
+        .seen()
+        .iter()
+        .map(|s| s.token().unwrap().to_owned())
+        .collect();
+    assert_eq!(tokens, ["token-1", "token-2"], "sent once, re-sent once");
+    assert_eq!(source.fetches(), 2);
+    assert_eq!(metrics.snapshot().unauthorized_refreshes, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_401_for_an_old_token_uses_the_newer_one_without_fetching() {
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::accepting("token-1");
+    let slow = api.service(Duration::from_secs(5));
+    let svc = AuthLayer::new(source.clone()).layer(slow);
+    svc.clone().oneshot(get("/")).await.unwrap();
+
+    // A slow request leaves with token-1; meanwhile the server moves to token-2 and a fast
+    // request gets it.
+    let slow_call = tokio::spawn(svc.clone().oneshot(get("/slow")));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    api.accept(Some("token-2"));
+    svc.clone().oneshot(get("/fast")).await.unwrap();
+    assert_eq!(source.fetches(), 2);
+
+    // The slow one's 401 (for token-1) must not throw token-2 away.
+    let response = slow_call.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        source.fetches(),
+        2,
+        "no refresh: a newer token was there already"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_source_gives_one_error_naming_the_cause_to_every_waiter() {
+    let source = Source::new(DAY, Duration::from_millis(300));
+    source.fail.store(true, SeqCst);
+    let api = Api::accepting("token-2");
+    let svc = AuthLayer::new(source.clone()).layer(api.service(Duration::ZERO));
+
+    let tasks: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/"))))
+        .collect();
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        let auth_err = err.downcast_ref::<auth::Error>().expect("an auth::Error");
+        assert!(auth_err.is_token_source());
+        assert!(err.to_string().contains("invalid_client"), "{err}");
+        assert!(
+            auth_err
+                .source()
+                .is_some_and(|cause| cause.is::<CredentialsRejected>())
+        );
+    }
+    assert_eq!(source.fetches(), 1, "the waiters shared the one failure");
+    assert!(api.seen().is_empty(), "nothing was sent without a token");
+
+    // The next call tries again, and succeeds once the source does.
+    source.fail.store(false, SeqCst);
+    let response = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_before_expiry_keeps_the_old_token_serving() {
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::accepting("token-1");
+    let svc = AuthLayer::new(source.clone()).layer(api.service(Duration::ZERO));
+    svc.clone().oneshot(get("/")).await.unwrap();
+
+    tokio::time::sleep(DAY - Duration::from_secs(30)).await;
+    source.fail.store(true, SeqCst);
+    let response = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(source.fetches(), 2, "the refresh was tried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_token_is_not_refetched_on_every_request() {
+    let source = Source::new(Duration::from_secs(5), Duration::ZERO);
+    let api = Api::accepting("*");
+    let svc = AuthLayer::new(source.clone()).layer(api.service(Duration::ZERO));
+
+    // A fifth of 5 s is 1 s: token-1 serves for 4 s.
+    for _ in 0..39 {
+        svc.clone().oneshot(get("/")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(source.fetches(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await; // 4.1 s
+    svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_day_token_is_refreshed_sixty_seconds_before_expiry() {
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::accepting("*");
+    let svc = AuthLayer::new(source.clone()).layer(api.service(Duration::ZERO));
+    svc.clone().oneshot(get("/")).await.unwrap();
+
+    tokio::time::sleep(DAY - Duration::from_secs(61)).await;
+    svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(source.fetches(), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn others_keep_the_valid_token_while_one_refreshes_it() {
+    let source = Source::new(DAY, Duration::from_secs(1));
+    let api = Api::accepting("token-1");
+    let svc = AuthLayer::new(source.clone()).layer(api.service(Duration::ZERO));
+    svc.clone().oneshot(get("/")).await.unwrap();
+    api.accept(Some("*"));
+
+    tokio::time::sleep(DAY - Duration::from_secs(30)).await;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/"))))
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let seen = api.seen();
+    let waited: Vec<_> = seen[1..].iter().filter(|s| s.at > start).collect();
+    assert_eq!(waited.len(), 1, "only the request that fetched waited");
+    assert_eq!(waited[0].token(), Some("token-2"));
+    assert_eq!(source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_header_is_sensitive_and_debug_never_shows_the_token() {
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::accepting("token-1");
+    let layer = AuthLayer::new(source.clone());
+    let svc = layer.layer(api.service(Duration::ZERO));
+    svc.clone().oneshot(get("/")).await.unwrap();
+
+    let header = api.seen()[0].authorization.clone().unwrap();
+    assert_eq!(header, "Bearer token-1");
+    assert!(header.is_sensitive());
+    let request = Request::get("/")
+        .header(AUTHORIZATION, header)
+        .body(())
+        .unwrap();
+
+    let printed = [
+        format!("{layer:?}"),
+        format!("{:?}", Token::new("token-1", Some(DAY))),
+        format!("{request:?}"),
+    ];
+    for text in printed {
+        assert!(!text.contains("token-1"), "{text}");
+    }
+    assert!(format!("{layer:?}").contains("[redacted]"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn auth_debug_is_redacted() {
+    #[derive(Debug, Clone)]
+    struct Leaf;
+    impl Service<Request<Body>> for Leaf {
+        type Response = Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Body::empty())))
+        }
+    }
+    let source = Source::new(DAY, Duration::ZERO);
+    let svc = AuthLayer::new(source).layer(Leaf);
+    svc.clone().oneshot(get("/")).await.unwrap();
+    let text = format!("{svc:?}");
+    assert!(
+        text.contains("[redacted]") && !text.contains("token-1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_token_is_not_sent_to_another_host() {
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::accepting("token-1");
+    let svc = AuthLayer::new(source.clone())
+        .only_to("https://api.example.com/api".parse().unwrap())
+        .layer(api.service(Duration::ZERO));
+
+    for uri in [
+        "https://uploads.example.net/api/v2/x",
+        "http://api.example.com/api/v2/x",
+        "https://api.example.com:8443/api/v2/x",
+        "https://api.example.com/apiv2",
+        "https://api.example.com.evil.test/api/v2/x",
+    ] {
+        let response = svc.clone().oneshot(get(uri)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    assert_eq!(source.fetches(), 0, "no token needed, none fetched");
+    assert!(api.seen().iter().all(|s| s.authorization.is_none()));
+    assert_eq!(api.seen().len(), 5, "a 401 from elsewhere is not re-sent");
+
+    for uri in [
+        "https://API.example.com/api/v2/x",
+        "https://api.example.com:443/api",
+    ] {
+        let response = svc.clone().oneshot(get(uri)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+    }
+    let relative = Request::get("/api/v2/users")
+        .header("host", "api.example.com")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        svc.clone().oneshot(relative).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let elsewhere = Request::get("/api/v2/users")
+        .header("host", "other.example.com")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        svc.clone().oneshot(elsewhere).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+fn streaming(chunks: &'static [&'static str]) -> Body {
+    let frames = chunks
+        .iter()
+        .map(|c| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(c.as_bytes()))));
+    Body::new(StreamBody::new(futures_util::stream::iter(frames)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_body_within_the_limit_is_re_sent_whole() {
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::accepting("token-1");
+    let svc = AuthLayer::new(source.clone()).layer(api.service(Duration::ZERO));
+    svc.clone().oneshot(get("/")).await.unwrap();
+    api.accept(Some("token-2"));
+
+    let request = Request::post("/").body(streaming(&["ab", "cd"])).unwrap();
+    let response = svc.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bodies: Vec<_> = api.seen()[1..].iter().map(|s| s.body.clone()).collect();
+    assert_eq!(bodies, ["abcd", "abcd"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_past_the_limit_is_sent_once_and_its_401_returned() {
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::accepting("token-1");
+    let svc = AuthLayer::new(source.clone())
+        .replay_limit(3)
+        .layer(api.service(Duration::ZERO));
+    svc.clone().oneshot(get("/")).await.unwrap();
+    api.accept(Some("token-2"));
+
+    let request = Request::post("/")
+        .body(streaming(&["ab", "cd", "ef"]))
+        .unwrap();
+    let response = svc.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let seen = api.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].body, "abcdef", "sent whole, once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn composes_with_the_concurrency_layer_over_any_body() {
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::accepting("token-1");
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(source))
+        .layer(ConcurrencyLayer::new(2))
+        .service(api.service(Duration::ZERO));
+    let request = Request::post("/")
+        .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = svc.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let _ = response.into_body().collect().await.unwrap();
+}

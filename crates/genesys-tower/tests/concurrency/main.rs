@@ -1,0 +1,341 @@
+//! Tests of the concurrency layer: in-flight limit, reject mode, pacing and learning from the
+//! server, all on a paused tokio clock.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use genesys_tower::concurrency::{ConcurrencyLayer, Error};
+use genesys_tower::{BoxError, Metrics};
+use http::{Request, Response, StatusCode};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_test::mock;
+
+type Starts = Arc<Mutex<Vec<Instant>>>;
+
+/// An inner service that records when each call starts and answers after `latency`.
+fn recording(
+    latency: Duration,
+) -> (
+    impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future = impl Send>
+    + Clone
+    + Send
+    + 'static,
+    Starts,
+) {
+    let starts: Starts = Arc::default();
+    let log = starts.clone();
+    let svc = service_fn(move |_req: Request<()>| {
+        log.lock().unwrap().push(Instant::now());
+        async move {
+            tokio::time::sleep(latency).await;
+            Ok::<_, Infallible>(Response::new(()))
+        }
+    });
+    (svc, starts)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_calls_never_exceed_the_limit() {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let (now, max) = (in_flight.clone(), max_seen.clone());
+    let inner = service_fn(move |_req: Request<()>| {
+        let (now, max) = (now.clone(), max.clone());
+        async move {
+            let current = now.fetch_add(1, SeqCst) + 1;
+            max.fetch_max(current, SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            now.fetch_sub(1, SeqCst);
+            Ok::<_, Infallible>(Response::new(()))
+        }
+    });
+    let svc = ConcurrencyLayer::new(7).layer(inner);
+
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| tokio::spawn(svc.clone().oneshot(Request::new(()))))
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        max_seen.load(SeqCst),
+        7,
+        "the limit is reached and never passed"
+    );
+    assert_eq!(svc.available_permits(), 7, "every permit came back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_ready_reserves_the_permit_that_call_uses() {
+    let (mut a, mut handle) =
+        mock::spawn_layer::<Request<()>, Response<()>, _>(ConcurrencyLayer::new(1));
+    let mut b = mock::Spawn::new(a.get_ref().clone());
+    handle.allow(2);
+
+    assert!(a.poll_ready().is_ready());
+    assert!(
+        b.poll_ready().is_pending(),
+        "the only permit is reserved by a"
+    );
+
+    let response = a.call(Request::new(()));
+    let (_request, send) = handle.next_request().await.unwrap();
+    send.send_response(Response::new(()));
+    response.await.unwrap();
+
+    assert!(b.is_woken(), "the released permit wakes the waiter");
+    assert!(b.poll_ready().is_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn reject_mode_refuses_at_once_with_overloaded() {
+    let metrics = Metrics::new();
+    let (inner, starts) = recording(Duration::from_secs(10));
+    let svc = ConcurrencyLayer::new(2)
+        .reject_when_full()
+        .metrics(metrics.clone())
+        .layer(inner);
+
+    let busy: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(svc.clone().oneshot(Request::new(()))))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(starts.lock().unwrap().len(), 2);
+
+    let before = Instant::now();
+    let err = svc.clone().oneshot(Request::new(())).await.unwrap_err();
+    assert_eq!(
+        before.elapsed(),
+        Duration::ZERO,
+        "no waiting in reject mode"
+    );
+    assert!(
+        matches!(err.downcast_ref::<Error>(), Some(Error::Overloaded)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not sent"));
+    assert_eq!(
+        starts.lock().unwrap().len(),
+        2,
+        "the refused call never reached the service"
+    );
+    assert_eq!(metrics.snapshot().concurrency_rejections, 1);
+
+    for task in busy {
+        task.await.unwrap().unwrap();
+    }
+    svc.clone()
+        .oneshot(Request::new(()))
+        .await
+        .expect("permits are free again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pacing_spreads_starts_over_windows() {
+    let metrics = Metrics::new();
+    let (inner, starts) = recording(Duration::from_millis(50));
+    let svc = ConcurrencyLayer::new(1000)
+        .pacing(100, Duration::from_secs(60))
+        .metrics(metrics.clone())
+        .layer(inner);
+
+    let begin = Instant::now();
+    let tasks: Vec<_> = (0..300)
+        .map(|_| tokio::spawn(svc.clone().oneshot(Request::new(()))))
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert!(
+        begin.elapsed() >= Duration::from_secs(120),
+        "{:?}",
+        begin.elapsed()
+    );
+
+    let mut starts = starts.lock().unwrap().clone();
+    starts.sort();
+    assert_eq!(starts.len(), 300);
+    for (i, &start) in starts.iter().enumerate() {
+        let in_window = starts[i..]
+            .iter()
+            .take_while(|&&s| s < start + Duration::from_secs(60))
+            .count();
+        assert!(
+            in_window <= 100,
+            "{in_window} starts in the window from {i}"
+        );
+    }
+    assert_eq!(metrics.snapshot().pacing_waits, 200);
+}
+
+/// An inner service that answers the first call with `first` and later calls with 200.
+fn answering_first_with(
+    first: Response<()>,
+) -> (
+    impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future = impl Send>
+    + Clone
+    + Send
+    + 'static,
+    Starts,
+) {
+    let starts: Starts = Arc::default();
+    let log = starts.clone();
+    let first = Arc::new(Mutex::new(Some(first)));
+    let svc = service_fn(move |_req: Request<()>| {
+        log.lock().unwrap().push(Instant::now());
+        let response = first.lock().unwrap().take().unwrap_or_default();
+        async move { Ok::<_, Infallible>(response) }
+    });
+    (svc, starts)
+}
+
+async fn second_start_after(first: Response<()>) -> Duration {
+    let (inner, starts) = answering_first_with(first);
+    let svc = ConcurrencyLayer::new(10).layer(inner);
+    svc.clone().oneshot(Request::new(())).await.unwrap();
+    svc.clone().oneshot(Request::new(())).await.unwrap();
+    let starts = starts.lock().unwrap();
+    starts[1] - starts[0]
+}
+
+#[tokio::test(start_paused = true)]
+async fn genesys_headers_saying_the_window_is_spent_hold_the_next_request() {
+    let response = Response::builder()
+        .header("inin-ratelimit-allowed", "300")
+        .header("inin-ratelimit-count", "300")
+        .header("inin-ratelimit-reset", "30")
+        .body(())
+        .unwrap();
+    assert_eq!(second_start_after(response).await, Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ietf_headers_saying_the_window_is_spent_hold_the_next_request() {
+    let response = Response::builder()
+        .header("ratelimit", "\"default\";r=0;t=30")
+        .body(())
+        .unwrap();
+    assert_eq!(second_start_after(response).await, Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_with_room_left_holds_nothing() {
+    let response = Response::builder()
+        .header("inin-ratelimit-allowed", "300")
+        .header("inin-ratelimit-count", "6")
+        .header("inin-ratelimit-reset", "38")
+        .body(())
+        .unwrap();
+    assert_eq!(second_start_after(response).await, Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_with_retry_after_holds_new_requests() {
+    let response = Response::builder()
+        .status(StatusCode::TOO_MANY_REQUESTS)
+        .header("retry-after", "7")
+        .body(())
+        .unwrap();
+    assert_eq!(second_start_after(response).await, Duration::from_secs(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_is_cut_to_max_hold() {
+    let (inner, starts) = answering_first_with(
+        Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("retry-after", "86400")
+            .body(())
+            .unwrap(),
+    );
+    let svc = ConcurrencyLayer::new(10)
+        .max_hold(Duration::from_secs(60))
+        .layer(inner);
+    svc.clone().oneshot(Request::new(())).await.unwrap();
+    svc.clone().oneshot(Request::new(())).await.unwrap();
+    let starts = starts.lock().unwrap();
+    assert_eq!(starts[1] - starts[0], Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_also_stops_requests_already_waiting_for_a_slot() {
+    // Pacing 1 per 10 s; the first response says the server's window is spent for 45 s.
+    let (inner, starts) = answering_first_with(
+        Response::builder()
+            .header("ratelimit", "\"default\";r=0;t=45")
+            .body(())
+            .unwrap(),
+    );
+    let metrics = Metrics::new();
+    let svc = ConcurrencyLayer::new(10)
+        .pacing(1, Duration::from_secs(10))
+        .metrics(metrics.clone())
+        .layer(inner);
+    let first = tokio::spawn(svc.clone().oneshot(Request::new(())));
+    let second = tokio::spawn(svc.clone().oneshot(Request::new(())));
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    let starts = starts.lock().unwrap();
+    assert_eq!(starts[1] - starts[0], Duration::from_secs(45));
+    assert_eq!(
+        metrics.snapshot().pacing_waits,
+        1,
+        "one request waited, counted once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_published_policy_lowers_the_rate() {
+    let (inner, starts) = answering_first_with(
+        Response::builder()
+            .header("ratelimit-policy", "\"default\";q=2;w=10")
+            .body(())
+            .unwrap(),
+    );
+    let svc = ConcurrencyLayer::new(10)
+        .pacing(300, Duration::from_secs(60))
+        .layer(inner);
+    for _ in 0..5 {
+        svc.clone().oneshot(Request::new(())).await.unwrap();
+    }
+    let starts = starts.lock().unwrap();
+    let t0 = starts[0];
+    let offsets: Vec<_> = starts.iter().map(|s| (*s - t0).as_secs()).collect();
+    assert_eq!(offsets, [0, 0, 10, 10, 20]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn learning_can_be_switched_off() {
+    let (inner, starts) = answering_first_with(
+        Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("retry-after", "7")
+            .body(())
+            .unwrap(),
+    );
+    let svc = ConcurrencyLayer::new(10)
+        .learn_from_responses(false)
+        .layer(inner);
+    svc.clone().oneshot(Request::new(())).await.unwrap();
+    svc.clone().oneshot(Request::new(())).await.unwrap();
+    let starts = starts.lock().unwrap();
+    assert_eq!(starts[1], starts[0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_errors_pass_through_as_box_errors() {
+    let inner = service_fn(|_req: Request<()>| async {
+        Err::<Response<()>, BoxError>("connection refused".into())
+    });
+    let svc = ConcurrencyLayer::new(1).layer(inner);
+    let err = svc.clone().oneshot(Request::new(())).await.unwrap_err();
+    assert_eq!(err.to_string(), "connection refused");
+    assert_eq!(
+        svc.available_permits(),
+        1,
+        "a failed call gives its permit back"
+    );
+}
