@@ -736,3 +736,95 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Over real services
+
+#[tokio::test]
+async fn hyper_util_connect_failure_is_retried_even_for_a_post() {
+    // A port that nobody listens on: every attempt is refused before anything is sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Body>();
+    let metrics = Metrics::new();
+    let policy = exact()
+        .max_attempts(3)
+        .base_delay(Duration::from_millis(1))
+        .build();
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy).metrics(metrics.clone()))
+        .service(client);
+    let req = Request::post(format!("http://{addr}/ingest"))
+        .body(Body::from("{}"))
+        .unwrap();
+    let err = svc.oneshot(req).await.unwrap_err();
+    let err = err.downcast::<Error>().unwrap();
+    assert_eq!(err.kind(), ErrorKind::AttemptsExhausted);
+    assert_eq!(err.attempts(), 3);
+    assert_eq!(metrics.snapshot().retries.connect, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wraps_an_axum_router() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let router = axum::Router::new().route(
+        "/users",
+        axum::routing::get(move || {
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if n < 2 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(exact().build()))
+        .service(router);
+    let res = svc.oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let info: &RetryInfo = res.extensions().get().unwrap();
+    assert_eq!(
+        (info.attempts, info.waited),
+        (3, Duration::from_millis(1500))
+    );
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retried_response_bodies_are_drained_during_the_wait() {
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let chunks_read = Arc::new(AtomicU32::new(0));
+    let calls = Arc::new(AtomicU32::new(0));
+    let read = chunks_read.clone();
+    let svc = tower::service_fn(move |_req: Request<Body>| {
+        let read = read.clone();
+        let n = calls.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let chunks = futures_util::stream::iter(0..3).map(move |_| {
+                read.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b"error")))
+            });
+            let status = if n == 0 { 503 } else { 200 };
+            let res = Response::builder()
+                .status(status)
+                .body(StreamBody::new(chunks));
+            Ok::<_, Infallible>(res.unwrap())
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(exact().build()))
+        .service(svc);
+    let res = svc.oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The 503's body was read to its end (so its connection could be reused); the final
+    // response's body is the caller's, unread.
+    assert_eq!(chunks_read.load(Ordering::Relaxed), 3);
+}
