@@ -1,6 +1,86 @@
 //! Idempotency keys stable across retries, a response store, and the server-side twin.
 //!
-//! TODO: full docs.
+//! # Why
+//!
+//! A POST that timed out may or may not have reached the server. Sending it again is safe only
+//! if the server can tell the second copy from a new request: the `Idempotency-Key` header (IETF
+//! draft "The Idempotency-Key HTTP Header Field") names one logical operation, and a server that
+//! honours it answers every copy with the first copy's response. Two halves make that work:
+//!
+//! - the **client** must give each logical call one key and keep it on every retry:
+//!   [`IdempotencyLayer`], the outermost layer of the client stack;
+//! - the **server** must remember keys and responses, across processes if it runs several:
+//!   [`server::ServerIdempotencyLayer`], for axum and any tower HTTP server.
+//!
+//! A client-side key alone does not make a call exactly-once: only a server that deduplicates by
+//! key does. The client layer still helps on its own: repeats from the caller (a user
+//! double-clicking, a job re-run) are answered from its store and never sent.
+//!
+//! # The client layer
+//!
+//! [`IdempotencyLayer`] handles POST and PATCH (configurable with
+//! [`methods`](IdempotencyLayer::methods)), and any request whose caller supplied a key:
+//!
+//! - **The key.** The caller's key wins: an [`IdempotencyKey`] request extension, else an
+//!   `Idempotency-Key` header already on the request; otherwise a new UUID v4. The layer sets the
+//!   header once and calls the service below once, so every retry below carries the same key.
+//!   The key used is on the response as an [`IdempotencyKey`] extension.
+//! - **Replay.** The request body is read (up to [`body_limit`](IdempotencyLayer::body_limit),
+//!   1 MiB by default) and [`Fingerprint`]ed with the method and path. A repeat of a key whose
+//!   final response is stored is answered from the store, marked `Idempotent-Replayed: true`,
+//!   without calling the service.
+//! - **Joining.** Concurrent calls with the same key make one call below; the others wait and
+//!   get the same response (also marked replayed). If that call ends without a final response,
+//!   one of the waiters sends its own copy, with the same key.
+//! - **Misuse.** The same key with another method, path or body is refused with
+//!   [`Error::KeyReused`] before anything is sent.
+//! - **What is stored.** Final responses only ([`is_final`]): 2xx, and 4xx other than 408, 409
+//!   and 429. Other statuses and errors release the key, so the next call with it is sent.
+//!   A response body larger than [`response_limit`](IdempotencyLayer::response_limit) (1 MiB by
+//!   default) is passed to the caller as it streams and not stored. A request body larger than
+//!   the body limit is sent once with its key, without fingerprint, store or joining.
+//! - **Cancellation.** A call dropped midway (a deadline above it) releases its key.
+//!
+//! ```
+//! use std::time::Duration;
+//! use genesys_tower::idempotency::{IdempotencyKey, IdempotencyLayer, MemoryStore};
+//! use genesys_tower::{Body, BoxError};
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let client = ServiceBuilder::new()
+//!     .layer(
+//!         IdempotencyLayer::new()
+//!             .store(MemoryStore::with_capacity(16 * 1024 * 1024))
+//!             .retention(Duration::from_secs(3600)),
+//!     )
+//!     // The retry, auth and concurrency layers go here, then the HTTP client.
+//!     .service(service_fn(|req: Request<Body>| async move {
+//!         assert!(req.headers().contains_key("idempotency-key"));
+//!         Ok::<_, BoxError>(Response::new(Body::from("created")))
+//!     }));
+//!
+//! let response = client
+//!     .oneshot(Request::post("/orders").body(Body::from("{\"qty\":1}"))?)
+//!     .await?;
+//! let key = response.extensions().get::<IdempotencyKey>().expect("the key used");
+//! assert_eq!(key.as_str().len(), 36);
+//! # Ok(()) }
+//! ```
+//!
+//! # Stores
+//!
+//! One [`IdempotencyStore`] trait serves both layers: claim a key (atomically, with a lock that
+//! expires so that a crashed owner's key can be taken over), complete it with a
+//! [`StoredResponse`], or release it. Its methods return boxed futures so that the layers hold an
+//! `Arc<dyn IdempotencyStore>` and carry no store type parameter.
+//!
+//! - [`MemoryStore`]: one process; bounded by bytes, with per-entry retention (24 h by default
+//!   in both layers); waiters are woken the moment a key completes.
+//! - `RedisStore` (feature `redis`): several processes behind a load balancer; `SET NX PX` claims,
+//!   Lua scripts that check the owner before completing or releasing.
 
 mod client;
 mod fingerprint;

@@ -415,29 +415,34 @@ where
     }
     let (mut parts, body) = req.into_parts();
     let mut keys = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
-    let header_key = keys.next().cloned();
-    if keys.next().is_some() {
+    let (first, second) = (keys.next(), keys.next());
+    if second.is_some() {
         return Ok(error(
             StatusCode::BAD_REQUEST,
             "idempotency_key_invalid",
             "send one Idempotency-Key header, not several".to_owned(),
         ));
     }
-    let bytes = match Body::new(body).buffer(config.body_limit).await {
-        Ok(body) => match body.as_bytes() {
-            Some(bytes) => bytes.clone(),
-            None => {
-                return Ok(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request_body_too_large",
-                    format!(
-                        "the request body is larger than {} bytes, the most this endpoint reads \
-                         for an idempotent request",
-                        config.body_limit
-                    ),
-                ));
-            }
-        },
+    let header_key = match first.map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(text)) => Some(text.to_owned()),
+        Some(Err(_)) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_invalid",
+                "the Idempotency-Key must be visible ASCII (a UUID is a good key)".to_owned(),
+            ));
+        }
+    };
+    if header_key.is_none() && config.key_from.is_none() {
+        if config.require_key {
+            return Ok(missing_key(&parts.method));
+        }
+        return call(inner, Request::from_parts(parts, Body::new(body))).await;
+    }
+
+    let body = match Body::new(body).buffer(config.body_limit).await {
+        Ok(body) => body,
         Err(e) => {
             return Ok(error(
                 StatusCode::BAD_REQUEST,
@@ -446,31 +451,27 @@ where
             ));
         }
     };
-
-    let key = match header_key {
-        Some(value) => match value.to_str() {
-            Ok(text) => Some(text.to_owned()),
-            Err(_) => {
-                return Ok(error(
-                    StatusCode::BAD_REQUEST,
-                    "idempotency_key_invalid",
-                    "the Idempotency-Key must be visible ASCII (a UUID is a good key)".to_owned(),
-                ));
-            }
-        },
-        None => config.key_from.as_ref().and_then(|f| f(&parts, &bytes)),
+    // A body that arrived whole may be past the limit too: the limit is the endpoint's promise.
+    let within_limit = body.as_bytes().filter(|b| b.len() <= config.body_limit);
+    let Some(bytes) = within_limit.cloned() else {
+        if header_key.is_none() && !config.require_key {
+            // No key in the header, and the body is too large to look for one: not guarded.
+            return call(inner, Request::from_parts(parts, body)).await;
+        }
+        return Ok(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_body_too_large",
+            format!(
+                "the request body is larger than {} bytes, the most this endpoint reads for an \
+                 idempotent request",
+                config.body_limit
+            ),
+        ));
     };
+    let key = header_key.or_else(|| config.key_from.as_ref().and_then(|f| f(&parts, &bytes)));
     let Some(key) = key else {
         if config.require_key {
-            return Ok(error(
-                StatusCode::BAD_REQUEST,
-                "idempotency_key_missing",
-                format!(
-                    "this endpoint requires an Idempotency-Key header on {} requests: send a \
-                     unique key (a UUID) per operation, and the same key when you retry it",
-                    parts.method
-                ),
-            ));
+            return Ok(missing_key(&parts.method));
         }
         return call(inner, Request::from_parts(parts, Body::from_bytes(bytes))).await;
     };
@@ -644,6 +645,17 @@ async fn release(config: &Config, key: &str, token: &super::ClaimToken) {
 fn failed_body(e: BoxError) -> Body {
     let frames = futures_util::stream::iter([Err::<http_body::Frame<Bytes>, BoxError>(e)]);
     Body::new(http_body_util::StreamBody::new(frames))
+}
+
+fn missing_key(method: &Method) -> Response<Body> {
+    error(
+        StatusCode::BAD_REQUEST,
+        "idempotency_key_missing",
+        format!(
+            "this endpoint requires an Idempotency-Key header on {method} requests: send a \
+             unique key (a UUID) per operation, and the same key when you retry it"
+        ),
+    )
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response<Body> {

@@ -24,10 +24,13 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 // ---------------------------------------------------------------------------------------------
 // Client side.
 
+/// One request as the service below the layer saw it: method, key, body.
+type Call = (Method, Option<String>, Bytes);
+
 /// What the service below the layer saw: one entry per call.
 #[derive(Clone, Default)]
 struct Seen {
-    calls: Arc<Mutex<Vec<(Method, Option<String>, Bytes)>>>,
+    calls: Arc<Mutex<Vec<Call>>>,
 }
 
 impl Seen {
@@ -44,7 +47,7 @@ impl Seen {
             .collect()
     }
 
-    async fn record(&self, req: Request<Body>) -> (Method, Option<String>, Bytes) {
+    async fn record(&self, req: Request<Body>) -> Call {
         let key = req
             .headers()
             .get("idempotency-key")
@@ -843,3 +846,51 @@ fn _assert_store_is_object_safe(_: &dyn IdempotencyStore) {}
 
 #[allow(dead_code)]
 fn _unused(_: HeaderMap, _: Infallible) {}
+
+#[tokio::test]
+async fn bodies_past_the_limit() {
+    let handler = Handler::default();
+    let app = handler.router(ServerIdempotencyLayer::new().body_limit(8));
+    let big = "{\"data\":\"0123456789\"}";
+    // With a key, the body must be fingerprinted: too large is refused.
+    let response = send(&app, order(Some("k"), big)).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json(response).await["error"], "request_body_too_large");
+    assert_eq!(handler.runs(), 0);
+    // Without a key on a route that does not require one, the layer stays out of the way.
+    let response = send(&app, order(None, big)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(json(response).await["echo"]["data"], "0123456789");
+}
+
+#[tokio::test]
+async fn a_response_past_the_limit_is_not_stored_by_the_server() {
+    let handler = Handler::default();
+    let app = handler.router(ServerIdempotencyLayer::new().response_limit(8));
+    let first = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(
+        json(first).await["run"],
+        0,
+        "the caller gets the whole response"
+    );
+    let second = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(json(second).await["run"], 1);
+}
+
+#[tokio::test]
+async fn keys_that_are_not_visible_ascii_or_sent_twice_give_400() {
+    let handler = Handler::default();
+    let app = handler.router(ServerIdempotencyLayer::new());
+    let mut twice = order(Some("a"), "{}");
+    twice
+        .headers_mut()
+        .append("idempotency-key", "b".parse().unwrap());
+    assert_eq!(send(&app, twice).await.status(), StatusCode::BAD_REQUEST);
+    let mut odd = order(None, "{}");
+    odd.headers_mut().insert(
+        "idempotency-key",
+        http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+    );
+    assert_eq!(send(&app, odd).await.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(handler.runs(), 0);
+}
