@@ -9,6 +9,8 @@
 
 mod app;
 mod cli;
+mod deliver;
+mod demo;
 mod error;
 mod input;
 mod job;
@@ -17,11 +19,14 @@ mod records;
 mod report;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{ActionsCommand, Cli, Command, UsersCommand};
 use crate::error::{CliError, EXIT_USAGE};
+use crate::input::Format;
+use crate::records::{ActionInputs, IngestRecords, UserRecords};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -69,9 +74,97 @@ fn init_tracing(verbose: u8, quiet: bool) {
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {
-    match cli.command {
-        Command::Demo(_) | Command::Users(_) | Command::Ingest(_) | Command::Actions(_) => Err(
-            CliError::usage("this command is not wired to the client yet"),
-        ),
+    let common = &cli.common;
+    match &cli.command {
+        Command::Demo(args) => demo::run(common, args).await,
+        Command::Users(UsersCommand::Patch(args)) => {
+            let client = deliver::client(common)?;
+            let format = Format::from_path(&args.input);
+            let prepared = app::prepare(common, &args.input, format, UserRecords)?;
+            let tally = app::execute(
+                common,
+                prepared,
+                Arc::new(deliver::Users(client.clone())),
+                1,
+                app::interrupts(),
+            )
+            .await;
+            let metrics = client.metrics().snapshot();
+            app::finish(
+                common,
+                "users patch",
+                Some(&args.input),
+                &tally,
+                Some(metrics),
+                None,
+            )
+        }
+        Command::Ingest(args) => {
+            let client = deliver::client(common)?;
+            let records = IngestRecords::load(&args.schema)?;
+            let format = Format::from_path(&args.input);
+            let prepared = app::prepare(common, &args.input, format, records)?;
+            let path = args
+                .path
+                .clone()
+                .unwrap_or_else(|| genesys_client::DEFAULT_INGESTION_PATH.to_owned());
+            if !path.starts_with('/') {
+                return Err(CliError::usage(format!(
+                    "--path {path}: give the endpoint's path from the API root, e.g. /api/v2/..."
+                )));
+            }
+            let deliver = deliver::Ingest {
+                client: client.clone(),
+                path: path.into(),
+            };
+            let tally = app::execute(
+                common,
+                prepared,
+                Arc::new(deliver),
+                args.chunk_size as usize,
+                app::interrupts(),
+            )
+            .await;
+            let metrics = client.metrics().snapshot();
+            app::finish(
+                common,
+                "ingest",
+                Some(&args.input),
+                &tally,
+                Some(metrics),
+                None,
+            )
+        }
+        Command::Actions(ActionsCommand::Execute(args)) => {
+            let client = deliver::client(common)?;
+            let (input, format) = match (&args.input, &args.batch) {
+                (Some(file), None) => (file, Format::Json),
+                (None, Some(file)) => (file, Format::Jsonl),
+                _ => {
+                    return Err(CliError::usage(
+                        "give exactly one of --input FILE.json (one execution) or --batch FILE.jsonl",
+                    ));
+                }
+            };
+            let prepared = app::prepare(common, input, format, ActionInputs)?;
+            let deliver = deliver::Actions {
+                client: client.clone(),
+                action_id: args.action_id.as_str().into(),
+                key: args.idempotency_key.as_deref().map(Into::into),
+                per_line_keys: format == Format::Jsonl,
+                print_output: format == Format::Json && !common.json && !common.quiet,
+            };
+            let tally =
+                app::execute(common, prepared, Arc::new(deliver), 1, app::interrupts()).await;
+            let metrics = client.metrics().snapshot();
+            app::finish(
+                common,
+                "actions execute",
+                Some(input),
+                &tally,
+                Some(metrics),
+                None,
+            )
+        }
     }
 }

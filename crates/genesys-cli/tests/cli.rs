@@ -1,0 +1,501 @@
+//! `gcx` end to end: the built binary against a simulator spawned in this test process.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use genesys_sim::{SimConfig, SimHandle, Simulator};
+use serde_json::{Value, json};
+
+/// A fresh directory for one test's files.
+fn dir(test: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("gcx-cli")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(path: &Path, bytes: &[u8]) -> PathBuf {
+    std::fs::File::create(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+    path.to_owned()
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `gcx` with the simulator's credentials in the environment and its URL as `--base-url`.
+fn gcx(sim: &SimHandle) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gcx"));
+    cmd.env("GENESYS_CLIENT_ID", "demo-client")
+        .env("GENESYS_CLIENT_SECRET", "demo-secret")
+        .env_remove("RUST_LOG")
+        .args(["--base-url", &sim.base_url()])
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// No quota, so tests are not slowed by pacing.
+fn config(users: usize) -> SimConfig {
+    SimConfig::default().users(users).rate_limit(None).seed(3)
+}
+
+fn user_lines(sim: &SimHandle, n: usize) -> (String, Vec<(String, String)>) {
+    let mut out = String::new();
+    let mut wanted = Vec::new();
+    for (i, id) in sim.user_ids().into_iter().take(n).enumerate() {
+        let title = format!("Title {i}");
+        out.push_str(&json!({"user_id": id, "updates": {"title": title}}).to_string());
+        out.push('\n');
+        wanted.push((id, title));
+    }
+    (out, wanted)
+}
+
+fn patches(sim: &SimHandle, id: &str) -> usize {
+    sim.ledger_for(id)
+        .iter()
+        .filter(|e| e.method == "PATCH")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_patch_delivers_everything_through_faults() {
+    let sim = Simulator::spawn(config(30).faults("5xx=0.1,reset-after=0.05".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("patch_all");
+    let (lines, wanted) = user_lines(&sim, 30);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let report = d.join("report.json");
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = read_json(&report);
+    assert_eq!(r["status"], "complete");
+    assert_eq!(r["counts"]["delivered"], 30);
+    assert_eq!(r["counts"]["failed"], 0);
+    assert!(
+        r["http"]["attempts"].as_u64().unwrap() >= 60,
+        "a GET and a PATCH per user"
+    );
+    assert!(r["http"]["token_fetches"].as_u64().unwrap() >= 1);
+    for (id, title) in wanted {
+        assert_eq!(sim.user(&id).unwrap()["title"], json!(title));
+        assert_eq!(patches(&sim, &id), 1, "user {id} patched once");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("delivered      30"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_are_quarantined_with_their_line_and_the_run_goes_on() {
+    let sim = Simulator::spawn(config(5)).await.unwrap();
+    let d = dir("quarantine");
+    let ids = sim.user_ids();
+    let mut input = Vec::new();
+    writeln!(
+        input,
+        "{}",
+        json!({"user_id": ids[0], "updates": {"title": "A"}})
+    )
+    .unwrap();
+    writeln!(input, "{{\"user_id\": \"broken").unwrap();
+    writeln!(input).unwrap();
+    input.extend_from_slice(b"{\"user_id\": \"\xff\xfe\", \"updates\": {}}\n");
+    writeln!(input, "{}", json!({"user_id": ids[1]})).unwrap();
+    writeln!(
+        input,
+        "{}",
+        json!({"user_id": "no-such-user", "updates": {"title": "B"}})
+    )
+    .unwrap();
+    writeln!(
+        input,
+        "{}",
+        json!({"id": ids[2], "updates": {"title": "C"}})
+    )
+    .unwrap();
+    let input = write(&d.join("users.jsonl"), &input);
+    let (report, quarantine, failed) = (d.join("r.json"), d.join("q.jsonl"), d.join("f.jsonl"));
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .arg("--quarantine")
+        .arg(&quarantine)
+        .arg("--failed")
+        .arg(&failed)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let q = jsonl(&quarantine);
+    let lines: Vec<u64> = q.iter().map(|e| e["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, vec![2, 4, 5]);
+    assert!(
+        q[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed JSON")
+    );
+    assert!(q[0]["raw"].as_str().unwrap().contains("broken"));
+    assert!(q[1]["reason"].as_str().unwrap().contains("UTF-8"));
+    assert!(q[2]["reason"].as_str().unwrap().contains("updates"));
+
+    let r = read_json(&report);
+    assert_eq!(r["counts"]["delivered"], 2);
+    assert_eq!(r["counts"]["quarantined"], 3);
+    assert_eq!(r["counts"]["failed"], 1);
+    assert_eq!(r["failures"][0]["line"], 6);
+    assert_eq!(r["failures"][0]["id"], "no-such-user");
+    assert!(
+        r["failures"][0]["reason"].as_str().unwrap().contains("404"),
+        "{}",
+        r["failures"][0]
+    );
+    assert_eq!(r["quarantined"][1]["line"], 4);
+    // The failed file holds the failed line exactly as it was written.
+    let failed_text = std::fs::read_to_string(&failed).unwrap();
+    assert_eq!(failed_text.lines().count(), 1);
+    assert!(failed_text.contains("no-such-user"));
+    assert_eq!(sim.user(&ids[2]).unwrap()["title"], "C");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_rows_and_a_failed_csv_keep_the_header() {
+    let sim = Simulator::spawn(config(3)).await.unwrap();
+    let d = dir("csv");
+    let ids = sim.user_ids();
+    let csv = format!(
+        "user_id,title,department\n{},Lead,Care\nmissing-user,X,Y\n{},,Loyalty\n",
+        ids[0], ids[1]
+    );
+    let input = write(&d.join("users.csv"), csv.as_bytes());
+    let failed = d.join("failed.csv");
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .arg("--failed")
+        .arg(&failed)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(sim.user(&ids[0]).unwrap()["title"], "Lead");
+    assert_eq!(sim.user(&ids[1]).unwrap()["department"], "Loyalty");
+    assert_eq!(
+        std::fs::read_to_string(&failed).unwrap(),
+        "user_id,title,department\nmissing-user,X,Y\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_errors_exit_2_before_anything_is_sent() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("config");
+    let input = write(
+        &d.join("u.jsonl"),
+        b"{\"user_id\":\"x\",\"updates\":{\"title\":\"t\"}}\n",
+    );
+
+    let out = gcx(&sim)
+        .env_remove("GENESYS_CLIENT_SECRET")
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GENESYS_CLIENT_SECRET"));
+
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(d.join("nope.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open input"));
+
+    let csv = write(&d.join("u.csv"), b"id,title\nx,y\n");
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user_id column"));
+
+    let schema = write(&d.join("s.json"), br#"{"type": "nonsense"}"#);
+    let out = gcx(&sim)
+        .args(["ingest", "--input"])
+        .arg(&input)
+        .arg("--schema")
+        .arg(&schema)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid JSON Schema"));
+
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .arg("--failed")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = gcx(&sim).args(["users", "patch"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+
+    assert_eq!(sim.stats().total_responses, 0, "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_input_says_so() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("empty");
+    let input = write(&d.join("u.jsonl"), b"\n\n");
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no records"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_validates_quarantines_and_sends_chunks() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("ingest");
+    let schema = write(
+        &d.join("schema.json"),
+        genesys_sim::default_ingestion_schema()
+            .to_string()
+            .as_bytes(),
+    );
+    let mut input = String::new();
+    for i in 0..23 {
+        let mut rec = json!({
+            "external_id": format!("TXN-{i}"),
+            "timestamp": "2023-10-15T14:30:00Z",
+            "channel": "voice",
+            "duration_seconds": 60 + i,
+            "customer_segment": "enterprise"
+        });
+        if i == 7 {
+            rec["duration_seconds"] = json!("long");
+        }
+        input.push_str(&rec.to_string());
+        input.push('\n');
+    }
+    let input = write(&d.join("records.jsonl"), input.as_bytes());
+    let (report, quarantine) = (d.join("r.json"), d.join("q.jsonl"));
+    let out = gcx(&sim)
+        .args(["ingest", "--chunk-size", "5", "--json", "--input"])
+        .arg(&input)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--report")
+        .arg(&report)
+        .arg("--quarantine")
+        .arg(&quarantine)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value =
+        serde_json::from_slice(&out.stdout).expect("--json prints one JSON document");
+    assert_eq!(summary["counts"]["delivered"], 22);
+    assert_eq!(summary["counts"]["quarantined"], 1);
+    assert_eq!(
+        summary["counts"]["requests"], 5,
+        "22 records in chunks of 5"
+    );
+    let q = jsonl(&quarantine);
+    assert_eq!(q[0]["line"], 8);
+    assert!(
+        q[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("/duration_seconds")
+    );
+    assert_eq!(sim.ledger_len(), 22, "every valid record ingested once");
+    assert_eq!(read_json(&report)["counts"]["delivered"], 22);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_execute_once_and_in_batches() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("actions");
+    let one = write(&d.join("in.json"), br#"{"orderId": "42"}"#);
+    let out = gcx(&sim)
+        .args([
+            "actions",
+            "execute",
+            "echo",
+            "--idempotency-key",
+            "order-42",
+            "--input",
+        ])
+        .arg(&one)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"orderId\":\"42\""));
+    assert_eq!(sim.ledger_len(), 1);
+    assert_eq!(sim.ledger()[0].idempotency_key.as_deref(), Some("order-42"));
+
+    let batch = write(&d.join("b.jsonl"), b"{\"n\":1}\n{\"n\":2}\n[3]\n");
+    let report = d.join("r.json");
+    let out = gcx(&sim)
+        .args(["actions", "execute", "no-such-action", "--batch"])
+        .arg(&batch)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r = read_json(&report);
+    assert_eq!(r["counts"]["failed"], 2);
+    assert_eq!(r["counts"]["quarantined"], 1);
+    assert!(r["failures"][0]["reason"].as_str().unwrap().contains("404"));
+}
+
+fn interrupt(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_leaves_a_complete_report_and_a_rerun_delivers_the_rest() {
+    // Slow responses, few in flight: the run is still going when it is interrupted.
+    let sim = Simulator::spawn(config(40).faults("latency=100ms..100ms".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("ctrl_c");
+    let (lines, wanted) = user_lines(&sim, 40);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let (report, failed) = (d.join("r.json"), d.join("failed.jsonl"));
+    let mut child = gcx(&sim)
+        .args(["users", "patch", "--concurrency", "2", "--input"])
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .arg("--failed")
+        .arg(&failed)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Interrupt once some updates have landed.
+    let start = Instant::now();
+    while sim.ledger_len() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    interrupt(child.id());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+
+    let r = read_json(&report);
+    assert_eq!(r["interrupted"], true);
+    assert_eq!(r["status"], "interrupted");
+    let c = &r["counts"];
+    let (delivered, failed_n, not_started) = (
+        c["delivered"].as_u64().unwrap(),
+        c["failed"].as_u64().unwrap(),
+        c["not_started"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        delivered + failed_n + not_started,
+        40,
+        "every record accounted for: {c}"
+    );
+    assert!(not_started > 0, "{c}");
+    let rest = std::fs::read_to_string(&failed).unwrap();
+    assert_eq!(rest.lines().count() as u64, failed_n + not_started);
+
+    // The same command on the failed file delivers the rest.
+    let report2 = d.join("r2.json");
+    let out = gcx(&sim)
+        .args(["users", "patch", "--concurrency", "8", "--input"])
+        .arg(&failed)
+        .arg("--report")
+        .arg(&report2)
+        .arg("--failed")
+        .arg(d.join("failed-2.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read_json(&report2)["counts"]["delivered"],
+        failed_n + not_started
+    );
+    for (id, title) in wanted {
+        assert_eq!(sim.user(&id).unwrap()["title"], json!(title));
+        assert_eq!(patches(&sim, &id), 1, "user {id} patched exactly once");
+    }
+}
+
+#[test]
+fn demo_runs_and_prints_the_verdict() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gcx"))
+        .env_remove("GENESYS_CLIENT_ID")
+        .env_remove("GENESYS_CLIENT_SECRET")
+        .args(["demo", "--users", "200"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("verdict: every update applied, none twice (200 users)"),
+        "{stdout}"
+    );
+}
