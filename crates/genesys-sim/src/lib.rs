@@ -4,7 +4,7 @@
 //! routes this workspace uses (users, data actions, the seed's ingestion endpoint, integration
 //! config, organization limits) with the real service's error bodies, correlation ids,
 //! per-token quota, `Retry-After` and `inin-ratelimit-*` headers. On top it injects seeded,
-//! reproducible [faults](faults) (5xx, 503 with `Retry-After`, latency, connection resets before
+//! reproducible [`faults`] (5xx, 503 with `Retry-After`, latency, connection resets before
 //! and *after* the effect was applied, token revocation, long `Retry-After`), and keeps an
 //! effect ledger: every applied side effect by route, entity and idempotency key, so a test can
 //! prove nothing was lost and nothing was applied twice.
