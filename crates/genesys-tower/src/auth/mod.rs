@@ -77,6 +77,19 @@
 //! client that adds the base URL) is judged by its `Host` header, or by its path when it has
 //! none.
 //!
+//! # tower manners
+//!
+//! [`Auth`] is `Clone` (the token cache and counters are shared behind `Arc`s) and needs the
+//! inner service to be `Clone`: `poll_ready` polls the inner service, and `call` takes that
+//! ready service for the request (leaving a fresh clone in its place), so what it reserved (a
+//! concurrency permit, say) is what the request uses; the re-send after a 401 waits for
+//! readiness again on the same service. The token is fetched inside the response future, never
+//! in `poll_ready`, so a failing token source fails that call, not the service.
+//!
+//! A token source must not send its own requests through the service that this layer wraps
+//! (or through a concurrency limit that it shares): the requests waiting for the token may hold
+//! every permit. Give it a client of its own.
+//!
 //! # Secrets
 //!
 //! `Debug` of the layer, the service and [`Token`] print the token as `[redacted]`; tracing

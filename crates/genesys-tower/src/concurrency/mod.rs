@@ -4,7 +4,8 @@
 //! every clone of the service (and every service made by the same layer):
 //!
 //! - **An in-flight limit.** Each call of the inner service holds one permit, from the moment
-//!   `poll_ready` reserves it until the response head arrives or the call fails. Under the retry
+//!   `poll_ready` reserves it until the response head arrives or the call fails (a response
+//!   body still streaming holds none). Under the retry
 //!   layer a call is one *attempt*, so no permit is held while a request sleeps in backoff.
 //!   Callers beyond the limit wait for a permit (in `poll_ready`); with
 //!   [`reject_when_full`](ConcurrencyLayer::reject_when_full) they get [`Error::Overloaded`] at

@@ -18,8 +18,8 @@ pub(crate) struct Rate {
 impl Rate {
     /// Whether `self` allows fewer requests per unit of time than `other`.
     fn slower_than(self, other: Rate) -> bool {
-        u128::from(self.requests) * other.window.as_nanos()
-            < u128::from(other.requests) * self.window.as_nanos()
+        u128::from(self.requests).saturating_mul(other.window.as_nanos())
+            < u128::from(other.requests).saturating_mul(self.window.as_nanos())
     }
 }
 
@@ -28,6 +28,8 @@ impl Rate {
 const MAX_LEARNED_WINDOW: Duration = Duration::from_secs(3600);
 /// Learned quotas above this are ignored for the same reason.
 const MAX_LEARNED_REQUESTS: u64 = 100_000;
+/// Longer windows and holds are cut to this, so that adding them to an `Instant` cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Debug)]
 pub(crate) struct Pacer {
@@ -56,10 +58,13 @@ impl Pacer {
         max_hold: Duration,
     ) -> Self {
         Pacer {
-            configured,
+            configured: configured.map(|rate| Rate {
+                requests: rate.requests,
+                window: rate.window.min(MAX_DURATION),
+            }),
             learn,
             reserve,
-            max_hold,
+            max_hold: max_hold.min(MAX_DURATION),
             state: Mutex::new(State::default()),
         }
     }
@@ -406,6 +411,62 @@ mod tests {
             ("retry-after", "soon"),
         ]));
         assert_eq!(h, Hints::default());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_header_values_parse_without_panic(
+            values in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..48), 8),
+        ) {
+            let names = [
+                "inin-ratelimit-allowed", "inin-ratelimit-count", "inin-ratelimit-reset",
+                "ratelimit", "ratelimit-policy", "ratelimit-remaining", "ratelimit-reset",
+                "retry-after",
+            ];
+            let mut map = HeaderMap::new();
+            for (name, value) in names.iter().zip(&values) {
+                if let Ok(value) = HeaderValue::from_bytes(value) {
+                    map.append(*name, value);
+                }
+            }
+            let pacer = Pacer::new(
+                Some(Rate { requests: u64::MAX, window: Duration::MAX }),
+                true,
+                u64::MAX,
+                Duration::MAX,
+            );
+            pacer.observe(StatusCode::TOO_MANY_REQUESTS, &map);
+            pacer.observe(StatusCode::OK, &map);
+            let _ = Hints::parse(&map);
+        }
+
+        #[test]
+        fn any_structured_text_parses_without_panic(text in "\\PC*") {
+            for member in split_list(&text) {
+                let _ = param(member, &["r", "t", "q", "w"]);
+            }
+            let _ = retry_after(&text);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_values_do_not_overflow() {
+        let pacer = Pacer::new(
+            Some(Rate {
+                requests: 1,
+                window: Duration::MAX,
+            }),
+            true,
+            0,
+            Duration::MAX,
+        );
+        assert!(pacer.try_start().is_ok());
+        assert!(pacer.try_start().is_err());
+        pacer.observe(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("retry-after", "18446744073709551615")]),
+        );
+        assert!(pacer.try_start().is_err());
     }
 
     #[test]

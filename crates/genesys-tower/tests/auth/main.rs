@@ -518,3 +518,35 @@ async fn composes_with_the_concurrency_layer_over_any_body() {
     assert_eq!(response.status(), StatusCode::OK);
     let _ = response.into_body().collect().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn under_the_retry_layer_the_re_send_is_not_a_retry() {
+    use genesys_tower::retry::{RetryInfo, RetryLayer, RetryPolicy};
+
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::accepting("token-1");
+    let metrics = Metrics::new();
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryPolicy::default()).metrics(metrics.clone()))
+        .layer(AuthLayer::new(source.clone()).metrics(metrics.clone()))
+        .service(api.service(Duration::ZERO));
+    svc.clone().oneshot(get("/")).await.unwrap();
+    api.accept(Some("token-2"));
+
+    let begin = Instant::now();
+    let response = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        begin.elapsed(),
+        Duration::ZERO,
+        "re-sent at once, no backoff"
+    );
+    assert_eq!(
+        response.extensions().get::<RetryInfo>().unwrap().attempts,
+        1
+    );
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.retries.total(), 0);
+    assert_eq!(snapshot.unauthorized_refreshes, 1);
+    assert_eq!(snapshot.token_fetches, 2);
+}

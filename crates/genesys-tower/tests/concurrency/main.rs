@@ -339,3 +339,63 @@ async fn inner_errors_pass_through_as_box_errors() {
         "a failed call gives its permit back"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn under_the_retry_layer_no_permit_is_held_during_backoff() {
+    use genesys_tower::Body;
+    use genesys_tower::retry::{Jitter, RetryLayer, RetryPolicy};
+    use tower::ServiceBuilder;
+
+    // The first call is answered 503; the retry layer then waits 10 s before its next attempt.
+    let starts: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let log = starts.clone();
+    let inner = service_fn(move |req: Request<Body>| {
+        let mut log = log.lock().unwrap();
+        let status = if log.is_empty() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        log.push((Instant::now(), req.uri().path().to_owned()));
+        async move {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let policy = RetryPolicy::builder()
+        .base_delay(Duration::from_secs(10))
+        .jitter(Jitter::None)
+        .no_budget()
+        .build();
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy))
+        .layer(ConcurrencyLayer::new(1))
+        .service(inner);
+
+    let begin = Instant::now();
+    let first = tokio::spawn(
+        svc.clone()
+            .oneshot(Request::get("/a").body(Body::empty()).unwrap()),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = svc
+        .clone()
+        .oneshot(Request::get("/b").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+
+    let starts: Vec<_> = starts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(at, path)| ((*at - begin).as_secs(), path.clone()))
+        .collect();
+    assert_eq!(
+        starts,
+        [(0, "/a".into()), (1, "/b".into()), (10, "/a".into())],
+        "/b went out while /a slept in backoff with the only permit free"
+    );
+}
