@@ -100,7 +100,8 @@ where
 {
     let concurrency = concurrency(common);
     let progress = Progress::new(common.quiet, None);
-    let counted = if matches!(prepared.source.format(), Format::Json) {
+    // Counting lines costs a read of the file: only worth it for a bar on a terminal.
+    let counted = if !progress.is_bar() || matches!(prepared.source.format(), Format::Json) {
         None
     } else {
         let path = prepared.input.clone();
@@ -116,10 +117,10 @@ where
     } = prepared;
     let has_header = source.header().is_some();
     let rx = source.stream(parser, concurrency * chunk_size * READ_AHEAD_UNITS);
-    if let Some(counted) = counted {
-        if let Ok(Some(lines)) = counted.await {
-            progress.set_total(lines.saturating_sub(u64::from(has_header)));
-        }
+    if let Some(counted) = counted
+        && let Ok(Some(lines)) = counted.await
+    {
+        progress.set_total(lines.saturating_sub(u64::from(has_header)));
     }
     let tally = job::run(
         deliver,

@@ -41,7 +41,7 @@ pub(crate) struct Common {
     #[arg(long, global = true, value_name = "URL")]
     pub(crate) login_url: Option<String>,
 
-    /// Requests in flight at once.
+    /// Requests in flight at once (default 8; 32 for the demo).
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) concurrency: Option<u32>,
 

@@ -85,11 +85,11 @@ pub(crate) trait Parse: Send + Sync + 'static {
     }
 
     /// A record from a JSON value (a JSONL line or the whole document).
-    fn from_json(&self, value: Value) -> Result<(Self::Item, Option<String>), String>;
+    fn json_record(&self, value: Value) -> Result<(Self::Item, Option<String>), String>;
 
     /// A record from a CSV row, given as column name -> cell text (empty cells left out).
-    fn from_csv(&self, row: Map<String, Value>) -> Result<(Self::Item, Option<String>), String> {
-        self.from_json(Value::Object(row))
+    fn csv_record(&self, row: Map<String, Value>) -> Result<(Self::Item, Option<String>), String> {
+        self.json_record(Value::Object(row))
     }
 }
 
@@ -272,7 +272,7 @@ fn parse_json<P: Parse>(parser: &P, bytes: &[u8]) -> Result<(P::Item, Option<Str
         return Err(format!("not valid UTF-8 (byte {})", e.valid_up_to() + 1));
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("malformed JSON: {e}"))?;
-    parser.from_json(value)
+    parser.json_record(value)
 }
 
 fn read_jsonl<P: Parse>(
@@ -371,7 +371,7 @@ fn read_csv<P: Parse>(
             continue;
         }
         let raw = Raw::Csv(rec.clone());
-        let result = csv_row(&names, &rec).and_then(|row| parser.from_csv(row));
+        let result = csv_row(&names, &rec).and_then(|row| parser.csv_record(row));
         let msg = match result {
             Ok((item, key)) => Input::Record(Record {
                 meta: Meta { line, key, raw },
@@ -438,7 +438,7 @@ mod tests {
         fn required_columns(&self) -> &[&'static str] {
             &["id"]
         }
-        fn from_json(&self, value: Value) -> Result<(Value, Option<String>), String> {
+        fn json_record(&self, value: Value) -> Result<(Value, Option<String>), String> {
             match value.get("id").and_then(Value::as_str) {
                 Some(id) => Ok((value.clone(), Some(id.to_owned()))),
                 None => Err("no id".into()),

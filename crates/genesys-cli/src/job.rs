@@ -61,7 +61,7 @@ pub(crate) struct Sinks {
 #[derive(Debug)]
 enum FailedWriter {
     Lines(BufWriter<File>),
-    Csv(csv::Writer<File>),
+    Csv(Box<csv::Writer<File>>),
 }
 
 fn create(path: &Path, flag: &str) -> Result<File, CliError> {
@@ -107,7 +107,7 @@ impl Sinks {
                         w.write_byte_record(header).map_err(|e| {
                             CliError::usage(format!("cannot write {}: {e}", path.display()))
                         })?;
-                        FailedWriter::Csv(w)
+                        FailedWriter::Csv(Box::new(w))
                     }
                     _ => FailedWriter::Lines(BufWriter::new(file)),
                 })

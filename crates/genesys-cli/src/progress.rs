@@ -45,7 +45,7 @@ impl Progress {
                 None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
             };
             let style = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta}) {msg}",
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} records, eta {eta}: {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
@@ -62,6 +62,11 @@ impl Progress {
                 },
             }
         }
+    }
+
+    /// True when a bar is shown (stderr is a terminal).
+    pub(crate) fn is_bar(&self) -> bool {
+        matches!(self.mode, Mode::Bar(_))
     }
 
     /// Sets the bar's length once it is known.

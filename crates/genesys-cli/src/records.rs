@@ -64,7 +64,7 @@ impl Parse for UserRecords {
         &["user_id"]
     }
 
-    fn from_json(&self, value: Value) -> Result<(UserUpdate, Option<String>), String> {
+    fn json_record(&self, value: Value) -> Result<(UserUpdate, Option<String>), String> {
         let Value::Object(mut obj) = value else {
             return Err(format!(
                 "expected an object like {{\"user_id\": \"...\", \"updates\": {{...}}}}, found {}",
@@ -89,7 +89,7 @@ impl Parse for UserRecords {
         ))
     }
 
-    fn from_csv(
+    fn csv_record(
         &self,
         mut row: Map<String, Value>,
     ) -> Result<(UserUpdate, Option<String>), String> {
@@ -170,7 +170,7 @@ impl IngestRecords {
 impl Parse for IngestRecords {
     type Item = Value;
 
-    fn from_json(&self, value: Value) -> Result<(Value, Option<String>), String> {
+    fn json_record(&self, value: Value) -> Result<(Value, Option<String>), String> {
         let errors: Vec<String> = self
             .validator
             .iter_errors(&value)
@@ -194,7 +194,7 @@ impl Parse for IngestRecords {
         Ok((value, key))
     }
 
-    fn from_csv(&self, row: Map<String, Value>) -> Result<(Value, Option<String>), String> {
+    fn csv_record(&self, row: Map<String, Value>) -> Result<(Value, Option<String>), String> {
         let mut out = Map::new();
         for (column, cell) in row {
             let text = cell.as_str().unwrap_or_default();
@@ -220,7 +220,7 @@ impl Parse for IngestRecords {
             };
             out.insert(column, typed);
         }
-        self.from_json(Value::Object(out))
+        self.json_record(Value::Object(out))
     }
 }
 
@@ -231,7 +231,7 @@ pub(crate) struct ActionInputs;
 impl Parse for ActionInputs {
     type Item = Value;
 
-    fn from_json(&self, value: Value) -> Result<(Value, Option<String>), String> {
+    fn json_record(&self, value: Value) -> Result<(Value, Option<String>), String> {
         if !value.is_object() {
             return Err(format!(
                 "a data action input is a JSON object, found {}",
@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn user_updates() {
         let (u, key) = UserRecords
-            .from_json(json!({"user_id": "u1", "updates": {"title": "Lead"}}))
+            .json_record(json!({"user_id": "u1", "updates": {"title": "Lead"}}))
             .unwrap();
         assert_eq!(u.user_id, "u1");
         assert_eq!(key.as_deref(), Some("u1"));
@@ -260,18 +260,18 @@ mod tests {
         );
         assert!(
             UserRecords
-                .from_json(json!({"id": "u1", "updates": {"title": "x"}}))
+                .json_record(json!({"id": "u1", "updates": {"title": "x"}}))
                 .is_ok()
         );
         let err = UserRecords
-            .from_json(json!({"updates": {"a": 1}}))
+            .json_record(json!({"updates": {"a": 1}}))
             .unwrap_err();
         assert!(err.contains("no user_id"), "{err}");
         let err = UserRecords
-            .from_json(json!({"user_id": "u", "updates": {"version": 3}}))
+            .json_record(json!({"user_id": "u", "updates": {"version": 3}}))
             .unwrap_err();
         assert!(err.contains("version"), "{err}");
-        let err = UserRecords.from_json(json!([1])).unwrap_err();
+        let err = UserRecords.json_record(json!([1])).unwrap_err();
         assert!(err.contains("an array"), "{err}");
     }
 
@@ -280,7 +280,7 @@ mod tests {
         let mut row = Map::new();
         row.insert("user_id".into(), json!("u9"));
         row.insert("department".into(), json!("Sales"));
-        let (u, _) = UserRecords.from_csv(row).unwrap();
+        let (u, _) = UserRecords.csv_record(row).unwrap();
         assert_eq!(
             u.fields,
             json!({"department": "Sales"}).as_object().unwrap().clone()
@@ -295,13 +295,13 @@ mod tests {
             "required": ["n"]
         }))
         .unwrap();
-        assert!(r.from_json(json!({"n": 1})).is_ok());
-        let err = r.from_json(json!({"n": "x"})).unwrap_err();
+        assert!(r.json_record(json!({"n": 1})).is_ok());
+        let err = r.json_record(json!({"n": "x"})).unwrap_err();
         assert!(err.starts_with("schema: /n:"), "{err}");
         let mut row = Map::new();
         row.insert("n".into(), json!("42"));
         row.insert("ok".into(), json!("true"));
-        let (v, _) = r.from_csv(row).unwrap();
+        let (v, _) = r.csv_record(row).unwrap();
         assert_eq!(v, json!({"n": 42, "ok": true}));
 
         let err = IngestRecords::new(json!({"type": "no-such-type"})).unwrap_err();
