@@ -29,6 +29,15 @@
 //! it streams and is not stored; the key is released, so a repeat runs the handler again: raise
 //! the limit on routes with large responses.
 //!
+//! # Several instances
+//!
+//! Give every instance the same Redis store (feature `redis`) and the same prefix: the claim is
+//! atomic in Redis, so one instance runs the handler and the others answer 409, or, with
+//! [`wait_in_flight`](ServerIdempotencyLayer::wait_in_flight), poll the store until the response
+//! is there and answer with it. Wait mode suits callers that do not retry on 409 (each caller
+//! then gets its key's response at once); it holds a connection per waiting request, bounded by
+//! the wait timeout.
+//!
 //! # Crashes and cancellations
 //!
 //! A request that is abandoned while its handler runs (the process crashed, or the client hung up
@@ -559,6 +568,7 @@ where
                 return Ok(Response::from_parts(head, body));
             }
             Claim::Completed(stored) => {
+                tracing::debug!(status = %stored.status(), waited, "idempotent replay");
                 if waited {
                     config.metrics.record_idempotent_join();
                 } else {
@@ -567,6 +577,7 @@ where
                 return Ok(stored.to_replay());
             }
             Claim::Mismatch => {
+                tracing::debug!("idempotency key reused with another payload: 422");
                 return Ok(error(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "idempotency_key_reused",
@@ -585,6 +596,7 @@ where
                         }
                     }
                     _ => {
+                        tracing::debug!("idempotency key in flight: 409");
                         let mut response = error(
                             StatusCode::CONFLICT,
                             "idempotency_request_in_progress",

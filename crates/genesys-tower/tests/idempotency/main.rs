@@ -16,7 +16,7 @@ use genesys_tower::idempotency::{
     MemoryStore, StoreError, StoreFuture, StoredResponse,
 };
 use genesys_tower::{Body, BoxError, Metrics};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -844,9 +844,6 @@ async fn the_handler_sees_the_key() {
 #[allow(dead_code)]
 fn _assert_store_is_object_safe(_: &dyn IdempotencyStore) {}
 
-#[allow(dead_code)]
-fn _unused(_: HeaderMap, _: Infallible) {}
-
 #[tokio::test]
 async fn bodies_past_the_limit() {
     let handler = Handler::default();
@@ -893,4 +890,56 @@ async fn keys_that_are_not_visible_ascii_or_sent_twice_give_400() {
     );
     assert_eq!(send(&app, odd).await.status(), StatusCode::BAD_REQUEST);
     assert_eq!(handler.runs(), 0);
+}
+
+#[tokio::test]
+async fn client_and_server_layers_together_make_a_lost_response_harmless() {
+    // The server: a handler guarded by the server-side layer.
+    let handler = Handler::default();
+    let server = handler.router(ServerIdempotencyLayer::new().require_key(true));
+
+    // Between them, a link that loses the first response after the server has processed the
+    // request, and a stand-in for a retry layer that sends the same request again.
+    let sent_keys = Arc::new(Mutex::new(Vec::new()));
+    let link = {
+        let sent_keys = sent_keys.clone();
+        service_fn(move |req: Request<Body>| {
+            let server = server.clone();
+            let sent_keys = sent_keys.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let mut response = None;
+                for attempt in 0..2 {
+                    let copy = body.try_clone().expect("a replayable body");
+                    let req = Request::from_parts(parts.clone(), copy);
+                    sent_keys
+                        .lock()
+                        .unwrap()
+                        .push(req.headers()["idempotency-key"].clone());
+                    let answer = server.clone().oneshot(req).await?;
+                    if attempt == 1 {
+                        response = Some(answer);
+                    } // attempt 0: the response is lost on the way back
+                }
+                Ok::<_, Infallible>(response.expect("the second attempt answered"))
+            }
+        })
+    };
+    let client = IdempotencyLayer::new().layer(link);
+
+    let response = client
+        .clone()
+        .oneshot(request(Method::POST, "{\"qty\":1}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(
+        response.headers()["idempotent-replayed"],
+        "true",
+        "the server replayed"
+    );
+    assert_eq!(handler.runs(), 1, "the effect happened once");
+    let keys = sent_keys.lock().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "both attempts carried the same key");
 }
