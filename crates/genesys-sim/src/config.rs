@@ -240,6 +240,9 @@ pub struct SimConfig {
     pub max_body_bytes: usize,
     /// Maximum records per ingestion batch, 413 above (default 500).
     pub max_records: usize,
+    /// Most ledger entries kept (default unlimited). Long benchmarks of writes can bound the
+    /// memory with it; effects beyond it are counted in [`crate::Stats::ledger_dropped`].
+    pub ledger_limit: Option<usize>,
 }
 
 impl Default for SimConfig {
@@ -260,6 +263,7 @@ impl Default for SimConfig {
             ingestion_record_key: "external_id".to_string(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_records: DEFAULT_MAX_RECORDS,
+            ledger_limit: None,
         }
     }
 }
@@ -340,6 +344,12 @@ impl SimConfig {
     /// Replace the ingestion JSON Schema.
     pub fn ingestion_schema(mut self, schema: Value) -> Self {
         self.ingestion_schema = schema;
+        self
+    }
+
+    /// Keep at most this many ledger entries (`None`: all).
+    pub fn ledger_limit(mut self, limit: Option<usize>) -> Self {
+        self.ledger_limit = limit;
         self
     }
 

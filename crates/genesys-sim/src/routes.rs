@@ -816,9 +816,10 @@ fn ingest(ctx: &Ctx<'_>, body: &[u8]) -> Handled {
         }))
         .unwrap_or_default(),
     );
-    // Check and store under one lock so two concurrent repeats cannot both apply.
-    if let Some(k) = &key {
-        let mut store = lock(&sh.idempotency);
+    // Check, store and apply under one lock, so a concurrent repeat either applies nothing and
+    // replays, or sees the key stored only once the records are in the ledger.
+    let mut store = key.as_ref().map(|_| lock(&sh.idempotency));
+    if let (Some(k), Some(store)) = (&key, store.as_mut()) {
         let slot = (ctx.client.clone(), k.clone());
         if let Some(stored) = store.get(&slot) {
             return replay(stored);
@@ -840,6 +841,7 @@ fn ingest(ctx: &Ctx<'_>, body: &[u8]) -> Handled {
             &payload,
         );
     }
+    drop(store);
     Ok(json_bytes(StatusCode::OK, resp_body))
 }
 

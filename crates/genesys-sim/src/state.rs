@@ -52,6 +52,8 @@ pub struct Stats {
     pub tokens_issued: u64,
     /// 429s given because a token's quota was used up (long-retry-after faults not included).
     pub rate_limited: u64,
+    /// Effects applied but not kept because the ledger was full (see `SimConfig::ledger_limit`).
+    pub ledger_dropped: u64,
     /// Faults injected, by kind (`5xx`, `500`, `503-retry-after`, `reset-before`, `reset-after`,
     /// `long-retry-after`, `latency`, `token-5xx`, `revoke`).
     pub faults: BTreeMap<String, u64>,
@@ -141,6 +143,7 @@ pub(crate) struct StatsInner {
     by_route_status: Vec<AtomicU64>,
     pub(crate) tokens_issued: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
+    ledger_dropped: AtomicU64,
     faults: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -152,6 +155,7 @@ impl StatsInner {
                 .collect(),
             tokens_issued: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            ledger_dropped: AtomicU64::new(0),
             faults: Mutex::new(BTreeMap::new()),
         }
     }
@@ -183,6 +187,7 @@ impl StatsInner {
         }
         stats.tokens_issued = self.tokens_issued.load(Relaxed);
         stats.rate_limited = self.rate_limited.load(Relaxed);
+        stats.ledger_dropped = self.ledger_dropped.load(Relaxed);
         stats.faults = lock(&self.faults)
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
@@ -405,6 +410,10 @@ impl Shared {
         let (method, route) = e.route.parts(&self.cfg.ingestion_path);
         let elapsed_ms = self.started.elapsed().as_millis() as u64;
         let mut ledger = lock(&self.ledger);
+        if self.cfg.ledger_limit.is_some_and(|max| ledger.len() >= max) {
+            self.stats.ledger_dropped.fetch_add(1, Relaxed);
+            return;
+        }
         let seq = ledger.len() as u64;
         ledger.push(LedgerEntry {
             seq,

@@ -52,3 +52,27 @@ async fn ledger_and_stats_over_http_match_the_handle() {
     assert_eq!(stats.tokens_issued, 1);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_ledger_limit_bounds_memory_and_counts_what_it_dropped() {
+    let sim = Simulator::spawn(SimConfig::default().users(1).ledger_limit(Some(2)))
+        .await
+        .unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    for _ in 0..3 {
+        let r = api(
+            &base,
+            &t,
+            "POST",
+            "/api/v2/integrations/actions/echo/execute",
+            "{}",
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(sim.ledger_len(), 2);
+    assert_eq!(sim.stats().ledger_dropped, 1);
+}
