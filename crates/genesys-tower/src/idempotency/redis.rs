@@ -82,6 +82,12 @@ impl RedisStore {
     /// A store over the Redis at `url` (`redis://host:port/db`), connecting lazily: building it
     /// never fails because Redis is down; calls do. Call it inside a Tokio runtime.
     pub fn open(url: &str) -> Result<Self, StoreError> {
+        // The connection manager spawns its task at once: say so rather than panic.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError::new(
+                "RedisStore::open must be called inside a Tokio runtime",
+            ));
+        }
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::new(format!("invalid Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
