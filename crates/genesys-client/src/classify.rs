@@ -1,0 +1,112 @@
+//! Turning an error of the tower stack into a [`GenesysError`], and the retry classification
+//! of the default stack.
+
+use std::error::Error as StdError;
+
+use genesys_tower::BoxError;
+use genesys_tower::auth;
+use genesys_tower::retry::{self, Classification, Classify, DefaultClassifier, ErrorKind};
+use http::{HeaderMap, StatusCode, request};
+
+/// The retry classification of the default stack: [`DefaultClassifier`], except that a failure
+/// of the token source is final.
+///
+/// The token source retries the login host itself (429, 5xx, connection failures) and never
+/// retries refused credentials; retrying the API request on top would only repeat a refusal
+/// (or multiply the login host's retries). Use it in your own policy with
+/// [`RetryPolicyBuilder::classifier`](genesys_tower::retry::RetryPolicyBuilder::classifier), or
+/// start from [`GenesysClient::retry_policy_builder`](crate::GenesysClient::retry_policy_builder).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenesysClassifier {
+    inner: DefaultClassifier,
+}
+
+impl GenesysClassifier {
+    /// The default classification.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wraps a configured [`DefaultClassifier`] (to retry 500s, say).
+    pub fn with(inner: DefaultClassifier) -> Self {
+        GenesysClassifier { inner }
+    }
+}
+
+impl Classify for GenesysClassifier {
+    fn classify_response(
+        &self,
+        request: &request::Parts,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Classification {
+        self.inner.classify_response(request, status, headers)
+    }
+
+    fn classify_error(
+        &self,
+        request: &request::Parts,
+        error: &(dyn StdError + 'static),
+    ) -> Classification {
+        if find::<auth::Error>(error).is_some_and(auth::Error::is_token_source)
+            || find::<TokenError>(error).is_some()
+        {
+            return Classification::Final;
+        }
+        self.inner.classify_error(request, error)
+    }
+}
+
+use crate::error::{GenesysError, OAuthError};
+use crate::oauth::TokenError;
+
+pub(crate) fn classify(err: BoxError) -> GenesysError {
+    // Already one of ours (a layer passed it through).
+    let err = match err.downcast::<GenesysError>() {
+        Ok(e) => return *e,
+        Err(e) => e,
+    };
+    // The login host refused the credentials: say so, wherever it sits in the chain.
+    if let Some(oauth) = find_oauth(&*err) {
+        return GenesysError::OAuth(oauth);
+    }
+    if let Some(r) = find::<retry::Error>(&*err) {
+        let retry_after = r.retry_after();
+        return match r.kind() {
+            ErrorKind::OutcomeUnknown => GenesysError::OutcomeUnknown { source: err },
+            ErrorKind::RetryAfterTooLong => GenesysError::RetryAfterTooLong {
+                retry_after: retry_after.unwrap_or_default(),
+                source: err,
+            },
+            ErrorKind::DeadlineExceeded => GenesysError::DeadlineExceeded {
+                retry_after,
+                source: err,
+            },
+            _ => GenesysError::Transport { source: err },
+        };
+    }
+    GenesysError::Transport { source: err }
+}
+
+fn find<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+fn find_oauth(err: &(dyn StdError + 'static)) -> Option<OAuthError> {
+    if let Some(t) = find::<TokenError>(err) {
+        // Only a refusal is an OAuth error; a login host that stayed unavailable is a transport
+        // failure (its TokenError, in the chain, says so).
+        return match t {
+            TokenError::OAuth(e) => Some(e.clone()),
+            _ => None,
+        };
+    }
+    find::<OAuthError>(err).cloned()
+}

@@ -1,0 +1,855 @@
+//! [`GenesysClient`] and its builder: the default stack of layers over a pooled hyper client.
+//!
+//! The stack, outermost first (see the crate's design notes for why in this order):
+//!
+//! 1. [`IdempotencyLayer`]: one stable `Idempotency-Key` per POST/PATCH call, repeats answered
+//!    from its store;
+//! 2. [`RetryLayer`] with the [`RetryPolicy`]'s total deadline: classification, backoff with
+//!    jitter, `Retry-After` as a floor, a retry budget;
+//! 3. [`AuthLayer`] with the [`ClientCredentials`] token source: the bearer token on every
+//!    attempt, one refresh on 401;
+//! 4. a per-attempt timeout ([`tower::timeout::TimeoutLayer`]);
+//! 5. [`ConcurrencyLayer`]: a limit on requests in flight and pacing (300 requests per 60 s by
+//!    default, the Genesys limit per client-credentials token);
+//! 6. the leaf: hyper-util's pooled client with rustls (https and http), or any service given to
+//!    [`GenesysClientBuilder::service`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use genesys_client::{GenesysClient, Region};
+//! use genesys_tower::retry::RetryPolicy;
+//!
+//! # fn run() -> Result<(), genesys_client::GenesysError> {
+//! let client = GenesysClient::builder()
+//!     .region(Region::UsEast1)
+//!     .client_credentials("id", "secret")
+//!     .retry_policy(RetryPolicy::builder().max_attempts(6).deadline(Duration::from_secs(120)).build())
+//!     .max_in_flight(8)
+//!     .pacing(300, Duration::from_secs(60))
+//!     .attempt_timeout(Duration::from_secs(20))
+//!     .build()?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use genesys_tower::auth::{AuthLayer, Token, TokenSource};
+use genesys_tower::concurrency::ConcurrencyLayer;
+use genesys_tower::idempotency::{IdempotencyLayer, IdempotencyStore};
+use genesys_tower::retry::{RetryInfo, RetryLayer, RetryPolicy, RetrySafety};
+use genesys_tower::{Body, BoxError, Metrics};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use serde::de::DeserializeOwned;
+use tower::timeout::TimeoutLayer;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use crate::error::{ApiError, GenesysError};
+use crate::oauth::{ClientCredentials, TokenRetry};
+use crate::region::{Endpoints, Region};
+
+/// An HTTP client service, type-erased: what sits at the leaf of the stack and what the token
+/// source posts through.
+pub type HttpService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
+
+/// The whole stack of a [`GenesysClient`], type-erased: use it in your own code, under your own
+/// layers, or in a `tower::ServiceBuilder`.
+pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
+
+/// The default number of requests in flight at once.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// The default pacing: 300 requests per 60 s, the Genesys limit per client-credentials token.
+pub const DEFAULT_PACING: (u64, Duration) = (300, Duration::from_secs(60));
+/// The default per-attempt timeout.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default total deadline of a call, retries included.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// A service that can be shared between threads: clones are handed out per call.
+///
+/// The layers' services need not be `Sync`; holding one behind a mutex and cloning it out makes
+/// the client `Sync` (so `&client` can cross `.await` points in spawned tasks).
+#[derive(Clone)]
+pub(crate) struct Shared(Arc<Mutex<StackService>>);
+
+impl Shared {
+    pub(crate) fn new(svc: StackService) -> Self {
+        Shared(Arc::new(Mutex::new(svc)))
+    }
+
+    pub(crate) fn get(&self) -> StackService {
+        // A poisoned lock only means a panic elsewhere while cloning: the service is still whole.
+        match self.0.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+type TokenFuture = Pin<Box<dyn Future<Output = Result<Token, BoxError>> + Send>>;
+
+/// A token source behind a trait object (the trait's futures are not object-safe as they are).
+#[derive(Clone)]
+struct DynTokenSource(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+impl DynTokenSource {
+    fn new<T: TokenSource>(source: T) -> Self {
+        let source = Arc::new(source);
+        DynTokenSource(Arc::new(move || {
+            let source = source.clone();
+            Box::pin(async move { source.fetch().await })
+        }))
+    }
+}
+
+impl TokenSource for DynTokenSource {
+    fn fetch(&self) -> impl Future<Output = Result<Token, BoxError>> + Send {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for DynTokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenSource")
+    }
+}
+
+#[derive(Clone)]
+enum Auth {
+    Credentials { id: String, secret: Secret },
+    Source(DynTokenSource),
+}
+
+#[derive(Clone)]
+struct Secret(Arc<str>);
+
+/// Builds a [`GenesysClient`]; start with [`GenesysClient::builder`].
+///
+/// Every knob of every layer is reachable here: the simple ones as methods
+/// ([`max_in_flight`](Self::max_in_flight), [`pacing`](Self::pacing), ...), and each layer as a
+/// whole ([`retry_policy`](Self::retry_policy), [`idempotency_layer`](Self::idempotency_layer),
+/// [`concurrency_layer`](Self::concurrency_layer)) for the rest.
+#[derive(Clone)]
+#[must_use]
+pub struct GenesysClientBuilder {
+    region: Option<Region>,
+    base_url: Option<String>,
+    login_url: Option<String>,
+    auth: Option<Auth>,
+    token_retry: TokenRetry,
+    retry_policy: Option<RetryPolicy>,
+    refresh_margin: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    max_in_flight: usize,
+    pacing: Option<(u64, Duration)>,
+    reject_when_full: bool,
+    concurrency_layer: Option<ConcurrencyLayer>,
+    idempotency: bool,
+    idempotency_layer: Option<IdempotencyLayer>,
+    idempotency_store: Option<Arc<dyn IdempotencyStore>>,
+    metrics: Metrics,
+    leaf: Option<HttpService>,
+    user_agent: Option<HeaderValue>,
+}
+
+impl Default for GenesysClientBuilder {
+    fn default() -> Self {
+        GenesysClientBuilder {
+            region: None,
+            base_url: None,
+            login_url: None,
+            auth: None,
+            token_retry: TokenRetry::default(),
+            retry_policy: None,
+            refresh_margin: None,
+            attempt_timeout: Some(DEFAULT_ATTEMPT_TIMEOUT),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            pacing: Some(DEFAULT_PACING),
+            reject_when_full: false,
+            concurrency_layer: None,
+            idempotency: true,
+            idempotency_layer: None,
+            idempotency_store: None,
+            metrics: Metrics::new(),
+            leaf: None,
+            user_agent: None,
+        }
+    }
+}
+
+impl GenesysClientBuilder {
+    /// The region to talk to (its API and login hosts).
+    pub fn region(mut self, region: Region) -> Self {
+        self.region = Some(region);
+        self
+    }
+
+    /// A custom API base URL (the simulator, a proxy), instead of a region. Its login URL is the
+    /// same URL with `api.` replaced by `login.`, or the same URL when the host does not start
+    /// with `api.` (the simulator serves both); see [`login_url`](Self::login_url).
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+
+    /// A login base URL of its own (`<login>/oauth/token` is where tokens come from).
+    pub fn login_url(mut self, url: impl Into<String>) -> Self {
+        self.login_url = Some(url.into());
+        self
+    }
+
+    /// OAuth client credentials: tokens are fetched from the login host with them.
+    pub fn client_credentials(
+        mut self,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        self.auth = Some(Auth::Credentials {
+            id: client_id.into(),
+            secret: Secret(Arc::from(client_secret.into())),
+        });
+        self
+    }
+
+    /// Any other token source, instead of client credentials.
+    pub fn token_source(mut self, source: impl TokenSource) -> Self {
+        self.auth = Some(Auth::Source(DynTokenSource::new(source)));
+        self
+    }
+
+    /// How token requests are retried (default [`TokenRetry::default`]).
+    pub fn token_retry(mut self, retry: TokenRetry) -> Self {
+        self.token_retry = retry;
+        self
+    }
+
+    /// The retry policy (default: [`GenesysClient::retry_policy_builder`] as it is). Its deadline
+    /// is the whole call's time budget. Start from [`GenesysClient::retry_policy_builder`] to keep
+    /// the [`GenesysClassifier`](crate::GenesysClassifier), which does not retry a request whose
+    /// token could not be had.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry_policy = Some(policy);
+        self
+    }
+
+    /// How long before its expiry a token is refreshed (the auth layer's default when unset; it
+    /// never exceeds a fraction of the token's lifetime).
+    pub fn refresh_margin(mut self, margin: Duration) -> Self {
+        self.refresh_margin = Some(margin);
+        self
+    }
+
+    /// The timeout of one attempt (default [`DEFAULT_ATTEMPT_TIMEOUT`]). A timed-out attempt is
+    /// an ambiguous failure: retried only when the request is safe to send twice.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// No per-attempt timeout.
+    pub fn no_attempt_timeout(mut self) -> Self {
+        self.attempt_timeout = None;
+        self
+    }
+
+    /// The most requests in flight at once (default [`DEFAULT_MAX_IN_FLIGHT`]).
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// Client-side pacing: at most `requests` per `window` (default 300 per 60 s, the Genesys
+    /// limit per client-credentials token; see
+    /// [`discover_limits`](Self::discover_limits) to read your org's own).
+    pub fn pacing(mut self, requests: u64, window: Duration) -> Self {
+        self.pacing = Some((requests, window));
+        self
+    }
+
+    /// No client-side pacing: only the server's 429s slow the client down.
+    pub fn no_pacing(mut self) -> Self {
+        self.pacing = None;
+        self
+    }
+
+    /// Reject a request at once with an error when the in-flight limit is reached, instead of
+    /// waiting for a permit.
+    pub fn reject_when_full(mut self) -> Self {
+        self.reject_when_full = true;
+        self
+    }
+
+    /// A concurrency layer configured by hand; it replaces [`max_in_flight`](Self::max_in_flight),
+    /// [`pacing`](Self::pacing) and [`reject_when_full`](Self::reject_when_full).
+    pub fn concurrency_layer(mut self, layer: ConcurrencyLayer) -> Self {
+        self.concurrency_layer = Some(layer);
+        self
+    }
+
+    /// The store of the idempotency layer (default: its in-memory store).
+    pub fn idempotency_store(mut self, store: impl IdempotencyStore) -> Self {
+        self.idempotency_store = Some(Arc::new(store));
+        self
+    }
+
+    /// An idempotency layer configured by hand (store, retention, methods, limits).
+    pub fn idempotency_layer(mut self, layer: IdempotencyLayer) -> Self {
+        self.idempotency_layer = Some(layer);
+        self
+    }
+
+    /// Leaves the idempotency layer out of the stack: POSTs and PATCHes get no automatic
+    /// `Idempotency-Key` (the ingestion endpoint still sets its own per chunk).
+    pub fn no_idempotency(mut self) -> Self {
+        self.idempotency = false;
+        self
+    }
+
+    /// The counters every layer feeds (default: a new set, see [`GenesysClient::metrics`]). It
+    /// replaces any handle set on a layer given to this builder.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Puts an existing HTTP client service at the leaf, instead of hyper: any
+    /// `Service<Request<genesys_tower::Body>>` that answers `Response<B>` with a `Bytes` body
+    /// (another hyper client, an axum `Router` in tests, a `tower::service_fn`). Token requests
+    /// go through it too.
+    pub fn service<S, B>(mut self, service: S) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.leaf = Some(BoxCloneService::new(
+            service
+                .map_response(|r: Response<B>| r.map(Body::new))
+                .map_err(Into::into),
+        ));
+        self
+    }
+
+    /// Same as [`service`](Self::service).
+    pub fn leaf<S, B>(self, service: S) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.service(service)
+    }
+
+    /// The `User-Agent` header sent with every request (default `genesys-client/<version>`).
+    pub fn user_agent(mut self, agent: &str) -> Self {
+        self.user_agent = HeaderValue::from_str(agent).ok();
+        self
+    }
+
+    /// Reads the org's own rate limit (`client.credentials.token.rate.per.minute` in the
+    /// `platform.api` namespace of `GET /api/v2/organizations/limits/namespaces/{namespace}`)
+    /// and paces the client by it, per 60 s. When the limit cannot be read (no permission, an
+    /// older org, a proxy), the pacing stays as it was (300 per 60 s by default).
+    ///
+    /// It fetches a token and makes one request; refused credentials end it with
+    /// [`GenesysError::OAuth`].
+    pub async fn discover_limits(mut self) -> Result<Self, GenesysError> {
+        let probe = self.clone().metrics(Metrics::new()).build()?;
+        match probe
+            .organization_limits(crate::limits::PLATFORM_API_NAMESPACE)
+            .await
+        {
+            Ok(limits) => {
+                match limits.value_of(crate::limits::TOKEN_RATE_PER_MINUTE) {
+                    Some(v) if v > 0.0 => {
+                        tracing::debug!(per_minute = v, "pacing from the org's limits");
+                        self.pacing = Some((v as u64, Duration::from_secs(60)));
+                    }
+                    _ => tracing::debug!(
+                        "the org's limits do not name the token rate; keeping the pacing"
+                    ),
+                }
+                Ok(self)
+            }
+            Err(e @ GenesysError::OAuth(_)) => Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "the org's limits could not be read; keeping the pacing");
+                Ok(self)
+            }
+        }
+    }
+
+    fn endpoints(&self) -> Result<Endpoints, GenesysError> {
+        let endpoints = match (&self.base_url, self.region) {
+            (Some(url), _) => {
+                Endpoints::custom(url).map_err(|e| GenesysError::Config(e.to_string()))?
+            }
+            (None, Some(region)) => Endpoints::from(region),
+            (None, None) => {
+                return Err(GenesysError::Config(
+                    "no region or base URL: call .region(Region::...) or .base_url(\"http://...\")"
+                        .into(),
+                ));
+            }
+        };
+        match &self.login_url {
+            Some(login) => endpoints
+                .with_login(login)
+                .map_err(|e| GenesysError::Config(e.to_string())),
+            None => Ok(endpoints),
+        }
+    }
+
+    /// Builds the client.
+    ///
+    /// Fails when no region or base URL, or no credentials, were given, or a URL is invalid.
+    /// Needs a tokio runtime when the client is used (not when it is built).
+    pub fn build(self) -> Result<GenesysClient, GenesysError> {
+        let endpoints = self.endpoints()?;
+        let leaf = match self.leaf.clone() {
+            Some(leaf) => leaf,
+            None => hyper_leaf()?,
+        };
+        // Token requests: the leaf with the per-attempt timeout, without pacing (another host).
+        let token_http: HttpService = match self.attempt_timeout {
+            Some(t) => BoxCloneService::new(
+                ServiceBuilder::new()
+                    .layer(TimeoutLayer::new(t))
+                    .service(leaf.clone())
+                    .map_err(Into::into),
+            ),
+            None => leaf.clone(),
+        };
+        let (source, credentials) = match self.auth.clone() {
+            Some(Auth::Credentials { id, secret }) => {
+                let cc = ClientCredentials::new(endpoints.token_url(), id, &*secret.0, token_http)
+                    .with_retry(self.token_retry);
+                (DynTokenSource::new(cc.clone()), Some(cc))
+            }
+            Some(Auth::Source(s)) => (s, None),
+            None => {
+                return Err(GenesysError::Config(
+                    "no credentials: call .client_credentials(id, secret) or .token_source(..)"
+                        .into(),
+                ));
+            }
+        };
+
+        let metrics = self.metrics.clone();
+        let policy = self
+            .retry_policy
+            .clone()
+            .unwrap_or_else(|| GenesysClient::retry_policy_builder().build());
+        // The bearer token goes to the API host only (never to a host a caller names by mistake).
+        let api_base: Uri = endpoints
+            .api_base_url()
+            .parse()
+            .map_err(|e| GenesysError::Config(format!("invalid API base URL: {e}")))?;
+        let mut auth = AuthLayer::new(source)
+            .metrics(metrics.clone())
+            .only_to(api_base);
+        if let Some(margin) = self.refresh_margin {
+            auth = auth.refresh_margin(margin);
+        }
+        let concurrency = match self.concurrency_layer.clone() {
+            Some(layer) => layer,
+            None => {
+                let mut layer = ConcurrencyLayer::new(self.max_in_flight);
+                if let Some((n, window)) = self.pacing {
+                    layer = layer.pacing(n, window);
+                }
+                if self.reject_when_full {
+                    layer = layer.reject_when_full();
+                }
+                layer
+            }
+        }
+        .metrics(metrics.clone());
+
+        // Outermost first; the per-attempt timeout sits over the concurrency limit, so that a wait
+        // for a permit or for pacing counts against the attempt's time too.
+        let below_idempotency = ServiceBuilder::new()
+            .layer(RetryLayer::new(policy).metrics(metrics.clone()))
+            .layer(auth)
+            .option_layer(self.attempt_timeout.map(TimeoutLayer::new))
+            .layer(concurrency)
+            .service(leaf);
+        let stack: StackService = if self.idempotency {
+            let mut layer = self.idempotency_layer.clone().unwrap_or_default();
+            if let Some(store) = self.idempotency_store.clone() {
+                layer = layer.store(store);
+            }
+            BoxCloneService::new(
+                ServiceBuilder::new()
+                    .map_err(Into::<BoxError>::into)
+                    .layer(layer.metrics(metrics.clone()))
+                    .service(below_idempotency),
+            )
+        } else {
+            BoxCloneService::new(
+                ServiceBuilder::new()
+                    .map_err(Into::<BoxError>::into)
+                    .service(below_idempotency),
+            )
+        };
+
+        let user_agent = self.user_agent.clone().unwrap_or_else(|| {
+            HeaderValue::from_static(concat!("genesys-client/", env!("CARGO_PKG_VERSION")))
+        });
+        Ok(GenesysClient {
+            inner: Arc::new(ClientInner {
+                stack: Shared::new(stack),
+                endpoints,
+                metrics,
+                credentials,
+                user_agent,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for GenesysClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let auth = match &self.auth {
+            Some(Auth::Credentials { id, .. }) => format!("client_credentials({id}, [redacted])"),
+            Some(Auth::Source(_)) => "token_source".to_owned(),
+            None => "none".to_owned(),
+        };
+        f.debug_struct("GenesysClientBuilder")
+            .field("region", &self.region)
+            .field("base_url", &self.base_url)
+            .field("login_url", &self.login_url)
+            .field("auth", &auth)
+            .field("retry_policy", &self.retry_policy)
+            .field("refresh_margin", &self.refresh_margin)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("pacing", &self.pacing)
+            .field("reject_when_full", &self.reject_when_full)
+            .field("idempotency", &self.idempotency)
+            .field("custom_leaf", &self.leaf.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default leaf: hyper-util's pooled client over rustls (webpki roots, ring), http and https,
+/// HTTP/1.1 and HTTP/2.
+fn hyper_leaf() -> Result<HttpService, GenesysError> {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
+        .map_err(|e| GenesysError::Config(format!("TLS set-up failed: {e}")))?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client: Client<_, Body> = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https);
+    Ok(BoxCloneService::new(
+        client
+            .map_response(|r: Response<hyper::body::Incoming>| r.map(Body::new))
+            .map_err(BoxError::from),
+    ))
+}
+
+struct ClientInner {
+    stack: Shared,
+    endpoints: Endpoints,
+    metrics: Metrics,
+    credentials: Option<ClientCredentials>,
+    user_agent: HeaderValue,
+}
+
+/// A Genesys Cloud client: the default stack and the typed endpoint methods.
+///
+/// Cheap to clone (clones share the stack, its pacing, its token and its counters) and `Sync`.
+#[derive(Clone)]
+pub struct GenesysClient {
+    inner: Arc<ClientInner>,
+}
+
+impl fmt::Debug for GenesysClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenesysClient")
+            .field("endpoints", &self.inner.endpoints)
+            .field("credentials", &self.inner.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A 2xx response, read whole.
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+    /// Attempts and waiting, as the retry layer reported them.
+    pub retry_info: Option<RetryInfo>,
+}
+
+impl ApiResponse {
+    /// The body parsed as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, GenesysError> {
+        serde_json::from_slice(&self.body).map_err(|e| GenesysError::Decode {
+            status: self.status,
+            message: e.to_string(),
+            correlation_id: self.correlation_id().map(str::to_owned),
+        })
+    }
+
+    /// The `ININ-Correlation-Id` header.
+    pub fn correlation_id(&self) -> Option<&str> {
+        correlation_id(&self.headers)
+    }
+
+    /// Whether the idempotency layer answered from its store (`Idempotent-Replayed: true`).
+    pub fn replayed(&self) -> bool {
+        self.headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+    }
+
+    /// Attempts the call took (1 when the retry layer did not report it).
+    pub fn attempts(&self) -> u32 {
+        self.retry_info.as_ref().map_or(1, |i| i.attempts)
+    }
+}
+
+fn correlation_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("inin-correlation-id")
+        .and_then(|v| v.to_str().ok())
+}
+
+impl GenesysClient {
+    /// A builder with the default stack.
+    pub fn builder() -> GenesysClientBuilder {
+        GenesysClientBuilder::default()
+    }
+
+    /// The default retry policy, as a builder to change: [`RetryPolicy::builder`]'s defaults (4
+    /// attempts, 500 ms base doubling to 30 s, full jitter, `Retry-After` up to 180 s, a retry
+    /// budget) with the [`GenesysClassifier`](crate::GenesysClassifier) and a total deadline of
+    /// [`DEFAULT_DEADLINE`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let policy = genesys_client::GenesysClient::retry_policy_builder()
+    ///     .max_attempts(6)
+    ///     .deadline(Duration::from_secs(60))
+    ///     .build();
+    /// assert_eq!(policy.max_attempts(), 6);
+    /// ```
+    pub fn retry_policy_builder() -> genesys_tower::retry::RetryPolicyBuilder {
+        RetryPolicy::builder()
+            .classifier(crate::GenesysClassifier::new())
+            .deadline(DEFAULT_DEADLINE)
+    }
+
+    /// The endpoints this client talks to.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.inner.endpoints
+    }
+
+    /// The counters of the whole stack (requests, attempts, retries by reason, token fetches,
+    /// 429s, pacing waits, idempotent replays).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The client-credentials token source, when the client was built with credentials.
+    pub fn credentials(&self) -> Option<&ClientCredentials> {
+        self.inner.credentials.as_ref()
+    }
+
+    /// The tower stack, to use elsewhere: a `Service<Request<Body>>` whose requests carry
+    /// absolute URIs on the API host. Clones share the stack's state (token, pacing, budget).
+    pub fn service(&self) -> StackService {
+        self.inner.stack.get()
+    }
+
+    /// The tower stack, consuming the client. Same as [`service`](Self::service).
+    pub fn into_service(self) -> StackService {
+        self.inner.stack.get()
+    }
+
+    /// Sends a request through the stack and reads the response whole.
+    ///
+    /// A relative URI (`/api/v2/users/me`) is resolved against the API base URL; an absolute one
+    /// must be on the API host (the bearer token is never sent elsewhere). A non-2xx answer is a
+    /// [`GenesysError::Api`].
+    pub async fn call(&self, request: Request<Body>) -> Result<ApiResponse, GenesysError> {
+        let (mut parts, body) = request.into_parts();
+        parts.uri = self.resolve(&parts.uri)?;
+        self.send(Request::from_parts(parts, body)).await
+    }
+
+    fn resolve(&self, uri: &Uri) -> Result<Uri, GenesysError> {
+        match uri.authority() {
+            None => {
+                let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+                format!("{}{}", self.inner.endpoints.api_base_url(), pq)
+                    .parse()
+                    .map_err(|e| GenesysError::Config(format!("invalid request URI: {e}")))
+            }
+            Some(authority) => {
+                if Some(authority.as_str()) == self.inner.endpoints.api_authority().as_deref() {
+                    Ok(uri.clone())
+                } else {
+                    Err(GenesysError::Config(format!(
+                        "refusing to send the bearer token to {authority}: only the API host \
+                         {} is allowed; use a relative URI",
+                        self.inner.endpoints.api_base_url()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Builds a request to the API: `path` is relative (`/api/v2/...`), `body` is JSON.
+    pub(crate) fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        safety: Option<RetrySafety>,
+    ) -> Result<Request<Body>, GenesysError> {
+        let uri = format!("{}{}", self.inner.endpoints.api_base_url(), path);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::ACCEPT, "application/json")
+            .header(header::USER_AGENT, self.inner.user_agent.clone());
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(safety) = safety {
+            builder = builder.extension(safety);
+        }
+        builder
+            .body(body.map_or_else(Body::empty, Body::from))
+            .map_err(|e| GenesysError::Config(format!("invalid request: {e}")))
+    }
+
+    /// Sends a request built by [`request`](Self::request); a non-2xx answer is an error.
+    pub(crate) async fn send(&self, request: Request<Body>) -> Result<ApiResponse, GenesysError> {
+        let idempotent_method = request.method().is_idempotent();
+        let mut svc = self.inner.stack.get();
+        let response = svc
+            .ready()
+            .await
+            .map_err(GenesysError::from_stack)?
+            .call(request)
+            .await
+            .map_err(GenesysError::from_stack)?;
+        let (parts, body) = response.into_parts();
+        let body = match body.collect_bytes().await {
+            Ok(b) => b,
+            // The server answered, then the body broke off: for a write that answered 2xx, it
+            // was applied, but we do not know with what result.
+            Err(e) if parts.status.is_success() && !idempotent_method => {
+                return Err(GenesysError::OutcomeUnknown { source: e });
+            }
+            Err(e) => return Err(GenesysError::Transport { source: e }),
+        };
+        let retry_info = parts.extensions.get::<RetryInfo>().cloned();
+        if !parts.status.is_success() {
+            let retry_after = parts
+                .headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(ApiError::from_response(
+                parts.status,
+                correlation_id(&parts.headers).map(str::to_owned),
+                &body,
+            )
+            .with_retry_after(retry_after)
+            .with_attempts(retry_info.as_ref().map(|i| i.attempts))
+            .into());
+        }
+        Ok(ApiResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            retry_info,
+        })
+    }
+
+    /// Sends a JSON request and parses the JSON answer.
+    pub(crate) async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        safety: Option<RetrySafety>,
+    ) -> Result<T, GenesysError> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| GenesysError::Config(format!("the request body is not JSON: {e}")))?;
+        let request = self.request(method, path, body, safety)?;
+        self.send(request).await?.json()
+    }
+}
+
+/// Percent-encodes one path segment (an id given by the caller).
+pub(crate) fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(segment("3f1a-9_x.y~"), "3f1a-9_x.y~");
+    }
+
+    #[test]
+    fn builder_refuses_missing_pieces() {
+        let err = GenesysClient::builder()
+            .client_credentials("a", "b")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("region"), "{err}");
+        let err = GenesysClient::builder()
+            .region(Region::UsEast1)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("credentials"), "{err}");
+        let dbg = format!(
+            "{:?}",
+            GenesysClient::builder().client_credentials("id", "hunter2")
+        );
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+}

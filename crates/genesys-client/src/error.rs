@@ -1,0 +1,655 @@
+//! Errors: the Genesys `ErrorBody`, OAuth errors, and [`GenesysError`], the error of every call.
+//!
+//! A non-2xx answer from the API becomes [`GenesysError::Api`], holding the status, the
+//! `ININ-Correlation-Id` header and the parsed [`ErrorBody`]; a body that is not an `ErrorBody` (a
+//! proxy's HTML page, say) is kept as text, never lost. `Display` shows the code, the message (with
+//! its `{placeholders}` filled in) and the context id that Genesys support asks for.
+//!
+//! ```
+//! use genesys_client::{ApiError, GenesysError};
+//! use http::StatusCode;
+//!
+//! let body = br#"{"status":409,"code":"general.conflict",
+//!     "message":"The version supplied does not match the current version of the user",
+//!     "contextId":"d11b-42","details":[],"errors":[]}"#;
+//! let err = GenesysError::from(ApiError::from_response(StatusCode::CONFLICT, Some("d11b-42".into()), body));
+//! assert_eq!(err.code(), Some("general.conflict"));
+//! assert!(err.to_string().contains("general.conflict"));
+//! assert!(err.to_string().contains("d11b-42"));
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use genesys_tower::BoxError;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// The error body of the Genesys Cloud Platform API.
+///
+/// Every field is optional: the parser never fails on a body that has fewer fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+#[non_exhaustive]
+pub struct ErrorBody {
+    /// A human-readable message.
+    pub message: Option<String>,
+    /// A dotted code: `bad.request`, `not.found`, `general.conflict`, `too.many.requests`, ...
+    pub code: Option<String>,
+    /// The HTTP status, repeated.
+    pub status: Option<u16>,
+    /// The entity the error is about.
+    pub entity_id: Option<String>,
+    /// The name of the entity the error is about.
+    pub entity_name: Option<String>,
+    /// The message with `{name}` placeholders, filled from [`message_params`](Self::message_params).
+    pub message_with_params: Option<String>,
+    /// The values of the placeholders of [`message_with_params`](Self::message_with_params).
+    pub message_params: BTreeMap<String, String>,
+    /// The correlation id of the request (the `ININ-Correlation-Id` header).
+    pub context_id: Option<String>,
+    /// Details, one per field or entity at fault.
+    pub details: Vec<ErrorDetail>,
+    /// Nested errors.
+    pub errors: Vec<ErrorBody>,
+    /// The limit that was hit, on a 429 or a limit error.
+    pub limit: Option<ErrorLimit>,
+}
+
+impl ErrorBody {
+    /// [`message_with_params`](Self::message_with_params) with each `{name}` replaced by its
+    /// value from [`message_params`](Self::message_params) (a placeholder without a value is kept
+    /// as it is); `None` when the body has no `messageWithParams`.
+    ///
+    /// ```
+    /// let body: genesys_client::ErrorBody = serde_json::from_str(
+    ///     r#"{"messageWithParams":"User {id} not found","messageParams":{"id":"42"}}"#).unwrap();
+    /// assert_eq!(body.rendered_message().as_deref(), Some("User 42 not found"));
+    /// ```
+    pub fn rendered_message(&self) -> Option<String> {
+        let template = self.message_with_params.as_deref()?;
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            match after.find('}') {
+                Some(close) => {
+                    let name = &after[..close];
+                    match self.message_params.get(name) {
+                        Some(value) => out.push_str(value),
+                        None => {
+                            out.push('{');
+                            out.push_str(name);
+                            out.push('}');
+                        }
+                    }
+                    rest = &after[close + 1..];
+                }
+                None => {
+                    out.push_str(&rest[open..]);
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+
+    /// The best message to show: the rendered `messageWithParams`, else `message`.
+    pub fn best_message(&self) -> Option<String> {
+        self.rendered_message()
+            .filter(|m| !m.is_empty())
+            .or_else(|| self.message.clone())
+    }
+
+    fn looks_like_error_body(&self) -> bool {
+        self.code.is_some() || self.message.is_some() || self.message_with_params.is_some()
+    }
+}
+
+/// One detail of an [`ErrorBody`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+#[non_exhaustive]
+pub struct ErrorDetail {
+    /// The error code of this detail.
+    pub error_code: Option<String>,
+    /// The field at fault.
+    pub field_name: Option<String>,
+    /// The entity at fault.
+    pub entity_id: Option<String>,
+    /// The name of the entity at fault.
+    pub entity_name: Option<String>,
+}
+
+/// The limit named by an [`ErrorBody`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+#[non_exhaustive]
+pub struct ErrorLimit {
+    /// The limit's key, such as `client.credentials.token.rate.per.minute`.
+    pub key: Option<String>,
+    /// The limit's namespace.
+    pub namespace: Option<String>,
+    /// The limit's value.
+    pub value: Option<serde_json::Value>,
+}
+
+/// A non-2xx answer of the API.
+#[derive(Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    correlation_id: Option<String>,
+    body: Option<ErrorBody>,
+    text: String,
+    retry_after: Option<Duration>,
+    attempts: Option<u32>,
+}
+
+impl ApiError {
+    /// Builds the error from a response's status, `ININ-Correlation-Id` header and body.
+    ///
+    /// The body is parsed as an [`ErrorBody`]; when it is not one, it is kept as text.
+    pub fn from_response(status: StatusCode, correlation_id: Option<String>, body: &[u8]) -> Self {
+        let parsed = serde_json::from_slice::<ErrorBody>(body)
+            .ok()
+            .filter(ErrorBody::looks_like_error_body);
+        ApiError {
+            status,
+            correlation_id,
+            body: parsed,
+            text: String::from_utf8_lossy(body).into_owned(),
+            retry_after: None,
+            attempts: None,
+        }
+    }
+
+    pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    pub(crate) fn with_attempts(mut self, attempts: Option<u32>) -> Self {
+        self.attempts = attempts;
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Attempts the call took before this answer, when the retry layer reported them.
+    pub fn attempts(&self) -> Option<u32> {
+        self.attempts
+    }
+
+    /// The parsed error body, when the response carried one.
+    pub fn body(&self) -> Option<&ErrorBody> {
+        self.body.as_ref()
+    }
+
+    /// The response body as text (whatever it was: an `ErrorBody` or not).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The error code (`general.conflict`, ...), when the body had one.
+    pub fn code(&self) -> Option<&str> {
+        self.body.as_ref()?.code.as_deref()
+    }
+
+    /// The message: `messageWithParams` rendered, else `message`, else the body's text.
+    pub fn message(&self) -> String {
+        self.body
+            .as_ref()
+            .and_then(ErrorBody::best_message)
+            .unwrap_or_else(|| self.text.trim().to_owned())
+    }
+
+    /// The context id: the body's `contextId`, else the `ININ-Correlation-Id` header.
+    pub fn context_id(&self) -> Option<&str> {
+        self.body
+            .as_ref()
+            .and_then(|b| b.context_id.as_deref())
+            .or(self.correlation_id.as_deref())
+    }
+
+    /// The `ININ-Correlation-Id` header of the response.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id.as_deref()
+    }
+
+    /// The `Retry-After` of the response, when it had one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Whether this is a version conflict: 409 `general.conflict`, or a 400 whose message says
+    /// the version does not match (the real API answers both ways).
+    pub fn is_version_conflict(&self) -> bool {
+        let msg = self.message().to_ascii_lowercase();
+        let says_version = msg.contains("version") && msg.contains("match");
+        match self.status {
+            StatusCode::CONFLICT => self.code() == Some("general.conflict") || says_version,
+            StatusCode::BAD_REQUEST => says_version,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiError")
+            .field("status", &self.status)
+            .field("code", &self.code())
+            .field("message", &self.message())
+            .field("context_id", &self.context_id())
+            .field("body", &self.body)
+            .finish()
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HTTP {}", self.status.as_u16())?;
+        if let Some(code) = self.code() {
+            write!(f, " {code}")?;
+        }
+        let message = self.message();
+        if !message.is_empty() {
+            // Keep a non-ErrorBody page readable in a log line.
+            let short: String = message.chars().take(500).collect();
+            write!(f, ": {short}")?;
+        }
+        if let Some(id) = self.context_id() {
+            write!(f, " (contextId {id})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// The `error` field of an OAuth error response.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OAuthErrorKind {
+    /// `invalid_client`: the client id or secret is wrong, or the client is disabled.
+    InvalidClient,
+    /// `invalid_grant`.
+    InvalidGrant,
+    /// `unauthorized_client`: the client may not use this grant.
+    UnauthorizedClient,
+    /// `invalid_request`.
+    InvalidRequest,
+    /// `unsupported_grant_type`.
+    UnsupportedGrantType,
+    /// `invalid_scope`.
+    InvalidScope,
+    /// Another code, or none (the login host answered something that is not an OAuth error).
+    Other(String),
+}
+
+impl OAuthErrorKind {
+    fn parse(s: &str) -> Self {
+        match s {
+            "invalid_client" => OAuthErrorKind::InvalidClient,
+            "invalid_grant" => OAuthErrorKind::InvalidGrant,
+            "unauthorized_client" => OAuthErrorKind::UnauthorizedClient,
+            "invalid_request" => OAuthErrorKind::InvalidRequest,
+            "unsupported_grant_type" => OAuthErrorKind::UnsupportedGrantType,
+            "invalid_scope" => OAuthErrorKind::InvalidScope,
+            other => OAuthErrorKind::Other(other.to_owned()),
+        }
+    }
+
+    /// The code as sent: `invalid_client`, ...
+    pub fn as_str(&self) -> &str {
+        match self {
+            OAuthErrorKind::InvalidClient => "invalid_client",
+            OAuthErrorKind::InvalidGrant => "invalid_grant",
+            OAuthErrorKind::UnauthorizedClient => "unauthorized_client",
+            OAuthErrorKind::InvalidRequest => "invalid_request",
+            OAuthErrorKind::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthErrorKind::InvalidScope => "invalid_scope",
+            OAuthErrorKind::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for OAuthErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The login host refused to issue a token.
+///
+/// Holds no secret: neither the client secret nor any token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    /// The OAuth error code.
+    pub error: OAuthErrorKind,
+    /// The description the login host gave (`description`, else `error_description`).
+    pub description: Option<String>,
+    /// The HTTP status of the token response.
+    pub status: StatusCode,
+}
+
+impl OAuthError {
+    pub(crate) fn from_response(status: StatusCode, body: &[u8]) -> Self {
+        #[derive(Deserialize)]
+        struct Raw {
+            error: Option<String>,
+            description: Option<String>,
+            error_description: Option<String>,
+        }
+        match serde_json::from_slice::<Raw>(body) {
+            Ok(raw) if raw.error.is_some() => OAuthError {
+                error: OAuthErrorKind::parse(raw.error.as_deref().unwrap_or_default()),
+                description: raw.description.or(raw.error_description),
+                status,
+            },
+            _ => {
+                let text: String = String::from_utf8_lossy(body).chars().take(300).collect();
+                OAuthError {
+                    error: OAuthErrorKind::Other(String::new()),
+                    description: Some(text.trim().to_owned()).filter(|t| !t.is_empty()),
+                    status,
+                }
+            }
+        }
+    }
+
+    /// Whether the credentials themselves were refused (a retry cannot help).
+    pub fn is_bad_credentials(&self) -> bool {
+        matches!(
+            self.error,
+            OAuthErrorKind::InvalidClient
+                | OAuthErrorKind::UnauthorizedClient
+                | OAuthErrorKind::InvalidGrant
+        ) || self.status == StatusCode::UNAUTHORIZED
+    }
+}
+
+impl fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the login host refused the client credentials")?;
+        if self.error.as_str().is_empty() {
+            write!(f, " (HTTP {})", self.status.as_u16())?;
+        } else {
+            write!(f, ": {} (HTTP {})", self.error, self.status.as_u16())?;
+        }
+        if let Some(d) = &self.description {
+            write!(f, ": {d}")?;
+        }
+        if self.is_bad_credentials() {
+            f.write_str("; check the client id and secret, and that the OAuth client uses the client-credentials grant in this region")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for OAuthError {}
+
+/// The error of every call of this crate.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum GenesysError {
+    /// The API answered with a non-2xx status (after any retries the stack made).
+    Api(Box<ApiError>),
+    /// No token could be had: the login host refused the credentials.
+    OAuth(OAuthError),
+    /// The request may or may not have been applied: it failed after it may have reached the
+    /// server (a reset, a timeout) and was not safe to send again. Check before repeating it.
+    OutcomeUnknown {
+        /// What happened.
+        source: BoxError,
+    },
+    /// The server asked to wait longer than the client allows (`max_retry_after`, or the rest of
+    /// the call's deadline): the call ended at once instead of waiting.
+    RetryAfterTooLong {
+        /// How long the server asked to wait.
+        retry_after: Duration,
+        /// The error as the retry layer reported it.
+        source: BoxError,
+    },
+    /// The call ran out of its total time budget (or the server's `Retry-After` would have
+    /// taken it past the budget).
+    DeadlineExceeded {
+        /// The server's hint, when one would have passed the deadline.
+        retry_after: Option<Duration>,
+        /// The error as the stack reported it.
+        source: BoxError,
+    },
+    /// The request did not get an answer: connection refused, DNS, TLS, or a retry budget spent on
+    /// such failures. Nothing was applied when the failure happened before sending.
+    Transport {
+        /// The underlying error.
+        source: BoxError,
+    },
+    /// A 2xx answer whose body is not what this endpoint returns.
+    Decode {
+        /// The HTTP status.
+        status: StatusCode,
+        /// Why the body could not be read.
+        message: String,
+        /// The `ININ-Correlation-Id` of the response.
+        correlation_id: Option<String>,
+    },
+    /// The client was configured wrongly, or a call was given an invalid argument.
+    Config(String),
+}
+
+impl GenesysError {
+    /// Classifies an error that came out of the tower stack (a [`BoxError`]).
+    ///
+    /// Walks the error's source chain for the types this crate knows: the retry layer's error
+    /// (outcome unknown, Retry-After too long, deadline), an [`OAuthError`] from the token source,
+    /// a timeout. Anything else is a [`GenesysError::Transport`].
+    pub fn from_stack(err: BoxError) -> Self {
+        crate::classify::classify(err)
+    }
+
+    /// The HTTP status, for [`GenesysError::Api`] and [`GenesysError::Decode`] (and the token
+    /// response's status for [`GenesysError::OAuth`]).
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            GenesysError::Api(e) => Some(e.status()),
+            GenesysError::Decode { status, .. } => Some(*status),
+            GenesysError::OAuth(e) => Some(e.status),
+            _ => None,
+        }
+    }
+
+    /// The Genesys error code (`not.found`, ...), for [`GenesysError::Api`].
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            GenesysError::Api(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    /// The API error, for [`GenesysError::Api`].
+    pub fn api(&self) -> Option<&ApiError> {
+        match self {
+            GenesysError::Api(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the outcome of the call is unknown (it may have been applied).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, GenesysError::OutcomeUnknown { .. })
+    }
+
+    /// The `Retry-After` hint that ended the call, for [`GenesysError::RetryAfterTooLong`], or the
+    /// `Retry-After` header of an API error.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GenesysError::RetryAfterTooLong { retry_after, .. } => Some(*retry_after),
+            GenesysError::DeadlineExceeded { retry_after, .. } => *retry_after,
+            GenesysError::Api(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for GenesysError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GenesysError::Api(e) => write!(f, "Genesys Cloud API error: {e}"),
+            GenesysError::OAuth(e) => write!(f, "authentication failed: {e}"),
+            GenesysError::OutcomeUnknown { source } => write!(
+                f,
+                "outcome unknown: the request may have been applied ({source}); it was not \
+                 retried because repeating it could apply it twice; check its effect before \
+                 sending it again"
+            ),
+            GenesysError::RetryAfterTooLong { retry_after, .. } => write!(
+                f,
+                "the server asked to wait {} s before retrying, more than this client allows; \
+                 try again later or raise max_retry_after",
+                retry_after.as_secs_f64()
+            ),
+            GenesysError::DeadlineExceeded { source, .. } => {
+                write!(f, "the call ran out of its time budget: {source}")
+            }
+            GenesysError::Transport { source } => write!(f, "request failed: {source}"),
+            GenesysError::Decode {
+                status,
+                message,
+                correlation_id,
+            } => {
+                write!(
+                    f,
+                    "unexpected response body (HTTP {}): {message}",
+                    status.as_u16()
+                )?;
+                if let Some(id) = correlation_id {
+                    write!(f, " (correlation id {id})")?;
+                }
+                Ok(())
+            }
+            GenesysError::Config(msg) => write!(f, "invalid configuration: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for GenesysError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GenesysError::Api(e) => Some(e.as_ref()),
+            GenesysError::OAuth(e) => Some(e),
+            GenesysError::OutcomeUnknown { source }
+            | GenesysError::RetryAfterTooLong { source, .. }
+            | GenesysError::DeadlineExceeded { source, .. }
+            | GenesysError::Transport { source } => Some(source.as_ref()),
+            GenesysError::Decode { .. } | GenesysError::Config(_) => None,
+        }
+    }
+}
+
+impl From<ApiError> for GenesysError {
+    fn from(e: ApiError) -> Self {
+        GenesysError::Api(Box::new(e))
+    }
+}
+
+impl From<OAuthError> for GenesysError {
+    fn from(e: OAuthError) -> Self {
+        GenesysError::OAuth(e)
+    }
+}
+
+impl From<BoxError> for GenesysError {
+    fn from(e: BoxError) -> Self {
+        GenesysError::from_stack(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_fields_and_display() {
+        let body = br#"{"status":429,"code":"too.many.requests","message":"Rate limit exceeded the maximum [300] requests within [60] seconds","messageWithParams":"Rate limit exceeded the maximum [{limit}] requests within [{window}] seconds","messageParams":{"limit":"300","window":"60"},"contextId":"ctx-1","details":[{"errorCode":"x","fieldName":"name"}],"errors":[{"code":"inner"}],"limit":{"key":"client.credentials.token.rate.per.minute","namespace":"platform.api","value":300}}"#;
+        let e = ApiError::from_response(StatusCode::TOO_MANY_REQUESTS, Some("hdr".into()), body);
+        assert_eq!(e.code(), Some("too.many.requests"));
+        assert_eq!(
+            e.message(),
+            "Rate limit exceeded the maximum [300] requests within [60] seconds"
+        );
+        assert_eq!(e.context_id(), Some("ctx-1"));
+        assert_eq!(e.correlation_id(), Some("hdr"));
+        let b = e.body().unwrap();
+        assert_eq!(b.details[0].field_name.as_deref(), Some("name"));
+        assert_eq!(b.errors[0].code.as_deref(), Some("inner"));
+        assert_eq!(
+            b.limit.as_ref().unwrap().key.as_deref(),
+            Some("client.credentials.token.rate.per.minute")
+        );
+        let shown = GenesysError::from(e).to_string();
+        assert!(
+            shown.contains("too.many.requests") && shown.contains("ctx-1"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn non_error_body_is_kept_as_text() {
+        let e = ApiError::from_response(
+            StatusCode::BAD_GATEWAY,
+            Some("corr".into()),
+            b"<html>bad gateway</html>",
+        );
+        assert!(e.body().is_none());
+        assert_eq!(e.text(), "<html>bad gateway</html>");
+        assert!(e.to_string().contains("<html>bad gateway</html>"));
+        assert!(e.to_string().contains("corr"));
+    }
+
+    #[test]
+    fn version_conflicts_are_recognised_both_ways() {
+        let msg = br#"{"code":"general.conflict","message":"The version supplied does not match the current version of the user"}"#;
+        assert!(ApiError::from_response(StatusCode::CONFLICT, None, msg).is_version_conflict());
+        let msg400 = br#"{"code":"bad.request","message":"The version supplied does not match the current version of the user"}"#;
+        assert!(
+            ApiError::from_response(StatusCode::BAD_REQUEST, None, msg400).is_version_conflict()
+        );
+        let other = br#"{"code":"bad.request","message":"name is required"}"#;
+        assert!(
+            !ApiError::from_response(StatusCode::BAD_REQUEST, None, other).is_version_conflict()
+        );
+    }
+
+    #[test]
+    fn oauth_errors_are_typed() {
+        let e = OAuthError::from_response(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":"invalid_client","description":"client not found","error_description":"x"}"#,
+        );
+        assert_eq!(e.error, OAuthErrorKind::InvalidClient);
+        assert_eq!(e.description.as_deref(), Some("client not found"));
+        assert!(e.is_bad_credentials());
+        assert!(e.to_string().contains("invalid_client"));
+        let e = OAuthError::from_response(
+            StatusCode::UNAUTHORIZED,
+            br#"{"error":"invalid_client","error_description":"bad"}"#,
+        );
+        assert_eq!(e.description.as_deref(), Some("bad"));
+    }
+
+    #[test]
+    fn placeholders_without_values_are_kept() {
+        let b: ErrorBody = serde_json::from_str(
+            r#"{"messageWithParams":"{a} and {b} and {unclosed","messageParams":{"a":"A"}}"#,
+        )
+        .unwrap();
+        assert_eq!(b.rendered_message().unwrap(), "A and {b} and {unclosed");
+    }
+}

@@ -1,0 +1,285 @@
+//! Users: get, list (a paged stream), and update with the version the API requires.
+//!
+//! `PATCH /api/v2/users/{id}` needs the user's current `version`; a stale one is answered 409
+//! `general.conflict` (sometimes 400 with the same message). [`GenesysClient::update_user`] does
+//! what the real API needs: GET the version, PATCH with it, and on a conflict read again and
+//! re-apply, a bounded number of times.
+//!
+//! A PATCH that carries the version is a conditional write: if an attempt was applied and its
+//! answer lost, a replay gets a conflict instead of applying twice. So the PATCH is marked
+//! [`RetrySafety::Idempotent`] and the retry layer may send it again after an ambiguous failure;
+//! the conflict that follows is resolved by reading the user: already in the requested state
+//! means done.
+
+use std::time::Duration;
+
+use futures_util::stream::{self, Stream, TryStreamExt};
+use genesys_tower::retry::RetrySafety;
+use http::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::client::{GenesysClient, segment};
+use crate::error::GenesysError;
+
+/// A Genesys Cloud user (the fields this crate reads; the rest are in [`other`](User::other)).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct User {
+    /// The user's id.
+    pub id: String,
+    /// The user's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The user's email.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// `active`, `inactive` or `deleted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The version, required by PATCH.
+    #[serde(default)]
+    pub version: u64,
+    /// Every other field, as sent.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// One page of `GET /api/v2/users`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+#[non_exhaustive]
+pub struct UsersPage {
+    /// The users of this page.
+    pub entities: Vec<User>,
+    /// The page size.
+    pub page_size: u64,
+    /// The page number, from 1.
+    pub page_number: u64,
+    /// Users in all.
+    pub total: Option<u64>,
+    /// Pages in all.
+    pub page_count: Option<u64>,
+}
+
+/// How [`GenesysClient::update_user_with`] resolves version conflicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpdateUserOptions {
+    /// PATCH attempts in all (each after a fresh read), at least 1. Default 5.
+    pub max_attempts: u32,
+    /// A pause before re-reading after a conflict, doubled each time (default 0: re-read at once).
+    pub conflict_backoff: Duration,
+}
+
+impl Default for UpdateUserOptions {
+    fn default() -> Self {
+        UpdateUserOptions {
+            max_attempts: 5,
+            conflict_backoff: Duration::ZERO,
+        }
+    }
+}
+
+impl UpdateUserOptions {
+    /// PATCH attempts in all.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// The pause before re-reading after a conflict.
+    pub fn conflict_backoff(mut self, d: Duration) -> Self {
+        self.conflict_backoff = d;
+        self
+    }
+}
+
+/// Whether `actual` holds everything `wanted` asks for (objects compared key by key, recursively;
+/// anything else by equality).
+fn contains(actual: &Value, wanted: &Value) -> bool {
+    match (actual, wanted) {
+        (Value::Object(a), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| a.get(k).is_some_and(|av| contains(av, wv))),
+        _ => actual == wanted,
+    }
+}
+
+impl GenesysClient {
+    /// `GET /api/v2/users/{id}`.
+    pub async fn get_user(&self, id: &str) -> Result<User, GenesysError> {
+        let path = format!("/api/v2/users/{}", segment(id));
+        self.json(Method::GET, &path, None, None).await
+    }
+
+    async fn get_user_raw(&self, id: &str) -> Result<Value, GenesysError> {
+        let path = format!("/api/v2/users/{}", segment(id));
+        self.json(Method::GET, &path, None, None).await
+    }
+
+    /// One page of `GET /api/v2/users?pageSize=&pageNumber=` (pages count from 1).
+    pub async fn list_users_page(
+        &self,
+        page_size: u64,
+        page_number: u64,
+    ) -> Result<UsersPage, GenesysError> {
+        let path = format!(
+            "/api/v2/users?pageSize={}&pageNumber={}",
+            page_size.max(1),
+            page_number.max(1)
+        );
+        self.json(Method::GET, &path, None, None).await
+    }
+
+    /// Every page of `GET /api/v2/users`, fetched one after another as the stream is polled.
+    ///
+    /// Ends after the last page (by `pageCount`, or at the first short or empty page). An error
+    /// ends the stream after it is yielded.
+    pub fn list_user_pages(
+        &self,
+        page_size: u64,
+    ) -> impl Stream<Item = Result<UsersPage, GenesysError>> + Send + 'static {
+        let client = self.clone();
+        let page_size = page_size.clamp(1, 500);
+        stream::try_unfold(Some(1u64), move |next| {
+            let client = client.clone();
+            async move {
+                let Some(number) = next else {
+                    return Ok(None);
+                };
+                let page = client.list_users_page(page_size, number).await?;
+                let last = match page.page_count {
+                    Some(count) => number >= count,
+                    None => (page.entities.len() as u64) < page_size,
+                } || page.entities.is_empty();
+                Ok(Some((page, (!last).then_some(number + 1))))
+            }
+        })
+    }
+
+    /// Every user, page after page, as a stream.
+    ///
+    /// ```no_run
+    /// use futures_util::TryStreamExt;
+    /// # async fn run(client: genesys_client::GenesysClient) -> Result<(), genesys_client::GenesysError> {
+    /// let users: Vec<_> = client.list_users(100).try_collect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn list_users(
+        &self,
+        page_size: u64,
+    ) -> impl Stream<Item = Result<User, GenesysError>> + Send + 'static {
+        self.list_user_pages(page_size)
+            .map_ok(|page| stream::iter(page.entities.into_iter().map(Ok)))
+            .try_flatten()
+    }
+
+    /// Updates a user: `fields` are the fields to change (`{"name": "Ada"}`).
+    ///
+    /// GETs the user's version, PATCHes `fields` with it, and on a version conflict reads again
+    /// and re-applies, up to 5 PATCHes ([`update_user_with`](Self::update_user_with) to change
+    /// that). A conflict after which the user already holds every requested field counts as done:
+    /// that is what a PATCH whose answer was lost, then replayed, looks like. A `version` in
+    /// `fields` is ignored: the current one is always sent.
+    pub async fn update_user(
+        &self,
+        id: &str,
+        fields: Map<String, Value>,
+    ) -> Result<User, GenesysError> {
+        self.update_user_with(id, fields, UpdateUserOptions::default())
+            .await
+    }
+
+    /// [`update_user`](Self::update_user) with options.
+    pub async fn update_user_with(
+        &self,
+        id: &str,
+        mut fields: Map<String, Value>,
+        options: UpdateUserOptions,
+    ) -> Result<User, GenesysError> {
+        fields.remove("version");
+        let wanted = Value::Object(fields.clone());
+        let path = format!("/api/v2/users/{}", segment(id));
+        let mut current = self.get_user_raw(id).await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let version = current
+                .get("version")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| GenesysError::Decode {
+                    status: http::StatusCode::OK,
+                    message: format!("user {id} has no numeric version"),
+                    correlation_id: None,
+                })?;
+            let mut body = fields.clone();
+            body.insert("version".into(), Value::from(version));
+            let result: Result<User, GenesysError> = self
+                .json(
+                    Method::PATCH,
+                    &path,
+                    Some(&Value::Object(body)),
+                    Some(RetrySafety::Idempotent),
+                )
+                .await;
+            match result {
+                Ok(user) => return Ok(user),
+                Err(GenesysError::Api(e)) if e.is_version_conflict() => {
+                    current = self.get_user_raw(id).await?;
+                    if contains(&current, &wanted) {
+                        tracing::debug!(
+                            user = id,
+                            attempt,
+                            "conflict, and the user is already as requested"
+                        );
+                        return serde_json::from_value(current).map_err(|e| GenesysError::Decode {
+                            status: http::StatusCode::OK,
+                            message: e.to_string(),
+                            correlation_id: None,
+                        });
+                    }
+                    if attempt >= options.max_attempts.max(1) {
+                        return Err(GenesysError::Api(e));
+                    }
+                    tracing::debug!(
+                        user = id,
+                        attempt,
+                        "version conflict; re-applying on the new version"
+                    );
+                    if !options.conflict_backoff.is_zero() {
+                        let pause = options
+                            .conflict_backoff
+                            .saturating_mul(1 << (attempt - 1).min(10));
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn containment_is_recursive_on_objects_only() {
+        let actual = json!({"name":"Ada","addresses":{"city":"Paris","zip":"75"},"tags":["a","b"]});
+        assert!(contains(&actual, &json!({"name":"Ada"})));
+        assert!(contains(&actual, &json!({"addresses":{"city":"Paris"}})));
+        assert!(!contains(&actual, &json!({"tags":["a"]})));
+        assert!(!contains(&actual, &json!({"name":"Bob"})));
+        assert!(!contains(&actual, &json!({"missing":null})));
+    }
+
+    #[test]
+    fn user_keeps_unknown_fields() {
+        let u: User = serde_json::from_value(json!({"id":"1","version":3,"title":"x"})).unwrap();
+        assert_eq!(u.version, 3);
+        assert_eq!(u.other["title"], "x");
+    }
+}
