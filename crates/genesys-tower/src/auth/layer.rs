@@ -14,8 +14,9 @@ use crate::body::DEFAULT_REPLAY_LIMIT;
 /// Adds a bearer token to every request and refreshes it once on 401. See the
 /// [module docs](super) for the rules.
 ///
-/// Every service this layer makes, and every clone of those, shares one token cache: build one
-/// layer per credential.
+/// Every service this layer makes, and every clone of those, shares one token cache, and so do
+/// clones of the layer and layers derived from it with its setters: build one layer per
+/// credential.
 ///
 /// ```
 /// use std::time::Duration;

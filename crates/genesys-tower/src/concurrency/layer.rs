@@ -2,6 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
 use super::Concurrency;
@@ -14,7 +15,11 @@ use crate::Metrics;
 ///
 /// Every service this layer makes, and every clone of those, shares one limit: the limit belongs
 /// to the layer, as with tower's `GlobalConcurrencyLimitLayer`. Build one layer per quota (per
-/// API token, say).
+/// API token, say). Clones of the layer share it too, and so do layers derived with
+/// [`metrics`](Self::metrics) or [`reject_when_full`](Self::reject_when_full) (a rejecting view
+/// of the same limit); [`pacing`](Self::pacing), [`learn_from_responses`](Self::learn_from_responses),
+/// [`rate_limit_reserve`](Self::rate_limit_reserve) and [`max_hold`](Self::max_hold) keep the
+/// in-flight limit but start a new pacing state.
 ///
 /// ```
 /// use std::time::Duration;
@@ -28,7 +33,8 @@ use crate::Metrics;
 #[derive(Clone)]
 pub struct ConcurrencyLayer {
     config: Config,
-    shared: Arc<Shared>,
+    semaphore: Arc<Semaphore>,
+    pacer: Arc<Pacer>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +67,7 @@ impl ConcurrencyLayer {
             max_in_flight > 0,
             "ConcurrencyLayer::new: max_in_flight must be at least 1"
         );
-        Self::build(Config {
+        let config = Config {
             max_in_flight,
             reject: false,
             pacing: None,
@@ -69,29 +75,30 @@ impl ConcurrencyLayer {
             reserve: Self::DEFAULT_RESERVE,
             max_hold: Self::DEFAULT_MAX_HOLD,
             metrics: Metrics::new(),
-        })
+        };
+        ConcurrencyLayer {
+            semaphore: Arc::new(Semaphore::new(max_in_flight)),
+            pacer: Arc::new(Self::new_pacer(&config)),
+            config,
+        }
     }
 
-    fn build(config: Config) -> Self {
-        let pacer = Pacer::new(config.pacing, config.learn, config.reserve, config.max_hold);
-        let shared = Arc::new(Shared::new(
-            config.max_in_flight,
-            config.reject,
-            pacer,
-            config.metrics.clone(),
-        ));
-        ConcurrencyLayer { config, shared }
+    fn new_pacer(config: &Config) -> Pacer {
+        Pacer::new(config.pacing, config.learn, config.reserve, config.max_hold)
     }
 
-    fn with(mut self, change: impl FnOnce(&mut Config)) -> Self {
+    /// Changes a setting that the pacer reads: the pacer starts afresh.
+    fn with_pacer(mut self, change: impl FnOnce(&mut Config)) -> Self {
         change(&mut self.config);
-        Self::build(self.config)
+        self.pacer = Arc::new(Self::new_pacer(&self.config));
+        self
     }
 
     /// Refuses a call at once with [`Error::Overloaded`](super::Error::Overloaded) when every
     /// permit is in use, instead of waiting for one.
-    pub fn reject_when_full(self) -> Self {
-        self.with(|c| c.reject = true)
+    pub fn reject_when_full(mut self) -> Self {
+        self.config.reject = true;
+        self
     }
 
     /// At most `requests` calls start in any period of `window` (a sliding window; see the
@@ -105,30 +112,31 @@ impl ConcurrencyLayer {
             requests > 0 && !window.is_zero(),
             "ConcurrencyLayer::pacing: requests and window must be above zero"
         );
-        self.with(|c| c.pacing = Some(Rate { requests, window }))
+        self.with_pacer(|c| c.pacing = Some(Rate { requests, window }))
     }
 
     /// Whether to learn from rate-limit headers and 429 responses (on by default).
     pub fn learn_from_responses(self, learn: bool) -> Self {
-        self.with(|c| c.learn = learn)
+        self.with_pacer(|c| c.learn = learn)
     }
 
     /// New requests are held until the window resets when the server says at most this many
     /// requests remain in it (default [`DEFAULT_RESERVE`](Self::DEFAULT_RESERVE)).
     pub fn rate_limit_reserve(self, remaining: u64) -> Self {
-        self.with(|c| c.reserve = remaining)
+        self.with_pacer(|c| c.reserve = remaining)
     }
 
     /// The longest the layer holds new requests on the server's word (default
     /// [`DEFAULT_MAX_HOLD`](Self::DEFAULT_MAX_HOLD)); a longer reset or `Retry-After` is cut to it.
     pub fn max_hold(self, max: Duration) -> Self {
-        self.with(|c| c.max_hold = max)
+        self.with_pacer(|c| c.max_hold = max)
     }
 
     /// Counts pacing waits and rejections into `metrics` (share the handle with other layers to
     /// read the whole stack at once).
-    pub fn metrics(self, metrics: Metrics) -> Self {
-        self.with(|c| c.metrics = metrics)
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.config.metrics = metrics;
+        self
     }
 
     /// The counters this layer feeds: the handle given to [`metrics`](Self::metrics), or the
@@ -142,7 +150,14 @@ impl<S> Layer<S> for ConcurrencyLayer {
     type Service = Concurrency<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Concurrency::from_shared(inner, self.shared.clone())
+        let shared = Shared {
+            semaphore: self.semaphore.clone(),
+            max_in_flight: self.config.max_in_flight,
+            reject: self.config.reject,
+            pacer: self.pacer.clone(),
+            metrics: self.config.metrics.clone(),
+        };
+        Concurrency::from_shared(inner, Arc::new(shared))
     }
 }
 

@@ -119,18 +119,6 @@ struct Shared {
     metrics: Metrics,
 }
 
-impl Shared {
-    fn new(max_in_flight: usize, reject: bool, pacer: Pacer, metrics: Metrics) -> Self {
-        Shared {
-            semaphore: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-            reject,
-            pacer: Arc::new(pacer),
-            metrics,
-        }
-    }
-}
-
 /// Limits the calls in flight and paces their starts, with state shared by every clone. Made by
 /// [`ConcurrencyLayer`]; see the [module docs](self).
 pub struct Concurrency<S> {
@@ -262,6 +250,8 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A refusal decided by an earlier poll is looked at again: a permit may be free now.
+        self.overloaded = false;
         ready!(self.poll_permit(cx));
         if self.overloaded {
             // `call` refuses at once; the inner service is not asked.

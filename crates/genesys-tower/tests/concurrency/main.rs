@@ -399,3 +399,30 @@ async fn under_the_retry_layer_no_permit_is_held_during_backoff() {
         "/b went out while /a slept in backoff with the only permit free"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn services_from_one_layer_share_the_limit() {
+    let (inner, starts) = recording(Duration::from_secs(10));
+    let metrics = Metrics::new();
+    let layer = ConcurrencyLayer::new(1);
+    let waiting = layer.clone().layer(inner.clone());
+    // Same limit, counted elsewhere, and refusing rather than waiting.
+    let refusing = layer
+        .metrics(metrics.clone())
+        .reject_when_full()
+        .layer(inner);
+
+    let busy = tokio::spawn(waiting.clone().oneshot(Request::new(())));
+    tokio::task::yield_now().await;
+    assert_eq!(starts.lock().unwrap().len(), 1);
+    let err = refusing
+        .clone()
+        .oneshot(Request::new(()))
+        .await
+        .unwrap_err();
+    assert!(err.is::<Error>());
+    assert_eq!(metrics.snapshot().concurrency_rejections, 1);
+
+    busy.await.unwrap().unwrap();
+    refusing.clone().oneshot(Request::new(())).await.unwrap();
+}
