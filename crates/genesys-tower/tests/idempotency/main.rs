@@ -943,3 +943,33 @@ async fn client_and_server_layers_together_make_a_lost_response_harmless() {
     assert_eq!(keys.len(), 2);
     assert_eq!(keys[0], keys[1], "both attempts carried the same key");
 }
+
+mod stored_response {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = StoredResponse::decode(&bytes);
+        }
+
+        #[test]
+        fn encode_round_trips(
+            status in 100u16..600,
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+            values in proptest::collection::vec(proptest::collection::vec(0x20u8..0xff, 0..16), 0..4),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (i, value) in values.iter().enumerate() {
+                if let Ok(value) = HeaderValue::from_bytes(value) {
+                    headers.append(format!("x-h{i}").parse::<http::HeaderName>().unwrap(), value);
+                }
+            }
+            let status = StatusCode::from_u16(status).unwrap();
+            let stored = StoredResponse::new(status, headers, Bytes::from(body));
+            prop_assert_eq!(StoredResponse::decode(&stored.encode()).unwrap(), stored);
+        }
+    }
+}
