@@ -7,6 +7,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 pub mod contention;
+pub mod goodput;
 pub mod loopback;
 pub mod stack;
 pub mod table;
