@@ -195,3 +195,40 @@ async fn schema_and_path_can_be_replaced() {
         .unwrap();
     r.error_body(404, "not.found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_repeats_of_one_key_apply_once() {
+    let sim = Simulator::spawn(SimConfig::default().users(1))
+        .await
+        .unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    let body = json!([record(1), record(2), record(3)]).to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (base, t, body) = (base.clone(), t.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            api(
+                &base,
+                &t,
+                "POST",
+                PATH,
+                &body,
+                &[("idempotency-key", "shared")],
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut bodies = Vec::new();
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, 200);
+        bodies.push(r.body);
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "every caller sees the one response"
+    );
+    assert_eq!(sim.ledger_len(), 3, "applied exactly once");
+}
