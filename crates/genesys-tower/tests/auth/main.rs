@@ -550,3 +550,58 @@ async fn under_the_retry_layer_the_re_send_is_not_a_retry() {
     assert_eq!(snapshot.unauthorized_refreshes, 1);
     assert_eq!(snapshot.token_fetches, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_fetch_leaves_the_next_waiter_to_fetch() {
+    let source = Source::new(DAY, Duration::from_secs(1));
+    let api = Api::accepting("*");
+    let svc = AuthLayer::new(source.clone()).layer(api.service(Duration::ZERO));
+
+    let first = tokio::spawn(svc.clone().oneshot(get("/")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(svc.clone().oneshot(get("/")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.abort(); // drops the request that was fetching
+
+    let response = second.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        source.fetches(),
+        2,
+        "the waiter fetched after the fetcher went away"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_that_cannot_be_a_header_is_an_error() {
+    let source = auth::token_source_fn(|| async { Ok(Token::new("bad\ntoken", Some(DAY))) });
+    let api = Api::accepting("*");
+    let svc = AuthLayer::new(source).layer(api.service(Duration::ZERO));
+    let err = svc.oneshot(get("/")).await.unwrap_err();
+    let err = err.downcast_ref::<auth::Error>().unwrap();
+    assert!(err.is_invalid_token());
+    assert!(!err.to_string().contains("bad"), "{err}");
+    assert!(api.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_flight_holds_across_threads() {
+    let source = Source::new(DAY, Duration::from_millis(20));
+    let api = Api::accepting("token-1");
+    let svc = AuthLayer::new(source.clone()).layer(api.service(Duration::ZERO));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/"))))
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(source.fetches(), 1);
+}
+
+#[test]
+fn the_layer_and_service_can_cross_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let layer = AuthLayer::new(Source::new(DAY, Duration::ZERO));
+    send_sync(&layer);
+    send_sync(&layer.layer(Api::default().service(Duration::ZERO)));
+}

@@ -426,3 +426,45 @@ async fn services_from_one_layer_share_the_limit() {
     busy.await.unwrap().unwrap();
     refusing.clone().oneshot(Request::new(())).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_holds_across_threads() {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let (now, max) = (in_flight.clone(), max_seen.clone());
+    let inner = service_fn(move |_req: Request<()>| {
+        let (now, max) = (now.clone(), max.clone());
+        async move {
+            let current = now.fetch_add(1, SeqCst) + 1;
+            max.fetch_max(current, SeqCst);
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            now.fetch_sub(1, SeqCst);
+            Ok::<_, Infallible>(Response::new(()))
+        }
+    });
+    let svc = ConcurrencyLayer::new(4).layer(inner);
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| tokio::spawn(svc.clone().oneshot(Request::new(()))))
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert!(max_seen.load(SeqCst) <= 4);
+    assert_eq!(svc.available_permits(), 4);
+}
+
+#[test]
+fn the_service_and_its_future_can_cross_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send_future<S: Service<R>, R>(_: &S)
+    where
+        S::Future: Send,
+    {
+    }
+    let (inner, _) = recording(Duration::ZERO);
+    let svc = ConcurrencyLayer::new(1).layer(inner);
+    send_sync(&svc);
+    send_future::<_, Request<()>>(&svc);
+}
