@@ -102,7 +102,11 @@ pub(crate) async fn handle(sh: Arc<Shared>, conn: Arc<ConnCtl>, req: Request<Inc
             (m.route, resp)
         }
         Routing::WrongMethod(r) => {
-            let (allowed, _) = r.parts(&sh.cfg.ingestion_path);
+            let allowed = match r {
+                Route::GetUser | Route::PatchUser => "GET, PATCH",
+                Route::GetConfig | Route::PutConfig => "GET, PUT",
+                other => other.parts(&sh.cfg.ingestion_path).0,
+            };
             let resp = ApiError::new(
                 405,
                 "method.not.allowed",

@@ -172,7 +172,13 @@ async fn unknown_routes_and_methods_get_error_bodies() {
         .await
         .unwrap();
     r.error_body(405, "method.not.allowed");
+    assert_eq!(r.header("allow"), Some("GET"));
+    let path = format!("/api/v2/users/{}", sim.user_ids()[0]);
+    let r = api(&base, &t, "PUT", &path, "{}", &[]).await.unwrap();
+    r.error_body(405, "method.not.allowed");
+    assert_eq!(r.header("allow"), Some("GET, PATCH"));
     let stats = sim.stats();
     assert_eq!(stats.count("POST /oauth/token", 200), 1);
     assert_eq!(stats.status_count(404), 1);
+    assert_eq!(stats.status_count(405), 2);
 }
