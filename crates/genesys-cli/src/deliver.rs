@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use genesys_client::{GenesysClient, GenesysError, Region};
-use genesys_tower::idempotency::IdempotencyKey;
+use genesys_tower::idempotency::{IdempotencyKey, MemoryStore};
 use genesys_tower::retry::RetrySafety;
 use http::{Method, Request, header};
 use serde_json::Value;
@@ -53,6 +53,7 @@ pub(crate) fn client(common: &Common) -> Result<GenesysClient, CliError> {
     let mut builder = GenesysClient::builder()
         .client_credentials(id, secret)
         .max_in_flight(crate::app::concurrency(common))
+        .idempotency_store(crate::deliver::small_store())
         .user_agent(concat!("gcx/", env!("CARGO_PKG_VERSION")));
     builder = match (&common.region, &common.base_url) {
         (Some(region), _) => {
@@ -80,6 +81,13 @@ pub(crate) fn client(common: &Common) -> Result<GenesysClient, CliError> {
     builder
         .build()
         .map_err(|e| CliError::usage(format!("cannot set up the client: {e}")))
+}
+
+/// The idempotency store of a job's client. A bulk job makes each logical call once, so the
+/// store only has to keep keys stable across retries and answer repeats within the run; a small
+/// bound keeps memory flat however long the input (the default store may grow to 64 MiB).
+pub(crate) fn small_store() -> MemoryStore {
+    MemoryStore::with_capacity(1024 * 1024)
 }
 
 /// The reason a unit failed, as the report shows it.

@@ -73,6 +73,7 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError
         .base_url(sim.base_url())
         .client_credentials("demo-client", "demo-secret")
         .max_in_flight(concurrency)
+        .idempotency_store(crate::deliver::small_store())
         // A little more patience than the default (4 attempts): with thousands of calls and
         // faults on every route, a run should not end on one unlucky user.
         .retry_policy(
