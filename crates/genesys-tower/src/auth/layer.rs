@@ -65,8 +65,8 @@ impl<T> AuthLayer<T> {
         self
     }
 
-    /// Counts token fetches and 401 re-sends into `metrics` (share the handle with other layers
-    /// to read the whole stack at once).
+    /// Counts token fetches (every call of the token source, failed or not) and 401 re-sends
+    /// into `metrics` (share the handle with other layers to read the whole stack at once).
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self

@@ -4,8 +4,8 @@ use http::request::Parts;
 use http::uri::Scheme;
 use http::{HeaderValue, Uri};
 
-/// One base URI the token may be sent to: scheme (when given), host, port (the scheme's default
-/// when not given) and path prefix.
+/// One base URI the token may be sent to: scheme (when given), host, port (when not given, the
+/// default port of the scheme) and path prefix.
 #[derive(Debug, Clone)]
 pub(crate) struct Scope {
     scheme: Option<Scheme>,
@@ -24,10 +24,9 @@ fn default_port(scheme: Option<&Scheme>) -> Option<u16> {
 
 impl Scope {
     pub(crate) fn new(base: &Uri) -> Self {
-        let scheme = base.scheme().cloned();
         Scope {
-            port: base.port_u16().or_else(|| default_port(scheme.as_ref())),
-            scheme,
+            scheme: base.scheme().cloned(),
+            port: base.port_u16(),
             host: base.host().map(str::to_ascii_lowercase),
             path: base.path().trim_end_matches('/').to_owned(),
         }
@@ -52,7 +51,8 @@ impl Scope {
             if !host.eq_ignore_ascii_case(want) {
                 return false;
             }
-            if port.or_else(|| default_port(scheme)) != self.port {
+            // Without an explicit port on either side, the scheme's default port is meant.
+            if port.or_else(|| default_port(scheme)) != self.port.or_else(|| default_port(scheme)) {
                 return false;
             }
         }

@@ -605,3 +605,21 @@ fn the_layer_and_service_can_cross_threads() {
     send_sync(&layer);
     send_sync(&layer.layer(Api::default().service(Duration::ZERO)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_base_without_scheme_matches_the_host_on_default_ports() {
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::accepting("token-1");
+    let svc = AuthLayer::new(source.clone())
+        .only_to("api.example.com".parse().unwrap())
+        .layer(api.service(Duration::ZERO));
+    for (uri, status) in [
+        ("https://api.example.com/x", StatusCode::OK),
+        ("http://api.example.com/x", StatusCode::OK),
+        ("https://api.example.com:8443/x", StatusCode::UNAUTHORIZED),
+        ("https://login.example.com/x", StatusCode::UNAUTHORIZED),
+    ] {
+        let response = svc.clone().oneshot(get(uri)).await.unwrap();
+        assert_eq!(response.status(), status, "{uri}");
+    }
+}
