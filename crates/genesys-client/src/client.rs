@@ -271,6 +271,12 @@ impl GenesysClientBuilder {
         self
     }
 
+    /// The pacing the client will be built with (`None`: no pacing), for instance after
+    /// [`discover_limits`](Self::discover_limits).
+    pub fn pacing_setting(&self) -> Option<(u64, Duration)> {
+        self.pacing
+    }
+
     /// No client-side pacing: only the server's 429s slow the client down.
     pub fn no_pacing(mut self) -> Self {
         self.pacing = None;

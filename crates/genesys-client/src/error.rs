@@ -503,12 +503,20 @@ impl fmt::Display for GenesysError {
         match self {
             GenesysError::Api(e) => write!(f, "Genesys Cloud API error: {e}"),
             GenesysError::OAuth(e) => write!(f, "authentication failed: {e}"),
-            GenesysError::OutcomeUnknown { source } => write!(
-                f,
-                "outcome unknown: the request may have been applied ({source}); it was not \
-                 retried because repeating it could apply it twice; check its effect before \
-                 sending it again"
-            ),
+            GenesysError::OutcomeUnknown { source } => {
+                let cause = source.to_string();
+                // The retry layer's error already explains itself; do not say it twice.
+                if cause.starts_with("outcome unknown") {
+                    f.write_str(&cause)
+                } else {
+                    write!(
+                        f,
+                        "outcome unknown: the request may have been applied ({cause}); it was \
+                         not retried because repeating it could apply it twice; check its effect \
+                         before sending it again"
+                    )
+                }
+            }
             GenesysError::RetryAfterTooLong { retry_after, .. } => write!(
                 f,
                 "the server asked to wait {} s before retrying, more than this client allows; \
