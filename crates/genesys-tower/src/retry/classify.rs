@@ -58,6 +58,7 @@ pub trait Classify: Send + Sync + 'static {
 /// | 500 | final, unless [`retry_500`](DefaultClassifier::retry_500) is set |
 /// | any other status | final (never other 4xx: another attempt gets the same answer) |
 /// | an error of an inner retry layer | final (retries are not multiplied) |
+/// | an [`auth::Error`](crate::auth::Error) or a [`concurrency::Error`](crate::concurrency::Error) | final (nothing was sent; the error says so) |
 /// | any other error (timeouts, resets, incomplete messages) | ambiguous |
 ///
 /// A retried status is not ambiguous by default: the server answered. A gateway's 502 or 504 can
@@ -132,7 +133,14 @@ impl Classify for DefaultClassifier {
     ) -> Classification {
         let mut cause = Some(error);
         while let Some(e) = cause {
-            if e.is::<super::Error>() {
+            // Errors of this crate's own layers: an inner retry layer already retried; the auth
+            // layer could not get a token (its source retries on its own) and the concurrency
+            // layer shed the request, and in both cases nothing was sent, so the outcome is
+            // known and not worth a backoff here.
+            if e.is::<super::Error>()
+                || e.is::<crate::auth::Error>()
+                || e.is::<crate::concurrency::Error>()
+            {
                 return Classification::Final;
             }
             if is_connect_error(e) {

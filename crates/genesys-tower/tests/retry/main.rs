@@ -438,6 +438,57 @@ async fn ambiguous_post_without_key_is_not_retried() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_post_our_own_layers_did_not_send_is_not_an_unknown_outcome() {
+    use genesys_tower::auth::{self, AuthLayer, token_source_fn};
+    use genesys_tower::concurrency::{self, ConcurrencyLayer};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    // A token source that fails: the request was never sent, so the caller must learn that,
+    // once, not "may or may not have been applied" after a round of backoff.
+    let fetches = Arc::new(AtomicU32::new(0));
+    let source = {
+        let fetches = fetches.clone();
+        token_source_fn(move || {
+            fetches.fetch_add(1, Ordering::SeqCst);
+            async { Err::<auth::Token, BoxError>("login host down".into()) }
+        })
+    };
+    let server = Server::always(200);
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(exact().build()))
+        .layer(AuthLayer::new(source))
+        .service(server.clone());
+    let err = svc.oneshot(post("{}")).await.unwrap_err();
+    let auth_err = err
+        .downcast_ref::<auth::Error>()
+        .unwrap_or_else(|| panic!("the auth error itself, got: {err}"));
+    assert!(auth_err.is_token_source());
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "not retried with backoff"
+    );
+    assert!(server.seen().is_empty());
+
+    // A request shed by a full concurrency limit was not sent either.
+    let slow = Server::new([Step::Slow(Duration::from_secs(10))]);
+    let limited = ServiceBuilder::new()
+        .layer(RetryLayer::new(exact().build()))
+        .layer(ConcurrencyLayer::new(1).reject_when_full())
+        .service(slow.clone());
+    let first = tokio::spawn(limited.clone().oneshot(post("{}")));
+    tokio::task::yield_now().await;
+    let err = limited.oneshot(post("{}")).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<concurrency::Error>(),
+        Some(&concurrency::Error::Overloaded),
+        "{err}"
+    );
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(slow.seen().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_key_alone_does_not_make_a_post_replayable() {
     let server = Server::new([Step::Fail(reset)]);
     let mut req = post("{}");
@@ -734,6 +785,36 @@ proptest! {
         for delay in backoff.take(80) {
             prop_assert!(delay <= cap, "{:?} > {:?}", delay, cap);
         }
+    }
+
+    #[test]
+    fn each_jitter_mode_stays_within_its_own_bounds(
+        base_ms in 1u64..10_000,
+        factor in 1.0f64..4.0,
+        cap_ms in 1u64..100_000,
+        seed in any::<u64>(),
+    ) {
+        let (base, cap) = (Duration::from_millis(base_ms), Duration::from_millis(cap_ms));
+        let schedule = |mode| Backoff::new(base, factor, cap).jitter(mode).seed(seed).take(40);
+        // Without jitter the schedule is d(n) = min(cap, base * factor^n), and never shrinks.
+        let exact: Vec<Duration> = schedule(Jitter::None).collect();
+        prop_assert_eq!(exact[0], base.min(cap));
+        prop_assert!(exact.windows(2).all(|w| w[0] <= w[1]), "{:?}", exact);
+        for (d, full) in exact.iter().zip(schedule(Jitter::Full)) {
+            prop_assert!(full <= *d, "full {:?} above {:?}", full, d);
+        }
+        for (d, equal) in exact.iter().zip(schedule(Jitter::Equal)) {
+            prop_assert!(equal >= *d / 2 && equal <= *d, "equal {:?} outside [{:?}/2, {:?}]", equal, d, d);
+        }
+        for delay in schedule(Jitter::Decorrelated) {
+            prop_assert!(delay >= base.min(cap) && delay <= cap, "decorrelated {:?}", delay);
+        }
+        // Full jitter is spread over [0, d], not stuck at either end: over 400 draws of a
+        // schedule that starts at its cap, the mean is well inside.
+        let capped = Backoff::new(cap, 2.0, cap).jitter(Jitter::Full).seed(seed).take(400);
+        let mean = capped.map(|d| d.as_secs_f64()).sum::<f64>() / 400.0;
+        let ratio = mean / cap.as_secs_f64();
+        prop_assert!((0.35..0.65).contains(&ratio), "mean / cap = {}", ratio);
     }
 }
 
