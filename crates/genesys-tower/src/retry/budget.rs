@@ -122,18 +122,31 @@ impl RetryBudget {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(state.updated);
-        state.updated = now;
-        state.balance = refill(state.balance, elapsed, self.refill_per_sec, self.max);
+        let (balance, used) = refill(state.balance, elapsed, self.refill_per_sec, self.max);
+        state.balance = balance;
+        // Only the time turned into tokens is spent: the remainder carries over, so that calls
+        // closer together than one unit still add up to the trickle.
+        state.updated += used;
         let (balance, out) = f(state.balance, self.max, self.deposit)?;
         state.balance = balance;
         Some(out)
     }
 }
 
-fn refill(balance: u64, elapsed: Duration, per_sec: u64, max: u64) -> u64 {
-    let added = (elapsed.as_nanos() * u128::from(per_sec)) / 1_000_000_000;
+/// The balance after `elapsed` of trickle, and how much of `elapsed` that used up: all of it when
+/// the bucket is full or there is no trickle, else just the time the whole units added stand for.
+fn refill(balance: u64, elapsed: Duration, per_sec: u64, max: u64) -> (u64, Duration) {
+    const NANOS: u128 = 1_000_000_000;
+    let added = (elapsed.as_nanos() * u128::from(per_sec)) / NANOS;
     let added = u64::try_from(added).unwrap_or(u64::MAX);
-    balance.saturating_add(added).min(max)
+    let balance = balance.saturating_add(added);
+    if per_sec == 0 || balance >= max {
+        return (max.min(balance), elapsed);
+    }
+    // added < max here, so this fits; it is at most `elapsed`.
+    let used = u128::from(added) * NANOS / u128::from(per_sec);
+    let used = Duration::from_nanos(u64::try_from(used).unwrap_or(u64::MAX)).min(elapsed);
+    (balance, used)
 }
 
 impl Default for RetryBudget {
@@ -180,6 +193,21 @@ mod tests {
         let budget = RetryBudget::new().max_tokens(2).min_per_sec(1);
         assert!(budget.withdraw() && budget.withdraw() && !budget.withdraw());
         tokio::time::advance(Duration::from_millis(1500)).await;
+        assert!(budget.withdraw());
+        assert!(!budget.withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trickle_adds_up_across_calls_closer_than_one_unit() {
+        // One token a second is one unit a millisecond: calls every 0.4 ms must still refill.
+        let budget = RetryBudget::new().max_tokens(2).min_per_sec(1);
+        assert!(budget.withdraw() && budget.withdraw() && !budget.withdraw());
+        for _ in 0..2600 {
+            tokio::time::advance(Duration::from_micros(400)).await;
+            // `available` refills without depositing.
+            let _ = budget.available();
+        }
+        // 1.04 s of trickle: one whole token, not zero.
         assert!(budget.withdraw());
         assert!(!budget.withdraw());
     }
