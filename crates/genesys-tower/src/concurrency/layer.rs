@@ -127,7 +127,9 @@ impl ConcurrencyLayer {
     }
 
     /// The longest the layer holds new requests on the server's word (default
-    /// [`DEFAULT_MAX_HOLD`](Self::DEFAULT_MAX_HOLD)); a longer reset or `Retry-After` is cut to it.
+    /// [`DEFAULT_MAX_HOLD`](Self::DEFAULT_MAX_HOLD)). A longer reset or `Retry-After` (a daily
+    /// quota) sets no hold at all: rather than stall every call for it, requests go on to the
+    /// server, and the retry layer ends each at once with an error that carries the hint.
     pub fn max_hold(self, max: Duration) -> Self {
         self.with_pacer(|c| c.max_hold = max)
     }

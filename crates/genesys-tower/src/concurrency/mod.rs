@@ -70,8 +70,10 @@
 //!
 //! When a window has at most [`rate_limit_reserve`](ConcurrencyLayer::rate_limit_reserve)
 //! requests left (1 by default), or a 429 arrives with `Retry-After` or a reset time, no new call
-//! starts until that time has passed (at most [`max_hold`](ConcurrencyLayer::max_hold), 180 s by
-//! default). Calls already waiting for a pacing slot see the hold too. A 429 that gives no time
+//! starts until that time has passed. A time beyond [`max_hold`](ConcurrencyLayer::max_hold) (180 s
+//! by default, the retry layer's default `max_retry_after`) sets no hold: the retry layer ends such
+//! calls at once with the hint instead of letting each stall. Calls already waiting for a pacing
+//! slot see a hold too. A 429 that gives no time
 //! sets no hold: the retry layer's backoff handles it. A published quota lowers the pacing rate
 //! when it is slower than the configured one (`RateLimit-Policy`, or `inin-ratelimit-allowed`
 //! taken over the configured window); a `RateLimit-Policy` sets a rate even when no pacing was

@@ -137,7 +137,18 @@ impl Pacer {
                 hold = hold.max(after);
             }
         }
-        let hold = hold.min(self.max_hold);
+        // A hold longer than the caller would wait (a daily quota's Retry-After of hours) is not
+        // waited out here: every call would stall, then meet the same answer. New requests go
+        // on to the server, whose 429 the retry layer turns into an error that carries the hint
+        // at once (`max_retry_after`).
+        if hold > self.max_hold {
+            tracing::debug!(
+                status = status.as_u16(),
+                hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
+                "rate limit hint longer than max_hold: not holding requests for it"
+            );
+            hold = Duration::ZERO;
+        }
 
         let learned = hints.policy.or_else(|| {
             let allowed = hints.allowed?;

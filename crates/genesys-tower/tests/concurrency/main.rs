@@ -242,12 +242,32 @@ async fn a_429_with_retry_after_holds_new_requests() {
     assert_eq!(second_start_after(response).await, Duration::from_secs(7));
 }
 
+/// A daily quota's Retry-After is not waited out by every later call: the layer lets them go,
+/// and the retry layer above ends each at once with the hint.
 #[tokio::test(start_paused = true)]
-async fn a_hold_is_cut_to_max_hold() {
+async fn a_hold_beyond_max_hold_is_not_waited_out() {
     let (inner, starts) = answering_first_with(
         Response::builder()
             .status(StatusCode::TOO_MANY_REQUESTS)
             .header("retry-after", "86400")
+            .body(())
+            .unwrap(),
+    );
+    let svc = ConcurrencyLayer::new(10)
+        .max_hold(Duration::from_secs(60))
+        .layer(inner);
+    svc.clone().oneshot(Request::new(())).await.unwrap();
+    svc.clone().oneshot(Request::new(())).await.unwrap();
+    let starts = starts.lock().unwrap();
+    assert_eq!(starts[1] - starts[0], Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_up_to_max_hold_is_waited_out() {
+    let (inner, starts) = answering_first_with(
+        Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("retry-after", "60")
             .body(())
             .unwrap(),
     );
