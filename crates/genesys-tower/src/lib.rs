@@ -15,6 +15,89 @@
 //! hyper-util client, a `tower::service_fn`, an axum `Router`. Nothing in this crate is specific to
 //! one API; the Genesys Cloud endpoints live in the `genesys-client` crate.
 //!
+//! # The four composed over a hyper-util client
+//!
+//! In the order `docs/architecture.md` explains (outermost first): idempotency keys, then the
+//! retry layer (whose policy holds the total deadline), then auth, then a per-attempt timeout,
+//! then the concurrency limit with pacing, then the client. The retry, auth and idempotency
+//! layers may send a request body more than once, so they hand the service below them a
+//! request with a [`Body`]: build the client for that body type.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use genesys_tower::auth::{AuthLayer, Token, token_source_fn};
+//! use genesys_tower::concurrency::ConcurrencyLayer;
+//! use genesys_tower::idempotency::IdempotencyLayer;
+//! use genesys_tower::retry::{RetryLayer, RetryPolicy};
+//! use genesys_tower::{Body, BoxError, Metrics};
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::timeout::TimeoutLayer;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # async fn run() -> Result<(), BoxError> {
+//! let metrics = Metrics::new();
+//! let tokens = token_source_fn(|| async {
+//!     // Fetch the token from your login host or vault.
+//!     Ok(Token::new("the-token", Some(Duration::from_secs(3600))))
+//! });
+//! let hyper: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+//! let client = ServiceBuilder::new()
+//!     .layer(IdempotencyLayer::new().metrics(metrics.clone()))
+//!     .layer(
+//!         RetryLayer::new(
+//!             RetryPolicy::builder()
+//!                 .deadline(Duration::from_secs(60))
+//!                 .build(),
+//!         )
+//!         .metrics(metrics.clone()),
+//!     )
+//!     .layer(AuthLayer::new(tokens).metrics(metrics.clone()))
+//!     .layer(TimeoutLayer::new(Duration::from_secs(10)))
+//!     .layer(ConcurrencyLayer::new(32).metrics(metrics.clone()))
+//!     .service(hyper);
+//!
+//! let request = http::Request::post("http://127.0.0.1:8080/api/v2/things")
+//!     .body(Body::from(r#"{"name":"x"}"#))?;
+//! let response = client.clone().oneshot(request).await?;
+//! println!("{} after {} attempts", response.status(), metrics.snapshot().attempts);
+//! # Ok(()) }
+//! ```
+//!
+//! # Wrapping an existing service
+//!
+//! Any `Service<http::Request<Body>>` can be the leaf: your own client type, a
+//! [`tower::service_fn`], an axum `Router` in a test. [`concurrency`] takes any request type.
+//!
+//! ```
+//! use std::convert::Infallible;
+//!
+//! use genesys_tower::retry::{RetryLayer, RetryPolicy};
+//! use genesys_tower::Body;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // An existing service: answers 503 once, then 200.
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+//! let existing = service_fn(move |_req: Request<Body>| {
+//!     let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!     let status = if n == 0 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+//!     async move { Ok::<_, Infallible>(Response::builder().status(status).body(String::new()).unwrap()) }
+//! });
+//! let policy = RetryPolicy::builder()
+//!     .base_delay(std::time::Duration::from_millis(1))
+//!     .build();
+//! let svc = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(policy))
+//!     .service(existing);
+//! let response = svc.oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK);
+//! # }
+//! ```
+//!
 //! [tower]: https://docs.rs/tower
 
 #![forbid(unsafe_code)]

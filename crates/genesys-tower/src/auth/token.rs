@@ -57,7 +57,8 @@ impl Token {
 
     /// How long the token lives in all, if it expires.
     pub fn lifetime(&self) -> Option<Duration> {
-        self.expires_at.map(|e| e.saturating_duration_since(self.issued_at))
+        self.expires_at
+            .map(|e| e.saturating_duration_since(self.issued_at))
     }
 
     /// Whether two tokens carry the same value.
