@@ -82,6 +82,78 @@ async fn executions_are_never_duplicated_and_unknown_outcomes_are_reported() {
     sim.shutdown().await;
 }
 
+/// A gateway in front of Genesys that lets the action run, then loses its answer and says 502:
+/// the call is reported as an unknown outcome (with the 502's details), never retried into a
+/// second execution. A GET through the same gateway is retried as usual.
+#[tokio::test]
+async fn a_gateway_error_after_the_action_ran_is_an_unknown_outcome_not_a_retry() {
+    use genesys_client::{Body, BoxError};
+    use http::{Request, Response, StatusCode};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let sim = spawn(SimConfig::default().users(1).rate_limit(None)).await;
+    let hyper: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+    // The first two API answers are lost behind a 502; later ones pass.
+    let lost = Arc::new(AtomicUsize::new(0));
+    let gateway = {
+        let lost = lost.clone();
+        tower::service_fn(move |req: Request<Body>| {
+            let (hyper, lost) = (hyper.clone(), lost.clone());
+            async move {
+                let api = req.uri().path().starts_with("/api/");
+                let res = hyper.request(req).await.map_err(BoxError::from)?;
+                if api && lost.fetch_add(1, Ordering::SeqCst) < 2 {
+                    let bad = Response::builder()
+                        .status(StatusCode::BAD_GATEWAY)
+                        .header("content-type", "application/json")
+                        .body(Body::from(
+                            r#"{"status":502,"code":"bad.gateway","message":"upstream lost"}"#,
+                        ))?;
+                    return Ok::<_, BoxError>(bad);
+                }
+                Ok(res.map(Body::new))
+            }
+        })
+    };
+    let client = client_for(&sim)
+        .service(gateway)
+        .retry_policy(
+            GenesysClient::retry_policy_builder()
+                .base_delay(Duration::from_millis(1))
+                .build(),
+        )
+        .build()
+        .unwrap();
+
+    let err = client
+        .execute_action(ECHO_ACTION_ID, &json!({"charge": 1}))
+        .await
+        .unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err}");
+    assert!(err.to_string().contains("outcome unknown"), "{err}");
+    let api = err.api().expect("the 502 behind it");
+    assert_eq!(api.status(), StatusCode::BAD_GATEWAY);
+    let executions = sim
+        .ledger()
+        .iter()
+        .filter(|e| e.entity == ECHO_ACTION_ID)
+        .count();
+    assert_eq!(executions, 1, "the action ran once and was not replayed");
+
+    // An idempotent read behind the same gateway: the 502 is retried, the read succeeds.
+    let id = sim.user_ids()[0].clone();
+    assert_eq!(client.get_user(&id).await.unwrap().id, id);
+    assert_eq!(
+        lost.load(Ordering::SeqCst),
+        3,
+        "action, then a lost read and its retry"
+    );
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn test_runs_report_their_steps() {
     let sim = spawn(SimConfig::default().users(1).rate_limit(None)).await;

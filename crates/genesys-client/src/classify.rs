@@ -5,11 +5,14 @@ use std::error::Error as StdError;
 
 use genesys_tower::BoxError;
 use genesys_tower::auth;
-use genesys_tower::retry::{self, Classification, Classify, DefaultClassifier, ErrorKind};
+use genesys_tower::retry::{
+    self, Classification, Classify, DefaultClassifier, ErrorKind, RetrySafety,
+};
 use http::{HeaderMap, StatusCode, request};
 
 /// The retry classification of the default stack: [`DefaultClassifier`], except that a failure
-/// of the token source is final.
+/// of the token source is final, and that 500, 502 and 504 are ambiguous for requests marked
+/// [`RetrySafety::Unsafe`] (data actions), which are then never replayed after them.
 ///
 /// The token source retries the login host itself (429, 5xx, connection failures) and never
 /// retries refused credentials; retrying the API request on top would only repeat a refusal
@@ -40,6 +43,13 @@ impl Classify for GenesysClassifier {
         status: StatusCode,
         headers: &HeaderMap,
     ) -> Classification {
+        // A gateway error can hide an upstream that did the work. For a request that must never
+        // run twice (a data action), it is ambiguous: the retry layer then replays it only if it
+        // is safe to, which such a request is not, and the caller learns the outcome is unknown.
+        let unsafe_request = request.extensions.get::<RetrySafety>() == Some(&RetrySafety::Unsafe);
+        if unsafe_request && is_gateway_error(status) {
+            return Classification::Ambiguous;
+        }
         self.inner.classify_response(request, status, headers)
     }
 
@@ -86,6 +96,14 @@ pub(crate) fn classify(err: BoxError) -> GenesysError {
         };
     }
     GenesysError::Transport { source: err }
+}
+
+/// 500, 502 and 504: the answer of something in front of the work, which may have been done.
+pub(crate) fn is_gateway_error(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+    )
 }
 
 fn find<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {

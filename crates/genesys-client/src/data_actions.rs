@@ -4,7 +4,8 @@
 //! runs it and reports each step. Genesys does **not** honour `Idempotency-Key` on these routes,
 //! so a key alone cannot make a replay safe: the requests are marked [`RetrySafety::Unsafe`].
 //! A 429 or a 503 is still retried (the server said it did not run the action), but a failure
-//! after the request may have reached the server (a reset, a timeout) ends the call with
+//! after the request may have reached the server (a reset, a timeout, or a 500, 502 or 504,
+//! which a gateway can answer after the action ran) ends the call with
 //! [`GenesysError::OutcomeUnknown`]: the action may or may not have run, and the caller decides.
 
 use genesys_tower::retry::RetrySafety;
@@ -12,6 +13,7 @@ use http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::classify::is_gateway_error;
 use crate::client::{GenesysClient, segment};
 use crate::error::GenesysError;
 
@@ -74,8 +76,7 @@ impl GenesysClient {
         if options.flatten {
             path.push_str("?flatten=true");
         }
-        self.json(Method::POST, &path, Some(input), Some(RetrySafety::Unsafe))
-            .await
+        self.run_action(&path, input).await
     }
 
     /// Tests a data action with `input`: runs it and reports each step.
@@ -87,7 +88,24 @@ impl GenesysClient {
         input: &Value,
     ) -> Result<ActionTestResult, GenesysError> {
         let path = format!("/api/v2/integrations/actions/{}/test", segment(action_id));
-        self.json(Method::POST, &path, Some(input), Some(RetrySafety::Unsafe))
+        self.run_action(&path, input).await
+    }
+
+    /// Sends a data action request: never replayed after an ambiguous outcome, and a gateway
+    /// error is reported as what it is for an action, an unknown outcome.
+    async fn run_action<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        input: &Value,
+    ) -> Result<T, GenesysError> {
+        match self
+            .json(Method::POST, path, Some(input), Some(RetrySafety::Unsafe))
             .await
+        {
+            Err(GenesysError::Api(api)) if is_gateway_error(api.status()) => {
+                Err(GenesysError::OutcomeUnknown { source: api })
+            }
+            other => other,
+        }
     }
 }

@@ -473,10 +473,13 @@ impl GenesysError {
         }
     }
 
-    /// The API error, for [`GenesysError::Api`].
+    /// The API error, for [`GenesysError::Api`], and for an
+    /// [`OutcomeUnknown`](GenesysError::OutcomeUnknown) that an API answer caused (a data
+    /// action's 502, say): its status, code and correlation id help find out what happened.
     pub fn api(&self) -> Option<&ApiError> {
         match self {
             GenesysError::Api(e) => Some(e),
+            GenesysError::OutcomeUnknown { source } => source.downcast_ref::<ApiError>(),
             _ => None,
         }
     }
