@@ -432,18 +432,3 @@ async fn refused_credentials_are_502_and_run_nothing() {
     assert_eq!(sim.ledger_len(), 0);
     sim.shutdown().await;
 }
-
-#[tokio::test]
-async fn zz_debug_long_retry_after() {
-    let sim = simulator("long-retry-after=1").await;
-    let client = client_builder()
-        .base_url(sim.base_url())
-        .client_credentials(CLIENT_ID, CLIENT_SECRET)
-        .build()
-        .unwrap();
-    for _ in 0..2 {
-        let started = std::time::Instant::now();
-        let r = tokio::time::timeout(Duration::from_secs(5), client.execute_action(ACTION, &json!({}))).await;
-        println!("{:?} after {:?}; stats {:?}", r.map(|r| r.map_err(|e| e.to_string())), started.elapsed(), sim.stats().faults);
-    }
-}
