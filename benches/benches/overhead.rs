@@ -9,7 +9,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use benches::stack::{self, instant_service};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use genesys_tower::auth::AuthLayer;
 use genesys_tower::concurrency::ConcurrencyLayer;
 use genesys_tower::idempotency::IdempotencyLayer;
@@ -36,13 +37,18 @@ fn request(method: &Method, uri: &Uri) -> Request<Body> {
 
 /// Times `iters` sequential calls on one service (no clone per call, as a long-lived client
 /// would use it), including building the request, which the raw service pays too.
-fn bench_service<S, E>(c: &mut Criterion, rt: &Runtime, name: &str, method: Method, svc: S)
-where
+fn bench_service<S, E>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    method: Method,
+    svc: S,
+) where
     S: Service<Request<Body>, Response = Response<Body>, Error = E> + Clone + 'static,
     E: Into<BoxError>,
 {
     let uri: Uri = URI.parse().expect("a valid URI");
-    c.bench_function(name, |b| {
+    g.bench_function(name, |b| {
         b.to_async(rt).iter_custom(|iters| {
             let mut svc = svc.clone();
             let (method, uri) = (method.clone(), uri.clone());
@@ -73,74 +79,77 @@ fn overhead(c: &mut Criterion) {
         .expect("a tokio runtime");
     let leaf = instant_service();
     let metrics = Metrics::new();
+    let mut group = c.benchmark_group("overhead");
+    let g = &mut group;
 
-    bench_service(c, &rt, "overhead/raw", Method::GET, leaf.clone());
+    bench_service(g, &rt, "raw", Method::GET, leaf.clone());
     bench_service(
-        c,
+        g,
         &rt,
-        "overhead/retry",
+        "retry",
         Method::GET,
         RetryLayer::new(stack::retry_policy())
             .metrics(metrics.clone())
             .layer(leaf.clone()),
     );
     bench_service(
-        c,
+        g,
         &rt,
-        "overhead/auth",
+        "auth",
         Method::GET,
         AuthLayer::new(stack::static_token())
             .metrics(metrics.clone())
             .layer(leaf.clone()),
     );
     bench_service(
-        c,
+        g,
         &rt,
-        "overhead/concurrency",
+        "concurrency",
         Method::GET,
         ConcurrencyLayer::new(64)
             .metrics(metrics.clone())
             .layer(leaf.clone()),
     );
     bench_service(
-        c,
+        g,
         &rt,
-        "overhead/concurrency+pacing",
+        "concurrency+pacing",
         Method::GET,
         stack::concurrency(64, &metrics).layer(leaf.clone()),
     );
     bench_service(
-        c,
+        g,
         &rt,
-        "overhead/idempotency GET",
+        "idempotency GET",
         Method::GET,
         IdempotencyLayer::new()
             .metrics(metrics.clone())
             .layer(leaf.clone()),
     );
     bench_service(
-        c,
+        g,
         &rt,
-        "overhead/idempotency PATCH",
+        "idempotency PATCH",
         Method::PATCH,
         IdempotencyLayer::new()
             .metrics(metrics.clone())
             .layer(leaf.clone()),
     );
     bench_service(
-        c,
+        g,
         &rt,
-        "overhead/full stack GET",
+        "full stack GET",
         Method::GET,
         stack::full_stack(leaf.clone(), stack::concurrency(64, &metrics), &metrics),
     );
     bench_service(
-        c,
+        g,
         &rt,
-        "overhead/full stack PATCH",
+        "full stack PATCH",
         Method::PATCH,
         stack::full_stack(leaf, stack::concurrency(64, &metrics), &metrics),
     );
+    group.finish();
 }
 
 criterion_group! {

@@ -10,7 +10,7 @@
 //! server received (calls) and the time until the last client is done.
 //!
 //! The backoff delays come from [`genesys_tower::retry::Backoff`], built by a
-//! [`RetryPolicy`](genesys_tower::retry::RetryPolicy) exactly as the retry layer builds them, so
+//! [`RetryPolicy`] exactly as the retry layer builds them, so
 //! the experiment measures the schedule that production code uses.
 
 use std::cmp::Reverse;
