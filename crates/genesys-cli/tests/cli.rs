@@ -113,6 +113,58 @@ async fn users_patch_delivers_everything_through_faults() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_counts_429s_retries_and_token_refreshes() {
+    // A quota of 20 requests a second without rate-limit headers to learn from, and 1-second
+    // tokens: a run of 30 users (60 requests) cannot finish without 429s and new tokens.
+    let sim = Simulator::spawn(
+        config(30)
+            .rate_limit(Some((20, Duration::from_secs(1))))
+            .ratelimit_headers(false)
+            .token_ttl(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let d = dir("report_http");
+    let (lines, _) = user_lines(&sim, 30);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let report = d.join("report.json");
+    let out = gcx(&sim)
+        .args([
+            "users",
+            "patch",
+            "--concurrency",
+            "8",
+            "--rate-limit",
+            "1000/1",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = read_json(&report);
+    let http = &r["http"];
+    let stats = sim.stats();
+    assert!(stats.rate_limited > 0, "the quota was hit");
+    assert_eq!(http["rate_limited_responses"], stats.rate_limited);
+    assert_eq!(
+        http["retries_by_reason"]["rate_limited"],
+        stats.rate_limited
+    );
+    assert_eq!(http["token_fetches"], stats.tokens_issued);
+    assert!(http["token_refreshes"].as_u64().unwrap() >= 1, "{http}");
+    assert!(r["durations"]["elapsed_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["failures"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_are_quarantined_with_their_line_and_the_run_goes_on() {
     let sim = Simulator::spawn(config(5)).await.unwrap();
     let d = dir("quarantine");
