@@ -75,12 +75,52 @@ async fn integration_config_is_read_and_written_with_its_version() {
         Some("updated by the end-to-end test")
     );
 
-    // The old version is stale now.
+    // The old version is stale now: another change on it is refused.
+    config.notes = Some("a change on a stale version".into());
     let err = client
         .put_integration_config(&id, &config)
         .await
         .unwrap_err();
     assert!(err.api().is_some_and(|e| e.is_version_conflict()), "{err}");
+    sim.shutdown().await;
+}
+
+/// The first PUT lands but its answer is lost (a reset): the retry layer replays it, the replay
+/// meets a version conflict, and the client sees the config already holds what it sent: done,
+/// one write, no error.
+#[tokio::test]
+async fn a_put_whose_answer_was_lost_is_resolved_by_reading_again() {
+    let sim = spawn(SimConfig::default().users(1)).await;
+    let hyper: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+    let puts = Arc::new(AtomicUsize::new(0));
+    let lossy = {
+        let puts = puts.clone();
+        service_fn(move |req: Request<Body>| {
+            let (hyper, puts) = (hyper.clone(), puts.clone());
+            async move {
+                let put = req.method() == http::Method::PUT;
+                let res = hyper.request(req).await.map_err(BoxError::from)?;
+                if put && puts.fetch_add(1, Ordering::SeqCst) == 0 {
+                    let lost = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+                    return Err(BoxError::from(lost));
+                }
+                Ok(res)
+            }
+        })
+    };
+    let client = client_for(&sim).service(lossy).build().unwrap();
+    let id = sim.integration_ids()[0].clone();
+    let mut config = client.get_integration_config(&id).await.unwrap();
+    let before = config.version;
+    config.notes = Some("written once".into());
+    let stored = client.put_integration_config(&id, &config).await.unwrap();
+    assert_eq!(stored.version, before + 1, "one write, not two");
+    assert_eq!(stored.notes.as_deref(), Some("written once"));
+    assert_eq!(
+        puts.load(Ordering::SeqCst),
+        2,
+        "the lost PUT and its replay"
+    );
     sim.shutdown().await;
 }
 

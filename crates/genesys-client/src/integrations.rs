@@ -2,7 +2,9 @@
 //!
 //! A PUT must carry the config's current `version`; a stale one is refused with a conflict. PUT is
 //! idempotent by method, and with the version it is a conditional write as well, so the retry
-//! layer may replay it after an ambiguous failure.
+//! layer may replay it after an ambiguous failure. When the first copy had landed, the replay
+//! meets a version conflict: the config is then read again, and if it already holds what was
+//! sent, the write is done and the stored config is returned.
 
 use http::Method;
 use serde::{Deserialize, Serialize};
@@ -67,6 +69,33 @@ impl GenesysClient {
         );
         let body = serde_json::to_value(config)
             .map_err(|e| GenesysError::Config(format!("the config is not JSON: {e}")))?;
-        self.json(Method::PUT, &path, Some(&body), None).await
+        match self.json(Method::PUT, &path, Some(&body), None).await {
+            Err(GenesysError::Api(e)) if e.is_version_conflict() => {
+                // Our own earlier copy may be the write that moved the version on.
+                let current = self.get_integration_config(integration_id).await?;
+                if current.same_content(config) {
+                    tracing::debug!(
+                        integration = integration_id,
+                        "conflict, and the config already holds what was sent"
+                    );
+                    Ok(current)
+                } else {
+                    Err(GenesysError::Api(e))
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl IntegrationConfig {
+    /// Whether two configs hold the same settings, whatever their versions (and the fields the
+    /// server adds).
+    fn same_content(&self, other: &IntegrationConfig) -> bool {
+        self.name == other.name
+            && self.properties == other.properties
+            && self.advanced == other.advanced
+            && self.notes == other.notes
+            && self.credentials == other.credentials
     }
 }

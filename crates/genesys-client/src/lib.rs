@@ -33,7 +33,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See `docs/client.md` in the repository for every knob of the builder.
+//! Every knob of the stack is a method of [`GenesysClientBuilder`]; `docs/architecture.md` in the
+//! repository explains the order of the layers.
 
 #![forbid(unsafe_code)]
 #![warn(
