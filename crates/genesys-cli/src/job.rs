@@ -227,6 +227,12 @@ impl Latencies {
     }
 }
 
+/// How many failures, and how many quarantined records, the report lists with their reasons.
+/// Past it they are counted only, so that memory stays flat however much of the input goes
+/// wrong; every one of them is still in the failed file and the quarantine file (with its
+/// line and reason).
+pub(crate) const LISTED_MAX: usize = 10_000;
+
 /// What happened to every record.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
@@ -292,11 +298,13 @@ impl Engine<'_> {
             let r = self.sinks.write_failed(&meta.raw);
             self.io(r);
             self.tally.failed += 1;
-            self.tally.failures.push(Failure {
-                line: meta.line,
-                id: meta.key,
-                reason: reason.to_owned(),
-            });
+            if self.tally.failures.len() < LISTED_MAX {
+                self.tally.failures.push(Failure {
+                    line: meta.line,
+                    id: meta.key,
+                    reason: reason.to_owned(),
+                });
+            }
         }
     }
 
@@ -310,10 +318,12 @@ impl Engine<'_> {
         let r = self.sinks.write_quarantine(&q);
         self.io(r);
         self.tally.quarantined += 1;
-        self.tally.quarantine.push(QuarantineEntry {
-            line: q.line,
-            reason: q.reason,
-        });
+        if self.tally.quarantine.len() < LISTED_MAX {
+            self.tally.quarantine.push(QuarantineEntry {
+                line: q.line,
+                reason: q.reason,
+            });
+        }
     }
 
     fn tick(&self) {
@@ -556,6 +566,55 @@ mod tests {
         assert!(
             q.contains("\"line\":42") && q.contains("malformed JSON"),
             "{q}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_listing_cap_records_are_counted_and_written_not_kept() {
+        let (failed, quarantine) = (temp("failed-cap.jsonl"), temp("q-cap.jsonl"));
+        let mut sinks = Sinks::open(Some(&failed), Some(&quarantine), Format::Jsonl, None).unwrap();
+        let n = LISTED_MAX as u64 + 5;
+        let (tx, rx) = mpsc::channel(64);
+        let (_itx, irx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for i in 0..n {
+                tx.send(record(2 * i + 1)).await.unwrap();
+                tx.send(Input::Quarantined(Quarantined {
+                    line: 2 * i + 2,
+                    reason: "malformed JSON".into(),
+                    raw: "{".into(),
+                }))
+                .await
+                .unwrap();
+            }
+        });
+        let options = Options {
+            concurrency: 8,
+            chunk_size: 1,
+        };
+        let tally = run(
+            Arc::new(Fake::default()),
+            rx,
+            irx,
+            &mut sinks,
+            &Progress::hidden(),
+            options,
+        )
+        .await;
+        drop(sinks);
+        assert_eq!((tally.failed, tally.quarantined), (n, n));
+        assert_eq!(tally.failures.len(), LISTED_MAX);
+        assert_eq!(tally.quarantine.len(), LISTED_MAX);
+        let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!(
+            lines(&failed) as u64,
+            n,
+            "every failed item is in the failed file"
+        );
+        assert_eq!(
+            lines(&quarantine) as u64,
+            n,
+            "every quarantined record is in its file"
         );
     }
 

@@ -42,10 +42,17 @@ pub(crate) struct Report {
     /// Where the quarantined records were written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) quarantine_file: Option<PathBuf>,
-    /// Every failed item with its reason (items not started are counted, not listed).
+    /// Every failed item with its reason (items not started are counted, not listed), up to
+    /// the first 10,000.
     pub(crate) failures: Vec<Failure>,
-    /// Every quarantined record with its line and reason.
+    /// Failed items past the first 10,000: counted here, listed in the failed file only.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) failures_not_listed: u64,
+    /// Every quarantined record with its line and reason, up to the first 10,000.
     pub(crate) quarantined: Vec<QuarantineEntry>,
+    /// Quarantined records past the first 10,000: in the quarantine file only.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) quarantined_not_listed: u64,
     /// The demo's verdict, for `gcx demo`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) verdict: Option<Verdict>,
@@ -188,7 +195,11 @@ impl Report {
             failed_file: failed_file.map(Path::to_owned),
             quarantine_file: quarantine_file.map(Path::to_owned),
             failures: tally.failures.clone(),
+            failures_not_listed: tally.failed.saturating_sub(tally.failures.len() as u64),
             quarantined: tally.quarantine.clone(),
+            quarantined_not_listed: tally
+                .quarantined
+                .saturating_sub(tally.quarantine.len() as u64),
             verdict: None,
         }
     }
@@ -300,21 +311,21 @@ impl Report {
         for f in self.failures.iter().take(5) {
             let _ = writeln!(s, "  failed: line {}: {}", f.line, f.reason);
         }
-        if self.failures.len() > 5 {
+        if c.failed > 5 {
             let _ = writeln!(
                 s,
-                "  ... {} more failures in the report",
-                self.failures.len() - 5
+                "  ... {} more failures (the report lists up to 10,000; the failed file has all)",
+                c.failed - 5
             );
         }
         for q in self.quarantined.iter().take(5) {
             let _ = writeln!(s, "  quarantined: line {}: {}", q.line, q.reason);
         }
-        if self.quarantined.len() > 5 {
+        if c.quarantined > 5 {
             let _ = writeln!(
                 s,
-                "  ... {} more quarantined records",
-                self.quarantined.len() - 5
+                "  ... {} more quarantined records (the quarantine file has all, with reasons)",
+                c.quarantined - 5
             );
         }
         if let Some(e) = &self.input_error {
@@ -351,4 +362,8 @@ impl Report {
         }
         s
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

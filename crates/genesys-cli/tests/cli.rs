@@ -536,18 +536,26 @@ fn demo_runs_and_prints_the_verdict() {
     let out = Command::new(env!("CARGO_BIN_EXE_gcx"))
         .env_remove("GENESYS_CLIENT_ID")
         .env_remove("GENESYS_CLIENT_SECRET")
-        .args(["demo", "--users", "200"])
+        .args(["demo", "--users", "300", "--json"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("verdict: every update applied, none twice (200 users)"),
-        "{stdout}"
+        stderr.contains("verdict: every update applied, none twice (300 users)"),
+        "{stderr}"
+    );
+    // The faults were really there and the stack really dealt with them.
+    let r: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints the report");
+    assert_eq!(r["verdict"]["ok"], true, "{r}");
+    assert_eq!(r["verdict"]["applied"], 300);
+    assert_eq!(r["verdict"]["applied_twice"], 0);
+    assert_eq!(r["counts"]["delivered"], 300);
+    let retries = &r["http"]["retries_by_reason"];
+    assert!(retries["server_error"].as_u64().unwrap() > 0, "{retries}");
+    assert!(
+        r["http"]["attempts"].as_u64().unwrap() > 600,
+        "more attempts than the 600 requests: {r}"
     );
 }
