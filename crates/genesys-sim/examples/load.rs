@@ -2,7 +2,7 @@
 //! simulator with no faults and no quota, printing requests per second.
 //!
 //! `cargo run -p genesys-sim --release --example load -- [CONNECTIONS] [SECONDS]`
-//! (the benches crate has the measured numbers; this is a smoke check).
+//! (`docs/simulator.md` records the figures it printed).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

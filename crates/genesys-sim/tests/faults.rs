@@ -50,6 +50,74 @@ async fn fault_rates_land_within_tolerance() {
     assert_eq!(stats.fault_count("503-retry-after"), u64::from(with_hint));
 }
 
+/// Every exclusive fault at once, on a route with a side effect: each lands near its rate, the
+/// statistics count what the client saw, and the ledger holds the successes plus exactly the
+/// resets that came after the effect.
+#[tokio::test]
+async fn every_fault_rate_lands_within_tolerance_and_the_ledger_agrees() {
+    const N: u32 = 3000;
+    let spec = "5xx=0.1,500=0.05,503-retry-after=0.05,reset-before=0.05,reset-after=0.05,\
+                long-retry-after=0.05";
+    let sim = Simulator::spawn(config(spec, 21)).await.unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    let path = format!(
+        "/api/v2/integrations/actions/{}/execute",
+        genesys_sim::ECHO_ACTION_ID
+    );
+    let (mut ok, mut s500, mut s5xx, mut hinted, mut long, mut resets) = (0, 0, 0, 0, 0, 0);
+    for i in 0..N {
+        let body = json!({ "call": i }).to_string();
+        let Ok(r) = api(&base, &t, "POST", &path, &body, &[]).await else {
+            resets += 1;
+            continue;
+        };
+        let after = r.header("retry-after").map(|s| s.parse::<u64>().unwrap());
+        match (r.status, after) {
+            (200, _) => ok += 1,
+            (500, None) => s500 += 1,
+            (502..=504, None) => s5xx += 1,
+            (503, Some(1..=3)) => hinted += 1,
+            (429, Some(181..=3600)) => {
+                // The newer code for a Retry-After the client is told to honour.
+                r.error_body(429, "too.many.requests.retry.after");
+                long += 1;
+            }
+            (s, h) => panic!("unexpected {s} with Retry-After {h:?}"),
+        }
+    }
+    // Binomial(3000, p): p = 0.1 gives mean 300, sd 16.4; p = 0.05 mean 150, sd 11.9.
+    // Tolerance: five standard deviations, so a fixed seed passes and a wrong rate cannot.
+    let within = |n: u32, p: f64| {
+        let mean = f64::from(N) * p;
+        let sd = (mean * (1.0 - p)).sqrt();
+        (f64::from(n) - mean).abs() <= 5.0 * sd
+    };
+    assert!(within(s5xx, 0.1), "5xx: {s5xx}");
+    assert!(within(s500, 0.05), "500: {s500}");
+    assert!(within(hinted, 0.05), "503-retry-after: {hinted}");
+    assert!(within(long, 0.05), "long-retry-after: {long}");
+    assert!(within(resets, 0.1), "resets before and after: {resets}");
+    assert!(within(ok, 0.65), "successes: {ok}");
+
+    let stats = sim.stats();
+    assert_eq!(stats.fault_count("5xx"), u64::from(s5xx));
+    assert_eq!(stats.fault_count("500"), u64::from(s500));
+    assert_eq!(stats.fault_count("503-retry-after"), u64::from(hinted));
+    assert_eq!(stats.fault_count("long-retry-after"), u64::from(long));
+    let (before, after) = (
+        stats.fault_count("reset-before"),
+        stats.fault_count("reset-after"),
+    );
+    assert_eq!(before + after, u64::from(resets));
+    assert!(
+        within(before as u32, 0.05) && within(after as u32, 0.05),
+        "{before} {after}"
+    );
+    // Only successes and resets after the effect applied anything.
+    assert_eq!(sim.ledger().len() as u64, u64::from(ok) + after);
+}
+
 async fn statuses(seed: u64) -> Vec<u16> {
     let sim = Simulator::spawn(config("5xx=0.3,500=0.1", seed))
         .await
