@@ -326,6 +326,81 @@ async fn redis_unreachable_is_503_runs_nothing_and_stores_nothing() {
     sim.shutdown().await;
 }
 
+/// A Redis server of this test's own, on a free port, that the test can stop.
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH (`.ci/run` installs it)");
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return PrivateRedis { child, url };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("redis-server did not start on port {port}");
+    }
+
+    fn stop(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Redis stops while the service runs (its connection was up): every request gets 503, a repeat
+/// of a key that already ran included, and nothing runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopping_mid_run_is_503_and_runs_nothing_more() {
+    let sim = simulator("").await;
+    let mut redis = PrivateRedis::start();
+    let store = RedisStore::open(&redis.url).unwrap().prefix("stop-test:");
+    let app = instance(&sim, store);
+    let input = json!({"contactId": "c-1"});
+
+    let first = send(&app, invoke(Some(("k1", KeyIn::Body)), &input)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let replay = send(&app, invoke(Some(("k1", KeyIn::Header)), &input)).await;
+    assert!(replay.replayed && replay.bytes == first.bytes);
+    assert_eq!(sim.ledger_len(), 1);
+
+    redis.stop();
+    for (key, what) in [("k1", "a key that ran"), ("k2", "a new key")] {
+        let answer = send(&app, invoke(Some((key, KeyIn::Body)), &input)).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{what}");
+        assert_eq!(
+            answer.json["error"], "idempotency_store_unavailable",
+            "{what}"
+        );
+        let message = answer.json["message"].as_str().unwrap();
+        assert!(message.contains("not processed"), "{what}: {message}");
+    }
+    assert_eq!(sim.ledger_len(), 1, "nothing ran while the store was down");
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_genesys_4xx_is_422_with_its_code_and_is_not_stored() {
     let sim = simulator("").await;
