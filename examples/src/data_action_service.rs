@@ -45,6 +45,10 @@
 //! | 503 `idempotency_store_unavailable` | the store (Redis) cannot be reached; nothing ran | no |
 //! | 504 `outcome_unknown`, `genesys_output_unreadable` | the action **may have run** (a reset or timeout after sending, a Genesys 5xx, an unreadable answer) | **yes**: a retry with the same key gets this answer and never runs the action a second time |
 //!
+//! A caller who hangs up does not cancel its call: each request runs on a task of its own, so an
+//! action already sent to Genesys Cloud finishes and its answer is stored for the key, and the
+//! caller's retry gets it instead of running the action again.
+//!
 //! Every error body is `{"error": "<code>", "message": "<what happened and what to do>"}`; the
 //! service's own errors add `"action_may_have_run": true|false`.
 //!
@@ -248,8 +252,9 @@ impl DataActionService {
             default_action_id: self.default_action_id,
             call_timeout: self.call_timeout,
         });
-        // route_layer: the last one added runs first, so the body key is lifted into the header
-        // before the idempotency layer looks for it.
+        // route_layer: the last one added runs first. So a request is first detached from its
+        // connection, then its body key is lifted into the header, then the idempotency layer
+        // looks for it.
         Router::new()
             .route(ROUTE, post(invoke))
             .route_layer(idempotency)
@@ -257,6 +262,7 @@ impl DataActionService {
                 shared.clone(),
                 lift_body_key,
             ))
+            .route_layer(middleware::from_fn(run_detached))
             .with_state(shared)
     }
 }
@@ -344,6 +350,21 @@ fn canonical(value: Value) -> Value {
         }
         Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
         other => other,
+    }
+}
+
+/// Runs the rest of the request (the idempotency layer and the handler) on a task of its own, so
+/// that a caller who hangs up does not cancel it halfway: the action may already be running in
+/// Genesys Cloud, and its answer must still be stored for the key, or the caller's retry (after
+/// the lock expires) would run it a second time. The caller who stayed gets the answer as usual.
+async fn run_detached(request: Request, next: Next) -> Response {
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("the request's task failed ({e}); the data action may have run"),
+        ),
     }
 }
 

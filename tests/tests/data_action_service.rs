@@ -326,6 +326,26 @@ async fn redis_unreachable_is_503_runs_nothing_and_stores_nothing() {
     sim.shutdown().await;
 }
 
+/// The caller hangs up while the action runs (a client timeout): the call goes on, its answer is
+/// stored, and the caller's retry gets it; the action runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_hangs_up_does_not_cancel_the_call_and_its_retry_gets_the_answer() {
+    let sim = simulator("latency=300ms").await;
+    let app = instance(&sim, MemoryStore::new());
+    let input = json!({"contactId": "c-1"});
+    let key = Some(("hang-up", KeyIn::Body));
+
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(50), send(&app, invoke(key, &input))).await;
+    assert!(gave_up.is_err(), "the caller hung up before the answer");
+    // The retry waits for the call still running, then gets its answer.
+    let retry = send(&app, invoke(key, &input)).await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.json);
+    assert!(retry.replayed);
+    assert_eq!(sim.ledger_len(), 1, "the action ran once");
+    sim.shutdown().await;
+}
+
 /// A Redis server of this test's own, on a free port, that the test can stop.
 struct PrivateRedis {
     child: std::process::Child,
