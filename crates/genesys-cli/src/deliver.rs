@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use genesys_client::{GenesysClient, GenesysError, Region};
+use genesys_client::{GenesysClient, GenesysClientBuilder, GenesysError, Region};
 use genesys_tower::idempotency::{IdempotencyKey, MemoryStore};
 use genesys_tower::retry::RetrySafety;
 use http::{Method, Request, header};
@@ -46,9 +46,10 @@ pub(crate) fn credentials() -> Result<(String, String), CliError> {
     }
 }
 
-/// Builds the client from the common flags: `--region` or `--base-url` (and `--login-url`),
-/// credentials from the environment, `--concurrency`, `--rate-limit`.
-pub(crate) fn client(common: &Common) -> Result<GenesysClient, CliError> {
+/// The client builder from the common flags: `--region` or `--base-url` (and `--login-url`),
+/// credentials from the environment, `--concurrency`, `--rate-limit`. It sends nothing: a
+/// configuration error is found here, before anything else.
+pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, CliError> {
     let (id, secret) = credentials()?;
     let mut builder = GenesysClient::builder()
         .client_credentials(id, secret)
@@ -78,6 +79,26 @@ pub(crate) fn client(common: &Common) -> Result<GenesysClient, CliError> {
     if let Some(rate) = common.rate_limit {
         builder = builder.pacing(u64::from(rate.requests), rate.window);
     }
+    Ok(builder)
+}
+
+/// Builds the client. Without `--rate-limit`, it paces by the org's own limit, read once from
+/// `/api/v2/organizations/limits/namespaces/platform.api` (300 per 60 s when it cannot be read);
+/// refused credentials end the run here, before any record is sent.
+pub(crate) async fn build_client(
+    builder: GenesysClientBuilder,
+    common: &Common,
+) -> Result<GenesysClient, CliError> {
+    let builder = if common.rate_limit.is_none() {
+        builder.discover_limits().await.map_err(|e| {
+            CliError::usage(format!(
+                "{e}; nothing was sent: check GENESYS_CLIENT_ID, GENESYS_CLIENT_SECRET and the \
+                 region"
+            ))
+        })?
+    } else {
+        builder
+    };
     builder
         .build()
         .map_err(|e| CliError::usage(format!("cannot set up the client: {e}")))

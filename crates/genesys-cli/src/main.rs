@@ -78,9 +78,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
     match &cli.command {
         Command::Demo(args) => demo::run(common, args).await,
         Command::Users(UsersCommand::Patch(args)) => {
-            let client = deliver::client(common)?;
+            let builder = deliver::client_builder(common)?;
             let format = Format::from_path(&args.input);
             let prepared = app::prepare(common, &args.input, format, UserRecords)?;
+            let client = deliver::build_client(builder, common).await?;
             let tally = app::execute(
                 common,
                 prepared,
@@ -100,10 +101,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             )
         }
         Command::Ingest(args) => {
-            let client = deliver::client(common)?;
-            let records = IngestRecords::load(&args.schema)?;
-            let format = Format::from_path(&args.input);
-            let prepared = app::prepare(common, &args.input, format, records)?;
+            // Every refusal comes before `prepare`, which creates the output files.
             let path = args
                 .path
                 .clone()
@@ -113,6 +111,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                     "--path {path}: give the endpoint's path from the API root, e.g. /api/v2/..."
                 )));
             }
+            let builder = deliver::client_builder(common)?;
+            let records = IngestRecords::load(&args.schema)?;
+            let format = Format::from_path(&args.input);
+            let prepared = app::prepare(common, &args.input, format, records)?;
+            let client = deliver::build_client(builder, common).await?;
             let deliver = deliver::Ingest {
                 client: client.clone(),
                 path: path.into(),
@@ -136,7 +139,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             )
         }
         Command::Actions(ActionsCommand::Execute(args)) => {
-            let client = deliver::client(common)?;
+            let builder = deliver::client_builder(common)?;
             let (input, format) = match (&args.input, &args.batch) {
                 (Some(file), None) => (file, Format::Json),
                 (None, Some(file)) => (file, Format::Jsonl),
@@ -147,6 +150,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 }
             };
             let prepared = app::prepare(common, input, format, ActionInputs)?;
+            let client = deliver::build_client(builder, common).await?;
             let deliver = deliver::Actions {
                 client: client.clone(),
                 action_id: args.action_id.as_str().into(),

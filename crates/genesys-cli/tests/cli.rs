@@ -239,6 +239,27 @@ async fn bad_records_are_quarantined_with_their_line_and_the_run_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_order_mark_from_a_spreadsheet_export_is_not_part_of_the_header() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("bom");
+    let id = &sim.user_ids()[0];
+    let csv = format!("\u{feff}user_id,title\n{id},Lead\n");
+    let input = write(&d.join("users.csv"), csv.as_bytes());
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sim.user(id).unwrap()["title"], "Lead");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_rows_and_a_failed_csv_keep_the_header() {
     let sim = Simulator::spawn(config(3)).await.unwrap();
     let d = dir("csv");
@@ -324,6 +345,42 @@ async fn configuration_errors_exit_2_before_anything_is_sent() {
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 
     assert_eq!(sim.stats().total_responses, 0, "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_exit_2_before_any_record_is_sent() {
+    let sim = Simulator::spawn(config(2)).await.unwrap();
+    let d = dir("refused");
+    let (lines, _) = user_lines(&sim, 2);
+    let input = write(&d.join("u.jsonl"), lines.as_bytes());
+    let report = d.join("report.json");
+    let out = gcx(&sim)
+        .env("GENESYS_CLIENT_SECRET", "not-the-secret")
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid_client"), "says why: {stderr}");
+    assert!(
+        stderr.contains("GENESYS_CLIENT_SECRET"),
+        "says what to check: {stderr}"
+    );
+    assert!(!stderr.contains("not-the-secret"), "never shows the secret");
+    let stats = sim.stats();
+    assert_eq!(stats.tokens_issued, 0);
+    assert_eq!(
+        stats.total_responses,
+        stats
+            .requests
+            .get("POST /oauth/token")
+            .map_or(0, |m| m.values().sum()),
+        "only the token request reached the simulator: {stats:?}"
+    );
+    assert!(sim.ledger().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

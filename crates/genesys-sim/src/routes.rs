@@ -975,9 +975,12 @@ fn limits(ctx: &Ctx<'_>, namespace: &str) -> Handled {
         NS_PLATFORM => {
             let mut v = vec![json!({"key": "request.bytes.max", "value": cfg.max_body_bytes})];
             if let Some((n, w)) = cfg.rate_limit {
+                // The key names a rate per minute: a quota over another window is scaled to it
+                // (rounded down); `windowSeconds` (ours, not the real API's) gives the window.
+                let per_minute = u128::from(n) * 60_000 / w.as_millis().max(1);
                 v.push(json!({
                     "key": "client.credentials.token.rate.per.minute",
-                    "value": n,
+                    "value": u64::try_from(per_minute).unwrap_or(u64::MAX),
                     "windowSeconds": w.as_secs(),
                 }));
             }
