@@ -144,6 +144,14 @@ impl Source {
             )));
         }
         let mut reader = BufReader::with_capacity(64 * 1024, file);
+        // A UTF-8 byte order mark (spreadsheet exports write one) is not part of the first
+        // record: without this, a CSV header would read `\u{feff}user_id`.
+        if reader
+            .fill_buf()
+            .is_ok_and(|b| b.starts_with(b"\xEF\xBB\xBF"))
+        {
+            reader.consume(3);
+        }
         let mut header = None;
         if format == Format::Csv {
             let mut line = Vec::new();
