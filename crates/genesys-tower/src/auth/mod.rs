@@ -251,7 +251,9 @@ impl<T: TokenSource> Shared<T> {
             tracing::debug!("401, and the token source gave the same token again: returned as is");
             return Ok(response);
         }
-        // The refused response is dropped on purpose: its connection goes back to the pool.
+        // The refused response is dropped unread, so that the re-send is not held up by a slow
+        // body. A client such as hyper may then close that connection instead of reusing it: a
+        // new connection on a path taken once per token lifetime.
         drop(response);
         self.metrics.record_unauthorized_refresh();
         tracing::debug!("401: sending the request again with a new token");

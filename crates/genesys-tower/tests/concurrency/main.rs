@@ -193,8 +193,13 @@ fn answering_first_with(
 }
 
 async fn second_start_after(first: Response<()>) -> Duration {
+    second_start_with(ConcurrencyLayer::new(10), first).await
+}
+
+/// The wait before a second request through `layer`, after `first` answered the first one.
+async fn second_start_with(layer: ConcurrencyLayer, first: Response<()>) -> Duration {
     let (inner, starts) = answering_first_with(first);
-    let svc = ConcurrencyLayer::new(10).layer(inner);
+    let svc = layer.layer(inner);
     svc.clone().oneshot(Request::new(())).await.unwrap();
     svc.clone().oneshot(Request::new(())).await.unwrap();
     let starts = starts.lock().unwrap();
@@ -242,42 +247,29 @@ async fn a_429_with_retry_after_holds_new_requests() {
     assert_eq!(second_start_after(response).await, Duration::from_secs(7));
 }
 
-/// A daily quota's Retry-After is not waited out by every later call: the layer lets them go,
-/// and the retry layer above ends each at once with the hint.
-#[tokio::test(start_paused = true)]
-async fn a_hold_beyond_max_hold_is_not_waited_out() {
-    let (inner, starts) = answering_first_with(
-        Response::builder()
-            .status(StatusCode::TOO_MANY_REQUESTS)
-            .header("retry-after", "86400")
-            .body(())
-            .unwrap(),
-    );
-    let svc = ConcurrencyLayer::new(10)
-        .max_hold(Duration::from_secs(60))
-        .layer(inner);
-    svc.clone().oneshot(Request::new(())).await.unwrap();
-    svc.clone().oneshot(Request::new(())).await.unwrap();
-    let starts = starts.lock().unwrap();
-    assert_eq!(starts[1] - starts[0], Duration::ZERO);
+/// The wait after a 429 with `Retry-After: retry_after`, through a layer whose `max_hold` is 60 s.
+async fn second_start_after_429_with_max_hold_60s(retry_after: &str) -> Duration {
+    let first = Response::builder()
+        .status(StatusCode::TOO_MANY_REQUESTS)
+        .header("retry-after", retry_after)
+        .body(())
+        .unwrap();
+    let layer = ConcurrencyLayer::new(10).max_hold(Duration::from_secs(60));
+    second_start_with(layer, first).await
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_hold_up_to_max_hold_is_waited_out() {
-    let (inner, starts) = answering_first_with(
-        Response::builder()
-            .status(StatusCode::TOO_MANY_REQUESTS)
-            .header("retry-after", "60")
-            .body(())
-            .unwrap(),
-    );
-    let svc = ConcurrencyLayer::new(10)
-        .max_hold(Duration::from_secs(60))
-        .layer(inner);
-    svc.clone().oneshot(Request::new(())).await.unwrap();
-    svc.clone().oneshot(Request::new(())).await.unwrap();
-    let starts = starts.lock().unwrap();
-    assert_eq!(starts[1] - starts[0], Duration::from_secs(60));
+    let wait = second_start_after_429_with_max_hold_60s("60").await;
+    assert_eq!(wait, Duration::from_secs(60));
+}
+
+/// A daily quota's Retry-After is not waited out by every later call: the layer lets them go,
+/// and the retry layer above ends each at once with the hint.
+#[tokio::test(start_paused = true)]
+async fn a_hold_beyond_max_hold_is_not_waited_out() {
+    let wait = second_start_after_429_with_max_hold_60s("86400").await;
+    assert_eq!(wait, Duration::ZERO);
 }
 
 #[tokio::test(start_paused = true)]
