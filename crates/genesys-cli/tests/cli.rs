@@ -49,6 +49,17 @@ fn gcx(sim: &SimHandle) -> Command {
     cmd
 }
 
+/// Asserts gcx's exit code, showing its stderr when it is not the one expected.
+#[track_caller]
+fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// No quota, so tests are not slowed by pacing.
 fn config(users: usize) -> SimConfig {
     SimConfig::default().users(users).rate_limit(None).seed(3)
@@ -89,12 +100,7 @@ async fn users_patch_delivers_everything_through_faults() {
         .arg(&report)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let r = read_json(&report);
     assert_eq!(r["status"], "complete");
     assert_eq!(r["counts"]["delivered"], 30);
@@ -143,12 +149,7 @@ async fn the_report_counts_429s_retries_and_token_refreshes() {
         .arg(&report)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let r = read_json(&report);
     let http = &r["http"];
     let stats = sim.stats();
@@ -250,12 +251,7 @@ async fn a_byte_order_mark_from_a_spreadsheet_export_is_not_part_of_the_header()
         .arg(&input)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(sim.user(id).unwrap()["title"], "Lead");
 }
 
@@ -435,12 +431,7 @@ async fn ingest_validates_quarantines_and_sends_chunks() {
         .arg(&quarantine)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 1);
     let summary: Value =
         serde_json::from_slice(&out.stdout).expect("--json prints one JSON document");
     assert_eq!(summary["counts"]["delivered"], 22);
@@ -478,12 +469,7 @@ async fn actions_execute_once_and_in_batches() {
         .arg(&one)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"orderId\":\"42\""));
     assert_eq!(sim.ledger_len(), 1);
     assert_eq!(sim.ledger()[0].idempotency_key.as_deref(), Some("order-42"));
@@ -572,12 +558,7 @@ async fn ctrl_c_leaves_a_complete_report_and_a_rerun_delivers_the_rest() {
         .arg(d.join("failed-2.jsonl"))
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(
         read_json(&report2)["counts"]["delivered"],
         failed_n + not_started
