@@ -8,55 +8,118 @@ use genesys_tower::metrics::MetricsSnapshot;
 use tokio::sync::mpsc;
 
 use crate::cli::Common;
-use crate::error::{CliError, EXIT_OK};
+use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK};
 use crate::input::{Format, Parse, Source};
-use crate::job::{self, Deliver, Options, Sinks, Tally};
+use crate::job::{self, Deliver, Options};
+use crate::journal::{JobSpec, Journal, OpenMode};
 use crate::progress::Progress;
-use crate::report::{Report, Verdict};
+use crate::report::{Report, ReportFile, Verdict};
+use crate::sinks::{Sinks, check_distinct};
+use crate::tally::Tally;
 
 /// How many records the reader may run ahead of the senders, per unit in flight.
 const READ_AHEAD_UNITS: usize = 2;
 
-/// An input, checked: the file opened (and its CSV header checked), the output files distinct
-/// from it.
+/// An input, checked: the file opened (and its CSV header checked), the output files and the
+/// journal opened, all before anything is sent.
 #[derive(Debug)]
 pub(crate) struct Prepared<P> {
     pub(crate) parser: Arc<P>,
     pub(crate) source: Source,
     pub(crate) sinks: Sinks,
     pub(crate) input: std::path::PathBuf,
+    pub(crate) journal: Option<Journal>,
+    pub(crate) report: Option<ReportFile>,
 }
 
-/// Opens `input` for `parser`, and the output files, or says why not (exit 2).
+/// Which job a run is, for its journal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobKind<'a> {
+    /// The subcommand, e.g. `users patch`.
+    pub(crate) command: &'a str,
+    /// The data action, for `actions execute`.
+    pub(crate) action_id: Option<&'a str>,
+    /// Records per unit.
+    pub(crate) chunk_size: usize,
+    /// Whether the job keeps a journal (bulk jobs do; one execution does not).
+    pub(crate) journaled: bool,
+}
+
+/// Opens `input` for `parser`, the output files and the journal, or says why not (exit 2).
+/// Nothing is sent before this has succeeded.
 pub(crate) fn prepare<P: Parse>(
     common: &Common,
     input: &Path,
     format: Format,
     parser: P,
+    kind: JobKind<'_>,
 ) -> Result<Prepared<P>, CliError> {
     let source = Source::open(input, format, &parser)?;
     for (flag, path) in [
         ("--failed", &common.failed),
+        ("--unknown", &common.unknown),
         ("--quarantine", &common.quarantine),
+        ("--report", &common.report),
+        ("--journal", &common.journal),
     ] {
         if let Some(path) = path {
-            job::check_distinct(input, path, flag)?;
+            check_distinct(input, path, flag)?;
         }
     }
-    if let Some(report) = &common.report {
-        job::check_distinct(input, report, "--report")?;
-    }
+    let report = common
+        .report
+        .as_deref()
+        .map(ReportFile::create)
+        .transpose()?;
+    let journal = if kind.journaled && !common.no_journal {
+        let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?;
+        let (path, mode) = match &common.journal {
+            Some(path) if common.fresh => (path.clone(), OpenMode::Fresh),
+            Some(path) => (path.clone(), OpenMode::Resume),
+            None => (
+                crate::journal::default_path(&spec)?,
+                if common.fresh {
+                    OpenMode::Fresh
+                } else {
+                    OpenMode::ResumeUnfinished
+                },
+            ),
+        };
+        Some(Journal::open(&path, &spec, mode)?)
+    } else {
+        None
+    };
     let sinks = Sinks::open(
         common.failed.as_deref(),
+        common.unknown.as_deref(),
         common.quarantine.as_deref(),
         source.format(),
         source.header(),
     )?;
+    if let Some(j) = &journal
+        && !common.quiet
+    {
+        if j.past.resumed() {
+            eprintln!(
+                "gcx: resuming from the journal {} ({} unit(s) delivered earlier are skipped; \
+                 --fresh starts over)",
+                j.path.display(),
+                j.past.done_units
+            );
+        } else {
+            eprintln!(
+                "gcx: journal {} (after a crash, the same command resumes from it)",
+                j.path.display()
+            );
+        }
+    }
     Ok(Prepared {
         parser: Arc::new(parser),
         source,
         sinks,
         input: input.to_owned(),
+        journal,
+        report,
     })
 }
 
@@ -86,14 +149,23 @@ pub(crate) fn interrupts() -> mpsc::UnboundedReceiver<()> {
     rx
 }
 
-/// Runs a prepared job and returns its tally.
+/// What a run leaves for [`finish`]: its tally, journal and report file.
+#[derive(Debug)]
+pub(crate) struct Ran {
+    pub(crate) tally: Tally,
+    pub(crate) journal: Option<Journal>,
+    pub(crate) report: Option<ReportFile>,
+}
+
+/// Runs a prepared job.
 pub(crate) async fn execute<P, D>(
     common: &Common,
     prepared: Prepared<P>,
     deliver: Arc<D>,
     chunk_size: usize,
+    retry_unknown: bool,
     interrupts: mpsc::UnboundedReceiver<()>,
-) -> Tally
+) -> Ran
 where
     P: Parse,
     D: Deliver<Item = P::Item>,
@@ -114,6 +186,8 @@ where
         source,
         mut sinks,
         input: _,
+        journal,
+        report,
     } = prepared;
     let has_header = source.header().is_some();
     let rx = source.stream(parser, concurrency * chunk_size * READ_AHEAD_UNITS);
@@ -128,14 +202,20 @@ where
         interrupts,
         &mut sinks,
         &progress,
+        journal.as_ref(),
         Options {
             concurrency,
             chunk_size,
+            retry_unknown,
         },
     )
     .await;
     progress.finish();
-    tally
+    Ran {
+        tally,
+        journal,
+        report,
+    }
 }
 
 /// The concurrency to use: `--concurrency` or 8.
@@ -143,28 +223,58 @@ pub(crate) fn concurrency(common: &Common) -> usize {
     common.concurrency.map_or(8, |n| n as usize)
 }
 
-/// Prints the summary, writes the report, and returns the exit code.
-pub(crate) fn finish(
+/// Closes the journal, writes the report (atomically), prints the summary, and returns the
+/// exit code.
+pub(crate) async fn finish(
     common: &Common,
     command: &str,
     input: Option<&Path>,
-    tally: &Tally,
+    ran: Ran,
     metrics: Option<MetricsSnapshot>,
     verdict: Option<Verdict>,
 ) -> Result<u8, CliError> {
+    let Ran {
+        mut tally,
+        journal,
+        report: report_file,
+    } = ran;
+    let journal_path = journal.as_ref().map(|j| j.path.clone());
+    if let Some(j) = journal {
+        let status = if tally.complete() {
+            "complete"
+        } else if tally.interrupted {
+            "interrupted"
+        } else {
+            "incomplete"
+        };
+        if let Err(e) = j.close(status).await
+            && tally.journal_error.is_none()
+        {
+            tally.journal_error = Some(e);
+        }
+    }
     let mut report = Report::new(
         command,
         input,
-        tally,
+        &tally,
         metrics,
         common.failed.as_deref(),
+        common.unknown.as_deref(),
         common.quarantine.as_deref(),
+        journal_path.as_deref(),
     );
     if let Some(v) = verdict {
         report = report.with_verdict(v);
     }
-    if let Some(path) = &common.report {
-        report.write(path)?;
+    if let Some(file) = report_file
+        && let Err(e) = file.commit(&report)
+    {
+        // The summary still comes, and says the report is missing.
+        report.exit_code = report.exit_code.max(EXIT_INCOMPLETE);
+        report.output_error = Some(match report.output_error.take() {
+            Some(before) => format!("{before}; {e}"),
+            None => e.to_string(),
+        });
     }
     if common.json {
         println!("{}", report.to_json());
@@ -175,10 +285,11 @@ pub(crate) fn finish(
         print!("{}", report.table());
     } else if report.exit_code != EXIT_OK {
         eprintln!(
-            "gcx {command}: {} ({} delivered, {} failed, {} quarantined, {} not started)",
+            "gcx {command}: {} ({} delivered, {} failed, {} unknown, {} quarantined, {} not started)",
             report.status,
             report.counts.delivered,
             report.counts.failed,
+            report.counts.unknown,
             report.counts.quarantined,
             report.counts.not_started
         );

@@ -58,6 +58,32 @@ pub(crate) struct Common {
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) failed: Option<PathBuf>,
 
+    /// Write the items whose outcome is unknown (they may have been applied: a connection lost
+    /// after the request was sent, a second Ctrl-C) to FILE, in the input's own format.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) unknown: Option<PathBuf>,
+
+    /// The job's journal: what happened to every record, synced to disk as the job goes. If
+    /// FILE exists, the job resumes from it (delivered records are skipped, unknown outcomes are
+    /// resolved safely). Default: a file per command and input in $GCX_STATE_DIR, else
+    /// $XDG_STATE_HOME/gcx/journals, else ~/.local/state/gcx/journals; an unfinished one is
+    /// resumed by running the same command again.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "no_journal"
+    )]
+    pub(crate) journal: Option<PathBuf>,
+
+    /// Start over: replace the journal instead of resuming from it.
+    #[arg(long, global = true)]
+    pub(crate) fresh: bool,
+
+    /// Keep no journal (a crash then cannot be resumed safely).
+    #[arg(long, global = true)]
+    pub(crate) no_journal: bool,
+
     /// Write invalid records (JSONL: line, reason, raw) to FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) quarantine: Option<PathBuf>,
@@ -176,6 +202,11 @@ pub(crate) struct ExecuteArgs {
     /// Idempotency key for the call; with --batch each line gets `KEY-<hash of the line>`.
     #[arg(long, value_name = "K")]
     pub(crate) idempotency_key: Option<String>,
+
+    /// On a resumed --batch, execute again the lines whose earlier outcome is unknown (they
+    /// may have run already: check them first). Without it they are listed, never re-executed.
+    #[arg(long, requires = "batch")]
+    pub(crate) retry_unknown: bool,
 }
 
 /// `N/SECS`: at most `requests` per `window`.

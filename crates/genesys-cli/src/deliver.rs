@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use genesys_client::{GenesysClient, GenesysClientBuilder, GenesysError, Region};
+use genesys_client::{GenesysClient, GenesysClientBuilder, Region, UpdateUserOptions};
 use genesys_tower::idempotency::{IdempotencyKey, MemoryStore};
 use genesys_tower::retry::RetrySafety;
 use http::{Method, Request, header};
@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use crate::cli::Common;
 use crate::error::CliError;
-use crate::job::Deliver;
+use crate::job::{Deliver, Replay, Undelivered, UnitCtx};
+use crate::journal::fnv1a;
 use crate::records::UserUpdate;
 
 /// The environment variable holding the OAuth client id.
@@ -111,43 +112,44 @@ pub(crate) fn small_store() -> MemoryStore {
     MemoryStore::with_capacity(1024 * 1024)
 }
 
-/// The reason a unit failed, as the report shows it.
-pub(crate) fn reason(e: &GenesysError) -> String {
-    e.to_string()
-}
-
-/// `gcx users patch`: one user a unit, through [`GenesysClient::update_user`] (GET the version,
-/// PATCH, resolve conflicts).
+/// `gcx users patch`: one user a unit: GET the version, PATCH with it, resolve conflicts
+/// ([`GenesysClient::update_user_with`]). The PATCH is conditional on the version, so a unit whose
+/// outcome is unknown is resolved by reading the user: already as requested means delivered,
+/// with no second PATCH.
 #[derive(Debug, Clone)]
 pub(crate) struct Users(pub(crate) GenesysClient);
 
 impl Deliver for Users {
     type Item = UserUpdate;
+    const REPLAY: Replay = Replay::Safe;
 
-    async fn deliver(&self, items: Vec<UserUpdate>) -> Result<(), String> {
+    async fn deliver(&self, unit: UnitCtx, items: Vec<UserUpdate>) -> Result<(), Undelivered> {
         for u in items {
-            self.0
-                .update_user(&u.user_id, u.fields)
+            let current = self
+                .0
+                .get_user(&u.user_id)
                 .await
-                .map_err(|e| reason(&e))?;
+                .map_err(|e| Undelivered::from_error(&e))?;
+            if unit.resumed && current.holds(&u.fields) {
+                // An earlier run's PATCH landed and its answer (or its journal entry) was lost.
+                continue;
+            }
+            if let Some(j) = &unit.journal {
+                j.read_version(unit.line, current.version);
+            }
+            let options = UpdateUserOptions::default().known_version(current.version);
+            self.0
+                .update_user_with(&u.user_id, u.fields, options)
+                .await
+                .map_err(|e| Undelivered::from_error(&e))?;
         }
         Ok(())
     }
 }
 
-/// FNV-1a 64: a stable, dependency-free fingerprint for idempotency keys.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// `gcx ingest`: one chunk a unit, one POST of a JSON array with an `Idempotency-Key` derived
-/// from the chunk's content, so a retry (and a re-run of the same chunk) carries the same key and
-/// the endpoint, which deduplicates by key, applies it once.
+/// `gcx ingest`: one chunk a unit, one POST of a JSON array with the unit's `Idempotency-Key`
+/// (derived from the job and the chunk's first line), so a retry, and a resumed run, carries the
+/// same key and the endpoint, which deduplicates by key, applies the chunk once.
 #[derive(Debug, Clone)]
 pub(crate) struct Ingest {
     pub(crate) client: GenesysClient,
@@ -156,10 +158,11 @@ pub(crate) struct Ingest {
 
 impl Deliver for Ingest {
     type Item = Value;
+    const REPLAY: Replay = Replay::Safe;
 
-    async fn deliver(&self, items: Vec<Value>) -> Result<(), String> {
-        let body = serde_json::to_vec(&items).map_err(|e| e.to_string())?;
-        let key = format!("gcx-ingest-{:016x}-{}", fnv1a(&body), items.len());
+    async fn deliver(&self, unit: UnitCtx, items: Vec<Value>) -> Result<(), Undelivered> {
+        let body = serde_json::to_vec(&items).map_err(|e| Undelivered::Failed(e.to_string()))?;
+        let key = unit.key;
         let request = Request::builder()
             .method(Method::POST)
             .uri(&*self.path)
@@ -168,18 +171,18 @@ impl Deliver for Ingest {
             .extension(IdempotencyKey::new(key))
             .extension(RetrySafety::KeyHonoured)
             .body(genesys_tower::Body::from(body))
-            .map_err(|e| format!("invalid request: {e}"))?;
+            .map_err(|e| Undelivered::Failed(format!("invalid request: {e}")))?;
         self.client
             .call(request)
             .await
             .map(drop)
-            .map_err(|e| reason(&e))
+            .map_err(|e| Undelivered::from_error(&e))
     }
 }
 
 /// `gcx actions execute`: one execution a unit. Never replayed after an ambiguous failure (data
-/// actions do not honour `Idempotency-Key`); the key, when given, lets the client stack answer a
-/// repeat from its own store.
+/// actions do not honour `Idempotency-Key`), neither by the stack nor by a resumed job: the
+/// journal has its start on disk before it is sent, and an unknown outcome is listed.
 #[derive(Debug, Clone)]
 pub(crate) struct Actions {
     pub(crate) client: GenesysClient,
@@ -193,10 +196,12 @@ pub(crate) struct Actions {
 
 impl Deliver for Actions {
     type Item = Value;
+    const REPLAY: Replay = Replay::Never;
 
-    async fn deliver(&self, items: Vec<Value>) -> Result<(), String> {
+    async fn deliver(&self, unit: UnitCtx, items: Vec<Value>) -> Result<(), Undelivered> {
         for input in items {
-            let body = serde_json::to_vec(&input).map_err(|e| e.to_string())?;
+            let body =
+                serde_json::to_vec(&input).map_err(|e| Undelivered::Failed(e.to_string()))?;
             let path = format!(
                 "/api/v2/integrations/actions/{}/execute",
                 percent_segment(&self.action_id)
@@ -207,18 +212,20 @@ impl Deliver for Actions {
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::ACCEPT, "application/json")
                 .extension(RetrySafety::Unsafe);
-            if let Some(key) = &self.key {
-                let key = if self.per_line_keys {
-                    format!("{key}-{:016x}", fnv1a(&body))
-                } else {
-                    key.to_string()
-                };
-                builder = builder.extension(IdempotencyKey::new(key));
-            }
+            let key = match &self.key {
+                Some(key) if self.per_line_keys => format!("{key}-{:016x}", fnv1a(&body)),
+                Some(key) => key.to_string(),
+                None => unit.key.clone(),
+            };
+            builder = builder.extension(IdempotencyKey::new(key));
             let request = builder
                 .body(genesys_tower::Body::from(body))
-                .map_err(|e| format!("invalid request: {e}"))?;
-            let response = self.client.call(request).await.map_err(|e| reason(&e))?;
+                .map_err(|e| Undelivered::Failed(format!("invalid request: {e}")))?;
+            let response = self
+                .client
+                .call(request)
+                .await
+                .map_err(|e| Undelivered::from_error(&e))?;
             if self.print_output {
                 println!("{}", String::from_utf8_lossy(&response.body));
             }
@@ -247,11 +254,5 @@ mod tests {
     #[test]
     fn segments_are_escaped() {
         assert_eq!(percent_segment("custom_-_1a/b c"), "custom_-_1a%2Fb%20c");
-    }
-
-    #[test]
-    fn fnv_is_stable() {
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
     }
 }

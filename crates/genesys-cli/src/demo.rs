@@ -16,10 +16,12 @@ use crate::cli::{Common, DemoArgs};
 use crate::deliver;
 use crate::error::CliError;
 use crate::input::{Format, Input, Meta, Raw, Record};
-use crate::job::{self, Options, Sinks};
+use crate::job::{self, Options};
 use crate::progress::Progress;
 use crate::records::UserUpdate;
+use crate::report::ReportFile;
 use crate::report::Verdict;
+use crate::sinks::Sinks;
 
 /// The simulator's quota per token: tight enough that the demo draws 429s.
 const QUOTA: (u32, Duration) = (400, Duration::from_secs(1));
@@ -57,6 +59,12 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError
         .parse()
         .map_err(|e| CliError::usage(format!("--faults {}: {e}", args.faults)))?;
     let users = args.users as usize;
+    // Output files first: a path that cannot be written is found out before anything runs.
+    let report_file = common
+        .report
+        .as_deref()
+        .map(ReportFile::create)
+        .transpose()?;
     let sim = Simulator::spawn(
         SimConfig::default()
             .users(users)
@@ -107,6 +115,7 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError
     let ids = sim.user_ids();
     let mut sinks = Sinks::open(
         common.failed.as_deref(),
+        common.unknown.as_deref(),
         common.quarantine.as_deref(),
         Format::Jsonl,
         None,
@@ -140,9 +149,12 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError
         app::interrupts(),
         &mut sinks,
         &progress,
+        // The demo's simulator lives and dies with the run: nothing to resume.
+        None,
         Options {
             concurrency,
             chunk_size: 1,
+            retry_unknown: false,
         },
     )
     .await;
@@ -151,14 +163,20 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError
     let verdict = verdict(&sim, &ids);
     let metrics = client.metrics().snapshot();
     let stats = sim.stats();
+    let ran = app::Ran {
+        tally,
+        journal: None,
+        report: report_file,
+    };
     let code = app::finish(
         common,
         "demo",
         None,
-        &tally,
+        ran,
         Some(metrics),
         Some(verdict.clone()),
-    )?;
+    )
+    .await?;
     if !common.quiet {
         let out = format!(
             "  simulator      {} responses, {} tokens issued, {} 429s, faults: {}",

@@ -1,270 +1,88 @@
 //! The job engine: takes records from the input channel, groups them into units (one record, or
 //! a chunk for ingestion), keeps at most `concurrency` units in flight, and accounts for every
-//! record: delivered, failed (with the reason, written to the failed file), quarantined, or not
-//! started because the run was interrupted (also written to the failed file). Nothing is lost.
+//! record: delivered, failed (with the reason, written to the failed file), outcome unknown
+//! (written to the unknown file), quarantined, or not started because the run was interrupted
+//! (also written to the failed file). With a journal, a job killed at any moment is resumed by
+//! the same command. Nothing is lost and nothing is applied twice.
 //!
 //! Delivery itself is behind [`Deliver`], so the engine is tested with a fake and wired to the
 //! real client by the commands.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::future::Future;
-use std::io::{BufWriter, Write};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::{Id, JoinSet};
 
-use crate::error::CliError;
-use crate::input::{Format, Input, Meta, Quarantined, Raw, Record};
+use crate::input::{Input, Meta, Quarantined, Record};
+use crate::journal::{Journal, JournalHandle, UnitState};
 use crate::progress::Progress;
+use crate::sinks::Sinks;
+use crate::tally::{Failure, LISTED_MAX, QuarantineEntry, Tally};
+
+/// What the engine may do with a unit whose earlier attempt has an unknown outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replay {
+    /// Sending it again is safe: the deliverer resolves it (a user is read back first; an
+    /// ingestion chunk carries the same key, which the endpoint deduplicates).
+    Safe,
+    /// Never sent again automatically (a data action runs again if sent again): its start is on
+    /// disk before its request leaves, and an unknown outcome is listed, not replayed.
+    Never,
+}
+
+/// What the deliverer is told about the unit it sends.
+#[derive(Debug, Clone)]
+pub(crate) struct UnitCtx {
+    /// The line of the unit's first record.
+    pub(crate) line: u64,
+    /// The unit's idempotency key: the same in every run of the job.
+    pub(crate) key: String,
+    /// True when an earlier run may have applied this unit: resolve before applying.
+    pub(crate) resumed: bool,
+    /// The job's journal, for notes such as the version a user is patched with.
+    pub(crate) journal: Option<JournalHandle>,
+}
+
+/// Why a unit was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Undelivered {
+    /// It failed, and nothing was applied: safe to send again.
+    Failed(String),
+    /// It may have been applied: the outcome is unknown.
+    Unknown(String),
+    /// It was not sent at all (its start could not be recorded).
+    NotSent(String),
+}
+
+impl Undelivered {
+    /// A failure from the client, sorted by whether its outcome is known.
+    pub(crate) fn from_error(e: &genesys_client::GenesysError) -> Self {
+        if e.is_outcome_unknown() {
+            Undelivered::Unknown(e.to_string())
+        } else {
+            Undelivered::Failed(e.to_string())
+        }
+    }
+}
 
 /// Delivers one unit of work: one record, or one chunk of records sent in one request.
 pub(crate) trait Deliver: Send + Sync + 'static {
     /// What one record becomes once parsed.
     type Item: Send + 'static;
 
-    /// Sends `items` (one request for the whole unit). `Err` carries the reason for the report;
-    /// every item of the unit then counts as failed.
-    fn deliver(&self, items: Vec<Self::Item>) -> impl Future<Output = Result<(), String>> + Send;
-}
+    /// Whether a unit whose outcome is unknown may be sent again.
+    const REPLAY: Replay;
 
-/// Why an item ended in the failed file.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Failure {
-    /// Line of the item in the input.
-    pub(crate) line: u64,
-    /// The entity (a user id), when the item names one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) id: Option<String>,
-    /// What went wrong.
-    pub(crate) reason: String,
-}
-
-/// A quarantined record as the report lists it (the raw text is in the quarantine file).
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct QuarantineEntry {
-    pub(crate) line: u64,
-    pub(crate) reason: String,
-}
-
-/// Where failed and quarantined items are written as the job goes.
-#[derive(Debug, Default)]
-pub(crate) struct Sinks {
-    failed: Option<FailedWriter>,
-    quarantine: Option<BufWriter<File>>,
-}
-
-#[derive(Debug)]
-enum FailedWriter {
-    Lines(BufWriter<File>),
-    Csv(Box<csv::Writer<File>>),
-}
-
-fn create(path: &Path, flag: &str) -> Result<File, CliError> {
-    File::create(path).map_err(|e| {
-        CliError::usage(format!(
-            "cannot create {flag} file {}: {e}; choose a writable path",
-            path.display()
-        ))
-    })
-}
-
-/// Refuses an output path that is the input itself: writing it would destroy the input.
-pub(crate) fn check_distinct(input: &Path, output: &Path, flag: &str) -> Result<(), CliError> {
-    let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
-        return Err(CliError::usage(format!(
-            "{flag} {} is the input file; write to another file (e.g. {}.next) and re-run from it",
-            output.display(),
-            output.display()
-        )));
-    }
-    Ok(())
-}
-
-impl Sinks {
-    /// Opens the output files (truncating them) before anything is sent.
-    pub(crate) fn open(
-        failed: Option<&Path>,
-        quarantine: Option<&Path>,
-        format: Format,
-        header: Option<&csv::ByteRecord>,
-    ) -> Result<Self, CliError> {
-        let failed = match failed {
-            None => None,
-            Some(path) => {
-                let file = create(path, "--failed")?;
-                Some(match (format, header) {
-                    (Format::Csv, Some(header)) => {
-                        let mut w = csv::WriterBuilder::new().flexible(true).from_writer(file);
-                        w.write_byte_record(header).map_err(|e| {
-                            CliError::usage(format!("cannot write {}: {e}", path.display()))
-                        })?;
-                        FailedWriter::Csv(Box::new(w))
-                    }
-                    _ => FailedWriter::Lines(BufWriter::new(file)),
-                })
-            }
-        };
-        let quarantine = match quarantine {
-            None => None,
-            Some(path) => Some(BufWriter::new(create(path, "--quarantine")?)),
-        };
-        Ok(Sinks { failed, quarantine })
-    }
-
-    fn write_failed(&mut self, raw: &Raw) -> std::io::Result<()> {
-        match (&mut self.failed, raw) {
-            (None, _) => Ok(()),
-            (Some(FailedWriter::Lines(w)), Raw::Line(bytes)) => {
-                w.write_all(bytes)?;
-                w.write_all(b"\n")
-            }
-            (Some(FailedWriter::Csv(w)), Raw::Csv(rec)) => {
-                w.write_byte_record(rec).map_err(Into::into)
-            }
-            // A CSV row into a line file cannot happen: the writer follows the input's format.
-            (Some(FailedWriter::Lines(w)), raw @ Raw::Csv(_)) => {
-                w.write_all(raw.lossy().as_bytes())?;
-                w.write_all(b"\n")
-            }
-            (Some(FailedWriter::Csv(w)), Raw::Line(bytes)) => w
-                .write_byte_record(&csv::ByteRecord::from(vec![bytes.as_slice()]))
-                .map_err(Into::into),
-        }
-    }
-
-    fn write_quarantine(&mut self, q: &Quarantined) -> std::io::Result<()> {
-        if let Some(w) = &mut self.quarantine {
-            serde_json::to_writer(&mut *w, q)?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
-    }
-
-    /// Flushes both files.
-    pub(crate) fn flush(&mut self) -> std::io::Result<()> {
-        match &mut self.failed {
-            Some(FailedWriter::Lines(w)) => w.flush()?,
-            Some(FailedWriter::Csv(w)) => w.flush()?,
-            None => {}
-        }
-        if let Some(w) = &mut self.quarantine {
-            w.flush()?;
-        }
-        Ok(())
-    }
-}
-
-/// Latencies in a log-scale histogram: flat memory, percentiles within about 10 %.
-#[derive(Debug, Clone)]
-pub(crate) struct Latencies {
-    buckets: Vec<u64>,
-    count: u64,
-    max: Duration,
-    total: Duration,
-}
-
-impl Default for Latencies {
-    fn default() -> Self {
-        Latencies {
-            buckets: vec![0; 8 * 40],
-            count: 0,
-            max: Duration::ZERO,
-            total: Duration::ZERO,
-        }
-    }
-}
-
-impl Latencies {
-    fn bucket(us: u64) -> usize {
-        // 8 buckets per doubling of the latency in microseconds.
-        let us = us.max(1) as f64;
-        ((us.log2() * 8.0) as usize).min(8 * 40 - 1)
-    }
-
-    pub(crate) fn record(&mut self, d: Duration) {
-        self.buckets[Self::bucket(d.as_micros() as u64)] += 1;
-        self.count += 1;
-        self.total += d;
-        self.max = self.max.max(d);
-    }
-
-    /// The `q` quantile (0..=1), as the upper bound of its bucket, capped at the maximum seen.
-    pub(crate) fn quantile(&self, q: f64) -> Duration {
-        if self.count == 0 {
-            return Duration::ZERO;
-        }
-        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                let upper_us = 2f64.powf((i + 1) as f64 / 8.0);
-                return Duration::from_micros(upper_us as u64).min(self.max);
-            }
-        }
-        self.max
-    }
-
-    pub(crate) fn mean(&self) -> Duration {
-        if self.count == 0 {
-            Duration::ZERO
-        } else {
-            self.total / self.count as u32
-        }
-    }
-
-    pub(crate) fn max(&self) -> Duration {
-        self.max
-    }
-}
-
-/// How many failures, and how many quarantined records, the report lists with their reasons.
-/// Past it they are counted only, so that memory stays flat however much of the input goes
-/// wrong; every one of them is still in the failed file and the quarantine file (with its
-/// line and reason).
-pub(crate) const LISTED_MAX: usize = 10_000;
-
-/// What happened to every record.
-#[derive(Debug, Default)]
-pub(crate) struct Tally {
-    pub(crate) delivered: u64,
-    pub(crate) failed: u64,
-    pub(crate) quarantined: u64,
-    pub(crate) not_started: u64,
-    pub(crate) requests: u64,
-    pub(crate) interrupted: bool,
-    pub(crate) aborted_in_flight: u64,
-    pub(crate) broken_input: Option<String>,
-    pub(crate) output_error: Option<String>,
-    pub(crate) failures: Vec<Failure>,
-    pub(crate) quarantine: Vec<QuarantineEntry>,
-    pub(crate) latencies: Latencies,
-    pub(crate) elapsed: Duration,
-}
-
-impl Tally {
-    /// Records read from the input (valid or not).
-    pub(crate) fn records(&self) -> u64 {
-        self.delivered + self.failed + self.quarantined + self.not_started
-    }
-
-    /// True when every record was delivered.
-    pub(crate) fn complete(&self) -> bool {
-        self.failed == 0
-            && self.quarantined == 0
-            && self.not_started == 0
-            && self.broken_input.is_none()
-            && self.output_error.is_none()
-    }
+    /// Sends `items` (one request for the whole unit). On `Err`, every item of the unit counts
+    /// as the error says.
+    fn deliver(
+        &self,
+        unit: UnitCtx,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<(), Undelivered>> + Send;
 }
 
 /// Tuning of one run.
@@ -274,13 +92,22 @@ pub(crate) struct Options {
     pub(crate) concurrency: usize,
     /// Records per unit.
     pub(crate) chunk_size: usize,
+    /// Send units again whose earlier outcome is unknown, even when [`Replay::Never`].
+    pub(crate) retry_unknown: bool,
 }
 
 type Unit = Vec<Meta>;
 
+/// The job's journal as the engine sees it: earlier runs' states and the writer.
+pub(crate) struct JobJournal<'a> {
+    pub(crate) journal: &'a Journal,
+    pub(crate) handle: JournalHandle,
+}
+
 struct Engine<'a> {
     sinks: &'a mut Sinks,
     progress: &'a Progress,
+    journal: Option<JobJournal<'a>>,
     tally: Tally,
 }
 
@@ -293,15 +120,40 @@ impl Engine<'_> {
         }
     }
 
-    fn fail(&mut self, metas: Unit, reason: &str) {
+    fn list(&mut self, meta: &Meta, reason: &str) {
+        if self.tally.failures.len() < LISTED_MAX {
+            self.tally.failures.push(Failure {
+                line: meta.line,
+                id: meta.key.clone(),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    fn fail(&mut self, metas: &[Meta], reason: &str) {
+        if let (Some(j), Some(first)) = (&self.journal, metas.first()) {
+            j.handle.failed(first.line, reason);
+        }
         for meta in metas {
             let r = self.sinks.write_failed(&meta.raw);
             self.io(r);
             self.tally.failed += 1;
-            if self.tally.failures.len() < LISTED_MAX {
-                self.tally.failures.push(Failure {
+            self.list(meta, reason);
+        }
+    }
+
+    fn unknown(&mut self, metas: &[Meta], reason: &str, journal: bool) {
+        if journal && let (Some(j), Some(first)) = (&self.journal, metas.first()) {
+            j.handle.unknown(first.line, reason);
+        }
+        for meta in metas {
+            let r = self.sinks.write_unknown(&meta.raw);
+            self.io(r);
+            self.tally.unknown += 1;
+            if self.tally.unknowns.len() < LISTED_MAX {
+                self.tally.unknowns.push(Failure {
                     line: meta.line,
-                    id: meta.key,
+                    id: meta.key.clone(),
                     reason: reason.to_owned(),
                 });
             }
@@ -326,8 +178,74 @@ impl Engine<'_> {
         }
     }
 
+    /// Records the end of a unit that was sent.
+    fn settle(&mut self, metas: &[Meta], result: Result<(), Undelivered>, took: Duration) {
+        let first = metas.first().map_or(0, |m| m.line);
+        match result {
+            Ok(()) => {
+                if let Some(j) = &self.journal {
+                    j.handle.done(first);
+                }
+                self.tally.latencies.record(took);
+                self.tally.delivered += metas.len() as u64;
+            }
+            Err(Undelivered::Failed(reason)) => self.fail(metas, &reason),
+            Err(Undelivered::Unknown(reason)) => self.unknown(metas, &reason, true),
+            Err(Undelivered::NotSent(reason)) => {
+                for meta in metas {
+                    self.not_started(meta);
+                    self.list(meta, &reason);
+                }
+            }
+        }
+    }
+
+    /// The journal could not be written: a resume would not be safe past this point, so the
+    /// run stops taking work (like a first Ctrl-C) and says why.
+    fn journal_broken(&mut self) -> bool {
+        let Some(e) = self.journal.as_ref().and_then(|j| j.handle.error()) else {
+            return false;
+        };
+        if self.tally.journal_error.is_none() {
+            self.tally.journal_error = Some(e.to_owned());
+            self.progress.note(&format!(
+                "{e}: stopping (records not started go to the failed file)"
+            ));
+        }
+        true
+    }
+
     fn tick(&self) {
         self.progress.update(&self.tally);
+    }
+}
+
+/// What the engine decided for a unit it just formed.
+enum Decision {
+    Send { resumed: bool },
+    Skip,
+    ListUnknown,
+}
+
+fn decide<D: Deliver>(
+    journal: Option<&JobJournal<'_>>,
+    line: u64,
+    retry_unknown: bool,
+) -> Decision {
+    let Some(j) = journal else {
+        return Decision::Send { resumed: false };
+    };
+    let past = &j.journal.past;
+    match past.state(line) {
+        UnitState::Done => Decision::Skip,
+        UnitState::Started | UnitState::Unknown if D::REPLAY == Replay::Never && !retry_unknown => {
+            Decision::ListUnknown
+        }
+        // For a unit that may be resent, a missing start entry proves nothing (starts are not
+        // synced one by one), so everything of a resumed job is resolved before it is applied.
+        _ => Decision::Send {
+            resumed: past.resumed(),
+        },
     }
 }
 
@@ -335,13 +253,18 @@ impl Engine<'_> {
 ///
 /// `interrupts` yields once per Ctrl-C: the first stops taking new work (records not started go
 /// to the failed file) and lets what is in flight finish; the second abandons what is in flight
-/// and records it as failed with an unknown outcome.
+/// and records it as outcome unknown (the unknown file), never as not started.
+///
+/// With a journal, every unit's start and outcome is journaled; units an earlier run delivered
+/// are skipped, and units whose earlier outcome is unknown are resolved ([`Replay::Safe`]) or
+/// listed as unknown ([`Replay::Never`], unless `retry_unknown`).
 pub(crate) async fn run<D: Deliver>(
     deliver: Arc<D>,
     mut input: mpsc::Receiver<Input<D::Item>>,
     mut interrupts: mpsc::UnboundedReceiver<()>,
     sinks: &mut Sinks,
     progress: &Progress,
+    journal: Option<&Journal>,
     options: Options,
 ) -> Tally {
     let start = Instant::now();
@@ -350,34 +273,91 @@ pub(crate) async fn run<D: Deliver>(
     let mut engine = Engine {
         sinks,
         progress,
+        journal: journal.map(|journal| JobJournal {
+            journal,
+            handle: journal.handle(),
+        }),
         tally: Tally::default(),
     };
-    let mut set: JoinSet<(Result<(), String>, Duration)> = JoinSet::new();
+    let mut set: JoinSet<(Result<(), Undelivered>, Duration)> = JoinSet::new();
     let mut in_flight: HashMap<Id, Unit> = HashMap::new();
     let mut pending_items: Vec<D::Item> = Vec::with_capacity(chunk_size);
     let mut pending_metas: Unit = Vec::with_capacity(chunk_size);
     let mut input_done = false;
     let mut interrupts_open = true;
     let mut interrupt_count = 0u32;
+    let mut stopping = false;
 
-    let spawn = |set: &mut JoinSet<_>,
-                 in_flight: &mut HashMap<Id, Unit>,
-                 items: Vec<D::Item>,
-                 metas: Unit| {
-        let d = deliver.clone();
-        let handle = set.spawn(async move {
-            let t = Instant::now();
-            let r = d.deliver(items).await;
-            (r, t.elapsed())
-        });
-        in_flight.insert(handle.id(), metas);
+    // Forms a unit: skipped (delivered earlier), listed as unknown, or sent.
+    let dispatch = |engine: &mut Engine<'_>,
+                    set: &mut JoinSet<_>,
+                    in_flight: &mut HashMap<Id, Unit>,
+                    items: Vec<D::Item>,
+                    metas: Unit| {
+        let Some(line) = metas.first().map(|m| m.line) else {
+            return;
+        };
+        match decide::<D>(engine.journal.as_ref(), line, options.retry_unknown) {
+            Decision::Skip => {
+                engine.tally.delivered += metas.len() as u64;
+                engine.tally.delivered_earlier += metas.len() as u64;
+            }
+            Decision::ListUnknown => {
+                let reason = "outcome unknown in an earlier run; not executed again \
+                              (check it, then re-run with --retry-unknown to execute it)";
+                // Journaled as unknown once, so the journal says it plainly.
+                let started = engine
+                    .journal
+                    .as_ref()
+                    .is_some_and(|j| j.journal.past.state(line) == UnitState::Started);
+                engine.unknown(&metas, reason, started);
+            }
+            Decision::Send { resumed } => {
+                let key = engine
+                    .journal
+                    .as_ref()
+                    .map_or_else(|| format!("gcx-{line}"), |j| j.journal.key(line));
+                let handle = engine.journal.as_ref().map(|j| j.handle.clone());
+                if let Some(h) = &handle {
+                    h.start(line, metas.len(), &key);
+                }
+                let ctx = UnitCtx {
+                    line,
+                    key,
+                    resumed,
+                    journal: handle,
+                };
+                let d = deliver.clone();
+                let task = set.spawn(async move {
+                    if D::REPLAY == Replay::Never
+                        && let Some(h) = &ctx.journal
+                        && let Err(e) = h.sync().await
+                    {
+                        let why = format!("not sent: the journal could not record its start ({e})");
+                        return (Err(Undelivered::NotSent(why)), Duration::ZERO);
+                    }
+                    let t = Instant::now();
+                    let r = d.deliver(ctx, items).await;
+                    (r, t.elapsed())
+                });
+                in_flight.insert(task.id(), metas);
+                engine.tally.requests += 1;
+            }
+        }
     };
 
     loop {
         if input_done && set.is_empty() {
             break;
         }
-        let taking = !input_done && (engine.tally.interrupted || set.len() < concurrency);
+        if !stopping && engine.journal_broken() {
+            stopping = true;
+            for meta in std::mem::take(&mut pending_metas) {
+                engine.not_started(&meta);
+            }
+            pending_items.clear();
+        }
+        let taking = !input_done && (stopping || set.len() < concurrency);
         tokio::select! {
             biased;
             signal = interrupts.recv(), if interrupts_open => {
@@ -388,8 +368,12 @@ pub(crate) async fn run<D: Deliver>(
                 interrupt_count += 1;
                 if interrupt_count == 1 {
                     engine.tally.interrupted = true;
+                    stopping = true;
+                    let resume = engine.journal.as_ref().map_or(String::new(), |j| {
+                        format!("; the journal {} resumes the rest", j.journal.path.display())
+                    });
                     engine.progress.note(&format!(
-                        "interrupted: finishing {} request(s) in flight; records not started go to the failed file \
+                        "interrupted: finishing {} request(s) in flight; records not started go to the failed file{resume} \
                          (Ctrl-C again to stop now)",
                         set.len()
                     ));
@@ -398,23 +382,16 @@ pub(crate) async fn run<D: Deliver>(
                     }
                     pending_items.clear();
                 } else {
-                    engine.progress.note("stopping now: requests in flight are recorded as failed (outcome unknown)");
+                    engine.progress.note("stopping now: requests in flight are recorded as outcome unknown");
                     set.abort_all();
                 }
             }
             joined = set.join_next_with_id(), if !set.is_empty() => {
                 let Some(joined) = joined else { continue };
-                engine.tally.requests += 1;
                 match joined {
                     Ok((id, (result, took))) => {
                         let metas = in_flight.remove(&id).unwrap_or_default();
-                        match result {
-                            Ok(()) => {
-                                engine.tally.latencies.record(took);
-                                engine.tally.delivered += metas.len() as u64;
-                            }
-                            Err(reason) => engine.fail(metas, &reason),
-                        }
+                        engine.settle(&metas, result, took);
                     }
                     Err(e) => {
                         let metas = in_flight.remove(&e.id()).unwrap_or_default();
@@ -422,9 +399,9 @@ pub(crate) async fn run<D: Deliver>(
                             engine.tally.aborted_in_flight += metas.len() as u64;
                             "interrupted while in flight: the outcome is unknown".to_owned()
                         } else {
-                            format!("delivery task failed: {e}")
+                            format!("delivery task failed, the outcome is unknown: {e}")
                         };
-                        engine.fail(metas, &reason);
+                        engine.unknown(&metas, &reason, true);
                     }
                 }
                 engine.tick();
@@ -436,7 +413,7 @@ pub(crate) async fn run<D: Deliver>(
                         if !pending_metas.is_empty() {
                             let items = std::mem::take(&mut pending_items);
                             let metas = std::mem::take(&mut pending_metas);
-                            spawn(&mut set, &mut in_flight, items, metas);
+                            dispatch(&mut engine, &mut set, &mut in_flight, items, metas);
                         }
                     }
                     Some(Input::Quarantined(q)) => {
@@ -448,7 +425,7 @@ pub(crate) async fn run<D: Deliver>(
                         engine.tally.broken_input = Some(reason);
                     }
                     Some(Input::Record(Record { meta, item })) => {
-                        if engine.tally.interrupted {
+                        if stopping {
                             engine.not_started(&meta);
                         } else {
                             pending_metas.push(meta);
@@ -456,7 +433,8 @@ pub(crate) async fn run<D: Deliver>(
                             if pending_metas.len() >= chunk_size {
                                 let items = std::mem::replace(&mut pending_items, Vec::with_capacity(chunk_size));
                                 let metas = std::mem::replace(&mut pending_metas, Vec::with_capacity(chunk_size));
-                                spawn(&mut set, &mut in_flight, items, metas);
+                                dispatch(&mut engine, &mut set, &mut in_flight, items, metas);
+                                engine.tick();
                             }
                         }
                     }
@@ -466,6 +444,7 @@ pub(crate) async fn run<D: Deliver>(
     }
     let r = engine.sinks.flush();
     engine.io(r);
+    engine.journal_broken();
     engine.tally.elapsed = start.elapsed();
     engine.tally
 }
@@ -473,7 +452,7 @@ pub(crate) async fn run<D: Deliver>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::Raw;
+    use crate::input::{Format, Raw};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -488,14 +467,15 @@ mod tests {
 
     impl Deliver for Fake {
         type Item = u64;
-        async fn deliver(&self, items: Vec<u64>) -> Result<(), String> {
+        const REPLAY: Replay = Replay::Never;
+        async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             self.units.lock().unwrap().push(items.clone());
             if items.iter().any(|i| i % 2 == 1) {
-                Err(format!("odd: {items:?}"))
+                Err(Undelivered::Failed(format!("odd: {items:?}")))
             } else {
                 Ok(())
             }
@@ -523,7 +503,8 @@ mod tests {
     async fn every_record_is_accounted_for() {
         let failed = temp("failed1.jsonl");
         let quarantine = temp("q1.jsonl");
-        let mut sinks = Sinks::open(Some(&failed), Some(&quarantine), Format::Jsonl, None).unwrap();
+        let mut sinks =
+            Sinks::open(Some(&failed), None, Some(&quarantine), Format::Jsonl, None).unwrap();
         let (tx, rx) = mpsc::channel(4);
         let (_itx, irx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -549,9 +530,11 @@ mod tests {
             irx,
             &mut sinks,
             &Progress::hidden(),
+            None,
             Options {
                 concurrency: 3,
                 chunk_size: 1,
+                retry_unknown: false,
             },
         )
         .await;
@@ -572,7 +555,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn past_the_listing_cap_records_are_counted_and_written_not_kept() {
         let (failed, quarantine) = (temp("failed-cap.jsonl"), temp("q-cap.jsonl"));
-        let mut sinks = Sinks::open(Some(&failed), Some(&quarantine), Format::Jsonl, None).unwrap();
+        let mut sinks =
+            Sinks::open(Some(&failed), None, Some(&quarantine), Format::Jsonl, None).unwrap();
         let n = LISTED_MAX as u64 + 5;
         let (tx, rx) = mpsc::channel(64);
         let (_itx, irx) = mpsc::unbounded_channel();
@@ -591,6 +575,7 @@ mod tests {
         let options = Options {
             concurrency: 8,
             chunk_size: 1,
+            retry_unknown: false,
         };
         let tally = run(
             Arc::new(Fake::default()),
@@ -598,6 +583,7 @@ mod tests {
             irx,
             &mut sinks,
             &Progress::hidden(),
+            None,
             options,
         )
         .await;
@@ -635,9 +621,11 @@ mod tests {
             irx,
             &mut sinks,
             &Progress::hidden(),
+            None,
             Options {
                 concurrency: 1,
                 chunk_size: 2,
+                retry_unknown: false,
             },
         )
         .await;
@@ -653,7 +641,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_interrupt_finishes_in_flight_and_keeps_the_rest() {
         let failed = temp("failed2.jsonl");
-        let mut sinks = Sinks::open(Some(&failed), None, Format::Jsonl, None).unwrap();
+        let mut sinks = Sinks::open(Some(&failed), None, None, Format::Jsonl, None).unwrap();
         let (tx, rx) = mpsc::channel(2);
         let (itx, irx) = mpsc::unbounded_channel();
         let fake = Arc::new(Fake {
@@ -676,9 +664,11 @@ mod tests {
             irx,
             &mut sinks,
             &Progress::hidden(),
+            None,
             Options {
                 concurrency: 2,
                 chunk_size: 1,
+                retry_unknown: false,
             },
         )
         .await;
@@ -715,26 +705,143 @@ mod tests {
             irx,
             &mut Sinks::default(),
             &Progress::hidden(),
+            None,
             Options {
                 concurrency: 1,
                 chunk_size: 1,
+                retry_unknown: false,
             },
         )
         .await;
-        assert_eq!(tally.failed, 1);
+        assert_eq!((tally.failed, tally.unknown), (0, 1), "never as failed");
         assert_eq!(tally.aborted_in_flight, 1);
-        assert!(tally.failures[0].reason.contains("outcome is unknown"));
+        assert!(tally.unknowns[0].reason.contains("outcome is unknown"));
         assert_eq!(tally.not_started, 2);
     }
 
-    #[test]
-    fn latency_quantiles_are_close() {
-        let mut l = Latencies::default();
-        for ms in 1..=100u64 {
-            l.record(Duration::from_millis(ms));
+    /// Records each unit it is given with its key and whether it was told to resolve first.
+    #[derive(Default)]
+    struct Recorder<const NEVER: bool> {
+        seen: Mutex<Vec<(u64, String, bool)>>,
+    }
+
+    impl<const NEVER: bool> Deliver for Recorder<NEVER> {
+        type Item = u64;
+        const REPLAY: Replay = if NEVER { Replay::Never } else { Replay::Safe };
+        async fn deliver(&self, unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
+            self.seen
+                .lock()
+                .unwrap()
+                .push((items[0], unit.key.clone(), unit.resumed));
+            match items[0] {
+                3 => Err(Undelivered::Unknown("reset after sending".into())),
+                4 => Err(Undelivered::Failed("404".into())),
+                _ => Ok(()),
+            }
         }
-        let p50 = l.quantile(0.5).as_secs_f64() * 1000.0;
-        assert!((45.0..=56.0).contains(&p50), "{p50}");
-        assert_eq!(l.quantile(1.0), Duration::from_millis(100));
+    }
+
+    async fn run_journaled<D: Deliver<Item = u64>>(
+        d: Arc<D>,
+        journal: &Journal,
+        lines: u64,
+        retry_unknown: bool,
+    ) -> Tally {
+        let (tx, rx) = mpsc::channel(4);
+        let (_itx, irx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for n in 1..=lines {
+                tx.send(record(n)).await.unwrap();
+            }
+        });
+        run(
+            d,
+            rx,
+            irx,
+            &mut Sinks::default(),
+            &Progress::hidden(),
+            Some(journal),
+            Options {
+                concurrency: 2,
+                chunk_size: 1,
+                retry_unknown,
+            },
+        )
+        .await
+    }
+
+    fn job_spec(name: &str) -> (crate::journal::JobSpec, std::path::PathBuf) {
+        let input = temp(&format!("{name}.jsonl"));
+        std::fs::write(&input, "1\n2\n3\n4\n5\n").unwrap();
+        let spec = crate::journal::JobSpec::new("actions execute", &input, Some("a"), 1).unwrap();
+        (spec, temp(&format!("{name}.journal")))
+    }
+
+    #[tokio::test]
+    async fn a_resumed_job_skips_what_was_delivered_and_never_replays_an_unknown_action() {
+        use crate::journal::OpenMode;
+        let (spec, path) = job_spec("resume-never");
+        let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
+        let first = Arc::new(Recorder::<true>::default());
+        let tally = run_journaled(first.clone(), &journal, 5, false).await;
+        assert_eq!((tally.delivered, tally.unknown, tally.failed), (3, 1, 1));
+        journal.close("incomplete").await.unwrap();
+        let keys: Vec<String> = first
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.1.clone())
+            .collect();
+
+        let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
+        let second = Arc::new(Recorder::<true>::default());
+        let tally = run_journaled(second.clone(), &journal, 5, false).await;
+        let seen = second.seen.lock().unwrap().clone();
+        assert_eq!(
+            seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+            vec![4],
+            "only the definite failure is sent again"
+        );
+        assert!(keys.contains(&seen[0].1), "with the same key as before");
+        assert_eq!((tally.delivered, tally.delivered_earlier), (3, 3));
+        assert_eq!(tally.unknown, 1, "the unknown one is listed again");
+        assert!(tally.unknowns[0].reason.contains("--retry-unknown"));
+        journal.close("incomplete").await.unwrap();
+
+        let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
+        let third = Arc::new(Recorder::<true>::default());
+        run_journaled(third.clone(), &journal, 5, true).await;
+        let sent: Vec<u64> = third.seen.lock().unwrap().iter().map(|s| s.0).collect();
+        assert!(sent.contains(&3), "--retry-unknown sends it: {sent:?}");
+        journal.close("incomplete").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_resumed_job_resolves_units_that_may_be_resent() {
+        use crate::journal::OpenMode;
+        let (spec, path) = job_spec("resume-safe");
+        let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
+        let first = Arc::new(Recorder::<false>::default());
+        run_journaled(first.clone(), &journal, 5, false).await;
+        assert!(
+            first.seen.lock().unwrap().iter().all(|s| !s.2),
+            "nothing to resolve at first"
+        );
+        // Killed after the last sync, before its end was written.
+        journal.handle().sync().await.unwrap();
+        drop(journal);
+        let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
+        let second = Arc::new(Recorder::<false>::default());
+        let tally = run_journaled(second.clone(), &journal, 5, false).await;
+        let mut seen = second.seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(
+            seen.iter().map(|s| (s.0, s.2)).collect::<Vec<_>>(),
+            vec![(3, true), (4, true)],
+            "the unknown and the failed one are sent, told to resolve first"
+        );
+        assert_eq!(tally.delivered_earlier, 3);
+        journal.close("incomplete").await.unwrap();
     }
 }

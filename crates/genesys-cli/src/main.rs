@@ -14,9 +14,12 @@ mod demo;
 mod error;
 mod input;
 mod job;
+mod journal;
 mod progress;
 mod records;
 mod report;
+mod sinks;
+mod tally;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,25 +83,26 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Users(UsersCommand::Patch(args)) => {
             let builder = deliver::client_builder(common)?;
             let format = Format::from_path(&args.input);
-            let prepared = app::prepare(common, &args.input, format, UserRecords)?;
+            let kind = app::JobKind {
+                command: "users patch",
+                action_id: None,
+                chunk_size: 1,
+                journaled: true,
+            };
+            let prepared = app::prepare(common, &args.input, format, UserRecords, kind)?;
             let client = deliver::build_client(builder, common).await?;
-            let tally = app::execute(
-                common,
-                prepared,
-                Arc::new(deliver::Users(client.clone())),
-                1,
-                app::interrupts(),
-            )
-            .await;
+            let deliver = Arc::new(deliver::Users(client.clone()));
+            let ran = app::execute(common, prepared, deliver, 1, false, app::interrupts()).await;
             let metrics = client.metrics().snapshot();
             app::finish(
                 common,
-                "users patch",
+                kind.command,
                 Some(&args.input),
-                &tally,
+                ran,
                 Some(metrics),
                 None,
             )
+            .await
         }
         Command::Ingest(args) => {
             // Every refusal comes before `prepare`, which creates the output files.
@@ -114,29 +118,38 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             let builder = deliver::client_builder(common)?;
             let records = IngestRecords::load(&args.schema)?;
             let format = Format::from_path(&args.input);
-            let prepared = app::prepare(common, &args.input, format, records)?;
+            let chunk_size = args.chunk_size as usize;
+            let kind = app::JobKind {
+                command: "ingest",
+                action_id: None,
+                chunk_size,
+                journaled: true,
+            };
+            let prepared = app::prepare(common, &args.input, format, records, kind)?;
             let client = deliver::build_client(builder, common).await?;
             let deliver = deliver::Ingest {
                 client: client.clone(),
                 path: path.into(),
             };
-            let tally = app::execute(
+            let ran = app::execute(
                 common,
                 prepared,
                 Arc::new(deliver),
-                args.chunk_size as usize,
+                chunk_size,
+                false,
                 app::interrupts(),
             )
             .await;
             let metrics = client.metrics().snapshot();
             app::finish(
                 common,
-                "ingest",
+                kind.command,
                 Some(&args.input),
-                &tally,
+                ran,
                 Some(metrics),
                 None,
             )
+            .await
         }
         Command::Actions(ActionsCommand::Execute(args)) => {
             let builder = deliver::client_builder(common)?;
@@ -149,7 +162,14 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                     ));
                 }
             };
-            let prepared = app::prepare(common, input, format, ActionInputs)?;
+            let kind = app::JobKind {
+                command: "actions execute",
+                action_id: Some(&args.action_id),
+                chunk_size: 1,
+                // One execution is one call with its own key: no job to resume.
+                journaled: format == Format::Jsonl,
+            };
+            let prepared = app::prepare(common, input, format, ActionInputs, kind)?;
             let client = deliver::build_client(builder, common).await?;
             let deliver = deliver::Actions {
                 client: client.clone(),
@@ -158,17 +178,17 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 per_line_keys: format == Format::Jsonl,
                 print_output: format == Format::Json && !common.json && !common.quiet,
             };
-            let tally =
-                app::execute(common, prepared, Arc::new(deliver), 1, app::interrupts()).await;
-            let metrics = client.metrics().snapshot();
-            app::finish(
+            let ran = app::execute(
                 common,
-                "actions execute",
-                Some(input),
-                &tally,
-                Some(metrics),
-                None,
+                prepared,
+                Arc::new(deliver),
+                1,
+                args.retry_unknown,
+                app::interrupts(),
             )
+            .await;
+            let metrics = client.metrics().snapshot();
+            app::finish(common, kind.command, Some(input), ran, Some(metrics), None).await
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::job::Tally;
+use crate::tally::Tally;
 
 /// How often a plain progress line is printed.
 const PLAIN_EVERY: Duration = Duration::from_secs(2);

@@ -1,6 +1,8 @@
 //! The end of a run: the JSON report (`--report`, `--json`) and the summary table.
 
 use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use genesys_tower::metrics::{MetricsSnapshot, RetriesByReason};
 use serde::Serialize;
 
 use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK};
-use crate::job::{Failure, QuarantineEntry, Tally};
+use crate::tally::{Failure, QuarantineEntry, Tally};
 
 /// The machine-readable account of one run.
 #[derive(Debug, Serialize)]
@@ -36,9 +38,18 @@ pub(crate) struct Report {
     /// An output file could not be written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) output_error: Option<String>,
+    /// The journal could not be written: a resume is not safe past the last entry on disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) journal_error: Option<String>,
+    /// The job's journal: the same command resumes from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) journal: Option<PathBuf>,
     /// Where the failed items were written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) failed_file: Option<PathBuf>,
+    /// Where the items whose outcome is unknown were written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) unknown_file: Option<PathBuf>,
     /// Where the quarantined records were written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) quarantine_file: Option<PathBuf>,
@@ -48,6 +59,9 @@ pub(crate) struct Report {
     /// Failed items past the first 10,000: counted here, listed in the failed file only.
     #[serde(skip_serializing_if = "is_zero")]
     pub(crate) failures_not_listed: u64,
+    /// Every item whose outcome is unknown (it may have been applied), with the reason, up to
+    /// the first 10,000.
+    pub(crate) unknown: Vec<Failure>,
     /// Every quarantined record with its line and reason, up to the first 10,000.
     pub(crate) quarantined: Vec<QuarantineEntry>,
     /// Quarantined records past the first 10,000: in the quarantine file only.
@@ -58,12 +72,16 @@ pub(crate) struct Report {
     pub(crate) verdict: Option<Verdict>,
 }
 
-/// Record counts. `records = delivered + failed + quarantined + not_started`.
+/// Record counts. `records = delivered + failed + unknown + quarantined + not_started`.
 #[derive(Debug, Serialize)]
 pub(crate) struct Counts {
     pub(crate) records: u64,
     pub(crate) delivered: u64,
+    /// Of `delivered`, the records an earlier run of the job delivered (from the journal).
+    pub(crate) delivered_earlier: u64,
     pub(crate) failed: u64,
+    /// Records whose outcome is unknown: they may have been applied.
+    pub(crate) unknown: u64,
     pub(crate) quarantined: u64,
     pub(crate) not_started: u64,
     /// Requests sent by the job (one per record, or one per chunk).
@@ -146,13 +164,16 @@ fn ms(d: Duration) -> f64 {
 
 impl Report {
     /// Builds the report of a finished job.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         command: &str,
         input: Option<&Path>,
         tally: &Tally,
         metrics: Option<MetricsSnapshot>,
         failed_file: Option<&Path>,
+        unknown_file: Option<&Path>,
         quarantine_file: Option<&Path>,
+        journal: Option<&Path>,
     ) -> Self {
         let complete = tally.complete();
         let secs = tally.elapsed.as_secs_f64();
@@ -170,7 +191,9 @@ impl Report {
             counts: Counts {
                 records: tally.records(),
                 delivered: tally.delivered,
+                delivered_earlier: tally.delivered_earlier,
                 failed: tally.failed,
+                unknown: tally.unknown,
                 quarantined: tally.quarantined,
                 not_started: tally.not_started,
                 requests: tally.requests,
@@ -192,9 +215,13 @@ impl Report {
             interrupted: tally.interrupted,
             input_error: tally.broken_input.clone(),
             output_error: tally.output_error.clone(),
+            journal_error: tally.journal_error.clone(),
+            journal: journal.map(Path::to_owned),
             failed_file: failed_file.map(Path::to_owned),
+            unknown_file: unknown_file.map(Path::to_owned),
             quarantine_file: quarantine_file.map(Path::to_owned),
             failures: tally.failures.clone(),
+            unknown: tally.unknowns.clone(),
             failures_not_listed: tally.failed.saturating_sub(tally.failures.len() as u64),
             quarantined: tally.quarantine.clone(),
             quarantined_not_listed: tally
@@ -212,17 +239,6 @@ impl Report {
         }
         self.verdict = Some(verdict);
         self
-    }
-
-    /// Writes the report as pretty JSON.
-    pub(crate) fn write(&self, path: &Path) -> Result<(), CliError> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| CliError::runtime(e.to_string()))?;
-        std::fs::write(path, json).map_err(|e| {
-            CliError::runtime(format!(
-                "cannot write the report to {}: {e}",
-                path.display()
-            ))
-        })
     }
 
     /// The report as one line of JSON.
@@ -248,7 +264,24 @@ impl Report {
         };
         row(&mut s, "records", c.records.to_string());
         row(&mut s, "delivered", c.delivered.to_string());
+        if c.delivered_earlier > 0 {
+            row(
+                &mut s,
+                "  earlier",
+                format!(
+                    "{} (delivered by an earlier run, per the journal)",
+                    c.delivered_earlier
+                ),
+            );
+        }
         row(&mut s, "failed", c.failed.to_string());
+        if c.unknown > 0 {
+            row(
+                &mut s,
+                "unknown",
+                format!("{} (may have been applied)", c.unknown),
+            );
+        }
         row(&mut s, "quarantined", c.quarantined.to_string());
         if c.not_started > 0 || self.interrupted {
             row(&mut s, "not started", c.not_started.to_string());
@@ -311,12 +344,23 @@ impl Report {
         for f in self.failures.iter().take(5) {
             let _ = writeln!(s, "  failed: line {}: {}", f.line, f.reason);
         }
+        let files_whole = self.output_error.is_none();
         if c.failed > 5 {
             let _ = writeln!(
                 s,
-                "  ... {} more failures (the report lists up to 10,000; the failed file has all)",
-                c.failed - 5
+                "  ... {} more failures (the report lists up to 10,000{})",
+                c.failed - 5,
+                match (&self.failed_file, files_whole) {
+                    (Some(_), true) => "; the failed file has all",
+                    _ => "",
+                }
             );
+        }
+        for f in self.unknown.iter().take(5) {
+            let _ = writeln!(s, "  unknown: line {}: {}", f.line, f.reason);
+        }
+        if c.unknown > 5 {
+            let _ = writeln!(s, "  ... {} more with an unknown outcome", c.unknown - 5);
         }
         for q in self.quarantined.iter().take(5) {
             let _ = writeln!(s, "  quarantined: line {}: {}", q.line, q.reason);
@@ -324,22 +368,77 @@ impl Report {
         if c.quarantined > 5 {
             let _ = writeln!(
                 s,
-                "  ... {} more quarantined records (the quarantine file has all, with reasons)",
-                c.quarantined - 5
+                "  ... {} more quarantined records{}",
+                c.quarantined - 5,
+                match (&self.quarantine_file, files_whole) {
+                    (Some(_), true) => " (the quarantine file has all, with reasons)",
+                    _ => "",
+                }
             );
         }
         if let Some(e) = &self.input_error {
             let _ = writeln!(s, "  input error: {e}");
         }
         if let Some(e) = &self.output_error {
-            let _ = writeln!(s, "  output error: {e}");
+            let _ = writeln!(
+                s,
+                "  output error: {e} (the files named below may be incomplete)"
+            );
+        }
+        if let Some(e) = &self.journal_error {
+            let _ = writeln!(
+                s,
+                "  journal error: {e} (a resume is safe only up to the journal's last entry on disk)"
+            );
+        }
+        if let Some(j) = &self.journal {
+            let _ = writeln!(s, "  journal        {}", j.display());
+            if self.exit_code != EXIT_OK && self.journal_error.is_none() {
+                let _ = writeln!(
+                    s,
+                    "  run the same command again to resume: delivered records are skipped{}",
+                    if c.unknown > 0 && self.command == "actions execute" {
+                        "; executions with an unknown outcome are listed, not run again, unless \
+                         --retry-unknown"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        if c.unknown > 0 {
+            match &self.unknown_file {
+                Some(p) if files_whole => {
+                    let _ = writeln!(
+                        s,
+                        "  the items with an unknown outcome are in {}: check them before sending \
+                         them again",
+                        p.display()
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "  add --unknown FILE to keep the items with an unknown outcome"
+                    );
+                }
+            }
         }
         if c.failed + c.not_started > 0 {
             match &self.failed_file {
+                Some(p) if !files_whole => {
+                    let _ = writeln!(
+                        s,
+                        "  the failed file {} could not be written whole: use the journal or \
+                         the report's failures",
+                        p.display()
+                    );
+                }
                 Some(p) => {
                     let _ = writeln!(
                         s,
-                        "  re-run the items not delivered with --input {}",
+                        "  or re-run only the items not delivered with --input {}",
                         p.display()
                     );
                 }
@@ -366,4 +465,57 @@ impl Report {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// The report's file, created (as a temporary file beside it) before anything is sent, so that a
+/// path that cannot be written is found out first; written and renamed into place at the end, so
+/// the report is never half written.
+#[derive(Debug)]
+pub(crate) struct ReportFile {
+    path: PathBuf,
+    temp: PathBuf,
+    file: File,
+}
+
+impl ReportFile {
+    /// Creates the temporary file beside `path` (exit 2 when that is not possible).
+    pub(crate) fn create(path: &Path) -> Result<Self, CliError> {
+        let name = path.file_name().ok_or_else(|| {
+            CliError::usage(format!(
+                "--report {}: give a file name, e.g. report.json",
+                path.display()
+            ))
+        })?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{}.tmp", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        let file = File::create(&temp).map_err(|e| {
+            CliError::usage(format!(
+                "cannot create the --report file {}: {e}; choose a writable path",
+                path.display()
+            ))
+        })?;
+        Ok(ReportFile {
+            path: path.to_owned(),
+            temp,
+            file,
+        })
+    }
+
+    /// Writes `report` and renames it into place.
+    pub(crate) fn commit(mut self, report: &Report) -> Result<(), CliError> {
+        let written = serde_json::to_vec_pretty(report)
+            .map_err(std::io::Error::other)
+            .and_then(|json| self.file.write_all(&json))
+            .and_then(|()| self.file.sync_all())
+            .and_then(|()| std::fs::rename(&self.temp, &self.path));
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(&self.temp);
+            CliError::runtime(format!(
+                "cannot write the report to {}: {e}",
+                self.path.display()
+            ))
+        })
+    }
 }

@@ -38,10 +38,18 @@ fn jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Where this test process's default journals go: never shared with another run of the tests.
+fn state_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("gcx-state")
+        .join(std::process::id().to_string())
+}
+
 /// `gcx` with the simulator's credentials in the environment and its URL as `--base-url`.
 fn gcx(sim: &SimHandle) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gcx"));
-    cmd.env("GENESYS_CLIENT_ID", "demo-client")
+    cmd.env("GCX_STATE_DIR", state_dir())
+        .env("GENESYS_CLIENT_ID", "demo-client")
         .env("GENESYS_CLIENT_SECRET", "demo-secret")
         .env_remove("RUST_LOG")
         .args(["--base-url", &sim.base_url()])

@@ -1,0 +1,163 @@
+//! Where a job writes the items it could not deliver: the failed file (items safe to send
+//! again, in the input's own format), the unknown file (items whose outcome is unknown, in the
+//! input's format too) and the quarantine file (invalid records with their line and reason).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use crate::error::CliError;
+use crate::input::{Format, Quarantined, Raw};
+
+/// Where failed, unknown and quarantined items are written as the job goes.
+#[derive(Debug, Default)]
+pub(crate) struct Sinks {
+    failed: Option<ItemWriter>,
+    unknown: Option<ItemWriter>,
+    quarantine: Option<BufWriter<File>>,
+}
+
+/// Items written back in the input's own format (JSONL lines, or CSV rows after the header).
+#[derive(Debug)]
+enum ItemWriter {
+    Lines(BufWriter<File>),
+    Csv(Box<csv::Writer<File>>),
+}
+
+fn create(path: &Path, flag: &str) -> Result<File, CliError> {
+    File::create(path).map_err(|e| {
+        CliError::usage(format!(
+            "cannot create {flag} file {}: {e}; choose a writable path",
+            path.display()
+        ))
+    })
+}
+
+/// Refuses an output path that is the input itself: writing it would destroy the input.
+pub(crate) fn check_distinct(input: &Path, output: &Path, flag: &str) -> Result<(), CliError> {
+    let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(CliError::usage(format!(
+            "{flag} {} is the input file; write to another file (e.g. {}.next) and re-run from it",
+            output.display(),
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
+impl Sinks {
+    /// Opens the output files (truncating them) before anything is sent.
+    pub(crate) fn open(
+        failed: Option<&Path>,
+        unknown: Option<&Path>,
+        quarantine: Option<&Path>,
+        format: Format,
+        header: Option<&csv::ByteRecord>,
+    ) -> Result<Self, CliError> {
+        let failed = match failed {
+            None => None,
+            Some(path) => Some(ItemWriter::create(path, "--failed", format, header)?),
+        };
+        let unknown = match unknown {
+            None => None,
+            Some(path) => Some(ItemWriter::create(path, "--unknown", format, header)?),
+        };
+        let quarantine = match quarantine {
+            None => None,
+            Some(path) => Some(BufWriter::new(create(path, "--quarantine")?)),
+        };
+        Ok(Sinks {
+            failed,
+            unknown,
+            quarantine,
+        })
+    }
+
+    /// Writes an item that was not delivered and may be sent again to the failed file.
+    pub(crate) fn write_failed(&mut self, raw: &Raw) -> std::io::Result<()> {
+        match &mut self.failed {
+            Some(w) => w.write(raw),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes an item whose outcome is unknown to the unknown file.
+    pub(crate) fn write_unknown(&mut self, raw: &Raw) -> std::io::Result<()> {
+        match &mut self.unknown {
+            Some(w) => w.write(raw),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a quarantined record (JSONL: line, reason, raw).
+    pub(crate) fn write_quarantine(&mut self, q: &Quarantined) -> std::io::Result<()> {
+        if let Some(w) = &mut self.quarantine {
+            serde_json::to_writer(&mut *w, q)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// Flushes every file; the first error is returned.
+    pub(crate) fn flush(&mut self) -> std::io::Result<()> {
+        let failed = self.failed.as_mut().map_or(Ok(()), ItemWriter::flush);
+        let unknown = self.unknown.as_mut().map_or(Ok(()), ItemWriter::flush);
+        let quarantine = self.quarantine.as_mut().map_or(Ok(()), Write::flush);
+        failed.and(unknown).and(quarantine)
+    }
+}
+
+impl ItemWriter {
+    fn create(
+        path: &Path,
+        flag: &str,
+        format: Format,
+        header: Option<&csv::ByteRecord>,
+    ) -> Result<Self, CliError> {
+        let file = create(path, flag)?;
+        Ok(match (format, header) {
+            (Format::Csv, Some(header)) => {
+                let mut w = csv::WriterBuilder::new().flexible(true).from_writer(file);
+                w.write_byte_record(header)
+                    .and_then(|()| w.flush().map_err(Into::into))
+                    .map_err(|e| {
+                        CliError::usage(format!(
+                            "cannot write {flag} file {}: {e}; choose a writable path",
+                            path.display()
+                        ))
+                    })?;
+                ItemWriter::Csv(Box::new(w))
+            }
+            _ => ItemWriter::Lines(BufWriter::new(file)),
+        })
+    }
+
+    fn write(&mut self, raw: &Raw) -> std::io::Result<()> {
+        match (self, raw) {
+            (ItemWriter::Lines(w), Raw::Line(bytes)) => {
+                w.write_all(bytes)?;
+                w.write_all(b"\n")
+            }
+            (ItemWriter::Csv(w), Raw::Csv(rec)) => w.write_byte_record(rec).map_err(Into::into),
+            // A CSV row into a line file cannot happen: the writer follows the input's format.
+            (ItemWriter::Lines(w), raw @ Raw::Csv(_)) => {
+                w.write_all(raw.lossy().as_bytes())?;
+                w.write_all(b"\n")
+            }
+            (ItemWriter::Csv(w), Raw::Line(bytes)) => w
+                .write_byte_record(&csv::ByteRecord::from(vec![bytes.as_slice()]))
+                .map_err(Into::into),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            ItemWriter::Lines(w) => w.flush(),
+            ItemWriter::Csv(w) => w.flush(),
+        }
+    }
+}

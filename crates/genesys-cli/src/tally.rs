@@ -1,0 +1,155 @@
+//! What happened to every record of a job: counts, the failures and quarantined records the
+//! report lists, and the latency histogram.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Why an item ended in the failed file.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Failure {
+    /// Line of the item in the input.
+    pub(crate) line: u64,
+    /// The entity (a user id), when the item names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<String>,
+    /// What went wrong.
+    pub(crate) reason: String,
+}
+
+/// A quarantined record as the report lists it (the raw text is in the quarantine file).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct QuarantineEntry {
+    pub(crate) line: u64,
+    pub(crate) reason: String,
+}
+
+/// Latencies in a log-scale histogram: flat memory, percentiles within about 10 %.
+#[derive(Debug, Clone)]
+pub(crate) struct Latencies {
+    buckets: Vec<u64>,
+    count: u64,
+    max: Duration,
+    total: Duration,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            buckets: vec![0; 8 * 40],
+            count: 0,
+            max: Duration::ZERO,
+            total: Duration::ZERO,
+        }
+    }
+}
+
+impl Latencies {
+    fn bucket(us: u64) -> usize {
+        // 8 buckets per doubling of the latency in microseconds.
+        let us = us.max(1) as f64;
+        ((us.log2() * 8.0) as usize).min(8 * 40 - 1)
+    }
+
+    pub(crate) fn record(&mut self, d: Duration) {
+        self.buckets[Self::bucket(d.as_micros() as u64)] += 1;
+        self.count += 1;
+        self.total += d;
+        self.max = self.max.max(d);
+    }
+
+    /// The `q` quantile (0..=1), as the upper bound of its bucket, capped at the maximum seen.
+    pub(crate) fn quantile(&self, q: f64) -> Duration {
+        if self.count == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let upper_us = 2f64.powf((i + 1) as f64 / 8.0);
+                return Duration::from_micros(upper_us as u64).min(self.max);
+            }
+        }
+        self.max
+    }
+
+    pub(crate) fn mean(&self) -> Duration {
+        if self.count == 0 {
+            Duration::ZERO
+        } else {
+            self.total / self.count as u32
+        }
+    }
+
+    pub(crate) fn max(&self) -> Duration {
+        self.max
+    }
+}
+
+/// How many failures, and how many quarantined records, the report lists with their reasons.
+/// Past it they are counted only, so that memory stays flat however much of the input goes
+/// wrong; every one of them is still in the failed file and the quarantine file (with its
+/// line and reason).
+pub(crate) const LISTED_MAX: usize = 10_000;
+
+/// What happened to every record.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) delivered: u64,
+    pub(crate) failed: u64,
+    pub(crate) quarantined: u64,
+    pub(crate) not_started: u64,
+    /// Records whose outcome is unknown (they may have been applied).
+    pub(crate) unknown: u64,
+    /// Of `delivered`, the records an earlier run delivered (from the journal).
+    pub(crate) delivered_earlier: u64,
+    pub(crate) requests: u64,
+    pub(crate) interrupted: bool,
+    pub(crate) aborted_in_flight: u64,
+    pub(crate) broken_input: Option<String>,
+    pub(crate) output_error: Option<String>,
+    /// The journal could not be written.
+    pub(crate) journal_error: Option<String>,
+    pub(crate) failures: Vec<Failure>,
+    /// Records whose outcome is unknown, with the reason, up to [`LISTED_MAX`].
+    pub(crate) unknowns: Vec<Failure>,
+    pub(crate) quarantine: Vec<QuarantineEntry>,
+    pub(crate) latencies: Latencies,
+    pub(crate) elapsed: Duration,
+}
+
+impl Tally {
+    /// Records read from the input (valid or not).
+    pub(crate) fn records(&self) -> u64 {
+        self.delivered + self.failed + self.unknown + self.quarantined + self.not_started
+    }
+
+    /// True when every record was delivered.
+    pub(crate) fn complete(&self) -> bool {
+        self.failed == 0
+            && self.unknown == 0
+            && self.quarantined == 0
+            && self.not_started == 0
+            && self.broken_input.is_none()
+            && self.output_error.is_none()
+            && self.journal_error.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_are_close() {
+        let mut l = Latencies::default();
+        for ms in 1..=100u64 {
+            l.record(Duration::from_millis(ms));
+        }
+        let p50 = l.quantile(0.5).as_secs_f64() * 1000.0;
+        assert!((45.0..=56.0).contains(&p50), "{p50}");
+        assert_eq!(l.quantile(1.0), Duration::from_millis(100));
+    }
+}
