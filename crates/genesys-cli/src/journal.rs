@@ -19,7 +19,7 @@
 //! cut off on open.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, OnceLock};
@@ -39,6 +39,9 @@ const VERSION: u32 = 1;
 
 /// The longest reason kept in an entry, in characters.
 const REASON_MAX: usize = 500;
+
+/// The longest line read back: far above any entry gcx writes.
+const LINE_MAX: u64 = 64 * 1024;
 
 /// What a journal belongs to: a resumed run must be the same job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +240,9 @@ pub(crate) struct Past {
     pub(crate) last_end: Option<String>,
     /// Units with each state, for the summary.
     pub(crate) done_units: u64,
+    /// The journal existed before this run: whatever it says, an earlier run may have sent
+    /// requests whose entries did not reach the disk.
+    existed: bool,
 }
 
 impl Past {
@@ -250,7 +256,7 @@ impl Past {
 
     /// True when this run continues an earlier one.
     pub(crate) fn resumed(&self) -> bool {
-        self.runs > 0
+        self.existed
     }
 
     fn set(&mut self, line: u64, state: UnitState, max_line: u64) -> Result<(), String> {
@@ -359,9 +365,19 @@ impl Journal {
     /// Opens (or creates) the journal at `path` for `spec`. An existing journal of another job
     /// is refused with what differs (exit 2).
     pub(crate) fn open(path: &Path, spec: &JobSpec, mode: OpenMode) -> Result<Self, CliError> {
-        let exists = path.exists();
+        let exists = match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => {
+                return Err(CliError::usage(format!(
+                    "the journal {} is not a regular file; give --journal a file path",
+                    path.display()
+                )));
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        };
         if exists && mode != OpenMode::Fresh {
-            let (header, past, good_len) = read(path, spec)?;
+            let (header, mut past, good_len) = read(path, spec)?;
+            past.existed = true;
             let complete = past.last_end.as_deref() == Some("complete");
             if !(mode == OpenMode::ResumeUnfinished && complete) {
                 let file = OpenOptions::new()
@@ -481,9 +497,15 @@ fn read(path: &Path, spec: &JobSpec) -> Result<(Header, Past, u64), CliError> {
     let max_line = spec.input_bytes.saturating_add(1);
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| {
-            CliError::usage(format!("cannot read the journal {}: {e}", path.display()))
-        })?;
+        let n = (&mut reader)
+            .take(LINE_MAX)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| {
+                CliError::usage(format!("cannot read the journal {}: {e}", path.display()))
+            })?;
+        if n as u64 == LINE_MAX && buf.last() != Some(&b'\n') {
+            return Err(damaged(path, line_no + 1, "a line longer than any entry"));
+        }
         if n == 0 {
             break;
         }

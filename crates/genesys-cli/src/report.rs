@@ -469,17 +469,36 @@ fn is_zero(n: &u64) -> bool {
 
 /// The report's file, created (as a temporary file beside it) before anything is sent, so that a
 /// path that cannot be written is found out first; written and renamed into place at the end, so
-/// the report is never half written.
+/// the report is never half written. A path that exists and is not a regular file (a pipe,
+/// `/dev/stdout`) is opened as it is and written at the end.
 #[derive(Debug)]
 pub(crate) struct ReportFile {
     path: PathBuf,
-    temp: PathBuf,
+    /// The temporary file renamed onto `path`, if the report is written atomically.
+    temp: Option<PathBuf>,
     file: File,
 }
 
 impl ReportFile {
     /// Creates the temporary file beside `path` (exit 2 when that is not possible).
     pub(crate) fn create(path: &Path) -> Result<Self, CliError> {
+        let cannot = |e: std::io::Error| {
+            CliError::usage(format!(
+                "cannot create the --report file {}: {e}; choose a writable path",
+                path.display()
+            ))
+        };
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(cannot)?;
+            return Ok(ReportFile {
+                path: path.to_owned(),
+                temp: None,
+                file,
+            });
+        }
         let name = path.file_name().ok_or_else(|| {
             CliError::usage(format!(
                 "--report {}: give a file name, e.g. report.json",
@@ -490,28 +509,28 @@ impl ReportFile {
         temp_name.push(name);
         temp_name.push(format!(".{}.tmp", std::process::id()));
         let temp = path.with_file_name(temp_name);
-        let file = File::create(&temp).map_err(|e| {
-            CliError::usage(format!(
-                "cannot create the --report file {}: {e}; choose a writable path",
-                path.display()
-            ))
-        })?;
+        let file = File::create(&temp).map_err(cannot)?;
         Ok(ReportFile {
             path: path.to_owned(),
-            temp,
+            temp: Some(temp),
             file,
         })
     }
 
     /// Writes `report` and renames it into place.
     pub(crate) fn commit(mut self, report: &Report) -> Result<(), CliError> {
-        let written = serde_json::to_vec_pretty(report)
+        let mut written = serde_json::to_vec_pretty(report)
             .map_err(std::io::Error::other)
-            .and_then(|json| self.file.write_all(&json))
-            .and_then(|()| self.file.sync_all())
-            .and_then(|()| std::fs::rename(&self.temp, &self.path));
+            .and_then(|json| self.file.write_all(&json));
+        if let Some(temp) = &self.temp {
+            written = written
+                .and_then(|()| self.file.sync_all())
+                .and_then(|()| std::fs::rename(temp, &self.path));
+            if written.is_err() {
+                let _ = std::fs::remove_file(temp);
+            }
+        }
         written.map_err(|e| {
-            let _ = std::fs::remove_file(&self.temp);
             CliError::runtime(format!(
                 "cannot write the report to {}: {e}",
                 self.path.display()

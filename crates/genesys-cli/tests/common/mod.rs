@@ -1,0 +1,104 @@
+//! Helpers shared by the end-to-end tests of `gcx`: the built binary against a simulator
+//! spawned in the test process.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use genesys_sim::{SimConfig, SimHandle};
+use serde_json::{Value, json};
+
+/// A fresh directory for one test's files.
+pub fn dir(test: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("gcx-cli")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn write(path: &Path, bytes: &[u8]) -> PathBuf {
+    std::fs::File::create(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+    path.to_owned()
+}
+
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+pub fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Where this test process's default journals go: never shared with another run of the tests.
+pub fn state_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("gcx-state")
+        .join(std::process::id().to_string())
+}
+
+/// `gcx` with the simulator's credentials in the environment and its URL as `--base-url`.
+pub fn gcx(sim: &SimHandle) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gcx"));
+    cmd.env("GCX_STATE_DIR", state_dir())
+        .env("GENESYS_CLIENT_ID", "demo-client")
+        .env("GENESYS_CLIENT_SECRET", "demo-secret")
+        .env_remove("RUST_LOG")
+        .args(["--base-url", &sim.base_url()])
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Asserts gcx's exit code, showing its stderr when it is not the one expected.
+#[track_caller]
+pub fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// No quota, so tests are not slowed by pacing.
+pub fn config(users: usize) -> SimConfig {
+    SimConfig::default().users(users).rate_limit(None).seed(3)
+}
+
+pub fn user_lines(sim: &SimHandle, n: usize) -> (String, Vec<(String, String)>) {
+    let mut out = String::new();
+    let mut wanted = Vec::new();
+    for (i, id) in sim.user_ids().into_iter().take(n).enumerate() {
+        let title = format!("Title {i}");
+        out.push_str(&json!({"user_id": id, "updates": {"title": title}}).to_string());
+        out.push('\n');
+        wanted.push((id, title));
+    }
+    (out, wanted)
+}
+
+pub fn patches(sim: &SimHandle, id: &str) -> usize {
+    sim.ledger_for(id)
+        .iter()
+        .filter(|e| e.method == "PATCH")
+        .count()
+}
+
+/// Sends SIGINT (a Ctrl-C) to `pid`.
+pub fn interrupt(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

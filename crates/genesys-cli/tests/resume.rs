@@ -1,0 +1,502 @@
+//! Bulk jobs that survive a crash: the `gcx` process is really killed (SIGKILL) or interrupted
+//! twice (two SIGINTs) mid-job against a simulator with faults, then the same command is run
+//! again on the same journal; the simulator's ledger shows every user patched exactly once,
+//! every ingested record applied once and every data action executed at most once, and the
+//! actions not executed are listed as unknown.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use genesys_sim::{SimHandle, Simulator};
+use serde_json::{Value, json};
+
+/// Faults on every job: 5xx, resets before and after the server applied the effect, and some
+/// latency so that kills land mid-job.
+const FAULTS: &str = "5xx=0.04,reset-before=0.02,reset-after=0.02,latency=2ms..10ms";
+
+/// Waits until the ledger holds at least `n` effects.
+async fn wait_ledger(sim: &SimHandle, n: usize) {
+    let start = Instant::now();
+    while sim.ledger_len() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no progress: {} effects",
+            sim.ledger_len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Starts `cmd` and kills it with SIGKILL once the ledger holds `n` effects.
+async fn kill_at(sim: &SimHandle, mut cmd: Command, n: usize) {
+    let mut child: Child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ledger(sim, n).await;
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), None, "killed by a signal, not finished");
+}
+
+fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Executions of the echo action per input `n`, from the ledger.
+fn executions(sim: &SimHandle, inputs: usize) -> Vec<usize> {
+    let by_hash: HashMap<String, usize> = (0..inputs)
+        .map(|n| (fnv1a(json!({ "n": n }).to_string().as_bytes()), n))
+        .collect();
+    let mut counts = vec![0; inputs];
+    for e in sim.ledger() {
+        if let Some(n) = by_hash.get(&e.payload_hash) {
+            counts[*n] += 1;
+        }
+    }
+    counts
+}
+
+fn unknown_inputs(path: &Path) -> HashSet<usize> {
+    if !path.exists() {
+        return HashSet::new();
+    }
+    jsonl(path)
+        .iter()
+        .map(|v| v["n"].as_u64().unwrap() as usize)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_patch_killed_at_several_points_then_resumed_patches_every_user_once() {
+    let n = 300;
+    let sim = Simulator::spawn(config(n).faults(FAULTS.parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("kill_users");
+    let (lines, wanted) = user_lines(&sim, n);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let journal = d.join("users.journal");
+    let run = || {
+        let mut cmd = gcx(&sim);
+        cmd.args(["users", "patch", "--concurrency", "8", "--input"])
+            .arg(&input)
+            .arg("--journal")
+            .arg(&journal);
+        cmd
+    };
+    for at in [1, 100, 220] {
+        kill_at(&sim, run(), at).await;
+    }
+    let report = d.join("report.json");
+    let out = run().arg("--report").arg(&report).output().unwrap();
+    assert_exit(&out, 0);
+    let r = read_json(&report);
+    assert_eq!(r["counts"]["delivered"], n);
+    assert!(
+        r["counts"]["delivered_earlier"].as_u64().unwrap() >= 200,
+        "the earlier runs' work is skipped: {}",
+        r["counts"]
+    );
+    for (id, title) in wanted {
+        assert_eq!(sim.user(&id).unwrap()["title"], json!(title));
+        assert_eq!(patches(&sim, &id), 1, "user {id} patched exactly once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_killed_at_several_points_then_resumed_applies_every_record_once() {
+    let sim = Simulator::spawn(config(1).faults(FAULTS.parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("kill_ingest");
+    let schema = write(
+        &d.join("schema.json"),
+        genesys_sim::default_ingestion_schema()
+            .to_string()
+            .as_bytes(),
+    );
+    let records = 2000;
+    let mut lines = String::new();
+    for i in 0..records {
+        let rec = json!({
+            "external_id": format!("TXN-{i}"),
+            "timestamp": "2023-10-15T14:30:00Z",
+            "channel": "voice",
+            "duration_seconds": 60,
+            "customer_segment": "enterprise"
+        });
+        lines.push_str(&rec.to_string());
+        lines.push('\n');
+    }
+    let input = write(&d.join("records.jsonl"), lines.as_bytes());
+    let journal = d.join("ingest.journal");
+    let run = || {
+        let mut cmd = gcx(&sim);
+        cmd.args([
+            "ingest",
+            "--chunk-size",
+            "10",
+            "--concurrency",
+            "4",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--journal")
+        .arg(&journal);
+        cmd
+    };
+    for at in [10, 700, 1400] {
+        kill_at(&sim, run(), at).await;
+    }
+    let out = run().arg("--json").output().unwrap();
+    assert_exit(&out, 0);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["counts"]["delivered"], records);
+    for i in 0..records {
+        assert_eq!(
+            sim.ledger_count_for(&format!("TXN-{i}")),
+            1,
+            "record TXN-{i} applied exactly once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_killed_at_several_points_never_run_twice_and_the_rest_are_listed_unknown() {
+    let sim = Simulator::spawn(config(1).faults(FAULTS.parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("kill_actions");
+    let inputs = 600;
+    let concurrency = 8;
+    let lines: String = (0..inputs)
+        .map(|n| format!("{}\n", json!({ "n": n })))
+        .collect();
+    let input = write(&d.join("batch.jsonl"), lines.as_bytes());
+    let journal = d.join("actions.journal");
+    let unknown = d.join("unknown.jsonl");
+    let run = || {
+        let mut cmd = gcx(&sim);
+        cmd.args([
+            "actions",
+            "execute",
+            "echo",
+            "--concurrency",
+            "8",
+            "--batch",
+        ])
+        .arg(&input)
+        .arg("--journal")
+        .arg(&journal);
+        cmd
+    };
+    for at in [5, 200, 400] {
+        kill_at(&sim, run(), at).await;
+    }
+    let report = d.join("report.json");
+    let out = run()
+        .arg("--unknown")
+        .arg(&unknown)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let r = read_json(&report);
+    let c = &r["counts"];
+    let counts = executions(&sim, inputs);
+    for (n, times) in counts.iter().enumerate() {
+        assert!(*times <= 1, "action input {n} executed {times} times");
+    }
+    let listed = unknown_inputs(&unknown);
+    // Lines are numbered from 1; input n is on line n + 1.
+    let failed: HashSet<usize> = r["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["line"].as_u64().unwrap() as usize - 1)
+        .collect();
+    let not_executed: HashSet<usize> = (0..inputs).filter(|n| counts[*n] == 0).collect();
+    let accounted: HashSet<usize> = listed.union(&failed).copied().collect();
+    assert!(
+        not_executed.is_subset(&accounted),
+        "every action not executed is listed as unknown, or failed for a re-run: \
+         {not_executed:?} vs {listed:?} and {failed:?}"
+    );
+    assert!(
+        failed.is_disjoint(&listed),
+        "a failure is definite, never unknown"
+    );
+    for n in &failed {
+        assert_eq!(counts[*n], 0, "a failed action {n} did not run");
+    }
+    // Three kills leave at most the actions in flight each; the faults that lose an answer
+    // (a reset after the action ran, a 500/502/504) add theirs.
+    let stats = sim.stats();
+    let lost_answers = stats.fault_count("reset-after") + stats.fault_count("5xx");
+    assert!(
+        listed.len() as u64 <= 3 * concurrency + lost_answers,
+        "{} unknown, {lost_answers} answers lost to faults",
+        listed.len()
+    );
+    assert_eq!(c["unknown"].as_u64().unwrap() as usize, listed.len(), "{c}");
+    assert_eq!(
+        c["delivered"].as_u64().unwrap()
+            + c["unknown"].as_u64().unwrap()
+            + c["failed"].as_u64().unwrap(),
+        inputs as u64,
+        "{c}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(if listed.is_empty() { 0 } else { 1 })
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !listed.is_empty() {
+        assert!(stdout.contains("--retry-unknown"), "{stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ctrl_c_record_in_flight_actions_as_unknown_and_a_resume_never_runs_them_again() {
+    // Slow actions: several are in flight when the two interrupts come.
+    let sim = Simulator::spawn(config(1).faults("latency=300ms..300ms".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("two_ctrl_c");
+    let inputs = 40;
+    let lines: String = (0..inputs)
+        .map(|n| format!("{}\n", json!({ "n": n })))
+        .collect();
+    let input = write(&d.join("batch.jsonl"), lines.as_bytes());
+    let (journal, failed, unknown, report) = (
+        d.join("j.journal"),
+        d.join("failed.jsonl"),
+        d.join("unknown.jsonl"),
+        d.join("r.json"),
+    );
+    let child = gcx(&sim)
+        .args([
+            "actions",
+            "execute",
+            "echo",
+            "--concurrency",
+            "4",
+            "--batch",
+        ])
+        .arg(&input)
+        .arg("--journal")
+        .arg(&journal)
+        .arg("--failed")
+        .arg(&failed)
+        .arg("--unknown")
+        .arg(&unknown)
+        .arg("--report")
+        .arg(&report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ledger(&sim, 4).await;
+    interrupt(child.id());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    interrupt(child.id());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r = read_json(&report);
+    let c = &r["counts"];
+    let in_flight = unknown_inputs(&unknown);
+    assert!(
+        !in_flight.is_empty() && in_flight.len() <= 4,
+        "the actions in flight are unknown: {c}"
+    );
+    assert_eq!(c["unknown"].as_u64().unwrap() as usize, in_flight.len());
+    let not_started: HashSet<usize> = unknown_inputs(&failed);
+    assert!(
+        not_started.is_disjoint(&in_flight),
+        "never in the failed file with the records not started"
+    );
+    assert_eq!(
+        c["delivered"].as_u64().unwrap() as usize + in_flight.len() + not_started.len(),
+        inputs,
+        "{c}"
+    );
+
+    // Let the abandoned executions land, then resume.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = gcx(&sim)
+        .args([
+            "actions",
+            "execute",
+            "echo",
+            "--concurrency",
+            "4",
+            "--batch",
+        ])
+        .arg(&input)
+        .arg("--journal")
+        .arg(&journal)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        r["counts"]["unknown"].as_u64().unwrap() as usize,
+        in_flight.len()
+    );
+    let counts = executions(&sim, inputs);
+    for (n, times) in counts.iter().enumerate() {
+        assert!(*times <= 1, "action input {n} executed {times} times");
+        if !in_flight.contains(&n) {
+            assert_eq!(*times, 1, "action input {n} executed once");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_paths_that_cannot_be_written_exit_2_before_anything_is_sent() {
+    let sim = Simulator::spawn(config(5)).await.unwrap();
+    let d = dir("bad_outputs");
+    let (lines, _) = user_lines(&sim, 5);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let missing = d.join("no-such-dir");
+    for flag in [
+        "--report",
+        "--failed",
+        "--unknown",
+        "--quarantine",
+        "--journal",
+    ] {
+        let out = gcx(&sim)
+            .args(["users", "patch", "--input"])
+            .arg(&input)
+            .arg(flag)
+            .arg(missing.join("out"))
+            .output()
+            .unwrap();
+        assert_exit(&out, 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+        assert_eq!(sim.ledger_len(), 0, "{flag}: nothing sent");
+    }
+    // A journal that is not one is refused too.
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .args(["--journal", "/dev/full"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert_eq!(sim.ledger_len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_an_honest_non_zero_exit() {
+    let sim = Simulator::spawn(config(3)).await.unwrap();
+    let d = dir("full_disk");
+    let (mut lines, _) = user_lines(&sim, 3);
+    lines.push_str("{\"user_id\": \"no-such-user\", \"updates\": {\"title\": \"x\"}}\n");
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .args(["--failed", "/dev/full"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("output error"), "{stdout}");
+    assert!(
+        !stdout.contains("re-run only the items not delivered with --input /dev/full"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("could not be written whole"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_of_another_input_is_refused_with_what_differs() {
+    let sim = Simulator::spawn(config(4)).await.unwrap();
+    let d = dir("other_input");
+    let (lines, _) = user_lines(&sim, 4);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let journal = d.join("j.journal");
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .arg("--journal")
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let before = sim.ledger_len();
+    write(&input, lines.replace("Title 0", "Title zero").as_bytes());
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .arg("--journal")
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the input's content"), "{stderr}");
+    assert!(stderr.contains("--fresh"), "{stderr}");
+    let out = gcx(&sim)
+        .args(["actions", "execute", "echo", "--batch"])
+        .arg(&input)
+        .arg("--journal")
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the command"));
+    assert_eq!(sim.ledger_len(), before, "nothing sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_command_resumes_from_the_default_journal() {
+    let sim = Simulator::spawn(config(60).faults("latency=20ms..20ms".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("default_journal");
+    let (lines, wanted) = user_lines(&sim, 60);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let state = d.join("state");
+    let run = || {
+        let mut cmd = gcx(&sim);
+        cmd.env("GCX_STATE_DIR", &state)
+            .args(["users", "patch", "--concurrency", "2", "--input"])
+            .arg(&input);
+        cmd
+    };
+    kill_at(&sim, run(), 10).await;
+    let journals: Vec<_> = std::fs::read_dir(&state).unwrap().collect();
+    assert_eq!(journals.len(), 1, "one default journal");
+    let out = run().output().unwrap();
+    assert_exit(&out, 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("resuming from the journal"), "{stderr}");
+    for (id, _) in &wanted {
+        assert_eq!(patches(&sim, id), 1, "user {id} patched exactly once");
+    }
+    // A finished job's default journal starts over: the same command applies it again.
+    let out = run().output().unwrap();
+    assert_exit(&out, 0);
+    for (id, _) in &wanted {
+        assert_eq!(patches(&sim, id), 2, "user {id}: a new job");
+    }
+}
