@@ -207,6 +207,7 @@ where
             concurrency,
             chunk_size,
             retry_unknown,
+            grace: genesys_client::client::DEFAULT_ATTEMPT_TIMEOUT,
         },
     )
     .await;

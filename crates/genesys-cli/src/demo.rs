@@ -155,6 +155,7 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError
             concurrency,
             chunk_size: 1,
             retry_unknown: false,
+            grace: genesys_client::client::DEFAULT_ATTEMPT_TIMEOUT,
         },
     )
     .await;

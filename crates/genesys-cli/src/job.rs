@@ -94,6 +94,9 @@ pub(crate) struct Options {
     pub(crate) chunk_size: usize,
     /// Send units again whose earlier outcome is unknown, even when [`Replay::Never`].
     pub(crate) retry_unknown: bool,
+    /// After a first interrupt, how long units in flight may take to finish (the client's
+    /// attempt timeout); past it they are abandoned as outcome unknown, like after a second.
+    pub(crate) grace: Duration,
 }
 
 type Unit = Vec<Meta>;
@@ -249,11 +252,20 @@ fn decide<D: Deliver>(
     }
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs one job to the end of its input or to an interrupt, and returns the tally.
 ///
 /// `interrupts` yields once per Ctrl-C: the first stops taking new work (records not started go
-/// to the failed file) and lets what is in flight finish; the second abandons what is in flight
-/// and records it as outcome unknown (the unknown file), never as not started.
+/// to the failed file) and lets what is in flight finish within `options.grace`; the second (or
+/// the end of the grace) abandons what is in flight and records it as outcome unknown (the
+/// unknown file), never as not started.
 ///
 /// With a journal, every unit's start and outcome is journaled; units an earlier run delivered
 /// are skipped, and units whose earlier outcome is unknown are resolved ([`Replay::Safe`]) or
@@ -287,6 +299,7 @@ pub(crate) async fn run<D: Deliver>(
     let mut interrupts_open = true;
     let mut interrupt_count = 0u32;
     let mut stopping = false;
+    let mut grace_ends: Option<tokio::time::Instant> = None;
 
     // Forms a unit: skipped (delivered earlier), listed as unknown, or sent.
     let dispatch = |engine: &mut Engine<'_>,
@@ -369,6 +382,7 @@ pub(crate) async fn run<D: Deliver>(
                 if interrupt_count == 1 {
                     engine.tally.interrupted = true;
                     stopping = true;
+                    grace_ends = Some(tokio::time::Instant::now() + options.grace);
                     let resume = engine.journal.as_ref().map_or(String::new(), |j| {
                         format!("; the journal {} resumes the rest", j.journal.path.display())
                     });
@@ -384,7 +398,17 @@ pub(crate) async fn run<D: Deliver>(
                 } else {
                     engine.progress.note("stopping now: requests in flight are recorded as outcome unknown");
                     set.abort_all();
+                    grace_ends = None;
                 }
+            }
+            () = sleep_until(grace_ends), if grace_ends.is_some() && !set.is_empty() => {
+                engine.progress.note(&format!(
+                    "{} request(s) still in flight after {:?}: recorded as outcome unknown",
+                    set.len(),
+                    options.grace
+                ));
+                set.abort_all();
+                grace_ends = None;
             }
             joined = set.join_next_with_id(), if !set.is_empty() => {
                 let Some(joined) = joined else { continue };
@@ -535,6 +559,7 @@ mod tests {
                 concurrency: 3,
                 chunk_size: 1,
                 retry_unknown: false,
+                grace: Duration::from_secs(60),
             },
         )
         .await;
@@ -576,6 +601,7 @@ mod tests {
             concurrency: 8,
             chunk_size: 1,
             retry_unknown: false,
+            grace: Duration::from_secs(60),
         };
         let tally = run(
             Arc::new(Fake::default()),
@@ -626,6 +652,7 @@ mod tests {
                 concurrency: 1,
                 chunk_size: 2,
                 retry_unknown: false,
+                grace: Duration::from_secs(60),
             },
         )
         .await;
@@ -669,6 +696,7 @@ mod tests {
                 concurrency: 2,
                 chunk_size: 1,
                 retry_unknown: false,
+                grace: Duration::from_secs(60),
             },
         )
         .await;
@@ -710,6 +738,7 @@ mod tests {
                 concurrency: 1,
                 chunk_size: 1,
                 retry_unknown: false,
+                grace: Duration::from_secs(60),
             },
         )
         .await;
@@ -717,6 +746,44 @@ mod tests {
         assert_eq!(tally.aborted_in_flight, 1);
         assert!(tally.unknowns[0].reason.contains("outcome is unknown"));
         assert_eq!(tally.not_started, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_units_that_outlast_the_grace_are_unknown() {
+        let (tx, rx) = mpsc::channel(2);
+        let (itx, irx) = mpsc::unbounded_channel();
+        let fake = Arc::new(Fake {
+            delay: Duration::from_secs(600),
+            ..Fake::default()
+        });
+        tokio::spawn(async move {
+            for n in 1..=4u64 {
+                tx.send(record(n * 2)).await.unwrap();
+            }
+        });
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            itx.send(()).unwrap();
+        });
+        let started = tokio::time::Instant::now();
+        let tally = run(
+            fake,
+            rx,
+            irx,
+            &mut Sinks::default(),
+            &Progress::hidden(),
+            None,
+            Options {
+                concurrency: 2,
+                chunk_size: 1,
+                retry_unknown: false,
+                grace: Duration::from_secs(30),
+            },
+        )
+        .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(31), "1 s, then the grace");
+        assert_eq!((tally.unknown, tally.not_started), (2, 2));
+        assert_eq!(tally.delivered, 0);
     }
 
     /// Records each unit it is given with its key and whether it was told to resolve first.
@@ -765,6 +832,7 @@ mod tests {
                 concurrency: 2,
                 chunk_size: 1,
                 retry_unknown,
+                grace: Duration::from_secs(60),
             },
         )
         .await
