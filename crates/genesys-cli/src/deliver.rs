@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use genesys_client::{GenesysClient, GenesysClientBuilder, Region, UpdateUserOptions};
+use genesys_client::{
+    GenesysClient, GenesysClientBuilder, GenesysError, Region, UpdateUserOptions,
+};
 use genesys_tower::idempotency::{IdempotencyKey, MemoryStore};
 use genesys_tower::retry::RetrySafety;
 use http::{Method, Request, header};
@@ -77,32 +79,41 @@ pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, Cl
     if let Some(login) = &common.login_url {
         builder = builder.login_url(login.clone());
     }
-    if let Some(rate) = common.rate_limit {
-        builder = builder.pacing(u64::from(rate.requests), rate.window);
-    }
     Ok(builder)
 }
 
 /// Builds the client. Without `--rate-limit`, it paces by the org's own limit, read once from
 /// `/api/v2/organizations/limits/namespaces/platform.api` (300 per 60 s when it cannot be read);
-/// refused credentials end the run here, before any record is sent.
+/// with it, the same request checks the credentials with the job's own client (its token is the
+/// job's first). Either way, refused credentials end the run here with exit 2, before any record
+/// is sent.
 pub(crate) async fn build_client(
     builder: GenesysClientBuilder,
     common: &Common,
 ) -> Result<GenesysClient, CliError> {
-    let builder = if common.rate_limit.is_none() {
-        builder.discover_limits().await.map_err(|e| {
-            CliError::usage(format!(
-                "{e}; nothing was sent: check GENESYS_CLIENT_ID, GENESYS_CLIENT_SECRET and the \
-                 region"
-            ))
-        })?
-    } else {
-        builder
+    let refused = |e: GenesysError| {
+        CliError::usage(format!(
+            "{e}; nothing was sent: check GENESYS_CLIENT_ID, GENESYS_CLIENT_SECRET and the region"
+        ))
     };
-    builder
+    let builder = match common.rate_limit {
+        None => builder.discover_limits().await.map_err(refused)?,
+        Some(rate) => builder.pacing(u64::from(rate.requests), rate.window),
+    };
+    let client = builder
         .build()
-        .map_err(|e| CliError::usage(format!("cannot set up the client: {e}")))
+        .map_err(|e| CliError::usage(format!("cannot set up the client: {e}")))?;
+    if common.rate_limit.is_some() {
+        // Anything but a refusal (no permission, an older org) says nothing against the
+        // credentials.
+        if let Err(e @ GenesysError::OAuth(_)) = client
+            .organization_limits(genesys_client::limits::PLATFORM_API_NAMESPACE)
+            .await
+        {
+            return Err(refused(e));
+        }
+    }
+    Ok(client)
 }
 
 /// The idempotency store of a job's client. A bulk job makes each logical call once, so the

@@ -55,12 +55,19 @@ pub(crate) enum Undelivered {
     Unknown(String),
     /// It was not sent at all (its start could not be recorded).
     NotSent(String),
+    /// The login host refused the credentials: nothing was sent, and nothing more can be. The
+    /// whole job stops.
+    CredentialsRefused(String),
 }
 
 impl Undelivered {
     /// A failure from the client, sorted by whether its outcome is known.
     pub(crate) fn from_error(e: &genesys_client::GenesysError) -> Self {
-        if e.is_outcome_unknown() {
+        if let genesys_client::GenesysError::OAuth(oauth) = e
+            && oauth.is_bad_credentials()
+        {
+            Undelivered::CredentialsRefused(e.to_string())
+        } else if e.is_outcome_unknown() {
             Undelivered::Unknown(e.to_string())
         } else {
             Undelivered::Failed(e.to_string())
@@ -198,6 +205,17 @@ impl Engine<'_> {
                 for meta in metas {
                     self.not_started(meta);
                     self.list(meta, &reason);
+                }
+            }
+            Err(Undelivered::CredentialsRefused(reason)) => {
+                for meta in metas {
+                    self.not_started(meta);
+                }
+                if self.tally.credentials_refused.is_none() {
+                    self.progress.note(&format!(
+                        "{reason}: stopping the job (nothing more is sent)"
+                    ));
+                    self.tally.credentials_refused = Some(reason);
                 }
             }
         }
@@ -363,7 +381,7 @@ pub(crate) async fn run<D: Deliver>(
         if input_done && set.is_empty() {
             break;
         }
-        if !stopping && engine.journal_broken() {
+        if !stopping && (engine.journal_broken() || engine.tally.credentials_refused.is_some()) {
             stopping = true;
             for meta in std::mem::take(&mut pending_metas) {
                 engine.not_started(&meta);
@@ -781,9 +799,61 @@ mod tests {
             },
         )
         .await;
-        assert_eq!(started.elapsed(), Duration::from_secs(31), "1 s, then the grace");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(31),
+            "1 s, then the grace"
+        );
         assert_eq!((tally.unknown, tally.not_started), (2, 2));
         assert_eq!(tally.delivered, 0);
+    }
+
+    /// Refuses the credentials from the third unit on.
+    #[derive(Default)]
+    struct Refusing(AtomicUsize);
+
+    impl Deliver for Refusing {
+        type Item = u64;
+        const REPLAY: Replay = Replay::Safe;
+        async fn deliver(&self, _unit: UnitCtx, _items: Vec<u64>) -> Result<(), Undelivered> {
+            if self.0.fetch_add(1, Ordering::SeqCst) >= 2 {
+                Err(Undelivered::CredentialsRefused("invalid_client".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_stop_the_whole_job() {
+        let (tx, rx) = mpsc::channel(2);
+        let (_itx, irx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for n in 1..=50u64 {
+                let _ = tx.send(record(n)).await;
+            }
+        });
+        let refusing = Arc::new(Refusing::default());
+        let tally = run(
+            refusing.clone(),
+            rx,
+            irx,
+            &mut Sinks::default(),
+            &Progress::hidden(),
+            None,
+            Options {
+                concurrency: 1,
+                chunk_size: 1,
+                retry_unknown: false,
+                grace: Duration::from_secs(60),
+            },
+        )
+        .await;
+        assert_eq!(refusing.0.load(Ordering::SeqCst), 3, "nothing more is sent");
+        assert_eq!(tally.delivered, 2);
+        assert_eq!(tally.not_started, 48);
+        assert!(tally.credentials_refused.is_some());
+        assert!(!tally.complete());
     }
 
     /// Records each unit it is given with its key and whether it was told to resolve first.

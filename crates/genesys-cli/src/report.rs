@@ -9,7 +9,7 @@ use std::time::Duration;
 use genesys_tower::metrics::{MetricsSnapshot, RetriesByReason};
 use serde::Serialize;
 
-use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK};
+use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE};
 use crate::tally::{Failure, QuarantineEntry, Tally};
 
 /// The machine-readable account of one run.
@@ -38,6 +38,9 @@ pub(crate) struct Report {
     /// An output file could not be written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) output_error: Option<String>,
+    /// The login host refused the credentials mid-job: the job stopped (exit 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) credentials_refused: Option<String>,
     /// The journal could not be written: a resume is not safe past the last entry on disk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) journal_error: Option<String>,
@@ -180,14 +183,22 @@ impl Report {
         Report {
             command: command.to_owned(),
             input: input.map(Path::to_owned),
-            status: if tally.interrupted {
+            status: if tally.credentials_refused.is_some() {
+                "credentials refused"
+            } else if tally.interrupted {
                 "interrupted"
             } else if complete {
                 "complete"
             } else {
                 "incomplete"
             },
-            exit_code: if complete { EXIT_OK } else { EXIT_INCOMPLETE },
+            exit_code: if tally.credentials_refused.is_some() {
+                EXIT_USAGE
+            } else if complete {
+                EXIT_OK
+            } else {
+                EXIT_INCOMPLETE
+            },
             counts: Counts {
                 records: tally.records(),
                 delivered: tally.delivered,
@@ -216,6 +227,7 @@ impl Report {
             input_error: tally.broken_input.clone(),
             output_error: tally.output_error.clone(),
             journal_error: tally.journal_error.clone(),
+            credentials_refused: tally.credentials_refused.clone(),
             journal: journal.map(Path::to_owned),
             failed_file: failed_file.map(Path::to_owned),
             unknown_file: unknown_file.map(Path::to_owned),
@@ -384,6 +396,9 @@ impl Report {
                 s,
                 "  output error: {e} (the files named below may be incomplete)"
             );
+        }
+        if let Some(e) = &self.credentials_refused {
+            let _ = writeln!(s, "  stopped: {e}");
         }
         if let Some(e) = &self.journal_error {
             let _ = writeln!(

@@ -112,6 +112,8 @@ pub(crate) struct Tally {
     pub(crate) output_error: Option<String>,
     /// The journal could not be written.
     pub(crate) journal_error: Option<String>,
+    /// The login host refused the credentials: the job stopped (exit 2).
+    pub(crate) credentials_refused: Option<String>,
     pub(crate) failures: Vec<Failure>,
     /// Records whose outcome is unknown, with the reason, up to [`LISTED_MAX`].
     pub(crate) unknowns: Vec<Failure>,
@@ -135,6 +137,7 @@ impl Tally {
             && self.broken_input.is_none()
             && self.output_error.is_none()
             && self.journal_error.is_none()
+            && self.credentials_refused.is_none()
     }
 }
 

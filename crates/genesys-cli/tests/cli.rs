@@ -271,38 +271,46 @@ async fn configuration_errors_exit_2_before_anything_is_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_exit_2_before_any_record_is_sent() {
-    let sim = Simulator::spawn(config(2)).await.unwrap();
-    let d = dir("refused");
-    let (lines, _) = user_lines(&sim, 2);
-    let input = write(&d.join("u.jsonl"), lines.as_bytes());
-    let report = d.join("report.json");
-    let out = gcx(&sim)
-        .env("GENESYS_CLIENT_SECRET", "not-the-secret")
-        .args(["users", "patch", "--input"])
-        .arg(&input)
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("invalid_client"), "says why: {stderr}");
-    assert!(
-        stderr.contains("GENESYS_CLIENT_SECRET"),
-        "says what to check: {stderr}"
-    );
-    assert!(!stderr.contains("not-the-secret"), "never shows the secret");
-    let stats = sim.stats();
-    assert_eq!(stats.tokens_issued, 0);
-    assert_eq!(
-        stats.total_responses,
-        stats
+    // With the org's pacing and with a pace of the user's own: the same single refusal.
+    for pacing in [&[][..], &["--rate-limit", "40/1"][..]] {
+        let sim = Simulator::spawn(config(2)).await.unwrap();
+        let d = dir("refused");
+        let (lines, _) = user_lines(&sim, 2);
+        let input = write(&d.join("u.jsonl"), lines.as_bytes());
+        let report = d.join("report.json");
+        let out = gcx(&sim)
+            .env("GENESYS_CLIENT_SECRET", "not-the-secret")
+            .args(["users", "patch", "--input"])
+            .arg(&input)
+            .arg("--report")
+            .arg(&report)
+            .args(pacing)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{pacing:?}: {stderr}");
+        assert!(stderr.contains("invalid_client"), "says why: {stderr}");
+        assert!(
+            stderr.contains("GENESYS_CLIENT_SECRET"),
+            "says what to check: {stderr}"
+        );
+        assert!(!stderr.contains("not-the-secret"), "never shows the secret");
+        let stats = sim.stats();
+        assert_eq!(stats.tokens_issued, 0);
+        let token_requests: u64 = stats
             .requests
             .get("POST /oauth/token")
-            .map_or(0, |m| m.values().sum()),
-        "only the token request reached the simulator: {stats:?}"
-    );
-    assert!(sim.ledger().is_empty());
+            .map_or(0, |m| m.values().sum());
+        assert!(
+            token_requests <= 3,
+            "{pacing:?}: {token_requests} token requests"
+        );
+        assert_eq!(
+            stats.total_responses, token_requests,
+            "only the token request reached the simulator: {stats:?}"
+        );
+        assert!(sim.ledger().is_empty());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
