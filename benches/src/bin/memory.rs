@@ -1,10 +1,13 @@
 //! The memory report: `gcx users patch` on 100,000 and on 1,000,000 input lines against an
 //! embedded simulator, and the peak resident set (VmHWM) of the `gcx` process for each. A job
-//! that streams its input in bounded memory has the same peak for both.
+//! that streams its input in bounded memory has the same peak for both. Then the journal's cost:
+//! the first input run with and without its journal (`--no-journal`), the two variants
+//! interleaved round by round (their order swapped every round), and the median ratio of their
+//! times.
 //!
 //! ```text
 //! cargo build --release -p genesys-cli -p benches
-//! target/release/memory [--gcx PATH] [--lines 100000,1000000] [--users 10000] [--concurrency 16]
+//! target/release/memory [--gcx PATH] [--lines 100000,1000000] [--users 10000] [--concurrency 16] [--rounds 5]
 //! ```
 //!
 //! `gcx` is looked up next to this binary unless `--gcx` is given.
@@ -21,13 +24,15 @@ use genesys_sim::{SimConfig, Simulator};
 use serde_json::Value;
 
 const USAGE: &str = "usage: memory [--gcx PATH] [--lines N,N,... (default 100000,1000000)] \
-                     [--users U (default 10000)] [--concurrency C (default 16)]";
+                     [--users U (default 10000)] [--concurrency C (default 16)] \
+                     [--rounds R (default 5; 0 skips the journal's cost)]";
 
 struct Options {
     gcx: PathBuf,
     lines: Vec<u64>,
     users: usize,
     concurrency: u32,
+    rounds: usize,
 }
 
 fn options() -> Result<Options, String> {
@@ -37,6 +42,7 @@ fn options() -> Result<Options, String> {
         lines: vec![100_000, 1_000_000],
         users: 10_000,
         concurrency: 16,
+        rounds: 5,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -52,6 +58,7 @@ fn options() -> Result<Options, String> {
             }
             "--users" => o.users = value.parse().map_err(|_| USAGE.to_owned())?,
             "--concurrency" => o.concurrency = value.parse().map_err(|_| USAGE.to_owned())?,
+            "--rounds" => o.rounds = value.parse().map_err(|_| USAGE.to_owned())?,
             _ => return Err(USAGE.to_owned()),
         }
     }
@@ -96,9 +103,20 @@ struct Measured {
     success: bool,
 }
 
-fn run_gcx(o: &Options, base_url: &str, input: &Path) -> Result<Measured, String> {
+/// Where the journal goes: `Some(path)` (started over each run), or none (`--no-journal`).
+fn run_gcx(
+    o: &Options,
+    base_url: &str,
+    input: &Path,
+    journal: Option<&Path>,
+) -> Result<Measured, String> {
     let start = Instant::now();
-    let mut child = Command::new(&o.gcx)
+    let mut cmd = Command::new(&o.gcx);
+    match journal {
+        Some(path) => cmd.arg("--journal").arg(path).arg("--fresh"),
+        None => cmd.arg("--no-journal"),
+    };
+    let mut child = cmd
         .args(["users", "patch", "--input"])
         .arg(input)
         .args(["--base-url", base_url, "--quiet", "--json"])
@@ -190,9 +208,11 @@ fn main() -> ExitCode {
         "input size",
         "delivered",
         "time",
+        "journal size",
         "peak RSS (VmHWM)",
         "ratio to the first",
     ]);
+    let mut cost_input: Option<(PathBuf, u64)> = None;
     let mut first: Option<u64> = None;
     let mut ok = true;
     for &lines in &o.lines {
@@ -203,8 +223,15 @@ fn main() -> ExitCode {
         }
         let size = std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0);
         eprintln!("running gcx on {lines} lines ...");
-        let result = run_gcx(&o, &sim.base_url(), &input);
-        let _ = std::fs::remove_file(&input);
+        let journal = input.with_extension("journal");
+        let result = run_gcx(&o, &sim.base_url(), &input, Some(&journal));
+        let journal_size = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+        let _ = std::fs::remove_file(&journal);
+        if lines == o.lines[0] && o.rounds > 0 {
+            cost_input = Some((input.clone(), lines));
+        } else {
+            let _ = std::fs::remove_file(&input);
+        }
         match result {
             Ok(m) => {
                 ok &= m.success && m.delivered == Some(lines);
@@ -214,6 +241,7 @@ fn main() -> ExitCode {
                     format!("{:.1} MiB", size as f64 / (1024.0 * 1024.0)),
                     m.delivered.map_or("?".to_owned(), thousands),
                     format!("{:.1} s", m.elapsed.as_secs_f64()),
+                    format!("{:.1} MiB", journal_size as f64 / (1024.0 * 1024.0)),
                     format!("{:.1} MiB", m.peak_kib as f64 / 1024.0),
                     format!("{:.2}", m.peak_kib as f64 / base.max(1) as f64),
                 ]);
@@ -225,6 +253,10 @@ fn main() -> ExitCode {
         }
     }
     println!("{table}");
+    if let Some((input, lines)) = cost_input {
+        ok &= journal_cost(&o, &sim.base_url(), &input, lines);
+        let _ = std::fs::remove_file(&input);
+    }
     runtime.block_on(sim.shutdown());
     if ok {
         ExitCode::SUCCESS
@@ -232,4 +264,62 @@ fn main() -> ExitCode {
         eprintln!("memory: gcx did not deliver every line (see above)");
         ExitCode::FAILURE
     }
+}
+
+/// The journal's cost on throughput: the same job with and without its journal, interleaved
+/// round by round; prints each round and the median ratio with its interquartile range.
+fn journal_cost(o: &Options, base_url: &str, input: &Path, lines: u64) -> bool {
+    println!(
+        "\n## The journal's cost: `gcx users patch` on {} lines, with and without `--no-journal`, \
+         {} rounds, the order swapped every round\n",
+        thousands(lines),
+        o.rounds
+    );
+    let journal = input.with_extension("journal");
+    let mut table = Table::new(["round", "with journal", "without", "ratio (with / without)"]);
+    let mut ratios = Vec::new();
+    let mut ok = true;
+    for round in 0..o.rounds {
+        let mut with = None;
+        let mut without = None;
+        for journaled in [round % 2 == 0, round % 2 == 1] {
+            eprintln!("round {}: journal {journaled} ...", round + 1);
+            match run_gcx(o, base_url, input, journaled.then_some(journal.as_path())) {
+                Ok(m) => {
+                    ok &= m.success && m.delivered == Some(lines);
+                    if journaled {
+                        with = Some(m.elapsed);
+                    } else {
+                        without = Some(m.elapsed);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("memory: {e}");
+                    return false;
+                }
+            }
+        }
+        let (Some(with), Some(without)) = (with, without) else {
+            return false;
+        };
+        let ratio = with.as_secs_f64() / without.as_secs_f64().max(1e-9);
+        ratios.push(ratio);
+        table.row([
+            (round + 1).to_string(),
+            format!("{:.2} s", with.as_secs_f64()),
+            format!("{:.2} s", without.as_secs_f64()),
+            format!("{ratio:.3}"),
+        ]);
+    }
+    let _ = std::fs::remove_file(&journal);
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    println!("{table}");
+    println!(
+        "median ratio {:.3} (interquartile range {:.3} to {:.3})",
+        at(0.5),
+        at(0.25),
+        at(0.75)
+    );
+    ok
 }
