@@ -83,8 +83,8 @@ impl Progress {
             Mode::Bar(bar) => {
                 bar.set_position(t.records());
                 bar.set_message(format!(
-                    "ok {} failed {} quarantined {}",
-                    t.delivered, t.failed, t.quarantined
+                    "ok {} failed {} unknown {} quarantined {}",
+                    t.delivered, t.failed, t.unknown, t.quarantined
                 ));
             }
             Mode::Plain { start, last } => {
@@ -93,10 +93,11 @@ impl Progress {
                     *last = Instant::now();
                     let secs = start.elapsed().as_secs_f64().max(0.001);
                     eprintln!(
-                        "gcx: {:>6.1}s  delivered {}  failed {}  quarantined {}  ({:.0} records/s)",
+                        "gcx: {:>6.1}s  delivered {}  failed {}  unknown {}  quarantined {}  ({:.0} records/s)",
                         secs,
                         t.delivered,
                         t.failed,
+                        t.unknown,
                         t.quarantined,
                         t.records() as f64 / secs
                     );

@@ -368,6 +368,50 @@ async fn two_ctrl_c_record_in_flight_actions_as_unknown_and_a_resume_never_runs_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ctrl_c_then_a_resume_patch_every_user_exactly_once() {
+    let n = 40;
+    let sim = Simulator::spawn(config(n).faults("latency=150ms..150ms".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("two_ctrl_c_users");
+    let (lines, wanted) = user_lines(&sim, n);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let (journal, unknown) = (d.join("j.journal"), d.join("unknown.jsonl"));
+    let run = || {
+        let mut cmd = gcx(&sim);
+        cmd.args(["users", "patch", "--concurrency", "4", "--input"])
+            .arg(&input)
+            .arg("--journal")
+            .arg(&journal);
+        cmd
+    };
+    let child = run()
+        .arg("--unknown")
+        .arg(&unknown)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ledger(&sim, 4).await;
+    interrupt(child.id());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    interrupt(child.id());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !jsonl(&unknown).is_empty(),
+        "the users in flight are recorded as unknown"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = run().output().unwrap();
+    assert_exit(&out, 0);
+    for (id, title) in wanted {
+        assert_eq!(sim.user(&id).unwrap()["title"], json!(title));
+        assert_eq!(patches(&sim, &id), 1, "user {id} patched exactly once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_paths_that_cannot_be_written_exit_2_before_anything_is_sent() {
     let sim = Simulator::spawn(config(5)).await.unwrap();
     let d = dir("bad_outputs");
