@@ -189,3 +189,38 @@ async fn users_are_listed_page_by_page_and_missing_ones_are_typed() {
     assert!(matches!(err, GenesysError::Api(_)));
     sim.shutdown().await;
 }
+
+/// `update_user` takes anything that serializes to an object: `json!`, a struct of the caller's;
+/// anything else is refused before a request is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_user_takes_json_and_structs() {
+    #[derive(serde::Serialize)]
+    struct Change {
+        title: &'static str,
+        #[serde(rename = "acdAutoAnswer")]
+        acd_auto_answer: bool,
+    }
+    let sim = spawn(SimConfig::default().users(2).rate_limit(None)).await;
+    let client = client_for(&sim).no_pacing().build().unwrap();
+    let ids = sim.user_ids();
+    let user = client
+        .update_user(&ids[0], json!({"title": "Lead"}))
+        .await
+        .unwrap();
+    assert_eq!(user.other["title"], "Lead");
+    let change = Change {
+        title: "Chief",
+        acd_auto_answer: true,
+    };
+    let user = client.update_user(&ids[1], &change).await.unwrap();
+    assert_eq!(user.other["title"], "Chief");
+    assert_eq!(user.other["acdAutoAnswer"], true);
+    let before = sim.ledger_len();
+    let err = client
+        .update_user(&ids[0], ["not", "an", "object"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("JSON object"), "{err}");
+    assert_eq!(sim.ledger_len(), before, "nothing sent");
+    sim.shutdown().await;
+}

@@ -7,8 +7,10 @@ use clap::{Args, Parser, Subcommand};
 
 /// Bulk Genesys Cloud jobs that survive rate limits, expired tokens and flaky servers.
 ///
-/// Credentials come from GENESYS_CLIENT_ID and GENESYS_CLIENT_SECRET (an OAuth
-/// client-credentials client). Try `gcx demo` first: it needs no account.
+/// Credentials come from GENESYSCLOUD_OAUTHCLIENT_ID and GENESYSCLOUD_OAUTHCLIENT_SECRET (or
+/// GENESYS_CLIENT_ID and GENESYS_CLIENT_SECRET: an OAuth client-credentials client), or
+/// GENESYSCLOUD_ACCESS_TOKEN (a ready token); the region from --region or GENESYSCLOUD_REGION.
+/// Try `gcx demo` first: it needs no account.
 #[derive(Debug, Parser)]
 #[command(name = "gcx", version, propagate_version = true)]
 pub(crate) struct Cli {
@@ -114,6 +116,11 @@ pub(crate) enum Command {
     /// Data action jobs.
     #[command(subcommand)]
     Actions(ActionsCommand),
+    /// Print a completion script for a shell, e.g. `gcx completions bash > /etc/bash_completion.d/gcx`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `gcx demo`.

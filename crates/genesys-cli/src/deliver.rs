@@ -17,32 +17,52 @@ use crate::job::{Deliver, Replay, Undelivered, UnitCtx};
 use crate::journal::fnv1a;
 use crate::records::UserUpdate;
 
-/// The environment variable holding the OAuth client id.
-pub(crate) const CLIENT_ID_VAR: &str = "GENESYS_CLIENT_ID";
-/// The environment variable holding the OAuth client secret.
-pub(crate) const CLIENT_SECRET_VAR: &str = "GENESYS_CLIENT_SECRET";
+/// The environment variables holding the OAuth client id: Genesys's own name first (its CLI,
+/// Terraform provider and samples use it), then the older one.
+pub(crate) const CLIENT_ID_VARS: [&str; 2] = ["GENESYSCLOUD_OAUTHCLIENT_ID", "GENESYS_CLIENT_ID"];
+/// The environment variables holding the OAuth client secret.
+pub(crate) const CLIENT_SECRET_VARS: [&str; 2] =
+    ["GENESYSCLOUD_OAUTHCLIENT_SECRET", "GENESYS_CLIENT_SECRET"];
+/// The environment variables holding the region, when `--region` and `--base-url` are absent.
+pub(crate) const REGION_VARS: [&str; 2] = ["GENESYSCLOUD_REGION", "GENESYS_REGION"];
+/// The environment variable holding a ready access token (used instead of client credentials).
+pub(crate) const ACCESS_TOKEN_VAR: &str = "GENESYSCLOUD_ACCESS_TOKEN";
 
-/// Reads the credentials from the environment, or says how to provide them (exit 2).
-pub(crate) fn credentials() -> Result<(String, String), CliError> {
-    let get = |name: &str| {
+/// The first of `names` set to a non-empty value.
+fn env_first(names: &[&str]) -> Option<String> {
+    names.iter().find_map(|name| {
         std::env::var(name)
             .ok()
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())
-    };
-    match (get(CLIENT_ID_VAR), get(CLIENT_SECRET_VAR)) {
-        (Some(id), Some(secret)) => Ok((id, secret)),
+    })
+}
+
+/// How the job authenticates.
+enum Credentials {
+    Client { id: String, secret: String },
+    Token(String),
+}
+
+/// Reads the credentials from the environment, or says how to provide them (exit 2).
+fn credentials() -> Result<Credentials, CliError> {
+    if let Some(token) = env_first(&[ACCESS_TOKEN_VAR]) {
+        return Ok(Credentials::Token(token));
+    }
+    match (env_first(&CLIENT_ID_VARS), env_first(&CLIENT_SECRET_VARS)) {
+        (Some(id), Some(secret)) => Ok(Credentials::Client { id, secret }),
         (id, secret) => {
             let missing: Vec<&str> = [
-                (CLIENT_ID_VAR, id.is_none()),
-                (CLIENT_SECRET_VAR, secret.is_none()),
+                (CLIENT_ID_VARS[0], id.is_none()),
+                (CLIENT_SECRET_VARS[0], secret.is_none()),
             ]
             .into_iter()
             .filter_map(|(n, m)| m.then_some(n))
             .collect();
             Err(CliError::usage(format!(
-                "no credentials: set {} to an OAuth client-credentials client of your org \
-                 (Admin > Integrations > OAuth), or run `gcx demo` to try gcx without an account",
+                "no credentials: set {} (or GENESYS_CLIENT_ID and GENESYS_CLIENT_SECRET) to an \
+                 OAuth client-credentials client of your org (Admin > Integrations > OAuth), or \
+                 {ACCESS_TOKEN_VAR} to a token; or run `gcx demo` to try gcx without an account",
                 missing.join(" and ")
             )))
         }
@@ -53,17 +73,32 @@ pub(crate) fn credentials() -> Result<(String, String), CliError> {
 /// credentials from the environment, `--concurrency`, `--rate-limit`. It sends nothing: a
 /// configuration error is found here, before anything else.
 pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, CliError> {
-    let (id, secret) = credentials()?;
     let mut builder = GenesysClient::builder()
-        .client_credentials(id, secret)
         .max_in_flight(crate::app::concurrency(common))
         .idempotency_store(crate::deliver::small_store())
         .user_agent(concat!("gcx/", env!("CARGO_PKG_VERSION")));
-    builder = match (&common.region, &common.base_url) {
-        (Some(region), _) => {
+    builder = match credentials()? {
+        Credentials::Client { id, secret } => builder.client_credentials(id, secret),
+        Credentials::Token(token) => {
+            let token: Arc<str> = token.into();
+            builder.token_source(genesys_tower::auth::token_source_fn(move || {
+                let token = token.clone();
+                // Its lifetime is unknown here: a refused token ends the job (a 401 after the
+                // stack's one re-send).
+                async move { Ok(genesys_tower::auth::Token::new(&*token, None)) }
+            }))
+        }
+    };
+    let region = match (&common.region, &common.base_url) {
+        (Some(region), _) => Some((region.clone(), "--region")),
+        (None, Some(_)) => None,
+        (None, None) => env_first(&REGION_VARS).map(|r| (r, "GENESYSCLOUD_REGION")),
+    };
+    builder = match (region, &common.base_url) {
+        (Some((region, from)), _) => {
             let region: Region = region.parse().map_err(|e| {
                 CliError::usage(format!(
-                    "--region {region}: {e}; use a name such as us-east-1 or eu-west-1, or a \
+                    "{from} {region}: {e}; use a name such as us-east-1 or eu-west-1, or a \
                      domain such as mypurecloud.ie"
                 ))
             })?;
@@ -72,7 +107,8 @@ pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, Cl
         (None, Some(url)) => builder.base_url(url.clone()),
         (None, None) => {
             return Err(CliError::usage(
-                "no API to talk to: give --region (e.g. --region us-east-1) or --base-url URL",
+                "no API to talk to: give --region (e.g. --region us-east-1, or set \
+                 GENESYSCLOUD_REGION) or --base-url URL",
             ));
         }
     };
@@ -93,7 +129,8 @@ pub(crate) async fn build_client(
 ) -> Result<GenesysClient, CliError> {
     let refused = |e: GenesysError| {
         CliError::usage(format!(
-            "{e}; nothing was sent: check GENESYS_CLIENT_ID, GENESYS_CLIENT_SECRET and the region"
+            "{e}; nothing was sent: check the client id and secret \
+             (GENESYSCLOUD_OAUTHCLIENT_ID/SECRET or GENESYS_CLIENT_ID/SECRET) and the region"
         ))
     };
     let builder = match common.rate_limit {

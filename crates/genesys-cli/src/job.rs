@@ -63,9 +63,13 @@ pub(crate) enum Undelivered {
 impl Undelivered {
     /// A failure from the client, sorted by whether its outcome is known.
     pub(crate) fn from_error(e: &genesys_client::GenesysError) -> Self {
-        if let genesys_client::GenesysError::OAuth(oauth) = e
-            && oauth.is_bad_credentials()
-        {
+        // A 401 that outlived the stack's one re-send with a fresh token: the credentials (or a
+        // ready token) do not work, for this record or any other.
+        let refused = match e {
+            genesys_client::GenesysError::OAuth(oauth) => oauth.is_bad_credentials(),
+            _ => e.status() == Some(http::StatusCode::UNAUTHORIZED),
+        };
+        if refused {
             Undelivered::CredentialsRefused(e.to_string())
         } else if e.is_outcome_unknown() {
             Undelivered::Unknown(e.to_string())

@@ -69,8 +69,12 @@ fn init_tracing(verbose: u8, quiet: bool) {
         (false, _) => "debug,genesys_tower=trace,genesys_client=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
@@ -79,6 +83,11 @@ fn init_tracing(verbose: u8, quiet: bool) {
 async fn run(cli: Cli) -> Result<u8, CliError> {
     let common = &cli.common;
     match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "gcx", &mut std::io::stdout());
+            Ok(0)
+        }
         Command::Demo(args) => demo::run(common, args).await,
         Command::Users(UsersCommand::Patch(args)) => {
             let builder = deliver::client_builder(common)?;

@@ -89,12 +89,17 @@ impl Parse for UserRecords {
         ))
     }
 
-    fn csv_record(
-        &self,
-        mut row: Map<String, Value>,
-    ) -> Result<(UserUpdate, Option<String>), String> {
+    fn csv_record(&self, row: Map<String, Value>) -> Result<(UserUpdate, Option<String>), String> {
         let user_id = user_id(&row)?;
-        row.remove("user_id");
+        let mut fields = Map::new();
+        for (column, cell) in row {
+            if column == "user_id" {
+                continue;
+            }
+            let (name, value) = typed_cell(&column, cell.as_str().unwrap_or_default())?;
+            fields.insert(name, value);
+        }
+        let row = fields;
         check_fields(&row)?;
         Ok((
             UserUpdate {
@@ -103,6 +108,45 @@ impl Parse for UserRecords {
             },
             Some(user_id),
         ))
+    }
+}
+
+/// A CSV cell of a user update, typed: `true`/`false` are booleans, a JSON number is a number
+/// (`42`, `-1.5`; `007` is not one, so it stays text), a cell starting with `{` or `[` is JSON;
+/// anything else is text. A column named `name:string` keeps its cells as text, and
+/// `name:json` requires JSON.
+fn typed_cell(column: &str, text: &str) -> Result<(String, Value), String> {
+    let json = |name: &str| {
+        serde_json::from_str::<Value>(text.trim())
+            .map_err(|e| format!("column {column}: `{}` is not JSON ({e})", cut(text)))
+            .map(|v| (name.to_owned(), v))
+    };
+    if let Some(name) = column.strip_suffix(":string") {
+        return Ok((name.to_owned(), Value::String(text.to_owned())));
+    }
+    if let Some(name) = column.strip_suffix(":json") {
+        return json(name);
+    }
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        return json(column);
+    }
+    let value = match trimmed {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => match serde_json::from_str::<serde_json::Number>(trimmed) {
+            Ok(n) if !trimmed.is_empty() => Value::Number(n),
+            _ => Value::String(text.to_owned()),
+        },
+    };
+    Ok((column.to_owned(), value))
+}
+
+/// At most 60 characters of `s`, for an error message.
+fn cut(s: &str) -> String {
+    match s.char_indices().nth(60) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
     }
 }
 
@@ -284,6 +328,44 @@ mod tests {
         assert_eq!(
             u.fields,
             json!({"department": "Sales"}).as_object().unwrap().clone()
+        );
+    }
+
+    #[test]
+    fn user_csv_cells_are_typed() {
+        let mut row = Map::new();
+        for (k, v) in [
+            ("user_id", "u1"),
+            ("acdAutoAnswer", "true"),
+            ("priority", "3"),
+            ("phone", "007"),
+            ("title", "Lead"),
+            ("code:string", "42"),
+            ("addresses", r#"[{"type":"WORK","address":"a@b.c"}]"#),
+            ("extra:json", r#"{"k": 1}"#),
+        ] {
+            row.insert(k.into(), json!(v));
+        }
+        let (u, _) = UserRecords.csv_record(row).unwrap();
+        assert_eq!(
+            Value::Object(u.fields),
+            json!({
+                "acdAutoAnswer": true,
+                "priority": 3,
+                "phone": "007",
+                "title": "Lead",
+                "code": "42",
+                "addresses": [{"type":"WORK","address":"a@b.c"}],
+                "extra": {"k": 1}
+            })
+        );
+        let mut row = Map::new();
+        row.insert("user_id".into(), json!("u1"));
+        row.insert("addresses".into(), json!("[{broken"));
+        let err = UserRecords.csv_record(row).unwrap_err();
+        assert!(
+            err.contains("column addresses") && err.contains("not JSON"),
+            "{err}"
         );
     }
 

@@ -523,3 +523,61 @@ fn demo_runs_and_prints_the_verdict() {
         "more attempts than the 600 requests: {r}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genesys_environment_names_a_ready_token_and_plain_logs() {
+    let sim = Simulator::spawn(config(3)).await.unwrap();
+    let d = dir("env_names");
+    let (lines, _) = user_lines(&sim, 3);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    // Genesys's own variable names, and logs without colour codes when stderr is a file.
+    let out = gcx(&sim)
+        .env_remove("GENESYS_CLIENT_ID")
+        .env_remove("GENESYS_CLIENT_SECRET")
+        .env("GENESYSCLOUD_OAUTHCLIENT_ID", "demo-client")
+        .env("GENESYSCLOUD_OAUTHCLIENT_SECRET", "demo-secret")
+        .args(["-v", "users", "patch", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DEBUG"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI codes in a file: {stderr}"
+    );
+
+    // A ready token that the API refuses stops the job at once, with exit 2.
+    let before = sim.ledger_len();
+    let out = gcx(&sim)
+        .env_remove("GENESYS_CLIENT_ID")
+        .env_remove("GENESYS_CLIENT_SECRET")
+        .env("GENESYSCLOUD_ACCESS_TOKEN", "not-a-token")
+        .args(["users", "patch", "--fresh", "--concurrency", "1", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("credentials refused"), "{stdout}");
+    assert!(
+        !stdout.contains("not-a-token")
+            && !String::from_utf8_lossy(&out.stderr).contains("not-a-token")
+    );
+    assert_eq!(sim.ledger_len(), before, "nothing applied");
+}
+
+#[test]
+fn completions_are_printed_for_a_shell() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gcx"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("gcx") && script.contains("--journal"),
+        "{script}"
+    );
+}

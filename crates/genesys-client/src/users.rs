@@ -208,10 +208,13 @@ impl GenesysClient {
     /// that). A conflict after which the user already holds every requested field counts as done:
     /// that is what a PATCH whose answer was lost, then replayed, looks like. A `version` in
     /// `fields` is ignored: the current one is always sent.
+    ///
+    /// `fields` is anything that serializes to a JSON object: a `serde_json::Map`, `json!({..})`,
+    /// or a struct of your own.
     pub async fn update_user(
         &self,
         id: &str,
-        fields: Map<String, Value>,
+        fields: impl Serialize,
     ) -> Result<User, GenesysError> {
         self.update_user_with(id, fields, UpdateUserOptions::default())
             .await
@@ -221,9 +224,29 @@ impl GenesysClient {
     pub async fn update_user_with(
         &self,
         id: &str,
-        mut fields: Map<String, Value>,
+        fields: impl Serialize,
         options: UpdateUserOptions,
     ) -> Result<User, GenesysError> {
+        let mut fields = match serde_json::to_value(fields) {
+            Ok(Value::Object(fields)) => fields,
+            Ok(other) => {
+                return Err(GenesysError::Config(format!(
+                    "update_user: the fields must serialize to a JSON object, not {}",
+                    match other {
+                        Value::Array(_) => "an array",
+                        Value::String(_) => "a string",
+                        Value::Number(_) => "a number",
+                        Value::Bool(_) => "a boolean",
+                        _ => "null",
+                    }
+                )));
+            }
+            Err(e) => {
+                return Err(GenesysError::Config(format!(
+                    "update_user: the fields cannot be serialized: {e}"
+                )));
+            }
+        };
         fields.remove("version");
         let wanted = Value::Object(fields.clone());
         let path = format!("/api/v2/users/{}", segment(id));
