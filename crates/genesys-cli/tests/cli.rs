@@ -291,7 +291,7 @@ async fn refused_credentials_exit_2_before_any_record_is_sent() {
         assert_eq!(out.status.code(), Some(2), "{pacing:?}: {stderr}");
         assert!(stderr.contains("invalid_client"), "says why: {stderr}");
         assert!(
-            stderr.contains("GENESYS_CLIENT_SECRET"),
+            stderr.contains("GENESYSCLOUD_OAUTHCLIENT_ID"),
             "says what to check: {stderr}"
         );
         assert!(!stderr.contains("not-the-secret"), "never shows the secret");
