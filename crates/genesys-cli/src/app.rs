@@ -13,7 +13,7 @@ use crate::input::{Format, Parse, Source};
 use crate::job::{self, Deliver, Options};
 use crate::journal::{JobSpec, Journal, OpenMode};
 use crate::progress::Progress;
-use crate::report::{Report, ReportFile, Verdict};
+use crate::report::{Pace, Report, ReportFile, Verdict};
 use crate::sinks::{Sinks, check_distinct};
 use crate::tally::Tally;
 
@@ -232,6 +232,7 @@ pub(crate) async fn finish(
     input: Option<&Path>,
     ran: Ran,
     metrics: Option<MetricsSnapshot>,
+    pace: Option<Pace>,
     verdict: Option<Verdict>,
 ) -> Result<u8, CliError> {
     let Ran {
@@ -267,6 +268,7 @@ pub(crate) async fn finish(
     if let Some(v) = verdict {
         report = report.with_verdict(v);
     }
+    report.pace = pace;
     if let Some(file) = report_file
         && let Err(e) = file.commit(&report)
     {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use genesys_client::{
-    GenesysClient, GenesysClientBuilder, GenesysError, Region, UpdateUserOptions,
+    GenesysClient, GenesysClientBuilder, GenesysError, PacingSource, Region, UpdateUserOptions,
 };
 use genesys_tower::idempotency::{IdempotencyKey, MemoryStore};
 use genesys_tower::retry::RetrySafety;
@@ -16,6 +16,7 @@ use crate::error::CliError;
 use crate::job::{Deliver, Replay, Undelivered, UnitCtx};
 use crate::journal::fnv1a;
 use crate::records::UserUpdate;
+use crate::report::Pace;
 
 /// The environment variables holding the OAuth client id: Genesys's own name first (its CLI,
 /// Terraform provider and samples use it), then the older one.
@@ -126,7 +127,7 @@ pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, Cl
 pub(crate) async fn build_client(
     builder: GenesysClientBuilder,
     common: &Common,
-) -> Result<GenesysClient, CliError> {
+) -> Result<(GenesysClient, Option<Pace>), CliError> {
     let refused = |e: GenesysError| {
         CliError::usage(format!(
             "{e}; nothing was sent: check the client id and secret \
@@ -137,6 +138,17 @@ pub(crate) async fn build_client(
         None => builder.discover_limits().await.map_err(refused)?,
         Some(rate) => builder.pacing(u64::from(rate.requests), rate.window),
     };
+    let pace = builder.pacing_setting().map(|(requests, window)| Pace {
+        requests,
+        window_s: window.as_secs_f64(),
+        source: match (common.rate_limit, builder.pacing_source()) {
+            (Some(_), _) => "--rate-limit".to_owned(),
+            (None, PacingSource::OrgLimit) => {
+                "the org's own limit, read at start; adapted to what the server says".to_owned()
+            }
+            (None, other) => format!("{other}; the org's limit could not be read"),
+        },
+    });
     let client = builder
         .build()
         .map_err(|e| CliError::usage(format!("cannot set up the client: {e}")))?;
@@ -150,7 +162,7 @@ pub(crate) async fn build_client(
             return Err(refused(e));
         }
     }
-    Ok(client)
+    Ok((client, pace))
 }
 
 /// The idempotency store of a job's client. A bulk job makes each logical call once, so the

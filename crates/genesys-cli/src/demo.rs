@@ -175,6 +175,7 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError
         None,
         ran,
         Some(metrics),
+        None,
         Some(verdict.clone()),
     )
     .await?;

@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 journaled: true,
             };
             let prepared = app::prepare(common, &args.input, format, UserRecords, kind)?;
-            let client = deliver::build_client(builder, common).await?;
+            let (client, pace) = deliver::build_client(builder, common).await?;
             let deliver = Arc::new(deliver::Users(client.clone()));
             let ran = app::execute(common, prepared, deliver, 1, false, app::interrupts()).await;
             let metrics = client.metrics().snapshot();
@@ -109,6 +109,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 Some(&args.input),
                 ran,
                 Some(metrics),
+                pace,
                 None,
             )
             .await
@@ -135,7 +136,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 journaled: true,
             };
             let prepared = app::prepare(common, &args.input, format, records, kind)?;
-            let client = deliver::build_client(builder, common).await?;
+            let (client, pace) = deliver::build_client(builder, common).await?;
             let deliver = deliver::Ingest {
                 client: client.clone(),
                 path: path.into(),
@@ -156,6 +157,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 Some(&args.input),
                 ran,
                 Some(metrics),
+                pace,
                 None,
             )
             .await
@@ -179,7 +181,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 journaled: format == Format::Jsonl,
             };
             let prepared = app::prepare(common, input, format, ActionInputs, kind)?;
-            let client = deliver::build_client(builder, common).await?;
+            let (client, pace) = deliver::build_client(builder, common).await?;
             let deliver = deliver::Actions {
                 client: client.clone(),
                 action_id: args.action_id.as_str().into(),
@@ -197,7 +199,16 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             )
             .await;
             let metrics = client.metrics().snapshot();
-            app::finish(common, kind.command, Some(input), ran, Some(metrics), None).await
+            app::finish(
+                common,
+                kind.command,
+                Some(input),
+                ran,
+                Some(metrics),
+                pace,
+                None,
+            )
+            .await
         }
     }
 }

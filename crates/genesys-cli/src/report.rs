@@ -70,6 +70,9 @@ pub(crate) struct Report {
     /// Quarantined records past the first 10,000: in the quarantine file only.
     #[serde(skip_serializing_if = "is_zero")]
     pub(crate) quarantined_not_listed: u64,
+    /// The client-side pace the job ran at, and where it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pace: Option<Pace>,
     /// The demo's verdict, for `gcx demo`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) verdict: Option<Verdict>,
@@ -144,6 +147,16 @@ impl From<MetricsSnapshot> for Http {
             idempotent_replays: m.idempotent_replays,
         }
     }
+}
+
+/// The pace a job starts at: at most `requests` per `window_s` seconds (the pacer then adapts
+/// to what the server says).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Pace {
+    pub(crate) requests: u64,
+    pub(crate) window_s: f64,
+    /// `--rate-limit`, the org's own limit, or the default.
+    pub(crate) source: String,
 }
 
 /// What the simulator's ledger says about a demo run.
@@ -239,6 +252,7 @@ impl Report {
             quarantined_not_listed: tally
                 .quarantined
                 .saturating_sub(tally.quarantine.len() as u64),
+            pace: None,
             verdict: None,
         }
     }
@@ -317,6 +331,13 @@ impl Report {
                 r.request_timeout
             ),
         );
+        if let Some(p) = &self.pace {
+            row(
+                &mut s,
+                "pace",
+                format!("{} per {} s ({})", p.requests, p.window_s, p.source),
+            );
+        }
         row(
             &mut s,
             "429 responses",

@@ -581,3 +581,48 @@ fn completions_are_printed_for_a_shell() {
         "{script}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_says_which_pace_and_where_it_came_from() {
+    let sim = Simulator::spawn(config(2).rate_limit(Some((240, Duration::from_secs(60)))))
+        .await
+        .unwrap();
+    let d = dir("pace");
+    let (lines, _) = user_lines(&sim, 2);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let out = gcx(&sim)
+        .args(["users", "patch", "--json", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        r["pace"]["requests"], 240,
+        "the org's limit, from the real listing shape"
+    );
+    assert_eq!(r["pace"]["window_s"], 60.0);
+    assert!(
+        r["pace"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("org's own limit")
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pace           240 per 60 s"));
+    let out = gcx(&sim)
+        .args([
+            "users",
+            "patch",
+            "--json",
+            "--fresh",
+            "--rate-limit",
+            "50/1",
+            "--input",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["pace"]["source"], "--rate-limit");
+}

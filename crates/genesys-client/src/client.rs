@@ -63,6 +63,28 @@ pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>
 
 /// The default number of requests in flight at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// Where a client's pacing setting came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PacingSource {
+    /// The default, 300 requests per 60 s.
+    Default,
+    /// Set by [`GenesysClientBuilder::pacing`] or [`GenesysClientBuilder::no_pacing`].
+    Explicit,
+    /// Read from the org's limits by [`GenesysClientBuilder::discover_limits`].
+    OrgLimit,
+}
+
+impl fmt::Display for PacingSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PacingSource::Default => "the default (the Genesys limit per token)",
+            PacingSource::Explicit => "set by the caller",
+            PacingSource::OrgLimit => "the org's own limit",
+        })
+    }
+}
+
 /// The default pacing: 300 requests per 60 s, the Genesys limit per client-credentials token.
 pub const DEFAULT_PACING: (u64, Duration) = (300, Duration::from_secs(60));
 /// The default per-attempt timeout.
@@ -147,6 +169,7 @@ pub struct GenesysClientBuilder {
     attempt_timeout: Option<Duration>,
     max_in_flight: usize,
     pacing: Option<(u64, Duration)>,
+    pacing_source: PacingSource,
     reject_when_full: bool,
     concurrency_layer: Option<ConcurrencyLayer>,
     idempotency: bool,
@@ -170,6 +193,7 @@ impl Default for GenesysClientBuilder {
             attempt_timeout: Some(DEFAULT_ATTEMPT_TIMEOUT),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             pacing: Some(DEFAULT_PACING),
+            pacing_source: PacingSource::Default,
             reject_when_full: false,
             concurrency_layer: None,
             idempotency: true,
@@ -268,6 +292,7 @@ impl GenesysClientBuilder {
     /// [`discover_limits`](Self::discover_limits) to read your org's own).
     pub fn pacing(mut self, requests: u64, window: Duration) -> Self {
         self.pacing = Some((requests, window));
+        self.pacing_source = PacingSource::Explicit;
         self
     }
 
@@ -277,9 +302,15 @@ impl GenesysClientBuilder {
         self.pacing
     }
 
+    /// Where the pacing setting came from.
+    pub fn pacing_source(&self) -> PacingSource {
+        self.pacing_source
+    }
+
     /// No client-side pacing: only the server's 429s slow the client down.
     pub fn no_pacing(mut self) -> Self {
         self.pacing = None;
+        self.pacing_source = PacingSource::Explicit;
         self
     }
 
@@ -376,19 +407,27 @@ impl GenesysClientBuilder {
         {
             Ok(limits) => {
                 match limits.value_of(crate::limits::TOKEN_RATE_PER_MINUTE) {
-                    Some(v) if v > 0.0 => {
+                    Some(v) if v >= 1.0 && v.is_finite() => {
                         tracing::debug!(per_minute = v, "pacing from the org's limits");
-                        self.pacing = Some((v as u64, Duration::from_secs(60)));
+                        // Whole requests per minute; the pacer never goes below one.
+                        self.pacing = Some((v.min(1e9) as u64, Duration::from_secs(60)));
+                        self.pacing_source = PacingSource::OrgLimit;
                     }
-                    _ => tracing::debug!(
-                        "the org's limits do not name the token rate; keeping the pacing"
+                    Some(v) => tracing::warn!(
+                        value = v,
+                        "the org's limit {} is below 1 request a minute; keeping the pacing",
+                        crate::limits::TOKEN_RATE_PER_MINUTE
+                    ),
+                    None => tracing::warn!(
+                        "the org's limits do not name {}; keeping the pacing",
+                        crate::limits::TOKEN_RATE_PER_MINUTE
                     ),
                 }
                 Ok(self)
             }
             Err(e @ GenesysError::OAuth(_)) => Err(e),
             Err(e) => {
-                tracing::debug!(error = %e, "the org's limits could not be read; keeping the pacing");
+                tracing::warn!(error = %e, "the org's limits could not be read; keeping the pacing");
                 Ok(self)
             }
         }

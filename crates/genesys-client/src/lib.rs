@@ -56,7 +56,9 @@ pub mod region;
 pub mod users;
 
 pub use classify::GenesysClassifier;
-pub use client::{ApiResponse, GenesysClient, GenesysClientBuilder, HttpService, StackService};
+pub use client::{
+    ApiResponse, GenesysClient, GenesysClientBuilder, HttpService, PacingSource, StackService,
+};
 pub use data_actions::{ActionTestResult, ExecuteOptions};
 pub use error::{
     ApiError, ErrorBody, ErrorDetail, ErrorLimit, GenesysError, OAuthError, OAuthErrorKind,

@@ -975,13 +975,12 @@ fn limits(ctx: &Ctx<'_>, namespace: &str) -> Handled {
         NS_PLATFORM => {
             let mut v = vec![json!({"key": "request.bytes.max", "value": cfg.max_body_bytes})];
             if let Some((n, w)) = cfg.rate_limit {
-                // The key names a rate per minute: a quota over another window is scaled to it
-                // (rounded down); `windowSeconds` (ours, not the real API's) gives the window.
+                // The key names a rate per minute, as in the real API: a quota over another
+                // window is scaled to it (rounded down). Nothing says the window itself.
                 let per_minute = u128::from(n) * 60_000 / w.as_millis().max(1);
                 v.push(json!({
                     "key": "client.credentials.token.rate.per.minute",
                     "value": u64::try_from(per_minute).unwrap_or(u64::MAX),
-                    "windowSeconds": w.as_secs(),
                 }));
             }
             v
@@ -997,9 +996,24 @@ fn limits(ctx: &Ctx<'_>, namespace: &str) -> Handled {
             .params("The limits namespace {namespace} was not found", &[("namespace", namespace)]));
         }
     };
+    // The API's `LimitsEntityListing`: each limit names its namespace; one page holds all.
+    let total = limits.len();
+    let entities: Vec<Value> = limits
+        .into_iter()
+        .map(|mut l| {
+            l["namespace"] = json!(namespace);
+            l
+        })
+        .collect();
     Ok(json_response(
         StatusCode::OK,
-        &json!({"namespace": namespace, "limits": limits}),
+        &json!({
+            "entities": entities,
+            "pageSize": total.max(1),
+            "pageNumber": 1,
+            "total": total,
+            "pageCount": 1,
+        }),
     ))
 }
 

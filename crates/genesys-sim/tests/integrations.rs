@@ -109,7 +109,18 @@ async fn limits_report_the_configured_values() {
     .await
     .unwrap();
     assert_eq!(r.status, 200);
-    let limits = r.json()["limits"].clone();
+    // The API's LimitsEntityListing: entities that each name their namespace, and paging.
+    let body = r.json();
+    assert_eq!(body["pageNumber"], 1);
+    assert_eq!(body["total"], 2);
+    let limits = body["entities"].clone();
+    assert!(
+        limits
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["namespace"] == "platform.api")
+    );
     let value = |key: &str| {
         limits
             .as_array()
