@@ -21,8 +21,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -339,19 +338,34 @@ pub(crate) struct Journal {
 }
 
 /// Writes entries; cheap to clone, shared with the tasks that deliver units.
+///
+/// Entries are serialized into a shared buffer under a short lock; the writer thread takes the
+/// buffer every [`DRAIN_EVERY`] (or at once when a sync is asked for), so the job pays neither an
+/// allocation nor a thread wake-up per entry.
 #[derive(Debug, Clone)]
 pub(crate) struct JournalHandle {
-    tx: std_mpsc::Sender<Msg>,
-    error: Arc<OnceLock<String>>,
+    shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
-enum Msg {
-    Line(Vec<u8>),
-    Sync(oneshot::Sender<Result<(), String>>),
-    /// Sync, answer, and stop.
-    Close(oneshot::Sender<Result<(), String>>),
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    /// The first write error; once set, nothing more is written.
+    error: OnceLock<String>,
 }
+
+#[derive(Debug, Default)]
+struct State {
+    buf: Vec<u8>,
+    waiters: Vec<Waiter>,
+    closing: bool,
+}
+
+/// How often the writer thread takes what was buffered.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 fn damaged(path: &Path, line: usize, what: &str) -> CliError {
     CliError::usage(format!(
@@ -409,16 +423,16 @@ impl Journal {
     }
 
     fn start(path: &Path, header: Header, past: Past, file: File) -> Self {
-        let (tx, rx) = std_mpsc::channel();
-        let error = Arc::new(OnceLock::new());
-        let thread_error = error.clone();
+        let shared = Arc::new(Shared::default());
+        let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("gcx-journal".into())
-            .spawn(move || writer(file, &rx, &thread_error))
+            .spawn(move || writer(file, &thread_shared))
             .ok();
-        let handle = JournalHandle { tx, error };
+        let handle = JournalHandle { shared };
         if thread.is_none() {
             let _ = handle
+                .shared
                 .error
                 .set("the journal's writer thread could not start".into());
         }
@@ -454,19 +468,18 @@ impl Journal {
         let mut end = EntryOut::new(None, "end");
         end.status = Some(status);
         self.handle.send(&end);
-        let (tx, rx) = oneshot::channel();
-        let sent = self.handle.tx.send(Msg::Close(tx)).is_ok();
-        let synced = if sent {
-            rx.await
-                .unwrap_or_else(|_| Err("the journal's writer stopped".into()))
-        } else {
-            Err("the journal's writer stopped".into())
+        let rx = self.handle.ask_sync(true);
+        let synced = match rx {
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err("the journal's writer stopped".into())),
+            None => Err("the journal's writer stopped".into()),
         };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        match self.handle.error.get() {
-            Some(e) => Err(e.clone()),
+        match self.handle.error() {
+            Some(e) => Err(e.to_owned()),
             None => synced,
         }
     }
@@ -589,14 +602,31 @@ fn apply(past: &mut Past, entry: &EntryIn, max_line: u64) -> Result<(), String> 
 
 impl JournalHandle {
     fn send(&self, entry: &EntryOut<'_>) {
-        if self.error.get().is_some() {
+        if self.shared.error.get().is_some() {
             return;
         }
-        let mut line = Vec::with_capacity(64);
-        if serde_json::to_writer(&mut line, entry).is_ok() {
-            line.push(b'\n');
-            let _ = self.tx.send(Msg::Line(line));
+        let mut state = lock(&self.shared.state);
+        let before = state.buf.len();
+        if serde_json::to_writer(&mut state.buf, entry).is_ok() {
+            state.buf.push(b'\n');
+        } else {
+            state.buf.truncate(before);
         }
+    }
+
+    /// Asks the writer for a sync (and, with `close`, to stop after it); `None` when the writer
+    /// is gone.
+    fn ask_sync(&self, close: bool) -> Option<oneshot::Receiver<Result<(), String>>> {
+        let (tx, rx) = oneshot::channel();
+        let mut state = lock(&self.shared.state);
+        if state.closing {
+            return None;
+        }
+        state.waiters.push(tx);
+        state.closing |= close;
+        drop(state);
+        self.shared.wake.notify_one();
+        Some(rx)
     }
 
     /// The unit starting at `line` (`records` records) is about to be sent with `key`.
@@ -637,21 +667,26 @@ impl JournalHandle {
 
     /// Waits until every entry sent so far is on disk.
     pub(crate) async fn sync(&self) -> Result<(), String> {
-        if let Some(e) = self.error.get() {
-            return Err(e.clone());
+        if let Some(e) = self.error() {
+            return Err(e.to_owned());
         }
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Sync(tx))
-            .map_err(|_| "the journal is closed".to_owned())?;
+        let rx = self
+            .ask_sync(false)
+            .ok_or_else(|| "the journal is closed".to_owned())?;
         rx.await
             .unwrap_or_else(|_| Err("the journal's writer stopped".into()))
     }
 
     /// The first error writing the journal, if any.
     pub(crate) fn error(&self) -> Option<&str> {
-        self.error.get().map(String::as_str)
+        self.shared.error.get().map(String::as_str)
     }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn cut(s: &str) -> std::borrow::Cow<'_, str> {
@@ -661,75 +696,49 @@ fn cut(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The writer thread: appends lines, syncs at most [`SYNC_EVERY`] after the first unsynced one
-/// and at once when asked, and answers the waiters.
-fn writer(file: File, rx: &std_mpsc::Receiver<Msg>, error: &OnceLock<String>) {
+/// The writer thread: every [`DRAIN_EVERY`], or at once when a sync is asked for, takes the
+/// buffered entries and appends them; syncs at most [`SYNC_EVERY`] after the first unsynced
+/// entry, and at once for a waiter; stops after a close.
+fn writer(file: File, shared: &Shared) {
     let mut out = BufWriter::with_capacity(64 * 1024, file);
+    let mut spare: Vec<u8> = Vec::new();
     let mut dirty_since: Option<Instant> = None;
-    let mut waiters: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
-    let mut open = true;
-    while open || !waiters.is_empty() {
-        let msg = match dirty_since {
-            _ if !open => None,
-            Some(t) => match rx.recv_timeout(SYNC_EVERY.saturating_sub(t.elapsed())) {
-                Ok(m) => Some(m),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                    open = false;
-                    None
-                }
-            },
-            None => match rx.recv() {
-                Ok(m) => Some(m),
-                Err(_) => {
-                    open = false;
-                    None
-                }
-            },
+    loop {
+        let (mut buf, waiters, closing) = {
+            let mut state = lock(&shared.state);
+            if state.waiters.is_empty() && !state.closing {
+                state = shared
+                    .wake
+                    .wait_timeout(state, DRAIN_EVERY)
+                    .map_or_else(|e| e.into_inner().0, |(s, _)| s);
+            }
+            let buf = std::mem::replace(&mut state.buf, std::mem::take(&mut spare));
+            (buf, std::mem::take(&mut state.waiters), state.closing)
         };
-        let mut next = msg;
-        loop {
-            match next {
-                Some(Msg::Line(bytes)) if error.get().is_none() => {
-                    if let Err(e) = out.write_all(&bytes) {
-                        let _ = error.set(format!("writing the journal failed: {e}"));
-                    }
-                    dirty_since.get_or_insert_with(Instant::now);
-                }
-                Some(Msg::Line(_)) | None => {}
-                Some(Msg::Sync(w)) => waiters.push(w),
-                Some(Msg::Close(w)) => {
-                    waiters.push(w);
-                    open = false;
-                }
+        if !buf.is_empty() && shared.error.get().is_none() {
+            if let Err(e) = out.write_all(&buf) {
+                let _ = shared.error.set(format!("writing the journal failed: {e}"));
             }
-            if !open {
-                break;
-            }
-            next = match rx.try_recv() {
-                Ok(m) => Some(m),
-                Err(std_mpsc::TryRecvError::Empty) => break,
-                Err(std_mpsc::TryRecvError::Disconnected) => {
-                    open = false;
-                    break;
-                }
-            };
+            dirty_since.get_or_insert_with(Instant::now);
         }
+        buf.clear();
+        spare = buf;
         let due = dirty_since.is_some_and(|t| t.elapsed() >= SYNC_EVERY);
-        if due || !waiters.is_empty() || (!open && dirty_since.is_some()) {
-            if dirty_since.take().is_some() && error.get().is_none() {
-                let synced = out.flush().and_then(|()| out.get_ref().sync_data());
-                if let Err(e) = synced {
-                    let _ = error.set(format!("syncing the journal failed: {e}"));
-                }
+        if (due || !waiters.is_empty() || closing) && dirty_since.take().is_some() {
+            let synced = out.flush().and_then(|()| out.get_ref().sync_data());
+            if let Err(e) = synced {
+                let _ = shared.error.set(format!("syncing the journal failed: {e}"));
             }
-            let result = match error.get() {
-                Some(e) => Err(e.clone()),
-                None => Ok(()),
-            };
-            for w in waiters.drain(..) {
-                let _ = w.send(result.clone());
-            }
+        }
+        let result = match shared.error.get() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        };
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+        if closing {
+            return;
         }
     }
 }
