@@ -375,12 +375,18 @@ impl GenesysClientBuilder {
             .await
         {
             Ok(limits) => {
-                match limits.value_of(crate::limits::TOKEN_RATE_PER_MINUTE) {
-                    Some(v) if v > 0.0 => {
-                        tracing::debug!(per_minute = v, "pacing from the org's limits");
-                        self.pacing = Some((v as u64, Duration::from_secs(60)));
+                match limits.pacing_for(
+                    crate::limits::TOKEN_RATE_PER_MINUTE,
+                    Duration::from_secs(60),
+                ) {
+                    Some(Ok((n, window))) => {
+                        tracing::debug!(per_minute = n, "pacing from the org's limits");
+                        self.pacing = Some((n, window));
                     }
-                    _ => tracing::debug!(
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "ignoring the org's limit; keeping the pacing")
+                    }
+                    None => tracing::debug!(
                         "the org's limits do not name the token rate; keeping the pacing"
                     ),
                 }
@@ -471,7 +477,9 @@ impl GenesysClientBuilder {
             None => {
                 let mut layer = ConcurrencyLayer::new(self.max_in_flight);
                 if let Some((n, window)) = self.pacing {
-                    layer = layer.pacing(n, window);
+                    layer = layer
+                        .try_pacing(n, window)
+                        .map_err(|e| GenesysError::Config(format!("pacing: {e}")))?;
                 }
                 if self.reject_when_full {
                     layer = layer.reject_when_full();

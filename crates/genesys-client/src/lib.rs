@@ -59,15 +59,18 @@ pub use classify::GenesysClassifier;
 pub use client::{ApiResponse, GenesysClient, GenesysClientBuilder, HttpService, StackService};
 pub use data_actions::{ActionTestResult, ExecuteOptions};
 pub use error::{
-    ApiError, ErrorBody, ErrorDetail, ErrorLimit, GenesysError, OAuthError, OAuthErrorKind,
+    ApiError, ErrorBody, ErrorDetail, ErrorLimit, GenesysError, MESSAGE_MAX_CHARS, OAuthError,
+    OAuthErrorKind,
 };
 pub use ingestion::{
     Chunk, ChunkFailure, ChunkOutcome, DEFAULT_INGESTION_PATH, IngestReport, Ingestion,
     IngestionBuilder, InvalidRecord, Prepared,
 };
 pub use integrations::IntegrationConfig;
-pub use limits::{Limit, NamespaceLimits};
-pub use oauth::{ClientCredentials, TokenError, TokenRetry};
+pub use limits::{InvalidLimit, Limit, NamespaceLimits};
+pub use oauth::{
+    ClientCredentials, MAX_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME, TokenError, TokenRetry,
+};
 pub use region::{Endpoints, InvalidUrl, ParseRegionError, Region};
 pub use users::{UpdateUserOptions, User, UsersPage};
 

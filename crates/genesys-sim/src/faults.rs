@@ -82,6 +82,53 @@ impl Faults {
         spec.parse()
     }
 
+    /// Checks a fault configuration built by hand (a parsed spec is always valid): every
+    /// probability in 0..=1, the exclusive ones summing to at most 1, every duration at most
+    /// [`MAX_DURATION`], `revoke-every` longer than 0.
+    pub fn validate(&self) -> Result<(), FaultSpecError> {
+        let probs = [
+            ("5xx", self.server_error),
+            ("500", self.internal_error),
+            ("503-retry-after", self.retry_after_503),
+            ("reset-before", self.reset_before),
+            ("reset-after", self.reset_after),
+            ("long-retry-after", self.long_retry_after),
+            ("token-5xx", self.token_error),
+        ];
+        for (key, p) in probs {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(bad(format!(
+                    "fault `{key}` needs a probability between 0 and 1, got {p}"
+                )));
+            }
+        }
+        let sum = self.exclusive_sum();
+        if sum > 1.0 + 1e-9 {
+            return Err(FaultSpecError(format!(
+                "the probabilities of 5xx, 500, 503-retry-after, reset-before, reset-after and \
+                 long-retry-after are exclusive outcomes of one draw and must sum to at most 1 \
+                 (they sum to {sum})"
+            )));
+        }
+        if let Some((lo, hi)) = self.latency
+            && (hi < lo || hi > MAX_DURATION)
+        {
+            return Err(bad(format!(
+                "fault `latency` needs MIN <= MAX <= {} s",
+                MAX_DURATION.as_secs()
+            )));
+        }
+        if let Some(d) = self.revoke_every
+            && (d.is_zero() || d > MAX_DURATION)
+        {
+            return Err(bad(format!(
+                "fault `revoke-every` must be longer than 0 and at most {} s",
+                MAX_DURATION.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
     /// True when nothing is injected.
     pub fn is_none(&self) -> bool {
         *self == Faults::default()
@@ -132,8 +179,8 @@ impl Faults {
         if hi <= lo {
             return Some(lo);
         }
-        let span = (hi - lo).as_nanos() as u64;
-        Some(lo + Duration::from_nanos(rng.random_range(0..=span)))
+        let span = u64::try_from((hi - lo).as_nanos()).unwrap_or(u64::MAX);
+        Some(lo.saturating_add(Duration::from_nanos(rng.random_range(0..=span))))
     }
 }
 
@@ -183,24 +230,39 @@ fn bad(msg: String) -> FaultSpecError {
 }
 
 fn parse_prob(key: &str, value: &str) -> Result<f64, FaultSpecError> {
-    match value.trim().parse::<f64>() {
-        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
-        _ => Err(bad(format!(
-            "fault `{key}` needs a probability between 0 and 1, got `{value}`"
-        ))),
+    let v = value.trim_matches(|c| c == ' ' || c == '\t');
+    let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    match v.parse::<f64>() {
+        Ok(p) if plain && (0.0..=1.0).contains(&p) => Ok(p),
+        _ => {
+            let shown: String = v.chars().take(40).collect();
+            Err(bad(format!(
+                "fault `{key}` needs a probability between 0 and 1, got `{shown}`"
+            )))
+        }
     }
 }
 
-/// Parses `250us`, `5ms`, `2s`, `1.5s`, `1m`, `1h`.
+/// The longest duration the simulator accepts anywhere (fault specs, token lifetime, quota
+/// window): 365 days. Longer ones are refused where they are read, so that no clock arithmetic
+/// can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `250us`, `5ms`, `2s`, `1.5s`, `1m`, `1h`: a plain decimal number (ASCII digits and at
+/// most one `.`) and a unit. Durations longer than [`MAX_DURATION`] are refused with a message.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let v = value.trim();
+    let v = value.trim_matches(|c| c == ' ' || c == '\t');
+    let shown: String = v.chars().take(40).collect();
     let split = v
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("`{v}` has no unit (use us, ms, s, m or h, e.g. 50ms)"))?;
+        .ok_or_else(|| format!("`{shown}` has no unit (use us, ms, s, m or h, e.g. 50ms)"))?;
     let (num, unit) = v.split_at(split);
+    if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+        return Err(format!("`{shown}` does not start with a number"));
+    }
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("`{v}` does not start with a number"))?;
+        .map_err(|_| format!("`{shown}` does not start with a number"))?;
     let secs = match unit {
         "us" => n / 1e6,
         "ms" => n / 1e3,
@@ -208,15 +270,19 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "m" => n * 60.0,
         "h" => n * 3600.0,
         _ => {
+            let unit: String = unit.chars().take(10).collect();
             return Err(format!(
-                "`{v}` has unknown unit `{unit}` (use us, ms, s, m or h)"
+                "`{shown}` has unknown unit `{unit}` (use us, ms, s, m or h)"
             ));
         }
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{v}` is not a valid duration"));
+    if !secs.is_finite() || secs < 0.0 || secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "`{shown}` is longer than the simulator allows (at most {} s, 365 days)",
+            MAX_DURATION.as_secs()
+        ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{shown}` is not a valid duration: {e}"))
 }
 
 /// Writes a duration in the unit `parse_duration` reads back exactly.
@@ -240,9 +306,12 @@ impl FromStr for Faults {
             return Ok(f);
         }
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| bad(format!("fault item `{item}` is not of the form key=value")))?;
+            let (key, value) = item.split_once('=').ok_or_else(|| {
+                bad(format!(
+                    "fault item `{}` is not of the form key=value",
+                    item.chars().take(40).collect::<String>()
+                ))
+            })?;
             let key = key.trim();
             match key {
                 "5xx" => f.server_error = parse_prob(key, value)?,
@@ -262,9 +331,9 @@ impl FromStr for Faults {
                     let hi =
                         parse_duration(hi).map_err(|e| bad(format!("fault `latency`: {e}")))?;
                     if hi < lo {
-                        return Err(bad(format!(
-                            "fault `latency={value}`: the maximum is below the minimum"
-                        )));
+                        return Err(bad(
+                            "fault `latency`: the maximum is below the minimum".to_string()
+                        ));
                     }
                     f.latency = Some((lo, hi));
                 }
@@ -279,14 +348,7 @@ impl FromStr for Faults {
                 other => return Err(bad(format!("unknown fault `{other}`"))),
             }
         }
-        let sum = f.exclusive_sum();
-        if sum > 1.0 + 1e-9 {
-            return Err(FaultSpecError(format!(
-                "the probabilities of 5xx, 500, 503-retry-after, reset-before, reset-after and \
-                 long-retry-after are exclusive outcomes of one draw and must sum to at most 1 \
-                 (they sum to {sum})"
-            )));
-        }
+        f.validate()?;
         Ok(f)
     }
 }
@@ -373,5 +435,83 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn overflowing_durations_are_refused_with_a_message() {
+        for spec in [
+            "latency=99999999999999999999999h",
+            "latency=1e400s",
+            "revoke-every=8761h",
+            "latency=5ms..366d",
+            "latency=..5ms",
+            "latency=.ms",
+            "latency=1.2.3s",
+            "revoke-every=\u{a0}5s",
+            "5xx=NaN",
+            "5xx=inf",
+            "5xx=-0.1",
+            "5xx=1e-1",
+        ] {
+            let e = spec.parse::<Faults>().unwrap_err().to_string();
+            assert!(!e.is_empty(), "{spec}");
+        }
+        let e = "latency=99999999999999999999999h"
+            .parse::<Faults>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most"), "{e}");
+        assert_eq!(parse_duration("8760h").unwrap(), MAX_DURATION);
+    }
+
+    #[test]
+    fn hand_built_faults_are_validated() {
+        let f = Faults {
+            latency: Some((Duration::ZERO, Duration::MAX)),
+            ..Faults::default()
+        };
+        assert!(f.validate().is_err());
+        let f = Faults {
+            server_error: f64::NAN,
+            ..Faults::default()
+        };
+        assert!(f.validate().is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(5000))]
+
+        #[test]
+        fn any_spec_parses_or_says_why(spec in "\\PC{0,48}") {
+            match spec.parse::<Faults>() {
+                Ok(f) => {
+                    proptest::prop_assert!(f.validate().is_ok());
+                    // What parses, prints back to a spec that parses.
+                    proptest::prop_assert!(f.to_string().parse::<Faults>().is_ok());
+                    let mut rng = rng_for(1, 2, 3);
+                    let _ = f.latency(&mut rng);
+                    let _ = f.decide(&mut rng);
+                }
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn spec_shaped_input_parses_or_says_why(
+            key in "(5xx|500|latency|revoke-every|token-5xx|reset-after)",
+            num in "[0-9.]{0,30}",
+            unit in "(us|ms|s|m|h|d|)",
+            range in proptest::bool::ANY,
+        ) {
+            let value = if range { format!("{num}{unit}..{num}{unit}") } else { format!("{num}{unit}") };
+            match format!("{key}={value}").parse::<Faults>() {
+                Ok(f) => proptest::prop_assert!(f.validate().is_ok()),
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+            match parse_duration(&value) {
+                Ok(d) => proptest::prop_assert!(d <= MAX_DURATION),
+                Err(e) => proptest::prop_assert!(!e.is_empty()),
+            }
+        }
     }
 }

@@ -65,7 +65,9 @@ impl Simulator {
             let sh = shared.clone();
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
-                let start = tokio::time::Instant::now() + every;
+                // `every` is at most faults::MAX_DURATION (checked by the configuration).
+                let now = tokio::time::Instant::now();
+                let start = now.checked_add(every).unwrap_or(now);
                 let mut tick = tokio::time::interval_at(start, every);
                 loop {
                     tokio::select! {

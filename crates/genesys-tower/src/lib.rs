@@ -114,6 +114,7 @@ pub mod concurrency;
 pub mod idempotency;
 pub mod metrics;
 pub mod retry;
+mod time;
 
 pub use body::Body;
 pub use metrics::Metrics;

@@ -103,7 +103,7 @@ use tower_service::Service;
 
 pub use self::error::Error;
 pub use self::future::ResponseFuture;
-pub use self::layer::ConcurrencyLayer;
+pub use self::layer::{ConcurrencyLayer, InvalidRate};
 
 use self::pacing::Pacer;
 use crate::{BoxError, Metrics};

@@ -283,7 +283,10 @@ impl Hints {
 }
 
 fn int_header(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+    let v = crate::retry::headers::trim_ows(headers.get(name)?.to_str().ok()?);
+    (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| v.parse().ok())
+        .flatten()
 }
 
 /// Splits a structured-field list on commas outside quoted strings.
@@ -338,8 +341,9 @@ fn param(member: &str, keys: &[&str]) -> Option<u64> {
 
 /// RFC 9110 `Retry-After`: delay-seconds or an HTTP-date (a date in the past is zero).
 fn retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
+    let value = crate::retry::headers::trim_ows(value);
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
         return Some(Duration::from_secs(secs));
     }
     let date = httpdate::parse_http_date(value).ok()?;

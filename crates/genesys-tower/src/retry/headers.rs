@@ -70,7 +70,7 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 
 /// Parses one `Retry-After` value: delta-seconds or an HTTP-date (any of the three formats).
 pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
-    let value = std::str::from_utf8(value).ok()?.trim();
+    let value = trim_ows(std::str::from_utf8(value).ok()?);
     if let Some(delay) = parse_delta_seconds(value) {
         return Some(delay);
     }
@@ -213,7 +213,13 @@ fn seconds_field(headers: &HeaderMap, name: &str) -> Option<Duration> {
     headers
         .get_all(name)
         .iter()
-        .find_map(|v| parse_delta_seconds(std::str::from_utf8(v.as_bytes()).ok()?.trim()))
+        .find_map(|v| parse_delta_seconds(trim_ows(std::str::from_utf8(v.as_bytes()).ok()?)))
+}
+
+/// Strips HTTP's optional whitespace (spaces and horizontal tabs) and nothing else: Unicode
+/// whitespace is not whitespace in a header.
+pub(crate) fn trim_ows(s: &str) -> &str {
+    s.trim_matches(|c| c == ' ' || c == '\t')
 }
 
 /// `1*DIGIT`; a number too large for the clock saturates (it is far beyond any sane maximum).
@@ -304,5 +310,46 @@ mod tests {
         assert_eq!(ratelimit_reset(&h), Some(Duration::from_secs(7)));
         let h = headers(&[("ratelimit-reset", "11")]);
         assert_eq!(ratelimit_reset(&h), Some(Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn only_ascii_whitespace_is_trimmed() {
+        let now = SystemTime::now();
+        assert_eq!(
+            parse_retry_after(b"\t7 ", now),
+            Some(Duration::from_secs(7))
+        );
+        for v in [
+            "\u{a0}7",
+            "7\u{2003}",
+            "\u{3000}7\u{3000}",
+            "\u{feff}7",
+            "\n7",
+            "\u{0664}",
+        ] {
+            assert_eq!(parse_retry_after(v.as_bytes(), now), None, "{v:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+
+        #[test]
+        fn any_bytes_parse_without_panic(value in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = parse_retry_after(&value, SystemTime::now());
+            let _ = parse_retry_after(&value, SystemTime::UNIX_EPOCH);
+            if let Ok(text) = std::str::from_utf8(&value) {
+                let _ = parse_ratelimit(text);
+            }
+        }
+
+        #[test]
+        fn delta_seconds_read_back(secs in proptest::num::u64::ANY, pad in "[ \t]{0,3}") {
+            let text = format!("{pad}{secs}{pad}");
+            proptest::prop_assert_eq!(
+                parse_retry_after(text.as_bytes(), SystemTime::now()),
+                Some(Duration::from_secs(secs))
+            );
+        }
     }
 }

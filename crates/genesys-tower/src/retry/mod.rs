@@ -269,7 +269,7 @@ impl Call {
             seed,
         } = self;
         let started = Instant::now();
-        let deadline = policy.deadline().map(|d| started + d);
+        let deadline = policy.deadline().map(|d| crate::time::after(started, d));
         metrics.record_request();
         if let Some(budget) = policy.budget() {
             budget.deposit();
@@ -403,7 +403,7 @@ impl Call {
             let backoff = backoff.get_or_insert_with(|| policy.backoff_with_seed(seed));
             let mut delay = backoff.next_delay();
             if let Some(hint) = hint.filter(|h| *h >= delay) {
-                delay = hint + backoff.spread(policy.spread_for(hint));
+                delay = hint.saturating_add(backoff.spread(policy.spread_for(hint)));
             }
             // tokio's timers tick in whole milliseconds: round up, so that `waited` is what
             // the call really waits.
@@ -455,13 +455,13 @@ impl Call {
                 ),
             }
 
-            let wake = Instant::now() + delay;
+            let wake = crate::time::from_now(delay);
             if let Last::Response(response) = last {
                 // Read the dropped body while we wait anyway; never wait longer for it.
                 let _ = tokio::time::timeout_at(wake, drain(response.into_body())).await;
             }
             tokio::time::sleep_until(wake).await;
-            waited += delay;
+            waited = waited.saturating_add(delay);
         }
     }
 }
