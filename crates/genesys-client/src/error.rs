@@ -499,6 +499,18 @@ pub enum GenesysError {
         /// The underlying error.
         source: BoxError,
     },
+    /// A 2xx answer whose body is larger than the client's limit
+    /// ([`max_response_body`](crate::GenesysClientBuilder::max_response_body)). The body was not
+    /// read past the limit, and the call was not retried (another attempt would get the same).
+    /// The request itself succeeded: a write was applied.
+    ResponseTooLarge {
+        /// The status of the answer.
+        status: StatusCode,
+        /// The limit, in bytes.
+        limit: usize,
+        /// The error as the stack reported it.
+        source: BoxError,
+    },
     /// A 2xx answer whose body is not what this endpoint returns.
     Decode {
         /// The HTTP status.
@@ -528,6 +540,7 @@ impl GenesysError {
         match self {
             GenesysError::Api(e) => Some(e.status()),
             GenesysError::Decode { status, .. } => Some(*status),
+            GenesysError::ResponseTooLarge { status, .. } => Some(*status),
             GenesysError::OAuth(e) => Some(e.status),
             _ => None,
         }
@@ -598,6 +611,13 @@ impl fmt::Display for GenesysError {
                 write!(f, "the call ran out of its time budget: {source}")
             }
             GenesysError::Transport { source } => write!(f, "request failed: {source}"),
+            GenesysError::ResponseTooLarge { status, limit, .. } => write!(
+                f,
+                "the answer (HTTP {}) has a body larger than this client's limit of {limit} \
+                 bytes; it was not read and the call was not retried (the request itself \
+                 succeeded; raise max_response_body if such answers are expected)",
+                status.as_u16()
+            ),
             GenesysError::Decode {
                 status,
                 message,
@@ -626,6 +646,7 @@ impl std::error::Error for GenesysError {
             GenesysError::OutcomeUnknown { source }
             | GenesysError::RetryAfterTooLong { source, .. }
             | GenesysError::DeadlineExceeded { source, .. }
+            | GenesysError::ResponseTooLarge { source, .. }
             | GenesysError::Transport { source } => Some(source.as_ref()),
             GenesysError::Decode { .. } | GenesysError::Config(_) => None,
         }

@@ -185,11 +185,23 @@ impl ClientCredentials {
         let status = response.status();
         let retry_after =
             genesys_tower::retry::headers::retry_after(response.headers(), SystemTime::now());
-        let body: Bytes = match response.into_body().collect_bytes().await {
+        // Bounded even over a leaf that reads nothing for us (the client's own stack has read
+        // it already, within the same limit).
+        let body: Bytes = match genesys_tower::read_body::read_limited(
+            response.into_body(),
+            status,
+            crate::client::MAX_TOKEN_BODY,
+            None,
+        )
+        .await
+        {
             Ok(b) => b,
+            Err(e) if e.is_too_large() => {
+                return Err(Failure::Final(TokenError::Malformed(e.to_string())));
+            }
             Err(e) => {
                 return Err(Failure::Transient {
-                    error: TokenError::Transport(e),
+                    error: TokenError::Transport(e.into()),
                     retry_after: None,
                 });
             }

@@ -13,9 +13,14 @@
 //! | `latency` | `5ms..50ms` or `20ms` | every API request waits a uniform delay in the range first |
 //! | `revoke-every` | duration (`30s`) | every token is revoked periodically (the next call gets 401) |
 //! | `token-5xx` | probability | `POST /oauth/token` answers 503 |
+//! | `endless-body` | probability | the effect is applied, then the answer's body never ends (chunked: the real JSON, then spaces forever) |
+//! | `huge-body` | probability | as `endless-body`, with `Content-Length: 1000000000000` |
+//! | `stall-body` | probability | the effect is applied; the headers and half the body are sent, then nothing more (the connection stays open) |
+//! | `drip-body` | probability | the effect is applied; the body is sent one byte every 5 s |
 //!
-//! The probabilities of `5xx`, `500`, `503-retry-after`, `reset-before`, `reset-after` and
-//! `long-retry-after` are exclusive outcomes of one draw, so they must sum to at most 1.
+//! The probabilities of `5xx`, `500`, `503-retry-after`, `reset-before`, `reset-after`,
+//! `long-retry-after` and the four `*-body` faults are exclusive outcomes of one draw, so they
+//! must sum to at most 1.
 //! The draw for the n-th API request depends only on the seed and n, so a sequential client
 //! sees the same faults on every run with the same seed.
 //!
@@ -37,7 +42,8 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 /// The keys a fault spec accepts, for error messages and docs.
 pub const FAULT_KEYS: &str = "5xx, 500, 503-retry-after, reset-before, reset-after, \
 long-retry-after (probabilities 0..=1), latency (MIN..MAX or a single duration, e.g. 5ms..50ms), \
-revoke-every (a duration, e.g. 30s), token-5xx (a probability)";
+revoke-every (a duration, e.g. 30s), token-5xx, endless-body, huge-body, stall-body, drip-body \
+(probabilities)";
 
 /// The fault configuration: what goes wrong, how often. `Faults::default()` injects nothing.
 ///
@@ -62,6 +68,14 @@ pub struct Faults {
     pub revoke_every: Option<Duration>,
     /// `token-5xx=p`: probability that `POST /oauth/token` answers 503.
     pub token_error: f64,
+    /// `endless-body=p`: probability that an answer's body never ends (chunked).
+    pub endless_body: f64,
+    /// `huge-body=p`: probability that an answer declares `Content-Length: 10^12` and never ends.
+    pub huge_body: f64,
+    /// `stall-body=p`: probability that an answer sends half its body, then stalls.
+    pub stall_body: f64,
+    /// `drip-body=p`: probability that an answer's body is sent one byte every 5 s.
+    pub drip_body: f64,
 }
 
 /// A fault spec that could not be parsed: says what is wrong and what is allowed.
@@ -94,6 +108,10 @@ impl Faults {
             ("reset-after", self.reset_after),
             ("long-retry-after", self.long_retry_after),
             ("token-5xx", self.token_error),
+            ("endless-body", self.endless_body),
+            ("huge-body", self.huge_body),
+            ("stall-body", self.stall_body),
+            ("drip-body", self.drip_body),
         ];
         for (key, p) in probs {
             if !(0.0..=1.0).contains(&p) {
@@ -105,9 +123,9 @@ impl Faults {
         let sum = self.exclusive_sum();
         if sum > 1.0 + 1e-9 {
             return Err(FaultSpecError(format!(
-                "the probabilities of 5xx, 500, 503-retry-after, reset-before, reset-after and \
-                 long-retry-after are exclusive outcomes of one draw and must sum to at most 1 \
-                 (they sum to {sum})"
+                "the probabilities of 5xx, 500, 503-retry-after, reset-before, reset-after, \
+                 long-retry-after, endless-body, huge-body, stall-body and drip-body are \
+                 exclusive outcomes of one draw and must sum to at most 1 (they sum to {sum})"
             )));
         }
         if let Some((lo, hi)) = self.latency
@@ -141,6 +159,10 @@ impl Faults {
             + self.reset_before
             + self.reset_after
             + self.long_retry_after
+            + self.endless_body
+            + self.huge_body
+            + self.stall_body
+            + self.drip_body
     }
 
     /// The fault (if any) for the `n`-th API request under `seed`.
@@ -170,6 +192,17 @@ impl Faults {
         if u < edge {
             return Fault::LongRetryAfter(rng.random_range(181..=3600));
         }
+        for (p, fault) in [
+            (self.endless_body, Fault::Body(BodyFault::Endless)),
+            (self.huge_body, Fault::Body(BodyFault::Huge)),
+            (self.stall_body, Fault::Body(BodyFault::Stall)),
+            (self.drip_body, Fault::Body(BodyFault::Drip)),
+        ] {
+            edge += p;
+            if u < edge {
+                return fault;
+            }
+        }
         Fault::None
     }
 
@@ -193,7 +226,25 @@ pub(crate) enum Fault {
     ResetBefore,
     ResetAfter,
     LongRetryAfter(u64),
+    /// The handler runs (the effect is applied); its answer's body misbehaves.
+    Body(BodyFault),
 }
+
+/// How an answer's body misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFault {
+    /// Never ends (chunked).
+    Endless,
+    /// Declares `Content-Length: 10^12` and never ends.
+    Huge,
+    /// Half the body, then nothing.
+    Stall,
+    /// One byte every [`DRIP_EVERY`].
+    Drip,
+}
+
+/// How often a `drip-body` answer sends a byte.
+pub(crate) const DRIP_EVERY: Duration = Duration::from_secs(5);
 
 impl Fault {
     /// The name counted in [`crate::Stats::faults`].
@@ -206,6 +257,10 @@ impl Fault {
             Fault::ResetBefore => "reset-before",
             Fault::ResetAfter => "reset-after",
             Fault::LongRetryAfter(_) => "long-retry-after",
+            Fault::Body(BodyFault::Endless) => "endless-body",
+            Fault::Body(BodyFault::Huge) => "huge-body",
+            Fault::Body(BodyFault::Stall) => "stall-body",
+            Fault::Body(BodyFault::Drip) => "drip-body",
         })
     }
 }
@@ -321,6 +376,10 @@ impl FromStr for Faults {
                 "reset-after" => f.reset_after = parse_prob(key, value)?,
                 "long-retry-after" => f.long_retry_after = parse_prob(key, value)?,
                 "token-5xx" => f.token_error = parse_prob(key, value)?,
+                "endless-body" => f.endless_body = parse_prob(key, value)?,
+                "huge-body" => f.huge_body = parse_prob(key, value)?,
+                "stall-body" => f.stall_body = parse_prob(key, value)?,
+                "drip-body" => f.drip_body = parse_prob(key, value)?,
                 "latency" => {
                     let (lo, hi) = match value.split_once("..") {
                         Some((lo, hi)) => (lo, hi),
@@ -386,6 +445,16 @@ impl fmt::Display for Faults {
         if self.token_error > 0.0 {
             items.push(format!("token-5xx={}", self.token_error));
         }
+        for (k, p) in [
+            ("endless-body", self.endless_body),
+            ("huge-body", self.huge_body),
+            ("stall-body", self.stall_body),
+            ("drip-body", self.drip_body),
+        ] {
+            if p > 0.0 {
+                items.push(format!("{k}={p}"));
+            }
+        }
         if items.is_empty() {
             return f.write_str("none");
         }
@@ -435,6 +504,18 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn body_faults_round_trip_and_count_in_the_sum() {
+        let spec = "endless-body=0.1,huge-body=0.2,stall-body=0.3,drip-body=0.4";
+        let f: Faults = spec.parse().unwrap();
+        assert_eq!(f.to_string(), spec);
+        let e = "5xx=0.5,stall-body=0.6".parse::<Faults>().unwrap_err();
+        assert!(e.to_string().contains("stall-body"), "{e}");
+        let mut rng = rng_for(0, 0, 0);
+        let always: Faults = "drip-body=1".parse().unwrap();
+        assert_eq!(always.decide(&mut rng), Fault::Body(BodyFault::Drip));
     }
 
     #[test]

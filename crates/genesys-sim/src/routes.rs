@@ -336,7 +336,7 @@ async fn api(
             .into_response(cid),
         ),
         Fault::ResetBefore => conn.reset().await,
-        Fault::None | Fault::ResetAfter => None,
+        Fault::None | Fault::ResetAfter | Fault::Body(_) => None,
     };
     let mut resp = match early {
         Some(r) => r,
@@ -365,6 +365,10 @@ async fn api(
         }
     };
     add_quota_headers(sh, &mut resp, quota);
+    if let Fault::Body(body) = fault {
+        // The server (see `server::SimBody`) sends this answer's body badly.
+        resp.extensions_mut().insert(body);
+    }
     if fault == Fault::ResetAfter {
         // The effect is applied and in the ledger; the caller never learns it.
         conn.reset::<()>().await;

@@ -113,6 +113,7 @@ pub mod body;
 pub mod concurrency;
 pub mod idempotency;
 pub mod metrics;
+pub mod read_body;
 pub mod retry;
 mod time;
 

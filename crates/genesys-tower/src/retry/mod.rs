@@ -311,14 +311,20 @@ impl Call {
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         metrics.record_rate_limited_response();
                     }
-                    let reason =
-                        match classifier.classify_response(&parts, status, response.headers()) {
-                            Classification::Final => None,
-                            Classification::Retry(reason) => Some(reason),
-                            Classification::Ambiguous => {
-                                policy.may_replay(&parts).then_some(RetryReason::Ambiguous)
-                            }
-                        };
+                    // A 413 is never re-sent, whatever the classifier says: the same request
+                    // would be refused again, and re-sending a large body only adds load.
+                    let classification = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                        Classification::Final
+                    } else {
+                        classifier.classify_response(&parts, status, response.headers())
+                    };
+                    let reason = match classification {
+                        Classification::Final => None,
+                        Classification::Retry(reason) => Some(reason),
+                        Classification::Ambiguous => {
+                            policy.may_replay(&parts).then_some(RetryReason::Ambiguous)
+                        }
+                    };
                     let Some(reason) = reason else {
                         tracing::debug!(
                             attempt = attempts,
