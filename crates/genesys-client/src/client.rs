@@ -845,12 +845,9 @@ impl GenesysClient {
         };
         let retry_info = parts.extensions.get::<RetryInfo>().cloned();
         if !parts.status.is_success() {
-            let retry_after = parts
-                .headers
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            // The same reading as the retry layer's: seconds or an HTTP-date, strict ASCII.
+            let retry_after =
+                genesys_tower::headers::retry_after(&parts.headers, std::time::SystemTime::now());
             return Err(ApiError::from_response(
                 parts.status,
                 correlation_id(&parts.headers).map(str::to_owned),

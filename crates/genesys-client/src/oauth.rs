@@ -184,7 +184,7 @@ impl ClientCredentials {
         };
         let status = response.status();
         let retry_after =
-            genesys_tower::retry::headers::retry_after(response.headers(), SystemTime::now());
+            genesys_tower::headers::retry_after(response.headers(), SystemTime::now());
         // Bounded even over a leaf that reads nothing for us (the client's own stack has read
         // it already, within the same limit).
         let body: Bytes = match genesys_tower::read_body::read_limited(

@@ -111,6 +111,7 @@
 pub mod auth;
 pub mod body;
 pub mod concurrency;
+pub mod headers;
 pub mod idempotency;
 pub mod metrics;
 pub mod read_body;

@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
+use crate::headers::RateLimitHints;
+
 /// At most `requests` starts in any `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rate {
@@ -123,41 +125,53 @@ impl Pacer {
     /// Learns from a response: holds new requests when the server says the window is (nearly)
     /// spent or answered 429, and lowers the rate to a published policy.
     pub(crate) fn observe(&self, status: StatusCode, headers: &HeaderMap) {
-        let hints = Hints::parse(headers);
+        self.observe_hints(status, &RateLimitHints::parse(headers, SystemTime::now()));
+    }
+
+    pub(crate) fn observe_hints(&self, status: StatusCode, hints: &RateLimitHints) {
+        // A hint longer than the caller would wait (a daily quota's Retry-After of hours) is not
+        // waited out here: every call would stall, then meet the same answer. New requests go
+        // on to the server, whose 429 the retry layer turns into an error that carries the hint
+        // at once (`max_retry_after`). Shorter hints of the same response still hold.
         let mut hold = Duration::ZERO;
-        for window in hints.windows.iter().flatten() {
+        let mut consider = |h: Duration| {
+            if h > self.max_hold {
+                tracing::debug!(
+                    status = status.as_u16(),
+                    hold_ms = u64::try_from(h.as_millis()).unwrap_or(u64::MAX),
+                    "rate limit hint longer than max_hold: not holding requests for it"
+                );
+            } else {
+                hold = hold.max(h);
+            }
+        };
+        for window in hints.windows() {
             if window.remaining <= self.reserve {
-                hold = hold.max(window.reset);
+                consider(window.reset);
             }
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
-            // Retry-After wins; without it, the reset of any window the server reported.
-            let reset = hints.windows.iter().flatten().map(|w| w.reset).max();
-            if let Some(after) = hints.retry_after.or(reset) {
-                hold = hold.max(after);
+            // The retry layer's own hint (the same reading of the same headers): no request
+            // starts before the retry layer would retry.
+            if let Some(after) = hints.hint(true) {
+                consider(after);
             }
         }
-        // A hold longer than the caller would wait (a daily quota's Retry-After of hours) is not
-        // waited out here: every call would stall, then meet the same answer. New requests go
-        // on to the server, whose 429 the retry layer turns into an error that carries the hint
-        // at once (`max_retry_after`).
-        if hold > self.max_hold {
-            tracing::debug!(
-                status = status.as_u16(),
-                hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
-                "rate limit hint longer than max_hold: not holding requests for it"
-            );
-            hold = Duration::ZERO;
-        }
 
-        let learned = hints.policy.or_else(|| {
-            let allowed = hints.allowed?;
-            let window = self.configured?.window;
-            Some(Rate {
-                requests: allowed,
-                window,
+        let learned = hints
+            .slowest_policy()
+            .map(|p| Rate {
+                requests: p.quota,
+                window: p.window,
             })
-        });
+            .or_else(|| {
+                let allowed = hints.inin.allowed?;
+                let window = self.configured?.window;
+                Some(Rate {
+                    requests: allowed,
+                    window,
+                })
+            });
         let learned = learned.filter(|r| {
             r.requests > 0
                 && r.requests <= MAX_LEARNED_REQUESTS
@@ -171,7 +185,7 @@ impl Pacer {
         let now = Instant::now();
         let mut state = self.lock();
         if !hold.is_zero() {
-            let until = now + hold;
+            let until = crate::time::after(now, hold);
             if state.hold_until.is_none_or(|h| h < until) {
                 state.hold_until = Some(until);
                 tracing::debug!(
@@ -194,165 +208,6 @@ impl Pacer {
     }
 }
 
-/// A window the server reported: how many requests remain and when it resets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Window {
-    remaining: u64,
-    reset: Duration,
-}
-
-/// What one response says about rate limits. Malformed fields are ignored.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Hints {
-    /// From `inin-ratelimit-*`, from the IETF `RateLimit` field and from the older
-    /// `RateLimit-Remaining` / `RateLimit-Reset` fields.
-    windows: [Option<Window>; 3],
-    /// `inin-ratelimit-allowed`: the quota of the window, length not given.
-    allowed: Option<u64>,
-    /// The slowest quota of the IETF `RateLimit-Policy` field.
-    policy: Option<Rate>,
-    retry_after: Option<Duration>,
-}
-
-impl Hints {
-    fn parse(headers: &HeaderMap) -> Hints {
-        let allowed = int_header(headers, "inin-ratelimit-allowed");
-        let inin = match (
-            allowed,
-            int_header(headers, "inin-ratelimit-count"),
-            int_header(headers, "inin-ratelimit-reset"),
-        ) {
-            (Some(allowed), Some(count), Some(reset)) => Some(Window {
-                remaining: allowed.saturating_sub(count),
-                reset: Duration::from_secs(reset),
-            }),
-            _ => None,
-        };
-        let legacy = match (
-            int_header(headers, "ratelimit-remaining"),
-            int_header(headers, "ratelimit-reset"),
-        ) {
-            (Some(remaining), Some(reset)) => Some(Window {
-                remaining,
-                reset: Duration::from_secs(reset),
-            }),
-            _ => None,
-        };
-        let ietf = headers
-            .get_all("ratelimit")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(split_list)
-            .filter_map(|member| {
-                let remaining = param(member, &["r", "remaining"])?;
-                let reset = param(member, &["t", "reset"])?;
-                Some(Window {
-                    remaining,
-                    reset: Duration::from_secs(reset),
-                })
-            })
-            .min_by_key(|w| w.remaining);
-        let policy = headers
-            .get_all("ratelimit-policy")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(split_list)
-            .filter_map(|member| {
-                // Draft 10: `"name";q=100;w=60`; older drafts: `100;w=60`.
-                let requests = param(member, &["q"]).or_else(|| {
-                    let first = member.split(';').next()?.trim();
-                    first.parse().ok()
-                })?;
-                let window = param(member, &["w"])?;
-                Some(Rate {
-                    requests,
-                    window: Duration::from_secs(window),
-                })
-            })
-            .reduce(|a, b| if b.slower_than(a) { b } else { a });
-        Hints {
-            windows: [inin, ietf, legacy],
-            allowed,
-            policy,
-            retry_after: headers
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(retry_after),
-        }
-    }
-}
-
-fn int_header(headers: &HeaderMap, name: &str) -> Option<u64> {
-    let v = crate::retry::headers::trim_ows(headers.get(name)?.to_str().ok()?);
-    (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| v.parse().ok())
-        .flatten()
-}
-
-/// Splits a structured-field list on commas outside quoted strings.
-fn split_list(value: &str) -> impl Iterator<Item = &str> {
-    let mut members = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in value.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                members.push(&value[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    members.push(&value[start..]);
-    members.into_iter().map(str::trim).filter(|m| !m.is_empty())
-}
-
-/// The integer value of the first parameter of `member` named one of `keys`. A quoted name
-/// holding `;` or `=` is skipped over, since parameters come after it.
-fn param(member: &str, keys: &[&str]) -> Option<u64> {
-    let params = match member.strip_prefix('"') {
-        Some(rest) => {
-            let mut escaped = false;
-            let end = rest.char_indices().find_map(|(i, c)| match c {
-                _ if escaped => {
-                    escaped = false;
-                    None
-                }
-                '\\' => {
-                    escaped = true;
-                    None
-                }
-                '"' => Some(i),
-                _ => None,
-            })?;
-            &rest[end + 1..]
-        }
-        None => member,
-    };
-    params.split(';').find_map(|p| {
-        let (key, value) = p.split_once('=')?;
-        keys.contains(&key.trim().to_ascii_lowercase().as_str())
-            .then(|| value.trim().parse().ok())
-            .flatten()
-    })
-}
-
-/// RFC 9110 `Retry-After`: delay-seconds or an HTTP-date (a date in the past is zero).
-fn retry_after(value: &str) -> Option<Duration> {
-    let value = crate::retry::headers::trim_ows(value);
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
-        return Some(Duration::from_secs(secs));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(
-        date.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,77 +221,17 @@ mod tests {
         map
     }
 
-    #[test]
-    fn genesys_headers() {
-        let h = Hints::parse(&headers(&[
-            ("inin-ratelimit-allowed", "300"),
-            ("inin-ratelimit-count", "299"),
-            ("inin-ratelimit-reset", "38"),
-        ]));
-        assert_eq!(
-            h.windows[0],
-            Some(Window {
-                remaining: 1,
-                reset: Duration::from_secs(38)
-            })
-        );
-        assert_eq!(h.allowed, Some(300));
-    }
-
-    #[test]
-    fn ietf_headers() {
-        let h = Hints::parse(&headers(&[
-            ("ratelimit", "\"a;b,c\";r=50;t=30, \"burst\";r=2;t=1"),
-            ("ratelimit-policy", "\"a\";q=100;w=60, \"burst\";q=10;w=1"),
-        ]));
-        assert_eq!(
-            h.windows[1],
-            Some(Window {
-                remaining: 2,
-                reset: Duration::from_secs(1)
-            })
-        );
-        assert_eq!(
-            h.policy,
-            Some(Rate {
-                requests: 100,
-                window: Duration::from_secs(60)
-            })
-        );
-        let old = Hints::parse(&headers(&[
-            ("ratelimit-policy", "10;w=1"),
-            ("ratelimit-remaining", "0"),
-            ("ratelimit-reset", "7"),
-        ]));
-        assert_eq!(old.policy.map(|p| p.requests), Some(10));
-        assert_eq!(
-            old.windows[2].map(|w| w.reset),
-            Some(Duration::from_secs(7))
-        );
-    }
-
-    #[test]
-    fn malformed_is_ignored() {
-        let h = Hints::parse(&headers(&[
-            ("inin-ratelimit-allowed", "lots"),
-            ("inin-ratelimit-count", "-1"),
-            ("inin-ratelimit-reset", ""),
-            ("ratelimit", "\"unterminated;r=1;t=2"),
-            ("ratelimit-policy", ";;;,,=,q=,w=x"),
-            ("retry-after", "soon"),
-        ]));
-        assert_eq!(h, Hints::default());
-    }
-
     proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
         #[test]
-        fn any_header_values_parse_without_panic(
-            values in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..48), 8),
+        fn any_header_values_are_observed_without_panic(
+            values in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..48), 9),
         ) {
             let names = [
                 "inin-ratelimit-allowed", "inin-ratelimit-count", "inin-ratelimit-reset",
                 "ratelimit", "ratelimit-policy", "ratelimit-remaining", "ratelimit-reset",
-                "retry-after",
+                "ratelimit-limit", "retry-after",
             ];
             let mut map = HeaderMap::new();
             for (name, value) in names.iter().zip(&values) {
@@ -452,15 +247,78 @@ mod tests {
             );
             pacer.observe(StatusCode::TOO_MANY_REQUESTS, &map);
             pacer.observe(StatusCode::OK, &map);
-            let _ = Hints::parse(&map);
         }
+    }
 
+    fn header_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..100_000).prop_map(|n| n.to_string()),
+            "[ \t]{0,2}[0-9]{1,20}[ \t]{0,2}",
+            Just("Sun, 06 Nov 1994 08:49:37 GMT".to_owned()),
+            Just("Sunday, 06-Nov-94 08:49:37 GMT".to_owned()),
+            Just("Sun Nov  6 08:49:37 1994".to_owned()),
+            "[-+ 0-9a-z;=,\"]{0,24}",
+            "[a-z]{1,5}(;r=[0-9]{1,3})?(;t=[0-9]{1,4})?(, [a-z]{1,5};r=[0-9]{1,3};t=[0-9]{1,4})?",
+            "\\PC{0,12}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+
+        /// The retry layer and the pacer read the same 429 the same way: the pacer lets no
+        /// request start before the retry layer's hint has passed, and (when no window it reads
+        /// is spent) holds exactly that long.
         #[test]
-        fn any_structured_text_parses_without_panic(text in "\\PC*") {
-            for member in split_list(&text) {
-                let _ = param(member, &["r", "t", "q", "w"]);
+        fn the_pacer_holds_exactly_the_retry_layers_hint(
+            values in proptest::collection::vec(proptest::option::of(header_value()), 9),
+        ) {
+            let names = [
+                "retry-after", "inin-ratelimit-allowed", "inin-ratelimit-count",
+                "inin-ratelimit-reset", "ratelimit", "ratelimit-policy", "ratelimit-remaining",
+                "ratelimit-reset", "ratelimit-limit",
+            ];
+            let mut map = HeaderMap::new();
+            for (name, value) in names.iter().zip(&values) {
+                if let Some(value) = value
+                    && let Ok(value) = HeaderValue::from_str(value)
+                {
+                    map.append(*name, value);
+                }
             }
-            let _ = retry_after(&text);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let (hint, spent, hold) = rt.block_on(async {
+                let max_hold = Duration::from_secs(86_400);
+                let pacer = Pacer::new(None, true, 0, max_hold);
+                let now = Instant::now();
+                pacer.observe(StatusCode::TOO_MANY_REQUESTS, &map);
+                let hint = crate::headers::hint(&map, SystemTime::now(), true)
+                    .filter(|h| *h <= max_hold);
+                let hints = RateLimitHints::parse(&map, SystemTime::now());
+                let spent = hints
+                    .windows()
+                    .filter(|w| w.remaining == 0)
+                    .map(|w| w.reset)
+                    .max()
+                    .filter(|h| *h <= max_hold);
+                let hold = match pacer.try_start() {
+                    Ok(()) => Duration::ZERO,
+                    Err(until) => until - now,
+                };
+                (hint, spent, hold)
+            });
+            let hint = hint.unwrap_or_default();
+            proptest::prop_assert!(hold >= hint, "hold {hold:?} < hint {hint:?}");
+            if spent.is_none() {
+                proptest::prop_assert_eq!(hold, hint);
+            } else {
+                proptest::prop_assert_eq!(hold, hint.max(spent.unwrap_or_default()));
+            }
         }
     }
 
@@ -484,13 +342,23 @@ mod tests {
         assert!(pacer.try_start().is_err());
     }
 
-    #[test]
-    fn retry_after_forms() {
-        assert_eq!(retry_after(" 12 "), Some(Duration::from_secs(12)));
-        assert_eq!(
-            retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(Duration::ZERO)
+    #[tokio::test(start_paused = true)]
+    async fn a_policy_sets_the_rate_and_a_plus_sign_is_not_a_number() {
+        let pacer = Pacer::new(None, true, 0, Duration::from_secs(180));
+        pacer.observe(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("retry-after", "+5"), ("ratelimit-policy", "2;w=+1")]),
         );
-        assert_eq!(retry_after("-3"), None);
+        // Neither `+5` nor `w=+1` is read: no hold, no rate.
+        assert!(pacer.try_start().is_ok());
+        assert!(pacer.try_start().is_ok());
+        assert!(pacer.try_start().is_ok());
+        pacer.observe(
+            StatusCode::OK,
+            &headers(&[("ratelimit-policy", "\"a\";q=2;w=1")]),
+        );
+        assert!(pacer.try_start().is_ok());
+        assert!(pacer.try_start().is_ok());
+        assert!(pacer.try_start().is_err());
     }
 }

@@ -118,7 +118,9 @@ mod budget;
 mod classify;
 mod error;
 pub mod future;
-pub mod headers;
+/// The header module the retry layer reads with; it moved to [`crate::headers`], shared with the
+/// pacer and the client, and is re-exported here under its old path.
+pub use crate::headers;
 mod layer;
 mod policy;
 
