@@ -81,6 +81,65 @@ fn plain_int<T: std::str::FromStr>(s: &str) -> Option<T> {
         .flatten()
 }
 
+/// How the simulator writes `Retry-After`: what real gateways do besides Genesys's whole seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryAfterFormat {
+    /// Whole seconds, `Retry-After: 5` (Genesys; the default).
+    #[default]
+    Seconds,
+    /// An IMF-fixdate, `Retry-After: Wed, 02 Dec 2026 05:00:05 GMT` (wall clock, rounded up to
+    /// the next whole second so that it is never earlier than the wait it stands for).
+    HttpDate,
+    /// A value no parser should accept, `Retry-After: 5.0`: clients must fall back to the
+    /// rate-limit headers or their own backoff.
+    Malformed,
+}
+
+impl RetryAfterFormat {
+    /// Parses `seconds`, `http-date` or `malformed`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "seconds" => Ok(RetryAfterFormat::Seconds),
+            "http-date" => Ok(RetryAfterFormat::HttpDate),
+            "malformed" => Ok(RetryAfterFormat::Malformed),
+            other => Err(format!(
+                "`{}` is not a Retry-After format: use seconds, http-date or malformed",
+                other.chars().take(40).collect::<String>()
+            )),
+        }
+    }
+
+    /// The header value for a wait of `secs` seconds.
+    pub(crate) fn value(self, secs: u64) -> String {
+        match self {
+            RetryAfterFormat::Seconds => secs.to_string(),
+            RetryAfterFormat::HttpDate => {
+                let now = std::time::SystemTime::now();
+                let at = now
+                    .checked_add(Duration::from_secs(secs.saturating_add(1)))
+                    .unwrap_or(now);
+                // fmt_http_date truncates to the second: a second more never undershoots.
+                httpdate::fmt_http_date(at)
+            }
+            RetryAfterFormat::Malformed => format!("{secs}.0"),
+        }
+    }
+}
+
+/// Parses a share between 0 and 1 (a plain decimal), or says why not.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    let v = s.trim_matches(|c| c == ' ' || c == '\t');
+    let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    match v.parse::<f64>() {
+        Ok(p) if plain && (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "`{}` is not a share: give a decimal from 0 to 1 (e.g. 0.5)",
+            v.chars().take(40).collect::<String>()
+        )),
+    }
+}
+
 /// An OAuth client the token endpoint accepts. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientCredentials {
@@ -285,6 +344,12 @@ pub struct SimConfig {
     pub seed: u64,
     /// Send `inin-ratelimit-allowed/count/reset` (default true).
     pub ratelimit_headers: bool,
+    /// The share of answers (0 to 1) that carry the `inin-ratelimit-*` headers when
+    /// [`ratelimit_headers`](Self::ratelimit_headers) is on (default 1: all). Which answers do is
+    /// a seeded draw per API request.
+    pub ratelimit_headers_share: f64,
+    /// How `Retry-After` is written on 429s and 503s (default whole seconds, as Genesys does).
+    pub retry_after_format: RetryAfterFormat,
     /// The data actions (default: [`ECHO_ACTION_ID`]).
     pub actions: Actions,
     /// JSON Schema every ingested record must satisfy (default [`default_ingestion_schema`]).
@@ -315,6 +380,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             seed: 0,
             ratelimit_headers: true,
+            ratelimit_headers_share: 1.0,
+            retry_after_format: RetryAfterFormat::Seconds,
             actions: Actions::default(),
             ingestion_schema: default_ingestion_schema(),
             ingestion_path: DEFAULT_INGESTION_PATH.to_string(),
@@ -384,6 +451,18 @@ impl SimConfig {
     /// Send the `inin-ratelimit-*` headers or not.
     pub fn ratelimit_headers(mut self, on: bool) -> Self {
         self.ratelimit_headers = on;
+        self
+    }
+
+    /// The share of answers that carry the `inin-ratelimit-*` headers (0 to 1).
+    pub fn ratelimit_headers_share(mut self, share: f64) -> Self {
+        self.ratelimit_headers_share = share;
+        self
+    }
+
+    /// How `Retry-After` is written.
+    pub fn retry_after_format(mut self, format: RetryAfterFormat) -> Self {
+        self.retry_after_format = format;
         self
     }
 

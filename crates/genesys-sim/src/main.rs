@@ -46,6 +46,14 @@ struct Args {
     #[arg(long)]
     no_ratelimit_headers: bool,
 
+    /// The share of answers (0 to 1) that carry the inin-ratelimit-* headers (a seeded draw).
+    #[arg(long, value_name = "SHARE", default_value = "1", value_parser = genesys_sim::parse_share)]
+    ratelimit_headers_share: f64,
+
+    /// How Retry-After is written on 429s and 503s: seconds, http-date or malformed.
+    #[arg(long, value_name = "FORMAT", default_value = "seconds", value_parser = genesys_sim::RetryAfterFormat::parse)]
+    retry_after_format: genesys_sim::RetryAfterFormat,
+
     /// Serve the ingestion endpoint on this path.
     #[arg(long, value_name = "PATH", default_value = genesys_sim::DEFAULT_INGESTION_PATH)]
     ingestion_path: String,
@@ -75,6 +83,8 @@ fn main() -> ExitCode {
         .faults(args.faults)
         .seed(args.seed)
         .ratelimit_headers(!args.no_ratelimit_headers)
+        .ratelimit_headers_share(args.ratelimit_headers_share)
+        .retry_after_format(args.retry_after_format)
         .ingestion_path(args.ingestion_path);
     if !args.clients.is_empty() {
         config = config.clients(args.clients);

@@ -388,6 +388,12 @@ impl Shared {
         cfg.faults
             .validate()
             .map_err(|e| SimError::Config(e.to_string()))?;
+        if !(0.0..=1.0).contains(&cfg.ratelimit_headers_share) {
+            return Err(SimError::Config(format!(
+                "the share of answers with rate-limit headers must be between 0 and 1, got {}",
+                cfg.ratelimit_headers_share
+            )));
+        }
         if cfg.clients.is_empty() {
             return Err(SimError::Config(
                 "at least one OAuth client is needed".into(),

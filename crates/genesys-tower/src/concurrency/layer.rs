@@ -109,6 +109,11 @@ impl ConcurrencyLayer {
     /// At most `requests` calls start in any period of `window` (a sliding window; see the
     /// [module docs](super#pacing)). Genesys Cloud allows 300 per 60 s per token.
     ///
+    /// With learning from responses on (the default) this is where pacing starts: the server's
+    /// own quota and answers then move it (see the
+    /// [module docs](super#adaptive-pacing-the-servers-quota-is-a-hint-not-a-ceiling)). Switch
+    /// learning off to make it a fixed ceiling.
+    ///
     /// A rate of less than one request per window (`requests` of 0, or a zero `window`) cannot
     /// be paced: it is ignored with a warning and the layer keeps its pacing as it was. Use
     /// [`try_pacing`](Self::try_pacing) to get the refusal as an error instead.

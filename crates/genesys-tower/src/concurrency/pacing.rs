@@ -1,5 +1,6 @@
-//! Client-side pacing shared by every clone: a sliding-window log of request starts, and holds
-//! learned from rate-limit headers and 429 responses.
+//! Client-side pacing shared by every clone: a sliding-window log of request starts, holds read
+//! from rate-limit headers and 429 responses, and a rate that adapts to what the server says
+//! (its quota is a hint, then additive increase and multiplicative decrease).
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -15,14 +16,6 @@ use crate::headers::RateLimitHints;
 pub(crate) struct Rate {
     pub(crate) requests: u64,
     pub(crate) window: Duration,
-}
-
-impl Rate {
-    /// Whether `self` allows fewer requests per unit of time than `other`.
-    fn slower_than(self, other: Rate) -> bool {
-        u128::from(self.requests).saturating_mul(other.window.as_nanos())
-            < u128::from(other.requests).saturating_mul(self.window.as_nanos())
-    }
 }
 
 /// Learned policies longer than this are left to the holds: pacing a daily quota with a log of
@@ -46,10 +39,41 @@ pub(crate) struct Pacer {
 struct State {
     /// Start times inside the current window, oldest first.
     starts: VecDeque<Instant>,
-    /// The slowest rate the server has published.
-    learned: Option<Rate>,
+    /// The rate in force: the configured one at first, then what the server's answers make of
+    /// it (see [`Learning`]). `None`: no pacing (holds still apply).
+    rate: Option<Rate>,
     /// No request starts before this instant.
     hold_until: Option<Instant>,
+    learning: Learning,
+}
+
+/// What the pacer learns over time. The server's quota is a hint, not a ceiling: it sets the
+/// rate, which then moves by additive increase (a period of the rate's window with no 429, in
+/// which requests waited for the pacer and the server's own count said there was room) and
+/// multiplicative decrease (a 429: half, at most once per window, never below what the previous
+/// period delivered without a 429).
+#[derive(Debug, Default)]
+struct Learning {
+    /// The longest reset any window reported: its length, inferred (a window that never says
+    /// more than 1 s to its reset is not a minute long).
+    longest_reset: Option<Duration>,
+    /// The hint last applied, so that the same hint does not reset the rate again.
+    hint: Option<Rate>,
+    /// How much the rate rises per good period.
+    step: u64,
+    /// The server's count in the last answer that gave one.
+    last_count: Option<u64>,
+    /// The current accounting period (one window of the rate in force).
+    period_start: Option<Instant>,
+    period_starts: u64,
+    period_429: bool,
+    period_waited: bool,
+    /// The fewest requests the server said remained, in this period.
+    period_min_remaining: Option<u64>,
+    /// Starts in the previous period, when it saw no 429.
+    last_good: Option<u64>,
+    /// When the rate was last cut.
+    last_cut: Option<Instant>,
 }
 
 impl Pacer {
@@ -59,15 +83,23 @@ impl Pacer {
         reserve: u64,
         max_hold: Duration,
     ) -> Self {
+        let configured = configured.map(|rate| Rate {
+            requests: rate.requests,
+            window: rate.window.min(MAX_DURATION),
+        });
         Pacer {
-            configured: configured.map(|rate| Rate {
-                requests: rate.requests,
-                window: rate.window.min(MAX_DURATION),
-            }),
+            configured,
             learn,
             reserve,
             max_hold: max_hold.min(MAX_DURATION),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                rate: configured,
+                learning: Learning {
+                    step: configured.map_or(1, |r| step_for(r.requests)),
+                    ..Learning::default()
+                },
+                ..State::default()
+            }),
         }
     }
 
@@ -85,45 +117,88 @@ impl Pacer {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn effective(&self, state: &State) -> Option<Rate> {
-        match (self.configured, state.learned) {
-            (Some(c), Some(l)) => Some(if l.slower_than(c) { l } else { c }),
-            (c, l) => c.or(l),
-        }
+    /// The rate in force now (for tests and debugging).
+    #[cfg(test)]
+    pub(crate) fn rate(&self) -> Option<Rate> {
+        self.lock().rate
     }
 
     /// Records a start now, or tells when to try again.
     pub(crate) fn try_start(&self) -> Result<(), Instant> {
         let now = Instant::now();
         let mut state = self.lock();
+        self.roll(&mut state, now);
         if let Some(until) = state.hold_until {
             if until > now {
                 return Err(until);
             }
             state.hold_until = None;
         }
-        let Some(rate) = self.effective(&state) else {
+        let Some(rate) = state.rate else {
             return Ok(());
         };
         while state
             .starts
             .front()
-            .is_some_and(|&start| start + rate.window <= now)
+            .is_some_and(|&start| crate::time::after(start, rate.window) <= now)
         {
             state.starts.pop_front();
         }
         // `requests` is at least 1 (checked where it is set), and the log never holds more
         // entries than fit in memory (see MAX_LEARNED_REQUESTS).
-        let n = usize::try_from(rate.requests).unwrap_or(usize::MAX);
+        let n = usize::try_from(rate.requests).unwrap_or(usize::MAX).max(1);
         if state.starts.len() >= n {
-            return Err(state.starts[state.starts.len() - n] + rate.window);
+            state.learning.period_waited = true;
+            let oldest = state.starts[state.starts.len() - n];
+            return Err(crate::time::after(oldest, rate.window));
         }
         state.starts.push_back(now);
+        state.learning.period_starts = state.learning.period_starts.saturating_add(1);
         Ok(())
     }
 
+    /// Ends the accounting period when a window of the rate in force has passed.
+    fn roll(&self, state: &mut State, now: Instant) {
+        let Some(rate) = state.rate else { return };
+        let start = *state.learning.period_start.get_or_insert(now);
+        if now >= crate::time::after(start, rate.window) {
+            self.finish_period(state, now);
+        }
+    }
+
+    /// Closes the current period: remembers what it delivered without a 429, and raises the
+    /// rate by one step when it was good (no 429), requests waited for the pacer, and the
+    /// server's count said there was room.
+    fn finish_period(&self, state: &mut State, now: Instant) {
+        let l = &mut state.learning;
+        l.last_good = (!l.period_429 && l.period_starts > 0).then_some(l.period_starts);
+        let room = l.period_min_remaining.is_some_and(|r| r > self.reserve);
+        if self.learn
+            && !l.period_429
+            && l.period_waited
+            && room
+            && let Some(rate) = state.rate.as_mut()
+            && rate.requests < MAX_LEARNED_REQUESTS
+        {
+            rate.requests = rate
+                .requests
+                .saturating_add(l.step.max(1))
+                .min(MAX_LEARNED_REQUESTS);
+            tracing::debug!(
+                requests = rate.requests,
+                window_ms = u64::try_from(rate.window.as_millis()).unwrap_or(u64::MAX),
+                "pacing: no 429 and the server has room; raising the rate"
+            );
+        }
+        l.period_start = Some(now);
+        l.period_starts = 0;
+        l.period_429 = false;
+        l.period_waited = false;
+        l.period_min_remaining = None;
+    }
+
     /// Learns from a response: holds new requests when the server says the window is (nearly)
-    /// spent or answered 429, and lowers the rate to a published policy.
+    /// spent or answered 429, and adapts the rate (see [`Learning`]).
     pub(crate) fn observe(&self, status: StatusCode, headers: &HeaderMap) {
         self.observe_hints(status, &RateLimitHints::parse(headers, SystemTime::now()));
     }
@@ -150,7 +225,8 @@ impl Pacer {
                 consider(window.reset);
             }
         }
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        let limited = status == StatusCode::TOO_MANY_REQUESTS;
+        if limited {
             // The retry layer's own hint (the same reading of the same headers): no request
             // starts before the retry layer would retry.
             if let Some(after) = hints.hint(true) {
@@ -158,30 +234,6 @@ impl Pacer {
             }
         }
 
-        let learned = hints
-            .slowest_policy()
-            .map(|p| Rate {
-                requests: p.quota,
-                window: p.window,
-            })
-            .or_else(|| {
-                let allowed = hints.inin.allowed?;
-                let window = self.configured?.window;
-                Some(Rate {
-                    requests: allowed,
-                    window,
-                })
-            });
-        let learned = learned.filter(|r| {
-            r.requests > 0
-                && r.requests <= MAX_LEARNED_REQUESTS
-                && !r.window.is_zero()
-                && r.window <= MAX_LEARNED_WINDOW
-        });
-
-        if hold.is_zero() && learned.is_none() {
-            return;
-        }
         let now = Instant::now();
         let mut state = self.lock();
         if !hold.is_zero() {
@@ -195,17 +247,112 @@ impl Pacer {
                 );
             }
         }
-        if let Some(rate) = learned
-            && state.learned != Some(rate)
-        {
-            tracing::debug!(
-                requests = rate.requests,
-                window_ms = u64::try_from(rate.window.as_millis()).unwrap_or(u64::MAX),
-                "learned a rate limit from the server"
-            );
-            state.learned = Some(rate);
+        if self.learn {
+            self.learn_from(&mut state, now, limited, hints);
         }
     }
+
+    fn learn_from(&self, state: &mut State, now: Instant, limited: bool, hints: &RateLimitHints) {
+        // The window's length, inferred from the longest reset any window reported.
+        let first_window = hints.windows().next();
+        for window in hints.windows() {
+            let reset = window.reset.max(Duration::from_secs(1));
+            let l = &mut state.learning;
+            if l.longest_reset.is_none_or(|r| r < reset) {
+                l.longest_reset = Some(reset);
+            }
+            l.period_min_remaining = Some(
+                l.period_min_remaining
+                    .map_or(window.remaining, |r| r.min(window.remaining)),
+            );
+        }
+
+        // The quota hint: a published policy (quota and window), else the quota of a window
+        // (`inin-ratelimit-allowed`, `RateLimit-Limit`) over the inferred window length.
+        let hint = hints
+            .slowest_policy()
+            .map(|p| Rate {
+                requests: p.quota,
+                window: p.window,
+            })
+            .or_else(|| {
+                let quota = first_window
+                    .and_then(|w| w.quota)
+                    .or(hints.inin.allowed)
+                    .or(hints.legacy.limit)?;
+                Some(Rate {
+                    requests: quota,
+                    window: state.learning.longest_reset?,
+                })
+            })
+            .filter(|r| {
+                r.requests > 0
+                    && r.requests <= MAX_LEARNED_REQUESTS
+                    && !r.window.is_zero()
+                    && r.window <= MAX_LEARNED_WINDOW
+            });
+        if let Some(hint) = hint
+            && state.learning.hint != Some(hint)
+        {
+            tracing::debug!(
+                requests = hint.requests,
+                window_ms = u64::try_from(hint.window.as_millis()).unwrap_or(u64::MAX),
+                "learned a rate limit hint from the server; pacing from it"
+            );
+            state.learning.hint = Some(hint);
+            state.learning.step = step_for(hint.requests);
+            state.rate = Some(hint);
+            // A fresh start: the last period was paced at another rate.
+            let l = &mut state.learning;
+            l.period_start = Some(now);
+            l.period_starts = 0;
+            l.period_429 = false;
+            l.period_waited = false;
+            l.period_min_remaining = None;
+            l.last_good = None;
+        }
+
+        // A count that falls means a window boundary passed: align the period with it (once the
+        // period is at least half over, so that late answers from the old window do not count).
+        if let Some(window) = first_window
+            && let Some(quota) = window.quota
+        {
+            let count = quota.saturating_sub(window.remaining);
+            let fell = state.learning.last_count.is_some_and(|last| count < last);
+            state.learning.last_count = Some(count);
+            if fell
+                && let (Some(rate), Some(start)) = (state.rate, state.learning.period_start)
+                && now.saturating_duration_since(start) >= rate.window / 2
+            {
+                self.finish_period(state, now);
+            }
+        }
+
+        if limited {
+            state.learning.period_429 = true;
+            let Some(rate) = state.rate.as_mut() else { return };
+            let l = &mut state.learning;
+            if l.last_cut.is_some_and(|at| now < crate::time::after(at, rate.window)) {
+                return;
+            }
+            let floor = l.last_good.unwrap_or(1).max(1);
+            let cut = (rate.requests / 2).max(floor);
+            if cut < rate.requests {
+                rate.requests = cut;
+                l.last_cut = Some(now);
+                tracing::debug!(
+                    requests = rate.requests,
+                    window_ms = u64::try_from(rate.window.as_millis()).unwrap_or(u64::MAX),
+                    "pacing: 429; cutting the rate"
+                );
+            }
+        }
+    }
+}
+
+/// The additive step for a quota: a tenth of it, at least 1.
+fn step_for(quota: u64) -> u64 {
+    (quota / 10).max(1)
 }
 
 #[cfg(test)]
@@ -320,6 +467,163 @@ mod tests {
                 proptest::prop_assert_eq!(hold, hint.max(spent.unwrap_or_default()));
             }
         }
+    }
+
+    /// A server with a fixed-window quota per token, like the simulator's: the window starts
+    /// at the first request after the previous one ended.
+    struct FixedWindow {
+        quota: u64,
+        window: Duration,
+        start: Option<Instant>,
+        count: u64,
+        /// Send the rate-limit headers on every n-th answer (1: all, 2: half).
+        headers_every: u64,
+        /// Send IETF `RateLimit` (remaining and reset only: no quota) instead of Genesys's.
+        ietf: bool,
+        answers: u64,
+    }
+
+    impl FixedWindow {
+        fn new(quota: u64, window_secs: u64, headers_every: u64) -> Self {
+            FixedWindow {
+                quota,
+                window: Duration::from_secs(window_secs),
+                start: None,
+                count: 0,
+                headers_every,
+                ietf: false,
+                answers: 0,
+            }
+        }
+
+        fn answer(&mut self, now: Instant) -> (StatusCode, HeaderMap) {
+            if self.start.is_none_or(|s| now >= s + self.window) {
+                self.start = Some(now);
+                self.count = 0;
+            }
+            let end = self.start.unwrap() + self.window;
+            let reset = (end - now).as_nanos().div_ceil(1_000_000_000).max(1).to_string();
+            self.answers += 1;
+            let mut h = HeaderMap::new();
+            if self.count >= self.quota {
+                h.insert("retry-after", HeaderValue::from_str(&reset).unwrap());
+                return (StatusCode::TOO_MANY_REQUESTS, h);
+            }
+            self.count += 1;
+            if self.headers_every > 0 && self.answers % self.headers_every == 0 {
+                if self.ietf {
+                    let v = format!("\"q\";r={};t={reset}", self.quota - self.count);
+                    h.insert("ratelimit", HeaderValue::from_str(&v).unwrap());
+                } else {
+                    h.insert("inin-ratelimit-allowed", HeaderValue::from(self.quota));
+                    h.insert("inin-ratelimit-count", HeaderValue::from(self.count));
+                    h.insert("inin-ratelimit-reset", HeaderValue::from_str(&reset).unwrap());
+                }
+            }
+            (StatusCode::OK, h)
+        }
+    }
+
+    /// A client with as much work as it can send, one request at a time with no latency, for
+    /// `length` of the (paused) clock. Returns (delivered, 429s).
+    async fn run(pacer: &Pacer, server: &mut FixedWindow, length: Duration) -> (u64, u64) {
+        let end = Instant::now() + length;
+        let (mut ok, mut limited) = (0, 0);
+        while Instant::now() < end {
+            match pacer.try_start() {
+                Err(until) => tokio::time::sleep_until(until.min(end)).await,
+                Ok(()) => {
+                    let (status, headers) = server.answer(Instant::now());
+                    if status == StatusCode::OK {
+                        ok += 1;
+                    } else {
+                        limited += 1;
+                    }
+                    pacer.observe(status, &headers);
+                    // Requests take a little time; so does the client between them.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+        (ok, limited)
+    }
+
+    fn learning(configured: Option<(u64, u64)>) -> Pacer {
+        Pacer::new(
+            configured.map(|(requests, secs)| Rate {
+                requests,
+                window: Duration::from_secs(secs),
+            }),
+            true,
+            ConcurrencyLayerDefaults::RESERVE,
+            Duration::from_secs(180),
+        )
+    }
+
+    struct ConcurrencyLayerDefaults;
+    impl ConcurrencyLayerDefaults {
+        const RESERVE: u64 = 1;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_one_second_window_is_inferred_with_headers_on_half_the_answers() {
+        // 40 per 1 s; the client starts from the Genesys default of 300 per minute.
+        let pacer = learning(Some((300, 60)));
+        let mut server = FixedWindow::new(40, 1, 2);
+        let (ok, limited) = run(&pacer, &mut server, Duration::from_secs(30)).await;
+        let rate = pacer.rate().unwrap();
+        assert_eq!(rate.window, Duration::from_secs(1), "{rate:?}");
+        // The quota is 1200 in 30 s; 300/60 would have delivered 150.
+        assert!(ok >= 1000, "{ok} delivered");
+        assert!(limited * 20 < ok + limited, "{limited} 429s for {ok}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_minute_window_is_inferred_too() {
+        let pacer = learning(None);
+        let mut server = FixedWindow::new(300, 60, 2);
+        let (ok, limited) = run(&pacer, &mut server, Duration::from_secs(300)).await;
+        assert_eq!(pacer.rate().unwrap().window, Duration::from_secs(60));
+        // The quota is 1500 in 300 s.
+        assert!(ok >= 1200, "{ok} delivered");
+        assert!(limited * 20 < ok + limited, "{limited} 429s for {ok}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_rises_while_the_server_has_room() {
+        // Configured 20 per s; the server allows 100 per s and says how many remain (IETF, no
+        // quota given): additive increase finds the room.
+        let pacer = learning(Some((20, 1)));
+        let mut server = FixedWindow::new(100, 1, 1);
+        server.ietf = true;
+        run(&pacer, &mut server, Duration::from_secs(20)).await;
+        let raised = pacer.rate().unwrap().requests;
+        assert!(raised >= 40, "{raised}");
+        let (ok, _) = run(&pacer, &mut server, Duration::from_secs(5)).await;
+        assert!(ok >= 5 * 40, "{ok}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_halves_the_rate_but_not_below_what_was_delivered() {
+        // Configured far too fast and no headers at all: only 429s tell. The rate is cut, once
+        // per window, until the 429s stop.
+        let pacer = learning(Some((200, 1)));
+        let mut server = FixedWindow::new(30, 1, 0);
+        run(&pacer, &mut server, Duration::from_secs(10)).await;
+        let cut = pacer.rate().unwrap().requests;
+        assert!((25..=50).contains(&cut), "{cut}");
+        let (ok, limited) = run(&pacer, &mut server, Duration::from_secs(10)).await;
+        assert!(ok >= 250, "{ok}");
+        assert!(limited * 10 < ok, "{limited} 429s for {ok}");
+
+        // A window that delivered 40 without a 429 is a floor: one 429 does not halve below it.
+        let pacer = learning(Some((40, 1)));
+        let mut server = FixedWindow::new(40, 1, 0);
+        run(&pacer, &mut server, Duration::from_millis(1500)).await;
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("1"));
+        pacer.observe(StatusCode::TOO_MANY_REQUESTS, &h);
+        assert_eq!(pacer.rate().unwrap().requests, 40);
     }
 
     #[tokio::test(start_paused = true)]
