@@ -159,7 +159,12 @@ async fn a_one_second_window_with_headers_on_half_the_answers() {
         .unwrap();
     assert_eq!(r.status, 429);
     assert_eq!(r.header("retry-after"), Some("1"));
-    assert!(r.json()["message"].as_str().unwrap().contains("within [1] seconds"));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("within [1] seconds")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -173,7 +178,10 @@ async fn retry_after_can_be_an_http_date_or_malformed() {
                     .duration_since(std::time::SystemTime::now())
                     .unwrap_or_default();
                 // Never earlier than the 60 s window; at most a second and a bit later.
-                assert!(wait >= Duration::from_secs(59) && wait <= Duration::from_secs(62), "{wait:?}");
+                assert!(
+                    wait >= Duration::from_secs(59) && wait <= Duration::from_secs(62),
+                    "{wait:?}"
+                );
             }) as fn(&str),
         ),
         (genesys_sim::RetryAfterFormat::Malformed, |v: &str| {
@@ -190,8 +198,16 @@ async fn retry_after_can_be_an_http_date_or_malformed() {
         .unwrap();
         let base = sim.base_url();
         let t = token(&base).await;
-        assert_eq!(api(&base, &t, "GET", "/api/v2/users", "", &[]).await.unwrap().status, 200);
-        let r = api(&base, &t, "GET", "/api/v2/users", "", &[]).await.unwrap();
+        assert_eq!(
+            api(&base, &t, "GET", "/api/v2/users", "", &[])
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        let r = api(&base, &t, "GET", "/api/v2/users", "", &[])
+            .await
+            .unwrap();
         assert_eq!(r.status, 429);
         check(r.header("retry-after").unwrap());
     }

@@ -330,9 +330,13 @@ impl Pacer {
 
         if limited {
             state.learning.period_429 = true;
-            let Some(rate) = state.rate.as_mut() else { return };
+            let Some(rate) = state.rate.as_mut() else {
+                return;
+            };
             let l = &mut state.learning;
-            if l.last_cut.is_some_and(|at| now < crate::time::after(at, rate.window)) {
+            if l.last_cut
+                .is_some_and(|at| now < crate::time::after(at, rate.window))
+            {
                 return;
             }
             let floor = l.last_good.unwrap_or(1).max(1);
@@ -502,7 +506,11 @@ mod tests {
                 self.count = 0;
             }
             let end = self.start.unwrap() + self.window;
-            let reset = (end - now).as_nanos().div_ceil(1_000_000_000).max(1).to_string();
+            let reset = (end - now)
+                .as_nanos()
+                .div_ceil(1_000_000_000)
+                .max(1)
+                .to_string();
             self.answers += 1;
             let mut h = HeaderMap::new();
             if self.count >= self.quota {
@@ -510,14 +518,17 @@ mod tests {
                 return (StatusCode::TOO_MANY_REQUESTS, h);
             }
             self.count += 1;
-            if self.headers_every > 0 && self.answers % self.headers_every == 0 {
+            if self.headers_every > 0 && self.answers.is_multiple_of(self.headers_every) {
                 if self.ietf {
                     let v = format!("\"q\";r={};t={reset}", self.quota - self.count);
                     h.insert("ratelimit", HeaderValue::from_str(&v).unwrap());
                 } else {
                     h.insert("inin-ratelimit-allowed", HeaderValue::from(self.quota));
                     h.insert("inin-ratelimit-count", HeaderValue::from(self.count));
-                    h.insert("inin-ratelimit-reset", HeaderValue::from_str(&reset).unwrap());
+                    h.insert(
+                        "inin-ratelimit-reset",
+                        HeaderValue::from_str(&reset).unwrap(),
+                    );
                 }
             }
             (StatusCode::OK, h)
