@@ -784,7 +784,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(4000)))]
 
         #[test]
         fn any_error_body_parses_without_panic(

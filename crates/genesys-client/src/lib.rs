@@ -76,3 +76,13 @@ pub use users::{UpdateUserOptions, User, UsersPage};
 
 /// Re-exported so that users of this crate need not depend on `genesys-tower` for the basics.
 pub use genesys_tower::{self as tower_layers, Body, BoxError, Metrics};
+
+/// The number of random inputs a property test runs: `default` (a few thousand, so that
+/// `cargo test` stays fast), or `GENESYS_FUZZ_CASES` for a longer run.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("GENESYS_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

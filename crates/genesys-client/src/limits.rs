@@ -174,7 +174,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(4000)))]
 
         #[test]
         fn any_limits_body_is_read_without_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..96), v in proptest::num::f64::ANY) {

@@ -536,7 +536,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(4000)))]
 
         #[test]
         fn any_text_parses_or_says_why(s in "\\PC{0,32}", n in proptest::num::u64::ANY, w in proptest::num::u64::ANY) {

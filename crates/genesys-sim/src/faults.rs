@@ -560,7 +560,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config::with_cases(5000))]
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(5000)))]
 
         #[test]
         fn any_spec_parses_or_says_why(spec in "\\PC{0,48}") {

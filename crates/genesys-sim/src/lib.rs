@@ -58,3 +58,13 @@ pub use error::SimError;
 pub use faults::{FaultSpecError, Faults};
 pub use server::{SimHandle, Simulator};
 pub use state::{LedgerEntry, Stats};
+
+/// The number of random inputs a property test runs: `default` (a few thousand, so that
+/// `cargo test` stays fast), or `GENESYS_FUZZ_CASES` for a longer run.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("GENESYS_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -655,7 +655,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(4000)))]
 
         #[test]
         fn any_bytes_parse_without_panic(value in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {

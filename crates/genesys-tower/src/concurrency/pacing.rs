@@ -373,7 +373,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(2000)))]
 
         #[test]
         fn any_header_values_are_observed_without_panic(
@@ -416,7 +416,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(3000)))]
 
         /// The retry layer and the pacer read the same 429 the same way: the pacer lets no
         /// request start before the retry layer's hint has passed, and (when no window it reads
