@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use genesys_client::{GenesysClient, Metrics};
-use genesys_sim::{SimConfig, Simulator};
+use genesys_sim::{RetryAfterFormat, SimConfig, Simulator};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
@@ -20,13 +20,23 @@ struct Outcome {
 /// with the rate-limit headers on `share` of the answers; the client starts from its default
 /// pacing (300 per 60 s) and learns the rest.
 async fn users_job(users: usize, quota: u32, window: Duration, share: f64) -> Outcome {
-    let sim = Simulator::spawn(
+    users_job_with(users, quota, window, share, |c| c).await
+}
+
+async fn users_job_with(
+    users: usize,
+    quota: u32,
+    window: Duration,
+    share: f64,
+    configure: impl FnOnce(SimConfig) -> SimConfig,
+) -> Outcome {
+    let sim = Simulator::spawn(configure(
         SimConfig::default()
             .users(users)
             .rate_limit(Some((quota, window)))
             .ratelimit_headers_share(share)
             .seed(5),
-    )
+    ))
     .await
     .unwrap();
     let metrics = Metrics::new();
@@ -113,4 +123,21 @@ async fn a_minute_window_with_headers_on_half_the_answers() {
     let window = Duration::from_secs(60);
     let outcome = users_job(150, quota, window, 0.5).await;
     check(&outcome, quota, window);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_as_a_date_or_malformed_and_a_flaky_login_host() {
+    // The login host answers 503 a third of the time; Retry-After comes as an HTTP-date, then
+    // as something no parser accepts (the client falls back to the rate-limit headers and its
+    // backoff). The job still reaches the requested state.
+    for format in [RetryAfterFormat::HttpDate, RetryAfterFormat::Malformed] {
+        let quota = 40;
+        let window = Duration::from_secs(1);
+        let outcome = users_job_with(100, quota, window, 0.5, |c| {
+            c.retry_after_format(format)
+                .faults("token-5xx=0.3".parse().unwrap())
+        })
+        .await;
+        check(&outcome, quota, window);
+    }
 }
