@@ -216,9 +216,12 @@ where
             read: 0,
         });
     }
+    // Trust a declared length for at most 1 MiB of room up front: a server that declares 16 MiB
+    // and sends nothing costs no more than that.
     let capacity = usize::try_from(body.size_hint().lower())
         .unwrap_or(limit)
-        .min(limit);
+        .min(limit)
+        .min(1024 * 1024);
     let mut buf = BytesMut::with_capacity(capacity);
     loop {
         let frame = match next_frame(body.as_mut(), idle).await {
