@@ -80,6 +80,15 @@ pub(crate) fn classify(err: BoxError) -> GenesysError {
     if let Some(oauth) = find_oauth(&*err) {
         return GenesysError::OAuth(oauth);
     }
+    if let Some(&genesys_tower::read_body::Error::TooLarge { status, limit, .. }) =
+        find::<genesys_tower::read_body::Error>(&*err)
+    {
+        return GenesysError::ResponseTooLarge {
+            status,
+            limit,
+            source: err,
+        };
+    }
     if let Some(r) = find::<retry::Error>(&*err) {
         let retry_after = r.retry_after();
         return match r.kind() {

@@ -8,10 +8,12 @@
 //!    jitter, `Retry-After` as a floor, a retry budget;
 //! 3. [`AuthLayer`] with the [`ClientCredentials`] token source: the bearer token on every
 //!    attempt, one refresh on 401;
-//! 4. a per-attempt timeout ([`tower::timeout::TimeoutLayer`]);
-//! 5. [`ConcurrencyLayer`]: a limit on requests in flight and pacing (300 requests per 60 s by
+//! 4. a per-attempt timeout ([`tower::timeout::TimeoutLayer`]), which covers reading the body;
+//! 5. [`ReadBodyLayer`]: every response body read whole, within limits (16 MiB for a success
+//!    body, 64 KiB kept of an error body) and an idle timeout between chunks (30 s);
+//! 6. [`ConcurrencyLayer`]: a limit on requests in flight and pacing (300 requests per 60 s by
 //!    default, the Genesys limit per client-credentials token);
-//! 6. the leaf: hyper-util's pooled client with rustls (https and http), or any service given to
+//! 7. the leaf: hyper-util's pooled client with rustls (https and http), or any service given to
 //!    [`GenesysClientBuilder::service`].
 //!
 //! ```no_run
@@ -41,6 +43,7 @@ use bytes::Bytes;
 use genesys_tower::auth::{AuthLayer, Token, TokenSource};
 use genesys_tower::concurrency::ConcurrencyLayer;
 use genesys_tower::idempotency::{IdempotencyLayer, IdempotencyStore};
+use genesys_tower::read_body::ReadBodyLayer;
 use genesys_tower::retry::{RetryInfo, RetryLayer, RetryPolicy, RetrySafety};
 use genesys_tower::{Body, BoxError, Metrics};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
@@ -91,6 +94,15 @@ pub const DEFAULT_PACING: (u64, Duration) = (300, Duration::from_secs(60));
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default total deadline of a call, retries included.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
+/// The default limit of a success body: 16 MiB (see [`GenesysClientBuilder::max_response_body`]).
+pub const DEFAULT_MAX_RESPONSE_BODY: usize = genesys_tower::read_body::DEFAULT_MAX_SUCCESS_BODY;
+/// The default limit of an error body: 64 KiB, the rest is cut (see
+/// [`GenesysClientBuilder::max_error_body`]).
+pub const DEFAULT_MAX_ERROR_BODY: usize = genesys_tower::read_body::DEFAULT_MAX_ERROR_BODY;
+/// The default idle timeout between two chunks of a response body: 30 s.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = genesys_tower::read_body::DEFAULT_IDLE_TIMEOUT;
+/// The most bytes read of a token response (success or error): 64 KiB.
+pub const MAX_TOKEN_BODY: usize = 64 * 1024;
 
 /// A service that can be shared between threads: clones are handed out per call.
 ///
@@ -167,6 +179,9 @@ pub struct GenesysClientBuilder {
     retry_policy: Option<RetryPolicy>,
     refresh_margin: Option<Duration>,
     attempt_timeout: Option<Duration>,
+    max_response_body: usize,
+    max_error_body: usize,
+    body_idle_timeout: Option<Duration>,
     max_in_flight: usize,
     pacing: Option<(u64, Duration)>,
     pacing_source: PacingSource,
@@ -191,6 +206,9 @@ impl Default for GenesysClientBuilder {
             retry_policy: None,
             refresh_margin: None,
             attempt_timeout: Some(DEFAULT_ATTEMPT_TIMEOUT),
+            max_response_body: DEFAULT_MAX_RESPONSE_BODY,
+            max_error_body: DEFAULT_MAX_ERROR_BODY,
+            body_idle_timeout: Some(DEFAULT_BODY_IDLE_TIMEOUT),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             pacing: Some(DEFAULT_PACING),
             pacing_source: PacingSource::Default,
@@ -278,6 +296,36 @@ impl GenesysClientBuilder {
     /// No per-attempt timeout.
     pub fn no_attempt_timeout(mut self) -> Self {
         self.attempt_timeout = None;
+        self
+    }
+
+    /// The largest success body the client reads, in bytes (default
+    /// [`DEFAULT_MAX_RESPONSE_BODY`], 16 MiB). The limit is checked while the body streams in
+    /// (a `Content-Length` above it fails before anything is read): a larger body ends the call
+    /// with [`GenesysError::ResponseTooLarge`] and is not retried.
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.max_response_body = bytes;
+        self
+    }
+
+    /// The most bytes kept of an error body (default [`DEFAULT_MAX_ERROR_BODY`], 64 KiB); the
+    /// rest is not read, and the error keeps its status.
+    pub fn max_error_body(mut self, bytes: usize) -> Self {
+        self.max_error_body = bytes;
+        self
+    }
+
+    /// The longest wait for the next chunk of a response body (default
+    /// [`DEFAULT_BODY_IDLE_TIMEOUT`], 30 s). The per-attempt timeout covers the whole body as
+    /// well, so a body that drips a byte now and then still ends within it.
+    pub fn body_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.body_idle_timeout = Some(timeout);
+        self
+    }
+
+    /// No idle timeout between body chunks (the per-attempt timeout still applies).
+    pub fn no_body_idle_timeout(mut self) -> Self {
+        self.body_idle_timeout = None;
         self
     }
 
@@ -406,18 +454,18 @@ impl GenesysClientBuilder {
             .await
         {
             Ok(limits) => {
-                match limits.value_of(crate::limits::TOKEN_RATE_PER_MINUTE) {
-                    Some(v) if v >= 1.0 && v.is_finite() => {
-                        tracing::debug!(per_minute = v, "pacing from the org's limits");
-                        // Whole requests per minute; the pacer never goes below one.
-                        self.pacing = Some((v.min(1e9) as u64, Duration::from_secs(60)));
+                match limits.pacing_for(
+                    crate::limits::TOKEN_RATE_PER_MINUTE,
+                    Duration::from_secs(60),
+                ) {
+                    Some(Ok((n, window))) => {
+                        tracing::debug!(per_minute = n, "pacing from the org's limits");
+                        self.pacing = Some((n, window));
                         self.pacing_source = PacingSource::OrgLimit;
                     }
-                    Some(v) => tracing::warn!(
-                        value = v,
-                        "the org's limit {} is below 1 request a minute; keeping the pacing",
-                        crate::limits::TOKEN_RATE_PER_MINUTE
-                    ),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "ignoring the org's limit; keeping the pacing")
+                    }
                     None => tracing::warn!(
                         "the org's limits do not name {}; keeping the pacing",
                         crate::limits::TOKEN_RATE_PER_MINUTE
@@ -464,16 +512,20 @@ impl GenesysClientBuilder {
             Some(leaf) => leaf,
             None => hyper_leaf()?,
         };
-        // Token requests: the leaf with the per-attempt timeout, without pacing (another host).
-        let token_http: HttpService = match self.attempt_timeout {
-            Some(t) => BoxCloneService::new(
-                ServiceBuilder::new()
-                    .layer(TimeoutLayer::new(t))
-                    .service(leaf.clone())
-                    .map_err(Into::into),
-            ),
-            None => leaf.clone(),
-        };
+        // Token requests: the leaf with the per-attempt timeout over reading the whole (small)
+        // answer, without pacing (another host).
+        let token_http: HttpService = BoxCloneService::new(
+            ServiceBuilder::new()
+                .option_layer(self.attempt_timeout.map(TimeoutLayer::new))
+                .layer(
+                    ReadBodyLayer::new()
+                        .max_success_body(MAX_TOKEN_BODY)
+                        .max_error_body(MAX_TOKEN_BODY)
+                        .idle_timeout(self.body_idle_timeout),
+                )
+                .service(leaf.clone())
+                .map_err(Into::into),
+        );
         let (source, credentials) = match self.auth.clone() {
             Some(Auth::Credentials { id, secret }) => {
                 let cc = ClientCredentials::new(endpoints.token_url(), id, &*secret.0, token_http)
@@ -510,7 +562,9 @@ impl GenesysClientBuilder {
             None => {
                 let mut layer = ConcurrencyLayer::new(self.max_in_flight);
                 if let Some((n, window)) = self.pacing {
-                    layer = layer.pacing(n, window);
+                    layer = layer
+                        .try_pacing(n, window)
+                        .map_err(|e| GenesysError::Config(format!("pacing: {e}")))?;
                 }
                 if self.reject_when_full {
                     layer = layer.reject_when_full();
@@ -520,12 +574,18 @@ impl GenesysClientBuilder {
         }
         .metrics(metrics.clone());
 
-        // Outermost first; the per-attempt timeout sits over the concurrency limit, so that a wait
-        // for a permit or for pacing counts against the attempt's time too.
+        // Outermost first; the per-attempt timeout sits over reading the body (so that it covers
+        // the whole attempt) and over the concurrency limit (so that a wait for a permit or for
+        // pacing counts against the attempt's time too).
+        let read_body = ReadBodyLayer::new()
+            .max_success_body(self.max_response_body)
+            .max_error_body(self.max_error_body)
+            .idle_timeout(self.body_idle_timeout);
         let below_idempotency = ServiceBuilder::new()
             .layer(RetryLayer::new(policy).metrics(metrics.clone()))
             .layer(auth)
             .option_layer(self.attempt_timeout.map(TimeoutLayer::new))
+            .layer(read_body)
             .layer(concurrency)
             .service(leaf);
         let stack: StackService = if self.idempotency {
@@ -577,6 +637,9 @@ impl fmt::Debug for GenesysClientBuilder {
             .field("retry_policy", &self.retry_policy)
             .field("refresh_margin", &self.refresh_margin)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("max_response_body", &self.max_response_body)
+            .field("max_error_body", &self.max_error_body)
+            .field("body_idle_timeout", &self.body_idle_timeout)
             .field("max_in_flight", &self.max_in_flight)
             .field("pacing", &self.pacing)
             .field("reject_when_full", &self.reject_when_full)
@@ -815,12 +878,9 @@ impl GenesysClient {
         };
         let retry_info = parts.extensions.get::<RetryInfo>().cloned();
         if !parts.status.is_success() {
-            let retry_after = parts
-                .headers
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            // The same reading as the retry layer's: seconds or an HTTP-date, strict ASCII.
+            let retry_after =
+                genesys_tower::headers::retry_after(&parts.headers, std::time::SystemTime::now());
             return Err(ApiError::from_response(
                 parts.status,
                 correlation_id(&parts.headers).map(str::to_owned),

@@ -62,50 +62,114 @@ impl ErrorBody {
     /// value from [`message_params`](Self::message_params) (a placeholder without a value is kept
     /// as it is); `None` when the body has no `messageWithParams`.
     ///
+    /// The text is built up to [`MESSAGE_MAX_CHARS`] characters and no further, however many
+    /// placeholders the template repeats: a hostile body cannot make it large.
+    ///
     /// ```
     /// let body: genesys_client::ErrorBody = serde_json::from_str(
     ///     r#"{"messageWithParams":"User {id} not found","messageParams":{"id":"42"}}"#).unwrap();
     /// assert_eq!(body.rendered_message().as_deref(), Some("User 42 not found"));
     /// ```
     pub fn rendered_message(&self) -> Option<String> {
+        self.rendered_message_within(MESSAGE_MAX_CHARS)
+    }
+
+    /// [`rendered_message`](Self::rendered_message), built up to `max_chars` characters: the
+    /// work and the memory are bounded by `max_chars`, not by the template or its values.
+    pub fn rendered_message_within(&self, max_chars: usize) -> Option<String> {
         let template = self.message_with_params.as_deref()?;
-        let mut out = String::with_capacity(template.len());
+        let mut out = Bounded::new(max_chars);
         let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
+        while !out.full() {
+            let Some(open) = rest.find('{') else {
+                out.push(rest);
+                break;
+            };
+            out.push(&rest[..open]);
             let after = &rest[open + 1..];
             match after.find('}') {
                 Some(close) => {
                     let name = &after[..close];
                     match self.message_params.get(name) {
-                        Some(value) => out.push_str(value),
+                        Some(value) => out.push(value),
                         None => {
-                            out.push('{');
-                            out.push_str(name);
-                            out.push('}');
+                            out.push("{");
+                            out.push(name);
+                            out.push("}");
                         }
                     }
                     rest = &after[close + 1..];
                 }
                 None => {
-                    out.push_str(&rest[open..]);
-                    rest = "";
+                    out.push(&rest[open..]);
+                    break;
                 }
             }
         }
-        out.push_str(rest);
-        Some(out)
+        Some(out.into_string())
     }
 
-    /// The best message to show: the rendered `messageWithParams`, else `message`.
+    /// The best message to show: the rendered `messageWithParams`, else `message`, at most
+    /// [`MESSAGE_MAX_CHARS`] characters.
     pub fn best_message(&self) -> Option<String> {
         self.rendered_message()
             .filter(|m| !m.is_empty())
-            .or_else(|| self.message.clone())
+            .or_else(|| self.message.as_deref().map(|m| cut(m, MESSAGE_MAX_CHARS)))
     }
 
     fn looks_like_error_body(&self) -> bool {
         self.code.is_some() || self.message.is_some() || self.message_with_params.is_some()
+    }
+}
+
+/// The longest message, in characters, that [`ApiError::message`] and
+/// [`ErrorBody::rendered_message`] build; the rest of a longer text is cut.
+pub const MESSAGE_MAX_CHARS: usize = 500;
+
+/// The first `max_chars` characters of `s`.
+fn cut(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((end, _)) => s[..end].to_owned(),
+        None => s.to_owned(),
+    }
+}
+
+/// A string that takes at most `max` characters and ignores the rest.
+struct Bounded {
+    out: String,
+    left: usize,
+}
+
+impl Bounded {
+    fn new(max: usize) -> Self {
+        Bounded {
+            out: String::new(),
+            left: max,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.left == 0
+    }
+
+    fn push(&mut self, s: &str) {
+        if self.left == 0 {
+            return;
+        }
+        match s.char_indices().nth(self.left) {
+            Some((end, _)) => {
+                self.out.push_str(&s[..end]);
+                self.left = 0;
+            }
+            None => {
+                self.out.push_str(s);
+                self.left -= s.chars().count();
+            }
+        }
+    }
+
+    fn into_string(self) -> String {
+        self.out
     }
 }
 
@@ -144,6 +208,8 @@ pub struct ApiError {
     correlation_id: Option<String>,
     body: Option<ErrorBody>,
     text: String,
+    /// Built once, within [`MESSAGE_MAX_CHARS`].
+    message: String,
     retry_after: Option<Duration>,
     attempts: Option<u32>,
 }
@@ -156,11 +222,17 @@ impl ApiError {
         let parsed = serde_json::from_slice::<ErrorBody>(body)
             .ok()
             .filter(ErrorBody::looks_like_error_body);
+        let text = String::from_utf8_lossy(body).into_owned();
+        let message = parsed
+            .as_ref()
+            .and_then(ErrorBody::best_message)
+            .unwrap_or_else(|| cut(text.trim(), MESSAGE_MAX_CHARS));
         ApiError {
             status,
             correlation_id,
             body: parsed,
-            text: String::from_utf8_lossy(body).into_owned(),
+            text,
+            message,
             retry_after: None,
             attempts: None,
         }
@@ -201,12 +273,10 @@ impl ApiError {
         self.body.as_ref()?.code.as_deref()
     }
 
-    /// The message: `messageWithParams` rendered, else `message`, else the body's text.
+    /// The message: `messageWithParams` rendered, else `message`, else the body's text; at most
+    /// [`MESSAGE_MAX_CHARS`] characters (built once, when the error was made).
     pub fn message(&self) -> String {
-        self.body
-            .as_ref()
-            .and_then(ErrorBody::best_message)
-            .unwrap_or_else(|| self.text.trim().to_owned())
+        self.message.clone()
     }
 
     /// The context id: the body's `contextId`, else the `ININ-Correlation-Id` header.
@@ -230,7 +300,7 @@ impl ApiError {
     /// Whether this is a version conflict: 409 `general.conflict`, or a 400 whose message says
     /// the version does not match (the real API answers both ways).
     pub fn is_version_conflict(&self) -> bool {
-        let msg = self.message().to_ascii_lowercase();
+        let msg = self.message.to_ascii_lowercase();
         let says_version = msg.contains("version") && msg.contains("match");
         match self.status {
             StatusCode::CONFLICT => self.code() == Some("general.conflict") || says_version,
@@ -245,7 +315,7 @@ impl fmt::Debug for ApiError {
         f.debug_struct("ApiError")
             .field("status", &self.status)
             .field("code", &self.code())
-            .field("message", &self.message())
+            .field("message", &self.message)
             .field("context_id", &self.context_id())
             .field("body", &self.body)
             .finish()
@@ -258,11 +328,9 @@ impl fmt::Display for ApiError {
         if let Some(code) = self.code() {
             write!(f, " {code}")?;
         }
-        let message = self.message();
-        if !message.is_empty() {
-            // Keep a non-ErrorBody page readable in a log line.
-            let short: String = message.chars().take(500).collect();
-            write!(f, ": {short}")?;
+        if !self.message.is_empty() {
+            // Already cut to MESSAGE_MAX_CHARS: a non-ErrorBody page stays readable in a log line.
+            write!(f, ": {}", self.message)?;
         }
         if let Some(id) = self.context_id() {
             write!(f, " (contextId {id})")?;
@@ -431,6 +499,18 @@ pub enum GenesysError {
         /// The underlying error.
         source: BoxError,
     },
+    /// A 2xx answer whose body is larger than the client's limit
+    /// ([`max_response_body`](crate::GenesysClientBuilder::max_response_body)). The body was not
+    /// read past the limit, and the call was not retried (another attempt would get the same).
+    /// The request itself succeeded: a write was applied.
+    ResponseTooLarge {
+        /// The status of the answer.
+        status: StatusCode,
+        /// The limit, in bytes.
+        limit: usize,
+        /// The error as the stack reported it.
+        source: BoxError,
+    },
     /// A 2xx answer whose body is not what this endpoint returns.
     Decode {
         /// The HTTP status.
@@ -460,6 +540,7 @@ impl GenesysError {
         match self {
             GenesysError::Api(e) => Some(e.status()),
             GenesysError::Decode { status, .. } => Some(*status),
+            GenesysError::ResponseTooLarge { status, .. } => Some(*status),
             GenesysError::OAuth(e) => Some(e.status),
             _ => None,
         }
@@ -530,6 +611,13 @@ impl fmt::Display for GenesysError {
                 write!(f, "the call ran out of its time budget: {source}")
             }
             GenesysError::Transport { source } => write!(f, "request failed: {source}"),
+            GenesysError::ResponseTooLarge { status, limit, .. } => write!(
+                f,
+                "the answer (HTTP {}) has a body larger than this client's limit of {limit} \
+                 bytes; it was not read and the call was not retried (the request itself \
+                 succeeded; raise max_response_body if such answers are expected)",
+                status.as_u16()
+            ),
             GenesysError::Decode {
                 status,
                 message,
@@ -558,6 +646,7 @@ impl std::error::Error for GenesysError {
             GenesysError::OutcomeUnknown { source }
             | GenesysError::RetryAfterTooLong { source, .. }
             | GenesysError::DeadlineExceeded { source, .. }
+            | GenesysError::ResponseTooLarge { source, .. }
             | GenesysError::Transport { source } => Some(source.as_ref()),
             GenesysError::Decode { .. } | GenesysError::Config(_) => None,
         }
@@ -662,5 +751,68 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b.rendered_message().unwrap(), "A and {b} and {unclosed");
+    }
+
+    #[test]
+    fn repeated_placeholders_do_not_amplify() {
+        // A 120 KB template of one placeholder whose value is 1 KB: fully expanded, about 40 MB.
+        let template = "{p}".repeat(40_000);
+        let body = serde_json::json!({
+            "code": "bad.request",
+            "messageWithParams": template,
+            "messageParams": {"p": "x".repeat(1_000)},
+        })
+        .to_string();
+        let e = ApiError::from_response(StatusCode::BAD_REQUEST, None, body.as_bytes());
+        assert_eq!(e.message().chars().count(), MESSAGE_MAX_CHARS);
+        assert!(!e.is_version_conflict());
+        assert!(e.to_string().len() < 1_000);
+        let rendered = e.body().unwrap().rendered_message_within(10).unwrap();
+        assert_eq!(rendered, "xxxxxxxxxx");
+    }
+
+    #[test]
+    fn multibyte_text_is_cut_on_char_boundaries() {
+        let b: ErrorBody = serde_json::from_str(
+            r#"{"messageWithParams":"é{a}ü{b}","messageParams":{"a":"日本語","b":"x"}}"#,
+        )
+        .unwrap();
+        for n in 0..10 {
+            let r = b.rendered_message_within(n).unwrap();
+            assert_eq!(r.chars().count(), n.min(6), "{n}: {r}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(4000)))]
+
+        #[test]
+        fn any_error_body_parses_without_panic(
+            status in 100u16..1000,
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..128),
+        ) {
+            let status = StatusCode::from_u16(status).unwrap();
+            let e = ApiError::from_response(status, None, &body);
+            proptest::prop_assert!(e.message().chars().count() <= MESSAGE_MAX_CHARS);
+            let _ = e.is_version_conflict();
+            let _ = e.to_string();
+            let _ = format!("{e:?}");
+            let _ = OAuthError::from_response(status, &body).to_string();
+        }
+
+        #[test]
+        fn any_template_renders_within_the_cut(
+            template in "[{}a-z]{0,64}",
+            params in proptest::collection::btree_map("[a-z{}]{0,3}", "\\PC{0,40}", 0..4),
+            max in 0usize..80,
+        ) {
+            let body = ErrorBody {
+                message_with_params: Some(template),
+                message_params: params,
+                ..ErrorBody::default()
+            };
+            let r = body.rendered_message_within(max).unwrap();
+            proptest::prop_assert!(r.chars().count() <= max);
+        }
     }
 }

@@ -61,17 +61,30 @@ pub use client::{
 };
 pub use data_actions::{ActionTestResult, ExecuteOptions};
 pub use error::{
-    ApiError, ErrorBody, ErrorDetail, ErrorLimit, GenesysError, OAuthError, OAuthErrorKind,
+    ApiError, ErrorBody, ErrorDetail, ErrorLimit, GenesysError, MESSAGE_MAX_CHARS, OAuthError,
+    OAuthErrorKind,
 };
 pub use ingestion::{
     Chunk, ChunkFailure, ChunkOutcome, DEFAULT_INGESTION_PATH, IngestReport, Ingestion,
     IngestionBuilder, InvalidRecord, Prepared,
 };
 pub use integrations::IntegrationConfig;
-pub use limits::{Limit, NamespaceLimits};
-pub use oauth::{ClientCredentials, TokenError, TokenRetry};
+pub use limits::{InvalidLimit, Limit, NamespaceLimits};
+pub use oauth::{
+    ClientCredentials, MAX_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME, TokenError, TokenRetry,
+};
 pub use region::{Endpoints, InvalidUrl, ParseRegionError, Region};
 pub use users::{UpdateUserOptions, User, UsersPage};
 
 /// Re-exported so that users of this crate need not depend on `genesys-tower` for the basics.
 pub use genesys_tower::{self as tower_layers, Body, BoxError, Metrics};
+
+/// The number of random inputs a property test runs: `default` (a few thousand, so that
+/// `cargo test` stays fast), or `GENESYS_FUZZ_CASES` for a longer run.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("GENESYS_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -1,5 +1,8 @@
 //! Organization limits: `GET /api/v2/organizations/limits/namespaces/{namespace}`.
 
+use std::fmt;
+use std::time::Duration;
+
 use http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -51,10 +54,68 @@ impl NamespaceLimits {
             .find(|l| l.key == key)
             .and_then(|l| match &l.value {
                 Value::Number(n) => n.as_f64(),
-                Value::String(s) => s.trim().parse().ok(),
+                Value::String(s) => s.trim_matches(|c| c == ' ' || c == '\t').parse().ok(),
                 _ => None,
             })
     }
+
+    /// The pacing that the limit named `key` allows per `window`: see [`pacing_from_limit`].
+    /// `None` when the limit is absent; an error (with a message) when its value cannot pace.
+    pub fn pacing_for(
+        &self,
+        key: &str,
+        window: Duration,
+    ) -> Option<Result<(u64, Duration), InvalidLimit>> {
+        self.limits.iter().find(|l| l.key == key)?;
+        Some(match self.value_of(key) {
+            Some(v) => pacing_from_limit(key, v, window),
+            None => Err(InvalidLimit(format!("the limit `{key}` is not a number"))),
+        })
+    }
+}
+
+/// A limit value that cannot be used for pacing, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidLimit(String);
+
+impl fmt::Display for InvalidLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidLimit {}
+
+/// Turns a limit's value (requests per `window`) into a pacing rate.
+///
+/// A value below 1 (or not finite) is refused with a message: less than one request per window
+/// cannot be paced. A fractional value is rounded down; one beyond `u64` is cut to `u64::MAX`.
+///
+/// ```
+/// use std::time::Duration;
+/// use genesys_client::limits::pacing_from_limit;
+///
+/// let minute = Duration::from_secs(60);
+/// assert_eq!(pacing_from_limit("k", 300.0, minute), Ok((300, minute)));
+/// assert!(pacing_from_limit("k", 0.5, minute).is_err());
+/// ```
+pub fn pacing_from_limit(
+    key: &str,
+    value: f64,
+    window: Duration,
+) -> Result<(u64, Duration), InvalidLimit> {
+    if window.is_zero() {
+        return Err(InvalidLimit(format!("the limit `{key}` has a window of 0")));
+    }
+    if !value.is_finite() || value < 1.0 {
+        return Err(InvalidLimit(format!(
+            "the limit `{key}` is {value}, less than one request per {} s: it cannot pace \
+             requests",
+            window.as_secs_f64()
+        )));
+    }
+    // `as` saturates: a value beyond u64 becomes u64::MAX.
+    Ok((value.floor() as u64, window))
 }
 
 impl GenesysClient {
@@ -94,5 +155,68 @@ mod tests {
         )
         .unwrap();
         assert_eq!(older.value_of(TOKEN_RATE_PER_MINUTE), Some(300.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(value: Value) -> NamespaceLimits {
+        NamespaceLimits {
+            namespace: PLATFORM_API_NAMESPACE.into(),
+            limits: vec![Limit {
+                key: TOKEN_RATE_PER_MINUTE.into(),
+                value,
+                other: Map::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn limits_below_one_are_refused_with_a_message() {
+        let minute = Duration::from_secs(60);
+        for v in [
+            serde_json::json!(0.5),
+            serde_json::json!(0),
+            serde_json::json!(-3),
+            serde_json::json!("0.9"),
+            serde_json::json!("lots"),
+            serde_json::json!(null),
+        ] {
+            let e = limits(v.clone())
+                .pacing_for(TOKEN_RATE_PER_MINUTE, minute)
+                .unwrap()
+                .unwrap_err();
+            assert!(e.to_string().contains(TOKEN_RATE_PER_MINUTE), "{v}: {e}");
+        }
+        assert_eq!(
+            limits(serde_json::json!(1e30)).pacing_for(TOKEN_RATE_PER_MINUTE, minute),
+            Some(Ok((u64::MAX, minute)))
+        );
+        assert_eq!(
+            limits(serde_json::json!("40.7")).pacing_for(TOKEN_RATE_PER_MINUTE, minute),
+            Some(Ok((40, minute)))
+        );
+        assert!(
+            limits(serde_json::json!(1))
+                .pacing_for("other", minute)
+                .is_none()
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(4000)))]
+
+        #[test]
+        fn any_limits_body_is_read_without_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..96), v in proptest::num::f64::ANY) {
+            if let Ok(l) = serde_json::from_slice::<NamespaceLimits>(&body) {
+                let _ = l.pacing_for(TOKEN_RATE_PER_MINUTE, Duration::from_secs(60));
+            }
+            match pacing_from_limit("k", v, Duration::from_secs(60)) {
+                Ok((n, _)) => proptest::prop_assert!(n >= 1),
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
     }
 }

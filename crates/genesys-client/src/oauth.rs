@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -144,7 +144,9 @@ impl ClientCredentials {
                 .saturating_mul(1u32 << (attempt - 1).min(16))
                 .min(retry.max_delay);
             // Full jitter, with the login host's Retry-After as a floor.
-            let jittered = exp.mul_f64(rand_unit());
+            let jittered = Duration::try_from_secs_f64(exp.as_secs_f64() * rand_unit())
+                .unwrap_or(exp)
+                .min(exp);
             let delay = hint.map_or(jittered, |h| h.max(jittered));
             tracing::debug!(
                 attempt,
@@ -181,17 +183,25 @@ impl ClientCredentials {
             }
         };
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body: Bytes = match response.into_body().collect_bytes().await {
+        let retry_after =
+            genesys_tower::headers::retry_after(response.headers(), SystemTime::now());
+        // Bounded even over a leaf that reads nothing for us (the client's own stack has read
+        // it already, within the same limit).
+        let body: Bytes = match genesys_tower::read_body::read_limited(
+            response.into_body(),
+            status,
+            crate::client::MAX_TOKEN_BODY,
+            None,
+        )
+        .await
+        {
             Ok(b) => b,
+            Err(e) if e.is_too_large() => {
+                return Err(Failure::Final(TokenError::Malformed(e.to_string())));
+            }
             Err(e) => {
                 return Err(Failure::Transient {
-                    error: TokenError::Transport(e),
+                    error: TokenError::Transport(e.into()),
                     retry_after: None,
                 });
             }
@@ -249,15 +259,60 @@ fn parse_token(body: &[u8]) -> Result<Token, TokenError> {
             "the token type is {kind:?}, not bearer"
         )));
     }
-    // Some servers send expires_in as a string; accept both.
-    let lifetime = match raw.expires_in {
-        Some(serde_json::Value::Number(n)) => n.as_f64(),
-        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+    Ok(Token::new(value, token_lifetime(raw.expires_in.as_ref())))
+}
+
+/// The shortest token lifetime the client accepts: a shorter `expires_in` is raised to it.
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
+/// The longest token lifetime the client accepts (48 h, the longest Genesys documents): a longer
+/// `expires_in` is cut to it.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(172_800);
+/// The shortest lifetime Genesys documents for an OAuth client (300 s); a shorter one is used
+/// (within [`MIN_TOKEN_LIFETIME`]) but logged as a warning.
+const DOCUMENTED_MIN_LIFETIME: f64 = 300.0;
+
+/// Reads `expires_in` (seconds, a number or a string of one) and keeps it within
+/// [`MIN_TOKEN_LIFETIME`]..=[`MAX_TOKEN_LIFETIME`]. A value outside Genesys's documented range
+/// (300 s to 48 h) is logged as a warning; one that is not a number is ignored with a warning
+/// (the token then has no known expiry, and a 401 renews it).
+fn token_lifetime(expires_in: Option<&serde_json::Value>) -> Option<Duration> {
+    let raw = expires_in?;
+    let secs = match raw {
+        serde_json::Value::Number(n) => n.as_f64(),
+        // Some servers send expires_in as a string; accept both (HTTP whitespace only).
+        serde_json::Value::String(s) => s
+            .trim_matches(|c| c == ' ' || c == '\t')
+            .parse::<f64>()
+            .ok(),
+        serde_json::Value::Null => return None,
         _ => None,
     }
-    .filter(|s| s.is_finite() && *s > 0.0)
-    .map(Duration::from_secs_f64);
-    Ok(Token::new(value, lifetime))
+    .filter(|s| !s.is_nan());
+    let Some(secs) = secs else {
+        tracing::warn!(
+            expires_in = %shorten(&raw.to_string()),
+            "the token's expires_in is not a number of seconds; ignoring it"
+        );
+        return None;
+    };
+    let (min, max) = (
+        MIN_TOKEN_LIFETIME.as_secs_f64(),
+        MAX_TOKEN_LIFETIME.as_secs_f64(),
+    );
+    if !(DOCUMENTED_MIN_LIFETIME..=max).contains(&secs) {
+        tracing::warn!(
+            expires_in = secs,
+            "the token's expires_in is outside Genesys's documented range of 300 s to 172800 s; \
+             using it within 1 s to 172800 s"
+        );
+    }
+    let clamped = secs.clamp(min, max);
+    Some(Duration::try_from_secs_f64(clamped).unwrap_or(MAX_TOKEN_LIFETIME))
+}
+
+/// At most 64 characters of a value for a log line.
+fn shorten(s: &str) -> String {
+    s.chars().take(64).collect()
 }
 
 impl TokenSource for ClientCredentials {
@@ -442,5 +497,72 @@ mod tests {
         );
         assert_eq!(src.fetch_token().await.unwrap().secret(), "t2");
         assert_eq!(seen.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lifetimes_are_clamped_never_panic() {
+        let cases: &[(&str, Option<u64>)] = &[
+            (r#"1e30"#, Some(172_800)),
+            (r#""1e300""#, Some(172_800)),
+            (r#"1e308"#, Some(172_800)),
+            (r#""inf""#, Some(172_800)),
+            (r#""-inf""#, Some(1)),
+            (r#"0"#, Some(1)),
+            (r#"-5"#, Some(1)),
+            (r#"0.25"#, Some(1)),
+            (r#"299"#, Some(299)),
+            (r#"86400"#, Some(86_400)),
+            (r#""NaN""#, None),
+            (r#""soon""#, None),
+            (r#"" 60""#, Some(60)),
+            (r#""\u00a060""#, None),
+            (r#"null"#, None),
+            (r#"[1]"#, None),
+            (r#"18446744073709551615"#, Some(172_800)),
+        ];
+        for (raw, want) in cases {
+            let body =
+                format!(r#"{{"access_token":"t","token_type":"bearer","expires_in":{raw}}}"#);
+            let token = parse_token(body.as_bytes()).unwrap();
+            assert_eq!(
+                token.lifetime(),
+                want.map(Duration::from_secs),
+                "expires_in {raw}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(4000)))]
+
+        #[test]
+        fn any_token_answer_parses_without_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..96)) {
+            match parse_token(&body) {
+                Ok(token) => {
+                    let life = token.lifetime();
+                    proptest::prop_assert!(life.is_none_or(|l| (MIN_TOKEN_LIFETIME..=MAX_TOKEN_LIFETIME).contains(&l)));
+                }
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn any_expires_in_is_kept_in_range(
+            number in proptest::num::f64::ANY,
+            text in "\\PC{0,24}",
+            as_text in proptest::bool::ANY,
+        ) {
+            {
+                let expires_in = if as_text {
+                    serde_json::Value::String(text.clone())
+                } else {
+                    serde_json::Number::from_f64(number).map_or(serde_json::Value::Null, serde_json::Value::Number)
+                };
+                let body = serde_json::json!({"access_token": "t", "token_type": "bearer", "expires_in": expires_in});
+                let token = parse_token(body.to_string().as_bytes()).unwrap();
+                let life = token.lifetime();
+                proptest::prop_assert!(life.is_none_or(|l| (MIN_TOKEN_LIFETIME..=MAX_TOKEN_LIFETIME).contains(&l)));
+            }
+        }
     }
 }

@@ -23,6 +23,123 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 512_000;
 /// The most records one ingestion batch may hold.
 pub const DEFAULT_MAX_RECORDS: usize = 500;
 
+/// Parses a per-token quota as `N/SECS` (requests per fixed window of whole seconds, e.g.
+/// `300/60` or `40/1`), or `off` (`None`). `N` is 1 to 4294967295 and `SECS` 1 to 31536000
+/// (365 days); anything else is refused with a message that says what is allowed.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(genesys_sim::parse_rate_limit("40/1"), Ok(Some((40, Duration::from_secs(1)))));
+/// assert_eq!(genesys_sim::parse_rate_limit("off"), Ok(None));
+/// assert!(genesys_sim::parse_rate_limit("0.5/60").is_err());
+/// ```
+pub fn parse_rate_limit(s: &str) -> Result<Option<(u32, Duration)>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let shown: String = s.chars().take(40).collect();
+    let err = || {
+        format!(
+            "`{shown}` is not N/SECS with N from 1 to {} and SECS from 1 to {} (e.g. 300/60), \
+             or `off`",
+            u32::MAX,
+            crate::faults::MAX_DURATION.as_secs()
+        )
+    };
+    let (n, secs) = s.split_once('/').ok_or_else(err)?;
+    let n: u32 = plain_int(n).ok_or_else(err)?;
+    let secs: u64 = plain_int(secs).ok_or_else(err)?;
+    if n == 0 || secs == 0 || secs > crate::faults::MAX_DURATION.as_secs() {
+        return Err(err());
+    }
+    Ok(Some((n, Duration::from_secs(secs))))
+}
+
+/// Parses a token lifetime in whole seconds, 1 to 31536000 (365 days); anything else is refused
+/// with a message.
+///
+/// ```
+/// assert!(genesys_sim::parse_token_ttl("18446744073709551615").is_err());
+/// assert_eq!(genesys_sim::parse_token_ttl("300").unwrap().as_secs(), 300);
+/// ```
+pub fn parse_token_ttl(s: &str) -> Result<Duration, String> {
+    let max = crate::faults::MAX_DURATION.as_secs();
+    match plain_int::<u64>(s) {
+        Some(secs) if (1..=max).contains(&secs) => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "`{}` is not a token lifetime: give whole seconds from 1 to {max} (365 days)",
+            s.chars().take(40).collect::<String>()
+        )),
+    }
+}
+
+/// An unsigned decimal integer of ASCII digits, with HTTP-style spaces around it.
+fn plain_int<T: std::str::FromStr>(s: &str) -> Option<T> {
+    let s = s.trim_matches(|c| c == ' ' || c == '\t');
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+/// How the simulator writes `Retry-After`: what real gateways do besides Genesys's whole seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryAfterFormat {
+    /// Whole seconds, `Retry-After: 5` (Genesys; the default).
+    #[default]
+    Seconds,
+    /// An IMF-fixdate, `Retry-After: Wed, 02 Dec 2026 05:00:05 GMT` (wall clock, rounded up to
+    /// the next whole second so that it is never earlier than the wait it stands for).
+    HttpDate,
+    /// A value no parser should accept, `Retry-After: 5.0`: clients must fall back to the
+    /// rate-limit headers or their own backoff.
+    Malformed,
+}
+
+impl RetryAfterFormat {
+    /// Parses `seconds`, `http-date` or `malformed`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "seconds" => Ok(RetryAfterFormat::Seconds),
+            "http-date" => Ok(RetryAfterFormat::HttpDate),
+            "malformed" => Ok(RetryAfterFormat::Malformed),
+            other => Err(format!(
+                "`{}` is not a Retry-After format: use seconds, http-date or malformed",
+                other.chars().take(40).collect::<String>()
+            )),
+        }
+    }
+
+    /// The header value for a wait of `secs` seconds.
+    pub(crate) fn value(self, secs: u64) -> String {
+        match self {
+            RetryAfterFormat::Seconds => secs.to_string(),
+            RetryAfterFormat::HttpDate => {
+                let now = std::time::SystemTime::now();
+                let at = now
+                    .checked_add(Duration::from_secs(secs.saturating_add(1)))
+                    .unwrap_or(now);
+                // fmt_http_date truncates to the second: a second more never undershoots.
+                httpdate::fmt_http_date(at)
+            }
+            RetryAfterFormat::Malformed => format!("{secs}.0"),
+        }
+    }
+}
+
+/// Parses a share between 0 and 1 (a plain decimal), or says why not.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    let v = s.trim_matches(|c| c == ' ' || c == '\t');
+    let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    match v.parse::<f64>() {
+        Ok(p) if plain && (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "`{}` is not a share: give a decimal from 0 to 1 (e.g. 0.5)",
+            v.chars().take(40).collect::<String>()
+        )),
+    }
+}
+
 /// An OAuth client the token endpoint accepts. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientCredentials {
@@ -227,6 +344,12 @@ pub struct SimConfig {
     pub seed: u64,
     /// Send `inin-ratelimit-allowed/count/reset` (default true).
     pub ratelimit_headers: bool,
+    /// The share of answers (0 to 1) that carry the `inin-ratelimit-*` headers when
+    /// [`ratelimit_headers`](Self::ratelimit_headers) is on (default 1: all). Which answers do is
+    /// a seeded draw per API request.
+    pub ratelimit_headers_share: f64,
+    /// How `Retry-After` is written on 429s and 503s (default whole seconds, as Genesys does).
+    pub retry_after_format: RetryAfterFormat,
     /// The data actions (default: [`ECHO_ACTION_ID`]).
     pub actions: Actions,
     /// JSON Schema every ingested record must satisfy (default [`default_ingestion_schema`]).
@@ -257,6 +380,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             seed: 0,
             ratelimit_headers: true,
+            ratelimit_headers_share: 1.0,
+            retry_after_format: RetryAfterFormat::Seconds,
             actions: Actions::default(),
             ingestion_schema: default_ingestion_schema(),
             ingestion_path: DEFAULT_INGESTION_PATH.to_string(),
@@ -329,6 +454,18 @@ impl SimConfig {
         self
     }
 
+    /// The share of answers that carry the `inin-ratelimit-*` headers (0 to 1).
+    pub fn ratelimit_headers_share(mut self, share: f64) -> Self {
+        self.ratelimit_headers_share = share;
+        self
+    }
+
+    /// How `Retry-After` is written.
+    pub fn retry_after_format(mut self, format: RetryAfterFormat) -> Self {
+        self.retry_after_format = format;
+        self
+    }
+
     /// Replace the data actions.
     pub fn actions(mut self, actions: Actions) -> Self {
         self.actions = actions;
@@ -357,5 +494,63 @@ impl SimConfig {
     pub fn ingestion_path(mut self, path: impl Into<String>) -> Self {
         self.ingestion_path = path.into();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_and_lifetimes_refuse_what_overflows() {
+        assert_eq!(
+            parse_rate_limit("40/1"),
+            Ok(Some((40, Duration::from_secs(1))))
+        );
+        for bad in [
+            "0/60",
+            "1/0",
+            "4294967296/60",
+            "5/31536001",
+            "+5/60",
+            "5/-1",
+            "1.5/60",
+            "5",
+            "/",
+        ] {
+            let e = parse_rate_limit(bad).unwrap_err();
+            assert!(e.contains("N/SECS"), "{bad}: {e}");
+        }
+        for bad in [
+            "0",
+            "18446744073709551615",
+            "31536001",
+            "-1",
+            "1e3",
+            "\u{a0}5",
+            "",
+        ] {
+            let e = parse_token_ttl(bad).unwrap_err();
+            assert!(e.contains("1 to"), "{bad}: {e}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(4000)))]
+
+        #[test]
+        fn any_text_parses_or_says_why(s in "\\PC{0,32}", n in proptest::num::u64::ANY, w in proptest::num::u64::ANY) {
+            for text in [s.clone(), format!("{n}/{w}"), n.to_string()] {
+                match parse_rate_limit(&text) {
+                    Ok(Some((n, w))) => proptest::prop_assert!(n >= 1 && !w.is_zero() && w <= crate::faults::MAX_DURATION),
+                    Ok(None) => {}
+                    Err(e) => proptest::prop_assert!(!e.is_empty()),
+                }
+                match parse_token_ttl(&text) {
+                    Ok(d) => proptest::prop_assert!(!d.is_zero() && d <= crate::faults::MAX_DURATION),
+                    Err(e) => proptest::prop_assert!(!e.is_empty()),
+                }
+            }
+        }
     }
 }

@@ -13,9 +13,14 @@
 //! | `latency` | `5ms..50ms` or `20ms` | every API request waits a uniform delay in the range first |
 //! | `revoke-every` | duration (`30s`) | every token is revoked periodically (the next call gets 401) |
 //! | `token-5xx` | probability | `POST /oauth/token` answers 503 |
+//! | `endless-body` | probability | the effect is applied, then the answer's body never ends (chunked: the real JSON, then spaces forever) |
+//! | `huge-body` | probability | as `endless-body`, with `Content-Length: 1000000000000` |
+//! | `stall-body` | probability | the effect is applied; the headers and half the body are sent, then nothing more (the connection stays open) |
+//! | `drip-body` | probability | the effect is applied; the body is sent one byte every 5 s |
 //!
-//! The probabilities of `5xx`, `500`, `503-retry-after`, `reset-before`, `reset-after` and
-//! `long-retry-after` are exclusive outcomes of one draw, so they must sum to at most 1.
+//! The probabilities of `5xx`, `500`, `503-retry-after`, `reset-before`, `reset-after`,
+//! `long-retry-after` and the four `*-body` faults are exclusive outcomes of one draw, so they
+//! must sum to at most 1.
 //! The draw for the n-th API request depends only on the seed and n, so a sequential client
 //! sees the same faults on every run with the same seed.
 //!
@@ -37,7 +42,8 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 /// The keys a fault spec accepts, for error messages and docs.
 pub const FAULT_KEYS: &str = "5xx, 500, 503-retry-after, reset-before, reset-after, \
 long-retry-after (probabilities 0..=1), latency (MIN..MAX or a single duration, e.g. 5ms..50ms), \
-revoke-every (a duration, e.g. 30s), token-5xx (a probability)";
+revoke-every (a duration, e.g. 30s), token-5xx, endless-body, huge-body, stall-body, drip-body \
+(probabilities)";
 
 /// The fault configuration: what goes wrong, how often. `Faults::default()` injects nothing.
 ///
@@ -62,6 +68,14 @@ pub struct Faults {
     pub revoke_every: Option<Duration>,
     /// `token-5xx=p`: probability that `POST /oauth/token` answers 503.
     pub token_error: f64,
+    /// `endless-body=p`: probability that an answer's body never ends (chunked).
+    pub endless_body: f64,
+    /// `huge-body=p`: probability that an answer declares `Content-Length: 10^12` and never ends.
+    pub huge_body: f64,
+    /// `stall-body=p`: probability that an answer sends half its body, then stalls.
+    pub stall_body: f64,
+    /// `drip-body=p`: probability that an answer's body is sent one byte every 5 s.
+    pub drip_body: f64,
 }
 
 /// A fault spec that could not be parsed: says what is wrong and what is allowed.
@@ -82,6 +96,57 @@ impl Faults {
         spec.parse()
     }
 
+    /// Checks a fault configuration built by hand (a parsed spec is always valid): every
+    /// probability in 0..=1, the exclusive ones summing to at most 1, every duration at most
+    /// [`MAX_DURATION`], `revoke-every` longer than 0.
+    pub fn validate(&self) -> Result<(), FaultSpecError> {
+        let probs = [
+            ("5xx", self.server_error),
+            ("500", self.internal_error),
+            ("503-retry-after", self.retry_after_503),
+            ("reset-before", self.reset_before),
+            ("reset-after", self.reset_after),
+            ("long-retry-after", self.long_retry_after),
+            ("token-5xx", self.token_error),
+            ("endless-body", self.endless_body),
+            ("huge-body", self.huge_body),
+            ("stall-body", self.stall_body),
+            ("drip-body", self.drip_body),
+        ];
+        for (key, p) in probs {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(bad(format!(
+                    "fault `{key}` needs a probability between 0 and 1, got {p}"
+                )));
+            }
+        }
+        let sum = self.exclusive_sum();
+        if sum > 1.0 + 1e-9 {
+            return Err(FaultSpecError(format!(
+                "the probabilities of 5xx, 500, 503-retry-after, reset-before, reset-after, \
+                 long-retry-after, endless-body, huge-body, stall-body and drip-body are \
+                 exclusive outcomes of one draw and must sum to at most 1 (they sum to {sum})"
+            )));
+        }
+        if let Some((lo, hi)) = self.latency
+            && (hi < lo || hi > MAX_DURATION)
+        {
+            return Err(bad(format!(
+                "fault `latency` needs MIN <= MAX <= {} s",
+                MAX_DURATION.as_secs()
+            )));
+        }
+        if let Some(d) = self.revoke_every
+            && (d.is_zero() || d > MAX_DURATION)
+        {
+            return Err(bad(format!(
+                "fault `revoke-every` must be longer than 0 and at most {} s",
+                MAX_DURATION.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
     /// True when nothing is injected.
     pub fn is_none(&self) -> bool {
         *self == Faults::default()
@@ -94,6 +159,10 @@ impl Faults {
             + self.reset_before
             + self.reset_after
             + self.long_retry_after
+            + self.endless_body
+            + self.huge_body
+            + self.stall_body
+            + self.drip_body
     }
 
     /// The fault (if any) for the `n`-th API request under `seed`.
@@ -123,6 +192,17 @@ impl Faults {
         if u < edge {
             return Fault::LongRetryAfter(rng.random_range(181..=3600));
         }
+        for (p, fault) in [
+            (self.endless_body, Fault::Body(BodyFault::Endless)),
+            (self.huge_body, Fault::Body(BodyFault::Huge)),
+            (self.stall_body, Fault::Body(BodyFault::Stall)),
+            (self.drip_body, Fault::Body(BodyFault::Drip)),
+        ] {
+            edge += p;
+            if u < edge {
+                return fault;
+            }
+        }
         Fault::None
     }
 
@@ -132,8 +212,8 @@ impl Faults {
         if hi <= lo {
             return Some(lo);
         }
-        let span = (hi - lo).as_nanos() as u64;
-        Some(lo + Duration::from_nanos(rng.random_range(0..=span)))
+        let span = u64::try_from((hi - lo).as_nanos()).unwrap_or(u64::MAX);
+        Some(lo.saturating_add(Duration::from_nanos(rng.random_range(0..=span))))
     }
 }
 
@@ -146,7 +226,25 @@ pub(crate) enum Fault {
     ResetBefore,
     ResetAfter,
     LongRetryAfter(u64),
+    /// The handler runs (the effect is applied); its answer's body misbehaves.
+    Body(BodyFault),
 }
+
+/// How an answer's body misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFault {
+    /// Never ends (chunked).
+    Endless,
+    /// Declares `Content-Length: 10^12` and never ends.
+    Huge,
+    /// Half the body, then nothing.
+    Stall,
+    /// One byte every [`DRIP_EVERY`].
+    Drip,
+}
+
+/// How often a `drip-body` answer sends a byte.
+pub(crate) const DRIP_EVERY: Duration = Duration::from_secs(5);
 
 impl Fault {
     /// The name counted in [`crate::Stats::faults`].
@@ -159,6 +257,10 @@ impl Fault {
             Fault::ResetBefore => "reset-before",
             Fault::ResetAfter => "reset-after",
             Fault::LongRetryAfter(_) => "long-retry-after",
+            Fault::Body(BodyFault::Endless) => "endless-body",
+            Fault::Body(BodyFault::Huge) => "huge-body",
+            Fault::Body(BodyFault::Stall) => "stall-body",
+            Fault::Body(BodyFault::Drip) => "drip-body",
         })
     }
 }
@@ -183,24 +285,39 @@ fn bad(msg: String) -> FaultSpecError {
 }
 
 fn parse_prob(key: &str, value: &str) -> Result<f64, FaultSpecError> {
-    match value.trim().parse::<f64>() {
-        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
-        _ => Err(bad(format!(
-            "fault `{key}` needs a probability between 0 and 1, got `{value}`"
-        ))),
+    let v = value.trim_matches(|c| c == ' ' || c == '\t');
+    let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    match v.parse::<f64>() {
+        Ok(p) if plain && (0.0..=1.0).contains(&p) => Ok(p),
+        _ => {
+            let shown: String = v.chars().take(40).collect();
+            Err(bad(format!(
+                "fault `{key}` needs a probability between 0 and 1, got `{shown}`"
+            )))
+        }
     }
 }
 
-/// Parses `250us`, `5ms`, `2s`, `1.5s`, `1m`, `1h`.
+/// The longest duration the simulator accepts anywhere (fault specs, token lifetime, quota
+/// window): 365 days. Longer ones are refused where they are read, so that no clock arithmetic
+/// can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `250us`, `5ms`, `2s`, `1.5s`, `1m`, `1h`: a plain decimal number (ASCII digits and at
+/// most one `.`) and a unit. Durations longer than [`MAX_DURATION`] are refused with a message.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let v = value.trim();
+    let v = value.trim_matches(|c| c == ' ' || c == '\t');
+    let shown: String = v.chars().take(40).collect();
     let split = v
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("`{v}` has no unit (use us, ms, s, m or h, e.g. 50ms)"))?;
+        .ok_or_else(|| format!("`{shown}` has no unit (use us, ms, s, m or h, e.g. 50ms)"))?;
     let (num, unit) = v.split_at(split);
+    if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+        return Err(format!("`{shown}` does not start with a number"));
+    }
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("`{v}` does not start with a number"))?;
+        .map_err(|_| format!("`{shown}` does not start with a number"))?;
     let secs = match unit {
         "us" => n / 1e6,
         "ms" => n / 1e3,
@@ -208,15 +325,19 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "m" => n * 60.0,
         "h" => n * 3600.0,
         _ => {
+            let unit: String = unit.chars().take(10).collect();
             return Err(format!(
-                "`{v}` has unknown unit `{unit}` (use us, ms, s, m or h)"
+                "`{shown}` has unknown unit `{unit}` (use us, ms, s, m or h)"
             ));
         }
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{v}` is not a valid duration"));
+    if !secs.is_finite() || secs < 0.0 || secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "`{shown}` is longer than the simulator allows (at most {} s, 365 days)",
+            MAX_DURATION.as_secs()
+        ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{shown}` is not a valid duration: {e}"))
 }
 
 /// Writes a duration in the unit `parse_duration` reads back exactly.
@@ -240,9 +361,12 @@ impl FromStr for Faults {
             return Ok(f);
         }
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| bad(format!("fault item `{item}` is not of the form key=value")))?;
+            let (key, value) = item.split_once('=').ok_or_else(|| {
+                bad(format!(
+                    "fault item `{}` is not of the form key=value",
+                    item.chars().take(40).collect::<String>()
+                ))
+            })?;
             let key = key.trim();
             match key {
                 "5xx" => f.server_error = parse_prob(key, value)?,
@@ -252,6 +376,10 @@ impl FromStr for Faults {
                 "reset-after" => f.reset_after = parse_prob(key, value)?,
                 "long-retry-after" => f.long_retry_after = parse_prob(key, value)?,
                 "token-5xx" => f.token_error = parse_prob(key, value)?,
+                "endless-body" => f.endless_body = parse_prob(key, value)?,
+                "huge-body" => f.huge_body = parse_prob(key, value)?,
+                "stall-body" => f.stall_body = parse_prob(key, value)?,
+                "drip-body" => f.drip_body = parse_prob(key, value)?,
                 "latency" => {
                     let (lo, hi) = match value.split_once("..") {
                         Some((lo, hi)) => (lo, hi),
@@ -262,9 +390,9 @@ impl FromStr for Faults {
                     let hi =
                         parse_duration(hi).map_err(|e| bad(format!("fault `latency`: {e}")))?;
                     if hi < lo {
-                        return Err(bad(format!(
-                            "fault `latency={value}`: the maximum is below the minimum"
-                        )));
+                        return Err(bad(
+                            "fault `latency`: the maximum is below the minimum".to_string()
+                        ));
                     }
                     f.latency = Some((lo, hi));
                 }
@@ -279,14 +407,7 @@ impl FromStr for Faults {
                 other => return Err(bad(format!("unknown fault `{other}`"))),
             }
         }
-        let sum = f.exclusive_sum();
-        if sum > 1.0 + 1e-9 {
-            return Err(FaultSpecError(format!(
-                "the probabilities of 5xx, 500, 503-retry-after, reset-before, reset-after and \
-                 long-retry-after are exclusive outcomes of one draw and must sum to at most 1 \
-                 (they sum to {sum})"
-            )));
-        }
+        f.validate()?;
         Ok(f)
     }
 }
@@ -323,6 +444,16 @@ impl fmt::Display for Faults {
         }
         if self.token_error > 0.0 {
             items.push(format!("token-5xx={}", self.token_error));
+        }
+        for (k, p) in [
+            ("endless-body", self.endless_body),
+            ("huge-body", self.huge_body),
+            ("stall-body", self.stall_body),
+            ("drip-body", self.drip_body),
+        ] {
+            if p > 0.0 {
+                items.push(format!("{k}={p}"));
+            }
         }
         if items.is_empty() {
             return f.write_str("none");
@@ -373,5 +504,95 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn body_faults_round_trip_and_count_in_the_sum() {
+        let spec = "endless-body=0.1,huge-body=0.2,stall-body=0.3,drip-body=0.4";
+        let f: Faults = spec.parse().unwrap();
+        assert_eq!(f.to_string(), spec);
+        let e = "5xx=0.5,stall-body=0.6".parse::<Faults>().unwrap_err();
+        assert!(e.to_string().contains("stall-body"), "{e}");
+        let mut rng = rng_for(0, 0, 0);
+        let always: Faults = "drip-body=1".parse().unwrap();
+        assert_eq!(always.decide(&mut rng), Fault::Body(BodyFault::Drip));
+    }
+
+    #[test]
+    fn overflowing_durations_are_refused_with_a_message() {
+        for spec in [
+            "latency=99999999999999999999999h",
+            "latency=1e400s",
+            "revoke-every=8761h",
+            "latency=5ms..366d",
+            "latency=..5ms",
+            "latency=.ms",
+            "latency=1.2.3s",
+            "revoke-every=\u{a0}5s",
+            "5xx=NaN",
+            "5xx=inf",
+            "5xx=-0.1",
+            "5xx=1e-1",
+        ] {
+            let e = spec.parse::<Faults>().unwrap_err().to_string();
+            assert!(!e.is_empty(), "{spec}");
+        }
+        let e = "latency=99999999999999999999999h"
+            .parse::<Faults>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most"), "{e}");
+        assert_eq!(parse_duration("8760h").unwrap(), MAX_DURATION);
+    }
+
+    #[test]
+    fn hand_built_faults_are_validated() {
+        let f = Faults {
+            latency: Some((Duration::ZERO, Duration::MAX)),
+            ..Faults::default()
+        };
+        assert!(f.validate().is_err());
+        let f = Faults {
+            server_error: f64::NAN,
+            ..Faults::default()
+        };
+        assert!(f.validate().is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(5000)))]
+
+        #[test]
+        fn any_spec_parses_or_says_why(spec in "\\PC{0,48}") {
+            match spec.parse::<Faults>() {
+                Ok(f) => {
+                    proptest::prop_assert!(f.validate().is_ok());
+                    // What parses, prints back to a spec that parses.
+                    proptest::prop_assert!(f.to_string().parse::<Faults>().is_ok());
+                    let mut rng = rng_for(1, 2, 3);
+                    let _ = f.latency(&mut rng);
+                    let _ = f.decide(&mut rng);
+                }
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn spec_shaped_input_parses_or_says_why(
+            key in "(5xx|500|latency|revoke-every|token-5xx|reset-after)",
+            num in "[0-9.]{0,30}",
+            unit in "(us|ms|s|m|h|d|)",
+            range in proptest::bool::ANY,
+        ) {
+            let value = if range { format!("{num}{unit}..{num}{unit}") } else { format!("{num}{unit}") };
+            match format!("{key}={value}").parse::<Faults>() {
+                Ok(f) => proptest::prop_assert!(f.validate().is_ok()),
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+            match parse_duration(&value) {
+                Ok(d) => proptest::prop_assert!(d <= MAX_DURATION),
+                Err(e) => proptest::prop_assert!(!e.is_empty()),
+            }
+        }
     }
 }

@@ -50,11 +50,21 @@ mod state;
 
 pub use config::{
     Action, ActionFailure, Actions, ClientCredentials, DEFAULT_INGESTION_PATH,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RECORDS, ECHO_ACTION_ID, SimConfig,
-    default_ingestion_schema,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RECORDS, ECHO_ACTION_ID, RetryAfterFormat, SimConfig,
+    default_ingestion_schema, parse_rate_limit, parse_share, parse_token_ttl,
 };
 pub use data::{integration_id, user_id};
 pub use error::SimError;
 pub use faults::{FaultSpecError, Faults};
 pub use server::{SimHandle, Simulator};
 pub use state::{LedgerEntry, Stats};
+
+/// The number of random inputs a property test runs: `default` (a few thousand, so that
+/// `cargo test` stays fast), or `GENESYS_FUZZ_CASES` for a longer run.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("GENESYS_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

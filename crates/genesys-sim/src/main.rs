@@ -23,8 +23,8 @@ struct Args {
     clients: Vec<ClientCredentials>,
 
     /// Lifetime of issued tokens in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
-    token_ttl: u64,
+    #[arg(long, value_name = "SECS", default_value = "86400", value_parser = genesys_sim::parse_token_ttl)]
+    token_ttl: Duration,
 
     /// Per-token quota as N/SECS (requests per fixed window), or `off`.
     #[arg(long, value_name = "N/SECS", default_value = "300/60", value_parser = parse_rate_limit)]
@@ -46,6 +46,14 @@ struct Args {
     #[arg(long)]
     no_ratelimit_headers: bool,
 
+    /// The share of answers (0 to 1) that carry the inin-ratelimit-* headers (a seeded draw).
+    #[arg(long, value_name = "SHARE", default_value = "1", value_parser = genesys_sim::parse_share)]
+    ratelimit_headers_share: f64,
+
+    /// How Retry-After is written on 429s and 503s: seconds, http-date or malformed.
+    #[arg(long, value_name = "FORMAT", default_value = "seconds", value_parser = genesys_sim::RetryAfterFormat::parse)]
+    retry_after_format: genesys_sim::RetryAfterFormat,
+
     /// Serve the ingestion endpoint on this path.
     #[arg(long, value_name = "PATH", default_value = genesys_sim::DEFAULT_INGESTION_PATH)]
     ingestion_path: String,
@@ -55,17 +63,7 @@ struct Args {
 struct RateLimit(Option<(u32, Duration)>);
 
 fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
-    if s.eq_ignore_ascii_case("off") {
-        return Ok(RateLimit(None));
-    }
-    let err = || format!("`{s}` is not N/SECS with N >= 1 and SECS >= 1 (e.g. 300/60), or `off`");
-    let (n, secs) = s.split_once('/').ok_or_else(err)?;
-    let n: u32 = n.trim().parse().map_err(|_| err())?;
-    let secs: u64 = secs.trim().parse().map_err(|_| err())?;
-    if n == 0 || secs == 0 {
-        return Err(err());
-    }
-    Ok(RateLimit(Some((n, Duration::from_secs(secs)))))
+    genesys_sim::parse_rate_limit(s).map(RateLimit)
 }
 
 fn main() -> ExitCode {
@@ -79,12 +77,14 @@ fn main() -> ExitCode {
         .init();
     let mut config = SimConfig::default()
         .addr(args.addr)
-        .token_ttl(Duration::from_secs(args.token_ttl))
+        .token_ttl(args.token_ttl)
         .rate_limit(args.rate_limit.0)
         .users(args.users)
         .faults(args.faults)
         .seed(args.seed)
         .ratelimit_headers(!args.no_ratelimit_headers)
+        .ratelimit_headers_share(args.ratelimit_headers_share)
+        .retry_after_format(args.retry_after_format)
         .ingestion_path(args.ingestion_path);
     if !args.clients.is_empty() {
         config = config.clients(args.clients);

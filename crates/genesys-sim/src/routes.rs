@@ -21,6 +21,7 @@ use crate::state::{Effect, Quota, Route, Shared, Stored, TokenCheck, fnv1a};
 
 const STREAM_FAULTS: u64 = 10;
 const STREAM_TOKEN_FAULTS: u64 = 11;
+const STREAM_HEADERS: u64 = 12;
 
 /// A body beyond this is not even drained: the connection is closed after the 413.
 const DRAIN_CAP: usize = 8 * 1024 * 1024;
@@ -197,8 +198,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-fn add_quota_headers(sh: &Shared, resp: &mut Resp, quota: Option<Quota>) {
+/// Adds `inin-ratelimit-*` to the answer of the `n`-th API request, when configured (and when
+/// this request is among the configured share).
+fn add_quota_headers(sh: &Shared, resp: &mut Resp, quota: Option<Quota>, n: u64) {
     if !sh.cfg.ratelimit_headers {
+        return;
+    }
+    let share = sh.cfg.ratelimit_headers_share;
+    if share < 1.0 && rng_for(sh.cfg.seed, STREAM_HEADERS, n).random::<f64>() >= share {
         return;
     }
     if let Some(q) = quota {
@@ -280,9 +287,9 @@ async fn api(
                     NS_PLATFORM,
                     u64::from(q.allowed),
                 )
-                .header("retry-after", q.reset_secs)
+                .header("retry-after", sh.cfg.retry_after_format.value(q.reset_secs))
                 .into_response(cid);
-            add_quota_headers(sh, &mut resp, Some(q));
+            add_quota_headers(sh, &mut resp, Some(q), n);
             return resp;
         }
     };
@@ -319,7 +326,7 @@ async fn api(
                 "service.unavailable",
                 "The service is currently unavailable",
             )
-            .header("retry-after", secs)
+            .header("retry-after", sh.cfg.retry_after_format.value(secs))
             .into_response(cid),
         ),
         Fault::LongRetryAfter(secs) => Some(
@@ -332,11 +339,11 @@ async fn api(
                 "Rate limit exceeded; retry after [{retryAfter}] seconds",
                 &[("retryAfter", &secs.to_string())],
             )
-            .header("retry-after", secs)
+            .header("retry-after", sh.cfg.retry_after_format.value(secs))
             .into_response(cid),
         ),
         Fault::ResetBefore => conn.reset().await,
-        Fault::None | Fault::ResetAfter => None,
+        Fault::None | Fault::ResetAfter | Fault::Body(_) => None,
     };
     let mut resp = match early {
         Some(r) => r,
@@ -364,7 +371,11 @@ async fn api(
             .unwrap_or_else(|e| e.into_response(cid))
         }
     };
-    add_quota_headers(sh, &mut resp, quota);
+    add_quota_headers(sh, &mut resp, quota, n);
+    if let Fault::Body(body) = fault {
+        // The server (see `server::SimBody`) sends this answer's body badly.
+        resp.extensions_mut().insert(body);
+    }
     if fault == Fault::ResetAfter {
         // The effect is applied and in the ledger; the caller never learns it.
         conn.reset::<()>().await;

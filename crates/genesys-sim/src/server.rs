@@ -2,8 +2,17 @@
 //! handler), and the handle a test holds.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::{HeaderValue, Response};
+use http_body::{Frame, SizeHint};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -15,7 +24,8 @@ use tokio::task::JoinSet;
 
 use crate::config::SimConfig;
 use crate::data::lock;
-use crate::error::SimError;
+use crate::error::{Resp, SimError};
+use crate::faults::{BodyFault, DRIP_EVERY};
 use crate::routes::handle;
 use crate::state::{LedgerEntry, Shared, Stats};
 
@@ -65,7 +75,9 @@ impl Simulator {
             let sh = shared.clone();
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
-                let start = tokio::time::Instant::now() + every;
+                // `every` is at most faults::MAX_DURATION (checked by the configuration).
+                let now = tokio::time::Instant::now();
+                let start = now.checked_add(every).unwrap_or(now);
                 let mut tick = tokio::time::interval_at(start, every);
                 loop {
                     tokio::select! {
@@ -111,7 +123,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver
     let svc = service_fn(move |req| {
         let sh = shared.clone();
         let ctl = svc_ctl.clone();
-        async move { Ok::<_, Infallible>(handle(sh, ctl, req).await) }
+        async move { Ok::<_, Infallible>(SimBody::respond(handle(sh, ctl, req).await)) }
     });
     let mut conn = http1::Builder::new()
         .keep_alive(true)
@@ -124,6 +136,111 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver
             let _ = parts.io.inner().set_zero_linger();
         }
         _ = stop.changed() => {}
+    }
+}
+
+/// The body the server sends: the answer as built, or (under a `*-body` fault) a body that
+/// never ends, stalls or drips.
+pub(crate) enum SimBody {
+    Full(Option<Bytes>),
+    /// The answer, then spaces forever (valid JSON that never ends).
+    Endless(Option<Bytes>),
+    /// The first half; then pending forever.
+    Stall(Option<Bytes>),
+    /// One byte each `DRIP_EVERY`.
+    Drip {
+        rest: Bytes,
+        sleep: Pin<Box<tokio::time::Sleep>>,
+    },
+}
+
+/// Bytes of each chunk of an endless body.
+const ENDLESS_CHUNK: usize = 16 * 1024;
+
+impl SimBody {
+    fn respond(resp: Resp) -> Response<SimBody> {
+        let (mut parts, body) = resp.into_parts();
+        let bytes = body.into_inner().unwrap_or_default();
+        let body = match parts.extensions.remove::<BodyFault>() {
+            None => SimBody::Full(Some(bytes)),
+            Some(BodyFault::Endless) => {
+                parts.headers.remove(CONTENT_LENGTH);
+                SimBody::Endless(Some(bytes))
+            }
+            Some(BodyFault::Huge) => {
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(1_000_000_000_000u64));
+                SimBody::Endless(Some(bytes))
+            }
+            Some(BodyFault::Stall) => {
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                SimBody::Stall(Some(bytes.slice(..bytes.len() / 2)))
+            }
+            Some(BodyFault::Drip) => {
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                SimBody::Drip {
+                    rest: bytes,
+                    sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                }
+            }
+        };
+        Response::from_parts(parts, body)
+    }
+}
+
+impl http_body::Body for SimBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let data = match this {
+            SimBody::Full(bytes) => bytes.take(),
+            SimBody::Endless(first) => Some(
+                first
+                    .take()
+                    .unwrap_or_else(|| Bytes::from_static(&[b' '; ENDLESS_CHUNK])),
+            ),
+            SimBody::Stall(first) => match first.take() {
+                Some(b) => Some(b),
+                None => return Poll::Pending,
+            },
+            SimBody::Drip { rest, sleep } => {
+                if rest.is_empty() {
+                    None
+                } else {
+                    ready!(sleep.as_mut().poll(cx));
+                    let deadline = sleep.deadline() + DRIP_EVERY;
+                    sleep.as_mut().reset(deadline);
+                    Some(rest.split_to(1))
+                }
+            }
+        };
+        Poll::Ready(data.map(|d| Ok(Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            SimBody::Full(bytes) => bytes.is_none(),
+            SimBody::Drip { rest, .. } => rest.is_empty(),
+            _ => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            SimBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            SimBody::Full(None) => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::config::SimConfig;
 use crate::data::{Users, integration_id, lock, seeded_integration};
 use crate::error::SimError;
+use crate::faults::MAX_DURATION;
 
 /// One applied side effect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,7 +236,16 @@ fn shard_of(token: &str) -> usize {
 
 fn ceil_secs(d: Duration) -> u64 {
     let n = d.as_nanos();
-    (n.div_ceil(1_000_000_000) as u64).max(1)
+    u64::try_from(n.div_ceil(1_000_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// `at + d`, saturating at about thirty years ahead (the configuration refuses longer durations,
+/// so this only guards against a change that forgets to).
+fn after(at: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    at.checked_add(d.min(FAR)).unwrap_or(at)
 }
 
 impl Tokens {
@@ -253,7 +263,7 @@ impl Tokens {
             token,
             TokenEntry {
                 client,
-                expires_at: now + ttl,
+                expires_at: after(now, ttl),
                 window_start: now,
                 count: 0,
             },
@@ -274,11 +284,13 @@ impl Tokens {
         let Some((allowed, window)) = limit else {
             return TokenCheck::Ok(entry.client.clone(), None);
         };
-        if now >= entry.window_start + window {
+        let mut window_end = after(entry.window_start, window);
+        if now >= window_end {
             entry.window_start = now;
             entry.count = 0;
+            window_end = after(now, window);
         }
-        let reset_secs = ceil_secs(entry.window_start + window - now);
+        let reset_secs = ceil_secs(window_end.saturating_duration_since(now));
         if entry.count >= allowed {
             return TokenCheck::Limited(Quota {
                 allowed,
@@ -359,10 +371,28 @@ impl Shared {
                 "the rate limit needs at least 1 request in a window longer than 0".into(),
             ));
         }
-        if cfg.token_ttl.is_zero() {
-            return Err(SimError::Config(
-                "the token lifetime must be longer than 0".into(),
-            ));
+        if let Some((_, w)) = cfg.rate_limit
+            && w > MAX_DURATION
+        {
+            return Err(SimError::Config(format!(
+                "the rate limit window must be at most {} s (365 days)",
+                MAX_DURATION.as_secs()
+            )));
+        }
+        if cfg.token_ttl.is_zero() || cfg.token_ttl > MAX_DURATION {
+            return Err(SimError::Config(format!(
+                "the token lifetime must be longer than 0 and at most {} s (365 days)",
+                MAX_DURATION.as_secs()
+            )));
+        }
+        cfg.faults
+            .validate()
+            .map_err(|e| SimError::Config(e.to_string()))?;
+        if !(0.0..=1.0).contains(&cfg.ratelimit_headers_share) {
+            return Err(SimError::Config(format!(
+                "the share of answers with rate-limit headers must be between 0 and 1, got {}",
+                cfg.ratelimit_headers_share
+            )));
         }
         if cfg.clients.is_empty() {
             return Err(SimError::Config(
@@ -408,7 +438,7 @@ impl Shared {
 
     pub(crate) fn record(&self, e: Effect<'_>) {
         let (method, route) = e.route.parts(&self.cfg.ingestion_path);
-        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        let elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut ledger = lock(&self.ledger);
         if self.cfg.ledger_limit.is_some_and(|max| ledger.len() >= max) {
             self.stats.ledger_dropped.fetch_add(1, Relaxed);

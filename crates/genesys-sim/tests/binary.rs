@@ -30,6 +30,23 @@ fn bad_flags_are_refused_with_what_is_allowed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("N/SECS"), "{err}");
 
+    // Numbers that would overflow the clock are refused at parse time, with a message.
+    for (flag, value, says) in [
+        ("--token-ttl", "18446744073709551615", "token lifetime"),
+        ("--token-ttl", "0", "token lifetime"),
+        ("--faults", "latency=99999999999999999999999h", "at most"),
+        ("--faults", "revoke-every=100000h", "at most"),
+        ("--rate-limit", "10/99999999999", "N/SECS"),
+    ] {
+        let out = Command::new(BIN).args([flag, value]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(says) && !err.contains("panicked"),
+            "{flag} {value}: {err}"
+        );
+    }
+
     let out = Command::new(BIN)
         .args(["--client", "nosecret"])
         .output()

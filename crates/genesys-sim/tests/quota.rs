@@ -127,3 +127,88 @@ async fn headers_can_be_switched_off_and_the_quota_removed() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_one_second_window_with_headers_on_half_the_answers() {
+    let sim = Simulator::spawn(
+        SimConfig::default()
+            .users(1)
+            .rate_limit(Some((40, Duration::from_secs(1))))
+            .ratelimit_headers_share(0.5)
+            .seed(3),
+    )
+    .await
+    .unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    let mut with_headers = 0;
+    for _ in 0..40 {
+        let r = api(&base, &t, "GET", "/api/v2/users?pageSize=1", "", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        if let Some(reset) = r.header("inin-ratelimit-reset") {
+            assert_eq!(reset, "1", "a 1-second window never resets later than 1 s");
+            assert_eq!(r.header("inin-ratelimit-allowed"), Some("40"));
+            with_headers += 1;
+        }
+    }
+    assert!((10..=30).contains(&with_headers), "{with_headers} of 40");
+    let r = api(&base, &t, "GET", "/api/v2/users?pageSize=1", "", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("within [1] seconds")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_can_be_an_http_date_or_malformed() {
+    for (format, check) in [
+        (
+            genesys_sim::RetryAfterFormat::HttpDate,
+            (|v: &str| {
+                let at = httpdate::parse_http_date(v).expect("an HTTP-date");
+                let wait = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                // Never earlier than the 60 s window; at most a second and a bit later.
+                assert!(
+                    wait >= Duration::from_secs(59) && wait <= Duration::from_secs(62),
+                    "{wait:?}"
+                );
+            }) as fn(&str),
+        ),
+        (genesys_sim::RetryAfterFormat::Malformed, |v: &str| {
+            assert_eq!(v, "60.0")
+        }),
+    ] {
+        let sim = Simulator::spawn(
+            SimConfig::default()
+                .users(1)
+                .rate_limit(Some((1, Duration::from_secs(60))))
+                .retry_after_format(format),
+        )
+        .await
+        .unwrap();
+        let base = sim.base_url();
+        let t = token(&base).await;
+        assert_eq!(
+            api(&base, &t, "GET", "/api/v2/users", "", &[])
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        let r = api(&base, &t, "GET", "/api/v2/users", "", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 429);
+        check(r.header("retry-after").unwrap());
+    }
+}

@@ -111,12 +111,25 @@
 pub mod auth;
 pub mod body;
 pub mod concurrency;
+pub mod headers;
 pub mod idempotency;
 pub mod metrics;
+pub mod read_body;
 pub mod retry;
+mod time;
 
 pub use body::Body;
 pub use metrics::Metrics;
 
 /// The error type of every service in this crate: any error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The number of random inputs a property test runs: `default` (a few thousand, so that
+/// `cargo test` stays fast), or `GENESYS_FUZZ_CASES` for a longer run.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("GENESYS_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

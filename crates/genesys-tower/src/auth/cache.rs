@@ -66,7 +66,7 @@ fn expired(token: &Token, now: Instant) -> bool {
 fn due(token: &Token, margin: Duration, now: Instant) -> bool {
     token
         .expires_at()
-        .is_some_and(|at| now + effective_margin(margin, token) >= at)
+        .is_some_and(|at| crate::time::after(now, effective_margin(margin, token)) >= at)
 }
 
 impl Cache {

@@ -31,12 +31,16 @@ pub struct Token {
 
 impl Token {
     /// A token issued now that lives `lifetime` (`None`: it does not expire).
+    ///
+    /// Any lifetime is accepted: one too long for the clock (`Duration::MAX`) is cut to about
+    /// thirty years. Token sources that read a lifetime from the network should bound it first
+    /// (the client-credentials source of `genesys-client` keeps it within 1 s to 48 h).
     pub fn new(value: impl Into<String>, lifetime: Option<Duration>) -> Self {
         let now = Instant::now();
         Token {
             value: Arc::from(value.into()),
             issued_at: now,
-            expires_at: lifetime.map(|l| now + l),
+            expires_at: lifetime.map(|l| crate::time::after(now, l)),
         }
     }
 

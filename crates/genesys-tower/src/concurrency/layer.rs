@@ -59,14 +59,19 @@ impl ConcurrencyLayer {
     /// At most `max_in_flight` calls of the inner service at once; callers beyond wait for a
     /// permit. No pacing, learning from rate-limit headers on.
     ///
-    /// # Panics
-    ///
-    /// When `max_in_flight` is 0 or above tokio's semaphore limit (`usize::MAX >> 3`).
+    /// A `max_in_flight` of 0 is taken as 1, and one above tokio's semaphore limit
+    /// (`usize::MAX >> 3`) as that limit, with a warning: this never panics.
     pub fn new(max_in_flight: usize) -> Self {
-        assert!(
-            max_in_flight > 0,
-            "ConcurrencyLayer::new: max_in_flight must be at least 1"
-        );
+        let wanted = max_in_flight;
+        let max_in_flight = wanted.clamp(1, Semaphore::MAX_PERMITS);
+        if max_in_flight != wanted {
+            tracing::warn!(
+                requested = wanted,
+                used = max_in_flight,
+                "ConcurrencyLayer::new: max_in_flight must be between 1 and {}; using {max_in_flight}",
+                Semaphore::MAX_PERMITS
+            );
+        }
         let config = Config {
             max_in_flight,
             reject: false,
@@ -104,15 +109,41 @@ impl ConcurrencyLayer {
     /// At most `requests` calls start in any period of `window` (a sliding window; see the
     /// [module docs](super#pacing)). Genesys Cloud allows 300 per 60 s per token.
     ///
-    /// # Panics
+    /// With learning from responses on (the default) this is where pacing starts: the server's
+    /// own quota and answers then move it (see the
+    /// [module docs](super#adaptive-pacing-the-servers-quota-is-a-hint-not-a-ceiling)). Switch
+    /// learning off to make it a fixed ceiling.
     ///
-    /// When `requests` is 0 or `window` is zero.
+    /// A rate of less than one request per window (`requests` of 0, or a zero `window`) cannot
+    /// be paced: it is ignored with a warning and the layer keeps its pacing as it was. Use
+    /// [`try_pacing`](Self::try_pacing) to get the refusal as an error instead.
     pub fn pacing(self, requests: u64, window: Duration) -> Self {
-        assert!(
-            requests > 0 && !window.is_zero(),
-            "ConcurrencyLayer::pacing: requests and window must be above zero"
-        );
-        self.with_pacer(|c| c.pacing = Some(Rate { requests, window }))
+        match PacingRate::new(requests, window) {
+            Ok(rate) => self.with_pacer(|c| c.pacing = Some(rate.0)),
+            Err(e) => {
+                tracing::warn!(
+                    requests,
+                    window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+                    "{e}; pacing left as it was"
+                );
+                self
+            }
+        }
+    }
+
+    /// Same as [`pacing`](Self::pacing), but a rate below one request per window is refused with
+    /// an error that says why.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use genesys_tower::concurrency::ConcurrencyLayer;
+    ///
+    /// assert!(ConcurrencyLayer::new(4).try_pacing(0, Duration::from_secs(60)).is_err());
+    /// assert!(ConcurrencyLayer::new(4).try_pacing(300, Duration::from_secs(60)).is_ok());
+    /// ```
+    pub fn try_pacing(self, requests: u64, window: Duration) -> Result<Self, InvalidRate> {
+        let rate = PacingRate::new(requests, window)?;
+        Ok(self.with_pacer(|c| c.pacing = Some(rate.0)))
     }
 
     /// Whether to learn from rate-limit headers and 429 responses (on by default).
@@ -148,6 +179,38 @@ impl ConcurrencyLayer {
     }
 }
 
+/// A checked pacing rate.
+struct PacingRate(Rate);
+
+impl PacingRate {
+    fn new(requests: u64, window: Duration) -> Result<Self, InvalidRate> {
+        if requests == 0 || window.is_zero() {
+            return Err(InvalidRate { requests, window });
+        }
+        Ok(PacingRate(Rate { requests, window }))
+    }
+}
+
+/// A pacing rate below one request per window, refused by
+/// [`ConcurrencyLayer::try_pacing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidRate {
+    requests: u64,
+    window: Duration,
+}
+
+impl fmt::Display for InvalidRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a pacing rate needs at least 1 request in a window longer than 0, got {} per {:?}",
+            self.requests, self.window
+        )
+    }
+}
+
+impl std::error::Error for InvalidRate {}
+
 impl<S> Layer<S> for ConcurrencyLayer {
     type Service = Concurrency<S>;
 
@@ -173,5 +236,29 @@ impl fmt::Debug for ConcurrencyLayer {
             .field("rate_limit_reserve", &self.config.reserve)
             .field("max_hold", &self.config.max_hold)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_numbers_never_panic() {
+        let layer = ConcurrencyLayer::new(0);
+        assert_eq!(layer.config.max_in_flight, 1);
+        let layer = ConcurrencyLayer::new(usize::MAX);
+        assert_eq!(layer.config.max_in_flight, Semaphore::MAX_PERMITS);
+        // Less than one request per window: ignored (pacing), refused with a message (try_pacing).
+        let layer = ConcurrencyLayer::new(2).pacing(0, Duration::from_secs(60));
+        assert_eq!(layer.config.pacing, None);
+        let layer = layer.pacing(5, Duration::ZERO);
+        assert_eq!(layer.config.pacing, None);
+        let err = ConcurrencyLayer::new(2)
+            .try_pacing(0, Duration::from_secs(60))
+            .unwrap_err();
+        assert!(err.to_string().contains("at least 1 request"), "{err}");
+        let layer = ConcurrencyLayer::new(2).pacing(u64::MAX, Duration::MAX);
+        assert!(layer.config.pacing.is_some());
     }
 }

@@ -59,25 +59,46 @@
 //! # Learning from the server
 //!
 //! After each response (on by default; see
-//! [`learn_from_responses`](ConcurrencyLayer::learn_from_responses)) the layer reads:
+//! [`learn_from_responses`](ConcurrencyLayer::learn_from_responses)) the layer reads the
+//! response's headers with [`crate::headers`], the same reading the retry layer uses:
 //!
 //! - `inin-ratelimit-allowed`, `inin-ratelimit-count`, `inin-ratelimit-reset` (Genesys Cloud:
 //!   the window's quota, the requests used in it, seconds until it resets);
 //! - the IETF `RateLimit` field (`r=` remaining, `t=` seconds to reset; the older
-//!   `RateLimit-Remaining` and `RateLimit-Reset` fields too) and `RateLimit-Policy` (`q=` quota,
-//!   `w=` window in seconds);
-//! - `Retry-After` (seconds or an HTTP-date) on a 429.
+//!   `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` fields too) and
+//!   `RateLimit-Policy` (`q=` quota, `w=` window in seconds);
+//! - on a 429, the retry layer's hint ([`headers::hint`](crate::headers::hint): `Retry-After`,
+//!   then the rate-limit resets).
 //!
 //! When a window has at most [`rate_limit_reserve`](ConcurrencyLayer::rate_limit_reserve)
-//! requests left (1 by default), or a 429 arrives with `Retry-After` or a reset time, no new call
-//! starts until that time has passed. A time beyond [`max_hold`](ConcurrencyLayer::max_hold) (180 s
-//! by default, the retry layer's default `max_retry_after`) sets no hold: the retry layer ends such
-//! calls at once with the hint instead of letting each stall. Calls already waiting for a pacing
-//! slot see a hold too. A 429 that gives no time
-//! sets no hold: the retry layer's backoff handles it. A published quota lowers the pacing rate
-//! when it is slower than the configured one (`RateLimit-Policy`, or `inin-ratelimit-allowed`
-//! taken over the configured window); a `RateLimit-Policy` sets a rate even when no pacing was
-//! configured. Malformed fields are ignored.
+//! requests left (1 by default), or a 429 arrives with a hint, no new call starts until that time
+//! has passed; on a 429 that is never before the retry layer's own retry. A time beyond
+//! [`max_hold`](ConcurrencyLayer::max_hold) (180 s by default, the retry layer's default
+//! `max_retry_after`) sets no hold: the retry layer ends such calls at once with the hint instead
+//! of letting each stall. Calls already waiting for a pacing slot see a hold too. A 429 that gives
+//! no time sets no hold: the retry layer's backoff handles it. Malformed fields are ignored.
+//!
+//! # Adaptive pacing: the server's quota is a hint, not a ceiling
+//!
+//! The configured rate ([`pacing`](ConcurrencyLayer::pacing)) is where pacing starts. With
+//! learning on, the rate then follows what the server says:
+//!
+//! - **The window is inferred, not assumed.** Its length is the longest reset any window has
+//!   reported (`inin-ratelimit-reset`, `RateLimit` `t=`, `RateLimit-Reset`): a server whose
+//!   resets never exceed 1 s has a 1-second window, whatever the configured one. A
+//!   `RateLimit-Policy` gives quota and window outright.
+//! - **The quota is a hint.** A published quota (`RateLimit-Policy`, or `inin-ratelimit-allowed`
+//!   / `RateLimit-Limit` over the inferred window) becomes the rate when it first arrives or
+//!   changes, faster or slower than the configured one.
+//! - **Additive increase.** After each period of one window with no 429, in which calls waited for
+//!   the pacer and the server's own count said there was room (more than the reserve remained
+//!   throughout), the rate rises by a tenth of the quota hint (at least 1).
+//! - **Multiplicative decrease.** A 429 halves the rate, at most once per window, and never below
+//!   what the previous period delivered without a 429.
+//! - A count that falls means a window boundary passed: the pacer's periods align with it.
+//!
+//! With learning off ([`learn_from_responses(false)`](ConcurrencyLayer::learn_from_responses)),
+//! the configured rate is a fixed ceiling and no hold is taken from the server's answers.
 //!
 //! # Errors
 //!
@@ -103,7 +124,7 @@ use tower_service::Service;
 
 pub use self::error::Error;
 pub use self::future::ResponseFuture;
-pub use self::layer::ConcurrencyLayer;
+pub use self::layer::{ConcurrencyLayer, InvalidRate};
 
 use self::pacing::Pacer;
 use crate::{BoxError, Metrics};

@@ -1,5 +1,6 @@
-//! Client-side pacing shared by every clone: a sliding-window log of request starts, and holds
-//! learned from rate-limit headers and 429 responses.
+//! Client-side pacing shared by every clone: a sliding-window log of request starts, holds read
+//! from rate-limit headers and 429 responses, and a rate that adapts to what the server says
+//! (its quota is a hint, then additive increase and multiplicative decrease).
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -8,19 +9,13 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
+use crate::headers::RateLimitHints;
+
 /// At most `requests` starts in any `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rate {
     pub(crate) requests: u64,
     pub(crate) window: Duration,
-}
-
-impl Rate {
-    /// Whether `self` allows fewer requests per unit of time than `other`.
-    fn slower_than(self, other: Rate) -> bool {
-        u128::from(self.requests).saturating_mul(other.window.as_nanos())
-            < u128::from(other.requests).saturating_mul(self.window.as_nanos())
-    }
 }
 
 /// Learned policies longer than this are left to the holds: pacing a daily quota with a log of
@@ -44,10 +39,41 @@ pub(crate) struct Pacer {
 struct State {
     /// Start times inside the current window, oldest first.
     starts: VecDeque<Instant>,
-    /// The slowest rate the server has published.
-    learned: Option<Rate>,
+    /// The rate in force: the configured one at first, then what the server's answers make of
+    /// it (see [`Learning`]). `None`: no pacing (holds still apply).
+    rate: Option<Rate>,
     /// No request starts before this instant.
     hold_until: Option<Instant>,
+    learning: Learning,
+}
+
+/// What the pacer learns over time. The server's quota is a hint, not a ceiling: it sets the
+/// rate, which then moves by additive increase (a period of the rate's window with no 429, in
+/// which requests waited for the pacer and the server's own count said there was room) and
+/// multiplicative decrease (a 429: half, at most once per window, never below what the previous
+/// period delivered without a 429).
+#[derive(Debug, Default)]
+struct Learning {
+    /// The longest reset any window reported: its length, inferred (a window that never says
+    /// more than 1 s to its reset is not a minute long).
+    longest_reset: Option<Duration>,
+    /// The hint last applied, so that the same hint does not reset the rate again.
+    hint: Option<Rate>,
+    /// How much the rate rises per good period.
+    step: u64,
+    /// The server's count in the last answer that gave one.
+    last_count: Option<u64>,
+    /// The current accounting period (one window of the rate in force).
+    period_start: Option<Instant>,
+    period_starts: u64,
+    period_429: bool,
+    period_waited: bool,
+    /// The fewest requests the server said remained, in this period.
+    period_min_remaining: Option<u64>,
+    /// Starts in the previous period, when it saw no 429.
+    last_good: Option<u64>,
+    /// When the rate was last cut.
+    last_cut: Option<Instant>,
 }
 
 impl Pacer {
@@ -57,15 +83,23 @@ impl Pacer {
         reserve: u64,
         max_hold: Duration,
     ) -> Self {
+        let configured = configured.map(|rate| Rate {
+            requests: rate.requests,
+            window: rate.window.min(MAX_DURATION),
+        });
         Pacer {
-            configured: configured.map(|rate| Rate {
-                requests: rate.requests,
-                window: rate.window.min(MAX_DURATION),
-            }),
+            configured,
             learn,
             reserve,
             max_hold: max_hold.min(MAX_DURATION),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                rate: configured,
+                learning: Learning {
+                    step: configured.map_or(1, |r| step_for(r.requests)),
+                    ..Learning::default()
+                },
+                ..State::default()
+            }),
         }
     }
 
@@ -83,95 +117,127 @@ impl Pacer {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn effective(&self, state: &State) -> Option<Rate> {
-        match (self.configured, state.learned) {
-            (Some(c), Some(l)) => Some(if l.slower_than(c) { l } else { c }),
-            (c, l) => c.or(l),
-        }
+    /// The rate in force now (for tests and debugging).
+    #[cfg(test)]
+    pub(crate) fn rate(&self) -> Option<Rate> {
+        self.lock().rate
     }
 
     /// Records a start now, or tells when to try again.
     pub(crate) fn try_start(&self) -> Result<(), Instant> {
         let now = Instant::now();
         let mut state = self.lock();
+        self.roll(&mut state, now);
         if let Some(until) = state.hold_until {
             if until > now {
                 return Err(until);
             }
             state.hold_until = None;
         }
-        let Some(rate) = self.effective(&state) else {
+        let Some(rate) = state.rate else {
             return Ok(());
         };
         while state
             .starts
             .front()
-            .is_some_and(|&start| start + rate.window <= now)
+            .is_some_and(|&start| crate::time::after(start, rate.window) <= now)
         {
             state.starts.pop_front();
         }
         // `requests` is at least 1 (checked where it is set), and the log never holds more
         // entries than fit in memory (see MAX_LEARNED_REQUESTS).
-        let n = usize::try_from(rate.requests).unwrap_or(usize::MAX);
+        let n = usize::try_from(rate.requests).unwrap_or(usize::MAX).max(1);
         if state.starts.len() >= n {
-            return Err(state.starts[state.starts.len() - n] + rate.window);
+            state.learning.period_waited = true;
+            let oldest = state.starts[state.starts.len() - n];
+            return Err(crate::time::after(oldest, rate.window));
         }
         state.starts.push_back(now);
+        state.learning.period_starts = state.learning.period_starts.saturating_add(1);
         Ok(())
     }
 
+    /// Ends the accounting period when a window of the rate in force has passed.
+    fn roll(&self, state: &mut State, now: Instant) {
+        let Some(rate) = state.rate else { return };
+        let start = *state.learning.period_start.get_or_insert(now);
+        if now >= crate::time::after(start, rate.window) {
+            self.finish_period(state, now);
+        }
+    }
+
+    /// Closes the current period: remembers what it delivered without a 429, and raises the
+    /// rate by one step when it was good (no 429), requests waited for the pacer, and the
+    /// server's count said there was room.
+    fn finish_period(&self, state: &mut State, now: Instant) {
+        let l = &mut state.learning;
+        l.last_good = (!l.period_429 && l.period_starts > 0).then_some(l.period_starts);
+        let room = l.period_min_remaining.is_some_and(|r| r > self.reserve);
+        if self.learn
+            && !l.period_429
+            && l.period_waited
+            && room
+            && let Some(rate) = state.rate.as_mut()
+            && rate.requests < MAX_LEARNED_REQUESTS
+        {
+            rate.requests = rate
+                .requests
+                .saturating_add(l.step.max(1))
+                .min(MAX_LEARNED_REQUESTS);
+            tracing::debug!(
+                requests = rate.requests,
+                window_ms = u64::try_from(rate.window.as_millis()).unwrap_or(u64::MAX),
+                "pacing: no 429 and the server has room; raising the rate"
+            );
+        }
+        l.period_start = Some(now);
+        l.period_starts = 0;
+        l.period_429 = false;
+        l.period_waited = false;
+        l.period_min_remaining = None;
+    }
+
     /// Learns from a response: holds new requests when the server says the window is (nearly)
-    /// spent or answered 429, and lowers the rate to a published policy.
+    /// spent or answered 429, and adapts the rate (see [`Learning`]).
     pub(crate) fn observe(&self, status: StatusCode, headers: &HeaderMap) {
-        let hints = Hints::parse(headers);
-        let mut hold = Duration::ZERO;
-        for window in hints.windows.iter().flatten() {
-            if window.remaining <= self.reserve {
-                hold = hold.max(window.reset);
-            }
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            // Retry-After wins; without it, the reset of any window the server reported.
-            let reset = hints.windows.iter().flatten().map(|w| w.reset).max();
-            if let Some(after) = hints.retry_after.or(reset) {
-                hold = hold.max(after);
-            }
-        }
-        // A hold longer than the caller would wait (a daily quota's Retry-After of hours) is not
+        self.observe_hints(status, &RateLimitHints::parse(headers, SystemTime::now()));
+    }
+
+    pub(crate) fn observe_hints(&self, status: StatusCode, hints: &RateLimitHints) {
+        // A hint longer than the caller would wait (a daily quota's Retry-After of hours) is not
         // waited out here: every call would stall, then meet the same answer. New requests go
         // on to the server, whose 429 the retry layer turns into an error that carries the hint
-        // at once (`max_retry_after`).
-        if hold > self.max_hold {
-            tracing::debug!(
-                status = status.as_u16(),
-                hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
-                "rate limit hint longer than max_hold: not holding requests for it"
-            );
-            hold = Duration::ZERO;
+        // at once (`max_retry_after`). Shorter hints of the same response still hold.
+        let mut hold = Duration::ZERO;
+        let mut consider = |h: Duration| {
+            if h > self.max_hold {
+                tracing::debug!(
+                    status = status.as_u16(),
+                    hold_ms = u64::try_from(h.as_millis()).unwrap_or(u64::MAX),
+                    "rate limit hint longer than max_hold: not holding requests for it"
+                );
+            } else {
+                hold = hold.max(h);
+            }
+        };
+        for window in hints.windows() {
+            if window.remaining <= self.reserve {
+                consider(window.reset);
+            }
+        }
+        let limited = status == StatusCode::TOO_MANY_REQUESTS;
+        if limited {
+            // The retry layer's own hint (the same reading of the same headers): no request
+            // starts before the retry layer would retry.
+            if let Some(after) = hints.hint(true) {
+                consider(after);
+            }
         }
 
-        let learned = hints.policy.or_else(|| {
-            let allowed = hints.allowed?;
-            let window = self.configured?.window;
-            Some(Rate {
-                requests: allowed,
-                window,
-            })
-        });
-        let learned = learned.filter(|r| {
-            r.requests > 0
-                && r.requests <= MAX_LEARNED_REQUESTS
-                && !r.window.is_zero()
-                && r.window <= MAX_LEARNED_WINDOW
-        });
-
-        if hold.is_zero() && learned.is_none() {
-            return;
-        }
         let now = Instant::now();
         let mut state = self.lock();
         if !hold.is_zero() {
-            let until = now + hold;
+            let until = crate::time::after(now, hold);
             if state.hold_until.is_none_or(|h| h < until) {
                 state.hold_until = Some(until);
                 tracing::debug!(
@@ -181,172 +247,116 @@ impl Pacer {
                 );
             }
         }
-        if let Some(rate) = learned
-            && state.learned != Some(rate)
+        if self.learn {
+            self.learn_from(&mut state, now, limited, hints);
+        }
+    }
+
+    fn learn_from(&self, state: &mut State, now: Instant, limited: bool, hints: &RateLimitHints) {
+        // The window's length, inferred from the longest reset any window reported.
+        let first_window = hints.windows().next();
+        for window in hints.windows() {
+            let reset = window.reset.max(Duration::from_secs(1));
+            let l = &mut state.learning;
+            if l.longest_reset.is_none_or(|r| r < reset) {
+                l.longest_reset = Some(reset);
+            }
+            l.period_min_remaining = Some(
+                l.period_min_remaining
+                    .map_or(window.remaining, |r| r.min(window.remaining)),
+            );
+        }
+
+        // The quota hint: a published policy (quota and window), else the quota of a window
+        // (`inin-ratelimit-allowed`, `RateLimit-Limit`) over the inferred window length.
+        let hint = hints
+            .slowest_policy()
+            .map(|p| Rate {
+                requests: p.quota,
+                window: p.window,
+            })
+            .or_else(|| {
+                let quota = first_window
+                    .and_then(|w| w.quota)
+                    .or(hints.inin.allowed)
+                    .or(hints.legacy.limit)?;
+                Some(Rate {
+                    requests: quota,
+                    window: state.learning.longest_reset?,
+                })
+            })
+            .filter(|r| {
+                r.requests > 0
+                    && r.requests <= MAX_LEARNED_REQUESTS
+                    && !r.window.is_zero()
+                    && r.window <= MAX_LEARNED_WINDOW
+            });
+        if let Some(hint) = hint
+            && state.learning.hint != Some(hint)
         {
             tracing::debug!(
-                requests = rate.requests,
-                window_ms = u64::try_from(rate.window.as_millis()).unwrap_or(u64::MAX),
-                "learned a rate limit from the server"
+                requests = hint.requests,
+                window_ms = u64::try_from(hint.window.as_millis()).unwrap_or(u64::MAX),
+                "learned a rate limit hint from the server; pacing from it"
             );
-            state.learned = Some(rate);
+            state.learning.hint = Some(hint);
+            state.learning.step = step_for(hint.requests);
+            state.rate = Some(hint);
+            // A fresh start: the last period was paced at another rate.
+            let l = &mut state.learning;
+            l.period_start = Some(now);
+            l.period_starts = 0;
+            l.period_429 = false;
+            l.period_waited = false;
+            l.period_min_remaining = None;
+            l.last_good = None;
         }
-    }
-}
 
-/// A window the server reported: how many requests remain and when it resets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Window {
-    remaining: u64,
-    reset: Duration,
-}
-
-/// What one response says about rate limits. Malformed fields are ignored.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Hints {
-    /// From `inin-ratelimit-*`, from the IETF `RateLimit` field and from the older
-    /// `RateLimit-Remaining` / `RateLimit-Reset` fields.
-    windows: [Option<Window>; 3],
-    /// `inin-ratelimit-allowed`: the quota of the window, length not given.
-    allowed: Option<u64>,
-    /// The slowest quota of the IETF `RateLimit-Policy` field.
-    policy: Option<Rate>,
-    retry_after: Option<Duration>,
-}
-
-impl Hints {
-    fn parse(headers: &HeaderMap) -> Hints {
-        let allowed = int_header(headers, "inin-ratelimit-allowed");
-        let inin = match (
-            allowed,
-            int_header(headers, "inin-ratelimit-count"),
-            int_header(headers, "inin-ratelimit-reset"),
-        ) {
-            (Some(allowed), Some(count), Some(reset)) => Some(Window {
-                remaining: allowed.saturating_sub(count),
-                reset: Duration::from_secs(reset),
-            }),
-            _ => None,
-        };
-        let legacy = match (
-            int_header(headers, "ratelimit-remaining"),
-            int_header(headers, "ratelimit-reset"),
-        ) {
-            (Some(remaining), Some(reset)) => Some(Window {
-                remaining,
-                reset: Duration::from_secs(reset),
-            }),
-            _ => None,
-        };
-        let ietf = headers
-            .get_all("ratelimit")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(split_list)
-            .filter_map(|member| {
-                let remaining = param(member, &["r", "remaining"])?;
-                let reset = param(member, &["t", "reset"])?;
-                Some(Window {
-                    remaining,
-                    reset: Duration::from_secs(reset),
-                })
-            })
-            .min_by_key(|w| w.remaining);
-        let policy = headers
-            .get_all("ratelimit-policy")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(split_list)
-            .filter_map(|member| {
-                // Draft 10: `"name";q=100;w=60`; older drafts: `100;w=60`.
-                let requests = param(member, &["q"]).or_else(|| {
-                    let first = member.split(';').next()?.trim();
-                    first.parse().ok()
-                })?;
-                let window = param(member, &["w"])?;
-                Some(Rate {
-                    requests,
-                    window: Duration::from_secs(window),
-                })
-            })
-            .reduce(|a, b| if b.slower_than(a) { b } else { a });
-        Hints {
-            windows: [inin, ietf, legacy],
-            allowed,
-            policy,
-            retry_after: headers
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(retry_after),
-        }
-    }
-}
-
-fn int_header(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// Splits a structured-field list on commas outside quoted strings.
-fn split_list(value: &str) -> impl Iterator<Item = &str> {
-    let mut members = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in value.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                members.push(&value[start..i]);
-                start = i + 1;
+        // A count that falls means a window boundary passed: align the period with it (once the
+        // period is at least half over, so that late answers from the old window do not count).
+        if let Some(window) = first_window
+            && let Some(quota) = window.quota
+        {
+            let count = quota.saturating_sub(window.remaining);
+            let fell = state.learning.last_count.is_some_and(|last| count < last);
+            state.learning.last_count = Some(count);
+            if fell
+                && let (Some(rate), Some(start)) = (state.rate, state.learning.period_start)
+                && now.saturating_duration_since(start) >= rate.window / 2
+            {
+                self.finish_period(state, now);
             }
-            _ => {}
+        }
+
+        if limited {
+            state.learning.period_429 = true;
+            let Some(rate) = state.rate.as_mut() else {
+                return;
+            };
+            let l = &mut state.learning;
+            if l.last_cut
+                .is_some_and(|at| now < crate::time::after(at, rate.window))
+            {
+                return;
+            }
+            let floor = l.last_good.unwrap_or(1).max(1);
+            let cut = (rate.requests / 2).max(floor);
+            if cut < rate.requests {
+                rate.requests = cut;
+                l.last_cut = Some(now);
+                tracing::debug!(
+                    requests = rate.requests,
+                    window_ms = u64::try_from(rate.window.as_millis()).unwrap_or(u64::MAX),
+                    "pacing: 429; cutting the rate"
+                );
+            }
         }
     }
-    members.push(&value[start..]);
-    members.into_iter().map(str::trim).filter(|m| !m.is_empty())
 }
 
-/// The integer value of the first parameter of `member` named one of `keys`. A quoted name
-/// holding `;` or `=` is skipped over, since parameters come after it.
-fn param(member: &str, keys: &[&str]) -> Option<u64> {
-    let params = match member.strip_prefix('"') {
-        Some(rest) => {
-            let mut escaped = false;
-            let end = rest.char_indices().find_map(|(i, c)| match c {
-                _ if escaped => {
-                    escaped = false;
-                    None
-                }
-                '\\' => {
-                    escaped = true;
-                    None
-                }
-                '"' => Some(i),
-                _ => None,
-            })?;
-            &rest[end + 1..]
-        }
-        None => member,
-    };
-    params.split(';').find_map(|p| {
-        let (key, value) = p.split_once('=')?;
-        keys.contains(&key.trim().to_ascii_lowercase().as_str())
-            .then(|| value.trim().parse().ok())
-            .flatten()
-    })
-}
-
-/// RFC 9110 `Retry-After`: delay-seconds or an HTTP-date (a date in the past is zero).
-fn retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(
-        date.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+/// The additive step for a quota: a tenth of it, at least 1.
+fn step_for(quota: u64) -> u64 {
+    (quota / 10).max(1)
 }
 
 #[cfg(test)]
@@ -362,77 +372,17 @@ mod tests {
         map
     }
 
-    #[test]
-    fn genesys_headers() {
-        let h = Hints::parse(&headers(&[
-            ("inin-ratelimit-allowed", "300"),
-            ("inin-ratelimit-count", "299"),
-            ("inin-ratelimit-reset", "38"),
-        ]));
-        assert_eq!(
-            h.windows[0],
-            Some(Window {
-                remaining: 1,
-                reset: Duration::from_secs(38)
-            })
-        );
-        assert_eq!(h.allowed, Some(300));
-    }
-
-    #[test]
-    fn ietf_headers() {
-        let h = Hints::parse(&headers(&[
-            ("ratelimit", "\"a;b,c\";r=50;t=30, \"burst\";r=2;t=1"),
-            ("ratelimit-policy", "\"a\";q=100;w=60, \"burst\";q=10;w=1"),
-        ]));
-        assert_eq!(
-            h.windows[1],
-            Some(Window {
-                remaining: 2,
-                reset: Duration::from_secs(1)
-            })
-        );
-        assert_eq!(
-            h.policy,
-            Some(Rate {
-                requests: 100,
-                window: Duration::from_secs(60)
-            })
-        );
-        let old = Hints::parse(&headers(&[
-            ("ratelimit-policy", "10;w=1"),
-            ("ratelimit-remaining", "0"),
-            ("ratelimit-reset", "7"),
-        ]));
-        assert_eq!(old.policy.map(|p| p.requests), Some(10));
-        assert_eq!(
-            old.windows[2].map(|w| w.reset),
-            Some(Duration::from_secs(7))
-        );
-    }
-
-    #[test]
-    fn malformed_is_ignored() {
-        let h = Hints::parse(&headers(&[
-            ("inin-ratelimit-allowed", "lots"),
-            ("inin-ratelimit-count", "-1"),
-            ("inin-ratelimit-reset", ""),
-            ("ratelimit", "\"unterminated;r=1;t=2"),
-            ("ratelimit-policy", ";;;,,=,q=,w=x"),
-            ("retry-after", "soon"),
-        ]));
-        assert_eq!(h, Hints::default());
-    }
-
     proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(2000)))]
+
         #[test]
-        fn any_header_values_parse_without_panic(
-            values in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..48), 8),
+        fn any_header_values_are_observed_without_panic(
+            values in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..48), 9),
         ) {
             let names = [
                 "inin-ratelimit-allowed", "inin-ratelimit-count", "inin-ratelimit-reset",
                 "ratelimit", "ratelimit-policy", "ratelimit-remaining", "ratelimit-reset",
-                "retry-after",
+                "ratelimit-limit", "retry-after",
             ];
             let mut map = HeaderMap::new();
             for (name, value) in names.iter().zip(&values) {
@@ -448,16 +398,243 @@ mod tests {
             );
             pacer.observe(StatusCode::TOO_MANY_REQUESTS, &map);
             pacer.observe(StatusCode::OK, &map);
-            let _ = Hints::parse(&map);
+        }
+    }
+
+    fn header_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..100_000).prop_map(|n| n.to_string()),
+            "[ \t]{0,2}[0-9]{1,20}[ \t]{0,2}",
+            Just("Sun, 06 Nov 1994 08:49:37 GMT".to_owned()),
+            Just("Sunday, 06-Nov-94 08:49:37 GMT".to_owned()),
+            Just("Sun Nov  6 08:49:37 1994".to_owned()),
+            "[-+ 0-9a-z;=,\"]{0,24}",
+            "[a-z]{1,5}(;r=[0-9]{1,3})?(;t=[0-9]{1,4})?(, [a-z]{1,5};r=[0-9]{1,3};t=[0-9]{1,4})?",
+            "\\PC{0,12}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(3000)))]
+
+        /// The retry layer and the pacer read the same 429 the same way: the pacer lets no
+        /// request start before the retry layer's hint has passed, and (when no window it reads
+        /// is spent) holds exactly that long.
+        #[test]
+        fn the_pacer_holds_exactly_the_retry_layers_hint(
+            values in proptest::collection::vec(proptest::option::of(header_value()), 9),
+        ) {
+            let names = [
+                "retry-after", "inin-ratelimit-allowed", "inin-ratelimit-count",
+                "inin-ratelimit-reset", "ratelimit", "ratelimit-policy", "ratelimit-remaining",
+                "ratelimit-reset", "ratelimit-limit",
+            ];
+            let mut map = HeaderMap::new();
+            for (name, value) in names.iter().zip(&values) {
+                if let Some(value) = value
+                    && let Ok(value) = HeaderValue::from_str(value)
+                {
+                    map.append(*name, value);
+                }
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let (hint, spent, hold) = rt.block_on(async {
+                let max_hold = Duration::from_secs(86_400);
+                let pacer = Pacer::new(None, true, 0, max_hold);
+                let now = Instant::now();
+                pacer.observe(StatusCode::TOO_MANY_REQUESTS, &map);
+                let hint = crate::headers::hint(&map, SystemTime::now(), true)
+                    .filter(|h| *h <= max_hold);
+                let hints = RateLimitHints::parse(&map, SystemTime::now());
+                let spent = hints
+                    .windows()
+                    .filter(|w| w.remaining == 0)
+                    .map(|w| w.reset)
+                    .max()
+                    .filter(|h| *h <= max_hold);
+                let hold = match pacer.try_start() {
+                    Ok(()) => Duration::ZERO,
+                    Err(until) => until - now,
+                };
+                (hint, spent, hold)
+            });
+            let hint = hint.unwrap_or_default();
+            proptest::prop_assert!(hold >= hint, "hold {hold:?} < hint {hint:?}");
+            if spent.is_none() {
+                proptest::prop_assert_eq!(hold, hint);
+            } else {
+                proptest::prop_assert_eq!(hold, hint.max(spent.unwrap_or_default()));
+            }
+        }
+    }
+
+    /// A server with a fixed-window quota per token, like the simulator's: the window starts
+    /// at the first request after the previous one ended.
+    struct FixedWindow {
+        quota: u64,
+        window: Duration,
+        start: Option<Instant>,
+        count: u64,
+        /// Send the rate-limit headers on every n-th answer (1: all, 2: half).
+        headers_every: u64,
+        /// Send IETF `RateLimit` (remaining and reset only: no quota) instead of Genesys's.
+        ietf: bool,
+        answers: u64,
+    }
+
+    impl FixedWindow {
+        fn new(quota: u64, window_secs: u64, headers_every: u64) -> Self {
+            FixedWindow {
+                quota,
+                window: Duration::from_secs(window_secs),
+                start: None,
+                count: 0,
+                headers_every,
+                ietf: false,
+                answers: 0,
+            }
         }
 
-        #[test]
-        fn any_structured_text_parses_without_panic(text in "\\PC*") {
-            for member in split_list(&text) {
-                let _ = param(member, &["r", "t", "q", "w"]);
+        fn answer(&mut self, now: Instant) -> (StatusCode, HeaderMap) {
+            if self.start.is_none_or(|s| now >= s + self.window) {
+                self.start = Some(now);
+                self.count = 0;
             }
-            let _ = retry_after(&text);
+            let end = self.start.unwrap() + self.window;
+            let reset = (end - now)
+                .as_nanos()
+                .div_ceil(1_000_000_000)
+                .max(1)
+                .to_string();
+            self.answers += 1;
+            let mut h = HeaderMap::new();
+            if self.count >= self.quota {
+                h.insert("retry-after", HeaderValue::from_str(&reset).unwrap());
+                return (StatusCode::TOO_MANY_REQUESTS, h);
+            }
+            self.count += 1;
+            if self.headers_every > 0 && self.answers.is_multiple_of(self.headers_every) {
+                if self.ietf {
+                    let v = format!("\"q\";r={};t={reset}", self.quota - self.count);
+                    h.insert("ratelimit", HeaderValue::from_str(&v).unwrap());
+                } else {
+                    h.insert("inin-ratelimit-allowed", HeaderValue::from(self.quota));
+                    h.insert("inin-ratelimit-count", HeaderValue::from(self.count));
+                    h.insert(
+                        "inin-ratelimit-reset",
+                        HeaderValue::from_str(&reset).unwrap(),
+                    );
+                }
+            }
+            (StatusCode::OK, h)
         }
+    }
+
+    /// A client with as much work as it can send, one request at a time with no latency, for
+    /// `length` of the (paused) clock. Returns (delivered, 429s).
+    async fn run(pacer: &Pacer, server: &mut FixedWindow, length: Duration) -> (u64, u64) {
+        let end = Instant::now() + length;
+        let (mut ok, mut limited) = (0, 0);
+        while Instant::now() < end {
+            match pacer.try_start() {
+                Err(until) => tokio::time::sleep_until(until.min(end)).await,
+                Ok(()) => {
+                    let (status, headers) = server.answer(Instant::now());
+                    if status == StatusCode::OK {
+                        ok += 1;
+                    } else {
+                        limited += 1;
+                    }
+                    pacer.observe(status, &headers);
+                    // Requests take a little time; so does the client between them.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+        (ok, limited)
+    }
+
+    fn learning(configured: Option<(u64, u64)>) -> Pacer {
+        Pacer::new(
+            configured.map(|(requests, secs)| Rate {
+                requests,
+                window: Duration::from_secs(secs),
+            }),
+            true,
+            ConcurrencyLayerDefaults::RESERVE,
+            Duration::from_secs(180),
+        )
+    }
+
+    struct ConcurrencyLayerDefaults;
+    impl ConcurrencyLayerDefaults {
+        const RESERVE: u64 = 1;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_one_second_window_is_inferred_with_headers_on_half_the_answers() {
+        // 40 per 1 s; the client starts from the Genesys default of 300 per minute.
+        let pacer = learning(Some((300, 60)));
+        let mut server = FixedWindow::new(40, 1, 2);
+        let (ok, limited) = run(&pacer, &mut server, Duration::from_secs(30)).await;
+        let rate = pacer.rate().unwrap();
+        assert_eq!(rate.window, Duration::from_secs(1), "{rate:?}");
+        // The quota is 1200 in 30 s; 300/60 would have delivered 150.
+        assert!(ok >= 1000, "{ok} delivered");
+        assert!(limited * 20 < ok + limited, "{limited} 429s for {ok}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_minute_window_is_inferred_too() {
+        let pacer = learning(None);
+        let mut server = FixedWindow::new(300, 60, 2);
+        let (ok, limited) = run(&pacer, &mut server, Duration::from_secs(300)).await;
+        assert_eq!(pacer.rate().unwrap().window, Duration::from_secs(60));
+        // The quota is 1500 in 300 s.
+        assert!(ok >= 1200, "{ok} delivered");
+        assert!(limited * 20 < ok + limited, "{limited} 429s for {ok}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_rises_while_the_server_has_room() {
+        // Configured 20 per s; the server allows 100 per s and says how many remain (IETF, no
+        // quota given): additive increase finds the room.
+        let pacer = learning(Some((20, 1)));
+        let mut server = FixedWindow::new(100, 1, 1);
+        server.ietf = true;
+        run(&pacer, &mut server, Duration::from_secs(20)).await;
+        let raised = pacer.rate().unwrap().requests;
+        assert!(raised >= 40, "{raised}");
+        let (ok, _) = run(&pacer, &mut server, Duration::from_secs(5)).await;
+        assert!(ok >= 5 * 40, "{ok}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_halves_the_rate_but_not_below_what_was_delivered() {
+        // Configured far too fast and no headers at all: only 429s tell. The rate is cut, once
+        // per window, until the 429s stop.
+        let pacer = learning(Some((200, 1)));
+        let mut server = FixedWindow::new(30, 1, 0);
+        run(&pacer, &mut server, Duration::from_secs(10)).await;
+        let cut = pacer.rate().unwrap().requests;
+        assert!((25..=50).contains(&cut), "{cut}");
+        let (ok, limited) = run(&pacer, &mut server, Duration::from_secs(10)).await;
+        assert!(ok >= 250, "{ok}");
+        assert!(limited * 10 < ok, "{limited} 429s for {ok}");
+
+        // A window that delivered 40 without a 429 is a floor: one 429 does not halve below it.
+        let pacer = learning(Some((40, 1)));
+        let mut server = FixedWindow::new(40, 1, 0);
+        run(&pacer, &mut server, Duration::from_millis(1500)).await;
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("1"));
+        pacer.observe(StatusCode::TOO_MANY_REQUESTS, &h);
+        assert_eq!(pacer.rate().unwrap().requests, 40);
     }
 
     #[tokio::test(start_paused = true)]
@@ -480,13 +657,23 @@ mod tests {
         assert!(pacer.try_start().is_err());
     }
 
-    #[test]
-    fn retry_after_forms() {
-        assert_eq!(retry_after(" 12 "), Some(Duration::from_secs(12)));
-        assert_eq!(
-            retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(Duration::ZERO)
+    #[tokio::test(start_paused = true)]
+    async fn a_policy_sets_the_rate_and_a_plus_sign_is_not_a_number() {
+        let pacer = Pacer::new(None, true, 0, Duration::from_secs(180));
+        pacer.observe(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("retry-after", "+5"), ("ratelimit-policy", "2;w=+1")]),
         );
-        assert_eq!(retry_after("-3"), None);
+        // Neither `+5` nor `w=+1` is read: no hold, no rate.
+        assert!(pacer.try_start().is_ok());
+        assert!(pacer.try_start().is_ok());
+        assert!(pacer.try_start().is_ok());
+        pacer.observe(
+            StatusCode::OK,
+            &headers(&[("ratelimit-policy", "\"a\";q=2;w=1")]),
+        );
+        assert!(pacer.try_start().is_ok());
+        assert!(pacer.try_start().is_ok());
+        assert!(pacer.try_start().is_err());
     }
 }

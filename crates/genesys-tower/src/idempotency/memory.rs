@@ -156,7 +156,7 @@ impl MemoryStore {
             key.to_owned(),
             Lock {
                 token: token.clone(),
-                expires_at: now + lock_ttl,
+                expires_at: crate::time::after(now, lock_ttl),
                 changed: watch::channel(()).0,
             },
         );
@@ -183,7 +183,7 @@ impl MemoryStore {
             Arc::new(Completed {
                 fingerprint: token.fingerprint(),
                 response,
-                expires_at: now + retention,
+                expires_at: crate::time::after(now, retention),
                 retention,
             }),
         );
@@ -243,7 +243,7 @@ impl IdempotencyStore for MemoryStore {
 
     fn wait<'a>(&'a self, key: &'a str, max_wait: Duration) -> StoreFuture<'a, ()> {
         let watched = self.locks().get(key).map(|l| {
-            let until = l.expires_at.min(Instant::now() + max_wait);
+            let until = l.expires_at.min(crate::time::from_now(max_wait));
             (l.changed.subscribe(), until)
         });
         Box::pin(async move {

@@ -505,7 +505,7 @@ where
     let request = Request::from_parts(parts, Body::from_bytes(bytes));
 
     let deadline = match config.in_flight {
-        InFlight::Wait(timeout) => Some(Instant::now() + timeout),
+        InFlight::Wait(timeout) => Some(crate::time::from_now(timeout)),
         InFlight::Reject => None,
     };
     let mut waited = false;

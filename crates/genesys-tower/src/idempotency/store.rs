@@ -337,7 +337,8 @@ impl Head {
     fn into_response(self, body: Bytes) -> Result<StoredResponse, StoreError> {
         let status = StatusCode::from_u16(self.status)
             .map_err(|_| StoreError::new(format!("stored status {} is invalid", self.status)))?;
-        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        // HeaderMap::with_capacity panics above 32768: a stored head is not trusted that far.
+        let mut headers = HeaderMap::with_capacity(self.headers.len().min(64));
         for (name, value) in self.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| StoreError::new(format!("stored header name {name:?} is invalid")))?;
@@ -346,7 +347,9 @@ impl Head {
                 HeaderText::Bytes(bytes) => HeaderValue::from_bytes(&bytes).ok(),
             }
             .ok_or_else(|| StoreError::new(format!("stored value of {name} is invalid")))?;
-            headers.append(name, value);
+            headers
+                .try_append(name, value)
+                .map_err(|_| StoreError::new("stored response has too many headers"))?;
         }
         Ok(StoredResponse {
             status,
@@ -446,5 +449,27 @@ mod tests {
     fn debug_does_not_show_the_body() {
         let r = sample();
         assert!(!format!("{r:?}").contains("\"a\""));
+    }
+
+    #[test]
+    fn a_head_with_too_many_headers_does_not_panic() {
+        let pairs: Vec<String> = (0..40_000).map(|i| format!("[\"x-{i}\",\"v\"]")).collect();
+        let bytes = format!("{{\"status\":200,\"headers\":[{}]}}\nbody", pairs.join(","));
+        // A HeaderMap holds at most 32768 entries: refused with a message, not a panic.
+        let err = StoredResponse::decode(bytes.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("too many headers"), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(3000)))]
+
+        #[test]
+        fn any_stored_bytes_decode_without_panic(
+            head in "\\{\"status\":[0-9]{1,6},\"headers\":\\[(\\[\"[ -~]{0,6}\",(\"[ -~]{0,6}\"|\\[[0-9]{1,3}(,[0-9]{1,3}){0,3}\\])\\],?){0,4}\\]\\}",
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let _ = StoredResponse::decode(format!("{head}\nbody").as_bytes());
+            let _ = StoredResponse::decode(&raw);
+        }
     }
 }

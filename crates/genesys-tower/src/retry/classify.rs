@@ -56,9 +56,11 @@ pub trait Classify: Send + Sync + 'static {
 /// | 429 | retry ([`RateLimited`](RetryReason::RateLimited)) |
 /// | 502, 503, 504 | retry ([`ServerError`](RetryReason::ServerError)) |
 /// | 500 | final, unless [`retry_500`](DefaultClassifier::retry_500) is set |
+/// | 413 | final, always (the retry layer itself never re-sends a request answered 413, whatever the classifier says) |
 /// | any other status | final (never other 4xx: another attempt gets the same answer) |
 /// | an error of an inner retry layer | final (retries are not multiplied) |
 /// | an [`auth::Error`](crate::auth::Error) or a [`concurrency::Error`](crate::concurrency::Error) | final (nothing was sent; the error says so) |
+/// | a [`read_body::Error::TooLarge`](crate::read_body::Error::TooLarge) | final (another attempt gets the same body) |
 /// | any other error (timeouts, resets, incomplete messages) | ambiguous |
 ///
 /// A retried status is not ambiguous by default: the server answered. A gateway's 502 or 504 can
@@ -140,6 +142,11 @@ impl Classify for DefaultClassifier {
             if e.is::<super::Error>()
                 || e.is::<crate::auth::Error>()
                 || e.is::<crate::concurrency::Error>()
+            {
+                return Classification::Final;
+            }
+            if e.downcast_ref::<crate::read_body::Error>()
+                .is_some_and(crate::read_body::Error::is_too_large)
             {
                 return Classification::Final;
             }

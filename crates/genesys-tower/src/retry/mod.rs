@@ -118,7 +118,9 @@ mod budget;
 mod classify;
 mod error;
 pub mod future;
-pub mod headers;
+/// The header module the retry layer reads with; it moved to [`crate::headers`], shared with the
+/// pacer and the client, and is re-exported here under its old path.
+pub use crate::headers;
 mod layer;
 mod policy;
 
@@ -269,7 +271,7 @@ impl Call {
             seed,
         } = self;
         let started = Instant::now();
-        let deadline = policy.deadline().map(|d| started + d);
+        let deadline = policy.deadline().map(|d| crate::time::after(started, d));
         metrics.record_request();
         if let Some(budget) = policy.budget() {
             budget.deposit();
@@ -311,14 +313,20 @@ impl Call {
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         metrics.record_rate_limited_response();
                     }
-                    let reason =
-                        match classifier.classify_response(&parts, status, response.headers()) {
-                            Classification::Final => None,
-                            Classification::Retry(reason) => Some(reason),
-                            Classification::Ambiguous => {
-                                policy.may_replay(&parts).then_some(RetryReason::Ambiguous)
-                            }
-                        };
+                    // A 413 is never re-sent, whatever the classifier says: the same request
+                    // would be refused again, and re-sending a large body only adds load.
+                    let classification = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                        Classification::Final
+                    } else {
+                        classifier.classify_response(&parts, status, response.headers())
+                    };
+                    let reason = match classification {
+                        Classification::Final => None,
+                        Classification::Retry(reason) => Some(reason),
+                        Classification::Ambiguous => {
+                            policy.may_replay(&parts).then_some(RetryReason::Ambiguous)
+                        }
+                    };
                     let Some(reason) = reason else {
                         tracing::debug!(
                             attempt = attempts,
@@ -403,7 +411,7 @@ impl Call {
             let backoff = backoff.get_or_insert_with(|| policy.backoff_with_seed(seed));
             let mut delay = backoff.next_delay();
             if let Some(hint) = hint.filter(|h| *h >= delay) {
-                delay = hint + backoff.spread(policy.spread_for(hint));
+                delay = hint.saturating_add(backoff.spread(policy.spread_for(hint)));
             }
             // tokio's timers tick in whole milliseconds: round up, so that `waited` is what
             // the call really waits.
@@ -455,13 +463,13 @@ impl Call {
                 ),
             }
 
-            let wake = Instant::now() + delay;
+            let wake = crate::time::from_now(delay);
             if let Last::Response(response) = last {
                 // Read the dropped body while we wait anyway; never wait longer for it.
                 let _ = tokio::time::timeout_at(wake, drain(response.into_body())).await;
             }
             tokio::time::sleep_until(wake).await;
-            waited += delay;
+            waited = waited.saturating_add(delay);
         }
     }
 }

@@ -909,3 +909,61 @@ async fn retried_response_bodies_are_drained_during_the_wait() {
     // response's body is the caller's, unread.
     assert_eq!(chunks_read.load(Ordering::Relaxed), 3);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bodies too large
+
+/// Retries every status: the layer must still never re-send after a 413.
+struct RetryEverything;
+
+impl genesys_tower::retry::Classify for RetryEverything {
+    fn classify_response(
+        &self,
+        _: &http::request::Parts,
+        _: StatusCode,
+        _: &http::HeaderMap,
+    ) -> genesys_tower::retry::Classification {
+        genesys_tower::retry::Classification::Retry(
+            genesys_tower::metrics::RetryReason::ServerError,
+        )
+    }
+
+    fn classify_error(
+        &self,
+        _: &http::request::Parts,
+        _: &(dyn std::error::Error + 'static),
+    ) -> genesys_tower::retry::Classification {
+        genesys_tower::retry::Classification::Retry(
+            genesys_tower::metrics::RetryReason::ServerError,
+        )
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_413_is_never_resent_whatever_the_classifier() {
+    for policy in [exact().build(), exact().classifier(RetryEverything).build()] {
+        let server = Server::always(413);
+        let (res, _) = send(policy, &server, post(r#"{"big":true}"#)).await;
+        let res = res.unwrap();
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(server.seen().len(), 1);
+        assert_eq!(info(&res), (1, Duration::ZERO));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_body_over_the_limit_is_not_retried() {
+    use genesys_tower::read_body::{Error as BodyError, ReadBodyLayer};
+    let server = Server::always(200);
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(exact().build()))
+        .layer(ReadBodyLayer::new().max_success_body(4))
+        .service(server.clone());
+    let err = svc.oneshot(get()).await.unwrap_err();
+    assert!(
+        err.downcast_ref::<BodyError>()
+            .is_some_and(BodyError::is_too_large),
+        "{err}"
+    );
+    assert_eq!(server.seen().len(), 1);
+}
