@@ -26,7 +26,13 @@ use genesys_tower::BoxError;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-/// The error body of the Genesys Cloud Platform API.
+/// The error body of the Genesys Cloud Platform API, and of a failing data action.
+///
+/// The platform answers `{message, code, status, contextId, messageWithParams, ...}`; a data
+/// action that fails answers its own shape, `{errorCode, status, correlationId, entityName,
+/// userMessage, userParams, details: [{errorCode}], errors}`. Both are read into this one type:
+/// [`ApiError::code`] takes `code` else `errorCode`, the message `messageWithParams` / `message`
+/// else `userMessage`, the context id `contextId` else `correlationId`.
 ///
 /// Every field is optional: the parser never fails on a body that has fewer fields.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -55,6 +61,14 @@ pub struct ErrorBody {
     pub errors: Vec<ErrorBody>,
     /// The limit that was hit, on a 429 or a limit error.
     pub limit: Option<ErrorLimit>,
+    /// A failing data action's code (its `code` field, in its own shape).
+    pub error_code: Option<String>,
+    /// A failing data action's message for people.
+    pub user_message: Option<String>,
+    /// The values of a failing data action's message, as sent (their shape varies).
+    pub user_params: Option<serde_json::Value>,
+    /// A failing data action's correlation id (its `contextId`, in its own shape).
+    pub correlation_id: Option<String>,
 }
 
 impl ErrorBody {
@@ -114,11 +128,20 @@ impl ErrorBody {
     pub fn best_message(&self) -> Option<String> {
         self.rendered_message()
             .filter(|m| !m.is_empty())
-            .or_else(|| self.message.as_deref().map(|m| cut(m, MESSAGE_MAX_CHARS)))
+            .or_else(|| {
+                self.message
+                    .as_deref()
+                    .or(self.user_message.as_deref())
+                    .map(|m| cut(m, MESSAGE_MAX_CHARS))
+            })
     }
 
     fn looks_like_error_body(&self) -> bool {
-        self.code.is_some() || self.message.is_some() || self.message_with_params.is_some()
+        self.code.is_some()
+            || self.message.is_some()
+            || self.message_with_params.is_some()
+            || self.error_code.is_some()
+            || self.user_message.is_some()
     }
 }
 
@@ -268,9 +291,11 @@ impl ApiError {
         &self.text
     }
 
-    /// The error code (`general.conflict`, ...), when the body had one.
+    /// The error code (`general.conflict`, ...; a failing data action's `errorCode`), when the
+    /// body had one.
     pub fn code(&self) -> Option<&str> {
-        self.body.as_ref()?.code.as_deref()
+        let body = self.body.as_ref()?;
+        body.code.as_deref().or(body.error_code.as_deref())
     }
 
     /// The message: `messageWithParams` rendered, else `message`, else the body's text; at most
@@ -279,11 +304,12 @@ impl ApiError {
         self.message.clone()
     }
 
-    /// The context id: the body's `contextId`, else the `ININ-Correlation-Id` header.
+    /// The context id: the body's `contextId` (a failing data action's `correlationId`), else
+    /// the `ININ-Correlation-Id` header.
     pub fn context_id(&self) -> Option<&str> {
         self.body
             .as_ref()
-            .and_then(|b| b.context_id.as_deref())
+            .and_then(|b| b.context_id.as_deref().or(b.correlation_id.as_deref()))
             .or(self.correlation_id.as_deref())
     }
 
@@ -814,5 +840,28 @@ mod tests {
             let r = body.rendered_message_within(max).unwrap();
             proptest::prop_assert!(r.chars().count() <= max);
         }
+    }
+
+    #[test]
+    fn a_failing_data_action_has_its_own_shape() {
+        let body = br#"{"errorCode":"bad.request","status":400,"correlationId":"c-77",
+            "entityName":"Lookup","userMessage":"contactId is required",
+            "userParams":[{"key":"field","value":"contactId"}],
+            "details":[{"errorCode":"bad.request"}],"errors":[]}"#;
+        let e = ApiError::from_response(StatusCode::BAD_REQUEST, None, body);
+        assert_eq!(e.code(), Some("bad.request"));
+        assert_eq!(e.message(), "contactId is required");
+        assert_eq!(e.context_id(), Some("c-77"));
+        let b = e.body().unwrap();
+        assert_eq!(b.entity_name.as_deref(), Some("Lookup"));
+        assert_eq!(b.details[0].error_code.as_deref(), Some("bad.request"));
+        assert!(e.to_string().contains("bad.request"), "{e}");
+        // A shape the parser does not expect for userParams is kept, not a failure.
+        let e = ApiError::from_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            br#"{"errorCode":"x","userParams":{"odd":true}}"#,
+        );
+        assert_eq!(e.code(), Some("x"));
     }
 }

@@ -156,17 +156,13 @@ mod tests {
         .unwrap();
         assert_eq!(older.value_of(TOKEN_RATE_PER_MINUTE), Some(300.0));
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     fn limits(value: Value) -> NamespaceLimits {
         NamespaceLimits {
             namespace: PLATFORM_API_NAMESPACE.into(),
             limits: vec![Limit {
                 key: TOKEN_RATE_PER_MINUTE.into(),
+                namespace: PLATFORM_API_NAMESPACE.into(),
                 value,
                 other: Map::new(),
             }],

@@ -698,7 +698,20 @@ fn execute(
             };
             Ok(json_response(StatusCode::OK, &out))
         }
-        Err(f) => Err(ApiError::new(f.status, &f.code, f.message)),
+        // A failing action answers the data-action error shape, not the platform's ErrorBody.
+        Err(f) => Ok(json_response(
+            StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST),
+            &json!({
+                "errorCode": f.code,
+                "status": f.status,
+                "correlationId": ctx.cid,
+                "entityName": action.name(),
+                "userMessage": f.message,
+                "userParams": [],
+                "details": [{"errorCode": f.code}],
+                "errors": [],
+            }),
+        )),
     }
 }
 

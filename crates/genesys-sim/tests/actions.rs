@@ -103,7 +103,15 @@ async fn test_route_reports_operations_and_configured_actions_work() {
     )
     .await
     .unwrap();
-    r.error_body(400, "bad.request");
+    // A failing action answers the data-action error shape, not the platform's ErrorBody.
+    assert_eq!(r.status, 400);
+    let b = r.json();
+    assert_eq!(b["errorCode"], "bad.request");
+    assert_eq!(b["status"], 400);
+    assert_eq!(b["userMessage"], "the remote endpoint refused the input");
+    assert_eq!(b["details"][0]["errorCode"], "bad.request");
+    assert!(!b["correlationId"].as_str().unwrap().is_empty());
+    assert!(b.get("code").is_none() && b.get("message").is_none());
     let r = api(
         &base,
         &t,
