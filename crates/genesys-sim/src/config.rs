@@ -14,6 +14,9 @@ use crate::faults::Faults;
 /// input unchanged and records it in the ledger.
 pub const ECHO_ACTION_ID: &str = "echo";
 
+/// In a route template, stands for the configured ingestion path.
+pub(crate) const INGESTION_TEMPLATE: &str = "{ingestion}";
+
 /// The default path of the ingestion endpoint (seed 000's; it does not exist in the public API).
 pub const DEFAULT_INGESTION_PATH: &str = "/api/v2/dataexchange/ingestion";
 

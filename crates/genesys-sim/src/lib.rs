@@ -41,6 +41,7 @@
 )]
 
 mod config;
+mod conn;
 mod data;
 mod error;
 pub mod faults;

@@ -19,30 +19,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::SimConfig;
+use crate::conn::ConnCtl;
 use crate::data::lock;
 use crate::error::{Resp, SimError};
 use crate::faults::{BodyFault, DRIP_EVERY};
 use crate::routes::handle;
 use crate::state::{LedgerEntry, Shared, Stats};
-
-/// Lets a handler ask its connection task to drop the connection without a response.
-#[derive(Debug, Default)]
-pub(crate) struct ConnCtl {
-    kill: Notify,
-}
-
-impl ConnCtl {
-    /// Asks for the connection to be reset and never returns: the connection task drops this
-    /// future together with the connection.
-    pub(crate) async fn reset<T>(&self) -> T {
-        self.kill.notify_one();
-        std::future::pending().await
-    }
-}
 
 /// Starts simulators. See [`Simulator::spawn`].
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +51,7 @@ impl Simulator {
     /// ```
     pub async fn spawn(config: SimConfig) -> Result<SimHandle, SimError> {
         let revoke_every = config.faults.revoke_every;
-        let shared = Arc::new(Shared::new(config)?);
+        let shared = Arc::new(Shared::new(config, crate::routes::names())?);
         let listener = TcpListener::bind(shared.cfg.addr)
             .await
             .map_err(SimError::Bind)?;

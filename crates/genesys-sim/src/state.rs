@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::config::SimConfig;
+use crate::config::{INGESTION_TEMPLATE, SimConfig};
 use crate::data::{Users, integration_id, lock, seeded_integration};
 use crate::error::SimError;
 use crate::faults::MAX_DURATION;
@@ -81,66 +81,30 @@ impl Stats {
     }
 }
 
-/// The routes, for statistics without a global lock.
+/// A route: its index in the simulator's route table (`routes::ROUTES`), or [`Route::OTHER`] for
+/// a request that no route matched. Statistics are kept per route without a global lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Route {
-    Token,
-    ListUsers,
-    GetUser,
-    PatchUser,
-    Execute,
-    Test,
-    Ingest,
-    GetConfig,
-    PutConfig,
-    Limits,
-    Ledger,
-    Stats,
-    Other,
-}
+pub(crate) struct Route(u8);
 
 impl Route {
-    pub(crate) const ALL: [Route; 13] = [
-        Route::Token,
-        Route::ListUsers,
-        Route::GetUser,
-        Route::PatchUser,
-        Route::Execute,
-        Route::Test,
-        Route::Ingest,
-        Route::GetConfig,
-        Route::PutConfig,
-        Route::Limits,
-        Route::Ledger,
-        Route::Stats,
-        Route::Other,
-    ];
+    /// A request that no route matched.
+    pub(crate) const OTHER: Route = Route(u8::MAX);
 
-    /// `(method, template)`.
-    pub(crate) fn parts(self, ingestion_path: &str) -> (&'static str, String) {
-        let (m, t) = match self {
-            Route::Token => ("POST", "/oauth/token"),
-            Route::ListUsers => ("GET", "/api/v2/users"),
-            Route::GetUser => ("GET", "/api/v2/users/{userId}"),
-            Route::PatchUser => ("PATCH", "/api/v2/users/{userId}"),
-            Route::Execute => ("POST", "/api/v2/integrations/actions/{actionId}/execute"),
-            Route::Test => ("POST", "/api/v2/integrations/actions/{actionId}/test"),
-            Route::Ingest => return ("POST", ingestion_path.to_string()),
-            Route::GetConfig => ("GET", "/api/v2/integrations/{integrationId}/config/current"),
-            Route::PutConfig => ("PUT", "/api/v2/integrations/{integrationId}/config/current"),
-            Route::Limits => ("GET", "/api/v2/organizations/limits/namespaces/{namespace}"),
-            Route::Ledger => ("GET", "/sim/ledger"),
-            Route::Stats => ("GET", "/sim/stats"),
-            Route::Other => ("*", "(unmatched)"),
-        };
-        (m, t.to_string())
+    /// The route at `index` in the route table.
+    pub(crate) fn at(index: usize) -> Route {
+        Route(u8::try_from(index).unwrap_or(u8::MAX))
     }
 }
+
+/// The name of each route of the table, by index: `(method, template)`; the template
+/// [`INGESTION_TEMPLATE`] stands for the configured ingestion path.
+pub(crate) type RouteNames = Vec<(&'static str, &'static str)>;
 
 const STATUS_SLOTS: usize = 600;
 
 /// Lock-free counters behind [`Stats`].
 pub(crate) struct StatsInner {
+    names: RouteNames,
     by_route_status: Vec<AtomicU64>,
     pub(crate) tokens_issued: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
@@ -149,11 +113,12 @@ pub(crate) struct StatsInner {
 }
 
 impl StatsInner {
-    fn new() -> Self {
+    fn new(names: RouteNames) -> Self {
         Self {
-            by_route_status: (0..Route::ALL.len() * STATUS_SLOTS)
+            by_route_status: (0..(names.len() + 1) * STATUS_SLOTS)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            names,
             tokens_issued: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             ledger_dropped: AtomicU64::new(0),
@@ -161,9 +126,23 @@ impl StatsInner {
         }
     }
 
+    /// The slot of `route`: its index, or the last one for [`Route::OTHER`].
+    fn slot(&self, route: Route) -> usize {
+        usize::from(route.0).min(self.names.len())
+    }
+
+    /// The `(method, template)` of `route`.
+    fn name(&self, route: Route, ingestion_path: &str) -> (&'static str, String) {
+        match self.names.get(usize::from(route.0)) {
+            Some((m, t)) if *t == INGESTION_TEMPLATE => (m, ingestion_path.to_owned()),
+            Some((m, t)) => (m, (*t).to_owned()),
+            None => ("*", "(unmatched)".to_owned()),
+        }
+    }
+
     pub(crate) fn record(&self, route: Route, status: u16) {
         let s = (status as usize).min(STATUS_SLOTS - 1);
-        self.by_route_status[route as usize * STATUS_SLOTS + s].fetch_add(1, Relaxed);
+        self.by_route_status[self.slot(route) * STATUS_SLOTS + s].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn fault(&self, kind: &'static str) {
@@ -172,17 +151,18 @@ impl StatsInner {
 
     fn snapshot(&self, ingestion_path: &str) -> Stats {
         let mut stats = Stats::default();
-        for route in Route::ALL {
+        for i in 0..=self.names.len() {
+            let route = Route::at(i.min(usize::from(u8::MAX)));
             let mut per = BTreeMap::new();
             for s in 0..STATUS_SLOTS {
-                let n = self.by_route_status[route as usize * STATUS_SLOTS + s].load(Relaxed);
+                let n = self.by_route_status[i * STATUS_SLOTS + s].load(Relaxed);
                 if n > 0 {
                     per.insert(s as u16, n);
                     stats.total_responses += n;
                 }
             }
             if !per.is_empty() {
-                let (m, t) = route.parts(ingestion_path);
+                let (m, t) = self.name(route, ingestion_path);
                 stats.requests.insert(format!("{m} {t}"), per);
             }
         }
@@ -363,7 +343,7 @@ pub(crate) struct Effect<'a> {
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: SimConfig) -> Result<Self, SimError> {
+    pub(crate) fn new(cfg: SimConfig, routes: RouteNames) -> Result<Self, SimError> {
         if let Some((n, w)) = cfg.rate_limit
             && (n == 0 || w.is_zero())
         {
@@ -426,7 +406,7 @@ impl Shared {
             integrations,
             integration_ids,
             ledger: Mutex::new(Vec::new()),
-            stats: StatsInner::new(),
+            stats: StatsInner::new(routes),
             idempotency: Mutex::new(HashMap::new()),
             schema,
             api_seq: AtomicU64::new(0),
@@ -437,7 +417,7 @@ impl Shared {
     }
 
     pub(crate) fn record(&self, e: Effect<'_>) {
-        let (method, route) = e.route.parts(&self.cfg.ingestion_path);
+        let (method, route) = self.stats.name(e.route, &self.cfg.ingestion_path);
         let elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut ledger = lock(&self.ledger);
         if self.cfg.ledger_limit.is_some_and(|max| ledger.len() >= max) {
