@@ -78,6 +78,73 @@ pub struct Faults {
     pub drip_body: f64,
 }
 
+/// One probability fault: the one place it is declared. Parsing, `Display`, validation and the
+/// draw of [`Faults`] are derived from [`PROBABILITY_FAULTS`]; adding a fault is a field of
+/// [`Faults`], a row here and its effect where the request is served.
+struct ProbabilityFault {
+    /// Its key in a spec.
+    key: &'static str,
+    get: fn(&Faults) -> f64,
+    set: fn(&mut Faults, f64),
+    /// What it does to an API request when drawn; `None` for a fault outside the API draw.
+    outcome: Option<fn(&mut SmallRng) -> Fault>,
+}
+
+macro_rules! probability_fault {
+    ($key:literal, $field:ident, $outcome:expr) => {
+        ProbabilityFault {
+            key: $key,
+            get: |f| f.$field,
+            set: |f, p| f.$field = p,
+            outcome: $outcome,
+        }
+    };
+}
+
+/// The probability faults, in the order of the draw (the order keeps seeded runs reproducible).
+/// Those with an outcome are exclusive outcomes of one draw per API request.
+const PROBABILITY_FAULTS: [ProbabilityFault; 11] = [
+    probability_fault!(
+        "5xx",
+        server_error,
+        Some(|rng| Fault::ServerError([502, 503, 504][rng.random_range(0..3)]))
+    ),
+    probability_fault!("500", internal_error, Some(|_| Fault::ServerError(500))),
+    probability_fault!(
+        "503-retry-after",
+        retry_after_503,
+        Some(|rng| Fault::RetryAfter503(rng.random_range(1..=3)))
+    ),
+    probability_fault!("reset-before", reset_before, Some(|_| Fault::ResetBefore)),
+    probability_fault!("reset-after", reset_after, Some(|_| Fault::ResetAfter)),
+    probability_fault!(
+        "long-retry-after",
+        long_retry_after,
+        Some(|rng| Fault::LongRetryAfter(rng.random_range(181..=3600)))
+    ),
+    probability_fault!("token-5xx", token_error, None),
+    probability_fault!(
+        "endless-body",
+        endless_body,
+        Some(|_| Fault::Body(BodyFault::Endless))
+    ),
+    probability_fault!(
+        "huge-body",
+        huge_body,
+        Some(|_| Fault::Body(BodyFault::Huge))
+    ),
+    probability_fault!(
+        "stall-body",
+        stall_body,
+        Some(|_| Fault::Body(BodyFault::Stall))
+    ),
+    probability_fault!(
+        "drip-body",
+        drip_body,
+        Some(|_| Fault::Body(BodyFault::Drip))
+    ),
+];
+
 /// A fault spec that could not be parsed: says what is wrong and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultSpecError(String);
@@ -100,32 +167,26 @@ impl Faults {
     /// probability in 0..=1, the exclusive ones summing to at most 1, every duration at most
     /// [`MAX_DURATION`], `revoke-every` longer than 0.
     pub fn validate(&self) -> Result<(), FaultSpecError> {
-        let probs = [
-            ("5xx", self.server_error),
-            ("500", self.internal_error),
-            ("503-retry-after", self.retry_after_503),
-            ("reset-before", self.reset_before),
-            ("reset-after", self.reset_after),
-            ("long-retry-after", self.long_retry_after),
-            ("token-5xx", self.token_error),
-            ("endless-body", self.endless_body),
-            ("huge-body", self.huge_body),
-            ("stall-body", self.stall_body),
-            ("drip-body", self.drip_body),
-        ];
-        for (key, p) in probs {
+        for row in &PROBABILITY_FAULTS {
+            let p = (row.get)(self);
             if !(0.0..=1.0).contains(&p) {
                 return Err(bad(format!(
-                    "fault `{key}` needs a probability between 0 and 1, got {p}"
+                    "fault `{}` needs a probability between 0 and 1, got {p}",
+                    row.key
                 )));
             }
         }
         let sum = self.exclusive_sum();
         if sum > 1.0 + 1e-9 {
+            let keys: Vec<&str> = PROBABILITY_FAULTS
+                .iter()
+                .filter(|r| r.outcome.is_some())
+                .map(|r| r.key)
+                .collect();
             return Err(FaultSpecError(format!(
-                "the probabilities of 5xx, 500, 503-retry-after, reset-before, reset-after, \
-                 long-retry-after, endless-body, huge-body, stall-body and drip-body are \
-                 exclusive outcomes of one draw and must sum to at most 1 (they sum to {sum})"
+                "the probabilities of {} are exclusive outcomes of one draw and must sum to at \
+                 most 1 (they sum to {sum})",
+                keys.join(", ")
             )));
         }
         if let Some((lo, hi)) = self.latency
@@ -153,54 +214,23 @@ impl Faults {
     }
 
     fn exclusive_sum(&self) -> f64 {
-        self.server_error
-            + self.internal_error
-            + self.retry_after_503
-            + self.reset_before
-            + self.reset_after
-            + self.long_retry_after
-            + self.endless_body
-            + self.huge_body
-            + self.stall_body
-            + self.drip_body
+        PROBABILITY_FAULTS
+            .iter()
+            .filter(|r| r.outcome.is_some())
+            .map(|r| (r.get)(self))
+            .sum()
     }
 
     /// The fault (if any) for the `n`-th API request under `seed`.
     pub(crate) fn decide(&self, rng: &mut SmallRng) -> Fault {
         let u: f64 = rng.random();
-        let mut edge = self.server_error;
-        if u < edge {
-            return Fault::ServerError([502, 503, 504][rng.random_range(0..3)]);
-        }
-        edge += self.internal_error;
-        if u < edge {
-            return Fault::ServerError(500);
-        }
-        edge += self.retry_after_503;
-        if u < edge {
-            return Fault::RetryAfter503(rng.random_range(1..=3));
-        }
-        edge += self.reset_before;
-        if u < edge {
-            return Fault::ResetBefore;
-        }
-        edge += self.reset_after;
-        if u < edge {
-            return Fault::ResetAfter;
-        }
-        edge += self.long_retry_after;
-        if u < edge {
-            return Fault::LongRetryAfter(rng.random_range(181..=3600));
-        }
-        for (p, fault) in [
-            (self.endless_body, Fault::Body(BodyFault::Endless)),
-            (self.huge_body, Fault::Body(BodyFault::Huge)),
-            (self.stall_body, Fault::Body(BodyFault::Stall)),
-            (self.drip_body, Fault::Body(BodyFault::Drip)),
-        ] {
-            edge += p;
-            if u < edge {
-                return fault;
+        let mut edge = 0.0;
+        for row in &PROBABILITY_FAULTS {
+            if let Some(outcome) = row.outcome {
+                edge += (row.get)(self);
+                if u < edge {
+                    return outcome(rng);
+                }
             }
         }
         Fault::None
@@ -369,17 +399,6 @@ impl FromStr for Faults {
             })?;
             let key = key.trim();
             match key {
-                "5xx" => f.server_error = parse_prob(key, value)?,
-                "500" => f.internal_error = parse_prob(key, value)?,
-                "503-retry-after" => f.retry_after_503 = parse_prob(key, value)?,
-                "reset-before" => f.reset_before = parse_prob(key, value)?,
-                "reset-after" => f.reset_after = parse_prob(key, value)?,
-                "long-retry-after" => f.long_retry_after = parse_prob(key, value)?,
-                "token-5xx" => f.token_error = parse_prob(key, value)?,
-                "endless-body" => f.endless_body = parse_prob(key, value)?,
-                "huge-body" => f.huge_body = parse_prob(key, value)?,
-                "stall-body" => f.stall_body = parse_prob(key, value)?,
-                "drip-body" => f.drip_body = parse_prob(key, value)?,
                 "latency" => {
                     let (lo, hi) = match value.split_once("..") {
                         Some((lo, hi)) => (lo, hi),
@@ -404,7 +423,10 @@ impl FromStr for Faults {
                     }
                     f.revoke_every = Some(d);
                 }
-                other => return Err(bad(format!("unknown fault `{other}`"))),
+                other => match PROBABILITY_FAULTS.iter().find(|r| r.key == other) {
+                    Some(row) => (row.set)(&mut f, parse_prob(key, value)?),
+                    None => return Err(bad(format!("unknown fault `{other}`"))),
+                },
             }
         }
         f.validate()?;
@@ -414,20 +436,11 @@ impl FromStr for Faults {
 
 impl fmt::Display for Faults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut items: Vec<String> = Vec::new();
-        let probs = [
-            ("5xx", self.server_error),
-            ("500", self.internal_error),
-            ("503-retry-after", self.retry_after_503),
-            ("reset-before", self.reset_before),
-            ("reset-after", self.reset_after),
-            ("long-retry-after", self.long_retry_after),
-        ];
-        for (k, p) in probs {
-            if p > 0.0 {
-                items.push(format!("{k}={p}"));
-            }
-        }
+        let mut items: Vec<String> = PROBABILITY_FAULTS
+            .iter()
+            .filter(|r| (r.get)(self) > 0.0)
+            .map(|r| format!("{}={}", r.key, (r.get)(self)))
+            .collect();
         if let Some((lo, hi)) = self.latency {
             if lo == hi {
                 items.push(format!("latency={}", fmt_duration(lo)));
@@ -441,19 +454,6 @@ impl fmt::Display for Faults {
         }
         if let Some(d) = self.revoke_every {
             items.push(format!("revoke-every={}", fmt_duration(d)));
-        }
-        if self.token_error > 0.0 {
-            items.push(format!("token-5xx={}", self.token_error));
-        }
-        for (k, p) in [
-            ("endless-body", self.endless_body),
-            ("huge-body", self.huge_body),
-            ("stall-body", self.stall_body),
-            ("drip-body", self.drip_body),
-        ] {
-            if p > 0.0 {
-                items.push(format!("{k}={p}"));
-            }
         }
         if items.is_empty() {
             return f.write_str("none");
