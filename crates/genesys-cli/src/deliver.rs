@@ -294,17 +294,15 @@ impl Deliver for Actions {
     }
 }
 
-/// Escapes a path segment (an action id may hold characters a path cannot).
+/// Escapes a path segment (an action id may hold characters a path cannot): everything but
+/// RFC 3986's unreserved characters.
 fn percent_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 #[cfg(test)]
