@@ -70,7 +70,18 @@ impl Classify for GenesysClassifier {
 use crate::error::{GenesysError, OAuthError};
 use crate::oauth::TokenError;
 
-pub(crate) fn classify(err: BoxError) -> GenesysError {
+impl GenesysError {
+    /// Classifies an error that came out of the tower stack (a [`BoxError`]).
+    ///
+    /// Walks the error's source chain for the types this crate knows: the retry layer's error
+    /// (outcome unknown, Retry-After too long, deadline), an [`OAuthError`] from the token source,
+    /// a timeout. Anything else is a [`GenesysError::Transport`].
+    pub fn from_stack(err: BoxError) -> Self {
+        classify(err)
+    }
+}
+
+fn classify(err: BoxError) -> GenesysError {
     // Already one of ours (a layer passed it through).
     let err = match err.downcast::<GenesysError>() {
         Ok(e) => return *e,

@@ -36,7 +36,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,14 +55,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use crate::error::{ApiError, GenesysError};
 use crate::oauth::{ClientCredentials, TokenRetry};
 use crate::region::{Endpoints, Region};
-
-/// An HTTP client service, type-erased: what sits at the leaf of the stack and what the token
-/// source posts through.
-pub type HttpService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
-
-/// The whole stack of a [`GenesysClient`], type-erased: use it in your own code, under your own
-/// layers, or in a `tower::ServiceBuilder`.
-pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
+use crate::service::Shared;
+pub use crate::service::{HttpService, MAX_TOKEN_BODY, StackService};
 
 /// The default number of requests in flight at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
@@ -101,30 +95,6 @@ pub const DEFAULT_MAX_RESPONSE_BODY: usize = genesys_tower::read_body::DEFAULT_M
 pub const DEFAULT_MAX_ERROR_BODY: usize = genesys_tower::read_body::DEFAULT_MAX_ERROR_BODY;
 /// The default idle timeout between two chunks of a response body: 30 s.
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = genesys_tower::read_body::DEFAULT_IDLE_TIMEOUT;
-/// The most bytes read of a token response (success or error): 64 KiB.
-pub const MAX_TOKEN_BODY: usize = 64 * 1024;
-
-/// A service that can be shared between threads: clones are handed out per call.
-///
-/// The layers' services need not be `Sync`; holding one behind a mutex and cloning it out makes
-/// the client `Sync` (so `&client` can cross `.await` points in spawned tasks).
-#[derive(Clone)]
-pub(crate) struct Shared(Arc<Mutex<StackService>>);
-
-impl Shared {
-    pub(crate) fn new(svc: StackService) -> Self {
-        Shared(Arc::new(Mutex::new(svc)))
-    }
-
-    pub(crate) fn get(&self) -> StackService {
-        // A poisoned lock only means a panic elsewhere while cloning: the service is still whole.
-        match self.0.lock() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-}
-
 type TokenFuture = Pin<Box<dyn Future<Output = Result<Token, BoxError>> + Send>>;
 
 /// A token source behind a trait object (the trait's futures are not object-safe as they are).
@@ -440,45 +410,10 @@ impl GenesysClientBuilder {
         self
     }
 
-    /// Reads the org's own rate limit (`client.credentials.token.rate.per.minute` in the
-    /// `platform.api` namespace of `GET /api/v2/organizations/limits/namespaces/{namespace}`)
-    /// and paces the client by it, per 60 s. When the limit cannot be read (no permission, an
-    /// older org, a proxy), the pacing stays as it was (300 per 60 s by default).
-    ///
-    /// It fetches a token and makes one request; refused credentials end it with
-    /// [`GenesysError::OAuth`].
-    pub async fn discover_limits(mut self) -> Result<Self, GenesysError> {
-        let probe = self.clone().metrics(Metrics::new()).build()?;
-        match probe
-            .organization_limits(crate::limits::PLATFORM_API_NAMESPACE)
-            .await
-        {
-            Ok(limits) => {
-                match limits.pacing_for(
-                    crate::limits::TOKEN_RATE_PER_MINUTE,
-                    Duration::from_secs(60),
-                ) {
-                    Some(Ok((n, window))) => {
-                        tracing::debug!(per_minute = n, "pacing from the org's limits");
-                        self.pacing = Some((n, window));
-                        self.pacing_source = PacingSource::OrgLimit;
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "ignoring the org's limit; keeping the pacing")
-                    }
-                    None => tracing::warn!(
-                        "the org's limits do not name {}; keeping the pacing",
-                        crate::limits::TOKEN_RATE_PER_MINUTE
-                    ),
-                }
-                Ok(self)
-            }
-            Err(e @ GenesysError::OAuth(_)) => Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "the org's limits could not be read; keeping the pacing");
-                Ok(self)
-            }
-        }
+    /// Sets the pacing read from the org's own limit ([`discover_limits`](Self::discover_limits)).
+    pub(crate) fn org_pacing(&mut self, requests: u64, window: Duration) {
+        self.pacing = Some((requests, window));
+        self.pacing_source = PacingSource::OrgLimit;
     }
 
     fn endpoints(&self) -> Result<Endpoints, GenesysError> {

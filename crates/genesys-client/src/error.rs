@@ -551,15 +551,6 @@ pub enum GenesysError {
 }
 
 impl GenesysError {
-    /// Classifies an error that came out of the tower stack (a [`BoxError`]).
-    ///
-    /// Walks the error's source chain for the types this crate knows: the retry layer's error
-    /// (outcome unknown, Retry-After too long, deadline), an [`OAuthError`] from the token source,
-    /// a timeout. Anything else is a [`GenesysError::Transport`].
-    pub fn from_stack(err: BoxError) -> Self {
-        crate::classify::classify(err)
-    }
-
     /// The HTTP status, for [`GenesysError::Api`] and [`GenesysError::Decode`] (and the token
     /// response's status for [`GenesysError::OAuth`]).
     pub fn status(&self) -> Option<StatusCode> {

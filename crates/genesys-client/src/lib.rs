@@ -53,6 +53,7 @@ pub mod integrations;
 pub mod limits;
 pub mod oauth;
 pub mod region;
+mod service;
 pub mod users;
 
 pub use classify::GenesysClassifier;

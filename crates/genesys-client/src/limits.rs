@@ -7,8 +7,9 @@ use http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::client::{GenesysClient, segment};
+use crate::client::{GenesysClient, GenesysClientBuilder, segment};
 use crate::error::GenesysError;
+use genesys_tower::Metrics;
 
 /// The namespace that holds the Platform API's request limits.
 pub const PLATFORM_API_NAMESPACE: &str = "platform.api";
@@ -133,6 +134,42 @@ impl GenesysClient {
             limits.namespace = namespace.to_owned();
         }
         Ok(limits)
+    }
+}
+
+impl GenesysClientBuilder {
+    /// Reads the org's own rate limit (`client.credentials.token.rate.per.minute` in the
+    /// `platform.api` namespace of `GET /api/v2/organizations/limits/namespaces/{namespace}`)
+    /// and paces the client by it, per 60 s. When the limit cannot be read (no permission, an
+    /// older org, a proxy), the pacing stays as it was (300 per 60 s by default).
+    ///
+    /// It fetches a token and makes one request; refused credentials end it with
+    /// [`GenesysError::OAuth`].
+    pub async fn discover_limits(mut self) -> Result<Self, GenesysError> {
+        let probe = self.clone().metrics(Metrics::new()).build()?;
+        match probe.organization_limits(PLATFORM_API_NAMESPACE).await {
+            Ok(limits) => {
+                match limits.pacing_for(TOKEN_RATE_PER_MINUTE, Duration::from_secs(60)) {
+                    Some(Ok((n, window))) => {
+                        tracing::debug!(per_minute = n, "pacing from the org's limits");
+                        self.org_pacing(n, window);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "ignoring the org's limit; keeping the pacing")
+                    }
+                    None => tracing::warn!(
+                        "the org's limits do not name {}; keeping the pacing",
+                        TOKEN_RATE_PER_MINUTE
+                    ),
+                }
+                Ok(self)
+            }
+            Err(e @ GenesysError::OAuth(_)) => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "the org's limits could not be read; keeping the pacing");
+                Ok(self)
+            }
+        }
     }
 }
 

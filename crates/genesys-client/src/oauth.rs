@@ -24,8 +24,8 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use serde::Deserialize;
 use tower::{Service, ServiceExt};
 
-use crate::client::{HttpService, Shared};
 use crate::error::OAuthError;
+use crate::service::{HttpService, MAX_TOKEN_BODY, Shared};
 
 /// How token requests are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +190,7 @@ impl ClientCredentials {
         let body: Bytes = match genesys_tower::read_body::read_limited(
             response.into_body(),
             status,
-            crate::client::MAX_TOKEN_BODY,
+            MAX_TOKEN_BODY,
             None,
         )
         .await
