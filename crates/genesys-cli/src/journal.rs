@@ -19,14 +19,13 @@
 //! cut off on open.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 use crate::error::CliError;
 
@@ -281,41 +280,6 @@ struct EntryIn {
     status: Option<String>,
 }
 
-/// One journal line, as written.
-#[derive(Debug, Serialize)]
-struct EntryOut<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    u: Option<u64>,
-    s: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    n: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    k: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    v: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    why: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    at: Option<u64>,
-}
-
-impl<'a> EntryOut<'a> {
-    fn new(u: Option<u64>, s: &'a str) -> Self {
-        EntryOut {
-            u,
-            s,
-            n: None,
-            k: None,
-            v: None,
-            why: None,
-            status: None,
-            at: None,
-        }
-    }
-}
-
 /// How an existing journal is treated when it is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OpenMode {
@@ -337,35 +301,10 @@ pub(crate) struct Journal {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Writes entries; cheap to clone, shared with the tasks that deliver units.
-///
-/// Entries are serialized into a shared buffer under a short lock; the writer thread takes the
-/// buffer every [`DRAIN_EVERY`] (or at once when a sync is asked for), so the job pays neither an
-/// allocation nor a thread wake-up per entry.
-#[derive(Debug, Clone)]
-pub(crate) struct JournalHandle {
-    shared: Arc<Shared>,
-}
+mod writer;
 
-type Waiter = oneshot::Sender<Result<(), String>>;
-
-#[derive(Debug, Default)]
-struct Shared {
-    state: Mutex<State>,
-    wake: Condvar,
-    /// The first write error; once set, nothing more is written.
-    error: OnceLock<String>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    buf: Vec<u8>,
-    waiters: Vec<Waiter>,
-    closing: bool,
-}
-
-/// How often the writer thread takes what was buffered.
-const DRAIN_EVERY: Duration = Duration::from_millis(20);
+pub(crate) use writer::JournalHandle;
+use writer::{EntryOut, Shared, writer};
 
 fn damaged(path: &Path, line: usize, what: &str) -> CliError {
     CliError::usage(format!(
@@ -600,149 +539,6 @@ fn apply(past: &mut Past, entry: &EntryIn, max_line: u64) -> Result<(), String> 
     Ok(())
 }
 
-impl JournalHandle {
-    fn send(&self, entry: &EntryOut<'_>) {
-        if self.shared.error.get().is_some() {
-            return;
-        }
-        let mut state = lock(&self.shared.state);
-        let before = state.buf.len();
-        if serde_json::to_writer(&mut state.buf, entry).is_ok() {
-            state.buf.push(b'\n');
-        } else {
-            state.buf.truncate(before);
-        }
-    }
-
-    /// Asks the writer for a sync (and, with `close`, to stop after it); `None` when the writer
-    /// is gone.
-    fn ask_sync(&self, close: bool) -> Option<oneshot::Receiver<Result<(), String>>> {
-        let (tx, rx) = oneshot::channel();
-        let mut state = lock(&self.shared.state);
-        if state.closing {
-            return None;
-        }
-        state.waiters.push(tx);
-        state.closing |= close;
-        drop(state);
-        self.shared.wake.notify_one();
-        Some(rx)
-    }
-
-    /// The unit starting at `line` (`records` records) is about to be sent with `key`.
-    pub(crate) fn start(&self, line: u64, records: usize, key: &str) {
-        let mut e = EntryOut::new(Some(line), "start");
-        e.n = Some(records as u64);
-        e.k = Some(key);
-        self.send(&e);
-    }
-
-    /// The user of the unit at `line` is patched with `version`.
-    pub(crate) fn read_version(&self, line: u64, version: u64) {
-        let mut e = EntryOut::new(Some(line), "read");
-        e.v = Some(version);
-        self.send(&e);
-    }
-
-    /// The unit at `line` was delivered.
-    pub(crate) fn done(&self, line: u64) {
-        self.send(&EntryOut::new(Some(line), "done"));
-    }
-
-    /// The unit at `line` failed for sure: nothing was applied.
-    pub(crate) fn failed(&self, line: u64, why: &str) {
-        let mut e = EntryOut::new(Some(line), "failed");
-        let why = cut(why);
-        e.why = Some(&why);
-        self.send(&e);
-    }
-
-    /// The outcome of the unit at `line` is unknown.
-    pub(crate) fn unknown(&self, line: u64, why: &str) {
-        let mut e = EntryOut::new(Some(line), "unknown");
-        let why = cut(why);
-        e.why = Some(&why);
-        self.send(&e);
-    }
-
-    /// Waits until every entry sent so far is on disk.
-    pub(crate) async fn sync(&self) -> Result<(), String> {
-        if let Some(e) = self.error() {
-            return Err(e.to_owned());
-        }
-        let rx = self
-            .ask_sync(false)
-            .ok_or_else(|| "the journal is closed".to_owned())?;
-        rx.await
-            .unwrap_or_else(|_| Err("the journal's writer stopped".into()))
-    }
-
-    /// The first error writing the journal, if any.
-    pub(crate) fn error(&self) -> Option<&str> {
-        self.shared.error.get().map(String::as_str)
-    }
-}
-
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn cut(s: &str) -> std::borrow::Cow<'_, str> {
-    match s.char_indices().nth(REASON_MAX) {
-        None => s.into(),
-        Some((i, _)) => format!("{}...", &s[..i]).into(),
-    }
-}
-
-/// The writer thread: every [`DRAIN_EVERY`], or at once when a sync is asked for, takes the
-/// buffered entries and appends them; syncs at most [`SYNC_EVERY`] after the first unsynced
-/// entry, and at once for a waiter; stops after a close.
-fn writer(file: File, shared: &Shared) {
-    let mut out = BufWriter::with_capacity(64 * 1024, file);
-    let mut spare: Vec<u8> = Vec::new();
-    let mut dirty_since: Option<Instant> = None;
-    loop {
-        let (mut buf, waiters, closing) = {
-            let mut state = lock(&shared.state);
-            if state.waiters.is_empty() && !state.closing {
-                state = shared
-                    .wake
-                    .wait_timeout(state, DRAIN_EVERY)
-                    .map_or_else(|e| e.into_inner().0, |(s, _)| s);
-            }
-            let buf = std::mem::replace(&mut state.buf, std::mem::take(&mut spare));
-            (buf, std::mem::take(&mut state.waiters), state.closing)
-        };
-        if !buf.is_empty() && shared.error.get().is_none() {
-            if let Err(e) = out.write_all(&buf) {
-                let _ = shared.error.set(format!("writing the journal failed: {e}"));
-            }
-            dirty_since.get_or_insert_with(Instant::now);
-        }
-        buf.clear();
-        spare = buf;
-        let due = dirty_since.is_some_and(|t| t.elapsed() >= SYNC_EVERY);
-        if (due || !waiters.is_empty() || closing) && dirty_since.take().is_some() {
-            let synced = out.flush().and_then(|()| out.get_ref().sync_data());
-            if let Err(e) = synced {
-                let _ = shared.error.set(format!("syncing the journal failed: {e}"));
-            }
-        }
-        let result = match shared.error.get() {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        };
-        for w in waiters {
-            let _ = w.send(result.clone());
-        }
-        if closing {
-            return;
-        }
-    }
-}
-
 /// The default journal of a job: in `$GCX_STATE_DIR`, else `$XDG_STATE_HOME/gcx/journals`, else
 /// `~/.local/state/gcx/journals`; named after the command and the input, so that running the
 /// same command on the same file again finds it.
@@ -797,115 +593,4 @@ pub(crate) fn default_path(spec: &JobSpec) -> Result<PathBuf, CliError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("gcx-journal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
-    }
-
-    fn spec(input: &Path) -> JobSpec {
-        JobSpec::new("users patch", input, None, 1).unwrap()
-    }
-
-    #[tokio::test]
-    async fn states_survive_a_reopen_and_the_last_entry_wins() {
-        let input = temp("in1.jsonl");
-        std::fs::write(&input, "a\nb\nc\nd\n").unwrap();
-        let path = temp("j1.journal");
-        let j = Journal::open(&path, &spec(&input), OpenMode::Fresh).unwrap();
-        let h = j.handle();
-        h.start(1, 1, &j.key(1));
-        h.done(1);
-        h.start(2, 1, &j.key(2));
-        h.start(3, 1, &j.key(3));
-        h.unknown(3, "reset");
-        h.start(4, 1, &j.key(4));
-        h.failed(4, "404");
-        h.sync().await.unwrap();
-        let key1 = j.key(1);
-        drop(h);
-        // Killed: no end entry.
-        drop(j);
-        let j = Journal::open(&path, &spec(&input), OpenMode::Resume).unwrap();
-        assert_eq!(j.key(1), key1, "the same keys in a resumed run");
-        assert!(j.past.resumed());
-        assert_eq!(j.past.last_end, None);
-        assert_eq!(j.past.state(1), UnitState::Done);
-        assert_eq!(j.past.state(2), UnitState::Started);
-        assert_eq!(j.past.state(3), UnitState::Unknown);
-        assert_eq!(j.past.state(4), UnitState::Failed);
-        assert_eq!(j.past.state(5), UnitState::New);
-        j.close("complete").await.unwrap();
-        // A completed default journal starts over; an explicit one is resumed.
-        let j = Journal::open(&path, &spec(&input), OpenMode::ResumeUnfinished).unwrap();
-        assert!(!j.past.resumed());
-        assert_eq!(j.past.state(1), UnitState::New);
-        assert_ne!(j.key(1), key1, "a new job");
-    }
-
-    #[tokio::test]
-    async fn a_torn_last_line_is_cut_off_and_damage_elsewhere_refused() {
-        let input = temp("in2.jsonl");
-        std::fs::write(&input, "a\nb\n").unwrap();
-        let path = temp("j2.journal");
-        let j = Journal::open(&path, &spec(&input), OpenMode::Fresh).unwrap();
-        j.handle().done(1);
-        j.close("interrupted").await.unwrap();
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"u\":2,\"s\":\"do").unwrap();
-        drop(f);
-        let j = Journal::open(&path, &spec(&input), OpenMode::Resume).unwrap();
-        assert_eq!(j.past.state(1), UnitState::Done);
-        assert_eq!(j.past.state(2), UnitState::New);
-        j.handle().done(2);
-        j.close("complete").await.unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            text.lines()
-                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
-            "{text}"
-        );
-
-        let text = text.replacen("{\"u\":1,\"s\":\"done\"}", "{\"u\":1,\"s\":", 1);
-        std::fs::write(&path, text).unwrap();
-        let err = Journal::open(&path, &spec(&input), OpenMode::Resume).unwrap_err();
-        assert!(err.to_string().contains("damaged at line"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn another_job_is_refused_with_what_differs() {
-        let input = temp("in3.jsonl");
-        std::fs::write(&input, "a\n").unwrap();
-        let path = temp("j3.journal");
-        Journal::open(&path, &spec(&input), OpenMode::Fresh)
-            .unwrap()
-            .close("incomplete")
-            .await
-            .unwrap();
-        std::fs::write(&input, "a\nb\n").unwrap();
-        let other = JobSpec::new("ingest", &input, None, 500).unwrap();
-        let err = Journal::open(&path, &other, OpenMode::Resume).unwrap_err();
-        let msg = err.to_string();
-        assert_eq!(err.code(), 2);
-        for what in [
-            "the command",
-            "the input's content",
-            "--chunk-size",
-            "--fresh",
-        ] {
-            assert!(msg.contains(what), "{what}: {msg}");
-        }
-    }
-
-    #[test]
-    fn an_entry_past_the_input_is_damage() {
-        let mut past = Past::default();
-        assert!(past.set(0, UnitState::Done, 10).is_err());
-        assert!(past.set(11, UnitState::Done, 10).is_err());
-        past.set(10, UnitState::Done, 10).unwrap();
-        assert_eq!(past.state(10), UnitState::Done);
-    }
-}
+mod tests;

@@ -1,0 +1,490 @@
+//! Tests of `job`.
+use super::*;
+use crate::input::{Format, Raw};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Fails items whose value is odd; counts the most units seen in flight at once.
+#[derive(Default)]
+struct Fake {
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    units: Mutex<Vec<Vec<u64>>>,
+    delay: Duration,
+}
+
+impl Deliver for Fake {
+    type Item = u64;
+    const REPLAY: Replay = Replay::Never;
+    async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.units.lock().unwrap().push(items.clone());
+        if items.iter().any(|i| i % 2 == 1) {
+            Err(Undelivered::Failed(format!("odd: {items:?}")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn record(n: u64) -> Input<u64> {
+    Input::Record(Record {
+        meta: Meta {
+            line: n,
+            key: Some(format!("u{n}")),
+            raw: Raw::Line(format!("{{\"n\":{n}}}").into_bytes()),
+        },
+        item: n,
+    })
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gcx-job-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_record_is_accounted_for() {
+    let failed = temp("failed1.jsonl");
+    let quarantine = temp("q1.jsonl");
+    let mut sinks =
+        Sinks::open(Some(&failed), None, Some(&quarantine), Format::Jsonl, None).unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let (_itx, irx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for n in 1..=20u64 {
+            tx.send(record(n * 2)).await.unwrap();
+        }
+        tx.send(record(41)).await.unwrap();
+        tx.send(Input::Quarantined(Quarantined {
+            line: 42,
+            reason: "malformed JSON".into(),
+            raw: "{".into(),
+        }))
+        .await
+        .unwrap();
+    });
+    let fake = Arc::new(Fake {
+        delay: Duration::from_millis(10),
+        ..Fake::default()
+    });
+    let tally = run(
+        fake.clone(),
+        rx,
+        irx,
+        &mut sinks,
+        &Progress::hidden(),
+        None,
+        Options {
+            concurrency: 3,
+            chunk_size: 1,
+            retry_unknown: false,
+            grace: Duration::from_secs(60),
+        },
+    )
+    .await;
+    assert_eq!(tally.delivered, 20);
+    assert_eq!(tally.failed, 1);
+    assert_eq!(tally.quarantined, 1);
+    assert_eq!(tally.failures[0].line, 41);
+    assert_eq!(tally.failures[0].id.as_deref(), Some("u41"));
+    assert!(fake.max_in_flight.load(Ordering::SeqCst) <= 3);
+    assert_eq!(std::fs::read_to_string(&failed).unwrap(), "{\"n\":41}\n");
+    let q = std::fs::read_to_string(&quarantine).unwrap();
+    assert!(
+        q.contains("\"line\":42") && q.contains("malformed JSON"),
+        "{q}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_listing_cap_records_are_counted_and_written_not_kept() {
+    let (failed, quarantine) = (temp("failed-cap.jsonl"), temp("q-cap.jsonl"));
+    let mut sinks =
+        Sinks::open(Some(&failed), None, Some(&quarantine), Format::Jsonl, None).unwrap();
+    let n = LISTED_MAX as u64 + 5;
+    let (tx, rx) = mpsc::channel(64);
+    let (_itx, irx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for i in 0..n {
+            tx.send(record(2 * i + 1)).await.unwrap();
+            tx.send(Input::Quarantined(Quarantined {
+                line: 2 * i + 2,
+                reason: "malformed JSON".into(),
+                raw: "{".into(),
+            }))
+            .await
+            .unwrap();
+        }
+    });
+    let options = Options {
+        concurrency: 8,
+        chunk_size: 1,
+        retry_unknown: false,
+        grace: Duration::from_secs(60),
+    };
+    let tally = run(
+        Arc::new(Fake::default()),
+        rx,
+        irx,
+        &mut sinks,
+        &Progress::hidden(),
+        None,
+        options,
+    )
+    .await;
+    drop(sinks);
+    assert_eq!((tally.failed, tally.quarantined), (n, n));
+    assert_eq!(tally.failures.len(), LISTED_MAX);
+    assert_eq!(tally.quarantine.len(), LISTED_MAX);
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
+    assert_eq!(
+        lines(&failed) as u64,
+        n,
+        "every failed item is in the failed file"
+    );
+    assert_eq!(
+        lines(&quarantine) as u64,
+        n,
+        "every quarantined record is in its file"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn chunks_fail_as_a_whole() {
+    let mut sinks = Sinks::default();
+    let (tx, rx) = mpsc::channel(4);
+    let (_itx, irx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for n in [2, 4, 6, 7, 8] {
+            tx.send(record(n)).await.unwrap();
+        }
+    });
+    let fake = Arc::new(Fake::default());
+    let tally = run(
+        fake.clone(),
+        rx,
+        irx,
+        &mut sinks,
+        &Progress::hidden(),
+        None,
+        Options {
+            concurrency: 1,
+            chunk_size: 2,
+            retry_unknown: false,
+            grace: Duration::from_secs(60),
+        },
+    )
+    .await;
+    assert_eq!(
+        *fake.units.lock().unwrap(),
+        vec![vec![2, 4], vec![6, 7], vec![8]]
+    );
+    assert_eq!(tally.delivered, 3);
+    assert_eq!(tally.failed, 2);
+    assert_eq!(tally.requests, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupt_finishes_in_flight_and_keeps_the_rest() {
+    let failed = temp("failed2.jsonl");
+    let mut sinks = Sinks::open(Some(&failed), None, None, Format::Jsonl, None).unwrap();
+    let (tx, rx) = mpsc::channel(2);
+    let (itx, irx) = mpsc::unbounded_channel();
+    let fake = Arc::new(Fake {
+        delay: Duration::from_secs(1),
+        ..Fake::default()
+    });
+    tokio::spawn(async move {
+        for n in 1..=10u64 {
+            tx.send(record(n * 2)).await.unwrap();
+        }
+    });
+    tokio::spawn(async move {
+        // Two units of two are in flight by then.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        itx.send(()).unwrap();
+    });
+    let tally = run(
+        fake.clone(),
+        rx,
+        irx,
+        &mut sinks,
+        &Progress::hidden(),
+        None,
+        Options {
+            concurrency: 2,
+            chunk_size: 1,
+            retry_unknown: false,
+            grace: Duration::from_secs(60),
+        },
+    )
+    .await;
+    assert!(tally.interrupted);
+    assert_eq!(tally.delivered, 2, "the two in flight finish");
+    assert_eq!(tally.not_started, 8);
+    assert_eq!(tally.records(), 10);
+    let lines = std::fs::read_to_string(&failed).unwrap();
+    assert_eq!(lines.lines().count(), 8);
+    assert!(lines.contains("{\"n\":20}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_interrupt_abandons_in_flight_as_failed() {
+    let (tx, rx) = mpsc::channel(2);
+    let (itx, irx) = mpsc::unbounded_channel();
+    let fake = Arc::new(Fake {
+        delay: Duration::from_secs(60),
+        ..Fake::default()
+    });
+    tokio::spawn(async move {
+        for n in 1..=3u64 {
+            tx.send(record(n * 2)).await.unwrap();
+        }
+    });
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        itx.send(()).unwrap();
+        itx.send(()).unwrap();
+    });
+    let tally = run(
+        fake,
+        rx,
+        irx,
+        &mut Sinks::default(),
+        &Progress::hidden(),
+        None,
+        Options {
+            concurrency: 1,
+            chunk_size: 1,
+            retry_unknown: false,
+            grace: Duration::from_secs(60),
+        },
+    )
+    .await;
+    assert_eq!((tally.failed, tally.unknown), (0, 1), "never as failed");
+    assert_eq!(tally.aborted_in_flight, 1);
+    assert!(tally.unknowns[0].reason.contains("outcome is unknown"));
+    assert_eq!(tally.not_started, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_units_that_outlast_the_grace_are_unknown() {
+    let (tx, rx) = mpsc::channel(2);
+    let (itx, irx) = mpsc::unbounded_channel();
+    let fake = Arc::new(Fake {
+        delay: Duration::from_secs(600),
+        ..Fake::default()
+    });
+    tokio::spawn(async move {
+        for n in 1..=4u64 {
+            tx.send(record(n * 2)).await.unwrap();
+        }
+    });
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        itx.send(()).unwrap();
+    });
+    let started = tokio::time::Instant::now();
+    let tally = run(
+        fake,
+        rx,
+        irx,
+        &mut Sinks::default(),
+        &Progress::hidden(),
+        None,
+        Options {
+            concurrency: 2,
+            chunk_size: 1,
+            retry_unknown: false,
+            grace: Duration::from_secs(30),
+        },
+    )
+    .await;
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(31),
+        "1 s, then the grace"
+    );
+    assert_eq!((tally.unknown, tally.not_started), (2, 2));
+    assert_eq!(tally.delivered, 0);
+}
+
+/// Refuses the credentials from the third unit on.
+#[derive(Default)]
+struct Refusing(AtomicUsize);
+
+impl Deliver for Refusing {
+    type Item = u64;
+    const REPLAY: Replay = Replay::Safe;
+    async fn deliver(&self, _unit: UnitCtx, _items: Vec<u64>) -> Result<(), Undelivered> {
+        if self.0.fetch_add(1, Ordering::SeqCst) >= 2 {
+            Err(Undelivered::CredentialsRefused("invalid_client".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn refused_credentials_stop_the_whole_job() {
+    let (tx, rx) = mpsc::channel(2);
+    let (_itx, irx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for n in 1..=50u64 {
+            let _ = tx.send(record(n)).await;
+        }
+    });
+    let refusing = Arc::new(Refusing::default());
+    let tally = run(
+        refusing.clone(),
+        rx,
+        irx,
+        &mut Sinks::default(),
+        &Progress::hidden(),
+        None,
+        Options {
+            concurrency: 1,
+            chunk_size: 1,
+            retry_unknown: false,
+            grace: Duration::from_secs(60),
+        },
+    )
+    .await;
+    assert_eq!(refusing.0.load(Ordering::SeqCst), 3, "nothing more is sent");
+    assert_eq!(tally.delivered, 2);
+    assert_eq!(tally.not_started, 48);
+    assert!(tally.credentials_refused.is_some());
+    assert!(!tally.complete());
+}
+
+/// Records each unit it is given with its key and whether it was told to resolve first.
+#[derive(Default)]
+struct Recorder<const NEVER: bool> {
+    seen: Mutex<Vec<(u64, String, bool)>>,
+}
+
+impl<const NEVER: bool> Deliver for Recorder<NEVER> {
+    type Item = u64;
+    const REPLAY: Replay = if NEVER { Replay::Never } else { Replay::Safe };
+    async fn deliver(&self, unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((items[0], unit.key.clone(), unit.resumed));
+        match items[0] {
+            3 => Err(Undelivered::Unknown("reset after sending".into())),
+            4 => Err(Undelivered::Failed("404".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn run_journaled<D: Deliver<Item = u64>>(
+    d: Arc<D>,
+    journal: &Journal,
+    lines: u64,
+    retry_unknown: bool,
+) -> Tally {
+    let (tx, rx) = mpsc::channel(4);
+    let (_itx, irx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for n in 1..=lines {
+            tx.send(record(n)).await.unwrap();
+        }
+    });
+    run(
+        d,
+        rx,
+        irx,
+        &mut Sinks::default(),
+        &Progress::hidden(),
+        Some(journal),
+        Options {
+            concurrency: 2,
+            chunk_size: 1,
+            retry_unknown,
+            grace: Duration::from_secs(60),
+        },
+    )
+    .await
+}
+
+fn job_spec(name: &str) -> (crate::journal::JobSpec, std::path::PathBuf) {
+    let input = temp(&format!("{name}.jsonl"));
+    std::fs::write(&input, "1\n2\n3\n4\n5\n").unwrap();
+    let spec = crate::journal::JobSpec::new("actions execute", &input, Some("a"), 1).unwrap();
+    (spec, temp(&format!("{name}.journal")))
+}
+
+#[tokio::test]
+async fn a_resumed_job_skips_what_was_delivered_and_never_replays_an_unknown_action() {
+    use crate::journal::OpenMode;
+    let (spec, path) = job_spec("resume-never");
+    let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
+    let first = Arc::new(Recorder::<true>::default());
+    let tally = run_journaled(first.clone(), &journal, 5, false).await;
+    assert_eq!((tally.delivered, tally.unknown, tally.failed), (3, 1, 1));
+    journal.close("incomplete").await.unwrap();
+    let keys: Vec<String> = first
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.1.clone())
+        .collect();
+
+    let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
+    let second = Arc::new(Recorder::<true>::default());
+    let tally = run_journaled(second.clone(), &journal, 5, false).await;
+    let seen = second.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![4],
+        "only the definite failure is sent again"
+    );
+    assert!(keys.contains(&seen[0].1), "with the same key as before");
+    assert_eq!((tally.delivered, tally.delivered_earlier), (3, 3));
+    assert_eq!(tally.unknown, 1, "the unknown one is listed again");
+    assert!(tally.unknowns[0].reason.contains("--retry-unknown"));
+    journal.close("incomplete").await.unwrap();
+
+    let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
+    let third = Arc::new(Recorder::<true>::default());
+    run_journaled(third.clone(), &journal, 5, true).await;
+    let sent: Vec<u64> = third.seen.lock().unwrap().iter().map(|s| s.0).collect();
+    assert!(sent.contains(&3), "--retry-unknown sends it: {sent:?}");
+    journal.close("incomplete").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resumed_job_resolves_units_that_may_be_resent() {
+    use crate::journal::OpenMode;
+    let (spec, path) = job_spec("resume-safe");
+    let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
+    let first = Arc::new(Recorder::<false>::default());
+    run_journaled(first.clone(), &journal, 5, false).await;
+    assert!(
+        first.seen.lock().unwrap().iter().all(|s| !s.2),
+        "nothing to resolve at first"
+    );
+    // Killed after the last sync, before its end was written.
+    journal.handle().sync().await.unwrap();
+    drop(journal);
+    let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
+    let second = Arc::new(Recorder::<false>::default());
+    let tally = run_journaled(second.clone(), &journal, 5, false).await;
+    let mut seen = second.seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen.iter().map(|s| (s.0, s.2)).collect::<Vec<_>>(),
+        vec![(3, true), (4, true)],
+        "the unknown and the failed one are sent, told to resolve first"
+    );
+    assert_eq!(tally.delivered_earlier, 3);
+    journal.close("incomplete").await.unwrap();
+}

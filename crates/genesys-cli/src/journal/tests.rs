@@ -1,0 +1,111 @@
+//! Tests of `journal`.
+use super::*;
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gcx-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn spec(input: &Path) -> JobSpec {
+    JobSpec::new("users patch", input, None, 1).unwrap()
+}
+
+#[tokio::test]
+async fn states_survive_a_reopen_and_the_last_entry_wins() {
+    let input = temp("in1.jsonl");
+    std::fs::write(&input, "a\nb\nc\nd\n").unwrap();
+    let path = temp("j1.journal");
+    let j = Journal::open(&path, &spec(&input), OpenMode::Fresh).unwrap();
+    let h = j.handle();
+    h.start(1, 1, &j.key(1));
+    h.done(1);
+    h.start(2, 1, &j.key(2));
+    h.start(3, 1, &j.key(3));
+    h.unknown(3, "reset");
+    h.start(4, 1, &j.key(4));
+    h.failed(4, "404");
+    h.sync().await.unwrap();
+    let key1 = j.key(1);
+    drop(h);
+    // Killed: no end entry.
+    drop(j);
+    let j = Journal::open(&path, &spec(&input), OpenMode::Resume).unwrap();
+    assert_eq!(j.key(1), key1, "the same keys in a resumed run");
+    assert!(j.past.resumed());
+    assert_eq!(j.past.last_end, None);
+    assert_eq!(j.past.state(1), UnitState::Done);
+    assert_eq!(j.past.state(2), UnitState::Started);
+    assert_eq!(j.past.state(3), UnitState::Unknown);
+    assert_eq!(j.past.state(4), UnitState::Failed);
+    assert_eq!(j.past.state(5), UnitState::New);
+    j.close("complete").await.unwrap();
+    // A completed default journal starts over; an explicit one is resumed.
+    let j = Journal::open(&path, &spec(&input), OpenMode::ResumeUnfinished).unwrap();
+    assert!(!j.past.resumed());
+    assert_eq!(j.past.state(1), UnitState::New);
+    assert_ne!(j.key(1), key1, "a new job");
+}
+
+#[tokio::test]
+async fn a_torn_last_line_is_cut_off_and_damage_elsewhere_refused() {
+    let input = temp("in2.jsonl");
+    std::fs::write(&input, "a\nb\n").unwrap();
+    let path = temp("j2.journal");
+    let j = Journal::open(&path, &spec(&input), OpenMode::Fresh).unwrap();
+    j.handle().done(1);
+    j.close("interrupted").await.unwrap();
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(b"{\"u\":2,\"s\":\"do").unwrap();
+    drop(f);
+    let j = Journal::open(&path, &spec(&input), OpenMode::Resume).unwrap();
+    assert_eq!(j.past.state(1), UnitState::Done);
+    assert_eq!(j.past.state(2), UnitState::New);
+    j.handle().done(2);
+    j.close("complete").await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "{text}"
+    );
+
+    let text = text.replacen("{\"u\":1,\"s\":\"done\"}", "{\"u\":1,\"s\":", 1);
+    std::fs::write(&path, text).unwrap();
+    let err = Journal::open(&path, &spec(&input), OpenMode::Resume).unwrap_err();
+    assert!(err.to_string().contains("damaged at line"), "{err}");
+}
+
+#[tokio::test]
+async fn another_job_is_refused_with_what_differs() {
+    let input = temp("in3.jsonl");
+    std::fs::write(&input, "a\n").unwrap();
+    let path = temp("j3.journal");
+    Journal::open(&path, &spec(&input), OpenMode::Fresh)
+        .unwrap()
+        .close("incomplete")
+        .await
+        .unwrap();
+    std::fs::write(&input, "a\nb\n").unwrap();
+    let other = JobSpec::new("ingest", &input, None, 500).unwrap();
+    let err = Journal::open(&path, &other, OpenMode::Resume).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.code(), 2);
+    for what in [
+        "the command",
+        "the input's content",
+        "--chunk-size",
+        "--fresh",
+    ] {
+        assert!(msg.contains(what), "{what}: {msg}");
+    }
+}
+
+#[test]
+fn an_entry_past_the_input_is_damage() {
+    let mut past = Past::default();
+    assert!(past.set(0, UnitState::Done, 10).is_err());
+    assert!(past.set(11, UnitState::Done, 10).is_err());
+    past.set(10, UnitState::Done, 10).unwrap();
+    assert_eq!(past.state(10), UnitState::Done);
+}

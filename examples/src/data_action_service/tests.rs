@@ -1,0 +1,47 @@
+//! Tests of `data_action_service`.
+use super::*;
+
+#[test]
+fn the_canonical_form_ignores_key_order_and_placement() {
+    let a =
+        parse_invocation(br#"{"input_payload":{"b":1,"a":{"y":2,"x":1}},"idempotency_key":"k"}"#)
+            .unwrap();
+    let b = parse_invocation(br#"{ "input_payload" : { "a" : {"x":1,"y":2}, "b" : 1 } }"#).unwrap();
+    assert_eq!(a.key.as_deref(), Some("k"));
+    assert_eq!(b.key, None);
+    let bytes = |i: Invocation| serde_json::to_vec(&canonical(Value::Object(i.input))).unwrap();
+    assert_eq!(bytes(a), bytes(b));
+}
+
+#[test]
+fn malformed_bodies_say_what_to_send() {
+    for (body, says) in [
+        (&b"not json"[..], "not JSON"),
+        (b"[1]", "JSON object"),
+        (b"{}", "input_payload\" is required"),
+        (br#"{"input_payload":[1]}"#, "must be a JSON object"),
+        (
+            br#"{"input_payload":{},"idempotency_key":7}"#,
+            "non-empty string",
+        ),
+        (
+            br#"{"input_payload":{},"input":{}}"#,
+            "unknown field \"input\"",
+        ),
+    ] {
+        let message = parse_invocation(body).err().expect("refused");
+        assert!(message.contains(says), "{message}");
+    }
+}
+
+#[test]
+fn only_completed_and_maybe_ran_answers_are_stored() {
+    assert!(is_stored(StatusCode::OK));
+    assert!(is_stored(StatusCode::GATEWAY_TIMEOUT));
+    for status in [400, 409, 413, 422, 500, 502, 503] {
+        assert!(
+            !is_stored(StatusCode::from_u16(status).unwrap()),
+            "{status}"
+        );
+    }
+}
