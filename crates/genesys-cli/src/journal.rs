@@ -11,8 +11,8 @@
 //! `{"u":LINE,"s":"unknown","why":...}`; `{"s":"end","status":...}` when a run ends. `LINE` is the
 //! line of the unit's first record in the input; the last entry of a unit wins.
 //!
-//! Entries are written by a thread of their own, batched, and synced to disk at least every
-//! [`SYNC_EVERY`]; a unit whose request must never be sent twice waits for
+//! Entries are written by a thread of their own, batched, and synced to disk within
+//! [`SYNC_EVERY`] (plus one drain of the writer, 20 ms); a unit whose request must never be sent twice waits for
 //! [`JournalHandle::sync`] after its `start` entry, so its start is on disk before the request
 //! leaves. A crash loses at most the entries of the last interval, and the resume treats a
 //! unit without an outcome as possibly applied. A torn last line (the crash came mid-write) is
