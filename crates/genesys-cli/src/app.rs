@@ -123,6 +123,24 @@ pub(crate) fn prepare<P: Parse>(
     })
 }
 
+/// Builds the job's client (which checks the credentials) once the job is prepared; when that
+/// fails, nothing was sent, and a journal this run created is removed.
+pub(crate) async fn connect<P>(
+    builder: genesys_client::GenesysClientBuilder,
+    common: &Common,
+    prepared: &mut Prepared<P>,
+) -> Result<(genesys_client::GenesysClient, Option<Pace>), CliError> {
+    match crate::deliver::build_client(builder, common).await {
+        Ok(built) => Ok(built),
+        Err(e) => {
+            if let Some(journal) = prepared.journal.take() {
+                journal.discard().await;
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Sends a unit on every Ctrl-C (and SIGTERM), from now on: installed before the job starts so
 /// that an early Ctrl-C is not lost.
 pub(crate) fn interrupts() -> mpsc::UnboundedReceiver<()> {

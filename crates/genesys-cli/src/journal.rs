@@ -391,6 +391,18 @@ impl Journal {
         }
     }
 
+    /// Gives up a journal before anything was sent (the run stopped first: refused credentials,
+    /// say): one this run created is removed, so that the next run does not take it for a job
+    /// to resume; an earlier run's is kept as it is.
+    pub(crate) async fn discard(self) {
+        let path = self.path.clone();
+        let created = !self.past.resumed();
+        let _ = self.close("not started").await;
+        if created {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
     /// The handle to write entries with.
     pub(crate) fn handle(&self) -> JournalHandle {
         self.handle.clone()

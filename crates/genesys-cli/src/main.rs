@@ -98,8 +98,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 chunk_size: 1,
                 journaled: true,
             };
-            let prepared = app::prepare(common, &args.input, format, UserRecords, kind)?;
-            let (client, pace) = deliver::build_client(builder, common).await?;
+            let mut prepared = app::prepare(common, &args.input, format, UserRecords, kind)?;
+            let (client, pace) = app::connect(builder, common, &mut prepared).await?;
             let deliver = Arc::new(deliver::Users(client.clone()));
             let ran = app::execute(common, prepared, deliver, 1, false, app::interrupts()).await;
             let metrics = client.metrics().snapshot();
@@ -135,8 +135,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 chunk_size,
                 journaled: true,
             };
-            let prepared = app::prepare(common, &args.input, format, records, kind)?;
-            let (client, pace) = deliver::build_client(builder, common).await?;
+            let mut prepared = app::prepare(common, &args.input, format, records, kind)?;
+            let (client, pace) = app::connect(builder, common, &mut prepared).await?;
             let deliver = deliver::Ingest {
                 client: client.clone(),
                 path: path.into(),
@@ -180,8 +180,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 // One execution is one call with its own key: no job to resume.
                 journaled: format == Format::Jsonl,
             };
-            let prepared = app::prepare(common, input, format, ActionInputs, kind)?;
-            let (client, pace) = deliver::build_client(builder, common).await?;
+            let mut prepared = app::prepare(common, input, format, ActionInputs, kind)?;
+            let (client, pace) = app::connect(builder, common, &mut prepared).await?;
             let deliver = deliver::Actions {
                 client: client.clone(),
                 action_id: args.action_id.as_str().into(),

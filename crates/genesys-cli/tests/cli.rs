@@ -295,6 +295,14 @@ async fn refused_credentials_exit_2_before_any_record_is_sent() {
             "says what to check: {stderr}"
         );
         assert!(!stderr.contains("not-the-secret"), "never shows the secret");
+        let journals = std::fs::read_dir(state_dir())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().to_string_lossy().contains("-u-"))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(journals, 0, "no journal left for a job that never started");
         let stats = sim.stats();
         assert_eq!(stats.tokens_issued, 0);
         let token_requests: u64 = stats
