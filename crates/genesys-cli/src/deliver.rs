@@ -146,7 +146,7 @@ pub(crate) async fn build_client(
             (None, PacingSource::OrgLimit) => {
                 "the org's own limit, read at start; adapted to what the server says".to_owned()
             }
-            (None, other) => format!("{other}; the org's limit could not be read"),
+            (None, other) => format!("{other}; the org's own limit was not found"),
         },
     });
     let client = builder

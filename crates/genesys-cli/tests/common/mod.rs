@@ -65,8 +65,9 @@ pub fn assert_exit(out: &std::process::Output, code: i32) {
     assert_eq!(
         out.status.code(),
         Some(code),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
 }
 
