@@ -87,6 +87,7 @@ struct Learning {
 }
 
 impl Pacer {
+    #[cfg(test)]
     pub(crate) fn new(
         configured: Option<Rate>,
         learn: bool,
