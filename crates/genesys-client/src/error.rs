@@ -417,8 +417,14 @@ impl OAuthError {
         }
         match serde_json::from_slice::<Raw>(body) {
             Ok(raw) if raw.error.is_some() => OAuthError {
-                error: OAuthErrorKind::parse(raw.error.as_deref().unwrap_or_default()),
-                description: raw.description.or(raw.error_description),
+                error: OAuthErrorKind::parse(&cut(
+                    raw.error.as_deref().unwrap_or_default(),
+                    MESSAGE_MAX_CHARS,
+                )),
+                description: raw
+                    .description
+                    .or(raw.error_description)
+                    .map(|d| cut(&d, MESSAGE_MAX_CHARS)),
                 status,
             },
             _ => {
@@ -772,6 +778,17 @@ mod tests {
     }
 
     #[test]
+    fn oauth_descriptions_are_cut() {
+        let body = serde_json::json!({
+            "error": "x".repeat(10_000),
+            "description": "d".repeat(100_000),
+        })
+        .to_string();
+        let e = OAuthError::from_response(StatusCode::BAD_REQUEST, body.as_bytes());
+        assert!(e.to_string().len() < 1_500, "{}", e.to_string().len());
+    }
+
+    #[test]
     fn multibyte_text_is_cut_on_char_boundaries() {
         let b: ErrorBody = serde_json::from_str(
             r#"{"messageWithParams":"é{a}ü{b}","messageParams":{"a":"日本語","b":"x"}}"#,
@@ -797,7 +814,8 @@ mod tests {
             let _ = e.is_version_conflict();
             let _ = e.to_string();
             let _ = format!("{e:?}");
-            let _ = OAuthError::from_response(status, &body).to_string();
+            let oauth = OAuthError::from_response(status, &body);
+            proptest::prop_assert!(oauth.to_string().chars().count() < 2 * MESSAGE_MAX_CHARS);
         }
 
         #[test]
