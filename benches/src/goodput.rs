@@ -49,6 +49,12 @@ pub enum Strategy {
     /// `genesys-client`'s stack without configured pacing, but learning the quota from the
     /// `inin-ratelimit-*` headers (the layer's default when no rate is given).
     Learning,
+    /// `genesys-client`'s stack paced at Q per window with learning off: a fixed
+    /// `--rate-limit`, the rate the user knows is right.
+    Fixed,
+    /// `genesys-client` as built by default: pacing starts at 300 per 60 s and adapts to what
+    /// the server says (the adaptive pacer, told nothing).
+    Defaults,
     /// The seeds' strategy (seed 001, with seed 000's retry loop), re-implemented faithfully: a
     /// semaphore of 10 around each user's update, users processed in chunks of 50, each request
     /// through a retry loop that sleeps `Retry-After` on 429 and backs off on 5xx and network
@@ -59,12 +65,26 @@ pub enum Strategy {
 
 impl Strategy {
     /// Every strategy, in the order of the report.
-    pub const ALL: [Strategy; 4] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::Paced,
         Strategy::Reactive,
         Strategy::Learning,
+        Strategy::Fixed,
+        Strategy::Defaults,
         Strategy::Seeds,
     ];
+
+    /// The short name used on the command line (`--strategies`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Strategy::Paced => "paced",
+            Strategy::Reactive => "reactive",
+            Strategy::Learning => "learning",
+            Strategy::Fixed => "fixed",
+            Strategy::Defaults => "defaults",
+            Strategy::Seeds => "seeds",
+        }
+    }
 
     /// The name in the report.
     pub fn name(self) -> &'static str {
@@ -72,6 +92,8 @@ impl Strategy {
             Strategy::Paced => "genesys-tower stack, paced at Q/s",
             Strategy::Reactive => "genesys-tower stack, reacting to 429s only",
             Strategy::Learning => "genesys-tower stack, learning from rate-limit headers",
+            Strategy::Fixed => "genesys-tower stack, fixed pacing at Q per window (learning off)",
+            Strategy::Defaults => "genesys-client defaults (starts at 300/60, adapts)",
             Strategy::Seeds => "seeds' strategy (semaphore 10, sleep on 429)",
         }
     }
@@ -82,8 +104,12 @@ impl Strategy {
 pub struct Setup {
     /// Users to update (1500 in the report).
     pub users: usize,
-    /// The quota: requests per second per token (100 in the report).
+    /// The quota: requests per window per token (100 in the report).
     pub quota: u32,
+    /// The quota's window in seconds (1 in the report).
+    pub window_secs: u64,
+    /// The share of answers that carry the `inin-ratelimit-*` headers (1 in the report).
+    pub headers_share: f64,
     /// Probability of a 502/503/504 on any API request (0 or 0.05 in the report).
     pub server_errors: f64,
     /// Seed of the simulator's faults.
@@ -96,9 +122,17 @@ impl Setup {
         2 * self.users as u64
     }
 
+    /// The quota's window.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_secs.max(1))
+    }
+
     /// The ideal completion time, `N / Q`.
     pub fn ideal_time(&self) -> Duration {
-        Duration::from_secs_f64(self.ideal_requests() as f64 / f64::from(self.quota.max(1)))
+        Duration::from_secs_f64(
+            self.ideal_requests() as f64 * self.window_secs.max(1) as f64
+                / f64::from(self.quota.max(1)),
+        )
     }
 }
 
@@ -130,7 +164,8 @@ pub async fn run(setup: Setup, strategy: Strategy) -> Result<Outcome, String> {
     let sim = Simulator::spawn(
         SimConfig::default()
             .users(setup.users)
-            .rate_limit(Some((setup.quota, Duration::from_secs(1))))
+            .rate_limit(Some((setup.quota, setup.window())))
+            .ratelimit_headers_share(setup.headers_share)
             .faults(faults)
             .seed(setup.seed),
     )
@@ -185,7 +220,13 @@ async fn client_job(
         .max_in_flight(IN_FLIGHT)
         .metrics(metrics.clone());
     let builder = match strategy {
-        Strategy::Paced => builder.pacing(u64::from(setup.quota), Duration::from_secs(1)),
+        Strategy::Paced => builder.pacing(u64::from(setup.quota), setup.window()),
+        Strategy::Fixed => builder.concurrency_layer(
+            ConcurrencyLayer::new(IN_FLIGHT)
+                .pacing(u64::from(setup.quota), setup.window())
+                .learn_from_responses(false),
+        ),
+        Strategy::Defaults => builder,
         Strategy::Reactive => {
             builder.concurrency_layer(ConcurrencyLayer::new(IN_FLIGHT).learn_from_responses(false))
         }
@@ -388,6 +429,8 @@ mod tests {
         let setup = Setup {
             users: 20,
             quota: 10_000,
+            window_secs: 1,
+            headers_share: 1.0,
             server_errors: 0.0,
             seed: 1,
         };

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p benches --bin goodput [-- --users 1500 --quota 100 --seed 7 --faults 0,0.05]
+//! cargo run --release -p benches --bin goodput -- --quota 40 --window 1 --headers-share 0.5 \
+//!     --faults 0 --strategies fixed,defaults,seeds
 //! ```
 
 use std::process::ExitCode;
@@ -11,17 +13,22 @@ use std::time::Duration;
 use benches::Table;
 use benches::goodput::{IN_FLIGHT, OPEN_JOBS, Setup, Strategy, run};
 
-const USAGE: &str = "usage: goodput [--users N (default 1500)] [--quota Q requests/s (default 100)] \
-                     [--seed S (default 7)] [--faults RATES: comma-separated 5xx probabilities (default 0,0.05)]";
+const USAGE: &str = "usage: goodput [--users N (default 1500)] [--quota Q requests per window (default 100)] \
+                     [--window SECS (default 1)] [--headers-share P (default 1)] \
+                     [--seed S (default 7)] [--faults RATES: comma-separated 5xx probabilities (default 0,0.05)] \
+                     [--strategies paced,reactive,learning,fixed,defaults,seeds (default all)]";
 
 fn main() -> ExitCode {
     let mut setup = Setup {
         users: 1500,
         quota: 100,
+        window_secs: 1,
+        headers_share: 1.0,
         server_errors: 0.0,
         seed: 7,
     };
     let mut fault_rates = vec![0.0, 0.05];
+    let mut strategies: Vec<Strategy> = Strategy::ALL.to_vec();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let ok = match arg.as_str() {
@@ -33,6 +40,24 @@ fn main() -> ExitCode {
                 .next()
                 .and_then(|v| v.parse().ok())
                 .map(|v| setup.quota = v),
+            "--window" => args
+                .next()
+                .and_then(|v| v.parse().ok())
+                .filter(|&v| v > 0)
+                .map(|v| setup.window_secs = v),
+            "--headers-share" => args
+                .next()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| (0.0..=1.0).contains(v))
+                .map(|v| setup.headers_share = v),
+            "--strategies" => args
+                .next()
+                .and_then(|v| {
+                    v.split(',')
+                        .map(|k| Strategy::ALL.into_iter().find(|s| s.key() == k))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .map(|v| strategies = v),
             "--seed" => args
                 .next()
                 .and_then(|v| v.parse().ok())
@@ -61,10 +86,12 @@ fn main() -> ExitCode {
     };
 
     println!(
-        "## Goodput: {} user updates, quota {} requests/s per token (fixed 1 s window), \
-         N = {} requests, ideal N/Q = {:.1} s\n",
+        "## Goodput: {} user updates, quota {} requests per {} s per token (fixed window), \
+         rate-limit headers on {:.0} % of answers, N = {} requests, ideal N/Q = {:.1} s\n",
         setup.users,
         setup.quota,
+        setup.window_secs,
+        setup.headers_share * 100.0,
         setup.ideal_requests(),
         setup.ideal_time().as_secs_f64()
     );
@@ -92,7 +119,7 @@ fn main() -> ExitCode {
     ]);
     let mut failed_runs = false;
     for &server_errors in &fault_rates {
-        for strategy in Strategy::ALL {
+        for &strategy in &strategies {
             let setup = Setup {
                 server_errors,
                 ..setup

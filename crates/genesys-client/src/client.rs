@@ -155,6 +155,7 @@ pub struct GenesysClientBuilder {
     max_in_flight: usize,
     pacing: Option<(u64, Duration)>,
     pacing_source: PacingSource,
+    max_rate: Option<(u64, Duration)>,
     reject_when_full: bool,
     concurrency_layer: Option<ConcurrencyLayer>,
     idempotency: bool,
@@ -182,6 +183,7 @@ impl Default for GenesysClientBuilder {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             pacing: Some(DEFAULT_PACING),
             pacing_source: PacingSource::Default,
+            max_rate: None,
             reject_when_full: false,
             concurrency_layer: None,
             idempotency: true,
@@ -325,6 +327,14 @@ impl GenesysClientBuilder {
         self.pacing_source
     }
 
+    /// A rate the client never exceeds, whatever the server allows (see
+    /// [`ConcurrencyLayer::max_rate`]): [`pacing`](Self::pacing) is where pacing starts, and
+    /// the server's own quota and answers move it, up to this ceiling when one is set.
+    pub fn max_rate(mut self, requests: u64, window: Duration) -> Self {
+        self.max_rate = Some((requests, window));
+        self
+    }
+
     /// No client-side pacing: only the server's 429s slow the client down.
     pub fn no_pacing(mut self) -> Self {
         self.pacing = None;
@@ -340,7 +350,8 @@ impl GenesysClientBuilder {
     }
 
     /// A concurrency layer configured by hand; it replaces [`max_in_flight`](Self::max_in_flight),
-    /// [`pacing`](Self::pacing) and [`reject_when_full`](Self::reject_when_full).
+    /// [`pacing`](Self::pacing), [`max_rate`](Self::max_rate) and
+    /// [`reject_when_full`](Self::reject_when_full).
     pub fn concurrency_layer(mut self, layer: ConcurrencyLayer) -> Self {
         self.concurrency_layer = Some(layer);
         self
@@ -501,6 +512,15 @@ impl GenesysClientBuilder {
                         .try_pacing(n, window)
                         .map_err(|e| GenesysError::Config(format!("pacing: {e}")))?;
                 }
+                if let Some((n, window)) = self.max_rate {
+                    if n == 0 || window.is_zero() {
+                        return Err(GenesysError::Config(format!(
+                            "max_rate: a rate needs at least 1 request in a window longer than 0, \
+                             got {n} per {window:?}"
+                        )));
+                    }
+                    layer = layer.max_rate(n, window);
+                }
                 if self.reject_when_full {
                     layer = layer.reject_when_full();
                 }
@@ -577,6 +597,7 @@ impl fmt::Debug for GenesysClientBuilder {
             .field("body_idle_timeout", &self.body_idle_timeout)
             .field("max_in_flight", &self.max_in_flight)
             .field("pacing", &self.pacing)
+            .field("max_rate", &self.max_rate)
             .field("reject_when_full", &self.reject_when_full)
             .field("idempotency", &self.idempotency)
             .field("custom_leaf", &self.leaf.is_some())
@@ -889,5 +910,27 @@ mod tests {
             GenesysClient::builder().client_credentials("id", "hunter2")
         );
         assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn rates_below_one_per_window_are_refused_with_a_message() {
+        let base = || {
+            GenesysClient::builder()
+                .base_url("http://127.0.0.1:1")
+                .client_credentials("id", "secret")
+        };
+        let err = base()
+            .pacing(0, Duration::from_secs(60))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("pacing"), "{err}");
+        let err = base().max_rate(5, Duration::ZERO).build().unwrap_err();
+        assert!(err.to_string().contains("max_rate"), "{err}");
+        assert!(
+            base()
+                .max_rate(100, Duration::from_secs(60))
+                .build()
+                .is_ok()
+        );
     }
 }

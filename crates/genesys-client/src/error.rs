@@ -443,8 +443,14 @@ impl OAuthError {
         }
         match serde_json::from_slice::<Raw>(body) {
             Ok(raw) if raw.error.is_some() => OAuthError {
-                error: OAuthErrorKind::parse(raw.error.as_deref().unwrap_or_default()),
-                description: raw.description.or(raw.error_description),
+                error: OAuthErrorKind::parse(&cut(
+                    raw.error.as_deref().unwrap_or_default(),
+                    MESSAGE_MAX_CHARS,
+                )),
+                description: raw
+                    .description
+                    .or(raw.error_description)
+                    .map(|d| cut(&d, MESSAGE_MAX_CHARS)),
                 status,
             },
             _ => {

@@ -23,6 +23,12 @@ pub const DEFAULT_INGESTION_PATH: &str = "/api/v2/dataexchange/ingestion";
 /// The documented default maximum request body (`request.bytes.max`).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 512_000;
 
+/// The most users a simulator seeds (each costs about a kilobyte).
+pub const MAX_USERS: usize = 10_000_000;
+
+/// The most integrations a simulator seeds.
+pub const MAX_INTEGRATIONS: usize = 100_000;
+
 /// The most records one ingestion batch may hold.
 pub const DEFAULT_MAX_RECORDS: usize = 500;
 

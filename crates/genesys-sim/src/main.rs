@@ -31,7 +31,7 @@ struct Args {
     rate_limit: RateLimit,
 
     /// Number of seeded users.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = parse_users)]
     users: usize,
 
     /// Faults to inject, e.g. 5xx=0.05,503-retry-after=0.01,reset-before=0.01,reset-after=0.01,latency=5ms..50ms,long-retry-after=0.001,revoke-every=30s
@@ -61,6 +61,17 @@ struct Args {
 
 #[derive(Debug, Clone, Copy)]
 struct RateLimit(Option<(u32, Duration)>);
+
+fn parse_users(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= genesys_sim::MAX_USERS => Ok(n),
+        _ => Err(format!(
+            "`{}` is not a number of users from 0 to {}",
+            s.chars().take(40).collect::<String>(),
+            genesys_sim::MAX_USERS
+        )),
+    }
+}
 
 fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
     genesys_sim::parse_rate_limit(s).map(RateLimit)

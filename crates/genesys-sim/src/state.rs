@@ -368,6 +368,20 @@ impl Shared {
         cfg.faults
             .validate()
             .map_err(|e| SimError::Config(e.to_string()))?;
+        if cfg.users > crate::config::MAX_USERS {
+            return Err(SimError::Config(format!(
+                "at most {} users can be seeded, got {}",
+                crate::config::MAX_USERS,
+                cfg.users
+            )));
+        }
+        if cfg.integrations > crate::config::MAX_INTEGRATIONS {
+            return Err(SimError::Config(format!(
+                "at most {} integrations can be seeded, got {}",
+                crate::config::MAX_INTEGRATIONS,
+                cfg.integrations
+            )));
+        }
         if !(0.0..=1.0).contains(&cfg.ratelimit_headers_share) {
             return Err(SimError::Config(format!(
                 "the share of answers with rate-limit headers must be between 0 and 1, got {}",

@@ -37,6 +37,7 @@ fn bad_flags_are_refused_with_what_is_allowed() {
         ("--faults", "latency=99999999999999999999999h", "at most"),
         ("--faults", "revoke-every=100000h", "at most"),
         ("--rate-limit", "10/99999999999", "N/SECS"),
+        ("--users", "18446744073709551615", "number of users"),
     ] {
         let out = Command::new(BIN).args([flag, value]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{flag} {value}");

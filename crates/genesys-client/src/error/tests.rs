@@ -44,9 +44,13 @@ fn version_conflicts_are_recognised_both_ways() {
     let msg = br#"{"code":"general.conflict","message":"The version supplied does not match the current version of the user"}"#;
     assert!(ApiError::from_response(StatusCode::CONFLICT, None, msg).is_version_conflict());
     let msg400 = br#"{"code":"bad.request","message":"The version supplied does not match the current version of the user"}"#;
-    assert!(ApiError::from_response(StatusCode::BAD_REQUEST, None, msg400).is_version_conflict());
+    assert!(
+        ApiError::from_response(StatusCode::BAD_REQUEST, None, msg400).is_version_conflict()
+    );
     let other = br#"{"code":"bad.request","message":"name is required"}"#;
-    assert!(!ApiError::from_response(StatusCode::BAD_REQUEST, None, other).is_version_conflict());
+    assert!(
+        !ApiError::from_response(StatusCode::BAD_REQUEST, None, other).is_version_conflict()
+    );
 }
 
 #[test]
@@ -94,6 +98,17 @@ fn repeated_placeholders_do_not_amplify() {
 }
 
 #[test]
+fn oauth_descriptions_are_cut() {
+    let body = serde_json::json!({
+        "error": "x".repeat(10_000),
+        "description": "d".repeat(100_000),
+    })
+    .to_string();
+    let e = OAuthError::from_response(StatusCode::BAD_REQUEST, body.as_bytes());
+    assert!(e.to_string().len() < 1_500, "{}", e.to_string().len());
+}
+
+#[test]
 fn multibyte_text_is_cut_on_char_boundaries() {
     let b: ErrorBody = serde_json::from_str(
         r#"{"messageWithParams":"é{a}ü{b}","messageParams":{"a":"日本語","b":"x"}}"#,
@@ -119,7 +134,8 @@ proptest::proptest! {
         let _ = e.is_version_conflict();
         let _ = e.to_string();
         let _ = format!("{e:?}");
-        let _ = OAuthError::from_response(status, &body).to_string();
+        let oauth = OAuthError::from_response(status, &body);
+        proptest::prop_assert!(oauth.to_string().chars().count() < 2 * MESSAGE_MAX_CHARS);
     }
 
     #[test]

@@ -17,7 +17,8 @@ use crate::Metrics;
 /// to the layer, as with tower's `GlobalConcurrencyLimitLayer`. Build one layer per quota (per
 /// API token, say). Clones of the layer share it too, and so do layers derived with
 /// [`metrics`](Self::metrics) or [`reject_when_full`](Self::reject_when_full) (a rejecting view
-/// of the same limit); [`pacing`](Self::pacing), [`learn_from_responses`](Self::learn_from_responses),
+/// of the same limit); [`pacing`](Self::pacing), [`max_rate`](Self::max_rate),
+/// [`learn_from_responses`](Self::learn_from_responses),
 /// [`rate_limit_reserve`](Self::rate_limit_reserve) and [`max_hold`](Self::max_hold) keep the
 /// in-flight limit but start a new pacing state.
 ///
@@ -42,6 +43,7 @@ struct Config {
     max_in_flight: usize,
     reject: bool,
     pacing: Option<Rate>,
+    ceiling: Option<Rate>,
     learn: bool,
     reserve: u64,
     max_hold: Duration,
@@ -76,6 +78,7 @@ impl ConcurrencyLayer {
             max_in_flight,
             reject: false,
             pacing: None,
+            ceiling: None,
             learn: true,
             reserve: Self::DEFAULT_RESERVE,
             max_hold: Self::DEFAULT_MAX_HOLD,
@@ -89,7 +92,13 @@ impl ConcurrencyLayer {
     }
 
     fn new_pacer(config: &Config) -> Pacer {
-        Pacer::new(config.pacing, config.learn, config.reserve, config.max_hold)
+        Pacer::with_ceiling(
+            config.pacing,
+            config.ceiling,
+            config.learn,
+            config.reserve,
+            config.max_hold,
+        )
     }
 
     /// Changes a setting that the pacer reads: the pacer starts afresh.
@@ -144,6 +153,34 @@ impl ConcurrencyLayer {
     pub fn try_pacing(self, requests: u64, window: Duration) -> Result<Self, InvalidRate> {
         let rate = PacingRate::new(requests, window)?;
         Ok(self.with_pacer(|c| c.pacing = Some(rate.0)))
+    }
+
+    /// A rate the pacer never exceeds, whatever the server says (by default none: what the
+    /// server allows is the limit). Use it for a limit of your own, such as a share of a quota
+    /// that other clients use too; [`pacing`](Self::pacing) is only where pacing starts. Without
+    /// [`pacing`](Self::pacing), pacing starts at the ceiling. A rate below one request per
+    /// window is ignored with a warning.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use genesys_tower::concurrency::ConcurrencyLayer;
+    ///
+    /// // Never more than 100 per minute, even when the server allows 300.
+    /// let layer = ConcurrencyLayer::new(8).max_rate(100, Duration::from_secs(60));
+    /// # let _ = layer;
+    /// ```
+    pub fn max_rate(self, requests: u64, window: Duration) -> Self {
+        match PacingRate::new(requests, window) {
+            Ok(rate) => self.with_pacer(|c| c.ceiling = Some(rate.0)),
+            Err(e) => {
+                tracing::warn!(
+                    requests,
+                    window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+                    "{e}; no ceiling set"
+                );
+                self
+            }
+        }
     }
 
     /// Whether to learn from rate-limit headers and 429 responses (on by default).
@@ -232,6 +269,7 @@ impl fmt::Debug for ConcurrencyLayer {
             .field("max_in_flight", &self.config.max_in_flight)
             .field("reject_when_full", &self.config.reject)
             .field("pacing", &self.config.pacing)
+            .field("max_rate", &self.config.ceiling)
             .field("learn_from_responses", &self.config.learn)
             .field("rate_limit_reserve", &self.config.reserve)
             .field("max_hold", &self.config.max_hold)

@@ -97,8 +97,10 @@
 //!   what the previous period delivered without a 429.
 //! - A count that falls means a window boundary passed: the pacer's periods align with it.
 //!
-//! With learning off ([`learn_from_responses(false)`](ConcurrencyLayer::learn_from_responses)),
-//! the configured rate is a fixed ceiling and no hold is taken from the server's answers.
+//! A limit of your own is [`max_rate`](ConcurrencyLayer::max_rate): learning never goes above
+//! it. With learning off
+//! ([`learn_from_responses(false)`](ConcurrencyLayer::learn_from_responses)), the configured
+//! rate is fixed and no hold is taken from the server's answers.
 //!
 //! # Errors
 //!

@@ -18,6 +18,14 @@ pub(crate) struct Rate {
     pub(crate) window: Duration,
 }
 
+impl Rate {
+    /// Whether `self` allows fewer requests per unit of time than `other`.
+    fn slower_than(self, other: Rate) -> bool {
+        u128::from(self.requests).saturating_mul(other.window.as_nanos())
+            < u128::from(other.requests).saturating_mul(self.window.as_nanos())
+    }
+}
+
 /// Learned policies longer than this are left to the holds: pacing a daily quota with a log of
 /// every start would cost memory for no gain.
 const MAX_LEARNED_WINDOW: Duration = Duration::from_secs(3600);
@@ -29,6 +37,8 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 #[derive(Debug)]
 pub(crate) struct Pacer {
     configured: Option<Rate>,
+    /// A rate that learning never exceeds.
+    ceiling: Option<Rate>,
     learn: bool,
     reserve: u64,
     max_hold: Duration,
@@ -77,18 +87,32 @@ struct Learning {
 }
 
 impl Pacer {
+    #[cfg(test)]
     pub(crate) fn new(
         configured: Option<Rate>,
         learn: bool,
         reserve: u64,
         max_hold: Duration,
     ) -> Self {
-        let configured = configured.map(|rate| Rate {
+        Self::with_ceiling(configured, None, learn, reserve, max_hold)
+    }
+
+    pub(crate) fn with_ceiling(
+        configured: Option<Rate>,
+        ceiling: Option<Rate>,
+        learn: bool,
+        reserve: u64,
+        max_hold: Duration,
+    ) -> Self {
+        let clamp = |rate: Rate| Rate {
             requests: rate.requests,
             window: rate.window.min(MAX_DURATION),
-        });
+        };
+        let ceiling = ceiling.map(clamp);
+        let configured = configured.map(clamp).or(ceiling);
         Pacer {
             configured,
+            ceiling,
             learn,
             reserve,
             max_hold: max_hold.min(MAX_DURATION),
@@ -105,7 +129,19 @@ impl Pacer {
 
     /// Whether requests can ever be held (there is something to check before each start).
     pub(crate) fn is_active(&self) -> bool {
-        self.configured.is_some() || self.learn
+        self.configured.is_some() || self.ceiling.is_some() || self.learn
+    }
+
+    /// The rate in force, within the ceiling.
+    fn effective(&self, state: &State) -> Option<Rate> {
+        match (state.rate, self.ceiling) {
+            (Some(rate), Some(ceiling)) => Some(if ceiling.slower_than(rate) {
+                ceiling
+            } else {
+                rate
+            }),
+            (rate, ceiling) => rate.or(ceiling),
+        }
     }
 
     pub(crate) fn learns(&self) -> bool {
@@ -120,7 +156,8 @@ impl Pacer {
     /// The rate in force now (for tests and debugging).
     #[cfg(test)]
     pub(crate) fn rate(&self) -> Option<Rate> {
-        self.lock().rate
+        let state = self.lock();
+        self.effective(&state)
     }
 
     /// Records a start now, or tells when to try again.
@@ -134,7 +171,7 @@ impl Pacer {
             }
             state.hold_until = None;
         }
-        let Some(rate) = state.rate else {
+        let Some(rate) = self.effective(&state) else {
             return Ok(());
         };
         while state
@@ -173,10 +210,15 @@ impl Pacer {
         let l = &mut state.learning;
         l.last_good = (!l.period_429 && l.period_starts > 0).then_some(l.period_starts);
         let room = l.period_min_remaining.is_some_and(|r| r > self.reserve);
+        let below_ceiling = match (state.rate, self.ceiling) {
+            (Some(rate), Some(ceiling)) => rate.slower_than(ceiling),
+            _ => true,
+        };
         if self.learn
             && !l.period_429
             && l.period_waited
             && room
+            && below_ceiling
             && let Some(rate) = state.rate.as_mut()
             && rate.requests < MAX_LEARNED_REQUESTS
         {
@@ -301,7 +343,11 @@ impl Pacer {
             );
             state.learning.hint = Some(hint);
             state.learning.step = step_for(hint.requests);
-            state.rate = Some(hint);
+            // Within the ceiling, so that a cut on a 429 starts from the rate really in force.
+            state.rate = Some(match self.ceiling {
+                Some(ceiling) if ceiling.slower_than(hint) => ceiling,
+                _ => hint,
+            });
             // A fresh start: the last period was paced at another rate.
             let l = &mut state.learning;
             l.period_start = Some(now);
@@ -635,6 +681,25 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("1"));
         pacer.observe(StatusCode::TOO_MANY_REQUESTS, &h);
         assert_eq!(pacer.rate().unwrap().requests, 40);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ceiling_is_never_passed_whatever_the_server_says() {
+        // The server allows 40 per s and says so; the user capped the client at 10 per s.
+        let pacer = Pacer::with_ceiling(
+            None,
+            Some(Rate {
+                requests: 10,
+                window: Duration::from_secs(1),
+            }),
+            true,
+            1,
+            Duration::from_secs(180),
+        );
+        let mut server = FixedWindow::new(40, 1, 1);
+        let (ok, limited) = run(&pacer, &mut server, Duration::from_secs(10)).await;
+        assert_eq!(limited, 0);
+        assert!((95..=110).contains(&ok), "{ok}");
     }
 
     #[tokio::test(start_paused = true)]
