@@ -47,7 +47,9 @@ pub(crate) struct Common {
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) concurrency: Option<u32>,
 
-    /// Client-side pacing: at most N requests per SECS seconds, e.g. `300/60`.
+    /// Client-side pacing: at most N requests per SECS seconds, e.g. `300/60` (a ceiling the
+    /// pacing never passes; without it the pacing starts at the org's limit and adapts to what
+    /// the server says).
     #[arg(long, global = true, value_name = "N/SECS", value_parser = parse_rate)]
     pub(crate) rate_limit: Option<Rate>,
 

@@ -136,7 +136,10 @@ pub(crate) async fn build_client(
     };
     let builder = match common.rate_limit {
         None => builder.discover_limits().await.map_err(refused)?,
-        Some(rate) => builder.pacing(u64::from(rate.requests), rate.window),
+        // The user's own pace: where pacing starts, and a ceiling it never passes.
+        Some(rate) => builder
+            .pacing(u64::from(rate.requests), rate.window)
+            .max_rate(u64::from(rate.requests), rate.window),
     };
     let pace = builder.pacing_setting().map(|(requests, window)| Pace {
         requests,

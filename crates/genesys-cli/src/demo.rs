@@ -93,7 +93,10 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError
         .user_agent(concat!("gcx/", env!("CARGO_PKG_VERSION")));
     // Without --rate-limit the demo leaves pacing to the server's 429s, to show them handled.
     builder = match common.rate_limit {
-        Some(rate) => builder.pacing(u64::from(rate.requests), rate.window),
+        // The user's own pace: where pacing starts, and a ceiling it never passes.
+        Some(rate) => builder
+            .pacing(u64::from(rate.requests), rate.window)
+            .max_rate(u64::from(rate.requests), rate.window),
         None => builder.no_pacing(),
     };
     let client = builder

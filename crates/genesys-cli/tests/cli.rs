@@ -634,3 +634,36 @@ async fn the_summary_says_which_pace_and_where_it_came_from() {
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["pace"]["source"], "--rate-limit");
 }
+
+/// A quota of 40 per second that only half the answers speak of, and a limits endpoint that
+/// gives it per minute (2400 per 60 s, as the real key names it): the job learns the window from
+/// the headers, finishes, and draws few 429s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_under_a_one_second_quota_it_was_not_told_about_finishes_with_few_429s() {
+    let sim = Simulator::spawn(
+        config(100)
+            .rate_limit(Some((40, Duration::from_secs(1))))
+            .ratelimit_headers_share(0.5),
+    )
+    .await
+    .unwrap();
+    let d = dir("one_second_quota");
+    let (lines, wanted) = user_lines(&sim, 100);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let out = gcx(&sim)
+        .args(["users", "patch", "--json", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let stats = sim.stats();
+    assert!(
+        stats.rate_limited * 20 < stats.total_responses,
+        "429s under 5 %: {} of {}",
+        stats.rate_limited,
+        stats.total_responses
+    );
+    for (id, title) in wanted {
+        assert_eq!(sim.user(&id).unwrap()["title"], json!(title));
+    }
+}

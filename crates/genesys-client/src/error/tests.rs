@@ -44,13 +44,9 @@ fn version_conflicts_are_recognised_both_ways() {
     let msg = br#"{"code":"general.conflict","message":"The version supplied does not match the current version of the user"}"#;
     assert!(ApiError::from_response(StatusCode::CONFLICT, None, msg).is_version_conflict());
     let msg400 = br#"{"code":"bad.request","message":"The version supplied does not match the current version of the user"}"#;
-    assert!(
-        ApiError::from_response(StatusCode::BAD_REQUEST, None, msg400).is_version_conflict()
-    );
+    assert!(ApiError::from_response(StatusCode::BAD_REQUEST, None, msg400).is_version_conflict());
     let other = br#"{"code":"bad.request","message":"name is required"}"#;
-    assert!(
-        !ApiError::from_response(StatusCode::BAD_REQUEST, None, other).is_version_conflict()
-    );
+    assert!(!ApiError::from_response(StatusCode::BAD_REQUEST, None, other).is_version_conflict());
 }
 
 #[test]
