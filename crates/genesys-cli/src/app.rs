@@ -188,7 +188,7 @@ where
     P: Parse,
     D: Deliver<Item = P::Item>,
 {
-    let concurrency = concurrency(common);
+    let concurrency = common.concurrency();
     let progress = Progress::new(common.quiet, None);
     // Counting lines costs a read of the file: only worth it for a bar on a terminal.
     let counted = if !progress.is_bar() || matches!(prepared.source.format(), Format::Json) {
@@ -225,7 +225,7 @@ where
             concurrency,
             chunk_size,
             retry_unknown,
-            grace: genesys_client::client::DEFAULT_ATTEMPT_TIMEOUT,
+            grace: genesys_client::builder::DEFAULT_ATTEMPT_TIMEOUT,
         },
     )
     .await;
@@ -235,11 +235,6 @@ where
         journal,
         report,
     }
-}
-
-/// The concurrency to use: `--concurrency` or 8.
-pub(crate) fn concurrency(common: &Common) -> usize {
-    common.concurrency.map_or(8, |n| n as usize)
 }
 
 /// Closes the journal, writes the report (atomically), prints the summary, and returns the

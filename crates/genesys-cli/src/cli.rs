@@ -105,6 +105,13 @@ pub(crate) struct Common {
     pub(crate) json: bool,
 }
 
+impl Common {
+    /// Requests in flight at once: `--concurrency`, or 8.
+    pub(crate) fn concurrency(&self) -> usize {
+        self.concurrency.map_or(8, |n| n as usize)
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {

@@ -75,7 +75,7 @@ fn credentials() -> Result<Credentials, CliError> {
 /// configuration error is found here, before anything else.
 pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, CliError> {
     let mut builder = GenesysClient::builder()
-        .max_in_flight(crate::app::concurrency(common))
+        .max_in_flight(common.concurrency())
         .idempotency_store(crate::deliver::small_store())
         .user_agent(concat!("gcx/", env!("CARGO_PKG_VERSION")));
     builder = match credentials()? {

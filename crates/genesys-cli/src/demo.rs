@@ -158,7 +158,7 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError
             concurrency,
             chunk_size: 1,
             retry_unknown: false,
-            grace: genesys_client::client::DEFAULT_ATTEMPT_TIMEOUT,
+            grace: genesys_client::builder::DEFAULT_ATTEMPT_TIMEOUT,
         },
     )
     .await;

@@ -44,6 +44,7 @@
     rust_2018_idioms
 )]
 
+pub mod builder;
 mod classify;
 pub mod client;
 pub mod data_actions;
@@ -56,10 +57,9 @@ pub mod region;
 mod service;
 pub mod users;
 
+pub use builder::{GenesysClientBuilder, PacingSource};
 pub use classify::GenesysClassifier;
-pub use client::{
-    ApiResponse, GenesysClient, GenesysClientBuilder, HttpService, PacingSource, StackService,
-};
+pub use client::{ApiResponse, GenesysClient, HttpService, StackService};
 pub use data_actions::{ActionTestResult, ExecuteOptions};
 pub use error::{
     ApiError, ErrorBody, ErrorDetail, ErrorLimit, GenesysError, MESSAGE_MAX_CHARS, OAuthError,

@@ -7,7 +7,8 @@ use http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::client::{GenesysClient, GenesysClientBuilder, segment};
+use crate::builder::GenesysClientBuilder;
+use crate::client::{GenesysClient, segment};
 use crate::error::GenesysError;
 use genesys_tower::Metrics;
 

@@ -1,0 +1,43 @@
+//! Tests of `builder`.
+use super::*;
+
+#[test]
+fn builder_refuses_missing_pieces() {
+    let err = GenesysClient::builder()
+        .client_credentials("a", "b")
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("region"), "{err}");
+    let err = GenesysClient::builder()
+        .region(Region::UsEast1)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("credentials"), "{err}");
+    let dbg = format!(
+        "{:?}",
+        GenesysClient::builder().client_credentials("id", "hunter2")
+    );
+    assert!(!dbg.contains("hunter2"), "{dbg}");
+}
+
+#[test]
+fn rates_below_one_per_window_are_refused_with_a_message() {
+    let base = || {
+        GenesysClient::builder()
+            .base_url("http://127.0.0.1:1")
+            .client_credentials("id", "secret")
+    };
+    let err = base()
+        .pacing(0, Duration::from_secs(60))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("pacing"), "{err}");
+    let err = base().max_rate(5, Duration::ZERO).build().unwrap_err();
+    assert!(err.to_string().contains("max_rate"), "{err}");
+    assert!(
+        base()
+            .max_rate(100, Duration::from_secs(60))
+            .build()
+            .is_ok()
+    );
+}

@@ -1,0 +1,335 @@
+//! Tests of `pacing`.
+use super::*;
+use http::HeaderValue;
+
+fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in pairs {
+        map.append(*k, HeaderValue::from_static(v));
+    }
+    map
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(2000)))]
+
+    #[test]
+    fn any_header_values_are_observed_without_panic(
+        values in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..48), 9),
+    ) {
+        let names = [
+            "inin-ratelimit-allowed", "inin-ratelimit-count", "inin-ratelimit-reset",
+            "ratelimit", "ratelimit-policy", "ratelimit-remaining", "ratelimit-reset",
+            "ratelimit-limit", "retry-after",
+        ];
+        let mut map = HeaderMap::new();
+        for (name, value) in names.iter().zip(&values) {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                map.append(*name, value);
+            }
+        }
+        let pacer = Pacer::new(
+            Some(Rate { requests: u64::MAX, window: Duration::MAX }),
+            true,
+            u64::MAX,
+            Duration::MAX,
+        );
+        pacer.observe(StatusCode::TOO_MANY_REQUESTS, &map);
+        pacer.observe(StatusCode::OK, &map);
+    }
+}
+
+fn header_value() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0u64..100_000).prop_map(|n| n.to_string()),
+        "[ \t]{0,2}[0-9]{1,20}[ \t]{0,2}",
+        Just("Sun, 06 Nov 1994 08:49:37 GMT".to_owned()),
+        Just("Sunday, 06-Nov-94 08:49:37 GMT".to_owned()),
+        Just("Sun Nov  6 08:49:37 1994".to_owned()),
+        "[-+ 0-9a-z;=,\"]{0,24}",
+        "[a-z]{1,5}(;r=[0-9]{1,3})?(;t=[0-9]{1,4})?(, [a-z]{1,5};r=[0-9]{1,3};t=[0-9]{1,4})?",
+        "\\PC{0,12}",
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(3000)))]
+
+    /// The retry layer and the pacer read the same 429 the same way: the pacer lets no
+    /// request start before the retry layer's hint has passed, and (when no window it reads
+    /// is spent) holds exactly that long.
+    #[test]
+    fn the_pacer_holds_exactly_the_retry_layers_hint(
+        values in proptest::collection::vec(proptest::option::of(header_value()), 9),
+    ) {
+        let names = [
+            "retry-after", "inin-ratelimit-allowed", "inin-ratelimit-count",
+            "inin-ratelimit-reset", "ratelimit", "ratelimit-policy", "ratelimit-remaining",
+            "ratelimit-reset", "ratelimit-limit",
+        ];
+        let mut map = HeaderMap::new();
+        for (name, value) in names.iter().zip(&values) {
+            if let Some(value) = value
+                && let Ok(value) = HeaderValue::from_str(value)
+            {
+                map.append(*name, value);
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let (hint, spent, hold) = rt.block_on(async {
+            let max_hold = Duration::from_secs(86_400);
+            let pacer = Pacer::new(None, true, 0, max_hold);
+            let now = Instant::now();
+            pacer.observe(StatusCode::TOO_MANY_REQUESTS, &map);
+            let hint = crate::headers::hint(&map, SystemTime::now(), true)
+                .filter(|h| *h <= max_hold);
+            let hints = RateLimitHints::parse(&map, SystemTime::now());
+            let spent = hints
+                .windows()
+                .filter(|w| w.remaining == 0)
+                .map(|w| w.reset)
+                .max()
+                .filter(|h| *h <= max_hold);
+            let hold = match pacer.try_start() {
+                Ok(()) => Duration::ZERO,
+                Err(until) => until - now,
+            };
+            (hint, spent, hold)
+        });
+        let hint = hint.unwrap_or_default();
+        proptest::prop_assert!(hold >= hint, "hold {hold:?} < hint {hint:?}");
+        if spent.is_none() {
+            proptest::prop_assert_eq!(hold, hint);
+        } else {
+            proptest::prop_assert_eq!(hold, hint.max(spent.unwrap_or_default()));
+        }
+    }
+}
+
+/// A server with a fixed-window quota per token, like the simulator's: the window starts
+/// at the first request after the previous one ended.
+struct FixedWindow {
+    quota: u64,
+    window: Duration,
+    start: Option<Instant>,
+    count: u64,
+    /// Send the rate-limit headers on every n-th answer (1: all, 2: half).
+    headers_every: u64,
+    /// Send IETF `RateLimit` (remaining and reset only: no quota) instead of Genesys's.
+    ietf: bool,
+    answers: u64,
+}
+
+impl FixedWindow {
+    fn new(quota: u64, window_secs: u64, headers_every: u64) -> Self {
+        FixedWindow {
+            quota,
+            window: Duration::from_secs(window_secs),
+            start: None,
+            count: 0,
+            headers_every,
+            ietf: false,
+            answers: 0,
+        }
+    }
+
+    fn answer(&mut self, now: Instant) -> (StatusCode, HeaderMap) {
+        if self.start.is_none_or(|s| now >= s + self.window) {
+            self.start = Some(now);
+            self.count = 0;
+        }
+        let end = self.start.unwrap() + self.window;
+        let reset = (end - now)
+            .as_nanos()
+            .div_ceil(1_000_000_000)
+            .max(1)
+            .to_string();
+        self.answers += 1;
+        let mut h = HeaderMap::new();
+        if self.count >= self.quota {
+            h.insert("retry-after", HeaderValue::from_str(&reset).unwrap());
+            return (StatusCode::TOO_MANY_REQUESTS, h);
+        }
+        self.count += 1;
+        if self.headers_every > 0 && self.answers.is_multiple_of(self.headers_every) {
+            if self.ietf {
+                let v = format!("\"q\";r={};t={reset}", self.quota - self.count);
+                h.insert("ratelimit", HeaderValue::from_str(&v).unwrap());
+            } else {
+                h.insert("inin-ratelimit-allowed", HeaderValue::from(self.quota));
+                h.insert("inin-ratelimit-count", HeaderValue::from(self.count));
+                h.insert(
+                    "inin-ratelimit-reset",
+                    HeaderValue::from_str(&reset).unwrap(),
+                );
+            }
+        }
+        (StatusCode::OK, h)
+    }
+}
+
+/// A client with as much work as it can send, one request at a time with no latency, for
+/// `length` of the (paused) clock. Returns (delivered, 429s).
+async fn run(pacer: &Pacer, server: &mut FixedWindow, length: Duration) -> (u64, u64) {
+    let end = Instant::now() + length;
+    let (mut ok, mut limited) = (0, 0);
+    while Instant::now() < end {
+        match pacer.try_start() {
+            Err(until) => tokio::time::sleep_until(until.min(end)).await,
+            Ok(()) => {
+                let (status, headers) = server.answer(Instant::now());
+                if status == StatusCode::OK {
+                    ok += 1;
+                } else {
+                    limited += 1;
+                }
+                pacer.observe(status, &headers);
+                // Requests take a little time; so does the client between them.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+    (ok, limited)
+}
+
+fn learning(configured: Option<(u64, u64)>) -> Pacer {
+    Pacer::new(
+        configured.map(|(requests, secs)| Rate {
+            requests,
+            window: Duration::from_secs(secs),
+        }),
+        true,
+        ConcurrencyLayerDefaults::RESERVE,
+        Duration::from_secs(180),
+    )
+}
+
+struct ConcurrencyLayerDefaults;
+impl ConcurrencyLayerDefaults {
+    const RESERVE: u64 = 1;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_one_second_window_is_inferred_with_headers_on_half_the_answers() {
+    // 40 per 1 s; the client starts from the Genesys default of 300 per minute.
+    let pacer = learning(Some((300, 60)));
+    let mut server = FixedWindow::new(40, 1, 2);
+    let (ok, limited) = run(&pacer, &mut server, Duration::from_secs(30)).await;
+    let rate = pacer.rate().unwrap();
+    assert_eq!(rate.window, Duration::from_secs(1), "{rate:?}");
+    // The quota is 1200 in 30 s; 300/60 would have delivered 150.
+    assert!(ok >= 1000, "{ok} delivered");
+    assert!(limited * 20 < ok + limited, "{limited} 429s for {ok}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_minute_window_is_inferred_too() {
+    let pacer = learning(None);
+    let mut server = FixedWindow::new(300, 60, 2);
+    let (ok, limited) = run(&pacer, &mut server, Duration::from_secs(300)).await;
+    assert_eq!(pacer.rate().unwrap().window, Duration::from_secs(60));
+    // The quota is 1500 in 300 s.
+    assert!(ok >= 1200, "{ok} delivered");
+    assert!(limited * 20 < ok + limited, "{limited} 429s for {ok}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_rises_while_the_server_has_room() {
+    // Configured 20 per s; the server allows 100 per s and says how many remain (IETF, no
+    // quota given): additive increase finds the room.
+    let pacer = learning(Some((20, 1)));
+    let mut server = FixedWindow::new(100, 1, 1);
+    server.ietf = true;
+    run(&pacer, &mut server, Duration::from_secs(20)).await;
+    let raised = pacer.rate().unwrap().requests;
+    assert!(raised >= 40, "{raised}");
+    let (ok, _) = run(&pacer, &mut server, Duration::from_secs(5)).await;
+    assert!(ok >= 5 * 40, "{ok}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_halves_the_rate_but_not_below_what_was_delivered() {
+    // Configured far too fast and no headers at all: only 429s tell. The rate is cut, once
+    // per window, until the 429s stop.
+    let pacer = learning(Some((200, 1)));
+    let mut server = FixedWindow::new(30, 1, 0);
+    run(&pacer, &mut server, Duration::from_secs(10)).await;
+    let cut = pacer.rate().unwrap().requests;
+    assert!((25..=50).contains(&cut), "{cut}");
+    let (ok, limited) = run(&pacer, &mut server, Duration::from_secs(10)).await;
+    assert!(ok >= 250, "{ok}");
+    assert!(limited * 10 < ok, "{limited} 429s for {ok}");
+
+    // A window that delivered 40 without a 429 is a floor: one 429 does not halve below it.
+    let pacer = learning(Some((40, 1)));
+    let mut server = FixedWindow::new(40, 1, 0);
+    run(&pacer, &mut server, Duration::from_millis(1500)).await;
+    let mut h = HeaderMap::new();
+    h.insert("retry-after", HeaderValue::from_static("1"));
+    pacer.observe(StatusCode::TOO_MANY_REQUESTS, &h);
+    assert_eq!(pacer.rate().unwrap().requests, 40);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ceiling_is_never_passed_whatever_the_server_says() {
+    // The server allows 40 per s and says so; the user capped the client at 10 per s.
+    let pacer = Pacer::with_ceiling(
+        None,
+        Some(Rate {
+            requests: 10,
+            window: Duration::from_secs(1),
+        }),
+        true,
+        1,
+        Duration::from_secs(180),
+    );
+    let mut server = FixedWindow::new(40, 1, 1);
+    let (ok, limited) = run(&pacer, &mut server, Duration::from_secs(10)).await;
+    assert_eq!(limited, 0);
+    assert!((95..=110).contains(&ok), "{ok}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_values_do_not_overflow() {
+    let pacer = Pacer::new(
+        Some(Rate {
+            requests: 1,
+            window: Duration::MAX,
+        }),
+        true,
+        0,
+        Duration::MAX,
+    );
+    assert!(pacer.try_start().is_ok());
+    assert!(pacer.try_start().is_err());
+    pacer.observe(
+        StatusCode::TOO_MANY_REQUESTS,
+        &headers(&[("retry-after", "18446744073709551615")]),
+    );
+    assert!(pacer.try_start().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_sets_the_rate_and_a_plus_sign_is_not_a_number() {
+    let pacer = Pacer::new(None, true, 0, Duration::from_secs(180));
+    pacer.observe(
+        StatusCode::TOO_MANY_REQUESTS,
+        &headers(&[("retry-after", "+5"), ("ratelimit-policy", "2;w=+1")]),
+    );
+    // Neither `+5` nor `w=+1` is read: no hold, no rate.
+    assert!(pacer.try_start().is_ok());
+    assert!(pacer.try_start().is_ok());
+    assert!(pacer.try_start().is_ok());
+    pacer.observe(
+        StatusCode::OK,
+        &headers(&[("ratelimit-policy", "\"a\";q=2;w=1")]),
+    );
+    assert!(pacer.try_start().is_ok());
+    assert!(pacer.try_start().is_ok());
+    assert!(pacer.try_start().is_err());
+}
