@@ -68,7 +68,8 @@
 //! # Wrapping an existing service
 //!
 //! Any `Service<http::Request<Body>>` can be the leaf: your own client type, a
-//! [`tower::service_fn`], an axum `Router` in a test. [`concurrency`] takes any request type.
+//! [`tower::service_fn`], an axum `Router` in a test. [`concurrency`] takes any
+//! `http::Request<B>`, whatever its body.
 //!
 //! ```
 //! use std::convert::Infallible;

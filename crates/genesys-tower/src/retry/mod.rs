@@ -44,13 +44,18 @@
 //! # What is retried
 //!
 //! A [`Classify`] implementation ([`DefaultClassifier`] by default) sorts each outcome into
-//! final, retry, or *ambiguous*. Connection failures before sending, 408, 429, 502, 503 and 504
+//! final, retry, or *ambiguous*. Connection failures before sending, 429, 502, 503 and 504
 //! are retried whatever the method: the request was not sent, or the server answered. Other 4xx
 //! are never retried. An error after the request may have reached the server (a timeout, a
 //! reset) is ambiguous: it may have been applied, so it is replayed only when the request is safe
 //! to send twice ([`RetryPolicy::may_replay`]: an idempotent method, a [`RetrySafety`] mark, or an
 //! `Idempotency-Key` the target honours). Otherwise the call ends with an [`Error`] of kind
 //! [`ErrorKind::OutcomeUnknown`] that says so: a possible duplicate never becomes a silent one.
+//!
+//! A 408 is ambiguous too: a timeout middleware below this layer (tower-http's `TimeoutLayer`)
+//! answers its own timeout with a 408 that no server sent, after the request may have been
+//! applied. An ambiguous *response* of a request that is not safe to replay is returned to the
+//! caller as it is (a POST answered 408 gets that 408, once); see [`Classification::Ambiguous`].
 //!
 //! # How long to wait
 //!
@@ -323,9 +328,13 @@ impl Call {
                     let reason = match classification {
                         Classification::Final => None,
                         Classification::Retry(reason) => Some(reason),
-                        Classification::Ambiguous => {
-                            policy.may_replay(&parts).then_some(RetryReason::Ambiguous)
-                        }
+                        Classification::Ambiguous => policy.may_replay(&parts).then_some(
+                            if status == StatusCode::REQUEST_TIMEOUT {
+                                RetryReason::RequestTimeout
+                            } else {
+                                RetryReason::Ambiguous
+                            },
+                        ),
                     };
                     let Some(reason) = reason else {
                         tracing::debug!(

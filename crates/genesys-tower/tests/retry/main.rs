@@ -433,6 +433,10 @@ async fn ambiguous_post_without_key_is_not_retried() {
         err.to_string().contains("may or may not have been applied"),
         "{err}"
     );
+    assert!(
+        err.to_string().contains("connection reset by peer"),
+        "{err}"
+    );
     assert_eq!(server.seen().len(), 1);
     assert_eq!(metrics.snapshot().retries.total(), 0);
 }
@@ -604,11 +608,31 @@ async fn client_errors_are_never_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn status_408_is_retried() {
+async fn status_408_is_ambiguous_a_post_gets_it_back_once() {
+    // A 408 may come from a timeout middleware below the retry layer after the server applied
+    // the request: a POST without a key the target honours is not sent again.
     let server = Server::new([status(408), status(200)]);
     let (res, metrics) = send(exact().build(), &server, post("{}")).await;
+    let res = res.unwrap();
+    assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(info(&res), (1, Duration::ZERO));
+    assert_eq!(server.seen().len(), 1);
+    assert_eq!(metrics.snapshot().retries.total(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_408_is_retried_for_requests_safe_to_replay() {
+    let server = Server::new([status(408), status(200)]);
+    let (res, metrics) = send(exact().build(), &server, get()).await;
     assert_eq!(info(&res.unwrap()).0, 2);
     assert_eq!(metrics.snapshot().retries.request_timeout, 1);
+
+    let server = Server::new([status(408), status(201)]);
+    let mut request = post("{}");
+    request.extensions_mut().insert(RetrySafety::Idempotent);
+    let (res, _) = send(exact().build(), &server, request).await;
+    assert_eq!(res.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(server.seen().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -645,6 +669,11 @@ async fn exhausted_attempts_wrap_the_last_error() {
     assert_eq!(err.kind(), ErrorKind::AttemptsExhausted);
     assert_eq!(err.attempts(), 4);
     assert!(std::error::Error::source(&*err).is_some());
+    // The message carries the last error's own text, not just "the last attempt failed".
+    assert!(
+        err.to_string().contains("connection reset by peer"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
