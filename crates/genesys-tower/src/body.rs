@@ -366,7 +366,7 @@ impl From<()> for Body {
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a body the genesys-tower layers can replay",
-    label = "the layers cannot rebuild a `{Self}` for a second attempt",
+    label = "the layers cannot rebuild this `{Self}` for another attempt",
     note = "the retry, auth and idempotency layers may send a request more than once: they read \
             its body into memory (up to a bound) and rebuild it for each attempt, so the service \
             below must take a request body that implements `genesys_tower::body::ReplayBody` \

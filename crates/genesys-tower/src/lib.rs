@@ -129,6 +129,11 @@ pub mod retry;
 mod time;
 
 pub use body::Body;
+
+/// Every code example of `docs/architecture.md` runs as a doctest of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/architecture.md")]
+mod architecture_md {}
 pub use metrics::Metrics;
 
 /// The error type of every service in this crate: any error, boxed.

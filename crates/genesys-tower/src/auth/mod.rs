@@ -270,11 +270,12 @@ impl<T: TokenSource> Shared<T> {
 
 impl<S, T, B, ResBody> Service<Request<B>> for Auth<S, T>
 where
+    // First, so that a body the layer cannot replay is named in the compiler's error.
+    B: ReplayBody,
     S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
     T: TokenSource,
-    B: ReplayBody,
     ResBody: Send + 'static,
 {
     type Response = Response<ResBody>;

@@ -223,11 +223,12 @@ impl<R> fmt::Debug for ResponseFuture<R> {
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Idempotency<S>
 where
+    // First, so that a body the layer cannot replay is named in the compiler's error.
+    ReqB: ReplayBody,
+    ResB: ReplayBody,
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
-    ReqB: ReplayBody,
-    ResB: ReplayBody,
 {
     type Response = Response<ResB>;
     type Error = BoxError;

@@ -224,10 +224,11 @@ impl<S> Retry<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for Retry<S>
 where
+    // First, so that a body the layer cannot replay is named in the compiler's error.
+    B: ReplayBody,
     S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
-    B: ReplayBody,
     ResBody: http_body::Body + Send + 'static,
 {
     type Response = Response<ResBody>;
