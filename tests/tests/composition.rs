@@ -177,6 +177,9 @@ async fn the_four_layers_over_a_service_fn_taking_strings() {
         .layer(AuthLayer::new(tokens()))
         .layer(ConcurrencyLayer::new(8))
         .service(string_service(api.clone()));
+    // The request type is inferred from the leaf: no turbofish for `ready`.
+    let mut stack = stack;
+    stack.ready().await.unwrap();
     let request = Request::post("http://api.test/things")
         .extension(IdempotencyKey::new("k-3"))
         .extension(genesys_tower::retry::RetrySafety::KeyHonoured)

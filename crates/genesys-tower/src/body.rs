@@ -1,10 +1,15 @@
 //! A body type the layers can replay.
 //!
 //! Retrying a request, re-sending it after a 401 and fingerprinting it for idempotency all need the
-//! request body more than once. [`Body`] is the one body type every layer of this crate hands to the
-//! service below it: a body that is already in memory is cloned by reference count (no copy), and a
-//! streaming body is read into memory up to a bound by [`Body::buffer`]. A streaming body larger than
-//! the bound is sent once, as it came, and is never replayed, so no part of it is ever sent twice.
+//! request body more than once. The layers keep it as a [`Body`]: a body that is already in memory
+//! is cloned by reference count (no copy), and a streaming body is read into memory up to a bound
+//! by [`Body::buffer`]. A streaming body larger than the bound is sent once, as it came, and is
+//! never replayed, so no part of it is ever sent twice.
+//!
+//! The service below a layer still gets the body type it takes: [`ReplayBody`] converts the
+//! caller's body into a [`Body`] and rebuilds one for each attempt. [`Body`] is also a body type
+//! of its own, for clients that want one type for every request; it is `Send + Sync`, so it can be
+//! boxed with `BodyExt::boxed`.
 //!
 //! Any [`http_body::Body`] with `Bytes` data converts into [`Body`] with [`Body::new`]; a [`Body`]
 //! passed to [`Body::new`] is taken as it is, without another layer of boxing.

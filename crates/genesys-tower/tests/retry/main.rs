@@ -750,6 +750,65 @@ async fn the_service_below_gets_its_own_body_type_on_every_attempt() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_long_stream_for_a_service_that_takes_only_whole_bodies_is_refused_unsent() {
+    use genesys_tower::body::{NotReplayable, ReplayBody};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A body type that can only be rebuilt from bytes in memory.
+    struct Whole(Body);
+
+    impl http_body::Body for Whole {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            std::pin::Pin::new(&mut self.0).poll_frame(cx)
+        }
+    }
+
+    impl ReplayBody for Whole {
+        fn into_replay(self) -> Body {
+            self.0
+        }
+
+        fn from_replay(body: Body) -> Option<Self> {
+            body.is_replayable().then_some(Whole(body))
+        }
+    }
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let leaf = {
+        let calls = calls.clone();
+        tower::service_fn(move |_req: Request<Whole>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, BoxError>(Response::new(String::new())) }
+        })
+    };
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(exact().replay_limit(4).build()))
+        .service(leaf);
+
+    // Within the limit: read into memory, rebuilt for the attempt.
+    let short = Request::put("http://api.test/blob")
+        .body(Whole(stream(&["ab", "cd"])))
+        .unwrap();
+    svc.clone().oneshot(short).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Past it: the service cannot take a stream, so nothing is sent and the error says why.
+    let long = Request::put("http://api.test/blob")
+        .body(Whole(stream(&["0123456789", "abcdefghij"])))
+        .unwrap();
+    let err = svc.oneshot(long).await.unwrap_err();
+    assert!(err.is::<NotReplayable>(), "{err}");
+    assert!(err.to_string().contains("nothing was sent"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // tower manners
 
