@@ -397,39 +397,73 @@ pub trait ReplayBody: Sized + Send + 'static {
     fn from_replay(body: Body) -> Option<Self>;
 }
 
-/// The error of a layer whose service below cannot take the body it has to send: a stream too
-/// long to hold in memory, for a service that takes only whole bodies (see
-/// [`ReplayBody::from_replay`]). Nothing was sent.
+/// The error of a layer that cannot rebuild a body as the type the other side takes (see
+/// [`ReplayBody::from_replay`]).
+///
+/// For a request body (a stream too long to hold in memory, for a service below that takes only
+/// whole bodies) nothing was sent. For a response body (the idempotency layer could not hand a
+/// response back as the caller's type: longer than its response limit, or not valid for that
+/// type) the request *was* sent, and the outcome is unknown to the caller; the error says which.
 #[derive(Debug)]
 pub struct NotReplayable {
     body_type: &'static str,
+    response: bool,
 }
 
 impl NotReplayable {
     pub(crate) fn new<B>() -> Self {
         NotReplayable {
             body_type: std::any::type_name::<B>(),
+            response: false,
         }
+    }
+
+    pub(crate) fn response<B>() -> Self {
+        NotReplayable {
+            body_type: std::any::type_name::<B>(),
+            response: true,
+        }
+    }
+
+    /// Whether it was a response body that could not be rebuilt (the request was sent).
+    pub fn is_response(&self) -> bool {
+        self.response
     }
 }
 
 impl fmt::Display for NotReplayable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the request body is a stream longer than the replay limit, and the service below \
-             takes `{}`, which holds a whole body in memory; nothing was sent. Raise the layer's \
-             replay limit, or give the service below a streaming body type",
-            self.body_type
-        )
+        if self.response {
+            write!(
+                f,
+                "the response body cannot be handed back as `{}` (longer than the idempotency \
+                 layer's response limit, or not valid for that type); the request may have been \
+                 applied. Raise the layer's response_limit, or use a response body type that \
+                 can stream",
+                self.body_type
+            )
+        } else {
+            write!(
+                f,
+                "the request body is a stream longer than the replay limit, and the service \
+                 below takes `{}`, which holds a whole body in memory; nothing was sent. Raise \
+                 the layer's replay limit, or give the service below a streaming body type",
+                self.body_type
+            )
+        }
     }
 }
 
 impl std::error::Error for NotReplayable {}
 
-/// Rebuilds a `B` from `body`, or says why it cannot.
+/// Rebuilds a request body `B` from `body`, or says why it cannot.
 pub(crate) fn rebuild<B: ReplayBody>(body: Body) -> Result<B, NotReplayable> {
     B::from_replay(body).ok_or_else(NotReplayable::new::<B>)
+}
+
+/// Rebuilds a response body `B` from `body`, or says why it cannot.
+pub(crate) fn rebuild_response<B: ReplayBody>(body: Body) -> Result<B, NotReplayable> {
+    B::from_replay(body).ok_or_else(NotReplayable::response::<B>)
 }
 
 impl ReplayBody for Body {

@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::store::{Claim, ClaimToken, IdempotencyStore, StoreError, StoredResponse};
 use super::{Fingerprint, IDEMPOTENCY_KEY, IdempotencyKey, MemoryStore};
-use crate::body::{DEFAULT_REPLAY_LIMIT, ReplayBody, rebuild};
+use crate::body::{DEFAULT_REPLAY_LIMIT, ReplayBody, rebuild, rebuild_response};
 use crate::{Body, BoxError, Metrics};
 
 /// How long a client call holds its key by default before another call with the same key may
@@ -394,7 +394,7 @@ where
                 }
                 tracing::debug!(status = %stored.status(), joined, "idempotent replay");
                 let (head, body) = stored.to_replay().into_parts();
-                let body = rebuild::<ResB>(body)?;
+                let body = rebuild_response::<ResB>(body)?;
                 return Ok(with_key(Response::from_parts(head, body), &key));
             }
             Claim::Mismatch => return Err(Error::KeyReused { key }.into()),
@@ -459,7 +459,7 @@ where
                         }
                     }
                 }
-                let body = rebuild::<ResB>(body)?;
+                let body = rebuild_response::<ResB>(body)?;
                 return Ok(with_key(Response::from_parts(head, body), &key));
             }
         }

@@ -70,6 +70,7 @@ pub trait Classify: Send + Sync + 'static {
 /// | an error of an inner retry layer | final (retries are not multiplied) |
 /// | an [`auth::Error`](crate::auth::Error) or a [`concurrency::Error`](crate::concurrency::Error) | final (nothing was sent; the error says so) |
 /// | a [`read_body::Error::TooLarge`](crate::read_body::Error::TooLarge) | final (another attempt gets the same body) |
+/// | a request-side [`NotReplayable`](crate::body::NotReplayable) | final (nothing was sent; another attempt fails the same way) |
 /// | any other error (timeouts, resets, incomplete messages) | ambiguous |
 ///
 /// A 408 is ambiguous, not "not processed": a server sends it when the request did not arrive in
@@ -164,6 +165,13 @@ impl Classify for DefaultClassifier {
             }
             if e.downcast_ref::<crate::read_body::Error>()
                 .is_some_and(crate::read_body::Error::is_too_large)
+            {
+                return Classification::Final;
+            }
+            // A layer below could not rebuild the request body: nothing was sent, and another
+            // attempt would fail the same way.
+            if e.downcast_ref::<crate::body::NotReplayable>()
+                .is_some_and(|e| !e.is_response())
             {
                 return Classification::Final;
             }
