@@ -180,14 +180,21 @@ async fn the_four_layers_over_a_service_fn_taking_strings() {
     // The request type is inferred from the leaf: no turbofish for `ready`.
     let mut stack = stack;
     stack.ready().await.unwrap();
-    let request = Request::post("http://api.test/things")
-        .extension(IdempotencyKey::new("k-3"))
-        .extension(genesys_tower::retry::RetrySafety::KeyHonoured)
-        .body(String::from("three"))
-        .unwrap();
-    let response: Response<String> = stack.oneshot(request).await.unwrap();
+    let request = || {
+        Request::post("http://api.test/things")
+            .extension(IdempotencyKey::new("k-3"))
+            .extension(genesys_tower::retry::RetrySafety::KeyHonoured)
+            .body(String::from("three"))
+            .unwrap()
+    };
+    let response: Response<String> = stack.clone().oneshot(request()).await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(response.into_body(), "k-3 three");
+    assert_eq!(api.posts(), 2);
+    // A repeat is answered from the store, rebuilt as the leaf's own `String`.
+    let again: Response<String> = stack.oneshot(request()).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.into_body(), "k-3 three");
     assert_eq!(api.posts(), 2);
 }
 
