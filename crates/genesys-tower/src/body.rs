@@ -634,6 +634,31 @@ mod tests {
         assert_eq!(boxed.collect().await.unwrap().to_bytes(), "abcdef");
     }
 
+    #[cfg(feature = "axum")]
+    #[tokio::test]
+    async fn axum_bodies_replay_and_stream() {
+        let replay = axum_core::body::Body::from("axum").into_replay();
+        let replay = replay.buffer(1024).await.unwrap();
+        let again = axum_core::body::Body::from_replay(replay).unwrap();
+        assert_eq!(again.collect().await.unwrap().to_bytes(), "axum");
+        let long = stream(&["ab", "cd", "ef"]).buffer(1).await.unwrap();
+        let streamed = axum_core::body::Body::from_replay(long).unwrap();
+        assert_eq!(streamed.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
+    #[cfg(feature = "reqwest")]
+    #[tokio::test]
+    async fn reqwest_bodies_replay_and_stream() {
+        let replay = reqwest::Body::from("reqwest").into_replay();
+        let replay = replay.buffer(1024).await.unwrap();
+        assert!(replay.is_replayable());
+        let again = reqwest::Body::from_replay(replay).unwrap();
+        assert_eq!(again.as_bytes(), Some(&b"reqwest"[..]));
+        let long = stream(&["ab", "cd", "ef"]).buffer(1).await.unwrap();
+        let streamed = reqwest::Body::from_replay(long).unwrap();
+        assert_eq!(streamed.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
     #[tokio::test]
     async fn stream_past_limit_is_sent_once_and_whole() {
         let body = stream(&["ab", "cd", "ef", "gh"]).buffer(3).await.unwrap();
