@@ -14,6 +14,21 @@
 //! Any [`http_body::Body`] with `Bytes` data converts into [`Body`] with [`Body::new`]; a [`Body`]
 //! passed to [`Body::new`] is taken as it is, without another layer of boxing.
 //!
+//! # Why the layers hand down the caller's body type
+//!
+//! A layer of this crate is a `Service<Request<B>>` over a `Service<Request<B>>`, as tower's own
+//! `Retry` is: the request type is fixed by the service below, so a `ServiceBuilder` over an
+//! existing client needs no adapter, type inference finds `B` from the client, and the stack
+//! boxes under the request type the application already names. Replaying needs one thing from
+//! `B`, written as the [`ReplayBody`] trait: a way into a [`Body`] (bounded buffering, shared by
+//! every layer) and a way back for each attempt. It is a trait of this crate rather than
+//! `B: From<Bytes>` because a body too long to replay must still be sent once as a stream, which
+//! `From<Bytes>` cannot express, and because `String` (a common test and `service_fn` body) has no
+//! `From<Bytes>`; a blanket implementation over `From<Bytes>` would also forbid implementing the
+//! trait for `String`. A conversion layer (every stack handing [`Body`] down, with a line to map
+//! it back) was the other option: it would give the client a body type other than the one the
+//! caller sent, and every user would have to write that line.
+//!
 //! ```
 //! use genesys_tower::body::Body;
 //!
