@@ -71,6 +71,8 @@ where
 {
     ServiceBuilder::new()
         .layer(IdempotencyLayer::new().metrics(metrics.clone()))
+        // The idempotency layer keeps the leaf's response body type; it was `Body` before.
+        .map_response(|r: Response<ResB>| r.map(Body::new))
         .layer(RetryLayer::new(retry_policy()).metrics(metrics.clone()))
         .layer(AuthLayer::new(static_token()).metrics(metrics.clone()))
         .layer(TimeoutLayer::new(Duration::from_secs(30)))

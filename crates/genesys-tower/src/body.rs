@@ -1,13 +1,33 @@
 //! A body type the layers can replay.
 //!
 //! Retrying a request, re-sending it after a 401 and fingerprinting it for idempotency all need the
-//! request body more than once. [`Body`] is the one body type every layer of this crate hands to the
-//! service below it: a body that is already in memory is cloned by reference count (no copy), and a
-//! streaming body is read into memory up to a bound by [`Body::buffer`]. A streaming body larger than
-//! the bound is sent once, as it came, and is never replayed, so no part of it is ever sent twice.
+//! request body more than once. The layers keep it as a [`Body`]: a body that is already in memory
+//! is cloned by reference count (no copy), and a streaming body is read into memory up to a bound
+//! by [`Body::buffer`]. A streaming body larger than the bound is sent once, as it came, and is
+//! never replayed, so no part of it is ever sent twice.
+//!
+//! The service below a layer still gets the body type it takes: [`ReplayBody`] converts the
+//! caller's body into a [`Body`] and rebuilds one for each attempt. [`Body`] is also a body type
+//! of its own, for clients that want one type for every request; it is `Send + Sync`, so it can be
+//! boxed with `BodyExt::boxed`.
 //!
 //! Any [`http_body::Body`] with `Bytes` data converts into [`Body`] with [`Body::new`]; a [`Body`]
 //! passed to [`Body::new`] is taken as it is, without another layer of boxing.
+//!
+//! # Why the layers hand down the caller's body type
+//!
+//! A layer of this crate is a `Service<Request<B>>` over a `Service<Request<B>>`, as tower's own
+//! `Retry` is: the request type is fixed by the service below, so a `ServiceBuilder` over an
+//! existing client needs no adapter, type inference finds `B` from the client, and the stack
+//! boxes under the request type the application already names. Replaying needs one thing from
+//! `B`, written as the [`ReplayBody`] trait: a way into a [`Body`] (bounded buffering, shared by
+//! every layer) and a way back for each attempt. It is a trait of this crate rather than
+//! `B: From<Bytes>` because a body too long to replay must still be sent once as a stream, which
+//! `From<Bytes>` cannot express, and because `String` (a common test and `service_fn` body) has no
+//! `From<Bytes>`; a blanket implementation over `From<Bytes>` would also forbid implementing the
+//! trait for `String`. A conversion layer (every stack handing [`Body`] down, with a line to map
+//! it back) was the other option: it would give the client a body type other than the one the
+//! caller sent, and every user would have to write that line.
 //!
 //! ```
 //! use genesys_tower::body::Body;
@@ -21,6 +41,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError, TryLockError};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -48,8 +69,40 @@ enum Inner {
     /// A streaming body: what was already read (`prefix`), then the rest. Sent once.
     Streaming {
         prefix: VecDeque<Frame<Bytes>>,
-        rest: UnsyncBoxBody<Bytes, BoxError>,
+        rest: Rest,
     },
+}
+
+/// The unread rest of a streaming body, behind a `Mutex` so that [`Body`] is `Sync` while the
+/// body it wraps need only be `Send`. Polling goes through `&mut` ([`Mutex::get_mut`]: no lock
+/// is taken); only the `&self` queries `is_end_stream` and `size_hint` lock, and they answer
+/// conservatively if the lock is ever contended.
+struct Rest(Mutex<UnsyncBoxBody<Bytes, BoxError>>);
+
+impl Rest {
+    fn new(body: UnsyncBoxBody<Bytes, BoxError>) -> Self {
+        Rest(Mutex::new(body))
+    }
+
+    fn get_mut(&mut self) -> &mut UnsyncBoxBody<Bytes, BoxError> {
+        self.0.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&UnsyncBoxBody<Bytes, BoxError>) -> T) -> Option<T> {
+        match self.0.try_lock() {
+            Ok(body) => Some(f(&body)),
+            Err(TryLockError::Poisoned(body)) => Some(f(&body.into_inner())),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.with(http_body::Body::is_end_stream).unwrap_or(false)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.with(http_body::Body::size_hint).unwrap_or_default()
+    }
 }
 
 impl Body {
@@ -64,7 +117,7 @@ impl Body {
             Err(body) => Body {
                 inner: Inner::Streaming {
                     prefix: VecDeque::new(),
-                    rest: body.map_err(Into::into).boxed_unsync(),
+                    rest: Rest::new(body.map_err(Into::into).boxed_unsync()),
                 },
             },
         }
@@ -133,11 +186,15 @@ impl Body {
         loop {
             // A body that has ended is kept in memory, even past the limit: it is already read
             // (a large `Full` body, say), so keeping it costs nothing more.
-            let ended = http_body::Body::is_end_stream(&rest);
+            let ended = http_body::Body::is_end_stream(rest.get_mut());
             if !ended && len > limit {
                 break;
             }
-            let frame = if ended { None } else { rest.frame().await };
+            let frame = if ended {
+                None
+            } else {
+                rest.get_mut().frame().await
+            };
             match frame {
                 None => return Ok(Body::from_frames(prefix, len)),
                 Some(frame) => {
@@ -180,10 +237,7 @@ impl Body {
 
     /// Reads the whole body into memory and returns its bytes.
     pub async fn collect_bytes(self) -> Result<Bytes, BoxError> {
-        match self.buffer(usize::MAX).await?.inner {
-            Inner::Full { data, .. } => Ok(data.unwrap_or_default()),
-            Inner::Streaming { .. } => unreachable!("an unbounded buffer always ends in memory"),
-        }
+        Ok(BodyExt::collect(self).await?.to_bytes())
     }
 }
 
@@ -226,7 +280,7 @@ impl http_body::Body for Body {
                 if let Some(frame) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                Pin::new(rest).poll_frame(cx)
+                Pin::new(rest.get_mut()).poll_frame(cx)
             }
         }
     }
@@ -236,9 +290,7 @@ impl http_body::Body for Body {
             Inner::Full { data, trailers } => {
                 data.as_ref().is_none_or(Bytes::is_empty) && trailers.is_none()
             }
-            Inner::Streaming { prefix, rest } => {
-                prefix.is_empty() && http_body::Body::is_end_stream(rest)
-            }
+            Inner::Streaming { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
         }
     }
 
@@ -252,11 +304,11 @@ impl http_body::Body for Body {
                     .iter()
                     .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
                     .sum();
-                let hint = http_body::Body::size_hint(rest);
+                let hint = rest.size_hint();
                 let mut out = SizeHint::new();
-                out.set_lower(hint.lower() + read);
+                out.set_lower(hint.lower().saturating_add(read));
                 if let Some(upper) = hint.upper() {
-                    out.set_upper(upper + read);
+                    out.set_upper(upper.saturating_add(read));
                 }
                 out
             }
@@ -297,6 +349,229 @@ impl From<&'static [u8]> for Body {
 impl From<()> for Body {
     fn from(_: ()) -> Self {
         Body::empty()
+    }
+}
+
+/// A body type that the retry, auth and idempotency layers can read into memory and rebuild,
+/// so that they can send it again.
+///
+/// These layers take `http::Request<B>` and hand the service below the same `Request<B>`, so a
+/// client built for `Full<Bytes>` gets `Full<Bytes>`, a `service_fn` taking `Request<String>`
+/// gets `String`. To send a body more than once, a layer turns it into a [`Body`] with
+/// [`into_replay`](ReplayBody::into_replay), reads it into memory up to its bound
+/// ([`Body::buffer`]), and rebuilds a `B` for every attempt with
+/// [`from_replay`](ReplayBody::from_replay). The client-side idempotency layer also needs its
+/// *response* body to be a `ReplayBody`: it rebuilds stored responses from their bytes.
+///
+/// Implemented for [`Body`], [`Full<Bytes>`](http_body_util::Full), [`String`],
+/// [`BoxBody`](http_body_util::combinators::BoxBody) and
+/// [`UnsyncBoxBody`] over `Bytes`, and, with the
+/// features of the same name, `axum::body::Body` and `reqwest::Body`. For a body type of your
+/// own, implement it: two conversions. A body that does not implement it (hyper's `Incoming`,
+/// say, which cannot be built from bytes) can be mapped to [`Body`] with [`Body::new`]
+/// (`ServiceBuilder::map_response` / `map_request`).
+///
+/// ```
+/// use bytes::Bytes;
+/// use genesys_tower::body::{Body, ReplayBody};
+/// use http_body_util::Full;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), genesys_tower::BoxError> {
+/// let replay = Full::new(Bytes::from_static(b"{}")).into_replay().buffer(1024).await?;
+/// let first = Full::<Bytes>::from_replay(replay.try_clone().unwrap()).unwrap();
+/// let second = Full::<Bytes>::from_replay(replay).unwrap();
+/// # drop((first, second));
+/// # Ok(()) }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a body the genesys-tower layers can replay",
+    label = "the layers cannot rebuild this `{Self}` for another attempt",
+    note = "the retry, auth and idempotency layers may send a request more than once: they read \
+            its body into memory (up to a bound) and rebuild it for each attempt, so the service \
+            below must take a request body that implements `genesys_tower::body::ReplayBody` \
+            (and the idempotency layer rebuilds stored responses, so its response body must too)",
+    note = "`ReplayBody` is implemented for `genesys_tower::Body`, `http_body_util::Full<Bytes>`, \
+            `String`, `BoxBody<Bytes, _>`, `UnsyncBoxBody<Bytes, _>`, and with the crate features \
+            `axum` and `reqwest` for their body types; implement it for a body of your own, or \
+            map the body to `genesys_tower::Body` (`genesys_tower::Body::new`)"
+)]
+pub trait ReplayBody: Sized + Send + 'static {
+    /// Turns the body into a [`Body`] that the layer can [`buffer`](Body::buffer). A body that
+    /// is already in memory should come back in memory (without a copy where it can).
+    fn into_replay(self) -> Body;
+
+    /// Builds the body for one attempt from a [`Body`]: in memory for a replayed body, or a
+    /// stream (what was read, then the rest) for a body too long to replay, sent once.
+    ///
+    /// A type that can only hold a whole body in memory (`Full<Bytes>`, `String`) returns `None`
+    /// for a stream; the layers then end the call with a [`NotReplayable`] error before sending
+    /// anything.
+    /// That happens only when a caller's streaming body is longer than the layer's bound and the
+    /// service below cannot stream: a body that came as such a type is always in memory.
+    fn from_replay(body: Body) -> Option<Self>;
+}
+
+/// The error of a layer that cannot rebuild a body as the type the other side takes (see
+/// [`ReplayBody::from_replay`]).
+///
+/// For a request body (a stream too long to hold in memory, for a service below that takes only
+/// whole bodies) nothing was sent. For a response body (the idempotency layer could not hand a
+/// response back as the caller's type: longer than its response limit, or not valid for that
+/// type) the request *was* sent, and the outcome is unknown to the caller; the error says which.
+#[derive(Debug)]
+pub struct NotReplayable {
+    body_type: &'static str,
+    response: bool,
+}
+
+impl NotReplayable {
+    pub(crate) fn new<B>() -> Self {
+        NotReplayable {
+            body_type: std::any::type_name::<B>(),
+            response: false,
+        }
+    }
+
+    pub(crate) fn response<B>() -> Self {
+        NotReplayable {
+            body_type: std::any::type_name::<B>(),
+            response: true,
+        }
+    }
+
+    /// Whether it was a response body that could not be rebuilt (the request was sent).
+    pub fn is_response(&self) -> bool {
+        self.response
+    }
+}
+
+impl fmt::Display for NotReplayable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.response {
+            write!(
+                f,
+                "the response body cannot be handed back as `{}` (longer than the idempotency \
+                 layer's response limit, or not valid for that type); the request may have been \
+                 applied. Raise the layer's response_limit, or use a response body type that \
+                 can stream",
+                self.body_type
+            )
+        } else {
+            write!(
+                f,
+                "the request body is a stream longer than the replay limit, and the service \
+                 below takes `{}`, which holds a whole body in memory; nothing was sent. Raise \
+                 the layer's replay limit, or give the service below a streaming body type",
+                self.body_type
+            )
+        }
+    }
+}
+
+impl std::error::Error for NotReplayable {}
+
+/// Rebuilds a request body `B` from `body`, or says why it cannot.
+pub(crate) fn rebuild<B: ReplayBody>(body: Body) -> Result<B, NotReplayable> {
+    B::from_replay(body).ok_or_else(NotReplayable::new::<B>)
+}
+
+/// Rebuilds a response body `B` from `body`, or says why it cannot.
+pub(crate) fn rebuild_response<B: ReplayBody>(body: Body) -> Result<B, NotReplayable> {
+    B::from_replay(body).ok_or_else(NotReplayable::response::<B>)
+}
+
+impl ReplayBody for Body {
+    fn into_replay(self) -> Body {
+        self
+    }
+
+    fn from_replay(body: Body) -> Option<Self> {
+        Some(body)
+    }
+}
+
+impl ReplayBody for http_body_util::Full<Bytes> {
+    fn into_replay(mut self) -> Body {
+        // A `Full` yields its one data frame at once: take it without waiting or copying.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match http_body::Body::poll_frame(Pin::new(&mut self), &mut cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Body::from_bytes(data),
+                Err(frame) => Body::from_frames(VecDeque::from([frame]), 0),
+            },
+            Poll::Ready(Some(Err(never))) => match never {},
+            Poll::Ready(None) => Body::empty(),
+            Poll::Pending => Body::new(self),
+        }
+    }
+
+    fn from_replay(body: Body) -> Option<Self> {
+        body.as_bytes().cloned().map(http_body_util::Full::new)
+    }
+}
+
+impl ReplayBody for String {
+    fn into_replay(self) -> Body {
+        Body::from(self)
+    }
+
+    fn from_replay(body: Body) -> Option<Self> {
+        let text = std::str::from_utf8(body.as_bytes()?).ok()?;
+        Some(text.to_owned())
+    }
+}
+
+impl<E> ReplayBody for http_body_util::combinators::BoxBody<Bytes, E>
+where
+    E: Into<BoxError> + From<BoxError> + 'static,
+{
+    fn into_replay(self) -> Body {
+        Body::new(self)
+    }
+
+    fn from_replay(body: Body) -> Option<Self> {
+        Some(body.map_err(E::from).boxed())
+    }
+}
+
+impl<E> ReplayBody for UnsyncBoxBody<Bytes, E>
+where
+    E: Into<BoxError> + From<BoxError> + 'static,
+{
+    fn into_replay(self) -> Body {
+        Body::new(self)
+    }
+
+    fn from_replay(body: Body) -> Option<Self> {
+        Some(body.map_err(E::from).boxed_unsync())
+    }
+}
+
+#[cfg(feature = "axum")]
+impl ReplayBody for axum_core::body::Body {
+    fn into_replay(self) -> Body {
+        Body::new(self)
+    }
+
+    fn from_replay(body: Body) -> Option<Self> {
+        Some(axum_core::body::Body::new(body))
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl ReplayBody for reqwest::Body {
+    fn into_replay(self) -> Body {
+        // A body reqwest holds in memory yields its `Bytes` in one frame: buffering it copies
+        // nothing.
+        Body::new(self)
+    }
+
+    fn from_replay(body: Body) -> Option<Self> {
+        Some(match body.as_bytes() {
+            Some(bytes) => reqwest::Body::from(bytes.clone()),
+            None => reqwest::Body::wrap(body),
+        })
     }
 }
 
@@ -342,6 +617,61 @@ mod tests {
     async fn stream_within_limit_becomes_replayable() {
         let body = stream(&["ab", "cd", "ef"]).buffer(6).await.unwrap();
         assert_eq!(body.as_bytes().unwrap(), "abcdef");
+    }
+
+    #[test]
+    fn body_is_send_and_sync_so_it_boxes() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<Body>();
+        let _boxed: http_body_util::combinators::BoxBody<Bytes, BoxError> = Body::empty().boxed();
+    }
+
+    #[tokio::test]
+    async fn replay_bodies_round_trip() {
+        let full = Full::new(Bytes::from_static(b"full"));
+        let replay = full.into_replay();
+        assert!(
+            replay.is_replayable(),
+            "a Full body is taken in memory, unboxed"
+        );
+        let again = Full::<Bytes>::from_replay(replay).unwrap();
+        assert_eq!(again.collect().await.unwrap().to_bytes(), "full");
+
+        let text = String::from_replay(String::from("text").into_replay()).unwrap();
+        assert_eq!(text, "text");
+        assert!(String::from_replay(Body::from_bytes(Bytes::from_static(b"\xff"))).is_none());
+
+        // A stream past the limit: streaming types take it, whole-body types refuse it.
+        let long = stream(&["ab", "cd", "ef"]).buffer(1).await.unwrap();
+        assert!(rebuild::<Full<Bytes>>(long).is_err());
+        let long = stream(&["ab", "cd", "ef"]).buffer(1).await.unwrap();
+        let boxed = rebuild::<UnsyncBoxBody<Bytes, BoxError>>(long).unwrap();
+        assert_eq!(boxed.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
+    #[cfg(feature = "axum")]
+    #[tokio::test]
+    async fn axum_bodies_replay_and_stream() {
+        let replay = axum_core::body::Body::from("axum").into_replay();
+        let replay = replay.buffer(1024).await.unwrap();
+        let again = axum_core::body::Body::from_replay(replay).unwrap();
+        assert_eq!(again.collect().await.unwrap().to_bytes(), "axum");
+        let long = stream(&["ab", "cd", "ef"]).buffer(1).await.unwrap();
+        let streamed = axum_core::body::Body::from_replay(long).unwrap();
+        assert_eq!(streamed.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
+    #[cfg(feature = "reqwest")]
+    #[tokio::test]
+    async fn reqwest_bodies_replay_and_stream() {
+        let replay = reqwest::Body::from("reqwest").into_replay();
+        let replay = replay.buffer(1024).await.unwrap();
+        assert!(replay.is_replayable());
+        let again = reqwest::Body::from_replay(replay).unwrap();
+        assert_eq!(again.as_bytes(), Some(&b"reqwest"[..]));
+        let long = stream(&["ab", "cd", "ef"]).buffer(1).await.unwrap();
+        let streamed = reqwest::Body::from_replay(long).unwrap();
+        assert_eq!(streamed.collect().await.unwrap().to_bytes(), "abcdef");
     }
 
     #[tokio::test]

@@ -19,9 +19,14 @@
 //!
 //! In the order `docs/architecture.md` explains (outermost first): idempotency keys, then the
 //! retry layer (whose policy holds the total deadline), then auth, then a per-attempt timeout,
-//! then the concurrency limit with pacing, then the client. The retry, auth and idempotency
-//! layers may send a request body more than once, so they hand the service below them a
-//! request with a [`Body`]: build the client for that body type.
+//! then the concurrency limit with pacing, then the client. The layers take `http::Request<B>`
+//! with the body type your client takes and hand the same type down: a client built for
+//! `Full<Bytes>` keeps getting `Full<Bytes>`. The retry, auth and idempotency layers may send a
+//! body more than once, so `B` must be a [`ReplayBody`](body::ReplayBody) (`Full<Bytes>`,
+//! `String`, [`Body`], axum's and reqwest's bodies with their features, ...). Responses keep
+//! the client's body type too, except that the idempotency layer rebuilds stored responses from
+//! bytes, so its response body must be a `ReplayBody` as well: hyper's `Incoming` is not, and
+//! one `map_response` line turns it into a [`Body`].
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -31,6 +36,8 @@
 //! use genesys_tower::idempotency::IdempotencyLayer;
 //! use genesys_tower::retry::{RetryLayer, RetryPolicy};
 //! use genesys_tower::{Body, BoxError, Metrics};
+//! use bytes::Bytes;
+//! use http_body_util::Full;
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::timeout::TimeoutLayer;
@@ -42,9 +49,12 @@
 //!     // Fetch the token from your login host or vault.
 //!     Ok(Token::new("the-token", Some(Duration::from_secs(3600))))
 //! });
-//! let hyper: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+//! // An existing client, built for `Full<Bytes>` request bodies.
+//! let hyper: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
 //! let client = ServiceBuilder::new()
 //!     .layer(IdempotencyLayer::new().metrics(metrics.clone()))
+//!     // Stored responses are rebuilt from bytes: hyper's `Incoming` becomes a `Body`.
+//!     .map_response(|r: http::Response<hyper::body::Incoming>| r.map(Body::new))
 //!     .layer(
 //!         RetryLayer::new(
 //!             RetryPolicy::builder()
@@ -59,7 +69,7 @@
 //!     .service(hyper);
 //!
 //! let request = http::Request::post("http://127.0.0.1:8080/api/v2/things")
-//!     .body(Body::from(r#"{"name":"x"}"#))?;
+//!     .body(Full::new(Bytes::from_static(br#"{"name":"x"}"#)))?;
 //! let response = client.clone().oneshot(request).await?;
 //! println!("{} after {} attempts", response.status(), metrics.snapshot().attempts);
 //! # Ok(()) }
@@ -67,14 +77,14 @@
 //!
 //! # Wrapping an existing service
 //!
-//! Any `Service<http::Request<Body>>` can be the leaf: your own client type, a
-//! [`tower::service_fn`], an axum `Router` in a test. [`concurrency`] takes any request type.
+//! Any `Service<http::Request<B>>` with a [`ReplayBody`](body::ReplayBody) `B` can be the leaf:
+//! your own client type, a [`tower::service_fn`], an axum `Router` in a test. [`concurrency`]
+//! takes any `http::Request<B>`, whatever its body.
 //!
 //! ```
 //! use std::convert::Infallible;
 //!
 //! use genesys_tower::retry::{RetryLayer, RetryPolicy};
-//! use genesys_tower::Body;
 //! use http::{Request, Response, StatusCode};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
@@ -82,7 +92,7 @@
 //! # async fn main() {
 //! // An existing service: answers 503 once, then 200.
 //! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-//! let existing = service_fn(move |_req: Request<Body>| {
+//! let existing = service_fn(move |_req: Request<String>| {
 //!     let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 //!     let status = if n == 0 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
 //!     async move { Ok::<_, Infallible>(Response::builder().status(status).body(String::new()).unwrap()) }
@@ -93,7 +103,7 @@
 //! let svc = ServiceBuilder::new()
 //!     .layer(RetryLayer::new(policy))
 //!     .service(existing);
-//! let response = svc.oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+//! let response = svc.oneshot(Request::get("/").body(String::new()).unwrap()).await.unwrap();
 //! assert_eq!(response.status(), StatusCode::OK);
 //! # }
 //! ```
@@ -119,6 +129,11 @@ pub mod retry;
 mod time;
 
 pub use body::Body;
+
+/// Every code example of `docs/architecture.md` runs as a doctest of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/architecture.md")]
+mod architecture_md {}
 pub use metrics::Metrics;
 
 /// The error type of every service in this crate: any error, boxed.

@@ -8,7 +8,6 @@
 //! ```
 //! use std::convert::Infallible;
 //! use std::time::Duration;
-//! use genesys_tower::Body;
 //! use genesys_tower::auth::{AuthLayer, Token, token_source_fn};
 //! use http::{Request, Response, header::AUTHORIZATION};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -18,7 +17,7 @@
 //! let source = token_source_fn(|| async {
 //!     Ok(Token::new("t0k3n", Some(Duration::from_secs(86_400))))
 //! });
-//! let api = service_fn(|req: Request<Body>| async move {
+//! let api = service_fn(|req: Request<String>| async move {
 //!     let auth = req.headers()[AUTHORIZATION].to_str().unwrap_or_default().to_owned();
 //!     Ok::<_, Infallible>(Response::new(auth))
 //! });
@@ -109,7 +108,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use tower::ServiceExt;
@@ -124,7 +122,8 @@ pub use token::{Token, TokenSource};
 
 use self::cache::Cache;
 use self::scope::Scope;
-use crate::{Body, BoxError, Metrics};
+use crate::body::{self, ReplayBody};
+use crate::{BoxError, Metrics};
 
 /// Everything a call needs, shared by every clone.
 struct Shared<T> {
@@ -199,19 +198,19 @@ impl<T: TokenSource> Shared<T> {
         request: Request<B>,
     ) -> Result<Response<ResBody>, BoxError>
     where
-        S: Service<Request<Body>, Response = Response<ResBody>>,
+        S: Service<Request<B>, Response = Response<ResBody>>,
         S::Error: Into<BoxError>,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        B: ReplayBody,
     {
         let (mut parts, body) = request.into_parts();
-        let body = Body::new(body);
         if !self.in_scope(&parts) {
+            // Not for this token: sent as it came, body untouched.
             return service
                 .call(Request::from_parts(parts, body))
                 .await
                 .map_err(Into::into);
         }
+        let body = body.into_replay();
 
         let token = self
             .cache
@@ -227,7 +226,7 @@ impl<T: TokenSource> Shared<T> {
         let head = replay.is_some().then(|| parts.clone());
 
         let response = service
-            .call(Request::from_parts(parts, body))
+            .call(Request::from_parts(parts, body::rebuild::<B>(body)?))
             .await
             .map_err(Into::into)?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -258,6 +257,7 @@ impl<T: TokenSource> Shared<T> {
         self.metrics.record_unauthorized_refresh();
         tracing::debug!("401: sending the request again with a new token");
         parts.headers.insert(AUTHORIZATION, fresh.header);
+        let body = body::rebuild::<B>(body)?;
         service
             .ready()
             .await
@@ -270,12 +270,12 @@ impl<T: TokenSource> Shared<T> {
 
 impl<S, T, B, ResBody> Service<Request<B>> for Auth<S, T>
 where
-    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    // First, so that a body the layer cannot replay is named in the compiler's error.
+    B: ReplayBody,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
     T: TokenSource,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
     ResBody: Send + 'static,
 {
     type Response = Response<ResBody>;

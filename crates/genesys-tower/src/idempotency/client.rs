@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tower::ServiceExt;
 use tower_layer::Layer;
@@ -15,7 +14,7 @@ use tower_service::Service;
 
 use super::store::{Claim, ClaimToken, IdempotencyStore, StoreError, StoredResponse};
 use super::{Fingerprint, IDEMPOTENCY_KEY, IdempotencyKey, MemoryStore};
-use crate::body::DEFAULT_REPLAY_LIMIT;
+use crate::body::{DEFAULT_REPLAY_LIMIT, ReplayBody, rebuild, rebuild_response};
 use crate::{Body, BoxError, Metrics};
 
 /// How long a client call holds its key by default before another call with the same key may
@@ -203,20 +202,20 @@ impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
     }
 }
 
-/// The future of [`Idempotency`].
-pub struct ResponseFuture {
-    inner: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>,
+/// The future of [`Idempotency`]: the response keeps the body type of the service below.
+pub struct ResponseFuture<R = Response<Body>> {
+    inner: Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>,
 }
 
-impl Future for ResponseFuture {
-    type Output = Result<Response<Body>, BoxError>;
+impl<R> Future for ResponseFuture<R> {
+    type Output = Result<R, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)
     }
 }
 
-impl fmt::Debug for ResponseFuture {
+impl<R> fmt::Debug for ResponseFuture<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
@@ -224,17 +223,16 @@ impl fmt::Debug for ResponseFuture {
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Idempotency<S>
 where
-    S: Service<Request<Body>, Response = Response<ResB>> + Clone + Send + 'static,
+    // First, so that a body the layer cannot replay is named in the compiler's error.
+    ReqB: ReplayBody,
+    ResB: ReplayBody,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
-    ReqB: http_body::Body<Data = Bytes> + Send + 'static,
-    ReqB::Error: Into<BoxError>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
 {
-    type Response = Response<Body>;
+    type Response = Response<ResB>;
     type Error = BoxError;
-    type Future = ResponseFuture;
+    type Future = ResponseFuture<Response<ResB>>;
 
     /// Always ready: most calls answered from the store or joined to another never reach the
     /// inner service, so its readiness is awaited in the call, only when the request is sent.
@@ -252,7 +250,7 @@ where
             && !req.headers().contains_key(IDEMPOTENCY_KEY);
         if untouched {
             return ResponseFuture {
-                inner: Box::pin(send(inner, req.map(Body::new))),
+                inner: Box::pin(send(inner, req)),
             };
         }
         let config = self.config.clone();
@@ -343,19 +341,17 @@ async fn run<S, ReqB, ResB>(
     config: Arc<Config>,
     inner: S,
     req: Request<ReqB>,
-) -> Result<Response<Body>, BoxError>
+) -> Result<Response<ResB>, BoxError>
 where
-    S: Service<Request<Body>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
-    ReqB: http_body::Body<Data = Bytes> + Send + 'static,
-    ReqB::Error: Into<BoxError>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ReqB: ReplayBody,
+    ResB: ReplayBody,
 {
     let caller_key = caller_key(&req)?;
     if caller_key.is_none() && !config.methods.contains(req.method()) {
-        return send(inner, req.map(Body::new)).await;
+        return send(inner, req).await;
     }
     let key = caller_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let value = HeaderValue::from_str(&key).map_err(|_| Error::InvalidKey {
@@ -366,7 +362,8 @@ where
     parts.headers.insert(IDEMPOTENCY_KEY, value);
     parts.extensions.insert(IdempotencyKey::new(key.clone()));
 
-    let body = Body::new(body)
+    let body = body
+        .into_replay()
         .buffer(config.body_limit)
         .await
         .map_err(Error::Body)?;
@@ -375,6 +372,7 @@ where
             limit = config.body_limit,
             "request body too large to fingerprint: sent with its idempotency key, not stored"
         );
+        let body = rebuild::<ReqB>(body)?;
         let response = send(inner, Request::from_parts(parts, body)).await?;
         return Ok(with_key(response, &key));
     };
@@ -395,7 +393,9 @@ where
                     config.metrics.record_idempotent_replay();
                 }
                 tracing::debug!(status = %stored.status(), joined, "idempotent replay");
-                return Ok(with_key(stored.to_replay(), &key));
+                let (head, body) = stored.to_replay().into_parts();
+                let body = rebuild_response::<ResB>(body)?;
+                return Ok(with_key(Response::from_parts(head, body), &key));
             }
             Claim::Mismatch => return Err(Error::KeyReused { key }.into()),
             Claim::InFlight => {
@@ -414,10 +414,12 @@ where
                     key: key.clone(),
                     token: Some(token),
                 };
-                let request = Request::from_parts(parts, Body::from_bytes(bytes));
                 let outcome = async {
+                    let body = rebuild::<ReqB>(Body::from_bytes(bytes))?;
+                    let request = Request::from_parts(parts, body);
                     let (head, body) = send(inner, request).await?.into_parts();
-                    Ok::<_, BoxError>((head, body.buffer(config.response_limit).await?))
+                    let body = body.into_replay().buffer(config.response_limit).await?;
+                    Ok::<_, BoxError>((head, body))
                 }
                 .await;
                 let token = guard.token.take().expect("the token is taken once");
@@ -457,24 +459,22 @@ where
                         }
                     }
                 }
+                let body = rebuild_response::<ResB>(body)?;
                 return Ok(with_key(Response::from_parts(head, body), &key));
             }
         }
     }
 }
 
-async fn send<S, ResB>(inner: S, req: Request<Body>) -> Result<Response<Body>, BoxError>
+async fn send<S, ReqB, ResB>(inner: S, req: Request<ReqB>) -> Result<Response<ResB>, BoxError>
 where
-    S: Service<Request<Body>, Response = Response<ResB>>,
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
 {
-    let response = inner.oneshot(req).await.map_err(Into::into)?;
-    Ok(response.map(Body::new))
+    inner.oneshot(req).await.map_err(Into::into)
 }
 
-fn with_key(mut response: Response<Body>, key: &str) -> Response<Body> {
+fn with_key<B>(mut response: Response<B>, key: &str) -> Response<B> {
     response
         .extensions_mut()
         .insert(IdempotencyKey::new(key.to_owned()));

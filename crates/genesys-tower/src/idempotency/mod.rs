@@ -40,6 +40,11 @@
 //!   default) is passed to the caller as it streams and not stored. A request body larger than
 //!   the body limit is sent once with its key, without fingerprint, store or joining.
 //! - **Cancellation.** A call dropped midway (a deadline above it) releases its key.
+//! - **Body types.** The service below gets the caller's request body type, rebuilt from the
+//!   bytes read; the caller gets the service's response body type: a fresh response is read
+//!   into memory (up to the limit) and rebuilt, a stored one is rebuilt from its bytes. So both
+//!   body types must be [`ReplayBody`](crate::body::ReplayBody)s; over a client that answers
+//!   hyper's `Incoming`, map the response body to [`Body`](crate::Body) first.
 //!
 //! ```
 //! use std::time::Duration;

@@ -20,9 +20,18 @@ pub enum Classification {
     /// retries.
     Retry(RetryReason),
     /// The request may have reached the server and been applied (a timeout, a reset after
-    /// sending). The layer retries it only when the request is safe to send twice: an idempotent
-    /// method, a [`RetrySafety`](super::RetrySafety) mark, or an `Idempotency-Key` the target
-    /// honours. Otherwise the caller gets an "outcome unknown" [`Error`](super::Error).
+    /// sending, a 408 that a local timeout middleware made up). The layer retries it only when
+    /// the request is safe to send twice: an idempotent method, a
+    /// [`RetrySafety`](super::RetrySafety) mark, or an `Idempotency-Key` the target honours.
+    /// Otherwise it is not retried, and the caller gets:
+    ///
+    /// - for an ambiguous **error**: an [`Error`](super::Error) of kind
+    ///   [`OutcomeUnknown`](super::ErrorKind::OutcomeUnknown) that says so, with the error as its
+    ///   source;
+    /// - for an ambiguous **response** (a 408, or a 502/504 under
+    ///   [`ambiguous_gateway_errors`](DefaultClassifier::ambiguous_gateway_errors)): that response,
+    ///   as it is, after one attempt. Its status already tells the caller that the outcome is not
+    ///   known; the layer does not turn a response into an error.
     Ambiguous,
 }
 
@@ -52,7 +61,7 @@ pub trait Classify: Send + Sync + 'static {
 /// | outcome | classification |
 /// | --- | --- |
 /// | connection failed before sending (hyper-util's `is_connect()`, `ConnectionRefused` anywhere in the chain) | retry ([`Connect`](RetryReason::Connect)) |
-/// | 408 | retry ([`RequestTimeout`](RetryReason::RequestTimeout)) |
+/// | 408 | ambiguous (counted as [`RequestTimeout`](RetryReason::RequestTimeout) when replayed) |
 /// | 429 | retry ([`RateLimited`](RetryReason::RateLimited)) |
 /// | 502, 503, 504 | retry ([`ServerError`](RetryReason::ServerError)) |
 /// | 500 | final, unless [`retry_500`](DefaultClassifier::retry_500) is set |
@@ -61,9 +70,16 @@ pub trait Classify: Send + Sync + 'static {
 /// | an error of an inner retry layer | final (retries are not multiplied) |
 /// | an [`auth::Error`](crate::auth::Error) or a [`concurrency::Error`](crate::concurrency::Error) | final (nothing was sent; the error says so) |
 /// | a [`read_body::Error::TooLarge`](crate::read_body::Error::TooLarge) | final (another attempt gets the same body) |
+/// | a request-side [`NotReplayable`](crate::body::NotReplayable) | final (nothing was sent; another attempt fails the same way) |
 /// | any other error (timeouts, resets, incomplete messages) | ambiguous |
 ///
-/// A retried status is not ambiguous by default: the server answered. A gateway's 502 or 504 can
+/// A 408 is ambiguous, not "not processed": a server sends it when the request did not arrive in
+/// time, but a timeout middleware under the retry layer (tower-http's `TimeoutLayer`,
+/// `tower::timeout` mapped to a response) makes one up when *it* gave up waiting, and by then the
+/// server may have applied the request. So a POST answered 408 is returned, not sent twice; a GET
+/// or a request marked safe is replayed.
+///
+/// The other retried statuses are not ambiguous by default: the server answered. A gateway's 502 or 504 can
 /// still hide an upstream that applied the request; set
 /// [`ambiguous_gateway_errors`](DefaultClassifier::ambiguous_gateway_errors) to treat 500, 502 and
 /// 504 as ambiguous, so that they are replayed only for requests safe to send twice.
@@ -79,6 +95,7 @@ pub trait Classify: Send + Sync + 'static {
 /// assert_eq!(c(StatusCode::TOO_MANY_REQUESTS), Classification::Retry(RetryReason::RateLimited));
 /// assert_eq!(c(StatusCode::NOT_FOUND), Classification::Final);
 /// assert_eq!(c(StatusCode::INTERNAL_SERVER_ERROR), Classification::Final);
+/// assert_eq!(c(StatusCode::REQUEST_TIMEOUT), Classification::Ambiguous);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DefaultClassifier {
@@ -119,7 +136,8 @@ impl Classify for DefaultClassifier {
             (true, true) => Classification::Ambiguous,
         };
         match status {
-            StatusCode::REQUEST_TIMEOUT => Classification::Retry(RetryReason::RequestTimeout),
+            // Possibly made up by a timeout middleware after the request was sent.
+            StatusCode::REQUEST_TIMEOUT => Classification::Ambiguous,
             StatusCode::TOO_MANY_REQUESTS => Classification::Retry(RetryReason::RateLimited),
             StatusCode::SERVICE_UNAVAILABLE => Classification::Retry(RetryReason::ServerError),
             StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => server(true),
@@ -147,6 +165,13 @@ impl Classify for DefaultClassifier {
             }
             if e.downcast_ref::<crate::read_body::Error>()
                 .is_some_and(crate::read_body::Error::is_too_large)
+            {
+                return Classification::Final;
+            }
+            // A layer below could not rebuild the request body: nothing was sent, and another
+            // attempt would fail the same way.
+            if e.downcast_ref::<crate::body::NotReplayable>()
+                .is_some_and(|e| !e.is_response())
             {
                 return Classification::Final;
             }

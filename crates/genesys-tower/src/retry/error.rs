@@ -33,6 +33,10 @@ pub enum ErrorKind {
 ///
 /// When the last attempt produced a response (a 503, say) and the layer stops because attempts or
 /// the budget are spent, that response is returned as it is, not this error.
+///
+/// `Display` says why the call ended and includes the last attempt's own error text (a reset,
+/// a timeout), so that a log line with just this error tells the whole story; the same error is
+/// also its [`source`](std::error::Error::source) for code that walks the chain.
 pub struct Error {
     kind: ErrorKind,
     attempts: u32,
@@ -143,7 +147,14 @@ impl fmt::Display for Error {
                 write!(
                     f,
                     "outcome unknown: the {method} request failed after it may have reached the \
-                     server (attempt {n}), so it may or may not have been applied; it was not sent \
+                     server (attempt {n}"
+                )?;
+                if let Some(source) = &self.source {
+                    write!(f, ": {source}")?;
+                }
+                write!(
+                    f,
+                    "), so it may or may not have been applied; it was not sent \
                      again because it is not idempotent and carries no Idempotency-Key that the \
                      target is known to honour. Check the resource's state before sending it again, \
                      or mark the request RetrySafety::Idempotent (conditional writes) or \
@@ -178,22 +189,42 @@ impl fmt::Display for Error {
                 if let Some(left) = self.limit {
                     write!(f, ", {left:?} left")?;
                 }
+                write!(f, "; stopped after {n} attempt{s}")?;
+                if let Some(source) = &self.source {
+                    write!(f, " (the last attempt failed: {source})")?;
+                }
                 write!(
                     f,
-                    "; stopped after {n} attempt{s}. Try again later, or give RetryPolicy a \
-                     longer deadline"
+                    ". Try again later, or give RetryPolicy a longer deadline"
                 )
             }
-            ErrorKind::AttemptsExhausted => write!(
-                f,
-                "gave up after {n} attempt{s} (RetryPolicy's max_attempts); the last attempt failed"
-            ),
-            ErrorKind::BudgetExhausted => write!(
-                f,
-                "not retried after {n} attempt{s}: the retry budget shared by all requests is \
-                 spent (many retries recently: the server is probably failing); the last attempt \
-                 failed"
-            ),
+            ErrorKind::AttemptsExhausted => {
+                write!(
+                    f,
+                    "gave up after {n} attempt{s} (RetryPolicy's max_attempts); the last attempt \
+                     failed"
+                )?;
+                self.write_source(f)
+            }
+            ErrorKind::BudgetExhausted => {
+                write!(
+                    f,
+                    "not retried after {n} attempt{s}: the retry budget shared by all requests is \
+                     spent (many retries recently: the server is probably failing); the last \
+                     attempt failed"
+                )?;
+                self.write_source(f)
+            }
+        }
+    }
+}
+
+impl Error {
+    /// Writes `: <the last attempt's error>`, when there is one.
+    fn write_source(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, ": {source}"),
+            None => Ok(()),
         }
     }
 }

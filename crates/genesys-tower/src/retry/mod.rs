@@ -1,16 +1,17 @@
 //! Retries: classification, backoff with jitter, `Retry-After` as a floor, a retry budget and a
 //! total deadline.
 //!
-//! [`RetryLayer`] wraps any `Service<http::Request<Body>>` whose responses are
+//! [`RetryLayer`] wraps any `Service<http::Request<B>>` whose responses are
 //! `http::Response<_>`: a hyper-util client, a `tower::service_fn`, an axum `Router`. It takes
-//! `Request<B>` for any body `B` with `Bytes` data and hands [`Body`] to the service below.
+//! `Request<B>` and hands the same `Request<B>` to the service below, for every attempt, for any
+//! body `B` it can rebuild: a [`ReplayBody`] (`Full<Bytes>`,
+//! `String`, [`Body`], ...). The response is the inner service's, body type included.
 //!
 //! ```
 //! use std::convert::Infallible;
 //! use std::sync::Arc;
 //! use std::sync::atomic::{AtomicU32, Ordering};
 //!
-//! use genesys_tower::Body;
 //! use genesys_tower::retry::{RetryInfo, RetryLayer, RetryPolicy};
 //! use http::{Request, Response, StatusCode};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -19,7 +20,7 @@
 //! # async fn main() -> Result<(), genesys_tower::BoxError> {
 //! // A service that fails once with 503, then answers.
 //! let calls = Arc::new(AtomicU32::new(0));
-//! let flaky = service_fn(move |_req: Request<Body>| {
+//! let flaky = service_fn(move |_req: Request<String>| {
 //!     let n = calls.fetch_add(1, Ordering::Relaxed);
 //!     async move {
 //!         let status = if n == 0 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
@@ -44,13 +45,18 @@
 //! # What is retried
 //!
 //! A [`Classify`] implementation ([`DefaultClassifier`] by default) sorts each outcome into
-//! final, retry, or *ambiguous*. Connection failures before sending, 408, 429, 502, 503 and 504
+//! final, retry, or *ambiguous*. Connection failures before sending, 429, 502, 503 and 504
 //! are retried whatever the method: the request was not sent, or the server answered. Other 4xx
 //! are never retried. An error after the request may have reached the server (a timeout, a
 //! reset) is ambiguous: it may have been applied, so it is replayed only when the request is safe
 //! to send twice ([`RetryPolicy::may_replay`]: an idempotent method, a [`RetrySafety`] mark, or an
 //! `Idempotency-Key` the target honours). Otherwise the call ends with an [`Error`] of kind
 //! [`ErrorKind::OutcomeUnknown`] that says so: a possible duplicate never becomes a silent one.
+//!
+//! A 408 is ambiguous too: a timeout middleware below this layer (tower-http's `TimeoutLayer`)
+//! answers its own timeout with a 408 that no server sent, after the request may have been
+//! applied. An ambiguous *response* of a request that is not safe to replay is returned to the
+//! caller as it is (a POST answered 408 gets that 408, once); see [`Classification::Ambiguous`].
 //!
 //! # How long to wait
 //!
@@ -72,10 +78,14 @@
 //!
 //! # Bodies
 //!
-//! The request body is converted with [`Body::new`] and buffered with [`Body::buffer`] up to
-//! `replay_limit` (1 MiB): a body already in memory costs nothing and is replayed by reference
-//! count; a streaming body that fits is read into memory first. A longer streaming body is sent
-//! once, as it streams, and that request is never retried, so no part of a body is sent twice.
+//! The request body is turned into a [`Body`] ([`ReplayBody::into_replay`]) and buffered with
+//! [`Body::buffer`] up to `replay_limit` (1 MiB): a body already in memory costs nothing and is
+//! replayed by reference count; a streaming body that fits is read into memory first. Each
+//! attempt gets a body of the caller's type rebuilt from it ([`ReplayBody::from_replay`]). A
+//! longer streaming body is sent once, as it streams, and that request is never retried, so no
+//! part of a body is sent twice (a service below that takes only whole bodies, such as
+//! `Full<Bytes>`, cannot take such a stream: the call then ends with a
+//! [`NotReplayable`](crate::body::NotReplayable) error and nothing is sent).
 //!
 //! # Dropped responses
 //!
@@ -104,13 +114,14 @@
 //!
 //! tower's `retry::Retry` and its `Policy` trait were considered. They are not used because:
 //! the request must first be turned into a replayable [`Body`], which needs an `async` step
-//! (buffering a stream) that `Policy::clone_request` cannot take, and tower's `Retry` hands the
-//! inner service the same request type it receives; draining the dropped response during the
+//! (buffering a stream) that `Policy::clone_request` cannot take; draining the dropped response during the
 //! backoff needs the response by value, where `Policy::retry` sees `&mut Result`; and attempts,
 //! deadline, hint and budget read more plainly as one loop than as a policy plus wrappers.
 //! tower's `TpsBudget` is not reused either; [`RetryBudget`] says why.
 //!
 //! [`Metrics`]: crate::Metrics
+//! [`ReplayBody::into_replay`]: crate::body::ReplayBody::into_replay
+//! [`ReplayBody::from_replay`]: crate::body::ReplayBody::from_replay
 //! [`RetryReason`]: crate::metrics::RetryReason
 
 mod backoff;
@@ -128,7 +139,7 @@ use std::mem;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -143,6 +154,7 @@ pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
 pub use self::policy::{IDEMPOTENCY_KEY, RetryPolicy, RetryPolicyBuilder};
 
+use crate::body::{self, ReplayBody};
 use crate::metrics::RetryReason;
 use crate::{Body, BoxError, Metrics};
 
@@ -212,11 +224,11 @@ impl<S> Retry<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for Retry<S>
 where
-    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    // First, so that a body the layer cannot replay is named in the compiler's error.
+    B: ReplayBody,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
     ResBody: http_body::Body + Send + 'static,
 {
     type Response = Response<ResBody>;
@@ -259,10 +271,9 @@ impl Call {
         request: Request<B>,
     ) -> Result<Response<R>, BoxError>
     where
-        S: Service<Request<Body>, Response = Response<R>> + Send,
+        S: Service<Request<B>, Response = Response<R>> + Send,
         S::Error: Into<BoxError>,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        B: ReplayBody,
         R: http_body::Body + Send,
     {
         let Call {
@@ -278,7 +289,7 @@ impl Call {
         }
 
         let (parts, body) = request.into_parts();
-        let body = Body::new(body).buffer(policy.replay_limit()).await?;
+        let body = body.into_replay().buffer(policy.replay_limit()).await?;
         // A replayable body is cloned for every attempt; a stream past the limit goes once.
         let (template, mut once) = if body.is_replayable() {
             (Some(body), None)
@@ -300,6 +311,7 @@ impl Call {
                 .and_then(Body::try_clone)
                 .or_else(|| once.take())
                 .unwrap_or_default();
+            let attempt_body = body::rebuild::<B>(attempt_body)?;
             metrics.record_attempt();
             let outcome = service
                 .call(Request::from_parts(parts.clone(), attempt_body))
@@ -323,9 +335,13 @@ impl Call {
                     let reason = match classification {
                         Classification::Final => None,
                         Classification::Retry(reason) => Some(reason),
-                        Classification::Ambiguous => {
-                            policy.may_replay(&parts).then_some(RetryReason::Ambiguous)
-                        }
+                        Classification::Ambiguous => policy.may_replay(&parts).then_some(
+                            if status == StatusCode::REQUEST_TIMEOUT {
+                                RetryReason::RequestTimeout
+                            } else {
+                                RetryReason::Ambiguous
+                            },
+                        ),
                     };
                     let Some(reason) = reason else {
                         tracing::debug!(

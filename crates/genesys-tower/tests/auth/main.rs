@@ -504,7 +504,32 @@ async fn a_body_past_the_limit_is_sent_once_and_its_401_returned() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn composes_with_the_concurrency_layer_over_any_body() {
+async fn the_re_send_after_a_401_gives_the_service_its_own_body_type() {
+    use std::sync::Mutex;
+
+    // A leaf taking `String`s, that refuses `token-1`.
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let leaf = {
+        let bodies = bodies.clone();
+        tower::service_fn(move |req: Request<String>| {
+            let token = req.headers()[http::header::AUTHORIZATION]
+                .to_str()
+                .unwrap_or_default()
+                .to_owned();
+            bodies.lock().unwrap().push(req.into_body());
+            let status = if token == "Bearer token-1" { 401 } else { 200 };
+            async move { Ok::<_, BoxError>(Response::builder().status(status).body(String::new())?) }
+        })
+    };
+    let svc = AuthLayer::new(Source::new(DAY, Duration::ZERO)).layer(leaf);
+    let request = Request::post("/").body(String::from("{\"a\":1}")).unwrap();
+    let response: Response<String> = svc.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(*bodies.lock().unwrap(), ["{\"a\":1}", "{\"a\":1}"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn composes_with_the_concurrency_layer() {
     let source = Source::new(DAY, Duration::ZERO);
     let api = Api::accepting("token-1");
     let svc = ServiceBuilder::new()
@@ -512,7 +537,9 @@ async fn composes_with_the_concurrency_layer_over_any_body() {
         .layer(ConcurrencyLayer::new(2))
         .service(api.service(Duration::ZERO));
     let request = Request::post("/")
-        .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+        .body(Body::new(http_body_util::Full::new(Bytes::from_static(
+            b"{}",
+        ))))
         .unwrap();
     let response = svc.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);

@@ -433,6 +433,10 @@ async fn ambiguous_post_without_key_is_not_retried() {
         err.to_string().contains("may or may not have been applied"),
         "{err}"
     );
+    assert!(
+        err.to_string().contains("connection reset by peer"),
+        "{err}"
+    );
     assert_eq!(server.seen().len(), 1);
     assert_eq!(metrics.snapshot().retries.total(), 0);
 }
@@ -604,11 +608,31 @@ async fn client_errors_are_never_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn status_408_is_retried() {
+async fn status_408_is_ambiguous_a_post_gets_it_back_once() {
+    // A 408 may come from a timeout middleware below the retry layer after the server applied
+    // the request: a POST without a key the target honours is not sent again.
     let server = Server::new([status(408), status(200)]);
     let (res, metrics) = send(exact().build(), &server, post("{}")).await;
+    let res = res.unwrap();
+    assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(info(&res), (1, Duration::ZERO));
+    assert_eq!(server.seen().len(), 1);
+    assert_eq!(metrics.snapshot().retries.total(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_408_is_retried_for_requests_safe_to_replay() {
+    let server = Server::new([status(408), status(200)]);
+    let (res, metrics) = send(exact().build(), &server, get()).await;
     assert_eq!(info(&res.unwrap()).0, 2);
     assert_eq!(metrics.snapshot().retries.request_timeout, 1);
+
+    let server = Server::new([status(408), status(201)]);
+    let mut request = post("{}");
+    request.extensions_mut().insert(RetrySafety::Idempotent);
+    let (res, _) = send(exact().build(), &server, request).await;
+    assert_eq!(res.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(server.seen().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -645,6 +669,11 @@ async fn exhausted_attempts_wrap_the_last_error() {
     assert_eq!(err.kind(), ErrorKind::AttemptsExhausted);
     assert_eq!(err.attempts(), 4);
     assert!(std::error::Error::source(&*err).is_some());
+    // The message carries the last error's own text, not just "the last attempt failed".
+    assert!(
+        err.to_string().contains("connection reset by peer"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -690,19 +719,94 @@ async fn streaming_body_within_the_limit_is_replayed_whole() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn any_bytes_body_is_accepted() {
-    let server = Server::new([status(503), status(200)]);
+async fn the_service_below_gets_its_own_body_type_on_every_attempt() {
+    use http_body_util::{BodyExt, Full};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    // A leaf built for `Full<Bytes>`, as a hyper-util client is: no conversion on either side.
+    let calls = Arc::new(AtomicU32::new(0));
+    let leaf = {
+        let calls = calls.clone();
+        tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                assert_eq!(body, "full");
+                let status = if n == 0 { 503 } else { 200 };
+                Ok::<_, BoxError>(Response::builder().status(status).body(Full::new(body))?)
+            }
+        })
+    };
     let svc = ServiceBuilder::new()
         .layer(RetryLayer::new(exact().build()))
-        .service(server.clone());
+        .service(leaf);
     let req = Request::post("http://api.test/x")
         .header("idempotency-key", "k")
         .extension(RetrySafety::KeyHonoured)
-        .body(http_body_util::Full::new(Bytes::from_static(b"full")))
+        .body(Full::new(Bytes::from_static(b"full")))
         .unwrap();
-    let res = svc.oneshot(req).await.unwrap();
+    let res: Response<Full<Bytes>> = svc.oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert!(server.seen().iter().all(|s| s.body == "full"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_stream_for_a_service_that_takes_only_whole_bodies_is_refused_unsent() {
+    use genesys_tower::body::{NotReplayable, ReplayBody};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A body type that can only be rebuilt from bytes in memory.
+    struct Whole(Body);
+
+    impl http_body::Body for Whole {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            std::pin::Pin::new(&mut self.0).poll_frame(cx)
+        }
+    }
+
+    impl ReplayBody for Whole {
+        fn into_replay(self) -> Body {
+            self.0
+        }
+
+        fn from_replay(body: Body) -> Option<Self> {
+            body.is_replayable().then_some(Whole(body))
+        }
+    }
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let leaf = {
+        let calls = calls.clone();
+        tower::service_fn(move |_req: Request<Whole>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, BoxError>(Response::new(String::new())) }
+        })
+    };
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(exact().replay_limit(4).build()))
+        .service(leaf);
+
+    // Within the limit: read into memory, rebuilt for the attempt.
+    let short = Request::put("http://api.test/blob")
+        .body(Whole(stream(&["ab", "cd"])))
+        .unwrap();
+    svc.clone().oneshot(short).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Past it: the service cannot take a stream, so nothing is sent and the error says why.
+    let long = Request::put("http://api.test/blob")
+        .body(Whole(stream(&["0123456789", "abcdefghij"])))
+        .unwrap();
+    let err = svc.oneshot(long).await.unwrap_err();
+    assert!(err.is::<NotReplayable>(), "{err}");
+    assert!(err.to_string().contains("nothing was sent"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
