@@ -238,9 +238,9 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     let requests: u32 = n.trim().parse().map_err(|_| usage())?;
     let secs = secs.trim().trim_end_matches('s');
     let secs: f64 = secs.parse().map_err(|_| usage())?;
-    if requests == 0 || !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+    if requests == 0 || !secs.is_finite() || !(0.001..=86_400.0).contains(&secs) {
         return Err(format!(
-            "`{s}`: N must be at least 1 and SECS between 0 and 86400"
+            "`{s}`: N must be at least 1 and SECS between 0.001 and 86400"
         ));
     }
     Ok(Rate {
@@ -272,6 +272,24 @@ mod tests {
         assert!(parse_rate("0/1").is_err());
         assert!(parse_rate("10").is_err());
         assert!(parse_rate("10/-1").is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// Any `--rate-limit` text is a rate or a message saying what to write; never a panic.
+        #[test]
+        fn any_rate_parses_or_says_why(s in "\\PC{0,24}", n in proptest::prelude::any::<u64>(), secs in proptest::prelude::any::<f64>()) {
+            for text in [s, format!("{n}/{secs}"), format!("{n}/{secs}s")] {
+                match parse_rate(&text) {
+                    Ok(rate) => {
+                        proptest::prop_assert!(rate.requests >= 1);
+                        proptest::prop_assert!(!rate.window.is_zero());
+                    }
+                    Err(reason) => proptest::prop_assert!(!reason.is_empty()),
+                }
+            }
+        }
     }
 
     #[test]
