@@ -275,7 +275,10 @@ fn quarantine(line: u64, reason: String, raw: &[u8]) -> Quarantined {
 }
 
 /// Parses one JSON text, naming the first problem a person would need to fix.
-pub(crate) fn parse_json<P: Parse>(parser: &P, bytes: &[u8]) -> Result<(P::Item, Option<String>), String> {
+pub(crate) fn parse_json<P: Parse>(
+    parser: &P,
+    bytes: &[u8],
+) -> Result<(P::Item, Option<String>), String> {
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(format!("not valid UTF-8 (byte {})", e.valid_up_to() + 1));
     }
