@@ -124,6 +124,7 @@ impl Body {
     }
 
     /// An empty body.
+    #[must_use]
     pub fn empty() -> Self {
         Self::from_bytes(Bytes::new())
     }
@@ -441,6 +442,7 @@ impl NotReplayable {
     }
 
     /// Whether it was a response body that could not be rebuilt (the request was sent).
+    #[must_use]
     pub fn is_response(&self) -> bool {
         self.response
     }

@@ -68,6 +68,7 @@ pub const RATELIMIT_RESET: &str = "ratelimit-reset";
 /// `inin-ratelimit-reset`. `now` is the wall clock, against which an HTTP-date is read.
 ///
 /// The same as `RateLimitHints::parse(headers, now).hint(rate_limit_fields)`.
+#[must_use]
 pub fn hint(headers: &HeaderMap, now: SystemTime, rate_limit_fields: bool) -> Option<Duration> {
     RateLimitHints::parse(headers, now).hint(rate_limit_fields)
 }
@@ -139,6 +140,7 @@ pub struct QuotaPolicy {
 
 impl QuotaPolicy {
     /// Whether `self` allows fewer requests per unit of time than `other`.
+    #[must_use]
     pub fn slower_than(self, other: QuotaPolicy) -> bool {
         u128::from(self.quota).saturating_mul(other.window.as_nanos())
             < u128::from(other.quota).saturating_mul(self.window.as_nanos())
@@ -207,6 +209,7 @@ impl RateLimitHints {
     /// The retry layer's hint, by the precedence of the [module docs](self#the-retry-hint):
     /// `Retry-After`, then (when `rate_limit_fields` is true) `RateLimit`, `RateLimit-Reset`
     /// and `inin-ratelimit-reset`.
+    #[must_use]
     pub fn hint(&self, rate_limit_fields: bool) -> Option<Duration> {
         self.retry_after.or_else(|| {
             rate_limit_fields
@@ -217,6 +220,7 @@ impl RateLimitHints {
 
     /// The time until the quota resets: from the IETF `RateLimit` items (spent ones first, then
     /// the longest `t`), else `RateLimit-Reset`.
+    #[must_use]
     pub fn ratelimit_reset(&self) -> Option<Duration> {
         self.ratelimit
             .iter()
@@ -261,6 +265,7 @@ impl RateLimitHints {
     }
 
     /// The slowest of the published quota policies.
+    #[must_use]
     pub fn slowest_policy(&self) -> Option<QuotaPolicy> {
         self.policies
             .iter()
@@ -294,6 +299,7 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 }
 
 /// Parses one `Retry-After` value: delta-seconds or an HTTP-date (any of the three formats).
+#[must_use]
 pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
     let value = trim_ows(std::str::from_utf8(value).ok()?);
     if let Some(delay) = parse_delta_seconds(value) {
@@ -305,12 +311,14 @@ pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
 }
 
 /// The first valid `inin-ratelimit-reset` value (whole seconds).
+#[must_use]
 pub fn inin_ratelimit_reset(headers: &HeaderMap) -> Option<Duration> {
     seconds_field(headers, ININ_RATELIMIT_RESET)
 }
 
 /// The time until the quota resets, from the IETF `RateLimit` field's `t` parameter, or else from
 /// the older drafts' `RateLimit-Reset` field.
+#[must_use]
 pub fn ratelimit_reset(headers: &HeaderMap) -> Option<Duration> {
     RateLimitHints::parse(headers, SystemTime::UNIX_EPOCH).ratelimit_reset()
 }
@@ -486,6 +494,7 @@ fn seconds_field(headers: &HeaderMap, name: &str) -> Option<Duration> {
 
 /// Strips HTTP's optional whitespace (spaces and horizontal tabs) and nothing else: Unicode
 /// whitespace is not whitespace in a header.
+#[must_use]
 pub fn trim_ows(s: &str) -> &str {
     s.trim_matches(|c| c == ' ' || c == '\t')
 }

@@ -38,6 +38,7 @@ pub enum RetryReason {
 
 impl RetryReason {
     /// A short name for logs and reports.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             RetryReason::Connect => "connect",
@@ -100,6 +101,7 @@ pub struct RetriesByReason {
 
 impl RetriesByReason {
     /// All retries, whatever the reason.
+    #[must_use]
     pub fn total(&self) -> u64 {
         self.connect + self.ambiguous + self.request_timeout + self.rate_limited + self.server_error
     }
@@ -146,6 +148,7 @@ macro_rules! counter {
 
 impl Metrics {
     /// A new set of counters, all zero.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
@@ -186,6 +189,7 @@ impl Metrics {
     }
 
     /// Reads every counter.
+    #[must_use]
     pub fn snapshot(&self) -> MetricsSnapshot {
         let c = &self.inner;
         let r = |i: usize| c.retries[i].load(Relaxed);

@@ -83,6 +83,7 @@ impl Default for ReadBodyLayer {
 
 impl ReadBodyLayer {
     /// The default limits: 16 MiB for a success body, 64 KiB for an error body, 30 s idle.
+    #[must_use]
     pub fn new() -> Self {
         ReadBodyLayer {
             limits: Limits {
@@ -94,18 +95,21 @@ impl ReadBodyLayer {
     }
 
     /// The largest success (2xx) body, in bytes; a larger one is an [`Error::TooLarge`].
+    #[must_use]
     pub fn max_success_body(mut self, bytes: usize) -> Self {
         self.limits.success = bytes;
         self
     }
 
     /// The most bytes kept of an error body (any other status); the rest is cut.
+    #[must_use]
     pub fn max_error_body(mut self, bytes: usize) -> Self {
         self.limits.error = bytes;
         self
     }
 
     /// The longest wait for the next chunk of a body (`None`: no idle timeout).
+    #[must_use]
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.limits.idle = timeout.filter(|t| !t.is_zero());
         self
@@ -340,6 +344,7 @@ pub enum Error {
 
 impl Error {
     /// The status of the response whose body could not be read.
+    #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
             Error::TooLarge { status, .. }
@@ -349,6 +354,7 @@ impl Error {
     }
 
     /// Whether the body was larger than the limit.
+    #[must_use]
     pub fn is_too_large(&self) -> bool {
         matches!(self, Error::TooLarge { .. })
     }

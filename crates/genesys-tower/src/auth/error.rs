@@ -46,11 +46,13 @@ impl Error {
     }
 
     /// The token source failed; [`source`](StdError::source) says why.
+    #[must_use]
     pub fn is_token_source(&self) -> bool {
         matches!(self.kind, Kind::TokenSource(_))
     }
 
     /// The token source returned a token that cannot be put in an `Authorization` header.
+    #[must_use]
     pub fn is_invalid_token(&self) -> bool {
         matches!(self.kind, Kind::InvalidToken)
     }

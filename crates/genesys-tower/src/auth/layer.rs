@@ -60,6 +60,7 @@ impl<T> AuthLayer<T> {
     /// Fetch a new token this long before the cached one expires (default
     /// [`DEFAULT_REFRESH_MARGIN`](Self::DEFAULT_REFRESH_MARGIN)), but never earlier than at four
     /// fifths of the token's lifetime: the margin used is at most a fifth of the lifetime.
+    #[must_use]
     pub fn refresh_margin(mut self, margin: Duration) -> Self {
         self.margin = margin;
         self
@@ -67,6 +68,7 @@ impl<T> AuthLayer<T> {
 
     /// Counts token fetches (every call of the token source, failed or not) and 401 re-sends
     /// into `metrics` (share the handle with other layers to read the whole stack at once).
+    #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
@@ -74,6 +76,7 @@ impl<T> AuthLayer<T> {
 
     /// The counters this layer feeds: the handle given to [`metrics`](Self::metrics), or the
     /// layer's own.
+    #[must_use]
     pub fn metrics_handle(&self) -> &Metrics {
         &self.metrics
     }
@@ -81,6 +84,7 @@ impl<T> AuthLayer<T> {
     /// Sends the token only to requests under `base` (scheme, host, port and path prefix);
     /// requests elsewhere go out unchanged, without the token. Call it again to allow more
     /// bases. See [the module docs](super#where-the-token-goes).
+    #[must_use]
     pub fn only_to(mut self, base: Uri) -> Self {
         let mut scopes = self.scopes.to_vec();
         scopes.push(Scope::new(&base));
@@ -91,6 +95,7 @@ impl<T> AuthLayer<T> {
     /// Streaming request bodies up to this many bytes are read into memory before sending so
     /// that they can be re-sent after a 401 (default 1 MiB, `0` never buffers). Bodies already
     /// in memory are always replayable.
+    #[must_use]
     pub fn replay_limit(mut self, limit: usize) -> Self {
         self.replay_limit = limit;
         self

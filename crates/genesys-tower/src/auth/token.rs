@@ -45,27 +45,32 @@ impl Token {
     }
 
     /// The token's value. Keep it out of logs.
+    #[must_use]
     pub fn secret(&self) -> &str {
         &self.value
     }
 
     /// When the token was issued (the moment it was made, on tokio's clock).
+    #[must_use]
     pub fn issued_at(&self) -> Instant {
         self.issued_at
     }
 
     /// When the token expires, if it does.
+    #[must_use]
     pub fn expires_at(&self) -> Option<Instant> {
         self.expires_at
     }
 
     /// How long the token lives in all, if it expires.
+    #[must_use]
     pub fn lifetime(&self) -> Option<Duration> {
         self.expires_at
             .map(|e| e.saturating_duration_since(self.issued_at))
     }
 
     /// Whether two tokens carry the same value.
+    #[must_use]
     pub fn same_value(&self, other: &Token) -> bool {
         self.value == other.value
     }

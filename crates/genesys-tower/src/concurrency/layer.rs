@@ -110,6 +110,7 @@ impl ConcurrencyLayer {
 
     /// Refuses a call at once with [`Error::Overloaded`](super::Error::Overloaded) when every
     /// permit is in use, instead of waiting for one.
+    #[must_use]
     pub fn reject_when_full(mut self) -> Self {
         self.config.reject = true;
         self
@@ -126,6 +127,7 @@ impl ConcurrencyLayer {
     /// A rate of less than one request per window (`requests` of 0, or a zero `window`) cannot
     /// be paced: it is ignored with a warning and the layer keeps its pacing as it was. Use
     /// [`try_pacing`](Self::try_pacing) to get the refusal as an error instead.
+    #[must_use]
     pub fn pacing(self, requests: u64, window: Duration) -> Self {
         match PacingRate::new(requests, window) {
             Ok(rate) => self.with_pacer(|c| c.pacing = Some(rate.0)),
@@ -169,6 +171,7 @@ impl ConcurrencyLayer {
     /// let layer = ConcurrencyLayer::new(8).max_rate(100, Duration::from_secs(60));
     /// # let _ = layer;
     /// ```
+    #[must_use]
     pub fn max_rate(self, requests: u64, window: Duration) -> Self {
         match PacingRate::new(requests, window) {
             Ok(rate) => self.with_pacer(|c| c.ceiling = Some(rate.0)),
@@ -184,12 +187,14 @@ impl ConcurrencyLayer {
     }
 
     /// Whether to learn from rate-limit headers and 429 responses (on by default).
+    #[must_use]
     pub fn learn_from_responses(self, learn: bool) -> Self {
         self.with_pacer(|c| c.learn = learn)
     }
 
     /// New requests are held until the window resets when the server says at most this many
     /// requests remain in it (default [`DEFAULT_RESERVE`](Self::DEFAULT_RESERVE)).
+    #[must_use]
     pub fn rate_limit_reserve(self, remaining: u64) -> Self {
         self.with_pacer(|c| c.reserve = remaining)
     }
@@ -198,12 +203,14 @@ impl ConcurrencyLayer {
     /// [`DEFAULT_MAX_HOLD`](Self::DEFAULT_MAX_HOLD)). A longer reset or `Retry-After` (a daily
     /// quota) sets no hold at all: rather than stall every call for it, requests go on to the
     /// server, and the retry layer ends each at once with an error that carries the hint.
+    #[must_use]
     pub fn max_hold(self, max: Duration) -> Self {
         self.with_pacer(|c| c.max_hold = max)
     }
 
     /// Counts pacing waits and rejections into `metrics` (share the handle with other layers to
     /// read the whole stack at once).
+    #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.config.metrics = metrics;
         self
@@ -211,6 +218,7 @@ impl ConcurrencyLayer {
 
     /// The counters this layer feeds: the handle given to [`metrics`](Self::metrics), or the
     /// layer's own.
+    #[must_use]
     pub fn metrics_handle(&self) -> &Metrics {
         &self.config.metrics
     }

@@ -73,6 +73,7 @@ struct Config {
 
 impl IdempotencyLayer {
     /// A layer for POST and PATCH with its own [`MemoryStore`], shared by every service it makes.
+    #[must_use]
     pub fn new() -> Self {
         IdempotencyLayer {
             config: Config {
@@ -88,24 +89,28 @@ impl IdempotencyLayer {
     }
 
     /// The store for keys and responses (an `Arc<dyn IdempotencyStore>` is accepted too).
+    #[must_use]
     pub fn store(mut self, store: impl IdempotencyStore) -> Self {
         self.config.store = Arc::new(store);
         self
     }
 
     /// Counters to feed: replays and joins.
+    #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.config.metrics = metrics;
         self
     }
 
     /// The counters this layer feeds (its own unless [`metrics`](Self::metrics) gave others).
+    #[must_use]
     pub fn metrics_handle(&self) -> &Metrics {
         &self.config.metrics
     }
 
     /// The methods that get a key when the caller gave none (default: POST and PATCH). A request
     /// whose caller supplied a key is handled whatever its method.
+    #[must_use]
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.config.methods = methods.into_iter().collect();
         self
@@ -113,6 +118,7 @@ impl IdempotencyLayer {
 
     /// How much of a streaming request body is read to fingerprint it (default 1 MiB). A larger
     /// body is sent once with its key, but not fingerprinted, stored or joined.
+    #[must_use]
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.config.body_limit = bytes;
         self
@@ -121,6 +127,7 @@ impl IdempotencyLayer {
     /// How much of a response body is read to store it (default 1 MiB). A larger response is
     /// passed to the caller as it streams, and not stored: a repeat calls the service again (with
     /// the same key).
+    #[must_use]
     pub fn response_limit(mut self, bytes: usize) -> Self {
         self.config.response_limit = bytes;
         self
@@ -129,12 +136,14 @@ impl IdempotencyLayer {
     /// How long a call holds its key before another call with the same key may take it over
     /// (default [`DEFAULT_CLIENT_LOCK_TTL`]); the key is released at once when a call ends without
     /// a final response, or is dropped.
+    #[must_use]
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.config.lock_ttl = ttl;
         self
     }
 
     /// How long final responses are kept for replay (default 24 hours).
+    #[must_use]
     pub fn retention(mut self, retention: Duration) -> Self {
         self.config.retention = retention;
         self
@@ -309,6 +318,7 @@ impl std::error::Error for Error {
 
 /// Whether the client layer stores a response: 2xx, and 4xx other than 408, 409 and 429 (those
 /// three, 3xx and 5xx are transient or incomplete: the next call with the key goes to the server).
+#[must_use]
 pub fn is_final(status: StatusCode) -> bool {
     status.is_success()
         || (status.is_client_error()

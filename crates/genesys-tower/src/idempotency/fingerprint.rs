@@ -49,11 +49,13 @@ impl Fingerprint {
     }
 
     /// A fingerprint from its 128-bit value (a store reading back what it wrote).
+    #[must_use]
     pub fn from_u128(value: u128) -> Self {
         Fingerprint(value)
     }
 
     /// The 128-bit value.
+    #[must_use]
     pub fn as_u128(self) -> u128 {
         self.0
     }

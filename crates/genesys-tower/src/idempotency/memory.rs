@@ -75,12 +75,14 @@ impl moka::Expiry<String, Arc<Completed>> for Retention {
 
 impl MemoryStore {
     /// A store bounded to [`DEFAULT_MEMORY_CAPACITY`] bytes of responses.
+    #[must_use]
     pub fn new() -> Self {
         Self::with_capacity(DEFAULT_MEMORY_CAPACITY)
     }
 
     /// A store bounded to `max_bytes` of responses (body and headers). When full, the entries least
     /// likely to be asked for again are evicted; an evicted key is treated as new.
+    #[must_use]
     pub fn with_capacity(max_bytes: u64) -> Self {
         let completed = Cache::builder()
             .max_capacity(max_bytes)
@@ -98,12 +100,14 @@ impl MemoryStore {
     }
 
     /// The number of keys completed and kept (approximate: evictions run lazily).
+    #[must_use]
     pub fn completed_len(&self) -> u64 {
         self.inner.completed.run_pending_tasks();
         self.inner.completed.entry_count()
     }
 
     /// The number of keys in flight (claimed and neither completed nor released).
+    #[must_use]
     pub fn in_flight_len(&self) -> usize {
         let now = Instant::now();
         self.locks().values().filter(|l| l.expires_at > now).count()

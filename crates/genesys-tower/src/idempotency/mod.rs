@@ -137,11 +137,13 @@ impl IdempotencyKey {
     }
 
     /// A new random key (UUID v4).
+    #[must_use]
     pub fn random() -> Self {
         IdempotencyKey(uuid::Uuid::new_v4().to_string())
     }
 
     /// The key.
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }

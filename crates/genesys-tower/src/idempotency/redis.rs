@@ -101,6 +101,7 @@ impl RedisStore {
     }
 
     /// A store over a connection manager you configured yourself.
+    #[must_use]
     pub fn from_connection_manager(conn: ConnectionManager) -> Self {
         RedisStore {
             conn,
@@ -111,12 +112,14 @@ impl RedisStore {
 
     /// The prefix of every key this store writes (default `idempotency:`). Give each service
     /// its own, so that their keys never meet.
+    #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Arc::from(prefix.into());
         self
     }
 
     /// How often a caller waiting for a key in flight looks again (default 25 ms).
+    #[must_use]
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self

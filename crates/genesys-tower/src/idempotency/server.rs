@@ -142,6 +142,7 @@ struct Config {
 impl ServerIdempotencyLayer {
     /// A layer for POST and PATCH with its own [`MemoryStore`] (one process; use the Redis store
     /// for several), keys optional, 409 for a key in flight, 24 h retention, 30 s lock.
+    #[must_use]
     pub fn new() -> Self {
         ServerIdempotencyLayer {
             config: Config {
@@ -165,18 +166,21 @@ impl ServerIdempotencyLayer {
 
     /// The store (an `Arc<dyn IdempotencyStore>` is accepted too). Every service made by this
     /// layer shares it; servers behind one load balancer share a Redis store.
+    #[must_use]
     pub fn store(mut self, store: impl IdempotencyStore) -> Self {
         self.config.store = Arc::new(store);
         self
     }
 
     /// Counters to feed: replays, and waits that ended in a replay (joins).
+    #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.config.metrics = metrics;
         self
     }
 
     /// The methods the layer guards (default POST and PATCH); other requests pass through.
+    #[must_use]
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.config.methods = methods.into_iter().collect();
         self
@@ -184,36 +188,42 @@ impl ServerIdempotencyLayer {
 
     /// Whether a guarded request without a key is refused with 400 (default: no, it passes
     /// through unguarded).
+    #[must_use]
     pub fn require_key(mut self, require: bool) -> Self {
         self.config.require_key = require;
         self
     }
 
     /// The longest key accepted, in characters (default 255); longer keys get 400.
+    #[must_use]
     pub fn max_key_len(mut self, len: usize) -> Self {
         self.config.max_key_len = len;
         self
     }
 
     /// The largest request body read to fingerprint it (default 1 MiB); larger ones get 413.
+    #[must_use]
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.config.body_limit = bytes;
         self
     }
 
     /// The largest response body stored (default 1 MiB); see the [module docs](self).
+    #[must_use]
     pub fn response_limit(mut self, bytes: usize) -> Self {
         self.config.response_limit = bytes;
         self
     }
 
     /// How long a key stays locked by a request that has not finished (default 30 s).
+    #[must_use]
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.config.lock_ttl = ttl;
         self
     }
 
     /// How long responses are kept for replay (default 24 hours).
+    #[must_use]
     pub fn retention(mut self, retention: Duration) -> Self {
         self.config.retention = retention;
         self
@@ -223,6 +233,7 @@ impl ServerIdempotencyLayer {
     /// `timeout` for the first one and answers with its response (409 if it has not finished by
     /// then). If the first one ends without a stored response, the waiter runs the handler
     /// itself.
+    #[must_use]
     pub fn wait_in_flight(mut self, timeout: Duration) -> Self {
         self.config.in_flight = InFlight::Wait(timeout);
         self
@@ -231,6 +242,7 @@ impl ServerIdempotencyLayer {
     /// Whether the handler is called, without idempotency, when the store cannot be reached
     /// (default: no, such requests get 503). Failing open keeps a service up through a store
     /// outage at the price of possible duplicates.
+    #[must_use]
     pub fn fail_open(mut self, fail_open: bool) -> Self {
         self.config.fail_open = fail_open;
         self
@@ -238,6 +250,7 @@ impl ServerIdempotencyLayer {
 
     /// Which responses are stored (default [`should_store`]). Responses not stored release the
     /// key, so a repeat runs the handler again.
+    #[must_use]
     pub fn store_if(mut self, rule: fn(StatusCode) -> bool) -> Self {
         self.config.should_store = rule;
         self
@@ -255,6 +268,7 @@ impl ServerIdempotencyLayer {
     /// });
     /// # drop(layer);
     /// ```
+    #[must_use]
     pub fn key_from(
         mut self,
         f: impl Fn(&Parts, &Bytes) -> Option<String> + Send + Sync + 'static,
@@ -265,6 +279,7 @@ impl ServerIdempotencyLayer {
 
     /// Keys live in the namespace `f` returns for a request (the authenticated client, say), so
     /// that two clients who pick the same key never see each other's responses.
+    #[must_use]
     pub fn scope(mut self, f: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
         self.config.scope = Some(Arc::new(f));
         self
@@ -311,6 +326,7 @@ impl<S> Layer<S> for ServerIdempotencyLayer {
 /// Service Unavailable (the request was turned away before it was processed), and 1xx.
 /// Everything else is stored and replayed, 500 included, because a failure halfway may have had
 /// part of its effect.
+#[must_use]
 pub fn should_store(status: StatusCode) -> bool {
     !status.is_informational()
         && !matches!(

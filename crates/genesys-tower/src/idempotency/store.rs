@@ -130,6 +130,7 @@ pub struct ClaimToken {
 
 impl ClaimToken {
     /// A new token with a random (UUID v4) id.
+    #[must_use]
     pub fn new(fingerprint: Fingerprint) -> Self {
         ClaimToken {
             id: uuid::Uuid::new_v4().simple().to_string(),
@@ -138,11 +139,13 @@ impl ClaimToken {
     }
 
     /// The token's id, unique to one claim.
+    #[must_use]
     pub fn id(&self) -> &str {
         &self.id
     }
 
     /// The fingerprint of the request that made the claim.
+    #[must_use]
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
     }

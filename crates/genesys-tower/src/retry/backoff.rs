@@ -87,6 +87,7 @@ impl fmt::Debug for Backoff {
 impl Backoff {
     /// A schedule starting at `base`, growing by `factor` (at least 1; a factor below 1, or not a
     /// number, is taken as 1) up to `cap`, with [`Jitter::Full`], seeded from the operating system.
+    #[must_use]
     pub fn new(base: Duration, factor: f64, cap: Duration) -> Self {
         Backoff {
             base,
@@ -100,12 +101,14 @@ impl Backoff {
     }
 
     /// Sets the jitter mode.
+    #[must_use]
     pub fn jitter(mut self, jitter: Jitter) -> Self {
         self.jitter = jitter;
         self
     }
 
     /// Seeds the random source, so that the delays are reproducible.
+    #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
         self.rng = SmallRng::seed_from_u64(seed);
         self
@@ -138,6 +141,7 @@ impl Backoff {
     }
 
     /// How many delays this schedule has given since it was made or reset.
+    #[must_use]
     pub fn retries(&self) -> u32 {
         self.retry
     }

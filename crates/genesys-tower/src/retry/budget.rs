@@ -58,6 +58,7 @@ struct State {
 
 impl RetryBudget {
     /// A budget with the default settings: `retry_ratio` 0.2, `min_per_sec` 1, `max_tokens` 100.
+    #[must_use]
     pub fn new() -> Self {
         let max = 100 * UNIT;
         RetryBudget {
@@ -73,6 +74,7 @@ impl RetryBudget {
 
     /// Retries allowed per request (0.2 = one retry per five requests). Clamped to `[0, 1000]`;
     /// not-a-number is taken as 0. Exact to 0.001.
+    #[must_use]
     pub fn retry_ratio(mut self, ratio: f64) -> Self {
         let ratio = if ratio.is_nan() {
             0.0
@@ -85,6 +87,7 @@ impl RetryBudget {
     }
 
     /// Retries allowed per second whatever the traffic, so that a quiet client can still retry.
+    #[must_use]
     pub fn min_per_sec(mut self, per_sec: u32) -> Self {
         self.refill_per_sec = u64::from(per_sec) * UNIT;
         self
@@ -92,6 +95,7 @@ impl RetryBudget {
 
     /// The most retries the bucket can hold, and what it starts with: the burst of retries allowed
     /// before the ratio and the trickle bound them.
+    #[must_use]
     pub fn max_tokens(mut self, tokens: u32) -> Self {
         self.max = u64::from(tokens) * UNIT;
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());

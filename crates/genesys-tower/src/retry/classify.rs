@@ -105,18 +105,21 @@ pub struct DefaultClassifier {
 
 impl DefaultClassifier {
     /// The default classification (500 not retried).
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Whether to retry 500 Internal Server Error (default: no; a 500 is more often a bug than a
     /// transient failure).
+    #[must_use]
     pub fn retry_500(mut self, retry: bool) -> Self {
         self.retry_500 = retry;
         self
     }
 
     /// Whether 500, 502 and 504 count as ambiguous (default: no).
+    #[must_use]
     pub fn ambiguous_gateway_errors(mut self, ambiguous: bool) -> Self {
         self.ambiguous_gateway_errors = ambiguous;
         self

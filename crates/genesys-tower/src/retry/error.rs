@@ -86,38 +86,45 @@ impl Error {
     }
 
     /// Why the call ended.
+    #[must_use]
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
     /// Whether the request may or may not have been applied by the server
     /// ([`ErrorKind::OutcomeUnknown`]).
+    #[must_use]
     pub fn is_outcome_unknown(&self) -> bool {
         self.kind == ErrorKind::OutcomeUnknown
     }
 
     /// Attempts sent before the call ended.
+    #[must_use]
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
 
     /// The status of the last response, when the last attempt got one.
+    #[must_use]
     pub fn status(&self) -> Option<StatusCode> {
         self.status
     }
 
     /// The server's hint (`Retry-After` or a rate-limit reset), when it ended the call.
+    #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
 
     /// The limit that the hint or the next attempt would have passed: `max_retry_after`, or the
     /// time left before the total deadline.
+    #[must_use]
     pub fn limit(&self) -> Option<Duration> {
         self.limit
     }
 
     /// The last attempt's error, when the last attempt failed without a response.
+    #[must_use]
     pub fn into_source(self) -> Option<BoxError> {
         self.source
     }

@@ -24,6 +24,7 @@ pub struct RetryLayer {
 impl RetryLayer {
     /// A layer that retries by `policy`, counting into a [`Metrics`] of its own (see
     /// [`metrics`](Self::metrics) to share one).
+    #[must_use]
     pub fn new(policy: RetryPolicy) -> Self {
         RetryLayer {
             policy,
@@ -32,17 +33,20 @@ impl RetryLayer {
     }
 
     /// Counts requests, attempts, retries by reason, 429s and budget refusals into `metrics`.
+    #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
     }
 
     /// The counters this layer's services feed.
+    #[must_use]
     pub fn metrics_handle(&self) -> &Metrics {
         &self.metrics
     }
 
     /// The policy.
+    #[must_use]
     pub fn policy(&self) -> &RetryPolicy {
         &self.policy
     }

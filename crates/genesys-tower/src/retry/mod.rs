@@ -191,6 +191,7 @@ impl<S> Retry<S> {
     }
 
     /// Counts into `metrics` instead.
+    #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self

@@ -99,31 +99,37 @@ impl RetryPolicy {
     }
 
     /// Attempts per call, the first included.
+    #[must_use]
     pub fn max_attempts(&self) -> u32 {
         self.inner.max_attempts
     }
 
     /// The longest server hint the layer waits for.
+    #[must_use]
     pub fn max_retry_after(&self) -> Duration {
         self.inner.max_retry_after
     }
 
     /// The total deadline across attempts, if any.
+    #[must_use]
     pub fn deadline(&self) -> Option<Duration> {
         self.inner.deadline
     }
 
     /// The bound up to which a streaming request body is buffered so it can be replayed.
+    #[must_use]
     pub fn replay_limit(&self) -> usize {
         self.inner.replay_limit
     }
 
     /// The shared retry budget, if the policy has one.
+    #[must_use]
     pub fn budget(&self) -> Option<&RetryBudget> {
         self.inner.budget.as_deref()
     }
 
     /// The classifier.
+    #[must_use]
     pub fn classifier(&self) -> &dyn Classify {
         &*self.inner.classifier
     }
@@ -131,6 +137,7 @@ impl RetryPolicy {
     /// A fresh backoff schedule with this policy's settings. With a [`seed`](RetryPolicyBuilder::seed),
     /// it is seeded with exactly that seed: the delays of the first call made through a
     /// [`Retry`](super::Retry) service built from this policy are the delays of this schedule.
+    #[must_use]
     pub fn backoff(&self) -> Backoff {
         self.backoff_with_seed(self.inner.seed)
     }
@@ -349,6 +356,7 @@ impl RetryPolicyBuilder {
     }
 
     /// The policy.
+    #[must_use]
     pub fn build(self) -> RetryPolicy {
         RetryPolicy {
             inner: Arc::new(Inner {
