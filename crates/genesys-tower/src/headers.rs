@@ -39,6 +39,10 @@ use std::time::{Duration, SystemTime};
 use http::HeaderMap;
 use http::header::RETRY_AFTER;
 
+/// The `Idempotency-Key` request header: the one constant the idempotency and retry layers
+/// share (re-exported by both modules).
+pub const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
 /// Genesys Cloud's header: the quota of the current rate-limit window.
 pub const ININ_RATELIMIT_ALLOWED: &str = "inin-ratelimit-allowed";
 

@@ -109,8 +109,7 @@ pub use memory::{DEFAULT_MEMORY_CAPACITY, MemoryStore};
 pub use redis::RedisStore;
 pub use store::{Claim, ClaimToken, IdempotencyStore, StoreError, StoreFuture, StoredResponse};
 
-/// The `Idempotency-Key` request header.
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub use crate::headers::IDEMPOTENCY_KEY;
 
 /// The `Idempotent-Replayed` response header, `true` on a response answered from the store.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -128,10 +127,11 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 /// assert_eq!(request.extensions().get::<IdempotencyKey>().unwrap().as_str(), "order-42");
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(pub String);
+pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     /// A key.
+    #[must_use]
     pub fn new(key: impl Into<String>) -> Self {
         IdempotencyKey(key.into())
     }

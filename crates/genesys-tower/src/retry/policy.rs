@@ -12,8 +12,7 @@ use super::budget::RetryBudget;
 use super::classify::{Classify, DefaultClassifier, RetrySafety};
 use crate::body::DEFAULT_REPLAY_LIMIT;
 
-/// The header that carries a request's idempotency key.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub use crate::headers::IDEMPOTENCY_KEY;
 
 type KeyPredicate = dyn Fn(&request::Parts) -> bool + Send + Sync;
 
