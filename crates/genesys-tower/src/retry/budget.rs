@@ -153,6 +153,29 @@ fn refill(balance: u64, elapsed: Duration, per_sec: u64, max: u64) -> (u64, Dura
     (balance, used)
 }
 
+/// The budget works wherever tower's retry budgets do: in a `tower::retry::Policy` of your own,
+/// for instance, so one budget can be shared by our retry layer and tower's.
+///
+/// ```
+/// use tower::retry::budget::Budget;
+/// use genesys_tower::retry::RetryBudget;
+///
+/// fn spend(budget: &impl Budget) -> bool {
+///     budget.deposit();
+///     budget.withdraw()
+/// }
+/// assert!(spend(&RetryBudget::new()));
+/// ```
+impl tower::retry::budget::Budget for RetryBudget {
+    fn deposit(&self) {
+        RetryBudget::deposit(self);
+    }
+
+    fn withdraw(&self) -> bool {
+        RetryBudget::withdraw(self)
+    }
+}
+
 impl Default for RetryBudget {
     fn default() -> Self {
         Self::new()
