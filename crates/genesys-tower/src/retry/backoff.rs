@@ -1,6 +1,8 @@
-//! Exponential backoff with jitter, usable on its own.
+//! Exponential backoff with jitter, usable on its own; the jitter is a trait, [`JitterStrategy`],
+//! so a strategy of your own plugs into the schedule and the retry policy.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -35,8 +37,103 @@ pub enum Jitter {
     Decorrelated,
 }
 
+/// How one backoff delay is drawn from the exponential schedule: the built-in modes are [`Jitter`]'s;
+/// implement it for a strategy of your own and give it to [`Backoff::jitter`] or
+/// [`RetryPolicyBuilder::jitter`](super::RetryPolicyBuilder::jitter).
+///
+/// ```
+/// use std::time::Duration;
+/// use genesys_tower::retry::{Backoff, JitterStrategy, Step};
+///
+/// /// Three quarters of the exponential delay, plus up to a quarter.
+/// #[derive(Debug)]
+/// struct ThreeQuarters;
+///
+/// impl JitterStrategy for ThreeQuarters {
+///     fn delay(&self, step: &mut Step<'_>) -> Duration {
+///         let d = step.exponential();
+///         d * 3 / 4 + step.uniform(Duration::ZERO, d / 4)
+///     }
+/// }
+///
+/// let delays: Vec<Duration> = Backoff::new(Duration::from_millis(400), 2.0, Duration::from_secs(10))
+///     .jitter(ThreeQuarters)
+///     .seed(1)
+///     .take(3)
+///     .collect();
+/// assert!(delays[0] >= Duration::from_millis(300) && delays[0] <= Duration::from_millis(400));
+/// assert!(delays[2] >= Duration::from_millis(1200));
+/// ```
+pub trait JitterStrategy: fmt::Debug + Send + Sync + 'static {
+    /// The next delay. The schedule keeps it within `[0, cap]` whatever this returns.
+    fn delay(&self, step: &mut Step<'_>) -> Duration;
+}
+
+/// What a [`JitterStrategy`] draws a delay from: the schedule's state and its random source.
+#[derive(Debug)]
+pub struct Step<'a> {
+    exponential: Duration,
+    base: Duration,
+    cap: Duration,
+    previous: Duration,
+    rng: &'a mut SmallRng,
+}
+
+impl Step<'_> {
+    /// `min(cap, base * factor^n)` for the `n`-th retry (from 0).
+    #[must_use]
+    pub fn exponential(&self) -> Duration {
+        self.exponential
+    }
+
+    /// The schedule's first delay.
+    #[must_use]
+    pub fn base(&self) -> Duration {
+        self.base
+    }
+
+    /// The schedule's cap.
+    #[must_use]
+    pub fn cap(&self) -> Duration {
+        self.cap
+    }
+
+    /// The delay this strategy gave last time (`base` before the first).
+    #[must_use]
+    pub fn previous(&self) -> Duration {
+        self.previous
+    }
+
+    /// A uniform draw in `[low, high]` from the schedule's (possibly seeded) random source; `low`
+    /// when `high <= low`.
+    pub fn uniform(&mut self, low: Duration, high: Duration) -> Duration {
+        if high <= low {
+            return low;
+        }
+        Duration::from_nanos(self.rng.random_range(nanos(low)..=nanos(high)))
+    }
+}
+
+impl JitterStrategy for Jitter {
+    fn delay(&self, step: &mut Step<'_>) -> Duration {
+        let exp = step.exponential();
+        match self {
+            Jitter::None => exp,
+            Jitter::Full => step.uniform(Duration::ZERO, exp),
+            Jitter::Equal => {
+                let half = exp / 2;
+                half + step.uniform(Duration::ZERO, exp - half)
+            }
+            Jitter::Decorrelated => {
+                let high = step.previous().saturating_mul(3).max(step.base());
+                step.uniform(step.base(), high).min(step.cap())
+            }
+        }
+    }
+}
+
 /// A schedule of backoff delays: exponential growth from a base by a factor, capped, randomised by
-/// a [`Jitter`] mode.
+/// a [`JitterStrategy`] ([`Jitter::Full`] unless told otherwise).
 ///
 /// [`RetryPolicy`](super::RetryPolicy) uses one per call; it is public so that the same schedule can
 /// be driven in simulated time (the benchmarks do) or used by code that retries by hand. Every delay
@@ -66,7 +163,7 @@ pub struct Backoff {
     base: Duration,
     factor: f64,
     cap: Duration,
-    jitter: Jitter,
+    jitter: Arc<dyn JitterStrategy>,
     retry: u32,
     previous: Duration,
     rng: SmallRng,
@@ -93,16 +190,23 @@ impl Backoff {
             base,
             factor: sane_factor(factor),
             cap,
-            jitter: Jitter::Full,
+            jitter: Arc::new(Jitter::Full),
             retry: 0,
             previous: base,
             rng: SmallRng::from_os_rng(),
         }
     }
 
-    /// Sets the jitter mode.
+    /// Sets the jitter: one of [`Jitter`]'s modes, or a [`JitterStrategy`] of your own.
     #[must_use]
-    pub fn jitter(mut self, jitter: Jitter) -> Self {
+    pub fn jitter(mut self, jitter: impl JitterStrategy) -> Self {
+        self.jitter = Arc::new(jitter);
+        self
+    }
+
+    /// Sets a shared jitter strategy (as a [`RetryPolicy`](super::RetryPolicy) holds it).
+    #[must_use]
+    pub fn jitter_arc(mut self, jitter: Arc<dyn JitterStrategy>) -> Self {
         self.jitter = jitter;
         self
     }
@@ -116,22 +220,18 @@ impl Backoff {
 
     /// The delay before the next retry; each call moves the schedule one step on.
     pub fn next_delay(&mut self) -> Duration {
-        let exp = self.exponential(self.retry);
+        let exponential = self.exponential(self.retry);
         self.retry = self.retry.saturating_add(1);
-        match self.jitter {
-            Jitter::None => exp,
-            Jitter::Full => self.uniform(Duration::ZERO, exp),
-            Jitter::Equal => {
-                let half = exp / 2;
-                half + self.uniform(Duration::ZERO, exp - half)
-            }
-            Jitter::Decorrelated => {
-                let high = self.previous.saturating_mul(3).max(self.base);
-                let delay = self.uniform(self.base, high).min(self.cap);
-                self.previous = delay;
-                delay
-            }
-        }
+        let mut step = Step {
+            exponential,
+            base: self.base,
+            cap: self.cap,
+            previous: self.previous,
+            rng: &mut self.rng,
+        };
+        let delay = self.jitter.delay(&mut step).min(self.cap);
+        self.previous = delay;
+        delay
     }
 
     /// Starts the schedule again from the base delay (the random source is not reset).
@@ -149,7 +249,14 @@ impl Backoff {
     /// A uniform extra delay in `[0, max]`, drawn from this schedule's random source: the small
     /// jitter a retry layer adds above a `Retry-After` floor.
     pub fn spread(&mut self, max: Duration) -> Duration {
-        self.uniform(Duration::ZERO, max)
+        Step {
+            exponential: Duration::ZERO,
+            base: self.base,
+            cap: self.cap,
+            previous: self.previous,
+            rng: &mut self.rng,
+        }
+        .uniform(Duration::ZERO, max)
     }
 
     /// `min(cap, base * factor^retry)`, without overflow or panics.
@@ -165,15 +272,6 @@ impl Backoff {
         Duration::try_from_secs_f64(secs)
             .unwrap_or(self.cap)
             .min(self.cap)
-    }
-
-    fn uniform(&mut self, low: Duration, high: Duration) -> Duration {
-        if high <= low {
-            return low;
-        }
-        let low_ns = nanos(low);
-        let high_ns = nanos(high);
-        Duration::from_nanos(self.rng.random_range(low_ns..=high_ns))
     }
 }
 

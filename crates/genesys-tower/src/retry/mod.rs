@@ -146,7 +146,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
-pub use self::backoff::{Backoff, Jitter};
+pub use self::backoff::{Backoff, Jitter, JitterStrategy, Step};
 pub use self::budget::RetryBudget;
 pub use self::classify::{Classification, Classify, DefaultClassifier, RetrySafety};
 pub use self::error::{Error, ErrorKind};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Method, request};
 
-use super::backoff::{Backoff, Jitter};
+use super::backoff::{Backoff, Jitter, JitterStrategy};
 use super::budget::RetryBudget;
 use super::classify::{Classify, DefaultClassifier, RetrySafety};
 use crate::body::DEFAULT_REPLAY_LIMIT;
@@ -63,7 +63,7 @@ struct Inner {
     base: Duration,
     factor: f64,
     cap: Duration,
-    jitter: Jitter,
+    jitter: Arc<dyn JitterStrategy>,
     max_retry_after: Duration,
     spread_ratio: f64,
     spread_max: Duration,
@@ -84,7 +84,7 @@ impl RetryPolicy {
             base: Duration::from_millis(500),
             factor: 2.0,
             cap: Duration::from_secs(30),
-            jitter: Jitter::Full,
+            jitter: Arc::new(Jitter::Full),
             max_retry_after: Duration::from_secs(180),
             spread_ratio: 0.1,
             spread_max: Duration::from_secs(1),
@@ -143,7 +143,7 @@ impl RetryPolicy {
 
     pub(crate) fn backoff_with_seed(&self, seed: Option<u64>) -> Backoff {
         let i = &self.inner;
-        let backoff = Backoff::new(i.base, i.factor, i.cap).jitter(i.jitter);
+        let backoff = Backoff::new(i.base, i.factor, i.cap).jitter_arc(i.jitter.clone());
         match seed {
             Some(seed) => backoff.seed(seed),
             None => backoff,
@@ -225,7 +225,7 @@ pub struct RetryPolicyBuilder {
     base: Duration,
     factor: f64,
     cap: Duration,
-    jitter: Jitter,
+    jitter: Arc<dyn JitterStrategy>,
     max_retry_after: Duration,
     spread_ratio: f64,
     spread_max: Duration,
@@ -263,9 +263,10 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// The jitter mode (default [`Jitter::Full`]).
-    pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.jitter = jitter;
+    /// The jitter: one of [`Jitter`]'s modes (default [`Jitter::Full`]) or a [`JitterStrategy`]
+    /// of your own.
+    pub fn jitter(mut self, jitter: impl JitterStrategy) -> Self {
+        self.jitter = Arc::new(jitter);
         self
     }
 
@@ -363,7 +364,7 @@ impl RetryPolicyBuilder {
                 base: self.base,
                 factor: self.factor,
                 cap: self.cap,
-                jitter: self.jitter,
+                jitter: self.jitter.clone(),
                 max_retry_after: self.max_retry_after,
                 spread_ratio: self.spread_ratio,
                 spread_max: self.spread_max,
