@@ -45,6 +45,44 @@ async fn kill_at(sim: &SimHandle, mut cmd: Command, n: usize) {
     assert_eq!(status.code(), None, "killed by a signal, not finished");
 }
 
+/// Starts `cmd`, and once the ledger holds `n` effects sends two Ctrl-C 30 ms apart (the
+/// second abandons what is in flight); returns what the process printed.
+async fn interrupt_twice_at(sim: &SimHandle, mut cmd: Command, n: usize) -> std::process::Output {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ledger(sim, n).await;
+    interrupt(child.id());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    interrupt(child.id());
+    child.wait_with_output().unwrap()
+}
+
+/// Seed 000's records, `records` of them (`TXN-0`...), and the simulator's schema, in `d`.
+fn ingest_input(d: &Path, records: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let schema = write(
+        &d.join("schema.json"),
+        genesys_sim::default_ingestion_schema()
+            .to_string()
+            .as_bytes(),
+    );
+    let mut lines = String::new();
+    for i in 0..records {
+        let rec = json!({
+            "external_id": format!("TXN-{i}"),
+            "timestamp": "2023-10-15T14:30:00Z",
+            "channel": "voice",
+            "duration_seconds": 60,
+            "customer_segment": "enterprise"
+        });
+        lines.push_str(&rec.to_string());
+        lines.push('\n');
+    }
+    (write(&d.join("records.jsonl"), lines.as_bytes()), schema)
+}
+
 fn fnv1a(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
@@ -121,26 +159,8 @@ async fn ingest_killed_at_several_points_then_resumed_applies_every_record_once(
         .await
         .unwrap();
     let d = dir("kill_ingest");
-    let schema = write(
-        &d.join("schema.json"),
-        genesys_sim::default_ingestion_schema()
-            .to_string()
-            .as_bytes(),
-    );
     let records = 2000;
-    let mut lines = String::new();
-    for i in 0..records {
-        let rec = json!({
-            "external_id": format!("TXN-{i}"),
-            "timestamp": "2023-10-15T14:30:00Z",
-            "channel": "voice",
-            "duration_seconds": 60,
-            "customer_segment": "enterprise"
-        });
-        lines.push_str(&rec.to_string());
-        lines.push('\n');
-    }
-    let input = write(&d.join("records.jsonl"), lines.as_bytes());
+    let (input, schema) = ingest_input(&d, records);
     let journal = d.join("ingest.journal");
     let run = || {
         let mut cmd = gcx(&sim);
@@ -288,33 +308,25 @@ async fn two_ctrl_c_record_in_flight_actions_as_unknown_and_a_resume_never_runs_
         d.join("unknown.jsonl"),
         d.join("r.json"),
     );
-    let child = gcx(&sim)
-        .args([
-            "actions",
-            "execute",
-            "echo",
-            "--concurrency",
-            "4",
-            "--batch",
-        ])
-        .arg(&input)
-        .arg("--journal")
-        .arg(&journal)
-        .arg("--failed")
-        .arg(&failed)
-        .arg("--unknown")
-        .arg(&unknown)
-        .arg("--report")
-        .arg(&report)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ledger(&sim, 4).await;
-    interrupt(child.id());
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    interrupt(child.id());
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = gcx(&sim);
+    cmd.args([
+        "actions",
+        "execute",
+        "echo",
+        "--concurrency",
+        "4",
+        "--batch",
+    ])
+    .arg(&input)
+    .arg("--journal")
+    .arg(&journal)
+    .arg("--failed")
+    .arg(&failed)
+    .arg("--unknown")
+    .arg(&unknown)
+    .arg("--report")
+    .arg(&report);
+    let out = interrupt_twice_at(&sim, cmd, 4).await;
     assert_eq!(out.status.code(), Some(1));
     let r = read_json(&report);
     let c = &r["counts"];
@@ -385,18 +397,9 @@ async fn two_ctrl_c_then_a_resume_patch_every_user_exactly_once() {
             .arg(&journal);
         cmd
     };
-    let child = run()
-        .arg("--unknown")
-        .arg(&unknown)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ledger(&sim, 4).await;
-    interrupt(child.id());
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    interrupt(child.id());
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = run();
+    cmd.arg("--unknown").arg(&unknown);
+    let out = interrupt_twice_at(&sim, cmd, 4).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         !jsonl(&unknown).is_empty(),
@@ -408,6 +411,52 @@ async fn two_ctrl_c_then_a_resume_patch_every_user_exactly_once() {
     for (id, title) in wanted {
         assert_eq!(sim.user(&id).unwrap()["title"], json!(title));
         assert_eq!(patches(&sim, &id), 1, "user {id} patched exactly once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ctrl_c_then_a_resume_ingest_every_record_exactly_once() {
+    let sim = Simulator::spawn(config(1).faults("latency=300ms..300ms".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("two_ctrl_c_ingest");
+    let records = 60;
+    let (input, schema) = ingest_input(&d, records);
+    let (journal, unknown) = (d.join("j.journal"), d.join("unknown.jsonl"));
+    let run = || {
+        let mut cmd = gcx(&sim);
+        cmd.args([
+            "ingest",
+            "--chunk-size",
+            "5",
+            "--concurrency",
+            "2",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--journal")
+        .arg(&journal);
+        cmd
+    };
+    let mut cmd = run();
+    cmd.arg("--unknown").arg(&unknown);
+    let out = interrupt_twice_at(&sim, cmd, 5).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !jsonl(&unknown).is_empty(),
+        "the chunks in flight are recorded as unknown"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = run().output().unwrap();
+    assert_exit(&out, 0);
+    for i in 0..records {
+        assert_eq!(
+            sim.ledger_count_for(&format!("TXN-{i}")),
+            1,
+            "record TXN-{i} applied exactly once"
+        );
     }
 }
 
