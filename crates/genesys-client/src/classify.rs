@@ -5,6 +5,7 @@ use std::error::Error as StdError;
 
 use genesys_tower::BoxError;
 use genesys_tower::auth;
+use genesys_tower::error::find;
 use genesys_tower::retry::{
     self, Classification, Classify, DefaultClassifier, ErrorKind, RetrySafety,
 };
@@ -124,17 +125,6 @@ pub(crate) fn is_gateway_error(status: StatusCode) -> bool {
         status,
         StatusCode::INTERNAL_SERVER_ERROR | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
     )
-}
-
-fn find<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        if let Some(t) = e.downcast_ref::<T>() {
-            return Some(t);
-        }
-        cause = e.source();
-    }
-    None
 }
 
 fn find_oauth(err: &(dyn StdError + 'static)) -> Option<OAuthError> {

@@ -121,14 +121,17 @@
 pub mod auth;
 pub mod body;
 pub mod concurrency;
+pub mod error;
 pub mod headers;
 pub mod idempotency;
 pub mod metrics;
 pub mod read_body;
+mod reason;
 pub mod retry;
 mod time;
 
 pub use body::Body;
+pub use error::NotSent;
 
 /// Every code example of `docs/architecture.md` runs as a doctest of this crate.
 #[cfg(doctest)]

@@ -18,43 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
-/// Why an attempt was retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum RetryReason {
-    /// The connection failed before the request was sent.
-    Connect,
-    /// The attempt failed after the request may have reached the server (timeout, reset), and the
-    /// request was safe to send again.
-    Ambiguous,
-    /// 408 Request Timeout.
-    RequestTimeout,
-    /// 429 Too Many Requests.
-    RateLimited,
-    /// A 5xx status the policy retries (500, 502, 503, 504).
-    ServerError,
-}
-
-impl RetryReason {
-    /// A short name for logs and reports.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RetryReason::Connect => "connect",
-            RetryReason::Ambiguous => "ambiguous",
-            RetryReason::RequestTimeout => "request_timeout",
-            RetryReason::RateLimited => "rate_limited",
-            RetryReason::ServerError => "server_error",
-        }
-    }
-}
-
-impl fmt::Display for RetryReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::reason::RetryReason;
 
 #[derive(Debug, Default)]
 struct Counters {

@@ -8,17 +8,19 @@ use crate::BoxError;
 
 /// An error of the [`Auth`](super::Auth) service itself: no usable token could be had.
 ///
-/// It reaches the caller boxed in a [`BoxError`]; downcast to find it. Its
-/// [`source`](StdError::source) is the token source's own error, so that can be downcast too.
+/// It reaches the caller wrapped in a [`NotSent`](crate::NotSent) (no request was sent without
+/// a token), boxed in a [`BoxError`]: [`find`](crate::error::find) reaches it. Its
+/// [`source`](StdError::source) is the token source's own error, so that can be found too.
 /// Every request that waited for the same failed fetch gets a clone of the same error; the next
 /// request tries the token source again.
 ///
 /// ```
 /// use genesys_tower::BoxError;
 /// use genesys_tower::auth;
+/// use genesys_tower::error::find;
 ///
 /// fn is_auth_failure(err: &BoxError) -> bool {
-///     err.downcast_ref::<auth::Error>().is_some_and(|e| e.is_token_source())
+///     find::<auth::Error>(&**err).is_some_and(|e| e.is_token_source())
 /// }
 /// ```
 #[derive(Clone)]

@@ -123,7 +123,7 @@ pub use token::{Token, TokenSource};
 use self::cache::Cache;
 use self::scope::Scope;
 use crate::body::{self, ReplayBody};
-use crate::{BoxError, Metrics};
+use crate::{BoxError, Metrics, NotSent};
 
 /// Everything a call needs, shared by every clone.
 struct Shared<T> {
@@ -215,7 +215,8 @@ impl<T: TokenSource> Shared<T> {
         let token = self
             .cache
             .token(&*self.source, self.margin, &self.metrics, None)
-            .await?;
+            .await
+            .map_err(NotSent::new)?;
         let body = if body.is_replayable() || self.replay_limit == 0 {
             body
         } else {
@@ -245,7 +246,8 @@ impl<T: TokenSource> Shared<T> {
                 &self.metrics,
                 Some(&token.token),
             )
-            .await?;
+            .await
+            .map_err(NotSent::new)?;
         if fresh.token.same_value(&token.token) {
             tracing::debug!("401, and the token source gave the same token again: returned as is");
             return Ok(response);

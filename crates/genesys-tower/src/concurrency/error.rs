@@ -4,16 +4,18 @@ use std::fmt;
 
 /// An error of the [`Concurrency`](super::Concurrency) service itself.
 ///
-/// It reaches the caller boxed in a [`BoxError`](crate::BoxError); downcast to find it:
+/// It reaches the caller wrapped in a [`NotSent`](crate::NotSent), boxed in a
+/// [`BoxError`](crate::BoxError): [`find`](crate::error::find) reaches it.
 ///
 /// ```
-/// use genesys_tower::BoxError;
 /// use genesys_tower::concurrency::Error;
+/// use genesys_tower::error::find;
+/// use genesys_tower::{BoxError, NotSent};
 ///
 /// fn was_shed(err: &BoxError) -> bool {
-///     matches!(err.downcast_ref::<Error>(), Some(Error::Overloaded))
+///     matches!(find::<Error>(&**err), Some(Error::Overloaded))
 /// }
-/// # assert!(was_shed(&BoxError::from(Error::Overloaded)));
+/// # assert!(was_shed(&BoxError::from(NotSent::new(Error::Overloaded))));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -11,6 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::Error;
 use super::pacing::Pacer;
 use crate::BoxError;
+use crate::NotSent;
 
 pin_project! {
     /// Response future of the [`Concurrency`](super::Concurrency) service.
@@ -55,7 +56,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Err(Error::Overloaded.into()));
+            return Poll::Ready(Err(NotSent::new(Error::Overloaded).into()));
         };
         let output = ready!(inner.poll(cx));
         // Release the permit now rather than when the future is dropped: the caller may keep

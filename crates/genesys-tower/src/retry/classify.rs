@@ -6,7 +6,8 @@ use std::io;
 
 use http::{HeaderMap, StatusCode, request};
 
-use crate::metrics::RetryReason;
+use super::RetryReason;
+use crate::NotSent;
 
 /// What an attempt's outcome means for the retry layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,7 +69,7 @@ pub trait Classify: Send + Sync + 'static {
 /// | 413 | final, always (the retry layer itself never re-sends a request answered 413, whatever the classifier says) |
 /// | any other status | final (never other 4xx: another attempt gets the same answer) |
 /// | an error of an inner retry layer | final (retries are not multiplied) |
-/// | an [`auth::Error`](crate::auth::Error) or a [`concurrency::Error`](crate::concurrency::Error) | final (nothing was sent; the error says so) |
+/// | a [`NotSent`] anywhere in the chain (this crate's auth and concurrency layers wrap their errors in it) | final (nothing was sent; the layer that refused already decided) |
 /// | a [`read_body::Error::TooLarge`](crate::read_body::Error::TooLarge) | final (another attempt gets the same body) |
 /// | a request-side [`NotReplayable`](crate::body::NotReplayable) | final (nothing was sent; another attempt fails the same way) |
 /// | any other error (timeouts, resets, incomplete messages) | ambiguous |
@@ -86,7 +87,7 @@ pub trait Classify: Send + Sync + 'static {
 ///
 /// ```
 /// use genesys_tower::retry::{Classification, Classify, DefaultClassifier};
-/// use genesys_tower::metrics::RetryReason;
+/// use genesys_tower::retry::RetryReason;
 /// use http::{HeaderMap, Request, StatusCode};
 ///
 /// let (parts, ()) = Request::post("/x").body(()).unwrap().into_parts();
@@ -156,14 +157,10 @@ impl Classify for DefaultClassifier {
     ) -> Classification {
         let mut cause = Some(error);
         while let Some(e) = cause {
-            // Errors of this crate's own layers: an inner retry layer already retried; the auth
-            // layer could not get a token (its source retries on its own) and the concurrency
-            // layer shed the request, and in both cases nothing was sent, so the outcome is
-            // known and not worth a backoff here.
-            if e.is::<super::Error>()
-                || e.is::<crate::auth::Error>()
-                || e.is::<crate::concurrency::Error>()
-            {
+            // An inner retry layer already retried. A layer that says nothing was sent (the
+            // auth layer without a token, the concurrency layer shedding load, a user's own
+            // layer) already decided, and the outcome is known: not worth a backoff here.
+            if e.is::<super::Error>() || e.is::<NotSent>() {
                 return Classification::Final;
             }
             if e.downcast_ref::<crate::read_body::Error>()

@@ -122,11 +122,11 @@
 //! [`Metrics`]: crate::Metrics
 //! [`ReplayBody::into_replay`]: crate::body::ReplayBody::into_replay
 //! [`ReplayBody::from_replay`]: crate::body::ReplayBody::from_replay
-//! [`RetryReason`]: crate::metrics::RetryReason
 
 mod backoff;
 mod budget;
 mod classify;
+mod decide;
 mod error;
 pub mod future;
 /// The header module the retry layer reads with; it moved to [`crate::headers`], shared with the
@@ -153,9 +153,10 @@ pub use self::error::{Error, ErrorKind};
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
 pub use self::policy::{IDEMPOTENCY_KEY, RetryPolicy, RetryPolicyBuilder};
+pub use crate::reason::RetryReason;
 
+use self::decide::{Decision, Outcome, State, decide};
 use crate::body::{self, ReplayBody};
-use crate::metrics::RetryReason;
 use crate::{Body, BoxError, Metrics};
 
 /// How much of a dropped response's body is read so that its connection can be reused.
@@ -253,10 +254,19 @@ where
     }
 }
 
-/// The last outcome of a retryable attempt.
+/// The last outcome of an attempt.
 enum Last<R> {
     Response(Response<R>),
     Error(BoxError),
+}
+
+impl<R> Last<R> {
+    fn outcome(&self) -> Outcome<'_> {
+        match self {
+            Last::Response(response) => Outcome::Response(response.status(), response.headers()),
+            Last::Error(error) => Outcome::Error(&**error),
+        }
+    }
 }
 
 struct Call {
@@ -266,6 +276,7 @@ struct Call {
 }
 
 impl Call {
+    /// Sends, waits and sends again while [`decide`] says so.
     async fn run<S, B, R>(
         self,
         mut service: S,
@@ -283,7 +294,6 @@ impl Call {
             seed,
         } = self;
         let started = Instant::now();
-        let deadline = policy.deadline().map(|d| crate::time::after(started, d));
         metrics.record_request();
         if let Some(budget) = policy.budget() {
             budget.deposit();
@@ -297,14 +307,12 @@ impl Call {
         } else {
             (None, Some(body))
         };
-
-        let mut attempts = 0u32;
-        let mut waited = Duration::ZERO;
-        let mut backoff: Option<Backoff> = None;
+        let deadline = policy.deadline().map(|d| crate::time::after(started, d));
+        let mut state = State::new(deadline, template.is_some(), seed);
 
         loop {
-            attempts += 1;
-            if attempts > 1 {
+            state.attempts += 1;
+            if state.attempts > 1 {
                 service.ready().await.map_err(Into::into)?;
             }
             let attempt_body = template
@@ -314,223 +322,139 @@ impl Call {
                 .unwrap_or_default();
             let attempt_body = body::rebuild::<B>(attempt_body)?;
             metrics.record_attempt();
-            let outcome = service
+            let last = match service
                 .call(Request::from_parts(parts.clone(), attempt_body))
                 .await
-                .map_err(Into::<BoxError>::into);
-
-            let classifier = policy.classifier();
-            let (reason, hint, status, last) = match outcome {
-                Ok(response) => {
-                    let status = response.status();
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        metrics.record_rate_limited_response();
-                    }
-                    // A 413 is never re-sent, whatever the classifier says: the same request
-                    // would be refused again, and re-sending a large body only adds load.
-                    let classification = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                        Classification::Final
-                    } else {
-                        classifier.classify_response(&parts, status, response.headers())
-                    };
-                    let reason = match classification {
-                        Classification::Final => None,
-                        Classification::Retry(reason) => Some(reason),
-                        Classification::Ambiguous => policy.may_replay(&parts).then_some(
-                            if status == StatusCode::REQUEST_TIMEOUT {
-                                RetryReason::RequestTimeout
-                            } else {
-                                RetryReason::Ambiguous
-                            },
-                        ),
-                    };
-                    let Some(reason) = reason else {
-                        tracing::debug!(
-                            attempt = attempts,
-                            status = status.as_u16(),
-                            "attempt done"
-                        );
-                        return Ok(finish(response, attempts, waited));
-                    };
-                    let hint = headers::hint(
-                        response.headers(),
-                        SystemTime::now(),
-                        status == StatusCode::TOO_MANY_REQUESTS,
-                    );
-                    (reason, hint, Some(status), Last::Response(response))
-                }
-                Err(error) => {
-                    let reason = match classifier.classify_error(&parts, &*error) {
-                        Classification::Final => {
-                            tracing::debug!(attempt = attempts, error = %error, "attempt failed; not retryable");
-                            return Err(error);
-                        }
-                        Classification::Retry(reason) => reason,
-                        Classification::Ambiguous if policy.may_replay(&parts) => {
-                            RetryReason::Ambiguous
-                        }
-                        Classification::Ambiguous => {
-                            tracing::debug!(
-                                attempt = attempts,
-                                error = %error,
-                                method = %parts.method,
-                                "attempt failed after the request may have been sent; outcome unknown"
-                            );
-                            return Err(Error::new(ErrorKind::OutcomeUnknown, attempts)
-                                .with_method(parts.method.clone())
-                                .with_source(Some(error))
-                                .into());
-                        }
-                    };
-                    (reason, None, None, Last::Error(error))
-                }
+            {
+                Ok(response) => Last::Response(response),
+                Err(error) => Last::Error(error.into()),
             };
-
-            let stop = |kind: ErrorKind, last: Last<R>| -> Result<Response<R>, BoxError> {
-                tracing::debug!(
-                    attempt = attempts,
-                    status = status.map(|s| s.as_u16()),
-                    reason = %reason,
-                    stopped = ?kind,
-                    "attempt failed; not retried"
-                );
-                match last {
-                    Last::Response(response) => Ok(finish(response, attempts, waited)),
-                    Last::Error(error) => Err(Error::new(kind, attempts)
-                        .with_method(parts.method.clone())
-                        .with_source(Some(error))
-                        .into()),
-                }
-            };
-
-            if attempts >= policy.max_attempts() {
-                return stop(ErrorKind::AttemptsExhausted, last);
+            if last.outcome().status() == Some(StatusCode::TOO_MANY_REQUESTS) {
+                metrics.record_rate_limited_response();
             }
-            if template.is_none() {
-                // A body that cannot be replayed: the outcome is returned as it came.
-                tracing::debug!(attempt = attempts, status = status.map(|s| s.as_u16()), reason = %reason,
-                    "attempt failed; not retried: the body was too long to replay");
-                return match last {
-                    Last::Response(response) => Ok(finish(response, attempts, waited)),
-                    Last::Error(error) => Err(error),
+
+            let mut decision = decide(
+                &policy,
+                &mut state,
+                &parts,
+                last.outcome(),
+                Instant::now(),
+                SystemTime::now(),
+            );
+            if let Decision::Retry { reason, .. } = decision
+                && policy.budget().is_some_and(|budget| !budget.withdraw())
+            {
+                metrics.record_budget_refusal();
+                decision = Decision::Stop {
+                    kind: ErrorKind::BudgetExhausted,
+                    reason: Some(reason),
                 };
             }
-            if let Some(hint) = hint.filter(|h| *h > policy.max_retry_after()) {
-                return Err(hint_error(
-                    Error::new(ErrorKind::RetryAfterTooLong, attempts),
-                    hint,
-                    status,
-                    policy.max_retry_after(),
-                    last,
-                ));
-            }
-
-            let backoff = backoff.get_or_insert_with(|| policy.backoff_with_seed(seed));
-            let mut delay = backoff.next_delay();
-            if let Some(hint) = hint.filter(|h| *h >= delay) {
-                delay = hint.saturating_add(backoff.spread(policy.spread_for(hint)));
-            }
-            // tokio's timers tick in whole milliseconds: round up, so that `waited` is what
-            // the call really waits.
-            delay = ceil_millis(delay);
-            if let Some(deadline) = deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if let Some(hint) = hint.filter(|h| *h > left) {
-                    return Err(hint_error(
-                        Error::new(ErrorKind::DeadlineExceeded, attempts),
-                        hint,
-                        status,
-                        left,
-                        last,
-                    ));
-                }
-                if delay > left {
-                    if hint.is_some() {
-                        // The hint fits: only the spread above it is trimmed.
-                        delay = left;
-                    } else {
-                        let error = Error::new(ErrorKind::DeadlineExceeded, attempts)
-                            .with_method(parts.method.clone())
-                            .with_status(status)
-                            .with_limit(left);
-                        return Err(with_last(error, last).into());
-                    }
-                }
-            }
-            if policy.budget().is_some_and(|budget| !budget.withdraw()) {
-                metrics.record_budget_refusal();
-                return stop(ErrorKind::BudgetExhausted, last);
-            }
+            trace(&state, &last, decision);
+            let Decision::Retry { reason, delay } = decision else {
+                return end(decision, last, &parts, &state);
+            };
 
             metrics.record_retry(reason);
-            match &last {
-                Last::Response(_) => tracing::debug!(
-                    attempt = attempts,
-                    status = status.map(|s| s.as_u16()),
-                    delay_ms = delay.as_millis() as u64,
-                    reason = %reason,
-                    "attempt failed; retrying"
-                ),
-                Last::Error(error) => tracing::debug!(
-                    attempt = attempts,
-                    error = %error,
-                    delay_ms = delay.as_millis() as u64,
-                    reason = %reason,
-                    "attempt failed; retrying"
-                ),
-            }
-
             let wake = crate::time::from_now(delay);
             if let Last::Response(response) = last {
                 // Read the dropped body while we wait anyway; never wait longer for it.
                 let _ = tokio::time::timeout_at(wake, drain(response.into_body())).await;
             }
             tokio::time::sleep_until(wake).await;
-            waited = waited.saturating_add(delay);
+            state.waited = state.waited.saturating_add(delay);
         }
     }
 }
 
-fn ceil_millis(d: Duration) -> Duration {
-    let sub_ms = d.subsec_nanos() % 1_000_000;
-    if sub_ms == 0 {
-        d
-    } else {
-        d.saturating_add(Duration::from_nanos(u64::from(1_000_000 - sub_ms)))
-    }
-}
-
-fn finish<R>(mut response: Response<R>, attempts: u32, waited: Duration) -> Response<R> {
-    response
-        .extensions_mut()
-        .insert(RetryInfo { attempts, waited });
-    response
-}
-
-fn hint_error<R>(
-    error: Error,
-    hint: Duration,
-    status: Option<StatusCode>,
-    limit: Duration,
+/// What the caller gets when the call ends.
+fn end<R>(
+    decision: Decision,
     last: Last<R>,
-) -> BoxError {
-    tracing::debug!(
-        status = status.map(|s| s.as_u16()),
-        hint_s = hint.as_secs(),
-        limit_s = limit.as_secs(),
-        "server hint too long; call ended"
-    );
-    let error = error
-        .with_status(status)
-        .with_retry_after(Some(hint))
-        .with_limit(limit);
-    with_last(error, last).into()
+    request: &http::request::Parts,
+    state: &State,
+) -> Result<Response<R>, BoxError> {
+    let error = match (decision, last) {
+        (Decision::Return | Decision::Stop { .. }, Last::Response(mut response)) => {
+            response.extensions_mut().insert(RetryInfo {
+                attempts: state.attempts,
+                waited: state.waited,
+            });
+            return Ok(response);
+        }
+        (Decision::Return, Last::Error(error)) => return Err(error),
+        (Decision::Stop { kind, .. }, Last::Error(error)) => {
+            Error::new(kind, state.attempts).with_source(Some(error))
+        }
+        (
+            Decision::Fail {
+                kind,
+                retry_after,
+                limit,
+            },
+            last,
+        ) => {
+            let error = Error::new(kind, state.attempts)
+                .with_status(last.outcome().status())
+                .with_retry_after(retry_after)
+                .with_limit(limit);
+            match last {
+                Last::Response(_) => error,
+                Last::Error(source) => error.with_source(Some(source)),
+            }
+        }
+        (Decision::Retry { .. }, _) => unreachable!("a retry does not end the call"),
+    };
+    Err(error.with_method(request.method.clone()).into())
 }
 
-fn with_last<R>(error: Error, last: Last<R>) -> Error {
-    match last {
-        Last::Response(_) => error,
-        Last::Error(source) => error.with_source(Some(source)),
+/// One DEBUG event per attempt: its number, status or error, and what follows. Headers are never
+/// logged.
+fn trace<R>(state: &State, last: &Last<R>, decision: Decision) {
+    let attempt = state.attempts;
+    let (status, error) = match last {
+        Last::Response(response) => (Some(response.status().as_u16()), None),
+        Last::Error(error) => (None, Some(tracing::field::display(error))),
+    };
+    match decision {
+        Decision::Return => tracing::debug!(attempt, status, error, "attempt done"),
+        Decision::Stop {
+            kind: ErrorKind::OutcomeUnknown,
+            ..
+        } => tracing::debug!(
+            attempt,
+            error,
+            "attempt failed after the request may have been sent; outcome unknown"
+        ),
+        Decision::Stop { kind, reason } => tracing::debug!(
+            attempt,
+            status,
+            error,
+            reason = reason.map(tracing::field::display),
+            stopped = ?kind,
+            "attempt failed; not retried"
+        ),
+        Decision::Fail {
+            kind,
+            retry_after,
+            limit,
+        } => tracing::debug!(
+            attempt,
+            status,
+            error,
+            stopped = ?kind,
+            hint_s = retry_after.map(|h| h.as_secs()),
+            limit_ms = limit.as_millis() as u64,
+            "attempt failed; call ended by the server's hint or the deadline"
+        ),
+        Decision::Retry { reason, delay } => tracing::debug!(
+            attempt,
+            status,
+            error,
+            delay_ms = delay.as_millis() as u64,
+            reason = %reason,
+            "attempt failed; retrying"
+        ),
     }
 }
 

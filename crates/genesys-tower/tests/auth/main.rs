@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use genesys_tower::auth::{self, AuthLayer, Token, TokenSource};
 use genesys_tower::concurrency::ConcurrencyLayer;
-use genesys_tower::{Body, BoxError, Metrics};
+use genesys_tower::error::find;
+use genesys_tower::{Body, BoxError, Metrics, NotSent};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -271,7 +272,8 @@ async fn a_failing_source_gives_one_error_naming_the_cause_to_every_waiter() {
         .collect();
     for task in tasks {
         let err = task.await.unwrap().unwrap_err();
-        let auth_err = err.downcast_ref::<auth::Error>().expect("an auth::Error");
+        let auth_err = find::<auth::Error>(&*err).expect("an auth::Error");
+        assert!(err.is::<NotSent>(), "marked as not sent: {err:?}");
         assert!(auth_err.is_token_source());
         assert!(err.to_string().contains("invalid_client"), "{err}");
         assert!(
@@ -605,7 +607,7 @@ async fn a_token_that_cannot_be_a_header_is_an_error() {
     let api = Api::accepting("*");
     let svc = AuthLayer::new(source).layer(api.service(Duration::ZERO));
     let err = svc.oneshot(get("/")).await.unwrap_err();
-    let err = err.downcast_ref::<auth::Error>().unwrap();
+    let err = find::<auth::Error>(&*err).unwrap();
     assert!(err.is_invalid_token());
     assert!(!err.to_string().contains("bad"), "{err}");
     assert!(api.seen().is_empty());

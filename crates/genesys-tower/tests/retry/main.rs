@@ -8,12 +8,13 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
+use genesys_tower::error::find;
 use genesys_tower::metrics::Metrics;
 use genesys_tower::retry::{
     Backoff, DefaultClassifier, Error, ErrorKind, Jitter, RetryBudget, RetryInfo, RetryLayer,
     RetryPolicy, RetrySafety, headers,
 };
-use genesys_tower::{Body, BoxError};
+use genesys_tower::{Body, BoxError, NotSent};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::StreamBody;
 use proptest::prelude::*;
@@ -463,9 +464,12 @@ async fn a_post_our_own_layers_did_not_send_is_not_an_unknown_outcome() {
         .layer(AuthLayer::new(source))
         .service(server.clone());
     let err = svc.oneshot(post("{}")).await.unwrap_err();
-    let auth_err = err
-        .downcast_ref::<auth::Error>()
-        .unwrap_or_else(|| panic!("the auth error itself, got: {err}"));
+    assert!(
+        err.is::<NotSent>(),
+        "the auth layer's error as it came: {err:?}"
+    );
+    let auth_err =
+        find::<auth::Error>(&*err).unwrap_or_else(|| panic!("the auth error itself, got: {err}"));
     assert!(auth_err.is_token_source());
     assert_eq!(
         fetches.load(Ordering::SeqCst),
@@ -484,12 +488,41 @@ async fn a_post_our_own_layers_did_not_send_is_not_an_unknown_outcome() {
     tokio::task::yield_now().await;
     let err = limited.oneshot(post("{}")).await.unwrap_err();
     assert_eq!(
-        err.downcast_ref::<concurrency::Error>(),
+        find::<concurrency::Error>(&*err),
         Some(&concurrency::Error::Overloaded),
         "{err}"
     );
     assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
     assert_eq!(slow.seen().len(), 1);
+}
+
+/// A layer of the user's own that says "not sent" (a circuit breaker, a load shedder) is heard:
+/// its error comes back as it is, after one call, never as an unknown outcome, never retried.
+#[tokio::test(start_paused = true)]
+async fn a_users_own_not_sent_error_is_final_and_not_an_unknown_outcome() {
+    let calls = Arc::new(Mutex::new(0u32));
+    let counted = calls.clone();
+    let breaker = tower::service_fn(move |_req: Request<Body>| {
+        *counted.lock().unwrap() += 1;
+        async { Err::<Response<String>, _>(NotSent::new(io::Error::other("circuit open"))) }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(exact().build()))
+        .service(breaker);
+    let err = svc.oneshot(post("{}")).await.unwrap_err();
+    assert!(err.is::<NotSent>(), "returned as it came: {err:?}");
+    assert_eq!(err.to_string(), "circuit open");
+    assert_eq!(*calls.lock().unwrap(), 1, "not retried");
+
+    // Without the mark the same error after a POST is a possible duplicate: outcome unknown.
+    let plain = tower::service_fn(|_req: Request<Body>| async {
+        Err::<Response<String>, _>(io::Error::other("circuit open"))
+    });
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(exact().build()))
+        .service(plain);
+    let err = retry_error(svc.oneshot(post("{}")).await);
+    assert!(err.is_outcome_unknown());
 }
 
 #[tokio::test(start_paused = true)]

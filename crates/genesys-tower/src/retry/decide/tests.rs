@@ -1,0 +1,274 @@
+//! The decision rules one by one, without a service, a clock or a sleep.
+
+use std::io;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, request};
+use tokio::time::Instant;
+
+use super::{Decision, Outcome, State, decide};
+use crate::retry::{
+    Classification, Classify, ErrorKind, Jitter, RetryPolicy, RetryPolicyBuilder, RetryReason,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn policy() -> RetryPolicyBuilder {
+    RetryPolicy::builder()
+        .jitter(Jitter::None)
+        .base_delay(SECOND)
+        .max_attempts(3)
+}
+
+fn parts(method: Method) -> request::Parts {
+    Request::builder()
+        .method(method)
+        .uri("http://api.test/x")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+/// The decision after attempt number `attempts` of a call with `deadline_in` left.
+fn after(
+    policy: &RetryPolicy,
+    attempts: u32,
+    method: Method,
+    outcome: Outcome<'_>,
+    deadline_in: Option<Duration>,
+) -> Decision {
+    let now = Instant::now();
+    let mut state = State::new(deadline_in.map(|d| now + d), true, Some(7));
+    state.attempts = attempts;
+    decide(
+        policy,
+        &mut state,
+        &parts(method),
+        outcome,
+        now,
+        SystemTime::now(),
+    )
+}
+
+fn status(code: u16, headers: &HeaderMap) -> Outcome<'_> {
+    Outcome::Response(StatusCode::from_u16(code).unwrap(), headers)
+}
+
+fn retry_after(secs: &'static str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("retry-after", HeaderValue::from_static(secs));
+    h
+}
+
+#[test]
+fn success_and_other_4xx_are_returned_as_they_are() {
+    let p = policy().build();
+    let none = HeaderMap::new();
+    for code in [200, 201, 400, 404, 409] {
+        assert_eq!(
+            after(&p, 1, Method::POST, status(code, &none), None),
+            Decision::Return
+        );
+    }
+}
+
+#[test]
+fn a_503_is_retried_after_the_backoff_until_the_attempts_run_out() {
+    let p = policy().build();
+    let none = HeaderMap::new();
+    assert_eq!(
+        after(&p, 1, Method::POST, status(503, &none), None),
+        Decision::Retry {
+            reason: RetryReason::ServerError,
+            delay: SECOND
+        }
+    );
+    assert_eq!(
+        after(&p, 3, Method::POST, status(503, &none), None),
+        Decision::Stop {
+            kind: ErrorKind::AttemptsExhausted,
+            reason: Some(RetryReason::ServerError)
+        }
+    );
+}
+
+#[test]
+fn retry_after_is_a_floor_with_a_small_spread_above_it() {
+    let p = policy().build();
+    let h = retry_after("5");
+    let Decision::Retry { reason, delay } = after(&p, 1, Method::GET, status(429, &h), None) else {
+        panic!("a 429 is retried")
+    };
+    assert_eq!(reason, RetryReason::RateLimited);
+    assert!(
+        delay >= 5 * SECOND && delay <= 5 * SECOND + SECOND / 2,
+        "{delay:?}"
+    );
+}
+
+#[test]
+fn a_hint_past_the_cap_or_the_deadline_ends_the_call_with_the_hint() {
+    let p = policy().max_retry_after(60 * SECOND).build();
+    let h = retry_after("600");
+    assert_eq!(
+        after(&p, 1, Method::GET, status(429, &h), None),
+        Decision::Fail {
+            kind: ErrorKind::RetryAfterTooLong,
+            retry_after: Some(600 * SECOND),
+            limit: 60 * SECOND
+        }
+    );
+    let h = retry_after("30");
+    assert_eq!(
+        after(&p, 1, Method::GET, status(503, &h), Some(10 * SECOND)),
+        Decision::Fail {
+            kind: ErrorKind::DeadlineExceeded,
+            retry_after: Some(30 * SECOND),
+            limit: 10 * SECOND
+        }
+    );
+}
+
+#[test]
+fn a_backoff_past_the_deadline_ends_the_call_but_a_hint_that_fits_is_kept() {
+    let p = policy().base_delay(4 * SECOND).build();
+    let none = HeaderMap::new();
+    assert_eq!(
+        after(&p, 1, Method::GET, status(503, &none), Some(SECOND)),
+        Decision::Fail {
+            kind: ErrorKind::DeadlineExceeded,
+            retry_after: None,
+            limit: SECOND
+        }
+    );
+    // A hint of 2 s with 2 s left: the spread above the hint is trimmed, the hint is not.
+    let p = policy().base_delay(SECOND).build();
+    let h = retry_after("2");
+    assert_eq!(
+        after(&p, 1, Method::GET, status(503, &h), Some(2 * SECOND)),
+        Decision::Retry {
+            reason: RetryReason::ServerError,
+            delay: 2 * SECOND
+        }
+    );
+}
+
+#[test]
+fn an_ambiguous_error_is_replayed_only_when_the_request_is_safe_to_send_twice() {
+    let p = policy().build();
+    let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        after(&p, 1, Method::POST, Outcome::Error(&reset), None),
+        Decision::Stop {
+            kind: ErrorKind::OutcomeUnknown,
+            reason: None
+        }
+    );
+    assert_eq!(
+        after(&p, 1, Method::PUT, Outcome::Error(&reset), None),
+        Decision::Retry {
+            reason: RetryReason::Ambiguous,
+            delay: SECOND
+        }
+    );
+    let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+    assert_eq!(
+        after(&p, 1, Method::POST, Outcome::Error(&refused), None),
+        Decision::Retry {
+            reason: RetryReason::Connect,
+            delay: SECOND
+        }
+    );
+}
+
+#[test]
+fn a_408_goes_back_to_a_post_and_is_replayed_for_a_get() {
+    let p = policy().build();
+    let none = HeaderMap::new();
+    assert_eq!(
+        after(&p, 1, Method::POST, status(408, &none), None),
+        Decision::Return
+    );
+    assert_eq!(
+        after(&p, 1, Method::GET, status(408, &none), None),
+        Decision::Retry {
+            reason: RetryReason::RequestTimeout,
+            delay: SECOND
+        }
+    );
+}
+
+#[test]
+fn a_413_is_never_resent_whatever_the_classifier_says() {
+    struct Everything;
+    impl Classify for Everything {
+        fn classify_response(
+            &self,
+            _: &request::Parts,
+            _: StatusCode,
+            _: &HeaderMap,
+        ) -> Classification {
+            Classification::Retry(RetryReason::ServerError)
+        }
+        fn classify_error(
+            &self,
+            _: &request::Parts,
+            _: &(dyn std::error::Error + 'static),
+        ) -> Classification {
+            Classification::Retry(RetryReason::ServerError)
+        }
+    }
+    let p = policy().classifier(Everything).build();
+    let none = HeaderMap::new();
+    assert_eq!(
+        after(&p, 1, Method::GET, status(413, &none), None),
+        Decision::Return
+    );
+    assert!(matches!(
+        after(&p, 1, Method::GET, status(400, &none), None),
+        Decision::Retry { .. }
+    ));
+}
+
+#[test]
+fn a_body_that_cannot_be_sent_again_returns_the_outcome_as_it_came() {
+    let p = policy().build();
+    let none = HeaderMap::new();
+    let now = Instant::now();
+    let mut state = State::new(None, false, None);
+    state.attempts = 1;
+    let d = decide(
+        &p,
+        &mut state,
+        &parts(Method::GET),
+        status(503, &none),
+        now,
+        SystemTime::now(),
+    );
+    assert_eq!(d, Decision::Return);
+}
+
+#[test]
+fn successive_retries_follow_the_backoff_schedule() {
+    let p = policy().max_attempts(5).build();
+    let none = HeaderMap::new();
+    let now = Instant::now();
+    let mut state = State::new(None, true, None);
+    let mut delays = Vec::new();
+    for attempt in 1..5 {
+        state.attempts = attempt;
+        match decide(
+            &p,
+            &mut state,
+            &parts(Method::GET),
+            status(502, &none),
+            now,
+            SystemTime::now(),
+        ) {
+            Decision::Retry { delay, .. } => delays.push(delay.as_secs()),
+            other => panic!("attempt {attempt}: {other:?}"),
+        }
+    }
+    assert_eq!(delays, [1, 2, 4, 8]);
+}
