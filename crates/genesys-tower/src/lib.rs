@@ -108,8 +108,32 @@
 //! # }
 //! ```
 //!
+//! # Features
+//!
+//! One feature per middleware, all on by default (`full`), so a user who needs one layer
+//! compiles one layer and its dependencies:
+//!
+//! | feature | what it brings | extra dependencies |
+//! | --- | --- | --- |
+//! | `retry` | [`retry`] | `rand` |
+//! | `auth` | [`auth`] | none |
+//! | `concurrency` | [`concurrency`] | none |
+//! | `idempotency` | [`idempotency`] (client side, in-memory store) | `uuid`, `moka`, `serde_json` |
+//! | `idempotency-server` | [`idempotency::server`] | `futures-util` |
+//! | `redis` | [`idempotency::RedisStore`] | `redis` |
+//! | `hyper-util` (default) | connect errors of hyper-util's client recognised as safe to retry | `hyper-util` |
+//! | `axum`, `reqwest` | [`ReplayBody`](body::ReplayBody) for their body types | `axum-core`, `reqwest` |
+//!
+//! [`body`], [`headers`], [`read_body`], [`metrics`] and [`error`] are always there.
+//! `genesys-tower = { version = "0.1", default-features = false, features = ["retry"] }` builds
+//! the retry layer alone; CI builds every feature alone.
+//!
 //! [tower]: https://docs.rs/tower
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// Helpers shared by the layers (body rebuilding, deadlines) go unused when some layers are left
+// out; the default build, with every layer, still reports dead code.
+#![cfg_attr(not(feature = "full"), allow(dead_code))]
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -118,15 +142,23 @@
     rust_2018_idioms
 )]
 
+#[cfg(feature = "auth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "auth")))]
 pub mod auth;
 pub mod body;
+#[cfg(feature = "concurrency")]
+#[cfg_attr(docsrs, doc(cfg(feature = "concurrency")))]
 pub mod concurrency;
 pub mod error;
 pub mod headers;
+#[cfg(feature = "idempotency")]
+#[cfg_attr(docsrs, doc(cfg(feature = "idempotency")))]
 pub mod idempotency;
 pub mod metrics;
 pub mod read_body;
 mod reason;
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;
 mod time;
 

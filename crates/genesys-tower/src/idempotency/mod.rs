@@ -92,6 +92,8 @@ mod fingerprint;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "idempotency-server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "idempotency-server")))]
 pub mod server;
 mod store;
 
