@@ -49,14 +49,14 @@ use genesys_tower::retry::{RetryLayer, RetryPolicy};
 use genesys_tower::{Body, BoxError, Metrics};
 use http::{HeaderValue, Request, Response, Uri};
 use tower::timeout::TimeoutLayer;
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::client::{ClientInner, GenesysClient};
 use crate::error::GenesysError;
 use crate::oauth::{ClientCredentials, TokenRetry};
 use crate::region::{Endpoints, Region};
-use crate::service::{HttpService, MAX_TOKEN_BODY, Shared, StackService};
+use crate::service::{HttpService, MAX_TOKEN_BODY};
 
 /// The default number of requests in flight at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
@@ -389,13 +389,13 @@ impl GenesysClientBuilder {
     /// go through it too.
     pub fn service<S, B>(mut self, service: S) -> Self
     where
-        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.leaf = Some(BoxCloneService::new(
+        self.leaf = Some(BoxCloneSyncService::new(
             service
                 .map_response(|r: Response<B>| r.map(Body::new))
                 .map_err(Into::into),
@@ -406,7 +406,7 @@ impl GenesysClientBuilder {
     /// Same as [`service`](Self::service).
     pub fn leaf<S, B>(self, service: S) -> Self
     where
-        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -460,7 +460,7 @@ impl GenesysClientBuilder {
         };
         // Token requests: the leaf with the per-attempt timeout over reading the whole (small)
         // answer, without pacing (another host).
-        let token_http: HttpService = BoxCloneService::new(
+        let token_http: HttpService = BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .option_layer(self.attempt_timeout.map(TimeoutLayer::new))
                 .layer(
@@ -543,19 +543,19 @@ impl GenesysClientBuilder {
             .layer(read_body)
             .layer(concurrency)
             .service(leaf);
-        let stack: StackService = if self.idempotency {
+        let stack: HttpService = if self.idempotency {
             let mut layer = self.idempotency_layer.clone().unwrap_or_default();
             if let Some(store) = self.idempotency_store.clone() {
                 layer = layer.store(store);
             }
-            BoxCloneService::new(
+            BoxCloneSyncService::new(
                 ServiceBuilder::new()
                     .map_err(Into::<BoxError>::into)
                     .layer(layer.metrics(metrics.clone()))
                     .service(below_idempotency),
             )
         } else {
-            BoxCloneService::new(
+            BoxCloneSyncService::new(
                 ServiceBuilder::new()
                     .map_err(Into::<BoxError>::into)
                     .service(below_idempotency),
@@ -567,7 +567,7 @@ impl GenesysClientBuilder {
         });
         Ok(GenesysClient {
             inner: Arc::new(ClientInner {
-                stack: Shared::new(stack),
+                stack,
                 endpoints,
                 metrics,
                 credentials,
@@ -622,7 +622,7 @@ fn hyper_leaf() -> Result<HttpService, GenesysError> {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https);
-    Ok(BoxCloneService::new(
+    Ok(BoxCloneSyncService::new(
         client
             .map_response(|r: Response<hyper::body::Incoming>| r.map(Body::new))
             .map_err(BoxError::from),

@@ -15,11 +15,10 @@ use tower::{Service, ServiceExt};
 use crate::error::{ApiError, GenesysError};
 use crate::oauth::ClientCredentials;
 use crate::region::Endpoints;
-use crate::service::Shared;
-pub use crate::service::{HttpService, MAX_TOKEN_BODY, StackService};
+pub use crate::service::{HttpService, MAX_TOKEN_BODY};
 
 pub(crate) struct ClientInner {
-    pub(crate) stack: Shared,
+    pub(crate) stack: HttpService,
     pub(crate) endpoints: Endpoints,
     pub(crate) metrics: Metrics,
     pub(crate) credentials: Option<ClientCredentials>,
@@ -109,13 +108,13 @@ impl GenesysClient {
 
     /// The tower stack, to use elsewhere: a `Service<Request<Body>>` whose requests carry
     /// absolute URIs on the API host. Clones share the stack's state (token, pacing, budget).
-    pub fn service(&self) -> StackService {
-        self.inner.stack.get()
+    pub fn service(&self) -> HttpService {
+        self.inner.stack.clone()
     }
 
     /// The tower stack, consuming the client. Same as [`service`](Self::service).
-    pub fn into_service(self) -> StackService {
-        self.inner.stack.get()
+    pub fn into_service(self) -> HttpService {
+        self.inner.stack.clone()
     }
 
     /// Sends a request through the stack and reads the response whole.
@@ -179,7 +178,7 @@ impl GenesysClient {
     /// Sends a request built by [`request`](Self::request); a non-2xx answer is an error.
     pub(crate) async fn send(&self, request: Request<Body>) -> Result<ApiResponse, GenesysError> {
         let idempotent_method = request.method().is_idempotent();
-        let mut svc = self.inner.stack.get();
+        let mut svc = self.inner.stack.clone();
         let response = svc
             .ready()
             .await

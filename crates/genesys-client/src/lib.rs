@@ -59,7 +59,7 @@ pub mod users;
 
 pub use builder::{GenesysClientBuilder, PacingSource};
 pub use classify::GenesysClassifier;
-pub use client::{ApiResponse, GenesysClient, HttpService, StackService};
+pub use client::{ApiResponse, GenesysClient, HttpService};
 pub use data_actions::{ActionTestResult, ExecuteOptions};
 pub use error::{
     ApiError, ErrorBody, ErrorDetail, ErrorLimit, GenesysError, MESSAGE_MAX_CHARS, OAuthError,

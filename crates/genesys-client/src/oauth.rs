@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tower::{Service, ServiceExt};
 
 use crate::error::OAuthError;
-use crate::service::{HttpService, MAX_TOKEN_BODY, Shared};
+use crate::service::{HttpService, MAX_TOKEN_BODY};
 
 /// How token requests are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ struct Inner {
     client_id: String,
     // The Basic header value, built once; it holds the secret, so it is never shown.
     basic: HeaderValue,
-    http: Shared,
+    http: HttpService,
     retry: TokenRetry,
 }
 
@@ -89,7 +89,7 @@ impl ClientCredentials {
                 token_url: token_url.into(),
                 client_id,
                 basic,
-                http: Shared::new(http),
+                http,
                 retry: TokenRetry::default(),
             }),
         }
@@ -168,7 +168,7 @@ impl ClientCredentials {
             .header(header::ACCEPT, "application/json")
             .body(Body::from("grant_type=client_credentials"))
             .map_err(|e| Failure::Final(TokenError::Request(e.to_string())))?;
-        let mut http = inner.http.get();
+        let mut http = inner.http.clone();
         let response = match http.ready().await {
             Ok(svc) => svc.call(request).await,
             Err(e) => Err(e),
@@ -395,11 +395,11 @@ impl std::error::Error for TokenError {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tower::util::BoxCloneService;
+    use tower::util::BoxCloneSyncService;
 
     fn service(answers: Vec<(u16, &'static str)>, seen: Arc<AtomicUsize>) -> HttpService {
         let answers = Arc::new(answers);
-        BoxCloneService::new(tower::service_fn(move |req: Request<Body>| {
+        BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
             let answers = answers.clone();
             let seen = seen.clone();
             async move {
