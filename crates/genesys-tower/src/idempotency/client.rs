@@ -1,8 +1,6 @@
 //! The client-side layer: a stable key per logical call, replay, and joining calls in flight.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -212,23 +210,7 @@ impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
 }
 
 /// The future of [`Idempotency`]: the response keeps the body type of the service below.
-pub struct ResponseFuture<R = Response<Body>> {
-    inner: Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>,
-}
-
-impl<R> Future for ResponseFuture<R> {
-    type Output = Result<R, BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<R> fmt::Debug for ResponseFuture<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
+pub use crate::boxed::ResponseFuture;
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Idempotency<S>
 where
@@ -258,14 +240,10 @@ where
             && req.extensions().get::<IdempotencyKey>().is_none()
             && !req.headers().contains_key(IDEMPOTENCY_KEY);
         if untouched {
-            return ResponseFuture {
-                inner: Box::pin(send(inner, req)),
-            };
+            return ResponseFuture::new(send(inner, req));
         }
         let config = self.config.clone();
-        ResponseFuture {
-            inner: Box::pin(run(config, inner, req)),
-        }
+        ResponseFuture::new(run(config, inner, req))
     }
 }
 

@@ -1,0 +1,314 @@
+//! What the layer does with a request of a guarded method: read its key, claim it, run the
+//! handler once, store and replay its answer.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::RETRY_AFTER;
+use http::{HeaderValue, Request, Response, StatusCode};
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::super::store::{Claim, StoreError, StoredResponse};
+use super::super::{ClaimToken, Fingerprint, IDEMPOTENCY_KEY, IdempotencyKey};
+use super::answer::{error, failed_body, missing_key};
+use super::layer::{Config, InFlight};
+use crate::{Body, BoxError};
+
+/// Handles a request of a guarded method: [`step`], then claim the key and run, replay or
+/// refuse.
+pub(super) async fn handle<S, ReqB, ResB>(
+    config: Arc<Config>,
+    inner: S,
+    req: Request<ReqB>,
+) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<Body>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send,
+    ReqB: http_body::Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let (request, store_key, fingerprint) = match step(&config, req).await {
+        Step::Answer(response) => return Ok(response),
+        Step::Pass(request) => return call(inner, request).await,
+        Step::Keyed {
+            request,
+            store_key,
+            fingerprint,
+        } => (request, store_key, fingerprint),
+    };
+    let deadline = match config.in_flight {
+        InFlight::Wait(timeout) => Some(crate::time::from_now(timeout)),
+        InFlight::Reject => None,
+    };
+    let mut waited = false;
+    loop {
+        let claim = match config
+            .store
+            .claim(&store_key, fingerprint, config.lock_ttl)
+            .await
+        {
+            Ok(claim) => claim,
+            Err(e) => return store_failed(&config, inner, request, e).await,
+        };
+        match claim {
+            Claim::Acquired(token) => {
+                return run_claimed(&config, inner, request, &store_key, token).await;
+            }
+            Claim::Completed(stored) => {
+                tracing::debug!(status = %stored.status(), waited, "idempotent replay");
+                if waited {
+                    config.metrics.record_idempotent_join();
+                } else {
+                    config.metrics.record_idempotent_replay();
+                }
+                return Ok(stored.to_replay());
+            }
+            Claim::Mismatch => {
+                tracing::debug!("idempotency key reused with another payload: 422");
+                return Ok(error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was already used for a different request (method, \
+                     path or body differ): use a new key for a new operation"
+                        .to_owned(),
+                ));
+            }
+            Claim::InFlight => {
+                let now = Instant::now();
+                match deadline {
+                    Some(deadline) if now < deadline => {
+                        waited = true;
+                        if let Err(e) = config.store.wait(&store_key, deadline - now).await {
+                            return store_failed(&config, inner, request, e).await;
+                        }
+                    }
+                    _ => {
+                        tracing::debug!("idempotency key in flight: 409");
+                        let mut response = error(
+                            StatusCode::CONFLICT,
+                            "idempotency_request_in_progress",
+                            "a request with this Idempotency-Key is still being processed: \
+                             retry later with the same key to get its response"
+                                .to_owned(),
+                        );
+                        response
+                            .headers_mut()
+                            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                        return Ok(response);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a request of a guarded method is, once its key and body are read.
+enum Step {
+    /// The layer answers it itself (a bad or missing key, a body too large).
+    Answer(Response<Body>),
+    /// Not guarded after all (no key where none is required): to the handler as it is.
+    Pass(Request<Body>),
+    /// Guarded by this key.
+    Keyed {
+        request: Request<Body>,
+        store_key: String,
+        fingerprint: Fingerprint,
+    },
+}
+
+/// Reads and checks the key, reads the body within the limit.
+async fn step<ReqB>(config: &Config, req: Request<ReqB>) -> Step
+where
+    ReqB: http_body::Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let mut keys = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
+    let (first, second) = (keys.next(), keys.next());
+    if second.is_some() {
+        return Step::Answer(error(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_invalid",
+            "send one Idempotency-Key header, not several".to_owned(),
+        ));
+    }
+    let header_key = match first.map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(text)) => Some(text.to_owned()),
+        Some(Err(_)) => {
+            return Step::Answer(error(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_invalid",
+                "the Idempotency-Key must be visible ASCII (a UUID is a good key)".to_owned(),
+            ));
+        }
+    };
+    if header_key.is_none() && config.key_from.is_none() {
+        if config.require_key {
+            return Step::Answer(missing_key(&parts.method));
+        }
+        return Step::Pass(Request::from_parts(parts, Body::new(body)));
+    }
+
+    let body = match Body::new(body).buffer(config.body_limit).await {
+        Ok(body) => body,
+        Err(e) => {
+            return Step::Answer(error(
+                StatusCode::BAD_REQUEST,
+                "request_body_unreadable",
+                format!("the request body could not be read: {e}"),
+            ));
+        }
+    };
+    // A body that arrived whole may be past the limit too: the limit is the endpoint's promise.
+    let within_limit = body.as_bytes().filter(|b| b.len() <= config.body_limit);
+    let Some(bytes) = within_limit.cloned() else {
+        if header_key.is_none() && !config.require_key {
+            // No key in the header, and the body is too large to look for one: not guarded.
+            return Step::Pass(Request::from_parts(parts, body));
+        }
+        return Step::Answer(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_body_too_large",
+            format!(
+                "the request body is larger than {} bytes, the most this endpoint reads for an \
+                 idempotent request",
+                config.body_limit
+            ),
+        ));
+    };
+    let key = header_key.or_else(|| config.key_from.as_ref().and_then(|f| f(&parts, &bytes)));
+    let Some(key) = key else {
+        if config.require_key {
+            return Step::Answer(missing_key(&parts.method));
+        }
+        return Step::Pass(Request::from_parts(parts, Body::from_bytes(bytes)));
+    };
+    if key.is_empty() || key.chars().count() > config.max_key_len {
+        return Step::Answer(error(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_invalid",
+            format!(
+                "the Idempotency-Key must be 1 to {} characters long",
+                config.max_key_len
+            ),
+        ));
+    }
+
+    let fingerprint = Fingerprint::of(&parts.method, &parts.uri, &bytes);
+    let store_key = match config.scope.as_ref().and_then(|f| f(&parts)) {
+        // Length-prefixed so that no scope and key pair can spell another.
+        Some(scope) => format!("{}:{scope}:{key}", scope.len()),
+        None => key.clone(),
+    };
+    parts.extensions.insert(IdempotencyKey::new(key.clone()));
+
+    Step::Keyed {
+        request: Request::from_parts(parts, Body::from_bytes(bytes)),
+        store_key,
+        fingerprint,
+    }
+}
+
+/// Runs the handler under a claim on the key, then stores its answer (or releases the key).
+async fn run_claimed<S, ResB>(
+    config: &Config,
+    inner: S,
+    request: Request<Body>,
+    store_key: &str,
+    token: ClaimToken,
+) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<Body>, Response = Response<ResB>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let response = call(inner, request).await;
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => {
+            release(config, store_key, &token).await;
+            return Err(e);
+        }
+    };
+    let (head, body) = response.into_parts();
+    let body = match body.buffer(config.response_limit).await {
+        Ok(body) => body,
+        Err(e) => {
+            // The handler's body failed: pass the failure on, remember nothing.
+            release(config, store_key, &token).await;
+            return Ok(Response::from_parts(head, failed_body(e)));
+        }
+    };
+    // A body already in memory may exceed the limit too: the limit bounds the store.
+    let bytes = body.as_bytes().filter(|b| b.len() <= config.response_limit);
+    match bytes {
+        Some(bytes) if (config.should_store)(head.status) => {
+            let stored = StoredResponse::new(head.status, head.headers.clone(), bytes.clone());
+            match config
+                .store
+                .complete(store_key, &token, stored, config.retention)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    "idempotency lock expired while the handler ran; response not \
+                     stored (raise lock_ttl above the slowest handler)"
+                ),
+                Err(e) => tracing::warn!(error = %e, "response not stored"),
+            }
+        }
+        Some(_) => release(config, store_key, &token).await,
+        None => {
+            tracing::warn!(
+                limit = config.response_limit,
+                "response too large to store; a repeat will run the handler again"
+            );
+            release(config, store_key, &token).await;
+        }
+    }
+    Ok(Response::from_parts(head, body))
+}
+
+async fn call<S, ResB>(inner: S, req: Request<Body>) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<Body>, Response = Response<ResB>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    Ok(inner.oneshot(req).await?.map(Body::new))
+}
+
+async fn store_failed<S, ResB>(
+    config: &Config,
+    inner: S,
+    request: Request<Body>,
+    e: StoreError,
+) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<Body>, Response = Response<ResB>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    if config.fail_open {
+        tracing::warn!(error = %e, "idempotency store failed; handling the request without it");
+        return call(inner, request).await;
+    }
+    tracing::error!(error = %e, "idempotency store failed; request refused");
+    Ok(error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "idempotency_store_unavailable",
+        format!("{e}; the request was not processed: retry later with the same key"),
+    ))
+}
+
+async fn release(config: &Config, key: &str, token: &ClaimToken) {
+    if let Err(e) = config.store.release(key, token).await {
+        // The lock will expire on its own.
+        tracing::warn!(error = %e, "idempotency key not released");
+    }
+}

@@ -1,0 +1,183 @@
+//! The server-side layer: the IETF `Idempotency-Key` draft for axum and any tower HTTP server.
+//!
+//! [`ServerIdempotencyLayer`] sits in front of handlers whose effect must happen once per key,
+//! whatever the callers retry:
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | no key, on a route that requires one ([`require_key`](ServerIdempotencyLayer::require_key)) | 400, JSON body saying so |
+//! | key empty, longer than 255 characters (configurable), not visible ASCII, or sent twice | 400 |
+//! | body larger than the body limit (1 MiB by default) | 413 |
+//! | new key | the handler runs; its response is stored if [`should_store`] (or your rule) says so |
+//! | same key, different method, path, query or body | 422, handler not called |
+//! | same key while the first request is still running | 409 with `Retry-After: 1`, or wait for it ([`wait_in_flight`](ServerIdempotencyLayer::wait_in_flight)) |
+//! | same key after completion | the original status, headers and body, plus `Idempotent-Replayed: true` |
+//! | the store cannot be reached | 503, handler not called (or called anyway with [`fail_open`](ServerIdempotencyLayer::fail_open)) |
+//!
+//! Every error body is JSON: `{"error": "<code>", "message": "<what happened and what to do>"}`.
+//!
+//! # What is stored
+//!
+//! Following Stripe's practice, a response is stored (and replayed) unless the request did not get
+//! processed: see [`should_store`]. In short, 400, 401, 403, 408, 409, 422, 429 and 503 are not
+//! stored (the request failed validation or authorization, conflicted, or was turned away), so the
+//! caller can fix the request and retry it with the same key. Everything else is stored, *500
+//! included*: a handler that failed halfway may have had part of its effect, and running it again
+//! could apply that part twice. Use [`store_if`](ServerIdempotencyLayer::store_if) for another rule.
+//!
+//! A response body larger than the response limit (1 MiB by default) is passed to the caller as
+//! it streams and is not stored; the key is released, so a repeat runs the handler again: raise
+//! the limit on routes with large responses.
+//!
+//! # Several instances
+//!
+//! Give every instance the same Redis store (feature `redis`) and the same prefix: the claim is
+//! atomic in Redis, so one instance runs the handler and the others answer 409, or, with
+//! [`wait_in_flight`](ServerIdempotencyLayer::wait_in_flight), poll the store until the response
+//! is there and answer with it. Wait mode suits callers that do not retry on 409 (each caller
+//! then gets its key's response at once); it holds a connection per waiting request, bounded by
+//! the wait timeout.
+//!
+//! # Crashes and cancellations
+//!
+//! A request that is abandoned while its handler runs (the process crashed, or the client hung up
+//! and the server dropped the request) leaves its key locked until the lock expires (30 s by
+//! default, [`lock_ttl`](ServerIdempotencyLayer::lock_ttl)); until then repeats get 409, after
+//! that the next request with the key runs the handler. Choose a lock longer than your slowest
+//! handler: a lock that expires while the first handler still runs lets a second one start.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{Router, routing::post};
+//! use genesys_tower::idempotency::server::ServerIdempotencyLayer;
+//! use http::{Request, StatusCode};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let app = Router::new()
+//!     .route("/orders", post(|body: String| async move { (StatusCode::CREATED, body) }))
+//!     .layer(ServerIdempotencyLayer::new().require_key(true));
+//!
+//! let order = |key: &str| {
+//!     Request::post("/orders")
+//!         .header("idempotency-key", key)
+//!         .body(axum::body::Body::from("{\"qty\":1}"))
+//!         .unwrap()
+//! };
+//! let first = app.clone().oneshot(order("order-42")).await.unwrap();
+//! assert_eq!(first.status(), StatusCode::CREATED);
+//! let again = app.clone().oneshot(order("order-42")).await.unwrap();
+//! assert_eq!(again.status(), StatusCode::CREATED);
+//! assert_eq!(again.headers()["idempotent-replayed"], "true");
+//!
+//! let no_key = Request::post("/orders").body(axum::body::Body::empty()).unwrap();
+//! assert_eq!(app.oneshot(no_key).await.unwrap().status(), StatusCode::BAD_REQUEST);
+//! # }
+//! ```
+
+mod answer;
+mod future;
+mod handle;
+mod layer;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tower::ServiceExt;
+use tower_service::Service;
+
+pub use self::future::ResponseFuture;
+use self::layer::Config;
+pub use self::layer::{DEFAULT_MAX_KEY_LEN, DEFAULT_SERVER_LOCK_TTL, ServerIdempotencyLayer};
+use crate::{Body, BoxError};
+
+/// Whether a response is stored by default.
+///
+/// Not stored, so that the caller can retry with the same key: 400 Bad Request, 401
+/// Unauthorized, 403 Forbidden, 408 Request Timeout, 409 Conflict, 422 Unprocessable Content
+/// (the request failed validation or authorization, or conflicted), 429 Too Many Requests and 503
+/// Service Unavailable (the request was turned away before it was processed), and 1xx.
+/// Everything else is stored and replayed, 500 included, because a failure halfway may have had
+/// part of its effect.
+#[must_use]
+pub fn should_store(status: StatusCode) -> bool {
+    !status.is_informational()
+        && !matches!(
+            status,
+            StatusCode::BAD_REQUEST
+                | StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+                | StatusCode::REQUEST_TIMEOUT
+                | StatusCode::CONFLICT
+                | StatusCode::UNPROCESSABLE_ENTITY
+                | StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::SERVICE_UNAVAILABLE
+        )
+}
+
+/// The service made by [`ServerIdempotencyLayer`].
+#[derive(Clone)]
+pub struct ServerIdempotency<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> ServerIdempotency<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for ServerIdempotency<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerIdempotency")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for ServerIdempotency<S>
+where
+    S: Service<Request<Body>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqB: http_body::Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S>;
+
+    /// Always ready: requests answered by the layer (replays, refusals) never reach the inner
+    /// service, so its readiness is awaited in the call, only when the handler runs.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let inner = self.inner.clone();
+        if !self.config.methods.contains(req.method()) {
+            // Not guarded (a GET): straight to the handler, in a future that does not box.
+            return ResponseFuture::pass(inner.oneshot(req.map(Body::new)));
+        }
+        ResponseFuture::guarded(handle::handle(self.config.clone(), inner, req))
+    }
+}
