@@ -257,6 +257,8 @@ impl<T: TokenSource> Shared<T> {
         // new connection on a path taken once per token lifetime.
         drop(response);
         self.metrics.record_unauthorized_refresh();
+        // The retry layer's attempt span, when there is one above, says the token was refreshed.
+        tracing::Span::current().record("auth.token_refreshed", true);
         tracing::debug!("401: sending the request again with a new token");
         parts.headers.insert(AUTHORIZATION, fresh.header);
         let body = body::rebuild::<B>(body)?;

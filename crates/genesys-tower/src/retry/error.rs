@@ -24,6 +24,20 @@ pub enum ErrorKind {
     BudgetExhausted,
 }
 
+impl ErrorKind {
+    /// A short name for logs, spans and reports (`outcome_unknown`, ...).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::OutcomeUnknown => "outcome_unknown",
+            ErrorKind::RetryAfterTooLong => "retry_after_too_long",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::AttemptsExhausted => "attempts_exhausted",
+            ErrorKind::BudgetExhausted => "budget_exhausted",
+        }
+    }
+}
+
 /// The error of [`Retry`](super::Retry) when it stops for a reason of its own.
 ///
 /// Errors the policy never retries (classified as not retryable) pass through unchanged; an error

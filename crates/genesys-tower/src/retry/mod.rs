@@ -134,6 +134,7 @@ pub mod future;
 pub use crate::headers;
 mod layer;
 mod policy;
+mod span;
 
 use std::mem;
 use std::task::{Context, Poll};
@@ -145,6 +146,7 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
+use tracing::{Instrument, Span};
 
 pub use self::backoff::{Backoff, Jitter, JitterStrategy, Step};
 pub use self::budget::RetryBudget;
@@ -157,6 +159,7 @@ pub use crate::reason::RetryReason;
 
 use self::decide::{Decision, Outcome, State, decide};
 use crate::body::{self, ReplayBody};
+use crate::metrics::CallMetrics;
 use crate::{Body, BoxError, Metrics};
 
 /// How much of a dropped response's body is read so that its connection can be reused.
@@ -250,7 +253,10 @@ where
             policy: self.policy.clone(),
             metrics: self.metrics.clone(),
         };
-        ResponseFuture::new(call.run(ready, request))
+        // Made here, so that its parent is the caller's span.
+        let (parts, body) = request.into_parts();
+        let span = span::call(&parts, &self.policy);
+        ResponseFuture::new(call.run(ready, parts, body).instrument(span))
     }
 }
 
@@ -279,8 +285,50 @@ impl Call {
     /// Sends, waits and sends again while [`decide`] says so.
     async fn run<S, B, R>(
         self,
+        service: S,
+        parts: http::request::Parts,
+        body: B,
+    ) -> Result<Response<R>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<R>> + Send,
+        S::Error: Into<BoxError>,
+        B: ReplayBody,
+        R: http_body::Body + Send,
+    {
+        let call_metrics = CallMetrics::start(&parts, self.policy.version_label());
+        let mut state = State::new(None, false, self.seed);
+        let result = self
+            .attempts(service, &parts, body, &call_metrics, &mut state)
+            .await;
+        let status = result.as_ref().ok().map(Response::status);
+        let error = result
+            .as_ref()
+            .err()
+            .map(|e| crate::error::find::<Error>(&**e).map(Error::kind));
+        call_metrics.finish(status);
+        span::end(
+            &Span::current(),
+            status,
+            error.flatten(),
+            state.attempts,
+            state.waited,
+        );
+        if let Some(None) = error {
+            // An error of the service below, returned as it came: named in the span anyway.
+            Span::current().record("error.type", "service");
+            Span::current().record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    /// The attempts of one call: sends, waits and sends again while [`decide`] says so.
+    async fn attempts<S, B, R>(
+        self,
         mut service: S,
-        request: Request<B>,
+        parts: &http::request::Parts,
+        body: B,
+        call_metrics: &CallMetrics,
+        state: &mut State,
     ) -> Result<Response<R>, BoxError>
     where
         S: Service<Request<B>, Response = Response<R>> + Send,
@@ -291,7 +339,7 @@ impl Call {
         let Call {
             policy,
             metrics,
-            seed,
+            seed: _,
         } = self;
         let started = Instant::now();
         metrics.record_request();
@@ -299,7 +347,6 @@ impl Call {
             budget.deposit();
         }
 
-        let (parts, body) = request.into_parts();
         let body = body.into_replay().buffer(policy.replay_limit()).await?;
         // A replayable body is cloned for every attempt; a stream past the limit goes once.
         let (template, mut once) = if body.is_replayable() {
@@ -307,8 +354,9 @@ impl Call {
         } else {
             (None, Some(body))
         };
-        let deadline = policy.deadline().map(|d| crate::time::after(started, d));
-        let mut state = State::new(deadline, template.is_some(), seed);
+        state.deadline = policy.deadline().map(|d| crate::time::after(started, d));
+        state.replayable = template.is_some();
+        let call_span = Span::current();
 
         loop {
             state.attempts += 1;
@@ -322,21 +370,33 @@ impl Call {
                 .unwrap_or_default();
             let attempt_body = body::rebuild::<B>(attempt_body)?;
             metrics.record_attempt();
+            let attempt_span = span::attempt(&call_span, state.attempts);
+            let sent = Instant::now();
             let last = match service
                 .call(Request::from_parts(parts.clone(), attempt_body))
+                .instrument(attempt_span.clone())
                 .await
             {
                 Ok(response) => Last::Response(response),
                 Err(error) => Last::Error(error.into()),
             };
-            if last.outcome().status() == Some(StatusCode::TOO_MANY_REQUESTS) {
+            let status = last.outcome().status();
+            call_metrics.attempt(status, sent.elapsed());
+            span::attempt_outcome(
+                &attempt_span,
+                match &last {
+                    Last::Response(r) => Ok((r.status(), r.headers())),
+                    Last::Error(e) => Err(&**e),
+                },
+            );
+            if status == Some(StatusCode::TOO_MANY_REQUESTS) {
                 metrics.record_rate_limited_response();
             }
 
             let mut decision = decide(
                 &policy,
-                &mut state,
-                &parts,
+                state,
+                parts,
                 last.outcome(),
                 Instant::now(),
                 SystemTime::now(),
@@ -345,17 +405,20 @@ impl Call {
                 && policy.budget().is_some_and(|budget| !budget.withdraw())
             {
                 metrics.record_budget_refusal();
+                call_metrics.budget_refusal();
                 decision = Decision::Stop {
                     kind: ErrorKind::BudgetExhausted,
                     reason: Some(reason),
                 };
             }
-            trace(&state, &last, decision);
+            span::decision(&attempt_span, decision);
+            attempt_span.in_scope(|| trace(state, &last, decision));
             let Decision::Retry { reason, delay } = decision else {
-                return end(decision, last, &parts, &state);
+                return end(decision, last, parts, state);
             };
 
             metrics.record_retry(reason);
+            call_metrics.retry(reason);
             let wake = crate::time::from_now(delay);
             if let Last::Response(response) = last {
                 // Read the dropped body while we wait anyway; never wait longer for it.

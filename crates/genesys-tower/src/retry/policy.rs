@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Method, request};
+use metrics::SharedString;
 
 use super::backoff::{Backoff, Jitter, JitterStrategy};
 use super::budget::RetryBudget;
@@ -73,6 +74,7 @@ struct Inner {
     honours_keys: Option<Arc<KeyPredicate>>,
     replay_limit: usize,
     seed: Option<u64>,
+    version: SharedString,
     calls: AtomicU64,
 }
 
@@ -94,6 +96,7 @@ impl RetryPolicy {
             honours_keys: None,
             replay_limit: DEFAULT_REPLAY_LIMIT,
             seed: None,
+            version: SharedString::const_str("default"),
         }
     }
 
@@ -125,6 +128,16 @@ impl RetryPolicy {
     #[must_use]
     pub fn budget(&self) -> Option<&RetryBudget> {
         self.inner.budget.as_deref()
+    }
+
+    /// The policy's name, set by [`RetryPolicyBuilder::version`].
+    #[must_use]
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+
+    pub(crate) fn version_label(&self) -> &SharedString {
+        &self.inner.version
     }
 
     /// The classifier.
@@ -214,6 +227,7 @@ impl fmt::Debug for RetryPolicy {
             .field("honours_idempotency_keys", &i.honours_keys.is_some())
             .field("replay_limit", &i.replay_limit)
             .field("seeded", &i.seed.is_some())
+            .field("version", &&*i.version)
             .finish_non_exhaustive()
     }
 }
@@ -235,6 +249,7 @@ pub struct RetryPolicyBuilder {
     honours_keys: Option<Arc<KeyPredicate>>,
     replay_limit: usize,
     seed: Option<u64>,
+    version: SharedString,
 }
 
 impl RetryPolicyBuilder {
@@ -355,6 +370,14 @@ impl RetryPolicyBuilder {
         self
     }
 
+    /// A name for this policy (default `default`): the `policy_version` label of the
+    /// [metrics](crate::metrics) and a field of the call span, so that two versions of a policy
+    /// can be compared side by side.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = SharedString::from_owned(version.into());
+        self
+    }
+
     /// The policy.
     #[must_use]
     pub fn build(self) -> RetryPolicy {
@@ -374,6 +397,7 @@ impl RetryPolicyBuilder {
                 honours_keys: self.honours_keys,
                 replay_limit: self.replay_limit,
                 seed: self.seed,
+                version: self.version,
                 calls: AtomicU64::new(0),
             }),
         }

@@ -1,16 +1,48 @@
-//! Counters that every layer of this crate can feed, and a user can read or export.
+//! What the layers count, two ways.
 //!
-//! A [`Metrics`] handle is cheap to clone and shared: give the same handle to several layers (the
-//! `metrics` method on each layer) and read one [`MetricsSnapshot`] for the whole stack. A layer that
-//! is given no handle keeps its own, reachable from the layer.
+//! - **Through the [`metrics`](https://docs.rs/metrics) facade**, labelled, for Prometheus,
+//!   OpenTelemetry or any recorder you install: every metric in the table below. With no
+//!   recorder installed nothing is built or recorded: a layer checks once per call, at the cost
+//!   of a thread-local read.
+//! - **In a [`Metrics`] handle**, unlabelled totals read with [`Metrics::snapshot`], for tests,
+//!   reports and the CLI. A handle is cheap to clone and shared: give the same handle to several
+//!   layers (the `metrics` method on each layer) and read one [`MetricsSnapshot`] for the whole
+//!   stack. Only the layers record into it.
+//!
+//! # The metrics
+//!
+//! | name | kind | labels | what |
+//! | --- | --- | --- | --- |
+//! | `genesys_tower_calls_total` | counter | `method`, `route`, `outcome`, `policy_version` | logical calls, counted when they end |
+//! | `genesys_tower_call_duration_seconds` | histogram | `method`, `route`, `outcome`, `policy_version` | a call's time, all attempts and waits included |
+//! | `genesys_tower_attempts_total` | counter | `method`, `route`, `outcome` | attempts sent |
+//! | `genesys_tower_attempt_duration_seconds` | histogram | `method`, `route`, `outcome` | one attempt's time |
+//! | `genesys_tower_retries_total` | counter | `method`, `route`, `reason`, `policy_version` | retries, by [`RetryReason`] |
+//! | `genesys_tower_rate_limited_total` | counter | `method`, `route` | 429 responses |
+//! | `genesys_tower_budget_refusals_total` | counter | `method`, `route`, `policy_version` | retries the budget refused |
+//! | `genesys_tower_calls_in_flight` | gauge | none | calls under way in the retry layer |
+//! | `genesys_tower_token_fetches_total` | counter | none | tokens fetched from the token source |
+//! | `genesys_tower_token_refreshes_total` | counter | none | re-sends after a 401 with a fresh token |
+//! | `genesys_tower_pacing_waits_total` | counter | none | requests held back by pacing |
+//! | `genesys_tower_concurrency_rejections_total` | counter | none | requests shed by the concurrency limit |
+//! | `genesys_tower_idempotent_replays_total` | counter | none | calls answered from an idempotency store |
+//! | `genesys_tower_idempotent_joins_total` | counter | none | calls joined to one in flight with the same key |
+//!
+//! Labels stay few so that series stay few: `method` is the HTTP method; `route` is the
+//! request's [`Route`] extension, a path template such as `/api/v2/users/{id}` (`other` when the
+//! request has none: raw paths carry ids and would make a series per id); `outcome` is the status
+//! class (`2xx` to `5xx`) or `error`; `reason` is a [`RetryReason`]; `policy_version` is the
+//! retry policy's [version](crate::retry::RetryPolicyBuilder::version) (`default` unless set).
 //!
 //! ```
-//! use genesys_tower::metrics::{Metrics, RetryReason};
+//! use genesys_tower::metrics::Metrics;
 //!
 //! let metrics = Metrics::new();
-//! metrics.record_retry(RetryReason::RateLimited);
-//! assert_eq!(metrics.snapshot().retries.rate_limited, 1);
+//! // ... give `metrics.clone()` to the layers, send requests ...
+//! assert_eq!(metrics.snapshot().retries.total(), 0);
 //! ```
+
+mod export;
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,6 +50,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
+pub(crate) use self::export::{CallMetrics, outcome_label, recording};
+pub use self::export::{Route, names};
 pub use crate::reason::RetryReason;
 
 #[derive(Debug, Default)]
@@ -100,11 +134,16 @@ pub struct MetricsSnapshot {
 }
 
 macro_rules! counter {
-    ($(#[$doc:meta] $name:ident => $field:ident;)*) => {
+    ($(#[$doc:meta] $name:ident => $field:ident $(, $facade:expr)?;)*) => {
         $(
             #[$doc]
-            pub fn $name(&self) {
+            pub(crate) fn $name(&self) {
                 self.inner.$field.fetch_add(1, Relaxed);
+                $(
+                    if recording() {
+                        metrics::counter!($facade).increment(1);
+                    }
+                )?
             }
         )*
     };
@@ -127,21 +166,21 @@ impl Metrics {
         /// Counts one retry refused by the budget.
         record_budget_refusal => budget_refusals;
         /// Counts one token fetched from the token source.
-        record_token_fetch => token_fetches;
+        record_token_fetch => token_fetches, names::TOKEN_FETCHES;
         /// Counts one re-send after a 401.
-        record_unauthorized_refresh => unauthorized_refreshes;
+        record_unauthorized_refresh => unauthorized_refreshes, names::TOKEN_REFRESHES;
         /// Counts one call answered from the idempotency store.
-        record_idempotent_replay => idempotent_replays;
+        record_idempotent_replay => idempotent_replays, names::IDEMPOTENT_REPLAYS;
         /// Counts one call that joined another in flight with the same key.
-        record_idempotent_join => idempotent_joins;
+        record_idempotent_join => idempotent_joins, names::IDEMPOTENT_JOINS;
         /// Counts one request held back by pacing.
-        record_pacing_wait => pacing_waits;
+        record_pacing_wait => pacing_waits, names::PACING_WAITS;
         /// Counts one request rejected by the concurrency limit.
-        record_concurrency_rejection => concurrency_rejections;
+        record_concurrency_rejection => concurrency_rejections, names::CONCURRENCY_REJECTIONS;
     }
 
     /// Counts one retry for `reason`.
-    pub fn record_retry(&self, reason: RetryReason) {
+    pub(crate) fn record_retry(&self, reason: RetryReason) {
         let i = match reason {
             RetryReason::Connect => 0,
             RetryReason::Ambiguous => 1,
