@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use genesys_tower::metrics::Route;
 use genesys_tower::retry::{RetryInfo, RetrySafety};
 use genesys_tower::{Body, Metrics};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
@@ -170,6 +171,9 @@ impl GenesysClient {
         if let Some(safety) = safety {
             builder = builder.extension(safety);
         }
+        if let Some(template) = route_template(path) {
+            builder = builder.extension(Route::new(template));
+        }
         builder
             .body(body.map_or_else(Body::empty, Body::from))
             .map_err(|e| GenesysError::Config(format!("invalid request: {e}")))
@@ -235,6 +239,36 @@ impl GenesysClient {
     }
 }
 
+/// The path templates of the endpoints this crate calls: the `route` label of the stack's metrics
+/// and the `url.template` of its spans.
+const ROUTES: &[&str] = &[
+    "/api/v2/users",
+    "/api/v2/users/{id}",
+    "/api/v2/integrations/actions/{id}/execute",
+    "/api/v2/integrations/actions/{id}/test",
+    "/api/v2/integrations/{id}/config/current",
+    "/api/v2/organizations/limits/namespaces/{namespace}",
+    crate::ingestion::DEFAULT_INGESTION_PATH,
+];
+
+/// The template a path was made from (`/api/v2/users/42` is `/api/v2/users/{id}`), if it is
+/// one of [`ROUTES`].
+pub(crate) fn route_template(path: &str) -> Option<&'static str> {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    ROUTES.iter().copied().find(|template| {
+        let mut segments = path.split('/');
+        let mut wanted = template.split('/');
+        loop {
+            match (segments.next(), wanted.next()) {
+                (None, None) => return true,
+                (Some(s), Some(w)) if w.starts_with('{') && !s.is_empty() => {}
+                (Some(s), Some(w)) if s == w => {}
+                _ => return false,
+            }
+        }
+    })
+}
+
 /// Percent-encodes one path segment (an id given by the caller).
 pub(crate) fn segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
@@ -255,5 +289,30 @@ mod tests {
     fn segments_are_encoded() {
         assert_eq!(segment("a b/c"), "a%20b%2Fc");
         assert_eq!(segment("3f1a-9_x.y~"), "3f1a-9_x.y~");
+    }
+
+    #[test]
+    fn paths_map_to_their_templates_and_ids_never_become_labels() {
+        let cases = [
+            ("/api/v2/users/42", Some("/api/v2/users/{id}")),
+            (
+                "/api/v2/users?pageSize=100&pageNumber=2",
+                Some("/api/v2/users"),
+            ),
+            (
+                "/api/v2/integrations/actions/a%2Fb/execute",
+                Some("/api/v2/integrations/actions/{id}/execute"),
+            ),
+            (
+                "/api/v2/integrations/x1/config/current",
+                Some("/api/v2/integrations/{id}/config/current"),
+            ),
+            ("/api/v2/users//", None),
+            ("/api/v2/users/42/roles", None),
+            ("/somewhere/else", None),
+        ];
+        for (path, template) in cases {
+            assert_eq!(route_template(path), template, "{path}");
+        }
     }
 }

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::{self, StreamExt};
 use genesys_tower::idempotency::IDEMPOTENCY_KEY;
+use genesys_tower::metrics::Route;
 use genesys_tower::retry::RetrySafety;
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
@@ -389,6 +390,12 @@ impl Ingestion {
             Some(RetrySafety::KeyHonoured),
         )?;
         *request.body_mut() = genesys_tower::Body::from(chunk.body.clone());
+        if request.extensions().get::<Route>().is_none() {
+            // A path of the caller's own, one per job: its own label.
+            request
+                .extensions_mut()
+                .insert(Route::new(self.path.clone()));
+        }
         let headers = request.headers_mut();
         headers.insert(
             http::header::CONTENT_TYPE,
