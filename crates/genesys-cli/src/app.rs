@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use genesys_tower::metrics::MetricsSnapshot;
 use tokio::sync::mpsc;
 
 use crate::cli::Common;
@@ -16,6 +15,7 @@ use crate::progress::Progress;
 use crate::report::{Pace, Report, ReportFile, Verdict};
 use crate::sinks::{Sinks, check_distinct};
 use crate::tally::Tally;
+use crate::telemetry::StackMetrics;
 
 /// How many records the reader may run ahead of the senders, per unit in flight.
 const READ_AHEAD_UNITS: usize = 2;
@@ -244,7 +244,7 @@ pub(crate) async fn finish(
     command: &str,
     input: Option<&Path>,
     ran: Ran,
-    metrics: Option<MetricsSnapshot>,
+    stack: Option<StackMetrics>,
     pace: Option<Pace>,
     verdict: Option<Verdict>,
 ) -> Result<u8, CliError> {
@@ -268,11 +268,15 @@ pub(crate) async fn finish(
             tally.journal_error = Some(e);
         }
     }
+    let (totals, routes) = match stack {
+        Some(StackMetrics { totals, routes }) => (Some(totals), routes),
+        None => (None, Vec::new()),
+    };
     let mut report = Report::new(
         command,
         input,
         &tally,
-        metrics,
+        totals,
         common.failed.as_deref(),
         common.unknown.as_deref(),
         common.quarantine.as_deref(),
@@ -282,6 +286,7 @@ pub(crate) async fn finish(
         report = report.with_verdict(v);
     }
     report.pace = pace;
+    report.routes = routes;
     if let Some(file) = report_file
         && let Err(e) = file.commit(&report)
     {

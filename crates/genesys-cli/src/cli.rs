@@ -53,6 +53,18 @@ pub(crate) struct Common {
     #[arg(long, global = true, value_name = "N/SECS", value_parser = parse_rate)]
     pub(crate) rate_limit: Option<Rate>,
 
+    /// Serve the HTTP stack's metrics (Prometheus text: calls, attempts, retries, 429s,
+    /// latency histograms, per route) on http://ADDR/metrics while the job runs, e.g.
+    /// `127.0.0.1:9464`.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+
+    /// After the job, keep serving --metrics-addr for SECS seconds (or until Ctrl-C), so that
+    /// a scraper reads the final counts.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 0, requires = "metrics_addr",
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub(crate) metrics_linger: u64,
+
     /// Write a JSON report (counts, durations, retries, every failure) to FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) report: Option<PathBuf>,

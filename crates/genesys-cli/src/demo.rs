@@ -22,6 +22,7 @@ use crate::records::UserUpdate;
 use crate::report::ReportFile;
 use crate::report::Verdict;
 use crate::sinks::Sinks;
+use crate::telemetry::Telemetry;
 
 /// The simulator's quota per token: tight enough that the demo draws 429s.
 const QUOTA: (u32, Duration) = (400, Duration::from_secs(1));
@@ -44,7 +45,11 @@ fn wanted(i: usize) -> Map<String, Value> {
 }
 
 /// Runs the demo; returns the exit code.
-pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError> {
+pub(crate) async fn run(
+    common: &Common,
+    args: &DemoArgs,
+    telemetry: &Telemetry,
+) -> Result<u8, CliError> {
     if common.region.is_some() || common.base_url.is_some() || common.login_url.is_some() {
         return Err(CliError::usage(
             "gcx demo runs its own simulator: drop --region/--base-url/--login-url (use them with \
@@ -113,6 +118,12 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError
             QUOTA.1.as_secs(),
             TOKEN_TTL.as_secs()
         );
+        if let Some(addr) = telemetry.addr() {
+            eprintln!(
+                "gcx demo: the client's metrics on http://{addr}/metrics, the simulator's on {}/sim/metrics",
+                sim.base_url()
+            );
+        }
     }
 
     let ids = sim.user_ids();
@@ -177,7 +188,7 @@ pub(crate) async fn run(common: &Common, args: &DemoArgs) -> Result<u8, CliError
         "demo",
         None,
         ran,
-        Some(metrics),
+        Some(telemetry.stack(metrics)),
         None,
         Some(verdict.clone()),
     )

@@ -20,9 +20,11 @@ mod records;
 mod report;
 mod sinks;
 mod tally;
+mod telemetry;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -30,6 +32,7 @@ use crate::cli::{ActionsCommand, Cli, Command, UsersCommand};
 use crate::error::{CliError, EXIT_USAGE};
 use crate::input::Format;
 use crate::records::{ActionInputs, IngestRecords, UserRecords};
+use crate::telemetry::Telemetry;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -81,14 +84,25 @@ fn init_tracing(verbose: u8, quiet: bool) {
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {
+    if let Command::Completions { shell } = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(*shell, &mut command, "gcx", &mut std::io::stdout());
+        return Ok(0);
+    }
+    let telemetry = Telemetry::start(cli.common.metrics_addr).await?;
+    let code = job(&cli, &telemetry).await;
+    telemetry
+        .stop(Duration::from_secs(cli.common.metrics_linger))
+        .await;
+    code
+}
+
+/// Runs the job a command names.
+async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
     let common = &cli.common;
     match &cli.command {
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut command, "gcx", &mut std::io::stdout());
-            Ok(0)
-        }
-        Command::Demo(args) => demo::run(common, args).await,
+        Command::Completions { .. } => Ok(0),
+        Command::Demo(args) => demo::run(common, args, telemetry).await,
         Command::Users(UsersCommand::Patch(args)) => {
             let builder = deliver::client_builder(common)?;
             let format = Format::from_path(&args.input);
@@ -108,7 +122,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 kind.command,
                 Some(&args.input),
                 ran,
-                Some(metrics),
+                Some(telemetry.stack(metrics)),
                 pace,
                 None,
             )
@@ -156,7 +170,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 kind.command,
                 Some(&args.input),
                 ran,
-                Some(metrics),
+                Some(telemetry.stack(metrics)),
                 pace,
                 None,
             )
@@ -204,7 +218,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 kind.command,
                 Some(input),
                 ran,
-                Some(metrics),
+                Some(telemetry.stack(metrics)),
                 pace,
                 None,
             )

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE};
 use crate::tally::{Failure, QuarantineEntry, Tally};
+use crate::telemetry::RouteMetrics;
 
 /// The machine-readable account of one run.
 #[derive(Debug, Serialize)]
@@ -73,6 +74,10 @@ pub(crate) struct Report {
     /// The client-side pace the job ran at, and where it came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) pace: Option<Pace>,
+    /// What the HTTP stack did per route (calls and attempts by outcome, retries by reason,
+    /// 429s, the calls' latency histogram), from the same metrics `--metrics-addr` serves.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) routes: Vec<RouteMetrics>,
     /// The demo's verdict, for `gcx demo`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) verdict: Option<Verdict>,
@@ -253,6 +258,7 @@ impl Report {
                 .quarantined
                 .saturating_sub(tally.quarantine.len() as u64),
             pace: None,
+            routes: Vec::new(),
             verdict: None,
         }
     }
@@ -364,6 +370,25 @@ impl Report {
                 d.unit_p50_ms, d.unit_p95_ms, d.unit_max_ms
             ),
         );
+        for r in &self.routes {
+            let calls: u64 = r.calls.values().sum();
+            let attempts: u64 = r.attempts.values().sum();
+            let retries: u64 = r.retries.values().sum();
+            let bound = |q| {
+                r.latency
+                    .quantile_bound(q)
+                    .map_or_else(|| "-".to_owned(), |b| format!("<= {b} s"))
+            };
+            let _ = writeln!(
+                s,
+                "  {} {}: {calls} calls, {attempts} attempts, {retries} retries, {} x 429, p50 {}, p99 {}",
+                r.method,
+                r.route,
+                r.rate_limited,
+                bound(0.5),
+                bound(0.99)
+            );
+        }
         if let Some(v) = &self.verdict {
             row(
                 &mut s,

@@ -240,18 +240,19 @@ impl GenesysClient {
 }
 
 /// The path templates of the endpoints this crate calls: the `route` label of the stack's metrics
-/// and the `url.template` of its spans.
+/// and the `url.template` of its spans, named as in the API's reference (and the simulator's
+/// route table, so that the client's and the server's series line up).
 const ROUTES: &[&str] = &[
     "/api/v2/users",
-    "/api/v2/users/{id}",
-    "/api/v2/integrations/actions/{id}/execute",
-    "/api/v2/integrations/actions/{id}/test",
-    "/api/v2/integrations/{id}/config/current",
+    "/api/v2/users/{userId}",
+    "/api/v2/integrations/actions/{actionId}/execute",
+    "/api/v2/integrations/actions/{actionId}/test",
+    "/api/v2/integrations/{integrationId}/config/current",
     "/api/v2/organizations/limits/namespaces/{namespace}",
     crate::ingestion::DEFAULT_INGESTION_PATH,
 ];
 
-/// The template a path was made from (`/api/v2/users/42` is `/api/v2/users/{id}`), if it is
+/// The template a path was made from (`/api/v2/users/42` is `/api/v2/users/{userId}`), if it is
 /// one of [`ROUTES`].
 pub(crate) fn route_template(path: &str) -> Option<&'static str> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
@@ -294,18 +295,18 @@ mod tests {
     #[test]
     fn paths_map_to_their_templates_and_ids_never_become_labels() {
         let cases = [
-            ("/api/v2/users/42", Some("/api/v2/users/{id}")),
+            ("/api/v2/users/42", Some("/api/v2/users/{userId}")),
             (
                 "/api/v2/users?pageSize=100&pageNumber=2",
                 Some("/api/v2/users"),
             ),
             (
                 "/api/v2/integrations/actions/a%2Fb/execute",
-                Some("/api/v2/integrations/actions/{id}/execute"),
+                Some("/api/v2/integrations/actions/{actionId}/execute"),
             ),
             (
                 "/api/v2/integrations/x1/config/current",
-                Some("/api/v2/integrations/{id}/config/current"),
+                Some("/api/v2/integrations/{integrationId}/config/current"),
             ),
             ("/api/v2/users//", None),
             ("/api/v2/users/42/roles", None),

@@ -187,6 +187,17 @@ pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> Resp {
     json_bytes(status, Bytes::from(bytes))
 }
 
+/// A plain-text response (the Prometheus exposition of `/sim/metrics`).
+pub(crate) fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
 /// A response whose body is already JSON bytes.
 pub(crate) fn json_bytes(status: StatusCode, bytes: Bytes) -> Resp {
     let mut resp = Response::new(Full::new(bytes));

@@ -79,6 +79,68 @@ impl Stats {
     pub fn fault_count(&self, kind: &str) -> u64 {
         self.faults.get(kind).copied().unwrap_or(0)
     }
+
+    /// The statistics in the Prometheus text exposition format, as served on `/sim/metrics`:
+    /// `genesys_sim_responses_total` by `method`, `route` (the same templates as the client's
+    /// `route` label) and `status`, then the 429s given for quota, tokens issued, faults by
+    /// kind and ledger entries dropped.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let mut family = |name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        };
+        family(
+            "genesys_sim_responses_total",
+            "Responses the simulator sent, by route and status.",
+        );
+        let mut lines = String::new();
+        for (route, statuses) in &self.requests {
+            let (method, template) = route.split_once(' ').unwrap_or(("", route));
+            for (status, n) in statuses {
+                let _ = writeln!(
+                    lines,
+                    "genesys_sim_responses_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+                    escape(method),
+                    escape(template)
+                );
+            }
+        }
+        let mut out = format!("{out}{lines}");
+        let mut single = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        single(
+            "genesys_sim_rate_limited_total",
+            "429s given because a token's quota was used up.",
+            self.rate_limited,
+        );
+        single(
+            "genesys_sim_tokens_issued_total",
+            "Tokens issued by /oauth/token.",
+            self.tokens_issued,
+        );
+        single(
+            "genesys_sim_ledger_dropped_total",
+            "Effects applied but not kept because the ledger was full.",
+            self.ledger_dropped,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP genesys_sim_faults_total Faults injected, by kind.\n# TYPE genesys_sim_faults_total counter"
+        );
+        for (kind, n) in &self.faults {
+            let _ = writeln!(
+                out,
+                "genesys_sim_faults_total{{kind=\"{}\"}} {n}",
+                escape(kind)
+            );
+        }
+        out
+    }
 }
 
 /// A route: its index in the simulator's route table (`routes::ROUTES`), or [`Route::OTHER`] for
@@ -455,6 +517,14 @@ impl Shared {
     pub(crate) fn stats(&self) -> Stats {
         self.stats.snapshot(&self.cfg.ingestion_path)
     }
+}
+
+/// A label value escaped for the text exposition format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// FNV-1a, 64 bit: a stable hash (unlike std's) so ledgers compare across runs.

@@ -15,7 +15,9 @@ use serde_json::{Map, Value, json};
 
 use crate::conn::ConnCtl;
 use crate::data::lock;
-use crate::error::{ApiError, Detail, Resp, json_bytes, json_response, nested_error, oauth_error};
+use crate::error::{
+    ApiError, Detail, Resp, json_bytes, json_response, nested_error, oauth_error, text_response,
+};
 use crate::faults::{Fault, rng_for};
 use crate::state::{Effect, Quota, Route, RouteNames, Shared, Stored, TokenCheck, fnv1a};
 
@@ -57,6 +59,8 @@ pub(crate) enum Serve {
     Ledger,
     /// The simulator's own statistics (no authentication).
     Stats,
+    /// The same statistics in the Prometheus text format (no authentication).
+    Metrics,
 }
 
 /// A handler of the API pipeline.
@@ -75,7 +79,7 @@ pub(crate) struct RouteDef {
 }
 
 /// How many routes [`ROUTES`] holds.
-pub(crate) const ROUTE_COUNT: usize = 12;
+pub(crate) const ROUTE_COUNT: usize = 13;
 
 use crate::config::INGESTION_TEMPLATE as INGESTION;
 
@@ -153,6 +157,12 @@ pub(crate) static ROUTES: [RouteDef; ROUTE_COUNT] = [
         has_body: false,
         serve: Serve::Stats,
     },
+    RouteDef {
+        method: Method::GET,
+        template: "/sim/metrics",
+        has_body: false,
+        serve: Serve::Metrics,
+    },
 ];
 
 /// What a handler is given besides the context: the path parameter, the body, the query.
@@ -228,6 +238,11 @@ pub(crate) async fn handle(sh: Arc<Shared>, conn: Arc<ConnCtl>, req: Request<Inc
                 Serve::Token => oauth::oauth_token(&sh, req).await,
                 Serve::Ledger => json_response(StatusCode::OK, &*lock(&sh.ledger)),
                 Serve::Stats => json_response(StatusCode::OK, &sh.stats()),
+                Serve::Metrics => text_response(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    sh.stats().prometheus(),
+                ),
                 Serve::Api(handler) => {
                     api(&sh, &conn, (def, route), param, handler, req, &cid).await
                 }
