@@ -157,11 +157,8 @@ async fn a_scrape_during_the_job_and_the_final_counts_equal_the_simulators() {
     assert_eq!(status.code(), Some(0), "{stderr}");
 
     let client = last;
-    let server = get(
-        &sim.base_url().trim_start_matches("http://"),
-        "/sim/metrics",
-    )
-    .expect("the simulator's metrics");
+    let server = get(sim.base_url().trim_start_matches("http://"), "/sim/metrics")
+        .expect("the simulator's metrics");
     assert_eq!(
         patched(&client),
         users as u64,
