@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::time::Duration;
 
 use http::{Method, StatusCode, request};
 use metrics::SharedString;
@@ -135,7 +134,8 @@ pub(crate) fn outcome_label(status: Option<StatusCode>) -> &'static str {
 /// cancelled by its caller leaves the gauge too.
 pub(crate) struct CallMetrics {
     labels: Option<Labels>,
-    started: Instant,
+    /// When the call started; read only when recording.
+    started: Option<Instant>,
 }
 
 struct Labels {
@@ -155,14 +155,22 @@ impl CallMetrics {
             metrics::gauge!(names::CALLS_IN_FLIGHT).increment(1.0);
         }
         CallMetrics {
+            started: labels.as_ref().map(|_| Instant::now()),
             labels,
-            started: Instant::now(),
         }
     }
 
-    /// One attempt ended after `elapsed`, with a response of `status` or an error (`None`).
-    pub(crate) fn attempt(&self, status: Option<StatusCode>, elapsed: Duration) {
-        let Some(l) = &self.labels else { return };
+    /// When an attempt starts; the clock is read only when recording.
+    pub(crate) fn attempt_start(&self) -> Option<Instant> {
+        self.labels.as_ref().map(|_| Instant::now())
+    }
+
+    /// The attempt started at `sent` ended, with a response of `status` or an error (`None`).
+    pub(crate) fn attempt(&self, status: Option<StatusCode>, sent: Option<Instant>) {
+        let (Some(l), Some(sent)) = (&self.labels, sent) else {
+            return;
+        };
+        let elapsed = sent.elapsed();
         let outcome = outcome_label(status);
         let labels = [
             ("method", l.method.clone()),
@@ -209,8 +217,10 @@ impl CallMetrics {
             ("policy_version", l.policy.clone()),
         ];
         metrics::counter!(names::CALLS, &labels).increment(1);
-        metrics::histogram!(names::CALL_DURATION, &labels)
-            .record(self.started.elapsed().as_secs_f64());
+        if let Some(started) = self.started {
+            metrics::histogram!(names::CALL_DURATION, &labels)
+                .record(started.elapsed().as_secs_f64());
+        }
     }
 }
 

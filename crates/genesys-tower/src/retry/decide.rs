@@ -82,15 +82,33 @@ pub(super) enum Decision {
     },
 }
 
-/// Decides what follows an attempt. `now` and `wall` are the monotonic and the wall clock at the
-/// end of the attempt (the wall clock reads `Retry-After` dates).
+/// The clocks a decision may read: the monotonic one for the deadline, the wall clock for
+/// `Retry-After` dates. Read only when a rule needs them, so that a call that succeeds at once
+/// reads neither; tests give fixed ones.
+pub(super) trait Clock {
+    fn now(&self) -> Instant;
+    fn wall(&self) -> SystemTime;
+}
+
+/// The system's clocks (tokio's monotonic clock, so that a paused test clock applies).
+pub(super) struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn wall(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Decides what follows an attempt, reading `clock` at the end of the attempt if it must.
 pub(super) fn decide(
     policy: &RetryPolicy,
     state: &mut State,
     request: &request::Parts,
     outcome: Outcome<'_>,
-    now: Instant,
-    wall: SystemTime,
+    clock: &impl Clock,
 ) -> Decision {
     let reason = match classify(policy, request, outcome) {
         Classification::Final => return Decision::Return,
@@ -121,9 +139,11 @@ pub(super) fn decide(
         return Decision::Return;
     }
     let hint = match outcome {
-        Outcome::Response(status, headers) => {
-            headers::hint(headers, wall, status == StatusCode::TOO_MANY_REQUESTS)
-        }
+        Outcome::Response(status, headers) => headers::hint(
+            headers,
+            clock.wall(),
+            status == StatusCode::TOO_MANY_REQUESTS,
+        ),
         Outcome::Error(_) => None,
     };
     if let Some(hint) = hint.filter(|h| *h > policy.max_retry_after()) {
@@ -145,7 +165,7 @@ pub(super) fn decide(
     // really waits.
     delay = ceil_millis(delay);
     if let Some(deadline) = state.deadline {
-        let left = deadline.saturating_duration_since(now);
+        let left = deadline.saturating_duration_since(clock.now());
         if let Some(hint) = hint.filter(|h| *h > left) {
             return Decision::Fail {
                 kind: ErrorKind::DeadlineExceeded,

@@ -138,7 +138,7 @@ mod span;
 
 use std::mem;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Buf;
 use http::{Request, Response, StatusCode};
@@ -157,7 +157,7 @@ pub use self::layer::RetryLayer;
 pub use self::policy::{IDEMPOTENCY_KEY, RetryPolicy, RetryPolicyBuilder};
 pub use crate::reason::RetryReason;
 
-use self::decide::{Decision, Outcome, State, decide};
+use self::decide::{Decision, Outcome, State, SystemClock, decide};
 use crate::body::{self, ReplayBody};
 use crate::metrics::CallMetrics;
 use crate::{Body, BoxError, Metrics};
@@ -256,7 +256,7 @@ where
         // Made here, so that its parent is the caller's span.
         let (parts, body) = request.into_parts();
         let span = span::call(&parts, &self.policy);
-        ResponseFuture::new(call.run(ready, parts, body).instrument(span))
+        ResponseFuture::new(call.run(ready, parts, body, span.clone()).instrument(span))
     }
 }
 
@@ -282,53 +282,13 @@ struct Call {
 }
 
 impl Call {
-    /// Sends, waits and sends again while [`decide`] says so.
+    /// Sends, waits and sends again while [`decide`] says so; then records how the call ended.
     async fn run<S, B, R>(
         self,
-        service: S,
+        mut service: S,
         parts: http::request::Parts,
         body: B,
-    ) -> Result<Response<R>, BoxError>
-    where
-        S: Service<Request<B>, Response = Response<R>> + Send,
-        S::Error: Into<BoxError>,
-        B: ReplayBody,
-        R: http_body::Body + Send,
-    {
-        let call_metrics = CallMetrics::start(&parts, self.policy.version_label());
-        let mut state = State::new(None, false, self.seed);
-        let result = self
-            .attempts(service, &parts, body, &call_metrics, &mut state)
-            .await;
-        let status = result.as_ref().ok().map(Response::status);
-        let error = result
-            .as_ref()
-            .err()
-            .map(|e| crate::error::find::<Error>(&**e).map(Error::kind));
-        call_metrics.finish(status);
-        span::end(
-            &Span::current(),
-            status,
-            error.flatten(),
-            state.attempts,
-            state.waited,
-        );
-        if let Some(None) = error {
-            // An error of the service below, returned as it came: named in the span anyway.
-            Span::current().record("error.type", "service");
-            Span::current().record("otel.status_code", "ERROR");
-        }
-        result
-    }
-
-    /// The attempts of one call: sends, waits and sends again while [`decide`] says so.
-    async fn attempts<S, B, R>(
-        self,
-        mut service: S,
-        parts: &http::request::Parts,
-        body: B,
-        call_metrics: &CallMetrics,
-        state: &mut State,
+        call_span: Span,
     ) -> Result<Response<R>, BoxError>
     where
         S: Service<Request<B>, Response = Response<R>> + Send,
@@ -339,94 +299,110 @@ impl Call {
         let Call {
             policy,
             metrics,
-            seed: _,
+            seed,
         } = self;
+        let call_metrics = CallMetrics::start(&parts, policy.version_label());
         let started = Instant::now();
         metrics.record_request();
         if let Some(budget) = policy.budget() {
             budget.deposit();
         }
+        let mut state = State::new(None, false, seed);
 
-        let body = body.into_replay().buffer(policy.replay_limit()).await?;
-        // A replayable body is cloned for every attempt; a stream past the limit goes once.
-        let (template, mut once) = if body.is_replayable() {
-            (Some(body), None)
-        } else {
-            (None, Some(body))
-        };
-        state.deadline = policy.deadline().map(|d| crate::time::after(started, d));
-        state.replayable = template.is_some();
-        let call_span = Span::current();
-
-        loop {
-            state.attempts += 1;
-            if state.attempts > 1 {
-                service.ready().await.map_err(Into::into)?;
-            }
-            let attempt_body = template
-                .as_ref()
-                .and_then(Body::try_clone)
-                .or_else(|| once.take())
-                .unwrap_or_default();
-            let attempt_body = body::rebuild::<B>(attempt_body)?;
-            metrics.record_attempt();
-            let attempt_span = span::attempt(&call_span, state.attempts);
-            let sent = Instant::now();
-            let last = match service
-                .call(Request::from_parts(parts.clone(), attempt_body))
-                .instrument(attempt_span.clone())
-                .await
-            {
-                Ok(response) => Last::Response(response),
-                Err(error) => Last::Error(error.into()),
+        // One block that every way out of the call leaves with its result, so that the call is
+        // recorded once, whichever it was.
+        let result = 'call: {
+            let body = match body.into_replay().buffer(policy.replay_limit()).await {
+                Ok(body) => body,
+                Err(e) => break 'call Err(e),
             };
-            let status = last.outcome().status();
-            call_metrics.attempt(status, sent.elapsed());
-            span::attempt_outcome(
-                &attempt_span,
-                match &last {
-                    Last::Response(r) => Ok((r.status(), r.headers())),
-                    Last::Error(e) => Err(&**e),
-                },
-            );
-            if status == Some(StatusCode::TOO_MANY_REQUESTS) {
-                metrics.record_rate_limited_response();
-            }
+            // A replayable body is cloned for every attempt; a stream past the limit goes once.
+            let (template, mut once) = if body.is_replayable() {
+                (Some(body), None)
+            } else {
+                (None, Some(body))
+            };
+            state.deadline = policy.deadline().map(|d| crate::time::after(started, d));
+            state.replayable = template.is_some();
 
-            let mut decision = decide(
-                &policy,
-                state,
-                parts,
-                last.outcome(),
-                Instant::now(),
-                SystemTime::now(),
-            );
-            if let Decision::Retry { reason, .. } = decision
-                && policy.budget().is_some_and(|budget| !budget.withdraw())
-            {
-                metrics.record_budget_refusal();
-                call_metrics.budget_refusal();
-                decision = Decision::Stop {
-                    kind: ErrorKind::BudgetExhausted,
-                    reason: Some(reason),
+            loop {
+                state.attempts += 1;
+                if state.attempts > 1
+                    && let Err(e) = service.ready().await
+                {
+                    break 'call Err(e.into());
+                }
+                let attempt_body = template
+                    .as_ref()
+                    .and_then(Body::try_clone)
+                    .or_else(|| once.take())
+                    .unwrap_or_default();
+                let attempt_body = match body::rebuild::<B>(attempt_body) {
+                    Ok(body) => body,
+                    Err(e) => break 'call Err(e.into()),
                 };
-            }
-            span::decision(&attempt_span, decision);
-            attempt_span.in_scope(|| trace(state, &last, decision));
-            let Decision::Retry { reason, delay } = decision else {
-                return end(decision, last, parts, state);
-            };
+                metrics.record_attempt();
+                let attempt_span = span::attempt(&call_span, state.attempts);
+                let sent = call_metrics.attempt_start();
+                let last = match service
+                    .call(Request::from_parts(parts.clone(), attempt_body))
+                    .instrument(attempt_span.clone())
+                    .await
+                {
+                    Ok(response) => Last::Response(response),
+                    Err(error) => Last::Error(error.into()),
+                };
+                let status = last.outcome().status();
+                call_metrics.attempt(status, sent);
+                span::attempt_outcome(
+                    &attempt_span,
+                    match &last {
+                        Last::Response(r) => Ok((r.status(), r.headers())),
+                        Last::Error(e) => Err(&**e),
+                    },
+                );
+                if status == Some(StatusCode::TOO_MANY_REQUESTS) {
+                    metrics.record_rate_limited_response();
+                }
 
-            metrics.record_retry(reason);
-            call_metrics.retry(reason);
-            let wake = crate::time::from_now(delay);
-            if let Last::Response(response) = last {
-                // Read the dropped body while we wait anyway; never wait longer for it.
-                let _ = tokio::time::timeout_at(wake, drain(response.into_body())).await;
+                let mut decision =
+                    decide(&policy, &mut state, &parts, last.outcome(), &SystemClock);
+                if let Decision::Retry { reason, .. } = decision
+                    && policy.budget().is_some_and(|budget| !budget.withdraw())
+                {
+                    metrics.record_budget_refusal();
+                    call_metrics.budget_refusal();
+                    decision = Decision::Stop {
+                        kind: ErrorKind::BudgetExhausted,
+                        reason: Some(reason),
+                    };
+                }
+                span::decision(&attempt_span, decision);
+                attempt_span.in_scope(|| trace(&state, &last, decision));
+                let Decision::Retry { reason, delay } = decision else {
+                    break 'call end(decision, last, &parts, &state);
+                };
+
+                metrics.record_retry(reason);
+                call_metrics.retry(reason);
+                let wake = crate::time::from_now(delay);
+                if let Last::Response(response) = last {
+                    // Read the dropped body while we wait anyway; never wait longer for it.
+                    let _ = tokio::time::timeout_at(wake, drain(response.into_body())).await;
+                }
+                tokio::time::sleep_until(wake).await;
+                state.waited = state.waited.saturating_add(delay);
             }
-            tokio::time::sleep_until(wake).await;
-            state.waited = state.waited.saturating_add(delay);
-        }
+        };
+
+        let status = result.as_ref().ok().map(Response::status);
+        call_metrics.finish(status);
+        let error = result
+            .as_ref()
+            .err()
+            .map(|e| crate::error::find::<Error>(&**e).map(Error::kind));
+        span::end(&call_span, status, error, state.attempts, state.waited);
+        result
     }
 }
 

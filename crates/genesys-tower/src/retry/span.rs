@@ -22,14 +22,13 @@ const CORRELATION_ID_MAX: usize = 128;
 
 /// The span of one logical call, every attempt and wait included.
 pub(super) fn call(parts: &request::Parts, policy: &RetryPolicy) -> Span {
-    let route = parts.extensions.get::<Route>();
     let span = tracing::info_span!(
         "http.client.call",
         otel.name = Empty,
         otel.kind = "client",
         otel.status_code = Empty,
         http.request.method = parts.method.as_str(),
-        url.template = route.map(Route::as_str),
+        url.template = Empty,
         server.address = parts.uri.host(),
         idempotency_key = Empty,
         retry.policy_version = policy.version(),
@@ -40,6 +39,10 @@ pub(super) fn call(parts: &request::Parts, policy: &RetryPolicy) -> Span {
         waited_ms = Empty,
     );
     if !span.is_disabled() {
+        let route = parts.extensions.get::<Route>();
+        if let Some(route) = route {
+            span.record("url.template", route.as_str());
+        }
         let name = match route {
             Some(route) => format!("{} {route}", parts.method),
             None => parts.method.to_string(),
@@ -99,10 +102,12 @@ pub(super) fn decision(span: &Span, decision: Decision) {
 }
 
 /// Records how the call ended.
+/// `error` is `Some(Some(kind))` for an error of the retry layer's own, `Some(None)` for an
+/// error of the service below returned as it came.
 pub(super) fn end(
     span: &Span,
     status: Option<StatusCode>,
-    error: Option<ErrorKind>,
+    error: Option<Option<ErrorKind>>,
     attempts: u32,
     waited: Duration,
 ) {
@@ -115,8 +120,14 @@ pub(super) fn end(
     if let Some(status) = status {
         span.record("http.response.status_code", status.as_u16());
     }
-    if let Some(kind) = error {
-        span.record("error.type", kind.as_str());
+    match error {
+        Some(Some(kind)) => {
+            span.record("error.type", kind.as_str());
+        }
+        Some(None) => {
+            span.record("error.type", "service");
+        }
+        None => {}
     }
     if error.is_some() || status.is_some_and(|s| s.is_server_error()) {
         span.record("otel.status_code", "ERROR");

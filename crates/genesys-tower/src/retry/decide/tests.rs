@@ -6,12 +6,24 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, request};
 use tokio::time::Instant;
 
-use super::{Decision, Outcome, State, decide};
+use super::{Clock, Decision, Outcome, State, decide};
 use crate::retry::{
     Classification, Classify, ErrorKind, Jitter, RetryPolicy, RetryPolicyBuilder, RetryReason,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
+
+/// Clocks stopped at one moment.
+struct Fixed(Instant, SystemTime);
+
+impl Clock for Fixed {
+    fn now(&self) -> Instant {
+        self.0
+    }
+    fn wall(&self) -> SystemTime {
+        self.1
+    }
+}
 
 fn policy() -> RetryPolicyBuilder {
     RetryPolicy::builder()
@@ -46,8 +58,7 @@ fn after(
         &mut state,
         &parts(method),
         outcome,
-        now,
-        SystemTime::now(),
+        &Fixed(now, SystemTime::now()),
     )
 }
 
@@ -243,8 +254,7 @@ fn a_body_that_cannot_be_sent_again_returns_the_outcome_as_it_came() {
         &mut state,
         &parts(Method::GET),
         status(503, &none),
-        now,
-        SystemTime::now(),
+        &Fixed(now, SystemTime::now()),
     );
     assert_eq!(d, Decision::Return);
 }
@@ -263,8 +273,7 @@ fn successive_retries_follow_the_backoff_schedule() {
             &mut state,
             &parts(Method::GET),
             status(502, &none),
-            now,
-            SystemTime::now(),
+            &Fixed(now, SystemTime::now()),
         ) {
             Decision::Retry { delay, .. } => delays.push(delay.as_secs()),
             other => panic!("attempt {attempt}: {other:?}"),
