@@ -43,7 +43,6 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
-    init_tracing(cli.common.verbose, cli.common.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,7 +53,27 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    #[cfg(feature = "otlp")]
+    let otlp = match telemetry::otlp::configured()
+        .then(|| telemetry::otlp::Otlp::start(runtime.handle().clone()))
+        .transpose()
+    {
+        Ok(otlp) => otlp,
+        Err(e) => {
+            eprintln!("gcx: {e}");
+            return ExitCode::from(e.code());
+        }
+    };
+    #[cfg(not(feature = "otlp"))]
+    let otlp: Option<telemetry::Export> = None;
+    init_tracing(cli.common.verbose, cli.common.quiet, otlp.as_ref());
+    let code = runtime.block_on(run(cli, otlp.as_ref()));
+    // The runtime's workers still run: the exporters' last requests go out on them.
+    #[cfg(feature = "otlp")]
+    if let Some(otlp) = otlp {
+        otlp.shutdown();
+    }
+    match code {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("gcx: {e}");
@@ -63,8 +82,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(verbose: u8, quiet: bool) {
+fn init_tracing(verbose: u8, quiet: bool, export: Option<&telemetry::Export>) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, filter::LevelFilter};
     let default = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -75,21 +97,29 @@ fn init_tracing(verbose: u8, quiet: bool) {
     // Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_filter(filter);
+    // The exporter gets the stack's INFO spans (a call, its attempts) whatever the verbosity.
+    let export = export.map(|e| {
+        e.layer::<tracing_subscriber::Registry>()
+            .with_filter(LevelFilter::INFO)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(export)
+        .with(fmt)
         .try_init();
 }
 
-async fn run(cli: Cli) -> Result<u8, CliError> {
+async fn run(cli: Cli, export: Option<&telemetry::Export>) -> Result<u8, CliError> {
     if let Command::Completions { shell } = &cli.command {
         let mut command = <Cli as clap::CommandFactory>::command();
         clap_complete::generate(*shell, &mut command, "gcx", &mut std::io::stdout());
         return Ok(0);
     }
-    let telemetry = Telemetry::start(cli.common.metrics_addr).await?;
+    let telemetry = Telemetry::start(cli.common.metrics_addr, export).await?;
     let code = job(&cli, &telemetry).await;
     telemetry
         .stop(Duration::from_secs(cli.common.metrics_linger))

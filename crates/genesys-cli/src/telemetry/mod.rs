@@ -1,5 +1,31 @@
 //! gcx's metrics: the stack's labelled metrics recorded in a Prometheus recorder, served on
-//! `--metrics-addr` while a job runs, and summed per route for the report.
+//! `--metrics-addr` while a job runs, summed per route for the report, and with the `otlp`
+//! feature sent to an OpenTelemetry collector too.
+
+#[cfg(feature = "otlp")]
+pub(crate) mod otlp;
+
+/// What exports spans and metrics beyond the process: OTLP with the `otlp` feature, nothing
+/// without it.
+#[cfg(feature = "otlp")]
+pub(crate) type Export = otlp::Otlp;
+/// What exports spans and metrics beyond the process: OTLP with the `otlp` feature, nothing
+/// without it.
+#[cfg(not(feature = "otlp"))]
+pub(crate) type Export = NoExport;
+
+/// Without the `otlp` feature there is no exporter: this type has no value.
+#[cfg(not(feature = "otlp"))]
+#[derive(Debug)]
+pub(crate) enum NoExport {}
+
+#[cfg(not(feature = "otlp"))]
+impl NoExport {
+    #[allow(clippy::extra_unused_type_parameters)] // the same call as the `otlp` feature's
+    pub(crate) fn layer<S>(&self) -> tracing_subscriber::layer::Identity {
+        match *self {}
+    }
+}
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -35,16 +61,29 @@ pub(crate) struct Telemetry {
 impl Telemetry {
     /// Installs the recorder (once per process) and, with an address, serves it on
     /// `http://ADDR/metrics`. A port that cannot be bound is a usage error: nothing is sent.
-    pub(crate) async fn start(addr: Option<SocketAddr>) -> Result<Telemetry, CliError> {
+    pub(crate) async fn start(
+        addr: Option<SocketAddr>,
+        export: Option<&Export>,
+    ) -> Result<Telemetry, CliError> {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), BUCKETS)
             .map_err(|e| CliError::runtime(format!("metrics: {e}")))?
             .build_recorder();
         let handle = recorder.handle();
         // A second job in the same process (tests) keeps the first recorder.
-        let handle = match metrics::set_global_recorder(recorder) {
-            Ok(()) => handle,
-            Err(_) => {
+        #[cfg(feature = "otlp")]
+        let installed = match export {
+            Some(otlp) => metrics::set_global_recorder(otlp.recorder(recorder)).is_ok(),
+            None => metrics::set_global_recorder(recorder).is_ok(),
+        };
+        #[cfg(not(feature = "otlp"))]
+        let installed = {
+            let _ = export;
+            metrics::set_global_recorder(recorder).is_ok()
+        };
+        let handle = match installed {
+            true => handle,
+            false => {
                 return Err(CliError::runtime(
                     "metrics: a recorder is installed already",
                 ));
