@@ -337,11 +337,22 @@ where
     ReqB: ReplayBody,
     ResB: ReplayBody,
 {
-    let caller_key = caller_key(&req)?;
-    if caller_key.is_none() && !config.methods.contains(req.method()) {
-        return send(inner, req).await;
-    }
-    let key = caller_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let Some(key) = caller_key(&req)? else {
+        if !config.methods.contains(req.method()) {
+            return send(inner, req).await;
+        }
+        // A key of the layer's own: no other call can carry it before this one's response
+        // names it, so there is nothing to look up, join or store. It only has to be the same
+        // on every attempt below.
+        let key = generated_key();
+        let (mut parts, body) = req.into_parts();
+        if let Ok(value) = HeaderValue::from_str(&key) {
+            parts.headers.insert(IDEMPOTENCY_KEY, value);
+        }
+        parts.extensions.insert(IdempotencyKey::new(key.clone()));
+        let response = send(inner, Request::from_parts(parts, body)).await?;
+        return Ok(with_key(response, &key));
+    };
     let value = HeaderValue::from_str(&key).map_err(|_| Error::InvalidKey {
         reason: "the key is not a valid header value (use visible ASCII)",
     })?;
@@ -460,6 +471,31 @@ where
     S::Error: Into<BoxError>,
 {
     inner.oneshot(req).await.map_err(Into::into)
+}
+
+/// A new UUID v4 from a per-thread generator seeded by the OS (ChaCha, so keys are neither
+/// guessable nor repeated), without a system call per key.
+pub(super) fn generated_key() -> String {
+    use std::cell::RefCell;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    thread_local! {
+        static KEYS: RefCell<Option<StdRng>> = RefCell::new(StdRng::try_from_os_rng().ok());
+    }
+    let bytes = KEYS.with(|rng| {
+        rng.borrow_mut()
+            .as_mut()
+            .map(|rng| rng.random::<[u8; 16]>())
+    });
+    match bytes {
+        Some(bytes) => uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string(),
+        // The OS gave no seed to this thread: ask it per key.
+        None => uuid::Uuid::new_v4().to_string(),
+    }
 }
 
 fn with_key<B>(mut response: Response<B>, key: &str) -> Response<B> {

@@ -25,6 +25,10 @@
 //!   `Idempotency-Key` header already on the request; otherwise a new UUID v4. The layer sets the
 //!   header once and calls the service below once, so every retry below carries the same key.
 //!   The key used is on the response as an [`IdempotencyKey`] extension.
+//! - **Keys of the layer's own.** A key the layer made up is known to no one before the
+//!   response names it, so such a call is sent with its key and nothing else: no fingerprint,
+//!   no store, no joining, its response streamed as it comes. What follows is about keys the
+//!   caller supplies (to resend the same logical call later, give it the same key).
 //! - **Replay.** The request body is read (up to [`body_limit`](IdempotencyLayer::body_limit),
 //!   1 MiB by default) and [`Fingerprint`]ed with the method and path. A repeat of a key whose
 //!   final response is stored is answered from the store, marked `Idempotent-Replayed: true`,
@@ -141,7 +145,7 @@ impl IdempotencyKey {
     /// A new random key (UUID v4).
     #[must_use]
     pub fn random() -> Self {
-        IdempotencyKey(uuid::Uuid::new_v4().to_string())
+        IdempotencyKey(client::generated_key())
     }
 
     /// The key.

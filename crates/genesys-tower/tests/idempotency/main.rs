@@ -823,6 +823,29 @@ async fn a_store_outage_on_the_client_is_an_error_and_nothing_is_sent() {
     assert_eq!(seen.count(), 0);
 }
 
+/// A key the layer made up is known to no one else: the call does not touch the store at all,
+/// so even a store that is down does not stop it. Keys stay unique across threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_the_layers_own_needs_no_store_and_is_unique() {
+    let seen = Seen::default();
+    let svc =
+        IdempotencyLayer::new()
+            .store(DownStore)
+            .layer(scripted(&seen, &[200], Duration::ZERO));
+    let calls: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(svc.clone().oneshot(request(Method::POST, "a"))))
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    let keys: std::collections::HashSet<String> =
+        seen.keys().into_iter().map(|k| k.expect("a key")).collect();
+    assert_eq!(keys.len(), 200, "200 calls, 200 distinct keys");
+    for key in &keys {
+        assert_eq!(uuid::Uuid::parse_str(key).unwrap().get_version_num(), 4);
+    }
+}
+
 #[tokio::test]
 async fn the_handler_sees_the_key() {
     let app = Router::new()
