@@ -242,6 +242,11 @@ impl Pacer {
     /// Learns from a response: holds new requests when the server says the window is (nearly)
     /// spent or answered 429, and adapts the rate (see [`Learning`]).
     pub(crate) fn observe(&self, status: StatusCode, headers: &HeaderMap) {
+        // Most answers say nothing about the quota: then there is nothing to learn or hold,
+        // and no clock, lock or parse is worth its cost.
+        if status != StatusCode::TOO_MANY_REQUESTS && !headers.keys().any(is_rate_limit_field) {
+            return;
+        }
         self.observe_hints(status, &RateLimitHints::parse(headers, SystemTime::now()));
     }
 
@@ -398,6 +403,13 @@ impl Pacer {
             }
         }
     }
+}
+
+/// Whether a response header is one the pacer reads: `Retry-After`, the IETF `RateLimit` fields
+/// and the older `RateLimit-*` ones, Genesys's `inin-ratelimit-*`.
+fn is_rate_limit_field(name: &http::HeaderName) -> bool {
+    let name = name.as_str();
+    name == "retry-after" || name.starts_with("ratelimit") || name.starts_with("inin-ratelimit")
 }
 
 /// The additive step for a quota: a tenth of it, at least 1.
