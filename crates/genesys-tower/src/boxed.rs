@@ -1,5 +1,5 @@
-//! The response future shared by the layers whose call is one `async` state machine (retry,
-//! auth, the client-side idempotency layer). Each re-exports it as its own `ResponseFuture`.
+//! The response future shared by the layers whose call is one `async` state machine (retry and
+//! auth). Each re-exports it as its own `ResponseFuture`.
 
 use std::fmt;
 use std::future::Future;

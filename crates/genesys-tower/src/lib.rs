@@ -146,7 +146,7 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "auth")))]
 pub mod auth;
 pub mod body;
-#[cfg(any(feature = "retry", feature = "auth", feature = "idempotency"))]
+#[cfg(any(feature = "retry", feature = "auth"))]
 mod boxed;
 #[cfg(feature = "concurrency")]
 #[cfg_attr(docsrs, doc(cfg(feature = "concurrency")))]

@@ -209,8 +209,7 @@ impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
     }
 }
 
-/// The future of [`Idempotency`]: the response keeps the body type of the service below.
-pub use crate::boxed::ResponseFuture;
+pub use super::future::ResponseFuture;
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Idempotency<S>
 where
@@ -223,7 +222,7 @@ where
 {
     type Response = Response<ResB>;
     type Error = BoxError;
-    type Future = ResponseFuture<Response<ResB>>;
+    type Future = ResponseFuture<S, ReqB>;
 
     /// Always ready: most calls answered from the store or joined to another never reach the
     /// inner service, so its readiness is awaited in the call, only when the request is sent.
@@ -240,10 +239,25 @@ where
             && req.extensions().get::<IdempotencyKey>().is_none()
             && !req.headers().contains_key(IDEMPOTENCY_KEY);
         if untouched {
-            return ResponseFuture::new(send(inner, req));
+            return ResponseFuture::direct(inner.oneshot(req), None);
+        }
+        if self.config.methods.contains(req.method())
+            && req.extensions().get::<IdempotencyKey>().is_none()
+            && !req.headers().contains_key(IDEMPOTENCY_KEY)
+        {
+            // A key of the layer's own: no other call can carry it before this one's response
+            // names it, so there is nothing to look up, join or store. It only has to be the
+            // same on every attempt below.
+            let key = IdempotencyKey::new(generated_key());
+            let mut req = req;
+            if let Ok(value) = HeaderValue::from_str(key.as_str()) {
+                req.headers_mut().insert(IDEMPOTENCY_KEY, value);
+            }
+            req.extensions_mut().insert(key.clone());
+            return ResponseFuture::direct(inner.oneshot(req), Some(key));
         }
         let config = self.config.clone();
-        ResponseFuture::new(run(config, inner, req))
+        ResponseFuture::keyed(run(config, inner, req))
     }
 }
 
@@ -337,21 +351,9 @@ where
     ReqB: ReplayBody,
     ResB: ReplayBody,
 {
+    // `call` sends requests without a caller's key directly.
     let Some(key) = caller_key(&req)? else {
-        if !config.methods.contains(req.method()) {
-            return send(inner, req).await;
-        }
-        // A key of the layer's own: no other call can carry it before this one's response
-        // names it, so there is nothing to look up, join or store. It only has to be the same
-        // on every attempt below.
-        let key = generated_key();
-        let (mut parts, body) = req.into_parts();
-        if let Ok(value) = HeaderValue::from_str(&key) {
-            parts.headers.insert(IDEMPOTENCY_KEY, value);
-        }
-        parts.extensions.insert(IdempotencyKey::new(key.clone()));
-        let response = send(inner, Request::from_parts(parts, body)).await?;
-        return Ok(with_key(response, &key));
+        return send(inner, req).await;
     };
     let value = HeaderValue::from_str(&key).map_err(|_| Error::InvalidKey {
         reason: "the key is not a valid header value (use visible ASCII)",

@@ -93,6 +93,7 @@
 
 mod client;
 mod fingerprint;
+mod future;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;

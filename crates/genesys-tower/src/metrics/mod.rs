@@ -50,7 +50,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
-pub(crate) use self::export::{CallMetrics, outcome_label, recording};
+pub(crate) use self::export::recording;
+#[cfg(feature = "retry")]
+pub(crate) use self::export::{CallMetrics, outcome_label};
 pub use self::export::{Route, names};
 pub use crate::reason::RetryReason;
 
