@@ -1,7 +1,7 @@
 //! The token cache shared by every clone: one fetch at a time, its outcome shared by everyone
 //! who waited for it.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -19,7 +19,9 @@ pub(crate) struct Cached {
 
 #[derive(Default)]
 pub(crate) struct Cache {
-    state: Mutex<State>,
+    /// Read by every request (a shared lock: requests on several cores do not queue behind each
+    /// other), written when a fetch ends or a token is refused.
+    state: RwLock<State>,
     /// Held by the one request that is fetching; the others queue behind it.
     refresh: tokio::sync::Mutex<()>,
 }
@@ -70,9 +72,9 @@ fn due(token: &Token, margin: Duration, now: Instant) -> bool {
 }
 
 impl Cache {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> RwLockWriteGuard<'_, State> {
         // Every critical section leaves the state consistent, so a poisoned lock is still sound.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether a token is cached, and when it expires (for `Debug`, without the value).
@@ -90,6 +92,15 @@ impl Cache {
         metrics: &Metrics,
         rejected: Option<&Token>,
     ) -> Result<Cached, Error> {
+        if rejected.is_none() {
+            // The common case: a token that is not due yet, read under the shared lock.
+            let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(c) = &state.current
+                && !due(&c.token, margin, Instant::now())
+            {
+                return Ok(c.clone());
+            }
+        }
         let (generation, still_valid, reason) = {
             let mut state = self.lock();
             if let Some(rejected) = rejected {

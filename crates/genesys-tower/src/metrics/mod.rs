@@ -71,10 +71,29 @@ struct Counters {
     concurrency_rejections: AtomicU64,
 }
 
+/// How many copies of the counters a handle keeps: threads count into their own copy, so that
+/// requests on several cores do not fight over one cache line; a snapshot adds them up.
+const SHARDS: usize = 8;
+
+/// One copy of the counters, on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(Counters);
+
+/// The copy this thread counts into: threads are given copies in turn.
+fn shard_index() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
 /// A shared set of counters. Clones share the same counters.
 #[derive(Clone, Default)]
 pub struct Metrics {
-    inner: Arc<Counters>,
+    inner: Arc<[Shard; SHARDS]>,
 }
 
 impl fmt::Debug for Metrics {
@@ -140,7 +159,7 @@ macro_rules! counter {
         $(
             #[$doc]
             pub(crate) fn $name(&self) {
-                self.inner.$field.fetch_add(1, Relaxed);
+                self.shard().$field.fetch_add(1, Relaxed);
                 $(
                     if recording() {
                         metrics::counter!($facade).increment(1);
@@ -152,6 +171,10 @@ macro_rules! counter {
 }
 
 impl Metrics {
+    fn shard(&self) -> &Counters {
+        &self.inner[shard_index()].0
+    }
+
     /// A new set of counters, all zero.
     #[must_use]
     pub fn new() -> Self {
@@ -190,32 +213,36 @@ impl Metrics {
             RetryReason::RateLimited => 3,
             RetryReason::ServerError => 4,
         };
-        self.inner.retries[i].fetch_add(1, Relaxed);
+        self.shard().retries[i].fetch_add(1, Relaxed);
     }
 
     /// Reads every counter.
     #[must_use]
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let c = &self.inner;
-        let r = |i: usize| c.retries[i].load(Relaxed);
+        let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
+            self.inner
+                .iter()
+                .map(|shard| f(&shard.0).load(Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        };
         MetricsSnapshot {
-            requests: c.requests.load(Relaxed),
-            attempts: c.attempts.load(Relaxed),
+            requests: sum(|c| &c.requests),
+            attempts: sum(|c| &c.attempts),
             retries: RetriesByReason {
-                connect: r(0),
-                ambiguous: r(1),
-                request_timeout: r(2),
-                rate_limited: r(3),
-                server_error: r(4),
+                connect: sum(|c| &c.retries[0]),
+                ambiguous: sum(|c| &c.retries[1]),
+                request_timeout: sum(|c| &c.retries[2]),
+                rate_limited: sum(|c| &c.retries[3]),
+                server_error: sum(|c| &c.retries[4]),
             },
-            rate_limited_responses: c.rate_limited_responses.load(Relaxed),
-            budget_refusals: c.budget_refusals.load(Relaxed),
-            token_fetches: c.token_fetches.load(Relaxed),
-            unauthorized_refreshes: c.unauthorized_refreshes.load(Relaxed),
-            idempotent_replays: c.idempotent_replays.load(Relaxed),
-            idempotent_joins: c.idempotent_joins.load(Relaxed),
-            pacing_waits: c.pacing_waits.load(Relaxed),
-            concurrency_rejections: c.concurrency_rejections.load(Relaxed),
+            rate_limited_responses: sum(|c| &c.rate_limited_responses),
+            budget_refusals: sum(|c| &c.budget_refusals),
+            token_fetches: sum(|c| &c.token_fetches),
+            unauthorized_refreshes: sum(|c| &c.unauthorized_refreshes),
+            idempotent_replays: sum(|c| &c.idempotent_replays),
+            idempotent_joins: sum(|c| &c.idempotent_joins),
+            pacing_waits: sum(|c| &c.pacing_waits),
+            concurrency_rejections: sum(|c| &c.concurrency_rejections),
         }
     }
 }

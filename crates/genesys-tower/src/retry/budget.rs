@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -49,6 +50,10 @@ pub struct RetryBudget {
     refill_per_sec: u64,
     max: u64,
     state: Mutex<State>,
+    /// The balance is at its maximum: a deposit would change nothing, so it takes no lock and
+    /// reads no clock (the steady state of a healthy client: no retries, every request a
+    /// deposit).
+    full: AtomicBool,
 }
 
 struct State {
@@ -69,6 +74,7 @@ impl RetryBudget {
                 balance: max,
                 updated: Instant::now(),
             }),
+            full: AtomicBool::new(true),
         }
     }
 
@@ -105,6 +111,10 @@ impl RetryBudget {
 
     /// Records one request: adds `retry_ratio` of a token.
     pub fn deposit(&self) {
+        // Capped at the maximum anyway; the trickle time it skips would be capped too.
+        if self.full.load(Ordering::Acquire) {
+            return;
+        }
         self.update(|balance, max, deposit| Some(((balance + deposit).min(max), ())));
     }
 
@@ -131,9 +141,13 @@ impl RetryBudget {
         // Only the time turned into tokens is spent: the remainder carries over, so that calls
         // closer together than one unit still add up to the trickle.
         state.updated += used;
-        let (balance, out) = f(state.balance, self.max, self.deposit)?;
-        state.balance = balance;
-        Some(out)
+        let outcome = f(state.balance, self.max, self.deposit);
+        if let Some((balance, _)) = &outcome {
+            state.balance = *balance;
+        }
+        self.full
+            .store(state.balance >= self.max, Ordering::Release);
+        outcome.map(|(_, out)| out)
     }
 }
 

@@ -137,6 +137,7 @@ mod policy;
 mod span;
 
 use std::mem;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -169,6 +170,12 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,
+    /// The policy and the counters, behind one `Arc`: one reference count per call.
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     policy: RetryPolicy,
     metrics: Metrics,
 }
@@ -189,26 +196,31 @@ impl<S> Retry<S> {
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
         Retry {
             inner,
-            policy,
-            metrics: Metrics::new(),
+            shared: Arc::new(Shared {
+                policy,
+                metrics: Metrics::new(),
+            }),
         }
     }
 
     /// Counts into `metrics` instead.
     #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = metrics;
+        self.shared = Arc::new(Shared {
+            policy: self.shared.policy.clone(),
+            metrics,
+        });
         self
     }
 
     /// The counters this service feeds.
     pub fn metrics_handle(&self) -> &Metrics {
-        &self.metrics
+        &self.shared.metrics
     }
 
     /// The policy.
     pub fn policy(&self) -> &RetryPolicy {
-        &self.policy
+        &self.shared.policy
     }
 
     /// A reference to the inner service.
@@ -249,13 +261,12 @@ where
         let clone = self.inner.clone();
         let ready = mem::replace(&mut self.inner, clone);
         let call = Call {
-            seed: self.policy.next_call_seed(),
-            policy: self.policy.clone(),
-            metrics: self.metrics.clone(),
+            seed: self.shared.policy.next_call_seed(),
+            shared: self.shared.clone(),
         };
         // Made here, so that its parent is the caller's span.
         let (parts, body) = request.into_parts();
-        let span = span::call(&parts, &self.policy);
+        let span = span::call(&parts, &self.shared.policy);
         ResponseFuture::new(call.run(ready, parts, body, span.clone()).instrument(span))
     }
 }
@@ -276,8 +287,7 @@ impl<R> Last<R> {
 }
 
 struct Call {
-    policy: RetryPolicy,
-    metrics: Metrics,
+    shared: Arc<Shared>,
     seed: Option<u64>,
 }
 
@@ -296,11 +306,8 @@ impl Call {
         B: ReplayBody,
         R: http_body::Body + Send,
     {
-        let Call {
-            policy,
-            metrics,
-            seed,
-        } = self;
+        let Call { shared, seed } = self;
+        let Shared { policy, metrics } = &*shared;
         let call_metrics = CallMetrics::start(&parts, policy.version_label());
         let started = Instant::now();
         metrics.record_request();
@@ -365,8 +372,7 @@ impl Call {
                     metrics.record_rate_limited_response();
                 }
 
-                let mut decision =
-                    decide(&policy, &mut state, &parts, last.outcome(), &SystemClock);
+                let mut decision = decide(policy, &mut state, &parts, last.outcome(), &SystemClock);
                 if let Decision::Retry { reason, .. } = decision
                     && policy.budget().is_some_and(|budget| !budget.withdraw())
                 {
