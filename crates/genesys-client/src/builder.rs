@@ -369,6 +369,29 @@ impl GenesysClientBuilder {
         self
     }
 
+    /// Applies a [`StackConfig`](crate::config::StackConfig) (checked already when it was
+    /// loaded): the retry policy, the refresh margin, the in-flight limit and what happens
+    /// when it is full, the pacing ceiling, the timeouts, the body limits and whether the
+    /// idempotency layer is in. Settings made after this call win.
+    pub fn config(mut self, config: &crate::config::StackConfig) -> Self {
+        self = self
+            .retry_policy(config.retry_policy())
+            .refresh_margin(config.auth.refresh_margin.0)
+            .attempt_timeout(config.timeouts.attempt.0)
+            .body_idle_timeout(config.timeouts.body_idle.0)
+            .max_response_body(usize::try_from(config.bodies.max_response).unwrap_or(usize::MAX))
+            .max_error_body(usize::try_from(config.bodies.max_error).unwrap_or(usize::MAX))
+            .max_in_flight(config.concurrency.limit as usize);
+        if config.concurrency.when_full == crate::config::WhenFull::Reject {
+            self = self.reject_when_full();
+        }
+        if let Some((requests, window)) = config.pacing_rate() {
+            self = self.max_rate(requests, window);
+        }
+        self.idempotency = config.idempotency.enabled;
+        self
+    }
+
     /// Leaves the idempotency layer out of the stack: POSTs and PATCHes get no automatic
     /// `Idempotency-Key` (the ingestion endpoint still sets its own per chunk).
     pub fn no_idempotency(mut self) -> Self {

@@ -47,6 +47,7 @@
 pub mod builder;
 mod classify;
 pub mod client;
+pub mod config;
 pub mod data_actions;
 pub mod error;
 pub mod ingestion;

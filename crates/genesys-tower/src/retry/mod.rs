@@ -155,7 +155,9 @@ pub use self::classify::{Classification, Classify, DefaultClassifier, RetrySafet
 pub use self::error::{Error, ErrorKind};
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
-pub use self::policy::{IDEMPOTENCY_KEY, RetryPolicy, RetryPolicyBuilder};
+pub use self::policy::{
+    IDEMPOTENCY_KEY, PolicyError, PolicyProblem, RetryPolicy, RetryPolicyBuilder,
+};
 pub use crate::reason::RetryReason;
 
 use self::decide::{Decision, Outcome, State, SystemClock, decide};

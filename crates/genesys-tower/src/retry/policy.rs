@@ -253,9 +253,10 @@ pub struct RetryPolicyBuilder {
 }
 
 impl RetryPolicyBuilder {
-    /// Attempts per call, the first included (default 4). 1 disables retries; 0 is taken as 1.
+    /// Attempts per call, the first included (default 4). 1 disables retries; 0 is taken as 1
+    /// by [`build`](Self::build) and refused by [`try_build`](Self::try_build).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts.max(1);
+        self.max_attempts = attempts;
         self
     }
 
@@ -265,7 +266,8 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// The growth of the delay per retry (default 2). Below 1, or not a number, is taken as 1.
+    /// The growth of the delay per retry (default 2). Below 1, or not a number, is taken as 1 by
+    /// [`build`](Self::build) and refused by [`try_build`](Self::try_build).
     pub fn factor(mut self, factor: f64) -> Self {
         self.factor = factor;
         self
@@ -297,13 +299,10 @@ impl RetryPolicyBuilder {
     /// all return at the same instant: a uniform extra delay of up to `ratio` of the hint, and at
     /// most `max` (default: 10 %, at most 1 s). The extra is added only when the hint is the
     /// floor, that is when it is longer than the jittered backoff delay. `(0.0, Duration::ZERO)`
-    /// waits exactly the hint. A ratio that is negative or not a number is taken as 0.
+    /// waits exactly the hint. A ratio outside 0 to 1, or not a number, is brought within by
+    /// [`build`](Self::build) (not a number is 0) and refused by [`try_build`](Self::try_build).
     pub fn retry_after_spread(mut self, ratio: f64, max: Duration) -> Self {
-        self.spread_ratio = if ratio.is_nan() {
-            0.0
-        } else {
-            ratio.clamp(0.0, 1.0)
-        };
+        self.spread_ratio = ratio;
         self.spread_max = max;
         self
     }
@@ -378,18 +377,90 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// The policy.
+    /// The policy, or every setting that is out of range, each with its name and what is
+    /// allowed: `max_attempts` 0, a `factor` below 1 or not a number, a `max_delay` below the
+    /// `base_delay`, a spread ratio outside 0 to 1, a zero `max_retry_after` or `deadline`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use genesys_tower::retry::RetryPolicy;
+    ///
+    /// let err = RetryPolicy::builder()
+    ///     .max_attempts(0)
+    ///     .base_delay(Duration::from_millis(100))
+    ///     .max_delay(Duration::from_millis(50))
+    ///     .try_build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.problems().len(), 2);
+    /// assert!(err.to_string().contains("max_delay: 50ms is below base_delay (100ms)"));
+    /// ```
+    pub fn try_build(self) -> Result<RetryPolicy, PolicyError> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &'static str, message: String| {
+            problems.push(PolicyProblem { field, message });
+        };
+        if self.max_attempts == 0 {
+            problem(
+                "max_attempts",
+                "0 is below 1 (1 sends once and never retries)".to_owned(),
+            );
+        }
+        if !(self.factor.is_finite() && self.factor >= 1.0) {
+            problem(
+                "factor",
+                format!("{} is not a number of 1 or more", self.factor),
+            );
+        }
+        if self.cap < self.base {
+            problem(
+                "max_delay",
+                format!("{:?} is below base_delay ({:?})", self.cap, self.base),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.spread_ratio) {
+            problem(
+                "retry_after_spread",
+                format!("the ratio {} is outside 0 to 1", self.spread_ratio),
+            );
+        }
+        if self.max_retry_after.is_zero() {
+            problem(
+                "max_retry_after",
+                "0s would refuse every server hint; give at least 1s".to_owned(),
+            );
+        }
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            problem(
+                "deadline",
+                "0s leaves no time for an attempt; leave it unset for no deadline".to_owned(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(self.build())
+        } else {
+            Err(PolicyError { problems })
+        }
+    }
+
+    /// The policy, with out-of-range settings brought within range (`max_attempts` 0 is 1, a
+    /// `factor` below 1 is 1, a spread ratio is clamped to 0 to 1). Use
+    /// [`try_build`](Self::try_build) to be told instead.
     #[must_use]
     pub fn build(self) -> RetryPolicy {
+        let spread_ratio = if self.spread_ratio.is_nan() {
+            0.0
+        } else {
+            self.spread_ratio.clamp(0.0, 1.0)
+        };
         RetryPolicy {
             inner: Arc::new(Inner {
-                max_attempts: self.max_attempts,
+                max_attempts: self.max_attempts.max(1),
                 base: self.base,
                 factor: self.factor,
                 cap: self.cap,
                 jitter: self.jitter.clone(),
                 max_retry_after: self.max_retry_after,
-                spread_ratio: self.spread_ratio,
+                spread_ratio,
                 spread_max: self.spread_max,
                 budget: self.budget,
                 deadline: self.deadline,
@@ -403,6 +474,44 @@ impl RetryPolicyBuilder {
         }
     }
 }
+
+/// Why [`RetryPolicyBuilder::try_build`] refused the settings: every setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    problems: Vec<PolicyProblem>,
+}
+
+/// One setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    /// The builder method's name, e.g. `max_delay`.
+    pub field: &'static str,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl PolicyError {
+    /// Every problem, in the order of the builder's settings.
+    #[must_use]
+    pub fn problems(&self) -> &[PolicyProblem] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid retry policy: ")?;
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", p.field, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyError {}
 
 impl fmt::Debug for RetryPolicyBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,597 @@
+//! The whole stack as configuration: a TOML (or JSON) file a user can load, check and change
+//! without a rebuild. See `docs/configuration.md` for every key, its default, its bounds and why.
+//!
+//! ```
+//! use genesys_client::config::StackConfig;
+//!
+//! let config = StackConfig::from_toml(r#"
+//!     [retry]
+//!     max_attempts = 5
+//!     base_delay = "250ms"
+//!     max_delay = "20s"
+//!     jitter = "equal"
+//!
+//!     [concurrency]
+//!     limit = 16
+//! "#).unwrap();
+//! assert_eq!(config.retry.max_attempts, 5);
+//!
+//! // Every mistake at once, each with its path and what is allowed.
+//! let err = StackConfig::from_toml(r#"
+//!     [retry]
+//!     max_attempts = 0
+//!     base_delay = "500ms"
+//!     max_delay = "50ms"
+//! "#).unwrap_err();
+//! let text = err.to_string();
+//! assert!(text.contains("retry.max_attempts: 0 is outside 1 to 10"), "{text}");
+//! assert!(text.contains("retry.max_delay: 50ms is below retry.base_delay (500ms)"), "{text}");
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use genesys_tower::retry::{DefaultClassifier, Jitter, RetryBudget, RetryPolicy};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::GenesysClassifier;
+use crate::builder::{
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BODY_IDLE_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_ERROR_BODY,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BODY,
+};
+
+/// The most attempts a file may ask for (seed 004's bound: ten).
+pub const MAX_ATTEMPTS: u32 = 10;
+/// The shortest delay a file may set, outside a test profile: shorter retries only add load.
+pub const MIN_DELAY: Duration = Duration::from_millis(100);
+/// The longest file this crate reads.
+const MAX_FILE: u64 = 1024 * 1024;
+
+/// A duration written as text (`"500ms"`, `"30s"`, `"2m"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(Dur)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a duration ({e}); write it as \"500ms\", \"30s\" or \"2m\""
+                ))
+            })
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// The jitter mode of the backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JitterMode {
+    /// Uniform between 0 and the delay (the default).
+    Full,
+    /// Half the delay, plus uniform up to the other half.
+    Equal,
+    /// Uniform between the base and three times the previous delay.
+    Decorrelated,
+    /// No randomness (tests only: clients released together return together).
+    None,
+}
+
+/// The whole stack's settings. Every section and key is optional; what is left out keeps the
+/// client's default.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct StackConfig {
+    /// `"test"` allows delays under 100 ms (tests against a simulator); anything else is
+    /// production.
+    pub profile: Option<String>,
+    /// The retry layer.
+    pub retry: RetryConfig,
+    /// The token cache.
+    pub auth: AuthConfig,
+    /// The in-flight limit.
+    pub concurrency: ConcurrencyConfig,
+    /// Client-side pacing.
+    pub pacing: PacingConfig,
+    /// Timeouts.
+    pub timeouts: TimeoutsConfig,
+    /// Response body limits.
+    pub bodies: BodiesConfig,
+    /// The idempotency layer.
+    pub idempotency: IdempotencyConfig,
+}
+
+/// `[retry]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetryConfig {
+    /// Attempts per call, the first included: 1 to 10 (default 4).
+    pub max_attempts: u32,
+    /// The first backoff delay (default 500ms).
+    pub base_delay: Dur,
+    /// The growth per retry: 1 to 10 (default 2).
+    pub factor: f64,
+    /// The cap on a backoff delay, at least `base_delay` (default 30s).
+    pub max_delay: Dur,
+    /// The jitter mode (default `full`).
+    pub jitter: JitterMode,
+    /// The longest server hint waited for: 1s to 1h (default 180s).
+    pub max_retry_after: Dur,
+    /// The total time a call may take, every attempt and wait included (default 300s).
+    pub deadline: Dur,
+    /// Whether a 500 is retried (default false: a 500 is more often a bug than a blip).
+    pub retry_500: bool,
+    /// The retry budget; `enabled = false` leaves only `max_attempts` to bound retries.
+    pub budget: BudgetConfig,
+    /// A name for this policy, the `policy_version` label of the metrics (default `default`).
+    pub version: String,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 4,
+            base_delay: Dur(Duration::from_millis(500)),
+            factor: 2.0,
+            max_delay: Dur(Duration::from_secs(30)),
+            jitter: JitterMode::Full,
+            max_retry_after: Dur(Duration::from_secs(180)),
+            deadline: Dur(DEFAULT_DEADLINE),
+            retry_500: false,
+            budget: BudgetConfig::default(),
+            version: "default".to_owned(),
+        }
+    }
+}
+
+/// `[retry.budget]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BudgetConfig {
+    /// Whether retries are bounded by a budget (default true).
+    pub enabled: bool,
+    /// Retries allowed per request: 0 to 1 (default 0.2).
+    pub retry_ratio: f64,
+    /// Retries allowed per second whatever the traffic: 0 to 1000 (default 1).
+    pub min_per_sec: u32,
+    /// The most retries the budget holds: 1 to 100000 (default 100).
+    pub max_tokens: u32,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            enabled: true,
+            retry_ratio: 0.2,
+            min_per_sec: 1,
+            max_tokens: 100,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthConfig {
+    /// How long before its expiry a token is refreshed: 0s to 1h (default 60s).
+    pub refresh_margin: Dur,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            refresh_margin: Dur(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// What a request does when every permit is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait for a permit (the default).
+    Wait,
+    /// Fail at once, nothing sent.
+    Reject,
+}
+
+/// `[concurrency]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConcurrencyConfig {
+    /// Requests in flight at once: 1 to 1024 (default 16).
+    pub limit: u32,
+    /// Wait or reject when full (default `wait`).
+    pub when_full: WhenFull,
+}
+
+impl Default for ConcurrencyConfig {
+    fn default() -> Self {
+        ConcurrencyConfig {
+            limit: u32::try_from(DEFAULT_MAX_IN_FLIGHT).unwrap_or(16),
+            when_full: WhenFull::Wait,
+        }
+    }
+}
+
+/// `[pacing]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PacingConfig {
+    /// A ceiling, `"N/SECS"` (e.g. `"300/60"`): at most N requests per SECS seconds. Unset: the
+    /// pacing learns from the server.
+    pub rate: Option<String>,
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TimeoutsConfig {
+    /// One attempt, body included: 1s to 10m (default 60s).
+    pub attempt: Dur,
+    /// The longest pause between two chunks of a response body: 1s to 10m (default 30s).
+    pub body_idle: Dur,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            attempt: Dur(DEFAULT_ATTEMPT_TIMEOUT),
+            body_idle: Dur(DEFAULT_BODY_IDLE_TIMEOUT),
+        }
+    }
+}
+
+/// `[bodies]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BodiesConfig {
+    /// The largest success body read, in bytes: 1 KiB to 1 GiB (default 16 MiB).
+    pub max_response: u64,
+    /// The largest error body read, in bytes: 1 KiB to 16 MiB (default 64 KiB).
+    pub max_error: u64,
+}
+
+impl Default for BodiesConfig {
+    fn default() -> Self {
+        BodiesConfig {
+            max_response: DEFAULT_MAX_RESPONSE_BODY as u64,
+            max_error: DEFAULT_MAX_ERROR_BODY as u64,
+        }
+    }
+}
+
+/// `[idempotency]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct IdempotencyConfig {
+    /// Whether POST and PATCH carry an `Idempotency-Key` (default true).
+    pub enabled: bool,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig { enabled: true }
+    }
+}
+
+/// One setting out of bounds, or a file that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The key's path, e.g. `retry.max_delay`; empty for the file as a whole.
+    pub path: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+/// Every problem of a configuration, found at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    problems: Vec<ConfigProblem>,
+}
+
+impl ConfigError {
+    fn one(path: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![ConfigProblem {
+                path: path.to_owned(),
+                message: message.into(),
+            }],
+        }
+    }
+
+    /// Every problem.
+    #[must_use]
+    pub fn problems(&self) -> &[ConfigProblem] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            if p.path.is_empty() {
+                f.write_str(&p.message)?;
+            } else {
+                write!(f, "{}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl StackConfig {
+    /// Reads a file: TOML, or JSON when its name ends in `.json`. Every problem is reported at
+    /// once.
+    pub fn from_path(path: &Path) -> Result<StackConfig, ConfigError> {
+        let shown = path.display();
+        let file = std::fs::File::open(path)
+            .map_err(|e| ConfigError::one("", format!("{shown}: cannot be read: {e}")))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_FILE + 1), &mut text)
+            .map_err(|e| ConfigError::one("", format!("{shown}: cannot be read as UTF-8: {e}")))?;
+        if text.len() as u64 > MAX_FILE {
+            return Err(ConfigError::one(
+                "",
+                format!("{shown}: larger than {MAX_FILE} bytes; a configuration is a few lines"),
+            ));
+        }
+        let json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let parsed = if json {
+            StackConfig::from_json(&text)
+        } else {
+            StackConfig::from_toml(&text)
+        };
+        parsed.map_err(|mut e| {
+            for p in &mut e.problems {
+                if p.path.is_empty() {
+                    p.message = format!("{shown}: {}", p.message);
+                }
+            }
+            e
+        })
+    }
+
+    /// Parses TOML and checks every bound.
+    pub fn from_toml(text: &str) -> Result<StackConfig, ConfigError> {
+        let config: StackConfig =
+            toml::from_str(text).map_err(|e| ConfigError::one("", e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses JSON and checks every bound.
+    pub fn from_json(text: &str) -> Result<StackConfig, ConfigError> {
+        let config: StackConfig =
+            serde_json::from_str(text).map_err(|e| ConfigError::one("", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Whether this is a test profile (delays under 100 ms allowed).
+    #[must_use]
+    pub fn is_test_profile(&self) -> bool {
+        self.profile.as_deref() == Some("test")
+    }
+
+    /// Checks every bound, and reports every value out of bounds at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |path: &str, message: String| {
+            problems.push(ConfigProblem {
+                path: path.to_owned(),
+                message,
+            });
+        };
+        let r = &self.retry;
+        if !(1..=MAX_ATTEMPTS).contains(&r.max_attempts) {
+            bad(
+                "retry.max_attempts",
+                format!("{} is outside 1 to {MAX_ATTEMPTS}", r.max_attempts),
+            );
+        }
+        let min_delay = if self.is_test_profile() {
+            Duration::from_millis(1)
+        } else {
+            MIN_DELAY
+        };
+        if r.base_delay.0 < min_delay {
+            bad(
+                "retry.base_delay",
+                format!(
+                    "{} is below {} (shorter retries only add load; profile = \"test\" allows \
+                     down to 1ms)",
+                    r.base_delay,
+                    Dur(min_delay)
+                ),
+            );
+        }
+        if !(r.factor.is_finite() && (1.0..=10.0).contains(&r.factor)) {
+            bad("retry.factor", format!("{} is outside 1 to 10", r.factor));
+        }
+        if r.max_delay < r.base_delay {
+            bad(
+                "retry.max_delay",
+                format!(
+                    "{} is below retry.base_delay ({})",
+                    r.max_delay, r.base_delay
+                ),
+            );
+        }
+        if r.max_delay.0 > Duration::from_secs(3600) {
+            bad("retry.max_delay", format!("{} is above 1h", r.max_delay));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&r.max_retry_after.0) {
+            bad(
+                "retry.max_retry_after",
+                format!("{} is outside 1s to 1h", r.max_retry_after),
+            );
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&r.deadline.0) {
+            bad(
+                "retry.deadline",
+                format!("{} is outside 1s to 24h", r.deadline),
+            );
+        }
+        if r.version.is_empty() || r.version.len() > 64 {
+            bad(
+                "retry.version",
+                "give a name of 1 to 64 characters".to_owned(),
+            );
+        }
+        let b = &r.budget;
+        if !(b.retry_ratio.is_finite() && (0.0..=1.0).contains(&b.retry_ratio)) {
+            bad(
+                "retry.budget.retry_ratio",
+                format!("{} is outside 0 to 1", b.retry_ratio),
+            );
+        }
+        if b.min_per_sec > 1000 {
+            bad(
+                "retry.budget.min_per_sec",
+                format!("{} is above 1000", b.min_per_sec),
+            );
+        }
+        if !(1..=100_000).contains(&b.max_tokens) {
+            bad(
+                "retry.budget.max_tokens",
+                format!("{} is outside 1 to 100000", b.max_tokens),
+            );
+        }
+        if self.auth.refresh_margin.0 > Duration::from_secs(3600) {
+            bad(
+                "auth.refresh_margin",
+                format!("{} is above 1h", self.auth.refresh_margin),
+            );
+        }
+        if !(1..=1024).contains(&self.concurrency.limit) {
+            bad(
+                "concurrency.limit",
+                format!("{} is outside 1 to 1024", self.concurrency.limit),
+            );
+        }
+        if let Some(rate) = &self.pacing.rate
+            && let Err(e) = parse_rate(rate)
+        {
+            bad("pacing.rate", e);
+        }
+        for (path, d) in [
+            ("timeouts.attempt", self.timeouts.attempt),
+            ("timeouts.body_idle", self.timeouts.body_idle),
+        ] {
+            if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&d.0) {
+                bad(path, format!("{d} is outside 1s to 10m"));
+            }
+        }
+        if !(1024..=1 << 30).contains(&self.bodies.max_response) {
+            bad(
+                "bodies.max_response",
+                format!(
+                    "{} is outside 1024 to 1073741824 bytes",
+                    self.bodies.max_response
+                ),
+            );
+        }
+        if !(1024..=16 << 20).contains(&self.bodies.max_error) {
+            bad(
+                "bodies.max_error",
+                format!(
+                    "{} is outside 1024 to 16777216 bytes",
+                    self.bodies.max_error
+                ),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The retry policy the `[retry]` section describes, with the client's classifier.
+    #[must_use]
+    pub fn retry_policy(&self) -> RetryPolicy {
+        let r = &self.retry;
+        let jitter = match r.jitter {
+            JitterMode::Full => Jitter::Full,
+            JitterMode::Equal => Jitter::Equal,
+            JitterMode::Decorrelated => Jitter::Decorrelated,
+            JitterMode::None => Jitter::None,
+        };
+        let builder = RetryPolicy::builder()
+            .classifier(GenesysClassifier::with(
+                DefaultClassifier::new().retry_500(r.retry_500),
+            ))
+            .max_attempts(r.max_attempts)
+            .base_delay(r.base_delay.0)
+            .factor(r.factor)
+            .max_delay(r.max_delay.0)
+            .jitter(jitter)
+            .max_retry_after(r.max_retry_after.0)
+            .deadline(r.deadline.0)
+            .version(r.version.clone());
+        let builder = if r.budget.enabled {
+            builder.budget(
+                RetryBudget::new()
+                    .retry_ratio(r.budget.retry_ratio)
+                    .min_per_sec(r.budget.min_per_sec)
+                    .max_tokens(r.budget.max_tokens),
+            )
+        } else {
+            builder.no_budget()
+        };
+        builder.build()
+    }
+
+    /// The pacing ceiling, if `[pacing] rate` is set.
+    #[must_use]
+    pub fn pacing_rate(&self) -> Option<(u64, Duration)> {
+        self.pacing.rate.as_deref().and_then(|r| parse_rate(r).ok())
+    }
+}
+
+/// `"N/SECS"`: at least 1 request in a window of 1 s to 1 day.
+fn parse_rate(text: &str) -> Result<(u64, Duration), String> {
+    let bad =
+        || format!("{text:?} is not N/SECS with N at least 1 and SECS 1 to 86400, e.g. \"300/60\"");
+    let (n, secs) = text.trim().split_once('/').ok_or_else(bad)?;
+    let n: u64 = n.trim().parse().map_err(|_| bad())?;
+    let secs: u64 = secs.trim().parse().map_err(|_| bad())?;
+    if n == 0 || !(1..=86_400).contains(&secs) {
+        return Err(bad());
+    }
+    Ok((n, Duration::from_secs(secs)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+use super::*;
+
+/// The problems of a TOML text, as `path: message` lines.
+fn problems(toml: &str) -> Vec<String> {
+    match StackConfig::from_toml(toml) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems()
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn an_empty_file_is_the_defaults() {
+    let config = StackConfig::from_toml("").unwrap();
+    assert_eq!(config, StackConfig::default());
+    assert_eq!(config.retry.max_attempts, 4);
+    assert_eq!(config.retry.base_delay.0, Duration::from_millis(500));
+}
+
+#[test]
+fn every_rule_has_its_message() {
+    let cases = [
+        (
+            "[retry]\nmax_attempts = 0",
+            "retry.max_attempts: 0 is outside 1 to 10",
+        ),
+        (
+            "[retry]\nmax_attempts = 11",
+            "retry.max_attempts: 11 is outside 1 to 10",
+        ),
+        (
+            "[retry]\nbase_delay = \"50ms\"",
+            "retry.base_delay: 50ms is below 100ms",
+        ),
+        (
+            "[retry]\nfactor = 0.5",
+            "retry.factor: 0.5 is outside 1 to 10",
+        ),
+        (
+            "[retry]\nbase_delay = \"2s\"\nmax_delay = \"1s\"",
+            "retry.max_delay: 1s is below retry.base_delay (2s)",
+        ),
+        (
+            "[retry]\nmax_delay = \"2h\"",
+            "retry.max_delay: 2h is above 1h",
+        ),
+        (
+            "[retry]\nmax_retry_after = \"0s\"",
+            "retry.max_retry_after: 0s is outside 1s to 1h",
+        ),
+        (
+            "[retry]\ndeadline = \"2days\"",
+            "retry.deadline: 2days is outside 1s to 24h",
+        ),
+        (
+            "[retry]\nversion = \"\"",
+            "retry.version: give a name of 1 to 64 characters",
+        ),
+        (
+            "[retry.budget]\nretry_ratio = 1.5",
+            "retry.budget.retry_ratio: 1.5 is outside 0 to 1",
+        ),
+        (
+            "[retry.budget]\nmin_per_sec = 5000",
+            "retry.budget.min_per_sec: 5000 is above 1000",
+        ),
+        (
+            "[retry.budget]\nmax_tokens = 0",
+            "retry.budget.max_tokens: 0 is outside 1 to 100000",
+        ),
+        (
+            "[auth]\nrefresh_margin = \"2h\"",
+            "auth.refresh_margin: 2h is above 1h",
+        ),
+        (
+            "[concurrency]\nlimit = 0",
+            "concurrency.limit: 0 is outside 1 to 1024",
+        ),
+        (
+            "[pacing]\nrate = \"0/60\"",
+            "pacing.rate: \"0/60\" is not N/SECS",
+        ),
+        (
+            "[timeouts]\nattempt = \"0s\"",
+            "timeouts.attempt: 0s is outside 1s to 10m",
+        ),
+        (
+            "[timeouts]\nbody_idle = \"1h\"",
+            "timeouts.body_idle: 1h is outside 1s to 10m",
+        ),
+        (
+            "[bodies]\nmax_response = 10",
+            "bodies.max_response: 10 is outside 1024",
+        ),
+        (
+            "[bodies]\nmax_error = 10",
+            "bodies.max_error: 10 is outside 1024",
+        ),
+    ];
+    for (toml, wanted) in cases {
+        let found = problems(toml);
+        assert!(
+            found.iter().any(|p| p.starts_with(wanted)),
+            "{toml:?}: wanted {wanted:?}, got {found:?}"
+        );
+        assert_eq!(found.len(), 1, "{toml:?}: exactly one problem: {found:?}");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let found = problems(
+        "[retry]\nmax_attempts = 0\nfactor = 20.0\n[concurrency]\nlimit = 5000\n[bodies]\nmax_error = 1",
+    );
+    assert_eq!(found.len(), 4, "{found:?}");
+}
+
+#[test]
+fn a_test_profile_allows_short_delays() {
+    assert!(
+        problems("profile = \"test\"\n[retry]\nbase_delay = \"5ms\"\nmax_delay = \"10ms\"")
+            .is_empty()
+    );
+    assert!(!problems("[retry]\nbase_delay = \"5ms\"\nmax_delay = \"10ms\"").is_empty());
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused_with_their_name() {
+    let found = problems("[retry]\nmax_atempts = 3");
+    assert!(found[0].contains("max_atempts"), "{found:?}");
+    let found = problems("[retry]\nbase_delay = \"soon\"");
+    assert!(found[0].contains("\"soon\" is not a duration"), "{found:?}");
+    let found = problems("[retry]\njitter = \"wild\"");
+    assert!(found[0].contains("wild"), "{found:?}");
+}
+
+#[test]
+fn json_is_read_too_and_gives_the_same_config() {
+    let json = r#"{"retry": {"max_attempts": 6, "base_delay": "1s"}, "concurrency": {"limit": 4}}"#;
+    let toml = "[retry]\nmax_attempts = 6\nbase_delay = \"1s\"\n[concurrency]\nlimit = 4";
+    assert_eq!(
+        StackConfig::from_json(json).unwrap(),
+        StackConfig::from_toml(toml).unwrap()
+    );
+}
+
+#[test]
+fn the_documented_example_file_loads_and_builds_a_policy() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.example.toml");
+    let config = StackConfig::from_path(&path).unwrap_or_else(|e| panic!("{e}"));
+    let policy = config.retry_policy();
+    assert_eq!(policy.max_attempts(), config.retry.max_attempts);
+    assert_eq!(policy.version(), config.retry.version);
+    assert_eq!(config.pacing_rate(), Some((300, Duration::from_secs(60))));
+}
+
+#[test]
+fn a_file_that_is_too_large_or_missing_says_so() {
+    let err = StackConfig::from_path(Path::new("/no/such/config.toml")).unwrap_err();
+    assert!(err.to_string().contains("cannot be read"), "{err}");
+}
