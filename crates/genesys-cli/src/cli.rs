@@ -43,6 +43,11 @@ pub(crate) struct Common {
     #[arg(long, global = true, value_name = "URL")]
     pub(crate) login_url: Option<String>,
 
+    /// The stack's configuration (retry policy, limits, timeouts): a TOML file, or JSON by its
+    /// extension; see docs/configuration.md. Flags given on the command line win over it.
+    #[arg(long, global = true, value_name = "FILE", env = "GCX_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+
     /// Requests in flight at once (default 8; 32 for the demo).
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) concurrency: Option<u32>,
@@ -137,11 +142,54 @@ pub(crate) enum Command {
     /// Data action jobs.
     #[command(subcommand)]
     Actions(ActionsCommand),
+    /// Retry policies: check a configuration file and preview what it will do.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Print a completion script for a shell, e.g. `gcx completions bash > /etc/bash_completion.d/gcx`.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `gcx policy ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Check a stack configuration (TOML, or JSON by its extension): exit 2 with every problem,
+    /// else preview the retry delays, the worst case against the deadline and the load a fleet
+    /// sends during a full outage.
+    Check(PolicyCheckArgs),
+}
+
+/// `gcx policy check FILE`.
+#[derive(Debug, Args)]
+pub(crate) struct PolicyCheckArgs {
+    /// The configuration file.
+    pub(crate) file: PathBuf,
+
+    /// Clients (processes, pods) that run this policy against the same destination.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) clients: u32,
+
+    /// Calls per second each client makes.
+    #[arg(long, default_value_t = 10.0, value_name = "R", value_parser = positive)]
+    pub(crate) call_rate: f64,
+
+    /// Requests per second the destination allows, to compare the outage load with.
+    #[arg(long, value_name = "R", value_parser = positive)]
+    pub(crate) destination_rate: Option<f64>,
+
+    /// The seed of the sampled schedules (the same seed, the same preview).
+    #[arg(long, default_value_t = 1, value_name = "S")]
+    pub(crate) seed: u64,
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1e9 => Ok(v),
+        _ => Err(format!("`{s}` is not a number above 0 (and at most 1e9)")),
+    }
 }
 
 /// `gcx demo`.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use genesys_client::config::StackConfig;
 use genesys_client::{
     GenesysClient, GenesysClientBuilder, GenesysError, PacingSource, Region, UpdateUserOptions,
 };
@@ -74,8 +75,24 @@ fn credentials() -> Result<Credentials, CliError> {
 /// credentials from the environment, `--concurrency`, `--rate-limit`. It sends nothing: a
 /// configuration error is found here, before anything else.
 pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, CliError> {
-    let mut builder = GenesysClient::builder()
-        .max_in_flight(common.concurrency())
+    let mut builder = GenesysClient::builder();
+    match &common.config {
+        Some(path) => {
+            let config = StackConfig::from_path(path).map_err(|e| {
+                CliError::usage(format!(
+                    "--config {}: not a valid configuration:\n{e}",
+                    path.display()
+                ))
+            })?;
+            builder = builder.config(&config);
+            // The flag wins over the file.
+            if common.concurrency.is_some() {
+                builder = builder.max_in_flight(common.concurrency());
+            }
+        }
+        None => builder = builder.max_in_flight(common.concurrency()),
+    }
+    let mut builder = builder
         .idempotency_store(crate::deliver::small_store())
         .user_agent(concat!("gcx/", env!("CARGO_PKG_VERSION")));
     builder = match credentials()? {

@@ -15,6 +15,7 @@ mod error;
 mod input;
 mod job;
 mod journal;
+mod policy;
 mod progress;
 mod records;
 mod report;
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::cli::{ActionsCommand, Cli, Command, UsersCommand};
+use crate::cli::{ActionsCommand, Cli, Command, PolicyCommand, UsersCommand};
 use crate::error::{CliError, EXIT_USAGE};
 use crate::input::Format;
 use crate::records::{ActionInputs, IngestRecords, UserRecords};
@@ -119,6 +120,9 @@ async fn run(cli: Cli, export: Option<&telemetry::Export>) -> Result<u8, CliErro
         clap_complete::generate(*shell, &mut command, "gcx", &mut std::io::stdout());
         return Ok(0);
     }
+    if let Command::Policy(PolicyCommand::Check(args)) = &cli.command {
+        return policy::check(args, cli.common.json);
+    }
     let telemetry = Telemetry::start(cli.common.metrics_addr, export).await?;
     let code = job(&cli, &telemetry).await;
     telemetry
@@ -131,7 +135,7 @@ async fn run(cli: Cli, export: Option<&telemetry::Export>) -> Result<u8, CliErro
 async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
     let common = &cli.common;
     match &cli.command {
-        Command::Completions { .. } => Ok(0),
+        Command::Completions { .. } | Command::Policy(_) => Ok(0),
         Command::Demo(args) => demo::run(common, args, telemetry).await,
         Command::Users(UsersCommand::Patch(args)) => {
             let builder = deliver::client_builder(common)?;

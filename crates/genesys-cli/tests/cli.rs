@@ -667,3 +667,87 @@ async fn a_job_under_a_one_second_quota_it_was_not_told_about_finishes_with_few_
         assert_eq!(sim.user(&id).unwrap()["title"], json!(title));
     }
 }
+
+#[test]
+fn policy_check_previews_a_valid_file_and_lists_every_problem_of_a_bad_one() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/configuration.example.toml"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_gcx"))
+        .args(["policy", "check", example, "--json", "--clients", "20"])
+        .args(["--call-rate", "5", "--destination-rate", "50"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let preview: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(preview["max_attempts"], 4);
+    assert_eq!(preview["delays"].as_array().unwrap().len(), 3);
+    assert!(preview["delays"][2]["max_ms"].as_f64().unwrap() <= 2000.0);
+    assert!(preview["outage_load_vs_destination"].as_f64().unwrap() > 1.0);
+
+    let d = dir("policy_check_bad");
+    let bad = write(
+        &d.join("bad.toml"),
+        b"[retry]\nmax_attempts = 0\nmax_delay = \"10ms\"\n[concurrency]\nlimit = 0\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_gcx"))
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for problem in [
+        "retry.max_attempts: 0 is outside 1 to 10",
+        "retry.max_delay: 10ms is below retry.base_delay (500ms)",
+        "concurrency.limit: 0 is outside 1 to 1024",
+    ] {
+        assert!(stderr.contains(problem), "{problem} missing from: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_sets_the_jobs_retry_policy() {
+    // One attempt per call, against a simulator that fails 30 % of the answers: no retries, so
+    // some users are not patched and the job says so (exit 1); a bad file is exit 2 first.
+    let sim = Simulator::spawn(config(30).faults("5xx=0.3".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("config_file");
+    let (lines, _) = user_lines(&sim, 30);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let cfg = write(
+        &d.join("gcx.toml"),
+        b"[retry]\nmax_attempts = 1\nversion = \"no-retries\"\n",
+    );
+    let report = d.join("report.json");
+    let out = gcx(&sim)
+        .args(["users", "patch", "--quiet", "--config"])
+        .arg(&cfg)
+        .arg("--input")
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let r = read_json(&report);
+    assert_eq!(r["http"]["retries"], 0, "{}", r["http"]);
+    assert!(r["counts"]["failed"].as_u64().unwrap() > 0);
+    assert_eq!(
+        r["routes"][0]["calls"].as_object().map(|m| m.is_empty()),
+        Some(false)
+    );
+
+    let bad = write(&d.join("bad.toml"), b"[retry]\nmax_atempts = 1\n");
+    let out = gcx(&sim)
+        .args(["users", "patch", "--config"])
+        .arg(&bad)
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_atempts"));
+}

@@ -91,6 +91,19 @@ pub enum JitterMode {
     None,
 }
 
+impl JitterMode {
+    /// The retry layer's jitter for this mode.
+    #[must_use]
+    pub fn jitter(self) -> Jitter {
+        match self {
+            JitterMode::Full => Jitter::Full,
+            JitterMode::Equal => Jitter::Equal,
+            JitterMode::Decorrelated => Jitter::Decorrelated,
+            JitterMode::None => Jitter::None,
+        }
+    }
+}
+
 /// The whole stack's settings. Every section and key is optional; what is left out keeps the
 /// client's default.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -542,12 +555,7 @@ impl StackConfig {
     #[must_use]
     pub fn retry_policy(&self) -> RetryPolicy {
         let r = &self.retry;
-        let jitter = match r.jitter {
-            JitterMode::Full => Jitter::Full,
-            JitterMode::Equal => Jitter::Equal,
-            JitterMode::Decorrelated => Jitter::Decorrelated,
-            JitterMode::None => Jitter::None,
-        };
+        let jitter = r.jitter.jitter();
         let builder = RetryPolicy::builder()
             .classifier(GenesysClassifier::with(
                 DefaultClassifier::new().retry_500(r.retry_500),

@@ -1,0 +1,236 @@
+//! `gcx policy check FILE`: checks a stack configuration and previews what its retry policy
+//! will do, before it ships.
+
+use std::fmt::Write as _;
+
+use genesys_client::config::StackConfig;
+use genesys_tower::retry::Backoff;
+use serde::Serialize;
+
+use crate::cli::PolicyCheckArgs;
+use crate::error::{CliError, EXIT_OK};
+
+/// Schedules sampled per preview.
+const SAMPLES: u64 = 10_000;
+
+/// The preview of one retry.
+#[derive(Debug, Serialize)]
+struct RetryDelay {
+    /// The retry's number (1 is the first retry, the second attempt).
+    retry: u32,
+    min_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// What `policy check` prints, and `--json` writes.
+#[derive(Debug, Serialize)]
+struct Preview {
+    file: String,
+    valid: bool,
+    version: String,
+    max_attempts: u32,
+    delays: Vec<RetryDelay>,
+    /// The longest a failing call can take: every attempt timing out and every wait at its
+    /// sampled maximum.
+    worst_case_s: f64,
+    deadline_s: f64,
+    worst_case_within_deadline: bool,
+    /// Retries per call during a full outage, in the long run: attempts allow `max_attempts - 1`,
+    /// the budget allows `retry_ratio` per call plus `min_per_sec` per client.
+    retries_per_failed_call: f64,
+    clients: u32,
+    call_rate_per_client: f64,
+    /// Requests per second the fleet sends to the destination during a full outage.
+    outage_request_rate: f64,
+    destination_rate: Option<f64>,
+    /// `outage_request_rate / destination_rate`.
+    outage_load_vs_destination: Option<f64>,
+}
+
+pub(crate) fn check(args: &PolicyCheckArgs, json: bool) -> Result<u8, CliError> {
+    let config = StackConfig::from_path(&args.file).map_err(|e| {
+        CliError::usage(format!(
+            "{} is not a valid configuration:\n{e}",
+            args.file.display()
+        ))
+    })?;
+    let preview = preview(&config, args);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&preview).unwrap_or_else(|_| "{}".to_owned())
+        );
+    } else {
+        print!("{}", table(&preview));
+    }
+    Ok(EXIT_OK)
+}
+
+fn preview(config: &StackConfig, args: &PolicyCheckArgs) -> Preview {
+    let r = &config.retry;
+    let retries = r.max_attempts.saturating_sub(1);
+    // Sample whole schedules, as calls would draw them: retry n's delay depends on retry n-1's
+    // under decorrelated jitter.
+    let mut by_retry: Vec<Vec<f64>> = vec![Vec::with_capacity(SAMPLES as usize); retries as usize];
+    for i in 0..SAMPLES {
+        let mut backoff = Backoff::new(r.base_delay.0, r.factor, r.max_delay.0)
+            .jitter(r.jitter.jitter())
+            .seed(args.seed.wrapping_add(i));
+        for samples in &mut by_retry {
+            samples.push(backoff.next_delay().as_secs_f64() * 1000.0);
+        }
+    }
+    let delays: Vec<RetryDelay> = by_retry
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let q = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+            RetryDelay {
+                retry: u32::try_from(n + 1).unwrap_or(u32::MAX),
+                min_ms: q(0.0),
+                p50_ms: q(0.5),
+                p99_ms: q(0.99),
+                max_ms: q(1.0),
+            }
+        })
+        .collect();
+    let waits_s: f64 = delays.iter().map(|d| d.max_ms / 1000.0).sum();
+    let worst_case_s =
+        waits_s + f64::from(r.max_attempts) * config.timeouts.attempt.0.as_secs_f64();
+    let deadline_s = r.deadline.0.as_secs_f64();
+
+    let rate = args.call_rate;
+    let by_attempts = f64::from(retries);
+    let retries_per_failed_call = if r.budget.enabled && rate > 0.0 {
+        by_attempts.min(r.budget.retry_ratio + f64::from(r.budget.min_per_sec) / rate)
+    } else {
+        by_attempts
+    };
+    let outage_request_rate = f64::from(args.clients) * rate * (1.0 + retries_per_failed_call);
+    Preview {
+        file: args.file.display().to_string(),
+        valid: true,
+        version: r.version.clone(),
+        max_attempts: r.max_attempts,
+        delays,
+        worst_case_s,
+        deadline_s,
+        worst_case_within_deadline: worst_case_s <= deadline_s,
+        retries_per_failed_call,
+        clients: args.clients,
+        call_rate_per_client: rate,
+        outage_request_rate,
+        destination_rate: args.destination_rate,
+        outage_load_vs_destination: args
+            .destination_rate
+            .filter(|d| *d > 0.0)
+            .map(|d| outage_request_rate / d),
+    }
+}
+
+fn table(p: &Preview) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: valid (policy {}, {} attempts)",
+        p.file, p.version, p.max_attempts
+    );
+    let _ = writeln!(
+        s,
+        "  retry   min        p50        p99        max      (delay before it, {SAMPLES} sampled schedules)"
+    );
+    for d in &p.delays {
+        let _ = writeln!(
+            s,
+            "  {:<5}   {:<10} {:<10} {:<10} {}",
+            d.retry,
+            ms(d.min_ms),
+            ms(d.p50_ms),
+            ms(d.p99_ms),
+            ms(d.max_ms)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  worst case for a failing call: {:.1} s (every attempt timing out, every wait at its \
+         longest) against a deadline of {:.0} s: {}",
+        p.worst_case_s,
+        p.deadline_s,
+        if p.worst_case_within_deadline {
+            "within"
+        } else {
+            "the deadline ends such a call first"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  during a full outage: {:.2} retries per call; {} client(s) at {} calls/s send {:.1} \
+         requests/s",
+        p.retries_per_failed_call, p.clients, p.call_rate_per_client, p.outage_request_rate
+    );
+    if let (Some(d), Some(load)) = (p.destination_rate, p.outage_load_vs_destination) {
+        let _ = writeln!(
+            s,
+            "  against a destination limit of {d} requests/s: {:.2}x, {}",
+            load,
+            if load <= 1.0 {
+                "within the limit"
+            } else {
+                "over the limit: lower retry.max_attempts or retry.budget.retry_ratio, or \
+                 fewer clients"
+            }
+        );
+    }
+    s
+}
+
+fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else {
+        format!("{v:.0} ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(file: &str) -> PolicyCheckArgs {
+        PolicyCheckArgs {
+            file: file.into(),
+            clients: 10,
+            call_rate: 5.0,
+            destination_rate: Some(40.0),
+            seed: 7,
+        }
+    }
+
+    #[test]
+    fn the_preview_follows_the_schedule_and_the_budget() {
+        let config = StackConfig::from_toml(
+            "[retry]\nmax_attempts = 4\nbase_delay = \"1s\"\nfactor = 2.0\nmax_delay = \"3s\"\njitter = \"none\"\ndeadline = \"5m\"\n[timeouts]\nattempt = \"10s\"",
+        )
+        .unwrap();
+        let p = preview(&config, &args("x.toml"));
+        let p50: Vec<f64> = p.delays.iter().map(|d| d.p50_ms).collect();
+        assert_eq!(p50, [1000.0, 2000.0, 3000.0], "capped at 3 s, no jitter");
+        assert!((p.worst_case_s - (6.0 + 40.0)).abs() < 1e-9);
+        assert!(p.worst_case_within_deadline);
+        // The budget (0.2 per call, 1 per second) bounds retries: 0.2 + 1/5 = 0.4 per call.
+        assert!((p.retries_per_failed_call - 0.4).abs() < 1e-9);
+        assert!((p.outage_request_rate - 10.0 * 5.0 * 1.4).abs() < 1e-9);
+        assert!((p.outage_load_vs_destination.unwrap() - 70.0 / 40.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn full_jitter_stays_under_the_exponential_delay() {
+        let config = StackConfig::from_toml("[retry]\nmax_attempts = 3\n").unwrap();
+        let p = preview(&config, &args("x.toml"));
+        assert!(p.delays[0].max_ms <= 500.0 && p.delays[0].min_ms >= 0.0);
+        assert!(p.delays[1].max_ms <= 1000.0 && p.delays[1].p50_ms > p.delays[0].p50_ms);
+    }
+}
