@@ -16,7 +16,6 @@
 //! with one layer at a time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -74,14 +73,14 @@ type Erased = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 /// One way of making a GET and reading its body to the end.
 #[derive(Clone)]
 enum Caller {
-    Raw(Client<HttpConnector, Body>, Uri),
+    Raw(Box<Client<HttpConnector, Body>>, Uri),
     Stack(Erased, Uri),
     Reqwest(ClientWithMiddleware, String),
 }
 
 impl Caller {
-    fn get(&mut self) -> impl Future<Output = ()> + Send + '_ {
-        async move {
+    async fn get(&mut self) {
+        {
             match self {
                 Caller::Raw(client, uri) => {
                     let request = Request::get(uri.clone())
@@ -293,7 +292,7 @@ fn main() {
         vec![
             (
                 "raw hyper-util".to_owned(),
-                Caller::Raw(hyper_client(), uri.clone()),
+                Caller::Raw(Box::new(hyper_client()), uri.clone()),
             ),
             (
                 "tower's own stack".to_owned(),
