@@ -264,6 +264,7 @@ fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
 
 fn main() {
     let (mut rounds, mut ablation, mut json) = (20usize, false, false);
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -275,6 +276,8 @@ fn main() {
                     .unwrap_or_else(|| usage())
             }
             "--ablation" => ablation = true,
+            // One client (and raw, to compare with): for a profiler.
+            "--only" => only = Some(args.next().unwrap_or_else(|| usage())),
             "--json" => json = true,
             _ => usage(),
         }
@@ -334,6 +337,13 @@ fn main() {
         }
     }
 
+    if let Some(only) = &only {
+        clients.retain(|(name, _)| name == "raw hyper-util" || name == only);
+        if clients.len() < 2 {
+            eprintln!("--only {only}: no such client");
+            std::process::exit(2);
+        }
+    }
     let mut report = Vec::new();
     for (in_flight, requests) in [(1u64, 10_000u64), (32, 30_000)] {
         // Warm up every client: connections, pools, caches.
@@ -393,6 +403,6 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: loopback_interleaved [--rounds N] [--ablation] [--json]");
+    eprintln!("usage: loopback_interleaved [--rounds N] [--ablation] [--only CLIENT] [--json]");
     std::process::exit(2)
 }
