@@ -79,3 +79,27 @@ where
         .layer(concurrency)
         .service(leaf)
 }
+
+/// Times `n` sequential calls of `method` on `svc` (a request built per call, as the caller
+/// would) and returns nanoseconds per call.
+pub async fn time_calls<S>(mut svc: S, method: http::Method, n: u32) -> f64
+where
+    S: Service<Request<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let body = if method == http::Method::GET {
+            Body::empty()
+        } else {
+            Body::from(r#"{"version":3,"title":"Agent"}"#)
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = http::Uri::from_static("http://api.example.test/api/v2/users/42");
+        let ready = svc.ready().await.expect("ready");
+        std::hint::black_box(ready.call(req).await.expect("a response"));
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(n.max(1))
+}

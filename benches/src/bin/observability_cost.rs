@@ -12,12 +12,10 @@
 //! `get_ns=<median> patch_ns=<median>` for `--variant NAME`.
 
 use std::process::Command;
-use std::time::Instant;
 
 use benches::stack::{self, instant_service};
-use genesys_tower::{Body, Metrics};
-use http::{Method, Request};
-use tower::{Service, ServiceExt};
+use genesys_tower::Metrics;
+use http::Method;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -124,37 +122,16 @@ fn child(variant: &str, iters: u32) {
         &metrics,
     );
     let (get, patch) = rt.block_on(async move {
-        calls(svc.clone(), Method::GET, iters / 5).await;
-        calls(svc.clone(), Method::PATCH, iters / 5).await;
+        stack::time_calls(svc.clone(), Method::GET, iters / 5).await;
+        stack::time_calls(svc.clone(), Method::PATCH, iters / 5).await;
         let (mut get, mut patch) = (Vec::new(), Vec::new());
         for _ in 0..5 {
-            get.push(calls(svc.clone(), Method::GET, iters).await);
-            patch.push(calls(svc.clone(), Method::PATCH, iters).await);
+            get.push(stack::time_calls(svc.clone(), Method::GET, iters).await);
+            patch.push(stack::time_calls(svc.clone(), Method::PATCH, iters).await);
         }
         (quantile(get, 0.5), quantile(patch, 0.5))
     });
     println!("get_ns={get:.0} patch_ns={patch:.0}");
-}
-
-async fn calls<S>(mut svc: S, method: Method, n: u32) -> f64
-where
-    S: Service<Request<Body>>,
-    S::Error: std::fmt::Debug,
-{
-    let start = Instant::now();
-    for _ in 0..n {
-        let body = if method == Method::GET {
-            Body::empty()
-        } else {
-            Body::from(r#"{"version":3,"title":"Agent"}"#)
-        };
-        let mut req = Request::new(body);
-        *req.method_mut() = method.clone();
-        *req.uri_mut() = http::Uri::from_static("http://api.example.test/api/v2/users/42");
-        let ready = svc.ready().await.expect("ready");
-        std::hint::black_box(ready.call(req).await.expect("a response"));
-    }
-    start.elapsed().as_nanos() as f64 / f64::from(n)
 }
 
 fn quantile(mut v: Vec<f64>, q: f64) -> f64 {

@@ -8,6 +8,9 @@
 //!
 //! Prints one line: `get_ns=<median> patch_ns=<median>` over 7 batches of N calls (default
 //! 50,000), GET and PATCH batches alternating.
+//!
+//! Self-contained on purpose (it repeats `stack::time_calls`): the same file builds at an older
+//! commit, whose library may not have that helper yet.
 
 use std::time::Instant;
 
