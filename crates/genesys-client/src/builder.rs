@@ -58,8 +58,11 @@ use crate::oauth::{ClientCredentials, TokenRetry};
 use crate::region::{Endpoints, Region};
 use crate::service::{HttpService, MAX_TOKEN_BODY};
 
-/// The default number of requests in flight at once.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+pub use crate::defaults::{
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BODY_IDLE_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_ERROR_BODY,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_PACING,
+};
+
 /// Where a client's pacing setting came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -82,19 +85,6 @@ impl fmt::Display for PacingSource {
     }
 }
 
-/// The default pacing: 300 requests per 60 s, the Genesys limit per client-credentials token.
-pub const DEFAULT_PACING: (u64, Duration) = (300, Duration::from_secs(60));
-/// The default per-attempt timeout.
-pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
-/// The default total deadline of a call, retries included.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
-/// The default limit of a success body: 16 MiB (see [`GenesysClientBuilder::max_response_body`]).
-pub const DEFAULT_MAX_RESPONSE_BODY: usize = genesys_tower::read_body::DEFAULT_MAX_SUCCESS_BODY;
-/// The default limit of an error body: 64 KiB, the rest is cut (see
-/// [`GenesysClientBuilder::max_error_body`]).
-pub const DEFAULT_MAX_ERROR_BODY: usize = genesys_tower::read_body::DEFAULT_MAX_ERROR_BODY;
-/// The default idle timeout between two chunks of a response body: 30 s.
-pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = genesys_tower::read_body::DEFAULT_IDLE_TIMEOUT;
 type TokenFuture = Pin<Box<dyn Future<Output = Result<Token, BoxError>> + Send>>;
 
 /// A token source behind a trait object (the trait's futures are not object-safe as they are).

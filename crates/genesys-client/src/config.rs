@@ -36,7 +36,7 @@ use genesys_tower::retry::{DefaultClassifier, Jitter, RetryBudget, RetryPolicy};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::GenesysClassifier;
-use crate::builder::{
+use crate::defaults::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BODY_IDLE_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_ERROR_BODY,
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BODY,
 };

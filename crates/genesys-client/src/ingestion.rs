@@ -43,8 +43,7 @@ use serde_json::{Value, json};
 use crate::client::GenesysClient;
 use crate::error::GenesysError;
 
-/// The default ingestion path (seed 000's endpoint; not in the public API).
-pub const DEFAULT_INGESTION_PATH: &str = "/api/v2/dataexchange/ingestion";
+pub use crate::routes::DEFAULT_INGESTION_PATH;
 /// The most records in one chunk by default.
 pub const DEFAULT_MAX_RECORDS: usize = 500;
 /// The most bytes in one chunk's body by default (Genesys `request.bytes.max`).

@@ -49,12 +49,14 @@ mod classify;
 pub mod client;
 pub mod config;
 pub mod data_actions;
+mod defaults;
 pub mod error;
 pub mod ingestion;
 pub mod integrations;
 pub mod limits;
 pub mod oauth;
 pub mod region;
+mod routes;
 mod service;
 pub mod users;
 

@@ -31,7 +31,7 @@ pub(super) enum InFlight {
     Wait(Duration),
 }
 
-/// Server-side idempotency for axum and any tower HTTP server. See the [module docs](self).
+/// Server-side idempotency for axum and any tower HTTP server. See the [module docs](super).
 #[derive(Clone)]
 pub struct ServerIdempotencyLayer {
     pub(super) config: Config,
@@ -124,7 +124,7 @@ impl ServerIdempotencyLayer {
         self
     }
 
-    /// The largest response body stored (default 1 MiB); see the [module docs](self).
+    /// The largest response body stored (default 1 MiB); see the [module docs](super).
     #[must_use]
     pub fn response_limit(mut self, bytes: usize) -> Self {
         self.config.response_limit = bytes;
