@@ -98,8 +98,13 @@ use serde_json::{Map, Value, json};
 /// The route.
 pub const ROUTE: &str = "/invoke-data-action";
 
-/// The largest request body read (1 MiB).
+/// The largest request body read (1 MiB): the limit on what the caller sent.
 pub const BODY_LIMIT: usize = DEFAULT_REPLAY_LIMIT;
+
+/// The idempotency layer's limit, on the body after its canonical rewrite: the caller's body
+/// is checked against [`BODY_LIMIT`] before the rewrite, which adds the action id and may
+/// lengthen numbers (`1e2` becomes `100.0`), so the rewritten body gets room to grow.
+const CANONICAL_BODY_LIMIT: usize = 2 * BODY_LIMIT + 4096;
 
 /// The longest a data action call may take in the handler, retries included (90 s by default).
 /// Past it the handler answers 504 `outcome_unknown`, so that a handler never outlives its lock.
@@ -240,7 +245,7 @@ impl DataActionService {
             .store(self.store.clone())
             .metrics(self.metrics.clone())
             .require_key(true)
-            .body_limit(BODY_LIMIT)
+            .body_limit(CANONICAL_BODY_LIMIT)
             .lock_ttl(lock_ttl)
             .retention(self.retention)
             .store_if(is_stored);

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use examples::data_action_service::{DataActionService, ROUTE, client_builder};
+use examples::data_action_service::{BODY_LIMIT, DataActionService, ROUTE, client_builder};
 use genesys_sim::{Action, ActionFailure, Faults, SimConfig, SimHandle};
 use genesys_tower::idempotency::{IdempotencyStore, MemoryStore, RedisStore};
 use http::{Request, StatusCode};
@@ -526,4 +526,50 @@ async fn refused_credentials_are_502_and_run_nothing() {
     );
     assert_eq!(sim.ledger_len(), 0);
     sim.shutdown().await;
+}
+
+/// The body limit is on what the caller sent: a body of exactly the limit, its key in a header,
+/// runs (the canonical rewrite that adds the action id does not push it over), and one byte more
+/// is refused with 413 before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_exactly_the_limit_runs_and_one_byte_more_is_413() {
+    let executions = Arc::new(AtomicU64::new(0));
+    let count = {
+        let executions = executions.clone();
+        Action::custom(move |_input| Ok(json!({ "execution": executions.fetch_add(1, SeqCst) })))
+    };
+    let mut config = SimConfig::default().users(0).action(ACTION, count);
+    // Room for the forwarded payload: the simulator's own limit is not under test here.
+    config.max_body_bytes = 4 * BODY_LIMIT;
+    let sim = spawn(config).await;
+    let app = instance(&sim, MemoryStore::new());
+    let sized = |len: usize, key: &str| {
+        let (head, tail) = (r#"{"input_payload":{"pad":""#, r#""}}"#);
+        let pad = "x".repeat(len - head.len() - tail.len());
+        let body = format!("{head}{pad}{tail}");
+        assert_eq!(body.len(), len);
+        Request::post(ROUTE)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body))
+            .unwrap()
+    };
+
+    let at_limit = send(&app, sized(BODY_LIMIT, "at-limit")).await;
+    assert_eq!(
+        at_limit.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&at_limit.bytes)
+    );
+    assert_eq!(executions.load(SeqCst), 1);
+
+    let over = send(&app, sized(BODY_LIMIT + 1, "over-limit")).await;
+    assert_eq!(over.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(over.json["error"], "request_body_too_large");
+    assert_eq!(
+        executions.load(SeqCst),
+        1,
+        "nothing ran for the body over the limit"
+    );
 }
