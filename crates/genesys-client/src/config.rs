@@ -33,6 +33,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use genesys_tower::retry::{DefaultClassifier, Jitter, RetryBudget, RetryPolicy};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::GenesysClassifier;
@@ -71,6 +72,20 @@ impl Serialize for Dur {
     }
 }
 
+impl JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A duration: a number and a unit, e.g. \"500ms\", \"30s\", \"2m\", \"1h\".",
+            "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*[a-zµ]+(\\s*[0-9]+(\\.[0-9]+)?\\s*[a-zµ]+)*\\s*$"
+        })
+    }
+}
+
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", humantime::format_duration(self.0))
@@ -78,7 +93,7 @@ impl fmt::Display for Dur {
 }
 
 /// The jitter mode of the backoff.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JitterMode {
     /// Uniform between 0 and the delay (the default).
@@ -106,7 +121,7 @@ impl JitterMode {
 
 /// The whole stack's settings. Every section and key is optional; what is left out keeps the
 /// client's default.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct StackConfig {
@@ -130,7 +145,7 @@ pub struct StackConfig {
 }
 
 /// `[retry]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RetryConfig {
@@ -174,7 +189,7 @@ impl Default for RetryConfig {
 }
 
 /// `[retry.budget]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct BudgetConfig {
@@ -200,7 +215,7 @@ impl Default for BudgetConfig {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AuthConfig {
@@ -217,7 +232,7 @@ impl Default for AuthConfig {
 }
 
 /// What a request does when every permit is in use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     /// Wait for a permit (the default).
@@ -227,7 +242,7 @@ pub enum WhenFull {
 }
 
 /// `[concurrency]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ConcurrencyConfig {
@@ -247,7 +262,7 @@ impl Default for ConcurrencyConfig {
 }
 
 /// `[pacing]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PacingConfig {
@@ -257,7 +272,7 @@ pub struct PacingConfig {
 }
 
 /// `[timeouts]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TimeoutsConfig {
@@ -277,7 +292,7 @@ impl Default for TimeoutsConfig {
 }
 
 /// `[bodies]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct BodiesConfig {
@@ -297,7 +312,7 @@ impl Default for BodiesConfig {
 }
 
 /// `[idempotency]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct IdempotencyConfig {
@@ -409,6 +424,13 @@ impl StackConfig {
             serde_json::from_str(text).map_err(|e| ConfigError::one("", e.to_string()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The JSON Schema of the file (the same for TOML and JSON), generated from these types:
+    /// `docs/configuration.schema.json` is this, and a test keeps the two the same.
+    #[must_use]
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(StackConfig)).unwrap_or_default()
     }
 
     /// Whether this is a test profile (delays under 100 ms allowed).

@@ -162,3 +162,50 @@ fn a_file_that_is_too_large_or_missing_says_so() {
     let err = StackConfig::from_path(Path::new("/no/such/config.toml")).unwrap_err();
     assert!(err.to_string().contains("cannot be read"), "{err}");
 }
+
+/// The shipped schema is the one the types give. To update it after a change to the types:
+/// `GENESYS_WRITE_SCHEMA=1 cargo test -p genesys-client --lib config`.
+#[test]
+fn the_shipped_json_schema_is_the_generated_one() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.schema.json");
+    let generated = serde_json::to_string_pretty(&StackConfig::json_schema()).unwrap() + "\n";
+    if std::env::var_os("GENESYS_WRITE_SCHEMA").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        shipped == generated,
+        "docs/configuration.schema.json is not the schema of StackConfig: regenerate it with \
+         GENESYS_WRITE_SCHEMA=1 cargo test -p genesys-client --lib config"
+    );
+    let schema = StackConfig::json_schema();
+    assert_eq!(
+        schema["additionalProperties"], false,
+        "unknown keys refused"
+    );
+    assert!(schema["$defs"]["RetryConfig"]["properties"]["max_attempts"].is_object());
+}
+
+/// An editor or CI job that checks files against the shipped schema agrees with the loader: the
+/// example file passes, a misspelt key and a wrong type do not.
+#[test]
+fn the_example_file_validates_against_the_schema() {
+    let schema = StackConfig::json_schema();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.example.toml");
+    let example: serde_json::Value =
+        toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(
+        validator.is_valid(&example),
+        "{:?}",
+        validator.iter_errors(&example).next()
+    );
+    for bad in [
+        serde_json::json!({"retry": {"max_atempts": 3}}),
+        serde_json::json!({"retry": {"max_attempts": "three"}}),
+        serde_json::json!({"retry": {"base_delay": 500}}),
+        serde_json::json!({"concurrency": {"when_full": "drop"}}),
+    ] {
+        assert!(!validator.is_valid(&bad), "{bad} passed the schema");
+    }
+}
