@@ -142,8 +142,12 @@ async fn users_patch_killed_at_several_points_then_resumed_patches_every_user_on
     assert_exit(&out, 0);
     let r = read_json(&report);
     assert_eq!(r["counts"]["delivered"], n);
+    // How much of the killed runs' work reached the journal depends on how far its writer got
+    // before each SIGKILL (a loaded machine delays it), so only the invariant is asserted: some
+    // of it was skipped, and below, every user was patched exactly once.
+    let earlier = r["counts"]["delivered_earlier"].as_u64().unwrap();
     assert!(
-        r["counts"]["delivered_earlier"].as_u64().unwrap() >= 200,
+        earlier > 0 && earlier < n as u64,
         "the earlier runs' work is skipped: {}",
         r["counts"]
     );
