@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use benches::loopback::Server;
+use benches::loopback::{Server, hyper_client};
 use benches::stack;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use genesys_tower::{Body, BoxError, Metrics};
@@ -18,7 +18,6 @@ use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
@@ -113,12 +112,6 @@ async fn run<C: Caller>(caller: &C, in_flight: u64, iters: u64) -> Duration {
         worker.await.expect("a worker panicked");
     }
     start.elapsed()
-}
-
-fn hyper_client() -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
 }
 
 fn loopback(c: &mut Criterion) {

@@ -73,6 +73,18 @@ impl Drop for Server {
     }
 }
 
+/// hyper-util's pooled client as every loopback client uses it: HTTP/1, `TCP_NODELAY` (small
+/// requests stall 40 ms on Nagle and delayed ACKs without it).
+pub fn hyper_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    genesys_tower::Body,
+> {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

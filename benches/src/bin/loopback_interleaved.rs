@@ -19,7 +19,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use benches::loopback::Server;
+use benches::loopback::{Server, hyper_client};
 use benches::stack;
 use genesys_tower::auth::AuthLayer;
 use genesys_tower::concurrency::ConcurrencyLayer;
@@ -31,7 +31,6 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
@@ -150,12 +149,6 @@ async fn run(caller: &Caller, in_flight: u64, requests: u64) -> Run {
         cpu: process_cpu().saturating_sub(cpu),
         allocations: ALLOCATIONS.load(Relaxed) - allocations,
     }
-}
-
-fn hyper_client() -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
 }
 
 /// The leaf every stack wraps: the same hyper-util client, its response body made a `Body`.
