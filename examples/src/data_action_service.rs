@@ -204,9 +204,9 @@ impl DataActionService {
         self
     }
 
-    /// How long a key stays locked by a request that has not finished, after which a crashed
-    /// instance's key can be taken over (default: the call timeout plus [`LOCK_MARGIN`]). Keep it
-    /// above the call timeout: a lock that expires under a running handler lets the action run
+    /// The lease of a claim on a key (default: the call timeout plus [`LOCK_MARGIN`]). The
+    /// layer renews it while the handler runs; once it ends without an answer (the instance
+    /// died, or lost Redis), repeats are told the outcome is unknown, and the action never runs
     /// twice.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = Some(ttl);

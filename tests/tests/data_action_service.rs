@@ -5,9 +5,9 @@
 //! of its own, with its own `GenesysClient` (its own token) and its own `RedisStore` (its own
 //! connection): what two processes behind a load balancer would have.
 //!
-//! The crash case (a handler that dies mid-request leaves a key that can be claimed again after
-//! the lock expires, and not before) is proved on the layer itself, in genesys-tower's
-//! `tests/idempotency_redis`.
+//! The crash case (a handler that dies mid-request leaves its key in flight, then "outcome
+//! unknown", never run again) and Redis's own faults (killed, restarted without persistence,
+//! paused) are proved on the layer itself, in genesys-tower's `tests/idempotency_redis`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -75,7 +75,9 @@ fn main() -> ExitCode {
     let claim_complete = per_call(calls, || {
         runtime.block_on(async {
             for key in &keys {
-                let claim = store.claim(key, fingerprint, Duration::from_secs(30)).await;
+                let claim = store
+                    .claim(key, fingerprint, Duration::from_secs(30).into())
+                    .await;
                 let Ok(Claim::Acquired(token)) = claim else {
                     panic!("a new key is acquired");
                 };

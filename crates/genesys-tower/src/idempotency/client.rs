@@ -383,7 +383,7 @@ where
     loop {
         let claim = config
             .store
-            .claim(&key, fingerprint, config.lock_ttl)
+            .claim(&key, fingerprint, config.lock_ttl.into())
             .await
             .map_err(Error::Store)?;
         match claim {
@@ -399,6 +399,15 @@ where
                 return Ok(with_key(Response::from_parts(head, body), &key));
             }
             Claim::Mismatch => return Err(Error::KeyReused { key }.into()),
+            Claim::Abandoned | Claim::Lost => {
+                // The store cannot tell whether this key was sent before (a claim held past its
+                // owner, or records lost). The server, which deduplicates by key, can: send
+                // the request with its key, without a claim here.
+                tracing::warn!("idempotency store cannot vouch for this key: sent unclaimed");
+                let body = rebuild::<ReqB>(Body::from_bytes(bytes))?;
+                let response = send(inner, Request::from_parts(parts, body)).await?;
+                return Ok(with_key(response, &key));
+            }
             Claim::InFlight => {
                 // Another call with this key is running: wait for its outcome, then look again
                 // (its response, or the key itself when it ended without a final response).

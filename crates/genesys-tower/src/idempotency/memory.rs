@@ -10,7 +10,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Fingerprint;
-use super::store::{Claim, ClaimToken, IdempotencyStore, StoreFuture, StoredResponse};
+use super::store::{
+    Claim, ClaimOptions, ClaimToken, IdempotencyStore, StoreFuture, StoredResponse,
+};
 
 /// The default bound of a [`MemoryStore`]: 64 MiB of stored responses.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
@@ -53,7 +55,10 @@ struct Completed {
 
 struct Lock {
     token: ClaimToken,
-    expires_at: Instant,
+    /// Until then the owner is presumed at work.
+    lease_until: Instant,
+    /// Until then an abandoned claim is kept (`Claim::Abandoned`); then the key is absent.
+    hold_until: Instant,
     // Dropped when the lock goes: every waiter's receiver then wakes.
     changed: watch::Sender<()>,
 }
@@ -110,7 +115,10 @@ impl MemoryStore {
     #[must_use]
     pub fn in_flight_len(&self) -> usize {
         let now = Instant::now();
-        self.locks().values().filter(|l| l.expires_at > now).count()
+        self.locks()
+            .values()
+            .filter(|l| l.lease_until > now)
+            .count()
     }
 
     fn locks(&self) -> MutexGuard<'_, HashMap<String, Lock>> {
@@ -131,7 +139,7 @@ impl MemoryStore {
         Some(completed)
     }
 
-    fn claim_now(&self, key: &str, fingerprint: Fingerprint, lock_ttl: Duration) -> Claim {
+    fn claim_now(&self, key: &str, fingerprint: Fingerprint, options: ClaimOptions) -> Claim {
         let now = Instant::now();
         // One mutex orders every claim, completion and release, so a key cannot be completed
         // between our look at the cache and our look at the locks.
@@ -143,24 +151,28 @@ impl MemoryStore {
                 Claim::Mismatch
             };
         }
-        if let Some(lock) = locks.get(key).filter(|l| l.expires_at > now) {
-            return if lock.token.fingerprint() == fingerprint {
+        if let Some(lock) = locks.get(key).filter(|l| l.hold_until > now) {
+            return if lock.token.fingerprint() != fingerprint {
+                Claim::Mismatch
+            } else if lock.lease_until > now {
                 Claim::InFlight
             } else {
-                Claim::Mismatch
+                Claim::Abandoned
             };
         }
-        // Absent, or the owner's lock expired (it crashed or hung): the key is ours.
+        // Absent, or abandoned and no longer held: the key is ours.
         if locks.len() >= 1024 && locks.len().is_power_of_two() {
-            // Keep abandoned locks from piling up; amortised over the map's growth.
-            locks.retain(|_, l| l.expires_at > now);
+            // Keep abandoned claims from piling up; amortised over the map's growth.
+            locks.retain(|_, l| l.hold_until > now);
         }
         let token = ClaimToken::new(fingerprint);
+        let (lease_until, hold_until) = lease(now, options);
         locks.insert(
             key.to_owned(),
             Lock {
                 token: token.clone(),
-                expires_at: crate::time::after(now, lock_ttl),
+                lease_until,
+                hold_until,
                 changed: watch::channel(()).0,
             },
         );
@@ -176,10 +188,12 @@ impl MemoryStore {
     ) -> bool {
         let now = Instant::now();
         let mut locks = self.locks();
-        let owned = locks
-            .get(key)
-            .is_some_and(|l| l.token == *token && l.expires_at > now);
-        if !owned {
+        // Ours, lease ended or not; or no record at all (nobody else holds the key).
+        let ours = match locks.get(key) {
+            Some(lock) => lock.token == *token,
+            None => self.get_live(key, now).is_none(),
+        };
+        if !ours {
             return false;
         }
         self.inner.completed.insert(
@@ -195,12 +209,27 @@ impl MemoryStore {
         true
     }
 
+    fn renew_now(&self, key: &str, token: &ClaimToken, options: ClaimOptions) -> bool {
+        let mut locks = self.locks();
+        let Some(lock) = locks.get_mut(key).filter(|l| l.token == *token) else {
+            return false;
+        };
+        (lock.lease_until, lock.hold_until) = lease(Instant::now(), options);
+        true
+    }
+
     fn release_now(&self, key: &str, token: &ClaimToken) {
         let mut locks = self.locks();
         if locks.get(key).is_some_and(|l| l.token == *token) {
             locks.remove(key);
         }
     }
+}
+
+/// When a lease taken at `now` ends, and when its claim stops being held.
+fn lease(now: Instant, options: ClaimOptions) -> (Instant, Instant) {
+    let lease_until = crate::time::after(now, options.lease());
+    (lease_until, crate::time::after(lease_until, options.hold()))
 }
 
 impl Default for MemoryStore {
@@ -223,10 +252,20 @@ impl IdempotencyStore for MemoryStore {
         &'a self,
         key: &'a str,
         fingerprint: Fingerprint,
-        lock_ttl: Duration,
+        options: ClaimOptions,
     ) -> StoreFuture<'a, Claim> {
-        let claim = self.claim_now(key, fingerprint, lock_ttl);
+        let claim = self.claim_now(key, fingerprint, options);
         Box::pin(async move { Ok(claim) })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a ClaimToken,
+        options: ClaimOptions,
+    ) -> StoreFuture<'a, bool> {
+        let renewed = self.renew_now(key, token, options);
+        Box::pin(async move { Ok(renewed) })
     }
 
     fn complete<'a>(
@@ -247,7 +286,7 @@ impl IdempotencyStore for MemoryStore {
 
     fn wait<'a>(&'a self, key: &'a str, max_wait: Duration) -> StoreFuture<'a, ()> {
         let watched = self.locks().get(key).map(|l| {
-            let until = l.expires_at.min(crate::time::from_now(max_wait));
+            let until = l.lease_until.min(crate::time::from_now(max_wait));
             (l.changed.subscribe(), until)
         });
         Box::pin(async move {
@@ -282,30 +321,30 @@ mod tests {
     async fn claim_complete_replay_and_expiry() {
         let store = MemoryStore::new();
         let lock = Duration::from_secs(30);
-        let Claim::Acquired(token) = store.claim("k", fp("a"), lock).await.unwrap() else {
+        let Claim::Acquired(token) = store.claim("k", fp("a"), lock.into()).await.unwrap() else {
             panic!("a new key is acquired");
         };
         assert!(matches!(
-            store.claim("k", fp("a"), lock).await.unwrap(),
+            store.claim("k", fp("a"), lock.into()).await.unwrap(),
             Claim::InFlight
         ));
         assert!(matches!(
-            store.claim("k", fp("b"), lock).await.unwrap(),
+            store.claim("k", fp("b"), lock.into()).await.unwrap(),
             Claim::Mismatch
         ));
         let retention = Duration::from_secs(60);
         assert!(store.complete("k", &token, ok(), retention).await.unwrap());
-        match store.claim("k", fp("a"), lock).await.unwrap() {
+        match store.claim("k", fp("a"), lock.into()).await.unwrap() {
             Claim::Completed(r) => assert_eq!(r.body().as_ref(), b"done"),
             other => panic!("expected the stored response, got {other:?}"),
         }
         assert!(matches!(
-            store.claim("k", fp("b"), lock).await.unwrap(),
+            store.claim("k", fp("b"), lock.into()).await.unwrap(),
             Claim::Mismatch
         ));
         tokio::time::advance(retention).await;
         assert!(matches!(
-            store.claim("k", fp("b"), lock).await.unwrap(),
+            store.claim("k", fp("b"), lock.into()).await.unwrap(),
             Claim::Acquired(_)
         ));
     }
@@ -314,16 +353,16 @@ mod tests {
     async fn expired_lock_is_taken_over_and_the_old_owner_cannot_complete() {
         let store = MemoryStore::new();
         let lock = Duration::from_secs(30);
-        let Claim::Acquired(old) = store.claim("k", fp("a"), lock).await.unwrap() else {
+        let Claim::Acquired(old) = store.claim("k", fp("a"), lock.into()).await.unwrap() else {
             panic!("a new key is acquired");
         };
         tokio::time::advance(lock - Duration::from_millis(1)).await;
         assert!(matches!(
-            store.claim("k", fp("a"), lock).await.unwrap(),
+            store.claim("k", fp("a"), lock.into()).await.unwrap(),
             Claim::InFlight
         ));
         tokio::time::advance(Duration::from_millis(1)).await;
-        let Claim::Acquired(new) = store.claim("k", fp("a"), lock).await.unwrap() else {
+        let Claim::Acquired(new) = store.claim("k", fp("a"), lock.into()).await.unwrap() else {
             panic!("an expired lock is taken over");
         };
         let day = Duration::from_secs(86_400);
@@ -338,10 +377,61 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_held_claim_is_abandoned_after_its_lease_until_its_hold_ends() {
+        let store = MemoryStore::new();
+        let options =
+            ClaimOptions::new(Duration::from_secs(10)).hold_abandoned(Duration::from_secs(100));
+        let Claim::Acquired(token) = store.claim("k", fp("a"), options).await.unwrap() else {
+            panic!("a new key is acquired");
+        };
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert!(store.renew("k", &token, options).await.unwrap());
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert!(matches!(
+            store.claim("k", fp("a"), options).await.unwrap(),
+            Claim::InFlight
+        ));
+        // Past the renewed lease (8 + 10 s).
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(matches!(
+            store.claim("k", fp("a"), options).await.unwrap(),
+            Claim::Abandoned
+        ));
+        assert!(matches!(
+            store.claim("k", fp("b"), options).await.unwrap(),
+            Claim::Mismatch
+        ));
+        // Past the hold: the key is new again, and the old owner's claim is gone.
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert!(matches!(
+            store.claim("k", fp("a"), options).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+        assert!(!store.renew("k", &token, options).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owner_past_its_lease_still_stores_its_answer() {
+        let store = MemoryStore::new();
+        let options =
+            ClaimOptions::new(Duration::from_secs(10)).hold_abandoned(Duration::from_secs(100));
+        let Claim::Acquired(token) = store.claim("k", fp("a"), options).await.unwrap() else {
+            panic!("a new key is acquired");
+        };
+        tokio::time::advance(Duration::from_secs(50)).await;
+        let day = Duration::from_secs(86_400);
+        assert!(store.complete("k", &token, ok(), day).await.unwrap());
+        assert!(matches!(
+            store.claim("k", fp("a"), options).await.unwrap(),
+            Claim::Completed(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn waiters_wake_when_the_key_completes() {
         let store = MemoryStore::new();
         let Claim::Acquired(token) = store
-            .claim("k", fp("a"), Duration::from_secs(30))
+            .claim("k", fp("a"), Duration::from_secs(30).into())
             .await
             .unwrap()
         else {

@@ -81,15 +81,16 @@
 //!
 //! # Stores
 //!
-//! One [`IdempotencyStore`] trait serves both layers: claim a key (atomically, with a lock that
-//! expires so that a crashed owner's key can be taken over), complete it with a
-//! [`StoredResponse`], or release it. Its methods return boxed futures so that the layers hold an
+//! One [`IdempotencyStore`] trait serves both layers: claim a key (atomically, under a lease
+//! its owner renews; a claim whose owner is gone is held as abandoned, or taken over, as the
+//! [`ClaimOptions`] say), complete it with a [`StoredResponse`], or release it. Its methods return boxed futures so that the layers hold an
 //! `Arc<dyn IdempotencyStore>` and carry no store type parameter.
 //!
 //! - [`MemoryStore`]: one process; bounded by bytes, with per-entry retention (24 h by default
 //!   in both layers); waiters are woken the moment a key completes.
-//! - `RedisStore` (feature `redis`): several processes behind a load balancer; `SET NX PX` claims,
-//!   Lua scripts that check the owner before completing or releasing.
+//! - `RedisStore` (feature `redis`): several processes behind a load balancer; Lua scripts that
+//!   claim atomically, check the owner before completing or releasing, refuse claims that arrive
+//!   after their deadline, and notice when Redis lost its records.
 
 mod client;
 mod fingerprint;
@@ -113,8 +114,10 @@ pub use client::{
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use memory::{DEFAULT_MEMORY_CAPACITY, MemoryStore};
 #[cfg(feature = "redis")]
-pub use redis::RedisStore;
-pub use store::{Claim, ClaimToken, IdempotencyStore, StoreError, StoreFuture, StoredResponse};
+pub use redis::{DEFAULT_LOSS_QUARANTINE, Durability, RedisStore};
+pub use store::{
+    Claim, ClaimOptions, ClaimToken, IdempotencyStore, StoreError, StoreFuture, StoredResponse,
+};
 
 pub use crate::headers::IDEMPOTENCY_KEY;
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -21,15 +21,21 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// Where idempotency records live: in memory ([`MemoryStore`](super::MemoryStore)), in Redis
 /// (`RedisStore`, feature `redis`), or your own.
 ///
-/// A record for a key goes through three states: absent, *in flight* (claimed by one caller, with a
-/// lock that expires), and *completed* (a [`StoredResponse`] kept for the retention period).
+/// A record for a key goes through three states: absent, *claimed* (by one caller, under a
+/// lease that the caller renews while it works), and *completed* (a [`StoredResponse`] kept for
+/// the retention period).
 ///
-/// - [`claim`](IdempotencyStore::claim) atomically takes an absent key, or an in-flight key whose
-///   lock has expired (its owner crashed), and returns a [`ClaimToken`]; otherwise it reports what
-///   is there. A key whose record has another fingerprint is a [`Claim::Mismatch`].
-/// - [`complete`](IdempotencyStore::complete) stores the response, only if the token still owns the
-///   lock.
-/// - [`release`](IdempotencyStore::release) drops the lock, only if the token still owns it, so
+/// - [`claim`](IdempotencyStore::claim) atomically takes an absent key and returns a
+///   [`ClaimToken`]; otherwise it reports what is there. A key whose record has another
+///   fingerprint is a [`Claim::Mismatch`]. A claim whose lease ended without a response is
+///   *abandoned*: its owner crashed, hung or lost the store, and nobody knows whether its work was
+///   done. It is kept for [`ClaimOptions::hold_abandoned`] (reported as [`Claim::Abandoned`]),
+///   then the key is absent again.
+/// - [`renew`](IdempotencyStore::renew) extends the lease while the owner still works.
+/// - [`complete`](IdempotencyStore::complete) stores the response if the token still owns the
+///   claim, lease ended or not, or if the record is gone (the store lost it): the owner holds the
+///   true answer, and nobody else holds the key.
+/// - [`release`](IdempotencyStore::release) drops the claim, only if the token still owns it, so
 ///   that the key can be claimed again (a failure that must not be remembered).
 /// - [`wait`](IdempotencyStore::wait) returns when the record may have changed, so that a caller
 ///   that found the key in flight can look again.
@@ -40,18 +46,31 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 ///
 /// Stores are shared: clones of a store (and of a layer that holds it) see the same records.
 pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Claims `key` for a request with `fingerprint`, with a lock that expires after `lock_ttl`.
+    /// Claims `key` for a request with `fingerprint`, under a lease of `options.lease()`.
     fn claim<'a>(
         &'a self,
         key: &'a str,
         fingerprint: Fingerprint,
-        lock_ttl: Duration,
+        options: ClaimOptions,
     ) -> StoreFuture<'a, Claim>;
 
-    /// Stores `response` for `key`, kept for `retention`, if `token` still owns the key's lock.
+    /// Extends the lease of `token`'s claim to `options.lease()` from now (the hold of an
+    /// abandoned claim counts from the new end of the lease).
     ///
-    /// Returns `false`, and stores nothing, when the lock was lost (it expired, and perhaps another
-    /// caller took the key over).
+    /// Returns `false` when the claim is no longer `token`'s (another caller took the key over,
+    /// or it completed).
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a ClaimToken,
+        options: ClaimOptions,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Stores `response` for `key`, kept for `retention`, if `token` still owns the claim (even
+    /// past its lease), or if there is no record for `key` at all.
+    ///
+    /// Returns `false`, and stores nothing, when another caller holds the key or a response is
+    /// already stored.
     fn complete<'a>(
         &'a self,
         key: &'a str,
@@ -60,7 +79,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         retention: Duration,
     ) -> StoreFuture<'a, bool>;
 
-    /// Drops the lock on `key` if `token` still owns it; nothing is stored.
+    /// Drops the claim on `key` if `token` still owns it; nothing is stored.
     fn release<'a>(&'a self, key: &'a str, token: &'a ClaimToken) -> StoreFuture<'a, ()>;
 
     /// Returns when the record for `key` may have changed, and at the latest after `max_wait`.
@@ -76,14 +95,88 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     }
 }
 
+/// How a key is claimed: the lease, how long an abandoned claim is held, and the latest time
+/// the store may still act on the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimOptions {
+    lease: Duration,
+    hold: Duration,
+    not_after: Option<SystemTime>,
+}
+
+impl ClaimOptions {
+    /// A claim under a lease of `lease`, taken over by the next caller as soon as the lease ends
+    /// without renewal (no hold), acted on whenever the store receives it.
+    #[must_use]
+    pub fn new(lease: Duration) -> Self {
+        ClaimOptions {
+            lease,
+            hold: Duration::ZERO,
+            not_after: None,
+        }
+    }
+
+    /// Keeps a claim whose lease ended without a response for `hold` more: callers in that time
+    /// get [`Claim::Abandoned`] instead of running the request a second time. The server layer
+    /// holds for the retention period, because an owner that crashed may have done the work.
+    #[must_use]
+    pub fn hold_abandoned(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
+    }
+
+    /// A store that receives the claim after `deadline` (by its own clock) does nothing and
+    /// fails the call: the caller stopped waiting by then. A remote store needs this, because a
+    /// claim sent to a server that was paused runs when the server resumes, long after its
+    /// caller answered: it must not lock the key then.
+    #[must_use]
+    pub fn not_after(mut self, deadline: SystemTime) -> Self {
+        self.not_after = Some(deadline);
+        self
+    }
+
+    /// The lease.
+    #[must_use]
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// How long an abandoned claim is held after its lease.
+    #[must_use]
+    pub fn hold(&self) -> Duration {
+        self.hold
+    }
+
+    /// The latest time the store may act on the claim, if any.
+    #[must_use]
+    pub fn deadline(&self) -> Option<SystemTime> {
+        self.not_after
+    }
+}
+
+impl From<Duration> for ClaimOptions {
+    fn from(lease: Duration) -> Self {
+        ClaimOptions::new(lease)
+    }
+}
+
 impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
     fn claim<'a>(
         &'a self,
         key: &'a str,
         fingerprint: Fingerprint,
-        lock_ttl: Duration,
+        options: ClaimOptions,
     ) -> StoreFuture<'a, Claim> {
-        (**self).claim(key, fingerprint, lock_ttl)
+        (**self).claim(key, fingerprint, options)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a ClaimToken,
+        options: ClaimOptions,
+    ) -> StoreFuture<'a, bool> {
+        (**self).renew(key, token, options)
     }
 
     fn complete<'a>(
@@ -116,6 +209,15 @@ pub enum Claim {
     InFlight,
     /// The key was completed with the same fingerprint: here is the response.
     Completed(StoredResponse),
+    /// The key was claimed with the same fingerprint by a caller that is gone: its lease ended
+    /// without a response (it crashed, hung, or could not reach the store to save the response),
+    /// and the claim is held ([`ClaimOptions::hold_abandoned`]). Its work may or may not have
+    /// been done: running the request again could do it twice.
+    Abandoned,
+    /// The store lost its records (a Redis that restarted without persistence) less than its
+    /// quarantine ago and has no record of this key: the key may have been completed before the
+    /// loss, so running the request could do its work twice.
+    Lost,
     /// The key is in flight or completed with another fingerprint: the same key was used for a
     /// different request.
     Mismatch,

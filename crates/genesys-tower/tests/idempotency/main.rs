@@ -12,8 +12,8 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use genesys_tower::idempotency::server::ServerIdempotencyLayer;
 use genesys_tower::idempotency::{
-    Claim, ClaimToken, Error, Fingerprint, IdempotencyKey, IdempotencyLayer, IdempotencyStore,
-    MemoryStore, StoreError, StoreFuture, StoredResponse,
+    Claim, ClaimOptions, ClaimToken, Error, Fingerprint, IdempotencyKey, IdempotencyLayer,
+    IdempotencyStore, MemoryStore, StoreError, StoreFuture, StoredResponse,
 };
 use genesys_tower::{Body, BoxError, Metrics};
 use http::{Method, Request, Response, StatusCode};
@@ -761,7 +761,16 @@ async fn scopes_keep_clients_apart() {
 struct DownStore;
 
 impl IdempotencyStore for DownStore {
-    fn claim<'a>(&'a self, _: &'a str, _: Fingerprint, _: Duration) -> StoreFuture<'a, Claim> {
+    fn claim<'a>(&'a self, _: &'a str, _: Fingerprint, _: ClaimOptions) -> StoreFuture<'a, Claim> {
+        Box::pin(async { Err(StoreError::new("connection refused")) })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a ClaimToken,
+        _: ClaimOptions,
+    ) -> StoreFuture<'a, bool> {
         Box::pin(async { Err(StoreError::new("connection refused")) })
     }
 
@@ -996,3 +1005,5 @@ mod stored_response {
         }
     }
 }
+
+mod server_faults;

@@ -1,5 +1,6 @@
 //! The Redis store with a real Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`): two
-//! independent server instances sharing one Redis, lock expiry after a crash, and Redis down.
+//! independent server instances sharing one Redis, a crash mid-request, and Redis down; in
+//! `faults`, private `redis-server` processes killed, restarted and paused.
 //!
 //! Every test writes under a prefix of its own, so runs never see each other's keys; records are
 //! kept for a minute only. Lock expiry is Redis's own clock, so that one test sleeps for real,
@@ -21,6 +22,8 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
 use tower::ServiceExt;
+
+mod faults;
 
 const RETENTION: Duration = Duration::from_secs(60);
 
@@ -164,47 +167,57 @@ async fn two_instances_run_each_key_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_handlers_key_is_taken_over_after_the_lock_expires_and_not_before() {
-    let prefix = unique_prefix("crash");
-    let lock = Duration::from_secs(1);
-    let layer = |store| {
-        ServerIdempotencyLayer::new()
-            .store(store)
-            .lock_ttl(lock)
-            .retention(RETENTION)
-    };
-    let started = Arc::new(Notify::new());
-    let crashing = Instance {
-        name: "a",
-        hang: Some(started.clone()),
-        ..Instance::default()
-    };
-    let healthy = Instance {
-        name: "b",
-        ..Instance::default()
-    };
-    let app_a = crashing.router(layer(store(&prefix)));
-    let app_b = healthy.router(layer(store(&prefix)));
+async fn a_crashed_handlers_key_is_held_as_outcome_unknown_or_taken_over_if_asked() {
+    for rerun in [false, true] {
+        let prefix = unique_prefix("crash");
+        let lock = Duration::from_secs(1);
+        let layer = |store| {
+            ServerIdempotencyLayer::new()
+                .store(store)
+                .lock_ttl(lock)
+                .retention(RETENTION)
+                .rerun_abandoned(rerun)
+        };
+        let started = Arc::new(Notify::new());
+        let crashing = Instance {
+            name: "a",
+            hang: Some(started.clone()),
+            ..Instance::default()
+        };
+        let healthy = Instance {
+            name: "b",
+            ..Instance::default()
+        };
+        let app_a = crashing.router(layer(store(&prefix)));
+        let app_b = healthy.router(layer(store(&prefix)));
 
-    // Instance a claims the key, starts the handler, and dies mid-request.
-    let doomed = tokio::spawn(app_a.oneshot(invoke("k", "{}")));
-    started.notified().await;
-    doomed.abort();
-    let _ = doomed.await;
+        // Instance a claims the key, starts the handler, and dies mid-request.
+        let doomed = tokio::spawn(app_a.oneshot(invoke("k", "{}")));
+        started.notified().await;
+        doomed.abort();
+        let _ = doomed.await;
 
-    // Well within the lock: the key is still held.
-    let early = app_b.clone().oneshot(invoke("k", "{}")).await.unwrap();
-    assert_eq!(early.status(), StatusCode::CONFLICT);
-    assert_eq!(healthy.total_runs(), 0);
+        // Well within the lease: the key is in flight.
+        let early = app_b.clone().oneshot(invoke("k", "{}")).await.unwrap();
+        assert_eq!(early.status(), StatusCode::CONFLICT);
+        assert_eq!(healthy.total_runs(), 0);
 
-    // Well past the lock: the key is free again, and the new run's response is kept.
-    tokio::time::sleep(lock * 2).await;
-    let late = app_b.clone().oneshot(invoke("k", "{}")).await.unwrap();
-    assert_eq!(late.status(), StatusCode::CREATED);
-    assert_eq!(healthy.total_runs(), 1);
-    let replay = app_b.oneshot(invoke("k", "{}")).await.unwrap();
-    assert_eq!(replay.headers()["idempotent-replayed"], "true");
-    assert_eq!(healthy.total_runs(), 1);
+        // Well past the lease: the first run may have had its effect. Held, it is answered
+        // "outcome unknown" and never run again; with rerun_abandoned, it runs again, once.
+        tokio::time::sleep(lock * 2).await;
+        let late = app_b.clone().oneshot(invoke("k", "{}")).await.unwrap();
+        if rerun {
+            assert_eq!(late.status(), StatusCode::CREATED);
+            let replay = app_b.oneshot(invoke("k", "{}")).await.unwrap();
+            assert_eq!(replay.headers()["idempotent-replayed"], "true");
+            assert_eq!(healthy.total_runs(), 1);
+        } else {
+            assert_eq!(late.status(), StatusCode::CONFLICT);
+            let json: serde_json::Value = serde_json::from_slice(&body(late).await).unwrap();
+            assert_eq!(json["error"], "idempotency_outcome_unknown");
+            assert_eq!(healthy.total_runs(), 0);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,15 +227,19 @@ async fn a_worker_whose_lock_expired_cannot_store_over_the_one_that_took_over() 
     let fp = Fingerprint::of(&Method::POST, &"/x".parse().unwrap(), b"{}");
     let lock = Duration::from_millis(300);
 
-    let Claim::Acquired(old) = store.claim("k", fp, lock).await.unwrap() else {
+    let Claim::Acquired(old) = store.claim("k", fp, lock.into()).await.unwrap() else {
         panic!("a new key is acquired");
     };
     assert!(matches!(
-        store.claim("k", fp, lock).await.unwrap(),
+        store.claim("k", fp, lock.into()).await.unwrap(),
         Claim::InFlight
     ));
     tokio::time::sleep(lock * 4).await;
-    let Claim::Acquired(new) = store.claim("k", fp, Duration::from_secs(30)).await.unwrap() else {
+    let Claim::Acquired(new) = store
+        .claim("k", fp, Duration::from_secs(30).into())
+        .await
+        .unwrap()
+    else {
         panic!("an expired lock is taken over");
     };
     let response = |text: &'static str| {
@@ -240,7 +257,7 @@ async fn a_worker_whose_lock_expired_cannot_store_over_the_one_that_took_over() 
     );
     store.release("k", &old).await.unwrap();
     assert!(matches!(
-        store.claim("k", fp, lock).await.unwrap(),
+        store.claim("k", fp, lock.into()).await.unwrap(),
         Claim::InFlight
     ));
     assert!(
@@ -249,13 +266,13 @@ async fn a_worker_whose_lock_expired_cannot_store_over_the_one_that_took_over() 
             .await
             .unwrap()
     );
-    match store.claim("k", fp, lock).await.unwrap() {
+    match store.claim("k", fp, lock.into()).await.unwrap() {
         Claim::Completed(r) => assert_eq!(r.body().as_ref(), b"new"),
         other => panic!("expected the new owner's response, got {other:?}"),
     }
     let other = Fingerprint::of(&Method::POST, &"/x".parse().unwrap(), b"{\"x\":1}");
     assert!(matches!(
-        store.claim("k", other, lock).await.unwrap(),
+        store.claim("k", other, lock.into()).await.unwrap(),
         Claim::Mismatch
     ));
 }
@@ -340,7 +357,9 @@ async fn redis_unreachable_gives_503_runs_nothing_and_stores_nothing() {
     );
     let real = store(&prefix);
     assert!(matches!(
-        real.claim("k", fp, Duration::from_secs(1)).await.unwrap(),
+        real.claim("k", fp, Duration::from_secs(1).into())
+            .await
+            .unwrap(),
         Claim::Acquired(_)
     ));
 

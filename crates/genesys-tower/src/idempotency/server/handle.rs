@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::RETRY_AFTER;
 use http::{HeaderValue, Request, Response, StatusCode};
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout_at};
 use tower::ServiceExt;
 use tower_service::Service;
 
@@ -14,6 +14,7 @@ use super::super::store::{Claim, StoreError, StoredResponse};
 use super::super::{ClaimToken, Fingerprint, IDEMPOTENCY_KEY, IdempotencyKey};
 use super::answer::{error, failed_body, missing_key};
 use super::layer::{Config, InFlight};
+use super::lease::{Settle, bounded, claim_options, renewing, settle};
 use crate::{Body, BoxError};
 
 /// Handles a request of a guarded method: [`step`], then claim the key and run, replay or
@@ -46,11 +47,10 @@ where
     };
     let mut waited = false;
     loop {
-        let claim = match config
+        let claim = config
             .store
-            .claim(&store_key, fingerprint, config.lock_ttl)
-            .await
-        {
+            .claim(&store_key, fingerprint, claim_options(&config));
+        let claim = match bounded(&config, claim).await {
             Ok(claim) => claim,
             Err(e) => return store_failed(&config, inner, request, e).await,
         };
@@ -67,6 +67,32 @@ where
                 }
                 return Ok(stored.to_replay());
             }
+            Claim::Abandoned => {
+                tracing::warn!("idempotency key of an abandoned request: outcome unknown, 409");
+                return Ok(error(
+                    StatusCode::CONFLICT,
+                    "idempotency_outcome_unknown",
+                    "the first request with this Idempotency-Key did not finish: its server \
+                     stopped or lost its idempotency store while handling it, and no response \
+                     was kept, so it may or may not have taken effect. It will not be run \
+                     again with this key: check the resource's state, and if the operation did \
+                     not happen, send it with a new key"
+                        .to_owned(),
+                ));
+            }
+            Claim::Lost => {
+                tracing::warn!("idempotency store lost its records: outcome unknown, 503");
+                return Ok(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "idempotency_store_lost",
+                    "the idempotency store lost its records recently (a restart without \
+                     persistence), so whether a request with this Idempotency-Key was already \
+                     processed is unknown; requests are refused rather than run twice until \
+                     the quarantine ends or an operator lifts it. Check the resource's state \
+                     before sending the operation again"
+                        .to_owned(),
+                ));
+            }
             Claim::Mismatch => {
                 tracing::debug!("idempotency key reused with another payload: 422");
                 return Ok(error(
@@ -82,7 +108,9 @@ where
                 match deadline {
                     Some(deadline) if now < deadline => {
                         waited = true;
-                        if let Err(e) = config.store.wait(&store_key, deadline - now).await {
+                        let wait = config.store.wait(&store_key, deadline - now);
+                        // A wait is as long as it asks for; bounded by it, not the store timeout.
+                        if let Err(e) = timeout_at(deadline, wait).await.unwrap_or(Ok(())) {
                             return store_failed(&config, inner, request, e).await;
                         }
                     }
@@ -214,7 +242,8 @@ where
     }
 }
 
-/// Runs the handler under a claim on the key, then stores its answer (or releases the key).
+/// Runs the handler under a claim on the key, its lease renewed meanwhile, then stores its
+/// answer (or releases the key).
 async fn run_claimed<S, ResB>(
     config: &Config,
     inner: S,
@@ -227,50 +256,42 @@ where
     ResB: http_body::Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    let response = call(inner, request).await;
-    let response = match response {
+    let work = async {
+        let (head, body) = call(inner, request).await?.into_parts();
+        Ok((head, body.buffer(config.response_limit).await))
+    };
+    let (head, body) = match renewing(config, store_key, &token, work).await {
         Ok(response) => response,
         Err(e) => {
-            release(config, store_key, &token).await;
+            settle(config, store_key, token, Settle::Release).await;
             return Err(e);
         }
     };
-    let (head, body) = response.into_parts();
-    let body = match body.buffer(config.response_limit).await {
+    let body = match body {
         Ok(body) => body,
         Err(e) => {
             // The handler's body failed: pass the failure on, remember nothing.
-            release(config, store_key, &token).await;
+            settle(config, store_key, token, Settle::Release).await;
             return Ok(Response::from_parts(head, failed_body(e)));
         }
     };
     // A body already in memory may exceed the limit too: the limit bounds the store.
     let bytes = body.as_bytes().filter(|b| b.len() <= config.response_limit);
-    match bytes {
-        Some(bytes) if (config.should_store)(head.status) => {
-            let stored = StoredResponse::new(head.status, head.headers.clone(), bytes.clone());
-            match config
-                .store
-                .complete(store_key, &token, stored, config.retention)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => tracing::warn!(
-                    "idempotency lock expired while the handler ran; response not \
-                     stored (raise lock_ttl above the slowest handler)"
-                ),
-                Err(e) => tracing::warn!(error = %e, "response not stored"),
+    let outcome =
+        match bytes {
+            Some(bytes) if (config.should_store)(head.status) => Settle::Complete(
+                StoredResponse::new(head.status, head.headers.clone(), bytes.clone()),
+            ),
+            Some(_) => Settle::Release,
+            None => {
+                tracing::warn!(
+                    limit = config.response_limit,
+                    "response too large to store; a repeat will run the handler again"
+                );
+                Settle::Release
             }
-        }
-        Some(_) => release(config, store_key, &token).await,
-        None => {
-            tracing::warn!(
-                limit = config.response_limit,
-                "response too large to store; a repeat will run the handler again"
-            );
-            release(config, store_key, &token).await;
-        }
-    }
+        };
+    settle(config, store_key, token, outcome).await;
     Ok(Response::from_parts(head, body))
 }
 
@@ -304,11 +325,4 @@ where
         "idempotency_store_unavailable",
         format!("{e}; the request was not processed: retry later with the same key"),
     ))
-}
-
-async fn release(config: &Config, key: &str, token: &ClaimToken) {
-    if let Err(e) = config.store.release(key, token).await {
-        // The lock will expire on its own.
-        tracing::warn!(error = %e, "idempotency key not released");
-    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, StatusCode};
+use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
 use super::super::client::DEFAULT_RETENTION;
@@ -15,8 +16,15 @@ use super::{ServerIdempotency, should_store};
 use crate::Metrics;
 use crate::body::DEFAULT_REPLAY_LIMIT;
 
-/// The default lock: a request that runs (or was abandoned) longer than 30 s can be taken over.
+/// The default lease of a claim: renewed every 10 s while the handler runs, so a claim whose
+/// process died ends within 30 s.
 pub const DEFAULT_SERVER_LOCK_TTL: Duration = Duration::from_secs(30);
+
+/// The default store timeout: a store call that has not answered in 2 s fails.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many answers may wait in the background for a store that could not be reached.
+const PENDING_ANSWERS: usize = 256;
 
 /// The default longest key: 255 characters, as Stripe.
 pub const DEFAULT_MAX_KEY_LEN: usize = 255;
@@ -50,6 +58,10 @@ pub(super) struct Config {
     pub(super) retention: Duration,
     pub(super) in_flight: InFlight,
     pub(super) fail_open: bool,
+    pub(super) store_timeout: Duration,
+    pub(super) rerun_abandoned: bool,
+    /// Bounds the answers kept in memory while the store is unreachable.
+    pub(super) pending: Arc<Semaphore>,
     pub(super) should_store: fn(StatusCode) -> bool,
     pub(super) key_from: Option<KeyFn>,
     pub(super) scope: Option<ScopeFn>,
@@ -73,6 +85,9 @@ impl ServerIdempotencyLayer {
                 retention: DEFAULT_RETENTION,
                 in_flight: InFlight::Reject,
                 fail_open: false,
+                store_timeout: DEFAULT_STORE_TIMEOUT,
+                rerun_abandoned: false,
+                pending: Arc::new(Semaphore::new(PENDING_ANSWERS)),
                 should_store,
                 key_from: None,
                 scope: None,
@@ -131,10 +146,31 @@ impl ServerIdempotencyLayer {
         self
     }
 
-    /// How long a key stays locked by a request that has not finished (default 30 s).
+    /// The lease of a claim (default 30 s): the layer renews it every third of it while the
+    /// handler runs, so the lease bounds how long a key stays in flight after its process died
+    /// or lost the store, not how long a handler may run.
     #[must_use]
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.config.lock_ttl = ttl;
+        self
+    }
+
+    /// How long a store call may take (default 2 s) before the request gets 503. A claim that
+    /// reaches the store after half this time (a Redis that was paused) locks nothing.
+    #[must_use]
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.config.store_timeout = timeout;
+        self
+    }
+
+    /// Whether a key whose claim was abandoned (its process died, hung or lost the store while
+    /// the handler ran, and no response was stored) runs again once the claim's lease ends
+    /// (default: no). By default it is held until the retention ends, and repeats get 409
+    /// `idempotency_outcome_unknown`, because the first run may have had its effect. Say yes
+    /// only for handlers that are safe to run twice.
+    #[must_use]
+    pub fn rerun_abandoned(mut self, rerun: bool) -> Self {
+        self.config.rerun_abandoned = rerun;
         self
     }
 
@@ -219,6 +255,8 @@ impl fmt::Debug for ServerIdempotencyLayer {
             .field("retention", &c.retention)
             .field("in_flight", &c.in_flight)
             .field("fail_open", &c.fail_open)
+            .field("store_timeout", &c.store_timeout)
+            .field("rerun_abandoned", &c.rerun_abandoned)
             .finish_non_exhaustive()
     }
 }

@@ -12,7 +12,9 @@
 //! | same key, different method, path, query or body | 422, handler not called |
 //! | same key while the first request is still running | 409 with `Retry-After: 1`, or wait for it ([`wait_in_flight`](ServerIdempotencyLayer::wait_in_flight)) |
 //! | same key after completion | the original status, headers and body, plus `Idempotent-Replayed: true` |
-//! | the store cannot be reached | 503, handler not called (or called anyway with [`fail_open`](ServerIdempotencyLayer::fail_open)) |
+//! | same key, first request abandoned (its server died or lost the store mid-request, no response kept) | 409 `idempotency_outcome_unknown` until the retention ends, handler not called (or run again with [`rerun_abandoned`](ServerIdempotencyLayer::rerun_abandoned)) |
+//! | the store cannot be reached, or does not answer within the [store timeout](ServerIdempotencyLayer::store_timeout) | 503, handler not called (or called anyway with [`fail_open`](ServerIdempotencyLayer::fail_open)) |
+//! | the store lost its records recently (Redis restarted without persistence) and has none for the key | 503 `idempotency_store_lost`, handler not called (see `RedisStore`) |
 //!
 //! Every error body is JSON: `{"error": "<code>", "message": "<what happened and what to do>"}`.
 //!
@@ -38,13 +40,24 @@
 //! then gets its key's response at once); it holds a connection per waiting request, bounded by
 //! the wait timeout.
 //!
-//! # Crashes and cancellations
+//! # Crashes, cancellations and store faults
 //!
-//! A request that is abandoned while its handler runs (the process crashed, or the client hung up
-//! and the server dropped the request) leaves its key locked until the lock expires (30 s by
-//! default, [`lock_ttl`](ServerIdempotencyLayer::lock_ttl)); until then repeats get 409, after
-//! that the next request with the key runs the handler. Choose a lock longer than your slowest
-//! handler: a lock that expires while the first handler still runs lets a second one start.
+//! The claim on a key is a lease ([`lock_ttl`](ServerIdempotencyLayer::lock_ttl), 30 s by
+//! default) that the layer renews every third of it while the handler runs, so a slow handler
+//! keeps its key. A request that stops without storing a response leaves an *abandoned* claim:
+//! its process crashed, the client hung up and the server dropped the request mid-handler, or the
+//! store could not be reached when the response was ready. Within the lease, repeats get 409
+//! "in progress"; after it, nobody can know whether the handler had its effect, so by default
+//! the claim is held until the retention ends and repeats get 409 `idempotency_outcome_unknown`:
+//! the key never runs twice. [`rerun_abandoned`](ServerIdempotencyLayer::rerun_abandoned) runs
+//! such keys again instead, for handlers that are safe to repeat.
+//!
+//! A response the store could not take (the connection to Redis dropped as it was stored) is
+//! still given to the caller, and kept in memory to be stored when the store answers again,
+//! retried with backoff for 15 minutes (at most 256 such responses at once); once it lands,
+//! repeats get it as a replay. A claim that reaches the store after half the store timeout (a
+//! Redis that was paused runs its queued commands when it resumes) locks nothing, so a key is
+//! never held by a request that was already answered 503.
 //!
 //! # Example
 //!
@@ -81,6 +94,7 @@ mod answer;
 mod future;
 mod handle;
 mod layer;
+mod lease;
 
 use std::fmt;
 use std::sync::Arc;
@@ -93,7 +107,9 @@ use tower_service::Service;
 
 pub use self::future::ResponseFuture;
 use self::layer::Config;
-pub use self::layer::{DEFAULT_MAX_KEY_LEN, DEFAULT_SERVER_LOCK_TTL, ServerIdempotencyLayer};
+pub use self::layer::{
+    DEFAULT_MAX_KEY_LEN, DEFAULT_SERVER_LOCK_TTL, DEFAULT_STORE_TIMEOUT, ServerIdempotencyLayer,
+};
 use crate::{Body, BoxError};
 
 /// Whether a response is stored by default.

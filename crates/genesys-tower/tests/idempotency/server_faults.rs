@@ -1,0 +1,261 @@
+//! The server layer when its process, its handler or its store fails: a claim is renewed while
+//! its handler works, an abandoned claim is never run a second time, and an answer the store
+//! could not take is kept until it can. On a paused clock, over the memory store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::Duration;
+
+use genesys_tower::idempotency::server::ServerIdempotencyLayer;
+use genesys_tower::idempotency::{
+    Claim, ClaimOptions, ClaimToken, Fingerprint, IdempotencyStore, MemoryStore, StoreError,
+    StoreFuture, StoredResponse,
+};
+use http::StatusCode;
+use tokio::sync::Notify;
+
+use super::{Handler, json, order, send, send_owned};
+
+const LEASE: Duration = Duration::from_secs(3);
+const RETENTION: Duration = Duration::from_secs(3600);
+
+fn layer() -> ServerIdempotencyLayer {
+    ServerIdempotencyLayer::new()
+        .lock_ttl(LEASE)
+        .retention(RETENTION)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_slower_than_its_lease_keeps_the_key_and_runs_once() {
+    let handler = Handler {
+        delay: LEASE * 5,
+        ..Handler::default()
+    };
+    let app = handler.router(layer());
+    let first = tokio::spawn(send_owned(app.clone(), order(Some("k"), "{}")));
+    // Three leases into the run: the lease was renewed, the key is still in flight.
+    tokio::time::sleep(LEASE * 3).await;
+    let repeat = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(repeat.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        json(repeat).await["error"],
+        "idempotency_request_in_progress"
+    );
+
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first = json(first).await;
+    let replay = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(json(replay).await, first);
+    assert_eq!(handler.runs(), 1);
+}
+
+/// Starts a request whose handler never finishes, then drops it, as a server that died
+/// mid-request: the claim is left without an owner.
+async fn abandon(handler: &Handler, app: &axum::Router) {
+    let runs = handler.runs();
+    let doomed = tokio::spawn(send_owned(app.clone(), order(Some("k"), "{}")));
+    while handler.runs() == runs {
+        tokio::task::yield_now().await;
+    }
+    doomed.abort();
+    let _ = doomed.await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_request_is_outcome_unknown_and_never_runs_again_until_its_retention_ends() {
+    let gate = Arc::new(Notify::new());
+    let handler = Handler {
+        gate: Some(gate.clone()),
+        ..Handler::default()
+    };
+    let app = handler.router(layer());
+    abandon(&handler, &app).await;
+    let abandoned = tokio::time::Instant::now();
+
+    let early = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(
+        early.status(),
+        StatusCode::CONFLICT,
+        "within the lease: in flight"
+    );
+    assert_eq!(
+        json(early).await["error"],
+        "idempotency_request_in_progress"
+    );
+
+    // Past the lease, and for the whole retention: the first run may have had its effect.
+    for after in [LEASE * 2, RETENTION / 2, RETENTION - LEASE] {
+        tokio::time::sleep_until(abandoned + after).await;
+        let unknown = send(&app, order(Some("k"), "{}")).await;
+        assert_eq!(unknown.status(), StatusCode::CONFLICT);
+        assert!(unknown.headers().get("retry-after").is_none());
+        let body = json(unknown).await;
+        assert_eq!(body["error"], "idempotency_outcome_unknown");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("new key"), "{message}");
+    }
+    // The same key with another body is still a misuse, not an unknown.
+    let other = send(&app, order(Some("k"), "{\"n\":2}")).await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(handler.runs(), 1, "never run a second time");
+
+    // Past the lease and the retention, the key is forgotten like any other.
+    tokio::time::sleep(RETENTION).await;
+    gate.notify_one();
+    assert_eq!(
+        send(&app, order(Some("k"), "{}")).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(handler.runs(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_rerun_abandoned_the_key_runs_again_once_the_lease_ends() {
+    let gate = Arc::new(Notify::new());
+    let handler = Handler {
+        gate: Some(gate.clone()),
+        ..Handler::default()
+    };
+    let app = handler.router(layer().rerun_abandoned(true));
+    abandon(&handler, &app).await;
+    tokio::time::sleep(LEASE / 2).await;
+    assert_eq!(
+        send(&app, order(Some("k"), "{}")).await.status(),
+        StatusCode::CONFLICT
+    );
+    tokio::time::sleep(LEASE).await;
+    gate.notify_one();
+    assert_eq!(
+        send(&app, order(Some("k"), "{}")).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(handler.runs(), 2);
+}
+
+/// A memory store that can be switched off, as a connection to Redis that drops.
+#[derive(Clone, Default)]
+struct Switchable {
+    store: MemoryStore,
+    down: Arc<AtomicBool>,
+}
+
+impl Switchable {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(SeqCst) {
+            Err(StoreError::new("connection reset"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl IdempotencyStore for Switchable {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: Fingerprint,
+        options: ClaimOptions,
+    ) -> StoreFuture<'a, Claim> {
+        Box::pin(async move {
+            self.check()?;
+            self.store.claim(key, fingerprint, options).await
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a ClaimToken,
+        options: ClaimOptions,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            self.check()?;
+            self.store.renew(key, token, options).await
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a ClaimToken,
+        response: StoredResponse,
+        retention: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            self.check()?;
+            self.store.complete(key, token, response, retention).await
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, token: &'a ClaimToken) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.check()?;
+            self.store.release(key, token).await
+        })
+    }
+}
+
+/// A handler during which the store goes down (the connection dropped as the answer was about
+/// to be stored).
+fn handler_that_loses_the_store() -> (Handler, Switchable) {
+    let store = Switchable::default();
+    let gate = Arc::new(Notify::new());
+    let down = store.down.clone();
+    let opener = gate.clone();
+    tokio::spawn(async move {
+        // The handler starts waiting on the gate; the store goes down; the handler finishes.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        down.store(true, SeqCst);
+        opener.notify_one();
+    });
+    let handler = Handler {
+        gate: Some(gate),
+        ..Handler::default()
+    };
+    (handler, store)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_the_store_could_not_take_is_stored_when_it_comes_back() {
+    let (handler, store) = handler_that_loses_the_store();
+    let app = handler.router(layer().store(store.clone()));
+
+    let first = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(
+        first.status(),
+        StatusCode::CREATED,
+        "the caller gets its answer"
+    );
+    let first = json(first).await;
+    let meanwhile = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(meanwhile.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // The store comes back a minute later: the answer kept in the background lands.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    store.down.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let replay = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(json(replay).await, first);
+    assert_eq!(handler.runs(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_lost_for_good_leaves_the_key_outcome_unknown_not_runnable() {
+    let (handler, store) = handler_that_loses_the_store();
+    let app = handler.router(layer().store(store.clone()));
+    assert_eq!(
+        send(&app, order(Some("k"), "{}")).await.status(),
+        StatusCode::CREATED
+    );
+    // Down for longer than the layer keeps an answer waiting for it.
+    tokio::time::sleep(Duration::from_secs(1800)).await;
+    store.down.store(false, SeqCst);
+    let repeat = send(&app, order(Some("k"), "{}")).await;
+    assert_eq!(repeat.status(), StatusCode::CONFLICT);
+    assert_eq!(json(repeat).await["error"], "idempotency_outcome_unknown");
+    assert_eq!(handler.runs(), 1);
+}
