@@ -45,7 +45,8 @@ async fn kill_at(sim: &SimHandle, mut cmd: Command, n: usize) {
     assert_eq!(status.code(), None, "killed by a signal, not finished");
 }
 
-/// Starts `cmd`, and once the ledger holds `n` effects sends two Ctrl-C 30 ms apart (the
+/// Starts `cmd`, and once the ledger holds `n` effects and one more request has arrived, sends
+/// two Ctrl-C 30 ms apart (the
 /// second abandons what is in flight); returns what the process printed.
 async fn interrupt_twice_at(sim: &SimHandle, mut cmd: Command, n: usize) -> std::process::Output {
     let child = cmd
@@ -54,6 +55,18 @@ async fn interrupt_twice_at(sim: &SimHandle, mut cmd: Command, n: usize) -> std:
         .spawn()
         .unwrap();
     wait_ledger(sim, n).await;
+    // Then a request that arrives after that: it is in flight (the simulator holds each for
+    // its latency) when the interrupts come, however late this task saw the ledger move.
+    let arrived = || sim.stats().faults.get("latency").copied().unwrap_or(0);
+    let seen = arrived();
+    let start = Instant::now();
+    while arrived() <= seen {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no request arrives"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     interrupt(child.id());
     tokio::time::sleep(Duration::from_millis(30)).await;
     interrupt(child.id());
