@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use genesys_tower::auth::{AuthLayer, Token, TokenSource};
-use genesys_tower::concurrency::ConcurrencyLayer;
+use genesys_tower::concurrency::{ConcurrencyLayer, SharedPacer};
 use genesys_tower::idempotency::{IdempotencyLayer, IdempotencyStore};
 use genesys_tower::read_body::ReadBodyLayer;
 use genesys_tower::retry::{RetryLayer, RetryPolicy};
@@ -148,6 +148,7 @@ pub struct GenesysClientBuilder {
     max_rate: Option<(u64, Duration)>,
     reject_when_full: bool,
     concurrency_layer: Option<ConcurrencyLayer>,
+    shared_pacing: Option<Arc<dyn SharedPacer>>,
     idempotency: bool,
     idempotency_layer: Option<IdempotencyLayer>,
     idempotency_store: Option<Arc<dyn IdempotencyStore>>,
@@ -176,6 +177,7 @@ impl Default for GenesysClientBuilder {
             max_rate: None,
             reject_when_full: false,
             concurrency_layer: None,
+            shared_pacing: None,
             idempotency: true,
             idempotency_layer: None,
             idempotency_store: None,
@@ -336,6 +338,15 @@ impl GenesysClientBuilder {
     /// waiting for a permit.
     pub fn reject_when_full(mut self) -> Self {
         self.reject_when_full = true;
+        self
+    }
+
+    /// Paces with other processes too, under one quota (a `RedisPacer` of genesys-tower's
+    /// `redis` feature): every request also takes its start from `pacer` (see
+    /// [`ConcurrencyLayer::shared_pacing`]). Applies to the layer built from this builder's
+    /// settings, not to one given with [`concurrency_layer`](Self::concurrency_layer).
+    pub fn shared_pacing(mut self, pacer: impl SharedPacer) -> Self {
+        self.shared_pacing = Some(Arc::new(pacer));
         self
     }
 
@@ -536,6 +547,9 @@ impl GenesysClientBuilder {
                 }
                 if self.reject_when_full {
                     layer = layer.reject_when_full();
+                }
+                if let Some(pacer) = self.shared_pacing.clone() {
+                    layer = layer.shared_pacing(pacer);
                 }
                 layer
             }

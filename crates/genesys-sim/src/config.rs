@@ -343,6 +343,11 @@ pub struct SimConfig {
     /// Per-token quota: `(requests, window)` in a fixed window (default 300 per 60 s);
     /// `None` switches the quota (and its headers) off.
     pub rate_limit: Option<(u32, Duration)>,
+    /// Per-OAuth-client quota, across all of the client's tokens (default none): what a fleet of
+    /// processes, each with its own token, shares. Genesys Cloud limits per client and per
+    /// organisation as well as per token. Answered like the per-token quota (429 with
+    /// `Retry-After`).
+    pub client_rate_limit: Option<(u32, Duration)>,
     /// How many users to seed (default 1000).
     pub users: usize,
     /// How many integrations to seed (default 1), see [`crate::integration_id`].
@@ -384,6 +389,7 @@ impl Default for SimConfig {
             clients: vec![ClientCredentials::new("demo-client", "demo-secret")],
             token_ttl: Duration::from_secs(86_400),
             rate_limit: Some((300, Duration::from_secs(60))),
+            client_rate_limit: None,
             users: 1000,
             integrations: 1,
             faults: Faults::default(),
@@ -430,6 +436,12 @@ impl SimConfig {
     /// Per-token quota, `None` for unlimited.
     pub fn rate_limit(mut self, limit: Option<(u32, Duration)>) -> Self {
         self.rate_limit = limit;
+        self
+    }
+
+    /// Per-OAuth-client quota across the client's tokens, `None` (the default) for none.
+    pub fn client_rate_limit(mut self, limit: Option<(u32, Duration)>) -> Self {
+        self.client_rate_limit = limit;
         self
     }
 

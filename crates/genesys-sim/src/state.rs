@@ -259,8 +259,65 @@ pub(crate) enum TokenCheck {
 struct TokenEntry {
     client: Arc<str>,
     expires_at: Instant,
-    window_start: Instant,
+    window: Window,
+}
+
+/// A fixed window's count of requests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    start: Instant,
     count: u32,
+}
+
+impl Window {
+    fn new(now: Instant) -> Self {
+        Window {
+            start: now,
+            count: 0,
+        }
+    }
+
+    /// Counts a request against `allowed` per `length`: `Ok` with the quota after it, or
+    /// `Err` when the window is spent.
+    fn take(&mut self, now: Instant, allowed: u32, length: Duration) -> Result<Quota, Quota> {
+        let mut end = after(self.start, length);
+        if now >= end {
+            *self = Window::new(now);
+            end = after(now, length);
+        }
+        let reset_secs = ceil_secs(end.saturating_duration_since(now));
+        if self.count >= allowed {
+            return Err(Quota {
+                allowed,
+                count: self.count,
+                reset_secs,
+            });
+        }
+        self.count += 1;
+        Ok(Quota {
+            allowed,
+            count: self.count,
+            reset_secs,
+        })
+    }
+}
+
+/// Per-OAuth-client windows, across the client's tokens.
+#[derive(Default)]
+pub(crate) struct ClientQuotas {
+    windows: Mutex<HashMap<Arc<str>, Window>>,
+}
+
+impl ClientQuotas {
+    /// Counts a request of `client` against `limit`.
+    pub(crate) fn take(&self, client: &Arc<str>, limit: (u32, Duration)) -> Result<Quota, Quota> {
+        let now = Instant::now();
+        let mut windows = lock(&self.windows);
+        windows
+            .entry(client.clone())
+            .or_insert_with(|| Window::new(now))
+            .take(now, limit.0, limit.1)
+    }
 }
 
 const TOKEN_SHARDS: usize = 16;
@@ -306,8 +363,7 @@ impl Tokens {
             TokenEntry {
                 client,
                 expires_at: after(now, ttl),
-                window_start: now,
-                count: 0,
+                window: Window::new(now),
             },
         );
     }
@@ -326,29 +382,10 @@ impl Tokens {
         let Some((allowed, window)) = limit else {
             return TokenCheck::Ok(entry.client.clone(), None);
         };
-        let mut window_end = after(entry.window_start, window);
-        if now >= window_end {
-            entry.window_start = now;
-            entry.count = 0;
-            window_end = after(now, window);
+        match entry.window.take(now, allowed, window) {
+            Ok(quota) => TokenCheck::Ok(entry.client.clone(), Some(quota)),
+            Err(quota) => TokenCheck::Limited(quota),
         }
-        let reset_secs = ceil_secs(window_end.saturating_duration_since(now));
-        if entry.count >= allowed {
-            return TokenCheck::Limited(Quota {
-                allowed,
-                count: entry.count,
-                reset_secs,
-            });
-        }
-        entry.count += 1;
-        TokenCheck::Ok(
-            entry.client.clone(),
-            Some(Quota {
-                allowed,
-                count: entry.count,
-                reset_secs,
-            }),
-        )
     }
 
     /// Forgets every token; returns how many were live.
@@ -377,6 +414,7 @@ pub(crate) struct Shared {
     pub(crate) cfg: SimConfig,
     pub(crate) clients: HashMap<String, String>,
     pub(crate) tokens: Tokens,
+    pub(crate) client_quotas: ClientQuotas,
     pub(crate) users: Users,
     pub(crate) integrations: HashMap<String, Mutex<Map<String, Value>>>,
     pub(crate) integration_ids: Vec<String>,
@@ -478,6 +516,7 @@ impl Shared {
                 .map(|c| (c.id.clone(), c.secret.clone()))
                 .collect(),
             tokens: Tokens::new(),
+            client_quotas: ClientQuotas::default(),
             users: Users::seeded(cfg.seed, cfg.users),
             integrations,
             integration_ids,

@@ -212,3 +212,41 @@ async fn retry_after_can_be_an_http_date_or_malformed() {
         check(r.header("retry-after").unwrap());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_quota_is_shared_by_all_of_the_clients_tokens() {
+    let sim = Simulator::spawn(
+        SimConfig::default()
+            .users(1)
+            .rate_limit(Some((100, Duration::from_secs(60))))
+            .client_rate_limit(Some((6, Duration::from_secs(60)))),
+    )
+    .await
+    .unwrap();
+    let base = sim.base_url();
+    // Three processes, three tokens, one client.
+    let tokens = [token(&base).await, token(&base).await, token(&base).await];
+    for t in tokens.iter().cycle().take(6) {
+        let r = api(&base, t, "GET", "/api/v2/users", "", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    for t in &tokens {
+        let r = api(&base, t, "GET", "/api/v2/users", "", &[])
+            .await
+            .unwrap();
+        let b = r.error_body(429, "too.many.requests");
+        assert_eq!(
+            b["message"],
+            "Rate limit exceeded the maximum [6] requests within [60] seconds"
+        );
+        assert_eq!(r.header("retry-after"), Some("60"));
+    }
+    assert_eq!(sim.stats().rate_limited, 3);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let r = api(&base, &tokens[0], "GET", "/api/v2/users", "", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "the next window admits again");
+}

@@ -342,6 +342,42 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Adds `inin-ratelimit-*` to the answer of the `n`-th API request, when configured (and when
 /// this request is among the configured share).
+/// Whose quota is spent.
+#[derive(Clone, Copy)]
+enum Kind {
+    Token,
+    Client,
+}
+
+/// A 429 for a spent quota, as Genesys words it.
+fn rate_limited(sh: &Shared, q: Quota, window: u64, kind: Kind, cid: &str, n: u64) -> Resp {
+    sh.stats.rate_limited.fetch_add(1, Relaxed);
+    let msg = format!(
+        "Rate limit exceeded the maximum [{}] requests within [{window}] seconds",
+        q.allowed
+    );
+    let mut resp = ApiError::new(429, "too.many.requests", msg)
+        .params(
+            "Rate limit exceeded the maximum [{limit}] requests within [{window}] seconds",
+            &[
+                ("limit", &q.allowed.to_string()),
+                ("window", &window.to_string()),
+            ],
+        )
+        .limit(
+            match kind {
+                Kind::Token => "client.credentials.token.rate.per.minute",
+                Kind::Client => "client.credentials.client.rate.per.minute",
+            },
+            NS_PLATFORM,
+            u64::from(q.allowed),
+        )
+        .header("retry-after", sh.cfg.retry_after_format.value(q.reset_secs))
+        .into_response(cid);
+    add_quota_headers(sh, &mut resp, Some(q), n);
+    resp
+}
+
 fn add_quota_headers(sh: &Shared, resp: &mut Resp, quota: Option<Quota>, n: u64) {
     if !sh.cfg.ratelimit_headers {
         return;
@@ -405,30 +441,17 @@ async fn api(
                 .into_response(cid);
         }
         TokenCheck::Limited(q) => {
-            sh.stats.rate_limited.fetch_add(1, Relaxed);
-            let window = sh.cfg.rate_limit.map(|(_, w)| w.as_secs()).unwrap_or(60);
-            let msg = format!(
-                "Rate limit exceeded the maximum [{}] requests within [{window}] seconds",
-                q.allowed
-            );
-            let mut resp = ApiError::new(429, "too.many.requests", msg)
-                .params(
-                    "Rate limit exceeded the maximum [{limit}] requests within [{window}] seconds",
-                    &[
-                        ("limit", &q.allowed.to_string()),
-                        ("window", &window.to_string()),
-                    ],
-                )
-                .limit(
-                    "client.credentials.token.rate.per.minute",
-                    NS_PLATFORM,
-                    u64::from(q.allowed),
-                )
-                .header("retry-after", sh.cfg.retry_after_format.value(q.reset_secs))
-                .into_response(cid);
-            add_quota_headers(sh, &mut resp, Some(q), n);
-            return resp;
+            let window = sh.cfg.rate_limit.map_or(60, |(_, w)| w.as_secs());
+            return rate_limited(sh, q, window, Kind::Token, cid, n);
         }
+    };
+    // The client's own quota, across its tokens: what a fleet with one client shares.
+    let quota = match sh.cfg.client_rate_limit {
+        None => quota,
+        Some(limit) => match sh.client_quotas.take(&client, limit) {
+            Ok(q) => Some(q),
+            Err(q) => return rate_limited(sh, q, limit.1.as_secs(), Kind::Client, cid, n),
+        },
     };
 
     let fault = sh.cfg.faults.decide(&mut rng);

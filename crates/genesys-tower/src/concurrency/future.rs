@@ -10,6 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::Error;
 use super::pacing::Pacer;
+use super::shared::SharedPacer;
 use crate::BoxError;
 use crate::NotSent;
 
@@ -25,15 +26,22 @@ pin_project! {
         inner: Option<F>,
         permit: Option<OwnedSemaphorePermit>,
         pacer: Option<Arc<Pacer>>,
+        fleet: Option<Arc<dyn SharedPacer>>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(super) fn new(inner: F, permit: OwnedSemaphorePermit, pacer: Option<Arc<Pacer>>) -> Self {
+    pub(super) fn new(
+        inner: F,
+        permit: OwnedSemaphorePermit,
+        pacer: Option<Arc<Pacer>>,
+        fleet: Option<Arc<dyn SharedPacer>>,
+    ) -> Self {
         ResponseFuture {
             inner: Some(inner),
             permit: Some(permit),
             pacer,
+            fleet,
         }
     }
 
@@ -42,6 +50,7 @@ impl<F> ResponseFuture<F> {
             inner: None,
             permit: None,
             pacer: None,
+            fleet: None,
         }
     }
 }
@@ -62,8 +71,13 @@ where
         // Release the permit now rather than when the future is dropped: the caller may keep
         // the future around after it completes.
         drop(this.permit.take());
-        if let (Ok(response), Some(pacer)) = (&output, this.pacer.as_ref()) {
-            pacer.observe(response.status(), response.headers());
+        if let Ok(response) = &output {
+            if let Some(pacer) = this.pacer.as_ref() {
+                pacer.observe(response.status(), response.headers());
+            }
+            if let Some(fleet) = this.fleet.as_ref() {
+                fleet.observe(response.status(), response.headers());
+            }
         }
         Poll::Ready(output.map_err(Into::into))
     }

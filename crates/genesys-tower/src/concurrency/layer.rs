@@ -8,6 +8,7 @@ use tower_layer::Layer;
 use super::Concurrency;
 use super::Shared;
 use super::pacing::{Pacer, Rate};
+use super::shared::SharedPacer;
 use crate::Metrics;
 
 /// Applies a shared in-flight limit and client-side pacing to a service. See the
@@ -36,6 +37,7 @@ pub struct ConcurrencyLayer {
     config: Config,
     semaphore: Arc<Semaphore>,
     pacer: Arc<Pacer>,
+    fleet: Option<Arc<dyn SharedPacer>>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,7 @@ impl ConcurrencyLayer {
         ConcurrencyLayer {
             semaphore: Arc::new(Semaphore::new(max_in_flight)),
             pacer: Arc::new(Self::new_pacer(&config)),
+            fleet: None,
             config,
         }
     }
@@ -208,6 +211,15 @@ impl ConcurrencyLayer {
         self.with_pacer(|c| c.max_hold = max)
     }
 
+    /// Paces starts with other processes too: after this process's own pacing, each request
+    /// takes its start from `pacer`, a quota shared by a fleet (`RedisPacer`, feature `redis`),
+    /// which also sees every response to share what it says about the quota.
+    #[must_use]
+    pub fn shared_pacing(mut self, pacer: impl SharedPacer) -> Self {
+        self.fleet = Some(Arc::new(pacer));
+        self
+    }
+
     /// Counts pacing waits and rejections into `metrics` (share the handle with other layers to
     /// read the whole stack at once).
     #[must_use]
@@ -265,6 +277,7 @@ impl<S> Layer<S> for ConcurrencyLayer {
             max_in_flight: self.config.max_in_flight,
             reject: self.config.reject,
             pacer: self.pacer.clone(),
+            fleet: self.fleet.clone(),
             metrics: self.config.metrics.clone(),
         };
         Concurrency::from_shared(inner, Arc::new(shared))
@@ -281,6 +294,7 @@ impl fmt::Debug for ConcurrencyLayer {
             .field("learn_from_responses", &self.config.learn)
             .field("rate_limit_reserve", &self.config.reserve)
             .field("max_hold", &self.config.max_hold)
+            .field("shared_pacing", &self.fleet)
             .finish()
     }
 }

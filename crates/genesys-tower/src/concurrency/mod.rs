@@ -15,6 +15,11 @@
 //! - **Learning from the server.** Rate-limit headers and 429 responses hold new requests back
 //!   until the server's window resets, instead of letting them collect 429s.
 //!
+//! Several processes under one quota (pods of a service, `gcx` workers) share their pacing
+//! through a [`SharedPacer`] ([`shared_pacing`](ConcurrencyLayer::shared_pacing)): `RedisPacer`
+//! (feature `redis`) keeps one GCRA per key in Redis, shares 429 holds and learned quotas with
+//! the fleet, and paces each process at its share when Redis cannot be reached.
+//!
 //! ```
 //! use std::convert::Infallible;
 //! use std::time::Duration;
@@ -111,11 +116,14 @@ mod error;
 mod future;
 mod layer;
 mod pacing;
+#[cfg(feature = "redis")]
+mod redis;
+mod shared;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
@@ -127,6 +135,9 @@ use tower_service::Service;
 pub use self::error::Error;
 pub use self::future::ResponseFuture;
 pub use self::layer::{ConcurrencyLayer, InvalidRate};
+#[cfg(feature = "redis")]
+pub use self::redis::RedisPacer;
+pub use self::shared::{AcquireFuture, SharedPacer};
 
 use self::pacing::Pacer;
 use crate::{BoxError, Metrics};
@@ -141,6 +152,8 @@ struct Shared {
     max_in_flight: usize,
     reject: bool,
     pacer: Arc<Pacer>,
+    /// Pacing shared with other processes, after this one's own.
+    fleet: Option<Arc<dyn SharedPacer>>,
     metrics: Metrics,
 }
 
@@ -158,6 +171,11 @@ pub struct Concurrency<S> {
     /// This call already counted as a pacing wait.
     waited: bool,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Waiting for the shared pacer (in a mutex only so that the service stays `Sync`: it is
+    /// reached through `&mut self`, never locked).
+    fleet_wait: Option<std::sync::Mutex<AcquireFuture>>,
+    /// The shared pacer let this call start.
+    fleet_paced: bool,
     /// Reject mode found no permit: `call` answers with `Error::Overloaded`.
     overloaded: bool,
 }
@@ -178,6 +196,8 @@ impl<S> Concurrency<S> {
             paced: false,
             waited: false,
             sleep: None,
+            fleet_wait: None,
+            fleet_paced: false,
             overloaded: false,
         }
     }
@@ -231,6 +251,31 @@ impl<S> Concurrency<S> {
     }
 
     fn poll_pacing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        ready!(self.poll_local_pacing(cx));
+        self.poll_fleet_pacing(cx)
+    }
+
+    fn poll_fleet_pacing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(fleet) = self.shared.fleet.as_ref().filter(|_| !self.fleet_paced) else {
+            return Poll::Ready(());
+        };
+        let wait = self
+            .fleet_wait
+            .get_or_insert_with(|| std::sync::Mutex::new(fleet.acquire()));
+        let wait = wait.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if wait.as_mut().poll(cx).is_pending() {
+            if !self.waited {
+                self.waited = true;
+                self.shared.metrics.record_pacing_wait();
+            }
+            return Poll::Pending;
+        }
+        self.fleet_wait = None;
+        self.fleet_paced = true;
+        Poll::Ready(())
+    }
+
+    fn poll_local_pacing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.paced || !self.shared.pacer.is_active() {
             return Poll::Ready(());
         }
@@ -300,13 +345,15 @@ where
             .take()
             .expect("Concurrency: poll_ready must return Ready before call");
         self.paced = false;
+        self.fleet_paced = false;
         self.waited = false;
         let pacer = self
             .shared
             .pacer
             .learns()
             .then(|| self.shared.pacer.clone());
-        ResponseFuture::new(self.inner.call(request), permit, pacer)
+        let fleet = self.shared.fleet.clone();
+        ResponseFuture::new(self.inner.call(request), permit, pacer, fleet)
     }
 }
 

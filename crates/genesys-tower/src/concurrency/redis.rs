@@ -1,0 +1,343 @@
+//! [`RedisPacer`]: one quota for a fleet of processes, kept in Redis (feature `redis`).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode};
+use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::pacing::{Pacer, Rate};
+use super::shared::{AcquireFuture, SharedPacer};
+use crate::BoxError;
+use crate::headers::RateLimitHints;
+
+/// GCRA (the generic cell rate algorithm) on Redis's clock, in microseconds, in its reserving
+/// form: each call takes the next start the quota allows (within the burst tolerance of the
+/// key's theoretical arrival time, `tat`, and not before a fleet-wide hold from a 429), moves
+/// `tat` on by one interval, and answers how long to wait for that start. One round trip per
+/// request, and starts handed out in order. A slower interval learned from the server's headers
+/// is read from the same hash.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local learned = tonumber(redis.call('HGET', KEYS[1], 'interval') or '0') or 0
+local learned_until = tonumber(redis.call('HGET', KEYS[1], 'interval_until') or '0') or 0
+if learned > interval and now < learned_until then interval = learned end
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0') or 0
+if tat < now then tat = now end
+local start = tat - interval * (tonumber(ARGV[2]) - 1)
+if start < now then start = now end
+local hold = tonumber(redis.call('HGET', KEYS[1], 'hold_until') or '0') or 0
+if hold > start then
+  start = hold
+  if tat < hold then tat = hold end
+end
+tat = tat + interval
+redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat))
+redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + 3600000)
+return start - now
+",
+    )
+});
+
+/// Holds the whole fleet until `now + ARGV[1]` µs (a 429's hint), never shortening a hold.
+static HOLD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local hold = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('HGET', KEYS[1], 'hold_until') or '0') or 0
+if hold > current then redis.call('HSET', KEYS[1], 'hold_until', string.format('%.0f', hold)) end
+redis.call('PEXPIRE', KEYS[1], 3600000 + math.ceil(tonumber(ARGV[1]) / 1000))
+return 1
+",
+    )
+});
+
+/// Sets a slower interval (µs) learned from the server's quota policy, for ARGV[2] µs.
+static LEARN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('HSET', KEYS[1], 'interval', ARGV[1], 'interval_until', string.format('%.0f', now + tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], 3600000 + math.ceil(tonumber(ARGV[2]) / 1000))
+return 1
+",
+    )
+});
+
+/// How long a quota learned from headers is applied before the configured one is trusted again.
+const LEARNED_FOR: Duration = Duration::from_secs(3600);
+/// The longest fleet-wide hold a 429 can set.
+const MAX_HOLD: Duration = Duration::from_secs(180);
+/// A 429 without a hint holds the fleet this long.
+const DEFAULT_HOLD: Duration = Duration::from_secs(1);
+
+/// One quota for a fleet of processes, paced in Redis: a [`SharedPacer`] for
+/// [`ConcurrencyLayer::shared_pacing`](super::ConcurrencyLayer::shared_pacing).
+///
+/// Every process that uses the same key shares `requests` per `window`: each start reserves the
+/// next free slot in one atomic GCRA step (a Lua script, on Redis's clock), then waits for it,
+/// so the fleet together starts at most one request per `window / requests` (after a
+/// [`burst`](RedisPacer::burst)), in order, with one round trip per request. Key it the way the
+/// server counts: Genesys Cloud limits per OAuth client and per organisation, so
+/// `pacing:{org id}:{client id}` for a per-client limit.
+///
+/// What the fleet learns is shared too: a 429 holds every process for its `Retry-After`
+/// (at most 180 s), and a quota policy in the response headers that is slower than the
+/// configured rate is applied by all for an hour.
+///
+/// When Redis cannot be reached (or does not answer within the
+/// [`timeout`](RedisPacer::timeout), 500 ms by default), the process paces on its own at its
+/// share of the quota, `requests / expected processes` per `window`
+/// ([`expected_processes`](RedisPacer::expected_processes)), logs a warning once, and goes back
+/// to the shared pace when Redis answers again. It never stops pacing.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use genesys_tower::concurrency::{ConcurrencyLayer, RedisPacer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), genesys_tower::BoxError> {
+/// // 20 pods share the org's 300 requests a minute.
+/// let fleet = RedisPacer::open("redis://127.0.0.1:6379", "pacing:my-org", 300, Duration::from_secs(60))?
+///     .expected_processes(20);
+/// let layer = ConcurrencyLayer::new(16).shared_pacing(fleet);
+/// # drop(layer);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisPacer {
+    conn: ConnectionManager,
+    key: Arc<str>,
+    rate: Rate,
+    burst: u64,
+    processes: u64,
+    timeout: Duration,
+    fallback: Arc<Pacer>,
+    degraded: Arc<AtomicBool>,
+    /// The interval (µs) last shared from a response's quota policy: not shared again.
+    learned: Arc<AtomicU64>,
+}
+
+impl RedisPacer {
+    /// A pacer for `requests` per `window` under `key`, over the Redis at `url`, connecting
+    /// lazily (building it never fails because Redis is down). Call it inside a Tokio runtime.
+    pub fn open(
+        url: &str,
+        key: impl Into<String>,
+        requests: u64,
+        window: Duration,
+    ) -> Result<Self, BoxError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err("RedisPacer::open must be called inside a Tokio runtime".into());
+        }
+        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("redis: {e}"))?;
+        Self::from_connection_manager(conn, key, requests, window)
+    }
+
+    /// A pacer over a connection manager you configured yourself.
+    pub fn from_connection_manager(
+        conn: ConnectionManager,
+        key: impl Into<String>,
+        requests: u64,
+        window: Duration,
+    ) -> Result<Self, BoxError> {
+        if requests == 0 || window.is_zero() {
+            return Err(format!(
+                "a shared pacing rate needs at least 1 request in a window longer than 0, got \
+                 {requests} per {window:?}"
+            )
+            .into());
+        }
+        let rate = Rate { requests, window };
+        let mut pacer = RedisPacer {
+            conn,
+            key: Arc::from(key.into()),
+            rate,
+            burst: 1,
+            processes: 1,
+            timeout: Duration::from_millis(500),
+            fallback: Arc::new(Pacer::with_ceiling(Some(rate), None, false, 0, MAX_HOLD)),
+            degraded: Arc::new(AtomicBool::new(false)),
+            learned: Arc::new(AtomicU64::new(0)),
+        };
+        pacer.rebuild_fallback();
+        Ok(pacer)
+    }
+
+    /// How many processes share the quota (default 1): when Redis cannot be reached, this one
+    /// paces alone at `requests / n` per window (at least 1).
+    #[must_use]
+    pub fn expected_processes(mut self, n: u64) -> Self {
+        self.processes = n.max(1);
+        self.rebuild_fallback();
+        self
+    }
+
+    /// How many starts may happen back to back before the pace applies (default 1: evenly
+    /// spaced). The fleet's most in any window is `requests` plus `burst - 1`.
+    #[must_use]
+    pub fn burst(mut self, burst: u64) -> Self {
+        self.burst = burst.max(1);
+        self
+    }
+
+    /// How long a start waits for Redis before this process paces on its own (default 500 ms).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Whether this process is pacing on its own because Redis could not be reached.
+    #[must_use]
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    fn rebuild_fallback(&mut self) {
+        let share = Rate {
+            requests: (self.rate.requests / self.processes).max(1),
+            window: self.rate.window,
+        };
+        self.fallback = Arc::new(Pacer::with_ceiling(Some(share), None, false, 0, MAX_HOLD));
+    }
+
+    /// The interval between two starts of the fleet, in µs (at least 1).
+    fn interval_us(&self) -> u64 {
+        micros(self.rate.window) / self.rate.requests.max(1)
+    }
+
+    async fn acquire_shared(&self) -> Result<Duration, BoxError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = ACQUIRE.key(&*self.key);
+        invocation.arg(self.interval_us().max(1)).arg(self.burst);
+        let wait = tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn))
+            .await
+            .map_err(|_| format!("no answer from Redis within {:?}", self.timeout))?
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
+    }
+
+    async fn acquire_local(&self) {
+        while let Err(until) = self.fallback.try_start() {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// Runs a fire-and-forget script on the key.
+    fn share(&self, script: &'static Script, args: [u64; 2]) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut conn = self.conn.clone();
+        let key = self.key.clone();
+        let timeout = self.timeout;
+        runtime.spawn(async move {
+            let mut invocation = script.key(&*key);
+            invocation.arg(args[0]).arg(args[1]);
+            match tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut conn)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "shared pacing: hint not shared"),
+                Err(_) => tracing::debug!("shared pacing: hint not shared (timed out)"),
+            }
+        });
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl SharedPacer for RedisPacer {
+    fn acquire(&self) -> AcquireFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            match this.acquire_shared().await {
+                Ok(wait) => {
+                    if this.degraded.swap(false, Ordering::Relaxed) {
+                        tracing::info!(key = %this.key, "shared pacing: Redis reached again");
+                    }
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                Err(e) => {
+                    if !this.degraded.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            key = %this.key,
+                            error = %e,
+                            share = (this.rate.requests / this.processes).max(1),
+                            window_s = this.rate.window.as_secs_f64(),
+                            "shared pacing: Redis unreachable, pacing this process alone at its \
+                             share of the quota"
+                        );
+                    }
+                    this.acquire_local().await;
+                }
+            }
+        })
+    }
+
+    fn observe(&self, status: StatusCode, headers: &HeaderMap) {
+        let limited = status == StatusCode::TOO_MANY_REQUESTS;
+        if !limited
+            && !headers
+                .keys()
+                .any(|name| name.as_str().contains("ratelimit"))
+        {
+            return;
+        }
+        let hints = RateLimitHints::parse(headers, SystemTime::now());
+        if limited {
+            let hold = hints
+                .retry_after
+                .or(hints.inin.reset)
+                .unwrap_or(DEFAULT_HOLD)
+                .min(MAX_HOLD);
+            self.share(&HOLD, [micros(hold), 0]);
+        }
+        // The slowest quota policy the server published, if slower than ours.
+        let slowest = hints
+            .policies
+            .iter()
+            .filter(|p| p.quota > 0 && !p.window.is_zero())
+            .map(|p| micros(p.window) / p.quota)
+            .max();
+        if let Some(interval) = slowest.filter(|&i| i > self.interval_us())
+            && self.learned.swap(interval, Ordering::Relaxed) != interval
+        {
+            self.share(&LEARN, [interval, micros(LEARNED_FOR)]);
+        }
+    }
+}
+
+impl fmt::Debug for RedisPacer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The connection's settings may hold a password: left out.
+        f.debug_struct("RedisPacer")
+            .field("key", &self.key)
+            .field("requests", &self.rate.requests)
+            .field("window", &self.rate.window)
+            .field("burst", &self.burst)
+            .field("expected_processes", &self.processes)
+            .field("degraded", &self.is_degraded())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,144 @@
+//! `RedisPacer` with a real Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`): several
+//! independent stacks (each with its own pacer and connection, as separate processes have) under
+//! one quota; a 429 seen by one holding the others; and the local fallback when Redis is gone.
+//!
+//! Redis's clock is real, so these tests run on the real clock. They assert lower bounds only
+//! (the fleet never started faster than its quota allows), which a slow machine cannot break.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use genesys_tower::concurrency::{ConcurrencyLayer, RedisPacer};
+use http::{Request, Response, StatusCode};
+use tower::{Layer, ServiceExt, service_fn};
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn unique_key(test: &str) -> String {
+    format!(
+        "genesys-tower-test:pacing:{test}:{}",
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+type Starts = Arc<Mutex<Vec<Instant>>>;
+
+/// Sends `n` requests at once through a concurrency layer over a leaf that records when each
+/// started and answers `status` (with `Retry-After: 2` on a 429).
+async fn send_all(layer: ConcurrencyLayer, n: usize, starts: Starts, status: StatusCode) {
+    let leaf = service_fn(move |_req: Request<()>| {
+        let starts = starts.clone();
+        async move {
+            starts.lock().unwrap().push(Instant::now());
+            let mut response = Response::new(());
+            *response.status_mut() = status;
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                response
+                    .headers_mut()
+                    .insert("retry-after", http::HeaderValue::from_static("2"));
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let service = layer.layer(leaf);
+    let calls = (0..n).map(|_| service.clone().oneshot(Request::new(())));
+    for result in join_all(calls).await {
+        result.expect("the call goes through");
+    }
+}
+
+fn span(starts: &Starts) -> Duration {
+    let starts = starts.lock().unwrap();
+    let first = starts.iter().min().unwrap();
+    let last = starts.iter().max().unwrap();
+    *last - *first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_together_never_exceed_the_one_quota() {
+    let key = unique_key("fleet");
+    // 20 a second for the whole fleet: one start every 50 ms.
+    let per_process = 10;
+    let starts: Starts = Arc::default();
+    let processes = (0..3).map(|_| {
+        let pacer = RedisPacer::open(&redis_url(), key.clone(), 20, Duration::from_secs(1))
+            .unwrap()
+            .expected_processes(3);
+        // Each process alone would let its 10 go at once: its own limit is no brake.
+        let layer = ConcurrencyLayer::new(per_process).shared_pacing(pacer);
+        send_all(layer, per_process, starts.clone(), StatusCode::OK)
+    });
+    join_all(processes).await;
+
+    assert_eq!(starts.lock().unwrap().len(), 30);
+    // 30 starts at one per 50 ms take at least 29 intervals (less a little for the jitter
+    // between Redis handing out a start and the leaf recording it).
+    let span = span(&starts);
+    assert!(
+        span >= Duration::from_millis(29 * 50 * 9 / 10),
+        "the fleet started 30 requests in {span:?}: faster than 20 a second"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_seen_by_one_process_holds_the_others() {
+    let key = unique_key("hold");
+    let pacer =
+        || RedisPacer::open(&redis_url(), key.clone(), 1000, Duration::from_secs(1)).unwrap();
+    let a = ConcurrencyLayer::new(1).shared_pacing(pacer());
+    let limited: Starts = Arc::default();
+    send_all(a, 1, limited.clone(), StatusCode::TOO_MANY_REQUESTS).await;
+    let answered = Instant::now();
+    // The hint is shared in the background: give it a moment to land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let b = ConcurrencyLayer::new(1).shared_pacing(pacer());
+    let starts: Starts = Arc::default();
+    send_all(b, 1, starts.clone(), StatusCode::OK).await;
+    let waited = starts.lock().unwrap()[0] - answered;
+    assert!(
+        waited >= Duration::from_millis(1800),
+        "another process started {waited:?} after a 429 with Retry-After: 2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_process_paces_alone_at_its_share_never_unpaced() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pacer = RedisPacer::open(
+        &format!("redis://127.0.0.1:{port}"),
+        "pacing:down",
+        20,
+        Duration::from_secs(1),
+    )
+    .unwrap()
+    .expected_processes(4);
+    let layer = ConcurrencyLayer::new(16).shared_pacing(pacer.clone());
+    let starts: Starts = Arc::default();
+    send_all(layer, 12, starts.clone(), StatusCode::OK).await;
+
+    assert!(pacer.is_degraded());
+    // Its share is 5 a second (20 among 4): 12 starts need three windows.
+    let span = span(&starts);
+    assert!(
+        span >= Duration::from_millis(1800),
+        "12 starts in {span:?} at a share of 5 a second"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_of_nothing_is_refused_with_a_message() {
+    let err = RedisPacer::open(&redis_url(), "k", 0, Duration::from_secs(1)).unwrap_err();
+    assert!(err.to_string().contains("at least 1 request"), "{err}");
+    let err = RedisPacer::open("not a url", "k", 5, Duration::from_secs(1)).unwrap_err();
+    assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+}
