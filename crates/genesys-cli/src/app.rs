@@ -72,7 +72,8 @@ pub(crate) fn prepare<P: Parse>(
         .map(ReportFile::create)
         .transpose()?;
     let journal = if kind.journaled && !common.no_journal {
-        let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?;
+        let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?
+            .with_shard(common.shard);
         let (path, mode) = match &common.journal {
             Some(path) if common.fresh => (path.clone(), OpenMode::Fresh),
             Some(path) => (path.clone(), OpenMode::Resume),
@@ -226,6 +227,7 @@ where
             chunk_size,
             retry_unknown,
             grace: genesys_client::builder::DEFAULT_ATTEMPT_TIMEOUT,
+            shard: common.shard,
         },
     )
     .await;

@@ -58,6 +58,26 @@ pub(crate) struct Common {
     #[arg(long, global = true, value_name = "N/SECS", value_parser = parse_rate)]
     pub(crate) rate_limit: Option<Rate>,
 
+    /// Share pacing with the other workers of one job (or any gcx on the same org and client)
+    /// through the Redis at URL: together they stay under the one quota (--rate-limit, or the
+    /// org's limit), a 429 seen by one holds all, and a worker that cannot reach Redis paces
+    /// alone at its share (the quota / --fleet-size).
+    #[arg(long, global = true, value_name = "URL", env = "GCX_FLEET_REDIS")]
+    pub(crate) fleet_redis: Option<String>,
+
+    /// How many workers share the quota (default: N of --shard I/N, else 1): a worker that
+    /// cannot reach --fleet-redis paces at the quota divided by this.
+    #[arg(long, global = true, value_name = "N", requires = "fleet_redis",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) fleet_size: Option<u32>,
+
+    /// Take only this worker's share of the input: the units (records, or chunks for ingest)
+    /// numbered I, I+N, I+2N... (I from 0 to N-1), so that N workers started with 0/N to
+    /// (N-1)/N on the same input deliver each record exactly once between them. Each worker
+    /// keeps its own journal; resume a worker with the same command and the same I/N.
+    #[arg(long, global = true, value_name = "I/N", value_parser = parse_shard)]
+    pub(crate) shard: Option<Shard>,
+
     /// Serve the HTTP stack's metrics (Prometheus text: calls, attempts, retries, 429s,
     /// latency histograms, per route) on http://ADDR/metrics while the job runs, e.g.
     /// `127.0.0.1:9464`.
@@ -285,6 +305,41 @@ pub(crate) struct ExecuteArgs {
     pub(crate) retry_unknown: bool,
 }
 
+/// `I/N`: this worker takes units I, I+N, I+2N...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shard {
+    pub(crate) index: u32,
+    pub(crate) count: u32,
+}
+
+impl Shard {
+    /// Whether the unit numbered `ordinal` (from 0, in input order) is this worker's.
+    pub(crate) fn owns(self, ordinal: u64) -> bool {
+        ordinal % u64::from(self.count) == u64::from(self.index)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    let usage = || {
+        format!("`{s}` is not I/N: write e.g. `0/4` for the first of 4 workers (I from 0 to N-1)")
+    };
+    let (i, n) = s.split_once('/').ok_or_else(usage)?;
+    let index: u32 = i.trim().parse().map_err(|_| usage())?;
+    let count: u32 = n.trim().parse().map_err(|_| usage())?;
+    if count == 0 || count > 10_000 || index >= count {
+        return Err(format!(
+            "`{s}`: N must be 1 to 10000 and I from 0 to N-1 (worker {index} of {count} does not exist)"
+        ));
+    }
+    Ok(Shard { index, count })
+}
+
 /// `N/SECS`: at most `requests` per `window`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Rate {
@@ -317,6 +372,17 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn shards() {
+        assert_eq!(parse_shard("1/4").unwrap(), Shard { index: 1, count: 4 });
+        for bad in ["4/4", "0/0", "x/2", "1", "-1/3", "1/10001"] {
+            let e = parse_shard(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+        let shard = Shard { index: 2, count: 3 };
+        assert!(shard.owns(2) && shard.owns(5) && !shard.owns(3));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use genesys_client::config::StackConfig;
 use genesys_client::{
     GenesysClient, GenesysClientBuilder, GenesysError, PacingSource, Region, UpdateUserOptions,
 };
+use genesys_tower::concurrency::RedisPacer;
 use genesys_tower::idempotency::{IdempotencyKey, MemoryStore};
 use genesys_tower::retry::RetrySafety;
 use http::{Method, Request, header};
@@ -158,15 +159,40 @@ pub(crate) async fn build_client(
             .pacing(u64::from(rate.requests), rate.window)
             .max_rate(u64::from(rate.requests), rate.window),
     };
+    let (builder, fleet) = match &common.fleet_redis {
+        None => (builder, None),
+        Some(url) => {
+            let (requests, window) = builder
+                .pacing_setting()
+                .unwrap_or((300, std::time::Duration::from_secs(60)));
+            let workers = common
+                .fleet_size
+                .or(common.shard.map(|s| s.count))
+                .unwrap_or(1);
+            let pacer = RedisPacer::open(url, fleet_key(common), requests, window)
+                .map_err(|e| CliError::usage(format!("--fleet-redis {}: {e}", redact_url(url))))?
+                .expected_processes(u64::from(workers));
+            (builder.shared_pacing(pacer), Some(workers))
+        }
+    };
     let pace = builder.pacing_setting().map(|(requests, window)| Pace {
         requests,
         window_s: window.as_secs_f64(),
-        source: match (common.rate_limit, builder.pacing_source()) {
-            (Some(_), _) => "--rate-limit".to_owned(),
-            (None, PacingSource::OrgLimit) => {
-                "the org's own limit, read at start; adapted to what the server says".to_owned()
+        source: {
+            let source = match (common.rate_limit, builder.pacing_source()) {
+                (Some(_), _) => "--rate-limit".to_owned(),
+                (None, PacingSource::OrgLimit) => {
+                    "the org's own limit, read at start; adapted to what the server says".to_owned()
+                }
+                (None, other) => format!("{other}; the org's own limit was not found"),
+            };
+            match fleet {
+                Some(workers) => format!(
+                    "{source}; shared through Redis by the fleet (a share of 1/{workers} if \
+                     Redis is unreachable)"
+                ),
+                None => source,
             }
-            (None, other) => format!("{other}; the org's own limit was not found"),
         },
     });
     let client = builder
@@ -183,6 +209,30 @@ pub(crate) async fn build_client(
         }
     }
     Ok((client, pace))
+}
+
+/// The Redis key the fleet shares its pacing under: the API and the OAuth client, whose quota
+/// it is (no secret in it).
+fn fleet_key(common: &Common) -> String {
+    let api = common
+        .base_url
+        .clone()
+        .or_else(|| common.region.clone())
+        .or_else(|| env_first(&REGION_VARS))
+        .unwrap_or_default();
+    let client = match credentials() {
+        Ok(Credentials::Client { id, .. }) => id,
+        _ => "token".to_owned(),
+    };
+    format!("gcx:pacing:{api}:{client}")
+}
+
+/// A Redis URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match url.split_once('@') {
+        Some((_, host)) => format!("redis://…@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 /// The idempotency store of a job's client. A bulk job makes each logical call once, so the

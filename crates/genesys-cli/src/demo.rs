@@ -170,6 +170,7 @@ pub(crate) async fn run(
             chunk_size: 1,
             retry_unknown: false,
             grace: genesys_client::builder::DEFAULT_ATTEMPT_TIMEOUT,
+            shard: None,
         },
     )
     .await;

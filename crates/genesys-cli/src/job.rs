@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::{Id, JoinSet};
 
+use crate::cli::Shard;
 use crate::input::{Input, Meta, Quarantined, Record};
 use crate::journal::{Journal, JournalHandle, UnitState};
 use crate::progress::Progress;
@@ -108,6 +109,8 @@ pub(crate) struct Options {
     /// After a first interrupt, how long units in flight may take to finish (the client's
     /// attempt timeout); past it they are abandoned as outcome unknown, like after a second.
     pub(crate) grace: Duration,
+    /// This worker's share of the input (`--shard I/N`): other units are left to the others.
+    pub(crate) shard: Option<Shard>,
 }
 
 type Unit = Vec<Meta>;
@@ -123,6 +126,8 @@ struct Engine<'a> {
     progress: &'a Progress,
     journal: Option<JobJournal<'a>>,
     tally: Tally,
+    /// Units formed so far (every worker's), numbering them for `--shard`.
+    units: u64,
 }
 
 impl Engine<'_> {
@@ -312,6 +317,7 @@ pub(crate) async fn run<D: Deliver>(
             handle: journal.handle(),
         }),
         tally: Tally::default(),
+        units: 0,
     };
     let mut set: JoinSet<(Result<(), Undelivered>, Duration)> = JoinSet::new();
     let mut in_flight: HashMap<Id, Unit> = HashMap::new();
@@ -323,15 +329,30 @@ pub(crate) async fn run<D: Deliver>(
     let mut stopping = false;
     let mut grace_ends: Option<tokio::time::Instant> = None;
 
-    // Forms a unit: skipped (delivered earlier), listed as unknown, or sent.
+    // Forms a unit: another worker's (--shard), not started (stopping), skipped (delivered
+    // earlier), listed as unknown, or sent. Every unit is numbered in input order, stopping or
+    // not, so that every worker numbers them alike.
     let dispatch = |engine: &mut Engine<'_>,
                     set: &mut JoinSet<_>,
                     in_flight: &mut HashMap<Id, Unit>,
                     items: Vec<D::Item>,
-                    metas: Unit| {
+                    metas: Unit,
+                    stopping: bool| {
         let Some(line) = metas.first().map(|m| m.line) else {
             return;
         };
+        let ordinal = engine.units;
+        engine.units += 1;
+        if options.shard.is_some_and(|shard| !shard.owns(ordinal)) {
+            engine.tally.other_shards += metas.len() as u64;
+            return;
+        }
+        if stopping {
+            for meta in &metas {
+                engine.not_started(meta);
+            }
+            return;
+        }
         match decide::<D>(engine.journal.as_ref(), line, options.retry_unknown) {
             Decision::Skip => {
                 engine.tally.delivered += metas.len() as u64;
@@ -386,11 +407,8 @@ pub(crate) async fn run<D: Deliver>(
             break;
         }
         if !stopping && (engine.journal_broken() || engine.tally.credentials_refused.is_some()) {
+            // The unit being formed, and every one after it, is listed as not started.
             stopping = true;
-            for meta in std::mem::take(&mut pending_metas) {
-                engine.not_started(&meta);
-            }
-            pending_items.clear();
         }
         let taking = !input_done && (stopping || set.len() < concurrency);
         tokio::select! {
@@ -413,10 +431,6 @@ pub(crate) async fn run<D: Deliver>(
                          (Ctrl-C again to stop now)",
                         set.len()
                     ));
-                    for meta in std::mem::take(&mut pending_metas) {
-                        engine.not_started(&meta);
-                    }
-                    pending_items.clear();
                 } else {
                     engine.progress.note("stopping now: requests in flight are recorded as outcome unknown");
                     set.abort_all();
@@ -459,8 +473,13 @@ pub(crate) async fn run<D: Deliver>(
                         if !pending_metas.is_empty() {
                             let items = std::mem::take(&mut pending_items);
                             let metas = std::mem::take(&mut pending_metas);
-                            dispatch(&mut engine, &mut set, &mut in_flight, items, metas);
+                            dispatch(&mut engine, &mut set, &mut in_flight, items, metas, stopping);
                         }
+                    }
+                    // An invalid line is reported by one worker: the one whose number is the
+                    // line's, modulo N.
+                    Some(Input::Quarantined(q)) if options.shard.is_some_and(|s| !s.owns(q.line)) => {
+                        engine.tally.other_shards += 1;
                     }
                     Some(Input::Quarantined(q)) => {
                         engine.quarantine(q);
@@ -471,17 +490,13 @@ pub(crate) async fn run<D: Deliver>(
                         engine.tally.broken_input = Some(reason);
                     }
                     Some(Input::Record(Record { meta, item })) => {
-                        if stopping {
-                            engine.not_started(&meta);
-                        } else {
-                            pending_metas.push(meta);
-                            pending_items.push(item);
-                            if pending_metas.len() >= chunk_size {
-                                let items = std::mem::replace(&mut pending_items, Vec::with_capacity(chunk_size));
-                                let metas = std::mem::replace(&mut pending_metas, Vec::with_capacity(chunk_size));
-                                dispatch(&mut engine, &mut set, &mut in_flight, items, metas);
-                                engine.tick();
-                            }
+                        pending_metas.push(meta);
+                        pending_items.push(item);
+                        if pending_metas.len() >= chunk_size {
+                            let items = std::mem::replace(&mut pending_items, Vec::with_capacity(chunk_size));
+                            let metas = std::mem::replace(&mut pending_metas, Vec::with_capacity(chunk_size));
+                            dispatch(&mut engine, &mut set, &mut in_flight, items, metas, stopping);
+                            engine.tick();
                         }
                     }
                 }

@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cli::Shard;
 use crate::error::CliError;
 
 /// The longest time an entry waits in memory before it is synced to disk.
@@ -61,6 +62,9 @@ pub(crate) struct Header {
     pub(crate) action_id: Option<String>,
     /// Records per unit.
     pub(crate) chunk_size: u64,
+    /// The worker's share of the input (`--shard I/N`), when sharded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) shard: Option<String>,
     /// The job's id: idempotency keys are derived from it and the unit's line.
     pub(crate) job: String,
 }
@@ -74,9 +78,16 @@ pub(crate) struct JobSpec {
     pub(crate) input_bytes: u64,
     pub(crate) action_id: Option<String>,
     pub(crate) chunk_size: u64,
+    pub(crate) shard: Option<Shard>,
 }
 
 impl JobSpec {
+    /// The same job, one worker's share of it (`--shard I/N`).
+    pub(crate) fn with_shard(mut self, shard: Option<Shard>) -> Self {
+        self.shard = shard;
+        self
+    }
+
     /// Describes the job on `input`, hashing its content (read once, in blocks).
     pub(crate) fn new(
         command: &str,
@@ -97,6 +108,7 @@ impl JobSpec {
             input_bytes,
             action_id: action_id.map(str::to_owned),
             chunk_size: chunk_size as u64,
+            shard: None,
         })
     }
 
@@ -121,6 +133,7 @@ impl JobSpec {
             input_bytes: self.input_bytes,
             action_id: self.action_id.clone(),
             chunk_size: self.chunk_size,
+            shard: self.shard.map(|s| s.to_string()),
             job: format!("{:016x}", fnv1a(seed.as_bytes())),
         }
     }
@@ -155,6 +168,14 @@ impl JobSpec {
             out.push(format!(
                 "--chunk-size (journal: {}, now: {})",
                 header.chunk_size, self.chunk_size
+            ));
+        }
+        let shard = self.shard.map(|s| s.to_string());
+        if header.shard != shard {
+            out.push(format!(
+                "--shard (journal: {}, now: {})",
+                header.shard.as_deref().unwrap_or("none"),
+                shard.as_deref().unwrap_or("none")
             ));
         }
         out
@@ -576,12 +597,16 @@ pub(crate) fn default_path(spec: &JobSpec) -> Result<PathBuf, CliError> {
         ))
     })?;
     let canonical = std::fs::canonicalize(&spec.input).unwrap_or_else(|_| spec.input.clone());
-    let identity = format!(
+    let mut identity = format!(
         "{}|{}|{}",
         spec.command,
         canonical.display(),
         spec.action_id.as_deref().unwrap_or("")
     );
+    // Each worker of a sharded job has a journal of its own.
+    if let Some(shard) = spec.shard {
+        identity.push_str(&format!("|shard {shard}"));
+    }
     let stem: String = spec
         .input
         .file_stem()

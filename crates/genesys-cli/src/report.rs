@@ -83,7 +83,8 @@ pub(crate) struct Report {
     pub(crate) verdict: Option<Verdict>,
 }
 
-/// Record counts. `records = delivered + failed + unknown + quarantined + not_started`.
+/// Record counts. `records = delivered + failed + unknown + quarantined + not_started +
+/// other_shards`.
 #[derive(Debug, Serialize)]
 pub(crate) struct Counts {
     pub(crate) records: u64,
@@ -95,6 +96,9 @@ pub(crate) struct Counts {
     pub(crate) unknown: u64,
     pub(crate) quarantined: u64,
     pub(crate) not_started: u64,
+    /// Records left to the other workers of a sharded job (`--shard I/N`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) other_shards: u64,
     /// Requests sent by the job (one per record, or one per chunk).
     pub(crate) requests: u64,
 }
@@ -225,12 +229,13 @@ impl Report {
                 unknown: tally.unknown,
                 quarantined: tally.quarantined,
                 not_started: tally.not_started,
+                other_shards: tally.other_shards,
                 requests: tally.requests,
             },
             durations: Durations {
                 elapsed_ms: ms(tally.elapsed),
                 records_per_second: if secs > 0.0 {
-                    (tally.records() as f64 / secs * 10.0).round() / 10.0
+                    ((tally.records() - tally.other_shards) as f64 / secs * 10.0).round() / 10.0
                 } else {
                     0.0
                 },
@@ -295,6 +300,13 @@ impl Report {
             let _ = writeln!(s, "  {k:<14} {v}");
         };
         row(&mut s, "records", c.records.to_string());
+        if c.other_shards > 0 {
+            row(
+                &mut s,
+                "other workers",
+                format!("{} (left to the other shards)", c.other_shards),
+            );
+        }
         row(&mut s, "delivered", c.delivered.to_string());
         if c.delivered_earlier > 0 {
             row(

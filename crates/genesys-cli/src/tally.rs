@@ -101,6 +101,8 @@ pub(crate) struct Tally {
     pub(crate) failed: u64,
     pub(crate) quarantined: u64,
     pub(crate) not_started: u64,
+    /// Records left to the other workers of a sharded job (`--shard`).
+    pub(crate) other_shards: u64,
     /// Records whose outcome is unknown (they may have been applied).
     pub(crate) unknown: u64,
     /// Of `delivered`, the records an earlier run delivered (from the journal).
@@ -125,7 +127,12 @@ pub(crate) struct Tally {
 impl Tally {
     /// Records read from the input (valid or not).
     pub(crate) fn records(&self) -> u64 {
-        self.delivered + self.failed + self.unknown + self.quarantined + self.not_started
+        self.delivered
+            + self.failed
+            + self.unknown
+            + self.quarantined
+            + self.not_started
+            + self.other_shards
     }
 
     /// True when every record was delivered.

@@ -84,6 +84,7 @@ async fn every_record_is_accounted_for() {
             chunk_size: 1,
             retry_unknown: false,
             grace: Duration::from_secs(60),
+            shard: None,
         },
     )
     .await;
@@ -126,6 +127,7 @@ async fn past_the_listing_cap_records_are_counted_and_written_not_kept() {
         chunk_size: 1,
         retry_unknown: false,
         grace: Duration::from_secs(60),
+        shard: None,
     };
     let tally = run(
         Arc::new(Fake::default()),
@@ -177,6 +179,7 @@ async fn chunks_fail_as_a_whole() {
             chunk_size: 2,
             retry_unknown: false,
             grace: Duration::from_secs(60),
+            shard: None,
         },
     )
     .await;
@@ -221,6 +224,7 @@ async fn an_interrupt_finishes_in_flight_and_keeps_the_rest() {
             chunk_size: 1,
             retry_unknown: false,
             grace: Duration::from_secs(60),
+            shard: None,
         },
     )
     .await;
@@ -263,6 +267,7 @@ async fn a_second_interrupt_abandons_in_flight_as_failed() {
             chunk_size: 1,
             retry_unknown: false,
             grace: Duration::from_secs(60),
+            shard: None,
         },
     )
     .await;
@@ -302,6 +307,7 @@ async fn in_flight_units_that_outlast_the_grace_are_unknown() {
             chunk_size: 1,
             retry_unknown: false,
             grace: Duration::from_secs(30),
+            shard: None,
         },
     )
     .await;
@@ -352,6 +358,7 @@ async fn refused_credentials_stop_the_whole_job() {
             chunk_size: 1,
             retry_unknown: false,
             grace: Duration::from_secs(60),
+            shard: None,
         },
     )
     .await;
@@ -409,6 +416,7 @@ async fn run_journaled<D: Deliver<Item = u64>>(
             chunk_size: 1,
             retry_unknown,
             grace: Duration::from_secs(60),
+            shard: None,
         },
     )
     .await
@@ -487,4 +495,65 @@ async fn a_resumed_job_resolves_units_that_may_be_resent() {
     );
     assert_eq!(tally.delivered_earlier, 3);
     journal.close("incomplete").await.unwrap();
+}
+
+/// Runs the 30 even records 2..=60 (in chunks of `chunk_size`) and two invalid lines as worker
+/// `index` of 3; returns its tally and the items it delivered.
+async fn run_shard(index: u32, chunk_size: usize) -> (Tally, Vec<u64>) {
+    let mut sinks = Sinks::open(None, None, None, Format::Jsonl, None).unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let (_itx, irx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for n in 1..=30u64 {
+            tx.send(record(n * 2)).await.unwrap();
+        }
+        for line in [61, 62] {
+            let bad = Quarantined {
+                line,
+                reason: "malformed JSON".into(),
+                raw: "{".into(),
+            };
+            tx.send(Input::Quarantined(bad)).await.unwrap();
+        }
+    });
+    let fake = Arc::new(Fake::default());
+    let options = Options {
+        concurrency: 4,
+        chunk_size,
+        retry_unknown: false,
+        grace: Duration::from_secs(60),
+        shard: Some(Shard { index, count: 3 }),
+    };
+    let tally = run(
+        fake.clone(),
+        rx,
+        irx,
+        &mut sinks,
+        &Progress::hidden(),
+        None,
+        options,
+    )
+    .await;
+    let items = fake.units.lock().unwrap().concat();
+    (tally, items)
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_shards_deliver_every_record_once_between_them() {
+    for chunk_size in [1, 4] {
+        let mut delivered = Vec::new();
+        let mut quarantined = 0;
+        for index in 0..3 {
+            let (tally, items) = run_shard(index, chunk_size).await;
+            assert_eq!(tally.records(), 32, "every worker accounts for every line");
+            assert_eq!(tally.delivered as usize, items.len());
+            assert!(tally.other_shards > 0);
+            quarantined += tally.quarantined;
+            delivered.extend(items);
+        }
+        delivered.sort_unstable();
+        let all: Vec<u64> = (1..=30).map(|n| n * 2).collect();
+        assert_eq!(delivered, all, "chunks of {chunk_size}: each record once");
+        assert_eq!(quarantined, 2, "each invalid line reported by one worker");
+    }
 }
