@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
+use genesys_client::builder::DynTokenSource;
 use genesys_client::config::StackConfig;
 use genesys_client::{
     GenesysClient, GenesysClientBuilder, GenesysError, PacingSource, Region, UpdateUserOptions,
 };
+use genesys_tower::auth::RedisTokenCache;
 use genesys_tower::concurrency::RedisPacer;
 use genesys_tower::idempotency::{IdempotencyKey, MemoryStore};
 use genesys_tower::retry::RetrySafety;
@@ -134,6 +136,20 @@ pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, Cl
     if let Some(login) = &common.login_url {
         builder = builder.login_url(login.clone());
     }
+    if let Some(url) = common.fleet_redis.clone() {
+        // One token for the fleet: one fetch between the workers, and one more for all of them
+        // when it expires or the API refuses it.
+        let key = fleet_key(common, "token");
+        builder = builder.wrap_token_source(move |login| {
+            match RedisTokenCache::open(&url, key.clone(), login.clone()) {
+                Ok(shared) => DynTokenSource::new(shared),
+                Err(e) => {
+                    tracing::warn!(error = %e, "--fleet-redis: this worker fetches its own token");
+                    login
+                }
+            }
+        });
+    }
     Ok(builder)
 }
 
@@ -169,7 +185,7 @@ pub(crate) async fn build_client(
                 .fleet_size
                 .or(common.shard.map(|s| s.count))
                 .unwrap_or(1);
-            let pacer = RedisPacer::open(url, fleet_key(common), requests, window)
+            let pacer = RedisPacer::open(url, fleet_key(common, "pacing"), requests, window)
                 .map_err(|e| CliError::usage(format!("--fleet-redis {}: {e}", redact_url(url))))?
                 .expected_processes(u64::from(workers));
             (builder.shared_pacing(pacer), Some(workers))
@@ -211,9 +227,9 @@ pub(crate) async fn build_client(
     Ok((client, pace))
 }
 
-/// The Redis key the fleet shares its pacing under: the API and the OAuth client, whose quota
-/// it is (no secret in it).
-fn fleet_key(common: &Common) -> String {
+/// The Redis key the fleet shares its `what` (pacing, token) under: the API and the OAuth
+/// client, whose quota and token it is (no secret in it).
+fn fleet_key(common: &Common, what: &str) -> String {
     let api = common
         .base_url
         .clone()
@@ -224,7 +240,7 @@ fn fleet_key(common: &Common) -> String {
         Ok(Credentials::Client { id, .. }) => id,
         _ => "token".to_owned(),
     };
-    format!("gcx:pacing:{api}:{client}")
+    format!("gcx:{what}:{api}:{client}")
 }
 
 /// A Redis URL without its password, for messages.

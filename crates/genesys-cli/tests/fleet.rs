@@ -1,7 +1,7 @@
 //! A fleet of `gcx` workers on one job: three real processes split one input with `--shard I/N`
 //! and share one quota through a real Redis (`--fleet-redis`, `REDIS_URL`, default
-//! `redis://127.0.0.1:6379`) against a simulator whose quota is per OAuth client, across the
-//! workers' tokens. One worker is killed (SIGKILL) mid-job and resumed with the same command; the
+//! `redis://127.0.0.1:6379`), and one token, against a simulator whose quota is per OAuth
+//! client, across tokens. One worker is killed (SIGKILL) mid-job and resumed with the same command; the
 //! simulator's ledger shows every user patched exactly once.
 
 mod common;
@@ -95,6 +95,11 @@ async fn three_workers_split_one_job_under_one_quota_and_a_killed_one_resumes_it
         );
     }
     assert_eq!(delivered, n as u64, "the shares add up to the job");
+    assert_eq!(
+        sim.stats().tokens_issued,
+        1,
+        "one token for the fleet, the resumed worker included"
+    );
     for (id, title) in wanted {
         assert_eq!(sim.user(&id).unwrap()["title"], json!(title));
         assert_eq!(patches(&sim, &id), 1, "user {id} patched exactly once");

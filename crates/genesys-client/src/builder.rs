@@ -87,12 +87,16 @@ impl fmt::Display for PacingSource {
 
 type TokenFuture = Pin<Box<dyn Future<Output = Result<Token, BoxError>> + Send>>;
 
-/// A token source behind a trait object (the trait's futures are not object-safe as they are).
+type TokenWrap = Arc<dyn Fn(DynTokenSource) -> DynTokenSource + Send + Sync>;
+
+/// A token source behind a trait object (the trait's futures are not object-safe as they are):
+/// what [`GenesysClientBuilder::wrap_token_source`] hands over and takes back.
 #[derive(Clone)]
-struct DynTokenSource(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+pub struct DynTokenSource(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
 
 impl DynTokenSource {
-    fn new<T: TokenSource>(source: T) -> Self {
+    /// Boxes `source`.
+    pub fn new<T: TokenSource>(source: T) -> Self {
         let source = Arc::new(source);
         DynTokenSource(Arc::new(move || {
             let source = source.clone();
@@ -149,6 +153,7 @@ pub struct GenesysClientBuilder {
     reject_when_full: bool,
     concurrency_layer: Option<ConcurrencyLayer>,
     shared_pacing: Option<Arc<dyn SharedPacer>>,
+    wrap_token_source: Option<TokenWrap>,
     idempotency: bool,
     idempotency_layer: Option<IdempotencyLayer>,
     idempotency_store: Option<Arc<dyn IdempotencyStore>>,
@@ -178,6 +183,7 @@ impl Default for GenesysClientBuilder {
             reject_when_full: false,
             concurrency_layer: None,
             shared_pacing: None,
+            wrap_token_source: None,
             idempotency: true,
             idempotency_layer: None,
             idempotency_store: None,
@@ -225,6 +231,29 @@ impl GenesysClientBuilder {
     /// Any other token source, instead of client credentials.
     pub fn token_source(mut self, source: impl TokenSource) -> Self {
         self.auth = Some(Auth::Source(DynTokenSource::new(source)));
+        self
+    }
+
+    /// Wraps the token source the client is built with (client credentials, or the one given
+    /// to [`token_source`](Self::token_source)), for instance in a cache shared by a fleet of
+    /// processes (genesys-tower's `RedisTokenCache`, feature `redis`):
+    ///
+    /// ```no_run
+    /// # use genesys_client::GenesysClient;
+    /// # use genesys_client::builder::DynTokenSource;
+    /// let builder = GenesysClient::builder()
+    ///     .client_credentials("id", "secret")
+    ///     .wrap_token_source(|login| {
+    ///         // e.g. RedisTokenCache::open(url, key, login.clone()), falling back to `login`.
+    ///         DynTokenSource::new(login)
+    ///     });
+    /// # drop(builder);
+    /// ```
+    pub fn wrap_token_source(
+        mut self,
+        wrap: impl Fn(DynTokenSource) -> DynTokenSource + Send + Sync + 'static,
+    ) -> Self {
+        self.wrap_token_source = Some(Arc::new(wrap));
         self
     }
 
@@ -509,6 +538,10 @@ impl GenesysClientBuilder {
                         .into(),
                 ));
             }
+        };
+        let source = match &self.wrap_token_source {
+            Some(wrap) => wrap(source),
+            None => source,
         };
 
         let metrics = self.metrics.clone();

@@ -30,6 +30,11 @@ struct Args {
     #[arg(long, value_name = "N/SECS", default_value = "300/60", value_parser = parse_rate_limit)]
     rate_limit: RateLimit,
 
+    /// Per-OAuth-client quota across all of the client's tokens, as N/SECS, or `off`: what a
+    /// fleet of processes, each with its own token, shares.
+    #[arg(long, value_name = "N/SECS", default_value = "off", value_parser = parse_rate_limit)]
+    client_rate_limit: RateLimit,
+
     /// Number of seeded users.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = parse_users)]
     users: usize,
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
         .addr(args.addr)
         .token_ttl(args.token_ttl)
         .rate_limit(args.rate_limit.0)
+        .client_rate_limit(args.client_rate_limit.0)
         .users(args.users)
         .faults(args.faults)
         .seed(args.seed)

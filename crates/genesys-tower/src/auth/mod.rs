@@ -99,6 +99,8 @@ mod cache;
 mod error;
 mod future;
 mod layer;
+#[cfg(feature = "redis")]
+mod redis;
 mod scope;
 mod source_fn;
 mod token;
@@ -117,6 +119,8 @@ use tower_service::Service;
 pub use self::error::Error;
 pub use self::future::ResponseFuture;
 pub use self::layer::AuthLayer;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisTokenCache;
 pub use self::source_fn::{TokenSourceFn, token_source_fn};
 pub use token::{Token, TokenSource};
 

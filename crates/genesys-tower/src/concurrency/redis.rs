@@ -74,6 +74,9 @@ return 1
     )
 });
 
+/// The share of the quota a fleet aims at by default.
+const DEFAULT_HEADROOM: f64 = 0.95;
+
 /// How long a quota learned from headers is applied before the configured one is trusted again.
 const LEARNED_FOR: Duration = Duration::from_secs(3600);
 /// The longest fleet-wide hold a 429 can set.
@@ -119,6 +122,7 @@ pub struct RedisPacer {
     conn: ConnectionManager,
     key: Arc<str>,
     rate: Rate,
+    headroom: f64,
     burst: u64,
     processes: u64,
     timeout: Duration,
@@ -170,6 +174,7 @@ impl RedisPacer {
             conn,
             key: Arc::from(key.into()),
             rate,
+            headroom: DEFAULT_HEADROOM,
             burst: 1,
             processes: 1,
             timeout: Duration::from_millis(500),
@@ -187,6 +192,21 @@ impl RedisPacer {
     pub fn expected_processes(mut self, n: u64) -> Self {
         self.processes = n.max(1);
         self.rebuild_fallback();
+        self
+    }
+
+    /// The share of the quota the fleet aims at (default 0.95, at least 0.1, at most 1). Starts
+    /// evenly spaced at the full quota still meet 429s: a request delayed on its way lands in
+    /// the server's next window, which then counts one too many, and each 429 holds the fleet
+    /// for its `Retry-After` (a whole second at least on Genesys Cloud). A little room costs
+    /// less than that; `fleet`'s benchmark measures both.
+    #[must_use]
+    pub fn headroom(mut self, fraction: f64) -> Self {
+        self.headroom = if fraction.is_finite() {
+            fraction.clamp(0.1, 1.0)
+        } else {
+            DEFAULT_HEADROOM
+        };
         self
     }
 
@@ -219,9 +239,11 @@ impl RedisPacer {
         self.fallback = Arc::new(Pacer::with_ceiling(Some(share), None, false, 0, MAX_HOLD));
     }
 
-    /// The interval between two starts of the fleet, in µs (at least 1).
+    /// The interval between two starts of the fleet, in µs (at least 1), within the headroom.
     fn interval_us(&self) -> u64 {
-        micros(self.rate.window) / self.rate.requests.max(1)
+        let exact = micros(self.rate.window) / self.rate.requests.max(1);
+        // At least 0.1, so at most ten times the exact interval: no overflow.
+        (exact as f64 / self.headroom) as u64
     }
 
     async fn acquire_shared(&self) -> Result<Duration, BoxError> {
@@ -318,7 +340,7 @@ impl SharedPacer for RedisPacer {
             .policies
             .iter()
             .filter(|p| p.quota > 0 && !p.window.is_zero())
-            .map(|p| micros(p.window) / p.quota)
+            .map(|p| ((micros(p.window) / p.quota) as f64 / self.headroom) as u64)
             .max();
         if let Some(interval) = slowest.filter(|&i| i > self.interval_us())
             && self.learned.swap(interval, Ordering::Relaxed) != interval
@@ -335,6 +357,7 @@ impl fmt::Debug for RedisPacer {
             .field("key", &self.key)
             .field("requests", &self.rate.requests)
             .field("window", &self.rate.window)
+            .field("headroom", &self.headroom)
             .field("burst", &self.burst)
             .field("expected_processes", &self.processes)
             .field("degraded", &self.is_degraded())
