@@ -369,3 +369,47 @@ async fn redis_unreachable_gives_503_runs_nothing_and_stores_nothing() {
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(instance.total_runs(), 1);
 }
+
+/// The client layer over a Redis store: a caller-supplied key repeated from another process is
+/// answered from the store, and the service is called once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_repeat_from_another_process_is_answered_from_redis() {
+    use genesys_tower::idempotency::{IdempotencyKey, IdempotencyLayer};
+    use genesys_tower::{Body, BoxError};
+    use tower::{Layer, service_fn};
+
+    let prefix = unique_prefix("client");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let process = || {
+        let calls = calls.clone();
+        IdempotencyLayer::new()
+            .store(store(&prefix))
+            .retention(RETENTION)
+            .layer(service_fn(move |_req: Request<Body>| {
+                let n = calls.fetch_add(1, SeqCst);
+                async move {
+                    let mut response = http::Response::new(Body::from(format!("created {n}")));
+                    *response.status_mut() = StatusCode::CREATED;
+                    Ok::<_, BoxError>(response)
+                }
+            }))
+    };
+    let order = || {
+        let mut request = Request::post("/orders")
+            .body(Body::from("{\"qty\":1}"))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(IdempotencyKey::new("order-42"));
+        request
+    };
+    let (a, b) = (process(), process());
+    let first = a.oneshot(order()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let again = b.oneshot(order()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let body = again.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"created 0");
+    assert_eq!(calls.load(SeqCst), 1, "one call for the two processes");
+}
