@@ -165,11 +165,23 @@ pub(crate) enum Command {
     /// Retry policies: check a configuration file and preview what it will do.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The stack's configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a completion script for a shell, e.g. `gcx completions bash > /etc/bash_completion.d/gcx`.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `gcx config ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print every setting of the stack as a job would use it, and where each came from: a
+    /// flag, the environment (`GCX_<SECTION>_<KEY>`), the --config file, or the default; and
+    /// which credentials would be used (the secret never shown). Exit 2 with every problem.
+    Show,
 }
 
 /// `gcx policy ...`.

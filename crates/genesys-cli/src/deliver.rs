@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use genesys_client::builder::DynTokenSource;
-use genesys_client::config::StackConfig;
+use genesys_client::config::{Layered, Origin};
 use genesys_client::{
     GenesysClient, GenesysClientBuilder, GenesysError, PacingSource, Region, UpdateUserOptions,
 };
@@ -79,21 +79,15 @@ fn credentials() -> Result<Credentials, CliError> {
 /// configuration error is found here, before anything else.
 pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, CliError> {
     let mut builder = GenesysClient::builder();
-    match &common.config {
-        Some(path) => {
-            let config = StackConfig::from_path(path).map_err(|e| {
-                CliError::usage(format!(
-                    "--config {}: not a valid configuration:\n{e}",
-                    path.display()
-                ))
-            })?;
-            builder = builder.config(&config);
-            // The flag wins over the file.
-            if common.concurrency.is_some() {
-                builder = builder.max_in_flight(common.concurrency());
-            }
+    let layered = layered_config(common)?;
+    if layered.is_default() {
+        builder = builder.max_in_flight(common.concurrency());
+    } else {
+        builder = builder.config(layered.config());
+        // The flag wins over the file and the environment.
+        if common.concurrency.is_some() {
+            builder = builder.max_in_flight(common.concurrency());
         }
-        None => builder = builder.max_in_flight(common.concurrency()),
     }
     let mut builder = builder
         .idempotency_store(crate::deliver::small_store())
@@ -225,6 +219,82 @@ pub(crate) async fn build_client(
         }
     }
     Ok((client, pace))
+}
+
+/// The stack's configuration in layers: the defaults, the `--config` file, then the `GCX_*`
+/// environment. Flags are applied over it by the caller (and by `config show`).
+fn layered_config(common: &Common) -> Result<Layered, CliError> {
+    let layered = match &common.config {
+        Some(path) => Layered::file(path).map_err(|e| {
+            CliError::usage(format!(
+                "--config {}: not a valid configuration:\n{e}",
+                path.display()
+            ))
+        })?,
+        None => Layered::defaults(),
+    };
+    layered.env(|name| std::env::var(name).ok()).map_err(|e| {
+        CliError::usage(format!(
+            "the environment sets the stack's configuration wrongly:\n{e}"
+        ))
+    })
+}
+
+/// `gcx config show`: every setting with its value and where it came from, then the
+/// credentials a job would use (never the secret).
+pub(crate) fn show_config(common: &Common) -> Result<u8, CliError> {
+    let mut layered = layered_config(common)?;
+    if let Some(n) = common.concurrency {
+        layered = layered
+            .set(
+                "concurrency.limit",
+                serde_json::json!(n),
+                Origin::Flag("--concurrency".into()),
+            )
+            .map_err(|e| CliError::usage(format!("--concurrency: {e}")))?;
+    }
+    if let Some(rate) = common.rate_limit {
+        let text = format!("{}/{}", rate.requests, rate.window.as_secs_f64());
+        layered = layered
+            .set(
+                "pacing.rate",
+                serde_json::json!(text),
+                Origin::Flag("--rate-limit".into()),
+            )
+            .map_err(|e| CliError::usage(format!("--rate-limit: {e}")))?;
+    }
+    let credentials = match credentials() {
+        Ok(Credentials::Client { id, .. }) => format!(
+            "client credentials: client id {id} (GENESYSCLOUD_OAUTHCLIENT_ID or \
+             GENESYS_CLIENT_ID), secret set (not shown)"
+        ),
+        Ok(Credentials::Token(_)) => {
+            "a ready access token (GENESYSCLOUD_ACCESS_TOKEN, not shown)".to_owned()
+        }
+        Err(e) => format!("none: {e}"),
+    };
+    if common.json {
+        let settings: Vec<Value> = layered
+            .entries()
+            .into_iter()
+            .map(|(key, value, origin)| serde_json::json!({"key": key, "value": value, "from": origin}))
+            .collect();
+        let out = serde_json::json!({"settings": settings, "credentials": credentials});
+        println!("{out}");
+    } else {
+        let entries = layered.entries();
+        let width = entries.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
+        for (key, value, origin) in entries {
+            let value = match value {
+                Value::Null => "(unset)".to_owned(),
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            println!("{key:<width$}  {value:<12}  {origin}");
+        }
+        println!("\ncredentials: {credentials}");
+    }
+    Ok(0)
 }
 
 /// The Redis key the fleet shares its `what` (pacing, token) under: the API and the OAuth

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::cli::{ActionsCommand, Cli, Command, PolicyCommand, UsersCommand};
+use crate::cli::{ActionsCommand, Cli, Command, ConfigCommand, PolicyCommand, UsersCommand};
 use crate::error::{CliError, EXIT_USAGE};
 use crate::input::Format;
 use crate::records::{ActionInputs, IngestRecords, UserRecords};
@@ -123,6 +123,9 @@ async fn run(cli: Cli, export: Option<&telemetry::Export>) -> Result<u8, CliErro
     if let Command::Policy(PolicyCommand::Check(args)) = &cli.command {
         return policy::check(args, cli.common.json);
     }
+    if let Command::Config(ConfigCommand::Show) = &cli.command {
+        return deliver::show_config(&cli.common);
+    }
     let telemetry = Telemetry::start(cli.common.metrics_addr, export).await?;
     let code = job(&cli, &telemetry).await;
     telemetry
@@ -135,7 +138,7 @@ async fn run(cli: Cli, export: Option<&telemetry::Export>) -> Result<u8, CliErro
 async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
     let common = &cli.common;
     match &cli.command {
-        Command::Completions { .. } | Command::Policy(_) => Ok(0),
+        Command::Completions { .. } | Command::Policy(_) | Command::Config(_) => Ok(0),
         Command::Demo(args) => demo::run(common, args, telemetry).await,
         Command::Users(UsersCommand::Patch(args)) => {
             let builder = deliver::client_builder(common)?;

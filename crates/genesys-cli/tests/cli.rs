@@ -751,3 +751,70 @@ async fn a_config_file_sets_the_jobs_retry_policy() {
     assert_exit(&out, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_atempts"));
 }
+
+#[test]
+fn config_show_says_where_every_setting_came_from_and_never_shows_the_secret() {
+    let d = dir("config_show");
+    let file = write(
+        &d.join("stack.toml"),
+        b"[retry]\nmax_attempts = 3\nbase_delay = \"200ms\"\n[concurrency]\nlimit = 4\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_gcx"))
+        .args([
+            "config",
+            "show",
+            "--json",
+            "--concurrency",
+            "12",
+            "--config",
+        ])
+        .arg(&file)
+        .env("GCX_RETRY_BASE_DELAY", "300ms")
+        .env("GCX_CONCURRENCY_LIMIT", "6")
+        .env("GENESYS_CLIENT_ID", "my-client")
+        .env("GENESYS_CLIENT_SECRET", "very-secret-value")
+        .env_remove("GCX_CONFIG")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("very-secret-value"), "{stdout}");
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    let setting = |key: &str| {
+        shown["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("{key} in {stdout}"))
+    };
+    assert_eq!(setting("retry.max_attempts")["value"], 3);
+    assert_eq!(setting("retry.max_attempts")["from"]["kind"], "file");
+    assert_eq!(setting("retry.base_delay")["value"], "300ms");
+    assert_eq!(
+        setting("retry.base_delay")["from"]["name"],
+        "GCX_RETRY_BASE_DELAY"
+    );
+    assert_eq!(setting("concurrency.limit")["value"], 12);
+    assert_eq!(
+        setting("concurrency.limit")["from"]["name"],
+        "--concurrency"
+    );
+    assert_eq!(setting("retry.factor")["from"]["kind"], "default");
+    assert!(shown["credentials"].as_str().unwrap().contains("my-client"));
+
+    // A bad value in the environment: exit 2, naming the variable and the bound.
+    let out = Command::new(env!("CARGO_BIN_EXE_gcx"))
+        .args(["config", "show"])
+        .env("GCX_RETRY_MAX_ATTEMPTS", "60")
+        .env_remove("GCX_CONFIG")
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("GCX_RETRY_MAX_ATTEMPTS") && stderr.contains("1 to 10"),
+        "{stderr}"
+    );
+}

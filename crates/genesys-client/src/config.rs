@@ -376,25 +376,31 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A configuration file's text, bounded, and whether it is JSON (by its extension).
+fn read_file(path: &Path) -> Result<(String, bool), ConfigError> {
+    let shown = path.display();
+    let file = std::fs::File::open(path)
+        .map_err(|e| ConfigError::one("", format!("{shown}: cannot be read: {e}")))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_FILE + 1), &mut text)
+        .map_err(|e| ConfigError::one("", format!("{shown}: cannot be read as UTF-8: {e}")))?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(ConfigError::one(
+            "",
+            format!("{shown}: larger than {MAX_FILE} bytes; a configuration is a few lines"),
+        ));
+    }
+    let json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    Ok((text, json))
+}
+
 impl StackConfig {
     /// Reads a file: TOML, or JSON when its name ends in `.json`. Every problem is reported at
     /// once.
     pub fn from_path(path: &Path) -> Result<StackConfig, ConfigError> {
-        let shown = path.display();
-        let file = std::fs::File::open(path)
-            .map_err(|e| ConfigError::one("", format!("{shown}: cannot be read: {e}")))?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_FILE + 1), &mut text)
-            .map_err(|e| ConfigError::one("", format!("{shown}: cannot be read as UTF-8: {e}")))?;
-        if text.len() as u64 > MAX_FILE {
-            return Err(ConfigError::one(
-                "",
-                format!("{shown}: larger than {MAX_FILE} bytes; a configuration is a few lines"),
-            ));
-        }
-        let json = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let (text, json) = read_file(path)?;
         let parsed = if json {
             StackConfig::from_json(&text)
         } else {
@@ -403,7 +409,7 @@ impl StackConfig {
         parsed.map_err(|mut e| {
             for p in &mut e.problems {
                 if p.path.is_empty() {
-                    p.message = format!("{shown}: {}", p.message);
+                    p.message = format!("{}: {}", path.display(), p.message);
                 }
             }
             e
@@ -623,5 +629,8 @@ fn parse_rate(text: &str) -> Result<(u64, Duration), String> {
     Ok((n, Duration::from_secs(secs)))
 }
 
+mod layers;
 #[cfg(test)]
 mod tests;
+
+pub use layers::{Layered, Origin};

@@ -209,3 +209,90 @@ fn the_example_file_validates_against_the_schema() {
         assert!(!validator.is_valid(&bad), "{bad} passed the schema");
     }
 }
+
+#[test]
+fn layers_take_precedence_default_file_env_flag_and_say_where_each_value_came_from() {
+    let dir = std::env::temp_dir().join(format!("genesys-layers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("stack.toml");
+    std::fs::write(
+        &file,
+        "[retry]\nmax_attempts = 3\nbase_delay = \"200ms\"\n[concurrency]\nlimit = 4\n",
+    )
+    .unwrap();
+    let env = |name: &str| match name {
+        "GCX_RETRY_BASE_DELAY" => Some("300ms".to_owned()),
+        "GCX_CONCURRENCY_LIMIT" => Some("6".to_owned()),
+        _ => None,
+    };
+    let layered = Layered::file(&file)
+        .unwrap()
+        .env(env)
+        .unwrap()
+        .set(
+            "concurrency.limit",
+            serde_json::json!(12),
+            Origin::Flag("--concurrency".into()),
+        )
+        .unwrap();
+    let config = layered.config();
+    assert_eq!(config.retry.max_attempts, 3, "from the file");
+    assert_eq!(
+        config.retry.base_delay.0,
+        Duration::from_millis(300),
+        "env over file"
+    );
+    assert_eq!(config.concurrency.limit, 12, "flag over env");
+    assert_eq!(config.retry.factor, 2.0, "the default");
+    let shown = file.display().to_string();
+    assert_eq!(
+        layered.origin("retry.max_attempts"),
+        Some(&Origin::File(shown))
+    );
+    assert_eq!(
+        layered.origin("retry.base_delay"),
+        Some(&Origin::Env("GCX_RETRY_BASE_DELAY".into()))
+    );
+    assert_eq!(
+        layered.origin("concurrency.limit"),
+        Some(&Origin::Flag("--concurrency".into()))
+    );
+    assert_eq!(layered.origin("retry.factor"), Some(&Origin::Default));
+    let entries = layered.entries();
+    let (_, value, _) = entries
+        .iter()
+        .find(|(path, _, _)| path == "retry.base_delay")
+        .unwrap();
+    assert_eq!(value, &serde_json::json!("300ms"));
+}
+
+#[test]
+fn a_bad_environment_value_names_its_variable_and_the_bound() {
+    let env = |name: &str| match name {
+        "GCX_RETRY_MAX_ATTEMPTS" => Some("40".to_owned()),
+        "GCX_RETRY_JITTER" => Some("sometimes".to_owned()),
+        _ => None,
+    };
+    let err = Layered::defaults().env(env).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("retry.max_attempts"), "{text}");
+    assert!(text.contains("GCX_RETRY_MAX_ATTEMPTS=\"40\""), "{text}");
+    assert!(text.contains("10"), "the bound, not a type error: {text}");
+    assert!(!text.contains("invalid type"), "{text}");
+    assert!(text.contains("GCX_RETRY_JITTER"), "{text}");
+    assert_eq!(err.problems().len(), 2, "{text}");
+}
+
+#[test]
+fn every_key_has_a_variable() {
+    let layered = Layered::defaults();
+    assert!(layered.is_default());
+    for (path, _, _) in layered.entries() {
+        let var = Layered::env_var(&path);
+        assert!(var.starts_with("GCX_") && !var.contains('.'), "{var}");
+    }
+    assert_eq!(
+        Layered::env_var("retry.max_attempts"),
+        "GCX_RETRY_MAX_ATTEMPTS"
+    );
+}
