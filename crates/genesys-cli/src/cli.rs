@@ -62,7 +62,13 @@ pub(crate) struct Common {
     /// through the Redis at URL: together they stay under the one quota (--rate-limit, or the
     /// org's limit), a 429 seen by one holds all, and a worker that cannot reach Redis paces
     /// alone at its share (the quota / --fleet-size).
-    #[arg(long, global = true, value_name = "URL", env = "GCX_FLEET_REDIS")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "GCX_FLEET_REDIS",
+        hide_env_values = true
+    )]
     pub(crate) fleet_redis: Option<String>,
 
     /// How many workers share the quota (default: N of --shard I/N, else 1): a worker that
@@ -71,10 +77,10 @@ pub(crate) struct Common {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) fleet_size: Option<u32>,
 
-    /// Take only this worker's share of the input: the units (records, or chunks for ingest)
-    /// numbered I, I+N, I+2N... (I from 0 to N-1), so that N workers started with 0/N to
-    /// (N-1)/N on the same input deliver each record exactly once between them. Each worker
-    /// keeps its own journal; resume a worker with the same command and the same I/N.
+    /// Take only this worker's share of the input: the records whose line number modulo N is
+    /// I (I from 0 to N-1), so that N workers started with 0/N to (N-1)/N on the same input
+    /// deliver each record exactly once between them. Each worker keeps its own journal;
+    /// resume a worker with the same command and the same I/N.
     #[arg(long, global = true, value_name = "I/N", value_parser = parse_shard)]
     pub(crate) shard: Option<Shard>,
 
@@ -317,7 +323,7 @@ pub(crate) struct ExecuteArgs {
     pub(crate) retry_unknown: bool,
 }
 
-/// `I/N`: this worker takes units I, I+N, I+2N...
+/// `I/N`: this worker takes the records whose line number modulo N is I.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Shard {
     pub(crate) index: u32,
@@ -325,9 +331,9 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    /// Whether the unit numbered `ordinal` (from 0, in input order) is this worker's.
-    pub(crate) fn owns(self, ordinal: u64) -> bool {
-        ordinal % u64::from(self.count) == u64::from(self.index)
+    /// Whether the record on input line `line` is this worker's.
+    pub(crate) fn owns(self, line: u64) -> bool {
+        line % u64::from(self.count) == u64::from(self.index)
     }
 }
 

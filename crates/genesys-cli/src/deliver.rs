@@ -130,7 +130,10 @@ pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, Cl
     if let Some(login) = &common.login_url {
         builder = builder.login_url(login.clone());
     }
-    if let Some(url) = common.fleet_redis.clone() {
+    // A ready token is the user's own: never shared through Redis (another user of the same
+    // Redis would get it). Only a client-credentials token is the fleet's.
+    let client_credentials = matches!(credentials(), Ok(Credentials::Client { .. }));
+    if let Some(url) = common.fleet_redis.clone().filter(|_| client_credentials) {
         // One token for the fleet: one fetch between the workers, and one more for all of them
         // when it expires or the API refuses it.
         let key = fleet_key(common, "token");
@@ -308,16 +311,19 @@ fn fleet_key(common: &Common, what: &str) -> String {
         .unwrap_or_default();
     let client = match credentials() {
         Ok(Credentials::Client { id, .. }) => id,
-        _ => "token".to_owned(),
+        // The quota of a ready token is its own: keyed by a hash of it, never the token.
+        Ok(Credentials::Token(token)) => format!("token-{:016x}", fnv1a(token.as_bytes())),
+        Err(_) => "none".to_owned(),
     };
     format!("gcx:{what}:{api}:{client}")
 }
 
-/// A Redis URL without its password, for messages.
+/// A Redis URL without its user and password, for messages.
 fn redact_url(url: &str) -> String {
-    match url.split_once('@') {
-        Some((_, host)) => format!("redis://…@{host}"),
-        None => url.to_owned(),
+    // The credentials end at the last `@` before the host (a password may hold an `@`).
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://…@{}", &url[at + 1..]),
+        _ => url.to_owned(),
     }
 }
 

@@ -126,8 +126,6 @@ struct Engine<'a> {
     progress: &'a Progress,
     journal: Option<JobJournal<'a>>,
     tally: Tally,
-    /// Units formed so far (every worker's), numbering them for `--shard`.
-    units: u64,
 }
 
 impl Engine<'_> {
@@ -317,7 +315,6 @@ pub(crate) async fn run<D: Deliver>(
             handle: journal.handle(),
         }),
         tally: Tally::default(),
-        units: 0,
     };
     let mut set: JoinSet<(Result<(), Undelivered>, Duration)> = JoinSet::new();
     let mut in_flight: HashMap<Id, Unit> = HashMap::new();
@@ -329,9 +326,8 @@ pub(crate) async fn run<D: Deliver>(
     let mut stopping = false;
     let mut grace_ends: Option<tokio::time::Instant> = None;
 
-    // Forms a unit: another worker's (--shard), not started (stopping), skipped (delivered
-    // earlier), listed as unknown, or sent. Every unit is numbered in input order, stopping or
-    // not, so that every worker numbers them alike.
+    // Forms a unit: not started (stopping), skipped (delivered earlier), listed as unknown, or
+    // sent.
     let dispatch = |engine: &mut Engine<'_>,
                     set: &mut JoinSet<_>,
                     in_flight: &mut HashMap<Id, Unit>,
@@ -341,12 +337,6 @@ pub(crate) async fn run<D: Deliver>(
         let Some(line) = metas.first().map(|m| m.line) else {
             return;
         };
-        let ordinal = engine.units;
-        engine.units += 1;
-        if options.shard.is_some_and(|shard| !shard.owns(ordinal)) {
-            engine.tally.other_shards += metas.len() as u64;
-            return;
-        }
         if stopping {
             for meta in &metas {
                 engine.not_started(meta);
@@ -476,9 +466,12 @@ pub(crate) async fn run<D: Deliver>(
                             dispatch(&mut engine, &mut set, &mut in_flight, items, metas, stopping);
                         }
                     }
-                    // An invalid line is reported by one worker: the one whose number is the
-                    // line's, modulo N.
+                    // With --shard I/N, a line is this worker's when its number modulo N is I,
+                    // whatever the chunk size: every worker splits the input alike.
                     Some(Input::Quarantined(q)) if options.shard.is_some_and(|s| !s.owns(q.line)) => {
+                        engine.tally.other_shards += 1;
+                    }
+                    Some(Input::Record(Record { meta, .. })) if options.shard.is_some_and(|s| !s.owns(meta.line)) => {
                         engine.tally.other_shards += 1;
                     }
                     Some(Input::Quarantined(q)) => {

@@ -52,9 +52,9 @@ const MIN_LIFETIME: Duration = Duration::from_secs(5);
 /// - one process takes a lock in Redis (`SET NX PX`) and fetches from the inner source; the
 ///   others wait for its token (polling every 50 ms, for at most the lock's lifetime).
 ///
-/// When Redis cannot be reached, or the fetching process does not store a token in time, the
-/// process fetches from its inner source itself and says so once in the log: a fleet never
-/// stalls on Redis.
+/// When Redis cannot be reached (or does not answer within 2 s), or the fetching process does
+/// not store a token in time, the process fetches from its inner source itself and says so once
+/// in the log: a fleet never stalls on Redis.
 ///
 /// The token is stored in Redis as it is (with its expiry), under the key you give: keep that
 /// Redis private, as you would the client secret. It never reaches a log or `Debug` output.
@@ -92,7 +92,7 @@ impl<S: TokenSource> RedisTokenCache<S> {
         let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
@@ -113,7 +113,7 @@ impl<S: TokenSource> RedisTokenCache<S> {
             lock_key: Arc::from(format!("{key}:fetching")),
             key: Arc::from(key),
             lock_ttl: Duration::from_secs(10),
-            timeout: Duration::from_millis(500),
+            timeout: Duration::from_secs(2),
             last: Mutex::new(None),
             degraded: AtomicBool::new(false),
         }
@@ -205,10 +205,16 @@ impl<S: TokenSource> RedisTokenCache<S> {
                 tracing::warn!(error = %e, "shared token not stored: the others fetch their own");
             }
         }
+        self.unlock(lock_id).await;
+        token
+    }
+
+    /// Lets the fetch lock go, if it is still ours (it expires on its own otherwise).
+    async fn unlock(&self, lock_id: &str) {
+        let mut conn = self.conn.clone();
         let mut unlock = UNLOCK.key(&*self.lock_key);
         unlock.arg(lock_id);
         let _ = self.bounded(unlock.invoke_async::<i64>(&mut conn)).await;
-        token
     }
 
     async fn fetch_shared(&self) -> Result<Result<Token, BoxError>, BoxError> {
@@ -227,6 +233,12 @@ impl<S: TokenSource> RedisTokenCache<S> {
                 .arg(millis(self.lock_ttl));
             let locked: Option<String> = self.bounded(lock.query_async(&mut conn)).await?;
             if locked.is_some() {
+                // Another process may have stored a token and let the lock go between our look
+                // and our lock: look again before fetching.
+                if let Some(token) = self.read().await? {
+                    self.unlock(&lock_id).await;
+                    return Ok(Ok(token));
+                }
                 return Ok(self.fetch_for_the_fleet(&lock_id).await);
             }
             if Instant::now() >= deadline {

@@ -46,7 +46,8 @@ return start - now
     )
 });
 
-/// Holds the whole fleet until `now + ARGV[1]` µs (a 429's hint), never shortening a hold.
+/// Holds the whole fleet until `now + ARGV[1]` µs (a 429's hint), never shortening a hold or
+/// the key's life (reservations may run further ahead than an hour).
 static HOLD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -55,7 +56,8 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local hold = now + tonumber(ARGV[1])
 local current = tonumber(redis.call('HGET', KEYS[1], 'hold_until') or '0') or 0
 if hold > current then redis.call('HSET', KEYS[1], 'hold_until', string.format('%.0f', hold)) end
-redis.call('PEXPIRE', KEYS[1], 3600000 + math.ceil(tonumber(ARGV[1]) / 1000))
+local ttl = 3600000 + math.ceil(tonumber(ARGV[1]) / 1000)
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
 ",
     )
@@ -68,7 +70,8 @@ static LEARN: LazyLock<Script> = LazyLock::new(|| {
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('HSET', KEYS[1], 'interval', ARGV[1], 'interval_until', string.format('%.0f', now + tonumber(ARGV[2])))
-redis.call('PEXPIRE', KEYS[1], 3600000 + math.ceil(tonumber(ARGV[2]) / 1000))
+local ttl = 3600000 + math.ceil(tonumber(ARGV[2]) / 1000)
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
 ",
     )
@@ -76,6 +79,11 @@ return 1
 
 /// The share of the quota a fleet aims at by default.
 const DEFAULT_HEADROOM: f64 = 0.95;
+
+/// The longest interval between two starts a configured rate can ask for.
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// The longest interval learned from a response's quota policy.
+const MAX_LEARNED_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a quota learned from headers is applied before the configured one is trusted again.
 const LEARNED_FOR: Duration = Duration::from_secs(3600);
@@ -242,8 +250,9 @@ impl RedisPacer {
     /// The interval between two starts of the fleet, in µs (at least 1), within the headroom.
     fn interval_us(&self) -> u64 {
         let exact = micros(self.rate.window) / self.rate.requests.max(1);
-        // At least 0.1, so at most ten times the exact interval: no overflow.
-        (exact as f64 / self.headroom) as u64
+        // At least 0.1, so at most ten times the exact interval; capped, so that the scripts'
+        // sums stay exact integers.
+        ((exact as f64 / self.headroom) as u64).clamp(1, micros(MAX_INTERVAL))
     }
 
     async fn acquire_shared(&self) -> Result<Duration, BoxError> {
@@ -341,7 +350,10 @@ impl SharedPacer for RedisPacer {
             .iter()
             .filter(|p| p.quota > 0 && !p.window.is_zero())
             .map(|p| ((micros(p.window) / p.quota) as f64 / self.headroom) as u64)
-            .max();
+            .max()
+            // A daily quota is not paced request by request (that would stall the fleet for
+            // hours between two starts): such policies are left to the 429s and their holds.
+            .filter(|&i| i <= micros(MAX_LEARNED_INTERVAL));
         if let Some(interval) = slowest.filter(|&i| i > self.interval_us())
             && self.learned.swap(interval, Ordering::Relaxed) != interval
         {

@@ -55,14 +55,17 @@ return {'acquired', epoch, clock, ''}
 });
 
 /// Extends our lease, or puts our claim back if the record is gone (Redis lost it while we
-/// worked: nobody else holds the key, and we are still at work).
+/// worked: nobody else holds the key, and we are still at work). A renewal that reaches Redis
+/// after its deadline (it waited in a paused server) does nothing: its owner may be done.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local record = redis.call('GET', KEYS[1])
-if record and string.sub(record, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = tonumber(ARGV[4])
+if deadline > 0 and now > deadline then return 0 end
+local record = redis.call('GET', KEYS[1])
+if record and string.sub(record, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
 local lease = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1] .. string.format('%.0f', now + lease), 'PX', lease + tonumber(ARGV[3]))
 return 1
@@ -167,6 +170,16 @@ struct State {
     offset_known: AtomicBool,
 }
 
+impl State {
+    fn new() -> Self {
+        State {
+            epoch: Mutex::new(String::new()),
+            offset_ms: AtomicI64::new(0),
+            offset_known: AtomicBool::new(false),
+        }
+    }
+}
+
 impl RedisStore {
     /// A store over the Redis at `url` (`redis://host:port/db`), connecting lazily: building it
     /// never fails because Redis is down; calls do. Call it inside a Tokio runtime.
@@ -205,11 +218,7 @@ impl RedisStore {
             prefix: Arc::from("idempotency:"),
             poll_interval: Duration::from_millis(25),
             loss_quarantine: DEFAULT_LOSS_QUARANTINE,
-            state: Arc::new(State {
-                epoch: Mutex::new(String::new()),
-                offset_ms: AtomicI64::new(0),
-                offset_known: AtomicBool::new(false),
-            }),
+            state: Arc::new(State::new()),
         }
     }
 
@@ -218,6 +227,8 @@ impl RedisStore {
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Arc::from(prefix.into());
+        // Another prefix has an epoch of its own: what this store learned does not apply.
+        self.state = Arc::new(State::new());
         self
     }
 
@@ -397,9 +408,20 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// The longest duration sent to Redis: a hundred years, so that sums in the scripts stay exact
+/// integers and `PX` stays valid however long a retention the caller asks for.
+const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 fn millis(d: Duration) -> u64 {
     // PX 0 is an error in Redis; a lock of less than a millisecond is one millisecond.
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(d.min(LONGEST).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Like [`millis`], zero allowed.
+fn millis_or_zero(d: Duration) -> u64 {
+    u64::try_from(d.min(LONGEST).as_millis()).unwrap_or(u64::MAX)
 }
 
 fn unix_ms(t: SystemTime) -> i64 {
@@ -476,11 +498,11 @@ impl IdempotencyStore for RedisStore {
                 .key(self.epoch_key())
                 .arg(lock_prefix(&token))
                 .arg(millis(options.lease()))
-                .arg(u64::try_from(options.hold().as_millis()).unwrap_or(u64::MAX))
+                .arg(millis_or_zero(options.hold()))
                 .arg(self.redis_deadline(options.deadline()))
                 .arg(self.known_epoch())
                 .arg(uuid::Uuid::new_v4().simple().to_string())
-                .arg(u64::try_from(self.loss_quarantine.as_millis()).unwrap_or(u64::MAX))
+                .arg(millis_or_zero(self.loss_quarantine))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(redis_error)?;
@@ -515,7 +537,8 @@ impl IdempotencyStore for RedisStore {
                 .key(self.redis_key(key))
                 .arg(lock_prefix(token))
                 .arg(millis(options.lease()))
-                .arg(u64::try_from(options.hold().as_millis()).unwrap_or(u64::MAX))
+                .arg(millis_or_zero(options.hold()))
+                .arg(self.redis_deadline(options.deadline()))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(redis_error)?;

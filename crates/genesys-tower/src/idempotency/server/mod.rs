@@ -55,9 +55,11 @@
 //! A response the store could not take (the connection to Redis dropped as it was stored) is
 //! still given to the caller, and kept in memory to be stored when the store answers again,
 //! retried with backoff for 15 minutes (at most 256 such responses at once); once it lands,
-//! repeats get it as a replay. A claim that reaches the store after half the store timeout (a
-//! Redis that was paused runs its queued commands when it resumes) locks nothing, so a key is
-//! never held by a request that was already answered 503.
+//! repeats get it as a replay. A claim or a renewal that reaches the store after half the store
+//! timeout (a Redis that was paused runs its queued commands when it resumes) does nothing, so a
+//! request answered 503 leaves no lock behind; the one exception is a claim made just in time
+//! whose answer then takes longer than the other half to come back, which leaves its key in
+//! flight, then "outcome unknown", though its handler never ran.
 //!
 //! # Example
 //!
