@@ -159,6 +159,8 @@ pub mod idempotency;
 pub mod metrics;
 pub mod read_body;
 mod reason;
+#[cfg(feature = "redis")]
+mod redis_conn;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;

@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 use super::token::{Token, TokenSource};
@@ -86,17 +86,8 @@ impl<S: TokenSource> RedisTokenCache<S> {
     /// A cache of `inner`'s token under `key` in the Redis at `url`, connecting lazily (building
     /// it never fails because Redis is down). Call it inside a Tokio runtime.
     pub fn open(url: &str, key: impl Into<String>, inner: S) -> Result<Self, BoxError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err("RedisTokenCache::open must be called inside a Tokio runtime".into());
-        }
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("redis: {e}"))?;
+        let conn =
+            crate::redis_conn::connect(url, "RedisTokenCache::open", Duration::from_secs(2))?;
         Ok(Self::from_connection_manager(conn, key, inner))
     }
 

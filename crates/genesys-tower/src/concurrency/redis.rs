@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use super::pacing::{Pacer, Rate};
 use super::shared::{AcquireFuture, SharedPacer};
@@ -149,17 +149,7 @@ impl RedisPacer {
         requests: u64,
         window: Duration,
     ) -> Result<Self, BoxError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err("RedisPacer::open must be called inside a Tokio runtime".into());
-        }
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("redis: {e}"))?;
+        let conn = crate::redis_conn::connect(url, "RedisPacer::open", Duration::from_secs(1))?;
         Self::from_connection_manager(conn, key, requests, window)
     }
 

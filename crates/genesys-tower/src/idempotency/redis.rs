@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use super::Fingerprint;
 use super::store::{
@@ -189,24 +189,12 @@ impl RedisStore {
     ///
     /// [`durability`]: RedisStore::durability
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        // The connection manager spawns its task at once: say so rather than panic.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Err(StoreError::new(
-                "RedisStore::open must be called inside a Tokio runtime",
-            ));
-        };
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::new(format!("invalid Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::new(format!("redis: {e}")))?;
+        let conn = crate::redis_conn::connect(url, "RedisStore::open", Duration::from_secs(2))
+            .map_err(StoreError::new)?;
         let store = Self::from_connection_manager(conn);
         let checked = store.clone();
-        runtime.spawn(async move { checked.warn_if_not_durable().await });
+        // `connect` checked that a runtime is there.
+        tokio::spawn(async move { checked.warn_if_not_durable().await });
         Ok(store)
     }
 
