@@ -8,17 +8,15 @@ use tokio::sync::mpsc;
 
 use crate::cli::Common;
 use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK};
+use crate::fleet::Fleet;
 use crate::input::{Format, Parse, Source};
-use crate::job::{self, Deliver, Options};
+use crate::job::Deliver;
 use crate::journal::{JobSpec, Journal, OpenMode};
-use crate::progress::Progress;
-use crate::report::{Pace, Report, ReportFile, Verdict};
+use crate::passes::{FleetJob, Passes};
+use crate::report::{FleetReport, Pace, Report, ReportFile, Verdict};
 use crate::sinks::{Sinks, check_distinct};
 use crate::tally::Tally;
 use crate::telemetry::StackMetrics;
-
-/// How many records the reader may run ahead of the senders, per unit in flight.
-const READ_AHEAD_UNITS: usize = 2;
 
 /// An input, checked: the file opened (and its CSV header checked), the output files and the
 /// journal opened, all before anything is sent.
@@ -30,6 +28,8 @@ pub(crate) struct Prepared<P> {
     pub(crate) input: std::path::PathBuf,
     pub(crate) journal: Option<Journal>,
     pub(crate) report: Option<ReportFile>,
+    /// A fleet job (`--fleet-redis` with `--shard`): its journals are opened per shard.
+    pub(crate) fleet: Option<FleetJob>,
 }
 
 /// Which job a run is, for its journal.
@@ -45,9 +45,9 @@ pub(crate) struct JobKind<'a> {
     pub(crate) journaled: bool,
 }
 
-/// Opens `input` for `parser`, the output files and the journal, or says why not (exit 2).
-/// Nothing is sent before this has succeeded.
-pub(crate) fn prepare<P: Parse>(
+/// Opens `input` for `parser`, the fleet job's record, the output files and the journal, or
+/// says why not (exit 2). Nothing is sent before this has succeeded.
+pub(crate) async fn prepare<P: Parse>(
     common: &Common,
     input: &Path,
     format: Format,
@@ -66,12 +66,42 @@ pub(crate) fn prepare<P: Parse>(
             check_distinct(input, path, flag)?;
         }
     }
+    let fleet = match (&common.fleet_redis, common.shard) {
+        (Some(url), Some(shard)) if kind.journaled => {
+            if common.no_journal {
+                return Err(CliError::usage(
+                    "a fleet job (--fleet-redis with --shard) keeps a journal: drop --no-journal",
+                ));
+            }
+            let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?;
+            let key = format!(
+                "{}:{}",
+                crate::deliver::fleet_key(common, "job"),
+                spec.fleet_identity()
+            );
+            let lease = common
+                .fleet_lease
+                .map_or(crate::fleet::DEFAULT_LEASE, std::time::Duration::from_secs);
+            let fleet = Fleet::open(url, key, shard.count, common.fresh, lease)
+                .await
+                .map_err(|e| {
+                    CliError::usage(format!(
+                        "--fleet-redis {}: {e}; a fleet job keeps its state in Redis (nothing \
+                         was sent)",
+                        crate::deliver::redact_url(url)
+                    ))
+                })?;
+            let spec = spec.with_job(fleet.job());
+            Some(FleetJob { fleet, spec, shard })
+        }
+        _ => None,
+    };
     let report = common
         .report
         .as_deref()
         .map(ReportFile::create)
         .transpose()?;
-    let journal = if kind.journaled && !common.no_journal {
+    let journal = if kind.journaled && !common.no_journal && fleet.is_none() {
         let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?
             .with_shard(common.shard);
         let (path, mode) = match &common.journal {
@@ -121,6 +151,7 @@ pub(crate) fn prepare<P: Parse>(
         input: input.to_owned(),
         journal,
         report,
+        fleet,
     })
 }
 
@@ -174,9 +205,11 @@ pub(crate) struct Ran {
     pub(crate) tally: Tally,
     pub(crate) journal: Option<Journal>,
     pub(crate) report: Option<ReportFile>,
+    /// A fleet worker's part, and its own shard's journal (closed already).
+    pub(crate) fleet: Option<(FleetReport, Option<std::path::PathBuf>)>,
 }
 
-/// Runs a prepared job.
+/// Runs a prepared job: one pass over the input, or a fleet worker's passes.
 pub(crate) async fn execute<P, D>(
     common: &Common,
     prepared: Prepared<P>,
@@ -189,53 +222,57 @@ where
     P: Parse,
     D: Deliver<Item = P::Item>,
 {
-    let concurrency = common.concurrency();
-    let progress = Progress::new(common.quiet, None);
-    // Counting lines costs a read of the file: only worth it for a bar on a terminal.
-    let counted = if !progress.is_bar() || matches!(prepared.source.format(), Format::Json) {
-        None
-    } else {
-        let path = prepared.input.clone();
-        Some(tokio::task::spawn_blocking(move || {
-            crate::input::count_lines(&path)
-        }))
-    };
     let Prepared {
         parser,
         source,
         mut sinks,
-        input: _,
+        input,
         journal,
         report,
+        fleet,
     } = prepared;
-    let has_header = source.header().is_some();
-    let rx = source.stream(parser, concurrency * chunk_size * READ_AHEAD_UNITS);
-    if let Some(counted) = counted
-        && let Ok(Some(lines)) = counted.await
-    {
-        progress.set_total(lines.saturating_sub(u64::from(has_header)));
-    }
-    let tally = job::run(
+    let passes = Passes {
+        common,
+        parser,
+        input: &input,
+        format: source.format(),
         deliver,
-        rx,
-        interrupts,
-        &mut sinks,
-        &progress,
-        journal.as_ref(),
-        Options {
-            concurrency,
-            chunk_size,
-            retry_unknown,
-            grace: genesys_client::builder::DEFAULT_ATTEMPT_TIMEOUT,
-            shard: common.shard,
-        },
-    )
-    .await;
-    progress.finish();
-    Ran {
-        tally,
-        journal,
-        report,
+        chunk_size,
+        retry_unknown,
+    };
+    match fleet {
+        None => {
+            let tally = passes
+                .one(
+                    source,
+                    &mut sinks,
+                    journal.as_ref(),
+                    common.shard,
+                    interrupts,
+                )
+                .await;
+            Ran {
+                tally,
+                journal,
+                report,
+                fleet: None,
+            }
+        }
+        Some(job) => {
+            let ran = passes.fleet(&job, source, &mut sinks, interrupts).await;
+            let mut tally = ran.tally;
+            if let Err(e) = sinks.flush()
+                && tally.output_error.is_none()
+            {
+                tally.output_error = Some(format!("writing an output file failed: {e}"));
+            }
+            Ran {
+                tally,
+                journal: None,
+                report,
+                fleet: Some((ran.report, ran.journal)),
+            }
+        }
     }
 }
 
@@ -254,8 +291,13 @@ pub(crate) async fn finish(
         mut tally,
         journal,
         report: report_file,
+        fleet,
     } = ran;
-    let journal_path = journal.as_ref().map(|j| j.path.clone());
+    let (fleet, fleet_journal) = fleet.unzip();
+    let journal_path = journal
+        .as_ref()
+        .map(|j| j.path.clone())
+        .or(fleet_journal.flatten());
     if let Some(j) = journal {
         let status = if tally.complete() {
             "complete"
@@ -288,6 +330,7 @@ pub(crate) async fn finish(
         report = report.with_verdict(v);
     }
     report.pace = pace;
+    report.fleet = fleet;
     report.routes = routes;
     if let Some(file) = report_file
         && let Err(e) = file.commit(&report)

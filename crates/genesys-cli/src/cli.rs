@@ -77,10 +77,18 @@ pub(crate) struct Common {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) fleet_size: Option<u32>,
 
+    /// With --fleet-redis and --shard: how long a worker's hold on its shard lasts without a
+    /// renewal, in seconds (default 30); past it, another worker takes the shard over.
+    #[arg(long, global = true, value_name = "SECS", hide = true, requires = "fleet_redis",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) fleet_lease: Option<u64>,
+
     /// Take only this worker's share of the input: the records whose line number modulo N is
     /// I (I from 0 to N-1), so that N workers started with 0/N to (N-1)/N on the same input
     /// deliver each record exactly once between them. Each worker keeps its own journal;
-    /// resume a worker with the same command and the same I/N.
+    /// resume a worker with the same command and the same I/N. With --fleet-redis, the workers
+    /// are one job: each holds its shard by a lease in Redis, records every unit's state there,
+    /// and stays until every shard is processed, taking over the shard of a worker that died.
     #[arg(long, global = true, value_name = "I/N", value_parser = parse_shard)]
     pub(crate) shard: Option<Shard>,
 

@@ -302,7 +302,7 @@ pub(crate) fn show_config(common: &Common) -> Result<u8, CliError> {
 
 /// The Redis key the fleet shares its `what` (pacing, token) under: the API and the OAuth
 /// client, whose quota and token it is (no secret in it).
-fn fleet_key(common: &Common, what: &str) -> String {
+pub(crate) fn fleet_key(common: &Common, what: &str) -> String {
     let api = common
         .base_url
         .clone()
@@ -319,7 +319,7 @@ fn fleet_key(common: &Common, what: &str) -> String {
 }
 
 /// A Redis URL without its user and password, for messages.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     // The credentials end at the last `@` before the host (a password may hold an `@`).
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://…@{}", &url[at + 1..]),

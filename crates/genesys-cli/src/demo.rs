@@ -183,6 +183,7 @@ pub(crate) async fn run(
         tally,
         journal: None,
         report: report_file,
+        fleet: None,
     };
     let code = app::finish(
         common,

@@ -243,6 +243,18 @@ impl Engine<'_> {
         true
     }
 
+    /// True once the journal's fleet lease no longer surely holds (it stays so for the pass).
+    fn fenced(&mut self) -> bool {
+        if !self.tally.fenced && self.journal.as_ref().is_some_and(|j| !j.journal.holds()) {
+            self.tally.fenced = true;
+            self.progress.note(
+                "this worker's hold on its shard lapsed (paused, or cut off from Redis): the \
+                 rest of the shard is left to the worker that takes it over",
+            );
+        }
+        self.tally.fenced
+    }
+
     fn tick(&self) {
         self.progress.update(&self.tally);
     }
@@ -341,6 +353,11 @@ pub(crate) async fn run<D: Deliver>(
             for meta in &metas {
                 engine.not_started(meta);
             }
+            return;
+        }
+        if engine.fenced() {
+            // A fleet shard whose lease no longer surely holds: another worker has it.
+            engine.tally.other_shards += metas.len() as u64;
             return;
         }
         match decide::<D>(engine.journal.as_ref(), line, options.retry_unknown) {
@@ -472,6 +489,9 @@ pub(crate) async fn run<D: Deliver>(
                         engine.tally.other_shards += 1;
                     }
                     Some(Input::Record(Record { meta, .. })) if options.shard.is_some_and(|s| !s.owns(meta.line)) => {
+                        engine.tally.other_shards += 1;
+                    }
+                    Some(Input::Quarantined(_)) if engine.fenced() => {
                         engine.tally.other_shards += 1;
                     }
                     Some(Input::Quarantined(q)) => {

@@ -79,6 +79,9 @@ pub(crate) struct JobSpec {
     pub(crate) action_id: Option<String>,
     pub(crate) chunk_size: u64,
     pub(crate) shard: Option<Shard>,
+    /// The job's id when it is given (a fleet job's, shared through Redis); else each new
+    /// journal makes one.
+    pub(crate) job: Option<String>,
 }
 
 impl JobSpec {
@@ -86,6 +89,26 @@ impl JobSpec {
     pub(crate) fn with_shard(mut self, shard: Option<Shard>) -> Self {
         self.shard = shard;
         self
+    }
+
+    /// The same job under the id the fleet shares.
+    pub(crate) fn with_job(mut self, job: &str) -> Self {
+        self.job = Some(job.to_owned());
+        self
+    }
+
+    /// The fleet job's identity: the command, the input's content, the action and the chunk
+    /// size (not the path, which differs between machines; not the shard).
+    pub(crate) fn fleet_identity(&self) -> String {
+        let identity = format!(
+            "{}|{}|{}|{}|{}",
+            self.command,
+            self.input_hash,
+            self.input_bytes,
+            self.action_id.as_deref().unwrap_or(""),
+            self.chunk_size
+        );
+        format!("{:016x}", fnv1a(identity.as_bytes()))
     }
 
     /// Describes the job on `input`, hashing its content (read once, in blocks).
@@ -109,6 +132,7 @@ impl JobSpec {
             action_id: action_id.map(str::to_owned),
             chunk_size: chunk_size as u64,
             shard: None,
+            job: None,
         })
     }
 
@@ -134,7 +158,10 @@ impl JobSpec {
             action_id: self.action_id.clone(),
             chunk_size: self.chunk_size,
             shard: self.shard.map(|s| s.to_string()),
-            job: format!("{:016x}", fnv1a(seed.as_bytes())),
+            job: self
+                .job
+                .clone()
+                .unwrap_or_else(|| format!("{:016x}", fnv1a(seed.as_bytes()))),
         }
     }
 
@@ -176,6 +203,13 @@ impl JobSpec {
                 "--shard (journal: {}, now: {})",
                 header.shard.as_deref().unwrap_or("none"),
                 shard.as_deref().unwrap_or("none")
+            ));
+        }
+        if let Some(job) = self.job.as_deref().filter(|j| *j != header.job) {
+            out.push(format!(
+                "the fleet job (journal: {}, now: {job}; the job's record in Redis was started \
+                 over, or lost)",
+                header.job
             ));
         }
         out
@@ -228,7 +262,8 @@ pub(crate) enum UnitState {
 }
 
 impl UnitState {
-    fn code(self) -> u8 {
+    /// The state's code in the fleet's record.
+    pub(crate) fn code(self) -> u8 {
         match self {
             UnitState::New => 0,
             UnitState::Started => 1,
@@ -278,6 +313,33 @@ impl Past {
         self.existed
     }
 
+    /// Adds what the fleet recorded for the unit at `line` (state `code`) to what this
+    /// machine's journal says. Where they differ, the more cautious wins: delivered, then
+    /// possibly applied (started, unknown), then failed for sure, then never started.
+    pub(crate) fn overlay(&mut self, line: u64, code: u8, max_line: u64) {
+        fn rank(s: UnitState) -> u8 {
+            match s {
+                UnitState::New => 0,
+                UnitState::Failed => 1,
+                UnitState::Started | UnitState::Unknown => 2,
+                UnitState::Done => 3,
+            }
+        }
+        let theirs = UnitState::from_code(code);
+        let mine = self.state(line);
+        if rank(theirs) > rank(mine)
+            && self.set(line, theirs, max_line).is_ok()
+            && theirs == UnitState::Done
+        {
+            self.done_units += 1;
+        }
+    }
+
+    /// Another worker may have applied part of this job: resolve before applying.
+    pub(crate) fn mark_resumed(&mut self) {
+        self.existed = true;
+    }
+
     fn set(&mut self, line: u64, state: UnitState, max_line: u64) -> Result<(), String> {
         if line == 0 || line > max_line {
             return Err(format!("line {line} is outside the input (1..={max_line})"));
@@ -320,6 +382,8 @@ pub(crate) struct Journal {
     pub(crate) past: Past,
     handle: JournalHandle,
     thread: Option<JoinHandle<()>>,
+    /// A fleet shard's lease, when the journal is one shard's of a fleet job.
+    fence: Option<crate::fleet::Fence>,
 }
 
 mod writer;
@@ -349,7 +413,13 @@ impl Journal {
             Ok(_) => true,
             Err(_) => false,
         };
-        if exists && mode != OpenMode::Fresh {
+        // A fleet job's default journal of an earlier job (finished, or given up) starts over;
+        // one that did not finish is refused by `read`, which names what differs.
+        let stale = exists
+            && mode == OpenMode::ResumeUnfinished
+            && spec.job.is_some()
+            && peek(path).is_some_and(|(job, complete)| complete && Some(job) != spec.job);
+        if exists && mode != OpenMode::Fresh && !stale {
             let (header, mut past, good_len) = read(path, spec)?;
             past.existed = true;
             let complete = past.last_end.as_deref() == Some("complete");
@@ -389,7 +459,10 @@ impl Journal {
             .name("gcx-journal".into())
             .spawn(move || writer(file, &thread_shared))
             .ok();
-        let handle = JournalHandle { shared };
+        let handle = JournalHandle {
+            shared,
+            mirror: None,
+        };
         if thread.is_none() {
             let _ = handle
                 .shared
@@ -409,6 +482,7 @@ impl Journal {
             past,
             handle,
             thread,
+            fence: None,
         }
     }
 
@@ -422,6 +496,18 @@ impl Journal {
         if created {
             let _ = std::fs::remove_file(&path);
         }
+    }
+
+    /// Binds the journal to a fleet shard's lease: every unit's state is mirrored to the
+    /// fleet's record as well, and units are sent only while `fence` holds.
+    pub(crate) fn lease_to(&mut self, mirror: crate::fleet::Mirror, fence: crate::fleet::Fence) {
+        self.handle.mirror = Some(mirror);
+        self.fence = Some(fence);
+    }
+
+    /// False once a fleet shard's lease no longer surely holds: nothing more may be sent.
+    pub(crate) fn holds(&self) -> bool {
+        self.fence.as_ref().is_none_or(crate::fleet::Fence::holds)
     }
 
     /// The handle to write entries with.
@@ -462,6 +548,41 @@ fn cannot(path: &Path, e: &dyn std::fmt::Display) -> CliError {
         "cannot write the journal {}: {e}; choose a writable path with --journal FILE",
         path.display()
     ))
+}
+
+/// A journal's job id; `None` when it cannot be read.
+pub(crate) fn peek_job(path: &Path) -> Option<String> {
+    peek(path).map(|(job, _)| job)
+}
+
+/// A journal's job id, and whether its last run completed; `None` when it cannot be read.
+fn peek(path: &Path) -> Option<(String, bool)> {
+    let file = File::open(path).ok()?;
+    let mut reader = BufReader::new(file);
+    let mut first = Vec::new();
+    (&mut reader)
+        .take(LINE_MAX)
+        .read_until(b'\n', &mut first)
+        .ok()?;
+    let header: Header = serde_json::from_slice(first.trim_ascii_end()).ok()?;
+    let mut complete = false;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(LINE_MAX).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if let Ok(entry) = serde_json::from_slice::<EntryIn>(line.trim_ascii_end()) {
+                    match entry.s.as_str() {
+                        "run" => complete = false,
+                        "end" => complete = entry.status.as_deref() == Some("complete"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Some((header.job, complete))
 }
 
 /// Reads a journal: its header (checked against `spec`), the units' states, and the length of
@@ -576,6 +697,12 @@ fn apply(past: &mut Past, entry: &EntryIn, max_line: u64) -> Result<(), String> 
 /// `~/.local/state/gcx/journals`; named after the command and the input, so that running the
 /// same command on the same file again finds it.
 pub(crate) fn default_path(spec: &JobSpec) -> Result<PathBuf, CliError> {
+    default_path_for(spec, false)
+}
+
+/// The default journal of a job, or (`takeover`) of this machine's takeover of another worker's
+/// shard: a file apart from the one that worker keeps if it runs on this machine too.
+pub(crate) fn default_path_for(spec: &JobSpec, takeover: bool) -> Result<PathBuf, CliError> {
     let dir = if let Some(d) = std::env::var_os("GCX_STATE_DIR").filter(|d| !d.is_empty()) {
         PathBuf::from(d)
     } else if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
@@ -606,6 +733,9 @@ pub(crate) fn default_path(spec: &JobSpec) -> Result<PathBuf, CliError> {
     // Each worker of a sharded job has a journal of its own.
     if let Some(shard) = spec.shard {
         identity.push_str(&format!("|shard {shard}"));
+    }
+    if takeover {
+        identity.push_str("|takeover");
     }
     let stem: String = spec
         .input

@@ -12,9 +12,11 @@ mod cli;
 mod deliver;
 mod demo;
 mod error;
+mod fleet;
 mod input;
 mod job;
 mod journal;
+mod passes;
 mod policy;
 mod progress;
 mod records;
@@ -149,7 +151,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 chunk_size: 1,
                 journaled: true,
             };
-            let mut prepared = app::prepare(common, &args.input, format, UserRecords, kind)?;
+            let mut prepared = app::prepare(common, &args.input, format, UserRecords, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
             let deliver = Arc::new(deliver::Users(client.clone()));
             let ran = app::execute(common, prepared, deliver, 1, false, app::interrupts()).await;
@@ -186,7 +188,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 chunk_size,
                 journaled: true,
             };
-            let mut prepared = app::prepare(common, &args.input, format, records, kind)?;
+            let mut prepared = app::prepare(common, &args.input, format, records, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
             let deliver = deliver::Ingest {
                 client: client.clone(),
@@ -231,7 +233,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 // One execution is one call with its own key: no job to resume.
                 journaled: format == Format::Jsonl,
             };
-            let mut prepared = app::prepare(common, input, format, ActionInputs, kind)?;
+            let mut prepared = app::prepare(common, input, format, ActionInputs, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
             let deliver = deliver::Actions {
                 client: client.clone(),

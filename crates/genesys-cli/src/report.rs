@@ -45,6 +45,9 @@ pub(crate) struct Report {
     /// The journal could not be written: a resume is not safe past the last entry on disk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) journal_error: Option<String>,
+    /// A fleet job's record could not be reached: the worker left the rest to the fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fleet_error: Option<String>,
     /// The job's journal: the same command resumes from it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) journal: Option<PathBuf>,
@@ -74,6 +77,10 @@ pub(crate) struct Report {
     /// The client-side pace the job ran at, and where it came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) pace: Option<Pace>,
+    /// A fleet job's record (`--fleet-redis` with `--shard`): which shards this worker
+    /// processed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fleet: Option<FleetReport>,
     /// What the HTTP stack did per route (calls and attempts by outcome, retries by reason,
     /// 429s, the calls' latency histogram), from the same metrics `--metrics-addr` serves.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -168,6 +175,23 @@ pub(crate) struct Pace {
     pub(crate) source: String,
 }
 
+/// A fleet worker's part in its job.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct FleetReport {
+    /// The fleet job's id (its units' idempotency keys derive from it).
+    pub(crate) job: String,
+    /// Shards the job is split in.
+    pub(crate) shards: u32,
+    /// This worker's own shard (`--shard I/N`).
+    pub(crate) shard: u32,
+    /// Shards this worker processed to the end: its own, and any it took over.
+    pub(crate) processed: Vec<u32>,
+    /// Of `processed`, the shards of other workers (theirs had stopped renewing their lease).
+    pub(crate) taken_over: Vec<u32>,
+    /// Every shard of the job was processed (by this worker or the others) when it ended.
+    pub(crate) job_complete: bool,
+}
+
 /// What the simulator's ledger says about a demo run.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Verdict {
@@ -251,6 +275,7 @@ impl Report {
             output_error: tally.output_error.clone(),
             journal_error: tally.journal_error.clone(),
             credentials_refused: tally.credentials_refused.clone(),
+            fleet_error: tally.fleet_error.clone(),
             journal: journal.map(Path::to_owned),
             failed_file: failed_file.map(Path::to_owned),
             unknown_file: unknown_file.map(Path::to_owned),
@@ -263,6 +288,7 @@ impl Report {
                 .quarantined
                 .saturating_sub(tally.quarantine.len() as u64),
             pace: None,
+            fleet: None,
             routes: Vec::new(),
             verdict: None,
         }
@@ -354,6 +380,34 @@ impl Report {
                 &mut s,
                 "pace",
                 format!("{} per {} s ({})", p.requests, p.window_s, p.source),
+            );
+        }
+        if let Some(f) = &self.fleet {
+            let list = |v: &[u32]| {
+                if v.is_empty() {
+                    return "none".to_owned();
+                }
+                v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            };
+            let taken = if f.taken_over.is_empty() {
+                String::new()
+            } else {
+                format!(", taken over: {}", list(&f.taken_over))
+            };
+            row(
+                &mut s,
+                "fleet job",
+                format!(
+                    "{} ({} shards; processed here: {}{taken}; job {})",
+                    f.job,
+                    f.shards,
+                    list(&f.processed),
+                    if f.job_complete {
+                        "complete"
+                    } else {
+                        "not complete"
+                    }
+                ),
             );
         }
         row(
@@ -457,6 +511,9 @@ impl Report {
         }
         if let Some(e) = &self.credentials_refused {
             let _ = writeln!(s, "  stopped: {e}");
+        }
+        if let Some(e) = &self.fleet_error {
+            let _ = writeln!(s, "  fleet error: {e}");
         }
         if let Some(e) = &self.journal_error {
             let _ = writeln!(

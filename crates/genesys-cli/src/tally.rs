@@ -75,6 +75,16 @@ impl Latencies {
         self.max
     }
 
+    /// Adds `other`'s latencies.
+    pub(crate) fn absorb(&mut self, other: &Latencies) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.total += other.total;
+        self.max = self.max.max(other.max);
+    }
+
     pub(crate) fn mean(&self) -> Duration {
         if self.count == 0 {
             Duration::ZERO
@@ -114,6 +124,12 @@ pub(crate) struct Tally {
     pub(crate) output_error: Option<String>,
     /// The journal could not be written.
     pub(crate) journal_error: Option<String>,
+    /// A fleet shard's lease lapsed during the pass: the rest of the shard was left to the
+    /// worker that took it over.
+    pub(crate) fenced: bool,
+    /// A fleet job's coordination failed (Redis unreachable past a lease): the worker left
+    /// the rest to the fleet.
+    pub(crate) fleet_error: Option<String>,
     /// The login host refused the credentials: the job stopped (exit 2).
     pub(crate) credentials_refused: Option<String>,
     pub(crate) failures: Vec<Failure>,
@@ -145,12 +161,92 @@ impl Tally {
             && self.output_error.is_none()
             && self.journal_error.is_none()
             && self.credentials_refused.is_none()
+            && self.fleet_error.is_none()
+    }
+
+    /// True when every record of the pass was settled: delivered, failed, unknown or
+    /// quarantined, with nothing left to do by another run.
+    pub(crate) fn settled(&self) -> bool {
+        self.not_started == 0
+            && !self.interrupted
+            && !self.fenced
+            && self.broken_input.is_none()
+            && self.output_error.is_none()
+            && self.journal_error.is_none()
+            && self.credentials_refused.is_none()
+    }
+
+    /// One tally of several passes over the same input, each with its own share (a fleet
+    /// worker's own shard and the shards it took over): a record counts once, as the pass that
+    /// handled it says, and records no pass handled count as the other workers'.
+    pub(crate) fn merge(passes: Vec<Tally>) -> Tally {
+        let mut out = Tally::default();
+        let mut records = 0;
+        let mut handled = 0u64;
+        for t in passes {
+            records = records.max(t.records());
+            handled += t.records() - t.other_shards;
+            out.delivered += t.delivered;
+            out.failed += t.failed;
+            out.quarantined += t.quarantined;
+            out.not_started += t.not_started;
+            out.unknown += t.unknown;
+            out.delivered_earlier += t.delivered_earlier;
+            out.requests += t.requests;
+            out.interrupted |= t.interrupted;
+            out.fenced |= t.fenced;
+            out.aborted_in_flight += t.aborted_in_flight;
+            out.broken_input = out.broken_input.or(t.broken_input);
+            out.output_error = out.output_error.or(t.output_error);
+            out.journal_error = out.journal_error.or(t.journal_error);
+            out.credentials_refused = out.credentials_refused.or(t.credentials_refused);
+            out.fleet_error = out.fleet_error.or(t.fleet_error);
+            for (list, more) in [
+                (&mut out.failures, t.failures),
+                (&mut out.unknowns, t.unknowns),
+            ] {
+                let room = LISTED_MAX.saturating_sub(list.len());
+                list.extend(more.into_iter().take(room));
+            }
+            let room = LISTED_MAX.saturating_sub(out.quarantine.len());
+            out.quarantine.extend(t.quarantine.into_iter().take(room));
+            out.latencies.absorb(&t.latencies);
+            out.elapsed += t.elapsed;
+        }
+        out.other_shards = records.saturating_sub(handled);
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passes_merge_into_one_count_per_record() {
+        // 10 records, 2 shards: this worker's own pass (5 delivered) and a takeover (4
+        // delivered, 1 failed), each reading the whole input.
+        let own = Tally {
+            delivered: 5,
+            other_shards: 5,
+            ..Tally::default()
+        };
+        let mut taken = Tally {
+            delivered: 4,
+            failed: 1,
+            other_shards: 5,
+            ..Tally::default()
+        };
+        taken.latencies.record(Duration::from_millis(3));
+        let merged = Tally::merge(vec![own, taken]);
+        assert_eq!(merged.records(), 10);
+        assert_eq!(
+            (merged.delivered, merged.failed, merged.other_shards),
+            (9, 1, 0)
+        );
+        assert_eq!(merged.latencies.max(), Duration::from_millis(3));
+        assert_eq!(Tally::merge(Vec::new()).records(), 0);
+    }
 
     #[test]
     fn latency_quantiles_are_close() {

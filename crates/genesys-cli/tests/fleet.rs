@@ -1,13 +1,14 @@
 //! A fleet of `gcx` workers on one job: three real processes split one input with `--shard I/N`
-//! and share one quota through a real Redis (`--fleet-redis`, `REDIS_URL`, default
-//! `redis://127.0.0.1:6379`), and one token, against a simulator whose quota is per OAuth
-//! client, across tokens. One worker is killed (SIGKILL) mid-job and resumed with the same command; the
-//! simulator's ledger shows every user patched exactly once.
+//! and share one quota, one token and the job's state through a real Redis (`--fleet-redis`,
+//! `REDIS_URL`, default `redis://127.0.0.1:6379`), against a simulator whose quota is per OAuth
+//! client, across tokens. One worker is killed (SIGKILL) mid-job and never restarted: another
+//! takes its shard over once its lease expires, and the simulator's ledger shows every user
+//! patched exactly once. A worker started again afterwards finds the job complete.
 
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use genesys_sim::Simulator;
@@ -17,8 +18,76 @@ fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// Users' updates with titles no earlier run of the test used: the fleet's record in Redis is
+/// keyed by the input's content.
+fn unique_lines(sim: &genesys_sim::SimHandle, n: usize) -> (String, Vec<(String, String)>) {
+    let nonce = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut out = String::new();
+    let mut wanted = Vec::new();
+    for (i, id) in sim.user_ids().into_iter().take(n).enumerate() {
+        let title = format!("Title {i} of run {nonce}");
+        out.push_str(&json!({"user_id": id, "updates": {"title": title}}).to_string());
+        out.push('\n');
+        wanted.push((id, title));
+    }
+    (out, wanted)
+}
+
+/// Worker `i` of 3 on `input`, holding its shard by a 2 s lease.
+fn worker(
+    sim: &genesys_sim::SimHandle,
+    input: &std::path::Path,
+    i: u32,
+    report: &std::path::Path,
+) -> std::process::Command {
+    let mut cmd = gcx(sim);
+    cmd.args([
+        "users",
+        "patch",
+        "--concurrency",
+        "4",
+        "--rate-limit",
+        "100/1",
+        "--fleet-lease",
+        "2",
+    ])
+    .args(["--shard", &format!("{i}/3"), "--fleet-redis", &redis_url()])
+    .arg("--input")
+    .arg(input)
+    .arg("--report")
+    .arg(report);
+    cmd
+}
+
+fn spawn(mut cmd: std::process::Command) -> std::process::Child {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the simulator's ledger holds `n` entries.
+async fn ledger_reaches(sim: &genesys_sim::SimHandle, n: usize) {
+    let start = Instant::now();
+    while sim.ledger_len() < n {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_workers_split_one_job_under_one_quota_and_a_killed_one_resumes_its_share() {
+async fn a_killed_workers_shard_is_taken_over_and_every_user_is_patched_once() {
     let n = 120;
     // 100 requests a second for the client, whatever its tokens: three workers each pacing at
     // 100 a second on their own would get hundreds of 429s.
@@ -26,41 +95,14 @@ async fn three_workers_split_one_job_under_one_quota_and_a_killed_one_resumes_it
         .await
         .unwrap();
     let d = dir("fleet");
-    let (lines, wanted) = user_lines(&sim, n);
+    let (lines, wanted) = unique_lines(&sim, n);
     let input = write(&d.join("users.jsonl"), lines.as_bytes());
-    let worker = |i: u32| {
-        let mut cmd = gcx(&sim);
-        cmd.args([
-            "users",
-            "patch",
-            "--concurrency",
-            "4",
-            "--rate-limit",
-            "100/1",
-        ])
-        .args(["--shard", &format!("{i}/3"), "--fleet-redis", &redis_url()])
-        .arg("--input")
-        .arg(&input)
-        .arg("--report")
-        .arg(d.join(format!("report-{i}.json")));
-        cmd
-    };
-
+    let worker = |i: u32, report: &str| worker(&sim, &input, i, &d.join(report));
     let mut children: Vec<_> = (0..3)
-        .map(|i| {
-            worker(i)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
+        .map(|i| spawn(worker(i, &format!("report-{i}.json"))))
         .collect();
-    // Worker 1 dies mid-job.
-    let start = Instant::now();
-    while sim.ledger_len() < 60 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Worker 1 dies mid-job, and is not restarted.
+    ledger_reaches(&sim, 60).await;
     children[1].kill().unwrap();
     assert_eq!(
         children[1].wait().unwrap().code(),
@@ -70,12 +112,10 @@ async fn three_workers_split_one_job_under_one_quota_and_a_killed_one_resumes_it
     for i in [0, 2] {
         assert_eq!(children[i].wait().unwrap().code(), Some(0), "worker {i}");
     }
-    // The same command resumes worker 1's share from its journal.
-    let out = worker(1).output().unwrap();
-    assert_exit(&out, 0);
 
     let mut delivered = 0;
-    for i in 0..3 {
+    let mut taken_over = Vec::new();
+    for i in [0, 2] {
         let report = read_json(&d.join(format!("report-{i}.json")));
         let c = &report["counts"];
         assert_eq!(c["records"], n, "worker {i}: {c}");
@@ -85,6 +125,13 @@ async fn three_workers_split_one_job_under_one_quota_and_a_killed_one_resumes_it
             "worker {i}: {c}"
         );
         delivered += c["delivered"].as_u64().unwrap();
+        let fleet = &report["fleet"];
+        assert_eq!(fleet["job_complete"], true, "worker {i}: {fleet}");
+        assert!(
+            fleet["processed"].as_array().unwrap().contains(&json!(i)),
+            "worker {i}: {fleet}"
+        );
+        taken_over.extend(fleet["taken_over"].as_array().unwrap().iter().cloned());
         assert!(
             report["pace"]["source"]
                 .as_str()
@@ -94,16 +141,121 @@ async fn three_workers_split_one_job_under_one_quota_and_a_killed_one_resumes_it
             report["pace"]
         );
     }
-    assert_eq!(delivered, n as u64, "the shares add up to the job");
+    assert_eq!(taken_over, vec![json!(1)], "one worker took shard 1 over");
+    assert_eq!(
+        delivered, n as u64,
+        "the two live workers account for the whole job"
+    );
     assert_eq!(
         sim.stats().tokens_issued,
         1,
-        "one token for the fleet, the resumed worker included"
+        "one token for the fleet, the taker included"
     );
-    for (id, title) in wanted {
-        assert_eq!(sim.user(&id).unwrap()["title"], json!(title));
-        assert_eq!(patches(&sim, &id), 1, "user {id} patched exactly once");
+    for (id, title) in &wanted {
+        assert_eq!(sim.user(id).unwrap()["title"], json!(title));
+        assert_eq!(patches(&sim, id), 1, "user {id} patched exactly once");
     }
+
+    // The dead worker started again: the job is complete, nothing is sent.
+    let responses = sim.stats().total_responses;
+    let out = worker(1, "report-late.json").output().unwrap();
+    assert_exit(&out, 0);
+    let report = read_json(&d.join("report-late.json"));
+    assert_eq!(report["fleet"]["job_complete"], true, "{report}");
+    assert_eq!(report["fleet"]["processed"], json!([]), "{report}");
+    assert_eq!(report["counts"]["requests"], 0, "{report}");
+    let sent = sim.stats().total_responses - responses;
+    // At most the start's limits read: no user read or patched.
+    assert!(sent <= 1, "a late worker sent {sent} requests");
+    for (id, _) in &wanted {
+        assert_eq!(patches(&sim, id), 1, "user {id} patched exactly once");
+    }
+}
+
+/// A worker paused (SIGSTOP) past its lease mid-job: another takes its shard over; woken, the
+/// paused worker sends nothing more of it, and no user is patched twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_paused_past_its_lease_sends_nothing_more_of_its_shard() {
+    let n = 120;
+    let sim = Simulator::spawn(config(n).client_rate_limit(Some((100, Duration::from_secs(1)))))
+        .await
+        .unwrap();
+    let d = dir("fleet_paused");
+    let (lines, wanted) = unique_lines(&sim, n);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let mut children: Vec<_> = (0..3)
+        .map(|i| spawn(worker(&sim, &input, i, &d.join(format!("report-{i}.json")))))
+        .collect();
+    ledger_reaches(&sim, 60).await;
+    signal(&children[1], "STOP");
+    // Past its 2 s lease, and past the time the others need to take its shard over.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    signal(&children[1], "CONT");
+    for (i, child) in children.iter_mut().enumerate() {
+        assert_eq!(child.wait().unwrap().code(), Some(0), "worker {i}");
+    }
+    let paused = read_json(&d.join("report-1.json"));
+    assert_eq!(paused["fleet"]["job_complete"], true, "{paused}");
+    assert!(
+        !paused["fleet"]["processed"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(1)),
+        "the paused worker did not finish its shard: {paused}"
+    );
+    // Woken, it left the rest of its shard (a third of the input) to the taker: it neither
+    // sent nor counted it.
+    let c = &paused["counts"];
+    assert_eq!(
+        c["delivered"].as_u64().unwrap() + c["other_shards"].as_u64().unwrap(),
+        n as u64,
+        "{c}"
+    );
+    assert!(c["delivered"].as_u64().unwrap() < n as u64 / 3, "{c}");
+    let taken: Vec<_> = [0, 2]
+        .iter()
+        .flat_map(|i| {
+            read_json(&d.join(format!("report-{i}.json")))["fleet"]["taken_over"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    assert_eq!(taken, vec![json!(1)], "one worker took shard 1 over");
+    for (id, title) in &wanted {
+        assert_eq!(sim.user(id).unwrap()["title"], json!(title));
+        assert_eq!(patches(&sim, id), 1, "user {id} patched exactly once");
+    }
+}
+
+/// A Redis that does not answer: a fleet job refuses to start (exit 2, nothing sent), rather
+/// than run without the job's shared state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_job_without_its_redis_sends_nothing() {
+    let sim = Simulator::spawn(config(2)).await.unwrap();
+    let d = dir("fleet_no_redis");
+    let (lines, _) = unique_lines(&sim, 2);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = gcx(&sim)
+        .args(["users", "patch", "--shard", "0/2", "--fleet-redis"])
+        .arg(format!("redis://127.0.0.1:{port}"))
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a fleet job keeps its state in Redis"),
+        "{stderr}"
+    );
+    assert_eq!(sim.stats().total_responses, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

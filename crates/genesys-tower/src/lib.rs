@@ -160,7 +160,8 @@ pub mod metrics;
 pub mod read_body;
 mod reason;
 #[cfg(feature = "redis")]
-mod redis_conn;
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis_conn;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;

@@ -1,5 +1,6 @@
 //! The Redis connection every Redis-backed piece opens (feature `redis`): the idempotency
-//! store, the fleet's pacer and its token cache.
+//! store, the fleet's pacer and its token cache. Public so that a program's own Redis work (a
+//! job's coordination, say) fails the same way: fast, with a timeout, never hanging.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 /// down; calls do), with a 1 s connect timeout, `response_timeout` per command, and one quick
 /// reconnection attempt. `opener` names the caller in the error when there is no Tokio runtime
 /// (the manager spawns its task at once: said, rather than a panic).
-pub(crate) fn connect(
+pub fn connect(
     url: &str,
     opener: &str,
     response_timeout: Duration,

@@ -109,3 +109,29 @@ fn an_entry_past_the_input_is_damage() {
     past.set(10, UnitState::Done, 10).unwrap();
     assert_eq!(past.state(10), UnitState::Done);
 }
+
+#[test]
+fn the_fleets_states_overlay_the_local_ones_the_more_cautious_winning() {
+    let mut past = Past::default();
+    let max = 10;
+    past.set(1, UnitState::Failed, max).unwrap();
+    past.set(2, UnitState::Done, max).unwrap();
+    past.done_units = 1;
+    past.set(3, UnitState::Started, max).unwrap();
+    // Another worker started line 1 after this one failed it: it may be applied.
+    past.overlay(1, UnitState::Started.code(), max);
+    // Delivered here stays delivered.
+    past.overlay(2, UnitState::Failed.code(), max);
+    // Delivered by the fleet wins over started here.
+    past.overlay(3, UnitState::Done.code(), max);
+    // Unknown here, nothing there: taken from the fleet.
+    past.overlay(4, UnitState::Unknown.code(), max);
+    // A line outside the input is ignored.
+    past.overlay(99, UnitState::Done.code(), max);
+    assert_eq!(past.state(1), UnitState::Started);
+    assert_eq!(past.state(2), UnitState::Done);
+    assert_eq!(past.state(3), UnitState::Done);
+    assert_eq!(past.state(4), UnitState::Unknown);
+    assert_eq!(past.state(99), UnitState::New);
+    assert_eq!(past.done_units, 2);
+}

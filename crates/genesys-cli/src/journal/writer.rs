@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{REASON_MAX, SYNC_EVERY};
+use super::{REASON_MAX, SYNC_EVERY, UnitState};
+use crate::fleet::Mirror;
 
 /// One journal line, as written.
 #[derive(Debug, Serialize)]
@@ -54,6 +55,8 @@ impl<'a> EntryOut<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct JournalHandle {
     pub(super) shared: Arc<Shared>,
+    /// A fleet job's record of unit states, written along with the journal.
+    pub(super) mirror: Option<Mirror>,
 }
 
 type Waiter = oneshot::Sender<Result<(), String>>;
@@ -111,6 +114,13 @@ impl JournalHandle {
         e.n = Some(records as u64);
         e.k = Some(key);
         self.send(&e);
+        self.mirror(line, UnitState::Started);
+    }
+
+    fn mirror(&self, line: u64, state: UnitState) {
+        if let Some(m) = &self.mirror {
+            m.set(line, state.code());
+        }
     }
 
     /// The user of the unit at `line` is patched with `version`.
@@ -123,6 +133,7 @@ impl JournalHandle {
     /// The unit at `line` was delivered.
     pub(crate) fn done(&self, line: u64) {
         self.send(&EntryOut::new(Some(line), "done"));
+        self.mirror(line, UnitState::Done);
     }
 
     /// The unit at `line` failed for sure: nothing was applied.
@@ -131,6 +142,7 @@ impl JournalHandle {
         let why = cut(why);
         e.why = Some(&why);
         self.send(&e);
+        self.mirror(line, UnitState::Failed);
     }
 
     /// The outcome of the unit at `line` is unknown.
@@ -139,9 +151,10 @@ impl JournalHandle {
         let why = cut(why);
         e.why = Some(&why);
         self.send(&e);
+        self.mirror(line, UnitState::Unknown);
     }
 
-    /// Waits until every entry sent so far is on disk.
+    /// Waits until every entry sent so far is on disk, and in a fleet job's record.
     pub(crate) async fn sync(&self) -> Result<(), String> {
         if let Some(e) = self.error() {
             return Err(e.to_owned());
@@ -149,8 +162,19 @@ impl JournalHandle {
         let rx = self
             .ask_sync(false)
             .ok_or_else(|| "the journal is closed".to_owned())?;
-        rx.await
-            .unwrap_or_else(|_| Err("the journal's writer stopped".into()))
+        let (disk, fleet) = tokio::join!(
+            async {
+                rx.await
+                    .unwrap_or_else(|_| Err("the journal's writer stopped".into()))
+            },
+            async {
+                match &self.mirror {
+                    Some(m) => m.flush().await,
+                    None => Ok(()),
+                }
+            }
+        );
+        disk.and(fleet)
     }
 
     /// The first error writing the journal, if any.
