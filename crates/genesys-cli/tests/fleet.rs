@@ -228,6 +228,104 @@ async fn a_worker_paused_past_its_lease_sends_nothing_more_of_its_shard() {
     }
 }
 
+/// Data actions are never executed twice (they do not deduplicate): a worker killed mid-job has
+/// its shard taken over, the actions it may have run are listed as unknown by the taker, never
+/// run again, and every action is executed once or listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_data_actions_are_taken_over_without_running_twice() {
+    let sim = Simulator::spawn(config(1).client_rate_limit(Some((100, Duration::from_secs(1)))))
+        .await
+        .unwrap();
+    let d = dir("fleet_actions");
+    let inputs = 240;
+    let nonce = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let lines: String = (0..inputs)
+        .map(|n| format!("{}\n", json!({ "n": n, "run": nonce.to_string() })))
+        .collect();
+    let input = write(&d.join("batch.jsonl"), lines.as_bytes());
+    let worker = |i: u32| {
+        let mut cmd = gcx(&sim);
+        cmd.args(["actions", "execute", "echo", "--concurrency", "4"])
+            .args(["--rate-limit", "100/1", "--fleet-lease", "2"])
+            .args(["--shard", &format!("{i}/3"), "--fleet-redis", &redis_url()])
+            .arg("--batch")
+            .arg(&input)
+            .arg("--unknown")
+            .arg(d.join(format!("unknown-{i}.jsonl")))
+            .arg("--report")
+            .arg(d.join(format!("report-{i}.json")));
+        cmd
+    };
+    let mut children: Vec<_> = (0..3).map(|i| spawn(worker(i))).collect();
+    ledger_reaches(&sim, inputs / 2).await;
+    children[1].kill().unwrap();
+    children[1].wait().unwrap();
+    let mut listed = std::collections::HashSet::new();
+    let mut taken = Vec::new();
+    for i in [0, 2] {
+        let code = children[i].wait().unwrap().code();
+        let report = read_json(&d.join(format!("report-{i}.json")));
+        taken.extend(report["fleet"]["taken_over"].as_array().unwrap().clone());
+        assert_eq!(
+            report["fleet"]["job_complete"], true,
+            "worker {i}: {report}"
+        );
+        let c = &report["counts"];
+        assert_eq!(c["failed"], 0, "worker {i}: {c}");
+        // Exit 1 only for the actions listed as unknown.
+        assert_eq!(
+            code,
+            Some(if c["unknown"] == 0 { 0 } else { 1 }),
+            "worker {i}: {c}"
+        );
+        let unknown = d.join(format!("unknown-{i}.jsonl"));
+        if unknown.exists() {
+            for v in jsonl(&unknown) {
+                listed.insert(v["n"].as_u64().unwrap() as usize);
+            }
+        }
+    }
+    assert_eq!(taken, vec![json!(1)], "one worker took shard 1 over");
+    let mut executed = vec![0usize; inputs];
+    for e in sim.ledger() {
+        if let Some(n) = (0..inputs).find(|n| {
+            e.payload_hash
+                == fnv1a(
+                    json!({ "n": n, "run": nonce.to_string() })
+                        .to_string()
+                        .as_bytes(),
+                )
+        }) {
+            executed[n] += 1;
+        }
+    }
+    for (n, times) in executed.iter().enumerate() {
+        assert!(*times <= 1, "action input {n} executed {times} times");
+        assert!(
+            *times == 1 || listed.contains(&n),
+            "action input {n} neither executed nor listed as unknown"
+        );
+    }
+    // Only the killed worker's actions in flight can be unknown.
+    assert!(
+        listed.len() <= 4,
+        "{} listed as unknown: {listed:?}",
+        listed.len()
+    );
+}
+
+fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// A Redis that does not answer: a fleet job refuses to start (exit 2, nothing sent), rather
 /// than run without the job's shared state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
