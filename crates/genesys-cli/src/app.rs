@@ -43,6 +43,8 @@ pub(crate) struct JobKind<'a> {
     pub(crate) chunk_size: usize,
     /// Whether the job keeps a journal (bulk jobs do; one execution does not).
     pub(crate) journaled: bool,
+    /// The hash of the records' schema (`ingest`): part of what the job is.
+    pub(crate) schema: Option<&'a str>,
 }
 
 /// Opens `input` for `parser`, the fleet job's record, the output files and the journal, or
@@ -73,7 +75,8 @@ pub(crate) async fn prepare<P: Parse>(
                     "a fleet job (--fleet-redis with --shard) keeps a journal: drop --no-journal",
                 ));
             }
-            let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?;
+            let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?
+                .with_schema(kind.schema.map(str::to_owned));
             let key = format!(
                 "{}:{}",
                 crate::deliver::fleet_key(common, "job"),
@@ -103,6 +106,7 @@ pub(crate) async fn prepare<P: Parse>(
         .transpose()?;
     let journal = if kind.journaled && !common.no_journal && fleet.is_none() {
         let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?
+            .with_schema(kind.schema.map(str::to_owned))
             .with_shard(common.shard);
         let (path, mode) = match &common.journal {
             Some(path) if common.fresh => (path.clone(), OpenMode::Fresh),

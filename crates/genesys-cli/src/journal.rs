@@ -62,6 +62,9 @@ pub(crate) struct Header {
     pub(crate) action_id: Option<String>,
     /// Records per unit.
     pub(crate) chunk_size: u64,
+    /// The hash of the records' schema, for `ingest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) schema: Option<String>,
     /// The worker's share of the input (`--shard I/N`), when sharded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) shard: Option<String>,
@@ -78,6 +81,8 @@ pub(crate) struct JobSpec {
     pub(crate) input_bytes: u64,
     pub(crate) action_id: Option<String>,
     pub(crate) chunk_size: u64,
+    /// The hash of the records' schema, for `ingest`.
+    pub(crate) schema: Option<String>,
     pub(crate) shard: Option<Shard>,
     /// The job's id when it is given (a fleet job's, shared through Redis); else each new
     /// journal makes one.
@@ -91,6 +96,12 @@ impl JobSpec {
         self
     }
 
+    /// The same job, its records checked against the schema of hash `schema`.
+    pub(crate) fn with_schema(mut self, schema: Option<String>) -> Self {
+        self.schema = schema;
+        self
+    }
+
     /// The same job under the id the fleet shares.
     pub(crate) fn with_job(mut self, job: &str) -> Self {
         self.job = Some(job.to_owned());
@@ -101,12 +112,13 @@ impl JobSpec {
     /// size (not the path, which differs between machines; not the shard).
     pub(crate) fn fleet_identity(&self) -> String {
         let identity = format!(
-            "{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}",
             self.command,
             self.input_hash,
             self.input_bytes,
             self.action_id.as_deref().unwrap_or(""),
-            self.chunk_size
+            self.chunk_size,
+            self.schema.as_deref().unwrap_or("")
         );
         format!("{:016x}", fnv1a(identity.as_bytes()))
     }
@@ -131,6 +143,7 @@ impl JobSpec {
             input_bytes,
             action_id: action_id.map(str::to_owned),
             chunk_size: chunk_size as u64,
+            schema: None,
             shard: None,
             job: None,
         })
@@ -157,6 +170,7 @@ impl JobSpec {
             input_bytes: self.input_bytes,
             action_id: self.action_id.clone(),
             chunk_size: self.chunk_size,
+            schema: self.schema.clone(),
             shard: self.shard.map(|s| s.to_string()),
             job: self
                 .job
@@ -195,6 +209,14 @@ impl JobSpec {
             out.push(format!(
                 "--chunk-size (journal: {}, now: {})",
                 header.chunk_size, self.chunk_size
+            ));
+        }
+        if header.schema != self.schema {
+            out.push(format!(
+                "the schema's content (journal: {}, now: {}; which records form each chunk \
+                 depends on it)",
+                header.schema.as_deref().unwrap_or("none"),
+                self.schema.as_deref().unwrap_or("none")
             ));
         }
         let shard = self.shard.map(|s| s.to_string());

@@ -150,6 +150,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 action_id: None,
                 chunk_size: 1,
                 journaled: true,
+                schema: None,
             };
             let mut prepared = app::prepare(common, &args.input, format, UserRecords, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
@@ -182,11 +183,13 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
             let records = IngestRecords::load(&args.schema)?;
             let format = Format::from_path(&args.input);
             let chunk_size = args.chunk_size as usize;
+            let schema = records.schema_hash();
             let kind = app::JobKind {
                 command: "ingest",
                 action_id: None,
                 chunk_size,
                 journaled: true,
+                schema: Some(&schema),
             };
             let mut prepared = app::prepare(common, &args.input, format, records, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
@@ -232,6 +235,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 chunk_size: 1,
                 // One execution is one call with its own key: no job to resume.
                 journaled: format == Format::Jsonl,
+                schema: None,
             };
             let mut prepared = app::prepare(common, input, format, ActionInputs, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;

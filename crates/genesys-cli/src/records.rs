@@ -202,6 +202,13 @@ impl IngestRecords {
         Ok(IngestRecords { schema, validator })
     }
 
+    /// A stable hash of the schema's content (whitespace aside): part of what a job is, since
+    /// it decides which records form each chunk.
+    pub(crate) fn schema_hash(&self) -> String {
+        let text = serde_json::to_string(&self.schema).unwrap_or_default();
+        format!("fnv1a64:{:016x}", crate::journal::fnv1a(text.as_bytes()))
+    }
+
     fn column_type(&self, column: &str) -> Option<&str> {
         self.schema
             .get("properties")?

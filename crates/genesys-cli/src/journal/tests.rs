@@ -87,7 +87,9 @@ async fn another_job_is_refused_with_what_differs() {
         .await
         .unwrap();
     std::fs::write(&input, "a\nb\n").unwrap();
-    let other = JobSpec::new("ingest", &input, None, 500).unwrap();
+    let other = JobSpec::new("ingest", &input, None, 500)
+        .unwrap()
+        .with_schema(Some("fnv1a64:0123".into()));
     let err = Journal::open(&path, &other, OpenMode::Resume).unwrap_err();
     let msg = err.to_string();
     assert_eq!(err.code(), 2);
@@ -95,6 +97,7 @@ async fn another_job_is_refused_with_what_differs() {
         "the command",
         "the input's content",
         "--chunk-size",
+        "the schema's content",
         "--fresh",
     ] {
         assert!(msg.contains(what), "{what}: {msg}");
