@@ -43,10 +43,17 @@ pub(crate) struct Common {
     #[arg(long, global = true, value_name = "URL")]
     pub(crate) login_url: Option<String>,
 
-    /// The stack's configuration (retry policy, limits, timeouts): a TOML file, or JSON by its
-    /// extension; see docs/configuration.md. Flags given on the command line win over it.
+    /// gcx's configuration: the stack's settings (retry policy, limits, timeouts) and named
+    /// profiles; a TOML file, or JSON by its extension; see docs/configuration.md. Default:
+    /// ~/.config/gcx/config.toml (under $XDG_CONFIG_HOME) when it exists. The environment and
+    /// the flags win over it.
     #[arg(long, global = true, value_name = "FILE", env = "GCX_CONFIG")]
     pub(crate) config: Option<PathBuf>,
+
+    /// Use the profile NAME of the configuration file ([profiles.NAME]): its region, its
+    /// credentials' source and its settings, over the file's own.
+    #[arg(long, global = true, value_name = "NAME", env = "GCX_PROFILE")]
+    pub(crate) profile: Option<String>,
 
     /// Requests in flight at once (default 8; 32 for the demo).
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]

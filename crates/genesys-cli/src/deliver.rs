@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use genesys_client::builder::DynTokenSource;
-use genesys_client::config::{Layered, Origin};
+use genesys_client::config::Origin;
 use genesys_client::{
     GenesysClient, GenesysClientBuilder, GenesysError, PacingSource, Region, UpdateUserOptions,
 };
@@ -21,6 +21,7 @@ use crate::job::{Deliver, Replay, Undelivered, UnitCtx};
 use crate::journal::fnv1a;
 use crate::records::UserUpdate;
 use crate::report::Pace;
+use crate::settings::{self, Profile};
 
 /// The environment variables holding the OAuth client id: Genesys's own name first (its CLI,
 /// Terraform provider and samples use it), then the older one.
@@ -45,17 +46,65 @@ fn env_first(names: &[&str]) -> Option<String> {
 
 /// How the job authenticates.
 enum Credentials {
-    Client { id: String, secret: String },
+    Client {
+        id: String,
+        secret: String,
+        /// Where they came from, for `config show`.
+        from: String,
+    },
     Token(String),
 }
 
-/// Reads the credentials from the environment, or says how to provide them (exit 2).
-fn credentials() -> Result<Credentials, CliError> {
+/// Reads the credentials from the environment, else through the profile (its client id, and
+/// the variables it names), or says how to provide them (exit 2).
+fn credentials(profile: Option<&Profile>) -> Result<Credentials, CliError> {
     if let Some(token) = env_first(&[ACCESS_TOKEN_VAR]) {
         return Ok(Credentials::Token(token));
     }
+    if let (Some(id), Some(secret)) = (env_first(&CLIENT_ID_VARS), env_first(&CLIENT_SECRET_VARS)) {
+        let from = "GENESYSCLOUD_OAUTHCLIENT_ID/SECRET or GENESYS_CLIENT_ID/SECRET".to_owned();
+        return Ok(Credentials::Client { id, secret, from });
+    }
+    if let Some(p) = profile {
+        let id = match (&p.client_id, &p.client_id_env) {
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(var)) => env_first(&[var]),
+            (None, None) => None,
+        };
+        let secret = p.client_secret_env.as_deref().and_then(|v| env_first(&[v]));
+        match (id, secret) {
+            (Some(id), Some(secret)) => {
+                let from = format!(
+                    "profile {}: client id {}, secret from {}",
+                    p.name,
+                    p.client_id_env
+                        .as_deref()
+                        .map_or_else(|| "in the file".to_owned(), |v| format!("from {v}")),
+                    p.client_secret_env.as_deref().unwrap_or_default()
+                );
+                return Ok(Credentials::Client { id, secret, from });
+            }
+            (id, _) if p.client_id.is_some() || p.client_id_env.is_some() => {
+                return Err(CliError::usage(format!(
+                    "no credentials for profile {}: {}",
+                    p.name,
+                    match (id, &p.client_id_env, &p.client_secret_env) {
+                        (None, Some(var), _) => format!("its client_id_env {var} is not set"),
+                        (_, _, Some(var)) => format!("its client_secret_env {var} is not set"),
+                        _ => "it names no client_secret_env (the variable holding the secret)"
+                            .to_owned(),
+                    }
+                )));
+            }
+            _ => {}
+        }
+    }
     match (env_first(&CLIENT_ID_VARS), env_first(&CLIENT_SECRET_VARS)) {
-        (Some(id), Some(secret)) => Ok(Credentials::Client { id, secret }),
+        (Some(id), Some(secret)) => Ok(Credentials::Client {
+            id,
+            secret,
+            from: String::new(),
+        }),
         (id, secret) => {
             let missing: Vec<&str> = [
                 (CLIENT_ID_VARS[0], id.is_none()),
@@ -79,7 +128,9 @@ fn credentials() -> Result<Credentials, CliError> {
 /// configuration error is found here, before anything else.
 pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, CliError> {
     let mut builder = GenesysClient::builder();
-    let layered = layered_config(common)?;
+    let settings = settings::load(common)?;
+    let profile = settings.profile.as_ref();
+    let layered = settings.layered;
     if layered.is_default() {
         builder = builder.max_in_flight(common.concurrency());
     } else {
@@ -92,8 +143,8 @@ pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, Cl
     let mut builder = builder
         .idempotency_store(crate::deliver::small_store())
         .user_agent(concat!("gcx/", env!("CARGO_PKG_VERSION")));
-    builder = match credentials()? {
-        Credentials::Client { id, secret } => builder.client_credentials(id, secret),
+    builder = match credentials(profile)? {
+        Credentials::Client { id, secret, .. } => builder.client_credentials(id, secret),
         Credentials::Token(token) => {
             let token: Arc<str> = token.into();
             builder.token_source(genesys_tower::auth::token_source_fn(move || {
@@ -104,12 +155,8 @@ pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, Cl
             }))
         }
     };
-    let region = match (&common.region, &common.base_url) {
-        (Some(region), _) => Some((region.clone(), "--region")),
-        (None, Some(_)) => None,
-        (None, None) => env_first(&REGION_VARS).map(|r| (r, "GENESYSCLOUD_REGION")),
-    };
-    builder = match (region, &common.base_url) {
+    let (region, base_url) = api(common, profile);
+    builder = match (region, &base_url) {
         (Some((region, from)), _) => {
             let region: Region = region.parse().map_err(|e| {
                 CliError::usage(format!(
@@ -119,7 +166,7 @@ pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, Cl
             })?;
             builder.region(region)
         }
-        (None, Some(url)) => builder.base_url(url.clone()),
+        (None, Some((url, _))) => builder.base_url(url.clone()),
         (None, None) => {
             return Err(CliError::usage(
                 "no API to talk to: give --region (e.g. --region us-east-1, or set \
@@ -127,12 +174,16 @@ pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, Cl
             ));
         }
     };
-    if let Some(login) = &common.login_url {
+    if let Some(login) = common
+        .login_url
+        .as_ref()
+        .or(profile.and_then(|p| p.login_url.as_ref()))
+    {
         builder = builder.login_url(login.clone());
     }
     // A ready token is the user's own: never shared through Redis (another user of the same
     // Redis would get it). Only a client-credentials token is the fleet's.
-    let client_credentials = matches!(credentials(), Ok(Credentials::Client { .. }));
+    let client_credentials = matches!(credentials(profile), Ok(Credentials::Client { .. }));
     if let Some(url) = common.fleet_redis.clone().filter(|_| client_credentials) {
         // One token for the fleet: one fetch between the workers, and one more for all of them
         // when it expires or the API refuses it.
@@ -224,29 +275,36 @@ pub(crate) async fn build_client(
     Ok((client, pace))
 }
 
-/// The stack's configuration in layers: the defaults, the `--config` file, then the `GCX_*`
-/// environment. Flags are applied over it by the caller (and by `config show`).
-fn layered_config(common: &Common) -> Result<Layered, CliError> {
-    let layered = match &common.config {
-        Some(path) => Layered::file(path).map_err(|e| {
-            CliError::usage(format!(
-                "--config {}: not a valid configuration:\n{e}",
-                path.display()
-            ))
-        })?,
-        None => Layered::defaults(),
+/// The API to talk to: the region, or the base URL, each with where it came from. `--region`
+/// or `--base-url`, else `GENESYSCLOUD_REGION`, else the profile's.
+fn api(
+    common: &Common,
+    profile: Option<&Profile>,
+) -> (Option<(String, String)>, Option<(String, String)>) {
+    match (&common.region, &common.base_url) {
+        (Some(region), _) => return (Some((region.clone(), "--region".into())), None),
+        (None, Some(url)) => return (None, Some((url.clone(), "--base-url".into()))),
+        (None, None) => {}
+    }
+    if let Some(region) = env_first(&REGION_VARS) {
+        return (Some((region, "GENESYSCLOUD_REGION".into())), None);
+    }
+    let Some(p) = profile else {
+        return (None, None);
     };
-    layered.env(|name| std::env::var(name).ok()).map_err(|e| {
-        CliError::usage(format!(
-            "the environment sets the stack's configuration wrongly:\n{e}"
-        ))
-    })
+    let from = format!("profile {}", p.name);
+    (
+        p.region.clone().map(|r| (r, from.clone())),
+        p.base_url.clone().map(|u| (u, from)),
+    )
 }
 
 /// `gcx config show`: every setting with its value and where it came from, then the
 /// credentials a job would use (never the secret).
 pub(crate) fn show_config(common: &Common) -> Result<u8, CliError> {
-    let mut layered = layered_config(common)?;
+    let settings = settings::load(common)?;
+    let profile = settings.profile.as_ref();
+    let mut layered = settings.layered.clone();
     if let Some(n) = common.concurrency {
         layered = layered
             .set(
@@ -266,23 +324,44 @@ pub(crate) fn show_config(common: &Common) -> Result<u8, CliError> {
             )
             .map_err(|e| CliError::usage(format!("--rate-limit: {e}")))?;
     }
-    let credentials = match credentials() {
-        Ok(Credentials::Client { id, .. }) => format!(
-            "client credentials: client id {id} (GENESYSCLOUD_OAUTHCLIENT_ID or \
-             GENESYS_CLIENT_ID), secret set (not shown)"
-        ),
+    let credentials = match credentials(profile) {
+        Ok(Credentials::Client { id, from, .. }) => {
+            format!("client credentials: client id {id} ({from}), secret set (not shown)")
+        }
         Ok(Credentials::Token(_)) => {
             "a ready access token (GENESYSCLOUD_ACCESS_TOKEN, not shown)".to_owned()
         }
         Err(e) => format!("none: {e}"),
     };
+    let (region, base_url) = api(common, profile);
+    let mut connection: Vec<(&str, String, String)> = Vec::new();
+    match (region, base_url) {
+        (Some((r, from)), _) => connection.push(("region", r, from)),
+        (None, Some((u, from))) => connection.push(("base_url", u, from)),
+        (None, None) => connection.push(("region", "(none)".into(), "not set".into())),
+    }
+    if let Some(login) = &common.login_url {
+        connection.push(("login_url", login.clone(), "--login-url".into()));
+    } else if let Some(p) = profile.filter(|p| p.login_url.is_some()) {
+        let login = p.login_url.clone().unwrap_or_default();
+        connection.push(("login_url", login, format!("profile {}", p.name)));
+    }
     if common.json {
         let settings: Vec<Value> = layered
             .entries()
             .into_iter()
             .map(|(key, value, origin)| serde_json::json!({"key": key, "value": value, "from": origin}))
             .collect();
-        let out = serde_json::json!({"settings": settings, "credentials": credentials});
+        let connection: Vec<Value> = connection
+            .iter()
+            .map(|(key, value, origin)| serde_json::json!({"key": key, "value": value, "from": origin}))
+            .collect();
+        let out = serde_json::json!({
+            "profile": profile.map(|p| p.name.clone()),
+            "connection": connection,
+            "settings": settings,
+            "credentials": credentials,
+        });
         println!("{out}");
     } else {
         let entries = layered.entries();
@@ -295,7 +374,14 @@ pub(crate) fn show_config(common: &Common) -> Result<u8, CliError> {
             };
             println!("{key:<width$}  {value:<12}  {origin}");
         }
-        println!("\ncredentials: {credentials}");
+        println!();
+        if let Some(p) = profile {
+            println!("profile      {}", p.name);
+        }
+        for (key, value, origin) in &connection {
+            println!("{key:<12} {value}  ({origin})");
+        }
+        println!("credentials  {credentials}");
     }
     Ok(0)
 }
@@ -303,13 +389,12 @@ pub(crate) fn show_config(common: &Common) -> Result<u8, CliError> {
 /// The Redis key the fleet shares its `what` (pacing, token) under: the API and the OAuth
 /// client, whose quota and token it is (no secret in it).
 pub(crate) fn fleet_key(common: &Common, what: &str) -> String {
-    let api = common
-        .base_url
-        .clone()
-        .or_else(|| common.region.clone())
-        .or_else(|| env_first(&REGION_VARS))
-        .unwrap_or_default();
-    let client = match credentials() {
+    let profile = settings::load(common).ok().and_then(|s| s.profile);
+    let api = match api(common, profile.as_ref()) {
+        (_, Some((url, _))) | (Some((url, _)), None) => url,
+        (None, None) => String::new(),
+    };
+    let client = match credentials(profile.as_ref()) {
         Ok(Credentials::Client { id, .. }) => id,
         // The quota of a ready token is its own: keyed by a hash of it, never the token.
         Ok(Credentials::Token(token)) => format!("token-{:016x}", fnv1a(token.as_bytes())),

@@ -21,6 +21,7 @@ mod policy;
 mod progress;
 mod records;
 mod report;
+mod settings;
 mod sinks;
 mod tally;
 mod telemetry;

@@ -818,3 +818,104 @@ fn config_show_says_where_every_setting_came_from_and_never_shows_the_secret() {
         "{stderr}"
     );
 }
+
+/// A profile of the configuration file names where to connect and the variables holding the
+/// credentials: a job runs on it alone, and `config show` says which layer every value came
+/// from (flag > environment > profile > file > default), never the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_connects_a_job_and_config_show_names_every_layer() {
+    let sim = Simulator::spawn(config(3)).await.unwrap();
+    let d = dir("profiles");
+    let file = write(
+        &d.join("config.toml"),
+        format!(
+            "[concurrency]\nlimit = 4\n[retry]\nmax_attempts = 3\nbase_delay = \"200ms\"\n\
+             [profiles.sim]\nbase_url = \"{}\"\nclient_id = \"demo-client\"\n\
+             client_secret_env = \"SIM_SECRET\"\n\
+             [profiles.sim.concurrency]\nlimit = 8\n[profiles.sim.retry]\nmax_attempts = 5\n",
+            sim.base_url()
+        )
+        .as_bytes(),
+    );
+    let gcx_alone = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gcx"));
+        cmd.env("GCX_STATE_DIR", state_dir())
+            .env("XDG_CONFIG_HOME", d.join("home"))
+            .env("SIM_SECRET", "demo-secret")
+            .env("GCX_CONFIG", &file)
+            .env("GCX_PROFILE", "sim")
+            .env_remove("GENESYS_CLIENT_ID")
+            .env_remove("GENESYS_CLIENT_SECRET")
+            .env_remove("GENESYSCLOUD_OAUTHCLIENT_ID")
+            .env_remove("GENESYSCLOUD_OAUTHCLIENT_SECRET")
+            .env_remove("GENESYSCLOUD_REGION")
+            .env_remove("GENESYSCLOUD_ACCESS_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    };
+    let (lines, wanted) = user_lines(&sim, 3);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let out = gcx_alone()
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    for (id, title) in &wanted {
+        assert_eq!(sim.user(id).unwrap()["title"], json!(title));
+    }
+
+    let out = gcx_alone()
+        .args(["config", "show", "--json", "--concurrency", "16"])
+        .env("GCX_RETRY_BASE_DELAY", "300ms")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("demo-secret"), "{stdout}");
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    let setting = |key: &str| {
+        shown["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("{key} in {stdout}"))
+    };
+    assert_eq!(setting("concurrency.limit")["value"], 16);
+    assert_eq!(
+        setting("concurrency.limit")["from"]["name"],
+        "--concurrency"
+    );
+    assert_eq!(setting("retry.base_delay")["value"], "300ms");
+    assert_eq!(setting("retry.base_delay")["from"]["kind"], "env");
+    assert_eq!(setting("retry.max_attempts")["value"], 5);
+    assert_eq!(
+        setting("retry.max_attempts")["from"],
+        json!({"kind": "profile", "name": "sim"})
+    );
+    assert_eq!(setting("retry.factor")["from"]["kind"], "default");
+    assert_eq!(shown["profile"], "sim");
+    assert_eq!(shown["connection"][0]["key"], "base_url");
+    assert_eq!(shown["connection"][0]["from"], "profile sim");
+    let credentials = shown["credentials"].as_str().unwrap();
+    assert!(
+        credentials.contains("demo-client") && credentials.contains("SIM_SECRET"),
+        "{credentials}"
+    );
+
+    // The profile's secret variable unset: exit 2, naming it, before anything is sent.
+    let responses = sim.stats().total_responses;
+    let out = gcx_alone()
+        .env_remove("SIM_SECRET")
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SIM_SECRET is not set"), "{stderr}");
+    assert_eq!(sim.stats().total_responses, responses);
+}

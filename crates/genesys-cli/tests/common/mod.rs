@@ -54,6 +54,10 @@ pub fn gcx(sim: &SimHandle) -> Command {
         .env("GENESYS_CLIENT_ID", "demo-client")
         .env("GENESYS_CLIENT_SECRET", "demo-secret")
         .env_remove("RUST_LOG")
+        // Never the machine's own configuration.
+        .env("XDG_CONFIG_HOME", state_dir().join("no-config"))
+        .env_remove("GCX_CONFIG")
+        .env_remove("GCX_PROFILE")
         .args(["--base-url", &sim.base_url()])
         .stdin(Stdio::null());
     cmd

@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 
 use super::{ConfigError, ConfigProblem, StackConfig, read_file};
 
-/// Where a setting's value came from. Later layers win: default < file < environment < flag.
+/// Where a setting's value came from. Later layers win: default < file < profile < environment
+/// < flag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "name", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -19,6 +20,8 @@ pub enum Origin {
     Default,
     /// A configuration file (its path).
     File(String),
+    /// A named profile of a configuration file (its name).
+    Profile(String),
     /// An environment variable (its name).
     Env(String),
     /// A command-line flag (its name).
@@ -30,6 +33,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::Default => f.write_str("default"),
             Origin::File(path) => write!(f, "file {path}"),
+            Origin::Profile(name) => write!(f, "profile {name}"),
             Origin::Env(name) => write!(f, "env {name}"),
             Origin::Flag(name) => write!(f, "flag {name}"),
         }
@@ -88,6 +92,38 @@ impl Layered {
             }
         }
         layered.config = config;
+        Ok(layered)
+    }
+
+    /// Applies every setting of `tree` (a partial configuration: `{"retry": {"max_attempts":
+    /// 6}}`) from `origin`, then checks the bounds. Unknown keys and values of the wrong type
+    /// are refused, every problem at once, each named by its path under `prefix` (where the
+    /// tree sits in its file, e.g. `profiles.prod`); bounds are checked on the settings
+    /// together.
+    pub fn apply(self, tree: &Value, origin: Origin, prefix: &str) -> Result<Self, ConfigError> {
+        let named = |path: &str| {
+            if prefix.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{prefix}.{path}")
+            }
+        };
+        let mut layered = self;
+        let mut problems = Vec::new();
+        for (path, value) in leaves(tree) {
+            match layered.clone().set_unchecked(&path, value, origin.clone()) {
+                Ok(next) => layered = next,
+                Err(e) => problems.extend(e.problems().iter().map(|p| ConfigProblem {
+                    path: named(&p.path),
+                    message: p.message.clone(),
+                })),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        // Bounds are of the settings together, whichever layer each came from.
+        layered.config.validate()?;
         Ok(layered)
     }
 

@@ -296,3 +296,35 @@ fn every_key_has_a_variable() {
         "GCX_RETRY_MAX_ATTEMPTS"
     );
 }
+
+#[test]
+fn a_partial_tree_is_laid_over_the_layers_with_its_origin_and_paths() {
+    let tree = serde_json::json!({"retry": {"max_attempts": 6}, "concurrency": {"limit": 3}});
+    let layered = Layered::defaults()
+        .apply(&tree, Origin::Profile("prod".into()), "profiles.prod")
+        .unwrap();
+    assert_eq!(layered.config().retry.max_attempts, 6);
+    assert_eq!(
+        layered.origin("retry.max_attempts"),
+        Some(&Origin::Profile("prod".into()))
+    );
+    assert_eq!(layered.origin("retry.factor"), Some(&Origin::Default));
+    let bad = serde_json::json!({"retry": {"max_atempts": 6, "factor": "x"}});
+    let err = Layered::defaults()
+        .apply(&bad, Origin::Profile("prod".into()), "profiles.prod")
+        .unwrap_err();
+    let paths: Vec<&str> = err.problems().iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "profiles.prod.retry.factor",
+            "profiles.prod.retry.max_atempts"
+        ]
+    );
+    // Bounds are checked on the settings together.
+    let out = serde_json::json!({"retry": {"max_attempts": 60}});
+    let err = Layered::defaults()
+        .apply(&out, Origin::File("f.toml".into()), "")
+        .unwrap_err();
+    assert_eq!(err.problems()[0].path, "retry.max_attempts");
+}
