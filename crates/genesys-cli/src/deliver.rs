@@ -275,12 +275,12 @@ pub(crate) async fn build_client(
     Ok((client, pace))
 }
 
+/// A value, and where it came from.
+type Sourced = Option<(String, String)>;
+
 /// The API to talk to: the region, or the base URL, each with where it came from. `--region`
 /// or `--base-url`, else `GENESYSCLOUD_REGION`, else the profile's.
-fn api(
-    common: &Common,
-    profile: Option<&Profile>,
-) -> (Option<(String, String)>, Option<(String, String)>) {
+fn api(common: &Common, profile: Option<&Profile>) -> (Sourced, Sourced) {
     match (&common.region, &common.base_url) {
         (Some(region), _) => return (Some((region.clone(), "--region".into())), None),
         (None, Some(url)) => return (None, Some((url.clone(), "--base-url".into()))),
