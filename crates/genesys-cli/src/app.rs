@@ -75,8 +75,16 @@ pub(crate) async fn prepare<P: Parse>(
                     "a fleet job (--fleet-redis with --shard) keeps a journal: drop --no-journal",
                 ));
             }
+            if common.fresh {
+                return Err(CliError::usage(
+                    "--fresh with a fleet job: a late worker would start it over again; to run \
+                     the same input again as a new job, give every worker the same new \
+                     --fleet-run LABEL",
+                ));
+            }
             let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?
-                .with_schema(kind.schema.map(str::to_owned));
+                .with_schema(kind.schema.map(str::to_owned))
+                .with_run(common.fleet_run.clone());
             let key = format!(
                 "{}:{}",
                 crate::deliver::fleet_key(common, "job"),
@@ -85,7 +93,7 @@ pub(crate) async fn prepare<P: Parse>(
             let lease = common
                 .fleet_lease
                 .map_or(crate::fleet::DEFAULT_LEASE, std::time::Duration::from_secs);
-            let fleet = Fleet::open(url, key, shard.count, common.fresh, lease)
+            let fleet = Fleet::open(url, key, shard.count, lease)
                 .await
                 .map_err(|e| {
                     CliError::usage(format!(

@@ -90,6 +90,13 @@ pub(crate) struct Common {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub(crate) fleet_lease: Option<u64>,
 
+    /// With --fleet-redis and --shard: the run's label, part of the fleet job's identity. A
+    /// fleet job that completed is never run again by the same command (a late worker finds it
+    /// complete); give every worker the same new LABEL to run the same input again as a new job.
+    #[arg(long, global = true, value_name = "LABEL", requires = "fleet_redis",
+          value_parser = parse_label)]
+    pub(crate) fleet_run: Option<String>,
+
     /// Take only this worker's share of the input: the records whose line number modulo N is
     /// I (I from 0 to N-1), so that N workers started with 0/N to (N-1)/N on the same input
     /// deliver each record exactly once between them. Each worker keeps its own journal;
@@ -371,6 +378,20 @@ fn parse_shard(s: &str) -> Result<Shard, String> {
         ));
     }
     Ok(Shard { index, count })
+}
+
+fn parse_label(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "`{s}`: a label is 1 to 64 letters, digits, '-', '_' or '.', e.g. 2026-12-02.2"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// `N/SECS`: at most `requests` per `window`.

@@ -403,13 +403,20 @@ pub(crate) fn fleet_key(common: &Common, what: &str) -> String {
     format!("gcx:{what}:{api}:{client}")
 }
 
-/// A Redis URL without its user and password, for messages.
+/// A Redis URL without its user and password (nor its query, which may hold them), for
+/// messages.
 pub(crate) fn redact_url(url: &str) -> String {
-    // The credentials end at the last `@` before the host (a password may hold an `@`).
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://…@{}", &url[at + 1..]),
-        _ => url.to_owned(),
-    }
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    // The credentials end at the last `@` (a password may hold an `@`, or a `?`).
+    let (user, host) = match rest.rsplit_once('@') {
+        Some((_, host)) => ("…@", host),
+        None => ("", rest),
+    };
+    let (host, query) = match host.split_once('?') {
+        Some((host, _)) => (host, "?…"),
+        None => (host, ""),
+    };
+    format!("{scheme}://{user}{host}{query}")
 }
 
 /// The idempotency store of a job's client. A bulk job makes each logical call once, so the
@@ -559,5 +566,20 @@ mod tests {
     #[test]
     fn segments_are_escaped() {
         assert_eq!(percent_segment("custom_-_1a/b c"), "custom_-_1a%2Fb%20c");
+    }
+
+    #[test]
+    fn redis_urls_are_shown_without_their_credentials() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://user:p@ss@host:6379/0", "redis://…@host:6379/0"),
+            ("redis://:pa?ss@host", "redis://…@host"),
+            (
+                "redis+unix:///run/redis.sock?pass=secret",
+                "redis+unix:///run/redis.sock?…",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
     }
 }

@@ -43,25 +43,14 @@ const PENDING_MAX: usize = 100_000;
 const BATCH: usize = 2048;
 
 /// Opens the job's record, or joins it: `{'id', ID}`, or `{'shards', N}` when the job is split
-/// otherwise. With `ARGV[3]` = 1 (`--fresh`), a job whose every shard is done is started over.
+/// otherwise.
 static OPEN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local n = redis.call('HGET', KEYS[1], 'shards')
 if n and n ~= ARGV[2] then return {'shards', n} end
-if n and ARGV[3] == '1' then
-  local all = true
-  for i = 0, tonumber(n) - 1 do
-    if redis.call('HEXISTS', KEYS[1], 'done:' .. i) == 0 then all = false break end
-  end
-  if all then
-    redis.call('DEL', KEYS[1])
-    for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
-    n = false
-  end
-end
 if not n then redis.call('HSET', KEYS[1], 'id', ARGV[1], 'shards', ARGV[2]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {'id', redis.call('HGET', KEYS[1], 'id')}
 ",
     )
@@ -82,10 +71,12 @@ return out
     )
 });
 
-/// Takes shard `ARGV[3]`'s lease: -1 done, -2 held by another, 1 first taken, 0 taken before.
+/// Takes shard `ARGV[3]`'s lease: -1 done, -2 held by another, -3 the record is not the job's
+/// any more (`ARGV[5]`, its id), 1 first taken, 0 taken before.
 static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[5] then return -3 end
 if redis.call('HEXISTS', KEYS[1], 'done:' .. ARGV[3]) == 1 then return -1 end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return -2 end
 local first = redis.call('HSETNX', KEYS[1], 'begun:' .. ARGV[3], '1')
@@ -95,23 +86,31 @@ return first
     )
 });
 
-/// Extends the lease when it is still ours.
+/// What a worker says when the job's record vanished under it.
+const LOST_RECORD: &str = "the fleet job's record in Redis is gone or was replaced (expired, \
+                           flushed, or Redis restarted without persistence): this worker stops \
+                           rather than run the job again";
+
+/// Extends the lease when it is still ours, and the record's life.
 static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 ",
     )
 });
 
-/// Writes unit states (`ARGV[3..]`, pairs) when the lease is still ours.
+/// Writes unit states (`ARGV[4..]`, pairs) when the lease is still ours and the record is still
+/// the job's (`ARGV[3]`, its id).
 static MIRROR: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if redis.call('HGET', KEYS[3], 'id') ~= ARGV[3] then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 ",
@@ -199,20 +198,14 @@ impl Fleet {
         url: &str,
         key: String,
         shards: u32,
-        fresh: bool,
         lease: Duration,
     ) -> Result<Self, String> {
         let mut conn =
             genesys_tower::redis_conn::connect(url, "the fleet job", Duration::from_secs(2))?;
-        let mut script = OPEN.prepare_invoke();
-        script.key(&key);
-        for i in 0..shards {
-            script.key(format!("{key}:units:{i}"));
-        }
-        let (what, value): (String, String) = script
+        let (what, value): (String, String) = OPEN
+            .key(&key)
             .arg(unique("job"))
             .arg(shards)
-            .arg(if fresh { "1" } else { "0" })
             .arg(millis(RECORD_LIFE))
             .invoke_async(&mut conn)
             .await
@@ -221,6 +214,12 @@ impl Fleet {
             return Err(format!(
                 "the fleet job on this input is split in {value} shards, not {shards}: start \
                  its workers with --shard I/{value}"
+            ));
+        }
+        if value.len() != 16 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "the record {key} in Redis is not a gcx fleet job's; give the job another \
+                 Redis (or database), or remove that key"
             ));
         }
         Ok(Fleet {
@@ -288,9 +287,13 @@ impl Fleet {
             .arg(millis(self.inner.lease))
             .arg(shard)
             .arg(millis(RECORD_LIFE))
+            .arg(&self.inner.job)
             .invoke_async(&mut self.inner.conn.clone())
             .await
             .map_err(|e| redis_error(&e))?;
+        if code == -3 {
+            return Err(LOST_RECORD.to_owned());
+        }
         if code < 0 {
             return Ok(None);
         }
@@ -368,8 +371,10 @@ async fn renew(fleet: Fleet, key: String, token: String, fence: Fence) {
         let asked = fence.now_ms();
         let renewed: Result<i64, _> = RENEW
             .key(&key)
+            .key(&fleet.inner.key)
             .arg(&token)
             .arg(millis(life))
+            .arg(millis(RECORD_LIFE))
             .invoke_async(&mut conn)
             .await;
         match renewed {
@@ -452,6 +457,8 @@ impl Lease {
             conn: self.fleet.inner.conn.clone(),
             lease_key: self.fleet.lease_key(self.shard),
             units_key: self.fleet.units_key(self.shard),
+            job_key: self.fleet.inner.key.clone(),
+            job: self.fleet.inner.job.clone(),
             token: self.token.clone(),
         };
         tokio::spawn(task.run(rx));
@@ -530,6 +537,8 @@ struct Mirrored {
     conn: ConnectionManager,
     lease_key: String,
     units_key: String,
+    job_key: String,
+    job: String,
     token: String,
 }
 
@@ -557,7 +566,8 @@ impl Mirrored {
                     Ok(true) => pending.clear(),
                     Ok(false) => {
                         broken = Some(
-                            "this worker lost the shard's lease (another worker took it over)"
+                            "this worker lost the shard's lease (another worker took it over), or the \
+                             job's record in Redis is gone"
                                 .into(),
                         );
                     }
@@ -600,8 +610,10 @@ impl Mirrored {
             script
                 .key(&self.lease_key)
                 .key(&self.units_key)
+                .key(&self.job_key)
                 .arg(&self.token)
-                .arg(millis(RECORD_LIFE));
+                .arg(millis(RECORD_LIFE))
+                .arg(&self.job);
             for (line, code) in batch {
                 script.arg(**line).arg(**code);
             }

@@ -56,6 +56,9 @@ pub(crate) enum Undelivered {
     Unknown(String),
     /// It was not sent at all (its start could not be recorded).
     NotSent(String),
+    /// It was not sent: the fleet shard's lease lapsed before it could leave, and the unit is
+    /// left to the worker that takes the shard over.
+    LeftToFleet,
     /// The login host refused the credentials: nothing was sent, and nothing more can be. The
     /// whole job stops.
     CredentialsRefused(String),
@@ -209,10 +212,24 @@ impl Engine<'_> {
             Err(Undelivered::Failed(reason)) => self.fail(metas, &reason),
             Err(Undelivered::Unknown(reason)) => self.unknown(metas, &reason, true),
             Err(Undelivered::NotSent(reason)) => {
+                // Surely not applied: the next run (or the fleet's taker) sends it.
+                if let Some(j) = &self.journal {
+                    j.handle.failed(first, &reason);
+                }
                 for meta in metas {
                     self.not_started(meta);
                     self.list(meta, &reason);
                 }
+            }
+            Err(Undelivered::LeftToFleet) => {
+                if let Some(j) = &self.journal {
+                    j.handle.failed(
+                        first,
+                        "not sent: the shard's lease lapsed before it could leave",
+                    );
+                }
+                self.tally.fenced = true;
+                self.tally.other_shards += metas.len() as u64;
             }
             Err(Undelivered::CredentialsRefused(reason)) => {
                 for meta in metas {
@@ -381,6 +398,7 @@ pub(crate) async fn run<D: Deliver>(
                     .as_ref()
                     .map_or_else(|| format!("gcx-{line}"), |j| j.journal.key(line));
                 let handle = engine.journal.as_ref().map(|j| j.handle.clone());
+                let fence = engine.journal.as_ref().and_then(|j| j.journal.fence());
                 if let Some(h) = &handle {
                     h.start(line, metas.len(), &key);
                 }
@@ -398,6 +416,11 @@ pub(crate) async fn run<D: Deliver>(
                     {
                         let why = format!("not sent: the journal could not record its start ({e})");
                         return (Err(Undelivered::NotSent(why)), Duration::ZERO);
+                    }
+                    // The last moment to find a fleet lease lapsed (paused since the dispatch,
+                    // or while the start was recorded): nothing has left yet.
+                    if fence.as_ref().is_some_and(|f| !f.holds()) {
+                        return (Err(Undelivered::LeftToFleet), Duration::ZERO);
                     }
                     let t = Instant::now();
                     let r = d.deliver(ctx, items).await;

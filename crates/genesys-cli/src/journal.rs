@@ -87,6 +87,8 @@ pub(crate) struct JobSpec {
     /// The job's id when it is given (a fleet job's, shared through Redis); else each new
     /// journal makes one.
     pub(crate) job: Option<String>,
+    /// A fleet job's run label (`--fleet-run`): part of its identity.
+    pub(crate) run: Option<String>,
 }
 
 impl JobSpec {
@@ -99,6 +101,12 @@ impl JobSpec {
     /// The same job, its records checked against the schema of hash `schema`.
     pub(crate) fn with_schema(mut self, schema: Option<String>) -> Self {
         self.schema = schema;
+        self
+    }
+
+    /// The same input as the fleet run `run` (`--fleet-run`).
+    pub(crate) fn with_run(mut self, run: Option<String>) -> Self {
+        self.run = run;
         self
     }
 
@@ -120,6 +128,10 @@ impl JobSpec {
             self.chunk_size,
             self.schema.as_deref().unwrap_or("")
         );
+        let identity = match &self.run {
+            Some(run) => format!("{identity}|run {run}"),
+            None => identity,
+        };
         format!("{:016x}", fnv1a(identity.as_bytes()))
     }
 
@@ -146,6 +158,7 @@ impl JobSpec {
             schema: None,
             shard: None,
             job: None,
+            run: None,
         })
     }
 
@@ -435,6 +448,26 @@ impl Journal {
             Ok(_) => true,
             Err(_) => false,
         };
+        // One run at a time: a second gcx on the same journal (the same command started twice,
+        // or a paused run and its replacement) would interleave its entries with the first's.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| cannot(path, &e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(CliError::usage(format!(
+                    "the journal {} is in use by another gcx run of this job (on this machine); \
+                     wait for it to end, or give this run another --journal FILE",
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(cannot(path, &e)),
+        }
         // A fleet job's default journal of an earlier job (finished, or given up) starts over;
         // one that did not finish is refused by `read`, which names what differs.
         let stale = exists
@@ -446,20 +479,16 @@ impl Journal {
             past.existed = true;
             let complete = past.last_end.as_deref() == Some("complete");
             if !(mode == OpenMode::ResumeUnfinished && complete) {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| cannot(path, &e))?;
                 // A torn last entry (the crash came mid-write) is cut off.
                 file.set_len(good_len).map_err(|e| cannot(path, &e))?;
-                let mut file = file;
                 file.seek(SeekFrom::End(0)).map_err(|e| cannot(path, &e))?;
                 return Ok(Self::start(path, header, past, file));
             }
         }
         let header = spec.header();
-        let mut file = File::create(path).map_err(|e| cannot(path, &e))?;
+        file.set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
+            .map_err(|e| cannot(path, &e))?;
         let mut line = serde_json::to_vec(&header).map_err(|e| cannot(path, &e))?;
         line.push(b'\n');
         file.write_all(&line)
@@ -527,6 +556,11 @@ impl Journal {
         self.fence = Some(fence);
     }
 
+    /// The fleet shard's lease this journal is bound to, if any.
+    pub(crate) fn fence(&self) -> Option<crate::fleet::Fence> {
+        self.fence.clone()
+    }
+
     /// False once a fleet shard's lease no longer surely holds: nothing more may be sent.
     pub(crate) fn holds(&self) -> bool {
         self.fence.as_ref().is_none_or(crate::fleet::Fence::holds)
@@ -565,16 +599,23 @@ impl Journal {
     }
 }
 
+impl Drop for Journal {
+    /// A journal dropped without [`Journal::close`] (the run gave up) stops its writer: what
+    /// was written reaches the disk, no end entry is written (a resume treats the run as
+    /// killed), and the file is free for the next run.
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            drop(self.handle.ask_sync(true));
+            let _ = t.join();
+        }
+    }
+}
+
 fn cannot(path: &Path, e: &dyn std::fmt::Display) -> CliError {
     CliError::usage(format!(
         "cannot write the journal {}: {e}; choose a writable path with --journal FILE",
         path.display()
     ))
-}
-
-/// A journal's job id; `None` when it cannot be read.
-pub(crate) fn peek_job(path: &Path) -> Option<String> {
-    peek(path).map(|(job, _)| job)
 }
 
 /// A journal's job id, and whether its last run completed; `None` when it cannot be read.
@@ -719,12 +760,15 @@ fn apply(past: &mut Past, entry: &EntryIn, max_line: u64) -> Result<(), String> 
 /// `~/.local/state/gcx/journals`; named after the command and the input, so that running the
 /// same command on the same file again finds it.
 pub(crate) fn default_path(spec: &JobSpec) -> Result<PathBuf, CliError> {
-    default_path_for(spec, false)
+    default_path_for(spec, None)
 }
 
-/// The default journal of a job, or (`takeover`) of this machine's takeover of another worker's
-/// shard: a file apart from the one that worker keeps if it runs on this machine too.
-pub(crate) fn default_path_for(spec: &JobSpec, takeover: bool) -> Result<PathBuf, CliError> {
+/// The default journal of a job, or of a takeover of another worker's shard (`takeover`, naming
+/// the taker): a file apart from the one that worker, or another taker, keeps on this machine.
+pub(crate) fn default_path_for(
+    spec: &JobSpec,
+    takeover: Option<&str>,
+) -> Result<PathBuf, CliError> {
     let dir = if let Some(d) = std::env::var_os("GCX_STATE_DIR").filter(|d| !d.is_empty()) {
         PathBuf::from(d)
     } else if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
@@ -756,8 +800,11 @@ pub(crate) fn default_path_for(spec: &JobSpec, takeover: bool) -> Result<PathBuf
     if let Some(shard) = spec.shard {
         identity.push_str(&format!("|shard {shard}"));
     }
-    if takeover {
-        identity.push_str("|takeover");
+    if let Some(run) = &spec.run {
+        identity.push_str(&format!("|run {run}"));
+    }
+    if let Some(taker) = takeover {
+        identity.push_str(&format!("|takeover by {taker}"));
     }
     let stem: String = spec
         .input

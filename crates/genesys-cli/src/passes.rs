@@ -119,10 +119,14 @@ where
             let (current, user, woke) = (current.clone(), user.clone(), woke.clone());
             tokio::spawn(async move {
                 while interrupts.recv().await.is_some() {
+                    // Under the lock that starts a pass: a pass either sees the flag before it
+                    // starts, or gets the signal.
+                    let current = lock(&current);
                     user.store(true, Ordering::SeqCst);
-                    if let Some(tx) = lock(&current).as_ref() {
+                    if let Some(tx) = current.as_ref() {
                         let _ = tx.send(());
                     }
+                    drop(current);
                     woke.notify_one();
                 }
             })
@@ -200,7 +204,15 @@ where
                 }
             };
             unreachable_since = None;
-            *lock(&current) = Some(tx);
+            {
+                let mut current = lock(&current);
+                if user.load(Ordering::SeqCst) {
+                    drop(current);
+                    let _ = lease.finish(false).await;
+                    break;
+                }
+                *current = Some(tx);
+            }
             let i = lease.shard;
             let source = match source.take() {
                 Some(s) => Ok(s),
@@ -229,10 +241,11 @@ where
                     }
                 }
             }
-            let stop = tally.credentials_refused.is_some()
-                || tally.journal_error.is_some()
-                || tally.broken_input.is_some();
-            passes.push(tally);
+            // A pass that ended unsettled for a reason of its own (a journal or an output file
+            // that cannot be written, refused credentials, a broken input) would end so again:
+            // the shard is left to the others. A lapsed lease is not the worker's fault.
+            let stop = !tally.settled() && !tally.fenced;
+            passes.push((i, tally));
             if stop {
                 break;
             }
@@ -264,7 +277,7 @@ where
         };
         let takeover = i != job.shard.index;
         let spec = job.spec.clone().with_shard(Some(shard));
-        let opened = self.open_journal(&spec, takeover, job.fleet.job());
+        let opened = self.open_journal(&spec, takeover.then_some(job.shard.index), job.fleet.job());
         let mut journal = match opened {
             Ok(j) => j,
             Err(e) => {
@@ -318,7 +331,7 @@ where
         if let Err(e) = journal.handle().sync().await {
             tracing::warn!(error = %e, shard = %shard, "the shard's last states were not all recorded");
         }
-        let status = if tally.complete() {
+        let status = if tally.complete() && tally.settled() {
             "complete"
         } else if tally.interrupted {
             "interrupted"
@@ -344,31 +357,34 @@ where
     }
 
     /// The journal of shard `spec.shard` on this machine: the worker's own (`--journal FILE`,
-    /// or the default), or one apart for a shard it takes over. A journal of another fleet
-    /// job that finished starts over; with `--fresh`, any.
+    /// or the default), or, for a shard it takes over (`taker`: its own shard), one apart,
+    /// named after the taker and this run of it: the fleet's record is what a takeover resumes
+    /// from, this file only keeps this machine's account. A journal of another fleet job that
+    /// finished starts over.
     fn open_journal(
         &self,
         spec: &JobSpec,
-        takeover: bool,
+        taker: Option<u32>,
         job: &str,
     ) -> Result<Journal, crate::error::CliError> {
-        let (path, mode) = match (&self.common.journal, takeover) {
-            (Some(path), false) => (path.clone(), OpenMode::Resume),
-            (Some(path), true) => {
+        let run = format!("{} pid {}", job, std::process::id());
+        let path = match (&self.common.journal, taker) {
+            (Some(path), None) => path.clone(),
+            (Some(path), Some(taker)) => {
                 let index = spec.shard.map_or(0, |s| s.index);
                 let mut name = path.clone().into_os_string();
-                name.push(format!(".shard-{index}"));
-                (PathBuf::from(name), OpenMode::ResumeUnfinished)
+                name.push(format!(".shard-{index}.by-{taker}.{}", std::process::id()));
+                PathBuf::from(name)
             }
-            (None, _) => (
-                journal::default_path_for(spec, takeover)?,
-                OpenMode::ResumeUnfinished,
-            ),
+            (None, None) => journal::default_path_for(spec, None)?,
+            (None, Some(taker)) => {
+                journal::default_path_for(spec, Some(&format!("{taker} ({run})")))?
+            }
         };
-        let mode = if self.common.fresh && journal::peek_job(&path).is_some_and(|j| j != job) {
-            OpenMode::Fresh
+        let mode = if self.common.journal.is_some() && taker.is_none() {
+            OpenMode::Resume
         } else {
-            mode
+            OpenMode::ResumeUnfinished
         };
         Journal::open(&path, spec, mode)
     }

@@ -176,14 +176,28 @@ impl Tally {
             && self.credentials_refused.is_none()
     }
 
-    /// One tally of several passes over the same input, each with its own share (a fleet
-    /// worker's own shard and the shards it took over): a record counts once, as the pass that
-    /// handled it says, and records no pass handled count as the other workers'.
-    pub(crate) fn merge(passes: Vec<Tally>) -> Tally {
+    /// One tally of several passes over the same input, each over one shard (a fleet worker's
+    /// own and those it took over, a shard possibly twice): a record counts once, as the last
+    /// pass over its shard says, and records no pass handled count as the other workers';
+    /// requests and latencies add up over every pass.
+    pub(crate) fn merge(passes: Vec<(u32, Tally)>) -> Tally {
         let mut out = Tally::default();
         let mut records = 0;
         let mut handled = 0u64;
-        for t in passes {
+        let last: std::collections::HashMap<u32, usize> = passes
+            .iter()
+            .enumerate()
+            .map(|(i, (shard, _))| (*shard, i))
+            .collect();
+        for (i, (shard, t)) in passes.into_iter().enumerate() {
+            out.requests += t.requests;
+            out.aborted_in_flight += t.aborted_in_flight;
+            out.latencies.absorb(&t.latencies);
+            out.elapsed += t.elapsed;
+            out.interrupted |= t.interrupted;
+            if last.get(&shard) != Some(&i) {
+                continue;
+            }
             records = records.max(t.records());
             handled += t.records() - t.other_shards;
             out.delivered += t.delivered;
@@ -192,10 +206,7 @@ impl Tally {
             out.not_started += t.not_started;
             out.unknown += t.unknown;
             out.delivered_earlier += t.delivered_earlier;
-            out.requests += t.requests;
-            out.interrupted |= t.interrupted;
             out.fenced |= t.fenced;
-            out.aborted_in_flight += t.aborted_in_flight;
             out.broken_input = out.broken_input.or(t.broken_input);
             out.output_error = out.output_error.or(t.output_error);
             out.journal_error = out.journal_error.or(t.journal_error);
@@ -210,8 +221,6 @@ impl Tally {
             }
             let room = LISTED_MAX.saturating_sub(out.quarantine.len());
             out.quarantine.extend(t.quarantine.into_iter().take(room));
-            out.latencies.absorb(&t.latencies);
-            out.elapsed += t.elapsed;
         }
         out.other_shards = records.saturating_sub(handled);
         out
@@ -238,13 +247,21 @@ mod tests {
             ..Tally::default()
         };
         taken.latencies.record(Duration::from_millis(3));
-        let merged = Tally::merge(vec![own, taken]);
+        // The own shard's first pass was cut short (its lease lapsed) and taken again.
+        let cut = Tally {
+            delivered: 2,
+            other_shards: 8,
+            requests: 2,
+            ..Tally::default()
+        };
+        let merged = Tally::merge(vec![(0, cut), (0, own), (1, taken)]);
         assert_eq!(merged.records(), 10);
         assert_eq!(
             (merged.delivered, merged.failed, merged.other_shards),
             (9, 1, 0)
         );
         assert_eq!(merged.latencies.max(), Duration::from_millis(3));
+        assert_eq!(merged.requests, 2);
         assert_eq!(Tally::merge(Vec::new()).records(), 0);
     }
 

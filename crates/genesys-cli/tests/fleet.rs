@@ -170,6 +170,14 @@ async fn a_killed_workers_shard_is_taken_over_and_every_user_is_patched_once() {
     for (id, _) in &wanted {
         assert_eq!(patches(&sim, id), 1, "user {id} patched exactly once");
     }
+    // --fresh would let a late worker start the job over again: refused, saying what to do.
+    let out = worker(1, "report-fresh.json")
+        .arg("--fresh")
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--fleet-run LABEL"), "{stderr}");
 }
 
 /// A worker paused (SIGSTOP) past its lease mid-job: another takes its shard over; woken, the

@@ -138,3 +138,23 @@ fn the_fleets_states_overlay_the_local_ones_the_more_cautious_winning() {
     assert_eq!(past.state(99), UnitState::New);
     assert_eq!(past.done_units, 2);
 }
+
+#[tokio::test]
+async fn a_journal_in_use_by_another_run_is_refused() {
+    let input = temp("in_lock.jsonl");
+    std::fs::write(&input, "a\n").unwrap();
+    let path = temp("lock.journal");
+    let first = Journal::open(&path, &spec(&input), OpenMode::Fresh).unwrap();
+    for mode in [OpenMode::Resume, OpenMode::Fresh] {
+        let err = Journal::open(&path, &spec(&input), mode).unwrap_err();
+        assert!(
+            err.to_string().contains("in use by another gcx run"),
+            "{err}"
+        );
+    }
+    first.close("interrupted").await.unwrap();
+    // Free again once the first run closed it, and what it wrote is still there.
+    let again = Journal::open(&path, &spec(&input), OpenMode::Resume).unwrap();
+    assert!(again.past.resumed());
+    again.close("complete").await.unwrap();
+}
