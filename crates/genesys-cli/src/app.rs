@@ -219,6 +219,8 @@ pub(crate) struct Ran {
     pub(crate) report: Option<ReportFile>,
     /// A fleet worker's part, and its own shard's journal (closed already).
     pub(crate) fleet: Option<(FleetReport, Option<std::path::PathBuf>)>,
+    /// The policy store's versions the job ran, and what it decided about a canary.
+    pub(crate) policy: Option<crate::policy::watch::PolicyReport>,
 }
 
 /// Runs a prepared job: one pass over the input, or a fleet worker's passes.
@@ -268,6 +270,7 @@ where
                 journal,
                 report,
                 fleet: None,
+                policy: None,
             }
         }
         Some(job) => {
@@ -283,6 +286,7 @@ where
                 journal: None,
                 report,
                 fleet: Some((ran.report, ran.journal)),
+                policy: None,
             }
         }
     }
@@ -304,6 +308,7 @@ pub(crate) async fn finish(
         journal,
         report: report_file,
         fleet,
+        policy,
     } = ran;
     let (fleet, fleet_journal) = fleet.unzip();
     let journal_path = journal
@@ -343,6 +348,7 @@ pub(crate) async fn finish(
     }
     report.pace = pace;
     report.fleet = fleet;
+    report.policy = policy;
     report.routes = routes;
     if let Some(file) = report_file
         && let Err(e) = file.commit(&report)

@@ -22,7 +22,7 @@ pub(crate) struct Cli {
 }
 
 /// Flags every job takes.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct Common {
     /// Genesys Cloud region: a name such as `us-east-1`, `eu-west-1`, or its domain
     /// such as `mypurecloud.ie`.
@@ -49,6 +49,12 @@ pub(crate) struct Common {
     /// the flags win over it.
     #[arg(long, global = true, value_name = "FILE", env = "GCX_CONFIG")]
     pub(crate) config: Option<PathBuf>,
+
+    /// The policy store: versions of the stack's configuration applied with `gcx policy
+    /// apply`, whose stable version (and canary) jobs run. Default:
+    /// $XDG_STATE_HOME/gcx/policies, else ~/.local/state/gcx/policies.
+    #[arg(long, global = true, value_name = "DIR", env = "GCX_POLICY_STORE")]
+    pub(crate) policy_store: Option<PathBuf>,
 
     /// Use the profile NAME of the configuration file ([profiles.NAME]): its region, its
     /// credentials' source and its settings, over the file's own.
@@ -219,6 +225,98 @@ pub(crate) enum PolicyCommand {
     /// else preview the retry delays, the worst case against the deadline and the load a fleet
     /// sends during a full outage.
     Check(PolicyCheckArgs),
+    /// Store FILE as a new version in the policy store (--policy-store): the stable version
+    /// jobs run, or with --canary a canary a share of the calls runs, rolled back
+    /// automatically when it does worse than the stable one. Recorded in the audit log.
+    Apply(PolicyApplyArgs),
+    /// Make the canary the stable version.
+    Promote(PolicyChangeArgs),
+    /// Drop the canary; without one, return to the stable version before this one.
+    Rollback(PolicyChangeArgs),
+    /// The stable version and the canary.
+    Status,
+    /// Every change, from the audit log (checked first).
+    History,
+    /// What two versions set differently: ids (or 4+ hex digits of one), `stable`, `canary`.
+    Diff {
+        /// The first version.
+        a: String,
+        /// The second version.
+        b: String,
+    },
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `gcx policy audit ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the audit log's hash chain: exit 0 when intact, 1 with the first line that was
+    /// edited, inserted or removed.
+    Verify,
+}
+
+/// Who changes the store, and why.
+#[derive(Debug, Args)]
+pub(crate) struct PolicyChangeArgs {
+    /// Who makes the change, for the audit log (default: the OS user).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) actor: Option<String>,
+
+    /// Why, for the audit log.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+}
+
+/// `gcx policy apply FILE`.
+#[derive(Debug, Args)]
+pub(crate) struct PolicyApplyArgs {
+    /// The configuration file (TOML, or JSON by its extension): the settings the version sets.
+    pub(crate) file: PathBuf,
+
+    /// Run the version on this share of the calls only, e.g. `10%` or `0.1`, next to the stable
+    /// version.
+    #[arg(long, value_name = "SHARE", value_parser = parse_share)]
+    pub(crate) canary: Option<f64>,
+
+    /// With --canary: roll the canary back when its success rate falls below this ratio of the
+    /// stable version's (0 to 1).
+    #[arg(long, value_name = "RATIO", default_value_t = 0.98, requires = "canary",
+          value_parser = parse_ratio)]
+    pub(crate) rollback_below: f64,
+
+    /// With --canary: promote the canary automatically once it has run N calls without doing
+    /// worse than the stable version (default: promoted by hand, `gcx policy promote`).
+    #[arg(long, value_name = "N", requires = "canary",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) promote_after: Option<u64>,
+
+    #[command(flatten)]
+    pub(crate) change: PolicyChangeArgs,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+        None => t.parse::<f64>(),
+    };
+    match v {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a share above 0 and below 100 %: write e.g. 10% or 0.1"
+        )),
+    }
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a ratio above 0 and at most 1, e.g. 0.98"
+        )),
+    }
 }
 
 /// `gcx policy check FILE`.

@@ -19,6 +19,7 @@ use crate::cli::Common;
 use crate::error::CliError;
 use crate::job::{Deliver, Replay, Undelivered, UnitCtx};
 use crate::journal::fnv1a;
+use crate::policy::watch::Policies;
 use crate::records::UserUpdate;
 use crate::report::Pace;
 use crate::settings::{self, Profile};
@@ -126,11 +127,15 @@ fn credentials(profile: Option<&Profile>) -> Result<Credentials, CliError> {
 /// The client builder from the common flags: `--region` or `--base-url` (and `--login-url`),
 /// credentials from the environment, `--concurrency`, `--rate-limit`. It sends nothing: a
 /// configuration error is found here, before anything else.
-pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, CliError> {
+pub(crate) fn client_builder(
+    common: &Common,
+) -> Result<(GenesysClientBuilder, Option<Policies>), CliError> {
     let mut builder = GenesysClient::builder();
     let settings = settings::load(common)?;
     let profile = settings.profile.as_ref();
-    let layered = settings.layered;
+    let layered = &settings.layered;
+    // The policy store's versions, when it has any: each call's retry policy from a switch.
+    let policies = Policies::from_settings(&settings);
     if layered.is_default() {
         builder = builder.max_in_flight(common.concurrency());
     } else {
@@ -198,7 +203,10 @@ pub(crate) fn client_builder(common: &Common) -> Result<GenesysClientBuilder, Cl
             }
         });
     }
-    Ok(builder)
+    if let Some(p) = &policies {
+        builder = builder.retry_switch(p.switch.clone());
+    }
+    Ok((builder, policies))
 }
 
 /// Builds the client. Without `--rate-limit`, it paces by the org's own limit, read once from

@@ -184,6 +184,7 @@ pub(crate) async fn run(
         journal: None,
         report: report_file,
         fleet: None,
+        policy: None,
     };
     let code = app::finish(
         common,

@@ -23,6 +23,7 @@ mod records;
 mod report;
 mod settings;
 mod sinks;
+mod store;
 mod tally;
 mod telemetry;
 
@@ -126,6 +127,9 @@ async fn run(cli: Cli, export: Option<&telemetry::Export>) -> Result<u8, CliErro
     if let Command::Policy(PolicyCommand::Check(args)) = &cli.command {
         return policy::check(args, cli.common.json);
     }
+    if let Command::Policy(command) = &cli.command {
+        return policy::manage(command, &cli.common);
+    }
     if let Command::Config(ConfigCommand::Show) = &cli.command {
         return deliver::show_config(&cli.common);
     }
@@ -144,7 +148,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
         Command::Completions { .. } | Command::Policy(_) | Command::Config(_) => Ok(0),
         Command::Demo(args) => demo::run(common, args, telemetry).await,
         Command::Users(UsersCommand::Patch(args)) => {
-            let builder = deliver::client_builder(common)?;
+            let (builder, policies) = deliver::client_builder(common)?;
             let format = Format::from_path(&args.input);
             let kind = app::JobKind {
                 command: "users patch",
@@ -155,8 +159,13 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
             };
             let mut prepared = app::prepare(common, &args.input, format, UserRecords, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
+            let watcher = policies.map(|p| policy::watch::Watcher::start(common, p));
             let deliver = Arc::new(deliver::Users(client.clone()));
-            let ran = app::execute(common, prepared, deliver, 1, false, app::interrupts()).await;
+            let mut ran =
+                app::execute(common, prepared, deliver, 1, false, app::interrupts()).await;
+            if let Some(w) = watcher {
+                ran.policy = Some(w.finish(common).await);
+            }
             let metrics = client.metrics().snapshot();
             app::finish(
                 common,
@@ -180,7 +189,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                     "--path {path}: give the endpoint's path from the API root, e.g. /api/v2/..."
                 )));
             }
-            let builder = deliver::client_builder(common)?;
+            let (builder, policies) = deliver::client_builder(common)?;
             let records = IngestRecords::load(&args.schema)?;
             let format = Format::from_path(&args.input);
             let chunk_size = args.chunk_size as usize;
@@ -194,11 +203,12 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
             };
             let mut prepared = app::prepare(common, &args.input, format, records, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
+            let watcher = policies.map(|p| policy::watch::Watcher::start(common, p));
             let deliver = deliver::Ingest {
                 client: client.clone(),
                 path: path.into(),
             };
-            let ran = app::execute(
+            let mut ran = app::execute(
                 common,
                 prepared,
                 Arc::new(deliver),
@@ -207,6 +217,9 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 app::interrupts(),
             )
             .await;
+            if let Some(w) = watcher {
+                ran.policy = Some(w.finish(common).await);
+            }
             let metrics = client.metrics().snapshot();
             app::finish(
                 common,
@@ -220,7 +233,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
             .await
         }
         Command::Actions(ActionsCommand::Execute(args)) => {
-            let builder = deliver::client_builder(common)?;
+            let (builder, policies) = deliver::client_builder(common)?;
             let (input, format) = match (&args.input, &args.batch) {
                 (Some(file), None) => (file, Format::Json),
                 (None, Some(file)) => (file, Format::Jsonl),
@@ -240,6 +253,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
             };
             let mut prepared = app::prepare(common, input, format, ActionInputs, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
+            let watcher = policies.map(|p| policy::watch::Watcher::start(common, p));
             let deliver = deliver::Actions {
                 client: client.clone(),
                 action_id: args.action_id.as_str().into(),
@@ -247,7 +261,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 per_line_keys: format == Format::Jsonl,
                 print_output: format == Format::Json && !common.json && !common.quiet,
             };
-            let ran = app::execute(
+            let mut ran = app::execute(
                 common,
                 prepared,
                 Arc::new(deliver),
@@ -256,6 +270,9 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 app::interrupts(),
             )
             .await;
+            if let Some(w) = watcher {
+                ran.policy = Some(w.finish(common).await);
+            }
             let metrics = client.metrics().snapshot();
             app::finish(
                 common,

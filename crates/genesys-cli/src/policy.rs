@@ -8,7 +8,12 @@ use genesys_tower::retry::Backoff;
 use serde::Serialize;
 
 use crate::cli::PolicyCheckArgs;
+
+mod versions;
+pub(crate) mod watch;
+
 use crate::error::{CliError, EXIT_OK};
+pub(crate) use versions::run as manage;
 
 /// Schedules sampled per preview.
 const SAMPLES: u64 = 10_000;

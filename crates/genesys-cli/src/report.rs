@@ -81,6 +81,10 @@ pub(crate) struct Report {
     /// processed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) fleet: Option<FleetReport>,
+    /// The policy store's versions the job ran (`gcx policy apply`), their calls' outcomes, and
+    /// what the job decided about a canary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) policy: Option<crate::policy::watch::PolicyReport>,
     /// What the HTTP stack did per route (calls and attempts by outcome, retries by reason,
     /// 429s, the calls' latency histogram), from the same metrics `--metrics-addr` serves.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -289,6 +293,7 @@ impl Report {
                 .saturating_sub(tally.quarantine.len() as u64),
             pace: None,
             fleet: None,
+            policy: None,
             routes: Vec::new(),
             verdict: None,
         }
@@ -381,6 +386,22 @@ impl Report {
                 "pace",
                 format!("{} per {} s ({})", p.requests, p.window_s, p.source),
             );
+        }
+        if let Some(p) = &self.policy {
+            let mut text = format!("stable {}", p.stable.as_deref().unwrap_or("default"));
+            if let Some(c) = &p.canary {
+                text.push_str(&format!(", canary {c}"));
+            }
+            for (version, o) in &p.outcomes {
+                text.push_str(&format!(
+                    "; {version}: {} of {} calls succeeded",
+                    o.succeeded, o.calls
+                ));
+            }
+            row(&mut s, "retry policy", text);
+            for d in &p.decisions {
+                row(&mut s, "canary", d.clone());
+            }
         }
         if let Some(f) = &self.fleet {
             let list = |v: &[u32]| {

@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::cli::Common;
 use crate::error::CliError;
+use crate::store::{Canary, Store};
 
 /// The profile's keys that are not the stack's settings.
 const CONNECTION_KEYS: [&str; 6] = [
@@ -59,6 +60,10 @@ pub(crate) struct Profile {
 pub(crate) struct Settings {
     pub(crate) layered: Layered,
     pub(crate) profile: Option<Profile>,
+    /// The policy store's stable version, when it has one (its settings are in `layered`).
+    pub(crate) stable: Option<String>,
+    /// The policy store's canary, when one runs, and the settings a call on its share runs.
+    pub(crate) canary: Option<(Canary, Layered)>,
 }
 
 /// Reads the configuration file (if any), applies the profile, then the environment; flags are
@@ -87,14 +92,94 @@ pub(crate) fn load_with(
             }
             (Layered::defaults(), None)
         }
-        Some(path) => from_file(path, profile_name.as_deref())?,
+        Some(path) => from_file(path)?,
     };
-    layered = layered.env(&env).map_err(|e| {
-        CliError::usage(format!(
-            "the environment sets the stack's configuration wrongly:\n{e}"
-        ))
-    })?;
-    Ok(Settings { layered, profile })
+    // The policy store's version over the file, then the profile, then the environment: once
+    // with the stable version, once more with the canary's when one runs.
+    let chosen = match (profile, profile_name) {
+        (Some(profiles), Some(name)) => {
+            let (profile, settings) = choose(&profiles, &name)?;
+            Some((profile, settings, name, profiles.path))
+        }
+        _ => None,
+    };
+    let over = |layered: Layered| -> Result<Layered, CliError> {
+        let layered = match &chosen {
+            Some((_, settings, name, path)) => layered
+                .apply(
+                    settings,
+                    Origin::Profile(name.clone()),
+                    &format!("profiles.{name}"),
+                )
+                .map_err(|e| invalid(path, &e))?,
+            None => layered,
+        };
+        layered.env(&env).map_err(|e| {
+            CliError::usage(format!(
+                "the environment sets the stack's configuration wrongly:\n{e}"
+            ))
+        })
+    };
+    let store = crate::store::store_dir(common, &env).and_then(|dir| Store::existing(&dir));
+    let mut stable = None;
+    let mut canary = None;
+    if let Some(store) = &store {
+        let state = store.state()?;
+        if let Some(c) = state.canary {
+            let (id, tree) = store.version(&c.version)?;
+            let with = layered
+                .clone()
+                .apply(&tree, Origin::Policy(format!("{id} (canary)")), "")
+                .map_err(|e| policy_error(store, &id, &e))?;
+            canary = Some((c, over(with)?));
+        }
+        if let Some(version) = &state.stable {
+            let (id, tree) = store.version(version)?;
+            layered = layered
+                .apply(&tree, Origin::Policy(format!("{id} (stable)")), "")
+                .map_err(|e| policy_error(store, &id, &e))?;
+            stable = Some(id);
+        }
+    }
+    Ok(Settings {
+        layered: over(layered)?,
+        profile: chosen.map(|(profile, ..)| profile),
+        stable,
+        canary,
+    })
+}
+
+fn policy_error(store: &Store, id: &str, e: &dyn std::fmt::Display) -> CliError {
+    CliError::usage(format!(
+        "the policy store {}: version {id} no longer fits with the other settings:\n{e}\n\
+         roll it back (gcx policy rollback) or apply a version that does",
+        store.dir().display()
+    ))
+}
+
+/// A file's profiles.
+struct Profiles {
+    path: PathBuf,
+    map: Map<String, Value>,
+}
+
+/// The profile `name` of `profiles`, split into its connection and its settings.
+fn choose(profiles: &Profiles, name: &str) -> Result<(Profile, Value), CliError> {
+    let path = &profiles.path;
+    let Some(table) = profiles.map.get(name) else {
+        let mut names: Vec<&str> = profiles.map.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        return Err(CliError::usage(format!(
+            "--profile {name}: no [profiles.{name}] in {}; its profiles: {}",
+            path.display(),
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        )));
+    };
+    split_profile(name, table).map_err(|problems| invalid(path, &problems.join("\n")))
 }
 
 /// `$XDG_CONFIG_HOME/gcx/config.toml`, else `~/.config/gcx/config.toml`.
@@ -112,13 +197,13 @@ fn default_file(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
 
 fn invalid(path: &Path, e: &dyn std::fmt::Display) -> CliError {
     CliError::usage(format!(
-        "--config {}: not a valid configuration:\n{e}",
+        "{}: not a valid configuration:\n{e}",
         path.display()
     ))
 }
 
-/// The file's settings, then the profile's.
-fn from_file(path: &Path, profile: Option<&str>) -> Result<(Layered, Option<Profile>), CliError> {
+/// A configuration file as a tree (TOML, or JSON by its extension), read with a size bound.
+pub(crate) fn read_tree(path: &Path) -> Result<Value, CliError> {
     let mut text = String::new();
     let read = std::fs::File::open(path).and_then(|f| {
         std::io::Read::read_to_string(&mut std::io::Read::take(f, MAX_FILE + 1), &mut text)
@@ -133,11 +218,20 @@ fn from_file(path: &Path, profile: Option<&str>) -> Result<(Layered, Option<Prof
     let json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    let mut tree: Value = if json {
+    let tree: Value = if json {
         serde_json::from_str(&text).map_err(|e| invalid(path, &e))?
     } else {
         toml::from_str(&text).map_err(|e| invalid(path, &e))?
     };
+    if !tree.is_object() {
+        return Err(invalid(path, &"the file is not a table of settings"));
+    }
+    Ok(tree)
+}
+
+/// The file's settings, and its profiles.
+fn from_file(path: &Path) -> Result<(Layered, Option<Profiles>), CliError> {
+    let mut tree = read_tree(path)?;
     let Some(root) = tree.as_object_mut() else {
         return Err(invalid(path, &"the file is not a table of settings"));
     };
@@ -146,7 +240,7 @@ fn from_file(path: &Path, profile: Option<&str>) -> Result<(Layered, Option<Prof
     let layered = Layered::defaults()
         .apply(&tree, Origin::File(shown), "")
         .map_err(|e| invalid(path, &e))?;
-    let profiles = match profiles {
+    let map = match profiles {
         None => Map::new(),
         Some(Value::Object(map)) => map,
         Some(_) => {
@@ -156,32 +250,11 @@ fn from_file(path: &Path, profile: Option<&str>) -> Result<(Layered, Option<Prof
             ));
         }
     };
-    let Some(name) = profile else {
-        return Ok((layered, None));
+    let profiles = Profiles {
+        path: path.to_owned(),
+        map,
     };
-    let Some(table) = profiles.get(name) else {
-        let mut names: Vec<&str> = profiles.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        return Err(CliError::usage(format!(
-            "--profile {name}: no [profiles.{name}] in {}; its profiles: {}",
-            path.display(),
-            if names.is_empty() {
-                "none".to_owned()
-            } else {
-                names.join(", ")
-            }
-        )));
-    };
-    let (profile, settings) =
-        split_profile(name, table).map_err(|problems| invalid(path, &problems.join("\n")))?;
-    let layered = layered
-        .apply(
-            &settings,
-            Origin::Profile(name.to_owned()),
-            &format!("profiles.{name}"),
-        )
-        .map_err(|e| invalid(path, &e))?;
-    Ok((layered, Some(profile)))
+    Ok((layered, Some(profiles)))
 }
 
 /// A profile's table split into its connection and its stack settings; or every problem, each

@@ -45,7 +45,7 @@ use genesys_tower::auth::{AuthLayer, Token, TokenSource};
 use genesys_tower::concurrency::{ConcurrencyLayer, SharedPacer};
 use genesys_tower::idempotency::{IdempotencyLayer, IdempotencyStore};
 use genesys_tower::read_body::ReadBodyLayer;
-use genesys_tower::retry::{RetryLayer, RetryPolicy};
+use genesys_tower::retry::{PolicySwitch, RetryLayer, RetryPolicy};
 use genesys_tower::{Body, BoxError, Metrics};
 use http::{HeaderValue, Request, Response, Uri};
 use tower::timeout::TimeoutLayer;
@@ -141,6 +141,7 @@ pub struct GenesysClientBuilder {
     auth: Option<Auth>,
     token_retry: TokenRetry,
     retry_policy: Option<RetryPolicy>,
+    retry_switch: Option<PolicySwitch>,
     refresh_margin: Option<Duration>,
     attempt_timeout: Option<Duration>,
     max_response_body: usize,
@@ -171,6 +172,7 @@ impl Default for GenesysClientBuilder {
             auth: None,
             token_retry: TokenRetry::default(),
             retry_policy: None,
+            retry_switch: None,
             refresh_margin: None,
             attempt_timeout: Some(DEFAULT_ATTEMPT_TIMEOUT),
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,
@@ -269,6 +271,13 @@ impl GenesysClientBuilder {
     /// token could not be had.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.retry_policy = Some(policy);
+        self
+    }
+
+    /// Takes each call's retry policy from `switch`: changed live, and a canary on a share of
+    /// the calls ([`PolicySwitch`]); [`retry_policy`](Self::retry_policy) is then not used.
+    pub fn retry_switch(mut self, switch: PolicySwitch) -> Self {
+        self.retry_switch = Some(switch);
         self
     }
 
@@ -597,7 +606,13 @@ impl GenesysClientBuilder {
             .max_error_body(self.max_error_body)
             .idle_timeout(self.body_idle_timeout);
         let below_idempotency = ServiceBuilder::new()
-            .layer(RetryLayer::new(policy).metrics(metrics.clone()))
+            .layer({
+                let retry = RetryLayer::new(policy).metrics(metrics.clone());
+                match &self.retry_switch {
+                    Some(switch) => retry.switch(switch.clone()),
+                    None => retry,
+                }
+            })
             .layer(auth)
             .option_layer(self.attempt_timeout.map(TimeoutLayer::new))
             .layer(read_body)
@@ -650,6 +665,7 @@ impl fmt::Debug for GenesysClientBuilder {
             .field("login_url", &self.login_url)
             .field("auth", &auth)
             .field("retry_policy", &self.retry_policy)
+            .field("retry_switch", &self.retry_switch)
             .field("refresh_margin", &self.refresh_margin)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("max_response_body", &self.max_response_body)

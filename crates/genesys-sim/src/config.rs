@@ -354,6 +354,8 @@ pub struct SimConfig {
     pub integrations: usize,
     /// Faults to inject (default none).
     pub faults: Faults,
+    /// Which API requests the probability faults may hit (default: every one).
+    pub faults_only_for: Option<crate::FaultTarget>,
     /// Seed for users, ids and faults (default 0).
     pub seed: u64,
     /// Send `inin-ratelimit-allowed/count/reset` (default true).
@@ -393,6 +395,7 @@ impl Default for SimConfig {
             users: 1000,
             integrations: 1,
             faults: Faults::default(),
+            faults_only_for: None,
             seed: 0,
             ratelimit_headers: true,
             ratelimit_headers_share: 1.0,
@@ -442,6 +445,12 @@ impl SimConfig {
     /// Per-OAuth-client quota across the client's tokens, `None` (the default) for none.
     pub fn client_rate_limit(mut self, limit: Option<(u32, Duration)>) -> Self {
         self.client_rate_limit = limit;
+        self
+    }
+
+    /// Injects the probability faults only into the requests `target` names.
+    pub fn faults_only_for(mut self, target: Option<crate::FaultTarget>) -> Self {
+        self.faults_only_for = target;
         self
     }
 

@@ -78,6 +78,58 @@ pub struct Faults {
     pub drip_body: f64,
 }
 
+/// Which API requests the probability faults may hit (by default, all): a share of the traffic
+/// that goes wrong while the rest does not, as when one version of a client misbehaves or one
+/// client's requests take a bad route. Latency and token faults hit every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultTarget {
+    /// Requests carrying the header with this value (`header:NAME=VALUE`).
+    Header(http::HeaderName, String),
+    /// Requests made with a token of this OAuth client (`client:ID`).
+    Client(String),
+}
+
+impl FaultTarget {
+    /// Parses `header:NAME=VALUE` or `client:ID`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let usage = || {
+            format!(
+                "`{spec}` is not a fault target: write header:NAME=VALUE (e.g. \
+                 header:x-policy-version=v2) or client:ID"
+            )
+        };
+        if let Some(rest) = spec.strip_prefix("header:") {
+            let (name, value) = rest.split_once('=').ok_or_else(usage)?;
+            let name = http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| usage())?;
+            return Ok(FaultTarget::Header(name, value.trim().to_owned()));
+        }
+        match spec.strip_prefix("client:").map(str::trim) {
+            Some(id) if !id.is_empty() => Ok(FaultTarget::Client(id.to_owned())),
+            _ => Err(usage()),
+        }
+    }
+
+    /// Whether a request with `headers`, made by `client`, is targeted.
+    pub(crate) fn matches(&self, headers: &http::HeaderMap, client: &str) -> bool {
+        match self {
+            FaultTarget::Header(name, value) => headers
+                .get(name)
+                .is_some_and(|v| v.as_bytes() == value.as_bytes()),
+            FaultTarget::Client(id) => id == client,
+        }
+    }
+}
+
+impl fmt::Display for FaultTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FaultTarget::Header(name, value) => write!(f, "header:{name}={value}"),
+            FaultTarget::Client(id) => write!(f, "client:{id}"),
+        }
+    }
+}
+
 /// One probability fault: the one place it is declared. Parsing, `Display`, validation and the
 /// draw of [`Faults`] are derived from [`PROBABILITY_FAULTS`]; adding a fault is a field of
 /// [`Faults`], a row here and its effect where the request is served.

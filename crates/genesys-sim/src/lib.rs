@@ -57,7 +57,7 @@ pub use config::{
 };
 pub use data::{integration_id, user_id};
 pub use error::SimError;
-pub use faults::{FaultSpecError, Faults};
+pub use faults::{FaultSpecError, FaultTarget, Faults};
 pub use server::{SimHandle, Simulator};
 pub use state::{LedgerEntry, Stats};
 

@@ -43,6 +43,11 @@ struct Args {
     #[arg(long, value_name = "SPEC", default_value = "none", value_parser = |s: &str| s.parse::<Faults>().map_err(|e| e.to_string()))]
     faults: Faults,
 
+    /// Inject the probability faults only into these requests: header:NAME=VALUE (e.g. the
+    /// policy version a client tags its calls with) or client:ID.
+    #[arg(long, value_name = "TARGET", value_parser = genesys_sim::FaultTarget::parse)]
+    faults_only_for: Option<genesys_sim::FaultTarget>,
+
     /// Seed for users, ids and faults.
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
         .client_rate_limit(args.client_rate_limit.0)
         .users(args.users)
         .faults(args.faults)
+        .faults_only_for(args.faults_only_for)
         .seed(args.seed)
         .ratelimit_headers(!args.no_ratelimit_headers)
         .ratelimit_headers_share(args.ratelimit_headers_share)

@@ -58,6 +58,7 @@ pub fn gcx(sim: &SimHandle) -> Command {
         .env("XDG_CONFIG_HOME", state_dir().join("no-config"))
         .env_remove("GCX_CONFIG")
         .env_remove("GCX_PROFILE")
+        .env("GCX_POLICY_STORE", state_dir().join("no-policies"))
         .args(["--base-url", &sim.base_url()])
         .stdin(Stdio::null());
     cmd

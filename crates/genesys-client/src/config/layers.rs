@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use super::{ConfigError, ConfigProblem, StackConfig, read_file};
 
-/// Where a setting's value came from. Later layers win: default < file < profile < environment
-/// < flag.
+/// Where a setting's value came from. Later layers win: default < file < policy < profile <
+/// environment < flag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "name", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -22,6 +22,8 @@ pub enum Origin {
     File(String),
     /// A named profile of a configuration file (its name).
     Profile(String),
+    /// A version of a policy store (its id, and whether it is the stable version or a canary).
+    Policy(String),
     /// An environment variable (its name).
     Env(String),
     /// A command-line flag (its name).
@@ -34,6 +36,7 @@ impl fmt::Display for Origin {
             Origin::Default => f.write_str("default"),
             Origin::File(path) => write!(f, "file {path}"),
             Origin::Profile(name) => write!(f, "profile {name}"),
+            Origin::Policy(version) => write!(f, "policy {version}"),
             Origin::Env(name) => write!(f, "env {name}"),
             Origin::Flag(name) => write!(f, "flag {name}"),
         }

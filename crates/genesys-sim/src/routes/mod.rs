@@ -454,7 +454,12 @@ async fn api(
         },
     };
 
+    // Drawn for every request, so that a target leaves the others' draws as they were.
     let fault = sh.cfg.faults.decide(&mut rng);
+    let fault = match &sh.cfg.faults_only_for {
+        Some(target) if !target.matches(&parts.headers, &client) => Fault::None,
+        _ => fault,
+    };
     if let Some(kind) = fault.kind() {
         sh.stats.fault(kind);
     }

@@ -1,6 +1,6 @@
 use tower_layer::Layer;
 
-use super::{Retry, RetryPolicy};
+use super::{PolicySwitch, Retry, RetryPolicy};
 use crate::Metrics;
 
 /// Wraps a service in [`Retry`] with a [`RetryPolicy`].
@@ -19,6 +19,7 @@ use crate::Metrics;
 pub struct RetryLayer {
     policy: RetryPolicy,
     metrics: Metrics,
+    switch: Option<PolicySwitch>,
 }
 
 impl RetryLayer {
@@ -29,7 +30,16 @@ impl RetryLayer {
         RetryLayer {
             policy,
             metrics: Metrics::new(),
+            switch: None,
         }
+    }
+
+    /// Takes each call's policy from `switch` (changed live, a canary on a share of the
+    /// calls) instead of the layer's own.
+    #[must_use]
+    pub fn switch(mut self, switch: PolicySwitch) -> Self {
+        self.switch = Some(switch);
+        self
     }
 
     /// Counts requests, attempts, retries by reason, 429s and budget refusals into `metrics`.
@@ -56,6 +66,10 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, service: S) -> Retry<S> {
-        Retry::new(service, self.policy.clone()).metrics(self.metrics.clone())
+        let retry = Retry::new(service, self.policy.clone()).metrics(self.metrics.clone());
+        match &self.switch {
+            Some(switch) => retry.switch(switch.clone()),
+            None => retry,
+        }
     }
 }

@@ -135,6 +135,7 @@ pub use crate::headers;
 mod layer;
 mod policy;
 mod span;
+mod switch;
 
 use std::mem;
 use std::sync::Arc;
@@ -158,6 +159,7 @@ pub use self::layer::RetryLayer;
 pub use self::policy::{
     IDEMPOTENCY_KEY, PolicyError, PolicyProblem, RetryPolicy, RetryPolicyBuilder,
 };
+pub use self::switch::{PolicySwitch, VersionOutcomes};
 pub use crate::reason::RetryReason;
 
 use self::decide::{Decision, Outcome, State, SystemClock, decide};
@@ -180,6 +182,8 @@ pub struct Retry<S> {
 struct Shared {
     policy: RetryPolicy,
     metrics: Metrics,
+    /// Where each call's policy comes from, when it is changed live.
+    switch: Option<PolicySwitch>,
 }
 
 /// The response extension that says how a call went: attempts sent and time spent waiting
@@ -201,8 +205,21 @@ impl<S> Retry<S> {
             shared: Arc::new(Shared {
                 policy,
                 metrics: Metrics::new(),
+                switch: None,
             }),
         }
+    }
+
+    /// Takes each call's policy from `switch` instead (changed live, a canary on a share of
+    /// the calls); the policy given to [`new`](Self::new) is then not used.
+    #[must_use]
+    pub fn switch(mut self, switch: PolicySwitch) -> Self {
+        self.shared = Arc::new(Shared {
+            policy: self.shared.policy.clone(),
+            metrics: self.shared.metrics.clone(),
+            switch: Some(switch),
+        });
+        self
     }
 
     /// Counts into `metrics` instead.
@@ -211,6 +228,7 @@ impl<S> Retry<S> {
         self.shared = Arc::new(Shared {
             policy: self.shared.policy.clone(),
             metrics,
+            switch: self.shared.switch.clone(),
         });
         self
     }
@@ -262,13 +280,22 @@ where
         // The ready service goes to the first attempt; its clone waits for the next call.
         let clone = self.inner.clone();
         let ready = mem::replace(&mut self.inner, clone);
+        // A switched policy is chosen when the call starts, and kept to its end.
+        let shared = match &self.shared.switch {
+            None => self.shared.clone(),
+            Some(switch) => Arc::new(Shared {
+                policy: switch.pick(),
+                metrics: self.shared.metrics.clone(),
+                switch: Some(switch.clone()),
+            }),
+        };
         let call = Call {
-            seed: self.shared.policy.next_call_seed(),
-            shared: self.shared.clone(),
+            seed: shared.policy.next_call_seed(),
+            shared,
         };
         // Made here, so that its parent is the caller's span.
         let (parts, body) = request.into_parts();
-        let span = span::call(&parts, &self.shared.policy);
+        let span = span::call(&parts, &call.shared.policy);
         ResponseFuture::new(call.run(ready, parts, body, span.clone()).instrument(span))
     }
 }
@@ -298,7 +325,7 @@ impl Call {
     async fn run<S, B, R>(
         self,
         mut service: S,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: B,
         call_span: Span,
     ) -> Result<Response<R>, BoxError>
@@ -309,7 +336,16 @@ impl Call {
         R: http_body::Body + Send,
     {
         let Call { shared, seed } = self;
-        let Shared { policy, metrics } = &*shared;
+        let Shared {
+            policy,
+            metrics,
+            switch,
+        } = &*shared;
+        if let Some(tag) = switch.as_ref().and_then(PolicySwitch::tag)
+            && let Ok(value) = http::HeaderValue::from_str(policy.version())
+        {
+            parts.headers.insert(tag.clone(), value);
+        }
         let call_metrics = CallMetrics::start(&parts, policy.version_label());
         let started = Instant::now();
         metrics.record_request();
@@ -405,6 +441,11 @@ impl Call {
 
         let status = result.as_ref().ok().map(Response::status);
         call_metrics.finish(status);
+        if let Some(switch) = switch {
+            let succeeded =
+                status.is_some_and(|s| !s.is_server_error() && s != StatusCode::TOO_MANY_REQUESTS);
+            switch.record(policy.version(), succeeded, started.elapsed());
+        }
         let error = result
             .as_ref()
             .err()

@@ -1104,3 +1104,5 @@ async fn a_response_body_over_the_limit_is_not_retried() {
     );
     assert_eq!(server.seen().len(), 1);
 }
+
+mod switch;

@@ -1,0 +1,166 @@
+//! The policy store's audit log: one JSON line per change (apply, promote, rollback, manual or
+//! automatic), each carrying the SHA-256 of the line before it, so that an edited, inserted or
+//! removed line breaks the chain; the store's state keeps the last line's hash and number, so
+//! that lines cut off the end are found too.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The hash before the first entry.
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The longest line read back.
+const LINE_MAX: u64 = 64 * 1024;
+
+/// One change of the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    /// 1 for the first entry, then one more per entry.
+    pub(crate) seq: u64,
+    /// Seconds since the Unix epoch.
+    pub(crate) at: u64,
+    /// Who: `--actor`, else the OS user; `gcx (automatic)` for an automatic rollback.
+    pub(crate) actor: String,
+    /// `apply`, `canary`, `promote` or `rollback`.
+    pub(crate) action: String,
+    /// The version the change made current (stable, or canary for `canary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) version: Option<String>,
+    /// The version it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) from: Option<String>,
+    /// A canary's share of the calls (0 to 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) share: Option<f64>,
+    /// A canary's success-rate ratio below which it is rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rollback_below: Option<f64>,
+    /// Why, as the actor said (or the evidence, for an automatic rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<String>,
+    /// The hash of the entry before (or [`GENESIS`]).
+    pub(crate) prev: String,
+    /// The SHA-256 of this entry with `hash` empty, in canonical JSON.
+    pub(crate) hash: String,
+}
+
+/// JSON with every object's keys sorted: the same value, the same bytes.
+pub(crate) fn canonical(value: &Value) -> String {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                let mut out = serde_json::Map::new();
+                for k in keys {
+                    out.insert(k.clone(), sorted(&map[k]));
+                }
+                Value::Object(out)
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(value).to_string()
+}
+
+/// The SHA-256 of `bytes`, in hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Entry {
+    /// The entry's own hash: of its canonical JSON with `hash` empty.
+    fn compute_hash(&self) -> String {
+        let mut unsigned = self.clone();
+        unsigned.hash = String::new();
+        let value = serde_json::to_value(&unsigned).unwrap_or_default();
+        sha256_hex(canonical(&value).as_bytes())
+    }
+
+    /// Seals the entry after the one whose hash is `prev`.
+    pub(crate) fn seal(mut self, seq: u64, prev: &str) -> Self {
+        self.seq = seq;
+        self.prev = prev.to_owned();
+        self.hash = self.compute_hash();
+        self
+    }
+}
+
+/// Appends a sealed entry and syncs it to disk.
+pub(crate) fn append(path: &Path, entry: &Entry) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(&line)?;
+    file.sync_all()
+}
+
+/// Reads the log: every entry, or the first line that breaks the chain (its number and what is
+/// wrong). `head` is what the store's state says the last entry is (number, hash).
+pub(crate) fn verify(path: &Path, head: (u64, &str)) -> Result<Vec<Entry>, String> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && head.0 == 0 => {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut reader = BufReader::new(file);
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut buf = Vec::new();
+    let mut prev = GENESIS.to_owned();
+    loop {
+        buf.clear();
+        let n = (&mut reader)
+            .take(LINE_MAX)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        let line = entries.len() + 1;
+        let entry: Entry = serde_json::from_slice(buf.trim_ascii_end())
+            .map_err(|e| format!("line {line}: not an audit entry ({e})"))?;
+        if entry.seq != line as u64 {
+            return Err(format!(
+                "line {line}: entry number {} where {line} was expected (a line was removed \
+                 or inserted)",
+                entry.seq
+            ));
+        }
+        if entry.prev != prev {
+            return Err(format!(
+                "line {line}: it does not follow the line before (a line was removed, inserted \
+                 or edited)"
+            ));
+        }
+        if entry.compute_hash() != entry.hash {
+            return Err(format!(
+                "line {line}: its content does not match its hash (edited)"
+            ));
+        }
+        prev.clone_from(&entry.hash);
+        entries.push(entry);
+    }
+    let (seq, hash) = head;
+    let last = entries
+        .last()
+        .map_or((0, GENESIS), |e| (e.seq, e.hash.as_str()));
+    if last != (seq, hash) {
+        return Err(format!(
+            "the log ends at entry {} but the store's state says {seq} (lines were cut off the \
+             end, or the state was edited)",
+            last.0
+        ));
+    }
+    Ok(entries)
+}

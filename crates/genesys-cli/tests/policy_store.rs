@@ -1,0 +1,303 @@
+//! The policy store from the command line: versions applied, promoted and rolled back, what
+//! jobs then run, the diff, and an audit log whose hash chain catches an edited, removed or
+//! cut-off line.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn gcx_store(store: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gcx"));
+    cmd.env("GCX_POLICY_STORE", store)
+        .env("XDG_CONFIG_HOME", store.join("no-config"))
+        .env_remove("GCX_CONFIG")
+        .env_remove("GCX_PROFILE")
+        .env("USER", "ops-alice")
+        .env("GENESYS_CLIENT_ID", "demo-client")
+        .env("GENESYS_CLIENT_SECRET", "demo-secret");
+    cmd
+}
+
+fn run(store: &Path, args: &[&str]) -> std::process::Output {
+    gcx_store(store).args(args).output().unwrap()
+}
+
+fn setting(store: &Path, key: &str) -> Value {
+    let out = run(store, &["config", "show", "--json"]);
+    assert_exit(&out, 0);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    shown["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == key)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn versions_are_applied_promoted_rolled_back_and_audited() {
+    let d = dir("policy_store");
+    let store = d.join("store");
+    let v1 = write(&d.join("v1.toml"), b"[retry]\nmax_attempts = 3\n");
+    let v2 = write(
+        &d.join("v2.toml"),
+        b"[retry]\nmax_attempts = 6\nfactor = 3.0\n",
+    );
+    let bad = write(&d.join("bad.toml"), b"[retry]\nmax_attempts = 60\n");
+
+    // A bad version never reaches the store.
+    let out = run(&store, &["policy", "apply", bad.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retry.max_attempts"));
+    // A canary needs a stable version to be compared with.
+    let out = run(
+        &store,
+        &["policy", "apply", "--canary", "10%", v2.to_str().unwrap()],
+    );
+    assert_exit(&out, 2);
+
+    assert_exit(
+        &run(
+            &store,
+            &["policy", "apply", v1.to_str().unwrap(), "--reason", "first"],
+        ),
+        0,
+    );
+    let s = setting(&store, "retry.max_attempts");
+    assert_eq!(s["value"], 3);
+    assert_eq!(s["from"]["kind"], "policy");
+    // The same content again: nothing to do, no audit entry.
+    assert_exit(&run(&store, &["policy", "apply", v1.to_str().unwrap()]), 0);
+
+    let out = run(
+        &store,
+        &[
+            "policy",
+            "apply",
+            "--canary",
+            "25%",
+            "--rollback-below",
+            "0.9",
+            v2.to_str().unwrap(),
+        ],
+    );
+    assert_exit(&out, 0);
+    // The stable version still rules what is not the canary's share.
+    assert_eq!(setting(&store, "retry.max_attempts")["value"], 3);
+    let out = run(&store, &["--json", "policy", "status"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["canary"]["share"], 0.25);
+    assert_eq!(status["canary"]["rollback_below"], 0.9);
+    // One canary at a time.
+    assert_exit(
+        &run(
+            &store,
+            &["policy", "apply", "--canary", "5%", v1.to_str().unwrap()],
+        ),
+        2,
+    );
+
+    let out = run(&store, &["policy", "diff", "stable", "canary"]);
+    assert_exit(&out, 0);
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert!(diff.contains("retry.max_attempts: 3 -> 6"), "{diff}");
+    assert!(diff.contains("retry.factor: 2.0 -> 3.0"), "{diff}");
+    assert!(!diff.contains("retry.base_delay"), "{diff}");
+
+    assert_exit(
+        &run(&store, &["policy", "promote", "--actor", "ops-bob"]),
+        0,
+    );
+    assert_eq!(setting(&store, "retry.max_attempts")["value"], 6);
+    assert_exit(
+        &run(
+            &store,
+            &["policy", "rollback", "--reason", "too many retries"],
+        ),
+        0,
+    );
+    assert_eq!(setting(&store, "retry.max_attempts")["value"], 3);
+    // Nothing before the first version.
+    assert_exit(&run(&store, &["policy", "rollback"]), 2);
+
+    let out = run(&store, &["--json", "policy", "history"]);
+    assert_exit(&out, 0);
+    let entries: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("apply", "ops-alice"),
+            ("canary", "ops-alice"),
+            ("promote", "ops-bob"),
+            ("rollback", "ops-alice")
+        ]
+    );
+    assert_eq!(entries[3]["reason"], "too many retries");
+    let out = run(&store, &["policy", "audit", "verify"]);
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact: 4 entries"));
+
+    // An edited line is found, with its number.
+    let log = store.join("audit.jsonl");
+    let original = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, original.replace("ops-bob", "ops-eve")).unwrap();
+    let out = run(&store, &["policy", "audit", "verify"]);
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3"), "{stderr}");
+    // So is a removed one, and one cut off the end.
+    let lines: Vec<&str> = original.lines().collect();
+    std::fs::write(&log, format!("{}\n{}\n{}\n", lines[0], lines[2], lines[3])).unwrap();
+    let out = run(&store, &["policy", "audit", "verify"]);
+    assert_exit(&out, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+    std::fs::write(&log, format!("{}\n{}\n{}\n", lines[0], lines[1], lines[2])).unwrap();
+    let out = run(&store, &["policy", "audit", "verify"]);
+    assert_exit(&out, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cut off"));
+    // History refuses a damaged log rather than show it.
+    assert_exit(&run(&store, &["policy", "history"]), 2);
+}
+
+fn status(store: &Path) -> Value {
+    let out = run(store, &["--json", "policy", "status"]);
+    assert_exit(&out, 0);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A canary on a quarter of the calls, against a simulator whose faults hit the canary's calls
+/// only (they carry its version in a header): the job rolls it back by itself, in the store
+/// and the audit log. A healthy canary is promoted after its calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted_by_the_job() {
+    use genesys_sim::{FaultTarget, Simulator};
+    let d = dir("policy_canary");
+    let store = d.join("store");
+    let v1 = write(&d.join("v1.toml"), b"[retry]\nmax_attempts = 3\n");
+    // The canary gives up at once: on a flaky route, it does worse than the stable version.
+    let v2 = write(&d.join("v2.toml"), b"[retry]\nmax_attempts = 1\n");
+    let v3 = write(&d.join("v3.toml"), b"[retry]\nmax_attempts = 4\n");
+    assert_exit(&run(&store, &["policy", "apply", v1.to_str().unwrap()]), 0);
+    let out = run(
+        &store,
+        &["policy", "apply", "--canary", "25%", v2.to_str().unwrap()],
+    );
+    assert_exit(&out, 0);
+    let canary = status(&store)["canary"]["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stable = status(&store)["stable"].as_str().unwrap().to_owned();
+
+    let n = 200;
+    let sim = Simulator::spawn(
+        config(n)
+            .faults("5xx=0.5".parse().unwrap())
+            .faults_only_for(Some(FaultTarget::Header(
+                http::HeaderName::from_static("x-policy-version"),
+                canary.clone(),
+            ))),
+    )
+    .await
+    .unwrap();
+    let (lines, _) = user_lines(&sim, n);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let report = d.join("report.json");
+    let out = gcx(&sim)
+        .args([
+            "users",
+            "patch",
+            "--concurrency",
+            "8",
+            "--rate-limit",
+            "10000/1",
+        ])
+        .arg("--policy-store")
+        .arg(&store)
+        .arg("--input")
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.code().is_some(), "{out:?}");
+    let r = read_json(&report);
+    let policy = &r["policy"];
+    let decision = policy["decisions"][0].as_str().unwrap_or_default();
+    assert!(decision.starts_with("rolled back"), "{policy}");
+    assert!(
+        policy["outcomes"][&canary]["calls"].as_u64().unwrap() >= 20,
+        "{policy}"
+    );
+    assert_eq!(policy["outcomes"][&stable]["success_rate"], 1.0, "{policy}");
+    assert!(policy["canary"].is_null(), "{policy}");
+    // In the store and its audit log, by gcx itself, with the evidence.
+    let now = status(&store);
+    assert!(now["canary"].is_null(), "{now}");
+    assert_eq!(now["stable"], stable.as_str());
+    let out = run(&store, &["--json", "policy", "history"]);
+    let entries: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let last = entries.last().unwrap();
+    assert_eq!(last["action"], "rollback");
+    assert_eq!(last["actor"], "gcx (automatic)");
+    assert_eq!(last["from"], canary.as_str());
+    assert!(
+        last["reason"].as_str().unwrap().contains("succeeded on"),
+        "{last}"
+    );
+    assert_exit(&run(&store, &["policy", "audit", "verify"]), 0);
+    // The simulator's faults hit the canary's calls only.
+    assert!(sim.stats().fault_count("5xx") > 0);
+
+    // A healthy canary (the faults still target the old one) is promoted after 30 calls.
+    let out = run(
+        &store,
+        &[
+            "policy",
+            "apply",
+            "--canary",
+            "25%",
+            "--promote-after",
+            "30",
+            v3.to_str().unwrap(),
+        ],
+    );
+    assert_exit(&out, 0);
+    let healthy = status(&store)["canary"]["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = gcx(&sim)
+        .args([
+            "users",
+            "patch",
+            "--rate-limit",
+            "10000/1",
+            "--policy-store",
+        ])
+        .arg(&store)
+        .arg("--input")
+        .arg(&input)
+        .arg("--fresh")
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let r = read_json(&report);
+    let decision = r["policy"]["decisions"][0].as_str().unwrap_or_default();
+    assert!(decision.starts_with("promoted"), "{}", r["policy"]);
+    assert_eq!(status(&store)["stable"], healthy.as_str());
+    let out = run(&store, &["--json", "policy", "history"]);
+    let entries: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entries.last().unwrap()["action"], "promote");
+}
