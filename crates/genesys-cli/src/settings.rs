@@ -125,6 +125,14 @@ pub(crate) fn load_with(
     let mut canary = None;
     if let Some(store) = &store {
         let state = store.state()?;
+        if let Some(version) = &state.stable {
+            let (id, tree) = store.version(version)?;
+            layered = layered
+                .apply(&tree, Origin::Policy(format!("{id} (stable)")), "")
+                .map_err(|e| policy_error(store, &id, &e))?;
+            stable = Some(id);
+        }
+        // A canary is laid over the stable version: what it sets, and the rest as stable.
         if let Some(c) = state.canary {
             let (id, tree) = store.version(&c.version)?;
             let with = layered
@@ -132,13 +140,6 @@ pub(crate) fn load_with(
                 .apply(&tree, Origin::Policy(format!("{id} (canary)")), "")
                 .map_err(|e| policy_error(store, &id, &e))?;
             canary = Some((c, over(with)?));
-        }
-        if let Some(version) = &state.stable {
-            let (id, tree) = store.version(version)?;
-            layered = layered
-                .apply(&tree, Origin::Policy(format!("{id} (stable)")), "")
-                .map_err(|e| policy_error(store, &id, &e))?;
-            stable = Some(id);
         }
     }
     Ok(Settings {

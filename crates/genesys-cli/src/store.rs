@@ -63,6 +63,9 @@ pub(crate) struct Canary {
 pub(crate) struct AuditHead {
     pub(crate) seq: u64,
     pub(crate) hash: String,
+    /// The log's length in bytes after that entry.
+    #[serde(default)]
+    pub(crate) len: u64,
 }
 
 impl Default for AuditHead {
@@ -70,6 +73,7 @@ impl Default for AuditHead {
         AuditHead {
             seq: 0,
             hash: GENESIS.to_owned(),
+            len: 0,
         }
     }
 }
@@ -124,9 +128,14 @@ fn read_small(path: &Path) -> Result<Option<Vec<u8>>, CliError> {
 /// Writes `bytes` to `path` atomically: a temporary file beside it, synced, renamed over it,
 /// and the directory synced.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // A name no other writer uses (hosts sharing the directory may share process ids), made
+    // new (never following a link left there).
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = path.with_extension(format!("tmp.{}.{nanos}", std::process::id()));
     let written = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -279,10 +288,11 @@ impl Writer<'_> {
         let entry =
             Entry { at: now(), ..entry }.seal(self.state.audit.seq + 1, &self.state.audit.hash);
         let path = self.store.audit_path();
-        audit::append(&path, &entry).map_err(|e| io(&path, &e))?;
+        let len = audit::append(&path, self.state.audit.len, &entry).map_err(|e| io(&path, &e))?;
         self.state.audit = AuditHead {
             seq: entry.seq,
             hash: entry.hash.clone(),
+            len,
         };
         let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| io(&path, &e))?;
         write_atomic(&self.store.dir.join("state.json"), &bytes)?;

@@ -166,6 +166,29 @@ fn versions_are_applied_promoted_rolled_back_and_audited() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cut off"));
     // History refuses a damaged log rather than show it.
     assert_exit(&run(&store, &["policy", "history"]), 2);
+
+    // A change that died between the log and the state left a line the state does not know
+    // of: verify says so, and the next change cuts it off.
+    std::fs::write(&log, &original).unwrap();
+    assert_exit(&run(&store, &["policy", "audit", "verify"]), 0);
+    std::fs::write(&log, format!("{original}{}\n", lines[3])).unwrap();
+    assert_exit(&run(&store, &["policy", "audit", "verify"]), 1);
+    assert_exit(&run(&store, &["policy", "apply", v2.to_str().unwrap()]), 0);
+    let out = run(&store, &["policy", "audit", "verify"]);
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact: 5 entries"));
+
+    // A canary tries a retry policy only.
+    let wide = write(
+        &d.join("wide.toml"),
+        b"[retry]\nmax_attempts = 5\n[concurrency]\nlimit = 3\n",
+    );
+    let out = run(
+        &store,
+        &["policy", "apply", "--canary", "10%", wide.to_str().unwrap()],
+    );
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[retry] only"));
 }
 
 fn status(store: &Path) -> Value {

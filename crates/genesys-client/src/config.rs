@@ -582,9 +582,33 @@ impl StackConfig {
     /// The retry policy the `[retry]` section describes, with the client's classifier.
     #[must_use]
     pub fn retry_policy(&self) -> RetryPolicy {
+        let builder = self.retry_policy_builder();
+        match self.retry_budget() {
+            Some(budget) => builder.budget(budget),
+            None => builder.no_budget(),
+        }
+        .build()
+    }
+
+    /// The retry budget the `[retry.budget]` section describes (`None` when it is off).
+    #[must_use]
+    pub fn retry_budget(&self) -> Option<RetryBudget> {
+        let b = &self.retry.budget;
+        b.enabled.then(|| {
+            RetryBudget::new()
+                .retry_ratio(b.retry_ratio)
+                .min_per_sec(b.min_per_sec)
+                .max_tokens(b.max_tokens)
+        })
+    }
+
+    /// The `[retry]` section as a policy builder, without its budget: for policies that share
+    /// one budget (a stable policy and its canary, say), with
+    /// [`shared_budget`](genesys_tower::retry::RetryPolicyBuilder::shared_budget).
+    pub fn retry_policy_builder(&self) -> genesys_tower::retry::RetryPolicyBuilder {
         let r = &self.retry;
         let jitter = r.jitter.jitter();
-        let builder = RetryPolicy::builder()
+        RetryPolicy::builder()
             .classifier(GenesysClassifier::with(
                 DefaultClassifier::new().retry_500(r.retry_500),
             ))
@@ -595,18 +619,8 @@ impl StackConfig {
             .jitter(jitter)
             .max_retry_after(r.max_retry_after.0)
             .deadline(r.deadline.0)
-            .version(r.version.clone());
-        let builder = if r.budget.enabled {
-            builder.budget(
-                RetryBudget::new()
-                    .retry_ratio(r.budget.retry_ratio)
-                    .min_per_sec(r.budget.min_per_sec)
-                    .max_tokens(r.budget.max_tokens),
-            )
-        } else {
-            builder.no_budget()
-        };
-        builder.build()
+            .version(r.version.clone())
+            .no_budget()
     }
 
     /// The pacing ceiling, if `[pacing] rate` is set.

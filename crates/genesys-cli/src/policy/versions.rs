@@ -35,6 +35,16 @@ fn validated(tree: &Value, shown: &str) -> Result<Layered, CliError> {
 
 /// Runs a `gcx policy` command other than `check`.
 pub(crate) fn run(command: &PolicyCommand, common: &Common) -> Result<u8, CliError> {
+    if let PolicyCommand::Promote(change) | PolicyCommand::Rollback(change) = command
+        && change
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > REASON_MAX)
+    {
+        return Err(CliError::usage(format!(
+            "--reason: at most {REASON_MAX} characters"
+        )));
+    }
     match command {
         PolicyCommand::Check(_) => Ok(EXIT_OK),
         PolicyCommand::Apply(args) => apply(args, common),
@@ -48,8 +58,11 @@ pub(crate) fn run(command: &PolicyCommand, common: &Common) -> Result<u8, CliErr
 }
 
 fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    id.get(..12).unwrap_or(id)
 }
+
+/// The longest `--reason`, in characters.
+const REASON_MAX: usize = 1000;
 
 fn apply(args: &PolicyApplyArgs, common: &Common) -> Result<u8, CliError> {
     let tree = crate::settings::read_tree(&args.file)?;
@@ -60,10 +73,44 @@ fn apply(args: &PolicyApplyArgs, common: &Common) -> Result<u8, CliError> {
             args.file.display()
         )));
     }
-    validated(&tree, &args.file.display().to_string())?;
+    let shown = args.file.display().to_string();
+    validated(&tree, &shown)?;
+    if args
+        .change
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > REASON_MAX)
+    {
+        return Err(CliError::usage(format!(
+            "--reason: at most {REASON_MAX} characters"
+        )));
+    }
+    if args.canary.is_some()
+        && let Some(other) = tree
+            .as_object()
+            .and_then(|m| m.keys().find(|k| *k != "retry"))
+    {
+        return Err(CliError::usage(format!(
+            "{shown}: a canary tries a retry policy, and sets [retry] only (this file sets \
+             [{other}]): apply the other settings as a stable version"
+        )));
+    }
     let store = open(common)?;
-    let id = store.put_version(&tree)?;
     let mut writer = store.writer()?;
+    if args.canary.is_some()
+        && let Some(stable) = writer.state.stable.clone()
+    {
+        // The canary is laid over the stable version: the two must fit together.
+        let (_, base) = store.version(&stable)?;
+        validated(&base, "the stable version")?
+            .apply(&tree, Origin::File(shown.clone()), "")
+            .map_err(|e| {
+                CliError::usage(format!(
+                    "{shown} over the stable version is not a valid configuration:\n{e}"
+                ))
+            })?;
+    }
+    let id = store.put_version(&tree)?;
     let state = &mut writer.state;
     if let Some(c) = &state.canary {
         return Err(CliError::usage(format!(
@@ -100,8 +147,8 @@ fn apply(args: &PolicyApplyArgs, common: &Common) -> Result<u8, CliError> {
                     .map_or(0, |d| d.as_secs()),
             });
             entry.action = "canary".into();
-            entry.share = Some(share);
-            entry.rollback_below = Some(args.rollback_below);
+            entry.share = Some(format!("{share:.4}"));
+            entry.rollback_below = Some(format!("{:.4}", args.rollback_below));
         }
         None => {
             if state.stable.as_deref() == Some(id.as_str()) {
@@ -285,8 +332,8 @@ fn line(e: &Entry) -> String {
     if let Some(f) = &e.from {
         s.push_str(&format!(" (from {})", short(f)));
     }
-    if let Some(share) = e.share {
-        s.push_str(&format!(" on {:.1} %", share * 100.0));
+    if let Some(share) = &e.share {
+        s.push_str(&format!(" on a share of {share}"));
     }
     if let Some(r) = &e.reason {
         s.push_str(&format!(": {r}"));

@@ -4,12 +4,12 @@
 //! judged against the stable version by the calls' outcomes, and rolled back (or promoted)
 //! automatically, in the store and in the audit log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use genesys_client::config::Layered;
-use genesys_tower::retry::{PolicySwitch, RetryPolicy, VersionOutcomes};
+use genesys_tower::retry::{PolicySwitch, RetryBudget, RetryPolicy, VersionOutcomes};
 use http::HeaderName;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -36,22 +36,38 @@ pub(crate) struct Policies {
     pub(crate) switch: PolicySwitch,
     stable: Option<String>,
     canary: Option<Canary>,
+    /// One retry budget for every version the job runs: a canary retries out of the same
+    /// budget as the stable version, and a change of version does not refill it.
+    budget: Option<Arc<RetryBudget>>,
+    /// The outcomes when the running canary started in this job: it is judged on what came
+    /// after, the stable version alike.
+    baseline: HashMap<String, VersionOutcomes>,
+    /// Canaries this job rolled back without the store knowing (it could not be written).
+    refused: Vec<String>,
 }
 
-/// The policy a layered configuration describes, named `version`.
-fn policy(layered: &Layered, version: &str) -> RetryPolicy {
+/// The policy a layered configuration describes, named `version`, retrying out of `budget`.
+fn policy(layered: &Layered, version: &str, budget: Option<&Arc<RetryBudget>>) -> RetryPolicy {
     let mut config = layered.config().clone();
     config.retry.version = version.to_owned();
-    config.retry_policy()
+    let builder = config.retry_policy_builder();
+    match budget {
+        Some(b) => builder.shared_budget(b.clone()),
+        None => builder,
+    }
+    .build()
 }
 
-fn plan(settings: &Settings) -> (RetryPolicy, Option<(RetryPolicy, f64)>) {
+fn plan(
+    settings: &Settings,
+    budget: Option<&Arc<RetryBudget>>,
+) -> (RetryPolicy, Option<(RetryPolicy, f64)>) {
     let stable_name = settings.stable.as_deref().unwrap_or("default");
-    let stable = policy(&settings.layered, stable_name);
+    let stable = policy(&settings.layered, stable_name, budget);
     let canary = settings
         .canary
         .as_ref()
-        .map(|(c, layered)| (policy(layered, &c.version), c.share));
+        .map(|(c, layered)| (policy(layered, &c.version, budget), c.share));
     (stable, canary)
 }
 
@@ -62,14 +78,20 @@ impl Policies {
         if settings.stable.is_none() && settings.canary.is_none() {
             return None;
         }
-        let (stable, canary) = plan(settings);
-        let switch =
-            PolicySwitch::new(stable.clone()).tag_requests(HeaderName::from_static(VERSION_HEADER));
+        let budget = settings.layered.config().retry_budget().map(Arc::new);
+        let (stable, canary) = plan(settings, budget.as_ref());
+        let switch = PolicySwitch::new(
+            stable.clone(),
+            Some(HeaderName::from_static(VERSION_HEADER)),
+        );
         switch.set(stable, canary);
         Some(Policies {
             switch,
             stable: settings.stable.clone(),
             canary: settings.canary.as_ref().map(|(c, _)| c.clone()),
+            budget,
+            baseline: HashMap::new(),
+            refused: Vec::new(),
         })
     }
 }
@@ -129,13 +151,24 @@ impl Watcher {
         let task = {
             let (common, state, report) = (common.clone(), state.clone(), report.clone());
             tokio::spawn(async move {
+                let last_error = Arc::new(Mutex::new(None));
                 loop {
                     tokio::select! {
                         () = tokio::time::sleep(EVERY) => {}
                         _ = stopped.changed() => break,
                     }
-                    reload(&common, &state);
-                    judge(&common, &state, &report);
+                    // Files and the store's lock: off the runtime's threads.
+                    let (common, state, report, last_error) = (
+                        common.clone(),
+                        state.clone(),
+                        report.clone(),
+                        last_error.clone(),
+                    );
+                    let _ = tokio::task::spawn_blocking(move || {
+                        reload(&common, &state, &mut lock(&last_error));
+                        judge(&common, &state, &report);
+                    })
+                    .await;
                 }
             })
         };
@@ -152,7 +185,8 @@ impl Watcher {
     pub(crate) async fn finish(self, common: &Common) -> PolicyReport {
         let _ = self.stop.send(true);
         let _ = self.task.await;
-        judge(common, &self.state, &self.report);
+        let (c, state, report) = (common.clone(), self.state.clone(), self.report.clone());
+        let _ = tokio::task::spawn_blocking(move || judge(&c, &state, &report)).await;
         let policies = lock(&self.state).clone();
         let mut report = lock(&self.report).clone();
         report.stable = policies.stable;
@@ -168,37 +202,87 @@ impl Watcher {
 }
 
 /// Takes a change of the store (made by a person, or another job) for the calls that start
-/// from now on.
-fn reload(common: &Common, state: &Mutex<Policies>) {
+/// from now on. Only the store's state is read each time; the settings are read again when it
+/// changed. Only the retry policy changes live: the other settings a version sets (limits,
+/// timeouts) apply from the next job on.
+fn reload(common: &Common, state: &Mutex<Policies>, last_error: &mut Option<String>) {
+    let Some(store) = crate::store::store_dir(common, |n| std::env::var(n).ok())
+        .and_then(|dir| crate::store::Store::existing(&dir))
+    else {
+        return;
+    };
+    let Ok(now) = store.state() else {
+        return;
+    };
+    {
+        let current = lock(state);
+        let canary = now
+            .canary
+            .as_ref()
+            .filter(|c| !current.refused.contains(&c.version));
+        if now.stable == current.stable && canary == current.canary.as_ref() {
+            return;
+        }
+        if now.stable.is_none() && now.canary.is_none() {
+            // The store was emptied: keep what runs rather than fall back mid-job.
+            return;
+        }
+    }
     let settings = match settings::load(common) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "the policy store could not be read again; the job keeps its policies");
+            // Said once per problem, not every second.
+            let text = e.to_string();
+            if last_error.as_deref() != Some(text.as_str()) {
+                tracing::warn!(error = %text, "the policy store changed but could not be read; the job keeps its policies");
+                *last_error = Some(text);
+            }
             return;
         }
     };
+    *last_error = None;
     let mut current = lock(state);
-    let canary = settings.canary.as_ref().map(|(c, _)| c.clone());
-    if settings.stable == current.stable && canary == current.canary {
-        return;
-    }
-    if settings.stable.is_none() && canary.is_none() {
-        // The store was emptied: keep what runs rather than fall back mid-job.
-        return;
-    }
+    let canary = settings
+        .canary
+        .as_ref()
+        .map(|(c, _)| c.clone())
+        .filter(|c| !current.refused.contains(&c.version));
     tracing::info!(
         stable = settings.stable.as_deref().unwrap_or("default"),
         canary = canary.as_ref().map_or("none", |c| c.version.as_str()),
         "the policy store changed: new calls run the new policies"
     );
-    let (stable, canary_plan) = plan(&settings);
+    let (stable, canary_plan) = plan(&settings, current.budget.as_ref());
+    let canary_plan = canary_plan.filter(|_| canary.is_some());
+    if canary.is_some() && canary != current.canary {
+        current.baseline = current.switch.outcomes();
+    }
     current.switch.set(stable, canary_plan);
     current.stable = settings.stable;
     current.canary = canary;
 }
 
-/// Judges the canary by the calls so far: rolled back when its success rate falls below its
-/// ratio of the stable version's, promoted after its `promote_after` calls otherwise.
+/// Failed canary calls needed before a rollback: a few unlucky calls are not a verdict.
+const MIN_FAILURES: u64 = 5;
+
+fn since(now: Option<&VersionOutcomes>, before: Option<&VersionOutcomes>) -> VersionOutcomes {
+    let (Some(now), before) = (now, before) else {
+        return VersionOutcomes::default();
+    };
+    let mut o = *now;
+    if let Some(b) = before {
+        o.calls = o.calls.saturating_sub(b.calls);
+        o.succeeded = o.succeeded.saturating_sub(b.succeeded);
+        o.total_time = o.total_time.saturating_sub(b.total_time);
+    }
+    o
+}
+
+/// Judges the canary by the calls since it started in this job: rolled back when its success
+/// rate falls below its ratio of the stable version's (with at least [`MIN_CALLS`] calls and
+/// [`MIN_FAILURES`] failures), promoted after its `promote_after` calls otherwise. With too
+/// few stable calls to compare with (a canary on nearly every call), the canary is held to
+/// its ratio on its own.
 fn judge(common: &Common, state: &Mutex<Policies>, report: &Mutex<PolicyReport>) {
     let mut current = lock(state);
     let Some(canary) = current.canary.clone() else {
@@ -206,13 +290,23 @@ fn judge(common: &Common, state: &Mutex<Policies>, report: &Mutex<PolicyReport>)
     };
     let outcomes = current.switch.outcomes();
     let stable_name = current.stable.clone().unwrap_or_else(|| "default".into());
-    let (Some(s), Some(c)) = (outcomes.get(&stable_name), outcomes.get(&canary.version)) else {
-        return;
-    };
-    if s.calls < MIN_CALLS || c.calls < MIN_CALLS {
+    let s = since(
+        outcomes.get(&stable_name),
+        current.baseline.get(&stable_name),
+    );
+    let c = since(
+        outcomes.get(&canary.version),
+        current.baseline.get(&canary.version),
+    );
+    if c.calls < MIN_CALLS {
         return;
     }
-    let ratio = c.success_rate() / s.success_rate().max(f64::MIN_POSITIVE);
+    let stable_rate = if s.calls >= MIN_CALLS {
+        s.success_rate()
+    } else {
+        1.0
+    };
+    let ratio = c.success_rate() / stable_rate.max(f64::MIN_POSITIVE);
     let evidence = format!(
         "canary {} succeeded on {:.1} % of {} calls, stable {} on {:.1} % of {} (ratio {:.3}, \
          threshold {:.3}); mean time {:.0} ms against {:.0} ms",
@@ -227,39 +321,48 @@ fn judge(common: &Common, state: &Mutex<Policies>, report: &Mutex<PolicyReport>)
         c.mean_time().as_secs_f64() * 1000.0,
         s.mean_time().as_secs_f64() * 1000.0,
     );
-    let promote = if ratio < canary.rollback_below {
+    let failures = c.calls - c.succeeded;
+    let promote = if ratio < canary.rollback_below && failures >= MIN_FAILURES {
         false
-    } else if canary.promote_after.is_some_and(|n| c.calls >= n) {
+    } else if ratio >= canary.rollback_below && canary.promote_after.is_some_and(|n| c.calls >= n) {
         true
     } else {
         return;
     };
-    let (stable_policy, _) = current.switch.current();
-    match versions::decide_canary(common, &canary.version, promote, &evidence) {
-        Ok(changed) => {
-            if promote {
-                let (_, canary_policy) = current.switch.current();
-                if let Some((p, _)) = canary_policy {
-                    current.switch.set(p, None);
-                }
-                current.stable = Some(canary.version.clone());
-            } else {
-                current.switch.set(stable_policy, None);
-            }
+    let what = if promote { "promoted" } else { "rolled back" };
+    let (stable_policy, canary_policy) = current.switch.current();
+    let verdict = match versions::decide_canary(common, &canary.version, promote, &evidence) {
+        Ok(true) => format!("{what}: {evidence}"),
+        // Another run (or a person) decided first: the next reload takes the store's verdict.
+        Ok(false) => {
             current.canary = None;
-            let what = if promote { "promoted" } else { "rolled back" };
-            let by = if changed {
-                ""
-            } else {
-                " (by another run first)"
-            };
-            tracing::warn!(canary = %canary.version, "canary {what}{by}: {evidence}");
-            lock(report)
-                .decisions
-                .push(format!("{what}{by}: {evidence}"));
+            lock(report).decisions.push(format!(
+                "the store's canary {} was decided by another run first; this job's evidence: {evidence}",
+                canary.version
+            ));
+            return;
+        }
+        Err(e) if !promote => {
+            // Never keep running a canary judged worse, store or not.
+            current.refused.push(canary.version.clone());
+            format!(
+                "rolled back in this job only (the store could not be written: {e}): {evidence}"
+            )
         }
         Err(e) => {
-            tracing::warn!(error = %e, "the canary's verdict could not be written to the store");
+            tracing::warn!(error = %e, "the canary's promotion could not be written to the store");
+            return;
         }
+    };
+    if promote {
+        if let Some((p, _)) = canary_policy {
+            current.switch.set(p, None);
+        }
+        current.stable = Some(canary.version.clone());
+    } else {
+        current.switch.set(stable_policy, None);
     }
+    current.canary = None;
+    tracing::warn!(canary = %canary.version, "canary {verdict}");
+    lock(report).decisions.push(verdict);
 }

@@ -4,7 +4,7 @@
 //! that lines cut off the end are found too.
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -17,8 +17,10 @@ pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000
 /// The longest line read back.
 const LINE_MAX: u64 = 64 * 1024;
 
-/// One change of the store.
+/// One change of the store. Numbers that are not integers are written as text (`"0.1000"`), so
+/// that the hash of a line read back is the hash it was written with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Entry {
     /// 1 for the first entry, then one more per entry.
     pub(crate) seq: u64,
@@ -36,10 +38,10 @@ pub(crate) struct Entry {
     pub(crate) from: Option<String>,
     /// A canary's share of the calls (0 to 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) share: Option<f64>,
+    pub(crate) share: Option<String>,
     /// A canary's success-rate ratio below which it is rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) rollback_below: Option<f64>,
+    pub(crate) rollback_below: Option<String>,
     /// Why, as the actor said (or the evidence, for an automatic rollback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) reason: Option<String>,
@@ -95,13 +97,22 @@ impl Entry {
     }
 }
 
-/// Appends a sealed entry and syncs it to disk.
-pub(crate) fn append(path: &Path, entry: &Entry) -> std::io::Result<()> {
+/// Appends a sealed entry after the log's first `len` bytes (what the store's state knows of:
+/// anything after them is the remains of a change that did not finish, and is cut off) and
+/// syncs it to disk. Returns the log's new length.
+pub(crate) fn append(path: &Path, len: u64, entry: &Entry) -> std::io::Result<u64> {
     let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    file.set_len(len)?;
+    file.seek(SeekFrom::Start(len))?;
     file.write_all(&line)?;
-    file.sync_all()
+    file.sync_all()?;
+    Ok(len + line.len() as u64)
 }
 
 /// Reads the log: every entry, or the first line that breaks the chain (its number and what is

@@ -184,6 +184,8 @@ struct Shared {
     metrics: Metrics,
     /// Where each call's policy comes from, when it is changed live.
     switch: Option<PolicySwitch>,
+    /// The header this call's attempts carry its policy's version in (a canary runs).
+    tag: Option<http::HeaderName>,
 }
 
 /// The response extension that says how a call went: attempts sent and time spent waiting
@@ -206,6 +208,7 @@ impl<S> Retry<S> {
                 policy,
                 metrics: Metrics::new(),
                 switch: None,
+                tag: None,
             }),
         }
     }
@@ -218,6 +221,7 @@ impl<S> Retry<S> {
             policy: self.shared.policy.clone(),
             metrics: self.shared.metrics.clone(),
             switch: Some(switch),
+            tag: None,
         });
         self
     }
@@ -229,6 +233,7 @@ impl<S> Retry<S> {
             policy: self.shared.policy.clone(),
             metrics,
             switch: self.shared.switch.clone(),
+            tag: None,
         });
         self
     }
@@ -283,11 +288,15 @@ where
         // A switched policy is chosen when the call starts, and kept to its end.
         let shared = match &self.shared.switch {
             None => self.shared.clone(),
-            Some(switch) => Arc::new(Shared {
-                policy: switch.pick(),
-                metrics: self.shared.metrics.clone(),
-                switch: Some(switch.clone()),
-            }),
+            Some(switch) => {
+                let (policy, tag) = switch.pick();
+                Arc::new(Shared {
+                    policy,
+                    metrics: self.shared.metrics.clone(),
+                    switch: Some(switch.clone()),
+                    tag: tag.cloned(),
+                })
+            }
         };
         let call = Call {
             seed: shared.policy.next_call_seed(),
@@ -340,8 +349,9 @@ impl Call {
             policy,
             metrics,
             switch,
+            tag,
         } = &*shared;
-        if let Some(tag) = switch.as_ref().and_then(PolicySwitch::tag)
+        if let Some(tag) = tag
             && let Ok(value) = http::HeaderValue::from_str(policy.version())
         {
             parts.headers.insert(tag.clone(), value);

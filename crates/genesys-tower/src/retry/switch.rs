@@ -18,7 +18,7 @@ use super::RetryPolicy;
 /// use genesys_tower::retry::{PolicySwitch, RetryLayer, RetryPolicy};
 ///
 /// let stable = RetryPolicy::builder().version("v1").build();
-/// let switch = PolicySwitch::new(stable.clone());
+/// let switch = PolicySwitch::new(stable.clone(), None);
 /// let layer = RetryLayer::new(stable.clone()).switch(switch.clone());
 /// // Later, without a restart: a tenth of the calls try v2.
 /// let canary = RetryPolicy::builder().version("v2").max_attempts(6).build();
@@ -81,9 +81,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl PolicySwitch {
-    /// Every call runs `stable` until [`set`](Self::set) says otherwise.
+    /// Every call runs `stable` until [`set`](Self::set) says otherwise. With `tag`, while a
+    /// canary runs, every attempt carries the version of its call's policy in that request
+    /// header (for the server's logs, or a test's fault injection); with no canary, nothing.
     #[must_use]
-    pub fn new(stable: RetryPolicy) -> Self {
+    pub fn new(stable: RetryPolicy, tag: Option<HeaderName>) -> Self {
         PolicySwitch {
             inner: Arc::new(Inner {
                 plan: RwLock::new(Arc::new(Plan {
@@ -92,22 +94,7 @@ impl PolicySwitch {
                 })),
                 calls: AtomicU64::new(0),
                 outcomes: Mutex::new(HashMap::new()),
-                tag: None,
-            }),
-        }
-    }
-
-    /// Marks every attempt with the version of the policy its call runs, in the request header
-    /// `name` (for the server's logs, or a test's fault injection).
-    #[must_use]
-    pub fn tag_requests(self, name: HeaderName) -> Self {
-        let plan = self.plan();
-        PolicySwitch {
-            inner: Arc::new(Inner {
-                plan: RwLock::new(plan),
-                calls: AtomicU64::new(0),
-                outcomes: Mutex::new(HashMap::new()),
-                tag: Some(name),
+                tag,
             }),
         }
     }
@@ -145,25 +132,23 @@ impl PolicySwitch {
         (plan.stable.clone(), plan.canary.clone())
     }
 
-    /// The policy of the next call: the canary's on exactly its share of the calls (call `n`
-    /// is the canary's when `floor((n + 1) * share)` passes `floor(n * share)`).
-    pub(crate) fn pick(&self) -> RetryPolicy {
+    /// The policy of the next call, and the header to tag it with (while a canary runs): the
+    /// canary's on exactly its share of the calls (call `n` is the canary's when
+    /// `floor((n + 1) * share)` passes `floor(n * share)`).
+    pub(crate) fn pick(&self) -> (RetryPolicy, Option<&HeaderName>) {
         let plan = self.plan();
         match &plan.canary {
-            Some((canary, share)) if *share > 0.0 => {
+            Some((canary, share)) => {
                 let n = self.inner.calls.fetch_add(1, Ordering::Relaxed) as f64;
-                if ((n + 1.0) * share).floor() > (n * share).floor() {
+                let policy = if ((n + 1.0) * share).floor() > (n * share).floor() {
                     canary.clone()
                 } else {
                     plan.stable.clone()
-                }
+                };
+                (policy, self.inner.tag.as_ref())
             }
-            _ => plan.stable.clone(),
+            None => (plan.stable.clone(), None),
         }
-    }
-
-    pub(crate) fn tag(&self) -> Option<&HeaderName> {
-        self.inner.tag.as_ref()
     }
 
     pub(crate) fn record(&self, version: &str, succeeded: bool, took: Duration) {

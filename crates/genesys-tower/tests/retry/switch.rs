@@ -47,8 +47,10 @@ fn leaf(
 
 #[tokio::test(start_paused = true)]
 async fn a_canary_runs_its_exact_share_and_its_outcomes_are_counted_apart() {
-    let switch = PolicySwitch::new(policy("stable", 2))
-        .tag_requests(HeaderName::from_static("x-policy-version"));
+    let switch = PolicySwitch::new(
+        policy("stable", 2),
+        Some(HeaderName::from_static("x-policy-version")),
+    );
     switch.set(policy("stable", 2), Some((policy("canary", 3), 0.25)));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut svc = ServiceBuilder::new()
@@ -80,8 +82,12 @@ async fn a_canary_runs_its_exact_share_and_its_outcomes_are_counted_apart() {
 
 #[tokio::test(start_paused = true)]
 async fn a_live_change_leaves_the_call_in_flight_on_its_policy() {
-    let switch = PolicySwitch::new(policy("v1", 3))
-        .tag_requests(HeaderName::from_static("x-policy-version"));
+    let switch = PolicySwitch::new(
+        policy("v1", 3),
+        Some(HeaderName::from_static("x-policy-version")),
+    );
+    // Tags go out while a canary runs (a canary of no share here).
+    switch.set(policy("v1", 3), Some((policy("never", 1), 0.0)));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let attempts = Arc::new(Mutex::new(0u32));
     let counted = attempts.clone();
@@ -113,7 +119,7 @@ async fn a_live_change_leaves_the_call_in_flight_on_its_policy() {
     let call = tokio::spawn(svc.clone().oneshot(req));
     // While the first call waits between attempts, v2 becomes the policy.
     tokio::time::sleep(Duration::from_millis(10)).await;
-    switch.set(policy("v2", 1), None);
+    switch.set(policy("v2", 1), Some((policy("never", 1), 0.0)));
     let response = call.await.unwrap().unwrap();
     assert_eq!(response.status(), 200, "v1's three attempts, not v2's one");
     let req = Request::get("http://api.example/x")
