@@ -163,7 +163,16 @@ async fn run(o: &Options, layout: Layout, variant: &str, dir: &Path) -> Result<R
     let mut children = Vec::new();
     for (i, input) in inputs.iter().enumerate() {
         let mut cmd = Command::new(&o.gcx);
-        cmd.args(["users", "patch", "--no-journal", "--quiet"])
+        // A fleet job (shared pace, one input split by --shard) keeps journals: in a directory
+        // of this run's own. The other variants keep none.
+        let fleet_job = variant == "shared" && layout == Layout::Even;
+        if fleet_job {
+            let run = sim.base_url().replace([':', '/', '.'], "_");
+            cmd.env("GCX_STATE_DIR", dir.join("state").join(run));
+        } else {
+            cmd.arg("--no-journal");
+        }
+        cmd.args(["users", "patch", "--quiet"])
             .args(["--concurrency", "8", "--rate-limit", &pace])
             .args(["--base-url", &sim.base_url()])
             .arg("--input")
