@@ -324,3 +324,53 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted_by_the_job()
     let entries: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(entries.last().unwrap()["action"], "promote");
 }
+
+/// A version applied while a job runs: the calls that start after it run it, the job does not
+/// stop, and its report counts the calls of both versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_applied_mid_job_is_taken_live() {
+    use genesys_sim::Simulator;
+    let d = dir("policy_live");
+    let store = d.join("store");
+    let v1 = write(&d.join("v1.toml"), b"[retry]\nmax_attempts = 3\n");
+    let v2 = write(&d.join("v2.toml"), b"[retry]\nmax_attempts = 5\n");
+    assert_exit(&run(&store, &["policy", "apply", v1.to_str().unwrap()]), 0);
+    let first = status(&store)["stable"].as_str().unwrap().to_owned();
+    let n = 60;
+    let sim = Simulator::spawn(config(n)).await.unwrap();
+    let (lines, _) = user_lines(&sim, n);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let report = d.join("report.json");
+    // 120 requests at 20 a second: the job lasts 6 s at least.
+    let child = gcx(&sim)
+        .args(["users", "patch", "--rate-limit", "20/1", "--policy-store"])
+        .arg(&store)
+        .arg("--input")
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while sim.ledger_len() < 10 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_exit(&run(&store, &["policy", "apply", v2.to_str().unwrap()]), 0);
+    let second = status(&store)["stable"].as_str().unwrap().to_owned();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let r = read_json(&report);
+    let outcomes = &r["policy"]["outcomes"];
+    let calls = |v: &str| outcomes[v]["calls"].as_u64().unwrap_or(0);
+    assert!(calls(&first) >= 20, "{outcomes}");
+    assert!(calls(&second) >= 20, "{outcomes}");
+    // A GET and a PATCH per user, and the limits read that checks the credentials first.
+    assert_eq!(calls(&first) + calls(&second), 2 * n as u64 + 1, "{outcomes}");
+    assert_eq!(r["policy"]["stable"], second.as_str());
+}
