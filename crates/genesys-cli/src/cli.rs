@@ -341,6 +341,11 @@ pub(crate) struct PolicyCheckArgs {
     /// The seed of the sampled schedules (the same seed, the same preview).
     #[arg(long, default_value_t = 1, value_name = "S")]
     pub(crate) seed: u64,
+
+    /// Also draw the preview as an SVG picture: the delay before each retry (min, p50, p99,
+    /// max) and the request rate the fleet sends over time during a full outage.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) plot: Option<PathBuf>,
 }
 
 fn positive(s: &str) -> Result<f64, String> {

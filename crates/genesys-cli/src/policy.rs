@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::cli::PolicyCheckArgs;
 
+mod plot;
 mod versions;
 pub(crate) mod watch;
 
@@ -52,7 +53,13 @@ struct Preview {
     destination_rate: Option<f64>,
     /// `outage_request_rate / destination_rate`.
     outage_load_vs_destination: Option<f64>,
+    /// The fleet's request rate over time from the start of a full outage (answers that fail
+    /// at once, the worst case for the destination): `[seconds, requests per second]`.
+    outage_rate_over_time: Vec<[f64; 2]>,
 }
+
+/// Points of the rate-over-time curve.
+const CURVE_POINTS: usize = 120;
 
 pub(crate) fn check(args: &PolicyCheckArgs, json: bool) -> Result<u8, CliError> {
     let config = StackConfig::from_path(&args.file).map_err(|e| {
@@ -62,6 +69,11 @@ pub(crate) fn check(args: &PolicyCheckArgs, json: bool) -> Result<u8, CliError> 
         ))
     })?;
     let preview = preview(&config, args);
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot::svg(&preview)).map_err(|e| {
+            CliError::usage(format!("--plot {}: cannot be written: {e}", path.display()))
+        })?;
+    }
     if json {
         println!(
             "{}",
@@ -79,13 +91,22 @@ fn preview(config: &StackConfig, args: &PolicyCheckArgs) -> Preview {
     // Sample whole schedules, as calls would draw them: retry n's delay depends on retry n-1's
     // under decorrelated jitter.
     let mut by_retry: Vec<Vec<f64>> = vec![Vec::with_capacity(SAMPLES as usize); retries as usize];
+    // When each retry leaves, counted from the call's start, with answers that fail at once.
+    let mut offsets: Vec<Vec<f64>> = vec![Vec::with_capacity(SAMPLES as usize); retries as usize];
     for i in 0..SAMPLES {
         let mut backoff = Backoff::new(r.base_delay.0, r.factor, r.max_delay.0)
             .jitter(r.jitter.jitter())
             .seed(args.seed.wrapping_add(i));
-        for samples in &mut by_retry {
-            samples.push(backoff.next_delay().as_secs_f64() * 1000.0);
+        let mut at = 0.0;
+        for (samples, offset) in by_retry.iter_mut().zip(&mut offsets) {
+            let delay = backoff.next_delay().as_secs_f64();
+            at += delay;
+            samples.push(delay * 1000.0);
+            offset.push(at);
         }
+    }
+    for o in &mut offsets {
+        o.sort_by(f64::total_cmp);
     }
     let delays: Vec<RetryDelay> = by_retry
         .into_iter()
@@ -115,6 +136,29 @@ fn preview(config: &StackConfig, args: &PolicyCheckArgs) -> Preview {
         by_attempts
     };
     let outage_request_rate = f64::from(args.clients) * rate * (1.0 + retries_per_failed_call);
+    // Calls start at a steady rate; at time t after the outage began, retry k of the calls
+    // started t - offset_k earlier leaves, for every call whose offset_k is at most t. The
+    // budget scales the retries to what it allows in the long run.
+    let scale = if by_attempts > 0.0 {
+        retries_per_failed_call / by_attempts
+    } else {
+        0.0
+    };
+    let horizon = offsets
+        .last()
+        .and_then(|o| o.last().copied())
+        .unwrap_or(0.0)
+        .clamp(1.0, deadline_s.max(1.0));
+    let outage_rate_over_time = (0..=CURVE_POINTS)
+        .map(|i| {
+            let t = horizon * 1.1 * i as f64 / CURVE_POINTS as f64;
+            let leaving: f64 = offsets
+                .iter()
+                .map(|o| o.partition_point(|x| *x <= t) as f64 / o.len().max(1) as f64)
+                .sum();
+            [t, f64::from(args.clients) * rate * (1.0 + scale * leaving)]
+        })
+        .collect();
     Preview {
         file: args.file.display().to_string(),
         valid: true,
@@ -133,6 +177,7 @@ fn preview(config: &StackConfig, args: &PolicyCheckArgs) -> Preview {
             .destination_rate
             .filter(|d| *d > 0.0)
             .map(|d| outage_request_rate / d),
+        outage_rate_over_time,
     }
 }
 
@@ -211,7 +256,36 @@ mod tests {
             call_rate: 5.0,
             destination_rate: Some(40.0),
             seed: 7,
+            plot: None,
         }
+    }
+
+    #[test]
+    fn the_plot_draws_every_retry_and_the_outage_rate_against_the_limit() {
+        let config = StackConfig::from_toml("[retry]\nmax_attempts = 5\n").unwrap();
+        let p = preview(&config, &args("p.toml"));
+        // The rate starts at the calls alone and climbs to the long-run rate as retries join.
+        let first = p.outage_rate_over_time[0][1];
+        let last = p.outage_rate_over_time.last().unwrap()[1];
+        assert!((first - 50.0).abs() < 1e-9, "{first}");
+        assert!((last - p.outage_request_rate).abs() < 1e-6, "{last}");
+        assert!(
+            p.outage_rate_over_time
+                .windows(2)
+                .all(|w| w[1][1] >= w[0][1]),
+            "never falls"
+        );
+        let svg = plot::svg(&p);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches(r#"class="retry""#).count(), 4);
+        assert_eq!(svg.matches(r#"class="limit""#).count(), 1);
+        let points = svg
+            .split(r#"points=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap();
+        assert_eq!(points.split(' ').count(), CURVE_POINTS + 1);
+        assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
     }
 
     #[test]

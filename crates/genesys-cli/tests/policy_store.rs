@@ -371,6 +371,10 @@ async fn a_version_applied_mid_job_is_taken_live() {
     assert!(calls(&first) >= 20, "{outcomes}");
     assert!(calls(&second) >= 20, "{outcomes}");
     // A GET and a PATCH per user, and the limits read that checks the credentials first.
-    assert_eq!(calls(&first) + calls(&second), 2 * n as u64 + 1, "{outcomes}");
+    assert_eq!(
+        calls(&first) + calls(&second),
+        2 * n as u64 + 1,
+        "{outcomes}"
+    );
     assert_eq!(r["policy"]["stable"], second.as_str());
 }
