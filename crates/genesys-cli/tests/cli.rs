@@ -780,15 +780,7 @@ fn config_show_says_where_every_setting_came_from_and_never_shows_the_secret() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("very-secret-value"), "{stdout}");
     let shown: Value = serde_json::from_str(&stdout).unwrap();
-    let setting = |key: &str| {
-        shown["settings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["key"] == key)
-            .cloned()
-            .unwrap_or_else(|| panic!("{key} in {stdout}"))
-    };
+    let setting = |key: &str| setting(&shown, key);
     assert_eq!(setting("retry.max_attempts")["value"], 3);
     assert_eq!(setting("retry.max_attempts")["from"]["kind"], "file");
     assert_eq!(setting("retry.base_delay")["value"], "300ms");
@@ -875,15 +867,7 @@ async fn a_profile_connects_a_job_and_config_show_names_every_layer() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("demo-secret"), "{stdout}");
     let shown: Value = serde_json::from_str(&stdout).unwrap();
-    let setting = |key: &str| {
-        shown["settings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["key"] == key)
-            .cloned()
-            .unwrap_or_else(|| panic!("{key} in {stdout}"))
-    };
+    let setting = |key: &str| setting(&shown, key);
     assert_eq!(setting("concurrency.limit")["value"], 16);
     assert_eq!(
         setting("concurrency.limit")["from"]["name"],

@@ -325,15 +325,6 @@ async fn a_killed_workers_data_actions_are_taken_over_without_running_twice() {
     );
 }
 
-fn fnv1a(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
 /// A Redis that does not answer: a fleet job refuses to start (exit 2, nothing sent), rather
 /// than run without the job's shared state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

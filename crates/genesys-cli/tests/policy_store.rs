@@ -26,17 +26,10 @@ fn run(store: &Path, args: &[&str]) -> std::process::Output {
     gcx_store(store).args(args).output().unwrap()
 }
 
-fn setting(store: &Path, key: &str) -> Value {
+fn shown_setting(store: &Path, key: &str) -> Value {
     let out = run(store, &["config", "show", "--json"]);
     assert_exit(&out, 0);
-    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
-    shown["settings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["key"] == key)
-        .cloned()
-        .unwrap()
+    setting(&serde_json::from_slice(&out.stdout).unwrap(), key)
 }
 
 #[test]
@@ -68,7 +61,7 @@ fn versions_are_applied_promoted_rolled_back_and_audited() {
         ),
         0,
     );
-    let s = setting(&store, "retry.max_attempts");
+    let s = shown_setting(&store, "retry.max_attempts");
     assert_eq!(s["value"], 3);
     assert_eq!(s["from"]["kind"], "policy");
     // The same content again: nothing to do, no audit entry.
@@ -88,7 +81,7 @@ fn versions_are_applied_promoted_rolled_back_and_audited() {
     );
     assert_exit(&out, 0);
     // The stable version still rules what is not the canary's share.
-    assert_eq!(setting(&store, "retry.max_attempts")["value"], 3);
+    assert_eq!(shown_setting(&store, "retry.max_attempts")["value"], 3);
     let out = run(&store, &["--json", "policy", "status"]);
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["canary"]["share"], 0.25);
@@ -113,7 +106,7 @@ fn versions_are_applied_promoted_rolled_back_and_audited() {
         &run(&store, &["policy", "promote", "--actor", "ops-bob"]),
         0,
     );
-    assert_eq!(setting(&store, "retry.max_attempts")["value"], 6);
+    assert_eq!(shown_setting(&store, "retry.max_attempts")["value"], 6);
     assert_exit(
         &run(
             &store,
@@ -121,7 +114,7 @@ fn versions_are_applied_promoted_rolled_back_and_audited() {
         ),
         0,
     );
-    assert_eq!(setting(&store, "retry.max_attempts")["value"], 3);
+    assert_eq!(shown_setting(&store, "retry.max_attempts")["value"], 3);
     // Nothing before the first version.
     assert_exit(&run(&store, &["policy", "rollback"]), 2);
 

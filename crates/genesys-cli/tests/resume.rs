@@ -96,15 +96,6 @@ fn ingest_input(d: &Path, records: usize) -> (std::path::PathBuf, std::path::Pat
     (write(&d.join("records.jsonl"), lines.as_bytes()), schema)
 }
 
-fn fnv1a(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
 /// Executions of the echo action per input `n`, from the ledger.
 fn executions(sim: &SimHandle, inputs: usize) -> Vec<usize> {
     let by_hash: HashMap<String, usize> = (0..inputs)

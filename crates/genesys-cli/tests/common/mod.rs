@@ -108,3 +108,25 @@ pub fn interrupt(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+/// The setting `key` of `gcx config show --json`'s output.
+#[track_caller]
+pub fn setting(shown: &Value, key: &str) -> Value {
+    shown["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == key)
+        .cloned()
+        .unwrap_or_else(|| panic!("{key} in {shown}"))
+}
+
+/// FNV-1a 64 in hex, as the simulator's ledger hashes payloads.
+pub fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
