@@ -286,6 +286,12 @@ pub(crate) struct PolicyApplyArgs {
           value_parser = parse_ratio)]
     pub(crate) rollback_below: f64,
 
+    /// With --canary: roll the canary back when its calls take longer than the stable
+    /// version's by more than this on average, e.g. `500ms` or `2s` (default: latency is
+    /// reported, not judged).
+    #[arg(long, value_name = "DURATION", requires = "canary", value_parser = parse_latency)]
+    pub(crate) max_added_latency: Option<Duration>,
+
     /// With --canary: promote the canary automatically once it has run N calls without doing
     /// worse than the stable version (default: promoted by hand, `gcx policy promote`).
     #[arg(long, value_name = "N", requires = "canary",
@@ -306,6 +312,25 @@ fn parse_share(s: &str) -> Result<f64, String> {
         Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
         _ => Err(format!(
             "`{s}` is not a share above 0 and below 100 %: write e.g. 10% or 0.1"
+        )),
+    }
+}
+
+fn parse_latency(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (number, unit) = match t.strip_suffix("ms") {
+        Some(n) => (n, 1u64),
+        None => match t.strip_suffix('s') {
+            Some(n) => (n, 1000),
+            None => (t, 1),
+        },
+    };
+    match number.trim().parse::<u64>() {
+        Ok(n) if n > 0 && n.saturating_mul(unit) <= 3_600_000 => {
+            Ok(Duration::from_millis(n * unit))
+        }
+        _ => Err(format!(
+            "`{s}` is not a duration of 1 ms to 1 hour: write e.g. 500ms or 2s"
         )),
     }
 }

@@ -56,6 +56,10 @@ pub(crate) struct Canary {
     /// Promoted automatically once it has run this many calls without being rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) promote_after: Option<u64>,
+    /// Rolled back when its calls take longer than the stable version's by more than this, in
+    /// milliseconds, on average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_added_latency_ms: Option<u64>,
 }
 
 /// Where the audit log ends, as the state knows it.

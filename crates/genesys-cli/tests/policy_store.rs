@@ -371,3 +371,75 @@ async fn a_version_applied_mid_job_is_taken_live() {
     );
     assert_eq!(r["policy"]["stable"], second.as_str());
 }
+
+/// A canary whose calls succeed but take longer (the server asks its calls to wait) is rolled
+/// back on its added latency when a bound is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_adds_latency_is_rolled_back() {
+    use genesys_sim::{FaultTarget, Simulator};
+    let d = dir("policy_latency");
+    let store = d.join("store");
+    let v1 = write(&d.join("v1.toml"), b"[retry]\nmax_attempts = 3\n");
+    let v2 = write(&d.join("v2.toml"), b"[retry]\nmax_attempts = 6\n");
+    assert_exit(&run(&store, &["policy", "apply", v1.to_str().unwrap()]), 0);
+    let out = run(
+        &store,
+        &[
+            "policy",
+            "apply",
+            "--canary",
+            "50%",
+            "--rollback-below",
+            "0.5",
+            "--max-added-latency",
+            "300ms",
+            v2.to_str().unwrap(),
+        ],
+    );
+    assert_exit(&out, 0);
+    let canary = status(&store)["canary"]["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let n = 40;
+    // Half the canary's calls are told to come back in 1 to 3 s: they succeed, later.
+    let sim = Simulator::spawn(
+        config(n)
+            .faults("503-retry-after=0.5".parse().unwrap())
+            .faults_only_for(Some(FaultTarget::Header(
+                http::HeaderName::from_static("x-policy-version"),
+                canary.clone(),
+            ))),
+    )
+    .await
+    .unwrap();
+    let (lines, _) = user_lines(&sim, n);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let report = d.join("report.json");
+    let out = gcx(&sim)
+        .args([
+            "users",
+            "patch",
+            "--concurrency",
+            "16",
+            "--rate-limit",
+            "10000/1",
+        ])
+        .arg("--policy-store")
+        .arg(&store)
+        .arg("--input")
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.code().is_some());
+    let r = read_json(&report);
+    let decision = r["policy"]["decisions"][0].as_str().unwrap_or_default();
+    assert!(decision.starts_with("rolled back"), "{}", r["policy"]);
+    assert!(
+        decision.contains("ms added against at most 300 ms"),
+        "{decision}"
+    );
+    assert!(status(&store)["canary"].is_null());
+}

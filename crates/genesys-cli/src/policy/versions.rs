@@ -142,6 +142,9 @@ fn apply(args: &PolicyApplyArgs, common: &Common) -> Result<u8, CliError> {
                 share,
                 rollback_below: args.rollback_below,
                 promote_after: args.promote_after,
+                max_added_latency_ms: args
+                    .max_added_latency
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 since: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),

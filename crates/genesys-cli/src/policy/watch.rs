@@ -322,12 +322,21 @@ fn judge(common: &Common, state: &Mutex<Policies>, report: &Mutex<PolicyReport>)
         s.mean_time().as_secs_f64() * 1000.0,
     );
     let failures = c.calls - c.succeeded;
-    let promote = if ratio < canary.rollback_below && failures >= MIN_FAILURES {
+    let added_ms = (c.mean_time().as_secs_f64() - s.mean_time().as_secs_f64()) * 1000.0;
+    let too_slow = canary
+        .max_added_latency_ms
+        .is_some_and(|max| s.calls >= MIN_CALLS && added_ms > max as f64);
+    let worse = (ratio < canary.rollback_below && failures >= MIN_FAILURES) || too_slow;
+    let promote = if worse {
         false
-    } else if ratio >= canary.rollback_below && canary.promote_after.is_some_and(|n| c.calls >= n) {
+    } else if canary.promote_after.is_some_and(|n| c.calls >= n) {
         true
     } else {
         return;
+    };
+    let evidence = match canary.max_added_latency_ms {
+        Some(max) => format!("{evidence}; {added_ms:.0} ms added against at most {max} ms"),
+        None => evidence,
     };
     let what = if promote { "promoted" } else { "rolled back" };
     let (stable_policy, canary_policy) = current.switch.current();
