@@ -154,7 +154,7 @@ fn policy_error(store: &Store, id: &str, e: &dyn std::fmt::Display) -> CliError 
     CliError::usage(format!(
         "the policy store {}: version {id} no longer fits with the other settings:\n{e}\n\
          roll it back (gcx policy rollback) or apply a version that does",
-        store.dir().display()
+        store.shown()
     ))
 }
 

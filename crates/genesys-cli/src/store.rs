@@ -22,6 +22,9 @@ use crate::cli::Common;
 use crate::error::CliError;
 
 pub(crate) mod audit;
+mod redis;
+
+use self::redis::RedisStore;
 
 /// The store's directory: `--policy-store`, else `$XDG_STATE_HOME/gcx/policies`, else
 /// `~/.local/state/gcx/policies`.
@@ -99,6 +102,15 @@ pub(crate) struct State {
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     dir: PathBuf,
+    /// A store in Redis (`--policy-store redis://...`) instead of the directory.
+    redis: Option<RedisStore>,
+}
+
+fn redis_error(store: &RedisStore, e: &str) -> CliError {
+    CliError::usage(format!(
+        "the policy store {}: {e}; check --policy-store",
+        store.shown()
+    ))
 }
 
 fn now() -> u64 {
@@ -154,31 +166,60 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     written.map_err(|e| io(path, &e))
 }
 
-/// The store's one writer: holds `STORE/lock` until dropped.
+/// The store's one writer: holds `STORE/lock` (or the lock in Redis) until dropped.
 pub(crate) struct Writer<'a> {
     store: &'a Store,
-    _lock: File,
+    _lock: Option<File>,
+    token: Option<String>,
     pub(crate) state: State,
 }
 
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if let (Some(redis), Some(token)) = (&self.store.redis, &self.token) {
+            redis.unlock(token);
+        }
+    }
+}
+
 impl Store {
-    /// The store in `dir` (made when missing).
-    pub(crate) fn open(dir: &Path) -> Result<Self, CliError> {
-        std::fs::create_dir_all(dir.join("versions")).map_err(|e| io(dir, &e))?;
+    /// The store at `location`: a directory (made when missing), or `redis://...`.
+    pub(crate) fn open(location: &Path) -> Result<Self, CliError> {
+        if let Some(redis) = RedisStore::parse(&location.to_string_lossy()) {
+            let redis = redis.map_err(|e| CliError::usage(format!("--policy-store: {e}")))?;
+            return Ok(Store {
+                dir: location.to_owned(),
+                redis: Some(redis),
+            });
+        }
+        std::fs::create_dir_all(location.join("versions")).map_err(|e| io(location, &e))?;
         Ok(Store {
-            dir: dir.to_owned(),
+            dir: location.to_owned(),
+            redis: None,
         })
     }
 
-    /// The store in `dir` if there is one (nothing is made).
-    pub(crate) fn existing(dir: &Path) -> Option<Self> {
-        dir.join("state.json").is_file().then(|| Store {
-            dir: dir.to_owned(),
+    /// The store at `location` if there is one (nothing is made; a store in Redis is taken
+    /// as there, and read).
+    pub(crate) fn existing(location: &Path) -> Option<Self> {
+        if let Some(redis) = RedisStore::parse(&location.to_string_lossy()) {
+            return redis.ok().map(|redis| Store {
+                dir: location.to_owned(),
+                redis: Some(redis),
+            });
+        }
+        location.join("state.json").is_file().then(|| Store {
+            dir: location.to_owned(),
+            redis: None,
         })
     }
 
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the store is, for messages (without credentials).
+    pub(crate) fn shown(&self) -> String {
+        match &self.redis {
+            Some(r) => r.shown().to_owned(),
+            None => self.dir.display().to_string(),
+        }
     }
 
     fn audit_path(&self) -> PathBuf {
@@ -188,7 +229,11 @@ impl Store {
     /// The current state (the empty state when nothing was applied yet).
     pub(crate) fn state(&self) -> Result<State, CliError> {
         let path = self.dir.join("state.json");
-        match read_small(&path)? {
+        let bytes = match &self.redis {
+            Some(r) => r.state().map_err(|e| redis_error(r, &e))?,
+            None => read_small(&path)?,
+        };
+        match bytes {
             None => Ok(State::default()),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| io(&path, &format!("not a policy store's state ({e})"))),
@@ -197,6 +242,17 @@ impl Store {
 
     /// Takes the store's lock (waiting for another writer) and reads the state.
     pub(crate) fn writer(&self) -> Result<Writer<'_>, CliError> {
+        if let Some(r) = &self.redis {
+            let token = r.lock().map_err(|e| redis_error(r, &e))?;
+            let mut writer = Writer {
+                store: self,
+                _lock: None,
+                token: Some(token),
+                state: State::default(),
+            };
+            writer.state = self.state()?;
+            return Ok(writer);
+        }
         let path = self.dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -208,7 +264,8 @@ impl Store {
         let state = self.state()?;
         Ok(Writer {
             store: self,
-            _lock: lock,
+            _lock: Some(lock),
+            token: None,
             state,
         })
     }
@@ -218,6 +275,10 @@ impl Store {
     pub(crate) fn put_version(&self, tree: &Value) -> Result<String, CliError> {
         let text = canonical(tree);
         let id: String = sha256_hex(text.as_bytes())[..ID_LEN].to_owned();
+        if let Some(r) = &self.redis {
+            r.put_version(&id, &text).map_err(|e| redis_error(r, &e))?;
+            return Ok(id);
+        }
         let path = self.dir.join("versions").join(format!("{id}.json"));
         if !path.exists() {
             write_atomic(&path, text.as_bytes())?;
@@ -240,8 +301,11 @@ impl Store {
             prefix => self.resolve(prefix)?,
         };
         let path = self.dir.join("versions").join(format!("{id}.json"));
-        let bytes =
-            read_small(&path)?.ok_or_else(|| io(&path, &"the version's file is missing"))?;
+        let bytes = match &self.redis {
+            Some(r) => r.version(&id).map_err(|e| redis_error(r, &e))?,
+            None => read_small(&path)?,
+        };
+        let bytes = bytes.ok_or_else(|| io(&path, &"the version's file is missing"))?;
         if sha256_hex(&bytes)[..ID_LEN] != id {
             return Err(io(&path, &"its content does not match its id (edited)"));
         }
@@ -257,14 +321,23 @@ impl Store {
             )));
         }
         let dir = self.dir.join("versions");
+        let ids: Vec<String> = match &self.redis {
+            Some(r) => r.ids().map_err(|e| redis_error(r, &e))?,
+            None => {
+                let mut ids = Vec::new();
+                for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, &e))? {
+                    let name = entry.map_err(|e| io(&dir, &e))?.file_name();
+                    if let Some(id) = name.to_string_lossy().strip_suffix(".json") {
+                        ids.push(id.to_owned());
+                    }
+                }
+                ids
+            }
+        };
         let mut found = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, &e))? {
-            let name = entry.map_err(|e| io(&dir, &e))?.file_name();
-            let name = name.to_string_lossy();
-            if let Some(id) = name.strip_suffix(".json")
-                && id.starts_with(&prefix.to_ascii_lowercase())
-            {
-                found.push(id.to_owned());
+        for id in ids {
+            if id.starts_with(&prefix.to_ascii_lowercase()) {
+                found.push(id);
             }
         }
         match found.len() {
@@ -281,16 +354,34 @@ impl Store {
     /// Every audit entry, after checking the chain.
     pub(crate) fn audit(&self) -> Result<Vec<Entry>, String> {
         let state = self.state().map_err(|e| e.to_string())?;
-        audit::verify(&self.audit_path(), (state.audit.seq, &state.audit.hash))
+        let head = (state.audit.seq, state.audit.hash.as_str());
+        match &self.redis {
+            Some(r) => audit::verify_lines(r.audit()?, head),
+            None => audit::verify(&self.audit_path(), head),
+        }
     }
 }
 
 impl Writer<'_> {
-    /// Records `entry` in the audit log and writes the new state: the log first, so that a
-    /// crash between the two leaves a log one entry ahead, which `audit verify` reports.
+    /// Records `entry` in the audit log and writes the new state: in a directory, the log
+    /// first (a crash between the two leaves a log one entry ahead, which `audit verify`
+    /// reports and the next change cuts off); in Redis, both in one script.
     pub(crate) fn commit(mut self, entry: Entry) -> Result<Entry, CliError> {
         let entry =
             Entry { at: now(), ..entry }.seal(self.state.audit.seq + 1, &self.state.audit.hash);
+        if let (Some(r), Some(token)) = (&self.store.redis, &self.token) {
+            let line = serde_json::to_vec(&entry).map_err(|e| redis_error(r, &e.to_string()))?;
+            self.state.audit = AuditHead {
+                seq: entry.seq,
+                hash: entry.hash.clone(),
+                len: 0,
+            };
+            let state =
+                serde_json::to_vec(&self.state).map_err(|e| redis_error(r, &e.to_string()))?;
+            r.commit(token, &line, &state)
+                .map_err(|e| redis_error(r, &e))?;
+            return Ok(entry);
+        }
         let path = self.store.audit_path();
         let len = audit::append(&path, self.state.audit.len, &entry).map_err(|e| io(&path, &e))?;
         self.state.audit = AuditHead {

@@ -443,3 +443,49 @@ async fn a_canary_that_adds_latency_is_rolled_back() {
     );
     assert!(status(&store)["canary"].is_null());
 }
+
+/// The same store in Redis, for a fleet on several machines: versions, canary, promotion and
+/// the audit chain, and what a job would run.
+#[test]
+fn a_store_in_redis_keeps_versions_and_the_audit_chain() {
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let store_url = format!("{redis}#test-{nanos}");
+    let store = Path::new(&store_url);
+    let d = dir("policy_redis");
+    let v1 = write(&d.join("v1.toml"), b"[retry]\nmax_attempts = 3\n");
+    let v2 = write(&d.join("v2.toml"), b"[retry]\nmax_attempts = 5\n");
+    assert_exit(&run(store, &["policy", "apply", v1.to_str().unwrap()]), 0);
+    assert_exit(
+        &run(
+            store,
+            &["policy", "apply", "--canary", "20%", v2.to_str().unwrap()],
+        ),
+        0,
+    );
+    let s = status(store);
+    assert_eq!(s["canary"]["share"], 0.2, "{s}");
+    assert!(
+        s["store"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("gcx:policies:test-{nanos}"))
+    );
+    assert_eq!(shown_setting(store, "retry.max_attempts")["value"], 3);
+    assert_exit(
+        &run(store, &["policy", "promote", "--reason", "looks good"]),
+        0,
+    );
+    assert_eq!(shown_setting(store, "retry.max_attempts")["value"], 5);
+    let out = run(store, &["--json", "policy", "history"]);
+    assert_exit(&out, 0);
+    let entries: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[2]["reason"], "looks good");
+    let out = run(store, &["policy", "audit", "verify"]);
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact: 3 entries"));
+}

@@ -280,12 +280,12 @@ fn status(common: &Common) -> Result<u8, CliError> {
     if common.json {
         println!(
             "{}",
-            json!({"store": store.dir(), "stable": state.stable, "canary": state.canary,
+            json!({"store": store.shown(), "stable": state.stable, "canary": state.canary,
                    "history": state.history})
         );
         return Ok(EXIT_OK);
     }
-    println!("store   {}", store.dir().display());
+    println!("store   {}", store.shown());
     println!(
         "stable  {}",
         state
@@ -311,7 +311,7 @@ fn history(common: &Common) -> Result<u8, CliError> {
     let entries = store.audit().map_err(|e| {
         CliError::usage(format!(
             "the audit log of {} is damaged: {e}; `gcx policy audit verify` says where",
-            store.dir().display()
+            store.shown()
         ))
     })?;
     if common.json {
@@ -373,16 +373,13 @@ fn verify(common: &Common) -> Result<u8, CliError> {
         Ok(entries) => {
             println!(
                 "the audit log of {} is intact: {} entries",
-                store.dir().display(),
+                store.shown(),
                 entries.len()
             );
             Ok(EXIT_OK)
         }
         Err(e) => {
-            eprintln!(
-                "gcx: the audit log of {} is not intact: {e}",
-                store.dir().display()
-            );
+            eprintln!("gcx: the audit log of {} is not intact: {e}", store.shown());
             Ok(EXIT_INCOMPLETE)
         }
     }

@@ -115,8 +115,8 @@ pub(crate) fn append(path: &Path, len: u64, entry: &Entry) -> std::io::Result<u6
     Ok(len + line.len() as u64)
 }
 
-/// Reads the log: every entry, or the first line that breaks the chain (its number and what is
-/// wrong). `head` is what the store's state says the last entry is (number, hash).
+/// Reads the log in a file: every entry, or the first line that breaks the chain (its number
+/// and what is wrong). `head` is what the store's state says the last entry is (number, hash).
 pub(crate) fn verify(path: &Path, head: (u64, &str)) -> Result<Vec<Entry>, String> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -126,11 +126,9 @@ pub(crate) fn verify(path: &Path, head: (u64, &str)) -> Result<Vec<Entry>, Strin
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let mut reader = BufReader::new(file);
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut buf = Vec::new();
-    let mut prev = GENESIS.to_owned();
+    let mut lines = Vec::new();
     loop {
-        buf.clear();
+        let mut buf = Vec::new();
         let n = (&mut reader)
             .take(LINE_MAX)
             .read_until(b'\n', &mut buf)
@@ -138,6 +136,16 @@ pub(crate) fn verify(path: &Path, head: (u64, &str)) -> Result<Vec<Entry>, Strin
         if n == 0 {
             break;
         }
+        lines.push(buf);
+    }
+    verify_lines(lines, head)
+}
+
+/// Checks the chain of `lines` (one entry each) against `head`.
+pub(crate) fn verify_lines(lines: Vec<Vec<u8>>, head: (u64, &str)) -> Result<Vec<Entry>, String> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut prev = GENESIS.to_owned();
+    for buf in lines {
         let line = entries.len() + 1;
         let entry: Entry = serde_json::from_slice(buf.trim_ascii_end())
             .map_err(|e| format!("line {line}: not an audit entry ({e})"))?;
