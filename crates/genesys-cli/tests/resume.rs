@@ -190,7 +190,17 @@ async fn ingest_killed_at_several_points_then_resumed_applies_every_record_once(
     for at in [10, 700, 1400] {
         kill_at(&sim, run(), at).await;
     }
-    let out = run().arg("--json").output().unwrap();
+    let mut out = run().arg("--json").output().unwrap();
+    // Under the faults a chunk may fail for good (every attempt's connection reset): nothing of
+    // it was applied, it is listed as failed, and the same command again delivers it, as its
+    // summary tells the user.
+    for _ in 0..2 {
+        if out.status.code() == Some(1) {
+            let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(r["counts"]["unknown"], 0, "{}", r["counts"]);
+            out = run().arg("--json").output().unwrap();
+        }
+    }
     assert_exit(&out, 0);
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["counts"]["delivered"], records);
