@@ -190,12 +190,52 @@ fn status(store: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A simulator of `n` users whose `faults` hit only the calls tagged with policy `version`.
+async fn sim_failing_for(n: usize, faults: &str, version: &str) -> genesys_sim::SimHandle {
+    genesys_sim::Simulator::spawn(
+        config(n)
+            .faults(faults.parse().unwrap())
+            .faults_only_for(Some(genesys_sim::FaultTarget::Header(
+                http::HeaderName::from_static("x-policy-version"),
+                version.to_owned(),
+            ))),
+    )
+    .await
+    .unwrap()
+}
+
+/// `gcx users patch` over every user of `sim` with the policies of `store` (and `args`):
+/// its report.
+fn patch_all(
+    sim: &genesys_sim::SimHandle,
+    store: &Path,
+    d: &Path,
+    n: usize,
+    args: &[&str],
+) -> Value {
+    let (lines, _) = user_lines(sim, n);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let report = d.join("report.json");
+    let out = gcx(sim)
+        .args(["users", "patch", "--rate-limit", "10000/1"])
+        .args(args)
+        .arg("--policy-store")
+        .arg(store)
+        .arg("--input")
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.code().is_some(), "{out:?}");
+    read_json(&report)
+}
+
 /// A canary on a quarter of the calls, against a simulator whose faults hit the canary's calls
 /// only (they carry its version in a header): the job rolls it back by itself, in the store
 /// and the audit log. A healthy canary is promoted after its calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted_by_the_job() {
-    use genesys_sim::{FaultTarget, Simulator};
     let d = dir("policy_canary");
     let store = d.join("store");
     let v1 = write(&d.join("v1.toml"), b"[retry]\nmax_attempts = 3\n");
@@ -215,38 +255,8 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted_by_the_job()
     let stable = status(&store)["stable"].as_str().unwrap().to_owned();
 
     let n = 200;
-    let sim = Simulator::spawn(
-        config(n)
-            .faults("5xx=0.5".parse().unwrap())
-            .faults_only_for(Some(FaultTarget::Header(
-                http::HeaderName::from_static("x-policy-version"),
-                canary.clone(),
-            ))),
-    )
-    .await
-    .unwrap();
-    let (lines, _) = user_lines(&sim, n);
-    let input = write(&d.join("users.jsonl"), lines.as_bytes());
-    let report = d.join("report.json");
-    let out = gcx(&sim)
-        .args([
-            "users",
-            "patch",
-            "--concurrency",
-            "8",
-            "--rate-limit",
-            "10000/1",
-        ])
-        .arg("--policy-store")
-        .arg(&store)
-        .arg("--input")
-        .arg(&input)
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(out.status.code().is_some(), "{out:?}");
-    let r = read_json(&report);
+    let sim = sim_failing_for(n, "5xx=0.5", &canary).await;
+    let r = patch_all(&sim, &store, &d, n, &["--concurrency", "8"]);
     let policy = &r["policy"];
     let decision = policy["decisions"][0].as_str().unwrap_or_default();
     assert!(decision.starts_with("rolled back"), "{policy}");
@@ -292,24 +302,8 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted_by_the_job()
         .as_str()
         .unwrap()
         .to_owned();
-    let out = gcx(&sim)
-        .args([
-            "users",
-            "patch",
-            "--rate-limit",
-            "10000/1",
-            "--policy-store",
-        ])
-        .arg(&store)
-        .arg("--input")
-        .arg(&input)
-        .arg("--fresh")
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert_exit(&out, 0);
-    let r = read_json(&report);
+    let r = patch_all(&sim, &store, &d, n, &["--fresh"]);
+    assert_eq!(r["exit_code"], 0, "{}", r["counts"]);
     let decision = r["policy"]["decisions"][0].as_str().unwrap_or_default();
     assert!(decision.starts_with("promoted"), "{}", r["policy"]);
     assert_eq!(status(&store)["stable"], healthy.as_str());
@@ -376,7 +370,6 @@ async fn a_version_applied_mid_job_is_taken_live() {
 /// back on its added latency when a bound is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_adds_latency_is_rolled_back() {
-    use genesys_sim::{FaultTarget, Simulator};
     let d = dir("policy_latency");
     let store = d.join("store");
     let v1 = write(&d.join("v1.toml"), b"[retry]\nmax_attempts = 3\n");
@@ -403,38 +396,8 @@ async fn a_canary_that_adds_latency_is_rolled_back() {
         .to_owned();
     let n = 40;
     // Half the canary's calls are told to come back in 1 to 3 s: they succeed, later.
-    let sim = Simulator::spawn(
-        config(n)
-            .faults("503-retry-after=0.5".parse().unwrap())
-            .faults_only_for(Some(FaultTarget::Header(
-                http::HeaderName::from_static("x-policy-version"),
-                canary.clone(),
-            ))),
-    )
-    .await
-    .unwrap();
-    let (lines, _) = user_lines(&sim, n);
-    let input = write(&d.join("users.jsonl"), lines.as_bytes());
-    let report = d.join("report.json");
-    let out = gcx(&sim)
-        .args([
-            "users",
-            "patch",
-            "--concurrency",
-            "16",
-            "--rate-limit",
-            "10000/1",
-        ])
-        .arg("--policy-store")
-        .arg(&store)
-        .arg("--input")
-        .arg(&input)
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(out.status.code().is_some());
-    let r = read_json(&report);
+    let sim = sim_failing_for(n, "503-retry-after=0.5", &canary).await;
+    let r = patch_all(&sim, &store, &d, n, &["--concurrency", "16"]);
     let decision = r["policy"]["decisions"][0].as_str().unwrap_or_default();
     assert!(decision.starts_with("rolled back"), "{}", r["policy"]);
     assert!(
