@@ -145,9 +145,11 @@ pub(crate) fn client_builder(
             builder = builder.max_in_flight(common.concurrency());
         }
     }
-    let mut builder = builder
-        .idempotency_store(crate::deliver::small_store())
-        .user_agent(concat!("gcx/", env!("CARGO_PKG_VERSION")));
+    // A Redis store named by the configuration is kept; else a small one in memory.
+    if layered.config().idempotency.redis_url().is_none() {
+        builder = builder.idempotency_store(crate::deliver::small_store());
+    }
+    let mut builder = builder.user_agent(concat!("gcx/", env!("CARGO_PKG_VERSION")));
     builder = match credentials(profile)? {
         Credentials::Client { id, secret, .. } => builder.client_credentials(id, secret),
         Credentials::Token(token) => {

@@ -158,6 +158,9 @@ pub struct GenesysClientBuilder {
     idempotency: bool,
     idempotency_layer: Option<IdempotencyLayer>,
     idempotency_store: Option<Arc<dyn IdempotencyStore>>,
+    /// A Redis store named by a configuration (its URL, and the variable of its password),
+    /// opened by `build`.
+    idempotency_redis: Option<(String, Option<String>)>,
     metrics: Metrics,
     leaf: Option<HttpService>,
     user_agent: Option<HeaderValue>,
@@ -189,6 +192,7 @@ impl Default for GenesysClientBuilder {
             idempotency: true,
             idempotency_layer: None,
             idempotency_store: None,
+            idempotency_redis: None,
             metrics: Metrics::new(),
             leaf: None,
             user_agent: None,
@@ -399,6 +403,7 @@ impl GenesysClientBuilder {
     /// The store of the idempotency layer (default: its in-memory store).
     pub fn idempotency_store(mut self, store: impl IdempotencyStore) -> Self {
         self.idempotency_store = Some(Arc::new(store));
+        self.idempotency_redis = None;
         self
     }
 
@@ -409,9 +414,12 @@ impl GenesysClientBuilder {
     }
 
     /// Applies a [`StackConfig`](crate::config::StackConfig) (checked already when it was
-    /// loaded): the retry policy, the refresh margin, the in-flight limit and what happens
-    /// when it is full, the pacing ceiling, the timeouts, the body limits and whether the
-    /// idempotency layer is in. Settings made after this call win.
+    /// loaded): the retry policy (its statuses and per-route safety included), the refresh
+    /// margin, the in-flight limit and what happens when it is full, the pacing ceiling, the
+    /// timeouts, the body limits, and the idempotency layer (whether it is in, its methods,
+    /// retention and lock time, and its store: a Redis store is opened by
+    /// [`build`](Self::build), which needs this crate's `redis` feature for it). Settings made
+    /// after this call win.
     pub fn config(mut self, config: &crate::config::StackConfig) -> Self {
         self = self
             .retry_policy(config.retry_policy())
@@ -428,6 +436,14 @@ impl GenesysClientBuilder {
             self = self.max_rate(requests, window);
         }
         self.idempotency = config.idempotency.enabled;
+        self.idempotency_layer = Some(config.idempotency_layer());
+        if let Some(url) = config.idempotency.redis_url() {
+            self.idempotency_store = None;
+            self.idempotency_redis = Some((
+                url.to_owned(),
+                config.idempotency.store_password_env.clone(),
+            ));
+        }
         self
     }
 
@@ -623,6 +639,9 @@ impl GenesysClientBuilder {
             if let Some(store) = self.idempotency_store.clone() {
                 layer = layer.store(store);
             }
+            if let Some((url, password_env)) = &self.idempotency_redis {
+                layer = layer.store(open_redis_store(url, password_env.as_deref())?);
+            }
             BoxCloneSyncService::new(
                 ServiceBuilder::new()
                     .map_err(Into::<BoxError>::into)
@@ -650,6 +669,50 @@ impl GenesysClientBuilder {
             }),
         })
     }
+}
+
+/// The Redis idempotency store a configuration names, its password read from `password_env`.
+#[cfg(feature = "redis")]
+fn open_redis_store(
+    url: &str,
+    password_env: Option<&str>,
+) -> Result<genesys_tower::idempotency::RedisStore, GenesysError> {
+    let url = match password_env {
+        None => url.to_owned(),
+        Some(name) => {
+            let password = std::env::var(name).map_err(|_| {
+                GenesysError::Config(format!(
+                    "idempotency.store_password_env names {name}, which is not set: set it to \
+                     the Redis password"
+                ))
+            })?;
+            let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+            let password = percent_encoding::utf8_percent_encode(
+                &password,
+                percent_encoding::NON_ALPHANUMERIC,
+            );
+            format!("{scheme}://:{password}@{rest}")
+        }
+    };
+    // The message names the store by the configuration's URL, which has no password.
+    genesys_tower::idempotency::RedisStore::open(&url).map_err(|e| {
+        GenesysError::Config(format!(
+            "idempotency.store: the Redis store cannot be opened: {e}"
+        ))
+    })
+}
+
+/// Without the `redis` feature, a configuration's Redis store is refused when the client is
+/// built.
+#[cfg(not(feature = "redis"))]
+fn open_redis_store(
+    url: &str,
+    _password_env: Option<&str>,
+) -> Result<genesys_tower::idempotency::MemoryStore, GenesysError> {
+    Err(GenesysError::Config(format!(
+        "idempotency.store is {url}, but this build has no Redis support: enable \
+         genesys-client's `redis` feature"
+    )))
 }
 
 impl fmt::Debug for GenesysClientBuilder {

@@ -163,8 +163,18 @@ pub struct RetryConfig {
     pub max_retry_after: Dur,
     /// The total time a call may take, every attempt and wait included (default 300s).
     pub deadline: Dur,
-    /// Whether a 500 is retried (default false: a 500 is more often a bug than a blip).
+    /// Whether a 500 is retried (default false: a 500 is more often a bug than a blip). The
+    /// same as listing 500 in `statuses`.
     pub retry_500: bool,
+    /// The statuses retried: 429 and any of 500 to 599 (default 429, 502, 503, 504). 408 is
+    /// always ambiguous and 413 never retried, so neither can be listed.
+    pub statuses: Vec<u16>,
+    /// Whether 500, 502 and 504 count as ambiguous, replayed only for requests safe to send
+    /// twice (default false: the server answered).
+    pub ambiguous_gateway_errors: bool,
+    /// Per-route safety: whether a request may be sent again after an ambiguous failure, by
+    /// method and path template; the first rule that matches wins over the code's own mark.
+    pub routes: Vec<RouteRule>,
     /// The retry budget; `enabled = false` leaves only `max_attempts` to bound retries.
     pub budget: BudgetConfig,
     /// A name for this policy, the `policy_version` label of the metrics (default `default`).
@@ -182,11 +192,68 @@ impl Default for RetryConfig {
             max_retry_after: Dur(Duration::from_secs(180)),
             deadline: Dur(DEFAULT_DEADLINE),
             retry_500: false,
+            statuses: vec![429, 502, 503, 504],
+            ambiguous_gateway_errors: false,
+            routes: Vec::new(),
             budget: BudgetConfig::default(),
             version: "default".to_owned(),
         }
     }
 }
+
+/// One `[[retry.routes]]` rule: the retry safety of the requests of one method to one path
+/// template.
+///
+/// ```toml
+/// [[retry.routes]]
+/// method = "PATCH"
+/// route = "/api/v2/users/{userId}"
+/// safety = "idempotent"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// The method (`GET`, `POST`, ...), or `*` for any.
+    pub method: String,
+    /// The path template, `{name}` standing for one segment: `/api/v2/users/{userId}`.
+    pub route: String,
+    /// Whether such a request may be sent again after an ambiguous failure.
+    pub safety: Safety,
+}
+
+/// [`RetrySafety`](genesys_tower::retry::RetrySafety) as configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Safety {
+    /// Safe to send twice, whatever the method (a conditional write).
+    Idempotent,
+    /// The target deduplicates by `Idempotency-Key`: replayed when the request carries one.
+    KeyHonoured,
+    /// Never replayed after an ambiguous failure, even for an idempotent method.
+    Unsafe,
+}
+
+impl Safety {
+    /// The retry layer's mark.
+    #[must_use]
+    pub fn retry_safety(self) -> genesys_tower::retry::RetrySafety {
+        use genesys_tower::retry::RetrySafety;
+        match self {
+            Safety::Idempotent => RetrySafety::Idempotent,
+            Safety::KeyHonoured => RetrySafety::KeyHonoured,
+            Safety::Unsafe => RetrySafety::Unsafe,
+        }
+    }
+}
+
+/// The methods a rule may name.
+const RULE_METHODS: &[&str] = &[
+    "*", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
+];
+/// The methods the idempotency layer may give a key.
+const KEYED_METHODS: &[&str] = &["POST", "PATCH", "PUT", "DELETE"];
+/// The most `[[retry.routes]]` rules (each request is matched against them in turn).
+const MAX_ROUTE_RULES: usize = 64;
 
 /// `[retry.budget]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -316,13 +383,43 @@ impl Default for BodiesConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct IdempotencyConfig {
-    /// Whether POST and PATCH carry an `Idempotency-Key` (default true).
+    /// Whether the layer is in the stack (default true).
     pub enabled: bool,
+    /// The methods that get an `Idempotency-Key` when the caller gave none: any of POST, PATCH,
+    /// PUT, DELETE (default POST and PATCH).
+    pub methods: Vec<String>,
+    /// Where keys and final responses are kept: `memory` (the default, this process only) or a
+    /// Redis URL without credentials, `redis://HOST:PORT[/DB]`, shared by every process that
+    /// names it.
+    pub store: String,
+    /// The environment variable that holds the Redis store's password, if it needs one (a
+    /// password is never written in the file).
+    pub store_password_env: Option<String>,
+    /// How long final responses are kept for a repeat: 1m to 7d (default 24h).
+    pub retention: Dur,
+    /// How long a call holds its key before another may take it over: 1s to 1h (default 5m).
+    pub lock_ttl: Dur,
 }
 
 impl Default for IdempotencyConfig {
     fn default() -> Self {
-        IdempotencyConfig { enabled: true }
+        IdempotencyConfig {
+            enabled: true,
+            methods: vec!["POST".to_owned(), "PATCH".to_owned()],
+            store: "memory".to_owned(),
+            store_password_env: None,
+            retention: Dur(genesys_tower::idempotency::DEFAULT_RETENTION),
+            lock_ttl: Dur(genesys_tower::idempotency::DEFAULT_CLIENT_LOCK_TTL),
+        }
+    }
+}
+
+impl IdempotencyConfig {
+    /// The Redis URL of the store, if it is one.
+    #[must_use]
+    pub fn redis_url(&self) -> Option<&str> {
+        let store = self.store.trim();
+        (store.starts_with("redis://") || store.starts_with("rediss://")).then_some(store)
     }
 }
 
@@ -510,6 +607,8 @@ impl StackConfig {
                 "give a name of 1 to 64 characters".to_owned(),
             );
         }
+        statuses_problems(r, &mut bad);
+        routes_problems(&r.routes, &mut bad);
         let b = &r.budget;
         if !(b.retry_ratio.is_finite() && (0.0..=1.0).contains(&b.retry_ratio)) {
             bad(
@@ -572,6 +671,7 @@ impl StackConfig {
                 ),
             );
         }
+        idempotency_problems(&self.idempotency, &mut bad);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -608,10 +708,23 @@ impl StackConfig {
     pub fn retry_policy_builder(&self) -> genesys_tower::retry::RetryPolicyBuilder {
         let r = &self.retry;
         let jitter = r.jitter.jitter();
-        RetryPolicy::builder()
-            .classifier(GenesysClassifier::with(
-                DefaultClassifier::new().retry_500(r.retry_500),
-            ))
+        let builder = RetryPolicy::builder().classifier(GenesysClassifier::with(self.classifier()));
+        let builder = if r.routes.is_empty() {
+            builder
+        } else {
+            let rules = route_rules(&r.routes);
+            builder.safety(move |request| {
+                let path = request.uri.path();
+                rules
+                    .iter()
+                    .find(|(method, route, _)| {
+                        method.as_ref().is_none_or(|m| *m == request.method)
+                            && crate::routes::matches(path, route)
+                    })
+                    .map(|&(_, _, safety)| safety)
+            })
+        };
+        builder
             .max_attempts(r.max_attempts)
             .base_delay(r.base_delay.0)
             .factor(r.factor)
@@ -623,10 +736,198 @@ impl StackConfig {
             .no_budget()
     }
 
+    /// The classification `[retry]` describes: its statuses, 500 per `retry_500`, and whether
+    /// gateway errors are ambiguous. A status the file may not list was refused when it was
+    /// loaded; here it is left out.
+    #[must_use]
+    pub fn classifier(&self) -> DefaultClassifier {
+        let r = &self.retry;
+        let statuses = r
+            .statuses
+            .iter()
+            .filter_map(|&s| http::StatusCode::from_u16(s).ok())
+            .filter(|s| DefaultClassifier::new().retry_statuses([*s]).is_ok());
+        let listed = DefaultClassifier::new()
+            .retry_statuses(statuses)
+            .unwrap_or_default();
+        let classifier = if r.retry_500 {
+            listed.retry_500(true)
+        } else {
+            listed
+        };
+        classifier.ambiguous_gateway_errors(r.ambiguous_gateway_errors)
+    }
+
+    /// The idempotency layer `[idempotency]` describes, its store aside (see
+    /// [`IdempotencyConfig::redis_url`]).
+    #[must_use]
+    pub fn idempotency_layer(&self) -> genesys_tower::idempotency::IdempotencyLayer {
+        let i = &self.idempotency;
+        genesys_tower::idempotency::IdempotencyLayer::new()
+            .methods(
+                i.methods
+                    .iter()
+                    .filter_map(|m| http::Method::from_bytes(m.trim().as_bytes()).ok()),
+            )
+            .retention(i.retention.0)
+            .lock_ttl(i.lock_ttl.0)
+    }
+
     /// The pacing ceiling, if `[pacing] rate` is set.
     #[must_use]
     pub fn pacing_rate(&self) -> Option<(u64, Duration)> {
         self.pacing.rate.as_deref().and_then(|r| parse_rate(r).ok())
+    }
+}
+
+/// `retry.statuses`: each one the classifier can retry, none twice.
+fn statuses_problems(r: &RetryConfig, bad: &mut impl FnMut(&str, String)) {
+    let mut seen = std::collections::BTreeSet::new();
+    for &code in &r.statuses {
+        let refused = match http::StatusCode::from_u16(code) {
+            Ok(status) => DefaultClassifier::new()
+                .retry_statuses([status])
+                .err()
+                .map(|e| e.to_string()),
+            Err(_) => Some(format!("{code} is not an HTTP status (100 to 999)")),
+        };
+        if let Some(why) = refused {
+            bad("retry.statuses", why);
+        } else if !seen.insert(code) {
+            bad("retry.statuses", format!("{code} is listed twice"));
+        }
+    }
+}
+
+/// `retry.routes`: known methods, well-formed templates, no rule twice.
+fn routes_problems(rules: &[RouteRule], bad: &mut impl FnMut(&str, String)) {
+    if rules.len() > MAX_ROUTE_RULES {
+        bad(
+            "retry.routes",
+            format!(
+                "{} rules; at most {MAX_ROUTE_RULES} (each request is matched against them in \
+                 turn)",
+                rules.len()
+            ),
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if !RULE_METHODS.contains(&rule.method.as_str()) {
+            bad(
+                &format!("retry.routes[{i}].method"),
+                format!(
+                    "{:?} is not one of {} (in capitals)",
+                    rule.method,
+                    RULE_METHODS.join(", ")
+                ),
+            );
+        }
+        if let Err(why) = crate::routes::check_template(&rule.route) {
+            bad(
+                &format!("retry.routes[{i}].route"),
+                format!("{:?} {why}", rule.route),
+            );
+        }
+        if !seen.insert((rule.method.as_str(), rule.route.as_str())) {
+            bad(
+                &format!("retry.routes[{i}]"),
+                format!(
+                    "{} {} has a rule already; the first would always win",
+                    rule.method, rule.route
+                ),
+            );
+        }
+    }
+}
+
+/// The rules as the policy matches them: the method (`None` for any), the template, the mark.
+fn route_rules(
+    rules: &[RouteRule],
+) -> Vec<(
+    Option<http::Method>,
+    String,
+    genesys_tower::retry::RetrySafety,
+)> {
+    rules
+        .iter()
+        .map(|rule| {
+            let method = (rule.method != "*")
+                .then(|| http::Method::from_bytes(rule.method.as_bytes()).ok())
+                .flatten();
+            (method, rule.route.clone(), rule.safety.retry_safety())
+        })
+        .collect()
+}
+
+/// `[idempotency]`: known methods, a store this crate can open, bounded durations.
+fn idempotency_problems(i: &IdempotencyConfig, bad: &mut impl FnMut(&str, String)) {
+    let mut seen = std::collections::BTreeSet::new();
+    for method in &i.methods {
+        if !KEYED_METHODS.contains(&method.as_str()) {
+            bad(
+                "idempotency.methods",
+                format!(
+                    "{method:?} is not one of {} (in capitals; a GET needs no key)",
+                    KEYED_METHODS.join(", ")
+                ),
+            );
+        } else if !seen.insert(method.as_str()) {
+            bad("idempotency.methods", format!("{method} is listed twice"));
+        }
+    }
+    let store = i.store.trim();
+    if store != "memory" {
+        match i.redis_url() {
+            None => bad(
+                "idempotency.store",
+                format!("{store:?} is neither \"memory\" nor a redis:// or rediss:// URL"),
+            ),
+            Some(url) => {
+                let authority = url
+                    .split_once("://")
+                    .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+                if authority.contains('@') || url.contains('?') {
+                    bad(
+                        "idempotency.store",
+                        "a URL with credentials or options is refused (it would be shown and \
+                         stored): write redis://HOST:PORT[/DB] and name the variable that holds \
+                         the password in idempotency.store_password_env"
+                            .to_owned(),
+                    );
+                } else if authority.is_empty() {
+                    bad(
+                        "idempotency.store",
+                        format!("{url:?} has no host: write redis://HOST:PORT[/DB]"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(name) = &i.store_password_env {
+        if i.redis_url().is_none() {
+            bad(
+                "idempotency.store_password_env",
+                "is for a Redis store; idempotency.store is not one".to_owned(),
+            );
+        } else if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bad(
+                "idempotency.store_password_env",
+                format!("{name:?} is not an environment variable's name (A-Z, 0-9, _)"),
+            );
+        }
+    }
+    if !(Duration::from_secs(60)..=Duration::from_secs(7 * 86_400)).contains(&i.retention.0) {
+        bad(
+            "idempotency.retention",
+            format!("{} is outside 1m to 7days", i.retention),
+        );
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&i.lock_ttl.0) {
+        bad(
+            "idempotency.lock_ttl",
+            format!("{} is outside 1s to 1h", i.lock_ttl),
+        );
     }
 }
 

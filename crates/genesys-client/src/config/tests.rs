@@ -99,6 +99,87 @@ fn every_rule_has_its_message() {
             "[bodies]\nmax_error = 10",
             "bodies.max_error: 10 is outside 1024",
         ),
+        (
+            "[retry]\nstatuses = [429, 409]",
+            "retry.statuses: 409 cannot be retried: only 429 and 500 to 599 can",
+        ),
+        (
+            "[retry]\nstatuses = [408]",
+            "retry.statuses: 408 cannot be listed: it is always ambiguous",
+        ),
+        (
+            "[retry]\nstatuses = [413]",
+            "retry.statuses: 413 is never retried",
+        ),
+        (
+            "[retry]\nstatuses = [1000]",
+            "retry.statuses: 1000 is not an HTTP status",
+        ),
+        (
+            "[retry]\nstatuses = [503, 503]",
+            "retry.statuses: 503 is listed twice",
+        ),
+        (
+            "[[retry.routes]]\nmethod = \"post\"\nroute = \"/api/v2/x\"\nsafety = \"unsafe\"",
+            "retry.routes[0].method: \"post\" is not one of *, GET",
+        ),
+        (
+            "[[retry.routes]]\nmethod = \"POST\"\nroute = \"api/v2/x\"\nsafety = \"unsafe\"",
+            "retry.routes[0].route: \"api/v2/x\" does not start with /",
+        ),
+        (
+            "[[retry.routes]]\nmethod = \"POST\"\nroute = \"/api/v2/x{id}\"\nsafety = \"unsafe\"",
+            "retry.routes[0].route: \"/api/v2/x{id}\" has a { } that is not a whole segment",
+        ),
+        (
+            "[[retry.routes]]\nmethod = \"POST\"\nroute = \"/api//x\"\nsafety = \"unsafe\"",
+            "retry.routes[0].route: \"/api//x\" has an empty segment",
+        ),
+        (
+            "[[retry.routes]]\nmethod = \"POST\"\nroute = \"/api/v2/*\"\nsafety = \"unsafe\"",
+            "retry.routes[0].route: \"/api/v2/*\" may hold no query, fragment, wildcard",
+        ),
+        (
+            "[[retry.routes]]\nmethod = \"POST\"\nroute = \"/a\"\nsafety = \"unsafe\"\n\
+             [[retry.routes]]\nmethod = \"POST\"\nroute = \"/a\"\nsafety = \"idempotent\"",
+            "retry.routes[1]: POST /a has a rule already",
+        ),
+        (
+            "[idempotency]\nmethods = [\"POST\", \"GET\"]",
+            "idempotency.methods: \"GET\" is not one of POST, PATCH, PUT, DELETE",
+        ),
+        (
+            "[idempotency]\nmethods = [\"POST\", \"POST\"]",
+            "idempotency.methods: POST is listed twice",
+        ),
+        (
+            "[idempotency]\nstore = \"postgres://db\"",
+            "idempotency.store: \"postgres://db\" is neither \"memory\" nor a redis://",
+        ),
+        (
+            "[idempotency]\nstore = \"redis://:hunter2@cache:6379\"",
+            "idempotency.store: a URL with credentials or options is refused",
+        ),
+        (
+            "[idempotency]\nstore = \"redis://\"",
+            "idempotency.store: \"redis://\" has no host",
+        ),
+        (
+            "[idempotency]\nstore_password_env = \"REDIS_PASSWORD\"",
+            "idempotency.store_password_env: is for a Redis store",
+        ),
+        (
+            "[idempotency]\nstore = \"redis://cache:6379\"\nstore_password_env = \"A-B\"",
+            "idempotency.store_password_env: \"A-B\" is not an environment variable's name",
+        ),
+        (
+            "[idempotency]\nretention = \"10s\"",
+            "idempotency.retention: 10s is outside 1m to 7days",
+        ),
+        (
+            "[idempotency]\nlock_ttl = \"2h\"",
+            "idempotency.lock_ttl: 2h is outside 1s to 1h",
+        ),
     ];
     for (toml, wanted) in cases {
         let found = problems(toml);
@@ -116,6 +197,151 @@ fn every_problem_is_reported_at_once() {
         "[retry]\nmax_attempts = 0\nfactor = 20.0\n[concurrency]\nlimit = 5000\n[bodies]\nmax_error = 1",
     );
     assert_eq!(found.len(), 4, "{found:?}");
+}
+
+#[test]
+fn a_password_in_the_store_url_never_appears_in_the_message() {
+    let found = problems("[idempotency]\nstore = \"redis://:hunter2@cache:6379\"").join("\n");
+    assert!(!found.contains("hunter2"), "{found}");
+}
+
+fn head(method: http::Method, path: &str) -> http::request::Parts {
+    http::Request::builder()
+        .method(method)
+        .uri(format!("https://api.test{path}"))
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+#[test]
+fn route_rules_give_the_policy_its_safety_first_match_wins() {
+    use genesys_tower::retry::RetrySafety;
+    let config = StackConfig::from_toml(
+        r#"
+        [[retry.routes]]
+        method = "PATCH"
+        route = "/api/v2/users/{userId}"
+        safety = "unsafe"
+        [[retry.routes]]
+        method = "*"
+        route = "/api/v2/users/{userId}"
+        safety = "idempotent"
+        [[retry.routes]]
+        method = "POST"
+        route = "/api/v2/integrations/actions/{actionId}/execute"
+        safety = "key_honoured"
+        "#,
+    )
+    .unwrap();
+    let policy = config.retry_policy();
+    let safety = |method, path| policy.safety_for(&head(method, path));
+    use http::Method;
+    assert_eq!(
+        safety(Method::PATCH, "/api/v2/users/42"),
+        Some(RetrySafety::Unsafe)
+    );
+    assert_eq!(
+        safety(Method::DELETE, "/api/v2/users/42?force=true"),
+        Some(RetrySafety::Idempotent)
+    );
+    assert_eq!(
+        safety(Method::POST, "/api/v2/integrations/actions/a1/execute"),
+        Some(RetrySafety::KeyHonoured)
+    );
+    for (method, path) in [
+        (Method::GET, "/api/v2/users"),
+        (Method::GET, "/api/v2/users/42/roles"),
+        (Method::GET, "/api/v2/users//"),
+        (Method::GET, "/api/v2/integrations/actions/a1/execute"),
+    ] {
+        assert_eq!(safety(method.clone(), path), None, "{method} {path}");
+    }
+    // No rules: the policy leaves every request its own mark.
+    let plain = StackConfig::default().retry_policy();
+    assert_eq!(
+        plain.safety_for(&head(Method::PATCH, "/api/v2/users/42")),
+        None
+    );
+}
+
+#[test]
+fn the_classifier_follows_statuses_retry_500_and_gateway_ambiguity() {
+    use genesys_tower::retry::{Classification, Classify};
+    use http::StatusCode;
+    let classify = |toml: &str, status: u16| {
+        let config = StackConfig::from_toml(toml).unwrap();
+        config.classifier().classify_response(
+            &head(http::Method::POST, "/x"),
+            StatusCode::from_u16(status).unwrap(),
+            &http::HeaderMap::new(),
+        )
+    };
+    let retried = |c: Classification| matches!(c, Classification::Retry(_));
+    assert!(retried(classify("", 503)));
+    assert!(!retried(classify("", 500)));
+    assert!(retried(classify("[retry]\nretry_500 = true", 500)));
+    assert!(retried(classify("[retry]\nstatuses = [429, 500]", 500)));
+    assert!(!retried(classify("[retry]\nstatuses = [429, 500]", 503)));
+    assert!(retried(classify("[retry]\nstatuses = [507]", 507)));
+    assert!(!retried(classify("[retry]\nstatuses = [507]", 429)));
+    assert_eq!(
+        classify("[retry]\nambiguous_gateway_errors = true", 502),
+        Classification::Ambiguous
+    );
+}
+
+#[test]
+fn the_idempotency_section_configures_the_layer() {
+    let config = StackConfig::from_toml(
+        "[idempotency]\nmethods = [\"POST\", \"PUT\"]\nretention = \"2h\"\nlock_ttl = \"30s\"",
+    )
+    .unwrap();
+    let shown = format!("{:?}", config.idempotency_layer());
+    assert!(shown.contains("[POST, PUT]"), "{shown}");
+    assert!(shown.contains("retention: 7200s"), "{shown}");
+    assert!(shown.contains("lock_ttl: 30s"), "{shown}");
+    assert_eq!(config.idempotency.redis_url(), None);
+    let redis = StackConfig::from_toml(
+        "[idempotency]\nstore = \"redis://127.0.0.1:6379/2\"\nstore_password_env = \"REDIS_PW\"",
+    )
+    .unwrap();
+    assert_eq!(
+        redis.idempotency.redis_url(),
+        Some("redis://127.0.0.1:6379/2")
+    );
+}
+
+#[test]
+fn lists_and_rules_come_from_the_environment_as_json() {
+    let env = |name: &str| match name {
+        "GCX_RETRY_STATUSES" => Some("[429, 503]".to_owned()),
+        "GCX_RETRY_ROUTES" => Some(
+            r#"[{"method": "POST", "route": "/api/v2/x/{id}", "safety": "idempotent"}]"#.to_owned(),
+        ),
+        "GCX_IDEMPOTENCY_METHODS" => Some(r#"["PATCH"]"#.to_owned()),
+        "GCX_IDEMPOTENCY_STORE" => Some("redis://cache:6379".to_owned()),
+        _ => None,
+    };
+    let layered = Layered::defaults()
+        .env(env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = layered.config();
+    assert_eq!(config.retry.statuses, [429, 503]);
+    assert_eq!(config.retry.routes[0].safety, Safety::Idempotent);
+    assert_eq!(config.idempotency.methods, ["PATCH"]);
+    assert_eq!(config.idempotency.redis_url(), Some("redis://cache:6379"));
+    assert_eq!(
+        layered.origin("retry.routes"),
+        Some(&Origin::Env("GCX_RETRY_ROUTES".into()))
+    );
+    let bad = |name: &str| (name == "GCX_RETRY_STATUSES").then(|| "[404]".to_owned());
+    let err = Layered::defaults().env(bad).unwrap_err().to_string();
+    assert!(
+        err.contains("retry.statuses: 404 cannot be retried") && err.contains("GCX_RETRY_STATUSES"),
+        "{err}"
+    );
 }
 
 #[test]

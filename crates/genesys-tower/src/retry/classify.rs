@@ -66,6 +66,7 @@ pub trait Classify: Send + Sync + 'static {
 /// | 429 | retry ([`RateLimited`](RetryReason::RateLimited)) |
 /// | 502, 503, 504 | retry ([`ServerError`](RetryReason::ServerError)) |
 /// | 500 | final, unless [`retry_500`](DefaultClassifier::retry_500) is set |
+/// | another 5xx | final, unless listed in [`retry_statuses`](DefaultClassifier::retry_statuses) (which replaces the list of retried statuses, 429 included) |
 /// | 413 | final, always (the retry layer itself never re-sends a request answered 413, whatever the classifier says) |
 /// | any other status | final (never other 4xx: another attempt gets the same answer) |
 /// | an error of an inner retry layer | final (retries are not multiplied) |
@@ -98,14 +99,86 @@ pub trait Classify: Send + Sync + 'static {
 /// assert_eq!(c(StatusCode::INTERNAL_SERVER_ERROR), Classification::Final);
 /// assert_eq!(c(StatusCode::REQUEST_TIMEOUT), Classification::Ambiguous);
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DefaultClassifier {
-    retry_500: bool,
+    statuses: StatusSet,
     ambiguous_gateway_errors: bool,
 }
 
+impl Default for DefaultClassifier {
+    fn default() -> Self {
+        DefaultClassifier {
+            statuses: StatusSet::DEFAULT,
+            ambiguous_gateway_errors: false,
+        }
+    }
+}
+
+/// The statuses a [`DefaultClassifier`] retries: 429 and any of 500 to 599.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StatusSet {
+    /// 429.
+    too_many_requests: bool,
+    /// Bit `n` is `500 + n`.
+    server: u128,
+}
+
+impl StatusSet {
+    /// 429, 502, 503 and 504.
+    const DEFAULT: StatusSet = StatusSet {
+        too_many_requests: true,
+        server: (1 << 2) | (1 << 3) | (1 << 4),
+    };
+
+    fn contains(self, status: StatusCode) -> bool {
+        match status.as_u16() {
+            429 => self.too_many_requests,
+            s @ 500..=599 => self.server & (1 << (s - 500)) != 0,
+            _ => false,
+        }
+    }
+
+    fn set(&mut self, status: StatusCode, on: bool) {
+        match status.as_u16() {
+            429 => self.too_many_requests = on,
+            s @ 500..=599 if on => self.server |= 1 << (s - 500),
+            s @ 500..=599 => self.server &= !(1 << (s - 500)),
+            _ => {}
+        }
+    }
+}
+
+/// A status [`DefaultClassifier::retry_statuses`] cannot retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusNotRetryable(pub StatusCode);
+
+impl fmt::Display for StatusNotRetryable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.0.as_u16();
+        match status {
+            408 => write!(
+                f,
+                "408 cannot be listed: it is always ambiguous (a timeout middleware may have made \
+                 it up after the request was sent), and replayed only when the request is safe to \
+                 send twice"
+            ),
+            413 => write!(
+                f,
+                "413 is never retried: the same body gets the same answer; send a smaller one"
+            ),
+            _ => write!(
+                f,
+                "{status} cannot be retried: only 429 and 500 to 599 can (another attempt at a \
+                 {status} gets the same answer)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StatusNotRetryable {}
+
 impl DefaultClassifier {
-    /// The default classification (500 not retried).
+    /// The default classification (429, 502, 503 and 504 retried; 500 not).
     #[must_use]
     pub fn new() -> Self {
         Self::default()
@@ -115,8 +188,52 @@ impl DefaultClassifier {
     /// transient failure).
     #[must_use]
     pub fn retry_500(mut self, retry: bool) -> Self {
-        self.retry_500 = retry;
+        self.statuses.set(StatusCode::INTERNAL_SERVER_ERROR, retry);
         self
+    }
+
+    /// The statuses retried, in place of the default 429, 502, 503 and 504: 429 and any of 500
+    /// to 599. Any other status is refused (another attempt would get the same answer; 408 is
+    /// always [`Ambiguous`](Classification::Ambiguous), and 413 never retried).
+    ///
+    /// ```
+    /// use genesys_tower::retry::{Classification, Classify, DefaultClassifier};
+    /// use http::{HeaderMap, Request, StatusCode};
+    ///
+    /// // Retry 429, 500 and 503; a 502 or 504 is returned as it is.
+    /// let classify = DefaultClassifier::new()
+    ///     .retry_statuses([429, 500, 503].map(|s| StatusCode::from_u16(s).unwrap()))
+    ///     .unwrap();
+    /// let (parts, ()) = Request::get("/x").body(()).unwrap().into_parts();
+    /// let c = |s| classify.classify_response(&parts, s, &HeaderMap::new());
+    /// assert!(matches!(c(StatusCode::INTERNAL_SERVER_ERROR), Classification::Retry(_)));
+    /// assert_eq!(c(StatusCode::BAD_GATEWAY), Classification::Final);
+    ///
+    /// let refused = DefaultClassifier::new().retry_statuses([StatusCode::CONFLICT]);
+    /// assert!(refused.unwrap_err().to_string().contains("only 429 and 500 to 599"));
+    /// ```
+    pub fn retry_statuses(
+        mut self,
+        statuses: impl IntoIterator<Item = StatusCode>,
+    ) -> Result<Self, StatusNotRetryable> {
+        self.statuses = StatusSet {
+            too_many_requests: false,
+            server: 0,
+        };
+        for status in statuses {
+            if !matches!(status.as_u16(), 429 | 500..=599) {
+                return Err(StatusNotRetryable(status));
+            }
+            self.statuses.set(status, true);
+        }
+        Ok(self)
+    }
+
+    /// Whether a status is retried (before [`ambiguous_gateway_errors`](Self::ambiguous_gateway_errors)
+    /// is applied).
+    #[must_use]
+    pub fn retries(&self, status: StatusCode) -> bool {
+        self.statuses.contains(status)
     }
 
     /// Whether 500, 502 and 504 count as ambiguous (default: no).
@@ -134,19 +251,19 @@ impl Classify for DefaultClassifier {
         status: StatusCode,
         _headers: &HeaderMap,
     ) -> Classification {
-        let server = |retry: bool| match (retry, self.ambiguous_gateway_errors) {
-            (false, _) => Classification::Final,
-            (true, false) => Classification::Retry(RetryReason::ServerError),
-            (true, true) => Classification::Ambiguous,
-        };
         match status {
             // Possibly made up by a timeout middleware after the request was sent.
             StatusCode::REQUEST_TIMEOUT => Classification::Ambiguous,
+            _ if !self.statuses.contains(status) => Classification::Final,
             StatusCode::TOO_MANY_REQUESTS => Classification::Retry(RetryReason::RateLimited),
-            StatusCode::SERVICE_UNAVAILABLE => Classification::Retry(RetryReason::ServerError),
-            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => server(true),
-            StatusCode::INTERNAL_SERVER_ERROR => server(self.retry_500),
-            _ => Classification::Final,
+            StatusCode::INTERNAL_SERVER_ERROR
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::GATEWAY_TIMEOUT
+                if self.ambiguous_gateway_errors =>
+            {
+                Classification::Ambiguous
+            }
+            _ => Classification::Retry(RetryReason::ServerError),
         }
     }
 

@@ -152,7 +152,9 @@ use tracing::{Instrument, Span};
 
 pub use self::backoff::{Backoff, Jitter, JitterStrategy, Step};
 pub use self::budget::RetryBudget;
-pub use self::classify::{Classification, Classify, DefaultClassifier, RetrySafety};
+pub use self::classify::{
+    Classification, Classify, DefaultClassifier, RetrySafety, StatusNotRetryable,
+};
 pub use self::error::{Error, ErrorKind};
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
@@ -355,6 +357,9 @@ impl Call {
             && let Ok(value) = http::HeaderValue::from_str(policy.version())
         {
             parts.headers.insert(tag.clone(), value);
+        }
+        if let Some(safety) = policy.safety_for(&parts) {
+            parts.extensions.insert(safety);
         }
         let call_metrics = CallMetrics::start(&parts, policy.version_label());
         let started = Instant::now();

@@ -16,6 +16,7 @@ use crate::body::DEFAULT_REPLAY_LIMIT;
 pub use crate::headers::IDEMPOTENCY_KEY;
 
 type KeyPredicate = dyn Fn(&request::Parts) -> bool + Send + Sync;
+type SafetyRule = dyn Fn(&request::Parts) -> Option<RetrySafety> + Send + Sync;
 
 /// What to retry, how long to wait, and when to stop.
 ///
@@ -36,6 +37,7 @@ type KeyPredicate = dyn Fn(&request::Parts) -> bool + Send + Sync;
 /// | [`deadline`](RetryPolicyBuilder::deadline) | none |
 /// | [`classifier`](RetryPolicyBuilder::classifier) | [`DefaultClassifier`] (500 not retried) |
 /// | [`honours_idempotency_keys`](RetryPolicyBuilder::honours_idempotency_keys) | no target |
+/// | [`safety`](RetryPolicyBuilder::safety) | none (each request's own [`RetrySafety`] mark) |
 /// | [`replay_limit`](RetryPolicyBuilder::replay_limit) | 1 MiB |
 /// | [`seed`](RetryPolicyBuilder::seed) | none (seeded from the operating system) |
 ///
@@ -72,6 +74,7 @@ struct Inner {
     deadline: Option<Duration>,
     classifier: Arc<dyn Classify>,
     honours_keys: Option<Arc<KeyPredicate>>,
+    safety: Option<Arc<SafetyRule>>,
     replay_limit: usize,
     seed: Option<u64>,
     version: SharedString,
@@ -94,6 +97,7 @@ impl RetryPolicy {
             deadline: None,
             classifier: Arc::new(DefaultClassifier::new()),
             honours_keys: None,
+            safety: None,
             replay_limit: DEFAULT_REPLAY_LIMIT,
             seed: None,
             version: SharedString::const_str("default"),
@@ -179,6 +183,13 @@ impl RetryPolicy {
             .min(self.inner.spread_max)
     }
 
+    /// The safety the policy's [`safety`](RetryPolicyBuilder::safety) rule gives this request, if
+    /// it has a rule and the rule answers.
+    #[must_use]
+    pub fn safety_for(&self, request: &request::Parts) -> Option<RetrySafety> {
+        self.inner.safety.as_ref().and_then(|rule| rule(request))
+    }
+
     /// Whether this request may be sent again after an ambiguous failure (one where it may have
     /// been applied): never when marked [`RetrySafety::Unsafe`]; otherwise when its method is
     /// idempotent (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), when marked
@@ -225,6 +236,7 @@ impl fmt::Debug for RetryPolicy {
             .field("budget", &i.budget)
             .field("deadline", &i.deadline)
             .field("honours_idempotency_keys", &i.honours_keys.is_some())
+            .field("safety_rule", &i.safety.is_some())
             .field("replay_limit", &i.replay_limit)
             .field("seeded", &i.seed.is_some())
             .field("version", &&*i.version)
@@ -247,6 +259,7 @@ pub struct RetryPolicyBuilder {
     deadline: Option<Duration>,
     classifier: Arc<dyn Classify>,
     honours_keys: Option<Arc<KeyPredicate>>,
+    safety: Option<Arc<SafetyRule>>,
     replay_limit: usize,
     seed: Option<u64>,
     version: SharedString,
@@ -352,6 +365,33 @@ impl RetryPolicyBuilder {
         predicate: impl Fn(&request::Parts) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.honours_keys = Some(Arc::new(predicate));
+        self
+    }
+
+    /// Decides requests' [`RetrySafety`] from their head, ahead of their own mark: where the rule
+    /// answers, the retry layer puts its answer on the request before the first attempt, in place
+    /// of any mark the caller set, so that the classifier, the layers below and the replay
+    /// decision all see it; where it answers `None`, the request keeps its own. Per-route safety
+    /// from configuration: an operator corrects a route without a rebuild (a canary may too).
+    ///
+    /// ```
+    /// use genesys_tower::retry::{RetryPolicy, RetrySafety};
+    /// use http::Method;
+    ///
+    /// // Our conversation tags are set with a version: a replay is refused with 409.
+    /// let policy = RetryPolicy::builder()
+    ///     .safety(|req| {
+    ///         (req.method == Method::PATCH && req.uri.path().starts_with("/api/v2/tags/"))
+    ///             .then_some(RetrySafety::Idempotent)
+    ///     })
+    ///     .build();
+    /// # let _ = policy;
+    /// ```
+    pub fn safety(
+        mut self,
+        rule: impl Fn(&request::Parts) -> Option<RetrySafety> + Send + Sync + 'static,
+    ) -> Self {
+        self.safety = Some(Arc::new(rule));
         self
     }
 
@@ -466,6 +506,7 @@ impl RetryPolicyBuilder {
                 deadline: self.deadline,
                 classifier: self.classifier,
                 honours_keys: self.honours_keys,
+                safety: self.safety,
                 replay_limit: self.replay_limit,
                 seed: self.seed,
                 version: self.version,

@@ -612,6 +612,65 @@ async fn marks_override_the_method() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_policys_safety_rule_wins_over_the_requests_own_mark() {
+    // An operator's rule: PATCHes to users are conditional (safe); anything under /actions is
+    // never replayed, whatever the code marked.
+    let policy = || {
+        exact()
+            .safety(|req| {
+                if req.uri.path().starts_with("/actions") {
+                    Some(RetrySafety::Unsafe)
+                } else if req.method == http::Method::PATCH {
+                    Some(RetrySafety::Idempotent)
+                } else {
+                    None
+                }
+            })
+            .build()
+    };
+    let server = Server::new([Step::Fail(reset), status(200)]);
+    let req = Request::patch("http://api.test/users/1")
+        .body(Body::from("{\"version\":3}"))
+        .unwrap();
+    assert_eq!(info(&send(policy(), &server, req).await.0.unwrap()).0, 2);
+
+    // The code said idempotent; the rule says no: one attempt, the outcome unknown.
+    let server = Server::new([Step::Fail(reset), status(200)]);
+    let mut req = Request::get("http://api.test/actions/7")
+        .body(Body::empty())
+        .unwrap();
+    req.extensions_mut().insert(RetrySafety::Idempotent);
+    assert!(retry_error(send(policy(), &server, req).await.0).is_outcome_unknown());
+    assert_eq!(server.seen().len(), 1);
+
+    // Where the rule says nothing, the request's own mark stands.
+    let server = Server::new([Step::Fail(reset)]);
+    let mut req = get();
+    req.extensions_mut().insert(RetrySafety::Unsafe);
+    assert!(retry_error(send(policy(), &server, req).await.0).is_outcome_unknown());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retried_statuses_can_be_chosen() {
+    let classifier = DefaultClassifier::new()
+        .retry_statuses([
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::INSUFFICIENT_STORAGE,
+        ])
+        .unwrap();
+    let policy = exact().classifier(classifier).build();
+    let server = Server::new([status(507), status(429), status(201)]);
+    let (res, metrics) = send(policy.clone(), &server, post("{}")).await;
+    assert_eq!(info(&res.unwrap()).0, 3);
+    assert_eq!(metrics.snapshot().retries.total(), 2);
+    // 503 is no longer on the list: the caller gets it after one attempt.
+    let server = Server::new([status(503), status(200)]);
+    let (res, _) = send(policy, &server, get()).await;
+    assert_eq!(res.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(server.seen().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn refused_connection_is_retried_even_for_a_post() {
     let server = Server::new([Step::Fail(refused), status(201)]);
     let mut req = post("{}");

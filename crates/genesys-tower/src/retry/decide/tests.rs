@@ -8,7 +8,8 @@ use tokio::time::Instant;
 
 use super::{Clock, Decision, Outcome, State, decide};
 use crate::retry::{
-    Classification, Classify, ErrorKind, Jitter, RetryPolicy, RetryPolicyBuilder, RetryReason,
+    Classification, Classify, DefaultClassifier, ErrorKind, Jitter, RetryPolicy,
+    RetryPolicyBuilder, RetryReason,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -280,4 +281,83 @@ fn successive_retries_follow_the_backoff_schedule() {
         }
     }
     assert_eq!(delays, [1, 2, 4, 8]);
+}
+
+#[test]
+fn the_retried_statuses_are_the_listed_ones_and_nothing_else() {
+    let listed = DefaultClassifier::new()
+        .retry_statuses([429, 500, 507].map(|s| StatusCode::from_u16(s).unwrap()))
+        .unwrap();
+    let p = policy().classifier(listed).build();
+    let none = HeaderMap::new();
+    for (code, reason) in [
+        (429, RetryReason::RateLimited),
+        (500, RetryReason::ServerError),
+        (507, RetryReason::ServerError),
+    ] {
+        assert_eq!(
+            after(&p, 1, Method::POST, status(code, &none), None),
+            Decision::Retry {
+                reason,
+                delay: SECOND
+            },
+            "{code}"
+        );
+    }
+    // Left out of the list: returned at once, even the default's 503.
+    for code in [502, 503, 504, 501] {
+        assert_eq!(
+            after(&p, 1, Method::GET, status(code, &none), None),
+            Decision::Return,
+            "{code}"
+        );
+    }
+    // A 408 keeps its own rule: ambiguous, replayed for a GET only.
+    assert!(matches!(
+        after(&p, 1, Method::GET, status(408, &none), None),
+        Decision::Retry { .. }
+    ));
+}
+
+#[test]
+fn statuses_that_another_attempt_cannot_change_are_refused_with_the_reason() {
+    for (code, says) in [
+        (409, "only 429 and 500 to 599"),
+        (404, "only 429 and 500 to 599"),
+        (408, "always ambiguous"),
+        (413, "never retried"),
+        (200, "only 429 and 500 to 599"),
+    ] {
+        let status = StatusCode::from_u16(code).unwrap();
+        let err = DefaultClassifier::new()
+            .retry_statuses([StatusCode::TOO_MANY_REQUESTS, status])
+            .unwrap_err();
+        assert_eq!(err.0, status);
+        assert!(err.to_string().contains(says), "{code}: {err}");
+    }
+}
+
+#[test]
+fn retry_500_adds_and_removes_500_alone() {
+    let none = HeaderMap::new();
+    let with = policy()
+        .classifier(DefaultClassifier::new().retry_500(true))
+        .build();
+    let without = policy()
+        .classifier(DefaultClassifier::new().retry_500(true).retry_500(false))
+        .build();
+    assert!(matches!(
+        after(&with, 1, Method::GET, status(500, &none), None),
+        Decision::Retry { .. }
+    ));
+    assert_eq!(
+        after(&without, 1, Method::GET, status(500, &none), None),
+        Decision::Return
+    );
+    for p in [&with, &without] {
+        assert!(matches!(
+            after(p, 1, Method::GET, status(503, &none), None),
+            Decision::Retry { .. }
+        ));
+    }
 }
