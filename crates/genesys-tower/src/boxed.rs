@@ -1,5 +1,5 @@
-//! The response future shared by the layers whose call is one `async` state machine (retry and
-//! auth). Each re-exports it as its own `ResponseFuture`.
+//! The response future of a layer whose call is one `async` state machine (the retry layer;
+//! it re-exports it as its own `ResponseFuture`).
 
 use std::fmt;
 use std::future::Future;

@@ -82,6 +82,17 @@ impl Cache {
         self.lock().current.as_ref().map(|c| c.token.expires_at())
     }
 
+    /// The common case: the cached token, when there is one and it is not due for refresh yet,
+    /// read under the shared lock, without waiting.
+    pub(crate) fn current(&self, margin: Duration) -> Option<Cached> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state
+            .current
+            .as_ref()
+            .filter(|c| !due(&c.token, margin, Instant::now()))
+            .cloned()
+    }
+
     /// A token to send. `rejected` is the token a request just saw refused with 401: it is
     /// dropped from the cache if it is still there, and a newer one is returned (fetched if
     /// nobody has fetched one since).
@@ -92,14 +103,10 @@ impl Cache {
         metrics: &Metrics,
         rejected: Option<&Token>,
     ) -> Result<Cached, Error> {
-        if rejected.is_none() {
-            // The common case: a token that is not due yet, read under the shared lock.
-            let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(c) = &state.current
-                && !due(&c.token, margin, Instant::now())
-            {
-                return Ok(c.clone());
-            }
+        if rejected.is_none()
+            && let Some(cached) = self.current(margin)
+        {
+            return Ok(cached);
         }
         let (generation, still_valid, reason) = {
             let mut state = self.lock();

@@ -79,11 +79,14 @@
 //! # tower manners
 //!
 //! [`Auth`] is `Clone` (the token cache and counters are shared behind `Arc`s) and needs the
-//! inner service to be `Clone`: `poll_ready` polls the inner service, and `call` takes that
-//! ready service for the request (leaving a fresh clone in its place), so what it reserved (a
-//! concurrency permit, say) is what the request uses; the re-send after a 401 waits for
-//! readiness again on the same service. The token is fetched inside the response future, never
-//! in `poll_ready`, so a failing token source fails that call, not the service.
+//! inner service to be `Clone`: `poll_ready` polls the inner service, and the request goes to
+//! that ready service, so what it reserved (a concurrency permit, say) is what the request uses.
+//! With the token at hand and the body in memory (the common case), `call` sends at once and its
+//! future is the inner service's own, not boxed; otherwise the ready service goes into the
+//! response future with the request (a fresh clone left in its place) and is called once the
+//! token is there. The re-send after a 401 waits for readiness again, on a clone. The token is
+//! fetched inside the response future, never in `poll_ready`, so a failing token source fails
+//! that call, not the service.
 //!
 //! A token source must not send its own requests through the service that this layer wraps
 //! (or through a concurrency limit that it shares): the requests waiting for the token may hold
@@ -125,8 +128,9 @@ pub use self::source_fn::{TokenSourceFn, token_source_fn};
 pub use token::{Token, TokenSource};
 
 use self::cache::Cache;
+use self::future::Resend;
 use self::scope::Scope;
-use crate::body::{self, ReplayBody};
+use crate::body::{self, Body, ReplayBody};
 use crate::{BoxError, Metrics, NotSent};
 
 /// Everything a call needs, shared by every clone.
@@ -196,26 +200,48 @@ impl<T: TokenSource> Shared<T> {
         self.scopes.is_empty() || self.scopes.iter().any(|s| s.contains(parts))
     }
 
+    /// Puts the token in the request, and keeps what sending it again after a 401 needs (when
+    /// its body can be sent again): a clone of `service`, the head, a copy of the body.
+    #[allow(clippy::type_complexity)]
+    fn prepare<S, B>(
+        self: &Arc<Self>,
+        service: &S,
+        mut parts: http::request::Parts,
+        body: Body,
+        token: cache::Cached,
+    ) -> Result<(Request<B>, Option<Resend<S, T>>), BoxError>
+    where
+        S: Clone,
+        B: ReplayBody,
+    {
+        let replay = body.try_clone();
+        parts.headers.insert(AUTHORIZATION, token.header);
+        let resend = replay.map(|body| Resend {
+            service: service.clone(),
+            parts: parts.clone(),
+            body,
+            shared: self.clone(),
+            token: token.token,
+        });
+        Ok((
+            Request::from_parts(parts, body::rebuild::<B>(body)?),
+            resend,
+        ))
+    }
+
+    /// The slow path: waits for a token, reads a streaming body into memory so that it can be
+    /// sent again, sends, and sends once more after a 401.
     async fn send<S, B, ResBody>(
-        &self,
+        self: Arc<Self>,
         mut service: S,
-        request: Request<B>,
+        parts: http::request::Parts,
+        body: Body,
     ) -> Result<Response<ResBody>, BoxError>
     where
-        S: Service<Request<B>, Response = Response<ResBody>>,
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone,
         S::Error: Into<BoxError>,
         B: ReplayBody,
     {
-        let (mut parts, body) = request.into_parts();
-        if !self.in_scope(&parts) {
-            // Not for this token: sent as it came, body untouched.
-            return service
-                .call(Request::from_parts(parts, body))
-                .await
-                .map_err(Into::into);
-        }
-        let body = body.into_replay();
-
         let token = self
             .cache
             .token(&*self.source, self.margin, &self.metrics, None)
@@ -226,33 +252,53 @@ impl<T: TokenSource> Shared<T> {
         } else {
             body.buffer(self.replay_limit).await?
         };
-        let replay = body.try_clone();
-        parts.headers.insert(AUTHORIZATION, token.header.clone());
-        let head = replay.is_some().then(|| parts.clone());
-
-        let response = service
-            .call(Request::from_parts(parts, body::rebuild::<B>(body)?))
-            .await
-            .map_err(Into::into)?;
+        let (request, resend) = self.prepare(&service, parts, body, token)?;
+        let response = service.call(request).await.map_err(Into::into)?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let (Some(mut parts), Some(body)) = (head, replay) else {
-            tracing::debug!("401 for a request whose body cannot be sent again: returned as is");
-            return Ok(response);
-        };
+        match resend {
+            Some(resend) => resend.after_401::<B, ResBody>(response).await,
+            None => {
+                tracing::debug!(
+                    "401 for a request whose body cannot be sent again: returned as is"
+                );
+                Ok(response)
+            }
+        }
+    }
+}
 
-        let fresh = self
+impl<S, T: TokenSource> Resend<S, T> {
+    /// After a 401: a new token (fetched once for everyone), and the request once more with it;
+    /// or the 401 as it is, when the source gives the same token again.
+    async fn after_401<B, ResBody>(
+        self,
+        response: Response<ResBody>,
+    ) -> Result<Response<ResBody>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>>,
+        S::Error: Into<BoxError>,
+        B: ReplayBody,
+    {
+        let Resend {
+            mut service,
+            mut parts,
+            body,
+            shared,
+            token,
+        } = self;
+        let fresh = shared
             .cache
             .token(
-                &*self.source,
-                self.margin,
-                &self.metrics,
-                Some(&token.token),
+                &*shared.source,
+                shared.margin,
+                &shared.metrics,
+                Some(&token),
             )
             .await
             .map_err(NotSent::new)?;
-        if fresh.token.same_value(&token.token) {
+        if fresh.token.same_value(&token) {
             tracing::debug!("401, and the token source gave the same token again: returned as is");
             return Ok(response);
         }
@@ -260,7 +306,7 @@ impl<T: TokenSource> Shared<T> {
         // body. A client such as hyper may then close that connection instead of reusing it: a
         // new connection on a path taken once per token lifetime.
         drop(response);
-        self.metrics.record_unauthorized_refresh();
+        shared.metrics.record_unauthorized_refresh();
         // The retry layer's attempt span, when there is one above, says the token was refreshed.
         tracing::Span::current().record("auth.token_refreshed", true);
         tracing::debug!("401: sending the request again with a new token");
@@ -288,18 +334,33 @@ where
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<Response<ResBody>>;
+    type Future = ResponseFuture<S, B, T>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        let (parts, body) = request.into_parts();
+        if !self.shared.in_scope(&parts) {
+            // Not for this token: sent as it came, body untouched.
+            return ResponseFuture::direct(self.inner.call(Request::from_parts(parts, body)), None);
+        }
+        let body = body.into_replay();
+        // The common case: a token at hand and nothing to buffer. The ready service takes the
+        // request at once; a 401 is sent again on a clone of it.
+        if (body.is_replayable() || self.shared.replay_limit == 0)
+            && let Some(token) = self.shared.cache.current(self.shared.margin)
+        {
+            return match self.shared.prepare(&self.inner, parts, body, token) {
+                Ok((request, resend)) => ResponseFuture::direct(self.inner.call(request), resend),
+                Err(e) => ResponseFuture::boxed(std::future::ready(Err(e))),
+            };
+        }
         // The ready service goes with the request; a fresh clone waits for the next poll_ready.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
-        ResponseFuture::new(async move { shared.send(ready, request).await })
+        ResponseFuture::boxed(self.shared.clone().send(ready, parts, body))
     }
 }
 
