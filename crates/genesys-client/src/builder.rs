@@ -158,9 +158,9 @@ pub struct GenesysClientBuilder {
     idempotency: bool,
     idempotency_layer: Option<IdempotencyLayer>,
     idempotency_store: Option<Arc<dyn IdempotencyStore>>,
-    /// A Redis store named by a configuration (its URL, and the variable of its password),
-    /// opened by `build`.
-    idempotency_redis: Option<(String, Option<String>)>,
+    /// A Redis store named by a configuration (its URL, the variable of its password, and the
+    /// retention), opened by `build`.
+    idempotency_redis: Option<(String, Option<String>, Duration)>,
     metrics: Metrics,
     leaf: Option<HttpService>,
     user_agent: Option<HeaderValue>,
@@ -410,6 +410,7 @@ impl GenesysClientBuilder {
     /// An idempotency layer configured by hand (store, retention, methods, limits).
     pub fn idempotency_layer(mut self, layer: IdempotencyLayer) -> Self {
         self.idempotency_layer = Some(layer);
+        self.idempotency_redis = None;
         self
     }
 
@@ -436,12 +437,17 @@ impl GenesysClientBuilder {
             self = self.max_rate(requests, window);
         }
         self.idempotency = config.idempotency.enabled;
-        self.idempotency_layer = Some(config.idempotency_layer());
+        // A configuration that leaves `[idempotency]` at its defaults keeps a layer or a store
+        // set on this builder before.
+        if config.idempotency != crate::config::IdempotencyConfig::default() {
+            self.idempotency_layer = Some(config.idempotency_layer());
+        }
         if let Some(url) = config.idempotency.redis_url() {
             self.idempotency_store = None;
             self.idempotency_redis = Some((
                 url.to_owned(),
                 config.idempotency.store_password_env.clone(),
+                config.idempotency.retention.0,
             ));
         }
         self
@@ -639,8 +645,8 @@ impl GenesysClientBuilder {
             if let Some(store) = self.idempotency_store.clone() {
                 layer = layer.store(store);
             }
-            if let Some((url, password_env)) = &self.idempotency_redis {
-                layer = layer.store(open_redis_store(url, password_env.as_deref())?);
+            if let Some((url, password_env, retention)) = &self.idempotency_redis {
+                layer = layer.store(open_redis_store(url, password_env.as_deref(), *retention)?);
             }
             BoxCloneSyncService::new(
                 ServiceBuilder::new()
@@ -676,6 +682,7 @@ impl GenesysClientBuilder {
 fn open_redis_store(
     url: &str,
     password_env: Option<&str>,
+    retention: Duration,
 ) -> Result<genesys_tower::idempotency::RedisStore, GenesysError> {
     let url = match password_env {
         None => url.to_owned(),
@@ -694,12 +701,18 @@ fn open_redis_store(
             format!("{scheme}://:{password}@{rest}")
         }
     };
-    // The message names the store by the configuration's URL, which has no password.
-    genesys_tower::idempotency::RedisStore::open(&url).map_err(|e| {
-        GenesysError::Config(format!(
-            "idempotency.store: the Redis store cannot be opened: {e}"
-        ))
-    })
+    // The message names the store by the configuration's URL, which has no password. After a
+    // loss of the store's data, keys stay quarantined as long as their answers were kept.
+    genesys_tower::idempotency::RedisStore::open(&url)
+        .map(|store| {
+            store
+                .loss_quarantine(retention.max(genesys_tower::idempotency::DEFAULT_LOSS_QUARANTINE))
+        })
+        .map_err(|e| {
+            GenesysError::Config(format!(
+                "idempotency.store: the Redis store cannot be opened: {e}"
+            ))
+        })
 }
 
 /// Without the `redis` feature, a configuration's Redis store is refused when the client is
@@ -708,6 +721,7 @@ fn open_redis_store(
 fn open_redis_store(
     url: &str,
     _password_env: Option<&str>,
+    _retention: Duration,
 ) -> Result<genesys_tower::idempotency::MemoryStore, GenesysError> {
     Err(GenesysError::Config(format!(
         "idempotency.store is {url}, but this build has no Redis support: enable \

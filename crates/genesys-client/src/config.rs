@@ -419,7 +419,7 @@ impl IdempotencyConfig {
     #[must_use]
     pub fn redis_url(&self) -> Option<&str> {
         let store = self.store.trim();
-        (store.starts_with("redis://") || store.starts_with("rediss://")).then_some(store)
+        store.starts_with("redis://").then_some(store)
     }
 }
 
@@ -671,7 +671,7 @@ impl StackConfig {
                 ),
             );
         }
-        idempotency_problems(&self.idempotency, &mut bad);
+        idempotency_problems(&self.idempotency, self.retry.deadline, &mut bad);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -811,7 +811,6 @@ fn routes_problems(rules: &[RouteRule], bad: &mut impl FnMut(&str, String)) {
             ),
         );
     }
-    let mut seen = std::collections::BTreeSet::new();
     for (i, rule) in rules.iter().enumerate() {
         if !RULE_METHODS.contains(&rule.method.as_str()) {
             bad(
@@ -829,12 +828,18 @@ fn routes_problems(rules: &[RouteRule], bad: &mut impl FnMut(&str, String)) {
                 format!("{:?} {why}", rule.route),
             );
         }
-        if !seen.insert((rule.method.as_str(), rule.route.as_str())) {
+        // An earlier rule that covers every request this one would match leaves it unused.
+        let shadow = rules[..i].iter().position(|earlier| {
+            (earlier.method == "*" || earlier.method == rule.method)
+                && crate::routes::matches(&rule.route, &earlier.route)
+        });
+        if let Some(j) = shadow {
             bad(
                 &format!("retry.routes[{i}]"),
                 format!(
-                    "{} {} has a rule already; the first would always win",
-                    rule.method, rule.route
+                    "{} {} is never used: retry.routes[{j}] ({} {}) matches every request it \
+                     would, and the first rule that matches wins; put the narrower rule first",
+                    rule.method, rule.route, rules[j].method, rules[j].route
                 ),
             );
         }
@@ -849,19 +854,25 @@ fn route_rules(
     String,
     genesys_tower::retry::RetrySafety,
 )> {
+    // A rule whose method is not one (possible only in a configuration built in code and never
+    // validated) is left out rather than taken for "any method".
     rules
         .iter()
-        .map(|rule| {
-            let method = (rule.method != "*")
-                .then(|| http::Method::from_bytes(rule.method.as_bytes()).ok())
-                .flatten();
-            (method, rule.route.clone(), rule.safety.retry_safety())
+        .filter_map(|rule| {
+            let method = match rule.method.as_str() {
+                "*" => None,
+                m if RULE_METHODS.contains(&m) => {
+                    Some(http::Method::from_bytes(m.as_bytes()).ok()?)
+                }
+                _ => return None,
+            };
+            Some((method, rule.route.clone(), rule.safety.retry_safety()))
         })
         .collect()
 }
 
 /// `[idempotency]`: known methods, a store this crate can open, bounded durations.
-fn idempotency_problems(i: &IdempotencyConfig, bad: &mut impl FnMut(&str, String)) {
+fn idempotency_problems(i: &IdempotencyConfig, deadline: Dur, bad: &mut impl FnMut(&str, String)) {
     let mut seen = std::collections::BTreeSet::new();
     for method in &i.methods {
         if !KEYED_METHODS.contains(&method.as_str()) {
@@ -881,13 +892,19 @@ fn idempotency_problems(i: &IdempotencyConfig, bad: &mut impl FnMut(&str, String
         match i.redis_url() {
             None => bad(
                 "idempotency.store",
-                format!("{store:?} is neither \"memory\" nor a redis:// or rediss:// URL"),
+                format!(
+                    "{:?} is neither \"memory\" nor a redis:// URL (TLS, rediss://, is not \
+                     built in: reach a TLS Redis through a local tunnel)",
+                    redact_userinfo(store)
+                ),
             ),
             Some(url) => {
                 let authority = url
                     .split_once("://")
                     .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
-                if authority.contains('@') || url.contains('?') {
+                // Any `@` at all: a password may hold a `/`, which would hide it from the
+                // authority.
+                if url.contains(['@', '?', '#']) {
                     bad(
                         "idempotency.store",
                         "a URL with credentials or options is refused (it would be shown and \
@@ -913,7 +930,7 @@ fn idempotency_problems(i: &IdempotencyConfig, bad: &mut impl FnMut(&str, String
         } else if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             bad(
                 "idempotency.store_password_env",
-                format!("{name:?} is not an environment variable's name (A-Z, 0-9, _)"),
+                format!("{name:?} is not an environment variable's name (letters, digits and _)"),
             );
         }
     }
@@ -928,6 +945,27 @@ fn idempotency_problems(i: &IdempotencyConfig, bad: &mut impl FnMut(&str, String
             "idempotency.lock_ttl",
             format!("{} is outside 1s to 1h", i.lock_ttl),
         );
+    } else if i.redis_url().is_some() && i.lock_ttl < deadline {
+        bad(
+            "idempotency.lock_ttl",
+            format!(
+                "{} is below retry.deadline ({deadline}): with a shared store another process \
+                 could take a key over while its call still runs; raise lock_ttl to the deadline",
+                i.lock_ttl
+            ),
+        );
+    }
+}
+
+/// A URL without its `user:password@` (for messages: a value may hold a password).
+pub(crate) fn redact_userinfo(text: &str) -> String {
+    match text.split_once("://") {
+        // The credentials end at the last `@` (a password may hold a `/` or an `@`).
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://…@{host}"),
+            None => text.to_owned(),
+        },
+        None => text.to_owned(),
     }
 }
 

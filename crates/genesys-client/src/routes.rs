@@ -61,7 +61,7 @@ pub(crate) fn check_template(template: &str) -> Result<(), &'static str> {
         let closes = segment.matches('}').count();
         let whole = segment.len() > 2 && segment.starts_with('{') && segment.ends_with('}');
         if (opens, closes) != (0, 0) && !(whole && opens == 1 && closes == 1) {
-            return Err("has a { } that is not a whole segment, as in /users/{userId}");
+            return Err("has a { } that is not a whole, named segment, as in /users/{userId}");
         }
     }
     Ok(())

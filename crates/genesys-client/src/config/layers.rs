@@ -147,7 +147,11 @@ impl Layered {
                 Ok(next) => layered = next,
                 Err(e) => problems.extend(e.problems().iter().map(|p| ConfigProblem {
                     path: p.path.clone(),
-                    message: format!("{} (from {name}={text:?})", p.message),
+                    message: format!(
+                        "{} (from {name}={:?})",
+                        p.message,
+                        super::redact_userinfo(&text)
+                    ),
                 })),
             }
         }

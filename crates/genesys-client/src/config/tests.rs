@@ -129,7 +129,7 @@ fn every_rule_has_its_message() {
         ),
         (
             "[[retry.routes]]\nmethod = \"POST\"\nroute = \"/api/v2/x{id}\"\nsafety = \"unsafe\"",
-            "retry.routes[0].route: \"/api/v2/x{id}\" has a { } that is not a whole segment",
+            "retry.routes[0].route: \"/api/v2/x{id}\" has a { } that is not a whole, named segment",
         ),
         (
             "[[retry.routes]]\nmethod = \"POST\"\nroute = \"/api//x\"\nsafety = \"unsafe\"",
@@ -142,7 +142,24 @@ fn every_rule_has_its_message() {
         (
             "[[retry.routes]]\nmethod = \"POST\"\nroute = \"/a\"\nsafety = \"unsafe\"\n\
              [[retry.routes]]\nmethod = \"POST\"\nroute = \"/a\"\nsafety = \"idempotent\"",
-            "retry.routes[1]: POST /a has a rule already",
+            "retry.routes[1]: POST /a is never used: retry.routes[0] (POST /a)",
+        ),
+        (
+            "[[retry.routes]]\nmethod = \"*\"\nroute = \"/u/{id}\"\nsafety = \"unsafe\"\n\
+             [[retry.routes]]\nmethod = \"GET\"\nroute = \"/u/me\"\nsafety = \"idempotent\"",
+            "retry.routes[1]: GET /u/me is never used: retry.routes[0] (* /u/{id})",
+        ),
+        (
+            "[[retry.routes]]\nmethod = \"POST\"\nroute = \"/u/{}\"\nsafety = \"unsafe\"",
+            "retry.routes[0].route: \"/u/{}\" has a { } that is not a whole, named segment",
+        ),
+        (
+            "[idempotency]\nstore = \"rediss://cache:6380\"",
+            "idempotency.store: \"rediss://cache:6380\" is neither \"memory\" nor a redis:// URL",
+        ),
+        (
+            "[idempotency]\nstore = \"redis://cache:6379\"\nlock_ttl = \"30s\"",
+            "idempotency.lock_ttl: 30s is below retry.deadline (5m)",
         ),
         (
             "[idempotency]\nmethods = [\"POST\", \"GET\"]",
@@ -201,8 +218,48 @@ fn every_problem_is_reported_at_once() {
 
 #[test]
 fn a_password_in_the_store_url_never_appears_in_the_message() {
-    let found = problems("[idempotency]\nstore = \"redis://:hunter2@cache:6379\"").join("\n");
-    assert!(!found.contains("hunter2"), "{found}");
+    for store in [
+        "redis://:hunter2@cache:6379",
+        "valkey://user:hunter2@cache:6379/0",
+        "redis://:a/b@hunter2@cache",
+    ] {
+        let found = problems(&format!("[idempotency]\nstore = \"{store}\"")).join("\n");
+        assert!(!found.is_empty() && !found.contains("hunter2"), "{found}");
+        let env = |name: &str| (name == "GCX_IDEMPOTENCY_STORE").then(|| store.to_owned());
+        let err = Layered::defaults().env(env).unwrap_err().to_string();
+        assert!(
+            err.contains("GCX_IDEMPOTENCY_STORE") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn narrower_rules_after_wider_ones_are_refused_but_the_other_order_is_fine() {
+    let narrow_first = "[[retry.routes]]\nmethod = \"GET\"\nroute = \"/u/me\"\nsafety = \"unsafe\"\n\
+                        [[retry.routes]]\nmethod = \"*\"\nroute = \"/u/{id}\"\nsafety = \"idempotent\"\n\
+                        [[retry.routes]]\nmethod = \"POST\"\nroute = \"/v/{id}\"\nsafety = \"unsafe\"\n\
+                        [[retry.routes]]\nmethod = \"PATCH\"\nroute = \"/v/{id}\"\nsafety = \"unsafe\"";
+    assert!(
+        problems(narrow_first).is_empty(),
+        "{:?}",
+        problems(narrow_first)
+    );
+}
+
+#[test]
+fn a_rule_with_a_method_that_is_none_matches_nothing_even_unvalidated() {
+    let mut config = StackConfig::default();
+    config.retry.routes.push(RouteRule {
+        method: String::new(),
+        route: "/api/v2/users/{userId}".to_owned(),
+        safety: Safety::Unsafe,
+    });
+    let policy = config.retry_policy();
+    assert_eq!(
+        policy.safety_for(&head(http::Method::GET, "/api/v2/users/42")),
+        None
+    );
 }
 
 fn head(method: http::Method, path: &str) -> http::request::Parts {

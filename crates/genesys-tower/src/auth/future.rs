@@ -1,7 +1,8 @@
 //! The future of [`Auth`](super::Auth).
 //!
 //! When the token is at hand and the body in memory, a call is the inner service's own future,
-//! polled in place: no allocation, no `async` state machine. Only a call that must wait (for a
+//! polled in place: no boxed `async` state machine (a clone of the inner service is kept for a
+//! re-send after a 401). Only a call that must wait (for a
 //! token, or to read a streaming body into memory) or that is answered 401 and sent again goes
 //! through one boxed `async` block.
 
@@ -112,7 +113,8 @@ where
                     }
                     let Some(resend) = resend.take() else {
                         tracing::debug!(
-                            "401 for a request whose body cannot be sent again: returned as is"
+                            "401 for a request outside the token's scope, or whose body cannot \
+                             be sent again: returned as is"
                         );
                         return Poll::Ready(Ok(response));
                     };

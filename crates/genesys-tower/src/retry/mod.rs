@@ -404,8 +404,10 @@ impl Call {
                 metrics.record_attempt();
                 let attempt_span = span::attempt(&call_span, state.attempts);
                 let sent = call_metrics.attempt_start();
-                let last = match service
-                    .call(Request::from_parts(parts.clone(), attempt_body))
+                // The call itself in the attempt's span too: a layer below may do its work (and
+                // log) in `call`, before its future is polled.
+                let last = match attempt_span
+                    .in_scope(|| service.call(Request::from_parts(parts.clone(), attempt_body)))
                     .instrument(attempt_span.clone())
                     .await
                 {
