@@ -1,3 +1,156 @@
 //! The future of [`Retry`](super::Retry): every attempt of one call, with the waits between them.
+//!
+//! The first attempt of a call whose body is in memory is the inner service's own future, polled
+//! in place: a call that succeeds (or ends) at once costs no boxed `async` state machine. When
+//! a retry is decided, or the body has to be read into memory first, the rest of the call is one
+//! boxed `async` block.
 
-pub use crate::boxed::ResponseFuture;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+use tracing::Instrument;
+
+use super::call::{Attempt, Call, Last, Next};
+use crate::BoxError;
+use crate::body::ReplayBody;
+
+type Boxed<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry). `S` is the service below and `B` the
+    /// request body.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        kind: Kind<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        // The first attempt, in flight; `service` takes the attempts after it.
+        First {
+            #[pin]
+            future: S::Future,
+            attempt: Option<Attempt>,
+            call: Option<Call>,
+            service: Option<S>,
+            body: PhantomData<fn() -> B>,
+        },
+        // The rest of the call (or all of it).
+        Boxed {
+            future: Boxed<S::Response>,
+        },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(super) fn first(future: S::Future, attempt: Attempt, call: Call, service: S) -> Self {
+        ResponseFuture {
+            kind: Kind::First {
+                future,
+                attempt: Some(attempt),
+                call: Some(call),
+                service: Some(service),
+                body: PhantomData,
+            },
+        }
+    }
+
+    pub(super) fn boxed(
+        future: impl Future<Output = Result<S::Response, BoxError>> + Send + 'static,
+    ) -> Self {
+        ResponseFuture {
+            kind: Kind::Boxed {
+                future: Box::pin(future),
+            },
+        }
+    }
+}
+
+impl<S, B, R> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<R>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+    R: http_body::Body + Send + 'static,
+{
+    type Output = Result<Response<R>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut kind = self.project().kind;
+        loop {
+            let (call, service, delay, last) = match kind.as_mut().project() {
+                KindProj::Boxed { future } => return future.as_mut().poll(cx),
+                KindProj::First {
+                    future,
+                    attempt,
+                    call,
+                    service,
+                    ..
+                } => {
+                    let (Some(attempt_ref), Some(call_ref)) = (attempt.as_ref(), call.as_ref())
+                    else {
+                        return Poll::Ready(Err("the retry layer's future was polled after it \
+                                                completed"
+                            .into()));
+                    };
+                    let outcome = {
+                        let _call = call_ref.span.enter();
+                        let _attempt = attempt_ref.span.enter();
+                        ready!(future.poll(cx))
+                    };
+                    let last = match outcome {
+                        Ok(response) => Last::Response(response),
+                        Err(error) => Last::Error(error.into()),
+                    };
+                    let (Some(attempt), Some(mut call), Some(service)) =
+                        (attempt.take(), call.take(), service.take())
+                    else {
+                        return Poll::Ready(Err("the retry layer's future lost its call".into()));
+                    };
+                    let next = {
+                        let _call = call.span.clone().entered();
+                        call.after(last, &attempt)
+                    };
+                    match next {
+                        Next::Done(result) => return Poll::Ready(call.finish(result)),
+                        Next::Retry { delay, last } => (call, service, delay, last),
+                    }
+                }
+            };
+            let span = call.span.clone();
+            kind.set(Kind::Boxed {
+                future: Box::pin(
+                    call.attempts::<S, B, R>(service, Some((delay, last)))
+                        .instrument(span),
+                ),
+            });
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -5,7 +5,7 @@
 //! `http::Response<_>`: a hyper-util client, a `tower::service_fn`, an axum `Router`. It takes
 //! `Request<B>` and hands the same `Request<B>` to the service below, for every attempt, for any
 //! body `B` it can rebuild: a [`ReplayBody`] (`Full<Bytes>`,
-//! `String`, [`Body`], ...). The response is the inner service's, body type included.
+//! `String`, [`Body`](crate::Body), ...). The response is the inner service's, body type included.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -78,8 +78,8 @@
 //!
 //! # Bodies
 //!
-//! The request body is turned into a [`Body`] ([`ReplayBody::into_replay`]) and buffered with
-//! [`Body::buffer`] up to `replay_limit` (1 MiB): a body already in memory costs nothing and is
+//! The request body is turned into a [`Body`](crate::Body) ([`ReplayBody::into_replay`]) and buffered with
+//! [`Body::buffer`](crate::Body::buffer) up to `replay_limit` (1 MiB): a body already in memory costs nothing and is
 //! replayed by reference count; a streaming body that fits is read into memory first. Each
 //! attempt gets a body of the caller's type rebuilt from it ([`ReplayBody::from_replay`]). A
 //! longer streaming body is sent once, as it streams, and that request is never retried, so no
@@ -105,15 +105,18 @@
 //! # tower manners, and why not tower's `retry::Policy`
 //!
 //! [`Retry`] is `Clone` (the state it shares, budget and counters, is behind `Arc`s) and needs
-//! the inner service to be `Clone`. `poll_ready` polls the inner service; `call` then takes that
-//! ready service for the first attempt and leaves a fresh clone in its place (the clone-and-swap
-//! of tower's own middleware), so whatever the inner service reserved in `poll_ready` (a
-//! concurrency permit, say) is the one the first attempt uses. Later attempts wait for
-//! readiness again on the same service before they are sent, so under a concurrency layer no
-//! permit is held while the call sleeps.
+//! the inner service to be `Clone`. `poll_ready` polls the inner service, and the first attempt
+//! goes to that ready service, so whatever it reserved in `poll_ready` (a concurrency permit,
+//! say) is the one the first attempt uses. For a body in memory (the common case) `call` sends
+//! the first attempt at once and its future is the inner service's own, polled in place: a call
+//! that is not retried boxes nothing. A streaming body is first read into memory in the response
+//! future, which takes the ready service along (a fresh clone left in its place, the
+//! clone-and-swap of tower's own middleware). Later attempts run in one boxed future, on a clone
+//! of the service, and wait for its readiness again before they are sent, so under a
+//! concurrency layer no permit is held while the call sleeps.
 //!
 //! tower's `retry::Retry` and its `Policy` trait were considered. They are not used because:
-//! the request must first be turned into a replayable [`Body`], which needs an `async` step
+//! the request must first be turned into a replayable [`Body`](crate::Body), which needs an `async` step
 //! (buffering a stream) that `Policy::clone_request` cannot take; draining the dropped response during the
 //! backoff needs the response by value, where `Policy::retry` sees `&mut Result`; and attempts,
 //! deadline, hint and budget read more plainly as one loop than as a policy plus wrappers.
@@ -125,6 +128,7 @@
 
 mod backoff;
 mod budget;
+mod call;
 mod classify;
 mod decide;
 mod error;
@@ -142,13 +146,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Buf;
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use tokio::time::Instant;
-use tower::ServiceExt;
+use http::{Request, Response};
 use tower_service::Service;
-use tracing::{Instrument, Span};
+use tracing::Instrument;
 
 pub use self::backoff::{Backoff, Jitter, JitterStrategy, Step};
 pub use self::budget::RetryBudget;
@@ -164,10 +164,9 @@ pub use self::policy::{
 pub use self::switch::{PolicySwitch, VersionOutcomes};
 pub use crate::reason::RetryReason;
 
-use self::decide::{Decision, Outcome, State, SystemClock, decide};
-use crate::body::{self, ReplayBody};
-use crate::metrics::CallMetrics;
-use crate::{Body, BoxError, Metrics};
+use self::call::Call;
+use crate::body::ReplayBody;
+use crate::{BoxError, Metrics};
 
 /// How much of a dropped response's body is read so that its connection can be reused.
 const DRAIN_LIMIT: usize = 64 * 1024;
@@ -277,16 +276,13 @@ where
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<Response<ResBody>>;
+    type Future = ResponseFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The ready service goes to the first attempt; its clone waits for the next call.
-        let clone = self.inner.clone();
-        let ready = mem::replace(&mut self.inner, clone);
         // A switched policy is chosen when the call starts, and kept to its end.
         let shared = match &self.shared.switch {
             None => self.shared.clone(),
@@ -300,281 +296,29 @@ where
                 })
             }
         };
-        let call = Call {
-            seed: shared.policy.next_call_seed(),
-            shared,
-        };
-        // Made here, so that its parent is the caller's span.
+        let seed = shared.policy.next_call_seed();
         let (parts, body) = request.into_parts();
-        let span = span::call(&parts, &call.shared.policy);
-        ResponseFuture::new(call.run(ready, parts, body, span.clone()).instrument(span))
-    }
-}
-
-/// The last outcome of an attempt.
-enum Last<R> {
-    Response(Response<R>),
-    Error(BoxError),
-}
-
-impl<R> Last<R> {
-    fn outcome(&self) -> Outcome<'_> {
-        match self {
-            Last::Response(response) => Outcome::Response(response.status(), response.headers()),
-            Last::Error(error) => Outcome::Error(&**error),
-        }
-    }
-}
-
-struct Call {
-    shared: Arc<Shared>,
-    seed: Option<u64>,
-}
-
-impl Call {
-    /// Sends, waits and sends again while [`decide`] says so; then records how the call ended.
-    async fn run<S, B, R>(
-        self,
-        mut service: S,
-        mut parts: http::request::Parts,
-        body: B,
-        call_span: Span,
-    ) -> Result<Response<R>, BoxError>
-    where
-        S: Service<Request<B>, Response = Response<R>> + Send,
-        S::Error: Into<BoxError>,
-        B: ReplayBody,
-        R: http_body::Body + Send,
-    {
-        let Call { shared, seed } = self;
-        let Shared {
-            policy,
-            metrics,
-            switch,
-            tag,
-        } = &*shared;
-        if let Some(tag) = tag
-            && let Ok(value) = http::HeaderValue::from_str(policy.version())
-        {
-            parts.headers.insert(tag.clone(), value);
-        }
-        if let Some(safety) = policy.safety_for(&parts) {
-            parts.extensions.insert(safety);
-        }
-        let call_metrics = CallMetrics::start(&parts, policy.version_label());
-        let started = Instant::now();
-        metrics.record_request();
-        if let Some(budget) = policy.budget() {
-            budget.deposit();
-        }
-        let mut state = State::new(None, false, seed);
-
-        // One block that every way out of the call leaves with its result, so that the call is
-        // recorded once, whichever it was.
-        let result = 'call: {
-            let body = match body.into_replay().buffer(policy.replay_limit()).await {
-                Ok(body) => body,
-                Err(e) => break 'call Err(e),
+        // Made here, so that its parent is the caller's span.
+        let span = span::call(&parts, &shared.policy);
+        let mut call = Call::start(shared, seed, parts, span);
+        let body = body.into_replay();
+        if body.is_replayable() {
+            // The common case: the first attempt goes to the ready service at once, and its
+            // future is polled in place; a clone of the service takes any attempt after it.
+            call.set_body(body);
+            call.count_attempt();
+            return match call.send::<S, B>(&mut self.inner) {
+                Ok((future, attempt)) => {
+                    ResponseFuture::first(future, attempt, call, self.inner.clone())
+                }
+                Err(e) => ResponseFuture::boxed(std::future::ready(call.finish(Err(e)))),
             };
-            // A replayable body is cloned for every attempt; a stream past the limit goes once.
-            let (template, mut once) = if body.is_replayable() {
-                (Some(body), None)
-            } else {
-                (None, Some(body))
-            };
-            state.deadline = policy.deadline().map(|d| crate::time::after(started, d));
-            state.replayable = template.is_some();
-
-            loop {
-                state.attempts += 1;
-                if state.attempts > 1
-                    && let Err(e) = service.ready().await
-                {
-                    break 'call Err(e.into());
-                }
-                let attempt_body = template
-                    .as_ref()
-                    .and_then(Body::try_clone)
-                    .or_else(|| once.take())
-                    .unwrap_or_default();
-                let attempt_body = match body::rebuild::<B>(attempt_body) {
-                    Ok(body) => body,
-                    Err(e) => break 'call Err(e.into()),
-                };
-                metrics.record_attempt();
-                let attempt_span = span::attempt(&call_span, state.attempts);
-                let sent = call_metrics.attempt_start();
-                // The call itself in the attempt's span too: a layer below may do its work (and
-                // log) in `call`, before its future is polled.
-                let last = match attempt_span
-                    .in_scope(|| service.call(Request::from_parts(parts.clone(), attempt_body)))
-                    .instrument(attempt_span.clone())
-                    .await
-                {
-                    Ok(response) => Last::Response(response),
-                    Err(error) => Last::Error(error.into()),
-                };
-                let status = last.outcome().status();
-                call_metrics.attempt(status, sent);
-                span::attempt_outcome(
-                    &attempt_span,
-                    match &last {
-                        Last::Response(r) => Ok((r.status(), r.headers())),
-                        Last::Error(e) => Err(&**e),
-                    },
-                );
-                if status == Some(StatusCode::TOO_MANY_REQUESTS) {
-                    metrics.record_rate_limited_response();
-                }
-
-                let mut decision = decide(policy, &mut state, &parts, last.outcome(), &SystemClock);
-                if let Decision::Retry { reason, .. } = decision
-                    && policy.budget().is_some_and(|budget| !budget.withdraw())
-                {
-                    metrics.record_budget_refusal();
-                    call_metrics.budget_refusal();
-                    decision = Decision::Stop {
-                        kind: ErrorKind::BudgetExhausted,
-                        reason: Some(reason),
-                    };
-                }
-                span::decision(&attempt_span, decision);
-                attempt_span.in_scope(|| trace(&state, &last, decision));
-                let Decision::Retry { reason, delay } = decision else {
-                    break 'call end(decision, last, &parts, &state);
-                };
-
-                metrics.record_retry(reason);
-                call_metrics.retry(reason);
-                let wake = crate::time::from_now(delay);
-                if let Last::Response(response) = last {
-                    // Read the dropped body while we wait anyway; never wait longer for it.
-                    let _ = tokio::time::timeout_at(wake, drain(response.into_body())).await;
-                }
-                tokio::time::sleep_until(wake).await;
-                state.waited = state.waited.saturating_add(delay);
-            }
-        };
-
-        let status = result.as_ref().ok().map(Response::status);
-        call_metrics.finish(status);
-        if let Some(switch) = switch {
-            let succeeded =
-                status.is_some_and(|s| !s.is_server_error() && s != StatusCode::TOO_MANY_REQUESTS);
-            switch.record(policy.version(), succeeded, started.elapsed());
         }
-        let error = result
-            .as_ref()
-            .err()
-            .map(|e| crate::error::find::<Error>(&**e).map(Error::kind));
-        span::end(&call_span, status, error, state.attempts, state.waited);
-        result
-    }
-}
-
-/// What the caller gets when the call ends.
-fn end<R>(
-    decision: Decision,
-    last: Last<R>,
-    request: &http::request::Parts,
-    state: &State,
-) -> Result<Response<R>, BoxError> {
-    let error = match (decision, last) {
-        (Decision::Return | Decision::Stop { .. }, Last::Response(mut response)) => {
-            response.extensions_mut().insert(RetryInfo {
-                attempts: state.attempts,
-                waited: state.waited,
-            });
-            return Ok(response);
-        }
-        (Decision::Return, Last::Error(error)) => return Err(error),
-        (Decision::Stop { kind, .. }, Last::Error(error)) => {
-            Error::new(kind, state.attempts).with_source(Some(error))
-        }
-        (
-            Decision::Fail {
-                kind,
-                retry_after,
-                limit,
-            },
-            last,
-        ) => {
-            let error = Error::new(kind, state.attempts)
-                .with_status(last.outcome().status())
-                .with_retry_after(retry_after)
-                .with_limit(limit);
-            match last {
-                Last::Response(_) => error,
-                Last::Error(source) => error.with_source(Some(source)),
-            }
-        }
-        (Decision::Retry { .. }, _) => unreachable!("a retry does not end the call"),
-    };
-    Err(error.with_method(request.method.clone()).into())
-}
-
-/// One DEBUG event per attempt: its number, status or error, and what follows. Headers are never
-/// logged.
-fn trace<R>(state: &State, last: &Last<R>, decision: Decision) {
-    let attempt = state.attempts;
-    let (status, error) = match last {
-        Last::Response(response) => (Some(response.status().as_u16()), None),
-        Last::Error(error) => (None, Some(tracing::field::display(error))),
-    };
-    match decision {
-        Decision::Return => tracing::debug!(attempt, status, error, "attempt done"),
-        Decision::Stop {
-            kind: ErrorKind::OutcomeUnknown,
-            ..
-        } => tracing::debug!(
-            attempt,
-            error,
-            "attempt failed after the request may have been sent; outcome unknown"
-        ),
-        Decision::Stop { kind, reason } => tracing::debug!(
-            attempt,
-            status,
-            error,
-            reason = reason.map(tracing::field::display),
-            stopped = ?kind,
-            "attempt failed; not retried"
-        ),
-        Decision::Fail {
-            kind,
-            retry_after,
-            limit,
-        } => tracing::debug!(
-            attempt,
-            status,
-            error,
-            stopped = ?kind,
-            hint_s = retry_after.map(|h| h.as_secs()),
-            limit_ms = limit.as_millis() as u64,
-            "attempt failed; call ended by the server's hint or the deadline"
-        ),
-        Decision::Retry { reason, delay } => tracing::debug!(
-            attempt,
-            status,
-            error,
-            delay_ms = delay.as_millis() as u64,
-            reason = %reason,
-            "attempt failed; retrying"
-        ),
-    }
-}
-
-/// Reads and discards up to [`DRAIN_LIMIT`] bytes of a body, so that its connection can be reused.
-async fn drain<R: http_body::Body>(body: R) {
-    let mut body = std::pin::pin!(body);
-    let mut read = 0usize;
-    while read <= DRAIN_LIMIT {
-        match body.as_mut().frame().await {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    read = read.saturating_add(data.remaining());
-                }
-            }
-            _ => break,
-        }
+        // A stream: read into memory (up to the replay limit) before the first attempt. The
+        // ready service goes with the call; a fresh clone waits for the next call.
+        let clone = self.inner.clone();
+        let ready = mem::replace(&mut self.inner, clone);
+        let span = call.span.clone();
+        ResponseFuture::boxed(call.run::<S, B, ResBody>(ready, body).instrument(span))
     }
 }

@@ -10,7 +10,8 @@ use http::{HeaderMap, StatusCode, request};
 use tracing::Span;
 use tracing::field::Empty;
 
-use super::{Decision, ErrorKind, RetryPolicy};
+use super::decide::Decision;
+use super::{ErrorKind, RetryPolicy};
 use crate::headers::IDEMPOTENCY_KEY;
 use crate::metrics::Route;
 use crate::metrics::outcome_label;

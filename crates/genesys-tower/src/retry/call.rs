@@ -1,0 +1,382 @@
+//! One call through the retry layer: its state, each attempt, what follows an attempt, and how
+//! the call ends. The layer's future drives it: the first attempt in place, the rest (waits and
+//! further attempts) in one boxed `async` block, taken only when a retry is decided.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Buf;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_service::Service;
+use tracing::{Instrument, Span};
+
+use super::decide::{Decision, Outcome, State, SystemClock, decide};
+use super::{DRAIN_LIMIT, Error, ErrorKind, RetryInfo, Shared, span};
+use crate::body::{self, ReplayBody};
+use crate::metrics::CallMetrics;
+use crate::{Body, BoxError};
+
+/// The last outcome of an attempt.
+pub(super) enum Last<R> {
+    Response(Response<R>),
+    Error(BoxError),
+}
+
+impl<R> Last<R> {
+    pub(super) fn outcome(&self) -> Outcome<'_> {
+        match self {
+            Last::Response(response) => Outcome::Response(response.status(), response.headers()),
+            Last::Error(error) => Outcome::Error(&**error),
+        }
+    }
+}
+
+/// What follows an attempt.
+pub(super) enum Next<R> {
+    /// The call is over.
+    Done(Result<Response<R>, BoxError>),
+    /// Another attempt after `delay`; `last` is read (drained) meanwhile.
+    Retry { delay: Duration, last: Last<R> },
+}
+
+/// An attempt in flight: its span, and when it was sent (for the latency histogram).
+pub(super) struct Attempt {
+    pub(super) span: Span,
+    sent: Option<Instant>,
+}
+
+/// A call in progress: what every attempt shares.
+pub(super) struct Call {
+    shared: Arc<Shared>,
+    parts: http::request::Parts,
+    /// A body in memory, cloned for every attempt.
+    template: Option<Body>,
+    /// A stream too long to hold, sent once.
+    once: Option<Body>,
+    pub(super) span: Span,
+    metrics: CallMetrics,
+    started: Instant,
+    state: State,
+}
+
+impl Call {
+    /// Starts a call: the version tag while a canary runs, the policy's safety rule, the
+    /// counters, the budget's deposit.
+    pub(super) fn start(
+        shared: Arc<Shared>,
+        seed: Option<u64>,
+        mut parts: http::request::Parts,
+        span: Span,
+    ) -> Self {
+        let policy = &shared.policy;
+        if let Some(tag) = &shared.tag
+            && let Ok(value) = http::HeaderValue::from_str(policy.version())
+        {
+            parts.headers.insert(tag.clone(), value);
+        }
+        if let Some(safety) = policy.safety_for(&parts) {
+            parts.extensions.insert(safety);
+        }
+        let metrics = CallMetrics::start(&parts, policy.version_label());
+        let started = Instant::now();
+        shared.metrics.record_request();
+        if let Some(budget) = policy.budget() {
+            budget.deposit();
+        }
+        Call {
+            shared,
+            parts,
+            template: None,
+            once: None,
+            span,
+            metrics,
+            started,
+            state: State::new(None, false, seed),
+        }
+    }
+
+    /// The body, as every attempt will take it: in memory, or a stream sent once.
+    pub(super) fn set_body(&mut self, body: Body) {
+        if body.is_replayable() {
+            self.template = Some(body);
+        } else {
+            self.once = Some(body);
+        }
+        let deadline = self.shared.policy.deadline();
+        self.state.deadline = deadline.map(|d| crate::time::after(self.started, d));
+        self.state.replayable = self.template.is_some();
+    }
+
+    /// Sends the next attempt on `service`, which is ready.
+    pub(super) fn send<S, B>(&mut self, service: &mut S) -> Result<(S::Future, Attempt), BoxError>
+    where
+        S: Service<Request<B>>,
+        B: ReplayBody,
+    {
+        let body = self
+            .template
+            .as_ref()
+            .and_then(Body::try_clone)
+            .or_else(|| self.once.take())
+            .unwrap_or_default();
+        let body = body::rebuild::<B>(body)?;
+        self.shared.metrics.record_attempt();
+        let span = span::attempt(&self.span, self.state.attempts);
+        let sent = self.metrics.attempt_start();
+        // In the attempt's span: a layer below may do its work (and log) in `call`, before its
+        // future is polled.
+        let future = span.in_scope(|| service.call(Request::from_parts(self.parts.clone(), body)));
+        Ok((future, Attempt { span, sent }))
+    }
+
+    /// Counts the attempt and decides what follows it.
+    pub(super) fn after<R>(&mut self, last: Last<R>, attempt: &Attempt) -> Next<R> {
+        let policy = &self.shared.policy;
+        let metrics = &self.shared.metrics;
+        let status = last.outcome().status();
+        self.metrics.attempt(status, attempt.sent);
+        span::attempt_outcome(
+            &attempt.span,
+            match &last {
+                Last::Response(r) => Ok((r.status(), r.headers())),
+                Last::Error(e) => Err(&**e),
+            },
+        );
+        if status == Some(StatusCode::TOO_MANY_REQUESTS) {
+            metrics.record_rate_limited_response();
+        }
+        let mut decision = decide(
+            policy,
+            &mut self.state,
+            &self.parts,
+            last.outcome(),
+            &SystemClock,
+        );
+        if let Decision::Retry { reason, .. } = decision
+            && policy.budget().is_some_and(|budget| !budget.withdraw())
+        {
+            metrics.record_budget_refusal();
+            self.metrics.budget_refusal();
+            decision = Decision::Stop {
+                kind: ErrorKind::BudgetExhausted,
+                reason: Some(reason),
+            };
+        }
+        span::decision(&attempt.span, decision);
+        attempt
+            .span
+            .in_scope(|| trace(&self.state, &last, decision));
+        let Decision::Retry { reason, delay } = decision else {
+            return Next::Done(end(decision, last, &self.parts, &self.state));
+        };
+        metrics.record_retry(reason);
+        self.metrics.retry(reason);
+        Next::Retry { delay, last }
+    }
+
+    /// The whole call, for a body that may have to be read into memory first.
+    pub(super) async fn run<S, B, R>(
+        mut self,
+        service: S,
+        body: Body,
+    ) -> Result<Response<R>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<R>>,
+        S::Error: Into<BoxError>,
+        B: ReplayBody,
+        R: http_body::Body,
+    {
+        match body.buffer(self.shared.policy.replay_limit()).await {
+            Ok(body) => self.set_body(body),
+            Err(e) => return self.finish(Err(e)),
+        }
+        self.attempts(service, None).await
+    }
+
+    /// Attempts until the call ends: after `pending` (a retry decided already: its delay, and
+    /// the outcome to drain meanwhile), or from the first attempt.
+    pub(super) async fn attempts<S, B, R>(
+        mut self,
+        mut service: S,
+        mut pending: Option<(Duration, Last<R>)>,
+    ) -> Result<Response<R>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<R>>,
+        S::Error: Into<BoxError>,
+        B: ReplayBody,
+        R: http_body::Body,
+    {
+        let result = loop {
+            if let Some((delay, last)) = pending.take() {
+                let wake = crate::time::from_now(delay);
+                if let Last::Response(response) = last {
+                    // Read the dropped body while we wait anyway; never wait longer for it.
+                    let _ = tokio::time::timeout_at(wake, drain(response.into_body())).await;
+                }
+                tokio::time::sleep_until(wake).await;
+                self.state.waited = self.state.waited.saturating_add(delay);
+            }
+            self.state.attempts += 1;
+            if self.state.attempts > 1
+                && let Err(e) = service.ready().await
+            {
+                break Err(e.into());
+            }
+            let (future, attempt) = match self.send::<S, B>(&mut service) {
+                Ok(sent) => sent,
+                Err(e) => break Err(e),
+            };
+            let last = match future.instrument(attempt.span.clone()).await {
+                Ok(response) => Last::Response(response),
+                Err(error) => Last::Error(error.into()),
+            };
+            match self.after(last, &attempt) {
+                Next::Done(result) => break result,
+                Next::Retry { delay, last } => pending = Some((delay, last)),
+            }
+        };
+        self.finish(result)
+    }
+
+    /// Counts the attempt that is about to be sent (the first of a call goes through here too).
+    pub(super) fn count_attempt(&mut self) {
+        self.state.attempts += 1;
+    }
+
+    /// Records how the call ended, and hands its result on.
+    pub(super) fn finish<R>(
+        self,
+        result: Result<Response<R>, BoxError>,
+    ) -> Result<Response<R>, BoxError> {
+        let policy = &self.shared.policy;
+        let status = result.as_ref().ok().map(Response::status);
+        self.metrics.finish(status);
+        if let Some(switch) = &self.shared.switch {
+            let succeeded =
+                status.is_some_and(|s| !s.is_server_error() && s != StatusCode::TOO_MANY_REQUESTS);
+            switch.record(policy.version(), succeeded, self.started.elapsed());
+        }
+        let error = result
+            .as_ref()
+            .err()
+            .map(|e| crate::error::find::<Error>(&**e).map(Error::kind));
+        span::end(
+            &self.span,
+            status,
+            error,
+            self.state.attempts,
+            self.state.waited,
+        );
+        result
+    }
+}
+
+/// What the caller gets when the call ends.
+fn end<R>(
+    decision: Decision,
+    last: Last<R>,
+    request: &http::request::Parts,
+    state: &State,
+) -> Result<Response<R>, BoxError> {
+    let error = match (decision, last) {
+        (Decision::Return | Decision::Stop { .. }, Last::Response(mut response)) => {
+            response.extensions_mut().insert(RetryInfo {
+                attempts: state.attempts,
+                waited: state.waited,
+            });
+            return Ok(response);
+        }
+        (Decision::Return, Last::Error(error)) => return Err(error),
+        (Decision::Stop { kind, .. }, Last::Error(error)) => {
+            Error::new(kind, state.attempts).with_source(Some(error))
+        }
+        (
+            Decision::Fail {
+                kind,
+                retry_after,
+                limit,
+            },
+            last,
+        ) => {
+            let error = Error::new(kind, state.attempts)
+                .with_status(last.outcome().status())
+                .with_retry_after(retry_after)
+                .with_limit(limit);
+            match last {
+                Last::Response(_) => error,
+                Last::Error(source) => error.with_source(Some(source)),
+            }
+        }
+        (Decision::Retry { .. }, _) => unreachable!("a retry does not end the call"),
+    };
+    Err(error.with_method(request.method.clone()).into())
+}
+
+/// One DEBUG event per attempt: its number, status or error, and what follows. Headers are never
+/// logged.
+fn trace<R>(state: &State, last: &Last<R>, decision: Decision) {
+    let attempt = state.attempts;
+    let (status, error) = match last {
+        Last::Response(response) => (Some(response.status().as_u16()), None),
+        Last::Error(error) => (None, Some(tracing::field::display(error))),
+    };
+    match decision {
+        Decision::Return => tracing::debug!(attempt, status, error, "attempt done"),
+        Decision::Stop {
+            kind: ErrorKind::OutcomeUnknown,
+            ..
+        } => tracing::debug!(
+            attempt,
+            error,
+            "attempt failed after the request may have been sent; outcome unknown"
+        ),
+        Decision::Stop { kind, reason } => tracing::debug!(
+            attempt,
+            status,
+            error,
+            reason = reason.map(tracing::field::display),
+            stopped = ?kind,
+            "attempt failed; not retried"
+        ),
+        Decision::Fail {
+            kind,
+            retry_after,
+            limit,
+        } => tracing::debug!(
+            attempt,
+            status,
+            error,
+            stopped = ?kind,
+            hint_s = retry_after.map(|h| h.as_secs()),
+            limit_ms = limit.as_millis() as u64,
+            "attempt failed; call ended by the server's hint or the deadline"
+        ),
+        Decision::Retry { reason, delay } => tracing::debug!(
+            attempt,
+            status,
+            error,
+            delay_ms = delay.as_millis() as u64,
+            reason = %reason,
+            "attempt failed; retrying"
+        ),
+    }
+}
+
+/// Reads and discards up to [`DRAIN_LIMIT`] bytes of a body, so that its connection can be reused.
+async fn drain<R: http_body::Body>(body: R) {
+    let mut body = std::pin::pin!(body);
+    let mut read = 0usize;
+    while read <= DRAIN_LIMIT {
+        match body.as_mut().frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read = read.saturating_add(data.remaining());
+                }
+            }
+            _ => break,
+        }
+    }
+}
