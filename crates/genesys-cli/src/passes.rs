@@ -22,6 +22,9 @@ use crate::tally::Tally;
 /// How many records the reader may run ahead of the senders, per unit in flight.
 const READ_AHEAD_UNITS: usize = 2;
 
+/// How often a fleet worker waiting for the other shards looks at them again (at most).
+const STATUS_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What every pass of one run shares.
 pub(crate) struct Passes<'a, P, D> {
     pub(crate) common: &'a Common,
@@ -148,7 +151,10 @@ where
         let mut unreachable_since: Option<Instant> = None;
         let mut fleet_error = None;
         let mut said_waiting = false;
-        let pause = fleet.lease() / 3;
+        // How often a worker with nothing to take looks at the shards again: soon enough that
+        // it ends within a moment of the last shard's end (one script read in Redis each time),
+        // while a stopped worker's shard is taken over once its lease runs out.
+        let pause = (fleet.lease() / 3).min(STATUS_POLL);
         let wait = || async {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}

@@ -37,6 +37,12 @@ struct Preview {
     valid: bool,
     version: String,
     max_attempts: u32,
+    /// The statuses retried (429 and 5xx).
+    retried_statuses: Vec<u16>,
+    /// Whether 500, 502 and 504 are replayed only for requests safe to send twice.
+    ambiguous_gateway_errors: bool,
+    /// The per-route safety rules, in order: `METHOD ROUTE: SAFETY`.
+    route_rules: Vec<String>,
     delays: Vec<RetryDelay>,
     /// The longest a failing call can take: every attempt timing out and every wait at its
     /// sampled maximum.
@@ -164,6 +170,27 @@ fn preview(config: &StackConfig, args: &PolicyCheckArgs) -> Preview {
         valid: true,
         version: r.version.clone(),
         max_attempts: r.max_attempts,
+        retried_statuses: {
+            let classifier = config.classifier();
+            std::iter::once(429)
+                .chain(500..=599)
+                .filter(|&s| {
+                    http::StatusCode::from_u16(s).is_ok_and(|status| classifier.retries(status))
+                })
+                .collect()
+        },
+        ambiguous_gateway_errors: r.ambiguous_gateway_errors,
+        route_rules: r
+            .routes
+            .iter()
+            .map(|rule| {
+                let safety = serde_json::to_value(rule.safety)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                format!("{} {}: {safety}", rule.method, rule.route)
+            })
+            .collect(),
         delays,
         worst_case_s,
         deadline_s,
@@ -188,6 +215,24 @@ fn table(p: &Preview) -> String {
         "{}: valid (policy {}, {} attempts)",
         p.file, p.version, p.max_attempts
     );
+    let statuses: Vec<String> = p.retried_statuses.iter().map(u16::to_string).collect();
+    let _ = writeln!(
+        s,
+        "  retried: {}{}; 408 and failures after sending only when safe to send twice",
+        if statuses.is_empty() {
+            "no status".to_owned()
+        } else {
+            statuses.join(", ")
+        },
+        if p.ambiguous_gateway_errors {
+            " (500, 502 and 504 as ambiguous)"
+        } else {
+            ""
+        }
+    );
+    for rule in &p.route_rules {
+        let _ = writeln!(s, "  route   {rule}");
+    }
     let _ = writeln!(
         s,
         "  retry   min        p50        p99        max      (delay before it, {SAMPLES} sampled schedules)"

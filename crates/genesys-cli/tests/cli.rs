@@ -685,6 +685,26 @@ fn policy_check_previews_a_valid_file_and_lists_every_problem_of_a_bad_one() {
     assert_eq!(preview["delays"].as_array().unwrap().len(), 3);
     assert!(preview["delays"][2]["max_ms"].as_f64().unwrap() <= 2000.0);
     assert!(preview["outage_load_vs_destination"].as_f64().unwrap() > 1.0);
+    assert_eq!(
+        preview["retried_statuses"],
+        serde_json::json!([429, 502, 503, 504])
+    );
+    assert_eq!(
+        preview["route_rules"],
+        serde_json::json!(["POST /api/v2/integrations/actions/{actionId}/execute: unsafe"])
+    );
+    // The same as text: what is retried, and each route's rule.
+    let out = Command::new(env!("CARGO_BIN_EXE_gcx"))
+        .args(["policy", "check", example])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("retried: 429, 502, 503, 504;"), "{text}");
+    assert!(
+        text.contains("route   POST /api/v2/integrations/actions/{actionId}/execute: unsafe"),
+        "{text}"
+    );
 
     let d = dir("policy_check_bad");
     let bad = write(
