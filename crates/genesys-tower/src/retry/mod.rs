@@ -107,13 +107,19 @@
 //! [`Retry`] is `Clone` (the state it shares, budget and counters, is behind `Arc`s) and needs
 //! the inner service to be `Clone`. `poll_ready` polls the inner service, and the first attempt
 //! goes to that ready service, so whatever it reserved in `poll_ready` (a concurrency permit,
-//! say) is the one the first attempt uses. For a body in memory (the common case) `call` sends
-//! the first attempt at once and its future is the inner service's own, polled in place: a call
-//! that is not retried boxes nothing. A streaming body is first read into memory in the response
+//! say) is the one the first attempt uses. For a body in memory (the common case) `call` starts
+//! the call and hands the first attempt to the service below at once (as hyper's own client
+//! does, the work begins in `call`: a response future dropped unpolled has still been counted,
+//! and the service below has its request), and the response future is that service's own,
+//! polled in place: a call that is not retried boxes nothing. Later attempts run in one boxed
+//! future on a clone of the service. A streaming body is first read into memory in the response
 //! future, which takes the ready service along (a fresh clone left in its place, the
-//! clone-and-swap of tower's own middleware). Later attempts run in one boxed future, on a clone
-//! of the service, and wait for its readiness again before they are sent, so under a
-//! concurrency layer no permit is held while the call sleeps.
+//! clone-and-swap of tower's own middleware) for every attempt. Every attempt after the first
+//! waits for readiness again before it is sent, so under a concurrency layer no permit is held
+//! while the call sleeps.
+//!
+//! The response future is `Unpin` when the service below's is (pin it, as with most of tower's
+//! futures, to poll it by hand).
 //!
 //! tower's `retry::Retry` and its `Policy` trait were considered. They are not used because:
 //! the request must first be turned into a replayable [`Body`](crate::Body), which needs an `async` step
