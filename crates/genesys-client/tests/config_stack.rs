@@ -19,13 +19,17 @@ async fn sim(faults: &str) -> SimHandle {
 }
 
 fn client(sim: &SimHandle, config: &str) -> GenesysClient {
+    build(sim, config).unwrap()
+}
+
+/// A client with the configuration `config` (which must be valid), or why it cannot be built.
+fn build(sim: &SimHandle, config: &str) -> Result<GenesysClient, GenesysError> {
     let config = StackConfig::from_toml(config).unwrap_or_else(|e| panic!("{e}"));
     GenesysClient::builder()
         .base_url(sim.base_url())
         .client_credentials("demo-client", "demo-secret")
         .config(&config)
         .build()
-        .unwrap()
 }
 
 /// A GET of the simulator's one user, through the client's stack.
@@ -142,17 +146,10 @@ async fn a_redis_store_named_by_configuration_answers_another_clients_repeat() {
 #[tokio::test]
 async fn a_redis_store_whose_password_variable_is_unset_is_refused_when_built() {
     let sim = sim("").await;
-    let config = StackConfig::from_toml(&format!(
+    let config = format!(
         "[idempotency]\nstore = \"{REDIS}\"\nstore_password_env = \"GENESYS_TEST_UNSET_PASSWORD\"\n"
-    ))
-    .unwrap();
-    let err = GenesysClient::builder()
-        .base_url(sim.base_url())
-        .client_credentials("demo-client", "demo-secret")
-        .config(&config)
-        .build()
-        .unwrap_err()
-        .to_string();
+    );
+    let err = build(&sim, &config).unwrap_err().to_string();
     assert!(
         err.contains("GENESYS_TEST_UNSET_PASSWORD, which is not set"),
         "{err}"
@@ -164,14 +161,8 @@ async fn a_redis_store_whose_password_variable_is_unset_is_refused_when_built() 
 #[tokio::test]
 async fn without_the_redis_feature_a_redis_store_is_refused_when_built() {
     let sim = sim("").await;
-    let config = StackConfig::from_toml(&format!("[idempotency]\nstore = \"{REDIS}\"\n")).unwrap();
-    let err = GenesysClient::builder()
-        .base_url(sim.base_url())
-        .client_credentials("demo-client", "demo-secret")
-        .config(&config)
-        .build()
-        .unwrap_err()
-        .to_string();
+    let config = format!("[idempotency]\nstore = \"{REDIS}\"\n");
+    let err = build(&sim, &config).unwrap_err().to_string();
     assert!(
         err.contains("enable genesys-client's `redis` feature"),
         "{err}"
