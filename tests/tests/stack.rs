@@ -53,10 +53,7 @@ async fn the_stack_can_be_taken_out_as_a_service() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.extensions().get::<RetryInfo>().unwrap().attempts,
-        1
-    );
+    assert_eq!(RetryInfo::of(response.extensions()).attempts, 1);
     sim.shutdown().await;
 }
 

@@ -202,7 +202,7 @@ impl GenesysClient {
             }
             Err(e) => return Err(GenesysError::Transport { source: e }),
         };
-        let retry_info = parts.extensions.get::<RetryInfo>().cloned();
+        let retry_info = Some(RetryInfo::of(&parts.extensions));
         if !parts.status.is_success() {
             // The same reading as the retry layer's: seconds or an HTTP-date, strict ASCII.
             let retry_after =

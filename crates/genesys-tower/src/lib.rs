@@ -163,6 +163,7 @@ pub mod redis_conn;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;
+mod spare;
 mod time;
 
 pub use body::Body;

@@ -1,8 +1,8 @@
 //! The future of [`Auth`](super::Auth).
 //!
 //! When the token is at hand and the body in memory, a call is the inner service's own future,
-//! polled in place: no boxed `async` state machine (a clone of the inner service is kept for a
-//! re-send after a 401). Only a call that must wait (for a
+//! polled in place: no boxed `async` state machine (a reference to the layer's spare clone of
+//! the inner service is kept for a re-send after a 401). Only a call that must wait (for a
 //! token, or to read a streaming body into memory) or that is answered 401 and sent again goes
 //! through one boxed `async` block.
 
@@ -55,10 +55,11 @@ pin_project! {
     }
 }
 
-/// What sending a request again after a 401 needs: a service, the request's head with the
-/// token it carried, and a copy of its body.
+/// What sending a request again after a 401 needs: a service, the request's head as it came
+/// (without the token), the token it carried, and a copy of its body.
 pub(super) struct Resend<S, T> {
-    pub(super) service: S,
+    /// The layer's spare: cloned only when a 401 calls for the re-send.
+    pub(super) service: crate::spare::Shared<S>,
     pub(super) parts: http::request::Parts,
     pub(super) body: Body,
     pub(super) shared: Arc<Shared<T>>,
@@ -92,7 +93,7 @@ where
 
 impl<S, B, T, R> Future for ResponseFuture<S, B, T>
 where
-    S: Service<Request<B>, Response = Response<R>> + Send + 'static,
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
     B: ReplayBody,

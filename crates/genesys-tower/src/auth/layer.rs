@@ -102,7 +102,7 @@ impl<T> AuthLayer<T> {
     }
 }
 
-impl<S, T> Layer<S> for AuthLayer<T> {
+impl<S: Clone, T> Layer<S> for AuthLayer<T> {
     type Service = Auth<S, T>;
 
     fn layer(&self, inner: S) -> Self::Service {

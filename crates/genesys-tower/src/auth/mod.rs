@@ -131,6 +131,7 @@ use self::cache::Cache;
 use self::future::Resend;
 use self::scope::Scope;
 use crate::body::{self, Body, ReplayBody};
+use crate::spare::{self, Spare};
 use crate::{BoxError, Metrics, NotSent};
 
 /// Everything a call needs, shared by every clone.
@@ -163,10 +164,12 @@ impl fmt::Debug for RedactedToken<'_> {
 /// by [`AuthLayer`]; see the [module docs](self).
 pub struct Auth<S, T> {
     inner: S,
+    /// What a re-send after a 401 goes on (one reference count per call).
+    spare: Spare<S>,
     shared: Arc<Shared<T>>,
 }
 
-impl<S, T: TokenSource> Auth<S, T> {
+impl<S: Clone, T: TokenSource> Auth<S, T> {
     /// Wraps `inner` with tokens from `source` and the defaults of [`AuthLayer`]; the same as
     /// `AuthLayer::new(source).layer(inner)`.
     pub fn new(inner: S, source: T) -> Self {
@@ -174,11 +177,17 @@ impl<S, T: TokenSource> Auth<S, T> {
     }
 }
 
-impl<S, T> Auth<S, T> {
+impl<S: Clone, T> Auth<S, T> {
     fn from_shared(inner: S, shared: Arc<Shared<T>>) -> Self {
-        Auth { inner, shared }
+        Auth {
+            spare: Spare::of(&inner),
+            inner,
+            shared,
+        }
     }
+}
 
+impl<S, T> Auth<S, T> {
     /// A reference to the inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -186,6 +195,8 @@ impl<S, T> Auth<S, T> {
 
     /// A mutable reference to the inner service.
     pub fn get_mut(&mut self) -> &mut S {
+        // A re-send after a 401 takes a clone of the inner service as it is after the change.
+        self.spare.forget();
         &mut self.inner
     }
 
@@ -201,11 +212,11 @@ impl<T: TokenSource> Shared<T> {
     }
 
     /// Puts the token in the request, and keeps what sending it again after a 401 needs (when
-    /// its body can be sent again): a clone of `service`, the head, a copy of the body.
+    /// its body can be sent again): the layer's spare service, the head, a copy of the body.
     #[allow(clippy::type_complexity)]
     fn prepare<S, B>(
         self: &Arc<Self>,
-        service: &S,
+        service: impl FnOnce() -> crate::spare::Shared<S>,
         mut parts: http::request::Parts,
         body: Body,
         token: cache::Cached,
@@ -214,15 +225,16 @@ impl<T: TokenSource> Shared<T> {
         S: Clone,
         B: ReplayBody,
     {
-        let replay = body.try_clone();
-        parts.headers.insert(AUTHORIZATION, token.header);
-        let resend = replay.map(|body| Resend {
-            service: service.clone(),
+        // The copy for a re-send is taken before the token goes in: a head without headers of
+        // its own is copied without an allocation, and a re-send puts its own token in anyway.
+        let resend = body.try_clone().map(|body| Resend {
+            service: service(),
             parts: parts.clone(),
             body,
             shared: self.clone(),
             token: token.token,
         });
+        parts.headers.insert(AUTHORIZATION, token.header);
         Ok((
             Request::from_parts(parts, body::rebuild::<B>(body)?),
             resend,
@@ -252,7 +264,7 @@ impl<T: TokenSource> Shared<T> {
         } else {
             body.buffer(self.replay_limit).await?
         };
-        let (request, resend) = self.prepare(&service, parts, body, token)?;
+        let (request, resend) = self.prepare(|| spare::shared(&service), parts, body, token)?;
         let response = service.call(request).await.map_err(Into::into)?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -269,7 +281,7 @@ impl<T: TokenSource> Shared<T> {
     }
 }
 
-impl<S, T: TokenSource> Resend<S, T> {
+impl<S: Clone, T: TokenSource> Resend<S, T> {
     /// After a 401: a new token (fetched once for everyone), and the request once more with it;
     /// or the 401 as it is, when the source gives the same token again.
     async fn after_401<B, ResBody>(
@@ -282,7 +294,7 @@ impl<S, T: TokenSource> Resend<S, T> {
         B: ReplayBody,
     {
         let Resend {
-            mut service,
+            service,
             mut parts,
             body,
             shared,
@@ -312,6 +324,7 @@ impl<S, T: TokenSource> Resend<S, T> {
         tracing::debug!("401: sending the request again with a new token");
         parts.headers.insert(AUTHORIZATION, fresh.header);
         let body = body::rebuild::<B>(body)?;
+        let mut service = spare::take(&service);
         service
             .ready()
             .await
@@ -348,11 +361,12 @@ where
         }
         let body = body.into_replay();
         // The common case: a token at hand and nothing to buffer. The ready service takes the
-        // request at once; a 401 is sent again on a clone of it.
+        // request at once; a 401 is sent again on a clone of the layer's spare.
         if (body.is_replayable() || self.shared.replay_limit == 0)
             && let Some(token) = self.shared.cache.current(self.shared.margin)
         {
-            return match self.shared.prepare(&self.inner, parts, body, token) {
+            let share = || self.spare.share(&self.inner);
+            return match self.shared.prepare(share, parts, body, token) {
                 Ok((request, resend)) => ResponseFuture::direct(self.inner.call(request), resend),
                 Err(e) => ResponseFuture::boxed(std::future::ready(Err(e))),
             };
@@ -368,6 +382,7 @@ impl<S: Clone, T> Clone for Auth<S, T> {
     fn clone(&self) -> Self {
         Auth {
             inner: self.inner.clone(),
+            spare: self.spare.clone(),
             shared: self.shared.clone(),
         }
     }

@@ -283,10 +283,14 @@ fn end<R>(
 ) -> Result<Response<R>, BoxError> {
     let error = match (decision, last) {
         (Decision::Return | Decision::Stop { .. }, Last::Response(mut response)) => {
-            response.extensions_mut().insert(RetryInfo {
-                attempts: state.attempts,
-                waited: state.waited,
-            });
+            // A first-try answer carries none: `RetryInfo::of` reads its absence as one attempt,
+            // and the common case allocates no extension map for it.
+            if state.attempts > 1 || !state.waited.is_zero() {
+                response.extensions_mut().insert(RetryInfo {
+                    attempts: state.attempts,
+                    waited: state.waited,
+                });
+            }
             return Ok(response);
         }
         (Decision::Return, Last::Error(error)) => return Err(error),

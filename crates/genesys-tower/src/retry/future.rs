@@ -46,7 +46,8 @@ pin_project! {
             future: S::Future,
             attempt: Option<Attempt>,
             call: Option<Call>,
-            service: Option<S>,
+            // The spare the attempts after this one are sent on.
+            service: Option<crate::spare::Shared<S>>,
             body: PhantomData<fn() -> B>,
         },
         // The rest of the call (or all of it).
@@ -60,7 +61,12 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(super) fn first(future: S::Future, attempt: Attempt, call: Call, service: S) -> Self {
+    pub(super) fn first(
+        future: S::Future,
+        attempt: Attempt,
+        call: Call,
+        service: crate::spare::Shared<S>,
+    ) -> Self {
         ResponseFuture {
             kind: Kind::First {
                 future,
@@ -85,7 +91,7 @@ where
 
 impl<S, B, R> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<B>, Response = Response<R>> + Send + 'static,
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
     B: ReplayBody,
@@ -138,7 +144,7 @@ where
             let span = call.span.clone();
             kind.set(Kind::Boxed {
                 future: Box::pin(
-                    call.attempts::<S, B, R>(service, Some((delay, last)))
+                    call.attempts::<S, B, R>(crate::spare::take(&service), Some((delay, last)))
                         .instrument(span),
                 ),
             });

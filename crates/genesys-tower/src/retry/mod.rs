@@ -36,8 +36,7 @@
 //!     .oneshot(Request::get("http://example.com/users").body(String::new())?)
 //!     .await?;
 //! assert_eq!(response.status(), StatusCode::OK);
-//! let info = response.extensions().get::<RetryInfo>().unwrap();
-//! assert_eq!(info.attempts, 2);
+//! assert_eq!(RetryInfo::of(response.extensions()).attempts, 2);
 //! # Ok(())
 //! # }
 //! ```
@@ -96,7 +95,8 @@
 //!
 //! # Observability
 //!
-//! The final response carries a [`RetryInfo`] extension (attempts, time spent waiting). Each
+//! A final response that took more than one attempt carries a [`RetryInfo`] extension
+//! (attempts, time spent waiting; [`RetryInfo::of`] reads it, one attempt when it is absent). Each
 //! attempt emits a `tracing` event at DEBUG level with the attempt number, the status or error,
 //! and for a retry the delay and the [`RetryReason`]; headers are never logged. The [`Metrics`]
 //! given to [`RetryLayer::metrics`] count requests, attempts, retries by reason, 429 responses
@@ -147,6 +147,7 @@ mod policy;
 mod span;
 mod switch;
 
+use std::fmt;
 use std::mem;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -172,17 +173,30 @@ pub use crate::reason::RetryReason;
 
 use self::call::Call;
 use crate::body::ReplayBody;
+use crate::spare::Spare;
 use crate::{BoxError, Metrics};
 
 /// How much of a dropped response's body is read so that its connection can be reused.
 const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// Retries requests to the inner service by a [`RetryPolicy`]. See the [module docs](self).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Retry<S> {
     inner: S,
+    /// What the attempts after a call's first are sent on (one reference count per call).
+    spare: Spare<S>,
     /// The policy and the counters, behind one `Arc`: one reference count per call.
     shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Retry<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("policy", &self.shared.policy)
+            .field("switch", &self.shared.switch)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -196,7 +210,10 @@ struct Shared {
 }
 
 /// The response extension that says how a call went: attempts sent and time spent waiting
-/// between them.
+/// between them. Read it with [`RetryInfo::of`].
+///
+/// Only a response that took more than one attempt, or waited, carries it: a call answered at
+/// the first try, the common case, costs no allocation for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct RetryInfo {
@@ -206,10 +223,30 @@ pub struct RetryInfo {
     pub waited: Duration,
 }
 
-impl<S> Retry<S> {
+impl RetryInfo {
+    /// How the call behind a response went, from the response's extensions: its `RetryInfo`,
+    /// or one attempt and no wait when it carries none (the call was not retried).
+    ///
+    /// ```
+    /// use genesys_tower::retry::RetryInfo;
+    ///
+    /// let response = http::Response::new(());
+    /// assert_eq!(RetryInfo::of(response.extensions()).attempts, 1);
+    /// ```
+    #[must_use]
+    pub fn of(extensions: &http::Extensions) -> RetryInfo {
+        extensions.get::<RetryInfo>().copied().unwrap_or(RetryInfo {
+            attempts: 1,
+            waited: Duration::ZERO,
+        })
+    }
+}
+
+impl<S: Clone> Retry<S> {
     /// Wraps `inner`, retrying by `policy`, with counters of its own.
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
         Retry {
+            spare: Spare::of(&inner),
             inner,
             shared: Arc::new(Shared {
                 policy,
@@ -219,7 +256,9 @@ impl<S> Retry<S> {
             }),
         }
     }
+}
 
+impl<S> Retry<S> {
     /// Takes each call's policy from `switch` instead (changed live, a canary on a share of
     /// the calls); the policy given to [`new`](Self::new) is then not used.
     #[must_use]
@@ -262,6 +301,8 @@ impl<S> Retry<S> {
 
     /// A mutable reference to the inner service.
     pub fn get_mut(&mut self) -> &mut S {
+        // Retries take a clone of the inner service as it is after the change.
+        self.spare.forget();
         &mut self.inner
     }
 
@@ -315,7 +356,7 @@ where
             call.count_attempt();
             return match call.send::<S, B>(&mut self.inner) {
                 Ok((future, attempt)) => {
-                    ResponseFuture::first(future, attempt, call, self.inner.clone())
+                    ResponseFuture::first(future, attempt, call, self.spare.share(&self.inner))
                 }
                 Err(e) => ResponseFuture::boxed(std::future::ready(call.finish(Err(e)))),
             };

@@ -570,10 +570,7 @@ async fn under_the_retry_layer_the_re_send_is_not_a_retry() {
         Duration::ZERO,
         "re-sent at once, no backoff"
     );
-    assert_eq!(
-        response.extensions().get::<RetryInfo>().unwrap().attempts,
-        1
-    );
+    assert_eq!(RetryInfo::of(response.extensions()).attempts, 1);
     let snapshot = metrics.snapshot();
     assert_eq!(snapshot.retries.total(), 0);
     assert_eq!(snapshot.unauthorized_refreshes, 1);

@@ -19,7 +19,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::StreamBody;
 use proptest::prelude::*;
 use tokio::time::Instant;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 // ---------------------------------------------------------------------------------------------
 // A scripted server: answers each attempt from a script, records what it received and when.
@@ -173,10 +173,13 @@ fn retry_error(result: Result<Response<String>, BoxError>) -> Box<Error> {
 
 /// The final response's `RetryInfo`, as (attempts, waited).
 fn info(res: &Response<String>) -> (u32, Duration) {
-    let info: &RetryInfo = res
-        .extensions()
-        .get()
-        .expect("RetryInfo on the final response");
+    let info = RetryInfo::of(res.extensions());
+    // Only a retried call's response carries the extension.
+    assert_eq!(
+        res.extensions().get::<RetryInfo>().is_some(),
+        info.attempts > 1 || !info.waited.is_zero(),
+        "RetryInfo on a retried response only"
+    );
     (info.attempts, info.waited)
 }
 
@@ -1066,7 +1069,7 @@ async fn wraps_an_axum_router() {
         .service(router);
     let res = svc.oneshot(get()).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let info: &RetryInfo = res.extensions().get().unwrap();
+    let info = RetryInfo::of(res.extensions());
     assert_eq!(
         (info.attempts, info.waited),
         (3, Duration::from_millis(1500))
@@ -1165,3 +1168,70 @@ async fn a_response_body_over_the_limit_is_not_retried() {
 }
 
 mod switch;
+
+/// A service whose answer is its own field (not shared between clones): 503 while `fail` says
+/// so, then 200 with `answer` as the body.
+#[derive(Clone)]
+struct Answers {
+    fail: Arc<Mutex<u32>>,
+    answer: &'static str,
+}
+
+impl Service<Request<Body>> for Answers {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<Body>) -> Self::Future {
+        let mut fail = self.fail.lock().unwrap();
+        let response = if *fail > 0 {
+            *fail -= 1;
+            Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .body(String::new())
+        } else {
+            Response::builder().body(self.answer.to_owned())
+        };
+        std::future::ready(Ok(response.unwrap()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_try_answer_carries_no_retry_info_and_reads_as_one_attempt() {
+    let fail = Arc::new(Mutex::new(0));
+    let mut svc = RetryLayer::new(exact().build()).layer(Answers {
+        fail: fail.clone(),
+        answer: "ok",
+    });
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert!(res.extensions().get::<RetryInfo>().is_none());
+    assert_eq!(info(&res), (1, Duration::ZERO));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_go_to_the_inner_service_as_changed_through_get_mut() {
+    let fail = Arc::new(Mutex::new(0));
+    let mut svc = RetryLayer::new(exact().build()).layer(Answers {
+        fail: fail.clone(),
+        answer: "before",
+    });
+    svc.get_mut().answer = "after";
+    // The first attempt fails: the retry is sent on a clone of the inner service, which must be
+    // the service as it is now, not as it was when the layer wrapped it.
+    *fail.lock().unwrap() = 1;
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(info(&res).0, 2);
+    assert_eq!(res.into_body(), "after");
+    // Clones share the change.
+    *fail.lock().unwrap() = 1;
+    let mut clone = svc.clone();
+    let res = clone.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.into_body(), "after");
+}
