@@ -64,7 +64,8 @@ enum Inner {
     /// The whole body in memory: replayable. `data` is taken when polled.
     Full {
         data: Option<Bytes>,
-        trailers: Option<HeaderMap>,
+        // Boxed: trailers are rare, and a `Body` is moved through every layer's future.
+        trailers: Option<Box<HeaderMap>>,
     },
     /// A streaming body: what was already read (`prefix`), then the rest. Sent once.
     Streaming {
@@ -225,7 +226,7 @@ impl Body {
                     data.reserve(len);
                     data.extend_from_slice(&bytes)
                 }
-                Err(frame) => trailers = frame.into_trailers().ok(),
+                Err(frame) => trailers = frame.into_trailers().ok().map(Box::new),
             }
         }
         Body {
@@ -275,7 +276,7 @@ impl http_body::Body for Body {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 *data = None;
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
             Inner::Streaming { prefix, rest } => {
                 if let Some(frame) = prefix.pop_front() {

@@ -133,31 +133,32 @@ pub(crate) fn outcome_label(status: Option<StatusCode>) -> &'static str {
 /// when no recorder is installed. Counts the call in flight until dropped, so that a call
 /// cancelled by its caller leaves the gauge too.
 pub(crate) struct CallMetrics {
-    labels: Option<Labels>,
-    /// When the call started; read only when recording.
-    started: Option<Instant>,
+    /// Boxed: built only when recording, and the call's state is moved with the call.
+    labels: Option<Box<Labels>>,
 }
 
 struct Labels {
     method: SharedString,
     route: SharedString,
     policy: SharedString,
+    /// When the call started.
+    started: Instant,
 }
 
 impl CallMetrics {
     pub(crate) fn start(parts: &request::Parts, policy_version: &SharedString) -> Self {
-        let labels = recording().then(|| Labels {
-            method: method_label(&parts.method),
-            route: route_label(parts),
-            policy: policy_version.clone(),
+        let labels = recording().then(|| {
+            Box::new(Labels {
+                method: method_label(&parts.method),
+                route: route_label(parts),
+                policy: policy_version.clone(),
+                started: Instant::now(),
+            })
         });
         if labels.is_some() {
             metrics::gauge!(names::CALLS_IN_FLIGHT).increment(1.0);
         }
-        CallMetrics {
-            started: labels.as_ref().map(|_| Instant::now()),
-            labels,
-        }
+        CallMetrics { labels }
     }
 
     /// When an attempt starts; the clock is read only when recording.
@@ -217,10 +218,8 @@ impl CallMetrics {
             ("policy_version", l.policy.clone()),
         ];
         metrics::counter!(names::CALLS, &labels).increment(1);
-        if let Some(started) = self.started {
-            metrics::histogram!(names::CALL_DURATION, &labels)
-                .record(started.elapsed().as_secs_f64());
-        }
+        metrics::histogram!(names::CALL_DURATION, &labels)
+            .record(l.started.elapsed().as_secs_f64());
     }
 }
 

@@ -52,10 +52,9 @@ pub(super) struct Attempt {
 pub(super) struct Call {
     shared: Arc<Shared>,
     parts: http::request::Parts,
-    /// A body in memory, cloned for every attempt.
-    template: Option<Body>,
-    /// A stream too long to hold, sent once.
-    once: Option<Body>,
+    /// The body: in memory, cloned for every attempt (`state.replayable`), or a stream too long
+    /// to hold, taken by the one attempt it can go with.
+    body: Option<Body>,
     pub(super) span: Span,
     metrics: CallMetrics,
     started: Instant,
@@ -89,8 +88,7 @@ impl Call {
         Call {
             shared,
             parts,
-            template: None,
-            once: None,
+            body: None,
             span,
             metrics,
             started,
@@ -100,14 +98,10 @@ impl Call {
 
     /// The body, as every attempt will take it: in memory, or a stream sent once.
     pub(super) fn set_body(&mut self, body: Body) {
-        if body.is_replayable() {
-            self.template = Some(body);
-        } else {
-            self.once = Some(body);
-        }
+        self.state.replayable = body.is_replayable();
+        self.body = Some(body);
         let deadline = self.shared.policy.deadline();
         self.state.deadline = deadline.map(|d| crate::time::after(self.started, d));
-        self.state.replayable = self.template.is_some();
     }
 
     /// Sends the next attempt on `service`, which is ready.
@@ -116,12 +110,12 @@ impl Call {
         S: Service<Request<B>>,
         B: ReplayBody,
     {
-        let body = self
-            .template
-            .as_ref()
-            .and_then(Body::try_clone)
-            .or_else(|| self.once.take())
-            .unwrap_or_default();
+        let body = if self.state.replayable {
+            self.body.as_ref().and_then(Body::try_clone)
+        } else {
+            self.body.take()
+        }
+        .unwrap_or_default();
         let body = body::rebuild::<B>(body)?;
         self.shared.metrics.record_attempt();
         let span = span::attempt(&self.span, self.state.attempts);
@@ -248,7 +242,7 @@ impl Call {
 
     /// Records how the call ended, and hands its result on.
     pub(super) fn finish<R>(
-        self,
+        &self,
         result: Result<Response<R>, BoxError>,
     ) -> Result<Response<R>, BoxError> {
         let policy = &self.shared.policy;

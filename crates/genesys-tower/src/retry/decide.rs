@@ -22,8 +22,9 @@ pub(super) struct State {
     pub(super) deadline: Option<Instant>,
     /// Whether the body can be sent again (false for a stream past the replay limit).
     pub(super) replayable: bool,
-    /// The call's backoff schedule, made at its first retry.
-    backoff: Option<Backoff>,
+    /// The call's backoff schedule, made at its first retry (boxed: most calls never retry,
+    /// and the state is moved with the call).
+    backoff: Option<Box<Backoff>>,
     seed: Option<u64>,
 }
 
@@ -156,7 +157,7 @@ pub(super) fn decide(
 
     let backoff = state
         .backoff
-        .get_or_insert_with(|| policy.backoff_with_seed(state.seed));
+        .get_or_insert_with(|| Box::new(policy.backoff_with_seed(state.seed)));
     let mut delay = backoff.next_delay();
     if let Some(hint) = hint.filter(|h| *h >= delay) {
         delay = hint.saturating_add(backoff.spread(policy.spread_for(hint)));

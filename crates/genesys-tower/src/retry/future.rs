@@ -111,7 +111,7 @@ where
                     service,
                     ..
                 } => {
-                    let (Some(attempt_ref), Some(call_ref)) = (attempt.as_ref(), call.as_ref())
+                    let (Some(attempt_ref), Some(call_ref)) = (attempt.as_ref(), call.as_mut())
                     else {
                         return Poll::Ready(Err("the retry layer's future was polled after it \
                                                 completed"
@@ -126,19 +126,27 @@ where
                         Ok(response) => Last::Response(response),
                         Err(error) => Last::Error(error.into()),
                     };
-                    let (Some(attempt), Some(mut call), Some(service)) =
-                        (attempt.take(), call.take(), service.take())
-                    else {
+                    // The call is worked on where it lies: it is moved (into the boxed rest of
+                    // the call) only when a retry is decided.
+                    let next = {
+                        let _call = call_ref.span.clone().entered();
+                        call_ref.after(last, attempt_ref)
+                    };
+                    // From here the first attempt is over: a later poll finds no attempt.
+                    *attempt = None;
+                    let retry = match next {
+                        Next::Done(result) => {
+                            let result = call_ref.finish(result);
+                            *call = None;
+                            return Poll::Ready(result);
+                        }
+                        Next::Retry { delay, last } => (delay, last),
+                    };
+                    let (Some(call), Some(service)) = (call.take(), service.take()) else {
                         return Poll::Ready(Err("the retry layer's future lost its call".into()));
                     };
-                    let next = {
-                        let _call = call.span.clone().entered();
-                        call.after(last, &attempt)
-                    };
-                    match next {
-                        Next::Done(result) => return Poll::Ready(call.finish(result)),
-                        Next::Retry { delay, last } => (call, service, delay, last),
-                    }
+                    let (delay, last) = retry;
+                    (call, service, delay, last)
                 }
             };
             let span = call.span.clone();
