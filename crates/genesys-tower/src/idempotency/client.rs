@@ -248,12 +248,14 @@ where
             // A key of the layer's own: no other call can carry it before this one's response
             // names it, so there is nothing to look up, join or store. It only has to be the
             // same on every attempt below.
+            // The header is what goes to the server and what the layers below read; the key
+            // goes on the response alone, so that every copy of the request head below (a retry
+            // layer's, an auth layer's) has no extension map to copy for it.
             let key = IdempotencyKey::new(generated_key());
             let mut req = req;
             if let Ok(value) = HeaderValue::from_str(key.as_str()) {
                 req.headers_mut().insert(IDEMPOTENCY_KEY, value);
             }
-            req.extensions_mut().insert(key.clone());
             return ResponseFuture::direct(inner.oneshot(req), Some(key));
         }
         let config = self.config.clone();
@@ -500,13 +502,14 @@ pub(super) fn generated_key() -> String {
             .as_mut()
             .map(|rng| rng.random::<[u8; 16]>())
     });
-    match bytes {
-        Some(bytes) => uuid::Builder::from_random_bytes(bytes)
-            .into_uuid()
-            .to_string(),
+    let uuid = match bytes {
+        Some(bytes) => uuid::Builder::from_random_bytes(bytes).into_uuid(),
         // The OS gave no seed to this thread: ask it per key.
-        None => uuid::Uuid::new_v4().to_string(),
-    }
+        None => uuid::Uuid::new_v4(),
+    };
+    // Written into a buffer on the stack, then copied once: no formatting machinery per key.
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid.hyphenated().encode_lower(&mut buf).to_owned()
 }
 
 fn with_key<B>(mut response: Response<B>, key: &str) -> Response<B> {
