@@ -54,7 +54,9 @@ pub struct ApiResponse {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
-    /// Attempts and waiting, as the retry layer reported them.
+    /// Attempts and waiting, as the retry layer reported them (one attempt and no wait for a
+    /// call answered at once). Always `Some`; an `Option` so that code written against earlier
+    /// versions still builds.
     pub retry_info: Option<RetryInfo>,
 }
 
