@@ -211,20 +211,16 @@ impl<T: TokenSource> Shared<T> {
         self.scopes.is_empty() || self.scopes.iter().any(|s| s.contains(parts))
     }
 
-    /// Puts the token in the request, and keeps what sending it again after a 401 needs (when
-    /// its body can be sent again): the layer's spare service, the head, a copy of the body.
-    #[allow(clippy::type_complexity)]
-    fn prepare<S, B>(
+    /// Puts the token in the request's head, and keeps what sending it again after a 401 needs
+    /// (when its body can be sent again): the layer's spare service, the head, a copy of the
+    /// body.
+    fn authorize<S>(
         self: &Arc<Self>,
         service: impl FnOnce() -> crate::spare::Shared<S>,
-        mut parts: http::request::Parts,
-        body: Body,
+        parts: &mut http::request::Parts,
+        body: &Body,
         token: cache::Cached,
-    ) -> Result<(Request<B>, Option<Resend<S, T>>), BoxError>
-    where
-        S: Clone,
-        B: ReplayBody,
-    {
+    ) -> Option<Resend<S, T>> {
         // The copy for a re-send is taken before the token goes in: a head without headers of
         // its own is copied without an allocation, and a re-send puts its own token in anyway.
         let resend = body.try_clone().map(|body| Resend {
@@ -235,10 +231,7 @@ impl<T: TokenSource> Shared<T> {
             token: token.token,
         });
         parts.headers.insert(AUTHORIZATION, token.header);
-        Ok((
-            Request::from_parts(parts, body::rebuild::<B>(body)?),
-            resend,
-        ))
+        resend
     }
 
     /// The slow path: waits for a token, reads a streaming body into memory so that it can be
@@ -264,7 +257,9 @@ impl<T: TokenSource> Shared<T> {
         } else {
             body.buffer(self.replay_limit).await?
         };
-        let (request, resend) = self.prepare(|| spare::shared(&service), parts, body, token)?;
+        let mut parts = parts;
+        let resend = self.authorize(|| spare::shared(&service), &mut parts, &body, token);
+        let request = Request::from_parts(parts, body::rebuild::<B>(body)?);
         let response = service.call(request).await.map_err(Into::into)?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -365,10 +360,15 @@ where
         if (body.is_replayable() || self.shared.replay_limit == 0)
             && let Some(token) = self.shared.cache.current(self.shared.margin)
         {
+            let mut parts = parts;
             let share = || self.spare.share(&self.inner);
-            return match self.shared.prepare(share, parts, body, token) {
-                Ok((request, resend)) => ResponseFuture::direct(self.inner.call(request), resend),
-                Err(e) => ResponseFuture::boxed(std::future::ready(Err(e))),
+            let resend = self.shared.authorize(share, &mut parts, &body, token);
+            return match body::rebuild::<B>(body) {
+                Ok(body) => {
+                    let future = self.inner.call(Request::from_parts(parts, body));
+                    ResponseFuture::direct(future, resend)
+                }
+                Err(e) => ResponseFuture::boxed(std::future::ready(Err(e.into()))),
             };
         }
         // The ready service goes with the request; a fresh clone waits for the next poll_ready.

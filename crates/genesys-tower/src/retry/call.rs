@@ -122,7 +122,9 @@ impl Call {
         let sent = self.metrics.attempt_start();
         // In the attempt's span: a layer below may do its work (and log) in `call`, before its
         // future is polled.
-        let future = span.in_scope(|| service.call(Request::from_parts(self.parts.clone(), body)));
+        let entered = span.enter();
+        let future = service.call(Request::from_parts(self.parts.clone(), body));
+        drop(entered);
         Ok((future, Attempt { span, sent }))
     }
 
