@@ -55,8 +55,9 @@ pub struct ApiResponse {
     /// The body.
     pub body: Bytes,
     /// Attempts and waiting, as the retry layer reported them (one attempt and no wait for a
-    /// call answered at once). Always `Some`; an `Option` so that code written against earlier
-    /// versions still builds.
+    /// call answered at once). `None` for a replay (`Idempotent-Replayed: true`) the retry layer
+    /// did not retry: one from an idempotency store sent no attempt (a server's own replay
+    /// answered at the first try is not told apart from it).
     pub retry_info: Option<RetryInfo>,
 }
 
@@ -204,7 +205,14 @@ impl GenesysClient {
             }
             Err(e) => return Err(GenesysError::Transport { source: e }),
         };
-        let retry_info = Some(RetryInfo::of(&parts.extensions));
+        // A replay (`Idempotent-Replayed: true`) that the retry layer reported nothing on came
+        // from an idempotency store: no attempt was sent for it.
+        let replayed = parts
+            .headers
+            .get(genesys_tower::idempotency::IDEMPOTENT_REPLAYED)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let retry_info = (!replayed || parts.extensions.get::<RetryInfo>().is_some())
+            .then(|| RetryInfo::of(&parts.extensions));
         if !parts.status.is_success() {
             // The same reading as the retry layer's: seconds or an HTTP-date, strict ASCII.
             let retry_after =

@@ -276,7 +276,8 @@ impl ApiError {
         self.status
     }
 
-    /// Attempts the call took before this answer, when the retry layer reported them.
+    /// Attempts the call took before this answer (1 for an answer at the first try); `None`
+    /// for a replay from an idempotency store, which sent no attempt.
     pub fn attempts(&self) -> Option<u32> {
         self.attempts
     }

@@ -6,32 +6,34 @@
 //! stack below at every call, in case, a call keeps a reference to the spare (one reference
 //! count) and clones it only when a second send is decided.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// A shared spare: in a mutex only so that it can be shared between threads without asking the
 /// service to be `Sync`; locked only to clone it, when a call sends a second time.
 pub(crate) type Shared<S> = Arc<Mutex<S>>;
 
-/// The spare clone of an inner service. `None` after the inner service was lent out mutably
-/// (it may have changed): the next call makes a fresh one.
-pub(crate) struct Spare<S>(Option<Shared<S>>);
+/// The spare clone of an inner service, in a cell shared by the clones of the layer's service.
+/// After the inner service was lent out mutably (it may have changed), the service and the
+/// clones made from it from then on share a new, empty cell, which the first of them to call
+/// fills from its own inner service.
+pub(crate) struct Spare<S>(Arc<OnceLock<Shared<S>>>);
 
 impl<S: Clone> Spare<S> {
     /// A spare clone of `inner`.
     pub(crate) fn of(inner: &S) -> Self {
-        Spare(Some(shared(inner)))
+        Spare(Arc::new(OnceLock::from(shared(inner))))
     }
 
-    /// The spare, shared; made from `inner` if it was forgotten.
-    pub(crate) fn share(&mut self, inner: &S) -> Shared<S> {
-        self.0.get_or_insert_with(|| shared(inner)).clone()
+    /// The spare, shared; made from `inner` if the cell is empty.
+    pub(crate) fn share(&self, inner: &S) -> Shared<S> {
+        self.0.get_or_init(|| shared(inner)).clone()
     }
 }
 
 impl<S> Spare<S> {
     /// Forgets the spare: `inner` is about to be changed through a mutable reference.
     pub(crate) fn forget(&mut self) {
-        self.0 = None;
+        self.0 = Arc::new(OnceLock::new());
     }
 }
 

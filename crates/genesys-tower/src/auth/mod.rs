@@ -239,6 +239,7 @@ impl<T: TokenSource> Shared<T> {
     async fn send<S, B, ResBody>(
         self: Arc<Self>,
         mut service: S,
+        spare: spare::Shared<S>,
         parts: http::request::Parts,
         body: Body,
     ) -> Result<Response<ResBody>, BoxError>
@@ -258,7 +259,7 @@ impl<T: TokenSource> Shared<T> {
             body.buffer(self.replay_limit).await?
         };
         let mut parts = parts;
-        let resend = self.authorize(|| spare::shared(&service), &mut parts, &body, token);
+        let resend = self.authorize(|| spare, &mut parts, &body, token);
         let request = Request::from_parts(parts, body::rebuild::<B>(body)?);
         let response = service.call(request).await.map_err(Into::into)?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -372,9 +373,10 @@ where
             };
         }
         // The ready service goes with the request; a fresh clone waits for the next poll_ready.
+        let spare = self.spare.share(&self.inner);
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::boxed(self.shared.clone().send(ready, parts, body))
+        ResponseFuture::boxed(self.shared.clone().send(ready, spare, parts, body))
     }
 }
 

@@ -126,14 +126,20 @@ where
                         Ok(response) => Last::Response(response),
                         Err(error) => Last::Error(error.into()),
                     };
+                    // From here the first attempt is over: a later poll finds no attempt, even
+                    // if deciding what follows panics (the classifier is the user's code).
+                    let Some(attempt) = attempt.take() else {
+                        return Poll::Ready(
+                            Err("the retry layer's future lost its attempt".into()),
+                        );
+                    };
                     // The call is worked on where it lies: it is moved (into the boxed rest of
                     // the call) only when a retry is decided.
                     let next = {
                         let _call = call_ref.span.clone().entered();
-                        call_ref.after(last, attempt_ref)
+                        call_ref.after(last, &attempt)
                     };
-                    // From here the first attempt is over: a later poll finds no attempt.
-                    *attempt = None;
+                    drop(attempt);
                     let retry = match next {
                         Next::Done(result) => {
                             let result = call_ref.finish(result);
