@@ -240,7 +240,7 @@ impl<T: TokenSource> Shared<T> {
         self: Arc<Self>,
         mut service: S,
         spare: spare::Shared<S>,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: Body,
     ) -> Result<Response<ResBody>, BoxError>
     where
@@ -258,7 +258,6 @@ impl<T: TokenSource> Shared<T> {
         } else {
             body.buffer(self.replay_limit).await?
         };
-        let mut parts = parts;
         let resend = self.authorize(|| spare, &mut parts, &body, token);
         let request = Request::from_parts(parts, body::rebuild::<B>(body)?);
         let response = service.call(request).await.map_err(Into::into)?;
@@ -350,7 +349,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         if !self.shared.in_scope(&parts) {
             // Not for this token: sent as it came, body untouched.
             return ResponseFuture::direct(self.inner.call(Request::from_parts(parts, body)), None);
@@ -361,7 +360,6 @@ where
         if (body.is_replayable() || self.shared.replay_limit == 0)
             && let Some(token) = self.shared.cache.current(self.shared.margin)
         {
-            let mut parts = parts;
             let share = || self.spare.share(&self.inner);
             let resend = self.shared.authorize(share, &mut parts, &body, token);
             return match body::rebuild::<B>(body) {

@@ -111,7 +111,7 @@ where
                     service,
                     ..
                 } => {
-                    let (Some(attempt_ref), Some(call_ref)) = (attempt.as_ref(), call.as_mut())
+                    let (Some(attempt_ref), Some(call_ref)) = (attempt.as_ref(), call.as_ref())
                     else {
                         return Poll::Ready(Err("the retry layer's future was polled after it \
                                                 completed"
@@ -127,20 +127,18 @@ where
                         Err(error) => Last::Error(error.into()),
                     };
                     // From here the first attempt is over: a later poll finds no attempt, even
-                    // if deciding what follows panics (the classifier is the user's code).
-                    let Some(attempt) = attempt.take() else {
-                        return Poll::Ready(
-                            Err("the retry layer's future lost its attempt".into()),
-                        );
+                    // if deciding what follows panics (the classifier is the user's code). The
+                    // call is worked on where it lies: it is moved (into the boxed rest of the
+                    // call) only when a retry is decided.
+                    let (Some(attempt), Some(call_ref)) = (attempt.take(), call.as_mut()) else {
+                        return Poll::Ready(Err("the retry layer's future lost its call".into()));
                     };
-                    // The call is worked on where it lies: it is moved (into the boxed rest of
-                    // the call) only when a retry is decided.
                     let next = {
                         let _call = call_ref.span.clone().entered();
                         call_ref.after(last, &attempt)
                     };
                     drop(attempt);
-                    let retry = match next {
+                    let (delay, last) = match next {
                         Next::Done(result) => {
                             let result = call_ref.finish(result);
                             *call = None;
@@ -151,7 +149,6 @@ where
                     let (Some(call), Some(service)) = (call.take(), service.take()) else {
                         return Poll::Ready(Err("the retry layer's future lost its call".into()));
                     };
-                    let (delay, last) = retry;
                     (call, service, delay, last)
                 }
             };

@@ -1169,45 +1169,42 @@ async fn a_response_body_over_the_limit_is_not_retried() {
 
 mod switch;
 
-/// A service whose answer is its own field (not shared between clones): 503 while `fail` says
-/// so, then 200 with `answer` as the body.
+/// The scripted [`Server`], with a success's body set from a field of its own (not shared
+/// between clones, unlike the script): what `get_mut` changes.
 #[derive(Clone)]
-struct Answers {
-    fail: Arc<Mutex<u32>>,
+struct Labelled {
+    server: Server,
     answer: &'static str,
 }
 
-impl Service<Request<Body>> for Answers {
+impl Service<Request<Body>> for Labelled {
     type Response = Response<String>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+    type Error = BoxError;
+    type Future = <Server as Service<Request<Body>>>::Future;
 
     fn poll_ready(
         &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.server.poll_ready(cx)
     }
 
-    fn call(&mut self, _req: Request<Body>) -> Self::Future {
-        let mut fail = self.fail.lock().unwrap();
-        let response = if *fail > 0 {
-            *fail -= 1;
-            Response::builder()
-                .status(StatusCode::SERVICE_UNAVAILABLE)
-                .body(String::new())
-        } else {
-            Response::builder().body(self.answer.to_owned())
-        };
-        std::future::ready(Ok(response.unwrap()))
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let (answer, response) = (self.answer, self.server.call(req));
+        Box::pin(async move {
+            let mut response = response.await?;
+            if response.status().is_success() {
+                *response.body_mut() = answer.to_owned();
+            }
+            Ok(response)
+        })
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_first_try_answer_carries_no_retry_info_and_reads_as_one_attempt() {
-    let fail = Arc::new(Mutex::new(0));
-    let mut svc = RetryLayer::new(exact().build()).layer(Answers {
-        fail: fail.clone(),
+    let mut svc = RetryLayer::new(exact().build()).layer(Labelled {
+        server: Server::always(200),
         answer: "ok",
     });
     let res = svc.ready().await.unwrap().call(get()).await.unwrap();
@@ -1217,20 +1214,18 @@ async fn a_first_try_answer_carries_no_retry_info_and_reads_as_one_attempt() {
 
 #[tokio::test(start_paused = true)]
 async fn retries_go_to_the_inner_service_as_changed_through_get_mut() {
-    let fail = Arc::new(Mutex::new(0));
-    let mut svc = RetryLayer::new(exact().build()).layer(Answers {
-        fail: fail.clone(),
+    let server = Server::new([status(503), status(200), status(503)]);
+    let mut svc = RetryLayer::new(exact().build()).layer(Labelled {
+        server: server.clone(),
         answer: "before",
     });
     svc.get_mut().answer = "after";
     // The first attempt fails: the retry is sent on a clone of the inner service, which must be
     // the service as it is now, not as it was when the layer wrapped it.
-    *fail.lock().unwrap() = 1;
     let res = svc.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(info(&res).0, 2);
     assert_eq!(res.into_body(), "after");
     // Clones share the change.
-    *fail.lock().unwrap() = 1;
     let mut clone = svc.clone();
     let res = clone.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(res.into_body(), "after");
