@@ -6,14 +6,15 @@
 //! round, so that the machine's load moves all clients alike.
 //!
 //! ```text
-//! cargo run --release -p benches --bin loopback_interleaved -- [--rounds N] [--ablation] [--json]
+//! cargo run --release -p benches --bin loopback_interleaved -- [--rounds N] [--ablation]
+//!     [--leave-one-out] [--json]
 //! ```
 //!
 //! Per client and concurrency: the median over the rounds of its throughput as a share of raw's
 //! (and the interquartile range), CPU time per request (the whole process, server included: the
 //! same for every client, so differences are the client's) and heap allocations per request
 //! (a counting global allocator, the server's included likewise). `--ablation` adds the stack
-//! with one layer at a time.
+//! with one layer at a time, `--leave-one-out` the full stack with one layer left out.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -218,6 +219,68 @@ fn our_stack() -> Erased {
     ))
 }
 
+/// The full stack with one layer left out (the others in the client's order), for the
+/// leave-one-out ablation: what a layer costs in the company of the others, which is not what it
+/// costs alone (a layer's future holds everything below it, and a clone of the stack below is as
+/// deep as the stack).
+fn stack_without(name: &str) -> Erased {
+    let metrics = Metrics::new();
+    let idempotency = || IdempotencyLayer::new().metrics(metrics.clone());
+    let body = || tower::util::MapResponseLayer::new(|r: Response<Body>| r.map(Body::new));
+    let retry = || RetryLayer::new(stack::retry_policy()).metrics(metrics.clone());
+    let auth = || AuthLayer::new(stack::static_token()).metrics(metrics.clone());
+    let timeout = || tower::timeout::TimeoutLayer::new(Duration::from_secs(30));
+    let concurrency = || stack::concurrency(64, &metrics);
+    match name {
+        "stack without idempotency" => BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(retry())
+                .layer(auth())
+                .layer(timeout())
+                .layer(concurrency())
+                .service(leaf()),
+        ),
+        "stack without retry" => BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(idempotency())
+                .layer(body())
+                .layer(auth())
+                .layer(timeout())
+                .layer(concurrency())
+                .service(leaf()),
+        ),
+        "stack without auth" => BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(idempotency())
+                .layer(body())
+                .layer(retry())
+                .layer(timeout())
+                .layer(concurrency())
+                .service(leaf()),
+        ),
+        "stack without timeout" => BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(idempotency())
+                .layer(body())
+                .layer(retry())
+                .layer(auth())
+                .layer(concurrency())
+                .service(leaf()),
+        ),
+        "stack without concurrency" => BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(idempotency())
+                .layer(body())
+                .layer(retry())
+                .layer(auth())
+                .layer(timeout())
+                .service(leaf())
+                .map_err(BoxError::from),
+        ),
+        other => unreachable!("no variant {other}"),
+    }
+}
+
 /// The stack with one layer only, for the ablation.
 fn one_layer(name: &str) -> Erased {
     let metrics = Metrics::new();
@@ -256,7 +319,7 @@ fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
 }
 
 fn main() {
-    let (mut rounds, mut ablation, mut json) = (20usize, false, false);
+    let (mut rounds, mut ablation, mut leave_one_out, mut json) = (20usize, false, false, false);
     let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -269,6 +332,7 @@ fn main() {
                     .unwrap_or_else(|| usage())
             }
             "--ablation" => ablation = true,
+            "--leave-one-out" => leave_one_out = true,
             // One client (and raw, to compare with): for a profiler.
             "--only" => only = Some(args.next().unwrap_or_else(|| usage())),
             "--json" => json = true,
@@ -330,6 +394,18 @@ fn main() {
         }
     }
 
+    if leave_one_out {
+        for name in [
+            "stack without idempotency",
+            "stack without retry",
+            "stack without auth",
+            "stack without timeout",
+            "stack without concurrency",
+        ] {
+            let caller = rt.block_on(async { Caller::Stack(stack_without(name), uri.clone()) });
+            clients.push((name.to_owned(), caller));
+        }
+    }
     if let Some(only) = &only {
         clients.retain(|(name, _)| name == "raw hyper-util" || name == only);
         if clients.len() < 2 {
@@ -396,6 +472,9 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: loopback_interleaved [--rounds N] [--ablation] [--only CLIENT] [--json]");
+    eprintln!(
+        "usage: loopback_interleaved [--rounds N] [--ablation] [--leave-one-out] [--only CLIENT] \
+         [--json]"
+    );
     std::process::exit(2)
 }
