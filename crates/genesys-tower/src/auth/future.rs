@@ -70,6 +70,40 @@ impl<S, B, T> ResponseFuture<S, B, T>
 where
     S: Service<Request<B>>,
 {
+    /// Sends the request on `inner` (ready) with the token, as the future is made: the copy
+    /// for a re-send (when `resend` gives a service and a copy of the body) is taken first,
+    /// without the token, and the inner service's future is written where it stays rather than
+    /// moved into place.
+    #[inline(always)]
+    pub(super) fn send(
+        inner: &mut S,
+        shared: &Arc<Shared<T>>,
+        mut parts: http::request::Parts,
+        body: B,
+        token: super::cache::Cached,
+        resend: Option<(crate::spare::Shared<S>, Body)>,
+    ) -> Self {
+        ResponseFuture {
+            kind: Kind::Direct {
+                // Fields are made in the order written: the copy before the token goes in.
+                resend: resend.map(|(service, body)| Resend {
+                    service,
+                    parts: parts.clone(),
+                    body,
+                    shared: shared.clone(),
+                    token: token.token,
+                }),
+                future: {
+                    parts
+                        .headers
+                        .insert(http::header::AUTHORIZATION, token.header);
+                    inner.call(Request::from_parts(parts, body))
+                },
+                body: PhantomData,
+            },
+        }
+    }
+
     pub(super) fn direct(future: S::Future, resend: Option<Resend<S, T>>) -> Self {
         ResponseFuture {
             kind: Kind::Direct {

@@ -349,7 +349,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
         if !self.shared.in_scope(&parts) {
             // Not for this token: sent as it came, body untouched.
             return ResponseFuture::direct(self.inner.call(Request::from_parts(parts, body)), None);
@@ -360,12 +360,11 @@ where
         if (body.is_replayable() || self.shared.replay_limit == 0)
             && let Some(token) = self.shared.cache.current(self.shared.margin)
         {
-            let share = || self.spare.share(&self.inner);
-            let resend = self.shared.authorize(share, &mut parts, &body, token);
+            let copy = body.try_clone();
             return match body::rebuild::<B>(body) {
                 Ok(body) => {
-                    let future = self.inner.call(Request::from_parts(parts, body));
-                    ResponseFuture::direct(future, resend)
+                    let resend = copy.map(|copy| (self.spare.share(&self.inner), copy));
+                    ResponseFuture::send(&mut self.inner, &self.shared, parts, body, token, resend)
                 }
                 Err(e) => ResponseFuture::boxed(std::future::ready(Err(e.into()))),
             };

@@ -48,6 +48,19 @@ pub(super) struct Attempt {
     sent: Option<Instant>,
 }
 
+impl Attempt {
+    /// Sends `request` on `service`, which is ready, in the attempt's span: a layer below may do
+    /// its work (and log) in `call`, before its future is polled.
+    #[inline(always)]
+    pub(super) fn send<S, B>(&self, service: &mut S, request: Request<B>) -> S::Future
+    where
+        S: Service<Request<B>>,
+    {
+        let _entered = self.span.enter();
+        service.call(request)
+    }
+}
+
 /// A call in progress: what every attempt shares.
 pub(super) struct Call {
     shared: Arc<Shared>,
@@ -110,6 +123,16 @@ impl Call {
         S: Service<Request<B>>,
         B: ReplayBody,
     {
+        let (request, attempt) = self.next_attempt::<B>()?;
+        let future = attempt.send(service, request);
+        Ok((future, attempt))
+    }
+
+    /// The next attempt's request, and the attempt (its span, counted as sent): the caller
+    /// sends it with [`Attempt::send`].
+    pub(super) fn next_attempt<B: ReplayBody>(
+        &mut self,
+    ) -> Result<(Request<B>, Attempt), BoxError> {
         let body = if self.state.replayable {
             self.body.as_ref().and_then(Body::try_clone)
         } else {
@@ -120,37 +143,36 @@ impl Call {
         self.shared.metrics.record_attempt();
         let span = span::attempt(&self.span, self.state.attempts);
         let sent = self.metrics.attempt_start();
-        // In the attempt's span: a layer below may do its work (and log) in `call`, before its
-        // future is polled.
-        let entered = span.enter();
-        let future = service.call(Request::from_parts(self.parts.clone(), body));
-        drop(entered);
-        Ok((future, Attempt { span, sent }))
+        Ok((
+            Request::from_parts(self.parts.clone(), body),
+            Attempt { span, sent },
+        ))
     }
 
     /// Counts the attempt and decides what follows it.
     pub(super) fn after<R>(&mut self, last: Last<R>, attempt: &Attempt) -> Next<R> {
+        let decision = self.judge(last.outcome(), attempt);
+        self.conclude(decision, last)
+    }
+
+    /// Counts the attempt and decides what follows it, from its outcome seen in place: a
+    /// response that goes back as it is is never moved for the decision.
+    pub(super) fn judge(&mut self, outcome: Outcome<'_>, attempt: &Attempt) -> Decision {
         let policy = &self.shared.policy;
         let metrics = &self.shared.metrics;
-        let status = last.outcome().status();
+        let status = outcome.status();
         self.metrics.attempt(status, attempt.sent);
         span::attempt_outcome(
             &attempt.span,
-            match &last {
-                Last::Response(r) => Ok((r.status(), r.headers())),
-                Last::Error(e) => Err(&**e),
+            match outcome {
+                Outcome::Response(status, headers) => Ok((status, headers)),
+                Outcome::Error(error) => Err(error),
             },
         );
         if status == Some(StatusCode::TOO_MANY_REQUESTS) {
             metrics.record_rate_limited_response();
         }
-        let mut decision = decide(
-            policy,
-            &mut self.state,
-            &self.parts,
-            last.outcome(),
-            &SystemClock,
-        );
+        let mut decision = decide(policy, &mut self.state, &self.parts, outcome, &SystemClock);
         if let Decision::Retry { reason, .. } = decision
             && policy.budget().is_some_and(|budget| !budget.withdraw())
         {
@@ -164,13 +186,28 @@ impl Call {
         span::decision(&attempt.span, decision);
         attempt
             .span
-            .in_scope(|| trace(&self.state, &last, decision));
-        let Decision::Retry { reason, delay } = decision else {
-            return Next::Done(end(decision, last, &self.parts, &self.state));
-        };
-        metrics.record_retry(reason);
-        self.metrics.retry(reason);
-        Next::Retry { delay, last }
+            .in_scope(|| trace(&self.state, outcome, decision));
+        if let Decision::Retry { reason, .. } = decision {
+            metrics.record_retry(reason);
+            self.metrics.retry(reason);
+        }
+        decision
+    }
+
+    /// What follows `decision` on the attempt's outcome.
+    pub(super) fn conclude<R>(&self, decision: Decision, last: Last<R>) -> Next<R> {
+        match decision {
+            Decision::Retry { delay, .. } => Next::Retry { delay, last },
+            decision => Next::Done(end(decision, last, &self.parts, &self.state)),
+        }
+    }
+
+    /// Whether `decision` hands a response back as it came: a final answer, or one not retried,
+    /// at the first attempt (later ones carry a [`RetryInfo`]).
+    pub(super) fn returns_as_is(&self, decision: Decision) -> bool {
+        matches!(decision, Decision::Return | Decision::Stop { .. })
+            && self.state.attempts <= 1
+            && self.state.waited.is_zero()
     }
 
     /// The whole call, for a body that may have to be read into memory first.
@@ -247,18 +284,23 @@ impl Call {
         &self,
         result: Result<Response<R>, BoxError>,
     ) -> Result<Response<R>, BoxError> {
+        match &result {
+            Ok(response) => self.record_end(Some(response.status()), None),
+            Err(error) => self.record_end(None, Some(error)),
+        }
+        result
+    }
+
+    /// Records how the call ended: with a response of `status`, or with `error`.
+    pub(super) fn record_end(&self, status: Option<StatusCode>, error: Option<&BoxError>) {
         let policy = &self.shared.policy;
-        let status = result.as_ref().ok().map(Response::status);
         self.metrics.finish(status);
         if let Some(switch) = &self.shared.switch {
             let succeeded =
                 status.is_some_and(|s| !s.is_server_error() && s != StatusCode::TOO_MANY_REQUESTS);
             switch.record(policy.version(), succeeded, self.started.elapsed());
         }
-        let error = result
-            .as_ref()
-            .err()
-            .map(|e| crate::error::find::<Error>(&**e).map(Error::kind));
+        let error = error.map(|e| crate::error::find::<Error>(&**e).map(Error::kind));
         span::end(
             &self.span,
             status,
@@ -266,7 +308,6 @@ impl Call {
             self.state.attempts,
             self.state.waited,
         );
-        result
     }
 }
 
@@ -317,11 +358,11 @@ fn end<R>(
 
 /// One DEBUG event per attempt: its number, status or error, and what follows. Headers are never
 /// logged.
-fn trace<R>(state: &State, last: &Last<R>, decision: Decision) {
+fn trace(state: &State, outcome: Outcome<'_>, decision: Decision) {
     let attempt = state.attempts;
-    let (status, error) = match last {
-        Last::Response(response) => (Some(response.status().as_u16()), None),
-        Last::Error(error) => (None, Some(tracing::field::display(error))),
+    let (status, error) = match outcome {
+        Outcome::Response(status, _) => (Some(status.as_u16()), None),
+        Outcome::Error(error) => (None, Some(tracing::field::display(error))),
     };
     match decision {
         Decision::Return => tracing::debug!(attempt, status, error, "attempt done"),

@@ -17,6 +17,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::call::{Attempt, Call, Last, Next};
+use super::decide::Outcome;
 use crate::BoxError;
 use crate::body::ReplayBody;
 
@@ -61,15 +62,19 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
+    /// The first attempt of `call`, sent on `inner` (ready) as the future is made, so that the
+    /// inner service's future is written where it stays rather than moved into place.
+    #[inline(always)]
     pub(super) fn first(
-        future: S::Future,
+        inner: &mut S,
+        request: Request<B>,
         attempt: Attempt,
         call: Call,
         service: crate::spare::Shared<S>,
     ) -> Self {
         ResponseFuture {
             kind: Kind::First {
-                future,
+                future: attempt.send(inner, request),
                 attempt: Some(attempt),
                 call: Some(call),
                 service: Some(service),
@@ -122,10 +127,6 @@ where
                         let _attempt = attempt_ref.span.enter();
                         ready!(future.poll(cx))
                     };
-                    let last = match outcome {
-                        Ok(response) => Last::Response(response),
-                        Err(error) => Last::Error(error.into()),
-                    };
                     // From here the first attempt is over: a later poll finds no attempt, even
                     // if deciding what follows panics (the classifier is the user's code). The
                     // call is worked on where it lies: it is moved (into the boxed rest of the
@@ -133,10 +134,31 @@ where
                     let (Some(attempt), Some(call_ref)) = (attempt.take(), call.as_mut()) else {
                         return Poll::Ready(Err("the retry layer's future lost its call".into()));
                     };
-                    let next = {
-                        let _call = call_ref.span.clone().entered();
-                        call_ref.after(last, &attempt)
+                    let _call = call_ref.span.clone().entered();
+                    let (decision, last) = match outcome {
+                        Ok(response) => {
+                            let status = response.status();
+                            let decision = call_ref
+                                .judge(Outcome::Response(status, response.headers()), &attempt);
+                            if call_ref.returns_as_is(decision) {
+                                // The common end: the response goes back where it came from,
+                                // without a move through the decision.
+                                drop(_call);
+                                drop(attempt);
+                                call_ref.record_end(Some(status), None);
+                                *call = None;
+                                return Poll::Ready(Ok(response));
+                            }
+                            (decision, Last::Response(response))
+                        }
+                        Err(error) => {
+                            let error: BoxError = error.into();
+                            let decision = call_ref.judge(Outcome::Error(&*error), &attempt);
+                            (decision, Last::Error(error))
+                        }
                     };
+                    let next = call_ref.conclude(decision, last);
+                    drop(_call);
                     drop(attempt);
                     let (delay, last) = match next {
                         Next::Done(result) => {

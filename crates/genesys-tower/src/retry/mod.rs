@@ -354,9 +354,10 @@ where
             // future is polled in place; a clone of the service takes any attempt after it.
             call.set_body(body);
             call.count_attempt();
-            return match call.send::<S, B>(&mut self.inner) {
-                Ok((future, attempt)) => {
-                    ResponseFuture::first(future, attempt, call, self.spare.share(&self.inner))
+            return match call.next_attempt::<B>() {
+                Ok((request, attempt)) => {
+                    let spare = self.spare.share(&self.inner);
+                    ResponseFuture::first(&mut self.inner, request, attempt, call, spare)
                 }
                 Err(e) => ResponseFuture::boxed(std::future::ready(call.finish(Err(e)))),
             };
