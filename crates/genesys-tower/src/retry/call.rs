@@ -205,9 +205,7 @@ impl Call {
     /// Whether `decision` hands a response back as it came: a final answer, or one not retried,
     /// at the first attempt (later ones carry a [`RetryInfo`]).
     pub(super) fn returns_as_is(&self, decision: Decision) -> bool {
-        matches!(decision, Decision::Return | Decision::Stop { .. })
-            && self.state.attempts <= 1
-            && self.state.waited.is_zero()
+        matches!(decision, Decision::Return | Decision::Stop { .. }) && first_try(&self.state)
     }
 
     /// The whole call, for a body that may have to be read into memory first.
@@ -311,6 +309,12 @@ impl Call {
     }
 }
 
+/// Whether the call is at its first attempt, with no wait: its response carries no
+/// [`RetryInfo`].
+fn first_try(state: &State) -> bool {
+    state.attempts <= 1 && state.waited.is_zero()
+}
+
 /// What the caller gets when the call ends.
 fn end<R>(
     decision: Decision,
@@ -322,7 +326,7 @@ fn end<R>(
         (Decision::Return | Decision::Stop { .. }, Last::Response(mut response)) => {
             // A first-try answer carries none: `RetryInfo::of` reads its absence as one attempt,
             // and the common case allocates no extension map for it.
-            if state.attempts > 1 || !state.waited.is_zero() {
+            if !first_try(state) {
                 response.extensions_mut().insert(RetryInfo {
                     attempts: state.attempts,
                     waited: state.waited,

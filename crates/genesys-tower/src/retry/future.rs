@@ -67,17 +67,22 @@ where
     #[inline(always)]
     pub(super) fn first(
         inner: &mut S,
+        spare: &crate::spare::Spare<S>,
         request: Request<B>,
         attempt: Attempt,
         call: Call,
-        service: crate::spare::Shared<S>,
-    ) -> Self {
+    ) -> Self
+    where
+        S: Clone,
+    {
         ResponseFuture {
             kind: Kind::First {
                 future: attempt.send(inner, request),
                 attempt: Some(attempt),
                 call: Some(call),
-                service: Some(service),
+                // After the call, as an empty spare (after `get_mut`) is filled from the
+                // service as its call left it.
+                service: Some(spare.share(inner)),
                 body: PhantomData,
             },
         }

@@ -356,8 +356,7 @@ where
             call.count_attempt();
             return match call.next_attempt::<B>() {
                 Ok((request, attempt)) => {
-                    let spare = self.spare.share(&self.inner);
-                    ResponseFuture::first(&mut self.inner, request, attempt, call, spare)
+                    ResponseFuture::first(&mut self.inner, &self.spare, request, attempt, call)
                 }
                 Err(e) => ResponseFuture::boxed(std::future::ready(call.finish(Err(e)))),
             };

@@ -1230,3 +1230,54 @@ async fn retries_go_to_the_inner_service_as_changed_through_get_mut() {
     let res = clone.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(res.into_body(), "after");
 }
+
+/// The scripted [`Server`] behind a reservation of its own, taken in `poll_ready` and used up by
+/// `call`, as a concurrency limit's permit is. A clone copies the reservation, as a derived
+/// `Clone` would: a spare cloned from a service that is ready would skip the next check.
+#[derive(Clone)]
+struct Reserving {
+    server: Server,
+    reserved: bool,
+    checks: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Service<Request<Body>> for Reserving {
+    type Response = Response<String>;
+    type Error = BoxError;
+    type Future = <Server as Service<Request<Body>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if !self.reserved {
+            self.checks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.reserved = true;
+        }
+        self.server.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        assert!(self.reserved, "called without a reservation");
+        self.reserved = false;
+        self.server.call(req)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_get_mut_waits_for_readiness_of_its_own() {
+    let checks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut svc = RetryLayer::new(exact().build()).layer(Reserving {
+        server: Server::new([status(503), status(200)]),
+        reserved: false,
+        checks: checks.clone(),
+    });
+    // After `get_mut` the spare is made again from the inner service, at the next call: from
+    // the service as that call left it (reservation used), not as `poll_ready` left it.
+    let _ = svc.get_mut();
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(info(&res).0, 2);
+    let checks = checks.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(checks, 2, "each attempt took a reservation of its own");
+}
