@@ -1169,79 +1169,30 @@ async fn a_response_body_over_the_limit_is_not_retried() {
 
 mod switch;
 
-/// The scripted [`Server`], with a success's body set from a field of its own (not shared
-/// between clones, unlike the script): what `get_mut` changes.
+/// The scripted [`Server`] with state of its own, copied by `Clone` as a derived `Clone` copies
+/// it (not shared between clones, unlike the script): a success's body (what `get_mut` changes),
+/// and a reservation taken in `poll_ready` and used up by `call`, as a concurrency limit's permit
+/// is; `checks` counts the reservations taken.
 #[derive(Clone)]
-struct Labelled {
+struct Instance {
     server: Server,
     answer: &'static str,
-}
-
-impl Service<Request<Body>> for Labelled {
-    type Response = Response<String>;
-    type Error = BoxError;
-    type Future = <Server as Service<Request<Body>>>::Future;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        self.server.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let (answer, response) = (self.answer, self.server.call(req));
-        Box::pin(async move {
-            let mut response = response.await?;
-            if response.status().is_success() {
-                *response.body_mut() = answer.to_owned();
-            }
-            Ok(response)
-        })
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_first_try_answer_carries_no_retry_info_and_reads_as_one_attempt() {
-    let mut svc = RetryLayer::new(exact().build()).layer(Labelled {
-        server: Server::always(200),
-        answer: "ok",
-    });
-    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
-    assert!(res.extensions().get::<RetryInfo>().is_none());
-    assert_eq!(info(&res), (1, Duration::ZERO));
-}
-
-#[tokio::test(start_paused = true)]
-async fn retries_go_to_the_inner_service_as_changed_through_get_mut() {
-    let server = Server::new([status(503), status(200), status(503)]);
-    let mut svc = RetryLayer::new(exact().build()).layer(Labelled {
-        server: server.clone(),
-        answer: "before",
-    });
-    svc.get_mut().answer = "after";
-    // The first attempt fails: the retry is sent on a clone of the inner service, which must be
-    // the service as it is now, not as it was when the layer wrapped it.
-    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
-    assert_eq!(info(&res).0, 2);
-    assert_eq!(res.into_body(), "after");
-    // Clones share the change.
-    let mut clone = svc.clone();
-    let res = clone.ready().await.unwrap().call(get()).await.unwrap();
-    assert_eq!(res.into_body(), "after");
-}
-
-/// The scripted [`Server`] behind a reservation of its own, taken in `poll_ready` and used up by
-/// `call`, as a concurrency limit's permit is. A clone copies the reservation, as a derived
-/// `Clone` would: a spare cloned from a service that is ready would skip the next check.
-#[derive(Clone)]
-struct Reserving {
-    server: Server,
     reserved: bool,
     checks: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl Service<Request<Body>> for Reserving {
+impl Instance {
+    fn new(server: Server, answer: &'static str) -> Self {
+        Instance {
+            server,
+            answer,
+            reserved: false,
+            checks: Arc::default(),
+        }
+    }
+}
+
+impl Service<Request<Body>> for Instance {
     type Response = Response<String>;
     type Error = BoxError;
     type Future = <Server as Service<Request<Body>>>::Future;
@@ -1261,18 +1212,46 @@ impl Service<Request<Body>> for Reserving {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         assert!(self.reserved, "called without a reservation");
         self.reserved = false;
-        self.server.call(req)
+        let (answer, response) = (self.answer, self.server.call(req));
+        Box::pin(async move {
+            let mut response = response.await?;
+            if response.status().is_success() {
+                *response.body_mut() = answer.to_owned();
+            }
+            Ok(response)
+        })
     }
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_first_try_answer_carries_no_retry_info_and_reads_as_one_attempt() {
+    let mut svc = RetryLayer::new(exact().build()).layer(Instance::new(Server::always(200), "ok"));
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert!(res.extensions().get::<RetryInfo>().is_none());
+    assert_eq!(info(&res), (1, Duration::ZERO));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_go_to_the_inner_service_as_changed_through_get_mut() {
+    let server = Server::new([status(503), status(200), status(503)]);
+    let mut svc = RetryLayer::new(exact().build()).layer(Instance::new(server.clone(), "before"));
+    svc.get_mut().answer = "after";
+    // The first attempt fails: the retry is sent on a clone of the inner service, which must be
+    // the service as it is now, not as it was when the layer wrapped it.
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(info(&res).0, 2);
+    assert_eq!(res.into_body(), "after");
+    // Clones share the change.
+    let mut clone = svc.clone();
+    let res = clone.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.into_body(), "after");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_retry_after_get_mut_waits_for_readiness_of_its_own() {
-    let checks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut svc = RetryLayer::new(exact().build()).layer(Reserving {
-        server: Server::new([status(503), status(200)]),
-        reserved: false,
-        checks: checks.clone(),
-    });
+    let inner = Instance::new(Server::new([status(503), status(200)]), "ok");
+    let checks = inner.checks.clone();
+    let mut svc = RetryLayer::new(exact().build()).layer(inner);
     // After `get_mut` the spare is made again from the inner service, at the next call: from
     // the service as that call left it (reservation used), not as `poll_ready` left it.
     let _ = svc.get_mut();
