@@ -213,7 +213,9 @@ impl<T: TokenSource> Shared<T> {
 
     /// Puts the token in the request's head, and keeps what sending it again after a 401 needs
     /// (when its body can be sent again): the layer's spare service, the head, a copy of the
-    /// body.
+    /// body. For the slow path: the fast path does the same in `ResponseFuture::send`, inside
+    /// the future's own construction (sharing this code made the fast path measurably slower,
+    /// about 90 instructions a call).
     fn authorize<S>(
         self: &Arc<Self>,
         service: impl FnOnce() -> crate::spare::Shared<S>,

@@ -139,7 +139,7 @@ where
                     let (Some(attempt), Some(call_ref)) = (attempt.take(), call.as_mut()) else {
                         return Poll::Ready(Err("the retry layer's future lost its call".into()));
                     };
-                    let _call = call_ref.span.clone().entered();
+                    let entered = call_ref.span.clone().entered();
                     let (decision, last) = match outcome {
                         Ok(response) => {
                             let status = response.status();
@@ -148,7 +148,7 @@ where
                             if call_ref.returns_as_is(decision) {
                                 // The common end: the response goes back where it came from,
                                 // without a move through the decision.
-                                drop(_call);
+                                drop(entered);
                                 drop(attempt);
                                 call_ref.record_end(Some(status), None);
                                 *call = None;
@@ -163,7 +163,7 @@ where
                         }
                     };
                     let next = call_ref.conclude(decision, last);
-                    drop(_call);
+                    drop(entered);
                     drop(attempt);
                     let (delay, last) = match next {
                         Next::Done(result) => {
