@@ -120,7 +120,7 @@
 //! | `concurrency` | [`concurrency`] | none |
 //! | `idempotency` | [`idempotency`] (client side, in-memory store) | `uuid`, `moka`, `serde_json` |
 //! | `idempotency-server` | [`idempotency::server`] | `futures-util` |
-//! | `redis` | [`idempotency::RedisStore`] | `redis` |
+//! | `redis` | `idempotency::RedisStore`, `auth::RedisTokenCache`, `concurrency::RedisPacer` | `redis` |
 //! | `hyper-util` (default) | connect errors of hyper-util's client recognised as safe to retry | `hyper-util` |
 //! | `axum`, `reqwest` | [`ReplayBody`](body::ReplayBody) for their body types | `axum-core`, `reqwest` |
 //!
