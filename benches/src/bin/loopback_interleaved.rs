@@ -231,52 +231,18 @@ fn stack_without(name: &str) -> Erased {
     let auth = || AuthLayer::new(stack::static_token()).metrics(metrics.clone());
     let timeout = || tower::timeout::TimeoutLayer::new(Duration::from_secs(30));
     let concurrency = || stack::concurrency(64, &metrics);
+    // The layers, outermost first, over the shared leaf.
+    macro_rules! stack {
+        ($($layer:expr),+) => {
+            BoxCloneSyncService::new(ServiceBuilder::new()$(.layer($layer))+.service(leaf()))
+        };
+    }
     match name {
-        "stack without idempotency" => BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(retry())
-                .layer(auth())
-                .layer(timeout())
-                .layer(concurrency())
-                .service(leaf()),
-        ),
-        "stack without retry" => BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(idempotency())
-                .layer(body())
-                .layer(auth())
-                .layer(timeout())
-                .layer(concurrency())
-                .service(leaf()),
-        ),
-        "stack without auth" => BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(idempotency())
-                .layer(body())
-                .layer(retry())
-                .layer(timeout())
-                .layer(concurrency())
-                .service(leaf()),
-        ),
-        "stack without timeout" => BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(idempotency())
-                .layer(body())
-                .layer(retry())
-                .layer(auth())
-                .layer(concurrency())
-                .service(leaf()),
-        ),
-        "stack without concurrency" => BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(idempotency())
-                .layer(body())
-                .layer(retry())
-                .layer(auth())
-                .layer(timeout())
-                .service(leaf())
-                .map_err(BoxError::from),
-        ),
+        "stack without idempotency" => stack!(retry(), auth(), timeout(), concurrency()),
+        "stack without retry" => stack!(idempotency(), body(), auth(), timeout(), concurrency()),
+        "stack without auth" => stack!(idempotency(), body(), retry(), timeout(), concurrency()),
+        "stack without timeout" => stack!(idempotency(), body(), retry(), auth(), concurrency()),
+        "stack without concurrency" => stack!(idempotency(), body(), retry(), auth(), timeout()),
         other => unreachable!("no variant {other}"),
     }
 }
