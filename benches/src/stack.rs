@@ -11,7 +11,8 @@ use genesys_tower::concurrency::ConcurrencyLayer;
 use genesys_tower::idempotency::IdempotencyLayer;
 use genesys_tower::retry::{RetryLayer, RetryPolicy};
 use genesys_tower::{Body, BoxError, Metrics};
-use http::{Request, Response};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response};
 use tower::ServiceBuilder;
 use tower::timeout::TimeoutLayer;
 use tower_service::Service;
@@ -77,6 +78,71 @@ where
         .layer(AuthLayer::new(static_token()).metrics(metrics.clone()))
         .layer(TimeoutLayer::new(Duration::from_secs(30)))
         .layer(concurrency)
+        .service(leaf)
+}
+
+/// tower's own retry policy in the role of this stack's: 5xx and errors, 3 retries, a
+/// replayable body.
+#[derive(Debug, Clone)]
+pub struct SimpleRetry(u32);
+
+impl Default for SimpleRetry {
+    fn default() -> Self {
+        SimpleRetry(3)
+    }
+}
+
+impl tower::retry::Policy<Request<Body>, Response<Body>, BoxError> for SimpleRetry {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _req: &mut Request<Body>,
+        result: &mut Result<Response<Body>, BoxError>,
+    ) -> Option<Self::Future> {
+        let failed = match result {
+            Ok(response) => response.status().is_server_error(),
+            Err(_) => true,
+        };
+        (failed && self.0 > 0).then(|| {
+            self.0 -= 1;
+            std::future::ready(())
+        })
+    }
+
+    fn clone_request(&mut self, req: &Request<Body>) -> Option<Request<Body>> {
+        let body = req.body().try_clone()?;
+        let mut clone = Request::new(body);
+        *clone.method_mut() = req.method().clone();
+        *clone.uri_mut() = req.uri().clone();
+        *clone.headers_mut() = req.headers().clone();
+        Some(clone)
+    }
+}
+
+/// tower's own middleware in the roles of this stack's (the peer the loopback and in-memory
+/// benchmarks compare with): tower's `Retry` with [`SimpleRetry`], tower-http's
+/// `SetRequestHeader` for a bearer token, `Timeout` and `GlobalConcurrencyLimit`.
+pub fn tower_stack<S>(
+    leaf: S,
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future: Send + 'static>
++ Clone
++ Send
++ Sync
++ 'static
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(SimpleRetry::default()))
+        .layer(tower_http::set_header::SetRequestHeaderLayer::overriding(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer bench-token"),
+        ))
+        .layer(TimeoutLayer::new(Duration::from_secs(30)))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(64))
         .service(leaf)
 }
 

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --release -p benches --bin loopback_interleaved -- [--rounds N] [--ablation]
-//!     [--leave-one-out] [--json]
+//!     [--leave-one-out] [--only CLIENT] [--in-flight 1|32] [--json]
 //! ```
 //!
 //! Per client and concurrency: the median over the rounds of its throughput as a share of raw's
@@ -27,8 +27,7 @@ use genesys_tower::concurrency::ConcurrencyLayer;
 use genesys_tower::idempotency::IdempotencyLayer;
 use genesys_tower::retry::RetryLayer;
 use genesys_tower::{Body, BoxError, Metrics};
-use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -164,50 +163,8 @@ fn leaf()
         .map_err(BoxError::from)
 }
 
-/// tower's own retry policy in the same role: 5xx and errors, 3 retries, a replayable body.
-#[derive(Clone)]
-struct SimpleRetry(u32);
-
-impl tower::retry::Policy<Request<Body>, Response<Body>, BoxError> for SimpleRetry {
-    type Future = std::future::Ready<()>;
-
-    fn retry(
-        &mut self,
-        _req: &mut Request<Body>,
-        result: &mut Result<Response<Body>, BoxError>,
-    ) -> Option<Self::Future> {
-        let failed = match result {
-            Ok(response) => response.status().is_server_error(),
-            Err(_) => true,
-        };
-        (failed && self.0 > 0).then(|| {
-            self.0 -= 1;
-            std::future::ready(())
-        })
-    }
-
-    fn clone_request(&mut self, req: &Request<Body>) -> Option<Request<Body>> {
-        let body = req.body().try_clone()?;
-        let mut clone = Request::new(body);
-        *clone.method_mut() = req.method().clone();
-        *clone.uri_mut() = req.uri().clone();
-        *clone.headers_mut() = req.headers().clone();
-        Some(clone)
-    }
-}
-
 fn tower_stack() -> Erased {
-    BoxCloneSyncService::new(
-        ServiceBuilder::new()
-            .layer(tower::retry::RetryLayer::new(SimpleRetry(3)))
-            .layer(tower_http::set_header::SetRequestHeaderLayer::overriding(
-                AUTHORIZATION,
-                HeaderValue::from_static("Bearer bench-token"),
-            ))
-            .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(30)))
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(64))
-            .service(leaf()),
-    )
+    BoxCloneSyncService::new(stack::tower_stack(leaf()))
 }
 
 fn our_stack() -> Erased {
@@ -287,6 +244,7 @@ fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
 fn main() {
     let (mut rounds, mut ablation, mut leave_one_out, mut json) = (20usize, false, false, false);
     let mut only: Option<String> = None;
+    let mut in_flight_only: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -301,6 +259,15 @@ fn main() {
             "--leave-one-out" => leave_one_out = true,
             // One client (and raw, to compare with): for a profiler.
             "--only" => only = Some(args.next().unwrap_or_else(|| usage())),
+            // One of the two concurrencies only: for a profiler too.
+            "--in-flight" => {
+                in_flight_only = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .filter(|n| [1, 32].contains(n))
+                        .unwrap_or_else(|| usage()),
+                )
+            }
             "--json" => json = true,
             _ => usage(),
         }
@@ -381,6 +348,9 @@ fn main() {
     }
     let mut report = Vec::new();
     for (in_flight, requests) in [(1u64, 10_000u64), (32, 30_000)] {
+        if in_flight_only.is_some_and(|only| only != in_flight) {
+            continue;
+        }
         // Warm up every client: connections, pools, caches.
         for (_, caller) in &clients {
             rt.block_on(run(caller, in_flight, requests / 4));
@@ -440,7 +410,7 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: loopback_interleaved [--rounds N] [--ablation] [--leave-one-out] [--only CLIENT] \
-         [--json]"
+         [--in-flight 1|32] [--json]"
     );
     std::process::exit(2)
 }
