@@ -102,7 +102,9 @@ fn main() {
             method,
             n,
         )),
-        "ours-without-idempotency" => measure!(retry(), auth(), timeout(), concurrency()),
+        // The response body mapping the idempotency layer needs above it stays: it is left
+        // out with the layer in the loopback benchmark's row, and costs about 100 instructions.
+        "ours-without-idempotency" => measure!(body(), retry(), auth(), timeout(), concurrency()),
         "ours-without-retry" => measure!(idempotency(), body(), auth(), timeout(), concurrency()),
         "ours-without-auth" => measure!(idempotency(), body(), retry(), timeout(), concurrency()),
         "ours-without-timeout" => measure!(idempotency(), body(), retry(), auth(), concurrency()),
