@@ -15,6 +15,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use tower::ServiceBuilder;
 use tower::timeout::TimeoutLayer;
+use tower::util::BoxCloneSyncService;
 use tower_service::Service;
 
 /// A token source that hands out the same long-lived token: after the first request, the auth
@@ -79,6 +80,149 @@ where
         .layer(TimeoutLayer::new(Duration::from_secs(30)))
         .layer(concurrency)
         .service(leaf)
+}
+
+/// This crate's layers, each configured as [`full_stack`] configures it and counting into one
+/// [`Metrics`]: the pieces the ablations build their stacks from.
+#[derive(Debug, Clone)]
+pub struct Layers {
+    metrics: Metrics,
+}
+
+impl Layers {
+    /// The layers, counting into `metrics`.
+    pub fn new(metrics: &Metrics) -> Layers {
+        Layers {
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// The idempotency layer.
+    pub fn idempotency(&self) -> IdempotencyLayer {
+        IdempotencyLayer::new().metrics(self.metrics.clone())
+    }
+
+    /// The mapping of the response body to a [`Body`] that the idempotency layer needs above
+    /// the others (it keeps the body type of the service below).
+    pub fn body(&self) -> tower::util::MapResponseLayer<fn(Response<Body>) -> Response<Body>> {
+        tower::util::MapResponseLayer::new(|r: Response<Body>| r.map(Body::new))
+    }
+
+    /// The retry layer, with [`retry_policy`].
+    pub fn retry(&self) -> RetryLayer {
+        RetryLayer::new(retry_policy()).metrics(self.metrics.clone())
+    }
+
+    /// The auth layer, with [`static_token`].
+    pub fn auth(&self) -> AuthLayer<impl TokenSource + Clone> {
+        AuthLayer::new(static_token()).metrics(self.metrics.clone())
+    }
+
+    /// tower's timeout, per attempt.
+    pub fn timeout(&self) -> TimeoutLayer {
+        TimeoutLayer::new(Duration::from_secs(30))
+    }
+
+    /// The concurrency layer with non-binding pacing, as in [`full_stack`].
+    pub fn concurrency(&self) -> ConcurrencyLayer {
+        concurrency(64, &self.metrics)
+    }
+
+    /// The concurrency layer without pacing.
+    pub fn unpaced(&self) -> ConcurrencyLayer {
+        ConcurrencyLayer::new(64).metrics(self.metrics.clone())
+    }
+}
+
+/// A type-erased stack, as a shared client usually is.
+pub type Erased = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+/// The names [`without`] knows: the full stack with one layer left out.
+pub const LEAVE_ONE_OUT: &[&str] = &[
+    "without idempotency",
+    "without retry",
+    "without auth",
+    "without the timeout",
+    "without concurrency",
+    "without pacing",
+];
+
+/// The full stack over `leaf` with the layer that `name` (one of [`LEAVE_ONE_OUT`]) names left
+/// out, the others in the client's order, type-erased; `None` for another name. What a layer
+/// costs in the company of the others is not what it costs alone: a layer's future holds
+/// everything below it, and a clone of the stack below is as deep as the stack.
+pub fn without<S>(name: &str, leaf: S, metrics: &Metrics) -> Option<Erased>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let l = Layers::new(metrics);
+    // The layers, outermost first, over `leaf`.
+    macro_rules! erased {
+        ($($layer:expr),+) => {
+            BoxCloneSyncService::new(ServiceBuilder::new()$(.layer($layer))+.service(leaf))
+        };
+    }
+    crate::leave_one_out!(name, l, erased)
+}
+
+/// The full stack with the layer that `$name` (one of [`LEAVE_ONE_OUT`]) names left out, from
+/// the [`Layers`] `$l`, built by the macro `$build` (given the layers, outermost first):
+/// `Some` of what it builds, or `None` for another name. One list for every bench, boxed or not.
+#[macro_export]
+macro_rules! leave_one_out {
+    ($name:expr, $l:ident, $build:ident) => {
+        match $name {
+            "without idempotency" => Some($build!(
+                $l.body(),
+                $l.retry(),
+                $l.auth(),
+                $l.timeout(),
+                $l.concurrency()
+            )),
+            "without retry" => Some($build!(
+                $l.idempotency(),
+                $l.body(),
+                $l.auth(),
+                $l.timeout(),
+                $l.concurrency()
+            )),
+            "without auth" => Some($build!(
+                $l.idempotency(),
+                $l.body(),
+                $l.retry(),
+                $l.timeout(),
+                $l.concurrency()
+            )),
+            "without the timeout" => Some($build!(
+                $l.idempotency(),
+                $l.body(),
+                $l.retry(),
+                $l.auth(),
+                $l.concurrency()
+            )),
+            "without concurrency" => Some($build!(
+                $l.idempotency(),
+                $l.body(),
+                $l.retry(),
+                $l.auth(),
+                $l.timeout()
+            )),
+            "without pacing" => Some($build!(
+                $l.idempotency(),
+                $l.body(),
+                $l.retry(),
+                $l.auth(),
+                $l.timeout(),
+                $l.unpaced()
+            )),
+            _ => None,
+        }
+    };
 }
 
 /// tower's own retry policy in the role of this stack's: 5xx and errors, 3 retries, a

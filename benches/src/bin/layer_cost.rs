@@ -1,6 +1,7 @@
-//! What each layer costs in the company of the others, counted in instructions: N calls of one
-//! method through one stack over an in-memory service, for a counter that the machine's load
-//! does not move (cachegrind). Each stack is built unboxed, as its users would build it.
+//! What each layer costs in the company of the others, counted in instructions and atomic
+//! operations: N calls of one method through one stack over an in-memory service, for a counter
+//! that the machine's load does not move (callgrind, under `scripts/layer-instructions.sh`).
+//! Each stack is built unboxed, as its users would build it.
 //!
 //! ```text
 //! cargo build --release -p benches --bin layer_cost
@@ -11,23 +12,18 @@
 //! `STACK` is `raw` (the in-memory service alone), `ours` (this crate's full stack, as the client
 //! builds it), `tower` (tower's own middleware in the same roles, the peer of issue 14), or
 //! either stack with one layer left out: `ours-without-idempotency`, `-retry`, `-auth`,
-//! `-timeout`, `-concurrency` or `-pacing` (the concurrency layer kept, its pacing off), and
+//! `-the-timeout`, `-concurrency` or `-pacing` (the concurrency layer kept, its pacing off;
+//! the rows of `benches::stack::LEAVE_ONE_OUT`, the idempotency layer's response body
+//! mapping kept when the layer is left out), and
 //! `tower-without-retry`, `-header`, `-timeout` or `-limit`. The instructions of one call are
 //! the difference between two counts at two values of N, over their difference; the process
 //! prints nothing else than the nanoseconds per call, which mean little under a counter.
 
-use std::time::Duration;
-
 use benches::stack::{self, SimpleRetry, instant_service, time_calls};
-use genesys_tower::auth::AuthLayer;
-use genesys_tower::concurrency::ConcurrencyLayer;
-use genesys_tower::idempotency::IdempotencyLayer;
-use genesys_tower::retry::RetryLayer;
-use genesys_tower::{Body, BoxError, Metrics};
+use genesys_tower::{BoxError, Metrics};
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Method, Response};
+use http::{HeaderValue, Method};
 use tower::ServiceBuilder;
-use tower::timeout::TimeoutLayer;
 use tower::util::MapErrLayer;
 
 /// The names `STACK` may take.
@@ -37,7 +33,7 @@ const STACKS: &[&str] = &[
     "ours-without-idempotency",
     "ours-without-retry",
     "ours-without-auth",
-    "ours-without-timeout",
+    "ours-without-the-timeout",
     "ours-without-concurrency",
     "ours-without-pacing",
     "tower",
@@ -68,13 +64,7 @@ fn main() {
         .expect("a tokio runtime");
     let metrics = Metrics::new();
     // This crate's layers, as `stack::full_stack` configures them.
-    let idempotency = || IdempotencyLayer::new().metrics(metrics.clone());
-    let body = || tower::util::MapResponseLayer::new(|r: Response<Body>| r.map(Body::new));
-    let retry = || RetryLayer::new(stack::retry_policy()).metrics(metrics.clone());
-    let auth = || AuthLayer::new(stack::static_token()).metrics(metrics.clone());
-    let timeout = || TimeoutLayer::new(Duration::from_secs(30));
-    let concurrency = || stack::concurrency(64, &metrics);
-    let unpaced = || ConcurrencyLayer::new(64).metrics(metrics.clone());
+    let l = stack::Layers::new(&metrics);
     // tower's, as `stack::tower_stack` configures them, over a leaf whose errors are boxed.
     let t_retry = || tower::retry::RetryLayer::new(SimpleRetry::default());
     let t_header = || {
@@ -98,26 +88,23 @@ fn main() {
     let ns = match name.as_str() {
         "raw" => rt.block_on(time_calls(instant_service(), method, n)),
         "ours" => rt.block_on(time_calls(
-            stack::full_stack(instant_service(), concurrency(), &metrics),
+            stack::full_stack(instant_service(), l.concurrency(), &metrics),
             method,
             n,
         )),
-        // The response body mapping the idempotency layer needs above it stays: it is left
-        // out with the layer in the loopback benchmark's row, and costs about 100 instructions.
-        "ours-without-idempotency" => measure!(body(), retry(), auth(), timeout(), concurrency()),
-        "ours-without-retry" => measure!(idempotency(), body(), auth(), timeout(), concurrency()),
-        "ours-without-auth" => measure!(idempotency(), body(), retry(), timeout(), concurrency()),
-        "ours-without-timeout" => measure!(idempotency(), body(), retry(), auth(), concurrency()),
-        "ours-without-concurrency" => measure!(idempotency(), body(), retry(), auth(), timeout()),
-        "ours-without-pacing" => {
-            measure!(idempotency(), body(), retry(), auth(), timeout(), unpaced())
-        }
         "tower" => rt.block_on(time_calls(stack::tower_stack(instant_service()), method, n)),
-        "tower-without-retry" => measure!(t_header(), timeout(), t_limit(), boxed()),
-        "tower-without-header" => measure!(t_retry(), timeout(), t_limit(), boxed()),
+        "tower-without-retry" => measure!(t_header(), l.timeout(), t_limit(), boxed()),
+        "tower-without-header" => measure!(t_retry(), l.timeout(), t_limit(), boxed()),
         "tower-without-timeout" => measure!(t_retry(), t_header(), t_limit(), boxed()),
-        "tower-without-limit" => measure!(t_retry(), t_header(), timeout(), boxed()),
-        _ => usage(),
+        "tower-without-limit" => measure!(t_retry(), t_header(), l.timeout(), boxed()),
+        other => {
+            // "ours-without-the-timeout" names the row "without the timeout".
+            let row = other
+                .strip_prefix("ours-")
+                .unwrap_or(other)
+                .replace('-', " ");
+            benches::leave_one_out!(row.as_str(), l, measure).unwrap_or_else(|| usage())
+        }
     };
     println!("{ns:.0} ns per call");
 }

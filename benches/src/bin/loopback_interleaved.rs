@@ -21,11 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use benches::loopback::{Server, hyper_client};
-use benches::stack;
-use genesys_tower::auth::AuthLayer;
-use genesys_tower::concurrency::ConcurrencyLayer;
-use genesys_tower::idempotency::IdempotencyLayer;
-use genesys_tower::retry::RetryLayer;
+use benches::stack::{self, Erased};
 use genesys_tower::{Body, BoxError, Metrics};
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
@@ -35,7 +31,7 @@ use reqwest_middleware::ClientWithMiddleware;
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_service::Service;
 
 /// Counts every allocation of the process.
@@ -66,8 +62,6 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 const PATH: &str = "/api/v2/users/42";
-
-type Erased = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 /// One way of making a GET and reading its body to the end.
 #[derive(Clone)]
@@ -176,62 +170,18 @@ fn our_stack() -> Erased {
     ))
 }
 
-/// The full stack with one layer left out (the others in the client's order), for the
-/// leave-one-out ablation: what a layer costs in the company of the others, which is not what it
-/// costs alone (a layer's future holds everything below it, and a clone of the stack below is as
-/// deep as the stack).
-fn stack_without(name: &str) -> Erased {
-    let metrics = Metrics::new();
-    let idempotency = || IdempotencyLayer::new().metrics(metrics.clone());
-    let body = || tower::util::MapResponseLayer::new(|r: Response<Body>| r.map(Body::new));
-    let retry = || RetryLayer::new(stack::retry_policy()).metrics(metrics.clone());
-    let auth = || AuthLayer::new(stack::static_token()).metrics(metrics.clone());
-    let timeout = || tower::timeout::TimeoutLayer::new(Duration::from_secs(30));
-    let concurrency = || stack::concurrency(64, &metrics);
-    // The layers, outermost first, over the shared leaf.
-    macro_rules! stack {
-        ($($layer:expr),+) => {
-            BoxCloneSyncService::new(ServiceBuilder::new()$(.layer($layer))+.service(leaf()))
-        };
-    }
-    match name {
-        "stack without idempotency" => stack!(retry(), auth(), timeout(), concurrency()),
-        "stack without retry" => stack!(idempotency(), body(), auth(), timeout(), concurrency()),
-        "stack without auth" => stack!(idempotency(), body(), retry(), timeout(), concurrency()),
-        "stack without timeout" => stack!(idempotency(), body(), retry(), auth(), concurrency()),
-        "stack without concurrency" => stack!(idempotency(), body(), retry(), auth(), timeout()),
-        other => unreachable!("no variant {other}"),
-    }
-}
-
 /// The stack with one layer only, for the ablation.
 fn one_layer(name: &str) -> Erased {
-    let metrics = Metrics::new();
+    let l = stack::Layers::new(&Metrics::new());
     match name {
-        "retry only" => BoxCloneSyncService::new(
-            RetryLayer::new(stack::retry_policy())
-                .metrics(metrics)
-                .layer(leaf()),
-        ),
-        "auth only" => BoxCloneSyncService::new(
-            AuthLayer::new(stack::static_token())
-                .metrics(metrics)
-                .layer(leaf()),
-        ),
-        "idempotency only" => {
-            BoxCloneSyncService::new(IdempotencyLayer::new().metrics(metrics).layer(leaf()))
+        "retry only" => BoxCloneSyncService::new(l.retry().layer(leaf())),
+        "auth only" => BoxCloneSyncService::new(l.auth().layer(leaf())),
+        "idempotency only" => BoxCloneSyncService::new(l.idempotency().layer(leaf())),
+        "concurrency only" => BoxCloneSyncService::new(l.unpaced().layer(leaf())),
+        "concurrency+pacing only" => BoxCloneSyncService::new(l.concurrency().layer(leaf())),
+        "timeout only" => {
+            BoxCloneSyncService::new(l.timeout().layer(leaf()).map_err(BoxError::from))
         }
-        "concurrency only" => {
-            BoxCloneSyncService::new(ConcurrencyLayer::new(64).metrics(metrics).layer(leaf()))
-        }
-        "concurrency+pacing only" => {
-            BoxCloneSyncService::new(stack::concurrency(64, &metrics).layer(leaf()))
-        }
-        "timeout only" => BoxCloneSyncService::new(
-            tower::timeout::TimeoutLayer::new(Duration::from_secs(30))
-                .layer(leaf())
-                .map_err(BoxError::from),
-        ),
         other => unreachable!("no layer {other}"),
     }
 }
@@ -328,15 +278,12 @@ fn main() {
     }
 
     if leave_one_out {
-        for name in [
-            "stack without idempotency",
-            "stack without retry",
-            "stack without auth",
-            "stack without timeout",
-            "stack without concurrency",
-        ] {
-            let caller = rt.block_on(async { Caller::Stack(stack_without(name), uri.clone()) });
-            clients.push((name.to_owned(), caller));
+        for name in stack::LEAVE_ONE_OUT {
+            let caller = rt.block_on(async {
+                let stack = stack::without(name, leaf(), &Metrics::new()).expect("a known name");
+                Caller::Stack(stack, uri.clone())
+            });
+            clients.push(((*name).to_owned(), caller));
         }
     }
     if let Some(only) = &only {

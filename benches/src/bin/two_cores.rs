@@ -13,19 +13,13 @@
 //! median of each round's difference. On a machine whose two cores are busy with other work the
 //! two threads do not always run at once: read the medians, and compare stacks of one run only.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use benches::stack::{self, instant_service, time_calls};
-use genesys_tower::auth::AuthLayer;
-use genesys_tower::concurrency::ConcurrencyLayer;
-use genesys_tower::idempotency::IdempotencyLayer;
-use genesys_tower::retry::RetryLayer;
-use genesys_tower::{Body, BoxError, Metrics};
-use http::{Method, Request, Response};
+use benches::stack::{self, Erased, instant_service, time_calls};
+use genesys_tower::{BoxError, Metrics};
+use http::Method;
+use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
-
-type Erased = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 /// Nanoseconds per call of `calls` GETs on each of `threads` clones of `svc`, at once.
 fn run(svc: &Erased, threads: usize, calls: u32) -> f64 {
@@ -70,20 +64,6 @@ fn main() {
         }
     }
     let metrics = Metrics::new();
-    let idempotency = || IdempotencyLayer::new().metrics(metrics.clone());
-    let body = || tower::util::MapResponseLayer::new(|r: Response<Body>| r.map(Body::new));
-    let retry = || RetryLayer::new(stack::retry_policy()).metrics(metrics.clone());
-    let auth = || AuthLayer::new(stack::static_token()).metrics(metrics.clone());
-    let timeout = || tower::timeout::TimeoutLayer::new(Duration::from_secs(30));
-    let concurrency = || stack::concurrency(64, &metrics);
-    let unpaced = || ConcurrencyLayer::new(64).metrics(metrics.clone());
-    // The layers, outermost first, over the in-memory service, type-erased as a caller's
-    // shared stack usually is.
-    macro_rules! stack {
-        ($($layer:expr),+) => {
-            BoxCloneSyncService::new(ServiceBuilder::new()$(.layer($layer))+.service(instant_service()))
-        };
-    }
     let mut stacks: Vec<(&str, Erased)> = vec![
         (
             "in-memory service alone",
@@ -97,44 +77,28 @@ fn main() {
             "genesys-tower stack",
             BoxCloneSyncService::new(stack::full_stack(
                 instant_service(),
-                concurrency(),
+                stack::concurrency(64, &metrics),
                 &metrics,
             )),
         ),
     ];
     if leave_one_out {
-        stacks.extend([
-            (
-                "without idempotency",
-                stack!(body(), retry(), auth(), timeout(), concurrency()),
-            ),
-            (
-                "without retry",
-                stack!(idempotency(), body(), auth(), timeout(), concurrency()),
-            ),
-            (
-                "without auth",
-                stack!(idempotency(), body(), retry(), timeout(), concurrency()),
-            ),
-            (
-                "without the timeout",
-                stack!(idempotency(), body(), retry(), auth(), concurrency()),
-            ),
-            (
-                "without concurrency",
-                stack!(idempotency(), body(), retry(), auth(), timeout()),
-            ),
-            (
-                "without pacing",
-                stack!(idempotency(), body(), retry(), auth(), timeout(), unpaced()),
-            ),
-        ]);
+        for name in stack::LEAVE_ONE_OUT {
+            let leaf = instant_service().map_err(BoxError::from);
+            stacks.push((
+                name,
+                stack::without(name, leaf, &metrics).expect("a known name"),
+            ));
+        }
     }
     // Warm up: the allocator's caches, the token, the branch predictors.
     for (_, svc) in &stacks {
         run(svc, 2, calls / 4);
     }
-    let (mut one, mut two) = (vec![Vec::new(); stacks.len()], vec![Vec::new(); stacks.len()]);
+    let (mut one, mut two) = (
+        vec![Vec::new(); stacks.len()],
+        vec![Vec::new(); stacks.len()],
+    );
     let started = Instant::now();
     for round in 0..rounds {
         for k in 0..stacks.len() {
@@ -147,7 +111,9 @@ fn main() {
         "{rounds} rounds of {calls} GETs per thread, {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    println!("| stack | one thread, ns per call | two threads at once | added by the second core |");
+    println!(
+        "| stack | one thread, ns per call | two threads at once | added by the second core |"
+    );
     println!("| --- | --- | --- | --- |");
     for (i, (name, _)) in stacks.iter().enumerate() {
         let added: Vec<f64> = one[i].iter().zip(&two[i]).map(|(a, b)| b - a).collect();
