@@ -226,20 +226,21 @@ where
 
     /// Always ready: most calls answered from the store or joined to another never reach the
     /// inner service, so its readiness is awaited in the call, only when the request is sent.
-    /// No capacity below (a concurrency permit, say) is held while a call waits for another.
+    /// No capacity below (a concurrency permit, say) is held while a call waits for another, or
+    /// between calls.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let inner = self.inner.clone();
         // A request the layer leaves alone (a GET without a key) goes through in a future of
-        // its own, a fraction of the size of the keyed path's.
+        // its own, a fraction of the size of the keyed path's, on the layer's own instance of
+        // the service below when that is ready at once (see `ResponseFuture::direct`).
         let untouched = !self.config.methods.contains(req.method())
             && req.extensions().get::<IdempotencyKey>().is_none()
             && !req.headers().contains_key(IDEMPOTENCY_KEY);
         if untouched {
-            return ResponseFuture::direct(inner.oneshot(req), None);
+            return ResponseFuture::direct(&mut self.inner, req, None);
         }
         if self.config.methods.contains(req.method())
             && req.extensions().get::<IdempotencyKey>().is_none()
@@ -256,10 +257,10 @@ where
             if let Ok(value) = HeaderValue::from_str(key.as_str()) {
                 req.headers_mut().insert(IDEMPOTENCY_KEY, value);
             }
-            return ResponseFuture::direct(inner.oneshot(req), Some(key));
+            return ResponseFuture::direct(&mut self.inner, req, Some(key));
         }
         let config = self.config.clone();
-        ResponseFuture::keyed(run(config, inner, req))
+        ResponseFuture::keyed(run(config, self.inner.clone(), req))
     }
 }
 

@@ -10,6 +10,7 @@ use axum::Router;
 use axum::routing::post;
 use bytes::Bytes;
 use futures_util::future::join_all;
+use genesys_tower::concurrency::ConcurrencyLayer;
 use genesys_tower::idempotency::server::ServerIdempotencyLayer;
 use genesys_tower::idempotency::{
     Claim, ClaimOptions, ClaimToken, Error, Fingerprint, IdempotencyKey, IdempotencyLayer,
@@ -429,6 +430,130 @@ async fn a_call_dropped_midway_frees_its_key() {
     assert!(timed_out.is_err());
     tokio::task::yield_now().await;
     assert_eq!(store.in_flight_len(), 0, "the key was released");
+}
+
+/// A service that counts its clones, around `inner`.
+#[derive(Debug)]
+struct CountingClones<S> {
+    inner: S,
+    clones: Arc<AtomicUsize>,
+}
+
+impl<S: Clone> Clone for CountingClones<S> {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, SeqCst);
+        CountingClones {
+            inner: self.inner.clone(),
+            clones: self.clones.clone(),
+        }
+    }
+}
+
+impl<S: Service<R>, R> Service<R> for CountingClones<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        self.inner.call(req)
+    }
+}
+
+#[tokio::test]
+async fn a_request_the_layer_sends_as_it_is_goes_to_a_ready_service_below_without_a_clone_of_it() {
+    // A client whose clone is costly (a deep stack: every layer's reference counts) pays for
+    // none when the layer has nothing to look up: a GET, and a POST with a key of its own.
+    let seen = Seen::default();
+    let clones = Arc::new(AtomicUsize::new(0));
+    let mut svc = IdempotencyLayer::new().layer(CountingClones {
+        inner: scripted(&seen, &[200], Duration::ZERO),
+        clones: clones.clone(),
+    });
+    for method in [Method::GET, Method::POST, Method::GET] {
+        let response = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(method.clone(), "{}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.extensions().get::<IdempotencyKey>().is_some(),
+            method == Method::POST,
+            "the key of the layer's own is named on the response"
+        );
+    }
+    assert_eq!(seen.count(), 3);
+    assert_eq!(clones.load(SeqCst), 0, "the service below was never cloned");
+    // A key of the caller's goes through the store, on a clone.
+    svc.ready()
+        .await
+        .unwrap()
+        .call(keyed("k", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(clones.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_below_that_is_not_ready_is_waited_for_and_nothing_it_reserved_stays_with_the_layer()
+ {
+    // One permit below. A GET holds it; a second GET on the same service finds the stack below
+    // not ready and must wait for the permit, in its own future; one dropped while it waits
+    // must not leave its place in the permit's queue to the layer, or the next call would wait
+    // behind a waiter that no one polls.
+    let gate = Arc::new(Notify::new());
+    let sent = Arc::new(AtomicUsize::new(0));
+    let below = {
+        let (gate, sent) = (gate.clone(), sent.clone());
+        service_fn(move |_req: Request<Body>| {
+            let (gate, sent) = (gate.clone(), sent.clone());
+            async move {
+                if sent.fetch_add(1, SeqCst) == 0 {
+                    gate.notified().await;
+                }
+                Ok::<_, BoxError>(Response::new(Body::from("ok")))
+            }
+        })
+    };
+    let mut svc = IdempotencyLayer::new().layer(ConcurrencyLayer::new(1).layer(below));
+    let get = || request(Method::GET, "");
+    let first = svc.ready().await.unwrap().call(get());
+    let first = tokio::spawn(first);
+    tokio::task::yield_now().await;
+    assert_eq!(sent.load(SeqCst), 1, "the first GET holds the one permit");
+
+    // Made while the permit is taken, then dropped without ever being polled to the end.
+    let dropped = svc.ready().await.unwrap().call(get());
+    drop(dropped);
+    // Made while the permit is taken, and awaited.
+    let waiting = tokio::spawn(svc.ready().await.unwrap().call(get()));
+    tokio::task::yield_now().await;
+    assert_eq!(sent.load(SeqCst), 1, "the second GET waits for the permit");
+
+    gate.notify_one();
+    let within = Duration::from_secs(5);
+    let first = tokio::time::timeout(within, first)
+        .await
+        .expect("the first GET ends");
+    assert_eq!(first.unwrap().unwrap().status(), StatusCode::OK);
+    let waiting = tokio::time::timeout(within, waiting)
+        .await
+        .expect("the waiting GET is sent once the permit is free");
+    assert_eq!(waiting.unwrap().unwrap().status(), StatusCode::OK);
+    let last = tokio::time::timeout(within, svc.ready().await.unwrap().call(get()))
+        .await
+        .expect("a later GET finds the permit free");
+    assert_eq!(last.unwrap().status(), StatusCode::OK);
+    assert_eq!(sent.load(SeqCst), 3);
 }
 
 // ---------------------------------------------------------------------------------------------
