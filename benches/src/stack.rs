@@ -71,19 +71,20 @@ where
     ResB: http_body::Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
+    let l = Layers::new(metrics);
     ServiceBuilder::new()
-        .layer(IdempotencyLayer::new().metrics(metrics.clone()))
+        .layer(l.idempotency())
         // The idempotency layer keeps the leaf's response body type; it was `Body` before.
         .map_response(|r: Response<ResB>| r.map(Body::new))
-        .layer(RetryLayer::new(retry_policy()).metrics(metrics.clone()))
-        .layer(AuthLayer::new(static_token()).metrics(metrics.clone()))
-        .layer(TimeoutLayer::new(Duration::from_secs(30)))
+        .layer(l.retry())
+        .layer(l.auth())
+        .layer(l.timeout())
         .layer(concurrency)
         .service(leaf)
 }
 
-/// This crate's layers, each configured as [`full_stack`] configures it and counting into one
-/// [`Metrics`]: the pieces the ablations build their stacks from.
+/// This crate's layers as the client configures them, counting into one [`Metrics`]: the
+/// pieces [`full_stack`] and the ablations build their stacks from.
 #[derive(Debug, Clone)]
 pub struct Layers {
     metrics: Metrics,
@@ -114,7 +115,7 @@ impl Layers {
     }
 
     /// The auth layer, with [`static_token`].
-    pub fn auth(&self) -> AuthLayer<impl TokenSource + Clone> {
+    pub fn auth(&self) -> AuthLayer<impl TokenSource + Clone + use<>> {
         AuthLayer::new(static_token()).metrics(self.metrics.clone())
     }
 
