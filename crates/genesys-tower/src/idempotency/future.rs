@@ -78,7 +78,8 @@ impl<S: Service<Request<ReqB>>, ReqB> ResponseFuture<S, ReqB> {
                     key,
                 },
             },
-            // A failed instance is not asked again: the next call starts from a fresh clone.
+            // The error is the call's; the instance that gave it is dropped, and the next call
+            // goes to a clone of it, as every call did before.
             Poll::Ready(Err(e)) => {
                 *inner = inner.clone();
                 Self::keyed(std::future::ready(Err(e.into())))
