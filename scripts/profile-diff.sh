@@ -74,6 +74,6 @@ print(f"| symbol | {a} ns | {b} ns | difference |")
 print("| --- | --- | --- | --- |")
 rows = sorted(set(sa) | set(sb), key=lambda k: sb.get(k, 0) - sa.get(k, 0), reverse=True)
 for k in rows[:25]:
-    print(f"| {k} | {ns(sa.get(k, 0)):.0f} | {ns(sb.get(k, 0)):.0f} | "
+    print(f"| `{k}` | {ns(sa.get(k, 0)):.0f} | {ns(sb.get(k, 0)):.0f} | "
           f"{ns(sb.get(k, 0) - sa.get(k, 0)):+.0f} |")
 EOF
