@@ -1,6 +1,8 @@
 //! The token cache shared by every clone: one fetch at a time, its outcome shared by everyone
 //! who waited for it.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -17,13 +19,61 @@ pub(crate) struct Cached {
     pub(crate) header: HeaderValue,
 }
 
-#[derive(Default)]
+impl Cached {
+    /// The same token and header in allocations of their own (see [`Cache::current`]).
+    fn own_copy(&self) -> Cached {
+        let mut header =
+            HeaderValue::from_bytes(self.header.as_bytes()).unwrap_or_else(|_| self.header.clone());
+        header.set_sensitive(true);
+        Cached {
+            token: self.token.own_copy(),
+            header,
+        }
+    }
+}
+
 pub(crate) struct Cache {
-    /// Read by every request (a shared lock: requests on several cores do not queue behind each
-    /// other), written when a fetch ends or a token is refused.
+    /// Written when a fetch ends or a token is refused; read by a request only when its
+    /// thread's copy is out of date.
     state: RwLock<State>,
+    /// Which `state.current` is in force: raised (under the write lock) whenever it changes.
+    /// A request reads it, and nothing else shared, when its thread's copy is up to date.
+    version: AtomicU64,
+    /// Tells this cache's copies apart from another cache's in a thread's slots.
+    id: u64,
     /// Held by the one request that is fetching; the others queue behind it.
     refresh: tokio::sync::Mutex<()>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Cache {
+            state: RwLock::default(),
+            version: AtomicU64::new(0),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            refresh: tokio::sync::Mutex::default(),
+        }
+    }
+}
+
+/// How many caches' tokens a thread keeps a copy of (a process usually has one).
+const SLOTS: usize = 4;
+
+/// A thread's copy of one cache's current token.
+struct Slot {
+    cache: u64,
+    version: u64,
+    cached: Option<Cached>,
+}
+
+thread_local! {
+    /// Each thread's copies of the caches' current tokens. Every request clones the token and
+    /// its header value: from one copy shared by every thread, each clone (and its drop) would
+    /// move that copy's reference count from core to core, and so would the read lock; a
+    /// thread's own copy keeps both on its core. Bounded: a slot per cache, `SLOTS` at most,
+    /// the oldest replaced.
+    static SLOTS_OF_THREAD: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
 }
 
 #[derive(Default)]
@@ -83,14 +133,60 @@ impl Cache {
     }
 
     /// The common case: the cached token, when there is one and it is not due for refresh yet,
-    /// read under the shared lock, without waiting.
+    /// without waiting. Read from this thread's copy when that is of the version in force (one
+    /// atomic load, no write to anything another thread reads); otherwise under the shared
+    /// lock, and the thread's copy renewed.
     pub(crate) fn current(&self, margin: Duration) -> Option<Cached> {
-        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        state
-            .current
-            .as_ref()
-            .filter(|c| !due(&c.token, margin, Instant::now()))
-            .cloned()
+        let version = self.version.load(Ordering::Acquire);
+        let copy = SLOTS_OF_THREAD.try_with(|slots| {
+            let slots = slots.try_borrow().ok()?;
+            let slot = slots
+                .iter()
+                .find(|s| s.cache == self.id && s.version == version)?;
+            Some(slot.cached.clone())
+        });
+        let current = match copy {
+            Ok(Some(current)) => current,
+            // No copy of this version on this thread (or the thread is ending).
+            _ => self.renew_copy(),
+        };
+        current.filter(|c| !due(&c.token, margin, Instant::now()))
+    }
+
+    /// The current token, read under the shared lock, and this thread's copy of it renewed.
+    #[cold]
+    fn renew_copy(&self) -> Option<Cached> {
+        let (version, current) = {
+            let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            // Read under the lock, which every change of `current` holds to write both.
+            let version = self.version.load(Ordering::Acquire);
+            (version, state.current.as_ref().map(Cached::own_copy))
+        };
+        let _ = SLOTS_OF_THREAD.try_with(|slots| {
+            let Ok(mut slots) = slots.try_borrow_mut() else {
+                return;
+            };
+            let slot = Slot {
+                cache: self.id,
+                version,
+                cached: current.clone(),
+            };
+            if let Some(mine) = slots.iter_mut().find(|s| s.cache == self.id) {
+                *mine = slot;
+            } else {
+                if slots.len() == SLOTS {
+                    slots.remove(0);
+                }
+                slots.push(slot);
+            }
+        });
+        current
+    }
+
+    /// Sets the current token (under the write lock), and makes every thread's copy out of date.
+    fn set_current(&self, state: &mut State, current: Option<Cached>) {
+        state.current = current;
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     /// A token to send. `rejected` is the token a request just saw refused with 401: it is
@@ -118,7 +214,7 @@ impl Cache {
                     .as_ref()
                     .is_some_and(|c| c.token.same_value(rejected))
                 {
-                    state.current = None;
+                    self.set_current(&mut state, None);
                 }
             }
             let now = Instant::now();
@@ -177,7 +273,7 @@ impl Cache {
                     expires_in_secs = cached.token.lifetime().map(|d| d.as_secs()),
                     "access token refreshed"
                 );
-                state.current = Some(cached.clone());
+                self.set_current(&mut state, Some(cached.clone()));
                 state.last_error = None;
                 Ok(cached)
             }

@@ -1,8 +1,8 @@
 //! The future of [`Auth`](super::Auth).
 //!
 //! When the token is at hand and the body in memory, a call is the inner service's own future,
-//! polled in place: no boxed `async` state machine (a reference to the layer's spare clone of
-//! the inner service is kept for a re-send after a 401). Only a call that must wait (for a
+//! polled in place: no boxed `async` state machine (a reference to the layer's shared state,
+//! which holds a spare clone of the inner service, is kept for a re-send after a 401). Only a call that must wait (for a
 //! token, or to read a streaming body into memory) or that is answered 401 and sent again goes
 //! through one boxed `async` block.
 
@@ -55,14 +55,13 @@ pin_project! {
     }
 }
 
-/// What sending a request again after a 401 needs: a service, the request's head as it came
+/// What sending a request again after a 401 needs: the layer's shared state (with its spare
+/// service, cloned only when a 401 calls for the re-send), the request's head as it came
 /// (without the token), the token it carried, and a copy of its body.
 pub(super) struct Resend<S, T> {
-    /// The layer's spare: cloned only when a 401 calls for the re-send.
-    pub(super) service: crate::spare::Shared<S>,
     pub(super) parts: http::request::Parts,
     pub(super) body: Body,
-    pub(super) shared: Arc<Shared<T>>,
+    pub(super) shared: Arc<Shared<S, T>>,
     pub(super) token: Token,
 }
 
@@ -71,23 +70,22 @@ where
     S: Service<Request<B>>,
 {
     /// Sends the request on `inner` (ready) with the token, as the future is made: the copy
-    /// for a re-send (when `resend` gives a service and a copy of the body) is taken first,
+    /// for a re-send (when `resend` gives a copy of the body) is taken first,
     /// without the token, and the inner service's future is written where it stays rather than
     /// moved into place.
     #[inline(always)]
     pub(super) fn send(
         inner: &mut S,
-        shared: &Arc<Shared<T>>,
+        shared: &Arc<Shared<S, T>>,
         mut parts: http::request::Parts,
         body: B,
         token: super::cache::Cached,
-        resend: Option<(crate::spare::Shared<S>, Body)>,
+        resend: Option<Body>,
     ) -> Self {
         ResponseFuture {
             kind: Kind::Direct {
                 // Fields are made in the order written: the copy before the token goes in.
-                resend: resend.map(|(service, body)| Resend {
-                    service,
+                resend: resend.map(|body| Resend {
                     parts: parts.clone(),
                     body,
                     shared: shared.clone(),

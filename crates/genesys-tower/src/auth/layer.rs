@@ -30,12 +30,12 @@ use crate::body::DEFAULT_REPLAY_LIMIT;
 /// assert!(!format!("{layer:?}").contains("t0k3n"));
 /// ```
 pub struct AuthLayer<T> {
-    source: Arc<T>,
-    cache: Arc<Cache>,
-    margin: Duration,
-    metrics: Metrics,
-    scopes: Arc<[Scope]>,
-    replay_limit: usize,
+    pub(super) source: Arc<T>,
+    pub(super) cache: Arc<Cache>,
+    pub(super) margin: Duration,
+    pub(super) metrics: Metrics,
+    pub(super) scopes: Arc<[Scope]>,
+    pub(super) replay_limit: usize,
 }
 
 impl<T: TokenSource> AuthLayer<T> {
@@ -106,17 +106,7 @@ impl<S: Clone, T> Layer<S> for AuthLayer<T> {
     type Service = Auth<S, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth::from_shared(
-            inner,
-            Arc::new(Shared {
-                source: self.source.clone(),
-                cache: self.cache.clone(),
-                margin: self.margin,
-                metrics: self.metrics.clone(),
-                scopes: self.scopes.clone(),
-                replay_limit: self.replay_limit,
-            }),
-        )
+        Auth::from_shared(inner, Arc::new(Shared::new(self.clone())))
     }
 }
 

@@ -109,9 +109,8 @@ mod source_fn;
 mod token;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
@@ -129,19 +128,35 @@ pub use token::{Token, TokenSource};
 
 use self::cache::Cache;
 use self::future::Resend;
-use self::scope::Scope;
 use crate::body::{self, Body, ReplayBody};
-use crate::spare::{self, Spare};
-use crate::{BoxError, Metrics, NotSent};
+use crate::spare;
+use crate::{BoxError, NotSent};
 
-/// Everything a call needs, shared by every clone.
-struct Shared<T> {
-    source: Arc<T>,
-    cache: Arc<Cache>,
-    margin: Duration,
-    metrics: Metrics,
-    scopes: Arc<[Scope]>,
-    replay_limit: usize,
+/// Everything a call needs, shared by every clone: one reference count per call, taken for a
+/// possible re-send after a 401.
+struct Shared<S, T> {
+    /// The layer's configuration, with the token cache and the counters.
+    config: AuthLayer<T>,
+    /// What a re-send after a 401 goes on: a clone of the inner service made once, cloned
+    /// again only when a 401 calls for the re-send. Filled by the first call that keeps a copy
+    /// for a re-send, from its own inner service.
+    spare: OnceLock<spare::Shared<S>>,
+}
+
+impl<S, T> Shared<S, T> {
+    fn new(config: AuthLayer<T>) -> Self {
+        Shared {
+            config,
+            spare: OnceLock::new(),
+        }
+    }
+}
+
+impl<S: Clone, T> Shared<S, T> {
+    /// Makes sure the spare is there, from `inner` if it is not (a load once it is).
+    fn fill_spare(&self, inner: &S) {
+        self.spare.get_or_init(|| spare::shared(inner));
+    }
 }
 
 /// Prints whether a token is cached and when it expires, never its value.
@@ -164,9 +179,7 @@ impl fmt::Debug for RedactedToken<'_> {
 /// by [`AuthLayer`]; see the [module docs](self).
 pub struct Auth<S, T> {
     inner: S,
-    /// What a re-send after a 401 goes on (one reference count per call).
-    spare: Spare<S>,
-    shared: Arc<Shared<T>>,
+    shared: Arc<Shared<S, T>>,
 }
 
 impl<S: Clone, T: TokenSource> Auth<S, T> {
@@ -178,12 +191,9 @@ impl<S: Clone, T: TokenSource> Auth<S, T> {
 }
 
 impl<S: Clone, T> Auth<S, T> {
-    fn from_shared(inner: S, shared: Arc<Shared<T>>) -> Self {
-        Auth {
-            spare: Spare::of(&inner),
-            inner,
-            shared,
-        }
+    fn from_shared(inner: S, shared: Arc<Shared<S, T>>) -> Self {
+        shared.fill_spare(&inner);
+        Auth { inner, shared }
     }
 }
 
@@ -195,8 +205,9 @@ impl<S, T> Auth<S, T> {
 
     /// A mutable reference to the inner service.
     pub fn get_mut(&mut self) -> &mut S {
-        // A re-send after a 401 takes a clone of the inner service as it is after the change.
-        self.spare.forget();
+        // A re-send after a 401 takes a clone of the inner service as it is after the change:
+        // this service and the clones made from it from now on share a new, empty spare.
+        self.shared = Arc::new(Shared::new(self.shared.config.clone()));
         &mut self.inner
     }
 
@@ -206,9 +217,9 @@ impl<S, T> Auth<S, T> {
     }
 }
 
-impl<T: TokenSource> Shared<T> {
+impl<S, T: TokenSource> Shared<S, T> {
     fn in_scope(&self, parts: &http::request::Parts) -> bool {
-        self.scopes.is_empty() || self.scopes.iter().any(|s| s.contains(parts))
+        self.config.scopes.is_empty() || self.config.scopes.iter().any(|s| s.contains(parts))
     }
 
     /// Puts the token in the request's head, and keeps what sending it again after a 401 needs
@@ -216,9 +227,8 @@ impl<T: TokenSource> Shared<T> {
     /// body. For the slow path: the fast path does the same in `ResponseFuture::send`, inside
     /// the future's own construction (sharing this code made the fast path measurably slower,
     /// about 90 instructions a call).
-    fn authorize<S>(
+    fn authorize(
         self: &Arc<Self>,
-        service: impl FnOnce() -> crate::spare::Shared<S>,
         parts: &mut http::request::Parts,
         body: &Body,
         token: cache::Cached,
@@ -226,7 +236,6 @@ impl<T: TokenSource> Shared<T> {
         // The copy for a re-send is taken before the token goes in: a head without headers of
         // its own is copied without an allocation, and a re-send puts its own token in anyway.
         let resend = body.try_clone().map(|body| Resend {
-            service: service(),
             parts: parts.clone(),
             body,
             shared: self.clone(),
@@ -238,10 +247,9 @@ impl<T: TokenSource> Shared<T> {
 
     /// The slow path: waits for a token, reads a streaming body into memory so that it can be
     /// sent again, sends, and sends once more after a 401.
-    async fn send<S, B, ResBody>(
+    async fn send<B, ResBody>(
         self: Arc<Self>,
         mut service: S,
-        spare: spare::Shared<S>,
         mut parts: http::request::Parts,
         body: Body,
     ) -> Result<Response<ResBody>, BoxError>
@@ -251,16 +259,22 @@ impl<T: TokenSource> Shared<T> {
         B: ReplayBody,
     {
         let token = self
+            .config
             .cache
-            .token(&*self.source, self.margin, &self.metrics, None)
+            .token(
+                &*self.config.source,
+                self.config.margin,
+                &self.config.metrics,
+                None,
+            )
             .await
             .map_err(NotSent::new)?;
-        let body = if body.is_replayable() || self.replay_limit == 0 {
+        let body = if body.is_replayable() || self.config.replay_limit == 0 {
             body
         } else {
-            body.buffer(self.replay_limit).await?
+            body.buffer(self.config.replay_limit).await?
         };
-        let resend = self.authorize(|| spare, &mut parts, &body, token);
+        let resend = self.authorize(&mut parts, &body, token);
         let request = Request::from_parts(parts, body::rebuild::<B>(body)?);
         let response = service.call(request).await.map_err(Into::into)?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -291,18 +305,23 @@ impl<S: Clone, T: TokenSource> Resend<S, T> {
         B: ReplayBody,
     {
         let Resend {
-            service,
             mut parts,
             body,
             shared,
             token,
         } = self;
+        // Filled before the call that made this re-send's copy.
+        let Some(spare) = shared.spare.get() else {
+            tracing::debug!("401, and no service to send the request again on: returned as is");
+            return Ok(response);
+        };
         let fresh = shared
+            .config
             .cache
             .token(
-                &*shared.source,
-                shared.margin,
-                &shared.metrics,
+                &*shared.config.source,
+                shared.config.margin,
+                &shared.config.metrics,
                 Some(&token),
             )
             .await
@@ -315,13 +334,13 @@ impl<S: Clone, T: TokenSource> Resend<S, T> {
         // body. A client such as hyper may then close that connection instead of reusing it: a
         // new connection on a path taken once per token lifetime.
         drop(response);
-        shared.metrics.record_unauthorized_refresh();
+        shared.config.metrics.record_unauthorized_refresh();
         // The retry layer's attempt span, when there is one above, says the token was refreshed.
         tracing::Span::current().record("auth.token_refreshed", true);
         tracing::debug!("401: sending the request again with a new token");
         parts.headers.insert(AUTHORIZATION, fresh.header);
         let body = body::rebuild::<B>(body)?;
-        let mut service = spare::take(&service);
+        let mut service = spare::take(spare);
         service
             .ready()
             .await
@@ -359,23 +378,25 @@ where
         let body = body.into_replay();
         // The common case: a token at hand and nothing to buffer. The ready service takes the
         // request at once; a 401 is sent again on a clone of the layer's spare.
-        if (body.is_replayable() || self.shared.replay_limit == 0)
-            && let Some(token) = self.shared.cache.current(self.shared.margin)
+        if (body.is_replayable() || self.shared.config.replay_limit == 0)
+            && let Some(token) = self.shared.config.cache.current(self.shared.config.margin)
         {
             let copy = body.try_clone();
             return match body::rebuild::<B>(body) {
                 Ok(body) => {
-                    let resend = copy.map(|copy| (self.spare.share(&self.inner), copy));
-                    ResponseFuture::send(&mut self.inner, &self.shared, parts, body, token, resend)
+                    if copy.is_some() {
+                        self.shared.fill_spare(&self.inner);
+                    }
+                    ResponseFuture::send(&mut self.inner, &self.shared, parts, body, token, copy)
                 }
                 Err(e) => ResponseFuture::boxed(std::future::ready(Err(e.into()))),
             };
         }
         // The ready service goes with the request; a fresh clone waits for the next poll_ready.
-        let spare = self.spare.share(&self.inner);
+        self.shared.fill_spare(&self.inner);
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::boxed(self.shared.clone().send(ready, spare, parts, body))
+        ResponseFuture::boxed(self.shared.clone().send(ready, parts, body))
     }
 }
 
@@ -383,7 +404,6 @@ impl<S: Clone, T> Clone for Auth<S, T> {
     fn clone(&self) -> Self {
         Auth {
             inner: self.inner.clone(),
-            spare: self.spare.clone(),
             shared: self.shared.clone(),
         }
     }
@@ -394,8 +414,8 @@ impl<S: fmt::Debug, T> fmt::Debug for Auth<S, T> {
         f.debug_struct("Auth")
             .field("inner", &self.inner)
             .field("source", &std::any::type_name::<T>())
-            .field("token", &RedactedToken(&self.shared.cache))
-            .field("refresh_margin", &self.shared.margin)
+            .field("token", &RedactedToken(&self.shared.config.cache))
+            .field("refresh_margin", &self.shared.config.margin)
             .finish()
     }
 }

@@ -69,6 +69,16 @@ impl Token {
             .map(|e| e.saturating_duration_since(self.issued_at))
     }
 
+    /// The same token in an allocation of its own: a copy whose reference count no other
+    /// thread's clones touch.
+    pub(crate) fn own_copy(&self) -> Token {
+        Token {
+            value: Arc::from(&*self.value),
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+        }
+    }
+
     /// Whether two tokens carry the same value.
     #[must_use]
     pub fn same_value(&self, other: &Token) -> bool {

@@ -109,6 +109,18 @@ impl Call {
         }
     }
 
+    /// Makes sure the layer has a spare service, from `inner` if it has none (the first call,
+    /// or the first after `get_mut`): from `inner` as the call that asks left it, so that a
+    /// reservation its `poll_ready` made and its `call` used is not in the copy.
+    pub(super) fn fill_spare<S: Clone + Send + 'static>(&self, inner: &S) {
+        self.shared.fill_spare(inner);
+    }
+
+    /// A service for the attempts after the first: a clone of the layer's spare.
+    pub(super) fn spare<S: Clone + 'static>(&self) -> Option<S> {
+        self.shared.take_spare()
+    }
+
     /// The body, as every attempt will take it: in memory, or a stream sent once.
     pub(super) fn set_body(&mut self, body: Body) {
         self.state.replayable = body.is_replayable();

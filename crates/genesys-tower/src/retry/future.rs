@@ -41,14 +41,13 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
-        // The first attempt, in flight; `service` takes the attempts after it.
+        // The first attempt, in flight; a clone of the layer's spare service (in the call's
+        // shared state) takes the attempts after it.
         First {
             #[pin]
             future: S::Future,
             attempt: Option<Attempt>,
             call: Option<Call>,
-            // The spare the attempts after this one are sent on.
-            service: Option<crate::spare::Shared<S>>,
             body: PhantomData<fn() -> B>,
         },
         // The rest of the call (or all of it).
@@ -65,24 +64,20 @@ where
     /// The first attempt of `call`, sent on `inner` (ready) as the future is made, so that the
     /// inner service's future is written where it stays rather than moved into place.
     #[inline(always)]
-    pub(super) fn first(
-        inner: &mut S,
-        spare: &crate::spare::Spare<S>,
-        request: Request<B>,
-        attempt: Attempt,
-        call: Call,
-    ) -> Self
+    pub(super) fn first(inner: &mut S, request: Request<B>, attempt: Attempt, call: Call) -> Self
     where
-        S: Clone,
+        S: Clone + Send + 'static,
     {
         ResponseFuture {
             kind: Kind::First {
                 future: attempt.send(inner, request),
                 attempt: Some(attempt),
-                call: Some(call),
-                // After the call, as an empty spare (after `get_mut`) is filled from the
-                // service as its call left it.
-                service: Some(spare.share(inner)),
+                // After the call: the spare, when it has to be made, is made from the service as
+                // its call left it.
+                call: {
+                    call.fill_spare(inner);
+                    Some(call)
+                },
                 body: PhantomData,
             },
         }
@@ -118,7 +113,6 @@ where
                     future,
                     attempt,
                     call,
-                    service,
                     ..
                 } => {
                     let (Some(attempt_ref), Some(call_ref)) = (attempt.as_ref(), call.as_ref())
@@ -173,8 +167,13 @@ where
                         }
                         Next::Retry { delay, last } => (delay, last),
                     };
-                    let (Some(call), Some(service)) = (call.take(), service.take()) else {
+                    let Some(call) = call.take() else {
                         return Poll::Ready(Err("the retry layer's future lost its call".into()));
+                    };
+                    let Some(service) = call.spare::<S>() else {
+                        return Poll::Ready(Err(
+                            "the retry layer has no service to send a retry on".into(),
+                        ));
                     };
                     (call, service, delay, last)
                 }
@@ -182,7 +181,7 @@ where
             let span = call.span.clone();
             kind.set(Kind::Boxed {
                 future: Box::pin(
-                    call.attempts::<S, B, R>(crate::spare::take(&service), Some((delay, last)))
+                    call.attempts::<S, B, R>(service, Some((delay, last)))
                         .instrument(span),
                 ),
             });

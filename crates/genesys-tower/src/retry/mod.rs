@@ -147,9 +147,10 @@ mod policy;
 mod span;
 mod switch;
 
+use std::any::Any;
 use std::fmt;
 use std::mem;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -173,7 +174,7 @@ pub use crate::reason::RetryReason;
 
 use self::call::Call;
 use crate::body::ReplayBody;
-use crate::spare::Spare;
+use crate::spare;
 use crate::{BoxError, Metrics};
 
 /// How much of a dropped response's body is read so that its connection can be reused.
@@ -183,9 +184,8 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct Retry<S> {
     inner: S,
-    /// What the attempts after a call's first are sent on (one reference count per call).
-    spare: Spare<S>,
-    /// The policy and the counters, behind one `Arc`: one reference count per call.
+    /// The policy, the counters and the spare service, behind one `Arc`: one reference count
+    /// per call.
     shared: Arc<Shared>,
 }
 
@@ -207,6 +207,39 @@ struct Shared {
     switch: Option<PolicySwitch>,
     /// The header this call's attempts carry its policy's version in (a canary runs).
     tag: Option<http::HeaderName>,
+    /// What the attempts after a call's first are sent on: a clone of the inner service
+    /// (`spare::Shared<S>`, `S` erased so that a call's state is not generic), made by the
+    /// first call and cloned again only when a retry is decided.
+    spare: Spare,
+}
+
+/// The cell of a layer's spare service: shared by the clones of the layer's service, and by a
+/// switched policy's per-call state.
+type Spare = Arc<OnceLock<Box<dyn Any + Send + Sync>>>;
+
+impl Shared {
+    /// The same policy and counters, with `spare` for the spare service.
+    fn with_spare(&self, spare: Spare) -> Shared {
+        Shared {
+            policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
+            switch: self.switch.clone(),
+            tag: self.tag.clone(),
+            spare,
+        }
+    }
+
+    /// Makes sure the spare is there, from `inner` if it is not (a load once it is).
+    fn fill_spare<S: Clone + Send + 'static>(&self, inner: &S) {
+        self.spare.get_or_init(|| Box::new(spare::shared(inner)));
+    }
+
+    /// A service for an attempt after the first: a clone of the spare, when it is there and is
+    /// a service of type `S` (it is: the cell is filled by the layer's own calls).
+    fn take_spare<S: Clone + 'static>(&self) -> Option<S> {
+        let spare = self.spare.get()?.downcast_ref::<spare::Shared<S>>()?;
+        Some(spare::take(spare))
+    }
 }
 
 /// The response extension that says how a call went: attempts sent and time spent waiting
@@ -246,13 +279,13 @@ impl<S: Clone> Retry<S> {
     /// Wraps `inner`, retrying by `policy`, with counters of its own.
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
         Retry {
-            spare: Spare::of(&inner),
             inner,
             shared: Arc::new(Shared {
                 policy,
                 metrics: Metrics::new(),
                 switch: None,
                 tag: None,
+                spare: Spare::default(),
             }),
         }
     }
@@ -264,10 +297,9 @@ impl<S> Retry<S> {
     #[must_use]
     pub fn switch(mut self, switch: PolicySwitch) -> Self {
         self.shared = Arc::new(Shared {
-            policy: self.shared.policy.clone(),
-            metrics: self.shared.metrics.clone(),
             switch: Some(switch),
             tag: None,
+            ..self.shared.with_spare(self.shared.spare.clone())
         });
         self
     }
@@ -276,10 +308,9 @@ impl<S> Retry<S> {
     #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.shared = Arc::new(Shared {
-            policy: self.shared.policy.clone(),
             metrics,
-            switch: self.shared.switch.clone(),
             tag: None,
+            ..self.shared.with_spare(self.shared.spare.clone())
         });
         self
     }
@@ -301,8 +332,9 @@ impl<S> Retry<S> {
 
     /// A mutable reference to the inner service.
     pub fn get_mut(&mut self) -> &mut S {
-        // Retries take a clone of the inner service as it is after the change.
-        self.spare.forget();
+        // Retries take a clone of the inner service as it is after the change: this service
+        // and the clones made from it from now on share a new, empty spare.
+        self.shared = Arc::new(self.shared.with_spare(Spare::default()));
         &mut self.inner
     }
 
@@ -340,6 +372,7 @@ where
                     metrics: self.shared.metrics.clone(),
                     switch: Some(switch.clone()),
                     tag: tag.cloned(),
+                    spare: self.shared.spare.clone(),
                 })
             }
         };
@@ -356,7 +389,7 @@ where
             call.count_attempt();
             return match call.next_attempt::<B>() {
                 Ok((request, attempt)) => {
-                    ResponseFuture::first(&mut self.inner, &self.spare, request, attempt, call)
+                    ResponseFuture::first(&mut self.inner, request, attempt, call)
                 }
                 Err(e) => ResponseFuture::boxed(std::future::ready(call.finish(Err(e)))),
             };

@@ -624,6 +624,105 @@ async fn single_flight_holds_across_threads() {
     assert_eq!(source.fetches(), 1);
 }
 
+/// Each request reads the token from its thread's own copy: a token replaced on one thread
+/// is the one another thread, which still holds a copy of the old one, sends from then on.
+#[test]
+fn a_token_replaced_on_one_thread_is_sent_from_every_other_thread_after() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let source = Source::new(DAY, Duration::ZERO);
+    let api = Api::accepting("token-1");
+    let svc = AuthLayer::new(source.clone()).layer(api.service(Duration::ZERO));
+    // A second thread that lives through the test, sending a request for each path it is given.
+    let (paths, requests) = std::sync::mpsc::channel::<&'static str>();
+    let (answers, statuses) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn({
+        let svc = svc.clone();
+        move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            for path in requests {
+                let status = rt
+                    .block_on(svc.clone().oneshot(get(path)))
+                    .unwrap()
+                    .status();
+                answers.send(status).unwrap();
+            }
+        }
+    });
+    let on_worker = |path| {
+        paths.send(path).unwrap();
+        statuses.recv().unwrap()
+    };
+    let here = |path| {
+        rt.block_on(svc.clone().oneshot(get(path)))
+            .unwrap()
+            .status()
+    };
+
+    // Both threads send token-1, and keep a copy of it.
+    assert_eq!(here("/a"), StatusCode::OK);
+    assert_eq!(on_worker("/w1"), StatusCode::OK);
+    // The server moves to token-2: the 401 on this thread replaces the token.
+    api.accept(Some("token-2"));
+    assert_eq!(here("/b"), StatusCode::OK);
+    // The worker's copy is of token-1: its next request must go out with token-2 at once.
+    assert_eq!(on_worker("/w2"), StatusCode::OK);
+    drop(paths);
+    worker.join().unwrap();
+
+    let tokens: Vec<_> = api
+        .seen()
+        .iter()
+        .map(|s| s.token().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        tokens,
+        ["token-1", "token-1", "token-1", "token-2", "token-2"],
+        "after the 401 on /b and its re-send, no request went out with the replaced token"
+    );
+    assert_eq!(source.fetches(), 2, "one refresh, for the 401");
+}
+
+/// More layers (each with its own source and token) than a thread keeps copies for, called in
+/// turn on one thread: each sends its own token, every time.
+#[tokio::test(start_paused = true)]
+async fn many_layers_on_one_thread_each_send_their_own_token() {
+    struct Named(String);
+    impl TokenSource for Named {
+        async fn fetch(&self) -> Result<Token, BoxError> {
+            Ok(Token::new(self.0.clone(), Some(DAY)))
+        }
+    }
+    let api = Api::accepting("*");
+    let mut services: Vec<_> = (0..7)
+        .map(|i| AuthLayer::new(Named(format!("layer-{i}"))).layer(api.service(Duration::ZERO)))
+        .collect();
+    for round in 0..3 {
+        for (i, svc) in services.iter_mut().enumerate() {
+            let response = svc.ready().await.unwrap().call(get("/")).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::OK,
+                "round {round}, layer {i}"
+            );
+        }
+    }
+    let tokens: Vec<_> = api
+        .seen()
+        .iter()
+        .map(|s| s.token().unwrap_or_default().to_owned())
+        .collect();
+    let expected: Vec<_> = (0..3)
+        .flat_map(|_| (0..7).map(|i| format!("layer-{i}")))
+        .collect();
+    assert_eq!(tokens, expected);
+}
+
 #[test]
 fn the_layer_and_service_can_cross_threads() {
     fn send_sync<T: Send + Sync>(_: &T) {}
