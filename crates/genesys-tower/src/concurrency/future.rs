@@ -2,15 +2,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
 
-use super::Error;
-use super::pacing::Pacer;
-use super::shared::SharedPacer;
+use super::{Error, Permit};
 use crate::BoxError;
 use crate::NotSent;
 
@@ -24,24 +20,16 @@ pin_project! {
         // `None`: the call was refused (reject mode) and never reached the inner service.
         #[pin]
         inner: Option<F>,
-        permit: Option<OwnedSemaphorePermit>,
-        pacer: Option<Arc<Pacer>>,
-        fleet: Option<Arc<dyn SharedPacer>>,
+        // The permit, and through it the pacers the response is shown to.
+        permit: Option<Permit>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(super) fn new(
-        inner: F,
-        permit: OwnedSemaphorePermit,
-        pacer: Option<Arc<Pacer>>,
-        fleet: Option<Arc<dyn SharedPacer>>,
-    ) -> Self {
+    pub(super) fn new(inner: F, permit: Permit) -> Self {
         ResponseFuture {
             inner: Some(inner),
             permit: Some(permit),
-            pacer,
-            fleet,
         }
     }
 
@@ -49,8 +37,6 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             inner: None,
             permit: None,
-            pacer: None,
-            fleet: None,
         }
     }
 }
@@ -70,12 +56,12 @@ where
         let output = ready!(inner.poll(cx));
         // Release the permit now rather than when the future is dropped: the caller may keep
         // the future around after it completes.
-        drop(this.permit.take());
-        if let Ok(response) = &output {
-            if let Some(pacer) = this.pacer.as_ref() {
-                pacer.observe(response.status(), response.headers());
+        let shared = this.permit.take().and_then(Permit::release);
+        if let (Ok(response), Some(shared)) = (&output, shared) {
+            if shared.pacer.learns() {
+                shared.pacer.observe(response.status(), response.headers());
             }
-            if let Some(fleet) = this.fleet.as_ref() {
+            if let Some(fleet) = shared.fleet.as_ref() {
                 fleet.observe(response.status(), response.headers());
             }
         }

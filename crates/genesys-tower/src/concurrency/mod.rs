@@ -146,8 +146,37 @@ type Acquire =
     Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>;
 
 /// State shared by every clone of the service.
+/// A permit of the layer's semaphore, held through the layer's shared state: the one reference
+/// count a call takes, for its permit, its pacer and its fleet's pacer alike. Gives the permit
+/// back when dropped.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Permit(Option<Arc<Shared>>);
+
+impl Permit {
+    /// Holds a permit taken from `shared`'s semaphore and forgotten there.
+    fn held(shared: &Arc<Shared>) -> Permit {
+        Permit(Some(shared.clone()))
+    }
+
+    /// Gives the permit back, and keeps the layer's shared state (the pacers a response is
+    /// shown to).
+    pub(crate) fn release(mut self) -> Option<Arc<Shared>> {
+        let shared = self.0.take()?;
+        shared.semaphore.add_permits(1);
+        Some(shared)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.0 {
+            shared.semaphore.add_permits(1);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
     semaphore: Arc<Semaphore>,
     max_in_flight: usize,
     reject: bool,
@@ -163,7 +192,7 @@ pub struct Concurrency<S> {
     inner: S,
     shared: Arc<Shared>,
     /// Taken in `poll_ready`, handed to the response future by `call`.
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Permit>,
     /// Waiting for a permit.
     acquire: Option<Acquire>,
     /// The pacer has recorded this call's start.
@@ -228,9 +257,11 @@ impl<S> Concurrency<S> {
         }
         if self.acquire.is_none() {
             // The fast path takes a free permit without allocating.
-            match self.shared.semaphore.clone().try_acquire_owned() {
+            match self.shared.semaphore.try_acquire() {
                 Ok(permit) => {
-                    self.permit = Some(permit);
+                    // Given back by `Permit`'s drop.
+                    permit.forget();
+                    self.permit = Some(Permit::held(&self.shared));
                     return Poll::Ready(());
                 }
                 Err(TryAcquireError::NoPermits) if self.shared.reject => {
@@ -245,7 +276,9 @@ impl<S> Concurrency<S> {
         if let Some(acquire) = self.acquire.as_mut() {
             let permit = ready!(acquire.as_mut().poll(cx));
             self.acquire = None;
-            self.permit = Some(permit.expect("the semaphore is never closed"));
+            // Given back by `Permit`'s drop.
+            permit.expect("the semaphore is never closed").forget();
+            self.permit = Some(Permit::held(&self.shared));
         }
         Poll::Ready(())
     }
@@ -347,13 +380,7 @@ where
         self.paced = false;
         self.fleet_paced = false;
         self.waited = false;
-        let pacer = self
-            .shared
-            .pacer
-            .learns()
-            .then(|| self.shared.pacer.clone());
-        let fleet = self.shared.fleet.clone();
-        ResponseFuture::new(self.inner.call(request), permit, pacer, fleet)
+        ResponseFuture::new(self.inner.call(request), permit)
     }
 }
 

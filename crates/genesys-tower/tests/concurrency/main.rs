@@ -91,6 +91,60 @@ async fn poll_ready_reserves_the_permit_that_call_uses() {
     assert!(b.poll_ready().is_ready());
 }
 
+/// A permit is given back however the call ends: a ready service dropped without a call, a
+/// call dropped before its answer, a call answered. None is lost, none is given back twice.
+#[tokio::test(start_paused = true)]
+async fn every_permit_comes_back_however_the_call_ends() {
+    let (mut svc, mut handle) =
+        mock::spawn_layer::<Request<()>, Response<()>, _>(ConcurrencyLayer::new(2));
+    handle.allow(10);
+    let available = |svc: &mock::Spawn<_>| {
+        let svc: &genesys_tower::concurrency::Concurrency<_> = svc.get_ref();
+        svc.available_permits()
+    };
+
+    // Ready, then dropped without a call.
+    let mut ready = mock::Spawn::new(svc.get_ref().clone());
+    assert!(ready.poll_ready().is_ready());
+    assert_eq!(available(&svc), 1);
+    drop(ready);
+    assert_eq!(
+        available(&svc),
+        2,
+        "a ready service dropped gives its permit back"
+    );
+
+    // A call dropped before its answer.
+    assert!(svc.poll_ready().is_ready());
+    let pending = svc.call(Request::new(()));
+    assert_eq!(available(&svc), 1);
+    drop(pending);
+    assert_eq!(available(&svc), 2, "a call dropped gives its permit back");
+    let _dropped = handle.next_request().await.unwrap();
+
+    // Two calls answered, one after the other and both at once.
+    for _ in 0..2 {
+        assert!(svc.poll_ready().is_ready());
+        let call = svc.call(Request::new(()));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(()));
+        call.await.unwrap();
+        assert_eq!(available(&svc), 2, "an answered call gives its permit back");
+    }
+    let mut other = mock::Spawn::new(svc.get_ref().clone());
+    assert!(svc.poll_ready().is_ready());
+    assert!(other.poll_ready().is_ready());
+    let (a, b) = (svc.call(Request::new(())), other.call(Request::new(())));
+    assert_eq!(available(&svc), 0);
+    for _ in 0..2 {
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(()));
+    }
+    a.await.unwrap();
+    b.await.unwrap();
+    assert_eq!(available(&svc), 2, "no permit lost, none given back twice");
+}
+
 #[tokio::test(start_paused = true)]
 async fn reject_mode_refuses_at_once_with_overloaded() {
     let metrics = Metrics::new();
