@@ -6,22 +6,28 @@
 #
 #   cargo build --release -p benches --bin loopback_interleaved
 #   scripts/profile-diff.sh ["CLIENT A"] ["CLIENT B"] [IN_FLIGHT] [ROUNDS]
+#   BIN_A=old/loopback_interleaved scripts/profile-diff.sh "genesys-tower stack" "genesys-tower stack"
 #
-# Defaults: "tower's own stack", "genesys-tower stack", 32 in flight, 12 rounds. Prints a
+# Defaults: "tower's own stack", "genesys-tower stack", 32 in flight, 12 rounds; BIN_A and BIN_B
+# (the binary each client runs from, to compare two builds) default to this tree's. Prints a
 # markdown table of the symbols whose time per request differs most (B minus A, in ns per
 # request of the client: its own code and what it makes hyper, the kernel and the allocator do),
-# with the context switches per request of each run. Samples are at 4999 Hz: a symbol below
-# about 20 ns per request is noise.
+# with each client's CPU per request over raw's in its own run and the context switches per
+# request. Samples are at 4999 Hz: a symbol below about 20 ns per request is noise. Two builds
+# inline differently: between builds, compare the client's own symbols only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 a=${1:-"tower's own stack"}
 b=${2:-"genesys-tower stack"}
 in_flight=${3:-32}
 rounds=${4:-12}
-bin=target/release/loopback_interleaved
+bin_a=${BIN_A:-target/release/loopback_interleaved}
+bin_b=${BIN_B:-target/release/loopback_interleaved}
 hz=4999
 command -v perf > /dev/null || { echo "perf is needed (Debian: apt-get install linux-perf)" >&2; exit 2; }
-[ -x "$bin" ] || { echo "build it first: cargo build --release -p benches --bin loopback_interleaved" >&2; exit 2; }
+for bin in "$bin_a" "$bin_b"; do
+  [ -x "$bin" ] || { echo "$bin: build it first: cargo build --release -p benches --bin loopback_interleaved" >&2; exit 2; }
+done
 case $in_flight in
   1) per_round=10000 ;;
   32) per_round=30000 ;;
@@ -30,20 +36,22 @@ esac
 
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-profile() { # name client -> $dir/name.txt (symbols with their samples), $dir/name.cs
+profile() { # name client binary -> $dir/name.txt (symbols with their samples), $dir/name.cs
   perf record -q -F "$hz" -o "$dir/$1.data" -- \
     perf stat -x, -e context-switches -o "$dir/$1.cs" \
-    "$bin" --only "$2" --in-flight "$in_flight" --rounds "$rounds" > "$dir/$1.out"
+    "$3" --only "$2" --in-flight "$in_flight" --rounds "$rounds" > "$dir/$1.out"
   perf report -i "$dir/$1.data" --no-children --sort symbol -g none --show-nr-samples \
     2> /dev/null > "$dir/$1.txt"
 }
-profile a "$a"
-profile b "$b"
+profile a "$a" "$bin_a"
+profile b "$b" "$bin_b"
 grep -h "^| \(raw\|$a\|$b\)" "$dir/a.out" "$dir/b.out" || true
 echo
 python3 - "$dir" "$a" "$b" "$hz" $((rounds * per_round)) <<'EOF'
 import re, sys
 d, a, b, hz, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+if a == b:  # one client from two builds
+    a, b = f"{a} (A)", f"{b} (B)"
 
 def symbols(name):
     out = {}
@@ -64,9 +72,20 @@ def switches(name):
 # sampling rate, per request of the client, in ns.
 ns = lambda samples: samples * 1e9 / hz / n
 sa, sb = symbols("a"), symbols("b")
-total_a, total_b = sum(sa.values()), sum(sb.values())
-print(f"CPU per pair of requests (raw's and the client's): {a} {ns(total_a):.0f} ns, "
-      f"{b} {ns(total_b):.0f} ns ({ns(total_b - total_a):+.0f} ns)")
+
+def over_raw(name):
+    # The client's CPU per request over raw's, both measured in the same run (its table).
+    cpu = {}
+    for line in open(f"{d}/{name}.out"):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[1].isdigit():
+            cpu["raw" if cells[0] == "raw hyper-util" else "client"] = float(cells[5])
+    return (cpu["client"] - cpu["raw"]) * 1000 if len(cpu) == 2 else float("nan")
+
+# Runs one after the other see the machine in different states: compare each client with the
+# raw rounds of its own run, and its own symbols between runs.
+print(f"CPU per request over raw's, in its own run: {a} {over_raw('a'):.0f} ns, "
+      f"{b} {over_raw('b'):.0f} ns")
 print(f"context switches per request (both clients of a run): {a} {switches('a') / (2 * n):.3f}, "
       f"{b} {switches('b') / (2 * n):.3f}")
 print()
