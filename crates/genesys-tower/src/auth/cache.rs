@@ -7,6 +7,7 @@ use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use http::HeaderValue;
+use thread_local::ThreadLocal;
 use tokio::time::Instant;
 
 use super::{Error, Token, TokenSource};
@@ -32,6 +33,7 @@ impl Cached {
     }
 }
 
+#[derive(Default)]
 pub(crate) struct Cache {
     /// Written when a fetch ends or a token is refused; read by a request only when its
     /// thread's copy is out of date.
@@ -39,41 +41,21 @@ pub(crate) struct Cache {
     /// Which `state.current` is in force: raised (under the write lock) whenever it changes.
     /// A request reads it, and nothing else shared, when its thread's copy is up to date.
     version: AtomicU64,
-    /// Tells this cache's copies apart from another cache's in a thread's slots.
-    id: u64,
+    /// Each thread's copy of the current token. Every request clones the token and its header
+    /// value: from one copy shared by every thread, each clone (and its drop) would move that
+    /// copy's reference count from core to core, and so would the read lock; a thread's own
+    /// copy keeps both on its core. One per thread that has sent with this cache, dropped with
+    /// it.
+    copies: ThreadLocal<RefCell<ThreadCopy>>,
     /// Held by the one request that is fetching; the others queue behind it.
     refresh: tokio::sync::Mutex<()>,
 }
 
-impl Default for Cache {
-    fn default() -> Self {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-        Cache {
-            state: RwLock::default(),
-            version: AtomicU64::new(0),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            refresh: tokio::sync::Mutex::default(),
-        }
-    }
-}
-
-/// How many caches' tokens a thread keeps a copy of (a process usually has one).
-const SLOTS: usize = 4;
-
-/// A thread's copy of one cache's current token.
-struct Slot {
-    cache: u64,
-    version: u64,
+/// A thread's copy of the current token, and the version it is a copy of.
+struct ThreadCopy {
+    /// `None` before the first copy (versions start at 0).
+    version: Option<u64>,
     cached: Option<Cached>,
-}
-
-thread_local! {
-    /// Each thread's copies of the caches' current tokens. Every request clones the token and
-    /// its header value: from one copy shared by every thread, each clone (and its drop) would
-    /// move that copy's reference count from core to core, and so would the read lock; a
-    /// thread's own copy keeps both on its core. Bounded: a slot per cache, `SLOTS` at most,
-    /// the oldest replaced.
-    static SLOTS_OF_THREAD: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
 }
 
 #[derive(Default)]
@@ -138,48 +120,39 @@ impl Cache {
     /// lock, and the thread's copy renewed.
     pub(crate) fn current(&self, margin: Duration) -> Option<Cached> {
         let version = self.version.load(Ordering::Acquire);
-        let copy = SLOTS_OF_THREAD.try_with(|slots| {
-            let slots = slots.try_borrow().ok()?;
-            let slot = slots
-                .iter()
-                .find(|s| s.cache == self.id && s.version == version)?;
-            Some(slot.cached.clone())
+        let copy = self.copies.get_or(|| {
+            RefCell::new(ThreadCopy {
+                version: None,
+                cached: None,
+            })
         });
-        let current = match copy {
-            Ok(Some(current)) => current,
-            // No copy of this version on this thread (or the thread is ending).
-            _ => self.renew_copy(),
+        let fresh = copy
+            .try_borrow()
+            .ok()
+            .filter(|c| c.version == Some(version))
+            .map(|c| c.cached.clone());
+        let current = match fresh {
+            Some(current) => current,
+            None => self.renew_copy(copy),
         };
         current.filter(|c| !due(&c.token, margin, Instant::now()))
     }
 
-    /// The current token, read under the shared lock, and this thread's copy of it renewed.
+    /// The current token, read under the shared lock, and this thread's `copy` of it renewed.
     #[cold]
-    fn renew_copy(&self) -> Option<Cached> {
+    fn renew_copy(&self, copy: &RefCell<ThreadCopy>) -> Option<Cached> {
         let (version, current) = {
             let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
             // Read under the lock, which every change of `current` holds to write both.
             let version = self.version.load(Ordering::Acquire);
             (version, state.current.as_ref().map(Cached::own_copy))
         };
-        let _ = SLOTS_OF_THREAD.try_with(|slots| {
-            let Ok(mut slots) = slots.try_borrow_mut() else {
-                return;
-            };
-            let slot = Slot {
-                cache: self.id,
-                version,
+        if let Ok(mut copy) = copy.try_borrow_mut() {
+            *copy = ThreadCopy {
+                version: Some(version),
                 cached: current.clone(),
             };
-            if let Some(mine) = slots.iter_mut().find(|s| s.cache == self.id) {
-                *mine = slot;
-            } else {
-                if slots.len() == SLOTS {
-                    slots.remove(0);
-                }
-                slots.push(slot);
-            }
-        });
+        }
         current
     }
 

@@ -2,9 +2,9 @@
 //!
 //! When the token is at hand and the body in memory, a call is the inner service's own future,
 //! polled in place: no boxed `async` state machine (a reference to the layer's shared state,
-//! which holds a spare clone of the inner service, is kept for a re-send after a 401). Only a call that must wait (for a
-//! token, or to read a streaming body into memory) or that is answered 401 and sent again goes
-//! through one boxed `async` block.
+//! which holds a spare clone of the inner service, is kept for a re-send after a 401). Only a
+//! call that must wait (for a token, or to read a streaming body into memory) or that is
+//! answered 401 and sent again goes through one boxed `async` block.
 
 use std::fmt;
 use std::future::Future;

@@ -138,8 +138,10 @@ struct Shared<S, T> {
     /// The layer's configuration, with the token cache and the counters.
     config: AuthLayer<T>,
     /// What a re-send after a 401 goes on: a clone of the inner service made once, cloned
-    /// again only when a 401 calls for the re-send. Filled by the first call that keeps a copy
-    /// for a re-send, from its own inner service.
+    /// again only when a 401 calls for the re-send. Filled when the layer wraps the service,
+    /// and after `get_mut` by the next call, from its inner service before it sends (as the
+    /// spare always was here: unlike the retry layer's, which is made after the send, so that a
+    /// reservation the send used is not in it).
     spare: OnceLock<spare::Shared<S>>,
 }
 

@@ -145,7 +145,6 @@ use crate::{BoxError, Metrics};
 type Acquire =
     Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>;
 
-/// State shared by every clone of the service.
 /// A permit of the layer's semaphore, held through the layer's shared state: the one reference
 /// count a call takes, for its permit, its pacer and its fleet's pacer alike. Gives the permit
 /// back when dropped.
@@ -175,6 +174,7 @@ impl Drop for Permit {
     }
 }
 
+/// State shared by every clone of the service.
 #[derive(Debug)]
 pub(crate) struct Shared {
     semaphore: Arc<Semaphore>,

@@ -185,7 +185,7 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 pub struct Retry<S> {
     inner: S,
     /// The policy, the counters and the spare service, behind one `Arc`: one reference count
-    /// per call.
+    /// per call (with a policy switch, each call has state of its own, one `Arc` more).
     shared: Arc<Shared>,
 }
 
@@ -308,9 +308,11 @@ impl<S> Retry<S> {
     #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.shared = Arc::new(Shared {
+            policy: self.shared.policy.clone(),
             metrics,
+            switch: self.shared.switch.clone(),
             tag: None,
-            ..self.shared.with_spare(self.shared.spare.clone())
+            spare: self.shared.spare.clone(),
         });
         self
     }

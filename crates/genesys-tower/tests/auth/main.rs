@@ -688,8 +688,8 @@ fn a_token_replaced_on_one_thread_is_sent_from_every_other_thread_after() {
     assert_eq!(source.fetches(), 2, "one refresh, for the 401");
 }
 
-/// More layers (each with its own source and token) than a thread keeps copies for, called in
-/// turn on one thread: each sends its own token, every time.
+/// Seven layers, each with its own source and token, called in turn on one thread (which keeps
+/// a copy of each one's token): each sends its own token, every time.
 #[tokio::test(start_paused = true)]
 async fn many_layers_on_one_thread_each_send_their_own_token() {
     struct Named(String);

@@ -92,9 +92,10 @@ async fn poll_ready_reserves_the_permit_that_call_uses() {
 }
 
 /// A permit is given back however the call ends: a ready service dropped without a call, a
-/// call dropped before its answer, a call answered. None is lost, none is given back twice.
+/// call dropped before its answer, a call answered, a call failed. None is lost, none is given
+/// back twice.
 #[tokio::test(start_paused = true)]
-async fn every_permit_comes_back_however_the_call_ends() {
+async fn every_permit_comes_back_whether_a_call_is_dropped_answered_or_failed() {
     let (mut svc, mut handle) =
         mock::spawn_layer::<Request<()>, Response<()>, _>(ConcurrencyLayer::new(2));
     handle.allow(10);
@@ -131,6 +132,14 @@ async fn every_permit_comes_back_however_the_call_ends() {
         call.await.unwrap();
         assert_eq!(available(&svc), 2, "an answered call gives its permit back");
     }
+    // A call the service below fails.
+    assert!(svc.poll_ready().is_ready());
+    let call = svc.call(Request::new(()));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error("connection reset");
+    assert!(call.await.is_err());
+    assert_eq!(available(&svc), 2, "a failed call gives its permit back");
+
     let mut other = mock::Spawn::new(svc.get_ref().clone());
     assert!(svc.poll_ready().is_ready());
     assert!(other.poll_ready().is_ready());
