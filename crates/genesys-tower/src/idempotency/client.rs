@@ -233,19 +233,16 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let callers_key = req.extensions().get::<IdempotencyKey>().is_some()
+            || req.headers().contains_key(IDEMPOTENCY_KEY);
+        let guarded = self.config.methods.contains(req.method());
         // A request the layer leaves alone (a GET without a key) goes through in a future of
         // its own, a fraction of the size of the keyed path's, on the layer's own instance of
         // the service below when that is ready at once (see `ResponseFuture::direct`).
-        let untouched = !self.config.methods.contains(req.method())
-            && req.extensions().get::<IdempotencyKey>().is_none()
-            && !req.headers().contains_key(IDEMPOTENCY_KEY);
-        if untouched {
+        if !callers_key && !guarded {
             return ResponseFuture::direct(&mut self.inner, req, None);
         }
-        if self.config.methods.contains(req.method())
-            && req.extensions().get::<IdempotencyKey>().is_none()
-            && !req.headers().contains_key(IDEMPOTENCY_KEY)
-        {
+        if !callers_key {
             // A key of the layer's own: no other call can carry it before this one's response
             // names it, so there is nothing to look up, join or store. It only has to be the
             // same on every attempt below.

@@ -297,9 +297,11 @@ impl<S> Retry<S> {
     #[must_use]
     pub fn switch(mut self, switch: PolicySwitch) -> Self {
         self.shared = Arc::new(Shared {
+            policy: self.shared.policy.clone(),
+            metrics: self.shared.metrics.clone(),
             switch: Some(switch),
             tag: None,
-            ..self.shared.with_spare(self.shared.spare.clone())
+            spare: self.shared.spare.clone(),
         });
         self
     }
