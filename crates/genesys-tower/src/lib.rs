@@ -155,6 +155,7 @@ pub mod headers;
 #[cfg_attr(docsrs, doc(cfg(feature = "idempotency")))]
 pub mod idempotency;
 pub mod metrics;
+mod per_thread;
 pub mod read_body;
 mod reason;
 #[cfg(feature = "redis")]

@@ -10,7 +10,6 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response, StatusCode};
@@ -20,6 +19,7 @@ use tower_service::Service;
 use super::{Shared, Token, TokenSource};
 use crate::BoxError;
 use crate::body::{Body, ReplayBody};
+use crate::per_thread::{Handle, PerThread};
 
 type Boxed<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
 
@@ -61,7 +61,7 @@ pin_project! {
 pub(super) struct Resend<S, T> {
     pub(super) parts: http::request::Parts,
     pub(super) body: Body,
-    pub(super) shared: Arc<Shared<S, T>>,
+    pub(super) shared: Handle<Shared<S, T>>,
     pub(super) token: Token,
 }
 
@@ -76,7 +76,7 @@ where
     #[inline(always)]
     pub(super) fn send(
         inner: &mut S,
-        shared: &Arc<Shared<S, T>>,
+        shared: &PerThread<Shared<S, T>>,
         mut parts: http::request::Parts,
         body: B,
         token: super::cache::Cached,
@@ -88,7 +88,7 @@ where
                 resend: resend.map(|body| Resend {
                     parts: parts.clone(),
                     body,
-                    shared: shared.clone(),
+                    shared: shared.handle(),
                     token: token.token,
                 }),
                 future: {

@@ -10,6 +10,7 @@ use super::scope::Scope;
 use super::{Auth, Shared, TokenSource};
 use crate::Metrics;
 use crate::body::DEFAULT_REPLAY_LIMIT;
+use crate::per_thread::PerThread;
 
 /// Adds a bearer token to every request and refreshes it once on 401. See the
 /// [module docs](super) for the rules.
@@ -106,7 +107,7 @@ impl<S: Clone, T> Layer<S> for AuthLayer<T> {
     type Service = Auth<S, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth::from_shared(inner, Arc::new(Shared::new(self.clone())))
+        Auth::from_shared(inner, Arc::new(PerThread::new(Shared::new(self.clone()))))
     }
 }
 

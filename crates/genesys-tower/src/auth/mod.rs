@@ -129,11 +129,12 @@ pub use token::{Token, TokenSource};
 use self::cache::Cache;
 use self::future::Resend;
 use crate::body::{self, Body, ReplayBody};
+use crate::per_thread::{Handle, PerThread};
 use crate::spare;
 use crate::{BoxError, NotSent};
 
-/// Everything a call needs, shared by every clone: one reference count per call, taken for a
-/// possible re-send after a 401.
+/// Everything a call needs, shared by every clone: one handle per call (a reference count of
+/// the calling thread's copy, see [`PerThread`]), taken for a possible re-send after a 401.
 struct Shared<S, T> {
     /// The layer's configuration, with the token cache and the counters.
     config: AuthLayer<T>,
@@ -142,14 +143,24 @@ struct Shared<S, T> {
     /// and after `get_mut` by the next call, from its inner service before it sends (as the
     /// spare always was here: unlike the retry layer's, which is made after the send, so that a
     /// reservation the send used is not in it).
-    spare: OnceLock<spare::Shared<S>>,
+    spare: Arc<OnceLock<spare::Shared<S>>>,
 }
 
 impl<S, T> Shared<S, T> {
     fn new(config: AuthLayer<T>) -> Self {
         Shared {
             config,
-            spare: OnceLock::new(),
+            spare: Arc::default(),
+        }
+    }
+}
+
+// Not derived: neither the service nor the token source need be `Clone`.
+impl<S, T> Clone for Shared<S, T> {
+    fn clone(&self) -> Self {
+        Shared {
+            config: self.config.clone(),
+            spare: self.spare.clone(),
         }
     }
 }
@@ -181,7 +192,7 @@ impl fmt::Debug for RedactedToken<'_> {
 /// by [`AuthLayer`]; see the [module docs](self).
 pub struct Auth<S, T> {
     inner: S,
-    shared: Arc<Shared<S, T>>,
+    shared: Arc<PerThread<Shared<S, T>>>,
 }
 
 impl<S: Clone, T: TokenSource> Auth<S, T> {
@@ -193,7 +204,7 @@ impl<S: Clone, T: TokenSource> Auth<S, T> {
 }
 
 impl<S: Clone, T> Auth<S, T> {
-    fn from_shared(inner: S, shared: Arc<Shared<S, T>>) -> Self {
+    fn from_shared(inner: S, shared: Arc<PerThread<Shared<S, T>>>) -> Self {
         shared.fill_spare(&inner);
         Auth { inner, shared }
     }
@@ -209,7 +220,7 @@ impl<S, T> Auth<S, T> {
     pub fn get_mut(&mut self) -> &mut S {
         // A re-send after a 401 takes a clone of the inner service as it is after the change:
         // this service and the clones made from it from now on share a new, empty spare.
-        self.shared = Arc::new(Shared::new(self.shared.config.clone()));
+        self.shared = Arc::new(PerThread::new(Shared::new(self.shared.config.clone())));
         &mut self.inner
     }
 
@@ -230,7 +241,7 @@ impl<S, T: TokenSource> Shared<S, T> {
     /// the future's own construction (sharing this code made the fast path measurably slower,
     /// about 90 instructions a call).
     fn authorize(
-        self: &Arc<Self>,
+        this: &Handle<Self>,
         parts: &mut http::request::Parts,
         body: &Body,
         token: cache::Cached,
@@ -240,7 +251,7 @@ impl<S, T: TokenSource> Shared<S, T> {
         let resend = body.try_clone().map(|body| Resend {
             parts: parts.clone(),
             body,
-            shared: self.clone(),
+            shared: this.clone(),
             token: token.token,
         });
         parts.headers.insert(AUTHORIZATION, token.header);
@@ -250,7 +261,7 @@ impl<S, T: TokenSource> Shared<S, T> {
     /// The slow path: waits for a token, reads a streaming body into memory so that it can be
     /// sent again, sends, and sends once more after a 401.
     async fn send<B, ResBody>(
-        self: Arc<Self>,
+        this: Handle<Self>,
         mut service: S,
         mut parts: http::request::Parts,
         body: Body,
@@ -260,23 +271,23 @@ impl<S, T: TokenSource> Shared<S, T> {
         S::Error: Into<BoxError>,
         B: ReplayBody,
     {
-        let token = self
+        let token = this
             .config
             .cache
             .token(
-                &*self.config.source,
-                self.config.margin,
-                &self.config.metrics,
+                &*this.config.source,
+                this.config.margin,
+                &this.config.metrics,
                 None,
             )
             .await
             .map_err(NotSent::new)?;
-        let body = if body.is_replayable() || self.config.replay_limit == 0 {
+        let body = if body.is_replayable() || this.config.replay_limit == 0 {
             body
         } else {
-            body.buffer(self.config.replay_limit).await?
+            body.buffer(this.config.replay_limit).await?
         };
-        let resend = self.authorize(&mut parts, &body, token);
+        let resend = Self::authorize(&this, &mut parts, &body, token);
         let request = Request::from_parts(parts, body::rebuild::<B>(body)?);
         let response = service.call(request).await.map_err(Into::into)?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -398,7 +409,7 @@ where
         self.shared.fill_spare(&self.inner);
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::boxed(self.shared.clone().send(ready, parts, body))
+        ResponseFuture::boxed(Shared::send(self.shared.handle(), ready, parts, body))
     }
 }
 

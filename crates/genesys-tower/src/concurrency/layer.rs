@@ -10,6 +10,7 @@ use super::Shared;
 use super::pacing::{Pacer, Rate};
 use super::shared::SharedPacer;
 use crate::Metrics;
+use crate::per_thread::PerThread;
 
 /// Applies a shared in-flight limit and client-side pacing to a service. See the
 /// [module docs](super) for the rules.
@@ -280,7 +281,7 @@ impl<S> Layer<S> for ConcurrencyLayer {
             fleet: self.fleet.clone(),
             metrics: self.config.metrics.clone(),
         };
-        Concurrency::from_shared(inner, Arc::new(shared))
+        Concurrency::from_shared(inner, Arc::new(PerThread::new(shared)))
     }
 }
 

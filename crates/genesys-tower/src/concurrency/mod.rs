@@ -140,26 +140,27 @@ pub use self::redis::RedisPacer;
 pub use self::shared::{AcquireFuture, SharedPacer};
 
 use self::pacing::Pacer;
+use crate::per_thread::{Handle, PerThread};
 use crate::{BoxError, Metrics};
 
 type Acquire =
     Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>;
 
-/// A permit of the layer's semaphore, held through the layer's shared state: the one reference
-/// count a call takes, for its permit, its pacer and its fleet's pacer alike. Gives the permit
-/// back when dropped.
+/// A permit of the layer's semaphore, held through the layer's shared state (the calling
+/// thread's copy of it): the one reference count a call takes, for its permit, its pacer and
+/// its fleet's pacer alike. Gives the permit back when dropped.
 #[derive(Debug)]
-pub(crate) struct Permit(Option<Arc<Shared>>);
+pub(crate) struct Permit(Option<Handle<Shared>>);
 
 impl Permit {
     /// Holds a permit taken from `shared`'s semaphore and forgotten there.
-    fn held(shared: &Arc<Shared>) -> Permit {
-        Permit(Some(shared.clone()))
+    fn held(shared: &PerThread<Shared>) -> Permit {
+        Permit(Some(shared.handle()))
     }
 
     /// Gives the permit back, and keeps the layer's shared state (the pacers a response is
     /// shown to).
-    pub(crate) fn release(mut self) -> Option<Arc<Shared>> {
+    pub(crate) fn release(mut self) -> Option<Handle<Shared>> {
         let shared = self.0.take()?;
         shared.semaphore.add_permits(1);
         Some(shared)
@@ -175,7 +176,7 @@ impl Drop for Permit {
 }
 
 /// State shared by every clone of the service.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Shared {
     semaphore: Arc<Semaphore>,
     max_in_flight: usize,
@@ -190,7 +191,7 @@ pub(crate) struct Shared {
 /// [`ConcurrencyLayer`]; see the [module docs](self).
 pub struct Concurrency<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<PerThread<Shared>>,
     /// Taken in `poll_ready`, handed to the response future by `call`.
     permit: Option<Permit>,
     /// Waiting for a permit.
@@ -216,7 +217,7 @@ impl<S> Concurrency<S> {
         ConcurrencyLayer::new(max_in_flight).layer(inner)
     }
 
-    fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+    fn from_shared(inner: S, shared: Arc<PerThread<Shared>>) -> Self {
         Concurrency {
             inner,
             shared,

@@ -50,6 +50,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
+use crate::per_thread::{SHARDS, shard};
+
 pub(crate) use self::export::recording;
 #[cfg(feature = "retry")]
 pub(crate) use self::export::{CallMetrics, outcome_label};
@@ -71,24 +73,12 @@ struct Counters {
     concurrency_rejections: AtomicU64,
 }
 
-/// How many copies of the counters a handle keeps: threads count into their own copy, so that
-/// requests on several cores do not fight over one cache line; a snapshot adds them up.
-const SHARDS: usize = 8;
-
-/// One copy of the counters, on cache lines of its own.
+/// One copy of the counters, on cache lines of its own. A handle keeps one per shard: threads
+/// count into their own copy, so that requests on several cores do not fight over one cache
+/// line; a snapshot adds them up.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Shard(Counters);
-
-/// The copy this thread counts into: threads are given copies in turn.
-fn shard_index() -> usize {
-    use std::sync::atomic::AtomicUsize;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
-    }
-    INDEX.with(|i| *i)
-}
 
 /// A shared set of counters. Clones share the same counters.
 #[derive(Clone, Default)]
@@ -172,7 +162,7 @@ macro_rules! counter {
 
 impl Metrics {
     fn shard(&self) -> &Counters {
-        &self.inner[shard_index()].0
+        &self.inner[shard()].0
     }
 
     /// A new set of counters, all zero.

@@ -2,7 +2,6 @@
 //! the call ends. The layer's future drives it: the first attempt in place, the rest (waits and
 //! further attempts) in one boxed `async` block, taken only when a retry is decided.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Buf;
@@ -17,6 +16,7 @@ use super::decide::{Decision, Outcome, State, SystemClock, decide};
 use super::{DRAIN_LIMIT, Error, ErrorKind, RetryInfo, Shared, span};
 use crate::body::{self, ReplayBody};
 use crate::metrics::CallMetrics;
+use crate::per_thread::Handle;
 use crate::{Body, BoxError};
 
 /// The last outcome of an attempt.
@@ -63,7 +63,7 @@ impl Attempt {
 
 /// A call in progress: what every attempt shares.
 pub(super) struct Call {
-    shared: Arc<Shared>,
+    shared: Handle<Shared>,
     parts: http::request::Parts,
     /// The body: in memory, cloned for every attempt (`state.replayable`), or a stream too long
     /// to hold, taken by the one attempt it can go with.
@@ -78,7 +78,7 @@ impl Call {
     /// Starts a call: the version tag while a canary runs, the policy's safety rule, the
     /// counters, the budget's deposit.
     pub(super) fn start(
-        shared: Arc<Shared>,
+        shared: Handle<Shared>,
         seed: Option<u64>,
         mut parts: http::request::Parts,
         span: Span,

@@ -174,6 +174,7 @@ pub use crate::reason::RetryReason;
 
 use self::call::Call;
 use crate::body::ReplayBody;
+use crate::per_thread::{self, PerThread};
 use crate::spare;
 use crate::{BoxError, Metrics};
 
@@ -184,9 +185,10 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct Retry<S> {
     inner: S,
-    /// The policy, the counters and the spare service, behind one `Arc`: one reference count
-    /// per call (with a policy switch, each call has state of its own, one `Arc` more).
-    shared: Arc<Shared>,
+    /// The policy, the counters and the spare service, shared with a copy per thread: one
+    /// reference count per call, of the calling thread's copy (with a policy switch, each call
+    /// has state of its own, one `Arc` more).
+    shared: Arc<PerThread<Shared>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Retry<S> {
@@ -199,7 +201,7 @@ impl<S: fmt::Debug> fmt::Debug for Retry<S> {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Shared {
     policy: RetryPolicy,
     metrics: Metrics,
@@ -280,13 +282,13 @@ impl<S: Clone> Retry<S> {
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
         Retry {
             inner,
-            shared: Arc::new(Shared {
+            shared: Arc::new(PerThread::new(Shared {
                 policy,
                 metrics: Metrics::new(),
                 switch: None,
                 tag: None,
                 spare: Spare::default(),
-            }),
+            })),
         }
     }
 }
@@ -296,26 +298,26 @@ impl<S> Retry<S> {
     /// the calls); the policy given to [`new`](Self::new) is then not used.
     #[must_use]
     pub fn switch(mut self, switch: PolicySwitch) -> Self {
-        self.shared = Arc::new(Shared {
+        self.shared = Arc::new(PerThread::new(Shared {
             policy: self.shared.policy.clone(),
             metrics: self.shared.metrics.clone(),
             switch: Some(switch),
             tag: None,
             spare: self.shared.spare.clone(),
-        });
+        }));
         self
     }
 
     /// Counts into `metrics` instead.
     #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
-        self.shared = Arc::new(Shared {
+        self.shared = Arc::new(PerThread::new(Shared {
             policy: self.shared.policy.clone(),
             metrics,
             switch: self.shared.switch.clone(),
             tag: None,
             spare: self.shared.spare.clone(),
-        });
+        }));
         self
     }
 
@@ -338,7 +340,7 @@ impl<S> Retry<S> {
     pub fn get_mut(&mut self) -> &mut S {
         // Retries take a clone of the inner service as it is after the change: this service
         // and the clones made from it from now on share a new, empty spare.
-        self.shared = Arc::new(self.shared.with_spare(Spare::default()));
+        self.shared = Arc::new(PerThread::new(self.shared.with_spare(Spare::default())));
         &mut self.inner
     }
 
@@ -368,10 +370,10 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // A switched policy is chosen when the call starts, and kept to its end.
         let shared = match &self.shared.switch {
-            None => self.shared.clone(),
+            None => self.shared.handle(),
             Some(switch) => {
                 let (policy, tag) = switch.pick();
-                Arc::new(Shared {
+                per_thread::handle_of(Shared {
                     policy,
                     metrics: self.shared.metrics.clone(),
                     switch: Some(switch.clone()),
