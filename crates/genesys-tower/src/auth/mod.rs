@@ -134,7 +134,9 @@ use crate::spare;
 use crate::{BoxError, NotSent};
 
 /// Everything a call needs, shared by every clone: one handle per call (a reference count of
-/// the calling thread's copy, see [`PerThread`]), taken for a possible re-send after a 401.
+/// the calling thread's copy, see [`PerThread`]), taken for a possible re-send after a 401. A
+/// clone must share whatever a call changes (the token cache, the source, the counters, the
+/// spare's cell); a test names each field.
 struct Shared<S, T> {
     /// The layer's configuration, with the token cache and the counters.
     config: AuthLayer<T>,
@@ -430,5 +432,42 @@ impl<S: fmt::Debug, T> fmt::Debug for Auth<S, T> {
             .field("token", &RedactedToken(&self.shared.config.cache))
             .field("refresh_margin", &self.shared.config.margin)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+
+    /// A thread's copy of the layer's state shares everything a call changes with the state
+    /// and every other copy: each field is named, so a new one must say how it is shared.
+    #[test]
+    fn a_threads_copy_of_the_state_shares_everything_a_call_changes() {
+        let source = token_source_fn(|| async { Ok(Token::new("t", None)) });
+        let config = AuthLayer::new(source).only_to("https://api.example.test".parse().unwrap());
+        let state = PerThread::new(Shared::<(), _>::new(config));
+        let copy = state.handle_in(1);
+        let Shared { config, spare } = &**copy;
+        let AuthLayer {
+            source,
+            cache,
+            margin,
+            metrics,
+            scopes,
+            replay_limit,
+        } = config;
+        assert!(
+            Arc::ptr_eq(source, &state.config.source),
+            "the token source"
+        );
+        assert!(Arc::ptr_eq(cache, &state.config.cache), "the token cache");
+        assert!(metrics.is_same(&state.config.metrics), "the counters");
+        assert!(Arc::ptr_eq(scopes, &state.config.scopes), "the scopes");
+        assert_eq!(
+            (*margin, *replay_limit),
+            (state.config.margin, state.config.replay_limit),
+            "values no call changes"
+        );
+        assert!(Arc::ptr_eq(spare, &state.spare), "the spare's cell");
     }
 }

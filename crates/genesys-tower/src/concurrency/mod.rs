@@ -175,7 +175,9 @@ impl Drop for Permit {
     }
 }
 
-/// State shared by every clone of the service.
+/// State shared by every clone of the service. Kept with a copy per thread ([`PerThread`]): a
+/// clone must share whatever a call changes (the semaphore, the pacers, the counters); a test
+/// names each field.
 #[derive(Debug, Clone)]
 pub(crate) struct Shared {
     semaphore: Arc<Semaphore>,
@@ -400,5 +402,57 @@ impl<S: fmt::Debug> fmt::Debug for Concurrency<S> {
             .field("available_permits", &self.available_permits())
             .field("holds_permit", &self.permit.is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use std::time::Duration;
+
+    use http::{HeaderMap, StatusCode};
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fleet;
+
+    impl SharedPacer for Fleet {
+        fn acquire(&self) -> AcquireFuture {
+            Box::pin(std::future::ready(()))
+        }
+
+        fn observe(&self, _: StatusCode, _: &HeaderMap) {}
+    }
+
+    /// A thread's copy of the layer's state shares everything a call changes with the state
+    /// and every other copy: each field is named, so a new one must say how it is shared.
+    #[test]
+    fn a_threads_copy_of_the_state_shares_everything_a_call_changes() {
+        let service = ConcurrencyLayer::new(4)
+            .pacing(10, Duration::from_secs(1))
+            .shared_pacing(Fleet)
+            .layer(());
+        let state = &service.shared;
+        let copy = state.handle_in(1);
+        let Shared {
+            semaphore,
+            max_in_flight,
+            reject,
+            pacer,
+            fleet,
+            metrics,
+        } = &**copy;
+        assert!(Arc::ptr_eq(semaphore, &state.semaphore), "the permits");
+        assert_eq!(
+            (*max_in_flight, *reject),
+            (state.max_in_flight, state.reject),
+            "values no call changes"
+        );
+        assert!(Arc::ptr_eq(pacer, &state.pacer), "the pacer");
+        let (Some(fleet), Some(original)) = (fleet, &state.fleet) else {
+            panic!("the fleet's pacer is in the copy");
+        };
+        assert!(Arc::ptr_eq(fleet, original), "the fleet's pacer");
+        assert!(metrics.is_same(&state.metrics), "the counters");
     }
 }

@@ -161,6 +161,12 @@ macro_rules! counter {
 }
 
 impl Metrics {
+    /// Whether `other` is a handle to the same counters.
+    #[cfg(test)]
+    pub(crate) fn is_same(&self, other: &Metrics) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     fn shard(&self) -> &Counters {
         &self.inner[shard()].0
     }

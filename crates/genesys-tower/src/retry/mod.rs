@@ -201,6 +201,9 @@ impl<S: fmt::Debug> fmt::Debug for Retry<S> {
     }
 }
 
+/// What every call of the layer shares. Kept with a copy per thread ([`PerThread`]): a clone
+/// must share whatever a call changes (the policy's seed counter and budget, the counters, the
+/// switch, the spare's cell); a test names each field.
 #[derive(Debug, Clone)]
 struct Shared {
     policy: RetryPolicy,
@@ -215,8 +218,8 @@ struct Shared {
     spare: Spare,
 }
 
-/// The cell of a layer's spare service: shared by the clones of the layer's service, and by a
-/// switched policy's per-call state.
+/// The cell of a layer's spare service: shared by the clones of the layer's service, by the
+/// per-thread copies of its state, and by a switched policy's per-call state.
 type Spare = Arc<OnceLock<Box<dyn Any + Send + Sync>>>;
 
 impl Shared {
@@ -406,5 +409,39 @@ where
         let ready = mem::replace(&mut self.inner, clone);
         let span = call.span.clone();
         ResponseFuture::boxed(call.run::<S, B, ResBody>(ready, body).instrument(span))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread's copy of the layer's state shares everything a call changes with the state
+    /// and every other copy: each field is named, so a new one must say how it is shared.
+    #[test]
+    fn a_threads_copy_of_the_state_shares_everything_a_call_changes() {
+        let state = PerThread::new(Shared {
+            policy: RetryPolicy::default(),
+            metrics: Metrics::new(),
+            switch: Some(PolicySwitch::new(RetryPolicy::default(), None)),
+            tag: Some(http::HeaderName::from_static("x-policy-version")),
+            spare: Spare::default(),
+        });
+        let copy = state.handle_in(1);
+        let Shared {
+            policy,
+            metrics,
+            switch,
+            tag,
+            spare,
+        } = &**copy;
+        assert!(policy.is_same(&state.policy), "the policy");
+        assert!(metrics.is_same(&state.metrics), "the counters");
+        let (Some(switch), Some(original)) = (switch, &state.switch) else {
+            panic!("the switch is in the copy");
+        };
+        assert!(switch.is_same(original), "the switch");
+        assert_eq!(tag, &state.tag, "a value no call changes");
+        assert!(Arc::ptr_eq(spare, &state.spare), "the spare's cell");
     }
 }

@@ -167,6 +167,12 @@ impl RetryPolicy {
         }
     }
 
+    /// Whether `other` is the same policy (one seed counter, one budget), not an equal one.
+    #[cfg(test)]
+    pub(super) fn is_same(&self, other: &RetryPolicy) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The seed of the next call's schedule: the policy's seed for the first call, then values
     /// derived from it in call order, so that concurrent calls do not move in lockstep.
     pub(crate) fn next_call_seed(&self) -> Option<u64> {

@@ -81,6 +81,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl PolicySwitch {
+    /// Whether `other` is the same switch (one plan, one count of calls and outcomes).
+    #[cfg(test)]
+    pub(super) fn is_same(&self, other: &PolicySwitch) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Every call runs `stable` until [`set`](Self::set) says otherwise. With `tag`, while a
     /// canary runs, every attempt carries the version of its call's policy in that request
     /// header (for the server's logs, or a test's fault injection); with no canary, nothing.
