@@ -79,9 +79,8 @@ mod state {
         }
     }
 
-    /// A handle to `value` alone, for state of one call's own (a retry policy switch's call:
-    /// an allocation per call, as before the copies, aligned like theirs).
-    #[cfg(feature = "retry")]
+    /// A handle to `value` alone: a thread's copy, or the state of one call's own (a retry
+    /// policy switch's call: an allocation per call, as before the copies, aligned like them).
     pub(crate) fn handle_of<T>(value: T) -> Handle<T> {
         Arc::new(Lines(value))
     }
@@ -112,7 +111,7 @@ mod state {
         #[inline]
         pub(crate) fn handle_in(&self, shard: usize) -> Handle<T> {
             self.copies[shard % SHARDS]
-                .get_or_init(|| Arc::new(Lines(self.value.clone())))
+                .get_or_init(|| handle_of(self.value.clone()))
                 .clone()
         }
     }
