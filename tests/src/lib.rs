@@ -38,3 +38,14 @@ pub fn payload_hash(bytes: &[u8]) -> String {
     }
     format!("{h:016x}")
 }
+
+/// The README's Rust examples, compiled as a user's crate would compile them (from the public
+/// API alone, with this crate's dependencies): a README that no longer compiles fails the tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;
+
+/// The simulator guide's Rust example, compiled and run the same way.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/simulator.md")]
+pub struct SimulatorGuideExamples;
