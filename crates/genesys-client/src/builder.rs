@@ -9,13 +9,17 @@
 //!    jitter, `Retry-After` as a floor, a retry budget;
 //! 3. [`AuthLayer`] with the [`ClientCredentials`] token source: the bearer token on every
 //!    attempt, one refresh on 401;
-//! 4. a per-attempt timeout ([`tower::timeout::TimeoutLayer`]), which covers reading the body;
+//! 4. a per-attempt timeout (what [`tower::timeout::TimeoutLayer`] does, with its error), which
+//!    covers reading the body;
 //! 5. [`ReadBodyLayer`]: every response body read whole, within limits (16 MiB for a success
 //!    body, 64 KiB kept of an error body) and an idle timeout between chunks (30 s);
 //! 6. [`ConcurrencyLayer`]: a limit on requests in flight and pacing (300 requests per 60 s by
 //!    default, the Genesys limit per client-credentials token);
 //! 7. the leaf: hyper-util's pooled client with rustls (https and http), or any service given to
 //!    [`GenesysClientBuilder::service`].
+//!
+//! The first four run as one [`Stack`](genesys_tower::stack::Stack): the same layers and rules,
+//! in one future for a call that goes the common way.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -46,6 +50,7 @@ use genesys_tower::concurrency::{ConcurrencyLayer, SharedPacer};
 use genesys_tower::idempotency::{IdempotencyLayer, IdempotencyStore};
 use genesys_tower::read_body::ReadBodyLayer;
 use genesys_tower::retry::{PolicySwitch, RetryLayer, RetryPolicy};
+use genesys_tower::stack::StackLayer;
 use genesys_tower::{Body, BoxError, Metrics};
 use http::{HeaderValue, Request, Response, Uri};
 use tower::timeout::TimeoutLayer;
@@ -627,20 +632,19 @@ impl GenesysClientBuilder {
             .max_success_body(self.max_response_body)
             .max_error_body(self.max_error_body)
             .idle_timeout(self.body_idle_timeout);
-        let below_idempotency = ServiceBuilder::new()
-            .layer({
-                let retry = RetryLayer::new(policy).metrics(metrics.clone());
-                match &self.retry_switch {
-                    Some(switch) => retry.switch(switch.clone()),
-                    None => retry,
-                }
-            })
-            .layer(auth)
-            .option_layer(self.attempt_timeout.map(TimeoutLayer::new))
-            .layer(read_body)
-            .layer(concurrency)
-            .service(leaf);
-        let stack: HttpService = if self.idempotency {
+        let retry = RetryLayer::new(policy).metrics(metrics.clone());
+        let retry = match &self.retry_switch {
+            Some(switch) => retry.switch(switch.clone()),
+            None => retry,
+        };
+        // The idempotency, retry and auth layers and the timeout as one service (the same
+        // rules and state as the layers composed in that order, at the cost of one layer on a
+        // call that goes the common way).
+        let mut roles = StackLayer::new(retry, auth);
+        if let Some(timeout) = self.attempt_timeout {
+            roles = roles.attempt_timeout(timeout);
+        }
+        if self.idempotency {
             let mut layer = self.idempotency_layer.clone().unwrap_or_default();
             if let Some(store) = self.idempotency_store.clone() {
                 layer = layer.store(store);
@@ -648,19 +652,16 @@ impl GenesysClientBuilder {
             if let Some((url, password_env, retention)) = &self.idempotency_redis {
                 layer = layer.store(open_redis_store(url, password_env.as_deref(), *retention)?);
             }
-            BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .map_err(Into::<BoxError>::into)
-                    .layer(layer.metrics(metrics.clone()))
-                    .service(below_idempotency),
-            )
-        } else {
-            BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .map_err(Into::<BoxError>::into)
-                    .service(below_idempotency),
-            )
-        };
+            roles = roles.idempotency(layer.metrics(metrics.clone()));
+        }
+        let stack: HttpService = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_err(Into::<BoxError>::into)
+                .layer(roles)
+                .layer(read_body)
+                .layer(concurrency)
+                .service(leaf),
+        );
 
         let user_agent = self.user_agent.clone().unwrap_or_else(|| {
             HeaderValue::from_static(concat!("genesys-client/", env!("CARGO_PKG_VERSION")))

@@ -165,6 +165,12 @@ pub mod redis_conn;
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;
 mod spare;
+#[cfg(all(feature = "retry", feature = "auth", feature = "idempotency"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(feature = "retry", feature = "auth", feature = "idempotency")))
+)]
+pub mod stack;
 mod time;
 
 pub use body::Body;

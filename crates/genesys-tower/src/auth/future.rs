@@ -58,11 +58,11 @@ pin_project! {
 /// What sending a request again after a 401 needs: the layer's shared state (with its spare
 /// service, cloned only when a 401 calls for the re-send), the request's head as it came
 /// (without the token), the token it carried, and a copy of its body.
-pub(super) struct Resend<S, T> {
-    pub(super) parts: http::request::Parts,
-    pub(super) body: Body,
-    pub(super) shared: Handle<Shared<S, T>>,
-    pub(super) token: Token,
+pub(crate) struct Resend<S, T> {
+    pub(crate) parts: http::request::Parts,
+    pub(crate) body: Body,
+    pub(crate) shared: Handle<Shared<S, T>>,
+    pub(crate) token: Token,
 }
 
 impl<S, B, T> ResponseFuture<S, B, T>

@@ -98,7 +98,7 @@
 //! events (on each fetch, at debug level, and on failures, at warn) never carry it; errors
 //! carry the token source's error, which must not hold secrets either.
 
-mod cache;
+pub(crate) mod cache;
 mod error;
 mod future;
 mod layer;
@@ -127,7 +127,7 @@ pub use self::source_fn::{TokenSourceFn, token_source_fn};
 pub use token::{Token, TokenSource};
 
 use self::cache::Cache;
-use self::future::Resend;
+pub(crate) use self::future::Resend;
 use crate::body::{self, Body, ReplayBody};
 use crate::per_thread::{Handle, PerThread};
 use crate::spare;
@@ -137,7 +137,7 @@ use crate::{BoxError, NotSent};
 /// the calling thread's copy, see [`PerThread`]), taken for a possible re-send after a 401. A
 /// clone must share whatever a call changes (the token cache, the source, the counters, the
 /// spare's cell); a test names each field.
-struct Shared<S, T> {
+pub(crate) struct Shared<S, T> {
     /// The layer's configuration, with the token cache and the counters.
     config: AuthLayer<T>,
     /// What a re-send after a 401 goes on: a clone of the inner service made once, cloned
@@ -169,8 +169,14 @@ impl<S, T> Clone for Shared<S, T> {
 
 impl<S: Clone, T> Shared<S, T> {
     /// Makes sure the spare is there, from `inner` if it is not (a load once it is).
-    fn fill_spare(&self, inner: &S) {
+    pub(crate) fn fill_spare(&self, inner: &S) {
         self.spare.get_or_init(|| spare::shared(inner));
+    }
+
+    /// Makes sure the spare is there, made by `make` if it is not.
+    #[cfg(all(feature = "retry", feature = "idempotency"))]
+    pub(crate) fn fill_spare_with(&self, make: impl FnOnce() -> S) {
+        self.spare.get_or_init(|| spare::shared(&make()));
     }
 }
 
@@ -206,9 +212,17 @@ impl<S: Clone, T: TokenSource> Auth<S, T> {
 }
 
 impl<S: Clone, T> Auth<S, T> {
-    fn from_shared(inner: S, shared: Arc<PerThread<Shared<S, T>>>) -> Self {
+    pub(crate) fn from_shared(inner: S, shared: Arc<PerThread<Shared<S, T>>>) -> Self {
         shared.fill_spare(&inner);
         Auth { inner, shared }
+    }
+}
+
+impl<S, T> Auth<S, T> {
+    /// The inner service and the layer's shared state.
+    #[cfg(all(feature = "retry", feature = "idempotency"))]
+    pub(crate) fn into_parts(self) -> (S, Arc<PerThread<Shared<S, T>>>) {
+        (self.inner, self.shared)
     }
 }
 
@@ -233,8 +247,15 @@ impl<S, T> Auth<S, T> {
 }
 
 impl<S, T: TokenSource> Shared<S, T> {
-    fn in_scope(&self, parts: &http::request::Parts) -> bool {
+    pub(crate) fn in_scope(&self, parts: &http::request::Parts) -> bool {
         self.config.scopes.is_empty() || self.config.scopes.iter().any(|s| s.contains(parts))
+    }
+
+    /// The cached token and its header value, when one is at hand and not due for refresh
+    /// (without waiting).
+    #[cfg(all(feature = "retry", feature = "idempotency"))]
+    pub(crate) fn token_at_hand(&self) -> Option<cache::Cached> {
+        self.config.cache.current(self.config.margin)
     }
 
     /// Puts the token in the request's head, and keeps what sending it again after a 401 needs
@@ -310,7 +331,7 @@ impl<S, T: TokenSource> Shared<S, T> {
 impl<S: Clone, T: TokenSource> Resend<S, T> {
     /// After a 401: a new token (fetched once for everyone), and the request once more with it;
     /// or the 401 as it is, when the source gives the same token again.
-    async fn after_401<B, ResBody>(
+    pub(crate) async fn after_401<B, ResBody>(
         self,
         response: Response<ResBody>,
     ) -> Result<Response<ResBody>, BoxError>

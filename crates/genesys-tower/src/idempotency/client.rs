@@ -59,7 +59,7 @@ pub struct IdempotencyLayer {
 }
 
 #[derive(Clone)]
-struct Config {
+pub(crate) struct Config {
     store: Arc<dyn IdempotencyStore>,
     metrics: Metrics,
     methods: Vec<Method>,
@@ -232,32 +232,70 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let callers_key = req.extensions().get::<IdempotencyKey>().is_some()
-            || req.headers().contains_key(IDEMPOTENCY_KEY);
-        let guarded = self.config.methods.contains(req.method());
-        // A request the layer leaves alone (a GET without a key) goes through in a future of
-        // its own, a fraction of the size of the keyed path's, on the layer's own instance of
-        // the service below when that is ready at once (see `ResponseFuture::direct`).
-        if !callers_key && !guarded {
-            return ResponseFuture::direct(&mut self.inner, req, None);
-        }
-        if !callers_key {
-            // A key of the layer's own: no other call can carry it before this one's response
-            // names it, so there is nothing to look up, join or store. It only has to be the
-            // same on every attempt below.
-            // The header is what goes to the server and what the layers below read; the key
-            // goes on the response alone, so that every copy of the request head below (a retry
-            // layer's, an auth layer's) has no extension map to copy for it.
-            let key = IdempotencyKey::new(generated_key());
-            let mut req = req;
-            if let Ok(value) = HeaderValue::from_str(key.as_str()) {
-                req.headers_mut().insert(IDEMPOTENCY_KEY, value);
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        match route(&self.config, &mut req) {
+            // A request the layer leaves alone (a GET without a key) goes through in a future
+            // of its own, a fraction of the size of the keyed path's, on the layer's own
+            // instance of the service below when that is ready at once (see
+            // `ResponseFuture::direct`); so does one with a key of the layer's own.
+            Route::Pass => ResponseFuture::direct(&mut self.inner, req, None),
+            Route::Generated(key) => ResponseFuture::direct(&mut self.inner, req, Some(key)),
+            Route::Keyed => {
+                let config = self.config.clone();
+                ResponseFuture::keyed(run(config, self.inner.clone(), req))
             }
-            return ResponseFuture::direct(&mut self.inner, req, Some(key));
         }
-        let config = self.config.clone();
-        ResponseFuture::keyed(run(config, self.inner.clone(), req))
+    }
+}
+
+/// What the layer does with a request.
+pub(crate) enum Route {
+    /// Nothing: not a guarded method, and no key from the caller.
+    Pass,
+    /// A key of the layer's own, already in the request's `Idempotency-Key` header; the
+    /// response names it (as an extension).
+    Generated(IdempotencyKey),
+    /// The caller's key: claimed in the store, joined or replayed.
+    Keyed,
+}
+
+/// Decides what the layer does with `req`, and puts a key of the layer's own in it when it
+/// makes one.
+pub(crate) fn route<B>(config: &Config, req: &mut Request<B>) -> Route {
+    let callers_key = req.extensions().get::<IdempotencyKey>().is_some()
+        || req.headers().contains_key(IDEMPOTENCY_KEY);
+    if callers_key {
+        return Route::Keyed;
+    }
+    if !config.methods.contains(req.method()) {
+        return Route::Pass;
+    }
+    // A key of the layer's own: no other call can carry it before this one's response names
+    // it, so there is nothing to look up, join or store. It only has to be the same on every
+    // attempt below.
+    // The header is what goes to the server and what the layers below read; the key goes on
+    // the response alone, so that every copy of the request head below (a retry layer's, an
+    // auth layer's) has no extension map to copy for it.
+    let key = IdempotencyKey::new(generated_key());
+    if let Ok(value) = HeaderValue::from_str(key.as_str()) {
+        req.headers_mut().insert(IDEMPOTENCY_KEY, value);
+    }
+    Route::Generated(key)
+}
+
+impl<S> Idempotency<S> {
+    /// The layer's service from its parts (for [`Stack`](crate::stack::Stack)).
+    #[cfg(all(feature = "retry", feature = "auth"))]
+    pub(crate) fn from_parts(inner: S, config: Arc<Config>) -> Self {
+        Idempotency { inner, config }
+    }
+}
+
+impl IdempotencyLayer {
+    /// The layer's configuration, as its services share it.
+    #[cfg(all(feature = "retry", feature = "auth"))]
+    pub(crate) fn shared_config(&self) -> Arc<Config> {
+        Arc::new(self.config.clone())
     }
 }
 

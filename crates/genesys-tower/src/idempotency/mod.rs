@@ -107,6 +107,8 @@ use std::fmt;
 
 use http::HeaderName;
 
+#[cfg(all(feature = "retry", feature = "auth"))]
+pub(crate) use client::{Config, Route, route};
 pub use client::{
     DEFAULT_CLIENT_LOCK_TTL, DEFAULT_RETENTION, Error, Idempotency, IdempotencyLayer,
     ResponseFuture, is_final,

@@ -16,11 +16,11 @@ use super::decide::{Decision, Outcome, State, SystemClock, decide};
 use super::{DRAIN_LIMIT, Error, ErrorKind, RetryInfo, Shared, span};
 use crate::body::{self, ReplayBody};
 use crate::metrics::CallMetrics;
-use crate::per_thread::Handle;
+use crate::per_thread::{self, Handle, PerThread};
 use crate::{Body, BoxError};
 
 /// The last outcome of an attempt.
-pub(super) enum Last<R> {
+pub(crate) enum Last<R> {
     Response(Response<R>),
     Error(BoxError),
 }
@@ -43,8 +43,8 @@ pub(super) enum Next<R> {
 }
 
 /// An attempt in flight: its span, and when it was sent (for the latency histogram).
-pub(super) struct Attempt {
-    pub(super) span: Span,
+pub(crate) struct Attempt {
+    pub(crate) span: Span,
     sent: Option<Instant>,
 }
 
@@ -52,7 +52,7 @@ impl Attempt {
     /// Sends `request` on `service`, which is ready, in the attempt's span: a layer below may do
     /// its work (and log) in `call`, before its future is polled.
     #[inline(always)]
-    pub(super) fn send<S, B>(&self, service: &mut S, request: Request<B>) -> S::Future
+    pub(crate) fn send<S, B>(&self, service: &mut S, request: Request<B>) -> S::Future
     where
         S: Service<Request<B>>,
     {
@@ -62,22 +62,55 @@ impl Attempt {
 }
 
 /// A call in progress: what every attempt shares.
-pub(super) struct Call {
+pub(crate) struct Call {
     shared: Handle<Shared>,
-    parts: http::request::Parts,
+    pub(crate) parts: http::request::Parts,
     /// The body: in memory, cloned for every attempt (`state.replayable`), or a stream too long
     /// to hold, taken by the one attempt it can go with.
     body: Option<Body>,
-    pub(super) span: Span,
+    pub(crate) span: Span,
     metrics: CallMetrics,
     started: Instant,
     state: State,
 }
 
 impl Call {
+    /// Starts a call on the layer's state `shared`: with the policy a switch picks for it, when
+    /// one is set (kept to the call's end), its jitter seed, and its span (made here, so that
+    /// its parent is the caller's span).
+    pub(crate) fn begin(shared: &PerThread<Shared>, parts: http::request::Parts) -> Self {
+        let shared = match &shared.switch {
+            None => shared.handle(),
+            Some(switch) => {
+                let (policy, tag) = switch.pick();
+                per_thread::handle_of(Shared {
+                    policy,
+                    metrics: shared.metrics.clone(),
+                    switch: Some(switch.clone()),
+                    tag: tag.cloned(),
+                    spare: shared.spare.clone(),
+                })
+            }
+        };
+        let seed = shared.policy.next_call_seed();
+        let span = span::call(&parts, &shared.policy);
+        Call::start(shared, seed, parts, span)
+    }
+
+    /// The first attempt of a call whose `body` is in memory: the request to send and the
+    /// attempt, counted.
+    pub(crate) fn first_attempt<B: ReplayBody>(
+        &mut self,
+        body: Body,
+    ) -> Result<(Request<B>, Attempt), BoxError> {
+        self.set_body(body);
+        self.count_attempt();
+        self.next_attempt::<B>()
+    }
+
     /// Starts a call: the version tag while a canary runs, the policy's safety rule, the
     /// counters, the budget's deposit.
-    pub(super) fn start(
+    fn start(
         shared: Handle<Shared>,
         seed: Option<u64>,
         mut parts: http::request::Parts,
@@ -112,13 +145,26 @@ impl Call {
     /// Makes sure the layer has a spare service, from `inner` if it has none (the first call,
     /// or the first after `get_mut`): from `inner` as the call that asks left it, so that a
     /// reservation its `poll_ready` made and its `call` used is not in the copy.
-    pub(super) fn fill_spare<S: Clone + Send + 'static>(&self, inner: &S) {
+    pub(crate) fn fill_spare<S: Clone + Send + 'static>(&self, inner: &S) {
         self.shared.fill_spare(inner);
+    }
+
+    /// Makes sure the layer has a spare service, made by `make` if it has none: for a caller
+    /// that has no service of the spare's type at hand, only what makes one.
+    #[cfg(all(feature = "auth", feature = "idempotency"))]
+    pub(crate) fn fill_spare_with<S: Clone + Send + 'static>(&self, make: impl FnOnce() -> S) {
+        self.shared.fill_spare_with(make);
     }
 
     /// A service for the attempts after the first: a clone of the layer's spare.
     pub(super) fn spare<S: Clone + 'static>(&self) -> Option<S> {
         self.shared.take_spare()
+    }
+
+    /// A copy of the body, when it is in memory (for a re-send after a 401 by the stack).
+    #[cfg(all(feature = "auth", feature = "idempotency"))]
+    pub(crate) fn body_copy(&self) -> Option<Body> {
+        self.body.as_ref().and_then(Body::try_clone)
     }
 
     /// The body, as every attempt will take it: in memory, or a stream sent once.
@@ -290,7 +336,7 @@ impl Call {
     }
 
     /// Records how the call ended, and hands its result on.
-    pub(super) fn finish<R>(
+    pub(crate) fn finish<R>(
         &self,
         result: Result<Response<R>, BoxError>,
     ) -> Result<Response<R>, BoxError> {

@@ -16,6 +16,8 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 use tracing::Instrument;
 
+use std::time::Duration;
+
 use super::call::{Attempt, Call, Last, Next};
 use super::decide::Outcome;
 use crate::BoxError;
@@ -107,7 +109,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut kind = self.project().kind;
         loop {
-            let (call, service, delay, last) = match kind.as_mut().project() {
+            let (call, delay, last) = match kind.as_mut().project() {
                 KindProj::Boxed { future } => return future.as_mut().poll(cx),
                 KindProj::First {
                     future,
@@ -124,69 +126,114 @@ where
                     let outcome = {
                         let _call = call_ref.span.enter();
                         let _attempt = attempt_ref.span.enter();
-                        ready!(future.poll(cx))
+                        ready!(future.poll(cx)).map_err(Into::into)
                     };
                     // From here the first attempt is over: a later poll finds no attempt, even
-                    // if deciding what follows panics (the classifier is the user's code). The
-                    // call is worked on where it lies: it is moved (into the boxed rest of the
-                    // call) only when a retry is decided.
-                    let (Some(attempt), Some(call_ref)) = (attempt.take(), call.as_mut()) else {
+                    // if deciding what follows panics (the classifier is the user's code).
+                    let Some(attempt) = attempt.take() else {
                         return Poll::Ready(Err("the retry layer's future lost its call".into()));
                     };
-                    let entered = call_ref.span.clone().entered();
-                    let (decision, last) = match outcome {
-                        Ok(response) => {
-                            let status = response.status();
-                            let decision = call_ref
-                                .judge(Outcome::Response(status, response.headers()), &attempt);
-                            if call_ref.returns_as_is(decision) {
-                                // The common end: the response goes back where it came from,
-                                // without a move through the decision.
-                                drop(entered);
-                                drop(attempt);
-                                call_ref.record_end(Some(status), None);
-                                *call = None;
-                                return Poll::Ready(Ok(response));
-                            }
-                            (decision, Last::Response(response))
-                        }
-                        Err(error) => {
-                            let error: BoxError = error.into();
-                            let decision = call_ref.judge(Outcome::Error(&*error), &attempt);
-                            (decision, Last::Error(error))
-                        }
-                    };
-                    let next = call_ref.conclude(decision, last);
-                    drop(entered);
-                    drop(attempt);
-                    let (delay, last) = match next {
-                        Next::Done(result) => {
-                            let result = call_ref.finish(result);
-                            *call = None;
-                            return Poll::Ready(result);
-                        }
-                        Next::Retry { delay, last } => (delay, last),
-                    };
-                    let Some(call) = call.take() else {
-                        return Poll::Ready(Err("the retry layer's future lost its call".into()));
-                    };
-                    let Some(service) = call.spare::<S>() else {
-                        return Poll::Ready(Err(
-                            "the retry layer has no service to send a retry on".into(),
-                        ));
-                    };
-                    (call, service, delay, last)
+                    match after_first(call, attempt, outcome) {
+                        AfterFirst::Done(result) => return Poll::Ready(result),
+                        AfterFirst::Retry { call, delay, last } => (call, delay, last),
+                    }
                 }
             };
-            let span = call.span.clone();
-            kind.set(Kind::Boxed {
-                future: Box::pin(
-                    call.attempts::<S, B, R>(service, Some((delay, last)))
-                        .instrument(span),
-                ),
-            });
+            match rest_of_call::<S, B, R>(call, delay, last) {
+                Ok(rest) => kind.set(Kind::Boxed {
+                    future: Box::pin(rest),
+                }),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
     }
+}
+
+/// What follows a call's first attempt.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a return value, read at once: the large variant is the rare one, boxed right after"
+)]
+pub(crate) enum AfterFirst<R> {
+    /// The call is over (its end recorded).
+    Done(Result<Response<R>, BoxError>),
+    /// A retry after `delay`; `last` is read meanwhile.
+    Retry {
+        call: Call,
+        delay: Duration,
+        last: Last<R>,
+    },
+}
+
+/// Decides what follows the first attempt of the call in `slot`, from its `outcome`: the call
+/// is worked on where it lies, and taken out of `slot` when it ends or a retry is decided. A
+/// response that goes back as it is is never moved through the decision.
+pub(crate) fn after_first<R>(
+    slot: &mut Option<Call>,
+    attempt: Attempt,
+    outcome: Result<Response<R>, BoxError>,
+) -> AfterFirst<R> {
+    let Some(call) = slot.as_mut() else {
+        return AfterFirst::Done(Err("the retry layer's future lost its call".into()));
+    };
+    let entered = call.span.clone().entered();
+    let (decision, last) = match outcome {
+        Ok(response) => {
+            let status = response.status();
+            let decision = call.judge(Outcome::Response(status, response.headers()), &attempt);
+            if call.returns_as_is(decision) {
+                // The common end: the response goes back where it came from.
+                drop(entered);
+                drop(attempt);
+                call.record_end(Some(status), None);
+                *slot = None;
+                return AfterFirst::Done(Ok(response));
+            }
+            (decision, Last::Response(response))
+        }
+        Err(error) => {
+            let decision = call.judge(Outcome::Error(&*error), &attempt);
+            (decision, Last::Error(error))
+        }
+    };
+    let next = call.conclude(decision, last);
+    drop(entered);
+    drop(attempt);
+    match next {
+        Next::Done(result) => {
+            let result = call.finish(result);
+            *slot = None;
+            AfterFirst::Done(result)
+        }
+        Next::Retry { delay, last } => match slot.take() {
+            Some(call) => AfterFirst::Retry { call, delay, last },
+            None => AfterFirst::Done(Err("the retry layer's future lost its call".into())),
+        },
+    }
+}
+
+/// The rest of a call after its first attempt: the wait of `delay` (reading `last`
+/// meanwhile), then the attempts after it, on a clone of the layer's spare service `S`, in the
+/// call's span.
+pub(crate) fn rest_of_call<S, B, R>(
+    call: Call,
+    delay: Duration,
+    last: Last<R>,
+) -> Result<impl Future<Output = Result<Response<R>, BoxError>> + Send + 'static, BoxError>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+    R: http_body::Body + Send + 'static,
+{
+    let Some(service) = call.spare::<S>() else {
+        return Err("the retry layer has no service to send a retry on".into());
+    };
+    let span = call.span.clone();
+    Ok(call
+        .attempts::<S, B, R>(service, Some((delay, last)))
+        .instrument(span))
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>

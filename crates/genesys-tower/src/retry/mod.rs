@@ -172,9 +172,13 @@ pub use self::policy::{
 pub use self::switch::{PolicySwitch, VersionOutcomes};
 pub use crate::reason::RetryReason;
 
-use self::call::Call;
+#[cfg(all(feature = "auth", feature = "idempotency"))]
+pub(crate) use self::call::Attempt;
+pub(crate) use self::call::Call;
+#[cfg(all(feature = "auth", feature = "idempotency"))]
+pub(crate) use self::future::{AfterFirst, after_first, rest_of_call};
 use crate::body::ReplayBody;
-use crate::per_thread::{self, PerThread};
+use crate::per_thread::PerThread;
 use crate::spare;
 use crate::{BoxError, Metrics};
 
@@ -205,7 +209,7 @@ impl<S: fmt::Debug> fmt::Debug for Retry<S> {
 /// must share whatever a call changes (the policy's seed counter and budget, the counters, the
 /// switch, the spare's cell); a test names each field.
 #[derive(Debug, Clone)]
-struct Shared {
+pub(crate) struct Shared {
     policy: RetryPolicy,
     metrics: Metrics,
     /// Where each call's policy comes from, when it is changed live.
@@ -237,6 +241,12 @@ impl Shared {
     /// Makes sure the spare is there, from `inner` if it is not (a load once it is).
     fn fill_spare<S: Clone + Send + 'static>(&self, inner: &S) {
         self.spare.get_or_init(|| Box::new(spare::shared(inner)));
+    }
+
+    /// Makes sure the spare is there, made by `make` if it is not.
+    #[cfg(all(feature = "auth", feature = "idempotency"))]
+    fn fill_spare_with<S: Clone + Send + 'static>(&self, make: impl FnOnce() -> S) {
+        self.spare.get_or_init(|| Box::new(spare::shared(&make())));
     }
 
     /// A service for an attempt after the first: a clone of the spare, when it is there and is
@@ -371,32 +381,13 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // A switched policy is chosen when the call starts, and kept to its end.
-        let shared = match &self.shared.switch {
-            None => self.shared.handle(),
-            Some(switch) => {
-                let (policy, tag) = switch.pick();
-                per_thread::handle_of(Shared {
-                    policy,
-                    metrics: self.shared.metrics.clone(),
-                    switch: Some(switch.clone()),
-                    tag: tag.cloned(),
-                    spare: self.shared.spare.clone(),
-                })
-            }
-        };
-        let seed = shared.policy.next_call_seed();
         let (parts, body) = request.into_parts();
-        // Made here, so that its parent is the caller's span.
-        let span = span::call(&parts, &shared.policy);
-        let mut call = Call::start(shared, seed, parts, span);
         let body = body.into_replay();
+        let mut call = Call::begin(&self.shared, parts);
         if body.is_replayable() {
             // The common case: the first attempt goes to the ready service at once, and its
             // future is polled in place; a clone of the service takes any attempt after it.
-            call.set_body(body);
-            call.count_attempt();
-            return match call.next_attempt::<B>() {
+            return match call.first_attempt::<B>(body) {
                 Ok((request, attempt)) => {
                     ResponseFuture::first(&mut self.inner, request, attempt, call)
                 }
@@ -409,6 +400,21 @@ where
         let ready = mem::replace(&mut self.inner, clone);
         let span = call.span.clone();
         ResponseFuture::boxed(call.run::<S, B, ResBody>(ready, body).instrument(span))
+    }
+}
+
+impl<S> Retry<S> {
+    /// The layer's service from its parts (for [`Stack`](crate::stack::Stack), which runs the
+    /// layer's role itself and hands it the calls it does not take).
+    #[cfg(all(feature = "auth", feature = "idempotency"))]
+    pub(crate) fn from_parts(inner: S, shared: Arc<PerThread<Shared>>) -> Self {
+        Retry { inner, shared }
+    }
+
+    /// The inner service and the layer's shared state.
+    #[cfg(all(feature = "auth", feature = "idempotency"))]
+    pub(crate) fn into_parts(self) -> (S, Arc<PerThread<Shared>>) {
+        (self.inner, self.shared)
     }
 }
 

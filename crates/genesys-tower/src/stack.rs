@@ -1,0 +1,593 @@
+//! The client-side layers as one service: [`Stack`], made by [`StackLayer`].
+//!
+//! A `Stack` does what these layers do, composed in this order over the same service `C`:
+//!
+//! ```text
+//! IdempotencyLayer (optional) → RetryLayer → AuthLayer → a per-attempt timeout (optional) → C
+//! ```
+//!
+//! with the same rules, counters and shared state (it is built from the layers themselves), but
+//! a call that goes the common way costs what one layer costs rather than four: a request with
+//! its body in memory, a token at hand, no key of the caller's, answered at the first attempt.
+//! Such a call is one future over `C`'s, with the request's head kept once (for a retry and for
+//! a re-send after a 401 alike) where the layers keep a copy each, and no future of a layer
+//! nested in another's.
+//!
+//! Every other call goes through the layers themselves, from wherever it leaves the common way:
+//!
+//! - a key of the caller's, a request without a token at hand (the first call, a refresh), a
+//!   body that is a stream, a request outside the token's scope: the whole call, through the
+//!   layers, on the service the stack made ready for it;
+//! - a 401: the auth layer's re-send (one new token for every waiting call, the request once
+//!   more), whose outcome the retry layer then judges as the attempt's;
+//! - a retry: the retry layer's own attempts, waits and budget, each attempt through the auth
+//!   layer and the timeout.
+//!
+//! The layers stay the way to compose the roles with others of your own (a layer between two
+//! of them, another order); a `Stack` is for the composition above, which is the one
+//! `genesys-client` builds. Its tests run the same scenarios through both and compare what a
+//! caller sees.
+//!
+//! ```
+//! use std::time::Duration;
+//! use genesys_tower::auth::{AuthLayer, Token, token_source_fn};
+//! use genesys_tower::idempotency::IdempotencyLayer;
+//! use genesys_tower::retry::{RetryLayer, RetryPolicy};
+//! use genesys_tower::stack::StackLayer;
+//! use genesys_tower::{Body, BoxError};
+//! use http::{Request, Response};
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let tokens = token_source_fn(|| async { Ok(Token::new("t0k3n", Some(Duration::from_secs(3600)))) });
+//! let stack = StackLayer::new(RetryLayer::new(RetryPolicy::default()), AuthLayer::new(tokens))
+//!     .idempotency(IdempotencyLayer::new())
+//!     .attempt_timeout(Duration::from_secs(30));
+//! let api = service_fn(|req: Request<Body>| async move {
+//!     assert_eq!(req.headers()["authorization"], "Bearer t0k3n");
+//!     Ok::<_, BoxError>(Response::new(Body::from("{}")))
+//! });
+//! let response = stack.layer(api).oneshot(Request::get("http://api.test/").body(Body::empty())?).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::mem;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::header::AUTHORIZATION;
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::BoxError;
+use crate::auth::{self, Auth, AuthLayer, Resend, Token, TokenSource};
+use crate::body::{self, ReplayBody};
+use crate::idempotency::{self, Idempotency, IdempotencyKey, IdempotencyLayer, Route};
+use crate::per_thread::{Handle, PerThread};
+use crate::retry::{self, AfterFirst, Attempt, Call, Retry, RetryLayer};
+
+type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+/// Makes a [`Stack`]: the retry and auth layers, and optionally the idempotency layer above
+/// them and a timeout on each attempt below them, as one service. See the
+/// [module docs](self).
+pub struct StackLayer<T> {
+    idempotency: Option<IdempotencyLayer>,
+    retry: RetryLayer,
+    auth: AuthLayer<T>,
+    attempt_timeout: Option<Duration>,
+}
+
+impl<T> StackLayer<T> {
+    /// The retry layer over the auth layer.
+    pub fn new(retry: RetryLayer, auth: AuthLayer<T>) -> Self {
+        StackLayer {
+            idempotency: None,
+            retry,
+            auth,
+            attempt_timeout: None,
+        }
+    }
+
+    /// With the idempotency layer above the retry layer.
+    #[must_use]
+    pub fn idempotency(mut self, layer: IdempotencyLayer) -> Self {
+        self.idempotency = Some(layer);
+        self
+    }
+
+    /// With a timeout on each attempt (and on the re-send after a 401), below the auth layer:
+    /// what `tower::timeout::TimeoutLayer` would do there, with the same error
+    /// (`tower::timeout::error::Elapsed`).
+    #[must_use]
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+}
+
+impl<T> Clone for StackLayer<T> {
+    fn clone(&self) -> Self {
+        StackLayer {
+            idempotency: self.idempotency.clone(),
+            retry: self.retry.clone(),
+            auth: self.auth.clone(),
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+}
+
+impl<T> fmt::Debug for StackLayer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackLayer")
+            .field("idempotency", &self.idempotency.is_some())
+            .field("retry", &self.retry)
+            .field("auth", &self.auth)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .finish()
+    }
+}
+
+impl<C: Clone, T> Layer<C> for StackLayer<T> {
+    type Service = Stack<C, T>;
+
+    fn layer(&self, inner: C) -> Stack<C, T> {
+        let below_auth = AttemptTimeout {
+            inner: inner.clone(),
+            timeout: self.attempt_timeout,
+        };
+        let (_, auth) = self.auth.layer(below_auth).into_parts();
+        // The retry layer's spare (a service of the auth layer over the timeout) is made by the
+        // first call that needs one; its type is not part of the layer's state.
+        let (_, retry) = self.retry.layer(()).into_parts();
+        Stack {
+            inner,
+            attempt_timeout: self.attempt_timeout,
+            retry,
+            auth,
+            idempotency: self
+                .idempotency
+                .as_ref()
+                .map(IdempotencyLayer::shared_config),
+        }
+    }
+}
+
+/// The client-side layers as one service. Made by [`StackLayer`]; see the [module docs](self).
+pub struct Stack<C, T> {
+    /// The service below, made ready by `poll_ready` for the next call.
+    inner: C,
+    attempt_timeout: Option<Duration>,
+    retry: Arc<PerThread<retry::Shared>>,
+    auth: Arc<PerThread<auth::Shared<AttemptTimeout<C>, T>>>,
+    idempotency: Option<Arc<idempotency::Config>>,
+}
+
+impl<C: Clone, T> Clone for Stack<C, T> {
+    fn clone(&self) -> Self {
+        Stack {
+            inner: self.inner.clone(),
+            attempt_timeout: self.attempt_timeout,
+            retry: self.retry.clone(),
+            auth: self.auth.clone(),
+            idempotency: self.idempotency.clone(),
+        }
+    }
+}
+
+impl<C: fmt::Debug, T> fmt::Debug for Stack<C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stack")
+            .field("inner", &self.inner)
+            .field("idempotency", &self.idempotency.is_some())
+            .field("attempt_timeout", &self.attempt_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a call that leaves the common way at its start goes.
+enum Through {
+    /// The idempotency layer (the caller's key).
+    Idempotency,
+    /// The retry layer, below the idempotency layer's work, done already: the key the
+    /// response is to name, when the stack made one.
+    Retry(Option<IdempotencyKey>),
+}
+
+impl<C, T> Stack<C, T>
+where
+    C: Clone,
+{
+    /// The whole call through the layers, on the service made ready for it (a fresh clone
+    /// waits for the next call, as in the layers themselves).
+    fn through_layers<B, R>(&mut self, request: Request<B>, through: Through) -> Boxed<Response<R>>
+    where
+        B: ReplayBody,
+        R: ReplayBody + http_body::Body + Send + 'static,
+        C: Service<Request<B>, Response = Response<R>> + Send + 'static,
+        C::Future: Send + 'static,
+        C::Error: Into<BoxError>,
+        T: TokenSource,
+    {
+        let fresh = self.inner.clone();
+        let ready = mem::replace(&mut self.inner, fresh);
+        let below_auth = AttemptTimeout {
+            inner: ready,
+            timeout: self.attempt_timeout,
+        };
+        let retry = Retry::from_parts(
+            Auth::from_shared(below_auth, self.auth.clone()),
+            self.retry.clone(),
+        );
+        match (through, &self.idempotency) {
+            (Through::Idempotency, Some(config)) => {
+                Box::pin(Idempotency::from_parts(retry, config.clone()).call(request))
+            }
+            (Through::Idempotency, None) | (Through::Retry(None), _) => {
+                let mut retry = retry;
+                Box::pin(retry.call(request))
+            }
+            (Through::Retry(Some(key)), _) => {
+                let mut retry = retry;
+                let call = retry.call(request);
+                Box::pin(async move { with_key(call.await, Some(key)) })
+            }
+        }
+    }
+}
+
+impl<C, T, B, R> Service<Request<B>> for Stack<C, T>
+where
+    // First, so that a body the stack cannot replay is named in the compiler's error.
+    B: ReplayBody,
+    R: ReplayBody + http_body::Body + Send + 'static,
+    C: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+    T: TokenSource,
+{
+    type Response = Response<R>;
+    type Error = BoxError;
+    type Future = ResponseFuture<C, B, T>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The idempotency layer's role: a key of the stack's own for a guarded method, in the
+        // request's header; the caller's key goes through the layer itself.
+        let key = match &self.idempotency {
+            None => None,
+            Some(config) => match idempotency::route(config, &mut request) {
+                Route::Pass => None,
+                Route::Generated(key) => Some(key),
+                Route::Keyed => {
+                    return ResponseFuture::boxed(
+                        self.through_layers(request, Through::Idempotency),
+                    );
+                }
+            },
+        };
+        let (parts, body) = request.into_parts();
+        let body = body.into_replay();
+        // The auth layer's role: a token at hand, for a request in its scope whose body can be
+        // sent again after a 401.
+        let token = match self.auth.in_scope(&parts) && body.is_replayable() {
+            true => self.auth.token_at_hand(),
+            false => None,
+        };
+        let Some(token) = token else {
+            return ResponseFuture::boxed(match body::rebuild::<B>(body) {
+                Ok(body) => {
+                    self.through_layers(Request::from_parts(parts, body), Through::Retry(key))
+                }
+                Err(e) => Box::pin(std::future::ready(Err(e.into()))),
+            });
+        };
+        // The retry layer's role: the call, and its first attempt.
+        let mut call = Call::begin(&self.retry, parts);
+        let (mut request, attempt) = match call.first_attempt::<B>(body) {
+            Ok(first) => first,
+            Err(e) => {
+                return ResponseFuture::boxed(Box::pin(std::future::ready(with_key(
+                    call.finish(Err(e)),
+                    key,
+                ))));
+            }
+        };
+        request.headers_mut().insert(AUTHORIZATION, token.header);
+        // Sent in the attempt's span, as the retry layer sends (a service below may log in
+        // `call`), with the timeout the layers' form puts below the auth layer.
+        let future = {
+            let _attempt = attempt.span.enter();
+            Timed::new(self.inner.call(request), self.attempt_timeout)
+        };
+        // The services the layers send a retry and a re-send on, made once, from the service
+        // as this call left it.
+        let timeout = self.attempt_timeout;
+        self.auth.fill_spare_with(|| AttemptTimeout {
+            inner: self.inner.clone(),
+            timeout,
+        });
+        call.fill_spare_with(|| {
+            Auth::from_shared(
+                AttemptTimeout {
+                    inner: self.inner.clone(),
+                    timeout,
+                },
+                self.auth.clone(),
+            )
+        });
+        ResponseFuture {
+            kind: Kind::First {
+                future,
+                attempt: Some(attempt),
+                call: Some(call),
+                key,
+                resend: Some((self.auth.handle(), token.token)),
+            },
+        }
+    }
+}
+
+/// `response` with `key` named on it, when there is one (as the idempotency layer does).
+fn with_key<R>(
+    result: Result<Response<R>, BoxError>,
+    key: Option<IdempotencyKey>,
+) -> Result<Response<R>, BoxError> {
+    result.map(|mut response| {
+        if let Some(key) = key {
+            response.extensions_mut().insert(key);
+        }
+        response
+    })
+}
+
+pin_project! {
+    /// The response future of [`Stack`].
+    pub struct ResponseFuture<C, B, T>
+    where
+        C: Service<Request<B>>,
+    {
+        #[pin]
+        kind: Kind<C, B, T>,
+    }
+}
+
+/// What a 401 re-send needs besides the call: the auth layer's state and the refused token.
+type ResendState<C, T> = (Handle<auth::Shared<AttemptTimeout<C>, T>>, Token);
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<C, B, T>
+    where
+        C: Service<Request<B>>,
+    {
+        // The first attempt, in flight.
+        First {
+            #[pin]
+            future: Timed<C::Future>,
+            attempt: Option<Attempt>,
+            call: Option<Call>,
+            key: Option<IdempotencyKey>,
+            resend: Option<ResendState<C, T>>,
+        },
+        // The rest of the call, or all of it.
+        Boxed {
+            future: Boxed<C::Response>,
+        },
+    }
+}
+
+impl<C, B, T> ResponseFuture<C, B, T>
+where
+    C: Service<Request<B>>,
+{
+    fn boxed(future: Boxed<C::Response>) -> Self {
+        ResponseFuture {
+            kind: Kind::Boxed { future },
+        }
+    }
+}
+
+impl<C, B, T, R> Future for ResponseFuture<C, B, T>
+where
+    B: ReplayBody,
+    R: ReplayBody + http_body::Body + Send + 'static,
+    C: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+    T: TokenSource,
+{
+    type Output = Result<Response<R>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut kind = self.project().kind;
+        loop {
+            let rest: Boxed<Response<R>> = match kind.as_mut().project() {
+                KindProj::Boxed { future } => return future.as_mut().poll(cx),
+                KindProj::First {
+                    future,
+                    attempt,
+                    call,
+                    key,
+                    resend,
+                } => {
+                    let (Some(attempt_ref), Some(call_ref)) = (attempt.as_ref(), call.as_ref())
+                    else {
+                        return Poll::Ready(Err(
+                            "the stack's future was polled after it completed".into(),
+                        ));
+                    };
+                    let outcome = {
+                        let _call = call_ref.span.enter();
+                        let _attempt = attempt_ref.span.enter();
+                        ready!(future.poll(cx))
+                    };
+                    let Some(attempt) = attempt.take() else {
+                        return Poll::Ready(Err("the stack's future lost its call".into()));
+                    };
+                    let key = key.take();
+                    match outcome {
+                        Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                            let (Some(call), Some((shared, token))) = (call.take(), resend.take())
+                            else {
+                                return Poll::Ready(Err("the stack's future lost its call".into()));
+                            };
+                            Box::pin(after_401::<C, B, T, R>(
+                                call, attempt, shared, token, response, key,
+                            ))
+                        }
+                        outcome => match retry::after_first(call, attempt, outcome) {
+                            AfterFirst::Done(result) => {
+                                return Poll::Ready(with_key(result, key));
+                            }
+                            AfterFirst::Retry { call, delay, last } => {
+                                match retry::rest_of_call::<Auth<AttemptTimeout<C>, T>, B, R>(
+                                    call, delay, last,
+                                ) {
+                                    Ok(rest) => Box::pin(async move { with_key(rest.await, key) }),
+                                    Err(e) => return Poll::Ready(Err(e)),
+                                }
+                            }
+                        },
+                    }
+                }
+            };
+            kind.set(Kind::Boxed { future: rest });
+        }
+    }
+}
+
+/// After a 401 at the first attempt: the auth layer's re-send (a new token, the request once
+/// more, from the head the call keeps), then what the retry layer makes of its outcome.
+async fn after_401<C, B, T, R>(
+    call: Call,
+    attempt: Attempt,
+    shared: Handle<auth::Shared<AttemptTimeout<C>, T>>,
+    token: Token,
+    response: Response<R>,
+    key: Option<IdempotencyKey>,
+) -> Result<Response<R>, BoxError>
+where
+    B: ReplayBody,
+    R: http_body::Body + Send + 'static,
+    C: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+    T: TokenSource,
+{
+    let resend = Resend {
+        parts: call.parts.clone(),
+        body: call.body_copy().unwrap_or_default(),
+        shared,
+        token,
+    };
+    let outcome = resend
+        .after_401::<B, R>(response)
+        .instrument(attempt.span.clone())
+        .instrument(call.span.clone())
+        .await;
+    let mut slot = Some(call);
+    let result = match retry::after_first(&mut slot, attempt, outcome) {
+        AfterFirst::Done(result) => result,
+        AfterFirst::Retry { call, delay, last } => {
+            retry::rest_of_call::<Auth<AttemptTimeout<C>, T>, B, R>(call, delay, last)?.await
+        }
+    };
+    with_key(result, key)
+}
+
+/// The service below the auth layer in the layers' form of the stack: `C` with the timeout on
+/// each attempt, when there is one.
+#[derive(Clone)]
+pub(crate) struct AttemptTimeout<C> {
+    inner: C,
+    timeout: Option<Duration>,
+}
+
+impl<C, Req> Service<Req> for AttemptTimeout<C>
+where
+    C: Service<Req>,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Timed<C::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        Timed::new(self.inner.call(request), self.timeout)
+    }
+}
+
+pin_project! {
+    /// A future of the service below, ended by the attempt's timeout when there is one: polled
+    /// first, then the timer, as `tower::timeout::Timeout` does.
+    pub(crate) struct Timed<F> {
+        #[pin]
+        future: F,
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl<F> Timed<F> {
+    fn new(future: F, timeout: Option<Duration>) -> Self {
+        Timed {
+            future,
+            sleep: timeout.map(tokio::time::sleep),
+        }
+    }
+}
+
+impl<F, R, E> Future for Timed<F>
+where
+    F: Future<Output = Result<R, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<R, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(outcome) = this.future.poll(cx) {
+            return Poll::Ready(outcome.map_err(Into::into));
+        }
+        match this.sleep.as_pin_mut() {
+            Some(sleep) => {
+                ready!(sleep.poll(cx));
+                Poll::Ready(Err(tower::timeout::error::Elapsed::new().into()))
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<C, B, T> fmt::Debug for ResponseFuture<C, B, T>
+where
+    C: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::First { .. } => "first attempt",
+            Kind::Boxed { .. } => "boxed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}

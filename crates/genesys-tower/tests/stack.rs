@@ -1,0 +1,439 @@
+//! `Stack` against the layers it stands for: every scenario runs through the layers composed
+//! (idempotency, retry, auth, tower's timeout) and through a `Stack` made from the same layers,
+//! each over its own copy of a scripted API, and what a caller and the API see must be the
+//! same: the answer, the attempts, the tokens and keys each request carried, the token fetches.
+//! All on a paused tokio clock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use genesys_tower::auth::{AuthLayer, Token, TokenSource};
+use genesys_tower::concurrency::ConcurrencyLayer;
+use genesys_tower::idempotency::{IDEMPOTENCY_KEY, IdempotencyKey, IdempotencyLayer};
+use genesys_tower::retry::{RetryInfo, RetryLayer, RetryPolicy};
+use genesys_tower::stack::StackLayer;
+use genesys_tower::{Body, BoxError};
+use http::header::AUTHORIZATION;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use tower::util::BoxCloneService;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Hands out `token-1`, `token-2`, ... and counts its fetches.
+#[derive(Default)]
+struct Source {
+    fetches: AtomicUsize,
+}
+
+impl TokenSource for Source {
+    async fn fetch(&self) -> Result<Token, BoxError> {
+        let n = self.fetches.fetch_add(1, SeqCst) + 1;
+        Ok(Token::new(format!("token-{n}"), Some(HOUR)))
+    }
+}
+
+/// What the API does with its n-th request (from 1).
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    Answer(u16),
+    /// Answers 401 unless the request carries `token-N` with N at least this.
+    RefuseTokensBefore(usize),
+    /// Never answers: only the attempt's timeout ends it.
+    Hang,
+    /// Fails as a connection error would.
+    Fail,
+}
+
+type Script = fn(usize) -> Act;
+
+/// One request as the API saw it.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    method: Method,
+    token: Option<String>,
+    key: Option<String>,
+    body: Bytes,
+}
+
+/// A service of requests of a `Body`, boxed: the API, and the clients over it.
+type Client = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
+
+/// A call's answer as a caller sees it: the status, the attempts and the number of the key the
+/// response names; or the error's message.
+type Answer = Result<(u16, u32, Option<usize>), String>;
+
+fn api(script: Script) -> (Client, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+    let log = seen.clone();
+    let service = service_fn(move |req: Request<Body>| {
+        let log = log.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await?.to_bytes();
+            let header = |name| {
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v: &http::HeaderValue| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let token = header(AUTHORIZATION).map(|t| t.trim_start_matches("Bearer ").to_owned());
+            let n = {
+                let mut log = log.lock().unwrap();
+                log.push(Seen {
+                    method: parts.method.clone(),
+                    token: token.clone(),
+                    key: header(IDEMPOTENCY_KEY),
+                    body,
+                });
+                log.len()
+            };
+            let status = match script(n) {
+                Act::Answer(status) => status,
+                Act::RefuseTokensBefore(min) => {
+                    let number = token
+                        .as_deref()
+                        .and_then(|t| t.strip_prefix("token-"))
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if number >= min { 200 } else { 401 }
+                }
+                Act::Hang => {
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                }
+                Act::Fail => return Err(BoxError::from("connection reset")),
+            };
+            let mut response = Response::new(Body::from(format!("answer {n}")));
+            *response.status_mut() = StatusCode::from_u16(status)?;
+            Ok::<_, BoxError>(response)
+        }
+    });
+    (BoxCloneService::new(service), seen)
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy::builder().max_attempts(3).build()
+}
+
+/// The layers composed, over `C`.
+fn layered<C>(inner: C, source: Arc<Source>, idempotency: &IdempotencyLayer) -> Client
+where
+    C: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    C::Future: Send + 'static,
+{
+    BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(idempotency.clone())
+            .layer(RetryLayer::new(policy()))
+            .layer(AuthLayer::new(source))
+            .layer(tower::timeout::TimeoutLayer::new(ATTEMPT_TIMEOUT))
+            .service(inner),
+    )
+}
+
+/// A `Stack` of the same layers, over `C`.
+fn stacked<C>(inner: C, source: Arc<Source>, idempotency: &IdempotencyLayer) -> Client
+where
+    C: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    C::Future: Send + 'static,
+{
+    BoxCloneService::new(
+        StackLayer::new(RetryLayer::new(policy()), AuthLayer::new(source))
+            .idempotency(idempotency.clone())
+            .attempt_timeout(ATTEMPT_TIMEOUT)
+            .layer(inner),
+    )
+}
+
+/// What a caller and the API saw of a run of calls. Keys are numbered in the order they
+/// first appear (their values are random).
+#[derive(Debug, PartialEq)]
+struct Observed {
+    /// Per call: the status and attempts, or the error's message; and whether the response
+    /// names the key its requests carried.
+    answers: Vec<Answer>,
+    requests: Vec<(Method, Option<String>, Option<usize>, Bytes)>,
+    fetches: usize,
+}
+
+fn numbered(keys: &mut HashMap<String, usize>, key: &str) -> usize {
+    let next = keys.len();
+    *keys.entry(key.to_owned()).or_insert(next)
+}
+
+async fn observe(
+    mut client: Client,
+    calls: &[fn() -> Request<Body>],
+    seen: &Mutex<Vec<Seen>>,
+    source: &Source,
+) -> Observed {
+    let mut keys = HashMap::new();
+    let mut answers = Vec::new();
+    for call in calls {
+        let answer = client.ready().await.unwrap().call(call()).await;
+        answers.push(match answer {
+            Ok(response) => {
+                let key = response
+                    .extensions()
+                    .get::<IdempotencyKey>()
+                    .map(|k| numbered(&mut keys, k.as_str()));
+                Ok((
+                    response.status().as_u16(),
+                    RetryInfo::of(response.extensions()).attempts,
+                    key,
+                ))
+            }
+            Err(e) => Err(e.to_string()),
+        });
+    }
+    let requests = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let key = s.key.as_deref().map(|k| numbered(&mut keys, k));
+            (s.method.clone(), s.token.clone(), key, s.body.clone())
+        })
+        .collect();
+    Observed {
+        answers,
+        requests,
+        fetches: source.fetches.load(SeqCst),
+    }
+}
+
+/// Runs `calls` through the layers and through a `Stack`, each over its own API following
+/// `script`, and checks that both saw the same; returns what they saw.
+async fn same_through_both(script: Script, calls: &[fn() -> Request<Body>]) -> Observed {
+    let run = |stack: bool| async move {
+        let (api, seen) = api(script);
+        let source = Arc::new(Source::default());
+        let idempotency = IdempotencyLayer::new();
+        let client = if stack {
+            stacked(api, source.clone(), &idempotency)
+        } else {
+            layered(api, source.clone(), &idempotency)
+        };
+        observe(client, calls, &seen, &source).await
+    };
+    let through_layers = run(false).await;
+    let through_stack = run(true).await;
+    assert_eq!(
+        through_stack, through_layers,
+        "the stack and the layers differ"
+    );
+    through_layers
+}
+
+fn get() -> Request<Body> {
+    Request::get("http://api.test/users/1")
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn patch() -> Request<Body> {
+    Request::patch("http://api.test/users/1")
+        .body(Body::from(r#"{"name":"Ada"}"#))
+        .unwrap()
+}
+
+fn patch_with_key() -> Request<Body> {
+    Request::patch("http://api.test/users/1")
+        .header(IDEMPOTENCY_KEY, "callers-key")
+        .body(Body::from(r#"{"name":"Ada"}"#))
+        .unwrap()
+}
+
+fn post_stream() -> Request<Body> {
+    let chunks = futures_util::stream::iter(
+        ["a", "b", "c"].map(|c| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(c)))),
+    );
+    Request::post("http://api.test/records")
+        .body(Body::new(StreamBody::new(chunks)))
+        .unwrap()
+}
+
+fn token(n: usize) -> Option<String> {
+    Some(format!("token-{n}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn gets_answered_at_once_carry_the_one_token_fetched() {
+    let seen = same_through_both(|_| Act::Answer(200), &[get, get, get]).await;
+    assert_eq!(seen.answers, vec![Ok((200, 1, None)); 3]);
+    assert!(seen.requests.iter().all(|r| r.1 == token(1)));
+    assert_eq!(seen.fetches, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_503_is_retried_with_the_same_head() {
+    let seen =
+        same_through_both(|n| Act::Answer(if n == 2 { 503 } else { 200 }), &[get, get]).await;
+    assert_eq!(seen.answers, vec![Ok((200, 1, None)), Ok((200, 2, None))]);
+    assert_eq!(seen.requests.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_is_sent_again_once_with_a_new_token_and_is_not_a_retry() {
+    // The first call fetches token-1; the API refuses it from the second request on.
+    let seen = same_through_both(
+        |n| {
+            if n == 1 {
+                Act::Answer(200)
+            } else {
+                Act::RefuseTokensBefore(2)
+            }
+        },
+        &[get, get, get],
+    )
+    .await;
+    assert_eq!(seen.answers, vec![Ok((200, 1, None)); 3]);
+    let tokens: Vec<_> = seen.requests.iter().map(|r| r.1.clone()).collect();
+    assert_eq!(tokens, vec![token(1), token(1), token(2), token(2)]);
+    assert_eq!(seen.fetches, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_to_the_new_token_too_is_returned_as_is() {
+    let seen = same_through_both(
+        |n| {
+            if n == 1 {
+                Act::Answer(200)
+            } else {
+                Act::RefuseTokensBefore(100)
+            }
+        },
+        &[get, get],
+    )
+    .await;
+    assert_eq!(seen.answers, vec![Ok((200, 1, None)), Ok((401, 1, None))]);
+    assert_eq!(seen.requests.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_patch_keeps_its_key_across_attempts_and_the_response_names_it() {
+    let seen = same_through_both(
+        |n| Act::Answer(if n == 2 { 503 } else { 200 }),
+        &[patch, patch],
+    )
+    .await;
+    assert_eq!(
+        seen.answers,
+        vec![Ok((200, 1, Some(0))), Ok((200, 2, Some(1)))]
+    );
+    let keys: Vec<_> = seen.requests.iter().map(|r| r.2).collect();
+    assert_eq!(keys, vec![Some(0), Some(1), Some(1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_on_a_retried_patch_keeps_the_key_and_the_body() {
+    let seen = same_through_both(
+        |n| match n {
+            1 => Act::Answer(200),
+            2 => Act::Answer(503),
+            _ => Act::RefuseTokensBefore(2),
+        },
+        &[get, patch],
+    )
+    .await;
+    assert_eq!(seen.answers[1], Ok((200, 2, Some(0))));
+    let patches: Vec<_> = seen.requests[1..]
+        .iter()
+        .map(|r| (r.1.clone(), r.2, r.3.clone()))
+        .collect();
+    let body = Bytes::from(r#"{"name":"Ada"}"#);
+    assert_eq!(
+        patches,
+        vec![
+            (token(1), Some(0), body.clone()),
+            (token(1), Some(0), body.clone()),
+            (token(2), Some(0), body),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_that_hangs_ends_at_its_timeout_and_is_retried() {
+    let seen = same_through_both(
+        |n| if n == 2 { Act::Hang } else { Act::Answer(200) },
+        &[get, get],
+    )
+    .await;
+    assert_eq!(seen.answers[1], Ok((200, 2, None)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_error_is_judged_the_same() {
+    let seen = same_through_both(
+        |n| {
+            if n == 2 || n == 4 {
+                Act::Fail
+            } else {
+                Act::Answer(200)
+            }
+        },
+        &[get, get, patch],
+    )
+    .await;
+    assert_eq!(seen.answers[1], Ok((200, 2, None)));
+    // A PATCH whose request may have reached the server is not sent again blind.
+    assert!(seen.answers[2].is_err(), "{:?}", seen.answers[2]);
+    assert_eq!(seen.requests.len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_key_is_claimed_and_its_repeat_answered_from_the_store() {
+    let seen = same_through_both(|_| Act::Answer(200), &[patch_with_key, patch_with_key]).await;
+    assert_eq!(
+        seen.requests.len(),
+        1,
+        "the repeat is answered from the store"
+    );
+    assert!(seen.answers.iter().all(|a| matches!(a, Ok((200, _, _)))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_is_sent_whole() {
+    let seen = same_through_both(|_| Act::Answer(200), &[post_stream, get]).await;
+    assert_eq!(seen.requests[0].3, Bytes::from("abc"));
+    assert_eq!(seen.fetches, 1);
+}
+
+/// Over a limit of one request in flight, every way through the stack gives its permit back:
+/// the common way, a retry, a 401, a caller's key, a stream, a failure.
+#[tokio::test(start_paused = true)]
+async fn over_a_limit_of_one_every_call_gives_its_permit_back() {
+    let (api, _seen) = api(|n| match n % 5 {
+        0 => Act::Answer(503),
+        1 => Act::RefuseTokensBefore(n / 5 + 1),
+        2 => Act::Fail,
+        _ => Act::Answer(200),
+    });
+    let limit = ConcurrencyLayer::new(1);
+    let limited = limit.layer(api);
+    let source = Arc::new(Source::default());
+    let mut client = stacked(limited.clone(), source, &IdempotencyLayer::new());
+    for call in [
+        get,
+        patch,
+        patch_with_key,
+        post_stream,
+        get,
+        get,
+        patch,
+        get,
+        get,
+        post_stream,
+    ] {
+        let _ = client.ready().await.unwrap().call(call()).await;
+    }
+    drop(client);
+    assert_eq!(limited.available_permits(), 1);
+}
