@@ -10,6 +10,7 @@ use genesys_tower::auth::{AuthLayer, Token, TokenSource, token_source_fn};
 use genesys_tower::concurrency::ConcurrencyLayer;
 use genesys_tower::idempotency::IdempotencyLayer;
 use genesys_tower::retry::{RetryLayer, RetryPolicy};
+use genesys_tower::stack::StackLayer;
 use genesys_tower::{Body, BoxError, Metrics};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
@@ -41,6 +42,9 @@ pub fn instant_service()
 /// every request but never makes one wait.
 pub const NON_BINDING_PACING: (u64, Duration) = (1_000_000, Duration::from_millis(1));
 
+/// The timeout on each attempt of the full stack.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The concurrency layer of the full stack: `max_in_flight` permits and non-binding pacing.
 pub fn concurrency(max_in_flight: usize, metrics: &Metrics) -> ConcurrencyLayer {
     ConcurrencyLayer::new(max_in_flight)
@@ -55,8 +59,36 @@ pub fn retry_policy() -> RetryPolicy {
         .build()
 }
 
-/// The whole stack over `leaf`, in the client's order, every layer counting into `metrics`.
+/// The whole stack over `leaf` as the client builds it: the idempotency, retry and auth layers
+/// and the timeout as one [`Stack`](genesys_tower::stack::Stack), over the concurrency layer,
+/// every layer counting into `metrics`.
 pub fn full_stack<S, ResB>(
+    leaf: S,
+    concurrency: ConcurrencyLayer,
+    metrics: &Metrics,
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future: Send + 'static>
++ Clone
++ Send
++ 'static
+where
+    S: Service<Request<Body>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let l = Layers::new(metrics);
+    ServiceBuilder::new()
+        .layer(l.stack())
+        // The stack hands back the response body type of the service below; it was `Body`.
+        .map_response(|r: Response<ResB>| r.map(Body::new))
+        .layer(concurrency)
+        .service(leaf)
+}
+
+/// The same roles as [`full_stack`], as the layers composed one over the other (what the
+/// client built before its [`Stack`](genesys_tower::stack::Stack)), for comparison.
+pub fn layered_stack<S, ResB>(
     leaf: S,
     concurrency: ConcurrencyLayer,
     metrics: &Metrics,
@@ -119,9 +151,16 @@ impl Layers {
         AuthLayer::new(static_token()).metrics(self.metrics.clone())
     }
 
+    /// The idempotency, retry and auth layers and the timeout, as one service.
+    pub fn stack(&self) -> StackLayer<impl TokenSource + Clone + use<>> {
+        StackLayer::new(self.retry(), self.auth())
+            .idempotency(self.idempotency())
+            .attempt_timeout(ATTEMPT_TIMEOUT)
+    }
+
     /// tower's timeout, per attempt.
     pub fn timeout(&self) -> TimeoutLayer {
-        TimeoutLayer::new(Duration::from_secs(30))
+        TimeoutLayer::new(ATTEMPT_TIMEOUT)
     }
 
     /// The concurrency layer with non-binding pacing, as in [`full_stack`].
@@ -286,7 +325,7 @@ where
             AUTHORIZATION,
             HeaderValue::from_static("Bearer bench-token"),
         ))
-        .layer(TimeoutLayer::new(Duration::from_secs(30)))
+        .layer(TimeoutLayer::new(ATTEMPT_TIMEOUT))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(64))
         .service(leaf)
 }

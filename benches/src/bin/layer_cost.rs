@@ -30,6 +30,7 @@ use tower::util::MapErrLayer;
 const STACKS: &[&str] = &[
     "raw",
     "ours",
+    "ours-layers",
     "ours-without-idempotency",
     "ours-without-retry",
     "ours-without-auth",
@@ -89,6 +90,11 @@ fn main() {
         "raw" => rt.block_on(time_calls(instant_service(), method, n)),
         "ours" => rt.block_on(time_calls(
             stack::full_stack(instant_service(), l.concurrency(), &metrics),
+            method,
+            n,
+        )),
+        "ours-layers" => rt.block_on(time_calls(
+            stack::layered_stack(instant_service(), l.concurrency(), &metrics),
             method,
             n,
         )),

@@ -1,7 +1,9 @@
 //! Loopback throughput, the clients interleaved round by round: a hyper server on 127.0.0.1 and,
 //! at 1 and at 32 requests in flight, hyper-util's pooled client as it is (raw), tower's own
 //! middleware in the same roles (retry, a bearer header, a timeout, a concurrency limit), the
-//! genesys-tower stack, and reqwest with reqwest-middleware and reqwest-retry. Each round runs
+//! genesys-tower stack as the client builds it (a `Stack` over the concurrency layer), the same
+//! roles as the layers composed one over the other, and reqwest with reqwest-middleware and
+//! reqwest-retry. Each round runs
 //! every client once, in an order rotated round by round, and each ratio is taken within its
 //! round, so that the machine's load moves all clients alike.
 //!
@@ -14,7 +16,7 @@
 //! (and the interquartile range), CPU time per request (the whole process, server included: the
 //! same for every client, so differences are the client's) and heap allocations per request
 //! (a counting global allocator, the server's included likewise). `--ablation` adds the stack
-//! with one layer at a time, `--leave-one-out` the full stack with one layer left out.
+//! with one layer at a time, `--leave-one-out` the layers composed with one left out.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -170,6 +172,16 @@ fn our_stack() -> Erased {
     ))
 }
 
+/// The same roles as the layers composed one over the other.
+fn our_layers() -> Erased {
+    let metrics = Metrics::new();
+    BoxCloneSyncService::new(stack::layered_stack(
+        leaf(),
+        stack::concurrency(64, &metrics),
+        &metrics,
+    ))
+}
+
 /// The stack with one layer only, for the ablation.
 fn one_layer(name: &str) -> Erased {
     let l = stack::Layers::new(&Metrics::new());
@@ -244,6 +256,10 @@ fn main() {
             (
                 "genesys-tower stack".to_owned(),
                 Caller::Stack(our_stack(), uri.clone()),
+            ),
+            (
+                "genesys-tower layers".to_owned(),
+                Caller::Stack(our_layers(), uri.clone()),
             ),
             (
                 "reqwest-middleware+retry".to_owned(),

@@ -64,7 +64,7 @@ use std::time::Duration;
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
@@ -281,10 +281,12 @@ where
         };
         let (parts, body) = request.into_parts();
         let body = body.into_replay();
+        // One clock read for the call's start, the token's expiry and the attempt's timer.
+        let now = Instant::now();
         // The auth layer's role: a token at hand, for a request in its scope whose body can be
         // sent again after a 401.
         let token = match self.auth.in_scope(&parts) && body.is_replayable() {
-            true => self.auth.token_at_hand(),
+            true => self.auth.token_at_hand(now),
             false => None,
         };
         let Some(token) = token else {
@@ -296,7 +298,7 @@ where
             });
         };
         // The retry layer's role: the call, and its first attempt.
-        let mut call = Call::begin(&self.retry, parts);
+        let mut call = Call::begin(&self.retry, parts, now);
         let (mut request, attempt) = match call.first_attempt::<B>(body) {
             Ok(first) => first,
             Err(e) => {
@@ -311,7 +313,7 @@ where
         // `call`), with the timeout the layers' form puts below the auth layer.
         let future = {
             let _attempt = attempt.span.enter();
-            Timed::new(self.inner.call(request), self.attempt_timeout)
+            Timed::new_at(self.inner.call(request), self.attempt_timeout, now)
         };
         // The services the layers send a retry and a re-send on, made once, from the service
         // as this call left it.
@@ -341,17 +343,17 @@ where
     }
 }
 
-/// `response` with `key` named on it, when there is one (as the idempotency layer does).
+/// `result`, with `key` named on its response when there is one (as the idempotency layer
+/// does). In place: the common end, a GET without a key, moves nothing.
+#[inline(always)]
 fn with_key<R>(
-    result: Result<Response<R>, BoxError>,
+    mut result: Result<Response<R>, BoxError>,
     key: Option<IdempotencyKey>,
 ) -> Result<Response<R>, BoxError> {
-    result.map(|mut response| {
-        if let Some(key) = key {
-            response.extensions_mut().insert(key);
-        }
-        response
-    })
+    if let (Ok(response), Some(key)) = (&mut result, key) {
+        response.extensions_mut().insert(key);
+    }
+    result
 }
 
 pin_project! {
@@ -551,6 +553,14 @@ impl<F> Timed<F> {
         Timed {
             future,
             sleep: timeout.map(tokio::time::sleep),
+        }
+    }
+
+    /// Timed from `start`, a clock read made when the call began.
+    fn new_at(future: F, timeout: Option<Duration>, start: Instant) -> Self {
+        Timed {
+            future,
+            sleep: timeout.map(|t| tokio::time::sleep_until(crate::time::after(start, t))),
         }
     }
 }

@@ -119,6 +119,12 @@ impl Cache {
     /// atomic load, no write to anything another thread reads); otherwise under the shared
     /// lock, and the thread's copy renewed.
     pub(crate) fn current(&self, margin: Duration) -> Option<Cached> {
+        self.current_at(margin, Instant::now())
+    }
+
+    /// [`current`](Self::current), judged at `now` (a clock read the caller already made).
+    #[inline]
+    pub(crate) fn current_at(&self, margin: Duration, now: Instant) -> Option<Cached> {
         let version = self.version.load(Ordering::Acquire);
         let copy = self.copies.get_or(|| {
             RefCell::new(ThreadCopy {
@@ -135,7 +141,7 @@ impl Cache {
             Some(current) => current,
             None => self.renew_copy(copy),
         };
-        current.filter(|c| !due(&c.token, margin, Instant::now()))
+        current.filter(|c| !due(&c.token, margin, now))
     }
 
     /// The current token, read under the shared lock, and this thread's `copy` of it renewed.

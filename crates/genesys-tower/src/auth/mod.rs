@@ -251,11 +251,11 @@ impl<S, T: TokenSource> Shared<S, T> {
         self.config.scopes.is_empty() || self.config.scopes.iter().any(|s| s.contains(parts))
     }
 
-    /// The cached token and its header value, when one is at hand and not due for refresh
-    /// (without waiting).
+    /// The cached token and its header value, when one is at hand and not due for refresh at
+    /// `now` (without waiting).
     #[cfg(all(feature = "retry", feature = "idempotency"))]
-    pub(crate) fn token_at_hand(&self) -> Option<cache::Cached> {
-        self.config.cache.current(self.config.margin)
+    pub(crate) fn token_at_hand(&self, now: tokio::time::Instant) -> Option<cache::Cached> {
+        self.config.cache.current_at(self.config.margin, now)
     }
 
     /// Puts the token in the request's head, and keeps what sending it again after a 401 needs

@@ -75,10 +75,15 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    /// Starts a call on the layer's state `shared`: with the policy a switch picks for it, when
+    /// Starts a call, at `started`, on the layer's state `shared`: with the policy a switch picks for it, when
     /// one is set (kept to the call's end), its jitter seed, and its span (made here, so that
     /// its parent is the caller's span).
-    pub(crate) fn begin(shared: &PerThread<Shared>, parts: http::request::Parts) -> Self {
+    #[inline(always)]
+    pub(crate) fn begin(
+        shared: &PerThread<Shared>,
+        parts: http::request::Parts,
+        started: Instant,
+    ) -> Self {
         let shared = match &shared.switch {
             None => shared.handle(),
             Some(switch) => {
@@ -94,7 +99,7 @@ impl Call {
         };
         let seed = shared.policy.next_call_seed();
         let span = span::call(&parts, &shared.policy);
-        Call::start(shared, seed, parts, span)
+        Call::start(shared, seed, parts, span, started)
     }
 
     /// The first attempt of a call whose `body` is in memory: the request to send and the
@@ -110,11 +115,13 @@ impl Call {
 
     /// Starts a call: the version tag while a canary runs, the policy's safety rule, the
     /// counters, the budget's deposit.
+    #[inline(always)]
     fn start(
         shared: Handle<Shared>,
         seed: Option<u64>,
         mut parts: http::request::Parts,
         span: Span,
+        started: Instant,
     ) -> Self {
         let policy = &shared.policy;
         if let Some(tag) = &shared.tag
@@ -126,7 +133,6 @@ impl Call {
             parts.extensions.insert(safety);
         }
         let metrics = CallMetrics::start(&parts, policy.version_label());
-        let started = Instant::now();
         shared.metrics.record_request();
         if let Some(budget) = policy.budget() {
             budget.deposit();

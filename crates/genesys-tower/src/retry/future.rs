@@ -168,6 +168,7 @@ pub(crate) enum AfterFirst<R> {
 /// Decides what follows the first attempt of the call in `slot`, from its `outcome`: the call
 /// is worked on where it lies, and taken out of `slot` when it ends or a retry is decided. A
 /// response that goes back as it is is never moved through the decision.
+#[inline(always)]
 pub(crate) fn after_first<R>(
     slot: &mut Option<Call>,
     attempt: Attempt,

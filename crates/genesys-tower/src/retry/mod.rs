@@ -383,7 +383,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (parts, body) = request.into_parts();
         let body = body.into_replay();
-        let mut call = Call::begin(&self.shared, parts);
+        let mut call = Call::begin(&self.shared, parts, tokio::time::Instant::now());
         if body.is_replayable() {
             // The common case: the first attempt goes to the ready service at once, and its
             // future is polled in place; a clone of the service takes any attempt after it.
