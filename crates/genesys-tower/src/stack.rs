@@ -58,20 +58,21 @@ use std::future::Future;
 use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 
 use crate::BoxError;
 use crate::auth::{self, Auth, AuthLayer, Resend, Token, TokenSource};
-use crate::body::{self, ReplayBody};
+use crate::body::ReplayBody;
 use crate::idempotency::{self, Idempotency, IdempotencyKey, IdempotencyLayer, Route};
 use crate::per_thread::{Handle, PerThread};
 use crate::retry::{self, AfterFirst, Attempt, Call, Retry, RetryLayer};
@@ -195,54 +196,24 @@ impl<C: fmt::Debug, T> fmt::Debug for Stack<C, T> {
     }
 }
 
-/// Where a call that leaves the common way at its start goes.
-enum Through {
-    /// The idempotency layer (the caller's key).
-    Idempotency,
-    /// The retry layer, below the idempotency layer's work, done already: the key the
-    /// response is to name, when the stack made one.
-    Retry(Option<IdempotencyKey>),
-}
-
-impl<C, T> Stack<C, T>
-where
-    C: Clone,
-{
-    /// The whole call through the layers, on the service made ready for it (a fresh clone
-    /// waits for the next call, as in the layers themselves).
-    fn through_layers<B, R>(&mut self, request: Request<B>, through: Through) -> Boxed<Response<R>>
-    where
-        B: ReplayBody,
-        R: ReplayBody + http_body::Body + Send + 'static,
-        C: Service<Request<B>, Response = Response<R>> + Send + 'static,
-        C::Future: Send + 'static,
-        C::Error: Into<BoxError>,
-        T: TokenSource,
-    {
-        let fresh = self.inner.clone();
-        let ready = mem::replace(&mut self.inner, fresh);
+impl<C: Clone, T> Stack<C, T> {
+    /// The retry and auth layers and the timeout over `inner`, sharing the stack's state.
+    fn layers_over(&self, inner: C) -> Retry<Auth<AttemptTimeout<C>, T>> {
         let below_auth = AttemptTimeout {
-            inner: ready,
+            inner,
             timeout: self.attempt_timeout,
         };
-        let retry = Retry::from_parts(
+        Retry::from_parts(
             Auth::from_shared(below_auth, self.auth.clone()),
             self.retry.clone(),
-        );
-        match (through, &self.idempotency) {
-            (Through::Idempotency, Some(config)) => {
-                Box::pin(Idempotency::from_parts(retry, config.clone()).call(request))
-            }
-            (Through::Idempotency, None) | (Through::Retry(None), _) => {
-                let mut retry = retry;
-                Box::pin(retry.call(request))
-            }
-            (Through::Retry(Some(key)), _) => {
-                let mut retry = retry;
-                let call = retry.call(request);
-                Box::pin(async move { with_key(call.await, Some(key)) })
-            }
-        }
+        )
+    }
+
+    /// The service made ready for this call, a fresh clone left for the next (as in the layers
+    /// themselves).
+    fn take_ready(&mut self) -> C {
+        let fresh = self.inner.clone();
+        mem::replace(&mut self.inner, fresh)
     }
 }
 
@@ -260,7 +231,13 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<C, B, T>;
 
+    /// With the idempotency layer, always ready, as that layer is (the service below is asked
+    /// in `call`, and nothing below is held between calls); without it, ready when the service
+    /// below is, as the retry layer is.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.idempotency.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
@@ -269,15 +246,38 @@ where
         // request's header; the caller's key goes through the layer itself.
         let key = match &self.idempotency {
             None => None,
-            Some(config) => match idempotency::route(config, &mut request) {
-                Route::Pass => None,
-                Route::Generated(key) => Some(key),
-                Route::Keyed => {
-                    return ResponseFuture::boxed(
-                        self.through_layers(request, Through::Idempotency),
-                    );
+            Some(config) => {
+                let key = match idempotency::route(config, &mut request) {
+                    Route::Pass => None,
+                    Route::Generated(key) => Some(key),
+                    Route::Keyed => {
+                        let layers = self.layers_over(self.inner.clone());
+                        let mut layer = Idempotency::from_parts(layers, config.clone());
+                        return ResponseFuture::boxed(Box::pin(layer.call(request)));
+                    }
+                };
+                // As the idempotency layer does: the service below is asked here, with a waker
+                // that wakes no one. Not ready at once, it goes with the call, which waits for
+                // it with the caller's waker.
+                match self
+                    .inner
+                    .poll_ready(&mut Context::from_waker(Waker::noop()))
+                {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => {
+                        self.inner = self.inner.clone();
+                        return ResponseFuture::boxed(Box::pin(std::future::ready(Err(e.into()))));
+                    }
+                    Poll::Pending => {
+                        let waiting = self.take_ready();
+                        let layers = self.layers_over(waiting);
+                        return ResponseFuture::boxed(Box::pin(async move {
+                            with_key(layers.oneshot(request).await, key)
+                        }));
+                    }
                 }
-            },
+                key
+            }
         };
         let (parts, body) = request.into_parts();
         let body = body.into_replay();
@@ -290,12 +290,11 @@ where
             false => None,
         };
         let Some(token) = token else {
-            return ResponseFuture::boxed(match body::rebuild::<B>(body) {
-                Ok(body) => {
-                    self.through_layers(Request::from_parts(parts, body), Through::Retry(key))
-                }
-                Err(e) => Box::pin(std::future::ready(Err(e.into()))),
-            });
+            // Through the retry layer, on the service made ready for the call.
+            let ready = self.take_ready();
+            let mut layers = self.layers_over(ready);
+            let call = layers.call_replay::<B, R>(parts, body);
+            return ResponseFuture::boxed(Box::pin(async move { with_key(call.await, key) }));
         };
         // The retry layer's role: the call, and its first attempt.
         let mut call = Call::begin(&self.retry, parts, now);

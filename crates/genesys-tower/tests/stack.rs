@@ -437,3 +437,71 @@ async fn over_a_limit_of_one_every_call_gives_its_permit_back() {
     drop(client);
     assert_eq!(limited.available_permits(), 1);
 }
+
+type MakeClient = fn(Client, Arc<Source>, &IdempotencyLayer) -> Client;
+
+/// Both forms, named.
+const FORMS: [(&str, MakeClient); 2] = [("layers", layered), ("stack", stacked)];
+
+/// A repeat of a caller's key is answered from the store without asking the service below:
+/// not even a permit, when the only one is taken.
+#[tokio::test(start_paused = true)]
+async fn a_repeat_of_a_callers_key_needs_no_permit() {
+    for (form, make) in FORMS {
+        let (api, seen) = api(|_| Act::Answer(200));
+        let limited = ConcurrencyLayer::new(1).layer(api);
+        let mut client = make(
+            BoxCloneService::new(limited.clone()),
+            Arc::new(Source::default()),
+            &IdempotencyLayer::new(),
+        );
+        let first = client.ready().await.unwrap().call(patch_with_key()).await;
+        assert_eq!(first.unwrap().status(), 200, "{form}");
+        let mut holder = limited.clone();
+        ServiceExt::<Request<Body>>::ready(&mut holder)
+            .await
+            .unwrap();
+        let repeat = tokio::time::timeout(Duration::from_secs(60), async {
+            client.ready().await?.call(patch_with_key()).await
+        })
+        .await;
+        let repeat = repeat.unwrap_or_else(|_| panic!("{form}: the repeat waited for a permit"));
+        assert_eq!(repeat.unwrap().status(), 200, "{form}");
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "{form}: the repeat was not sent"
+        );
+    }
+}
+
+/// With the idempotency layer, the service is ready at once and a call waits for a permit in
+/// its future, holding nothing in between; it goes on when the permit comes back.
+#[tokio::test(start_paused = true)]
+async fn a_call_waits_for_its_permit_in_its_future() {
+    for (form, make) in FORMS {
+        let (api, seen) = api(|_| Act::Answer(200));
+        let limited = ConcurrencyLayer::new(1).layer(api);
+        let mut client = make(
+            BoxCloneService::new(limited.clone()),
+            Arc::new(Source::default()),
+            &IdempotencyLayer::new(),
+        );
+        // The token fetched, the permit given back.
+        client.ready().await.unwrap().call(get()).await.unwrap();
+        let mut holder = limited.clone();
+        ServiceExt::<Request<Body>>::ready(&mut holder)
+            .await
+            .unwrap();
+        let ready = tokio::time::timeout(Duration::from_secs(60), client.ready()).await;
+        let ready = ready.unwrap_or_else(|_| panic!("{form}: not ready while a permit is taken"));
+        let call = tokio::spawn(ready.unwrap().call(patch()));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!call.is_finished(), "{form}: sent without a permit");
+        drop(holder);
+        let answer = call.await.unwrap().unwrap();
+        assert_eq!(answer.status(), 200, "{form}");
+        assert_eq!(seen.lock().unwrap().len(), 2, "{form}");
+        assert_eq!(limited.available_permits(), 1, "{form}");
+    }
+}

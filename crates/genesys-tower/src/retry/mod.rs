@@ -382,7 +382,25 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (parts, body) = request.into_parts();
-        let body = body.into_replay();
+        self.call_replay(parts, body.into_replay())
+    }
+}
+
+impl<S> Retry<S> {
+    /// A call of a request whose body the caller already turned into a [`Body`](crate::Body)
+    /// (a stream is read into memory here, as for any request).
+    pub(crate) fn call_replay<B, ResBody>(
+        &mut self,
+        parts: http::request::Parts,
+        body: crate::Body,
+    ) -> ResponseFuture<S, B>
+    where
+        B: ReplayBody,
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        ResBody: http_body::Body + Send + 'static,
+    {
         let mut call = Call::begin(&self.shared, parts, tokio::time::Instant::now());
         if body.is_replayable() {
             // The common case: the first attempt goes to the ready service at once, and its
