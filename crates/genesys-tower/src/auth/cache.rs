@@ -123,7 +123,7 @@ impl Cache {
     }
 
     /// [`current`](Self::current), judged at `now` (a clock read the caller already made).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn current_at(&self, margin: Duration, now: Instant) -> Option<Cached> {
         let version = self.version.load(Ordering::Acquire);
         let copy = self.copies.get_or(|| {

@@ -389,6 +389,7 @@ where
 impl<S> Retry<S> {
     /// A call of a request whose body the caller already turned into a [`Body`](crate::Body)
     /// (a stream is read into memory here, as for any request).
+    #[inline(always)]
     pub(crate) fn call_replay<B, ResBody>(
         &mut self,
         parts: http::request::Parts,
