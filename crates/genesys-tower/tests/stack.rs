@@ -25,16 +25,39 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 const HOUR: Duration = Duration::from_secs(3600);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Hands out `token-1`, `token-2`, ... and counts its fetches.
+/// Hands out `token-1`, `token-2`, ... and counts its fetches; or, `failing`, refuses.
 #[derive(Default)]
 struct Source {
     fetches: AtomicUsize,
+    failing: bool,
 }
 
 impl TokenSource for Source {
     async fn fetch(&self) -> Result<Token, BoxError> {
         let n = self.fetches.fetch_add(1, SeqCst) + 1;
+        if self.failing {
+            return Err("invalid_client: the client id or secret is wrong".into());
+        }
         Ok(Token::new(format!("token-{n}"), Some(HOUR)))
+    }
+}
+
+/// How the auth layer of a scenario is set up.
+#[derive(Clone, Copy, Default)]
+struct Setup {
+    /// The token source refuses every fetch.
+    failing_source: bool,
+    /// The token goes only to this base.
+    only_to: Option<&'static str>,
+}
+
+impl Setup {
+    fn auth(self, source: Arc<Source>) -> AuthLayer<Arc<Source>> {
+        let layer = AuthLayer::new(source);
+        match self.only_to {
+            Some(base) => layer.only_to(base.parse().unwrap()),
+            None => layer,
+        }
     }
 }
 
@@ -123,7 +146,7 @@ fn policy() -> RetryPolicy {
 }
 
 /// The layers composed, over `C`.
-fn layered<C>(inner: C, source: Arc<Source>, idempotency: &IdempotencyLayer) -> Client
+fn layered<C>(inner: C, auth: AuthLayer<Arc<Source>>, idempotency: &IdempotencyLayer) -> Client
 where
     C: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
     C::Future: Send + 'static,
@@ -132,20 +155,20 @@ where
         ServiceBuilder::new()
             .layer(idempotency.clone())
             .layer(RetryLayer::new(policy()))
-            .layer(AuthLayer::new(source))
+            .layer(auth)
             .layer(tower::timeout::TimeoutLayer::new(ATTEMPT_TIMEOUT))
             .service(inner),
     )
 }
 
 /// A `Stack` of the same layers, over `C`.
-fn stacked<C>(inner: C, source: Arc<Source>, idempotency: &IdempotencyLayer) -> Client
+fn stacked<C>(inner: C, auth: AuthLayer<Arc<Source>>, idempotency: &IdempotencyLayer) -> Client
 where
     C: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
     C::Future: Send + 'static,
 {
     BoxCloneService::new(
-        StackLayer::new(RetryLayer::new(policy()), AuthLayer::new(source))
+        StackLayer::new(RetryLayer::new(policy()), auth)
             .idempotency(idempotency.clone())
             .attempt_timeout(ATTEMPT_TIMEOUT)
             .layer(inner),
@@ -212,14 +235,27 @@ async fn observe(
 /// Runs `calls` through the layers and through a `Stack`, each over its own API following
 /// `script`, and checks that both saw the same; returns what they saw.
 async fn same_through_both(script: Script, calls: &[fn() -> Request<Body>]) -> Observed {
+    same_through_both_with(Setup::default(), script, calls).await
+}
+
+/// [`same_through_both`] with the auth layer set up as `setup` says.
+async fn same_through_both_with(
+    setup: Setup,
+    script: Script,
+    calls: &[fn() -> Request<Body>],
+) -> Observed {
     let run = |stack: bool| async move {
         let (api, seen) = api(script);
-        let source = Arc::new(Source::default());
+        let source = Arc::new(Source {
+            failing: setup.failing_source,
+            ..Source::default()
+        });
         let idempotency = IdempotencyLayer::new();
+        let auth = setup.auth(source.clone());
         let client = if stack {
-            stacked(api, source.clone(), &idempotency)
+            stacked(api, auth, &idempotency)
         } else {
-            layered(api, source.clone(), &idempotency)
+            layered(api, auth, &idempotency)
         };
         observe(client, calls, &seen, &source).await
     };
@@ -419,7 +455,11 @@ async fn over_a_limit_of_one_every_call_gives_its_permit_back() {
     let limit = ConcurrencyLayer::new(1);
     let limited = limit.layer(api);
     let source = Arc::new(Source::default());
-    let mut client = stacked(limited.clone(), source, &IdempotencyLayer::new());
+    let mut client = stacked(
+        limited.clone(),
+        AuthLayer::new(source),
+        &IdempotencyLayer::new(),
+    );
     for call in [
         get,
         patch,
@@ -438,7 +478,7 @@ async fn over_a_limit_of_one_every_call_gives_its_permit_back() {
     assert_eq!(limited.available_permits(), 1);
 }
 
-type MakeClient = fn(Client, Arc<Source>, &IdempotencyLayer) -> Client;
+type MakeClient = fn(Client, AuthLayer<Arc<Source>>, &IdempotencyLayer) -> Client;
 
 /// Both forms, named.
 const FORMS: [(&str, MakeClient); 2] = [("layers", layered), ("stack", stacked)];
@@ -452,7 +492,7 @@ async fn a_repeat_of_a_callers_key_needs_no_permit() {
         let limited = ConcurrencyLayer::new(1).layer(api);
         let mut client = make(
             BoxCloneService::new(limited.clone()),
-            Arc::new(Source::default()),
+            AuthLayer::new(Arc::new(Source::default())),
             &IdempotencyLayer::new(),
         );
         let first = client.ready().await.unwrap().call(patch_with_key()).await;
@@ -484,7 +524,7 @@ async fn a_call_waits_for_its_permit_in_its_future() {
         let limited = ConcurrencyLayer::new(1).layer(api);
         let mut client = make(
             BoxCloneService::new(limited.clone()),
-            Arc::new(Source::default()),
+            AuthLayer::new(Arc::new(Source::default())),
             &IdempotencyLayer::new(),
         );
         // The token fetched, the permit given back.
@@ -504,4 +544,56 @@ async fn a_call_waits_for_its_permit_in_its_future() {
         assert_eq!(seen.lock().unwrap().len(), 2, "{form}");
         assert_eq!(limited.available_permits(), 1, "{form}");
     }
+}
+
+fn get_elsewhere() -> Request<Body> {
+    Request::get("http://elsewhere.test/status")
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// A request to a host outside the token's scope goes out without the token, and its 401
+/// comes back as it is; the API's own requests still carry it.
+#[tokio::test(start_paused = true)]
+async fn outside_the_tokens_scope_no_token_goes_and_a_401_comes_back() {
+    let setup = Setup {
+        only_to: Some("http://api.test/"),
+        ..Setup::default()
+    };
+    let seen = same_through_both_with(
+        setup,
+        |n| {
+            if n == 2 {
+                Act::Answer(401)
+            } else {
+                Act::Answer(200)
+            }
+        },
+        &[get, get_elsewhere, get],
+    )
+    .await;
+    assert_eq!(
+        seen.answers,
+        vec![Ok((200, 1, None)), Ok((401, 1, None)), Ok((200, 1, None))]
+    );
+    let tokens: Vec<_> = seen.requests.iter().map(|r| r.1.clone()).collect();
+    assert_eq!(tokens, vec![token(1), None, token(1)]);
+}
+
+/// A token source that refuses: nothing is sent, and the caller gets the same error from both.
+#[tokio::test(start_paused = true)]
+async fn a_refusing_token_source_sends_nothing() {
+    let setup = Setup {
+        failing_source: true,
+        ..Setup::default()
+    };
+    let seen = same_through_both_with(setup, |_| Act::Answer(200), &[get, patch]).await;
+    assert!(seen.requests.is_empty(), "{:?}", seen.requests);
+    assert!(
+        seen.answers
+            .iter()
+            .all(|a| a.as_ref().is_err_and(|e| e.contains("invalid_client"))),
+        "{:?}",
+        seen.answers
+    );
 }
