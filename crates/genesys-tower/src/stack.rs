@@ -139,7 +139,11 @@ impl<T> fmt::Debug for StackLayer<T> {
     }
 }
 
-impl<C: Clone, T> Layer<C> for StackLayer<T> {
+impl<C, T> Layer<C> for StackLayer<T>
+where
+    C: Clone + Send + 'static,
+    T: TokenSource,
+{
     type Service = Stack<C, T>;
 
     fn layer(&self, inner: C) -> Stack<C, T> {
@@ -147,10 +151,13 @@ impl<C: Clone, T> Layer<C> for StackLayer<T> {
             inner: inner.clone(),
             timeout: self.attempt_timeout,
         };
-        let (_, auth) = self.auth.layer(below_auth).into_parts();
-        // The retry layer's spare (a service of the auth layer over the timeout) is made by the
-        // first call that needs one; its type is not part of the layer's state.
+        // The layers' spare services (what a retry and a re-send after a 401 go on) are made
+        // here, once, from a clone of `inner` that holds nothing: no call has to look for them.
         let (_, retry) = self.retry.layer(()).into_parts();
+        let (auth, retry) = Retry::from_parts(self.auth.layer(below_auth), retry)
+            .with_spare()
+            .into_parts();
+        let (_, auth) = auth.into_parts();
         Stack {
             inner,
             attempt_timeout: self.attempt_timeout,
@@ -314,22 +321,6 @@ where
             let _attempt = attempt.span.enter();
             Timed::new_at(self.inner.call(request), self.attempt_timeout, now)
         };
-        // The services the layers send a retry and a re-send on, made once, from the service
-        // as this call left it.
-        let timeout = self.attempt_timeout;
-        self.auth.fill_spare_with(|| AttemptTimeout {
-            inner: self.inner.clone(),
-            timeout,
-        });
-        call.fill_spare_with(|| {
-            Auth::from_shared(
-                AttemptTimeout {
-                    inner: self.inner.clone(),
-                    timeout,
-                },
-                self.auth.clone(),
-            )
-        });
         ResponseFuture {
             kind: Kind::First {
                 future,

@@ -169,14 +169,8 @@ impl<S, T> Clone for Shared<S, T> {
 
 impl<S: Clone, T> Shared<S, T> {
     /// Makes sure the spare is there, from `inner` if it is not (a load once it is).
-    pub(crate) fn fill_spare(&self, inner: &S) {
+    fn fill_spare(&self, inner: &S) {
         self.spare.get_or_init(|| spare::shared(inner));
-    }
-
-    /// Makes sure the spare is there, made by `make` if it is not.
-    #[cfg(all(feature = "retry", feature = "idempotency"))]
-    pub(crate) fn fill_spare_with(&self, make: impl FnOnce() -> S) {
-        self.spare.get_or_init(|| spare::shared(&make()));
     }
 }
 

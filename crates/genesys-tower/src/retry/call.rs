@@ -155,13 +155,6 @@ impl Call {
         self.shared.fill_spare(inner);
     }
 
-    /// Makes sure the layer has a spare service, made by `make` if it has none: for a caller
-    /// that has no service of the spare's type at hand, only what makes one.
-    #[cfg(all(feature = "auth", feature = "idempotency"))]
-    pub(crate) fn fill_spare_with<S: Clone + Send + 'static>(&self, make: impl FnOnce() -> S) {
-        self.shared.fill_spare_with(make);
-    }
-
     /// A service for the attempts after the first: a clone of the layer's spare.
     pub(super) fn spare<S: Clone + 'static>(&self) -> Option<S> {
         self.shared.take_spare()

@@ -243,12 +243,6 @@ impl Shared {
         self.spare.get_or_init(|| Box::new(spare::shared(inner)));
     }
 
-    /// Makes sure the spare is there, made by `make` if it is not.
-    #[cfg(all(feature = "auth", feature = "idempotency"))]
-    fn fill_spare_with<S: Clone + Send + 'static>(&self, make: impl FnOnce() -> S) {
-        self.spare.get_or_init(|| Box::new(spare::shared(&make())));
-    }
-
     /// A service for an attempt after the first: a clone of the spare, when it is there and is
     /// a service of type `S` (it is: the cell is filled by the layer's own calls).
     fn take_spare<S: Clone + 'static>(&self) -> Option<S> {
@@ -434,6 +428,16 @@ impl<S> Retry<S> {
     #[cfg(all(feature = "auth", feature = "idempotency"))]
     pub(crate) fn into_parts(self) -> (S, Arc<PerThread<Shared>>) {
         (self.inner, self.shared)
+    }
+}
+
+impl<S: Clone + Send + 'static> Retry<S> {
+    /// The service with its spare made now, from its inner service, rather than by its first
+    /// call.
+    #[cfg(all(feature = "auth", feature = "idempotency"))]
+    pub(crate) fn with_spare(self) -> Self {
+        self.shared.fill_spare(&self.inner);
+        self
     }
 }
 
