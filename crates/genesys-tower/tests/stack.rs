@@ -75,6 +75,11 @@ enum Act {
 
 type Script = fn(usize) -> Act;
 
+/// `at` for the `n`-th request when it is one of `ns`, `otherwise` for the others.
+fn at_requests(n: usize, ns: &[usize], at: Act, otherwise: Act) -> Act {
+    if ns.contains(&n) { at } else { otherwise }
+}
+
 /// One request as the API saw it.
 #[derive(Debug, Clone, PartialEq)]
 struct Seen {
@@ -320,13 +325,7 @@ async fn a_503_is_retried_with_the_same_head() {
 async fn a_401_is_sent_again_once_with_a_new_token_and_is_not_a_retry() {
     // The first call fetches token-1; the API refuses it from the second request on.
     let seen = same_through_both(
-        |n| {
-            if n == 1 {
-                Act::Answer(200)
-            } else {
-                Act::RefuseTokensBefore(2)
-            }
-        },
+        |n| at_requests(n, &[1], Act::Answer(200), Act::RefuseTokensBefore(2)),
         &[get, get, get],
     )
     .await;
@@ -339,13 +338,7 @@ async fn a_401_is_sent_again_once_with_a_new_token_and_is_not_a_retry() {
 #[tokio::test(start_paused = true)]
 async fn a_401_to_the_new_token_too_is_returned_as_is() {
     let seen = same_through_both(
-        |n| {
-            if n == 1 {
-                Act::Answer(200)
-            } else {
-                Act::RefuseTokensBefore(100)
-            }
-        },
+        |n| at_requests(n, &[1], Act::Answer(200), Act::RefuseTokensBefore(100)),
         &[get, get],
     )
     .await;
@@ -408,13 +401,7 @@ async fn an_attempt_that_hangs_ends_at_its_timeout_and_is_retried() {
 #[tokio::test(start_paused = true)]
 async fn a_connection_error_is_judged_the_same() {
     let seen = same_through_both(
-        |n| {
-            if n == 2 || n == 4 {
-                Act::Fail
-            } else {
-                Act::Answer(200)
-            }
-        },
+        |n| at_requests(n, &[2, 4], Act::Fail, Act::Answer(200)),
         &[get, get, patch],
     )
     .await;
@@ -562,13 +549,7 @@ async fn outside_the_tokens_scope_no_token_goes_and_a_401_comes_back() {
     };
     let seen = same_through_both_with(
         setup,
-        |n| {
-            if n == 2 {
-                Act::Answer(401)
-            } else {
-                Act::Answer(200)
-            }
-        },
+        |n| at_requests(n, &[2], Act::Answer(401), Act::Answer(200)),
         &[get, get_elsewhere, get],
     )
     .await;
