@@ -56,6 +56,11 @@ struct ThreadCopy {
     /// `None` before the first copy (versions start at 0).
     version: Option<u64>,
     cached: Option<Cached>,
+    /// The margin the copy was made for, and when the token is due for refresh with it
+    /// (`None`: never), so that a request compares two instants rather than working the
+    /// margin out again from the token's lifetime.
+    margin: Duration,
+    refresh_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -103,6 +108,17 @@ fn due(token: &Token, margin: Duration, now: Instant) -> bool {
         .is_some_and(|at| crate::time::after(now, effective_margin(margin, token)) >= at)
 }
 
+/// The first instant at which `token` is [`due`] with `margin` (`None`: never).
+fn refresh_at(token: &Token, margin: Duration) -> Option<Instant> {
+    let at = token.expires_at()?;
+    // The margin is at most a fifth of the lifetime, so this lands after the token's issue and
+    // cannot underflow; `at` itself would only make the token due later, never sooner.
+    Some(
+        at.checked_sub(effective_margin(margin, token))
+            .unwrap_or(at),
+    )
+}
+
 impl Cache {
     fn lock(&self) -> RwLockWriteGuard<'_, State> {
         // Every critical section leaves the state consistent, so a poisoned lock is still sound.
@@ -130,23 +146,38 @@ impl Cache {
             RefCell::new(ThreadCopy {
                 version: None,
                 cached: None,
+                margin,
+                refresh_at: None,
             })
         });
-        let fresh = copy
-            .try_borrow()
-            .ok()
-            .filter(|c| c.version == Some(version))
-            .map(|c| c.cached.clone());
-        let current = match fresh {
+        let borrowed = copy.try_borrow();
+        let up_to_date = match &borrowed {
+            Ok(c) if c.version == Some(version) => {
+                if c.margin == margin {
+                    // The common case: one comparison, and a token due for refresh not cloned.
+                    return c
+                        .cached
+                        .as_ref()
+                        .filter(|_| c.refresh_at.is_none_or(|at| now < at))
+                        .cloned();
+                }
+                // Another layer's margin over the same cache.
+                Some(c.cached.clone())
+            }
+            _ => None,
+        };
+        // Released before the copy is renewed, which borrows it to write.
+        drop(borrowed);
+        let current = match up_to_date {
             Some(current) => current,
-            None => self.renew_copy(copy),
+            None => self.renew_copy(copy, margin),
         };
         current.filter(|c| !due(&c.token, margin, now))
     }
 
     /// The current token, read under the shared lock, and this thread's `copy` of it renewed.
     #[cold]
-    fn renew_copy(&self, copy: &RefCell<ThreadCopy>) -> Option<Cached> {
+    fn renew_copy(&self, copy: &RefCell<ThreadCopy>, margin: Duration) -> Option<Cached> {
         let (version, current) = {
             let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
             // Read under the lock, which every change of `current` holds to write both.
@@ -156,6 +187,8 @@ impl Cache {
         if let Ok(mut copy) = copy.try_borrow_mut() {
             *copy = ThreadCopy {
                 version: Some(version),
+                refresh_at: current.as_ref().and_then(|c| refresh_at(&c.token, margin)),
+                margin,
                 cached: current.clone(),
             };
         }
@@ -267,5 +300,67 @@ impl Cache {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(2000)))]
+
+        /// The instant a thread's copy keeps says what `due` says, at every instant.
+        #[test]
+        fn refresh_at_agrees_with_due(
+            lifetime_ms in proptest::option::of(0u64..10_000_000),
+            margin_ms in 0u64..10_000_000,
+            at_ms in 0u64..12_000_000,
+        ) {
+            let token = Token::new("t", lifetime_ms.map(Duration::from_millis));
+            let margin = Duration::from_millis(margin_ms);
+            let now = token.issued_at() + Duration::from_millis(at_ms);
+            let by_instant = refresh_at(&token, margin).is_none_or(|r| now < r);
+            proptest::prop_assert_eq!(by_instant, !due(&token, margin, now));
+        }
+    }
+
+    /// Two layers with different margins over one cache each get their own answer.
+    #[tokio::test(start_paused = true)]
+    async fn each_margin_is_judged_on_its_own() {
+        let cache = Cache::default();
+        let token = Token::new("t", Some(Duration::from_secs(600)));
+        let header = HeaderValue::from_static("Bearer t");
+        {
+            let mut state = cache.lock();
+            cache.set_current(&mut state, Some(Cached { token, header }));
+        }
+        let (short, long) = (Duration::from_secs(10), Duration::from_secs(100));
+        tokio::time::advance(Duration::from_secs(550)).await;
+        for _ in 0..2 {
+            assert!(cache.current(short).is_some());
+            assert!(cache.current(long).is_none());
+        }
+        tokio::time::advance(Duration::from_secs(45)).await;
+        assert!(cache.current(short).is_none());
+    }
+
+    /// A thread renews its copy once per token, not once per request: the requests after the
+    /// first share the copy's header bytes (an allocation of the thread's own).
+    #[test]
+    fn a_threads_copy_is_made_once_per_token() {
+        let cache = Cache::default();
+        let token = Token::new("t", Some(Duration::from_secs(600)));
+        let header = HeaderValue::from_static("Bearer t");
+        {
+            let mut state = cache.lock();
+            cache.set_current(&mut state, Some(Cached { token, header }));
+        }
+        let margin = Duration::from_secs(60);
+        // Kept, so that an allocation freed by one cannot be handed to the next.
+        let tokens: Vec<Cached> = (0..4).filter_map(|_| cache.current(margin)).collect();
+        assert_eq!(tokens.len(), 4);
+        let first = tokens[0].header.as_bytes().as_ptr();
+        assert!(tokens.iter().all(|c| c.header.as_bytes().as_ptr() == first));
     }
 }
