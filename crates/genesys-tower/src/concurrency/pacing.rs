@@ -3,6 +3,7 @@
 //! (its quota is a hint, then additive increase and multiplicative decrease).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -42,6 +43,11 @@ pub(crate) struct Pacer {
     learn: bool,
     reserve: u64,
     max_hold: Duration,
+    /// Nothing can hold a start: no rate in force and no hold. Then a start takes no clock read
+    /// and no lock (a learning pacer that has not heard of a quota yet, the common case against
+    /// a server that sends no rate-limit headers). Written under the state's lock only, each
+    /// time the state changes, so it always tells the state as the last writer left it.
+    quiet: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -116,6 +122,7 @@ impl Pacer {
             learn,
             reserve,
             max_hold: max_hold.min(MAX_DURATION),
+            quiet: AtomicBool::new(configured.is_none()),
             state: Mutex::new(State {
                 rate: configured,
                 learning: Learning {
@@ -160,8 +167,20 @@ impl Pacer {
         self.effective(&state)
     }
 
+    /// Records what [`quiet`](Self::quiet) says, after a change of the state under its lock.
+    fn settle(&self, state: &State) {
+        // `configured` already holds the ceiling when no rate was configured, and the rate in
+        // force is never dropped once set: `rate` is `None` only without either.
+        let quiet = state.rate.is_none() && state.hold_until.is_none();
+        self.quiet.store(quiet, Ordering::Release);
+    }
+
     /// Records a start now, or tells when to try again.
     pub(crate) fn try_start(&self) -> Result<(), Instant> {
+        // A start racing with a response that sets a hold is taken as if it came first.
+        if self.quiet.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let now = Instant::now();
         let mut state = self.lock();
         self.roll(&mut state, now);
@@ -170,16 +189,17 @@ impl Pacer {
                 return Err(until);
             }
             state.hold_until = None;
+            self.settle(&state);
         }
         let Some(rate) = self.effective(&state) else {
             return Ok(());
         };
-        while state
-            .starts
-            .front()
-            .is_some_and(|&start| crate::time::after(start, rate.window) <= now)
-        {
-            state.starts.pop_front();
+        // Starts at or before `cutoff` have left the window (none has when the clock has not
+        // run for a window yet).
+        if let Some(cutoff) = now.checked_sub(rate.window) {
+            while state.starts.front().is_some_and(|&start| start <= cutoff) {
+                state.starts.pop_front();
+            }
         }
         // `requests` is at least 1 (checked where it is set), and the log never holds more
         // entries than fit in memory (see MAX_LEARNED_REQUESTS).
@@ -198,7 +218,10 @@ impl Pacer {
     fn roll(&self, state: &mut State, now: Instant) {
         let Some(rate) = state.rate else { return };
         let start = *state.learning.period_start.get_or_insert(now);
-        if now >= crate::time::after(start, rate.window) {
+        if now
+            .checked_sub(rate.window)
+            .is_some_and(|cutoff| start <= cutoff)
+        {
             self.finish_period(state, now);
         }
     }
@@ -297,6 +320,7 @@ impl Pacer {
         if self.learn {
             self.learn_from(&mut state, now, limited, hints);
         }
+        self.settle(&state);
     }
 
     fn learn_from(&self, state: &mut State, now: Instant, limited: bool, hints: &RateLimitHints) {

@@ -333,3 +333,59 @@ async fn a_policy_sets_the_rate_and_a_plus_sign_is_not_a_number() {
     assert!(pacer.try_start().is_ok());
     assert!(pacer.try_start().is_err());
 }
+
+/// A pacer with nothing to pace lets starts through without its lock, and still holds them the
+/// moment a response says to, and only for as long as it says.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_pacer_still_holds_on_the_servers_word_and_only_then() {
+    let pacer = Pacer::new(None, true, 0, Duration::from_secs(180));
+    assert!(pacer.quiet.load(Ordering::Relaxed));
+    assert!(pacer.try_start().is_ok());
+    pacer.observe(
+        StatusCode::TOO_MANY_REQUESTS,
+        &headers(&[("retry-after", "2")]),
+    );
+    assert!(!pacer.quiet.load(Ordering::Relaxed));
+    let until = pacer.try_start().unwrap_err();
+    assert_eq!(until - Instant::now(), Duration::from_secs(2));
+    tokio::time::advance(Duration::from_millis(1999)).await;
+    assert!(pacer.try_start().is_err());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(pacer.try_start().is_ok());
+    // The hold is over and no rate was learned: quiet again, and every start goes through.
+    assert!(pacer.quiet.load(Ordering::Relaxed));
+    for _ in 0..1000 {
+        assert!(pacer.try_start().is_ok());
+    }
+    // A quota learned from the server ends the quiet for good.
+    pacer.observe(
+        StatusCode::OK,
+        &headers(&[("ratelimit-policy", "\"a\";q=2;w=1")]),
+    );
+    assert!(!pacer.quiet.load(Ordering::Relaxed));
+    assert!(pacer.try_start().is_ok());
+    assert!(pacer.try_start().is_ok());
+    assert!(pacer.try_start().is_err());
+}
+
+/// A configured rate or a ceiling is never quiet.
+#[test]
+fn a_pacer_with_a_rate_is_never_quiet() {
+    let rate = Rate {
+        requests: 5,
+        window: Duration::from_secs(1),
+    };
+    let max_hold = Duration::from_secs(180);
+    assert!(
+        !Pacer::new(Some(rate), true, 0, max_hold)
+            .quiet
+            .load(Ordering::Relaxed)
+    );
+    assert!(
+        !Pacer::new(Some(rate), false, 0, max_hold)
+            .quiet
+            .load(Ordering::Relaxed)
+    );
+    let ceiling = Pacer::with_ceiling(None, Some(rate), true, 0, max_hold);
+    assert!(!ceiling.quiet.load(Ordering::Relaxed));
+}
