@@ -170,8 +170,7 @@ impl Call {
     pub(super) fn set_body(&mut self, body: Body) {
         self.state.replayable = body.is_replayable();
         self.body = Some(body);
-        let deadline = self.shared.policy.deadline();
-        self.state.deadline = deadline.map(|d| crate::time::after(self.started, d));
+        self.state.deadline = self.shared.policy.deadline().map(|d| (self.started, d));
     }
 
     /// Sends the next attempt on `service`, which is ready.

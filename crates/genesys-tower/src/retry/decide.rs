@@ -18,8 +18,9 @@ pub(super) struct State {
     pub(super) attempts: u32,
     /// Time spent in backoff so far.
     pub(super) waited: Duration,
-    /// When the call must end, from the policy's total deadline.
-    pub(super) deadline: Option<Instant>,
+    /// When the call started, and the policy's total deadline from then: the instant it must
+    /// end by is worked out only when a retry is weighed, which most calls never do.
+    pub(super) deadline: Option<(Instant, Duration)>,
     /// Whether the body can be sent again (false for a stream past the replay limit).
     pub(super) replayable: bool,
     /// The call's backoff schedule, made at its first retry (boxed: most calls never retry,
@@ -29,7 +30,11 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn new(deadline: Option<Instant>, replayable: bool, seed: Option<u64>) -> Self {
+    pub(super) fn new(
+        deadline: Option<(Instant, Duration)>,
+        replayable: bool,
+        seed: Option<u64>,
+    ) -> Self {
         State {
             attempts: 0,
             waited: Duration::ZERO,
@@ -165,8 +170,8 @@ pub(super) fn decide(
     // tokio's timers tick in whole milliseconds: round up, so that `waited` is what the call
     // really waits.
     delay = ceil_millis(delay);
-    if let Some(deadline) = state.deadline {
-        let left = deadline.saturating_duration_since(clock.now());
+    if let Some((started, total)) = state.deadline {
+        let left = crate::time::after(started, total).saturating_duration_since(clock.now());
         if let Some(hint) = hint.filter(|h| *h > left) {
             return Decision::Fail {
                 kind: ErrorKind::DeadlineExceeded,

@@ -52,7 +52,7 @@ fn after(
     deadline_in: Option<Duration>,
 ) -> Decision {
     let now = Instant::now();
-    let mut state = State::new(deadline_in.map(|d| now + d), true, Some(7));
+    let mut state = State::new(deadline_in.map(|d| (now, d)), true, Some(7));
     state.attempts = attempts;
     decide(
         policy,
