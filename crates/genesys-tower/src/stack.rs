@@ -303,33 +303,55 @@ where
             let call = layers.call_replay::<B, R>(parts, body);
             return ResponseFuture::boxed(Box::pin(async move { with_key(call.await, key) }));
         };
-        // The retry layer's role: the call, and its first attempt.
-        let mut call = Call::begin(&self.retry, parts, now);
+        // The retry layer's role: the call, and its first attempt. The future is made first and
+        // the call's state put straight into it, where it stays: no move of the call or of its
+        // request head after it is made.
+        let mut this = ResponseFuture {
+            kind: Kind::First {
+                future: None,
+                attempt: None,
+                call: None,
+                key,
+                resend: None,
+            },
+        };
+        let Kind::First {
+            future,
+            attempt: attempt_slot,
+            call: call_slot,
+            key,
+            resend,
+        } = &mut this.kind
+        else {
+            // Made as the first attempt just above: never taken.
+            return ResponseFuture::boxed(Box::pin(std::future::ready(Err(
+                "the stack's future was not made as its first attempt".into(),
+            ))));
+        };
+        let call = call_slot.insert(Call::begin(&self.retry, parts, now));
         let (mut request, attempt) = match call.first_attempt::<B>(body) {
             Ok(first) => first,
             Err(e) => {
+                let result = match call_slot.take() {
+                    Some(call) => call.finish(Err(e)),
+                    None => Err(e),
+                };
                 return ResponseFuture::boxed(Box::pin(std::future::ready(with_key(
-                    call.finish(Err(e)),
-                    key,
+                    result,
+                    key.take(),
                 ))));
             }
         };
         request.headers_mut().insert(AUTHORIZATION, token.header);
         // Sent in the attempt's span, as the retry layer sends (a service below may log in
         // `call`), with the timeout the layers' form puts below the auth layer.
-        let future = {
+        *future = Some({
             let _attempt = attempt.span.enter();
             Timed::new_at(self.inner.call(request), self.attempt_timeout, now)
-        };
-        ResponseFuture {
-            kind: Kind::First {
-                future,
-                attempt: Some(attempt),
-                call: Some(call),
-                key,
-                resend: Some((self.auth.handle(), token.token)),
-            },
-        }
+        });
+        *attempt_slot = Some(attempt);
+        *resend = Some((self.auth.handle(), token.token));
+        this
     }
 }
 
@@ -366,10 +388,10 @@ pin_project! {
     where
         C: Service<Request<B>>,
     {
-        // The first attempt, in flight.
+        // The first attempt, in flight (`None` only while `Stack::call` makes it).
         First {
             #[pin]
-            future: Timed<C::Future>,
+            future: Option<Timed<C::Future>>,
             attempt: Option<Attempt>,
             call: Option<Call>,
             key: Option<IdempotencyKey>,
@@ -416,7 +438,8 @@ where
                     key,
                     resend,
                 } => {
-                    let (Some(attempt_ref), Some(call_ref)) = (attempt.as_ref(), call.as_ref())
+                    let (Some(future), Some(attempt_ref), Some(call_ref)) =
+                        (future.as_pin_mut(), attempt.as_ref(), call.as_ref())
                     else {
                         return Poll::Ready(Err(
                             "the stack's future was polled after it completed".into(),
