@@ -464,16 +464,24 @@ where
                                 call, attempt, shared, token, response, key,
                             ))
                         }
-                        outcome => match retry::after_first(call, attempt, outcome) {
-                            AfterFirst::Done(result) => {
-                                return Poll::Ready(with_key(result, key));
-                            }
-                            AfterFirst::Retry { call, delay, last } => {
-                                match retry::rest_of_call::<Auth<AttemptTimeout<C>, T>, B, R>(
-                                    call, delay, last,
-                                ) {
-                                    Ok(rest) => Box::pin(async move { with_key(rest.await, key) }),
-                                    Err(e) => return Poll::Ready(Err(e)),
+                        outcome => match retry::judge_first(call, attempt, &outcome) {
+                            // The common end: the outcome goes back from where it lies.
+                            None => return Poll::Ready(with_key(outcome, key)),
+                            Some((attempt, decision)) => {
+                                match retry::after_judged(call, attempt, decision, outcome) {
+                                    AfterFirst::Done(result) => {
+                                        return Poll::Ready(with_key(result, key));
+                                    }
+                                    AfterFirst::Retry { call, delay, last } => {
+                                        match retry::rest_of_call::<Auth<AttemptTimeout<C>, T>, B, R>(
+                                            call, delay, last,
+                                        ) {
+                                            Ok(rest) => {
+                                                Box::pin(async move { with_key(rest.await, key) })
+                                            }
+                                            Err(e) => return Poll::Ready(Err(e)),
+                                        }
+                                    }
                                 }
                             }
                         },

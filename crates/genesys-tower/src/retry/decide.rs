@@ -64,7 +64,7 @@ impl Outcome<'_> {
 
 /// What to do after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Decision {
+pub(crate) enum Decision {
     /// Give the caller the outcome as it came: a final one, or one whose body cannot be sent
     /// again.
     Return,

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use std::time::Duration;
 
 use super::call::{Attempt, Call, Last, Next};
-use super::decide::Outcome;
+use super::decide::{Decision, Outcome};
 use crate::BoxError;
 use crate::body::ReplayBody;
 
@@ -133,7 +133,11 @@ where
                     let Some(attempt) = attempt.take() else {
                         return Poll::Ready(Err("the retry layer's future lost its call".into()));
                     };
-                    match after_first(call, attempt, outcome) {
+                    let Some((attempt, decision)) = judge_first(call, attempt, &outcome) else {
+                        // The common end: the outcome goes back from where it lies.
+                        return Poll::Ready(outcome);
+                    };
+                    match after_judged(call, attempt, decision, outcome) {
                         AfterFirst::Done(result) => return Poll::Ready(result),
                         AfterFirst::Retry { call, delay, last } => (call, delay, last),
                     }
@@ -174,28 +178,60 @@ pub(crate) fn after_first<R>(
     attempt: Attempt,
     outcome: Result<Response<R>, BoxError>,
 ) -> AfterFirst<R> {
+    match judge_first(slot, attempt, &outcome) {
+        None => AfterFirst::Done(outcome),
+        Some((attempt, decision)) => after_judged(slot, attempt, decision, outcome),
+    }
+}
+
+/// Judges the first attempt's `outcome` where it lies. `None`: the call is over and the outcome
+/// goes back as it is (the common end: a final answer at the first attempt), its end recorded.
+/// Otherwise the attempt and the decision, for [`after_judged`].
+#[inline(always)]
+pub(crate) fn judge_first<R>(
+    slot: &mut Option<Call>,
+    attempt: Attempt,
+    outcome: &Result<Response<R>, BoxError>,
+) -> Option<(Attempt, Decision)> {
     let Some(call) = slot.as_mut() else {
-        return AfterFirst::Done(Err("the retry layer's future lost its call".into()));
+        // Reported by `after_judged`.
+        return Some((attempt, Decision::Return));
     };
     let entered = call.span.clone().entered();
-    let (decision, last) = match outcome {
+    let decision = match outcome {
         Ok(response) => {
             let status = response.status();
             let decision = call.judge(Outcome::Response(status, response.headers()), &attempt);
             if call.returns_as_is(decision) {
-                // The common end: the response goes back where it came from.
                 drop(entered);
                 drop(attempt);
                 call.record_end(Some(status), None);
                 *slot = None;
-                return AfterFirst::Done(Ok(response));
+                return None;
             }
-            (decision, Last::Response(response))
+            decision
         }
-        Err(error) => {
-            let decision = call.judge(Outcome::Error(&*error), &attempt);
-            (decision, Last::Error(error))
-        }
+        Err(error) => call.judge(Outcome::Error(&**error), &attempt),
+    };
+    drop(entered);
+    Some((attempt, decision))
+}
+
+/// What follows a first attempt that [`judge_first`] did not end: the outcome, judged, turned
+/// into the call's result or a retry.
+pub(crate) fn after_judged<R>(
+    slot: &mut Option<Call>,
+    attempt: Attempt,
+    decision: Decision,
+    outcome: Result<Response<R>, BoxError>,
+) -> AfterFirst<R> {
+    let Some(call) = slot.as_mut() else {
+        return AfterFirst::Done(Err("the retry layer's future lost its call".into()));
+    };
+    let entered = call.span.clone().entered();
+    let last = match outcome {
+        Ok(response) => Last::Response(response),
+        Err(error) => Last::Error(error),
     };
     let next = call.conclude(decision, last);
     drop(entered);

@@ -176,7 +176,7 @@ pub use crate::reason::RetryReason;
 pub(crate) use self::call::Attempt;
 pub(crate) use self::call::Call;
 #[cfg(all(feature = "auth", feature = "idempotency"))]
-pub(crate) use self::future::{AfterFirst, after_first, rest_of_call};
+pub(crate) use self::future::{AfterFirst, after_first, after_judged, judge_first, rest_of_call};
 use crate::body::ReplayBody;
 use crate::per_thread::PerThread;
 use crate::spare;
