@@ -356,16 +356,22 @@ where
 }
 
 /// `result`, with `key` named on its response when there is one (as the idempotency layer
-/// does). In place: the common end, a GET without a key, moves nothing.
+/// does).
 #[inline(always)]
 fn with_key<R>(
     mut result: Result<Response<R>, BoxError>,
     key: Option<IdempotencyKey>,
 ) -> Result<Response<R>, BoxError> {
-    if let (Ok(response), Some(key)) = (&mut result, key) {
+    name_key(&mut result, key);
+    result
+}
+
+/// [`with_key`] in place: the common end, a GET without a key, moves nothing.
+#[inline(always)]
+fn name_key<R>(result: &mut Result<Response<R>, BoxError>, key: Option<IdempotencyKey>) {
+    if let (Ok(response), Some(key)) = (result, key) {
         response.extensions_mut().insert(key);
     }
-    result
 }
 
 pin_project! {
@@ -445,7 +451,7 @@ where
                             "the stack's future was polled after it completed".into(),
                         ));
                     };
-                    let outcome = {
+                    let mut outcome = {
                         let _call = call_ref.span.enter();
                         let _attempt = attempt_ref.span.enter();
                         ready!(future.poll(cx))
@@ -454,8 +460,12 @@ where
                         return Poll::Ready(Err("the stack's future lost its call".into()));
                     };
                     let key = key.take();
+                    // Looked at in place: the common answer is not moved to be matched.
+                    let unauthorized = outcome
+                        .as_ref()
+                        .is_ok_and(|response| response.status() == StatusCode::UNAUTHORIZED);
                     match outcome {
-                        Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                        Ok(response) if unauthorized => {
                             let (Some(call), Some((shared, token))) = (call.take(), resend.take())
                             else {
                                 return Poll::Ready(Err("the stack's future lost its call".into()));
@@ -464,9 +474,12 @@ where
                                 call, attempt, shared, token, response, key,
                             ))
                         }
-                        outcome => match retry::judge_first(call, attempt, &outcome) {
+                        _ => match retry::judge_first(call, attempt, &outcome) {
                             // The common end: the outcome goes back from where it lies.
-                            None => return Poll::Ready(with_key(outcome, key)),
+                            None => {
+                                name_key(&mut outcome, key);
+                                return Poll::Ready(outcome);
+                            }
                             Some((attempt, decision)) => {
                                 match retry::after_judged(call, attempt, decision, outcome) {
                                     AfterFirst::Done(result) => {
