@@ -328,7 +328,7 @@ where
                 "the stack's future was not made as its first attempt".into(),
             ))));
         };
-        let call = call_slot.insert(Call::begin(&self.retry, parts, now));
+        let call = Call::begin(call_slot, &self.retry, parts, now);
         let (mut request, attempt) = match call.first_attempt::<B>(body) {
             Ok(first) => first,
             Err(e) => {

@@ -75,15 +75,48 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    /// Starts a call, at `started`, on the layer's state `shared`: with the policy a switch picks for it, when
-    /// one is set (kept to the call's end), its jitter seed, and its span (made here, so that
-    /// its parent is the caller's span).
+    /// Starts a call, at `started`, on the layer's state `shared`, made in `slot` where it
+    /// stays (the request head is moved once, into its place): with the policy a switch picks
+    /// for it, when one is set (kept to the call's end), its jitter seed, and its span (made
+    /// here, so that its parent is the caller's span).
     #[inline(always)]
-    pub(crate) fn begin(
+    pub(crate) fn begin<'a>(
+        slot: &'a mut Option<Call>,
         shared: &PerThread<Shared>,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         started: Instant,
-    ) -> Self {
+    ) -> &'a mut Call {
+        let (shared, span, metrics, state) = Call::start(shared, &mut parts);
+        slot.insert(Call {
+            shared,
+            parts,
+            body: None,
+            span,
+            metrics,
+            started,
+            state,
+        })
+    }
+
+    /// The first attempt of a call whose `body` is in memory: the request to send and the
+    /// attempt, counted.
+    pub(crate) fn first_attempt<B: ReplayBody>(
+        &mut self,
+        body: Body,
+    ) -> Result<(Request<B>, Attempt), BoxError> {
+        self.set_body(body);
+        self.count_attempt();
+        self.next_attempt::<B>()
+    }
+
+    /// Starts a call: the policy (a switch's pick), the span, the version tag while a canary
+    /// runs, the policy's safety rule, the counters, the budget's deposit. Everything but the
+    /// head, which the caller moves into the call.
+    #[inline(always)]
+    fn start(
+        shared: &PerThread<Shared>,
+        parts: &mut http::request::Parts,
+    ) -> (Handle<Shared>, Span, CallMetrics, State) {
         let shared = match &shared.switch {
             None => shared.handle(),
             Some(switch) => {
@@ -98,54 +131,22 @@ impl Call {
             }
         };
         let seed = shared.policy.next_call_seed();
-        let span = span::call(&parts, &shared.policy);
-        Call::start(shared, seed, parts, span, started)
-    }
-
-    /// The first attempt of a call whose `body` is in memory: the request to send and the
-    /// attempt, counted.
-    pub(crate) fn first_attempt<B: ReplayBody>(
-        &mut self,
-        body: Body,
-    ) -> Result<(Request<B>, Attempt), BoxError> {
-        self.set_body(body);
-        self.count_attempt();
-        self.next_attempt::<B>()
-    }
-
-    /// Starts a call: the version tag while a canary runs, the policy's safety rule, the
-    /// counters, the budget's deposit.
-    #[inline(always)]
-    fn start(
-        shared: Handle<Shared>,
-        seed: Option<u64>,
-        mut parts: http::request::Parts,
-        span: Span,
-        started: Instant,
-    ) -> Self {
+        let span = span::call(parts, &shared.policy);
         let policy = &shared.policy;
         if let Some(tag) = &shared.tag
             && let Ok(value) = http::HeaderValue::from_str(policy.version())
         {
             parts.headers.insert(tag.clone(), value);
         }
-        if let Some(safety) = policy.safety_for(&parts) {
+        if let Some(safety) = policy.safety_for(parts) {
             parts.extensions.insert(safety);
         }
-        let metrics = CallMetrics::start(&parts, policy.version_label());
+        let metrics = CallMetrics::start(parts, policy.version_label());
         shared.metrics.record_request();
         if let Some(budget) = policy.budget() {
             budget.deposit();
         }
-        Call {
-            shared,
-            parts,
-            body: None,
-            span,
-            metrics,
-            started,
-            state: State::new(None, false, seed),
-        }
+        (shared, span, metrics, State::new(None, false, seed))
     }
 
     /// Makes sure the layer has a spare service, from `inner` if it has none (the first call,

@@ -20,8 +20,10 @@ use std::time::Duration;
 
 use super::call::{Attempt, Call, Last, Next};
 use super::decide::{Decision, Outcome};
+use crate::Body;
 use crate::BoxError;
 use crate::body::ReplayBody;
+use crate::per_thread::PerThread;
 
 type Boxed<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
 
@@ -46,8 +48,9 @@ pin_project! {
         // The first attempt, in flight; a clone of the layer's spare service (in the call's
         // shared state) takes the attempts after it.
         First {
+            // `None` only while `Retry::call` makes it.
             #[pin]
-            future: S::Future,
+            future: Option<S::Future>,
             attempt: Option<Attempt>,
             call: Option<Call>,
             body: PhantomData<fn() -> B>,
@@ -63,26 +66,58 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    /// The first attempt of `call`, sent on `inner` (ready) as the future is made, so that the
-    /// inner service's future is written where it stays rather than moved into place.
+    /// The first attempt of a call whose body is in memory, sent on `inner` (ready). The future
+    /// is made first and the call put straight into it, then the inner service's future: each
+    /// is written where it stays rather than moved into place.
     #[inline(always)]
-    pub(super) fn first(inner: &mut S, request: Request<B>, attempt: Attempt, call: Call) -> Self
+    pub(super) fn first<R>(
+        inner: &mut S,
+        shared: &PerThread<super::Shared>,
+        parts: http::request::Parts,
+        body: Body,
+    ) -> Self
     where
-        S: Clone + Send + 'static,
+        S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+        R: Send + 'static,
+        B: ReplayBody,
     {
-        ResponseFuture {
+        let mut this = ResponseFuture {
             kind: Kind::First {
-                future: attempt.send(inner, request),
-                attempt: Some(attempt),
-                // After the call: the spare, when it has to be made, is made from the service as
-                // its call left it.
-                call: {
-                    call.fill_spare(inner);
-                    Some(call)
-                },
+                future: None,
+                attempt: None,
+                call: None,
                 body: PhantomData,
             },
-        }
+        };
+        let Kind::First {
+            future,
+            attempt: attempt_slot,
+            call: call_slot,
+            ..
+        } = &mut this.kind
+        else {
+            // Made as the first attempt just above: never taken.
+            return Self::boxed(std::future::ready(Err(
+                "the retry layer's future was not made as its first attempt".into(),
+            )));
+        };
+        let call = Call::begin(call_slot, shared, parts, tokio::time::Instant::now());
+        let (request, attempt) = match call.first_attempt::<B>(body) {
+            Ok(first) => first,
+            Err(e) => {
+                let result = match call_slot.take() {
+                    Some(call) => call.finish(Err(e)),
+                    None => Err(e),
+                };
+                return Self::boxed(std::future::ready(result));
+            }
+        };
+        *future = Some(attempt.send(inner, request));
+        *attempt_slot = Some(attempt);
+        // After the call: the spare, when it has to be made, is made from the service as its
+        // call left it.
+        call.fill_spare(inner);
+        this
     }
 
     pub(super) fn boxed(
@@ -117,7 +152,8 @@ where
                     call,
                     ..
                 } => {
-                    let (Some(attempt_ref), Some(call_ref)) = (attempt.as_ref(), call.as_ref())
+                    let (Some(future), Some(attempt_ref), Some(call_ref)) =
+                        (future.as_pin_mut(), attempt.as_ref(), call.as_ref())
                     else {
                         return Poll::Ready(Err("the retry layer's future was polled after it \
                                                 completed"

@@ -396,22 +396,24 @@ impl<S> Retry<S> {
         S::Future: Send + 'static,
         ResBody: http_body::Body + Send + 'static,
     {
-        let mut call = Call::begin(&self.shared, parts, tokio::time::Instant::now());
         if body.is_replayable() {
             // The common case: the first attempt goes to the ready service at once, and its
             // future is polled in place; a clone of the service takes any attempt after it.
-            return match call.first_attempt::<B>(body) {
-                Ok((request, attempt)) => {
-                    ResponseFuture::first(&mut self.inner, request, attempt, call)
-                }
-                Err(e) => ResponseFuture::boxed(std::future::ready(call.finish(Err(e)))),
-            };
+            return ResponseFuture::first(&mut self.inner, &self.shared, parts, body);
         }
         // A stream: read into memory (up to the replay limit) before the first attempt. The
         // ready service goes with the call; a fresh clone waits for the next call.
+        let mut slot = None;
+        let span = Call::begin(&mut slot, &self.shared, parts, tokio::time::Instant::now())
+            .span
+            .clone();
+        let Some(call) = slot else {
+            return ResponseFuture::boxed(std::future::ready(Err(
+                "the retry layer's call was not made".into(),
+            )));
+        };
         let clone = self.inner.clone();
         let ready = mem::replace(&mut self.inner, clone);
-        let span = call.span.clone();
         ResponseFuture::boxed(call.run::<S, B, ResBody>(ready, body).instrument(span))
     }
 }
