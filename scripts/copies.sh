@@ -9,8 +9,9 @@
 #   METHOD=patch WHERE=ours scripts/copies.sh ours
 #
 # Prints a markdown table (copies and bytes per call for each stack) and, for the stack named
-# by WHERE, the copies per call by size and the function that made each (from the binary's
-# debug information; inlined code is named by the function it was inlined into).
+# by WHERE, the copies per call by size, the function that made each and its source line with
+# the lines it was inlined into (from the binary's debug information; inlined code is named by
+# the function it was inlined into).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/layer_cost
@@ -136,9 +137,17 @@ if where:
     sites = sorted(rows.items(), key=lambda kv: -kv[0][1] * kv[1])
     out = subprocess.run(["addr2line", "-f", "-C", "-e", binary] + [hex(c - 1) for (c, _), _ in sites],
                          capture_output=True, text=True).stdout.split("\n")
+
+    def line_of(caller):
+        # The source line of the copy, then the lines it was inlined into (innermost first).
+        chain = subprocess.run(["addr2line", "-i", "-e", binary, hex(caller - 1)],
+                               capture_output=True, text=True).stdout.split()
+        # Each line is FILE:LINE, sometimes followed by "(discriminator N)".
+        return " < ".join(os.path.basename(loc) for loc in chain if ":" in loc)
+
     print(f"\n{where}: each copy, the largest first\n")
-    print("| bytes | per call | made in |")
-    print("| --- | --- | --- |")
-    for i, ((_, size), count) in enumerate(sites):
-        print(f"| {size} | {count:.2f} | `{out[2 * i][:110]}` |")
+    print("| bytes | per call | made in | at (inlined into) |")
+    print("| --- | --- | --- | --- |")
+    for i, ((caller, size), count) in enumerate(sites):
+        print(f"| {size} | {count:.2f} | `{out[2 * i][:110]}` | {line_of(caller)} |")
 EOF
