@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use genesys_tower::auth::{AuthLayer, Token, TokenSource};
-use genesys_tower::concurrency::ConcurrencyLayer;
+use genesys_tower::concurrency::{Concurrency, ConcurrencyLayer};
 use genesys_tower::idempotency::{IDEMPOTENCY_KEY, IdempotencyKey, IdempotencyLayer};
 use genesys_tower::retry::{RetryInfo, RetryLayer, RetryPolicy};
 use genesys_tower::stack::StackLayer;
@@ -470,24 +470,38 @@ type MakeClient = fn(Client, AuthLayer<Arc<Source>>, &IdempotencyLayer) -> Clien
 /// Both forms, named.
 const FORMS: [(&str, MakeClient); 2] = [("layers", layered), ("stack", stacked)];
 
+/// A client made by `make` over a limit of one request in flight, on an API that answers 200:
+/// with the limited service (to take its permit) and what the API saw.
+fn over_one_permit(make: MakeClient) -> (Client, Concurrency<Client>, Arc<Mutex<Vec<Seen>>>) {
+    let (api, seen) = api(|_| Act::Answer(200));
+    let limited = ConcurrencyLayer::new(1).layer(api);
+    let client = make(
+        BoxCloneService::new(limited.clone()),
+        AuthLayer::new(Arc::new(Source::default())),
+        &IdempotencyLayer::new(),
+    );
+    (client, limited, seen)
+}
+
+/// A clone of `limited` holding its only permit, until it is dropped.
+async fn take_the_permit(limited: &Concurrency<Client>) -> Concurrency<Client> {
+    let mut holder = limited.clone();
+    ServiceExt::<Request<Body>>::ready(&mut holder)
+        .await
+        .unwrap();
+    holder
+}
+
 /// A repeat of a caller's key is answered from the store without asking the service below:
 /// not even a permit, when the only one is taken.
 #[tokio::test(start_paused = true)]
 async fn a_repeat_of_a_callers_key_needs_no_permit() {
     for (form, make) in FORMS {
-        let (api, seen) = api(|_| Act::Answer(200));
-        let limited = ConcurrencyLayer::new(1).layer(api);
-        let mut client = make(
-            BoxCloneService::new(limited.clone()),
-            AuthLayer::new(Arc::new(Source::default())),
-            &IdempotencyLayer::new(),
-        );
+        let (mut client, limited, seen) = over_one_permit(make);
         let first = client.ready().await.unwrap().call(patch_with_key()).await;
         assert_eq!(first.unwrap().status(), 200, "{form}");
-        let mut holder = limited.clone();
-        ServiceExt::<Request<Body>>::ready(&mut holder)
-            .await
-            .unwrap();
+        // Held to the end of the iteration.
+        let _holder = take_the_permit(&limited).await;
         let repeat = tokio::time::timeout(Duration::from_secs(60), async {
             client.ready().await?.call(patch_with_key()).await
         })
@@ -507,19 +521,10 @@ async fn a_repeat_of_a_callers_key_needs_no_permit() {
 #[tokio::test(start_paused = true)]
 async fn a_call_waits_for_its_permit_in_its_future() {
     for (form, make) in FORMS {
-        let (api, seen) = api(|_| Act::Answer(200));
-        let limited = ConcurrencyLayer::new(1).layer(api);
-        let mut client = make(
-            BoxCloneService::new(limited.clone()),
-            AuthLayer::new(Arc::new(Source::default())),
-            &IdempotencyLayer::new(),
-        );
+        let (mut client, limited, seen) = over_one_permit(make);
         // The token fetched, the permit given back.
         client.ready().await.unwrap().call(get()).await.unwrap();
-        let mut holder = limited.clone();
-        ServiceExt::<Request<Body>>::ready(&mut holder)
-            .await
-            .unwrap();
+        let holder = take_the_permit(&limited).await;
         let ready = tokio::time::timeout(Duration::from_secs(60), client.ready()).await;
         let ready = ready.unwrap_or_else(|_| panic!("{form}: not ready while a permit is taken"));
         let call = tokio::spawn(ready.unwrap().call(patch()));
