@@ -61,6 +61,14 @@
 //! moment the inner service is called. Waiting uses tokio's clock, so a paused clock in tests
 //! makes it instant and exact.
 //!
+//! Far from the limit (room in the window for many more starts), a thread that starts calls
+//! often takes its starts from the log in small batches, which it then uses without the lock
+//! every thread shares. A batch is recorded at the end of its short lease (1 ms), the latest
+//! moment any of its starts can be used, so each start stays in the log at least as long as if
+//! it were recorded on its own, and the rule above holds in every window. Near the limit, and
+//! for a thread that starts less than once a lease, each start is recorded at its own instant.
+//! A hold, or a new rate learned from a response, voids every batch at once.
+//!
 //! # Learning from the server
 //!
 //! After each response (on by default; see

@@ -3,7 +3,7 @@
 //! (its quota is a hint, then additive increase and multiplicative decrease).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +11,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use crate::headers::RateLimitHints;
+use crate::per_thread::{SHARDS, shard};
 
 /// At most `requests` starts in any `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,15 @@ const MAX_LEARNED_WINDOW: Duration = Duration::from_secs(3600);
 const MAX_LEARNED_REQUESTS: u64 = 100_000;
 /// Longer windows and holds are cut to this, so that adding them to an `Instant` cannot overflow.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The most starts a thread takes from the log at once (see [`Credit`]).
+const MAX_BATCH: u64 = 16;
+/// A batch is taken only while the log has room for this many batches of its size: far from
+/// the limit. Nearer to it, every start is recorded one by one, at its own instant.
+const ROOM_PER_BATCH: u64 = 128;
+/// How long a thread's batch of starts stays usable. Its starts are recorded at the end of this
+/// lease, the latest instant any of them can be used: each is in the log for at least as long
+/// as it would be on its own, so no window ever holds more starts than the rate allows.
+const LEASE: Duration = Duration::from_millis(1);
 
 #[derive(Debug)]
 pub(crate) struct Pacer {
@@ -48,7 +58,39 @@ pub(crate) struct Pacer {
     /// a server that sends no rate-limit headers). Written under the state's lock only, each
     /// time the state changes, so it always tells the state as the last writer left it.
     quiet: AtomicBool,
+    /// Changes (under the state's lock) whenever a response changes the hold or the rate in
+    /// force: every batch of starts taken before is void.
+    epoch: AtomicU64,
     state: Mutex<State>,
+    /// The starts each thread took from the log ahead of time, one lane per shard of threads,
+    /// on cache lines of their own: far from the limit, a start is taken here, on the thread's
+    /// own lane, without the state's lock that every thread shares.
+    lanes: [Lane; SHARDS],
+}
+
+/// A shard's [`Credit`], on a pair of cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Lane(Mutex<Credit>);
+
+/// Starts recorded in the log ahead of time, for one shard's threads to use until `until`.
+///
+/// The log records a batch at the end of its lease, which is later than any of its starts can
+/// be used: a batch's start stays in the log at least as long as it would if recorded when
+/// used, so the rate holds in every window. Unused starts of a lapsed batch stay in the log
+/// for their window: batches are taken only far from the limit (room for
+/// [`ROOM_PER_BATCH`] batches), and grow (doubling up to [`MAX_BATCH`]) only for a thread that
+/// used its last one up before it lapsed, so a thread that starts seldom records each start on
+/// its own.
+#[derive(Debug, Default)]
+struct Credit {
+    left: u64,
+    /// The end of the lease (`None`: none taken yet).
+    until: Option<Instant>,
+    /// The pacer's epoch when the batch was taken.
+    epoch: u64,
+    /// The size of this lane's last batch.
+    size: u64,
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +165,8 @@ impl Pacer {
             reserve,
             max_hold: max_hold.min(MAX_DURATION),
             quiet: AtomicBool::new(configured.is_none()),
+            epoch: AtomicU64::new(0),
+            lanes: Default::default(),
             state: Mutex::new(State {
                 rate: configured,
                 learning: Learning {
@@ -181,7 +225,27 @@ impl Pacer {
         if self.quiet.load(Ordering::Acquire) {
             return Ok(());
         }
-        let now = Instant::now();
+        self.try_start_at(Instant::now(), shard())
+    }
+
+    /// [`try_start`](Self::try_start) at `now`, for a thread of `shard`.
+    fn try_start_at(&self, now: Instant, shard: usize) -> Result<(), Instant> {
+        let lane = &self.lanes[shard % SHARDS].0;
+        // The thread's own batch, when it has one that is still good.
+        let grow = {
+            let mut credit = lane.lock().unwrap_or_else(PoisonError::into_inner);
+            let fresh = credit.epoch == self.epoch.load(Ordering::Acquire)
+                && credit.until.is_some_and(|until| now <= until);
+            if fresh && credit.left > 0 {
+                credit.left -= 1;
+                return Ok(());
+            }
+            // Used up before it lapsed: this thread starts often enough for a larger batch.
+            match fresh {
+                true => credit.size.saturating_mul(2).clamp(1, MAX_BATCH),
+                false => 1,
+            }
+        };
         let mut state = self.lock();
         self.roll(&mut state, now);
         if let Some(until) = state.hold_until {
@@ -209,8 +273,26 @@ impl Pacer {
             let oldest = state.starts[state.starts.len() - n];
             return Err(crate::time::after(oldest, rate.window));
         }
-        state.starts.push_back(now);
-        state.learning.period_starts = state.learning.period_starts.saturating_add(1);
+        let room = u64::try_from(n - state.starts.len()).unwrap_or(u64::MAX);
+        let size = grow.min(room / ROOM_PER_BATCH).max(1);
+        let until = crate::time::after(now, LEASE);
+        // A batch is recorded at the end of its lease; the log stays in order (an entry later
+        // than its instant only stays longer).
+        let at = if size > 1 { until } else { now };
+        let at = state.starts.back().map_or(at, |&last| at.max(last));
+        for _ in 0..size {
+            state.starts.push_back(at);
+        }
+        state.learning.period_starts = state.learning.period_starts.saturating_add(size);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        drop(state);
+        let mut credit = lane.lock().unwrap_or_else(PoisonError::into_inner);
+        *credit = Credit {
+            left: size - 1,
+            until: Some(until),
+            epoch,
+            size,
+        };
         Ok(())
     }
 
@@ -306,6 +388,7 @@ impl Pacer {
 
         let now = Instant::now();
         let mut state = self.lock();
+        let before = (state.hold_until, self.effective(&state));
         if !hold.is_zero() {
             let until = crate::time::after(now, hold);
             if state.hold_until.is_none_or(|h| h < until) {
@@ -319,6 +402,10 @@ impl Pacer {
         }
         if self.learn {
             self.learn_from(&mut state, now, limited, hints);
+        }
+        if (state.hold_until, self.effective(&state)) != before {
+            // The batches of starts taken under the old hold or rate are void.
+            self.epoch.fetch_add(1, Ordering::AcqRel);
         }
         self.settle(&state);
     }

@@ -389,3 +389,125 @@ fn a_pacer_with_a_rate_is_never_quiet() {
     let ceiling = Pacer::with_ceiling(None, Some(rate), true, 0, max_hold);
     assert!(!ceiling.quiet.load(Ordering::Relaxed));
 }
+
+/// A pacer at a fixed rate of `requests` per `window`, learning nothing.
+fn fixed(requests: u64, window: Duration) -> Pacer {
+    Pacer::new(
+        Some(Rate { requests, window }),
+        false,
+        0,
+        Duration::from_secs(180),
+    )
+}
+
+/// Starts that `pacer` lets through, at the instants and on the shards of `steps` (each a
+/// shard and the time since the previous step).
+fn starts_let_through(pacer: &Pacer, steps: &[(usize, Duration)]) -> Vec<Instant> {
+    starts_from(pacer, Instant::now(), steps)
+}
+
+fn starts_from(pacer: &Pacer, mut now: Instant, steps: &[(usize, Duration)]) -> Vec<Instant> {
+    let mut started = Vec::new();
+    for &(shard, after) in steps {
+        now += after;
+        if pacer.try_start_at(now, shard).is_ok() {
+            started.push(now);
+        }
+    }
+    started
+}
+
+/// The most starts any window of length `window` holds (a start at `s` is in the windows
+/// that end in `[s, s + window)`, as the pacer counts).
+fn most_in_a_window(starts: &[Instant], window: Duration) -> usize {
+    let mut most = 0;
+    let mut first = 0;
+    for (i, &end) in starts.iter().enumerate() {
+        while starts[first] + window <= end {
+            first += 1;
+        }
+        most = most.max(i + 1 - first);
+    }
+    most
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(crate::fuzz_cases(300)))]
+
+    /// Threads that take their starts in batches (far from the limit) never start more than
+    /// the rate allows in any window, however they interleave and whatever their pace.
+    #[test]
+    fn batches_of_starts_never_pass_the_rate_in_any_window(
+        requests in 1u64..3000,
+        window_us in 100u64..20_000,
+        threads in 1usize..SHARDS + 2,
+        pace_us in 1u64..300,
+        steps in proptest::collection::vec((0usize..64, 0u64..1000), 1..4000),
+    ) {
+        let window = Duration::from_micros(window_us);
+        let pacer = fixed(requests, window);
+        let steps: Vec<_> = steps
+            .into_iter()
+            .map(|(shard, permille)| (shard % threads, Duration::from_micros(pace_us * permille / 500)))
+            .collect();
+        let started = starts_let_through(&pacer, &steps);
+        let most = most_in_a_window(&started, window);
+        proptest::prop_assert!(most as u64 <= requests, "{most} starts in a window of {window:?}, rate {requests}");
+    }
+}
+
+/// One busy thread gets the whole rate: its batches are all used, so none is lost to the log.
+#[test]
+fn a_busy_thread_gets_every_start_of_the_window() {
+    let pacer = fixed(5000, Duration::from_secs(1));
+    let step = (0, Duration::from_micros(10));
+    let start = Instant::now();
+    let mut started = starts_from(&pacer, start, &vec![step; 1000]);
+    // Far from the limit, the thread took its starts in batches.
+    assert_eq!(pacer.lanes[0].0.lock().unwrap().size, MAX_BATCH);
+    started.extend(starts_from(&pacer, started[999], &vec![step; 5000]));
+    assert_eq!(started.len(), 5000);
+}
+
+/// A thread that starts less often than a batch's lease records each start on its own, at its
+/// own instant: nothing of the rate is spent on starts that were never made.
+#[test]
+fn a_seldom_thread_records_each_start_on_its_own() {
+    let pacer = fixed(10_000, Duration::from_secs(60));
+    let steps = vec![(3, LEASE + Duration::from_micros(1)); 200];
+    let started = starts_let_through(&pacer, &steps);
+    assert_eq!(started.len(), 200);
+    let state = pacer.lock();
+    assert_eq!(state.starts.len(), 200);
+    assert_eq!(state.starts.iter().copied().collect::<Vec<_>>(), started);
+}
+
+/// A hold the server asks for stops every thread at once, even one with starts of a batch left.
+#[tokio::test(start_paused = true)]
+async fn a_hold_voids_the_starts_threads_took_ahead() {
+    let pacer = Pacer::new(
+        Some(Rate {
+            requests: 100_000,
+            window: Duration::from_secs(1),
+        }),
+        true,
+        0,
+        Duration::from_secs(180),
+    );
+    let now = Instant::now();
+    for _ in 0..64 {
+        assert!(pacer.try_start_at(now, 0).is_ok());
+    }
+    assert!(
+        pacer.lanes[0].0.lock().unwrap().left > 0,
+        "a batch is in use"
+    );
+    pacer.observe(
+        StatusCode::TOO_MANY_REQUESTS,
+        &headers(&[("retry-after", "2")]),
+    );
+    assert_eq!(
+        pacer.try_start_at(now, 0),
+        Err(now + Duration::from_secs(2))
+    );
+}
