@@ -2,11 +2,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
 use super::Concurrency;
 use super::Shared;
+use super::limit::Limit;
 use super::pacing::{Pacer, Rate};
 use super::shared::SharedPacer;
 use crate::Metrics;
@@ -36,7 +36,7 @@ use crate::per_thread::PerThread;
 #[derive(Clone)]
 pub struct ConcurrencyLayer {
     config: Config,
-    semaphore: Arc<Semaphore>,
+    limit: Arc<Limit>,
     pacer: Arc<Pacer>,
     fleet: Option<Arc<dyn SharedPacer>>,
 }
@@ -64,17 +64,17 @@ impl ConcurrencyLayer {
     /// At most `max_in_flight` calls of the inner service at once; callers beyond wait for a
     /// permit. No pacing, learning from rate-limit headers on.
     ///
-    /// A `max_in_flight` of 0 is taken as 1, and one above tokio's semaphore limit
-    /// (`usize::MAX >> 3`) as that limit, with a warning: this never panics.
+    /// A `max_in_flight` of 0 is taken as 1, and one above the limit's maximum
+    /// (`usize::MAX >> 3`) as that maximum, with a warning: this never panics.
     pub fn new(max_in_flight: usize) -> Self {
         let wanted = max_in_flight;
-        let max_in_flight = wanted.clamp(1, Semaphore::MAX_PERMITS);
+        let max_in_flight = wanted.clamp(1, Limit::MAX_PERMITS);
         if max_in_flight != wanted {
             tracing::warn!(
                 requested = wanted,
                 used = max_in_flight,
                 "ConcurrencyLayer::new: max_in_flight must be between 1 and {}; using {max_in_flight}",
-                Semaphore::MAX_PERMITS
+                Limit::MAX_PERMITS
             );
         }
         let config = Config {
@@ -88,7 +88,7 @@ impl ConcurrencyLayer {
             metrics: Metrics::new(),
         };
         ConcurrencyLayer {
-            semaphore: Arc::new(Semaphore::new(max_in_flight)),
+            limit: Arc::new(Limit::new(max_in_flight)),
             pacer: Arc::new(Self::new_pacer(&config)),
             fleet: None,
             config,
@@ -274,7 +274,7 @@ impl<S> Layer<S> for ConcurrencyLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         let shared = Shared {
-            semaphore: self.semaphore.clone(),
+            limit: self.limit.clone(),
             max_in_flight: self.config.max_in_flight,
             reject: self.config.reject,
             pacer: self.pacer.clone(),
@@ -309,7 +309,7 @@ mod tests {
         let layer = ConcurrencyLayer::new(0);
         assert_eq!(layer.config.max_in_flight, 1);
         let layer = ConcurrencyLayer::new(usize::MAX);
-        assert_eq!(layer.config.max_in_flight, Semaphore::MAX_PERMITS);
+        assert_eq!(layer.config.max_in_flight, Limit::MAX_PERMITS);
         // Less than one request per window: ignored (pacing), refused with a message (try_pacing).
         let layer = ConcurrencyLayer::new(2).pacing(0, Duration::from_secs(60));
         assert_eq!(layer.config.pacing, None);

@@ -48,8 +48,11 @@
 //! tower's `ConcurrencyLimit` is per instance unless it is given a shared semaphore
 //! (`GlobalConcurrencyLimitLayer`), it only waits (it cannot refuse), it keeps the permit until its
 //! response future is dropped, and it knows nothing of rate limits. This service follows its design
-//! (a shared `tokio::sync::Semaphore`, the permit taken in `poll_ready` and used by `call`) and adds
-//! the rest, so that one permit check and one pacing check run per call.
+//! (a shared semaphore, the permit taken in `poll_ready` and used by `call`) and adds the rest, so
+//! that one permit check and one pacing check run per call. Its semaphore is its own: fair to
+//! waiters as tokio's is (first come, first served, no newcomer passing a waiter), but it takes and
+//! gives back a permit with one atomic operation each while no one waits, where tokio's locks its
+//! list of waiters on every release.
 //!
 //! # Pacing
 //!
@@ -123,6 +126,7 @@
 mod error;
 mod future;
 mod layer;
+mod limit;
 mod pacing;
 #[cfg(feature = "redis")]
 mod redis;
@@ -135,7 +139,6 @@ use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -147,21 +150,19 @@ pub use self::layer::{ConcurrencyLayer, InvalidRate};
 pub use self::redis::RedisPacer;
 pub use self::shared::{AcquireFuture, SharedPacer};
 
+use self::limit::{Acquire, Limit};
 use self::pacing::Pacer;
 use crate::per_thread::{Handle, PerThread};
 use crate::{BoxError, Metrics};
 
-type Acquire =
-    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>;
-
-/// A permit of the layer's semaphore, held through the layer's shared state (the calling
+/// A permit of the layer's in-flight limit, held through the layer's shared state (the calling
 /// thread's copy of it): the one reference count a call takes, for its permit, its pacer and
 /// its fleet's pacer alike. Gives the permit back when dropped.
 #[derive(Debug)]
 pub(crate) struct Permit(Option<Handle<Shared>>);
 
 impl Permit {
-    /// Holds a permit taken from `shared`'s semaphore and forgotten there.
+    /// Holds a permit taken from `shared`'s limit.
     fn held(shared: &PerThread<Shared>) -> Permit {
         Permit(Some(shared.handle()))
     }
@@ -170,7 +171,7 @@ impl Permit {
     /// shown to).
     pub(crate) fn release(mut self) -> Option<Handle<Shared>> {
         let shared = self.0.take()?;
-        shared.semaphore.add_permits(1);
+        shared.limit.release();
         Some(shared)
     }
 }
@@ -178,17 +179,17 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(shared) = &self.0 {
-            shared.semaphore.add_permits(1);
+            shared.limit.release();
         }
     }
 }
 
 /// State shared by every clone of the service. Kept with a copy per thread ([`PerThread`]): a
-/// clone must share whatever a call changes (the semaphore, the pacers, the counters); a test
+/// clone must share whatever a call changes (the limit, the pacers, the counters); a test
 /// names each field.
 #[derive(Debug, Clone)]
 pub(crate) struct Shared {
-    semaphore: Arc<Semaphore>,
+    limit: Arc<Limit>,
     max_in_flight: usize,
     reject: bool,
     pacer: Arc<Pacer>,
@@ -244,7 +245,7 @@ impl<S> Concurrency<S> {
 
     /// The permits not in use right now (shared by every clone).
     pub fn available_permits(&self) -> usize {
-        self.shared.semaphore.available_permits()
+        self.shared.limit.available_permits()
     }
 
     /// A reference to the inner service.
@@ -268,27 +269,21 @@ impl<S> Concurrency<S> {
         }
         if self.acquire.is_none() {
             // The fast path takes a free permit without allocating.
-            match self.shared.semaphore.try_acquire() {
-                Ok(permit) => {
-                    // Given back by `Permit`'s drop.
-                    permit.forget();
-                    self.permit = Some(Permit::held(&self.shared));
-                    return Poll::Ready(());
-                }
-                Err(TryAcquireError::NoPermits) if self.shared.reject => {
-                    self.overloaded = true;
-                    return Poll::Ready(());
-                }
-                Err(_) => {
-                    self.acquire = Some(Box::pin(self.shared.semaphore.clone().acquire_owned()))
-                }
+            if self.shared.limit.try_acquire() {
+                // Given back by `Permit`'s drop.
+                self.permit = Some(Permit::held(&self.shared));
+                return Poll::Ready(());
             }
+            if self.shared.reject {
+                self.overloaded = true;
+                return Poll::Ready(());
+            }
+            self.acquire = Some(self.shared.limit.clone().acquire());
         }
         if let Some(acquire) = self.acquire.as_mut() {
-            let permit = ready!(acquire.as_mut().poll(cx));
+            ready!(Pin::new(acquire).poll(cx));
             self.acquire = None;
             // Given back by `Permit`'s drop.
-            permit.expect("the semaphore is never closed").forget();
             self.permit = Some(Permit::held(&self.shared));
         }
         Poll::Ready(())
@@ -443,14 +438,14 @@ mod shared_tests {
         let state = &service.shared;
         let copy = state.handle_in(1);
         let Shared {
-            semaphore,
+            limit,
             max_in_flight,
             reject,
             pacer,
             fleet,
             metrics,
         } = &**copy;
-        assert!(Arc::ptr_eq(semaphore, &state.semaphore), "the permits");
+        assert!(Arc::ptr_eq(limit, &state.limit), "the permits");
         assert_eq!(
             (*max_in_flight, *reject),
             (state.max_in_flight, state.reject),
