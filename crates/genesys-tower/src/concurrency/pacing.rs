@@ -81,7 +81,7 @@ struct Lane(Mutex<Credit>);
 /// for their window: batches are taken only far from the limit (room for
 /// [`ROOM_PER_BATCH`] batches), and grow (doubling up to [`MAX_BATCH`]) only for a thread that
 /// used its last one up before it lapsed, so a thread that starts seldom records each start on
-/// its own.
+/// its own. The learning period counts a batch's starts when the batch is taken.
 #[derive(Debug, Default)]
 struct Credit {
     left: u64,
