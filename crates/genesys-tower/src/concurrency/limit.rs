@@ -4,7 +4,7 @@
 //! tokio's `Semaphore` locks its list of waiters on every release, waiter or not: on two cores,
 //! every call then moves the lock's cache line as well as the count's. Here the count carries a
 //! flag that says someone waits; the list is locked only when the flag is set (a release hands
-//! its permit to the first waiter) or to join the list.
+//! its permit to the first waiter), to join the list, or to leave it.
 //!
 //! The rule that keeps it correct: the flag is set and cleared only under the list's lock,
 //! together with a change of the list, so under the lock the flag is set exactly when the list
@@ -172,7 +172,8 @@ impl fmt::Debug for Limit {
 }
 
 /// Waits for a permit of a [`Limit`]: made by [`Limit::acquire`]. Dropped while it waits, it
-/// leaves the list; dropped after a permit was given to it, it gives the permit back.
+/// leaves the list; dropped after a permit was given to it, it gives the permit back. Done once
+/// it is ready: polled again, it waits for another permit.
 pub(crate) struct Acquire {
     limit: Arc<Limit>,
     /// In the list of waiters (`None`: not yet, or done).
@@ -199,6 +200,11 @@ impl Future for Acquire {
         if this.limit.try_acquire() {
             return Poll::Ready(());
         }
+        // Made before the lock: nothing of the caller's runs while the list is locked.
+        let waiter = Arc::new(Waiter(Mutex::new(Wait {
+            granted: false,
+            waker: Some(cx.waker().clone()),
+        })));
         let mut waiters = this.limit.lock();
         let mut state = this.limit.state.load(Ordering::Relaxed);
         loop {
@@ -225,10 +231,6 @@ impl Future for Acquire {
                 Err(now) => state = now,
             }
         }
-        let waiter = Arc::new(Waiter(Mutex::new(Wait {
-            granted: false,
-            waker: Some(cx.waker().clone()),
-        })));
         waiters.push_back(waiter.clone());
         this.waiter = Some(waiter);
         Poll::Pending
@@ -247,6 +249,8 @@ impl Drop for Acquire {
             self.limit.release();
             return;
         }
+        // A walk of the list: cheap for the few waiters a limit has, though many leaving at
+        // once (a burst of timeouts) walk it once each.
         waiters.retain(|w| !Arc::ptr_eq(w, &waiter));
         if waiters.is_empty() {
             self.limit.clear_waiting(0);

@@ -64,13 +64,14 @@
 //! moment the inner service is called. Waiting uses tokio's clock, so a paused clock in tests
 //! makes it instant and exact.
 //!
-//! Far from the limit (room in the window for many more starts), a thread that starts calls
-//! often takes its starts from the log in small batches, which it then uses without the lock
-//! every thread shares. A batch is recorded at the end of its short lease (1 ms), the latest
-//! moment any of its starts can be used, so each start stays in the log at least as long as if
-//! it were recorded on its own, and the rule above holds in every window. Near the limit, and
-//! for a thread that starts less than once a lease, each start is recorded at its own instant.
-//! A hold, or a new rate learned from a response, voids every batch at once.
+//! Far from the limit (room in the window for many more starts), threads that start calls often
+//! take their starts from the log in small batches, one batch at a time per shard of threads,
+//! used without the lock every thread shares. A batch is recorded at the end of its short lease
+//! (1 ms), the latest moment any of its starts can be used, so each start stays in the log at
+//! least as long as if it were recorded on its own, and the rule above holds in every window.
+//! Near the limit, and for a thread that starts less than once a lease, each start is recorded
+//! at its own instant. A hold, or a new rate learned from a response, voids every batch at once;
+//! the unused starts of a batch that lapsed or was voided go back to the window.
 //!
 //! # Learning from the server
 //!

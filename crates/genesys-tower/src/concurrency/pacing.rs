@@ -59,8 +59,13 @@ pub(crate) struct Pacer {
     /// time the state changes, so it always tells the state as the last writer left it.
     quiet: AtomicBool,
     /// Changes (under the state's lock) whenever a response changes the hold or the rate in
-    /// force: every batch of starts taken before is void.
+    /// force: every batch of starts taken before is void. (The rate raised at the end of a good
+    /// period, and a hold that ran out, only loosen the limit: batches stay good.)
     epoch: AtomicU64,
+    /// Whether the rate in force is high enough for batches, at least twice
+    /// [`ROOM_PER_BATCH`] starts per window (checked before a shard's lane is looked at, so
+    /// that a lower rate costs no lane lock).
+    batching: AtomicBool,
     state: Mutex<State>,
     /// The starts each thread took from the log ahead of time, one lane per shard of threads,
     /// on cache lines of their own: far from the limit, a start is taken here, on the thread's
@@ -73,20 +78,26 @@ pub(crate) struct Pacer {
 #[repr(align(128))]
 struct Lane(Mutex<Credit>);
 
-/// Starts recorded in the log ahead of time, for one shard's threads to use until `until`.
+/// Starts recorded in the log ahead of time, for the threads of one shard to use until
+/// `until`.
 ///
 /// The log records a batch at the end of its lease, which is later than any of its starts can
 /// be used: a batch's start stays in the log at least as long as it would if recorded when
-/// used, so the rate holds in every window. Unused starts of a lapsed batch stay in the log
-/// for their window: batches are taken only far from the limit (room for
-/// [`ROOM_PER_BATCH`] batches), and grow (doubling up to [`MAX_BATCH`]) only for a thread that
-/// used its last one up before it lapsed, so a thread that starts seldom records each start on
-/// its own. The learning period counts a batch's starts when the batch is taken.
+/// used, so the rate holds in every window (for any window, take the last batch the log
+/// admitted among those with a start in it: every other such batch was still in the log then,
+/// and the log admits a batch only while every start in it fits the rate). Batches are taken
+/// only far from the limit (room for [`ROOM_PER_BATCH`] batches), and grow (doubling up to
+/// [`MAX_BATCH`]) only for a shard that used its last one up before it lapsed, so a thread
+/// that starts seldom records each start on its own. The unused starts of a batch that lapsed
+/// or was voided go back to the window (and out of the learning period's count) when its
+/// shard next takes a batch, or when another shard finds the window full.
 #[derive(Debug, Default)]
 struct Credit {
     left: u64,
     /// The end of the lease (`None`: none taken yet).
     until: Option<Instant>,
+    /// The instant the log recorded the batch at.
+    at: Option<Instant>,
     /// The pacer's epoch when the batch was taken.
     epoch: u64,
     /// The size of this lane's last batch.
@@ -166,6 +177,9 @@ impl Pacer {
             max_hold: max_hold.min(MAX_DURATION),
             quiet: AtomicBool::new(configured.is_none()),
             epoch: AtomicU64::new(0),
+            batching: AtomicBool::new(
+                configured.is_some_and(|rate| rate.requests >= 2 * ROOM_PER_BATCH),
+            ),
             lanes: Default::default(),
             state: Mutex::new(State {
                 rate: configured,
@@ -230,23 +244,32 @@ impl Pacer {
 
     /// [`try_start`](Self::try_start) at `now`, for a thread of `shard`.
     fn try_start_at(&self, now: Instant, shard: usize) -> Result<(), Instant> {
-        let lane = &self.lanes[shard % SHARDS].0;
-        // The thread's own batch, when it has one that is still good.
-        let grow = {
-            let mut credit = lane.lock().unwrap_or_else(PoisonError::into_inner);
+        // The shard's lane, while the rate in force is high enough for batches; held to the
+        // end, so that two threads of a shard never take a batch each where one would do.
+        let mut lane = self.batching.load(Ordering::Relaxed).then(|| {
+            self.lanes[shard % SHARDS]
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        });
+        let mut grow = 1;
+        if let Some(credit) = lane.as_deref_mut() {
             let fresh = credit.epoch == self.epoch.load(Ordering::Acquire)
                 && credit.until.is_some_and(|until| now <= until);
             if fresh && credit.left > 0 {
                 credit.left -= 1;
                 return Ok(());
             }
-            // Used up before it lapsed: this thread starts often enough for a larger batch.
-            match fresh {
-                true => credit.size.saturating_mul(2).clamp(1, MAX_BATCH),
-                false => 1,
+            // Used up before it lapsed: the shard starts often enough for a larger batch.
+            if fresh {
+                grow = credit.size.saturating_mul(2).clamp(1, MAX_BATCH);
             }
-        };
+        }
         let mut state = self.lock();
+        if let Some(credit) = lane.as_deref_mut() {
+            // A batch that lapsed or was voided gives its unused starts back to the window.
+            Self::give_back(&mut state, credit);
+        }
         self.roll(&mut state, now);
         if let Some(until) = state.hold_until {
             if until > now {
@@ -265,16 +288,25 @@ impl Pacer {
                 state.starts.pop_front();
             }
         }
-        // `requests` is at least 1 (checked where it is set), and the log never holds more
-        // entries than fit in memory (see MAX_LEARNED_REQUESTS).
+        // `requests` is at least 1 (checked where it is set): the log holds at most that many
+        // entries.
         let n = usize::try_from(rate.requests).unwrap_or(usize::MAX).max(1);
+        self.batching
+            .store(rate.requests >= 2 * ROOM_PER_BATCH, Ordering::Relaxed);
+        if state.starts.len() >= n {
+            // At the limit: the unused starts of other shards' lapsed batches are not starts.
+            self.reclaim(&mut state, now, shard);
+        }
         if state.starts.len() >= n {
             state.learning.period_waited = true;
             let oldest = state.starts[state.starts.len() - n];
             return Err(crate::time::after(oldest, rate.window));
         }
         let room = u64::try_from(n - state.starts.len()).unwrap_or(u64::MAX);
-        let size = grow.min(room / ROOM_PER_BATCH).max(1);
+        let size = match lane {
+            Some(_) => grow.min(room / ROOM_PER_BATCH).max(1),
+            None => 1,
+        };
         let until = crate::time::after(now, LEASE);
         // A batch is recorded at the end of its lease; the log stays in order (an entry later
         // than its instant only stays longer).
@@ -284,16 +316,54 @@ impl Pacer {
             state.starts.push_back(at);
         }
         state.learning.period_starts = state.learning.period_starts.saturating_add(size);
-        let epoch = self.epoch.load(Ordering::Acquire);
-        drop(state);
-        let mut credit = lane.lock().unwrap_or_else(PoisonError::into_inner);
-        *credit = Credit {
-            left: size - 1,
-            until: Some(until),
-            epoch,
-            size,
-        };
+        if let Some(credit) = lane.as_deref_mut() {
+            *credit = Credit {
+                left: size - 1,
+                until: Some(until),
+                at: Some(at),
+                epoch: self.epoch.load(Ordering::Acquire),
+                size,
+            };
+        }
         Ok(())
+    }
+
+    /// Gives back the unused starts of every other shard's batch that can no longer be used
+    /// (lapsed at `now`, or voided). A lane busy now is skipped: its shard is taking a start.
+    #[cold]
+    fn reclaim(&self, state: &mut State, now: Instant, shard: usize) {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        for (i, lane) in self.lanes.iter().enumerate() {
+            if i == shard % SHARDS {
+                continue;
+            }
+            // Never waits: the lane's own thread may hold it while it waits for the state.
+            let Ok(mut credit) = lane.0.try_lock() else {
+                continue;
+            };
+            let usable = credit.epoch == epoch && credit.until.is_some_and(|until| now <= until);
+            if !usable {
+                Self::give_back(state, &mut credit);
+            }
+        }
+    }
+
+    /// Takes the unused starts of `credit`'s batch (which can no longer be used) out of the
+    /// log and out of the period's count.
+    fn give_back(state: &mut State, credit: &mut Credit) {
+        let (left, Some(at)) = (std::mem::take(&mut credit.left), credit.at) else {
+            return;
+        };
+        // The log is in order: the entries recorded at `at` are one run, and any of them
+        // stands for any other. Those already out of the window are not there to take.
+        let end = state.starts.partition_point(|&start| start <= at);
+        let first = state.starts.partition_point(|&start| start < at);
+        let taken = (end - first).min(usize::try_from(left).unwrap_or(usize::MAX));
+        state.starts.drain(end - taken..end);
+        state.learning.period_starts = state
+            .learning
+            .period_starts
+            .saturating_sub(u64::try_from(taken).unwrap_or(u64::MAX));
     }
 
     /// Ends the accounting period when a window of the rate in force has passed.

@@ -511,3 +511,24 @@ async fn a_hold_voids_the_starts_threads_took_ahead() {
         Err(now + Duration::from_secs(2))
     );
 }
+
+/// A batch's unused starts are not lost to the window: a shard that stops in the middle of one
+/// leaves them for the others once its lease has lapsed.
+#[test]
+fn the_unused_starts_of_a_lapsed_batch_go_back_to_the_window() {
+    let pacer = fixed(1000, Duration::from_secs(1));
+    let start = Instant::now();
+    // 16 calls take batches of 1, 2, 4 and 7 (room for 128 batches of 7), used up, then one
+    // more of 7, of which two are used.
+    let burst = starts_from(&pacer, start, &vec![(0, Duration::from_micros(10)); 16]);
+    assert_eq!(burst.len(), 16);
+    assert_eq!(pacer.lock().starts.len(), 21);
+    // Another shard, after the lease: every start of the window is there for it.
+    let rush = starts_from(
+        &pacer,
+        burst[15] + LEASE,
+        &vec![(1, Duration::from_micros(10)); 2000],
+    );
+    assert_eq!(burst.len() + rush.len(), 1000);
+    assert_eq!(pacer.lock().starts.len(), 1000);
+}
