@@ -73,6 +73,12 @@
 //! at its own instant. A hold, or a new rate learned from a response, voids every batch at once;
 //! the unused starts of a batch that lapsed or was voided go back to the window.
 //!
+//! The log's memory is bounded whatever the rate: past 65,536 starts in it, starts less than a
+//! 65,536th of the window apart are kept as one group, logged at its latest start (so each stays
+//! in the log a little longer than its window, never shorter). A ceiling of millions per window,
+//! meant to be out of reach, keeps a few megabytes at most, where a log of every start would
+//! grow with each one.
+//!
 //! # Learning from the server
 //!
 //! After each response (on by default; see

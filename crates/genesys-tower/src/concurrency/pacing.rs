@@ -2,7 +2,6 @@
 //! from rate-limit headers and 429 responses, and a rate that adapts to what the server says
 //! (its quota is a hint, then additive increase and multiplicative decrease).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -10,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
+use self::log::Log;
 use crate::headers::RateLimitHints;
 use crate::per_thread::{SHARDS, shard};
 
@@ -107,7 +107,7 @@ struct Credit {
 #[derive(Debug, Default)]
 struct State {
     /// Start times inside the current window, oldest first.
-    starts: VecDeque<Instant>,
+    starts: Log,
     /// The rate in force: the configured one at first, then what the server's answers make of
     /// it (see [`Learning`]). `None`: no pacing (holds still apply).
     rate: Option<Rate>,
@@ -284,25 +284,23 @@ impl Pacer {
         // Starts at or before `cutoff` have left the window (none has when the clock has not
         // run for a window yet).
         if let Some(cutoff) = now.checked_sub(rate.window) {
-            while state.starts.front().is_some_and(|&start| start <= cutoff) {
-                state.starts.pop_front();
-            }
+            state.starts.expire(cutoff);
         }
-        // `requests` is at least 1 (checked where it is set): the log holds at most that many
-        // entries.
-        let n = usize::try_from(rate.requests).unwrap_or(usize::MAX).max(1);
+        // `requests` is at least 1 (checked where it is set).
+        let n = rate.requests.max(1);
         self.batching
             .store(rate.requests >= 2 * ROOM_PER_BATCH, Ordering::Relaxed);
         if state.starts.len() >= n {
             // At the limit: the unused starts of other shards' lapsed batches are not starts.
             self.reclaim(&mut state, now, shard);
         }
-        if state.starts.len() >= n {
+        if state.starts.len() >= n
+            && let Some(oldest) = state.starts.nth_newest(n)
+        {
             state.learning.period_waited = true;
-            let oldest = state.starts[state.starts.len() - n];
             return Err(crate::time::after(oldest, rate.window));
         }
-        let room = u64::try_from(n - state.starts.len()).unwrap_or(u64::MAX);
+        let room = n.saturating_sub(state.starts.len());
         let size = match lane {
             Some(_) => grow.min(room / ROOM_PER_BATCH).max(1),
             None => 1,
@@ -311,10 +309,8 @@ impl Pacer {
         // A batch is recorded at the end of its lease; the log stays in order (an entry later
         // than its instant only stays longer).
         let at = if size > 1 { until } else { now };
-        let at = state.starts.back().map_or(at, |&last| at.max(last));
-        for _ in 0..size {
-            state.starts.push_back(at);
-        }
+        let at = state.starts.newest().map_or(at, |last| at.max(last));
+        state.starts.record(at, size, rate.window);
         state.learning.period_starts = state.learning.period_starts.saturating_add(size);
         if let Some(credit) = lane.as_deref_mut() {
             *credit = Credit {
@@ -354,16 +350,8 @@ impl Pacer {
         let (left, Some(at)) = (std::mem::take(&mut credit.left), credit.at) else {
             return;
         };
-        // The log is in order: the entries recorded at `at` are one run, and any of them
-        // stands for any other. Those already out of the window are not there to take.
-        let end = state.starts.partition_point(|&start| start <= at);
-        let first = state.starts.partition_point(|&start| start < at);
-        let taken = (end - first).min(usize::try_from(left).unwrap_or(usize::MAX));
-        state.starts.drain(end - taken..end);
-        state.learning.period_starts = state
-            .learning
-            .period_starts
-            .saturating_sub(u64::try_from(taken).unwrap_or(u64::MAX));
+        let taken = state.starts.give_back(at, left);
+        state.learning.period_starts = state.learning.period_starts.saturating_sub(taken);
     }
 
     /// Ends the accounting period when a window of the rate in force has passed.
@@ -598,5 +586,6 @@ fn step_for(quota: u64) -> u64 {
     (quota / 10).max(1)
 }
 
+mod log;
 #[cfg(test)]
 mod tests;
