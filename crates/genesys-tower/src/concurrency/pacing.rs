@@ -67,9 +67,9 @@ pub(crate) struct Pacer {
     /// that a lower rate costs no lane lock).
     batching: AtomicBool,
     state: Mutex<State>,
-    /// The starts each thread took from the log ahead of time, one lane per shard of threads,
-    /// on cache lines of their own: far from the limit, a start is taken here, on the thread's
-    /// own lane, without the state's lock that every thread shares.
+    /// The starts the threads took from the log ahead of time, one lane per shard of threads,
+    /// each on cache lines of its own: far from the limit, a start is taken from the lane of
+    /// the thread's shard, without the state's lock that every thread shares.
     lanes: [Lane; SHARDS],
 }
 
@@ -266,7 +266,7 @@ impl Pacer {
             }
         }
         let mut state = self.lock();
-        if let Some(credit) = lane.as_deref_mut() {
+        if let Some(credit) = lane.as_deref_mut().filter(|credit| credit.left > 0) {
             // A batch that lapsed or was voided gives its unused starts back to the window.
             Self::give_back(&mut state, credit);
         }
@@ -338,7 +338,7 @@ impl Pacer {
                 continue;
             };
             let usable = credit.epoch == epoch && credit.until.is_some_and(|until| now <= until);
-            if !usable {
+            if credit.left > 0 && !usable {
                 Self::give_back(state, &mut credit);
             }
         }
