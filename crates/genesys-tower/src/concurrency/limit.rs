@@ -37,10 +37,8 @@ pub(crate) struct Limit {
 }
 
 /// One caller waiting for a permit.
-#[derive(Default)]
 struct Waiter(Mutex<Wait>);
 
-#[derive(Default)]
 struct Wait {
     /// A release gave this waiter its permit.
     granted: bool,

@@ -288,8 +288,11 @@ impl Pacer {
         }
         // `requests` is at least 1 (checked where it is set).
         let n = rate.requests.max(1);
-        self.batching
-            .store(rate.requests >= 2 * ROOM_PER_BATCH, Ordering::Relaxed);
+        // Written only when it changes: every start reads the line it is on.
+        let batching = rate.requests >= 2 * ROOM_PER_BATCH;
+        if self.batching.load(Ordering::Relaxed) != batching {
+            self.batching.store(batching, Ordering::Relaxed);
+        }
         if state.starts.len() >= n {
             // At the limit: the unused starts of other shards' lapsed batches are not starts.
             self.reclaim(&mut state, now, shard);
