@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use benches::loopback::{Server, hyper_client};
+use benches::loopback::{Server, hyper_client, hyper_leaf};
 use benches::stack;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use genesys_tower::{Body, BoxError, Metrics};
@@ -131,7 +131,7 @@ fn loopback(c: &mut Criterion) {
     let metrics = Metrics::new();
     let ours = rt.block_on(async {
         Ours {
-            service: stack::full_stack(hyper_client(), stack::concurrency(64, &metrics), &metrics),
+            service: stack::full_stack(hyper_leaf(), stack::concurrency(64, &metrics), &metrics),
             uri: uri.clone(),
         }
     });

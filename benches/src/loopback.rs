@@ -85,6 +85,23 @@ pub fn hyper_client() -> hyper_util::client::legacy::Client<
         .build(connector)
 }
 
+/// The leaf every loopback stack wraps: [`hyper_client`], its response body made a
+/// `genesys_tower::Body` and its errors boxed, as `genesys-client` maps its hyper client.
+pub fn hyper_leaf() -> impl tower_service::Service<
+    http::Request<genesys_tower::Body>,
+    Response = http::Response<genesys_tower::Body>,
+    Error = genesys_tower::BoxError,
+    Future: Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
+    use tower::ServiceExt;
+    hyper_client()
+        .map_response(|r: http::Response<hyper::body::Incoming>| r.map(genesys_tower::Body::new))
+        .map_err(genesys_tower::BoxError::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,8 +61,9 @@ pub fn retry_policy() -> RetryPolicy {
 
 /// The whole stack over `leaf` as the client builds it: the idempotency, retry and auth layers
 /// and the timeout as one [`Stack`](genesys_tower::stack::Stack), over the concurrency layer,
-/// every layer counting into `metrics`.
-pub fn full_stack<S, ResB>(
+/// every layer counting into `metrics`. The leaf answers a [`Body`], as the client's does
+/// (it maps its hyper client's body once, at the bottom).
+pub fn full_stack<S>(
     leaf: S,
     concurrency: ConcurrencyLayer,
     metrics: &Metrics,
@@ -71,17 +72,13 @@ pub fn full_stack<S, ResB>(
 + Send
 + 'static
 where
-    S: Service<Request<Body>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
 {
     let l = Layers::new(metrics);
     ServiceBuilder::new()
         .layer(l.stack())
-        // The stack hands back the response body type of the service below; it was `Body`.
-        .map_response(|r: Response<ResB>| r.map(Body::new))
         .layer(concurrency)
         .service(leaf)
 }

@@ -16,7 +16,9 @@
 //! (and the interquartile range), CPU time per request (the whole process, server included: the
 //! same for every client, so differences are the client's) and heap allocations per request
 //! (a counting global allocator, the server's included likewise). `--ablation` adds the stack
-//! with one layer at a time, `--leave-one-out` the layers composed with one left out.
+//! with one layer at a time, and the leaf alone with the bearer header (what every stack here
+//! costs besides its layers: the leaf's body mapping, the type erasure, and one more header for
+//! the server to parse); `--leave-one-out` adds the layers composed with one left out.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use benches::loopback::{Server, hyper_client};
 use benches::stack::{self, Erased};
 use genesys_tower::{Body, BoxError, Metrics};
-use http::{Request, Response, Uri};
+use http::{Request, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -148,16 +150,7 @@ async fn run(caller: &Caller, in_flight: u64, requests: u64) -> Run {
 }
 
 /// The leaf every stack wraps: the same hyper-util client, its response body made a `Body`.
-fn leaf()
--> impl Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future: Send + 'static>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    hyper_client()
-        .map_response(|r: Response<hyper::body::Incoming>| r.map(Body::new))
-        .map_err(BoxError::from)
-}
+use benches::loopback::hyper_leaf as leaf;
 
 fn tower_stack() -> Erased {
     BoxCloneSyncService::new(stack::tower_stack(leaf()))
@@ -191,6 +184,15 @@ fn one_layer(name: &str) -> Erased {
         "idempotency only" => BoxCloneSyncService::new(l.idempotency().layer(leaf())),
         "concurrency only" => BoxCloneSyncService::new(l.unpaced().layer(leaf())),
         "concurrency+pacing only" => BoxCloneSyncService::new(l.concurrency().layer(leaf())),
+        // What every stack here does besides its layers: the leaf's mapping, the erasure and the
+        // bearer header on the wire (which the server parses), and nothing else.
+        "the leaf alone, with the header" => {
+            BoxCloneSyncService::new(tower_http::set_header::SetRequestHeader::overriding(
+                leaf(),
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_static("Bearer bench-token"),
+            ))
+        }
         "timeout only" => {
             BoxCloneSyncService::new(l.timeout().layer(leaf()).map_err(BoxError::from))
         }
@@ -219,7 +221,7 @@ fn main() {
             }
             "--ablation" => ablation = true,
             "--leave-one-out" => leave_one_out = true,
-            // One client (and raw, to compare with): for a profiler.
+            // One client (and raw, to compare with), or raw alone: for a profiler.
             "--only" => only = Some(args.next().unwrap_or_else(|| usage())),
             // One of the two concurrencies only: for a profiler too.
             "--in-flight" => {
@@ -281,6 +283,7 @@ fn main() {
     });
     if ablation {
         for name in [
+            "the leaf alone, with the header",
             "retry only",
             "auth only",
             "idempotency only",
@@ -304,7 +307,8 @@ fn main() {
     }
     if let Some(only) = &only {
         clients.retain(|(name, _)| name == "raw hyper-util" || name == only);
-        if clients.len() < 2 {
+        // `--only "raw hyper-util"` runs raw alone: a baseline for a profiler or a counter.
+        if clients.len() < 2 && only != "raw hyper-util" {
             eprintln!("--only {only}: no such client");
             std::process::exit(2);
         }
