@@ -3,16 +3,20 @@
 # leaf alone (hyper-util's client, its body mapped and the whole erased, the bearer header on
 # the wire), a figure the machine's load does not move. Every run is `loopback_interleaved`
 # with the leaf and one client only (raw as well, which the binary always runs), one round of
-# 30,000 requests at 32 in flight after its warm-up; the runs differ in one client only, so the
-# difference of two totals over the requests is what that client adds over the leaf.
+# 30,000 requests at 32 in flight after its warm-up, server and clients on one thread
+# (`--one-thread`: on two, the counts move by hundreds of instructions a request from run to
+# run, with the order valgrind happens to run the threads in); the runs differ in one client
+# only, so the difference of two totals over the requests is what that client adds over the
+# leaf.
 #
 #   cargo build --release -p benches --bin loopback_interleaved
 #   scripts/loopback-instructions.sh [CLIENT ...]   # default: tower's own stack, this stack
 #
-# Counted in user space only: the kernel's share (the sockets) is not in the count, and
-# valgrind runs the threads one at a time, about fifty times slower than they run, which changes
-# what time-driven code does (the pacer, taking its starts in batches only from a thread that
-# starts several times a millisecond, takes them one by one here). Takes a minute or two a client.
+# Counted in user space only: the kernel's share (the sockets) is not in the count; what two
+# cores cost each other (shared cache lines) is not either; and valgrind runs about fifty times
+# slower than the machine, which changes what time-driven code does (the pacer, which takes its
+# starts in batches only for a thread that starts several times a millisecond, takes them one
+# by one here). Takes a minute or two a client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/loopback_interleaved
@@ -26,7 +30,7 @@ trap 'rm -f "$out"' EXIT
 requests=$((30000 / 4 + 30000))
 total() { # client -> instructions of the whole process (raw and that client)
   valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --ablation --only "$1" \
-    --in-flight 32 --rounds 1 > /dev/null 2>&1
+    --in-flight 32 --rounds 1 --one-thread > /dev/null 2>&1
   awk '/^summary:/ { print $2 }' "$out"
 }
 leaf=$(total "the leaf alone, with the header")

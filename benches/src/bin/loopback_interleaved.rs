@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! cargo run --release -p benches --bin loopback_interleaved -- [--rounds N] [--ablation]
-//!     [--leave-one-out] [--only CLIENT] [--in-flight 1|32] [--json]
+//!     [--leave-one-out] [--only CLIENT] [--in-flight 1|32] [--one-thread] [--json]
 //! ```
 //!
 //! Per client and concurrency: the median over the rounds of its throughput as a share of raw's
@@ -209,6 +209,7 @@ fn main() {
     let (mut rounds, mut ablation, mut leave_one_out, mut json) = (20usize, false, false, false);
     let mut only: Option<String> = None;
     let mut in_flight_only: Option<u64> = None;
+    let mut one_thread = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -233,15 +234,24 @@ fn main() {
                 )
             }
             "--json" => json = true,
+            // Server and clients on one thread: for an instruction counter (valgrind), whose
+            // counts on two threads move with the order it happens to run them in.
+            "--one-thread" => one_thread = true,
             _ => usage(),
         }
     }
     // Two workers: the machine's two cores, shared by the server and the clients.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let rt = match one_thread {
+        true => tokio::runtime::Builder::new_current_thread(),
+        false => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2);
+            builder
+        }
+    }
+    .enable_all()
+    .build()
+    .expect("a tokio runtime");
     let server = rt.block_on(Server::spawn()).expect("bind 127.0.0.1:0");
     let uri: Uri = server.url(PATH).parse().expect("a valid URI");
 
@@ -377,7 +387,7 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: loopback_interleaved [--rounds N] [--ablation] [--leave-one-out] [--only CLIENT] \
-         [--in-flight 1|32] [--json]"
+         [--in-flight 1|32] [--one-thread] [--json]"
     );
     std::process::exit(2)
 }
