@@ -580,8 +580,14 @@ impl Pacer {
 /// Whether a response header is one the pacer reads: `Retry-After`, the IETF `RateLimit` fields
 /// and the older `RateLimit-*` ones, Genesys's `inin-ratelimit-*`.
 fn is_rate_limit_field(name: &http::HeaderName) -> bool {
-    let name = name.as_str();
-    name == "retry-after" || name.starts_with("ratelimit") || name.starts_with("inin-ratelimit")
+    // Told apart by the first byte first: every response has such headers as `date` and
+    // `content-length`, which one comparison sets aside.
+    let name = name.as_str().as_bytes();
+    match name.first() {
+        Some(b'r') => name == b"retry-after" || name.starts_with(b"ratelimit"),
+        Some(b'i') => name.starts_with(b"inin-ratelimit"),
+        _ => false,
+    }
 }
 
 /// The additive step for a quota: a tenth of it, at least 1.

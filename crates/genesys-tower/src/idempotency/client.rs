@@ -262,8 +262,9 @@ pub(crate) enum Route {
 /// Decides what the layer does with `req`, and puts a key of the layer's own in it when it
 /// makes one.
 pub(crate) fn route<B>(config: &Config, req: &mut Request<B>) -> Route {
+    // A head without headers (many a GET) is not hashed to look for one.
     let callers_key = req.extensions().get::<IdempotencyKey>().is_some()
-        || req.headers().contains_key(IDEMPOTENCY_KEY);
+        || (!req.headers().is_empty() && req.headers().contains_key(IDEMPOTENCY_KEY));
     if callers_key {
         return Route::Keyed;
     }
