@@ -167,10 +167,16 @@ impl CallMetrics {
     }
 
     /// The attempt started at `sent` ended, with a response of `status` or an error (`None`).
+    /// Checked where it is called (inlined): most programs install no recorder.
+    #[inline]
     pub(crate) fn attempt(&self, status: Option<StatusCode>, sent: Option<Instant>) {
-        let (Some(l), Some(sent)) = (&self.labels, sent) else {
-            return;
-        };
+        if let (Some(l), Some(sent)) = (&self.labels, sent) {
+            Self::record_attempt(l, status, sent);
+        }
+    }
+
+    #[inline(never)]
+    fn record_attempt(l: &Labels, status: Option<StatusCode>, sent: Instant) {
         let elapsed = sent.elapsed();
         let outcome = outcome_label(status);
         let labels = [
@@ -209,8 +215,15 @@ impl CallMetrics {
     }
 
     /// The call ended with a response of `status`, or an error (`None`).
+    #[inline]
     pub(crate) fn finish(&self, status: Option<StatusCode>) {
-        let Some(l) = &self.labels else { return };
+        if let Some(l) = &self.labels {
+            Self::record_finish(l, status);
+        }
+    }
+
+    #[inline(never)]
+    fn record_finish(l: &Labels, status: Option<StatusCode>) {
         let labels = [
             ("method", l.method.clone()),
             ("route", l.route.clone()),
@@ -224,9 +237,15 @@ impl CallMetrics {
 }
 
 impl Drop for CallMetrics {
+    #[inline]
     fn drop(&mut self) {
         if self.labels.is_some() {
-            metrics::gauge!(names::CALLS_IN_FLIGHT).decrement(1.0);
+            leave_in_flight();
         }
     }
+}
+
+#[inline(never)]
+fn leave_in_flight() {
+    metrics::gauge!(names::CALLS_IN_FLIGHT).decrement(1.0);
 }

@@ -110,11 +110,16 @@ impl RetryBudget {
     }
 
     /// Records one request: adds `retry_ratio` of a token.
+    #[inline]
     pub fn deposit(&self) {
         // Capped at the maximum anyway; the trickle time it skips would be capped too.
-        if self.full.load(Ordering::Acquire) {
-            return;
+        if !self.full.load(Ordering::Acquire) {
+            self.add_deposit();
         }
+    }
+
+    #[inline(never)]
+    fn add_deposit(&self) {
         self.update(|balance, max, deposit| Some(((balance + deposit).min(max), ())));
     }
 

@@ -241,9 +241,12 @@ impl Call {
             };
         }
         span::decision(&attempt.span, decision);
-        attempt
-            .span
-            .in_scope(|| trace(&self.state, outcome, decision));
+        // Checked here first: most programs log no debug events, and the check is one load.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            attempt
+                .span
+                .in_scope(|| trace(&self.state, outcome, decision));
+        }
         if let Decision::Retry { reason, .. } = decision {
             metrics.record_retry(reason);
             self.metrics.retry(reason);

@@ -73,14 +73,23 @@ pub(super) fn attempt(call: &Span, number: u32) -> Span {
     )
 }
 
-/// Records what the attempt came back with.
+/// Records what the attempt came back with. Checked where it is called (inlined): most
+/// programs record no span.
+#[inline]
 pub(super) fn attempt_outcome(
     span: &Span,
     response: Result<(StatusCode, &HeaderMap), &(dyn StdError + 'static)>,
 ) {
-    if span.is_disabled() {
-        return;
+    if !span.is_disabled() {
+        record_outcome(span, response);
     }
+}
+
+#[inline(never)]
+fn record_outcome(
+    span: &Span,
+    response: Result<(StatusCode, &HeaderMap), &(dyn StdError + 'static)>,
+) {
     match response {
         Ok((status, headers)) => {
             span.record("http.response.status_code", status.as_u16());
@@ -105,6 +114,7 @@ pub(super) fn decision(span: &Span, decision: Decision) {
 /// Records how the call ended.
 /// `error` is `Some(Some(kind))` for an error of the retry layer's own, `Some(None)` for an
 /// error of the service below returned as it came.
+#[inline]
 pub(super) fn end(
     span: &Span,
     status: Option<StatusCode>,
@@ -112,9 +122,19 @@ pub(super) fn end(
     attempts: u32,
     waited: Duration,
 ) {
-    if span.is_disabled() {
-        return;
+    if !span.is_disabled() {
+        record_end(span, status, error, attempts, waited);
     }
+}
+
+#[inline(never)]
+fn record_end(
+    span: &Span,
+    status: Option<StatusCode>,
+    error: Option<Option<ErrorKind>>,
+    attempts: u32,
+    waited: Duration,
+) {
     span.record("outcome", outcome_label(status));
     span.record("attempts", attempts);
     span.record("waited_ms", millis(waited));
