@@ -532,3 +532,38 @@ fn the_unused_starts_of_a_lapsed_batch_go_back_to_the_window() {
     assert_eq!(burst.len() + rush.len(), 1000);
     assert_eq!(pacer.lock().starts.len(), 1000);
 }
+
+/// Every family of fields the pacer reads is seen on an answer that is not a 429 (the check of
+/// each header's name before any parsing lets them all through), and other headers are not.
+#[test]
+fn each_family_of_rate_limit_fields_is_read_on_a_200() {
+    let exhausted: [&[(&'static str, &'static str)]; 3] = [
+        &[("ratelimit", "default;r=0;t=5")],
+        &[("ratelimit-remaining", "0"), ("ratelimit-reset", "5")],
+        &[
+            ("inin-ratelimit-allowed", "300"),
+            ("inin-ratelimit-count", "300"),
+            ("inin-ratelimit-reset", "5"),
+        ],
+    ];
+    for fields in exhausted {
+        let pacer = Pacer::new(None, true, 0, Duration::from_secs(180));
+        let mut map = headers(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        map.extend(headers(fields));
+        pacer.observe(StatusCode::OK, &map);
+        assert!(pacer.try_start().is_err(), "{fields:?}: no hold");
+    }
+    let pacer = Pacer::new(None, true, 0, Duration::from_secs(180));
+    pacer.observe(
+        StatusCode::OK,
+        &headers(&[
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("content-length", "0"),
+            ("x-ratelimit-remaining", "0"),
+            ("rate", "0"),
+            ("inin-correlation-id", "0"),
+        ]),
+    );
+    assert!(pacer.quiet.load(Ordering::Relaxed));
+    assert!(pacer.try_start().is_ok());
+}
