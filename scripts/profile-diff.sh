@@ -7,9 +7,11 @@
 #   cargo build --release -p benches --bin loopback_interleaved
 #   scripts/profile-diff.sh ["CLIENT A"] ["CLIENT B"] [IN_FLIGHT] [ROUNDS]
 #   BIN_A=old/loopback_interleaved scripts/profile-diff.sh "genesys-tower stack" "genesys-tower stack"
+#   ARGS=--ablation scripts/profile-diff.sh "the leaf alone, with the header" "tower's own stack"
 #
 # Defaults: "tower's own stack", "genesys-tower stack", 32 in flight, 12 rounds; BIN_A and BIN_B
-# (the binary each client runs from, to compare two builds) default to this tree's. Prints a
+# (the binary each client runs from, to compare two builds) default to this tree's; ARGS are
+# passed to both runs (`--ablation` for the rows it adds). Prints a
 # markdown table of the symbols whose time per request differs most (B minus A, in ns per
 # request of the client: its own code and what it makes hyper, the kernel and the allocator do),
 # with each client's CPU per request over raw's in its own run and the context switches per
@@ -39,7 +41,7 @@ trap 'rm -rf "$dir"' EXIT
 profile() { # name client binary -> $dir/name.txt (symbols with their samples), $dir/name.cs
   perf record -q -F "$hz" -o "$dir/$1.data" -- \
     perf stat -x, -e context-switches -o "$dir/$1.cs" \
-    "$3" --only "$2" --in-flight "$in_flight" --rounds "$rounds" > "$dir/$1.out"
+    "$3" ${ARGS:-} --only "$2" --in-flight "$in_flight" --rounds "$rounds" > "$dir/$1.out"
   perf report -i "$dir/$1.data" --no-children --sort symbol -g none --show-nr-samples \
     2> /dev/null > "$dir/$1.txt"
 }
