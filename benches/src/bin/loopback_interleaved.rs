@@ -24,7 +24,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use benches::loopback::{Server, hyper_client};
+// `leaf()`: what every stack here wraps, the same hyper-util client, its response body made a
+// `Body`.
+use benches::loopback::{Server, hyper_client, hyper_leaf as leaf};
 use benches::stack::{self, Erased};
 use genesys_tower::{Body, BoxError, Metrics};
 use http::{Request, Uri};
@@ -148,9 +150,6 @@ async fn run(caller: &Caller, in_flight: u64, requests: u64) -> Run {
         allocations: ALLOCATIONS.load(Relaxed) - allocations,
     }
 }
-
-/// The leaf every stack wraps: the same hyper-util client, its response body made a `Body`.
-use benches::loopback::hyper_leaf as leaf;
 
 fn tower_stack() -> Erased {
     BoxCloneSyncService::new(stack::tower_stack(leaf()))
