@@ -318,13 +318,19 @@ where
 {
     ServiceBuilder::new()
         .layer(tower::retry::RetryLayer::new(SimpleRetry::default()))
-        .layer(tower_http::set_header::SetRequestHeaderLayer::overriding(
-            AUTHORIZATION,
-            HeaderValue::from_static("Bearer bench-token"),
-        ))
+        .layer(bearer_header())
         .layer(TimeoutLayer::new(ATTEMPT_TIMEOUT))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(64))
         .service(leaf)
+}
+
+/// The bearer header as tower-http sets it: the auth role in [`tower_stack`], and what the
+/// loopback benchmark's baseline puts on the wire.
+pub fn bearer_header() -> tower_http::set_header::SetRequestHeaderLayer<HeaderValue> {
+    tower_http::set_header::SetRequestHeaderLayer::overriding(
+        AUTHORIZATION,
+        HeaderValue::from_static("Bearer bench-token"),
+    )
 }
 
 /// Times `n` sequential calls of `method` on `svc` (a request built per call, as the caller

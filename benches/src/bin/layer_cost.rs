@@ -21,8 +21,7 @@
 
 use benches::stack::{self, SimpleRetry, instant_service, time_calls};
 use genesys_tower::{BoxError, Metrics};
-use http::header::AUTHORIZATION;
-use http::{HeaderValue, Method};
+use http::Method;
 use tower::ServiceBuilder;
 use tower::util::MapErrLayer;
 
@@ -70,12 +69,7 @@ fn main() {
     let l = stack::Layers::new(&metrics);
     // tower's, as `stack::tower_stack` configures them, over a leaf whose errors are boxed.
     let t_retry = || tower::retry::RetryLayer::new(SimpleRetry::default());
-    let t_header = || {
-        tower_http::set_header::SetRequestHeaderLayer::overriding(
-            AUTHORIZATION,
-            HeaderValue::from_static("Bearer bench-token"),
-        )
-    };
+    let t_header = stack::bearer_header;
     let t_limit = || tower::limit::GlobalConcurrencyLimitLayer::new(64);
     let boxed = || MapErrLayer::new(BoxError::from);
     // The layers, outermost first, over the in-memory service; measured unboxed.

@@ -186,11 +186,7 @@ fn one_layer(name: &str) -> Erased {
         // What every stack here does besides its layers: the leaf's mapping, the erasure and the
         // bearer header on the wire (which the server parses), and nothing else.
         "the leaf alone, with the header" => {
-            BoxCloneSyncService::new(tower_http::set_header::SetRequestHeader::overriding(
-                leaf(),
-                http::header::AUTHORIZATION,
-                http::HeaderValue::from_static("Bearer bench-token"),
-            ))
+            BoxCloneSyncService::new(stack::bearer_header().layer(leaf()))
         }
         "timeout only" => {
             BoxCloneSyncService::new(l.timeout().layer(leaf()).map_err(BoxError::from))
