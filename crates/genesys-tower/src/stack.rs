@@ -257,11 +257,7 @@ where
                 let key = match idempotency::route(config, &mut request) {
                     Route::Pass => None,
                     Route::Generated(key) => Some(key),
-                    Route::Keyed => {
-                        let layers = self.layers_over(self.inner.clone());
-                        let mut layer = Idempotency::from_parts(layers, config.clone());
-                        return ResponseFuture::boxed(Box::pin(layer.call(request)));
-                    }
+                    Route::Keyed => return self.detour(Detour::Keyed(config.clone(), request)),
                 };
                 // As the idempotency layer does: the service below is asked here, with a waker
                 // that wakes no one. Not ready at once, it goes with the call, which waits for
@@ -271,17 +267,8 @@ where
                     .poll_ready(&mut Context::from_waker(Waker::noop()))
                 {
                     Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => {
-                        self.inner = self.inner.clone();
-                        return ResponseFuture::boxed(Box::pin(std::future::ready(Err(e.into()))));
-                    }
-                    Poll::Pending => {
-                        let waiting = self.take_ready();
-                        let layers = self.layers_over(waiting);
-                        return ResponseFuture::boxed(Box::pin(async move {
-                            with_key(layers.oneshot(request).await, key)
-                        }));
-                    }
+                    Poll::Ready(Err(e)) => return self.not_ready(e.into()),
+                    Poll::Pending => return self.detour(Detour::NotReady(request, key)),
                 }
                 key
             }
@@ -297,11 +284,7 @@ where
             false => None,
         };
         let Some(token) = token else {
-            // Through the retry layer, on the service made ready for the call.
-            let ready = self.take_ready();
-            let mut layers = self.layers_over(ready);
-            let call = layers.call_replay::<B, R>(parts, body);
-            return ResponseFuture::boxed(Box::pin(async move { with_key(call.await, key) }));
+            return self.detour(Detour::WithoutToken(parts, body, key));
         };
         // The retry layer's role: the call, and its first attempt. The future is made first and
         // the call's state put straight into it, where it stays: no move of the call or of its
@@ -324,23 +307,14 @@ where
         } = &mut this.kind
         else {
             // Made as the first attempt just above: never taken.
-            return ResponseFuture::boxed(Box::pin(std::future::ready(Err(
+            return ResponseFuture::failed(
                 "the stack's future was not made as its first attempt".into(),
-            ))));
+            );
         };
         let call = Call::begin(call_slot, &self.retry, parts, now);
         let (mut request, attempt) = match call.first_attempt::<B>(body) {
             Ok(first) => first,
-            Err(e) => {
-                let result = match call_slot.take() {
-                    Some(call) => call.finish(Err(e)),
-                    None => Err(e),
-                };
-                return ResponseFuture::boxed(Box::pin(std::future::ready(with_key(
-                    result,
-                    key.take(),
-                ))));
-            }
+            Err(e) => return ResponseFuture::unsent(call_slot, e, key.take()),
         };
         request.headers_mut().insert(AUTHORIZATION, token.header);
         // Sent in the attempt's span, as the retry layer sends (a service below may log in
@@ -352,6 +326,70 @@ where
         *attempt_slot = Some(attempt);
         *resend = Some((self.auth.handle(), token.token));
         this
+    }
+}
+
+/// Where a call leaves the common way in [`Stack::call`] to go through the layers themselves.
+enum Detour<B> {
+    /// A key of the caller's: the whole call, the idempotency layer's store included.
+    Keyed(Arc<idempotency::Config>, Request<B>),
+    /// The service below is not ready yet: the call waits for it with the caller's waker.
+    NotReady(Request<B>, Option<IdempotencyKey>),
+    /// No token at hand, a request out of the token's scope, or a body that cannot be sent
+    /// again: the call through the retry layer, on the service made ready for it.
+    WithoutToken(http::request::Parts, crate::Body, Option<IdempotencyKey>),
+}
+
+impl<C, T> Stack<C, T>
+where
+    C: Clone + Send + 'static,
+    T: TokenSource,
+{
+    /// A call off the common way, through the layers. Out of [`Stack::call`]'s line, so that
+    /// the common way's code stays short, on few cache lines.
+    #[cold]
+    #[inline(never)]
+    fn detour<B, R>(&mut self, detour: Detour<B>) -> ResponseFuture<C, B, T>
+    where
+        B: ReplayBody,
+        R: ReplayBody + http_body::Body + Send + 'static,
+        C: Service<Request<B>, Response = Response<R>>,
+        C::Future: Send + 'static,
+        C::Error: Into<BoxError>,
+    {
+        match detour {
+            Detour::Keyed(config, request) => {
+                let layers = self.layers_over(self.inner.clone());
+                let mut layer = Idempotency::from_parts(layers, config);
+                ResponseFuture::boxed(Box::pin(layer.call(request)))
+            }
+            Detour::NotReady(request, key) => {
+                let waiting = self.take_ready();
+                let layers = self.layers_over(waiting);
+                ResponseFuture::boxed(Box::pin(async move {
+                    with_key(layers.oneshot(request).await, key)
+                }))
+            }
+            Detour::WithoutToken(parts, body, key) => {
+                let ready = self.take_ready();
+                let mut layers = self.layers_over(ready);
+                let call = layers.call_replay::<B, R>(parts, body);
+                ResponseFuture::boxed(Box::pin(async move { with_key(call.await, key) }))
+            }
+        }
+    }
+
+    /// The service below failed to get ready: the call fails with its error, and the next
+    /// call gets a fresh clone of it.
+    #[cold]
+    #[inline(never)]
+    fn not_ready<B>(&mut self, e: BoxError) -> ResponseFuture<C, B, T>
+    where
+        C: Service<Request<B>>,
+        C::Response: Send + 'static,
+    {
+        self.inner = self.inner.clone();
+        ResponseFuture::failed(e)
     }
 }
 
@@ -418,6 +456,34 @@ where
         ResponseFuture {
             kind: Kind::Boxed { future },
         }
+    }
+
+    /// A call that failed before anything was sent.
+    #[cold]
+    #[inline(never)]
+    fn failed(e: BoxError) -> Self
+    where
+        C::Response: Send + 'static,
+    {
+        ResponseFuture::boxed(Box::pin(std::future::ready(Err(e))))
+    }
+}
+
+impl<C, B, T, R> ResponseFuture<C, B, T>
+where
+    C: Service<Request<B>, Response = Response<R>>,
+    R: Send + 'static,
+{
+    /// The first attempt could not be made: the call ends with `e`, counted as the retry layer
+    /// counts such an end.
+    #[cold]
+    #[inline(never)]
+    fn unsent(call: &mut Option<Call>, e: BoxError, key: Option<IdempotencyKey>) -> Self {
+        let result = match call.take() {
+            Some(call) => call.finish(Err(e)),
+            None => Err(e),
+        };
+        ResponseFuture::boxed(Box::pin(std::future::ready(with_key(result, key))))
     }
 }
 
