@@ -12,7 +12,7 @@
 # Defaults: "tower's own stack", "genesys-tower stack", 32 in flight, 12 rounds; BIN_A and BIN_B
 # (the binary each client runs from, to compare two builds) default to this tree's; ARGS are
 # passed to both runs (`--ablation` for the rows it adds). Prints a
-# markdown table of the symbols whose time per request differs most (B minus A, in ns per
+# markdown table of the symbols whose time per request differs most either way (B minus A, in ns per
 # request of the client: its own code and what it makes hyper, the kernel and the allocator do),
 # with each client's CPU per request over raw's in its own run and the context switches per
 # request. Samples are at 4999 Hz: a symbol below about 20 ns per request is noise. Two builds
@@ -94,7 +94,8 @@ print()
 print(f"| symbol | {a} ns | {b} ns | difference |")
 print("| --- | --- | --- | --- |")
 rows = sorted(set(sa) | set(sb), key=lambda k: sb.get(k, 0) - sa.get(k, 0), reverse=True)
-for k in rows[:25]:
+# The 25 symbols B spends most more time in, then the 10 it spends most less time in.
+for k in rows[:25] + rows[-10:]:
     print(f"| `{k}` | {ns(sa.get(k, 0)):.0f} | {ns(sb.get(k, 0)):.0f} | "
           f"{ns(sb.get(k, 0) - sa.get(k, 0)):+.0f} |")
 EOF
