@@ -184,10 +184,11 @@ pub const LEAVE_ONE_OUT: &[&str] = &[
     "without pacing",
 ];
 
-/// The full stack over `leaf` with the layer that `name` (one of [`LEAVE_ONE_OUT`]) names left
-/// out, the others in the client's order, type-erased; `None` for another name. What a layer
-/// costs in the company of the others is not what it costs alone: a layer's future holds
-/// everything below it, and a clone of the stack below is as deep as the stack.
+/// The full stack over `leaf` with the layer that `name` (one of [`LEAVE_ONE_OUT`] or
+/// [`STACK_WITHOUT`]) names left out, the others in the client's order, type-erased; `None` for
+/// another name. What a layer costs in the company of the others is not what it costs alone: a
+/// layer's future holds everything below it, and a clone of the stack below is as deep as the
+/// stack.
 pub fn without<S>(name: &str, leaf: S, metrics: &Metrics) -> Option<Erased>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
@@ -201,10 +202,26 @@ where
     // The layers, outermost first, over `leaf`.
     macro_rules! erased {
         ($($layer:expr),+) => {
-            BoxCloneSyncService::new(ServiceBuilder::new()$(.layer($layer))+.service(leaf))
+            BoxCloneSyncService::new(ServiceBuilder::new()$(.layer($layer))+.service(leaf.clone()))
         };
     }
-    crate::leave_one_out!(name, l, erased)
+    if let Some(layers) = crate::leave_one_out!(name, l, erased) {
+        return Some(layers);
+    }
+    let stack = StackLayer::new(l.retry(), l.auth());
+    let whole = stack
+        .clone()
+        .idempotency(l.idempotency())
+        .attempt_timeout(ATTEMPT_TIMEOUT);
+    Some(match name {
+        "stack without idempotency" => {
+            erased!(stack.attempt_timeout(ATTEMPT_TIMEOUT), l.concurrency())
+        }
+        "stack without the timeout" => erased!(stack.idempotency(l.idempotency()), l.concurrency()),
+        "stack without pacing" => erased!(whole, l.unpaced()),
+        "stack without concurrency" => erased!(whole),
+        _ => return None,
+    })
 }
 
 /// The full stack with the layer that `$name` (one of [`LEAVE_ONE_OUT`]) names left out, from
@@ -261,6 +278,18 @@ macro_rules! leave_one_out {
         }
     };
 }
+
+/// More names [`without`] knows: the full stack as the client builds it (one
+/// [`Stack`](genesys_tower::stack::Stack) over the concurrency layer) with one role taken out.
+/// What a role costs inside the `Stack`, where the roles share one future, is not what its
+/// layer costs composed with the others. The retry and auth roles are the `Stack` itself: they
+/// have no row.
+pub const STACK_WITHOUT: &[&str] = &[
+    "stack without idempotency",
+    "stack without the timeout",
+    "stack without pacing",
+    "stack without concurrency",
+];
 
 /// tower's own retry policy in the role of this stack's: 5xx and errors, 3 retries, a
 /// replayable body.

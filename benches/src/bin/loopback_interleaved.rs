@@ -9,7 +9,8 @@
 //!
 //! ```text
 //! cargo run --release -p benches --bin loopback_interleaved -- [--rounds N] [--ablation]
-//!     [--leave-one-out] [--only CLIENT] [--in-flight 1|32] [--one-thread] [--json]
+//!     [--leave-one-out] [--stack-without] [--only CLIENT] [--in-flight 1|32] [--one-thread]
+//!     [--json]
 //! ```
 //!
 //! Per client and concurrency: the median over the rounds of its throughput as a share of raw's
@@ -18,7 +19,8 @@
 //! (a counting global allocator, the server's included likewise). `--ablation` adds the stack
 //! with one layer at a time, and the leaf alone with the bearer header (what every stack here
 //! costs besides its layers: the leaf's body mapping, the type erasure, and one more header for
-//! the server to parse); `--leave-one-out` adds the layers composed with one left out.
+//! the server to parse); `--leave-one-out` adds the layers composed with one left out, and
+//! `--stack-without` the stack as the client builds it with one role taken out.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -202,6 +204,7 @@ fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
 
 fn main() {
     let (mut rounds, mut ablation, mut leave_one_out, mut json) = (20usize, false, false, false);
+    let mut stack_without = false;
     let mut only: Option<String> = None;
     let mut in_flight_only: Option<u64> = None;
     let mut one_thread = false;
@@ -217,6 +220,7 @@ fn main() {
             }
             "--ablation" => ablation = true,
             "--leave-one-out" => leave_one_out = true,
+            "--stack-without" => stack_without = true,
             // One client (and raw, to compare with), or raw alone: for a profiler.
             "--only" => only = Some(args.next().unwrap_or_else(|| usage())),
             // One of the two concurrencies only: for a profiler too.
@@ -301,14 +305,20 @@ fn main() {
         }
     }
 
-    if leave_one_out {
-        for name in stack::LEAVE_ONE_OUT {
-            let caller = rt.block_on(async {
-                let stack = stack::without(name, leaf(), &Metrics::new()).expect("a known name");
-                Caller::Stack(stack, uri.clone())
-            });
-            clients.push(((*name).to_owned(), caller));
-        }
+    let lists = [
+        (leave_one_out, stack::LEAVE_ONE_OUT),
+        (stack_without, stack::STACK_WITHOUT),
+    ];
+    for name in lists
+        .iter()
+        .filter(|(on, _)| *on)
+        .flat_map(|(_, names)| *names)
+    {
+        let caller = rt.block_on(async {
+            let stack = stack::without(name, leaf(), &Metrics::new()).expect("a known name");
+            Caller::Stack(stack, uri.clone())
+        });
+        clients.push(((*name).to_owned(), caller));
     }
     if let Some(only) = &only {
         clients.retain(|(name, _)| name == "raw hyper-util" || name == only);
@@ -381,8 +391,8 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: loopback_interleaved [--rounds N] [--ablation] [--leave-one-out] [--only CLIENT] \
-         [--in-flight 1|32] [--one-thread] [--json]"
+        "usage: loopback_interleaved [--rounds N] [--ablation] [--leave-one-out] \
+         [--stack-without] [--only CLIENT] [--in-flight 1|32] [--one-thread] [--json]"
     );
     std::process::exit(2)
 }
