@@ -55,6 +55,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -74,7 +75,7 @@ use crate::BoxError;
 use crate::auth::{self, Auth, AuthLayer, Resend, Token, TokenSource};
 use crate::body::ReplayBody;
 use crate::idempotency::{self, Idempotency, IdempotencyKey, IdempotencyLayer, Route};
-use crate::per_thread::{Handle, PerThread};
+use crate::per_thread::PerThread;
 use crate::retry::{self, AfterFirst, Attempt, Call, Retry, RetryLayer};
 
 type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -295,15 +296,16 @@ where
                 attempt: None,
                 call: None,
                 key,
-                resend: None,
+                token: None,
             },
+            source: PhantomData,
         };
         let Kind::First {
             future,
             attempt: attempt_slot,
             call: call_slot,
             key,
-            resend,
+            token: token_slot,
         } = &mut this.kind
         else {
             // Made as the first attempt just above: never taken.
@@ -324,7 +326,7 @@ where
             Timed::new_at(self.inner.call(request), self.attempt_timeout, now)
         });
         *attempt_slot = Some(attempt);
-        *resend = Some((self.auth.handle(), token.token));
+        *token_slot = Some(token.token);
         this
     }
 }
@@ -419,16 +421,15 @@ pin_project! {
         C: Service<Request<B>>,
     {
         #[pin]
-        kind: Kind<C, B, T>,
+        kind: Kind<C, B>,
+        // The token source's type: a 401 reaches the auth layer's state through the call.
+        source: PhantomData<fn() -> T>,
     }
 }
 
-/// What a 401 re-send needs besides the call: the auth layer's state and the refused token.
-type ResendState<C, T> = (Handle<auth::Shared<AttemptTimeout<C>, T>>, Token);
-
 pin_project! {
     #[project = KindProj]
-    enum Kind<C, B, T>
+    enum Kind<C, B>
     where
         C: Service<Request<B>>,
     {
@@ -439,7 +440,8 @@ pin_project! {
             attempt: Option<Attempt>,
             call: Option<Call>,
             key: Option<IdempotencyKey>,
-            resend: Option<ResendState<C, T>>,
+            // The token the attempt carries: after a 401, the one refused.
+            token: Option<Token>,
         },
         // The rest of the call, or all of it.
         Boxed {
@@ -455,6 +457,7 @@ where
     fn boxed(future: Boxed<C::Response>) -> Self {
         ResponseFuture {
             kind: Kind::Boxed { future },
+            source: PhantomData,
         }
     }
 
@@ -508,7 +511,7 @@ where
                     attempt,
                     call,
                     key,
-                    resend,
+                    token,
                 } => {
                     let (Some(future), Some(attempt_ref), Some(call_ref)) =
                         (future.as_pin_mut(), attempt.as_ref(), call.as_ref())
@@ -532,13 +535,10 @@ where
                         .is_ok_and(|response| response.status() == StatusCode::UNAUTHORIZED);
                     match outcome {
                         Ok(response) if unauthorized => {
-                            let (Some(call), Some((shared, token))) = (call.take(), resend.take())
-                            else {
+                            let (Some(call), Some(token)) = (call.take(), token.take()) else {
                                 return Poll::Ready(Err("the stack's future lost its call".into()));
                             };
-                            Box::pin(after_401::<C, B, T, R>(
-                                call, attempt, shared, token, response, key,
-                            ))
+                            Box::pin(after_401::<C, B, T, R>(call, attempt, token, response, key))
                         }
                         _ => match retry::judge_first(call, attempt, &outcome) {
                             // The common end: the outcome goes back from where it lies.
@@ -577,7 +577,6 @@ where
 async fn after_401<C, B, T, R>(
     call: Call,
     attempt: Attempt,
-    shared: Handle<auth::Shared<AttemptTimeout<C>, T>>,
     token: Token,
     response: Response<R>,
     key: Option<IdempotencyKey>,
@@ -590,17 +589,28 @@ where
     C::Error: Into<BoxError>,
     T: TokenSource,
 {
-    let resend = Resend {
-        parts: call.parts.clone(),
-        body: call.body_copy().unwrap_or_default(),
-        shared,
-        token,
+    // The auth layer's state, through the service the retry layer keeps for the attempts after
+    // a first (the auth layer over the timeout, made with the stack): a call holds it only
+    // once a 401 asks for it.
+    let outcome = match call.spare::<Auth<AttemptTimeout<C>, T>>() {
+        Some(auth) => {
+            let resend = Resend {
+                parts: call.parts.clone(),
+                body: call.body_copy().unwrap_or_default(),
+                shared: auth.into_parts().1.handle(),
+                token,
+            };
+            resend
+                .after_401::<B, R>(response)
+                .instrument(attempt.span.clone())
+                .instrument(call.span.clone())
+                .await
+        }
+        None => {
+            tracing::debug!("401, and no service to send the request again on: returned as is");
+            Ok(response)
+        }
     };
-    let outcome = resend
-        .after_401::<B, R>(response)
-        .instrument(attempt.span.clone())
-        .instrument(call.span.clone())
-        .await;
     let mut slot = Some(call);
     let result = match retry::after_first(&mut slot, attempt, outcome) {
         AfterFirst::Done(result) => result,

@@ -157,7 +157,7 @@ impl Call {
     }
 
     /// A service for the attempts after the first: a clone of the layer's spare.
-    pub(super) fn spare<S: Clone + 'static>(&self) -> Option<S> {
+    pub(crate) fn spare<S: Clone + 'static>(&self) -> Option<S> {
         self.shared.take_spare()
     }
 
