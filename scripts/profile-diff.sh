@@ -11,12 +11,13 @@
 #
 # Defaults: "tower's own stack", "genesys-tower stack", 32 in flight, 12 rounds; BIN_A and BIN_B
 # (the binary each client runs from, to compare two builds) default to this tree's; ARGS are
-# passed to both runs (`--ablation` for the rows it adds). Prints a
-# markdown table of the symbols whose time per request differs most either way (B minus A, in ns per
-# request of the client: its own code and what it makes hyper, the kernel and the allocator do),
-# with each client's CPU per request over raw's in its own run and the context switches per
-# request. Samples are at 4999 Hz: a symbol below about 20 ns per request is noise. Two builds
-# inline differently: between builds, compare the client's own symbols only.
+# passed to both runs (`--ablation` for the rows it adds). Prints a markdown table of the
+# symbols whose time per request differs most either way (B minus A, in ns per request of the
+# client: its own code and what it makes hyper, the kernel and the allocator do), with each
+# client's CPU per request over raw's in its own run, the context switches per request, and the
+# time of the clients' own code (the middleware crates' and the benches' symbols: what a change
+# to a stack moves directly). Samples are at 4999 Hz: a symbol below about 20 ns per request is
+# noise. Two builds inline differently: between builds, compare the client's own symbols only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 a=${1:-"tower's own stack"}
@@ -90,6 +91,15 @@ print(f"CPU per request over raw's, in its own run: {a} {over_raw('a'):.0f} ns, 
       f"{b} {over_raw('b'):.0f} ns")
 print(f"context switches per request (both clients of a run): {a} {switches('a') / (2 * n):.3f}, "
       f"{b} {switches('b') / (2 * n):.3f}")
+# The clients' own code: the functions of the middleware crates and the benches (the leaf's
+# body mapping included), not hyper's, tokio's, the allocator's or the kernel's, even where
+# their types name a middleware type (`<T as Trait>::f` and `drop_in_place<T>` are T's crate's).
+own = re.compile(r"(genesys_tower|tower|tower_http|tower_layer|benches)::")
+def is_own(symbol):
+    return own.match(symbol.removeprefix("core::ptr::drop_in_place<").lstrip("<")) is not None
+own_ns = lambda s: ns(sum(v for k, v in s.items() if is_own(k)))
+print(f"own code per request (the middleware crates' and the benches' symbols): {a} "
+      f"{own_ns(sa):.0f} ns, {b} {own_ns(sb):.0f} ns")
 print()
 print(f"| symbol | {a} ns | {b} ns | difference |")
 print("| --- | --- | --- | --- |")
