@@ -150,7 +150,13 @@ impl Layers {
 
     /// The idempotency, retry and auth layers and the timeout, as one service.
     pub fn stack(&self) -> StackLayer<impl TokenSource + Clone + use<>> {
-        StackLayer::new(self.retry(), self.auth())
+        self.whole(StackLayer::new(self.retry(), self.auth()))
+    }
+
+    /// `stack` (the retry and auth layers) with the idempotency layer and the timeout that
+    /// [`stack`](Self::stack) adds.
+    pub fn whole<T>(&self, stack: StackLayer<T>) -> StackLayer<T> {
+        stack
             .idempotency(self.idempotency())
             .attempt_timeout(ATTEMPT_TIMEOUT)
     }
@@ -209,10 +215,7 @@ where
         return Some(layers);
     }
     let stack = StackLayer::new(l.retry(), l.auth());
-    let whole = stack
-        .clone()
-        .idempotency(l.idempotency())
-        .attempt_timeout(ATTEMPT_TIMEOUT);
+    let whole = l.whole(stack.clone());
     Some(match name {
         "stack without idempotency" => {
             erased!(stack.attempt_timeout(ATTEMPT_TIMEOUT), l.concurrency())
