@@ -18,7 +18,7 @@ use super::store::{
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
 
 /// An in-memory [`IdempotencyStore`] for one process: completed responses in a bounded cache
-/// ([moka], weighed by response size, least useful entries evicted first), each kept for the
+/// ([moka], weighed by response size, least recently used entries evicted first), each kept for the
 /// retention its layer asks for; in-flight claims in a map beside it.
 ///
 /// Clones share the same records. Waiting callers are woken the moment a key completes or is
@@ -85,8 +85,8 @@ impl MemoryStore {
         Self::with_capacity(DEFAULT_MEMORY_CAPACITY)
     }
 
-    /// A store bounded to `max_bytes` of responses (body and headers). When full, the entries least
-    /// likely to be asked for again are evicted; an evicted key is treated as new.
+    /// A store bounded to `max_bytes` of responses (body and headers). When full, the entries
+    /// least recently used are evicted; an evicted key is treated as new.
     #[must_use]
     pub fn with_capacity(max_bytes: u64) -> Self {
         let completed = Cache::builder()
@@ -95,6 +95,11 @@ impl MemoryStore {
                 u32::try_from(key.len() + value.response.size()).unwrap_or(u32::MAX)
             })
             .expire_after(Retention)
+            // Least recently used first. moka's default (TinyLFU) admits a new entry only when
+            // it was asked for more often than the ones it would evict: a full store would then
+            // turn away the answer just completed, the one a retry after a lost response asks
+            // for next, and run its request again.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
         MemoryStore {
             inner: Arc::new(Inner {
@@ -315,6 +320,40 @@ mod tests {
             HeaderMap::new(),
             Bytes::from_static(b"done"),
         )
+    }
+
+    /// A full store makes room for the newest answer: a key completed a moment ago is the one
+    /// a retry after a lost response asks for next, so it must not be the one left out.
+    #[tokio::test]
+    async fn a_full_store_keeps_the_newest_answers() {
+        let body = Bytes::from(vec![b'x'; 1024]);
+        // Room for about 8 answers of 1 KiB.
+        let store = MemoryStore::with_capacity(8 * 1100);
+        let lock = Duration::from_secs(30);
+        let retention = Duration::from_secs(3600);
+        for i in 0..40 {
+            let key = format!("k{i}");
+            let Claim::Acquired(token) = store.claim(&key, fp("a"), lock.into()).await.unwrap()
+            else {
+                panic!("{key} is new");
+            };
+            let response = StoredResponse::new(StatusCode::OK, HeaderMap::new(), body.clone());
+            assert!(
+                store
+                    .complete(&key, &token, response, retention)
+                    .await
+                    .unwrap()
+            );
+            store.inner.completed.run_pending_tasks();
+            assert!(
+                matches!(
+                    store.claim(&key, fp("a"), lock.into()).await.unwrap(),
+                    Claim::Completed(_)
+                ),
+                "{key}, just completed, is replayed"
+            );
+        }
+        assert!(store.completed_len() <= 8, "the bound holds");
     }
 
     #[tokio::test(start_paused = true)]

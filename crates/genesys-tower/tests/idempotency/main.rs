@@ -882,6 +882,26 @@ async fn scopes_keep_clients_apart() {
     assert_eq!(handler.runs(), 2);
 }
 
+/// A request without a scope (no client named) cannot reach a scoped client's answers by
+/// spelling the store's key for them: its keys live in a namespace of their own.
+#[tokio::test]
+async fn a_key_without_a_scope_cannot_spell_a_scoped_one() {
+    let handler = Handler::default();
+    let app = handler.router(
+        ServerIdempotencyLayer::new()
+            .scope(|head| Some(head.headers.get("x-client")?.to_str().ok()?.to_owned())),
+    );
+    let mut alices = order(Some("k1"), "{}");
+    alices
+        .headers_mut()
+        .insert("x-client", "alice".parse().unwrap());
+    let first = json(send(&app, alices).await).await;
+    // Alice's key, as the store would write it with her scope, sent without a client.
+    let forged = json(send(&app, order(Some("5:alice:k1"), "{}")).await).await;
+    assert_eq!(handler.runs(), 2, "the forged key ran as a key of its own");
+    assert_ne!(first["run"], forged["run"], "no replay of alice's answer");
+}
+
 /// A store that is always down.
 struct DownStore;
 

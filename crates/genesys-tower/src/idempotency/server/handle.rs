@@ -228,9 +228,12 @@ where
     }
 
     let fingerprint = Fingerprint::of(&parts.method, &parts.uri, &bytes);
-    let store_key = match config.scope.as_ref().and_then(|f| f(&parts)) {
+    let store_key = match config.scope.as_ref().map(|f| f(&parts)) {
         // Length-prefixed so that no scope and key pair can spell another.
-        Some(scope) => format!("{}:{scope}:{key}", scope.len()),
+        Some(Some(scope)) => format!("{}:{scope}:{key}", scope.len()),
+        // A request the scope does not place: a namespace of its own, which no scoped key
+        // (starting with a digit) can spell.
+        Some(None) => format!("-:{key}"),
         None => key.clone(),
     };
     parts.extensions.insert(IdempotencyKey::new(key.clone()));

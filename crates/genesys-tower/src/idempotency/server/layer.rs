@@ -230,7 +230,8 @@ impl ServerIdempotencyLayer {
     }
 
     /// Keys live in the namespace `f` returns for a request (the authenticated client, say), so
-    /// that two clients who pick the same key never see each other's responses.
+    /// that two clients who pick the same key never see each other's responses. Requests for
+    /// which `f` returns `None` share one namespace of their own, apart from every client's.
     #[must_use]
     pub fn scope(mut self, f: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
         self.config.scope = Some(Arc::new(f));
