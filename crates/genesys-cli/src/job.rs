@@ -75,7 +75,8 @@ impl Undelivered {
         };
         if refused {
             Undelivered::CredentialsRefused(e.to_string())
-        } else if e.is_outcome_unknown() {
+        } else if e.is_outcome_unknown() || e.was_applied() {
+            // Applied, or perhaps: never "safe to send again".
             Undelivered::Unknown(e.to_string())
         } else {
             Undelivered::Failed(e.to_string())

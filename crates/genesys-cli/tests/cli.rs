@@ -432,6 +432,55 @@ async fn actions_execute_once_and_in_batches() {
     assert!(r["failures"][0]["reason"].as_str().unwrap().contains("404"));
 }
 
+/// An action that ran, answered by a gateway's 504 or by a body too large to read, is listed
+/// unknown, never "failed, safe to send again": a re-run of the command does not run it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_that_ran_behind_a_504_or_an_unreadable_answer_are_unknown_and_never_run_again() {
+    let faults = "504-after=0.5,endless-body=0.5".parse().unwrap();
+    let sim = Simulator::spawn(config(1).faults(faults)).await.unwrap();
+    let d = dir("actions_applied");
+    let batch = write(
+        &d.join("b.jsonl"),
+        b"{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n{\"n\":4}\n{\"n\":5}\n{\"n\":6}\n",
+    );
+    let (report, unknown, failed) = (d.join("r.json"), d.join("u.jsonl"), d.join("f.jsonl"));
+    let run = || {
+        gcx(&sim)
+            .args(["actions", "execute", "echo", "--batch"])
+            .arg(&batch)
+            .arg("--report")
+            .arg(&report)
+            .arg("--unknown")
+            .arg(&unknown)
+            .arg("--failed")
+            .arg(&failed)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_exit(&out, 1);
+    let stats = sim.stats();
+    assert!(
+        stats.fault_count("504-after") > 0 && stats.fault_count("endless-body") > 0,
+        "both faults drawn"
+    );
+    assert_eq!(sim.ledger_count_for("echo"), 6, "every action ran once");
+    let r = read_json(&report);
+    assert_eq!(r["counts"]["unknown"], 6, "{r}");
+    assert_eq!(r["counts"]["failed"], 0, "{r}");
+    assert_eq!(jsonl(&unknown).len(), 6);
+    assert!(
+        jsonl(&failed).is_empty(),
+        "nothing listed as safe to send again"
+    );
+
+    // The same command again: the job resumes, and runs none of them a second time.
+    let out = run();
+    assert_exit(&out, 1);
+    assert_eq!(sim.ledger_count_for("echo"), 6, "no action ran twice");
+    assert_eq!(read_json(&report)["counts"]["unknown"], 6);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_leaves_a_complete_report_and_a_rerun_delivers_the_rest() {
     // Slow responses, few in flight: the run is still going when it is interrupted.

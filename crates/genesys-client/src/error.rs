@@ -594,6 +594,25 @@ impl GenesysError {
         matches!(self, GenesysError::OutcomeUnknown { .. })
     }
 
+    /// Whether the server answered, but after the request was applied: a 2xx whose body could
+    /// not be read ([`ResponseTooLarge`](Self::ResponseTooLarge),
+    /// [`Decode`](Self::Decode)). Sending the request again would apply it twice.
+    pub fn was_applied(&self) -> bool {
+        matches!(
+            self,
+            GenesysError::ResponseTooLarge { status, .. } | GenesysError::Decode { status, .. }
+                if status.is_success()
+        )
+    }
+
+    /// Whether the answer is a 500, 502 or 504: what a gateway in front of the work answers
+    /// when it gave up, which may be after the work was done. The typed calls that are never
+    /// replayed (data actions) report it as [`OutcomeUnknown`](Self::OutcomeUnknown); a raw
+    /// [`call`](crate::GenesysClient::call) returns it as it came.
+    pub fn is_gateway_error(&self) -> bool {
+        self.status().is_some_and(crate::classify::is_gateway_error)
+    }
+
     /// The `Retry-After` hint that ended the call, for [`GenesysError::RetryAfterTooLong`], or the
     /// `Retry-After` header of an API error.
     pub fn retry_after(&self) -> Option<Duration> {

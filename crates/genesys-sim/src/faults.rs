@@ -17,9 +17,11 @@
 //! | `huge-body` | probability | as `endless-body`, with `Content-Length: 1000000000000` |
 //! | `stall-body` | probability | the effect is applied; the headers and half the body are sent, then nothing more (the connection stays open) |
 //! | `drip-body` | probability | the effect is applied; the body is sent one byte every 5 s |
+//! | `504-after` | probability | the effect is applied, then a gateway answers 504 `gateway.timeout` in its place |
 //!
 //! The probabilities of `5xx`, `500`, `503-retry-after`, `reset-before`, `reset-after`,
-//! `long-retry-after` and the four `*-body` faults are exclusive outcomes of one draw, so they
+//! `long-retry-after`, the four `*-body` faults and `504-after` are exclusive outcomes of one
+//! draw, so they
 //! must sum to at most 1.
 //! The draw for the n-th API request depends only on the seed and n, so a sequential client
 //! sees the same faults on every run with the same seed.
@@ -42,8 +44,8 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 /// The keys a fault spec accepts, for error messages and docs.
 pub const FAULT_KEYS: &str = "5xx, 500, 503-retry-after, reset-before, reset-after, \
 long-retry-after (probabilities 0..=1), latency (MIN..MAX or a single duration, e.g. 5ms..50ms), \
-revoke-every (a duration, e.g. 30s), token-5xx, endless-body, huge-body, stall-body, drip-body \
-(probabilities)";
+revoke-every (a duration, e.g. 30s), token-5xx, endless-body, huge-body, stall-body, drip-body, \
+504-after (probabilities)";
 
 /// The fault configuration: what goes wrong, how often. `Faults::default()` injects nothing.
 ///
@@ -76,6 +78,9 @@ pub struct Faults {
     pub stall_body: f64,
     /// `drip-body=p`: probability that an answer's body is sent one byte every 5 s.
     pub drip_body: f64,
+    /// `504-after=p`: probability that the effect is applied, then a gateway answers 504 in
+    /// place of the answer (what a gateway that gave up waiting does).
+    pub gateway_after: f64,
 }
 
 /// Which API requests the probability faults may hit (by default, all): a share of the traffic
@@ -155,7 +160,7 @@ macro_rules! probability_fault {
 
 /// The probability faults, in the order of the draw (the order keeps seeded runs reproducible).
 /// Those with an outcome are exclusive outcomes of one draw per API request.
-const PROBABILITY_FAULTS: [ProbabilityFault; 11] = [
+const PROBABILITY_FAULTS: [ProbabilityFault; 12] = [
     probability_fault!(
         "5xx",
         server_error,
@@ -195,6 +200,7 @@ const PROBABILITY_FAULTS: [ProbabilityFault; 11] = [
         drip_body,
         Some(|_| Fault::Body(BodyFault::Drip))
     ),
+    probability_fault!("504-after", gateway_after, Some(|_| Fault::GatewayAfter)),
 ];
 
 /// A fault spec that could not be parsed: says what is wrong and what is allowed.
@@ -310,6 +316,8 @@ pub(crate) enum Fault {
     LongRetryAfter(u64),
     /// The handler runs (the effect is applied); its answer's body misbehaves.
     Body(BodyFault),
+    /// The handler runs (the effect is applied); a gateway's 504 is answered in its place.
+    GatewayAfter,
 }
 
 /// How an answer's body misbehaves.
@@ -343,6 +351,7 @@ impl Fault {
             Fault::Body(BodyFault::Huge) => "huge-body",
             Fault::Body(BodyFault::Stall) => "stall-body",
             Fault::Body(BodyFault::Drip) => "drip-body",
+            Fault::GatewayAfter => "504-after",
         })
     }
 }
@@ -568,6 +577,9 @@ mod tests {
         let mut rng = rng_for(0, 0, 0);
         let always: Faults = "drip-body=1".parse().unwrap();
         assert_eq!(always.decide(&mut rng), Fault::Body(BodyFault::Drip));
+        let always: Faults = "504-after=1".parse().unwrap();
+        assert_eq!(always.to_string(), "504-after=1");
+        assert_eq!(always.decide(&mut rng), Fault::GatewayAfter);
     }
 
     #[test]

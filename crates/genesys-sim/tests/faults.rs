@@ -180,6 +180,28 @@ async fn reset_after_applies_the_effect_but_the_client_gets_no_response() {
     assert_eq!(sim.ledger_count_for("echo"), 1);
 }
 
+/// A gateway that gave up waiting: the effect is in the ledger, and the caller gets a 504 as
+/// from a failure before it.
+#[tokio::test]
+async fn gateway_after_applies_the_effect_and_answers_504() {
+    let sim = Simulator::spawn(config("504-after=1", 1)).await.unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    let r = api(
+        &base,
+        &t,
+        "POST",
+        "/api/v2/integrations/actions/echo/execute",
+        "{}",
+        &[],
+    )
+    .await
+    .unwrap();
+    r.error_body(504, "gateway.timeout");
+    assert_eq!(sim.ledger_count_for("echo"), 1, "the action ran");
+    assert_eq!(sim.stats().fault_count("504-after"), 1);
+}
+
 #[tokio::test]
 async fn reset_before_applies_nothing() {
     let sim = Simulator::spawn(config("reset-before=1", 1)).await.unwrap();

@@ -508,7 +508,7 @@ async fn api(
             .into_response(cid),
         ),
         Fault::ResetBefore => conn.reset().await,
-        Fault::None | Fault::ResetAfter | Fault::Body(_) => None,
+        Fault::None | Fault::ResetAfter | Fault::Body(_) | Fault::GatewayAfter => None,
     };
     let mut resp = match early {
         Some(r) => r,
@@ -536,6 +536,15 @@ async fn api(
     if fault == Fault::ResetAfter {
         // The effect is applied and in the ledger; the caller never learns it.
         conn.reset::<()>().await;
+    }
+    if fault == Fault::GatewayAfter {
+        // The effect is applied and in the ledger; the caller hears a gateway that gave up.
+        resp = ApiError::new(
+            504,
+            "gateway.timeout",
+            "The upstream service did not respond in time",
+        )
+        .into_response(cid);
     }
     resp
 }
