@@ -137,9 +137,20 @@ impl Source {
                 path.display()
             ))
         })?;
-        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        let kind = file.metadata().map(|m| m.file_type());
+        if kind.as_ref().is_ok_and(std::fs::FileType::is_dir) {
             return Err(CliError::usage(format!(
                 "input {} is a directory; give a JSONL or CSV file",
+                path.display()
+            )));
+        }
+        // A job reads its input more than once (to name the job for its journal, to count it,
+        // to resume it): a pipe or a device would give each reader a part of the stream.
+        if kind.is_ok_and(|k| !k.is_file()) {
+            return Err(CliError::usage(format!(
+                "input {} is not a regular file (a pipe, a socket or a device): gcx reads its \
+                 input more than once, to journal and resume the job; save the stream to a file \
+                 first (cmd > records.jsonl) and give that file to --input",
                 path.display()
             )));
         }
@@ -155,8 +166,15 @@ impl Source {
         let mut header = None;
         if format == Format::Csv {
             let mut line = Vec::new();
-            read_line(&mut reader, &mut line)
+            let read = read_line(&mut reader, &mut line)
                 .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+            if read == Line::TooLong {
+                return Err(CliError::usage(format!(
+                    "{}: the CSV header is {}",
+                    path.display(),
+                    too_long("a line")
+                )));
+            }
             let mut rdr = csv::ReaderBuilder::new()
                 .has_headers(false)
                 .from_reader(line.as_slice());
@@ -250,20 +268,106 @@ fn send<I>(tx: &mpsc::Sender<Input<I>>, msg: Input<I>) -> Result<(), Closed> {
     tx.blocking_send(msg).map_err(|_| Closed)
 }
 
-/// Reads one line (up to and without `\n` / `\r\n`); `Ok(false)` at end of input.
-fn read_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+/// The longest record gcx holds in memory: 16 MiB (a JSONL line, a CSV row, a JSON
+/// document). A longer line is quarantined; a longer CSV row or document stops the reading with
+/// a message. Either way the file is never read whole into memory.
+pub(crate) const MAX_RECORD: usize = 16 * 1024 * 1024;
+
+/// What [`read_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A line, in the buffer.
+    Read,
+    /// A line longer than [`MAX_RECORD`], skipped to its end; the buffer holds its start.
+    TooLong,
+    /// The end of the input.
+    End,
+}
+
+/// Reads one line (up to and without `\n` / `\r\n`), holding at most [`MAX_RECORD`] bytes of
+/// it.
+fn read_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Line> {
     buf.clear();
-    let n = r.read_until(b'\n', buf)?;
+    let limit = u64::try_from(MAX_RECORD)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let n = r.by_ref().take(limit).read_until(b'\n', buf)?;
     if n == 0 {
-        return Ok(false);
+        return Ok(Line::End);
     }
     if buf.last() == Some(&b'\n') {
         buf.pop();
         if buf.last() == Some(&b'\r') {
             buf.pop();
         }
+        return Ok(Line::Read);
     }
-    Ok(true)
+    if buf.len() <= MAX_RECORD {
+        // The last line, without a newline.
+        return Ok(Line::Read);
+    }
+    // Too long: the rest of it is skipped, never held.
+    buf.truncate(QUARANTINED_PREFIX);
+    loop {
+        let available = r.fill_buf()?;
+        if available.is_empty() {
+            break;
+        }
+        match available.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                break;
+            }
+            None => {
+                let n = available.len();
+                r.consume(n);
+            }
+        }
+    }
+    Ok(Line::TooLong)
+}
+
+/// How much of a record too long to read the quarantine file shows.
+const QUARANTINED_PREFIX: usize = 256;
+
+/// The reason given for a line past [`MAX_RECORD`].
+fn too_long(what: &str) -> String {
+    format!(
+        "{what} longer than {} MiB, the most gcx reads as one record; only its start is shown \
+         here (is a newline missing?)",
+        MAX_RECORD / (1024 * 1024)
+    )
+}
+
+/// A reader that fails once more than [`MAX_RECORD`] bytes have been read since the last
+/// [`reset`](Self::reset): a CSV reader holds a whole row in memory, and a row whose quote is
+/// never closed would be the rest of the file.
+struct RecordLimit<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R> RecordLimit<R> {
+    fn reset(&mut self) {
+        self.read = 0;
+    }
+}
+
+impl<R: Read> Read for RecordLimit<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let limit = u64::try_from(MAX_RECORD).unwrap_or(u64::MAX);
+        if self.read > limit {
+            return Err(std::io::Error::other(format!(
+                "{}; stopped there",
+                too_long("a CSV row (or a quote never closed)")
+            )));
+        }
+        let n = self.inner.read(out)?;
+        self.read = self
+            .read
+            .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        Ok(n)
+    }
 }
 
 fn quarantine(line: u64, reason: String, raw: &[u8]) -> Quarantined {
@@ -293,7 +397,19 @@ fn read_jsonl<P: Parse>(
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut line = 0u64;
-    while read_line(&mut reader, &mut buf)? {
+    loop {
+        match read_line(&mut reader, &mut buf)? {
+            Line::End => break,
+            Line::Read => {}
+            Line::TooLong => {
+                line += 1;
+                send(
+                    tx,
+                    Input::Quarantined(quarantine(line, too_long("a line"), &buf)),
+                )?;
+                continue;
+            }
+        }
         line += 1;
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -320,7 +436,14 @@ fn read_document<P: Parse>(
     tx: &mpsc::Sender<Input<P::Item>>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
-    reader.read_to_end(&mut buf)?;
+    let limit = u64::try_from(MAX_RECORD).unwrap_or(u64::MAX);
+    reader
+        .by_ref()
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut buf)?;
+    if buf.len() > MAX_RECORD {
+        return Err(std::io::Error::other(too_long("the document")));
+    }
     if buf.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
@@ -355,9 +478,15 @@ fn read_csv<P: Parse>(
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(reader);
+        .from_reader(RecordLimit {
+            inner: reader,
+            read: 0,
+        });
     let mut rec = csv::ByteRecord::new();
     loop {
+        // Counted from here: the reader's read-ahead is a few KiB, so a row is cut at about
+        // `MAX_RECORD`.
+        rdr.get_mut().reset();
         let read = rdr.read_byte_record(&mut rec);
         // The header was line 1 and was consumed before this reader started.
         let line = rdr.position().line() + 1;
@@ -536,6 +665,71 @@ mod tests {
     fn missing_file_is_refused() {
         let err = Source::open(Path::new("/nonexistent/x.jsonl"), Format::Jsonl, &Obj).unwrap_err();
         assert!(err.to_string().contains("--input"));
+    }
+
+    /// What each message of `got` says, in one line each.
+    fn summary(got: &[Input<Value>]) -> Vec<String> {
+        got.iter()
+            .map(|m| match m {
+                Input::Record(r) => format!("ok {}", r.meta.line),
+                Input::Quarantined(q) => format!("q {} {}", q.line, q.reason),
+                Input::Broken(e) => format!("broken {e}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_line_past_the_limit_is_quarantined_and_the_next_one_read() {
+        let mut bytes = b"{\"id\":\"a\"}\n{\"id\":\"".to_vec();
+        bytes.resize(bytes.len() + MAX_RECORD + 10, b'x');
+        bytes.extend_from_slice(b"\"}\n{\"id\":\"b\"}\n");
+        let path = file("long.jsonl", &bytes);
+        let got = drain(&path, Format::Jsonl);
+        let summary = summary(&got);
+        assert_eq!(summary[0], "ok 1");
+        assert!(
+            summary[1].starts_with("q 2 a line longer than 16 MiB"),
+            "{summary:?}"
+        );
+        assert_eq!(summary[2], "ok 3");
+        assert_eq!(summary.len(), 3);
+        let Input::Quarantined(q) = &got[1] else {
+            panic!("quarantined");
+        };
+        assert_eq!(q.raw.len(), QUARANTINED_PREFIX, "only its start is kept");
+    }
+
+    #[test]
+    fn a_csv_quote_never_closed_stops_the_reading_at_the_limit() {
+        let mut bytes = b"id,title\na,\"never closed".to_vec();
+        bytes.resize(bytes.len() + 2 * MAX_RECORD, b'x');
+        let path = file("open-quote.csv", &bytes);
+        let summary = summary(&drain(&path, Format::Csv));
+        assert_eq!(summary.len(), 1, "{summary:?}");
+        assert!(
+            summary[0].starts_with("broken ") && summary[0].contains("quote never closed"),
+            "{summary:?}"
+        );
+    }
+
+    #[test]
+    fn a_document_past_the_limit_is_refused() {
+        let mut bytes = b"{\"id\":\"".to_vec();
+        bytes.resize(bytes.len() + MAX_RECORD, b'x');
+        bytes.extend_from_slice(b"\"}");
+        let path = file("big.json", &bytes);
+        let summary = summary(&drain(&path, Format::Json));
+        assert_eq!(summary.len(), 1, "{summary:?}");
+        assert!(
+            summary[0].contains("the document longer than 16 MiB"),
+            "{summary:?}"
+        );
+    }
+
+    #[test]
+    fn a_device_is_refused() {
+        let err = Source::open(Path::new("/dev/null"), Format::Jsonl, &Obj).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

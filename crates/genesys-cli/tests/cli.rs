@@ -335,6 +335,38 @@ async fn an_empty_input_says_so() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no records"));
 }
 
+/// A stream (`--input /dev/stdin` fed by a pipe) is refused before anything is sent: gcx reads
+/// its input more than once, and each reading would get a part of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piped_input_is_refused_before_anything_is_sent() {
+    let sim = Simulator::spawn(config(400)).await.unwrap();
+    // More than one read buffer's worth of records.
+    let (lines, _) = user_lines(&sim, 400);
+    let lines = lines.repeat(4);
+    assert!(lines.len() > 64 * 1024);
+    let mut child = gcx(&sim)
+        .args(["users", "patch", "--input", "/dev/stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // gcx may exit before it has read it all: a broken pipe is expected.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(lines.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not a regular file") && stderr.contains("save"),
+        "{stderr}"
+    );
+    assert!(sim.ledger().is_empty(), "nothing sent");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_validates_quarantines_and_sends_chunks() {
     let sim = Simulator::spawn(config(1)).await.unwrap();
