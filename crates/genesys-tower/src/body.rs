@@ -223,7 +223,11 @@ impl Body {
                 // One data frame: keep its `Bytes` as it is, without a copy.
                 Ok(bytes) if count == 1 => single = Some(bytes),
                 Ok(bytes) => {
-                    data.reserve(len);
+                    // Reserved once, for the whole body: per frame, a second reservation of
+                    // `len` would double the buffer that the frozen body then keeps.
+                    if data.capacity() == 0 {
+                        data.reserve(len);
+                    }
                     data.extend_from_slice(&bytes)
                 }
                 Err(frame) => trailers = frame.into_trailers().ok().map(Box::new),

@@ -132,3 +132,20 @@ async fn without_redis_each_process_fetches_its_own() {
     assert!(cache.is_degraded());
     assert!(!format!("{cache:?}").contains("token-0"));
 }
+
+/// A lock time past the clock's range is taken as the longest allowed: no panic, a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_lock_time_is_taken_within_bounds() {
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let cache = RedisTokenCache::open(
+        &redis_url(),
+        unique_key("absurd-lock-ttl"),
+        login(fetches.clone()),
+    )
+    .unwrap()
+    .lock_ttl(Duration::MAX);
+    assert!(format!("{cache:?}").contains("3600s"), "{cache:?}");
+    let service = AuthLayer::new(cache).layer(api(&[]));
+    assert_eq!(call(&service).await, StatusCode::OK);
+    assert_eq!(fetches.load(SeqCst), 1);
+}

@@ -111,10 +111,10 @@ impl<S: TokenSource> RedisTokenCache<S> {
     }
 
     /// How long one process may take to fetch the fleet's token before the others fetch their
-    /// own (default 10 s).
+    /// own (default 10 s; taken as at least 100 ms and at most an hour).
     #[must_use]
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
-        self.lock_ttl = ttl.max(Duration::from_millis(100));
+        self.lock_ttl = ttl.clamp(Duration::from_millis(100), Duration::from_secs(3600));
         self
     }
 
@@ -209,7 +209,7 @@ impl<S: TokenSource> RedisTokenCache<S> {
     }
 
     async fn fetch_shared(&self) -> Result<Result<Token, BoxError>, BoxError> {
-        let deadline = Instant::now() + self.lock_ttl;
+        let deadline = crate::time::after(Instant::now(), self.lock_ttl);
         let lock_id = uuid::Uuid::new_v4().simple().to_string();
         loop {
             if let Some(token) = self.read().await? {

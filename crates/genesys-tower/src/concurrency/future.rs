@@ -17,11 +17,14 @@ pin_project! {
     /// the response's rate-limit headers.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
-        // `None`: the call was refused (reject mode) and never reached the inner service.
+        // `None`: the call was refused (reject mode) and never reached the inner service, or
+        // its answer was given.
         #[pin]
         inner: Option<F>,
         // The permit, and through it the pacers the response is shown to.
         permit: Option<Permit>,
+        // The answer was given: a later poll gets an error, not a poll of a finished future.
+        done: bool,
     }
 }
 
@@ -30,6 +33,7 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             inner: Some(inner),
             permit: Some(permit),
+            done: false,
         }
     }
 
@@ -37,6 +41,7 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             inner: None,
             permit: None,
+            done: false,
         }
     }
 }
@@ -49,11 +54,18 @@ where
     type Output = Result<http::Response<B>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            if *this.done {
+                return Poll::Ready(Err("the concurrency layer's future was polled after it \
+                                        completed"
+                    .into()));
+            }
             return Poll::Ready(Err(NotSent::new(Error::Overloaded).into()));
         };
         let output = ready!(inner.poll(cx));
+        this.inner.set(None);
+        *this.done = true;
         // Release the permit now rather than when the future is dropped: the caller may keep
         // the future around after it completes.
         let shared = this.permit.take().and_then(Permit::release);

@@ -154,6 +154,22 @@ async fn every_permit_comes_back_whether_a_call_is_dropped_answered_or_failed() 
     assert_eq!(available(&svc), 2, "no permit lost, none given back twice");
 }
 
+/// A future polled once more after its answer says so, rather than polling the finished
+/// future below (which an `async` block answers with a panic).
+#[tokio::test]
+async fn a_future_polled_after_its_answer_gives_an_error() {
+    let mut svc = ConcurrencyLayer::new(1).layer(service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(()))
+    }));
+    let mut future = std::pin::pin!(svc.ready().await.unwrap().call(Request::new(())));
+    let first = std::future::poll_fn(|cx| future.as_mut().poll(cx)).await;
+    assert!(first.is_ok());
+    let again = std::future::poll_fn(|cx| future.as_mut().poll(cx)).await;
+    let e = again.unwrap_err();
+    assert!(e.to_string().contains("polled after it completed"), "{e}");
+    assert_eq!(svc.available_permits(), 1, "the permit came back once");
+}
+
 #[tokio::test(start_paused = true)]
 async fn reject_mode_refuses_at_once_with_overloaded() {
     let metrics = Metrics::new();

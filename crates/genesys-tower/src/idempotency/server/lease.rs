@@ -20,9 +20,12 @@ pub(super) fn claim_options(config: &Config) -> ClaimOptions {
     } else {
         config.retention
     };
-    ClaimOptions::new(config.lock_ttl)
-        .hold_abandoned(hold)
-        .not_after(SystemTime::now() + config.store_timeout / 2)
+    let options = ClaimOptions::new(config.lock_ttl).hold_abandoned(hold);
+    // A store timeout past the clock's range sets no latest moment at all.
+    match SystemTime::now().checked_add(config.store_timeout / 2) {
+        Some(at) => options.not_after(at),
+        None => options,
+    }
 }
 
 /// A store call bounded by the layer's store timeout.
