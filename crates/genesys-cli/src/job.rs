@@ -130,6 +130,9 @@ struct Engine<'a> {
     progress: &'a Progress,
     journal: Option<JobJournal<'a>>,
     tally: Tally,
+    /// Without a journal, what names this run in its units' keys: unique per run, as a
+    /// journal's job id is per job, so that no two runs send the same key for different work.
+    run_id: String,
 }
 
 impl Engine<'_> {
@@ -325,6 +328,15 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// With a journal, every unit's start and outcome is journaled; units an earlier run delivered
 /// are skipped, and units whose earlier outcome is unknown are resolved ([`Replay::Safe`]) or
 /// listed as unknown ([`Replay::Never`], unless `retry_unknown`).
+/// An id for a run without a journal: its process and its start, to the nanosecond.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!("run|{}|{nanos}", std::process::id());
+    format!("{:016x}", crate::journal::fnv1a(seed.as_bytes()))
+}
+
 pub(crate) async fn run<D: Deliver>(
     deliver: Arc<D>,
     mut input: mpsc::Receiver<Input<D::Item>>,
@@ -345,6 +357,7 @@ pub(crate) async fn run<D: Deliver>(
             handle: journal.handle(),
         }),
         tally: Tally::default(),
+        run_id: run_id(),
     };
     let mut set: JoinSet<(Result<(), Undelivered>, Duration)> = JoinSet::new();
     let mut in_flight: HashMap<Id, Unit> = HashMap::new();
@@ -394,10 +407,10 @@ pub(crate) async fn run<D: Deliver>(
                 engine.unknown(&metas, reason, started);
             }
             Decision::Send { resumed } => {
-                let key = engine
-                    .journal
-                    .as_ref()
-                    .map_or_else(|| format!("gcx-{line}"), |j| j.journal.key(line));
+                let key = engine.journal.as_ref().map_or_else(
+                    || format!("gcx-{}-{line}", engine.run_id),
+                    |j| j.journal.key(line),
+                );
                 let handle = engine.journal.as_ref().map(|j| j.handle.clone());
                 let fence = engine.journal.as_ref().and_then(|j| j.journal.fence());
                 if let Some(h) = &handle {

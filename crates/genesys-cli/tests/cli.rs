@@ -426,6 +426,48 @@ async fn ingest_validates_quarantines_and_sends_chunks() {
     assert_eq!(read_json(&report)["counts"]["delivered"], 22);
 }
 
+/// Two runs without a journal send keys of their own: the endpoint, which drops a repeat of a
+/// key it has seen, ingests the second file too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_without_a_journal_never_share_a_key() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("no_journal_keys");
+    let schema = write(
+        &d.join("schema.json"),
+        genesys_sim::default_ingestion_schema()
+            .to_string()
+            .as_bytes(),
+    );
+    for (file, first) in [("a.jsonl", 0), ("b.jsonl", 100)] {
+        let mut input = String::new();
+        for i in first..first + 6 {
+            let rec = json!({
+                "external_id": format!("TXN-{i}"),
+                "timestamp": "2023-10-15T14:30:00Z",
+                "channel": "voice",
+                "duration_seconds": 60,
+                "customer_segment": "enterprise"
+            });
+            input.push_str(&rec.to_string());
+            input.push('\n');
+        }
+        let input = write(&d.join(file), input.as_bytes());
+        let out = gcx(&sim)
+            .args(["ingest", "--no-journal", "--chunk-size", "3", "--input"])
+            .arg(&input)
+            .arg("--schema")
+            .arg(&schema)
+            .output()
+            .unwrap();
+        assert_exit(&out, 0);
+    }
+    assert_eq!(
+        sim.ledger_len(),
+        12,
+        "both files ingested, every record once"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_execute_once_and_in_batches() {
     let sim = Simulator::spawn(config(1)).await.unwrap();
