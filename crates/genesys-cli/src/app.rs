@@ -14,7 +14,7 @@ use crate::job::Deliver;
 use crate::journal::{JobSpec, Journal, OpenMode};
 use crate::passes::{FleetJob, Passes};
 use crate::report::{FleetReport, Pace, Report, ReportFile, Verdict};
-use crate::sinks::{Sinks, check_distinct};
+use crate::sinks::{Sinks, check_distinct, check_outputs_distinct};
 use crate::tally::Tally;
 use crate::telemetry::StackMetrics;
 
@@ -68,6 +68,17 @@ pub(crate) async fn prepare<P: Parse>(
             check_distinct(input, path, flag)?;
         }
     }
+    let outputs: Vec<(&str, &Path)> = [
+        ("--failed", &common.failed),
+        ("--unknown", &common.unknown),
+        ("--quarantine", &common.quarantine),
+        ("--report", &common.report),
+        ("--journal", &common.journal),
+    ]
+    .into_iter()
+    .filter_map(|(flag, path)| Some((flag, path.as_deref()?)))
+    .collect();
+    check_outputs_distinct(&outputs)?;
     let fleet = match (&common.fleet_redis, common.shard) {
         (Some(url), Some(shard)) if kind.journaled => {
             if common.no_journal {

@@ -222,12 +222,27 @@ pub(crate) fn read_tree(path: &Path) -> Result<Value, CliError> {
     let tree: Value = if json {
         serde_json::from_str(&text).map_err(|e| invalid(path, &e))?
     } else {
-        toml::from_str(&text).map_err(|e| invalid(path, &e))?
+        toml::from_str(&text).map_err(|e| invalid(path, &toml_error(&text, &e)))?
     };
     if !tree.is_object() {
         return Err(invalid(path, &"the file is not a table of settings"));
     }
     Ok(tree)
+}
+
+/// A TOML error by its line and column, without the line itself: the line may hold a secret
+/// (a password in a Redis URL whose quote is never closed).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML syntax error at line {line}, column {column}: {message}")
+        }
+        None => format!("TOML syntax error: {message}"),
+    }
 }
 
 /// The file's settings, and its profiles.

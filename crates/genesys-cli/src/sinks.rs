@@ -35,11 +35,7 @@ fn create(path: &Path, flag: &str) -> Result<File, CliError> {
 
 /// Refuses an output path that is the input itself: writing it would destroy the input.
 pub(crate) fn check_distinct(input: &Path, output: &Path, flag: &str) -> Result<(), CliError> {
-    let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
+    if same_file(input, output) {
         return Err(CliError::usage(format!(
             "{flag} {} is the input file; write to another file (e.g. {}.next) and re-run from it",
             output.display(),
@@ -47,6 +43,43 @@ pub(crate) fn check_distinct(input: &Path, output: &Path, flag: &str) -> Result<
         )));
     }
     Ok(())
+}
+
+/// Refuses two outputs named by different flags that are one file: each would truncate and
+/// overwrite what the other wrote.
+pub(crate) fn check_outputs_distinct(outputs: &[(&str, &Path)]) -> Result<(), CliError> {
+    for (i, (flag_a, a)) in outputs.iter().enumerate() {
+        for (flag_b, b) in &outputs[i + 1..] {
+            if same_file(a, b) {
+                return Err(CliError::usage(format!(
+                    "{flag_a} and {flag_b} both name {}: each output needs a file of its own",
+                    a.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name one file, whether it exists yet or not.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (resolved(a), resolved(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// `path` made absolute, through its directory when the file does not exist yet.
+fn resolved(path: &Path) -> Option<std::path::PathBuf> {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return Some(p);
+    }
+    let name = path.file_name()?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(dir).ok()?.join(name))
 }
 
 impl Sinks {

@@ -269,6 +269,32 @@ async fn configuration_errors_exit_2_before_anything_is_sent() {
     assert_eq!(sim.stats().total_responses, 0, "nothing was sent");
 }
 
+/// Two output flags that name one file are refused before anything is sent: each would
+/// truncate and overwrite what the other wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_outputs_in_one_file_are_refused() {
+    let sim = Simulator::spawn(config(2)).await.unwrap();
+    let d = dir("same_outputs");
+    let (lines, _) = user_lines(&sim, 2);
+    let input = write(&d.join("u.jsonl"), lines.as_bytes());
+    for (a, b) in [("--failed", "--unknown"), ("--report", "--journal")] {
+        let out = gcx(&sim)
+            .args(["users", "patch", "--input"])
+            .arg(&input)
+            .arg(a)
+            .arg(d.join("out.jsonl"))
+            .arg(b)
+            // The same file, spelled another way.
+            .arg(d.join(".").join("out.jsonl"))
+            .output()
+            .unwrap();
+        assert_exit(&out, 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(a) && stderr.contains(b), "{stderr}");
+    }
+    assert!(sim.ledger().is_empty(), "nothing sent");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_exit_2_before_any_record_is_sent() {
     // With the org's pacing and with a pace of the user's own: the same single refusal.

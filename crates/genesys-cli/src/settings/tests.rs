@@ -95,6 +95,22 @@ fn the_default_file_is_read_from_the_config_home() {
     assert!(err.to_string().contains("[profiles.NAME]"), "{err}");
 }
 
+/// A syntax error is placed by line and column; the line, which may hold a password, is not
+/// repeated.
+#[test]
+fn a_toml_syntax_error_does_not_repeat_the_line() {
+    let path = temp(
+        "broken.toml",
+        "[idempotency]\nstore = \"redis://:hunter2-secret@cache:6379\n",
+    );
+    let args = ["--config", path.to_str().unwrap()];
+    let err = load_with(&common(&args), no_env).unwrap_err();
+    assert_eq!(err.code(), 2);
+    let msg = err.to_string();
+    assert!(msg.contains("line 2"), "{msg}");
+    assert!(!msg.contains("hunter2"), "{msg}");
+}
+
 #[test]
 fn an_unknown_profile_is_refused_with_the_files_profiles() {
     let path = temp("unknown.toml", FILE);
