@@ -142,3 +142,72 @@ async fn a_rate_of_nothing_is_refused_with_a_message() {
     let err = RedisPacer::open("not a url", "k", 5, Duration::from_secs(1)).unwrap_err();
     assert!(err.to_string().contains("invalid Redis URL"), "{err}");
 }
+
+/// Redis's clock and the key's reservation (`tat`), in µs.
+async fn reserved_ahead(url: &str, key: &str) -> Duration {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let tat: Option<u64> = redis::cmd("HGET")
+        .arg(key)
+        .arg("tat")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    Duration::from_micros(tat.unwrap_or(0).saturating_sub(secs * 1_000_000 + micros))
+}
+
+/// Callers who give up waiting (here, 90 who each wait 20 ms for a start about 3 s apart)
+/// leave no reservation more than the horizon ahead: the queue does not grow with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_who_give_up_never_push_the_queue_past_the_horizon() {
+    use genesys_tower::concurrency::SharedPacer;
+    let key = unique_key("give-up");
+    let pacer = RedisPacer::open(&redis_url(), key.clone(), 1, Duration::from_secs(3)).unwrap();
+    for _ in 0..90 {
+        let _ = tokio::time::timeout(Duration::from_millis(20), pacer.acquire()).await;
+    }
+    assert!(!pacer.is_degraded(), "Redis answered");
+    let ahead = reserved_ahead(&redis_url(), &key).await;
+    // The horizon (180 s) and one interval (3 s over the headroom), nothing like 90 starts.
+    assert!(
+        ahead <= Duration::from_secs(184),
+        "reserved {ahead:?} ahead"
+    );
+    assert!(
+        ahead >= Duration::from_secs(100),
+        "the queue did build up: {ahead:?}"
+    );
+}
+
+/// A reservation or a hold far past anything the fleet writes (a damaged key, another writer)
+/// is not waited for: the fleet goes on at its pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reserved_for_days_does_not_stall_the_fleet() {
+    let key = unique_key("damaged");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let days_ahead = (secs + 10 * 86_400) * 1_000_000;
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("tat")
+        .arg(days_ahead)
+        .arg("hold_until")
+        .arg(days_ahead)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fleet = RedisPacer::open(&redis_url(), key.clone(), 100, Duration::from_secs(1)).unwrap();
+    let starts: Starts = Arc::default();
+    let layer = ConcurrencyLayer::new(4).shared_pacing(fleet);
+    // A bound for a hang, not a measure of speed: the 3 starts take a few tens of milliseconds.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        send_all(layer, 3, starts.clone(), StatusCode::OK),
+    )
+    .await
+    .expect("the fleet is not held for days");
+    assert_eq!(starts.lock().unwrap().len(), 3);
+    assert!(reserved_ahead(&redis_url(), &key).await < Duration::from_secs(60));
+}

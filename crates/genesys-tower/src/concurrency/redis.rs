@@ -20,23 +20,35 @@ use crate::headers::RateLimitHints;
 /// `tat` on by one interval, and answers how long to wait for that start. One round trip per
 /// request, and starts handed out in order. A slower interval learned from the server's headers
 /// is read from the same hash.
+///
+/// No start is reserved more than `ARGV[3]` µs ahead (the horizon): past it the call reserves
+/// nothing and answers, negative, how long until there is room. So a queue of callers who gave
+/// up waiting cannot push every later start further and further away. A `tat` or a hold past
+/// anything this script or `HOLD` writes (a foreign writer, a damaged key) is not waited for.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local horizon = tonumber(ARGV[3])
 local learned = tonumber(redis.call('HGET', KEYS[1], 'interval') or '0') or 0
 local learned_until = tonumber(redis.call('HGET', KEYS[1], 'interval_until') or '0') or 0
 if learned > interval and now < learned_until then interval = learned end
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0') or 0
 if tat < now then tat = now end
-local start = tat - interval * (tonumber(ARGV[2]) - 1)
+if horizon and tat > now + horizon + interval * burst then tat = now end
+local start = tat - interval * (burst - 1)
 if start < now then start = now end
 local hold = tonumber(redis.call('HGET', KEYS[1], 'hold_until') or '0') or 0
+if horizon and hold > now + horizon then hold = 0 end
 if hold > start then
   start = hold
   if tat < hold then tat = hold end
+end
+if horizon and start - now > horizon then
+  return -(start - now - horizon)
 end
 tat = tat + interval
 redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat))
@@ -89,6 +101,8 @@ const MAX_LEARNED_INTERVAL: Duration = Duration::from_secs(60);
 const LEARNED_FOR: Duration = Duration::from_secs(3600);
 /// The longest fleet-wide hold a 429 can set.
 const MAX_HOLD: Duration = Duration::from_secs(180);
+/// How far ahead a start may be reserved, and the longest one wait lasts: the longest hold.
+const HORIZON: Duration = MAX_HOLD;
 /// A 429 without a hint holds the fleet this long.
 const DEFAULT_HOLD: Duration = Duration::from_secs(1);
 
@@ -101,6 +115,11 @@ const DEFAULT_HOLD: Duration = Duration::from_secs(1);
 /// [`burst`](RedisPacer::burst)), in order, with one round trip per request. Key it the way the
 /// server counts: Genesys Cloud limits per OAuth client and per organisation, so
 /// `pacing:{org id}:{client id}` for a per-client limit.
+///
+/// No start is reserved more than 180 s ahead (the longest hold): when the fleet's queue is
+/// longer, a request reserves nothing and asks again when there is room. A caller who gives
+/// up waiting (a timeout, a dropped call) then leaves at most that much of the quota unused,
+/// and the queue cannot grow past it, however many callers come and go.
 ///
 /// What the fleet learns is shared too: a 429 holds every process for its `Retry-After`
 /// (at most 180 s), and a quota policy in the response headers that is slower than the
@@ -245,15 +264,24 @@ impl RedisPacer {
         ((exact as f64 / self.headroom) as u64).clamp(1, micros(MAX_INTERVAL))
     }
 
-    async fn acquire_shared(&self) -> Result<Duration, BoxError> {
+    /// Reserves the fleet's next start: how long to wait for it, or, when it lies past the
+    /// horizon, how long until one can be reserved (each at most [`HORIZON`]).
+    async fn acquire_shared(&self) -> Result<Slot, BoxError> {
         let mut conn = self.conn.clone();
         let mut invocation = ACQUIRE.key(&*self.key);
-        invocation.arg(self.interval_us().max(1)).arg(self.burst);
-        let wait = tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn))
+        invocation
+            .arg(self.interval_us().max(1))
+            .arg(self.burst)
+            .arg(micros(HORIZON));
+        let answer = tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn))
             .await
             .map_err(|_| format!("no answer from Redis within {:?}", self.timeout))?
             .map_err(|e| format!("redis: {e}"))?;
-        Ok(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
+        let wait = |us: u64| Duration::from_micros(us).min(HORIZON);
+        Ok(match u64::try_from(answer) {
+            Ok(us) => Slot::Reserved(wait(us)),
+            Err(_) => Slot::Later(wait(answer.unsigned_abs())),
+        })
     }
 
     async fn acquire_local(&self) {
@@ -282,6 +310,14 @@ impl RedisPacer {
     }
 }
 
+/// What [`ACQUIRE`] answered.
+enum Slot {
+    /// A start, this long from now.
+    Reserved(Duration),
+    /// No start within the horizon: ask again after this long.
+    Later(Duration),
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -290,33 +326,53 @@ impl SharedPacer for RedisPacer {
     fn acquire(&self) -> AcquireFuture {
         let this = self.clone();
         Box::pin(async move {
-            match this.acquire_shared().await {
-                Ok(wait) => {
-                    if this.degraded.swap(false, Ordering::Relaxed) {
-                        tracing::info!(key = %this.key, "shared pacing: Redis reached again");
-                    }
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
-                    }
+            loop {
+                let slot = this.acquire_shared().await;
+                if slot.is_ok() && this.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!(key = %this.key, "shared pacing: Redis reached again");
                 }
-                Err(e) => {
-                    if !this.degraded.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            key = %this.key,
-                            error = %e,
-                            share = (this.rate.requests / this.processes).max(1),
-                            window_s = this.rate.window.as_secs_f64(),
-                            "shared pacing: Redis unreachable, pacing this process alone at its \
-                             share of the quota"
-                        );
+                match slot {
+                    Ok(Slot::Reserved(wait)) => {
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                        return;
                     }
-                    this.acquire_local().await;
+                    // The fleet's queue reaches past the horizon: no start is taken now (one
+                    // would be lost if this caller gave up), it is asked for again later.
+                    Ok(Slot::Later(after)) => tokio::time::sleep(after).await,
+                    Err(e) => {
+                        this.degrade(&e);
+                        this.acquire_local().await;
+                        return;
+                    }
                 }
             }
         })
     }
 
     fn observe(&self, status: StatusCode, headers: &HeaderMap) {
+        self.observe_hints(status, headers);
+    }
+}
+
+impl RedisPacer {
+    /// Redis could not be reached: said once, until it is reached again.
+    fn degrade(&self, e: &BoxError) {
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                key = %self.key,
+                error = %e,
+                share = (self.rate.requests / self.processes).max(1),
+                window_s = self.rate.window.as_secs_f64(),
+                "shared pacing: Redis unreachable, pacing this process alone at its share of \
+                 the quota"
+            );
+        }
+    }
+
+    /// What a response says about the quota, shared with the fleet.
+    fn observe_hints(&self, status: StatusCode, headers: &HeaderMap) {
         let limited = status == StatusCode::TOO_MANY_REQUESTS;
         if !limited
             && !headers
