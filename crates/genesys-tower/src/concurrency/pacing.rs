@@ -477,7 +477,9 @@ impl Pacer {
         for window in hints.windows() {
             let reset = window.reset.max(Duration::from_secs(1));
             let l = &mut state.learning;
-            if l.longest_reset.is_none_or(|r| r < reset) {
+            // A reset past the longest window learned (a daily quota's) names no window this
+            // pacer can pace: recorded, it would void every inference after it.
+            if reset <= MAX_LEARNED_WINDOW && l.longest_reset.is_none_or(|r| r < reset) {
                 l.longest_reset = Some(reset);
             }
             l.period_min_remaining = Some(

@@ -228,6 +228,24 @@ async fn a_one_second_window_is_inferred_with_headers_on_half_the_answers() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reset_of_more_than_an_hour_does_not_stop_the_inference() {
+    // One answer about a daily quota (its reset hours away), then a 40 per 1 s server.
+    let pacer = learning(Some((300, 60)));
+    pacer.observe(
+        StatusCode::OK,
+        &headers(&[
+            ("inin-ratelimit-allowed", "300"),
+            ("inin-ratelimit-count", "1"),
+            ("inin-ratelimit-reset", "7200"),
+        ]),
+    );
+    let mut server = FixedWindow::new(40, 1, 2);
+    run(&pacer, &mut server, Duration::from_secs(30)).await;
+    let rate = pacer.rate().unwrap();
+    assert_eq!(rate.window, Duration::from_secs(1), "{rate:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_minute_window_is_inferred_too() {
     let pacer = learning(None);
     let mut server = FixedWindow::new(300, 60, 2);
