@@ -56,14 +56,15 @@ return {'acquired', epoch, clock, ''}
 
 /// Extends our lease, or puts our claim back if the record is gone (Redis lost it while we
 /// worked: nobody else holds the key, and we are still at work). A renewal that reaches Redis
-/// after its deadline (it waited in a paused server) does nothing: its owner may be done.
+/// after its deadline (it waited in a paused server) does nothing, and says so (-1): its owner
+/// may be done, or may renew again.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = tonumber(ARGV[4])
-if deadline > 0 and now > deadline then return 0 end
+if deadline > 0 and now > deadline then return -1 end
 local record = redis.call('GET', KEYS[1])
 if record and string.sub(record, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
 local lease = tonumber(ARGV[2])
@@ -530,7 +531,15 @@ impl IdempotencyStore for RedisStore {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(redis_error)?;
-            Ok(renewed == 1)
+            match renewed {
+                // Late: nothing was done, and the claim may still be ours. Not a loss of the
+                // claim, which would stop its owner renewing it.
+                -1 => Err(StoreError::new(
+                    "the renewal reached Redis after its deadline (a paused or slow server); \
+                     nothing was renewed",
+                )),
+                n => Ok(n == 1),
+            }
         })
     }
 

@@ -58,7 +58,8 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// abandoned claim counts from the new end of the lease).
     ///
     /// Returns `false` when the claim is no longer `token`'s (another caller took the key over,
-    /// or it completed).
+    /// or it completed), and an error when the store could not tell (it was not reached, or
+    /// the renewal reached it after its deadline): the owner may then renew again.
     fn renew<'a>(
         &'a self,
         key: &'a str,

@@ -331,6 +331,48 @@ async fn claims_queued_while_redis_was_paused_lock_no_key_once_it_resumes() {
     assert_eq!(instance.total_runs(), 21);
 }
 
+/// A renewal held up in a paused Redis past its deadline does nothing, but the claim is still
+/// the handler's: the heartbeat goes on, and a repeat while the handler runs is told the
+/// request is in progress, not that its outcome is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_late_through_a_pause_does_not_give_the_claim_up() {
+    let redis = PrivateRedis::volatile();
+    let instance = Instance {
+        name: "a",
+        delay: Duration::from_secs(6),
+        ..Instance::default()
+    };
+    // Renewed every 100 ms; a renewal is late 1 s after it was sent, and given up at 2 s (the
+    // store's own wait for an answer too).
+    let app = instance.router(
+        layer(store(&redis))
+            .lock_ttl(Duration::from_millis(300))
+            .store_timeout(Duration::from_secs(2)),
+    );
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { answer(&app, "slow").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A renewal sent now is answered in about 1.5 s: past its deadline, before the timeout.
+    redis.pause();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.resume();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The repeat goes to another instance, which knows only what Redis says.
+    let other = Instance {
+        name: "b",
+        ..Instance::default()
+    }
+    .router(layer(store(&redis)));
+    let (status, json, _) = answer(&other, "slow").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{json}");
+    assert_eq!(json["error"], "idempotency_request_in_progress", "{json}");
+    let (status, json, _) = first.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    assert_eq!(instance.total_runs(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_being_stored_as_redis_dies_is_stored_when_it_comes_back() {
     for durable in [true, false] {
