@@ -211,3 +211,53 @@ async fn a_scrape_during_the_job_and_the_final_counts_equal_the_simulators() {
         .sum();
     assert_eq!(histogram, calls);
 }
+
+/// Connections that never send a request are closed after the header timeout (10 s), and more
+/// of them than the endpoint serves at once only delay a scrape until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_do_not_stop_a_scrape() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("metrics_idle");
+    let (lines, _) = user_lines(&sim, 1);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = gcx(&sim)
+        .args(["users", "patch", "--metrics-addr", &addr])
+        .args(["--metrics-linger", "120", "--quiet", "--input"])
+        .arg(&input)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while get(&addr, "/metrics").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no metrics endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // More idle connections than the endpoint serves at once.
+    let mut idle: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let first = &mut idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = first
+        .read(&mut buf)
+        .expect("an idle connection is closed by the server, not left open");
+    assert_eq!(read, 0, "closed without an answer");
+    let scraped = Instant::now();
+    while get(&addr, "/metrics").is_none() {
+        assert!(
+            scraped.elapsed() < Duration::from_secs(60),
+            "no scrape past the idle ones"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -30,6 +30,7 @@ impl NoExport {
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -145,11 +146,28 @@ impl Telemetry {
     }
 }
 
+/// The most connections served at once: a scraper needs one.
+const MAX_CONNECTIONS: usize = 32;
+/// How long a connection may take to send a request's head (or sit idle between two).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Answers `GET /metrics` (and nothing else) on every connection.
 async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        // Waits for a free slot first: idle or slow connections cannot use up the job's
+        // descriptors.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: trying again at once would spin a core.
+                tracing::debug!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let handle = handle.clone();
         tokio::spawn(async move {
@@ -158,8 +176,11 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle) {
                 async move { Ok::<_, Infallible>(answer(&req, &handle)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }
