@@ -517,7 +517,11 @@ pub(crate) async fn run<D: Deliver>(
                         if !pending_metas.is_empty() {
                             let items = std::mem::take(&mut pending_items);
                             let metas = std::mem::take(&mut pending_metas);
-                            dispatch(&mut engine, &mut set, &mut in_flight, items, metas, stopping);
+                            // Input that broke off mid-chunk: the chunk is not sent short. Its
+                            // records are listed as not started, and a resume sends the whole
+                            // chunk (journaled, a short one would stand for all of it).
+                            let cut_short = engine.tally.broken_input.is_some();
+                            dispatch(&mut engine, &mut set, &mut in_flight, items, metas, stopping || cut_short);
                         }
                     }
                     // With --shard I/N, a line is this worker's when its number modulo N is I,

@@ -494,6 +494,52 @@ async fn runs_without_a_journal_never_share_a_key() {
     );
 }
 
+/// Input that breaks off mid-chunk (here a CSV quote never closed, past the 16 MiB a row may
+/// hold) sends its whole chunks; the short one is listed as not started, never sent short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_broken_off_mid_chunk_lists_the_short_chunk_as_not_started() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("broken_chunk");
+    let schema = write(
+        &d.join("schema.json"),
+        genesys_sim::default_ingestion_schema()
+            .to_string()
+            .as_bytes(),
+    );
+    let mut csv = String::from("external_id,timestamp,channel,duration_seconds,customer_segment\n");
+    for i in 0..7 {
+        csv.push_str(&format!(
+            "TXN-{i},2023-10-15T14:30:00Z,voice,60,enterprise\n"
+        ));
+    }
+    let mut bytes = csv.into_bytes();
+    bytes.extend_from_slice(b"TXN-7,\"never closed");
+    bytes.resize(bytes.len() + 17 * 1024 * 1024, b'x');
+    let input = write(&d.join("records.csv"), &bytes);
+    let (report, failed) = (d.join("r.json"), d.join("failed.csv"));
+    let out = gcx(&sim)
+        .args(["ingest", "--chunk-size", "5", "--input"])
+        .arg(&input)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--report")
+        .arg(&report)
+        .arg("--failed")
+        .arg(&failed)
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let c = read_json(&report)["counts"].clone();
+    assert_eq!(c["delivered"], 5, "{c}");
+    assert_eq!(c["not_started"], 2, "{c}");
+    assert_eq!(sim.ledger_len(), 5, "the whole chunk only");
+    let failed = std::fs::read_to_string(&failed).unwrap();
+    assert!(
+        failed.contains("TXN-5") && failed.contains("TXN-6"),
+        "{failed}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_execute_once_and_in_batches() {
     let sim = Simulator::spawn(config(1)).await.unwrap();
