@@ -445,7 +445,9 @@ impl Journal {
                     path.display()
                 )));
             }
-            Ok(_) => true,
+            // Empty, or only part of a first line: a run died while it wrote the header, and
+            // nothing is sent before the header is on disk. A new journal, then.
+            Ok(m) => !(m.len() == 0 || (m.len() < 64 * 1024 && !has_newline(path))),
             Err(_) => false,
         };
         // One run at a time: a second gcx on the same journal (the same command started twice,
@@ -723,6 +725,11 @@ fn read(path: &Path, spec: &JobSpec) -> Result<(Header, Past, u64), CliError> {
         return Err(damaged(path, 1, "no header"));
     };
     Ok((header, past, good_len))
+}
+
+/// Whether the file at `path` holds a whole line (false when it cannot be read).
+fn has_newline(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| bytes.contains(&b'\n'))
 }
 
 fn apply(past: &mut Past, entry: &EntryIn, max_line: u64) -> Result<(), String> {

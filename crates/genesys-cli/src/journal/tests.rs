@@ -158,3 +158,25 @@ async fn a_journal_in_use_by_another_run_is_refused() {
     assert!(again.past.resumed());
     again.close("complete").await.unwrap();
 }
+
+/// A run that died while it wrote the header (an empty file, or part of its first line) sent
+/// nothing: the journal is taken as new, not refused as damaged.
+#[tokio::test]
+async fn a_journal_cut_before_its_header_was_written_is_new() {
+    let input = temp("in-cut.jsonl");
+    std::fs::write(&input, "a\nb\n").unwrap();
+    for (name, content) in [
+        ("cut-empty.journal", &b""[..]),
+        ("cut-torn.journal", &b"{\"journal\":\"gcx-jour"[..]),
+    ] {
+        let path = temp(name);
+        std::fs::write(&path, content).unwrap();
+        let j = Journal::open(&path, &spec(&input), OpenMode::Resume).unwrap();
+        assert!(!j.past.resumed(), "{name}: nothing to resume");
+        assert_eq!(j.past.state(1), UnitState::New, "{name}");
+    }
+    // A journal with a whole damaged line is still refused.
+    let path = temp("cut-damaged.journal");
+    std::fs::write(&path, b"not a header\n").unwrap();
+    assert!(Journal::open(&path, &spec(&input), OpenMode::Resume).is_err());
+}
