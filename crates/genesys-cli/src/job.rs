@@ -236,6 +236,12 @@ impl Engine<'_> {
                 self.tally.other_shards += metas.len() as u64;
             }
             Err(Undelivered::CredentialsRefused(reason)) => {
+                // Refused at the door (a 401, or no token at all): nothing was applied, and the
+                // journal says so, so that a resume sends it again rather than list it unknown.
+                if let Some(j) = &self.journal {
+                    j.handle
+                        .failed(first, "not applied: the credentials were refused");
+                }
                 for meta in metas {
                     self.not_started(meta);
                 }

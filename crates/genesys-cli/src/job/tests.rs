@@ -557,3 +557,40 @@ async fn three_shards_deliver_every_record_once_between_them() {
         assert_eq!(quarantined, 2, "each invalid line reported by one worker");
     }
 }
+
+/// A data action refused at the door on its third unit (a 401: nothing applied).
+struct RefusedAtThree;
+
+impl Deliver for RefusedAtThree {
+    type Item = u64;
+    const REPLAY: Replay = Replay::Never;
+    async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
+        match items[0] {
+            3 => Err(Undelivered::CredentialsRefused("invalid_client".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_unit_refused_for_its_credentials_is_sent_again_on_resume_not_listed_unknown() {
+    use crate::journal::OpenMode;
+    let (spec, path) = job_spec("resume-refused");
+    let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
+    let tally = run_journaled(Arc::new(RefusedAtThree), &journal, 5, false).await;
+    assert!(tally.credentials_refused.is_some());
+    journal.close("incomplete").await.unwrap();
+
+    let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
+    let second = Arc::new(Recorder::<true>::default());
+    let tally = run_journaled(second.clone(), &journal, 5, false).await;
+    let sent: Vec<u64> = second.seen.lock().unwrap().iter().map(|s| s.0).collect();
+    // Listed unknown from the first run, it would not have been sent (an action is never
+    // sent again after an unknown outcome without --retry-unknown).
+    assert!(
+        sent.contains(&3),
+        "the refused unit is sent again: {sent:?}"
+    );
+    assert!(tally.credentials_refused.is_none());
+    journal.close("incomplete").await.unwrap();
+}
