@@ -11,15 +11,21 @@ use tokio::time::Instant;
 
 use super::Fingerprint;
 use super::store::{
-    Claim, ClaimOptions, ClaimToken, IdempotencyStore, StoreFuture, StoredResponse,
+    Claim, ClaimOptions, ClaimToken, IdempotencyStore, StoreError, StoreFuture, StoredResponse,
 };
 
 /// The default bound of a [`MemoryStore`]: 64 MiB of stored responses.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
 
+/// The most keys a [`MemoryStore`] holds claimed at once, abandoned claims included (about
+/// 50 MiB of them at most): past it, a claim of a new key fails with a [`StoreError`] (the
+/// server layer answers 503) rather than grow without bound.
+pub const MAX_CLAIMED_KEYS: usize = 100_000;
+
 /// An in-memory [`IdempotencyStore`] for one process: completed responses in a bounded cache
 /// ([moka], weighed by response size, least recently used entries evicted first), each kept for the
-/// retention its layer asks for; in-flight claims in a map beside it.
+/// retention its layer asks for; in-flight claims in a map beside it, at most
+/// [`MAX_CLAIMED_KEYS`] of them.
 ///
 /// Clones share the same records. Waiting callers are woken the moment a key completes or is
 /// released, not by polling. Lock and retention deadlines follow tokio's clock, so they can be
@@ -144,31 +150,46 @@ impl MemoryStore {
         Some(completed)
     }
 
-    fn claim_now(&self, key: &str, fingerprint: Fingerprint, options: ClaimOptions) -> Claim {
+    fn claim_now(
+        &self,
+        key: &str,
+        fingerprint: Fingerprint,
+        options: ClaimOptions,
+    ) -> Result<Claim, StoreError> {
         let now = Instant::now();
         // One mutex orders every claim, completion and release, so a key cannot be completed
         // between our look at the cache and our look at the locks.
         let mut locks = self.locks();
         if let Some(completed) = self.get_live(key, now) {
-            return if completed.fingerprint == fingerprint {
+            return Ok(if completed.fingerprint == fingerprint {
                 Claim::Completed(completed.response.clone())
             } else {
                 Claim::Mismatch
-            };
+            });
         }
         if let Some(lock) = locks.get(key).filter(|l| l.hold_until > now) {
-            return if lock.token.fingerprint() != fingerprint {
+            return Ok(if lock.token.fingerprint() != fingerprint {
                 Claim::Mismatch
             } else if lock.lease_until > now {
                 Claim::InFlight
             } else {
                 Claim::Abandoned
-            };
+            });
         }
         // Absent, or abandoned and no longer held: the key is ours.
         if locks.len() >= 1024 && locks.len().is_power_of_two() {
             // Keep abandoned claims from piling up; amortised over the map's growth.
             locks.retain(|_, l| l.hold_until > now);
+        }
+        if locks.len() >= MAX_CLAIMED_KEYS && !locks.contains_key(key) {
+            locks.retain(|_, l| l.hold_until > now);
+            if locks.len() >= MAX_CLAIMED_KEYS {
+                return Err(StoreError::new(format!(
+                    "{MAX_CLAIMED_KEYS} keys are claimed (or held as abandoned) in this process's \
+                     idempotency store; new keys are refused until some complete or their hold \
+                     ends (calls dropped mid-way leave their key held: see the layer's retention)"
+                )));
+            }
         }
         let token = ClaimToken::new(fingerprint);
         let (lease_until, hold_until) = lease(now, options);
@@ -181,7 +202,7 @@ impl MemoryStore {
                 changed: watch::channel(()).0,
             },
         );
-        Claim::Acquired(token)
+        Ok(Claim::Acquired(token))
     }
 
     fn complete_now(
@@ -260,7 +281,7 @@ impl IdempotencyStore for MemoryStore {
         options: ClaimOptions,
     ) -> StoreFuture<'a, Claim> {
         let claim = self.claim_now(key, fingerprint, options);
-        Box::pin(async move { Ok(claim) })
+        Box::pin(async move { claim })
     }
 
     fn renew<'a>(
@@ -354,6 +375,31 @@ mod tests {
             );
         }
         assert!(store.completed_len() <= 8, "the bound holds");
+    }
+
+    /// Claims that are never settled (calls dropped mid-way) fill the store only up to its
+    /// bound: past it a new key is refused with an error, until held claims end.
+    #[tokio::test(start_paused = true)]
+    async fn claims_never_settled_stop_at_the_bound() {
+        let store = MemoryStore::new();
+        let options =
+            ClaimOptions::new(Duration::from_secs(30)).hold_abandoned(Duration::from_secs(3600));
+        for i in 0..MAX_CLAIMED_KEYS {
+            let claim = store.claim_now(&format!("k{i}"), fp("a"), options).unwrap();
+            assert!(matches!(claim, Claim::Acquired(_)));
+        }
+        let e = store.claim("one-more", fp("a"), options).await.unwrap_err();
+        assert!(e.to_string().contains("keys are claimed"), "{e}");
+        // A key already held still gets its answer.
+        assert!(matches!(
+            store.claim("k0", fp("a"), options).await.unwrap(),
+            Claim::InFlight
+        ));
+        tokio::time::advance(Duration::from_secs(30 + 3600 + 1)).await;
+        assert!(matches!(
+            store.claim("one-more", fp("a"), options).await.unwrap(),
+            Claim::Acquired(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]
