@@ -68,7 +68,7 @@ impl Classify for GenesysClassifier {
     }
 }
 
-use crate::error::{GenesysError, OAuthError};
+use crate::error::{GenesysError, OAuthError, is_gateway_error};
 use crate::oauth::TokenError;
 
 impl GenesysError {
@@ -117,14 +117,6 @@ fn classify(err: BoxError) -> GenesysError {
         };
     }
     GenesysError::Transport { source: err }
-}
-
-/// 500, 502 and 504: the answer of something in front of the work, which may have been done.
-pub(crate) fn is_gateway_error(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::INTERNAL_SERVER_ERROR | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
-    )
 }
 
 fn find_oauth(err: &(dyn StdError + 'static)) -> Option<OAuthError> {

@@ -13,9 +13,8 @@ use http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::classify::is_gateway_error;
 use crate::client::{GenesysClient, segment};
-use crate::error::GenesysError;
+use crate::error::{GenesysError, is_gateway_error};
 
 /// Options of [`GenesysClient::execute_action_with`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -610,7 +610,7 @@ impl GenesysError {
     /// replayed (data actions) report it as [`OutcomeUnknown`](Self::OutcomeUnknown); a raw
     /// [`call`](crate::GenesysClient::call) returns it as it came.
     pub fn is_gateway_error(&self) -> bool {
-        self.status().is_some_and(crate::classify::is_gateway_error)
+        self.status().is_some_and(is_gateway_error)
     }
 
     /// The `Retry-After` hint that ended the call, for [`GenesysError::RetryAfterTooLong`], or the
@@ -716,3 +716,11 @@ impl From<BoxError> for GenesysError {
 
 #[cfg(test)]
 mod tests;
+
+/// 500, 502 and 504: the answer of something in front of the work, which may have been done.
+pub(crate) fn is_gateway_error(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+    )
+}
