@@ -75,7 +75,7 @@ impl Undelivered {
         };
         if refused {
             Undelivered::CredentialsRefused(e.to_string())
-        } else if e.is_outcome_unknown() || e.was_applied() {
+        } else if e.may_have_been_applied() {
             // Applied, or perhaps: never "safe to send again".
             Undelivered::Unknown(e.to_string())
         } else {

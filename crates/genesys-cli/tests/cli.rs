@@ -540,6 +540,61 @@ async fn input_broken_off_mid_chunk_lists_the_short_chunk_as_not_started() {
     );
 }
 
+/// A chunk whose every attempt was reset after the endpoint applied it ends with the retry
+/// layer giving up: it may have been applied, so it is listed unknown (a resume sends it with
+/// the same key), never failed (a re-run of the failed file would send it with a new key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_may_have_been_applied_before_the_retries_gave_up_is_unknown() {
+    let sim = Simulator::spawn(config(1).faults("reset-after=1".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("gave_up_unknown");
+    let schema = write(
+        &d.join("schema.json"),
+        genesys_sim::default_ingestion_schema()
+            .to_string()
+            .as_bytes(),
+    );
+    let mut input = String::new();
+    for i in 0..4 {
+        let rec = json!({
+            "external_id": format!("TXN-{i}"),
+            "timestamp": "2023-10-15T14:30:00Z",
+            "channel": "voice",
+            "duration_seconds": 60,
+            "customer_segment": "enterprise"
+        });
+        input.push_str(&rec.to_string());
+        input.push('\n');
+    }
+    let input = write(&d.join("records.jsonl"), input.as_bytes());
+    let (report, failed) = (d.join("r.json"), d.join("failed.jsonl"));
+    let out = gcx(&sim)
+        .args(["ingest", "--chunk-size", "2", "--input"])
+        .arg(&input)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--report")
+        .arg(&report)
+        .arg("--failed")
+        .arg(&failed)
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let c = read_json(&report)["counts"].clone();
+    assert_eq!(c["unknown"], 4, "{c}");
+    assert_eq!(c["failed"], 0, "{c}");
+    assert!(
+        jsonl(&failed).is_empty(),
+        "nothing listed as safe to send again"
+    );
+    assert_eq!(
+        sim.ledger_len(),
+        4,
+        "each chunk applied once, under its key"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_execute_once_and_in_batches() {
     let sim = Simulator::spawn(config(1)).await.unwrap();

@@ -224,6 +224,7 @@ impl GenesysClient {
             )
             .with_retry_after(retry_after)
             .with_attempts(retry_info.as_ref().map(|i| i.attempts))
+            .with_maybe_applied(retry_info.is_some_and(|i| i.maybe_applied))
             .into());
         }
         Ok(ApiResponse {

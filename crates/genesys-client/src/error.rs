@@ -235,6 +235,7 @@ pub struct ApiError {
     message: String,
     retry_after: Option<Duration>,
     attempts: Option<u32>,
+    maybe_applied: bool,
 }
 
 impl ApiError {
@@ -258,7 +259,20 @@ impl ApiError {
             message,
             retry_after: None,
             attempts: None,
+            maybe_applied: false,
         }
+    }
+
+    pub(crate) fn with_maybe_applied(mut self, maybe_applied: bool) -> Self {
+        self.maybe_applied = maybe_applied;
+        self
+    }
+
+    /// Whether the request may have been applied although this error is the answer: an earlier
+    /// attempt failed after it may have reached the server, and the retry layer sent the
+    /// request again ([`RetryInfo::maybe_applied`](genesys_tower::retry::RetryInfo)).
+    pub fn may_have_been_applied(&self) -> bool {
+        self.maybe_applied
     }
 
     pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
@@ -361,6 +375,13 @@ impl fmt::Display for ApiError {
         }
         if let Some(id) = self.context_id() {
             write!(f, " (contextId {id})")?;
+        }
+        if self.maybe_applied {
+            write!(
+                f,
+                "; an earlier attempt failed after the request may have reached the server, so \
+                 it may have been applied"
+            )?;
         }
         Ok(())
     }
@@ -603,6 +624,23 @@ impl GenesysError {
             GenesysError::ResponseTooLarge { status, .. } | GenesysError::Decode { status, .. }
                 if status.is_success()
         )
+    }
+
+    /// Whether the request may have been applied although the call failed: its outcome is
+    /// unknown, its 2xx answer could not be read ([`was_applied`](Self::was_applied)), or an
+    /// attempt before the last failed after the request may have reached the server and the
+    /// retry layer sent it again (the last attempt's error or answer is what the call ended
+    /// with). Such a request is sent again safely only with the same `Idempotency-Key`.
+    pub fn may_have_been_applied(&self) -> bool {
+        match self {
+            GenesysError::OutcomeUnknown { .. } => true,
+            GenesysError::Api(e) => e.may_have_been_applied(),
+            _ if self.was_applied() => true,
+            _ => std::error::Error::source(self).is_some_and(|source| {
+                genesys_tower::error::find::<genesys_tower::retry::Error>(source)
+                    .is_some_and(genesys_tower::retry::Error::may_have_been_applied)
+            }),
+        }
     }
 
     /// Whether the answer is a 500, 502 or 504: what a gateway in front of the work answers

@@ -390,14 +390,15 @@ fn end<R>(
                 response.extensions_mut().insert(RetryInfo {
                     attempts: state.attempts,
                     waited: state.waited,
+                    maybe_applied: state.maybe_applied,
                 });
             }
             return Ok(response);
         }
         (Decision::Return, Last::Error(error)) => return Err(error),
-        (Decision::Stop { kind, .. }, Last::Error(error)) => {
-            Error::new(kind, state.attempts).with_source(Some(error))
-        }
+        (Decision::Stop { kind, .. }, Last::Error(error)) => Error::new(kind, state.attempts)
+            .with_source(Some(error))
+            .with_maybe_applied(state.maybe_applied),
         (
             Decision::Fail {
                 kind,
@@ -409,7 +410,8 @@ fn end<R>(
             let error = Error::new(kind, state.attempts)
                 .with_status(last.outcome().status())
                 .with_retry_after(retry_after)
-                .with_limit(limit);
+                .with_limit(limit)
+                .with_maybe_applied(state.maybe_applied);
             match last {
                 Last::Response(_) => error,
                 Last::Error(source) => error.with_source(Some(source)),

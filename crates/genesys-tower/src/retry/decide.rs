@@ -23,6 +23,9 @@ pub(super) struct State {
     pub(super) deadline: Option<(Instant, Duration)>,
     /// Whether the body can be sent again (false for a stream past the replay limit).
     pub(super) replayable: bool,
+    /// An attempt failed after the request may have reached the server, and the request was
+    /// safe to send again: it may have been applied, whatever the later attempts get.
+    pub(super) maybe_applied: bool,
     /// The call's backoff schedule, made at its first retry (boxed: most calls never retry,
     /// and the state is moved with the call).
     backoff: Option<Box<Backoff>>,
@@ -40,6 +43,7 @@ impl State {
             waited: Duration::ZERO,
             deadline,
             replayable,
+            maybe_applied: false,
             backoff: None,
             seed,
         }
@@ -131,9 +135,13 @@ pub(super) fn decide(
             };
         }
         Classification::Ambiguous if outcome.status() == Some(StatusCode::REQUEST_TIMEOUT) => {
+            state.maybe_applied = true;
             RetryReason::RequestTimeout
         }
-        Classification::Ambiguous => RetryReason::Ambiguous,
+        Classification::Ambiguous => {
+            state.maybe_applied = true;
+            RetryReason::Ambiguous
+        }
     };
     if state.attempts >= policy.max_attempts() {
         return Decision::Stop {

@@ -59,6 +59,7 @@ pub struct Error {
     retry_after: Option<Duration>,
     limit: Option<Duration>,
     source: Option<BoxError>,
+    maybe_applied: bool,
 }
 
 impl Error {
@@ -71,7 +72,13 @@ impl Error {
             retry_after: None,
             limit: None,
             source: None,
+            maybe_applied: false,
         }
+    }
+
+    pub(crate) fn with_maybe_applied(mut self, maybe_applied: bool) -> Self {
+        self.maybe_applied = maybe_applied;
+        self
     }
 
     pub(crate) fn with_method(mut self, method: Method) -> Self {
@@ -110,6 +117,16 @@ impl Error {
     #[must_use]
     pub fn is_outcome_unknown(&self) -> bool {
         self.kind == ErrorKind::OutcomeUnknown
+    }
+
+    /// Whether the request may have been applied by the server: its outcome is unknown
+    /// ([`ErrorKind::OutcomeUnknown`]), or an attempt before the call ended failed after the
+    /// request may have reached the server and was sent again as safe to send twice (see
+    /// [`RetryInfo::maybe_applied`](super::RetryInfo::maybe_applied)). Send it again only with
+    /// the same `Idempotency-Key`, or after checking.
+    #[must_use]
+    pub fn may_have_been_applied(&self) -> bool {
+        self.kind == ErrorKind::OutcomeUnknown || self.maybe_applied
     }
 
     /// Attempts sent before the call ended.
@@ -154,12 +171,29 @@ impl fmt::Debug for Error {
             .field("retry_after", &self.retry_after)
             .field("limit", &self.limit)
             .field("source", &self.source)
+            .field("maybe_applied", &self.maybe_applied)
             .finish()
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_why(f)?;
+        if self.maybe_applied && self.kind != ErrorKind::OutcomeUnknown {
+            write!(
+                f,
+                " (an attempt failed after the request may have reached the server, so it may \
+                 have been applied: send it again only with the same Idempotency-Key, or after \
+                 checking)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Error {
+    /// Why the call ended, in words.
+    fn write_why(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.attempts;
         let s = if n == 1 { "" } else { "s" };
         match self.kind {

@@ -263,6 +263,12 @@ pub struct RetryInfo {
     pub attempts: u32,
     /// Time spent in backoff between attempts (not the time of the attempts themselves).
     pub waited: Duration,
+    /// Whether an attempt may have been applied by the server although its outcome was not
+    /// seen: it failed after the request may have reached the server (a reset, a timeout, a
+    /// 408), and the request was sent again as safe to send twice. The request may then have
+    /// taken effect even when this response, the last attempt's, is an error: send it again
+    /// only with the same `Idempotency-Key`, or after checking.
+    pub maybe_applied: bool,
 }
 
 impl RetryInfo {
@@ -280,6 +286,7 @@ impl RetryInfo {
         extensions.get::<RetryInfo>().copied().unwrap_or(RetryInfo {
             attempts: 1,
             waited: Duration::ZERO,
+            maybe_applied: false,
         })
     }
 }

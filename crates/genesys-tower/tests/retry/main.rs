@@ -426,6 +426,52 @@ async fn budget_is_shared_by_clones_and_refused_error_is_wrapped() {
 // ---------------------------------------------------------------------------------------------
 // Classification and replay safety
 
+/// A call whose earlier attempt may have been applied says so however it ends: with the last
+/// attempt's answer (in its `RetryInfo`) or with the layer's error. A call whose attempts all
+/// got answers, or were never sent, does not.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_that_may_have_been_applied_is_reported_however_the_call_ends() {
+    let policy = || exact().max_attempts(3).build();
+    let server = Server::new([Step::Fail(reset), status(503), status(503)]);
+    let res = send(policy(), &server, get()).await.0.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        RetryInfo::of(res.extensions()).maybe_applied,
+        "the reset may have applied it"
+    );
+
+    let server = Server::new([Step::Fail(reset), Step::Fail(reset), Step::Fail(reset)]);
+    let err = retry_error(send(policy(), &server, get()).await.0);
+    assert_eq!(
+        err.kind(),
+        genesys_tower::retry::ErrorKind::AttemptsExhausted
+    );
+    assert!(err.may_have_been_applied());
+    assert!(
+        !err.is_outcome_unknown(),
+        "the kind stays what ended the call"
+    );
+    assert!(err.to_string().contains("may have been applied"), "{err}");
+
+    let server = Server::new([status(503), status(503), status(503)]);
+    let res = send(policy(), &server, get()).await.0.unwrap();
+    assert!(
+        !RetryInfo::of(res.extensions()).maybe_applied,
+        "answered every time"
+    );
+
+    let server = Server::new([
+        Step::Fail(refused),
+        Step::Fail(refused),
+        Step::Fail(refused),
+    ]);
+    let err = retry_error(send(policy(), &server, get()).await.0);
+    assert!(
+        !err.may_have_been_applied(),
+        "never reached the server: {err}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn ambiguous_post_without_key_is_not_retried() {
     let server = Server::new([Step::Fail(reset), status(201)]);
