@@ -86,7 +86,11 @@ fn main() -> ExitCode {
             }
         })
     });
-    let cache: moka::sync::Cache<String, u64> = moka::sync::Cache::new(u64::from(calls) * 2);
+    // Least recently used first, as the store's own cache evicts.
+    let cache: moka::sync::Cache<String, u64> = moka::sync::Cache::builder()
+        .max_capacity(u64::from(calls) * 2)
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .build();
     let moka_insert = per_call(calls, || {
         for key in &keys {
             cache.insert(key.clone(), 1);
