@@ -145,8 +145,9 @@ impl Source {
             )));
         }
         // A job reads its input more than once (to name the job for its journal, to count it,
-        // to resume it): a pipe or a device would give each reader a part of the stream.
-        if kind.is_ok_and(|k| !k.is_file()) {
+        // to resume it): a pipe or a device would give each reader a part of the stream. One
+        // document (one execution, no journal) is read once, and may come from a pipe.
+        if format != Format::Json && kind.is_ok_and(|k| !k.is_file()) {
             return Err(CliError::usage(format!(
                 "input {} is not a regular file (a pipe, a socket or a device): gcx reads its \
                  input more than once, to journal and resume the job; save the stream to a file \

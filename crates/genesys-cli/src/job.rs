@@ -73,11 +73,12 @@ impl Undelivered {
             genesys_client::GenesysError::OAuth(oauth) => oauth.is_bad_credentials(),
             _ => e.status() == Some(http::StatusCode::UNAUTHORIZED),
         };
-        if refused {
-            Undelivered::CredentialsRefused(e.to_string())
-        } else if e.may_have_been_applied() {
-            // Applied, or perhaps: never "safe to send again".
+        if e.may_have_been_applied() {
+            // Applied, or perhaps: never "safe to send again", nor "not applied" for a refusal
+            // that came after an attempt that may have been.
             Undelivered::Unknown(e.to_string())
+        } else if refused {
+            Undelivered::CredentialsRefused(e.to_string())
         } else {
             Undelivered::Failed(e.to_string())
         }

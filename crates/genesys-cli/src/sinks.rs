@@ -61,8 +61,13 @@ pub(crate) fn check_outputs_distinct(outputs: &[(&str, &Path)]) -> Result<(), Cl
     Ok(())
 }
 
-/// Whether `a` and `b` name one file, whether it exists yet or not.
+/// Whether `a` and `b` name one regular file, whether it exists yet or not (`/dev/null` given
+/// twice, to throw two outputs away, is not one file written twice).
 fn same_file(a: &Path, b: &Path) -> bool {
+    let special = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_file());
+    if special(a) || special(b) {
+        return false;
+    }
     match (resolved(a), resolved(b)) {
         (Some(a), Some(b)) => a == b,
         _ => false,

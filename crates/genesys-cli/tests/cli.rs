@@ -293,6 +293,14 @@ async fn two_outputs_in_one_file_are_refused() {
         assert!(stderr.contains(a) && stderr.contains(b), "{stderr}");
     }
     assert!(sim.ledger().is_empty(), "nothing sent");
+    // Two outputs thrown away are not one file written twice.
+    let out = gcx(&sim)
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .args(["--failed", "/dev/null", "--unknown", "/dev/null"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,6 +399,29 @@ async fn a_piped_input_is_refused_before_anything_is_sent() {
         "{stderr}"
     );
     assert!(sim.ledger().is_empty(), "nothing sent");
+}
+
+/// One action document, read once and journaled nowhere, may come from a pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_action_document_may_come_from_a_pipe() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let mut child = gcx(&sim)
+        .args(["actions", "execute", "echo", "--input", "/dev/stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"orderId": "7"}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"orderId\":\"7\""));
+    assert_eq!(sim.ledger_len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,11 @@ fn classify(err: BoxError) -> GenesysError {
         Ok(e) => return *e,
         Err(e) => e,
     };
+    // The outcome is unknown (an attempt may have been applied), whatever ended the call after
+    // it: a refusal at the login host on a later attempt does not unmake the earlier one.
+    if find::<retry::Error>(&*err).is_some_and(retry::Error::is_outcome_unknown) {
+        return GenesysError::OutcomeUnknown { source: err };
+    }
     // The login host refused the credentials: say so, wherever it sits in the chain.
     if let Some(oauth) = find_oauth(&*err) {
         return GenesysError::OAuth(oauth);

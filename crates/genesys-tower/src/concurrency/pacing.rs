@@ -497,6 +497,11 @@ impl Pacer {
                 window: p.window,
             })
             .or_else(|| {
+                // A window that resets past the longest one learned (a daily quota's) is not the
+                // window whose length was inferred: its quota says nothing about that one.
+                if first_window.is_some_and(|w| w.reset > MAX_LEARNED_WINDOW) {
+                    return None;
+                }
                 let quota = first_window
                     .and_then(|w| w.quota)
                     .or(hints.inin.allowed)

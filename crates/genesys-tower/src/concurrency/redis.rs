@@ -18,13 +18,15 @@ use crate::headers::RateLimitHints;
 /// form: each call takes the next start the quota allows (within the burst tolerance of the
 /// key's theoretical arrival time, `tat`, and not before a fleet-wide hold from a 429), moves
 /// `tat` on by one interval, and answers how long to wait for that start. One round trip per
-/// request, and starts handed out in order. A slower interval learned from the server's headers
-/// is read from the same hash.
+/// request, and starts handed out in order while the queue is within the horizon (below). A
+/// slower interval learned from the server's headers is read from the same hash.
 ///
 /// No start is reserved more than `ARGV[3]` µs ahead (the horizon): past it the call reserves
 /// nothing and answers, negative, how long until there is room. So a queue of callers who gave
 /// up waiting cannot push every later start further and further away. A `tat` or a hold past
-/// anything this script or `HOLD` writes (a foreign writer, a damaged key) is not waited for.
+/// anything this script or `HOLD` writes (a foreign writer, a damaged key) is not waited for:
+/// for `tat`, past the horizon and `burst` intervals of `ARGV[4]` µs, the longest interval any
+/// process's rate may have (so that no process's reservations look damaged to another's).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -38,7 +40,8 @@ local learned_until = tonumber(redis.call('HGET', KEYS[1], 'interval_until') or 
 if learned > interval and now < learned_until then interval = learned end
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0') or 0
 if tat < now then tat = now end
-if horizon and tat > now + horizon + interval * burst then tat = now end
+local longest = tonumber(ARGV[4]) or interval
+if horizon and tat > now + horizon + longest * burst then tat = now end
 local start = tat - interval * (burst - 1)
 if start < now then start = now end
 local hold = tonumber(redis.call('HGET', KEYS[1], 'hold_until') or '0') or 0
@@ -119,7 +122,9 @@ const DEFAULT_HOLD: Duration = Duration::from_secs(1);
 /// No start is reserved more than 180 s ahead (the longest hold): when the fleet's queue is
 /// longer, a request reserves nothing and asks again when there is room. A caller who gives
 /// up waiting (a timeout, a dropped call) then leaves at most that much of the quota unused,
-/// and the queue cannot grow past it, however many callers come and go.
+/// and the queue cannot grow past it, however many callers come and go. The requests past the
+/// horizon ask again together as room frees up (about one call to Redis each per interval), and
+/// are not served in the order they came.
 ///
 /// What the fleet learns is shared too: a 429 holds every process for its `Retry-After`
 /// (at most 180 s), and a quota policy in the response headers that is slower than the
@@ -272,7 +277,8 @@ impl RedisPacer {
         invocation
             .arg(self.interval_us().max(1))
             .arg(self.burst)
-            .arg(micros(HORIZON));
+            .arg(micros(HORIZON))
+            .arg(micros(MAX_INTERVAL));
         let answer = tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn))
             .await
             .map_err(|_| format!("no answer from Redis within {:?}", self.timeout))?

@@ -22,6 +22,9 @@ pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
 /// server layer answers 503) rather than grow without bound.
 pub const MAX_CLAIMED_KEYS: usize = 100_000;
 
+/// How often a full store looks for held claims whose hold ended, at most.
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// An in-memory [`IdempotencyStore`] for one process: completed responses in a bounded cache
 /// ([moka], weighed by response size, least recently used entries evicted first), each kept for the
 /// retention its layer asks for; in-flight claims in a map beside it, at most
@@ -50,6 +53,9 @@ pub struct MemoryStore {
 struct Inner {
     completed: Cache<String, Arc<Completed>>,
     in_flight: Mutex<HashMap<String, Lock>>,
+    /// When full, the earliest a claim looks through every held claim again for ones whose
+    /// hold ended (taken with `in_flight` held): a full store refuses new keys in constant time.
+    next_full_sweep: Mutex<Option<Instant>>,
 }
 
 struct Completed {
@@ -111,6 +117,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 completed,
                 in_flight: Mutex::new(HashMap::new()),
+                next_full_sweep: Mutex::new(None),
             }),
         }
     }
@@ -182,7 +189,16 @@ impl MemoryStore {
             locks.retain(|_, l| l.hold_until > now);
         }
         if locks.len() >= MAX_CLAIMED_KEYS && !locks.contains_key(key) {
-            locks.retain(|_, l| l.hold_until > now);
+            let mut next = self
+                .inner
+                .next_full_sweep
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if next.is_none_or(|at| at <= now) {
+                locks.retain(|_, l| l.hold_until > now);
+                *next = Some(crate::time::after(now, FULL_SWEEP_EVERY));
+            }
+            drop(next);
             if locks.len() >= MAX_CLAIMED_KEYS {
                 return Err(StoreError::new(format!(
                     "{MAX_CLAIMED_KEYS} keys are claimed (or held as abandoned) in this process's \

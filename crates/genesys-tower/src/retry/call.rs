@@ -329,6 +329,18 @@ impl Call {
                 Next::Retry { delay, last } => pending = Some((delay, last)),
             }
         };
+        // A later attempt that could not be sent (the service below not ready, the body not
+        // rebuilt) after one that may have been applied: the outcome is unknown, as in `end`.
+        let result = match result {
+            Err(e) if self.state.maybe_applied && crate::error::find::<Error>(&*e).is_none() => {
+                Err(Error::new(ErrorKind::OutcomeUnknown, self.state.attempts)
+                    .with_source(Some(e))
+                    .with_maybe_applied(true)
+                    .with_method(self.parts.method.clone())
+                    .into())
+            }
+            result => result,
+        };
         self.finish(result)
     }
 
@@ -394,6 +406,13 @@ fn end<R>(
                 });
             }
             return Ok(response);
+        }
+        // After an attempt that may have been applied, the call's outcome is unknown whatever
+        // this last error is: said by the layer's error, with this one as its source.
+        (Decision::Return, Last::Error(error)) if state.maybe_applied => {
+            Error::new(ErrorKind::OutcomeUnknown, state.attempts)
+                .with_source(Some(error))
+                .with_maybe_applied(true)
         }
         (Decision::Return, Last::Error(error)) => return Err(error),
         (Decision::Stop { kind, .. }, Last::Error(error)) => Error::new(kind, state.attempts)

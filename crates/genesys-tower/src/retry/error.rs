@@ -197,6 +197,19 @@ impl Error {
         let n = self.attempts;
         let s = if n == 1 { "" } else { "s" };
         match self.kind {
+            ErrorKind::OutcomeUnknown if self.maybe_applied => {
+                write!(
+                    f,
+                    "outcome unknown: an earlier attempt failed after the request may have reached \
+                     the server, and the last one (attempt {n}) failed too"
+                )?;
+                self.write_source(f)?;
+                write!(
+                    f,
+                    "; the request may or may not have been applied: send it again only with the \
+                     same Idempotency-Key, or after checking the resource's state"
+                )
+            }
             ErrorKind::OutcomeUnknown => {
                 let method = self.method.as_ref().map_or("", Method::as_str);
                 write!(

@@ -470,6 +470,19 @@ async fn an_attempt_that_may_have_been_applied_is_reported_however_the_call_ends
         !err.may_have_been_applied(),
         "never reached the server: {err}"
     );
+
+    // A later attempt's error that is never retried (here, a request the layers below did not
+    // send) still ends a call whose outcome is unknown.
+    fn not_sent() -> BoxError {
+        genesys_tower::NotSent::new("token source down").into()
+    }
+    let server = Server::new([Step::Fail(reset), Step::Fail(not_sent)]);
+    let err = retry_error(send(policy(), &server, get()).await.0);
+    assert!(
+        err.is_outcome_unknown() && err.may_have_been_applied(),
+        "{err}"
+    );
+    assert!(err.to_string().contains("token source down"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -243,6 +243,18 @@ async fn a_reset_of_more_than_an_hour_does_not_stop_the_inference() {
     run(&pacer, &mut server, Duration::from_secs(30)).await;
     let rate = pacer.rate().unwrap();
     assert_eq!(rate.window, Duration::from_secs(1), "{rate:?}");
+
+    // The daily quota's answer once more, now that the second's window is known: its quota is
+    // not taken for that window's.
+    pacer.observe(
+        StatusCode::OK,
+        &headers(&[
+            ("inin-ratelimit-allowed", "300"),
+            ("inin-ratelimit-count", "2"),
+            ("inin-ratelimit-reset", "7000"),
+        ]),
+    );
+    assert_eq!(pacer.rate().unwrap(), rate, "not 300 per second");
 }
 
 #[tokio::test(start_paused = true)]
