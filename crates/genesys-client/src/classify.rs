@@ -89,8 +89,14 @@ fn classify(err: BoxError) -> GenesysError {
         Err(e) => e,
     };
     // The outcome is unknown (an attempt may have been applied), whatever ended the call after
-    // it: a refusal at the login host on a later attempt does not unmake the earlier one.
-    if find::<retry::Error>(&*err).is_some_and(retry::Error::is_outcome_unknown) {
+    // it: a refusal at the login host on a later attempt does not unmake the earlier one. The
+    // same when the idempotency store cannot vouch for an earlier call with the caller's key.
+    if find::<retry::Error>(&*err).is_some_and(retry::Error::is_outcome_unknown)
+        || matches!(
+            find::<genesys_tower::idempotency::Error>(&*err),
+            Some(genesys_tower::idempotency::Error::OutcomeUnknown { .. })
+        )
+    {
         return GenesysError::OutcomeUnknown { source: err };
     }
     // The login host refused the credentials: say so, wherever it sits in the chain.

@@ -320,6 +320,13 @@ pub enum Error {
     Store(StoreError),
     /// The request body could not be read; nothing was sent.
     Body(BoxError),
+    /// The store cannot tell whether an earlier call with this key did its work (that call's
+    /// claim was abandoned, or the store lost its records), and the request is not marked as
+    /// one whose target deduplicates by key. Nothing was sent.
+    OutcomeUnknown {
+        /// The key.
+        key: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -333,6 +340,14 @@ impl fmt::Display for Error {
             Error::InvalidKey { reason } => write!(f, "invalid idempotency key: {reason}"),
             Error::Store(e) => write!(f, "{e}; nothing was sent"),
             Error::Body(e) => write!(f, "could not read the request body to fingerprint it: {e}"),
+            Error::OutcomeUnknown { key } => write!(
+                f,
+                "the idempotency store cannot tell whether an earlier call with key {key:?} did \
+                 its work (its claim was abandoned, or the store lost its records), so the \
+                 outcome is unknown; nothing was sent. Check the resource's state before sending \
+                 it again; a target that deduplicates by key may take it as it is: mark the \
+                 request RetrySafety::KeyHonoured to send it with its key"
+            ),
         }
     }
 }
@@ -357,6 +372,20 @@ pub fn is_final(status: StatusCode) -> bool {
                 status,
                 StatusCode::REQUEST_TIMEOUT | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS
             ))
+}
+
+/// Whether the request is marked as one whose target deduplicates by `Idempotency-Key`.
+fn key_honoured(parts: &http::request::Parts) -> bool {
+    #[cfg(feature = "retry")]
+    {
+        parts.extensions.get::<crate::retry::RetrySafety>()
+            == Some(&crate::retry::RetrySafety::KeyHonoured)
+    }
+    #[cfg(not(feature = "retry"))]
+    {
+        let _ = parts;
+        false
+    }
 }
 
 fn caller_key<B>(req: &Request<B>) -> Result<Option<String>, Error> {
@@ -440,8 +469,12 @@ where
             Claim::Mismatch => return Err(Error::KeyReused { key }.into()),
             Claim::Abandoned | Claim::Lost => {
                 // The store cannot tell whether this key was sent before (a claim held past its
-                // owner, or records lost). The server, which deduplicates by key, can: send
-                // the request with its key, without a claim here.
+                // owner, or records lost). A target that deduplicates by key can: a request
+                // marked so is sent with its key, without a claim here. Any other might do its
+                // work twice (a data action does not deduplicate): nothing is sent.
+                if !key_honoured(&parts) {
+                    return Err(Error::OutcomeUnknown { key }.into());
+                }
                 tracing::warn!("idempotency store cannot vouch for this key: sent unclaimed");
                 let body = rebuild::<ReqB>(Body::from_bytes(bytes))?;
                 let response = send(inner, Request::from_parts(parts, body)).await?;

@@ -556,6 +556,71 @@ async fn a_service_below_that_is_not_ready_is_waited_for_and_nothing_it_reserved
     assert_eq!(sent.load(SeqCst), 3);
 }
 
+/// A store that lost its records (or holds an abandoned claim) for every key.
+struct CannotVouch(Claim);
+
+impl IdempotencyStore for CannotVouch {
+    fn claim<'a>(&'a self, _: &'a str, _: Fingerprint, _: ClaimOptions) -> StoreFuture<'a, Claim> {
+        let claim = match self.0 {
+            Claim::Lost => Claim::Lost,
+            _ => Claim::Abandoned,
+        };
+        Box::pin(async move { Ok(claim) })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a ClaimToken,
+        _: ClaimOptions,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async { Ok(false) })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a ClaimToken,
+        _: StoredResponse,
+        _: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async { Ok(false) })
+    }
+
+    fn release<'a>(&'a self, _: &'a str, _: &'a ClaimToken) -> StoreFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// When the store cannot vouch for a caller's key (records lost, a claim abandoned), only a
+/// request whose target deduplicates by key is sent, with its key; any other is not sent, and
+/// the caller learns that the outcome of the earlier call is unknown.
+#[tokio::test]
+async fn a_key_the_store_cannot_vouch_for_is_sent_only_to_a_target_that_deduplicates() {
+    use genesys_tower::retry::RetrySafety;
+    for claim in [Claim::Lost, Claim::Abandoned] {
+        let seen = Seen::default();
+        let layer = IdempotencyLayer::new().store(CannotVouch(claim));
+        let svc = layer.layer(scripted(&seen, &[201], Duration::ZERO));
+        let err = svc.clone().oneshot(keyed("k1", "{}")).await.unwrap_err();
+        let e = genesys_tower::error::find::<Error>(&*err)
+            .unwrap_or_else(|| panic!("the layer's own error: {err}"));
+        assert!(matches!(e, Error::OutcomeUnknown { .. }), "{e}");
+        assert!(e.to_string().contains("nothing was sent"), "{e}");
+        assert_eq!(seen.count(), 0, "not sent");
+
+        let mut req = keyed("k1", "{}");
+        req.extensions_mut().insert(RetrySafety::KeyHonoured);
+        let response = svc.oneshot(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(
+            seen.keys(),
+            vec![Some("k1".to_owned())],
+            "sent with its key"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server side.
 
