@@ -495,6 +495,7 @@ where
                     store: config.store.clone(),
                     key: key.clone(),
                     token: Some(token),
+                    answer: None,
                 };
                 let outcome = async {
                     let body = rebuild::<ReqB>(Body::from_bytes(bytes))?;
@@ -504,7 +505,9 @@ where
                     Ok::<_, BoxError>((head, body))
                 }
                 .await;
-                let token = guard.token.take().expect("the token is taken once");
+                // Settled below; a drop while the store is asked (a round trip to Redis) still
+                // settles, in the background, as `ReleaseOnDrop` says.
+                let token = guard.token.clone().expect("the token is set until settled");
                 let (head, body) = match outcome {
                     Ok(response) => response,
                     Err(e) => {
@@ -512,6 +515,7 @@ where
                         if let Err(e) = config.store.release(&key, &token).await {
                             tracing::warn!(error = %e, "idempotency key not released");
                         }
+                        guard.token = None;
                         return Err(e);
                     }
                 };
@@ -521,11 +525,13 @@ where
                     {
                         let stored =
                             StoredResponse::new(head.status, head.headers.clone(), bytes.clone());
-                        match config
+                        guard.answer = Some((stored.clone(), config.retention));
+                        let completed = config
                             .store
                             .complete(&key, &token, stored, config.retention)
-                            .await
-                        {
+                            .await;
+                        guard.token = None;
+                        match completed {
                             Ok(true) => {}
                             Ok(false) => tracing::warn!(
                                 "idempotency lock expired before the response arrived; not stored \
@@ -539,6 +545,7 @@ where
                         if let Err(e) = config.store.release(&key, &token).await {
                             tracing::warn!(error = %e, "idempotency key not released");
                         }
+                        guard.token = None;
                     }
                 }
                 let body = rebuild_response::<ResB>(body)?;
@@ -594,7 +601,10 @@ fn with_key<B>(mut response: Response<B>, key: &str) -> Response<B> {
 struct ReleaseOnDrop {
     store: Arc<dyn IdempotencyStore>,
     key: String,
+    /// Set until the claim is settled.
     token: Option<ClaimToken>,
+    /// The answer being stored, when the drop comes while the store is asked: stored then.
+    answer: Option<(StoredResponse, Duration)>,
 }
 
 impl Drop for ReleaseOnDrop {
@@ -604,11 +614,20 @@ impl Drop for ReleaseOnDrop {
         };
         let store = self.store.clone();
         let key = std::mem::take(&mut self.key);
+        let answer = self.answer.take();
         // Without a runtime the lock simply expires.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(e) = store.release(&key, &token).await {
-                    tracing::warn!(error = %e, "idempotency key not released");
+                let settled = match answer {
+                    // The answer came: keep it, so that a repeat gets it rather than a new run.
+                    Some((stored, retention)) => store
+                        .complete(&key, &token, stored, retention)
+                        .await
+                        .map(drop),
+                    None => store.release(&key, &token).await,
+                };
+                if let Err(e) = settled {
+                    tracing::warn!(error = %e, "idempotency key not settled");
                 }
             });
         }

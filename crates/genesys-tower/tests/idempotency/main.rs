@@ -621,6 +621,65 @@ async fn a_key_the_store_cannot_vouch_for_is_sent_only_to_a_target_that_deduplic
     }
 }
 
+/// A memory store whose completions take 10 s (a slow round trip to a remote store).
+struct SlowToComplete(MemoryStore);
+
+impl IdempotencyStore for SlowToComplete {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        f: Fingerprint,
+        o: ClaimOptions,
+    ) -> StoreFuture<'a, Claim> {
+        self.0.claim(key, f, o)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        t: &'a ClaimToken,
+        o: ClaimOptions,
+    ) -> StoreFuture<'a, bool> {
+        self.0.renew(key, t, o)
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a ClaimToken,
+        response: StoredResponse,
+        retention: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            self.0.complete(key, token, response, retention).await
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, t: &'a ClaimToken) -> StoreFuture<'a, ()> {
+        self.0.release(key, t)
+    }
+}
+
+/// A call dropped while its answer is being stored (its caller gave up) still stores it: a
+/// repeat with the key is answered from the store, not sent again.
+#[tokio::test(start_paused = true)]
+async fn an_answer_being_stored_when_the_call_is_dropped_is_stored_still() {
+    let seen = Seen::default();
+    let layer = IdempotencyLayer::new().store(SlowToComplete(MemoryStore::new()));
+    let svc = layer.layer(scripted(&seen, &[201], Duration::ZERO));
+    let first = tokio::time::timeout(
+        Duration::from_secs(1),
+        svc.clone().oneshot(keyed("k1", "{}")),
+    );
+    assert!(first.await.is_err(), "dropped while its answer was stored");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let repeat = svc.oneshot(keyed("k1", "{}")).await.unwrap();
+    assert_eq!(repeat.status(), StatusCode::CREATED);
+    assert_eq!(text(repeat).await, "call 0", "the first call's answer");
+    assert_eq!(seen.count(), 1, "sent once");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server side.
 
