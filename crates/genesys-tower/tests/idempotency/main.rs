@@ -1276,3 +1276,101 @@ mod stored_response {
 }
 
 mod server_faults;
+
+/// A service below that is ready only once `ready` is set, then counts its runs.
+#[derive(Clone)]
+struct Gated {
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    runs: Arc<AtomicUsize>,
+}
+
+impl Service<Request<Body>> for Gated {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if self.ready.load(SeqCst) {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            // Asked again by the test's next call, not woken.
+            let _ = cx;
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _req: Request<Body>) -> Self::Future {
+        let n = self.runs.fetch_add(1, SeqCst);
+        Box::pin(async move {
+            let mut response = Response::new(Body::from(format!("run {n}")));
+            *response.status_mut() = StatusCode::CREATED;
+            Ok(response)
+        })
+    }
+}
+
+fn server_request(key: &str) -> Request<Body> {
+    Request::post("/orders")
+        .header("idempotency-key", key)
+        .body(Body::from("{}"))
+        .unwrap()
+}
+
+/// A call dropped before its handler started (the service below was not ready, and the client
+/// went away) ran nothing: its key is released, and a repeat runs, rather than being told for
+/// the whole retention that the outcome is unknown.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_before_its_handler_started_frees_its_key() {
+    let gated = Gated {
+        ready: Arc::default(),
+        runs: Arc::default(),
+    };
+    let svc = ServerIdempotencyLayer::new().layer(gated.clone());
+    let first = tokio::time::timeout(
+        Duration::from_secs(1),
+        svc.clone().oneshot(server_request("k1")),
+    );
+    assert!(
+        first.await.is_err(),
+        "still waiting for the service below: dropped"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    gated.ready.store(true, SeqCst);
+    let repeat = svc.oneshot(server_request("k1")).await.unwrap();
+    assert_eq!(
+        repeat.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        text(repeat).await
+    );
+    assert_eq!(gated.runs.load(SeqCst), 1);
+}
+
+/// A call dropped while its answer was being stored (its client went away) still stores it: a
+/// repeat gets that answer, not "outcome unknown".
+#[tokio::test(start_paused = true)]
+async fn a_server_answer_being_stored_when_the_call_is_dropped_is_stored_still() {
+    let gated = Gated {
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        runs: Arc::default(),
+    };
+    let svc = ServerIdempotencyLayer::new()
+        .store(SlowToComplete(MemoryStore::new()))
+        .store_timeout(Duration::from_secs(30))
+        .layer(gated.clone());
+    let first = tokio::time::timeout(
+        Duration::from_secs(1),
+        svc.clone().oneshot(server_request("k1")),
+    );
+    assert!(first.await.is_err(), "dropped while its answer was stored");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let repeat = svc.oneshot(server_request("k1")).await.unwrap();
+    assert_eq!(repeat.status(), StatusCode::CREATED);
+    assert_eq!(text(repeat).await, "run 0", "the first run's answer");
+    assert_eq!(gated.runs.load(SeqCst), 1);
+}

@@ -2,6 +2,7 @@
 //! handler once, store and replay its answer.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::header::RETRY_AFTER;
@@ -14,7 +15,7 @@ use super::super::store::{Claim, StoreError, StoredResponse};
 use super::super::{ClaimToken, Fingerprint, IDEMPOTENCY_KEY, IdempotencyKey};
 use super::answer::{error, failed_body, missing_key};
 use super::layer::{Config, InFlight};
-use super::lease::{Settle, bounded, claim_options, renewing, settle};
+use super::lease::{Settle, SettleOnDrop, bounded, claim_options, renewing, settle};
 use crate::{Body, BoxError};
 
 /// Handles a request of a guarded method: [`step`], then claim the key and run, replay or
@@ -259,14 +260,22 @@ where
     ResB: http_body::Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
+    // Until settled below, a drop of this call (its client gone) settles in the background.
+    let started = AtomicBool::new(false);
+    let mut guard = SettleOnDrop::new(config, store_key, &token, &started);
     let work = async {
-        let (head, body) = call(inner, request).await?.into_parts();
+        let mut inner = inner;
+        let ready = inner.ready().await?;
+        // From here the handler may have had its effect.
+        started.store(true, Ordering::Relaxed);
+        let (head, body) = ready.call(request).await?.map(Body::new).into_parts();
         Ok((head, body.buffer(config.response_limit).await))
     };
     let (head, body) = match renewing(config, store_key, &token, work).await {
         Ok(response) => response,
         Err(e) => {
             settle(config, store_key, token, Settle::Release).await;
+            guard.disarm();
             return Err(e);
         }
     };
@@ -275,6 +284,7 @@ where
         Err(e) => {
             // The handler's body failed: pass the failure on, remember nothing.
             settle(config, store_key, token, Settle::Release).await;
+            guard.disarm();
             return Ok(Response::from_parts(head, failed_body(e)));
         }
     };
@@ -294,7 +304,9 @@ where
                 Settle::Release
             }
         };
+    guard.answered(&outcome);
     settle(config, store_key, token, outcome).await;
+    guard.disarm();
     Ok(Response::from_parts(head, body))
 }
 

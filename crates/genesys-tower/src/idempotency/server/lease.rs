@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -80,11 +81,71 @@ pub(super) async fn renewing<F: Future>(
 }
 
 /// What becomes of a claim once the handler is done.
+#[derive(Clone)]
 pub(super) enum Settle {
     /// Its response, to replay to every repeat.
     Complete(StoredResponse),
     /// Nothing to remember: the key may run again.
     Release,
+}
+
+/// Settles a claim whose call is dropped before it settled it itself (its client went away):
+/// released when the handler had not started (nothing ran), its answer kept when it was in hand
+/// already; left to its lease when the handler was running (its effect unknown: the claim is
+/// then held as abandoned, as after a crash).
+pub(super) struct SettleOnDrop<'a> {
+    config: &'a Config,
+    key: &'a str,
+    token: Option<ClaimToken>,
+    started: &'a AtomicBool,
+    answer: Option<Settle>,
+}
+
+impl<'a> SettleOnDrop<'a> {
+    pub(super) fn new(
+        config: &'a Config,
+        key: &'a str,
+        token: &ClaimToken,
+        started: &'a AtomicBool,
+    ) -> Self {
+        SettleOnDrop {
+            config,
+            key,
+            token: Some(token.clone()),
+            started,
+            answer: None,
+        }
+    }
+
+    /// The handler's answer is in hand: a drop from now on settles with it.
+    pub(super) fn answered(&mut self, settle: &Settle) {
+        self.answer = Some(settle.clone());
+    }
+
+    /// Settled by the call itself.
+    pub(super) fn disarm(&mut self) {
+        self.token = None;
+    }
+}
+
+impl Drop for SettleOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let outcome = match self.answer.take() {
+            Some(answer) => answer,
+            None if !self.started.load(Ordering::Relaxed) => Settle::Release,
+            // Running: whether it had its effect is unknown; the lease runs out.
+            None => return,
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let config = Arc::new(self.config.clone());
+        let key = self.key.to_owned();
+        runtime.spawn(async move { settle(&config, &key, token, outcome).await });
+    }
 }
 
 /// Settles the claim now; if the store cannot be reached, keeps trying in the background, so
