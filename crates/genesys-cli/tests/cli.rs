@@ -428,12 +428,7 @@ async fn one_action_document_may_come_from_a_pipe() {
 async fn ingest_validates_quarantines_and_sends_chunks() {
     let sim = Simulator::spawn(config(1)).await.unwrap();
     let d = dir("ingest");
-    let schema = write(
-        &d.join("schema.json"),
-        genesys_sim::default_ingestion_schema()
-            .to_string()
-            .as_bytes(),
-    );
+    let schema = ingest_schema(&d);
     let mut input = String::new();
     for i in 0..23 {
         let mut rec = json!({
@@ -489,26 +484,8 @@ async fn ingest_validates_quarantines_and_sends_chunks() {
 async fn runs_without_a_journal_never_share_a_key() {
     let sim = Simulator::spawn(config(1)).await.unwrap();
     let d = dir("no_journal_keys");
-    let schema = write(
-        &d.join("schema.json"),
-        genesys_sim::default_ingestion_schema()
-            .to_string()
-            .as_bytes(),
-    );
     for (file, first) in [("a.jsonl", 0), ("b.jsonl", 100)] {
-        let mut input = String::new();
-        for i in first..first + 6 {
-            let rec = json!({
-                "external_id": format!("TXN-{i}"),
-                "timestamp": "2023-10-15T14:30:00Z",
-                "channel": "voice",
-                "duration_seconds": 60,
-                "customer_segment": "enterprise"
-            });
-            input.push_str(&rec.to_string());
-            input.push('\n');
-        }
-        let input = write(&d.join(file), input.as_bytes());
+        let (input, schema) = ingest_input(&d, file, first..first + 6);
         let out = gcx(&sim)
             .args(["ingest", "--no-journal", "--chunk-size", "3", "--input"])
             .arg(&input)
@@ -531,12 +508,7 @@ async fn runs_without_a_journal_never_share_a_key() {
 async fn input_broken_off_mid_chunk_lists_the_short_chunk_as_not_started() {
     let sim = Simulator::spawn(config(1)).await.unwrap();
     let d = dir("broken_chunk");
-    let schema = write(
-        &d.join("schema.json"),
-        genesys_sim::default_ingestion_schema()
-            .to_string()
-            .as_bytes(),
-    );
+    let schema = ingest_schema(&d);
     let mut csv = String::from("external_id,timestamp,channel,duration_seconds,customer_segment\n");
     for i in 0..7 {
         csv.push_str(&format!(
@@ -580,25 +552,7 @@ async fn a_chunk_that_may_have_been_applied_before_the_retries_gave_up_is_unknow
         .await
         .unwrap();
     let d = dir("gave_up_unknown");
-    let schema = write(
-        &d.join("schema.json"),
-        genesys_sim::default_ingestion_schema()
-            .to_string()
-            .as_bytes(),
-    );
-    let mut input = String::new();
-    for i in 0..4 {
-        let rec = json!({
-            "external_id": format!("TXN-{i}"),
-            "timestamp": "2023-10-15T14:30:00Z",
-            "channel": "voice",
-            "duration_seconds": 60,
-            "customer_segment": "enterprise"
-        });
-        input.push_str(&rec.to_string());
-        input.push('\n');
-    }
-    let input = write(&d.join("records.jsonl"), input.as_bytes());
+    let (input, schema) = ingest_input(&d, "records.jsonl", 0..4);
     let (report, failed) = (d.join("r.json"), d.join("failed.jsonl"));
     let out = gcx(&sim)
         .args(["ingest", "--chunk-size", "2", "--input"])

@@ -73,29 +73,6 @@ async fn interrupt_twice_at(sim: &SimHandle, mut cmd: Command, n: usize) -> std:
     child.wait_with_output().unwrap()
 }
 
-/// Seed 000's records, `records` of them (`TXN-0`...), and the simulator's schema, in `d`.
-fn ingest_input(d: &Path, records: usize) -> (std::path::PathBuf, std::path::PathBuf) {
-    let schema = write(
-        &d.join("schema.json"),
-        genesys_sim::default_ingestion_schema()
-            .to_string()
-            .as_bytes(),
-    );
-    let mut lines = String::new();
-    for i in 0..records {
-        let rec = json!({
-            "external_id": format!("TXN-{i}"),
-            "timestamp": "2023-10-15T14:30:00Z",
-            "channel": "voice",
-            "duration_seconds": 60,
-            "customer_segment": "enterprise"
-        });
-        lines.push_str(&rec.to_string());
-        lines.push('\n');
-    }
-    (write(&d.join("records.jsonl"), lines.as_bytes()), schema)
-}
-
 /// Executions of the echo action per input `n`, from the ledger.
 fn executions(sim: &SimHandle, inputs: usize) -> Vec<usize> {
     let by_hash: HashMap<String, usize> = (0..inputs)
@@ -168,7 +145,7 @@ async fn ingest_killed_at_several_points_then_resumed_applies_every_record_once(
         .unwrap();
     let d = dir("kill_ingest");
     let records = 2000;
-    let (input, schema) = ingest_input(&d, records);
+    let (input, schema) = ingest_input(&d, "records.jsonl", 0..records);
     let journal = d.join("ingest.journal");
     let run = || {
         let mut cmd = gcx(&sim);
@@ -442,7 +419,7 @@ async fn two_ctrl_c_then_a_resume_ingest_every_record_exactly_once() {
         .unwrap();
     let d = dir("two_ctrl_c_ingest");
     let records = 60;
-    let (input, schema) = ingest_input(&d, records);
+    let (input, schema) = ingest_input(&d, "records.jsonl", 0..records);
     let (journal, unknown) = (d.join("j.journal"), d.join("unknown.jsonl"));
     let run = || {
         let mut cmd = gcx(&sim);

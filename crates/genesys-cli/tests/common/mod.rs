@@ -130,3 +130,32 @@ pub fn fnv1a(bytes: &[u8]) -> String {
     }
     format!("{h:016x}")
 }
+
+/// The simulator's ingestion schema, in `d`.
+pub fn ingest_schema(d: &Path) -> PathBuf {
+    write(
+        &d.join("schema.json"),
+        genesys_sim::default_ingestion_schema()
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+/// Seed 000's records with the ids `TXN-<i>` for `i` in `ids`, as JSONL in `d/file`, and the
+/// simulator's schema in `d`: (the input, the schema).
+pub fn ingest_input(d: &Path, file: &str, ids: std::ops::Range<usize>) -> (PathBuf, PathBuf) {
+    let schema = ingest_schema(d);
+    let mut lines = String::new();
+    for i in ids {
+        let rec = json!({
+            "external_id": format!("TXN-{i}"),
+            "timestamp": "2023-10-15T14:30:00Z",
+            "channel": "voice",
+            "duration_seconds": 60,
+            "customer_segment": "enterprise"
+        });
+        lines.push_str(&rec.to_string());
+        lines.push('\n');
+    }
+    (write(&d.join(file), lines.as_bytes()), schema)
+}
