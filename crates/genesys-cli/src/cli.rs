@@ -473,7 +473,8 @@ pub(crate) struct ExecuteArgs {
     pub(crate) retry_unknown: bool,
 }
 
-/// `I/N`: this worker takes the records whose line number modulo N is I.
+/// `I/N`: this worker takes the records whose line number modulo N is I (for a job that keeps
+/// each entity's lines in order, whose entity's hash modulo N is I).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Shard {
     pub(crate) index: u32,
@@ -484,6 +485,12 @@ impl Shard {
     /// Whether the record on input line `line` is this worker's.
     pub(crate) fn owns(self, line: u64) -> bool {
         line % u64::from(self.count) == u64::from(self.index)
+    }
+
+    /// Whether the records with this hash of their entity are this worker's: every line about
+    /// one user goes to one worker, which applies them in their order.
+    pub(crate) fn owns_hash(self, hash: u64) -> bool {
+        hash % u64::from(self.count) == u64::from(self.index)
     }
 }
 

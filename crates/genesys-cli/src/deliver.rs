@@ -437,7 +437,8 @@ pub(crate) fn small_store() -> MemoryStore {
 }
 
 /// `gcx users patch`: one user a unit: GET the version, PATCH with it, resolve conflicts
-/// ([`GenesysClient::update_user_with`]). The PATCH is conditional on the version, so a unit whose
+/// ([`GenesysClient::update_user_with`]). Lines about the same user go one after another, in
+/// the input's order. The PATCH is conditional on the version, so a unit whose
 /// outcome is unknown is resolved by reading the user: already as requested means delivered,
 /// with no second PATCH.
 #[derive(Debug, Clone)]
@@ -446,6 +447,8 @@ pub(crate) struct Users(pub(crate) GenesysClient);
 impl Deliver for Users {
     type Item = UserUpdate;
     const REPLAY: Replay = Replay::Safe;
+    // Several lines about one user: applied in their order, so the last one holds.
+    const IN_ORDER_PER_ENTITY: bool = true;
 
     async fn deliver(&self, unit: UnitCtx, items: Vec<UserUpdate>) -> Result<(), Undelivered> {
         for u in items {

@@ -93,6 +93,12 @@ pub(crate) trait Deliver: Send + Sync + 'static {
     /// Whether a unit whose outcome is unknown may be sent again.
     const REPLAY: Replay;
 
+    /// Whether units about the same entity (the key of their first record, such as a user id,
+    /// compared without regard to ASCII case) are sent one after another in the input's order,
+    /// each once the one before has ended, so that the last line about an entity is the one
+    /// that holds. Units about different entities still go at once, up to the concurrency.
+    const IN_ORDER_PER_ENTITY: bool = false;
+
     /// Sends `items` (one request for the whole unit). On `Err`, every item of the unit counts
     /// as the error says.
     fn deliver(
@@ -119,6 +125,32 @@ pub(crate) struct Options {
 }
 
 type Unit = Vec<Meta>;
+
+/// The entity a record is about, for [`Deliver::IN_ORDER_PER_ENTITY`].
+fn entity<D: Deliver>(meta: &Meta) -> Option<String> {
+    if !D::IN_ORDER_PER_ENTITY {
+        return None;
+    }
+    meta.key.as_ref().map(|k| k.to_ascii_lowercase())
+}
+
+/// Whether a record is `shard`'s: by its entity's hash when it has one that orders it, else by
+/// its line.
+fn owns<D: Deliver>(shard: Shard, meta: &Meta) -> bool {
+    match entity::<D>(meta) {
+        Some(entity) => shard.owns_hash(crate::journal::fnv1a(entity.as_bytes())),
+        None => shard.owns(meta.line),
+    }
+}
+
+/// The entity a unit is about: its first record's.
+fn unit_entity<D: Deliver>(metas: &[Meta]) -> Option<String> {
+    entity::<D>(metas.first()?)
+}
+
+/// The last unit sent about each entity still in flight: its line, and what ends when it does.
+/// An entry goes when its unit ends, so the map holds at most the units in flight.
+type Chains = HashMap<String, (u64, tokio::sync::oneshot::Receiver<()>)>;
 
 /// The job's journal as the engine sees it: earlier runs' states and the writer.
 pub(crate) struct JobJournal<'a> {
@@ -317,6 +349,16 @@ fn decide<D: Deliver>(
     }
 }
 
+/// Drops an ended unit's entry, unless a later unit about the same entity has taken its place.
+fn forget(chains: &mut Chains, entity: Option<String>, metas: &[Meta]) {
+    let line = metas.first().map(|m| m.line);
+    if let Some(entity) = entity
+        && chains.get(&entity).map(|(l, _)| *l) == line
+    {
+        chains.remove(&entity);
+    }
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -368,6 +410,7 @@ pub(crate) async fn run<D: Deliver>(
     };
     let mut set: JoinSet<(Result<(), Undelivered>, Duration)> = JoinSet::new();
     let mut in_flight: HashMap<Id, Unit> = HashMap::new();
+    let mut chains: Chains = HashMap::new();
     let mut pending_items: Vec<D::Item> = Vec::with_capacity(chunk_size);
     let mut pending_metas: Unit = Vec::with_capacity(chunk_size);
     let mut input_done = false;
@@ -381,6 +424,7 @@ pub(crate) async fn run<D: Deliver>(
     let dispatch = |engine: &mut Engine<'_>,
                     set: &mut JoinSet<_>,
                     in_flight: &mut HashMap<Id, Unit>,
+                    chains: &mut Chains,
                     items: Vec<D::Item>,
                     metas: Unit,
                     stopping: bool| {
@@ -430,7 +474,18 @@ pub(crate) async fn run<D: Deliver>(
                     journal: handle,
                 };
                 let d = deliver.clone();
+                // Dropped when this unit's task ends, however it ends (an abort included): the
+                // next unit about the same entity waits for that.
+                let (ended, ends) = tokio::sync::oneshot::channel::<()>();
+                let after = unit_entity::<D>(&metas)
+                    .and_then(|e| chains.insert(e, (line, ends)))
+                    .map(|(_, before)| before);
                 let task = set.spawn(async move {
+                    let _ended = ended;
+                    if let Some(before) = after {
+                        // An error once the unit before has ended: nothing is ever sent on it.
+                        let _ = before.await;
+                    }
                     if D::REPLAY == Replay::Never
                         && let Some(h) = &ctx.journal
                         && let Err(e) = h.sync().await
@@ -502,10 +557,12 @@ pub(crate) async fn run<D: Deliver>(
                 match joined {
                     Ok((id, (result, took))) => {
                         let metas = in_flight.remove(&id).unwrap_or_default();
+                        forget(&mut chains, unit_entity::<D>(&metas), &metas);
                         engine.settle(&metas, result, took);
                     }
                     Err(e) => {
                         let metas = in_flight.remove(&e.id()).unwrap_or_default();
+                        forget(&mut chains, unit_entity::<D>(&metas), &metas);
                         let reason = if e.is_cancelled() {
                             engine.tally.aborted_in_flight += metas.len() as u64;
                             "interrupted while in flight: the outcome is unknown".to_owned()
@@ -528,15 +585,16 @@ pub(crate) async fn run<D: Deliver>(
                             // records are listed as not started, and a resume sends the whole
                             // chunk (journaled, a short one would stand for all of it).
                             let cut_short = engine.tally.broken_input.is_some();
-                            dispatch(&mut engine, &mut set, &mut in_flight, items, metas, stopping || cut_short);
+                            dispatch(&mut engine, &mut set, &mut in_flight, &mut chains, items, metas, stopping || cut_short);
                         }
                     }
-                    // With --shard I/N, a line is this worker's when its number modulo N is I,
-                    // whatever the chunk size: every worker splits the input alike.
+                    // With --shard I/N, a line is this worker's when its number modulo N is I
+                    // (or, for a job that keeps each entity's lines in order, the hash of its
+                    // entity), whatever the chunk size: every worker splits the input alike.
                     Some(Input::Quarantined(q)) if options.shard.is_some_and(|s| !s.owns(q.line)) => {
                         engine.tally.other_shards += 1;
                     }
-                    Some(Input::Record(Record { meta, .. })) if options.shard.is_some_and(|s| !s.owns(meta.line)) => {
+                    Some(Input::Record(Record { meta, .. })) if options.shard.is_some_and(|s| !owns::<D>(s, &meta)) => {
                         engine.tally.other_shards += 1;
                     }
                     Some(Input::Quarantined(_)) if engine.fenced() => {
@@ -556,7 +614,7 @@ pub(crate) async fn run<D: Deliver>(
                         if pending_metas.len() >= chunk_size {
                             let items = std::mem::replace(&mut pending_items, Vec::with_capacity(chunk_size));
                             let metas = std::mem::replace(&mut pending_metas, Vec::with_capacity(chunk_size));
-                            dispatch(&mut engine, &mut set, &mut in_flight, items, metas, stopping);
+                            dispatch(&mut engine, &mut set, &mut in_flight, &mut chains, items, metas, stopping);
                             engine.tick();
                         }
                     }

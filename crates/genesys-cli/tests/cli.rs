@@ -45,6 +45,43 @@ async fn users_patch_delivers_everything_through_faults() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_about_one_user_are_applied_in_their_order() {
+    // Answers that take from 1 to 40 ms: a later line about a user, sent at once, would often
+    // land before an earlier one.
+    let sim = Simulator::spawn(config(8).faults("latency=1ms..40ms".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("patch_in_order");
+    let ids = sim.user_ids();
+    let mut lines = String::new();
+    for round in 0..5 {
+        for id in &ids {
+            let update = json!({"user_id": id, "updates": {"title": format!("Title {round}")}});
+            lines.push_str(&format!("{update}\n"));
+        }
+    }
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let report = d.join("report.json");
+    let out = gcx(&sim)
+        .args(["users", "patch", "--concurrency", "16", "--input"])
+        .arg(&input)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(read_json(&report)["counts"]["delivered"], 40);
+    for id in &ids {
+        assert_eq!(
+            sim.user(id).unwrap()["title"],
+            json!("Title 4"),
+            "user {id}: the last line holds"
+        );
+        assert_eq!(patches(&sim, id), 5, "user {id}: each line applied once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_counts_429s_retries_and_token_refreshes() {
     // A quota of 20 requests a second without rate-limit headers to learn from, and 1-second
     // tokens: a run of 30 users (60 requests) cannot finish without 429s and new tokens.

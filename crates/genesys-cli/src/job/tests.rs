@@ -594,3 +594,105 @@ async fn a_unit_refused_for_its_credentials_is_sent_again_on_resume_not_listed_u
     assert!(tally.credentials_refused.is_none());
     journal.close("incomplete").await.unwrap();
 }
+
+/// Takes 30 ms for the item 1 and none for the others; records the order units end in.
+#[derive(Default)]
+struct PerEntity<const IN_ORDER: bool> {
+    ended: Mutex<Vec<u64>>,
+}
+
+impl<const IN_ORDER: bool> Deliver for PerEntity<IN_ORDER> {
+    type Item = u64;
+    const REPLAY: Replay = Replay::Safe;
+    const IN_ORDER_PER_ENTITY: bool = IN_ORDER;
+    async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
+        if items[0] == 1 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        self.ended.lock().unwrap().push(items[0]);
+        Ok(())
+    }
+}
+
+/// Runs `lines` (line, entity) as worker `shard`, if any; returns its tally and the order its
+/// units ended in.
+async fn run_per_entity<const IN_ORDER: bool>(
+    lines: &[(u64, &str)],
+    shard: Option<Shard>,
+) -> (Tally, Vec<u64>) {
+    let (tx, rx) = mpsc::channel(lines.len().max(1));
+    let (_itx, irx) = mpsc::unbounded_channel();
+    for &(line, key) in lines {
+        tx.send(Input::Record(Record {
+            meta: Meta {
+                line,
+                key: Some(key.to_owned()),
+                raw: Raw::Line(format!("{{\"n\":{line}}}").into_bytes()),
+            },
+            item: line,
+        }))
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let d = Arc::new(PerEntity::<IN_ORDER>::default());
+    let options = Options {
+        concurrency: 4,
+        chunk_size: 1,
+        retry_unknown: false,
+        grace: Duration::from_secs(60),
+        shard,
+    };
+    let tally = run(
+        d.clone(),
+        rx,
+        irx,
+        &mut Sinks::default(),
+        &Progress::hidden(),
+        None,
+        options,
+    )
+    .await;
+    let ended = d.ended.lock().unwrap().clone();
+    (tally, ended)
+}
+
+#[tokio::test(start_paused = true)]
+async fn lines_about_one_entity_go_in_their_order_and_others_do_not_wait() {
+    // Lines 1, 2 and 4 are about one user (its id spelled in two cases), line 3 about another.
+    let lines = [(1, "u-a"), (2, "U-A"), (3, "u-b"), (4, "u-a")];
+    let (tally, ended) = run_per_entity::<true>(&lines, None).await;
+    assert_eq!(tally.delivered, 4);
+    // Line 3 does not wait for line 1's slow answer.
+    assert_eq!(ended, [3, 1, 2, 4]);
+    // Without the rule, lines 2 and 4 end before line 1, which would then hold.
+    let (_, ended) = run_per_entity::<false>(&lines, None).await;
+    assert_eq!(ended, [2, 3, 4, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shards_split_a_job_in_order_by_entity_and_every_line_is_sent_once() {
+    let entities = ["u-a", "u-b", "u-c", "u-d", "u-e", "u-f", "u-g"];
+    let lines: Vec<(u64, &str)> = (1..=42u64)
+        .map(|line| (line, entities[(line % 7) as usize]))
+        .collect();
+    let mut all = Vec::new();
+    for index in 0..3 {
+        let shard = Shard { index, count: 3 };
+        let (tally, ended) = run_per_entity::<true>(&lines, Some(shard)).await;
+        assert_eq!(tally.delivered + tally.other_shards, 42);
+        for entity in entities {
+            let mine: Vec<u64> = ended
+                .iter()
+                .copied()
+                .filter(|&l| lines[l as usize - 1].1 == entity)
+                .collect();
+            // A worker has all of an entity's lines, in their order, or none.
+            assert!(mine.is_empty() || mine.len() == 6, "{entity}: {mine:?}");
+            assert!(mine.is_sorted(), "{entity}: {mine:?}");
+        }
+        all.extend(ended);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=42).collect::<Vec<u64>>(), "every line once");
+}
