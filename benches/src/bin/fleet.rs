@@ -95,7 +95,7 @@ struct Run {
 /// How the job is split among the workers.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Layout {
-    /// One input, `--shard i/W`: equal shares.
+    /// One input, `--shard i/W`: about equal shares (split by user id).
     Even,
     /// An input per worker, worker i's share proportional to i + 1.
     Uneven,
@@ -295,7 +295,7 @@ fn main() -> ExitCode {
     let layouts = [
         (
             Layout::Even,
-            "one input split with --shard i/W (equal shares)",
+            "one input split with --shard i/W (about equal shares, by user id)",
         ),
         (
             Layout::Uneven,
