@@ -148,6 +148,7 @@ pub struct GenesysClientBuilder {
     retry_policy: Option<RetryPolicy>,
     retry_switch: Option<PolicySwitch>,
     refresh_margin: Option<Duration>,
+    token_fetch_timeout: Option<Duration>,
     attempt_timeout: Option<Duration>,
     max_response_body: usize,
     max_error_body: usize,
@@ -182,6 +183,7 @@ impl Default for GenesysClientBuilder {
             retry_policy: None,
             retry_switch: None,
             refresh_margin: None,
+            token_fetch_timeout: None,
             attempt_timeout: Some(DEFAULT_ATTEMPT_TIMEOUT),
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,
             max_error_body: DEFAULT_MAX_ERROR_BODY,
@@ -294,6 +296,16 @@ impl GenesysClientBuilder {
     /// never exceeds a fraction of the token's lifetime).
     pub fn refresh_margin(mut self, margin: Duration) -> Self {
         self.refresh_margin = Some(margin);
+        self
+    }
+
+    /// How long the auth layer waits for the token source before the requests waiting for a
+    /// token fail ([`AuthLayer::fetch_timeout`]). Unset, a source given to
+    /// [`token_source`](Self::token_source) gets the auth layer's default (60 s), and client
+    /// credentials none of the layer's: they bound their own time (the attempt timeout on each
+    /// token request, and their retry loop's waits).
+    pub fn token_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.token_fetch_timeout = Some(timeout);
         self
     }
 
@@ -596,6 +608,13 @@ impl GenesysClientBuilder {
         if let Some(margin) = self.refresh_margin {
             auth = auth.refresh_margin(margin);
         }
+        auth = match (self.token_fetch_timeout, &credentials) {
+            (Some(timeout), _) => auth.fetch_timeout(timeout),
+            // Client credentials bound their own time: the attempt timeout on each token
+            // request, and their retry loop.
+            (None, Some(_)) => auth.no_fetch_timeout(),
+            (None, None) => auth,
+        };
         let concurrency = match self.concurrency_layer.clone() {
             Some(layer) => layer,
             None => {
@@ -745,6 +764,7 @@ impl fmt::Debug for GenesysClientBuilder {
             .field("retry_policy", &self.retry_policy)
             .field("retry_switch", &self.retry_switch)
             .field("refresh_margin", &self.refresh_margin)
+            .field("token_fetch_timeout", &self.token_fetch_timeout)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("max_response_body", &self.max_response_body)
             .field("max_error_body", &self.max_error_body)

@@ -41,3 +41,40 @@ fn rates_below_one_per_window_are_refused_with_a_message() {
             .is_ok()
     );
 }
+
+/// Never gives a token.
+struct Hangs;
+
+impl TokenSource for Hangs {
+    async fn fetch(&self) -> Result<Token, genesys_tower::BoxError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_source_that_never_answers_fails_the_call_at_the_fetch_timeout() {
+    let five = Duration::from_secs(5);
+    for (builder, limit) in [
+        (
+            GenesysClient::builder().token_source(Hangs),
+            AuthLayer::<Hangs>::DEFAULT_FETCH_TIMEOUT,
+        ),
+        (
+            GenesysClient::builder()
+                .token_source(Hangs)
+                .token_fetch_timeout(five),
+            five,
+        ),
+    ] {
+        let client = builder.base_url("http://127.0.0.1:9").build().unwrap();
+        let started = tokio::time::Instant::now();
+        let err = client.get_user("u-1").await.unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            err.to_string()
+                .contains(&format!("no token within {limit:?}")),
+            "{err}"
+        );
+        assert_eq!(waited, limit, "{err}");
+    }
+}

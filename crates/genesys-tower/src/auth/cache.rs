@@ -10,6 +10,7 @@ use http::HeaderValue;
 use thread_local::ThreadLocal;
 use tokio::time::Instant;
 
+use super::error::FetchTimedOut;
 use super::{Error, Token, TokenSource};
 use crate::Metrics;
 
@@ -208,6 +209,7 @@ impl Cache {
         &self,
         source: &T,
         margin: Duration,
+        fetch_timeout: Option<Duration>,
         metrics: &Metrics,
         rejected: Option<&Token>,
     ) -> Result<Cached, Error> {
@@ -266,16 +268,19 @@ impl Cache {
 
         tracing::debug!(reason = reason.as_str(), "fetching a new access token");
         metrics.record_token_fetch();
-        let fetched = source
-            .fetch()
-            .await
-            .map_err(Error::token_source)
-            .and_then(|token| {
-                let mut header = HeaderValue::try_from(format!("Bearer {}", token.secret()))
-                    .map_err(|_| Error::invalid_token())?;
-                header.set_sensitive(true);
-                Ok(Cached { token, header })
-            });
+        let fetch = source.fetch();
+        let fetched = match fetch_timeout {
+            None => fetch.await,
+            Some(limit) => tokio::time::timeout(limit, fetch)
+                .await
+                .unwrap_or_else(|_| Err(Box::new(FetchTimedOut(limit)))),
+        };
+        let fetched = fetched.map_err(Error::token_source).and_then(|token| {
+            let mut header = HeaderValue::try_from(format!("Bearer {}", token.secret()))
+                .map_err(|_| Error::invalid_token())?;
+            header.set_sensitive(true);
+            Ok(Cached { token, header })
+        });
 
         let mut state = self.lock();
         state.generation += 1;

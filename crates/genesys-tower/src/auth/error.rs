@@ -95,3 +95,21 @@ impl StdError for Error {
         }
     }
 }
+
+/// The token source gave no token within [`AuthLayer::fetch_timeout`](super::AuthLayer::fetch_timeout):
+/// the cause of an [`Error`] for which [`is_token_source`](Error::is_token_source) is true.
+#[derive(Debug)]
+pub(crate) struct FetchTimedOut(pub(crate) std::time::Duration);
+
+impl fmt::Display for FetchTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the token source gave no token within {:?}: check that the login host answers, or \
+             give AuthLayer::fetch_timeout more time",
+            self.0
+        )
+    }
+}
+
+impl StdError for FetchTimedOut {}

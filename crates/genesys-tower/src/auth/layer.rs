@@ -37,11 +37,15 @@ pub struct AuthLayer<T> {
     pub(super) metrics: Metrics,
     pub(super) scopes: Arc<[Scope]>,
     pub(super) replay_limit: usize,
+    pub(super) fetch_timeout: Option<Duration>,
 }
 
 impl<T: TokenSource> AuthLayer<T> {
     /// The default [`refresh_margin`](Self::refresh_margin): 60 s.
     pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+    /// The default [`fetch_timeout`](Self::fetch_timeout): 60 s.
+    pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
     /// Takes tokens from `source`; the token is sent to every host until
     /// [`only_to`](Self::only_to) says otherwise.
@@ -53,6 +57,7 @@ impl<T: TokenSource> AuthLayer<T> {
             metrics: Metrics::new(),
             scopes: Arc::from([]),
             replay_limit: DEFAULT_REPLAY_LIMIT,
+            fetch_timeout: Some(Self::DEFAULT_FETCH_TIMEOUT),
         }
     }
 }
@@ -93,6 +98,28 @@ impl<T> AuthLayer<T> {
         self
     }
 
+    /// A call of the token source that has not given a token after this long (default
+    /// [`DEFAULT_FETCH_TIMEOUT`](AuthLayer::DEFAULT_FETCH_TIMEOUT)) fails, as a failed fetch
+    /// does: every request waiting for it gets an [`Error`](super::Error) that says so, and the
+    /// next request calls the source again. Without it, a source that never answers would hold
+    /// every request that needs a token for as long as the caller waits.
+    ///
+    /// A source that waits or retries on its own (an OAuth client with a retry loop, a cache
+    /// shared by a fleet that waits for another process's fetch) needs at least its own bound
+    /// here, or [`no_fetch_timeout`](Self::no_fetch_timeout) when it has one.
+    #[must_use]
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = Some(timeout);
+        self
+    }
+
+    /// No time limit on the token source: for a source that bounds its own time.
+    #[must_use]
+    pub fn no_fetch_timeout(mut self) -> Self {
+        self.fetch_timeout = None;
+        self
+    }
+
     /// Streaming request bodies up to this many bytes are read into memory before sending so
     /// that they can be re-sent after a 401 (default 1 MiB, `0` never buffers). Bodies already
     /// in memory are always replayable.
@@ -120,6 +147,7 @@ impl<T> Clone for AuthLayer<T> {
             metrics: self.metrics.clone(),
             scopes: self.scopes.clone(),
             replay_limit: self.replay_limit,
+            fetch_timeout: self.fetch_timeout,
         }
     }
 }
@@ -132,6 +160,7 @@ impl<T> fmt::Debug for AuthLayer<T> {
             .field("refresh_margin", &self.margin)
             .field("only_to", &self.scopes)
             .field("replay_limit", &self.replay_limit)
+            .field("fetch_timeout", &self.fetch_timeout)
             .finish()
     }
 }

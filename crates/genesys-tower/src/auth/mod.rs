@@ -53,6 +53,10 @@
 //! refresh of a token that has not expired yet fails, the old token keeps serving until it
 //! expires.
 //!
+//! A fetch that gives no token within [`fetch_timeout`](AuthLayer::fetch_timeout) (60 s by
+//! default) fails the same way, with an error that says so: a source that never answers does
+//! not hold every request that needs a token for as long as their callers wait.
+//!
 //! # On 401
 //!
 //! A 401 drops the token *that request carried* from the cache (tokens are compared by value:
@@ -294,6 +298,7 @@ impl<S, T: TokenSource> Shared<S, T> {
             .token(
                 &*this.config.source,
                 this.config.margin,
+                this.config.fetch_timeout,
                 &this.config.metrics,
                 None,
             )
@@ -351,6 +356,7 @@ impl<S: Clone, T: TokenSource> Resend<S, T> {
             .token(
                 &*shared.config.source,
                 shared.config.margin,
+                shared.config.fetch_timeout,
                 &shared.config.metrics,
                 Some(&token),
             )
@@ -470,6 +476,7 @@ mod shared_tests {
             metrics,
             scopes,
             replay_limit,
+            fetch_timeout,
         } = config;
         assert!(
             Arc::ptr_eq(source, &state.config.source),
@@ -479,8 +486,12 @@ mod shared_tests {
         assert!(metrics.is_same(&state.config.metrics), "the counters");
         assert!(Arc::ptr_eq(scopes, &state.config.scopes), "the scopes");
         assert_eq!(
-            (*margin, *replay_limit),
-            (state.config.margin, state.config.replay_limit),
+            (*margin, *replay_limit, *fetch_timeout),
+            (
+                state.config.margin,
+                state.config.replay_limit,
+                state.config.fetch_timeout
+            ),
             "values no call changes"
         );
         assert!(Arc::ptr_eq(spare, &state.spare), "the spare's cell");

@@ -111,7 +111,9 @@ impl<S: TokenSource> RedisTokenCache<S> {
     }
 
     /// How long one process may take to fetch the fleet's token before the others fetch their
-    /// own (default 10 s; taken as at least 100 ms and at most an hour).
+    /// own (default 10 s; taken as at least 100 ms and at most an hour). A fetch through this
+    /// cache may wait that long and then fetch: the auth layer's
+    /// [`fetch_timeout`](crate::auth::AuthLayer::fetch_timeout) must leave room for both.
     #[must_use]
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl.clamp(Duration::from_millis(100), Duration::from_secs(3600));

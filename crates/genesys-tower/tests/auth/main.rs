@@ -598,6 +598,60 @@ async fn a_cancelled_fetch_leaves_the_next_waiter_to_fetch() {
     );
 }
 
+/// Never answers its first call; answers the next ones at once.
+#[derive(Default)]
+struct HangsOnce(AtomicUsize);
+
+impl TokenSource for HangsOnce {
+    async fn fetch(&self) -> Result<Token, BoxError> {
+        if self.0.fetch_add(1, SeqCst) == 0 {
+            std::future::pending::<()>().await;
+        }
+        Ok(Token::new("token-2", Some(DAY)))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_that_never_answers_fails_its_waiters_at_the_fetch_timeout() {
+    let source = Arc::new(HangsOnce::default());
+    let api = Api::accepting("token-2");
+    let svc = AuthLayer::new(source.clone())
+        .fetch_timeout(Duration::from_secs(5))
+        .layer(api.service(Duration::ZERO));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/"))))
+        .collect();
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        assert!(err.is::<NotSent>(), "marked as not sent: {err:?}");
+        assert!(find::<auth::Error>(&*err).is_some_and(auth::Error::is_token_source));
+        assert!(err.to_string().contains("no token within 5s"), "{err}");
+    }
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    assert_eq!(source.0.load(SeqCst), 1, "the waiters shared the one fetch");
+    assert!(api.seen().is_empty(), "nothing was sent without a token");
+    // The next request calls the source again.
+    let response = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(source.0.load(SeqCst), 2);
+
+    // The default is a minute; without a limit, the request waits for as long as its caller.
+    let hangs = Arc::new(HangsOnce::default());
+    let by_default = AuthLayer::new(hangs.clone()).layer(api.service(Duration::ZERO));
+    let started = Instant::now();
+    assert!(by_default.oneshot(get("/")).await.is_err());
+    assert_eq!(
+        started.elapsed(),
+        AuthLayer::<HangsOnce>::DEFAULT_FETCH_TIMEOUT
+    );
+    let unbounded = AuthLayer::new(Arc::new(HangsOnce::default()))
+        .no_fetch_timeout()
+        .layer(api.service(Duration::ZERO));
+    let waited = tokio::time::timeout(HOUR, unbounded.oneshot(get("/"))).await;
+    assert!(waited.is_err(), "still waiting after an hour");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_token_that_cannot_be_a_header_is_an_error() {
     let source = auth::token_source_fn(|| async { Ok(Token::new("bad\ntoken", Some(DAY))) });
