@@ -129,8 +129,11 @@ pub const DEFAULT_LOSS_QUARANTINE: Duration = Duration::from_secs(24 * 3600);
 ///   quarantine that follows ([`loss_quarantine`](RedisStore::loss_quarantine), 24 h by default)
 ///   a claim of a key that has no record is answered [`Claim::Lost`] rather than run, because the
 ///   key may have been completed before the loss. [`end_quarantine`](RedisStore::end_quarantine)
-///   lifts it once an operator has checked. A loss while no process using the prefix was running
-///   cannot be seen this way: only persistence prevents it.
+///   lifts it once an operator has checked. Three losses cannot be seen this way: one while no
+///   process using the prefix was running, one seen first by a process that started after it
+///   (it knows no epoch yet), and a failover to a replica that had the epoch record but not the
+///   last records. Only persistence prevents the first two; the third needs each write to be
+///   on a replica before it is answered, which this store does not ask Redis for (`WAIT`).
 /// - **Persistence:** the exactly-once promise holds across a restart of Redis only if its data
 ///   survives it: `appendonly yes`, with `appendfsync always` to survive a crash of the machine
 ///   (with `everysec`, the last second of writes may be lost), and a `maxmemory-policy` of
