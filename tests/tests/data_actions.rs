@@ -173,3 +173,50 @@ async fn test_runs_report_their_steps() {
     assert_eq!(err.status(), Some(http::StatusCode::NOT_FOUND));
     sim.shutdown().await;
 }
+
+/// A request of the caller's own, marked unsafe to repeat, answered with a gateway's 504 after
+/// the work ran: `call` reports the outcome as unknown, as `execute_action` does, with the 504
+/// behind it; the same request unmarked gets the 504 as it came.
+#[tokio::test]
+async fn a_raw_call_marked_unsafe_reports_a_gateway_error_as_an_unknown_outcome() {
+    use genesys_client::Body;
+    use genesys_tower::retry::RetrySafety;
+    use http::{Method, Request, StatusCode};
+
+    let sim = spawn(
+        SimConfig::default()
+            .users(1)
+            .rate_limit(None)
+            .faults("504-after=1".parse().unwrap()),
+    )
+    .await;
+    let client = client_for(&sim).build().unwrap();
+    let request = |marked: bool| {
+        let builder = Request::builder()
+            .method(Method::POST)
+            .uri(format!(
+                "/api/v2/integrations/actions/{ECHO_ACTION_ID}/execute"
+            ))
+            .header("content-type", "application/json");
+        let builder = match marked {
+            true => builder.extension(RetrySafety::Unsafe),
+            false => builder,
+        };
+        builder.body(Body::from(r#"{"charge":1}"#)).unwrap()
+    };
+    let err = client.call(request(true)).await.unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err}");
+    assert!(err.may_have_been_applied());
+    assert_eq!(
+        err.api().map(|a| a.status()),
+        Some(StatusCode::GATEWAY_TIMEOUT)
+    );
+    assert!(
+        !err.is_gateway_error(),
+        "reported as what it is, not as a plain 504"
+    );
+    let err = client.call(request(false)).await.unwrap_err();
+    assert!(!err.is_outcome_unknown(), "{err}");
+    assert_eq!(err.status(), Some(StatusCode::GATEWAY_TIMEOUT));
+    sim.shutdown().await;
+}

@@ -548,15 +548,13 @@ impl Deliver for Actions {
             let request = builder
                 .body(genesys_tower::Body::from(body))
                 .map_err(|e| Undelivered::Failed(format!("invalid request: {e}")))?;
-            let response = self.client.call(request).await.map_err(|e| {
-                // A gateway's 500, 502 or 504 may come after the action ran: as
-                // `execute_action` reports it, the outcome is unknown.
-                if e.is_gateway_error() {
-                    Undelivered::Unknown(e.to_string())
-                } else {
-                    Undelivered::from_error(&e)
-                }
-            })?;
+            // Marked unsafe to repeat: a gateway's 500, 502 or 504, which may come after the
+            // action ran, is an unknown outcome.
+            let response = self
+                .client
+                .call(request)
+                .await
+                .map_err(|e| Undelivered::from_error(&e))?;
             if self.print_output {
                 println!("{}", String::from_utf8_lossy(&response.body));
             }

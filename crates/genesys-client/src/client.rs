@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
 use serde::de::DeserializeOwned;
 use tower::{Service, ServiceExt};
 
-use crate::error::{ApiError, GenesysError};
+use crate::error::{ApiError, GenesysError, is_gateway_error};
 use crate::oauth::ClientCredentials;
 use crate::region::Endpoints;
 pub use crate::service::{HttpService, MAX_TOKEN_BODY};
@@ -127,7 +127,10 @@ impl GenesysClient {
     ///
     /// A relative URI (`/api/v2/users/me`) is resolved against the API base URL; an absolute one
     /// must be on the API host (the bearer token is never sent elsewhere). A non-2xx answer is a
-    /// [`GenesysError::Api`].
+    /// [`GenesysError::Api`], but for a request marked [`RetrySafety::Unsafe`] answered with a
+    /// gateway's 500, 502 or 504, which a gateway may answer after the work ran: that is
+    /// [`GenesysError::OutcomeUnknown`] (over the [`ApiError`], which
+    /// [`GenesysError::api`] reaches), as for [`execute_action`](Self::execute_action).
     pub async fn call(&self, request: Request<Body>) -> Result<ApiResponse, GenesysError> {
         let (mut parts, body) = request.into_parts();
         parts.uri = self.resolve(&parts.uri)?;
@@ -187,6 +190,8 @@ impl GenesysClient {
     /// Sends a request built by [`request`](Self::request); a non-2xx answer is an error.
     pub(crate) async fn send(&self, request: Request<Body>) -> Result<ApiResponse, GenesysError> {
         let idempotent_method = request.method().is_idempotent();
+        let unsafe_to_repeat =
+            request.extensions().get::<RetrySafety>() == Some(&RetrySafety::Unsafe);
         let mut svc = self.inner.stack.clone();
         let response = svc
             .ready()
@@ -217,15 +222,22 @@ impl GenesysClient {
             // The same reading as the retry layer's: seconds or an HTTP-date, strict ASCII.
             let retry_after =
                 genesys_tower::headers::retry_after(&parts.headers, std::time::SystemTime::now());
-            return Err(ApiError::from_response(
+            let api = ApiError::from_response(
                 parts.status,
                 correlation_id(&parts.headers).map(str::to_owned),
                 &body,
             )
             .with_retry_after(retry_after)
             .with_attempts(retry_info.as_ref().map(|i| i.attempts))
-            .with_maybe_applied(retry_info.is_some_and(|i| i.maybe_applied))
-            .into());
+            .with_maybe_applied(retry_info.is_some_and(|i| i.maybe_applied));
+            // A gateway's 500, 502 or 504 may come after the work ran: for a request that must
+            // not run twice, the outcome is unknown.
+            if unsafe_to_repeat && is_gateway_error(parts.status) {
+                return Err(GenesysError::OutcomeUnknown {
+                    source: Box::new(api),
+                });
+            }
+            return Err(api.into());
         }
         Ok(ApiResponse {
             status: parts.status,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::client::{GenesysClient, segment};
-use crate::error::{GenesysError, is_gateway_error};
+use crate::error::GenesysError;
 
 /// Options of [`GenesysClient::execute_action_with`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,14 +97,8 @@ impl GenesysClient {
         path: &str,
         input: &Value,
     ) -> Result<T, GenesysError> {
-        match self
-            .json(Method::POST, path, Some(input), Some(RetrySafety::Unsafe))
+        // Marked unsafe to repeat, a gateway error is an unknown outcome (`GenesysClient::call`).
+        self.json(Method::POST, path, Some(input), Some(RetrySafety::Unsafe))
             .await
-        {
-            Err(GenesysError::Api(api)) if is_gateway_error(api.status()) => {
-                Err(GenesysError::OutcomeUnknown { source: api })
-            }
-            other => other,
-        }
     }
 }

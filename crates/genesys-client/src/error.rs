@@ -644,9 +644,10 @@ impl GenesysError {
     }
 
     /// Whether the answer is a 500, 502 or 504: what a gateway in front of the work answers
-    /// when it gave up, which may be after the work was done. The typed calls that are never
-    /// replayed (data actions) report it as [`OutcomeUnknown`](Self::OutcomeUnknown); a raw
-    /// [`call`](crate::GenesysClient::call) returns it as it came.
+    /// when it gave up, which may be after the work was done. For a request that is never
+    /// replayed (data actions, and any request given to [`call`](crate::GenesysClient::call)
+    /// marked `RetrySafety::Unsafe`), it is reported as [`OutcomeUnknown`](Self::OutcomeUnknown)
+    /// instead, and this is false; for others it comes as it came.
     pub fn is_gateway_error(&self) -> bool {
         self.status().is_some_and(is_gateway_error)
     }
