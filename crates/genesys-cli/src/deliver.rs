@@ -474,7 +474,8 @@ impl Deliver for Users {
     }
 }
 
-/// `gcx ingest`: one chunk a unit, one POST of a JSON array with the unit's `Idempotency-Key`
+/// `gcx ingest`: one chunk a unit (split into several when its request would pass
+/// [`MAX_REQUEST_BYTES`]), one POST of a JSON array with the unit's `Idempotency-Key`
 /// (derived from the job and the chunk's first line), so a retry, and a resumed run, carries the
 /// same key and the endpoint, which deduplicates by key, applies the chunk once.
 #[derive(Debug, Clone)]
@@ -483,9 +484,38 @@ pub(crate) struct Ingest {
     pub(crate) path: Arc<str>,
 }
 
+/// The most bytes a request body to the API may hold: the Platform API's `request.bytes.max`
+/// (512,000 for every org; larger requests are answered 413).
+pub(crate) const MAX_REQUEST_BYTES: usize = 512_000;
+
+/// Counts the bytes written to it.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Deliver for Ingest {
     type Item = Value;
     const REPLAY: Replay = Replay::Safe;
+    // A chunk whose request would be larger goes as several requests.
+    const MAX_UNIT_BYTES: Option<usize> = Some(MAX_REQUEST_BYTES);
+
+    fn wire_size(item: &Value) -> usize {
+        let mut counter = Counter(0);
+        // Writing to a counter cannot fail, and a `Value` always serializes.
+        match serde_json::to_writer(&mut counter, item) {
+            Ok(()) => counter.0,
+            Err(_) => usize::MAX,
+        }
+    }
 
     async fn deliver(&self, unit: UnitCtx, items: Vec<Value>) -> Result<(), Undelivered> {
         let body = serde_json::to_vec(&items).map_err(|e| Undelivered::Failed(e.to_string()))?;

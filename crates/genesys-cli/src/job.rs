@@ -99,6 +99,16 @@ pub(crate) trait Deliver: Send + Sync + 'static {
     /// that holds. Units about different entities still go at once, up to the concurrency.
     const IN_ORDER_PER_ENTITY: bool = false;
 
+    /// The most bytes one unit's request body may hold (the API's `request.bytes.max`), when
+    /// its size depends on its records: a chunk that would be larger goes as several requests,
+    /// and a record too large on its own is quarantined.
+    const MAX_UNIT_BYTES: Option<usize> = None;
+
+    /// The bytes `item` adds to its unit's request body, with [`MAX_UNIT_BYTES`](Self::MAX_UNIT_BYTES).
+    fn wire_size(_item: &Self::Item) -> usize {
+        0
+    }
+
     /// Sends `items` (one request for the whole unit). On `Err`, every item of the unit counts
     /// as the error says.
     fn deliver(
@@ -125,6 +135,9 @@ pub(crate) struct Options {
 }
 
 type Unit = Vec<Meta>;
+
+/// The `[` and `]` around a unit's records in its request body.
+const BODY_BRACKETS: usize = 2;
 
 /// The entity a record is about, for [`Deliver::IN_ORDER_PER_ENTITY`].
 fn entity<D: Deliver>(meta: &Meta) -> Option<String> {
@@ -413,6 +426,9 @@ pub(crate) async fn run<D: Deliver>(
     let mut chains: Chains = HashMap::new();
     let mut pending_items: Vec<D::Item> = Vec::with_capacity(chunk_size);
     let mut pending_metas: Unit = Vec::with_capacity(chunk_size);
+    // Records of the chunk being formed, and the bytes of the request being formed.
+    let mut grouped = 0usize;
+    let mut pending_bytes = BODY_BRACKETS;
     let mut input_done = false;
     let mut interrupts_open = true;
     let mut interrupt_count = 0u32;
@@ -609,12 +625,45 @@ pub(crate) async fn run<D: Deliver>(
                         engine.tally.broken_input = Some(reason);
                     }
                     Some(Input::Record(Record { meta, item })) => {
-                        pending_metas.push(meta);
-                        pending_items.push(item);
-                        if pending_metas.len() >= chunk_size {
-                            let items = std::mem::replace(&mut pending_items, Vec::with_capacity(chunk_size));
-                            let metas = std::mem::replace(&mut pending_metas, Vec::with_capacity(chunk_size));
-                            dispatch(&mut engine, &mut set, &mut in_flight, &mut chains, items, metas, stopping);
+                        // A chunk is `chunk_size` records, whatever their size: the same chunks
+                        // in every run. One whose request would pass the API's size limit goes
+                        // as several requests, each a unit of its own.
+                        grouped += 1;
+                        let mut fits = true;
+                        if let Some(max) = D::MAX_UNIT_BYTES {
+                            let size = D::wire_size(&item);
+                            if size.saturating_add(BODY_BRACKETS) > max {
+                                fits = false;
+                                let reason = format!(
+                                    "this record is {size} bytes as JSON, and a request to the API \
+                                     takes at most {max}: it cannot be sent, even alone"
+                                );
+                                let raw = meta.raw.lossy();
+                                engine.quarantine(Quarantined { line: meta.line, reason, raw });
+                                engine.tick();
+                            } else {
+                                if !pending_metas.is_empty() && pending_bytes + size + 1 > max {
+                                    let items = std::mem::take(&mut pending_items);
+                                    let metas = std::mem::take(&mut pending_metas);
+                                    dispatch(&mut engine, &mut set, &mut in_flight, &mut chains, items, metas, stopping);
+                                    pending_bytes = BODY_BRACKETS;
+                                }
+                                // A comma before every record but the first.
+                                pending_bytes += size + usize::from(!pending_metas.is_empty());
+                            }
+                        }
+                        if fits {
+                            pending_metas.push(meta);
+                            pending_items.push(item);
+                        }
+                        if grouped >= chunk_size {
+                            grouped = 0;
+                            pending_bytes = BODY_BRACKETS;
+                            if !pending_metas.is_empty() {
+                                let items = std::mem::replace(&mut pending_items, Vec::with_capacity(chunk_size));
+                                let metas = std::mem::replace(&mut pending_metas, Vec::with_capacity(chunk_size));
+                                dispatch(&mut engine, &mut set, &mut in_flight, &mut chains, items, metas, stopping);
+                            }
                             engine.tick();
                         }
                     }

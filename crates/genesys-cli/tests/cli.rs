@@ -483,15 +483,8 @@ async fn ingest_validates_quarantines_and_sends_chunks() {
     }
     let input = write(&d.join("records.jsonl"), input.as_bytes());
     let (report, quarantine) = (d.join("r.json"), d.join("q.jsonl"));
-    let out = gcx(&sim)
-        .args(["ingest", "--chunk-size", "5", "--json", "--input"])
-        .arg(&input)
-        .arg("--schema")
-        .arg(&schema)
-        .arg("--report")
-        .arg(&report)
-        .arg("--quarantine")
-        .arg(&quarantine)
+    let out = ingest(&sim, &input, &schema, &report, &quarantine)
+        .args(["--chunk-size", "5"])
         .output()
         .unwrap();
     assert_exit(&out, 1);
@@ -513,6 +506,55 @@ async fn ingest_validates_quarantines_and_sends_chunks() {
     );
     assert_eq!(sim.ledger_len(), 22, "every valid record ingested once");
     assert_eq!(read_json(&report)["counts"]["delivered"], 22);
+}
+
+/// Records of 2 KB: 300 of them make a chunk of 600 KB, past the API's 512,000 bytes a request.
+/// The chunk goes as two requests, and a record too large to be sent even alone is quarantined
+/// with the reason. A second run of the same command finds everything done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_past_the_apis_size_limit_goes_as_several_requests() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("ingest_bytes");
+    let schema = ingest_schema(&d);
+    let mut input = String::new();
+    for i in 0..301 {
+        let segment = if i == 150 { 600_000 } else { 2_000 };
+        let rec = json!({
+            "external_id": format!("TXN-{i}"),
+            "timestamp": "2023-10-15T14:30:00Z",
+            "channel": "voice",
+            "duration_seconds": 60,
+            "customer_segment": "x".repeat(segment)
+        });
+        input.push_str(&format!("{rec}\n"));
+    }
+    let input = write(&d.join("records.jsonl"), input.as_bytes());
+    let (report, quarantine) = (d.join("r.json"), d.join("q.jsonl"));
+    let run = || {
+        ingest(&sim, &input, &schema, &report, &quarantine)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_exit(&out, 1);
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts = &summary["counts"];
+    assert_eq!(counts["delivered"], 300, "{counts}");
+    assert_eq!(counts["failed"], 0, "{counts}");
+    assert_eq!(counts["requests"], 2, "one chunk, two requests: {counts}");
+    let q = jsonl(&quarantine);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0]["line"], 151);
+    let reason = q[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("at most 512000"), "{reason}");
+    assert_eq!(sim.ledger_len(), 300, "every other record ingested once");
+
+    let out = run();
+    assert_exit(&out, 1);
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["counts"]["requests"], 0, "{summary}");
+    assert_eq!(summary["counts"]["delivered"], 300, "{summary}");
+    assert_eq!(sim.ledger_len(), 300);
 }
 
 /// Two runs without a journal send keys of their own: the endpoint, which drops a repeat of a

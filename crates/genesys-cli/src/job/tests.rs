@@ -614,37 +614,35 @@ impl<const IN_ORDER: bool> Deliver for PerEntity<IN_ORDER> {
     }
 }
 
-/// Runs `lines` (line, entity) as worker `shard`, if any; returns its tally and the order its
-/// units ended in.
-async fn run_per_entity<const IN_ORDER: bool>(
-    lines: &[(u64, &str)],
+/// Runs `records` (line, entity, item) through `d` without a journal; returns the tally.
+async fn run_records<D: Deliver<Item = u64>>(
+    d: Arc<D>,
+    records: impl IntoIterator<Item = (u64, Option<&str>, u64)>,
+    chunk_size: usize,
+    concurrency: usize,
     shard: Option<Shard>,
-) -> (Tally, Vec<u64>) {
-    let (tx, rx) = mpsc::channel(lines.len().max(1));
-    let (_itx, irx) = mpsc::unbounded_channel();
-    for &(line, key) in lines {
-        tx.send(Input::Record(Record {
-            meta: Meta {
-                line,
-                key: Some(key.to_owned()),
-                raw: Raw::Line(format!("{{\"n\":{line}}}").into_bytes()),
-            },
-            item: line,
-        }))
-        .await
-        .unwrap();
+) -> Tally {
+    let records: Vec<_> = records.into_iter().collect();
+    let (tx, rx) = mpsc::channel(records.len().max(1));
+    for (line, key, item) in records {
+        let meta = Meta {
+            line,
+            key: key.map(str::to_owned),
+            raw: Raw::Line(format!("{{\"n\":{line}}}").into_bytes()),
+        };
+        tx.try_send(Input::Record(Record { meta, item })).unwrap();
     }
     drop(tx);
-    let d = Arc::new(PerEntity::<IN_ORDER>::default());
+    let (_itx, irx) = mpsc::unbounded_channel();
     let options = Options {
-        concurrency: 4,
-        chunk_size: 1,
+        concurrency,
+        chunk_size,
         retry_unknown: false,
         grace: Duration::from_secs(60),
         shard,
     };
-    let tally = run(
-        d.clone(),
+    run(
+        d,
         rx,
         irx,
         &mut Sinks::default(),
@@ -652,7 +650,18 @@ async fn run_per_entity<const IN_ORDER: bool>(
         None,
         options,
     )
-    .await;
+    .await
+}
+
+/// Runs `lines` (line, entity) as worker `shard`, if any; returns its tally and the order its
+/// units ended in.
+async fn run_per_entity<const IN_ORDER: bool>(
+    lines: &[(u64, &str)],
+    shard: Option<Shard>,
+) -> (Tally, Vec<u64>) {
+    let d = Arc::new(PerEntity::<IN_ORDER>::default());
+    let records = lines.iter().map(|&(line, key)| (line, Some(key), line));
+    let tally = run_records(d.clone(), records, 1, 4, shard).await;
     let ended = d.ended.lock().unwrap().clone();
     (tally, ended)
 }
@@ -695,4 +704,39 @@ async fn shards_split_a_job_in_order_by_entity_and_every_line_is_sent_once() {
     }
     all.sort_unstable();
     assert_eq!(all, (1..=42).collect::<Vec<u64>>(), "every line once");
+}
+
+/// Items are their own size in bytes; a unit's body holds at most 20.
+#[derive(Default)]
+struct SizeLimited {
+    units: Mutex<Vec<Vec<u64>>>,
+}
+
+impl Deliver for SizeLimited {
+    type Item = u64;
+    const REPLAY: Replay = Replay::Safe;
+    const MAX_UNIT_BYTES: Option<usize> = Some(20);
+    fn wire_size(item: &u64) -> usize {
+        *item as usize
+    }
+    async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
+        self.units.lock().unwrap().push(items);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chunk_too_large_for_one_request_goes_as_several_and_keeps_its_bounds() {
+    // Records of 5 bytes but line 5, of 30: chunks of 4 records are lines 1-4 and 5-8, and 9.
+    let sizes = [5, 5, 5, 5, 30, 5, 5, 5, 5];
+    let records = (1..).zip(sizes).map(|(line, size)| (line, None, size));
+    let d = Arc::new(SizeLimited::default());
+    let tally = run_records(d.clone(), records, 4, 1, None).await;
+    // [5,5,5] is 2 + 15 + 2 commas = 19 bytes; a fourth would make 25.
+    let units = d.units.lock().unwrap().clone();
+    assert_eq!(units, [vec![5, 5, 5], vec![5], vec![5, 5, 5], vec![5]]);
+    assert_eq!((tally.delivered, tally.quarantined), (8, 1));
+    assert_eq!(tally.quarantine[0].line, 5);
+    assert!(tally.quarantine[0].reason.contains("at most 20"));
+    assert_eq!(tally.requests, 4);
 }

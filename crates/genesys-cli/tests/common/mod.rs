@@ -159,3 +159,17 @@ pub fn ingest_input(d: &Path, file: &str, ids: std::ops::Range<usize>) -> (PathB
     }
     (write(&d.join(file), lines.as_bytes()), schema)
 }
+
+/// `gcx ingest --json` of `input` against `schema`, with its report and quarantine files.
+pub fn ingest(sim: &SimHandle, input: &Path, schema: &Path, report: &Path, q: &Path) -> Command {
+    let mut cmd = gcx(sim);
+    cmd.args(["ingest", "--json", "--input"])
+        .arg(input)
+        .arg("--schema")
+        .arg(schema)
+        .arg("--report")
+        .arg(report)
+        .arg("--quarantine")
+        .arg(q);
+    cmd
+}
