@@ -8,7 +8,8 @@
 //! Delivery itself is behind [`Deliver`], so the engine is tested with a fake and wired to the
 //! real client by the commands.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -161,9 +162,10 @@ fn unit_entity<D: Deliver>(metas: &[Meta]) -> Option<String> {
     entity::<D>(metas.first()?)
 }
 
-/// The last unit sent about each entity still in flight: its line, and what ends when it does.
-/// An entry goes when its unit ends, so the map holds at most the units in flight.
-type Chains = HashMap<String, (u64, tokio::sync::oneshot::Receiver<()>)>;
+/// For each entity with a unit in flight, the units about it that wait for their turn, in the
+/// input's order (each with whether it is resumed). An entry goes when the last of them ends,
+/// so the map holds no more than the units in flight and waiting.
+type Waiting<I> = HashMap<String, VecDeque<(Vec<I>, Unit, bool)>>;
 
 /// The job's journal as the engine sees it: earlier runs' states and the writer.
 pub(crate) struct JobJournal<'a> {
@@ -362,16 +364,6 @@ fn decide<D: Deliver>(
     }
 }
 
-/// Drops an ended unit's entry, unless a later unit about the same entity has taken its place.
-fn forget(chains: &mut Chains, entity: Option<String>, metas: &[Meta]) {
-    let line = metas.first().map(|m| m.line);
-    if let Some(entity) = entity
-        && chains.get(&entity).map(|(l, _)| *l) == line
-    {
-        chains.remove(&entity);
-    }
-}
-
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -423,7 +415,9 @@ pub(crate) async fn run<D: Deliver>(
     };
     let mut set: JoinSet<(Result<(), Undelivered>, Duration)> = JoinSet::new();
     let mut in_flight: HashMap<Id, Unit> = HashMap::new();
-    let mut chains: Chains = HashMap::new();
+    let mut waiting: Waiting<D::Item> = HashMap::new();
+    // Units in `waiting`: they count against the concurrency, as units in flight do.
+    let mut queued = 0usize;
     let mut pending_items: Vec<D::Item> = Vec::with_capacity(chunk_size);
     let mut pending_metas: Unit = Vec::with_capacity(chunk_size);
     // Records of the chunk being formed, and the bytes of the request being formed.
@@ -435,12 +429,60 @@ pub(crate) async fn run<D: Deliver>(
     let mut stopping = false;
     let mut grace_ends: Option<tokio::time::Instant> = None;
 
-    // Forms a unit: not started (stopping), skipped (delivered earlier), listed as unknown, or
-    // sent.
+    // Sends a unit: its start journaled, then its request, in a task of its own.
+    let send = |engine: &mut Engine<'_>,
+                set: &mut JoinSet<_>,
+                in_flight: &mut HashMap<Id, Unit>,
+                items: Vec<D::Item>,
+                metas: Unit,
+                resumed: bool| {
+        let Some(line) = metas.first().map(|m| m.line) else {
+            return;
+        };
+        let key = engine.journal.as_ref().map_or_else(
+            || format!("gcx-{}-{line}", engine.run_id),
+            |j| j.journal.key(line),
+        );
+        let handle = engine.journal.as_ref().map(|j| j.handle.clone());
+        let fence = engine.journal.as_ref().and_then(|j| j.journal.fence());
+        if let Some(h) = &handle {
+            h.start(line, metas.len(), &key);
+        }
+        let ctx = UnitCtx {
+            line,
+            key,
+            resumed,
+            journal: handle,
+        };
+        let d = deliver.clone();
+        let task = set.spawn(async move {
+            if D::REPLAY == Replay::Never
+                && let Some(h) = &ctx.journal
+                && let Err(e) = h.sync().await
+            {
+                let why = format!("not sent: the journal could not record its start ({e})");
+                return (Err(Undelivered::NotSent(why)), Duration::ZERO);
+            }
+            // The last moment to find a fleet lease lapsed (paused since the dispatch, or while
+            // the start was recorded): nothing has left yet.
+            if fence.as_ref().is_some_and(|f| !f.holds()) {
+                return (Err(Undelivered::LeftToFleet), Duration::ZERO);
+            }
+            let t = Instant::now();
+            let r = d.deliver(ctx, items).await;
+            (r, t.elapsed())
+        });
+        in_flight.insert(task.id(), metas);
+        engine.tally.requests += 1;
+    };
+
+    // Forms a unit: not started (stopping), skipped (delivered earlier), listed as unknown,
+    // sent, or set to wait for a unit about the same entity still in flight.
     let dispatch = |engine: &mut Engine<'_>,
                     set: &mut JoinSet<_>,
                     in_flight: &mut HashMap<Id, Unit>,
-                    chains: &mut Chains,
+                    waiting: &mut Waiting<D::Item>,
+                    queued: &mut usize,
                     items: Vec<D::Item>,
                     metas: Unit,
                     stopping: bool| {
@@ -474,54 +516,48 @@ pub(crate) async fn run<D: Deliver>(
                 engine.unknown(&metas, reason, started);
             }
             Decision::Send { resumed } => {
-                let key = engine.journal.as_ref().map_or_else(
-                    || format!("gcx-{}-{line}", engine.run_id),
-                    |j| j.journal.key(line),
-                );
-                let handle = engine.journal.as_ref().map(|j| j.handle.clone());
-                let fence = engine.journal.as_ref().and_then(|j| j.journal.fence());
-                if let Some(h) = &handle {
-                    h.start(line, metas.len(), &key);
+                match unit_entity::<D>(&metas).map(|e| waiting.entry(e)) {
+                    Some(Entry::Occupied(mut turn)) => {
+                        turn.get_mut().push_back((items, metas, resumed));
+                        *queued += 1;
+                    }
+                    Some(Entry::Vacant(free)) => {
+                        free.insert(VecDeque::new());
+                        send(engine, set, in_flight, items, metas, resumed);
+                    }
+                    None => send(engine, set, in_flight, items, metas, resumed),
                 }
-                let ctx = UnitCtx {
-                    line,
-                    key,
-                    resumed,
-                    journal: handle,
-                };
-                let d = deliver.clone();
-                // Dropped when this unit's task ends, however it ends (an abort included): the
-                // next unit about the same entity waits for that.
-                let (ended, ends) = tokio::sync::oneshot::channel::<()>();
-                let after = unit_entity::<D>(&metas)
-                    .and_then(|e| chains.insert(e, (line, ends)))
-                    .map(|(_, before)| before);
-                let task = set.spawn(async move {
-                    let _ended = ended;
-                    if let Some(before) = after {
-                        // An error once the unit before has ended: nothing is ever sent on it.
-                        let _ = before.await;
-                    }
-                    if D::REPLAY == Replay::Never
-                        && let Some(h) = &ctx.journal
-                        && let Err(e) = h.sync().await
-                    {
-                        let why = format!("not sent: the journal could not record its start ({e})");
-                        return (Err(Undelivered::NotSent(why)), Duration::ZERO);
-                    }
-                    // The last moment to find a fleet lease lapsed (paused since the dispatch,
-                    // or while the start was recorded): nothing has left yet.
-                    if fence.as_ref().is_some_and(|f| !f.holds()) {
-                        return (Err(Undelivered::LeftToFleet), Duration::ZERO);
-                    }
-                    let t = Instant::now();
-                    let r = d.deliver(ctx, items).await;
-                    (r, t.elapsed())
-                });
-                in_flight.insert(task.id(), metas);
-                engine.tally.requests += 1;
             }
         }
+    };
+
+    // A unit ended: the next one about its entity goes, or, when the job is stopping, is listed
+    // as not started with every other one waiting for it.
+    let next_turn = |engine: &mut Engine<'_>,
+                     set: &mut JoinSet<_>,
+                     in_flight: &mut HashMap<Id, Unit>,
+                     waiting: &mut Waiting<D::Item>,
+                     queued: &mut usize,
+                     ended: &[Meta],
+                     stopping: bool| {
+        let Some(entity) = unit_entity::<D>(ended) else {
+            return;
+        };
+        let Entry::Occupied(mut turn) = waiting.entry(entity) else {
+            return;
+        };
+        let stopping = stopping || engine.tally.credentials_refused.is_some();
+        while let Some((items, metas, resumed)) = turn.get_mut().pop_front() {
+            *queued -= 1;
+            if !stopping {
+                send(engine, set, in_flight, items, metas, resumed);
+                return;
+            }
+            for meta in &metas {
+                engine.not_started(meta);
+            }
+        }
+        turn.remove();
     };
 
     loop {
@@ -532,7 +568,7 @@ pub(crate) async fn run<D: Deliver>(
             // The unit being formed, and every one after it, is listed as not started.
             stopping = true;
         }
-        let taking = !input_done && (stopping || set.len() < concurrency);
+        let taking = !input_done && (stopping || set.len() + queued < concurrency);
         tokio::select! {
             biased;
             signal = interrupts.recv(), if interrupts_open => {
@@ -573,12 +609,11 @@ pub(crate) async fn run<D: Deliver>(
                 match joined {
                     Ok((id, (result, took))) => {
                         let metas = in_flight.remove(&id).unwrap_or_default();
-                        forget(&mut chains, unit_entity::<D>(&metas), &metas);
                         engine.settle(&metas, result, took);
+                        next_turn(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, &metas, stopping);
                     }
                     Err(e) => {
                         let metas = in_flight.remove(&e.id()).unwrap_or_default();
-                        forget(&mut chains, unit_entity::<D>(&metas), &metas);
                         let reason = if e.is_cancelled() {
                             engine.tally.aborted_in_flight += metas.len() as u64;
                             "interrupted while in flight: the outcome is unknown".to_owned()
@@ -586,6 +621,7 @@ pub(crate) async fn run<D: Deliver>(
                             format!("delivery task failed, the outcome is unknown: {e}")
                         };
                         engine.unknown(&metas, &reason, true);
+                        next_turn(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, &metas, stopping);
                     }
                 }
                 engine.tick();
@@ -601,7 +637,7 @@ pub(crate) async fn run<D: Deliver>(
                             // records are listed as not started, and a resume sends the whole
                             // chunk (journaled, a short one would stand for all of it).
                             let cut_short = engine.tally.broken_input.is_some();
-                            dispatch(&mut engine, &mut set, &mut in_flight, &mut chains, items, metas, stopping || cut_short);
+                            dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, items, metas, stopping || cut_short);
                         }
                     }
                     // With --shard I/N, a line is this worker's when its number modulo N is I
@@ -645,7 +681,7 @@ pub(crate) async fn run<D: Deliver>(
                                 if !pending_metas.is_empty() && pending_bytes + size + 1 > max {
                                     let items = std::mem::take(&mut pending_items);
                                     let metas = std::mem::take(&mut pending_metas);
-                                    dispatch(&mut engine, &mut set, &mut in_flight, &mut chains, items, metas, stopping);
+                                    dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, items, metas, stopping);
                                     pending_bytes = BODY_BRACKETS;
                                 }
                                 // A comma before every record but the first.
@@ -662,7 +698,7 @@ pub(crate) async fn run<D: Deliver>(
                             if !pending_metas.is_empty() {
                                 let items = std::mem::replace(&mut pending_items, Vec::with_capacity(chunk_size));
                                 let metas = std::mem::replace(&mut pending_metas, Vec::with_capacity(chunk_size));
-                                dispatch(&mut engine, &mut set, &mut in_flight, &mut chains, items, metas, stopping);
+                                dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, items, metas, stopping);
                             }
                             engine.tick();
                         }

@@ -740,3 +740,49 @@ async fn a_chunk_too_large_for_one_request_goes_as_several_and_keeps_its_bounds(
     assert!(tally.quarantine[0].reason.contains("at most 20"));
     assert_eq!(tally.requests, 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupt_lists_a_unit_waiting_for_its_turn_as_not_started() {
+    let (tx, rx) = mpsc::channel(4);
+    for (line, key) in [(1, "u-a"), (2, "u-a"), (3, "u-b")] {
+        let meta = Meta {
+            line,
+            key: Some(key.to_owned()),
+            raw: Raw::Line(format!("{{\"n\":{line}}}").into_bytes()),
+        };
+        tx.send(Input::Record(Record { meta, item: line }))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    let (itx, irx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // Line 1 is in flight (30 ms), line 2 waits for it.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        itx.send(()).unwrap();
+    });
+    let d = Arc::new(PerEntity::<true>::default());
+    let options = Options {
+        concurrency: 4,
+        chunk_size: 1,
+        retry_unknown: false,
+        grace: Duration::from_secs(60),
+        shard: None,
+    };
+    let mut sinks = Sinks::default();
+    let tally = run(
+        d.clone(),
+        rx,
+        irx,
+        &mut sinks,
+        &Progress::hidden(),
+        None,
+        options,
+    )
+    .await;
+    assert_eq!(*d.ended.lock().unwrap(), [3, 1], "line 2 was never sent");
+    assert_eq!(
+        (tally.delivered, tally.not_started, tally.unknown),
+        (2, 1, 0)
+    );
+}
