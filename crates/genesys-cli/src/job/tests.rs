@@ -614,13 +614,14 @@ impl<const IN_ORDER: bool> Deliver for PerEntity<IN_ORDER> {
     }
 }
 
-/// Runs `records` (line, entity, item) through `d` without a journal; returns the tally.
+/// Runs `records` (line, entity, item) through `d` without a journal, with a Ctrl-C after
+/// `interrupt`, if any; returns the tally.
 async fn run_records<D: Deliver<Item = u64>>(
     d: Arc<D>,
     records: impl IntoIterator<Item = (u64, Option<&str>, u64)>,
-    chunk_size: usize,
-    concurrency: usize,
+    (chunk_size, concurrency): (usize, usize),
     shard: Option<Shard>,
+    interrupt: Option<Duration>,
 ) -> Tally {
     let records: Vec<_> = records.into_iter().collect();
     let (tx, rx) = mpsc::channel(records.len().max(1));
@@ -633,7 +634,15 @@ async fn run_records<D: Deliver<Item = u64>>(
         tx.try_send(Input::Record(Record { meta, item })).unwrap();
     }
     drop(tx);
-    let (_itx, irx) = mpsc::unbounded_channel();
+    let (itx, irx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        if let Some(after) = interrupt {
+            tokio::time::sleep(after).await;
+            let _ = itx.send(());
+        }
+        // Held open until then: a closed channel is not an interrupt.
+        std::future::pending::<()>().await;
+    });
     let options = Options {
         concurrency,
         chunk_size,
@@ -661,7 +670,7 @@ async fn run_per_entity<const IN_ORDER: bool>(
 ) -> (Tally, Vec<u64>) {
     let d = Arc::new(PerEntity::<IN_ORDER>::default());
     let records = lines.iter().map(|&(line, key)| (line, Some(key), line));
-    let tally = run_records(d.clone(), records, 1, 4, shard).await;
+    let tally = run_records(d.clone(), records, (1, 4), shard, None).await;
     let ended = d.ended.lock().unwrap().clone();
     (tally, ended)
 }
@@ -731,7 +740,7 @@ async fn a_chunk_too_large_for_one_request_goes_as_several_and_keeps_its_bounds(
     let sizes = [5, 5, 5, 5, 30, 5, 5, 5, 5];
     let records = (1..).zip(sizes).map(|(line, size)| (line, None, size));
     let d = Arc::new(SizeLimited::default());
-    let tally = run_records(d.clone(), records, 4, 1, None).await;
+    let tally = run_records(d.clone(), records, (4, 1), None, None).await;
     // [5,5,5] is 2 + 15 + 2 commas = 19 bytes; a fourth would make 25.
     let units = d.units.lock().unwrap().clone();
     assert_eq!(units, [vec![5, 5, 5], vec![5], vec![5, 5, 5], vec![5]]);
@@ -743,43 +752,15 @@ async fn a_chunk_too_large_for_one_request_goes_as_several_and_keeps_its_bounds(
 
 #[tokio::test(start_paused = true)]
 async fn an_interrupt_lists_a_unit_waiting_for_its_turn_as_not_started() {
-    let (tx, rx) = mpsc::channel(4);
-    for (line, key) in [(1, "u-a"), (2, "u-a"), (3, "u-b")] {
-        let meta = Meta {
-            line,
-            key: Some(key.to_owned()),
-            raw: Raw::Line(format!("{{\"n\":{line}}}").into_bytes()),
-        };
-        tx.send(Input::Record(Record { meta, item: line }))
-            .await
-            .unwrap();
-    }
-    drop(tx);
-    let (itx, irx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        // Line 1 is in flight (30 ms), line 2 waits for it.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        itx.send(()).unwrap();
-    });
+    // Line 1 is in flight for 30 ms at the interrupt, line 2 waits for it.
+    let records = [
+        (1, Some("u-a"), 1),
+        (2, Some("u-a"), 2),
+        (3, Some("u-b"), 3),
+    ];
     let d = Arc::new(PerEntity::<true>::default());
-    let options = Options {
-        concurrency: 4,
-        chunk_size: 1,
-        retry_unknown: false,
-        grace: Duration::from_secs(60),
-        shard: None,
-    };
-    let mut sinks = Sinks::default();
-    let tally = run(
-        d.clone(),
-        rx,
-        irx,
-        &mut sinks,
-        &Progress::hidden(),
-        None,
-        options,
-    )
-    .await;
+    let ctrl_c = Some(Duration::from_millis(10));
+    let tally = run_records(d.clone(), records, (1, 4), None, ctrl_c).await;
     assert_eq!(*d.ended.lock().unwrap(), [3, 1], "line 2 was never sent");
     assert_eq!(
         (tally.delivered, tally.not_started, tally.unknown),
