@@ -45,6 +45,8 @@ pub(crate) struct JobKind<'a> {
     pub(crate) journaled: bool,
     /// The hash of the records' schema (`ingest`): part of what the job is.
     pub(crate) schema: Option<&'a str>,
+    /// What `--shard` splits the input by when not by line: `user id` for `users patch`.
+    pub(crate) shard_by: Option<&'a str>,
 }
 
 /// Opens `input` for `parser`, the fleet job's record, the output files and the journal, or
@@ -95,6 +97,7 @@ pub(crate) async fn prepare<P: Parse>(
             }
             let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?
                 .with_schema(kind.schema.map(str::to_owned))
+                .with_shard_by(kind.shard_by)
                 .with_run(common.fleet_run.clone());
             let key = format!(
                 "{}:{}",
@@ -126,6 +129,7 @@ pub(crate) async fn prepare<P: Parse>(
     let journal = if kind.journaled && !common.no_journal && fleet.is_none() {
         let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?
             .with_schema(kind.schema.map(str::to_owned))
+            .with_shard_by(kind.shard_by)
             .with_shard(common.shard);
         let (path, mode) = match &common.journal {
             Some(path) if common.fresh => (path.clone(), OpenMode::Fresh),

@@ -448,7 +448,7 @@ impl Deliver for Users {
     type Item = UserUpdate;
     const REPLAY: Replay = Replay::Safe;
     // Several lines about one user: applied in their order, so the last one holds.
-    const IN_ORDER_PER_ENTITY: bool = true;
+    const ENTITY: Option<&'static str> = Some("user id");
 
     async fn deliver(&self, unit: UnitCtx, items: Vec<UserUpdate>) -> Result<(), Undelivered> {
         for u in items {

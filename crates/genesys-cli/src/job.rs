@@ -9,7 +9,7 @@
 //! real client by the commands.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,11 +94,12 @@ pub(crate) trait Deliver: Send + Sync + 'static {
     /// Whether a unit whose outcome is unknown may be sent again.
     const REPLAY: Replay;
 
-    /// Whether units about the same entity (the key of their first record, such as a user id,
-    /// compared without regard to ASCII case) are sent one after another in the input's order,
-    /// each once the one before has ended, so that the last line about an entity is the one
-    /// that holds. Units about different entities still go at once, up to the concurrency.
-    const IN_ORDER_PER_ENTITY: bool = false;
+    /// What a record is about (`user id`), when units about the same entity (the key of their
+    /// first record, compared without regard to ASCII case) must go one after another in the
+    /// input's order, each once the one before has ended, so that the last line about an
+    /// entity is the one that holds. Units about different entities still go at once, up to
+    /// the concurrency, and `--shard` splits such a job by entity rather than by line.
+    const ENTITY: Option<&'static str> = None;
 
     /// The most bytes one unit's request body may hold (the API's `request.bytes.max`), when
     /// its size depends on its records: a chunk that would be larger goes as several requests,
@@ -140,11 +141,9 @@ type Unit = Vec<Meta>;
 /// The `[` and `]` around a unit's records in its request body.
 const BODY_BRACKETS: usize = 2;
 
-/// The entity a record is about, for [`Deliver::IN_ORDER_PER_ENTITY`].
+/// The entity a record is about, for [`Deliver::ENTITY`].
 fn entity<D: Deliver>(meta: &Meta) -> Option<String> {
-    if !D::IN_ORDER_PER_ENTITY {
-        return None;
-    }
+    D::ENTITY?;
     meta.key.as_ref().map(|k| k.to_ascii_lowercase())
 }
 
@@ -416,6 +415,9 @@ pub(crate) async fn run<D: Deliver>(
     let mut set: JoinSet<(Result<(), Undelivered>, Duration)> = JoinSet::new();
     let mut in_flight: HashMap<Id, Unit> = HashMap::new();
     let mut waiting: Waiting<D::Item> = HashMap::new();
+    // On a resume, the entities with a line sent again that an earlier run had started but not
+    // delivered: their later lines go again too (as many as the earlier run left undelivered).
+    let mut reopened: HashSet<String> = HashSet::new();
     // Units in `waiting`: they count against the concurrency, as units in flight do.
     let mut queued = 0usize;
     let mut pending_items: Vec<D::Item> = Vec::with_capacity(chunk_size);
@@ -483,6 +485,7 @@ pub(crate) async fn run<D: Deliver>(
                     in_flight: &mut HashMap<Id, Unit>,
                     waiting: &mut Waiting<D::Item>,
                     queued: &mut usize,
+                    reopened: &mut HashSet<String>,
                     items: Vec<D::Item>,
                     metas: Unit,
                     stopping: bool| {
@@ -500,7 +503,24 @@ pub(crate) async fn run<D: Deliver>(
             engine.tally.other_shards += metas.len() as u64;
             return;
         }
-        match decide::<D>(engine.journal.as_ref(), line, options.retry_unknown) {
+        let entity = unit_entity::<D>(&metas);
+        let decision = match decide::<D>(engine.journal.as_ref(), line, options.retry_unknown) {
+            // Delivered earlier, but after a line about the same entity that goes again now:
+            // it goes again after that one (resolved first), so that the last line still holds.
+            Decision::Skip if entity.as_ref().is_some_and(|e| reopened.contains(e)) => {
+                Decision::Send { resumed: true }
+            }
+            decision => decision,
+        };
+        if let (Decision::Send { .. }, Some(e), Some(j)) = (&decision, &entity, &engine.journal)
+            && matches!(
+                j.journal.past.state(line),
+                UnitState::Started | UnitState::Failed | UnitState::Unknown
+            )
+        {
+            reopened.insert(e.clone());
+        }
+        match decision {
             Decision::Skip => {
                 engine.tally.delivered += metas.len() as u64;
                 engine.tally.delivered_earlier += metas.len() as u64;
@@ -515,19 +535,17 @@ pub(crate) async fn run<D: Deliver>(
                     .is_some_and(|j| j.journal.past.state(line) == UnitState::Started);
                 engine.unknown(&metas, reason, started);
             }
-            Decision::Send { resumed } => {
-                match unit_entity::<D>(&metas).map(|e| waiting.entry(e)) {
-                    Some(Entry::Occupied(mut turn)) => {
-                        turn.get_mut().push_back((items, metas, resumed));
-                        *queued += 1;
-                    }
-                    Some(Entry::Vacant(free)) => {
-                        free.insert(VecDeque::new());
-                        send(engine, set, in_flight, items, metas, resumed);
-                    }
-                    None => send(engine, set, in_flight, items, metas, resumed),
+            Decision::Send { resumed } => match entity.map(|e| waiting.entry(e)) {
+                Some(Entry::Occupied(mut turn)) => {
+                    turn.get_mut().push_back((items, metas, resumed));
+                    *queued += 1;
                 }
-            }
+                Some(Entry::Vacant(free)) => {
+                    free.insert(VecDeque::new());
+                    send(engine, set, in_flight, items, metas, resumed);
+                }
+                None => send(engine, set, in_flight, items, metas, resumed),
+            },
         }
     };
 
@@ -546,15 +564,20 @@ pub(crate) async fn run<D: Deliver>(
         let Entry::Occupied(mut turn) = waiting.entry(entity) else {
             return;
         };
-        let stopping = stopping || engine.tally.credentials_refused.is_some();
+        let stopping =
+            stopping || engine.tally.credentials_refused.is_some() || engine.journal_broken();
         while let Some((items, metas, resumed)) = turn.get_mut().pop_front() {
             *queued -= 1;
-            if !stopping {
+            if engine.fenced() {
+                // A fleet shard whose lease no longer surely holds: the taker sends them.
+                engine.tally.other_shards += metas.len() as u64;
+            } else if stopping {
+                for meta in &metas {
+                    engine.not_started(meta);
+                }
+            } else {
                 send(engine, set, in_flight, items, metas, resumed);
                 return;
-            }
-            for meta in &metas {
-                engine.not_started(meta);
             }
         }
         turn.remove();
@@ -637,7 +660,7 @@ pub(crate) async fn run<D: Deliver>(
                             // records are listed as not started, and a resume sends the whole
                             // chunk (journaled, a short one would stand for all of it).
                             let cut_short = engine.tally.broken_input.is_some();
-                            dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, items, metas, stopping || cut_short);
+                            dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, &mut reopened, items, metas, stopping || cut_short);
                         }
                     }
                     // With --shard I/N, a line is this worker's when its number modulo N is I
@@ -668,7 +691,11 @@ pub(crate) async fn run<D: Deliver>(
                         let mut fits = true;
                         if let Some(max) = D::MAX_UNIT_BYTES {
                             let size = D::wire_size(&item);
-                            if size.saturating_add(BODY_BRACKETS) > max {
+                            if size.saturating_add(BODY_BRACKETS) > max && engine.fenced() {
+                                // Quarantined by the worker that holds the shard.
+                                fits = false;
+                                engine.tally.other_shards += 1;
+                            } else if size.saturating_add(BODY_BRACKETS) > max {
                                 fits = false;
                                 let reason = format!(
                                     "this record is {size} bytes as JSON, and a request to the API \
@@ -681,7 +708,7 @@ pub(crate) async fn run<D: Deliver>(
                                 if !pending_metas.is_empty() && pending_bytes + size + 1 > max {
                                     let items = std::mem::take(&mut pending_items);
                                     let metas = std::mem::take(&mut pending_metas);
-                                    dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, items, metas, stopping);
+                                    dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, &mut reopened, items, metas, stopping);
                                     pending_bytes = BODY_BRACKETS;
                                 }
                                 // A comma before every record but the first.
@@ -698,7 +725,7 @@ pub(crate) async fn run<D: Deliver>(
                             if !pending_metas.is_empty() {
                                 let items = std::mem::replace(&mut pending_items, Vec::with_capacity(chunk_size));
                                 let metas = std::mem::replace(&mut pending_metas, Vec::with_capacity(chunk_size));
-                                dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, items, metas, stopping);
+                                dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, &mut reopened, items, metas, stopping);
                             }
                             engine.tick();
                         }

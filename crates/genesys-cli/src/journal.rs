@@ -84,6 +84,9 @@ pub(crate) struct JobSpec {
     /// The hash of the records' schema, for `ingest`.
     pub(crate) schema: Option<String>,
     pub(crate) shard: Option<Shard>,
+    /// What a shard splits the input by, when not by line (`user id` for `users patch`): part
+    /// of what the job is, since it decides which worker has which line.
+    pub(crate) shard_by: Option<String>,
     /// The job's id when it is given (a fleet job's, shared through Redis); else each new
     /// journal makes one.
     pub(crate) job: Option<String>,
@@ -96,6 +99,21 @@ impl JobSpec {
     pub(crate) fn with_shard(mut self, shard: Option<Shard>) -> Self {
         self.shard = shard;
         self
+    }
+
+    /// The same job, its shards split by `by` (`user id`) rather than by line.
+    pub(crate) fn with_shard_by(mut self, by: Option<&str>) -> Self {
+        self.shard_by = by.map(str::to_owned);
+        self
+    }
+
+    /// The worker's share as the journal names it: `I/N`, and what splits it when not lines.
+    fn shard_text(&self) -> Option<String> {
+        let shard = self.shard?;
+        Some(match &self.shard_by {
+            Some(by) => format!("{shard} by {by}"),
+            None => shard.to_string(),
+        })
     }
 
     /// The same job, its records checked against the schema of hash `schema`.
@@ -128,6 +146,10 @@ impl JobSpec {
             self.chunk_size,
             self.schema.as_deref().unwrap_or("")
         );
+        let identity = match &self.shard_by {
+            Some(by) => format!("{identity}|shards by {by}"),
+            None => identity,
+        };
         let identity = match &self.run {
             Some(run) => format!("{identity}|run {run}"),
             None => identity,
@@ -157,6 +179,7 @@ impl JobSpec {
             chunk_size: chunk_size as u64,
             schema: None,
             shard: None,
+            shard_by: None,
             job: None,
             run: None,
         })
@@ -184,7 +207,7 @@ impl JobSpec {
             action_id: self.action_id.clone(),
             chunk_size: self.chunk_size,
             schema: self.schema.clone(),
-            shard: self.shard.map(|s| s.to_string()),
+            shard: self.shard_text(),
             job: self
                 .job
                 .clone()
@@ -232,7 +255,7 @@ impl JobSpec {
                 self.schema.as_deref().unwrap_or("none")
             ));
         }
-        let shard = self.shard.map(|s| s.to_string());
+        let shard = self.shard_text();
         if header.shard != shard {
             out.push(format!(
                 "--shard (journal: {}, now: {})",
@@ -804,7 +827,7 @@ pub(crate) fn default_path_for(
         spec.action_id.as_deref().unwrap_or("")
     );
     // Each worker of a sharded job has a journal of its own.
-    if let Some(shard) = spec.shard {
+    if let Some(shard) = spec.shard_text() {
         identity.push_str(&format!("|shard {shard}"));
     }
     if let Some(run) = &spec.run {

@@ -156,6 +156,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 chunk_size: 1,
                 journaled: true,
                 schema: None,
+                shard_by: <deliver::Users as job::Deliver>::ENTITY,
             };
             let mut prepared = app::prepare(common, &args.input, format, UserRecords, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
@@ -200,6 +201,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 chunk_size,
                 journaled: true,
                 schema: Some(&schema),
+                shard_by: None,
             };
             let mut prepared = app::prepare(common, &args.input, format, records, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
@@ -250,6 +252,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 // One execution is one call with its own key: no job to resume.
                 journaled: format == Format::Jsonl,
                 schema: None,
+                shard_by: None,
             };
             let mut prepared = app::prepare(common, input, format, ActionInputs, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;

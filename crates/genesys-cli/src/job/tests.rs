@@ -2,7 +2,7 @@
 use super::*;
 use crate::input::{Format, Raw};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Fails items whose value is odd; counts the most units seen in flight at once.
 #[derive(Default)]
@@ -604,7 +604,7 @@ struct PerEntity<const IN_ORDER: bool> {
 impl<const IN_ORDER: bool> Deliver for PerEntity<IN_ORDER> {
     type Item = u64;
     const REPLAY: Replay = Replay::Safe;
-    const IN_ORDER_PER_ENTITY: bool = IN_ORDER;
+    const ENTITY: Option<&'static str> = if IN_ORDER { Some("user") } else { None };
     async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
         if items[0] == 1 {
             tokio::time::sleep(Duration::from_millis(30)).await;
@@ -622,6 +622,7 @@ async fn run_records<D: Deliver<Item = u64>>(
     (chunk_size, concurrency): (usize, usize),
     shard: Option<Shard>,
     interrupt: Option<Duration>,
+    journal: Option<&Journal>,
 ) -> Tally {
     let records: Vec<_> = records.into_iter().collect();
     let (tx, rx) = mpsc::channel(records.len().max(1));
@@ -656,7 +657,7 @@ async fn run_records<D: Deliver<Item = u64>>(
         irx,
         &mut Sinks::default(),
         &Progress::hidden(),
-        None,
+        journal,
         options,
     )
     .await
@@ -670,7 +671,7 @@ async fn run_per_entity<const IN_ORDER: bool>(
 ) -> (Tally, Vec<u64>) {
     let d = Arc::new(PerEntity::<IN_ORDER>::default());
     let records = lines.iter().map(|&(line, key)| (line, Some(key), line));
-    let tally = run_records(d.clone(), records, (1, 4), shard, None).await;
+    let tally = run_records(d.clone(), records, (1, 4), shard, None, None).await;
     let ended = d.ended.lock().unwrap().clone();
     (tally, ended)
 }
@@ -740,7 +741,7 @@ async fn a_chunk_too_large_for_one_request_goes_as_several_and_keeps_its_bounds(
     let sizes = [5, 5, 5, 5, 30, 5, 5, 5, 5];
     let records = (1..).zip(sizes).map(|(line, size)| (line, None, size));
     let d = Arc::new(SizeLimited::default());
-    let tally = run_records(d.clone(), records, (4, 1), None, None).await;
+    let tally = run_records(d.clone(), records, (4, 1), None, None, None).await;
     // [5,5,5] is 2 + 15 + 2 commas = 19 bytes; a fourth would make 25.
     let units = d.units.lock().unwrap().clone();
     assert_eq!(units, [vec![5, 5, 5], vec![5], vec![5, 5, 5], vec![5]]);
@@ -760,10 +761,56 @@ async fn an_interrupt_lists_a_unit_waiting_for_its_turn_as_not_started() {
     ];
     let d = Arc::new(PerEntity::<true>::default());
     let ctrl_c = Some(Duration::from_millis(10));
-    let tally = run_records(d.clone(), records, (1, 4), None, ctrl_c).await;
+    let tally = run_records(d.clone(), records, (1, 4), None, ctrl_c, None).await;
     assert_eq!(*d.ended.lock().unwrap(), [3, 1], "line 2 was never sent");
     assert_eq!(
         (tally.delivered, tally.not_started, tally.unknown),
         (2, 1, 0)
     );
+}
+
+/// About one user; fails the item 1 while `fail` is set; records what it is given.
+#[derive(Default)]
+struct OneUser {
+    fail: AtomicBool,
+    seen: Mutex<Vec<(u64, bool)>>,
+}
+
+impl Deliver for OneUser {
+    type Item = u64;
+    const REPLAY: Replay = Replay::Safe;
+    const ENTITY: Option<&'static str> = Some("user");
+    async fn deliver(&self, unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
+        self.seen.lock().unwrap().push((items[0], unit.resumed));
+        match items[0] == 1 && self.fail.load(Ordering::SeqCst) {
+            true => Err(Undelivered::Failed("503".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+/// Line 1 failed and line 2, about the same user, was delivered after it. A resume sends line 1
+/// again, and so line 2 after it (told to resolve first): the last line still holds.
+#[tokio::test]
+async fn a_resume_that_sends_an_earlier_line_about_a_user_sends_the_later_ones_again() {
+    use crate::journal::OpenMode;
+    let (spec, path) = job_spec("resume-in-order");
+    let records = [
+        (1, Some("u-a"), 1),
+        (2, Some("U-A"), 2),
+        (3, Some("u-b"), 3),
+    ];
+    let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
+    let first = Arc::new(OneUser::default());
+    first.fail.store(true, Ordering::SeqCst);
+    let tally = run_records(first.clone(), records, (1, 4), None, None, Some(&journal)).await;
+    assert_eq!((tally.delivered, tally.failed), (2, 1));
+    journal.close("incomplete").await.unwrap();
+
+    let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
+    let second = Arc::new(OneUser::default());
+    let tally = run_records(second.clone(), records, (1, 4), None, None, Some(&journal)).await;
+    assert_eq!(*second.seen.lock().unwrap(), [(1, true), (2, true)]);
+    assert_eq!((tally.delivered, tally.delivered_earlier), (3, 1));
+    journal.close("complete").await.unwrap();
 }

@@ -104,6 +104,32 @@ async fn another_job_is_refused_with_what_differs() {
     }
 }
 
+/// A shard's journal made when `--shard` split `users patch` by line is refused by a run that
+/// splits it by user id: the two workers' shares differ, and a resume would leave lines unsent.
+#[tokio::test]
+async fn a_shard_split_by_line_is_not_resumed_as_one_split_by_user() {
+    let input = temp("in-shard.jsonl");
+    std::fs::write(&input, "a\n").unwrap();
+    let path = temp("j-shard.journal");
+    let shard = Some(Shard { index: 1, count: 4 });
+    let by_line = spec(&input).with_shard(shard);
+    Journal::open(&path, &by_line, OpenMode::Fresh)
+        .unwrap()
+        .close("incomplete")
+        .await
+        .unwrap();
+    let by_user = spec(&input)
+        .with_shard(shard)
+        .with_shard_by(Some("user id"));
+    let err = Journal::open(&path, &by_user, OpenMode::Resume).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("--shard (journal: 1/4, now: 1/4 by user id)"),
+        "{msg}"
+    );
+    assert_ne!(by_line.fleet_identity(), by_user.fleet_identity());
+}
+
 #[test]
 fn an_entry_past_the_input_is_damage() {
     let mut past = Past::default();
