@@ -218,5 +218,23 @@ async fn a_raw_call_marked_unsafe_reports_a_gateway_error_as_an_unknown_outcome(
     let err = client.call(request(false)).await.unwrap_err();
     assert!(!err.is_outcome_unknown(), "{err}");
     assert_eq!(err.status(), Some(StatusCode::GATEWAY_TIMEOUT));
+
+    // Marked by the retry policy's rule rather than by the caller: the same.
+    let ruled = client_for(&sim)
+        .retry_policy(
+            GenesysClient::retry_policy_builder()
+                .safety(|parts| {
+                    let action = parts.uri.path().ends_with("/execute");
+                    action.then_some(RetrySafety::Unsafe)
+                })
+                .build(),
+        )
+        .build()
+        .unwrap();
+    let before = sim.ledger_len();
+    let err = ruled.call(request(false)).await.unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err}");
+    assert!(err.may_have_been_applied());
+    assert_eq!(sim.ledger_len(), before + 1, "run once, not sent again");
     sim.shutdown().await;
 }

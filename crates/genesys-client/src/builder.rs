@@ -302,8 +302,10 @@ impl GenesysClientBuilder {
     /// How long the auth layer waits for the token source before the requests waiting for a
     /// token fail ([`AuthLayer::fetch_timeout`]). Unset, a source given to
     /// [`token_source`](Self::token_source) gets the auth layer's default (60 s), and client
-    /// credentials none of the layer's: they bound their own time (the attempt timeout on each
-    /// token request, and their retry loop's waits).
+    /// credentials the longest their retry loop takes (every token request within the attempt
+    /// timeout, and the waits between them: 7 minutes by default), and a minute more for what a
+    /// [`wrap_token_source`](Self::wrap_token_source) wrapper waits for; without an attempt
+    /// timeout, the layer's default.
     pub fn token_fetch_timeout(mut self, timeout: Duration) -> Self {
         self.token_fetch_timeout = Some(timeout);
         self
@@ -608,12 +610,15 @@ impl GenesysClientBuilder {
         if let Some(margin) = self.refresh_margin {
             auth = auth.refresh_margin(margin);
         }
-        auth = match (self.token_fetch_timeout, &credentials) {
-            (Some(timeout), _) => auth.fetch_timeout(timeout),
-            // Client credentials bound their own time: the attempt timeout on each token
-            // request, and their retry loop.
-            (None, Some(_)) => auth.no_fetch_timeout(),
-            (None, None) => auth,
+        auth = match (self.token_fetch_timeout, &credentials, self.attempt_timeout) {
+            (Some(timeout), _, _) => auth.fetch_timeout(timeout),
+            // Client credentials take at most their retry loop's attempts and waits; a minute
+            // more for what a wrapper (a fleet's shared token) waits for.
+            (None, Some(_), Some(attempt)) => auth.fetch_timeout(
+                token_fetch_bound(self.token_retry, attempt)
+                    .saturating_add(AuthLayer::<DynTokenSource>::DEFAULT_FETCH_TIMEOUT),
+            ),
+            _ => auth,
         };
         let concurrency = match self.concurrency_layer.clone() {
             Some(layer) => layer,
@@ -827,6 +832,16 @@ impl GenesysClient {
             .classifier(crate::GenesysClassifier::new())
             .deadline(DEFAULT_DEADLINE)
     }
+}
+
+/// The longest a client-credentials fetch with `retry` takes, each token request within
+/// `attempt`: every attempt, and the longest wait between two.
+fn token_fetch_bound(retry: TokenRetry, attempt: Duration) -> Duration {
+    let attempts = retry.max_attempts.max(1);
+    let wait = retry.max_delay.max(retry.max_retry_after);
+    attempt
+        .saturating_mul(attempts)
+        .saturating_add(wait.saturating_mul(attempts - 1))
 }
 
 #[cfg(test)]

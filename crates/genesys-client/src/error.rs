@@ -644,10 +644,10 @@ impl GenesysError {
     }
 
     /// Whether the answer is a 500, 502 or 504: what a gateway in front of the work answers
-    /// when it gave up, which may be after the work was done. For a request that is never
-    /// replayed (data actions, and any request given to [`call`](crate::GenesysClient::call)
-    /// marked `RetrySafety::Unsafe`), it is reported as [`OutcomeUnknown`](Self::OutcomeUnknown)
-    /// instead, and this is false; for others it comes as it came.
+    /// when it gave up, which may be after the work was done. When the request may have been
+    /// applied all the same (not safe to send twice, as data actions are, or sent again after
+    /// an attempt that may have been applied), it is reported as
+    /// [`OutcomeUnknown`](Self::OutcomeUnknown) instead, and this is false.
     pub fn is_gateway_error(&self) -> bool {
         self.status().is_some_and(is_gateway_error)
     }

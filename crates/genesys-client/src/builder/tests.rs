@@ -78,3 +78,20 @@ async fn a_token_source_that_never_answers_fails_the_call_at_the_fetch_timeout()
         assert_eq!(waited, limit, "{err}");
     }
 }
+
+#[test]
+fn client_credentials_are_given_the_longest_their_retry_loop_takes() {
+    let minute = Duration::from_secs(60);
+    // Four token requests of at most a minute, and three waits of at most a minute between.
+    assert_eq!(token_fetch_bound(TokenRetry::default(), minute), 7 * minute);
+    let once = TokenRetry {
+        max_attempts: 0,
+        ..TokenRetry::default()
+    };
+    assert_eq!(token_fetch_bound(once, minute), minute);
+    let forever = TokenRetry {
+        max_attempts: u32::MAX,
+        ..TokenRetry::default()
+    };
+    assert_eq!(token_fetch_bound(forever, Duration::MAX), Duration::MAX);
+}

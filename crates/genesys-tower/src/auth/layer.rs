@@ -106,7 +106,9 @@ impl<T> AuthLayer<T> {
     ///
     /// A source that waits or retries on its own (an OAuth client with a retry loop, a cache
     /// shared by a fleet that waits for another process's fetch) needs at least its own bound
-    /// here, or [`no_fetch_timeout`](Self::no_fetch_timeout) when it has one.
+    /// here, or [`no_fetch_timeout`](Self::no_fetch_timeout) when it has one. The timeout needs
+    /// the runtime's time driver (`enable_time`, which `#[tokio::main]` and `enable_all` turn
+    /// on); on a runtime without it, use `no_fetch_timeout`.
     #[must_use]
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.fetch_timeout = Some(timeout);

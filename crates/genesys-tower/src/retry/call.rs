@@ -263,9 +263,10 @@ impl Call {
     }
 
     /// Whether `decision` hands a response back as it came: a final answer, or one not retried,
-    /// at the first attempt (later ones carry a [`RetryInfo`]).
+    /// at the first attempt (later ones, and one that may hide an applied request, carry a
+    /// [`RetryInfo`]).
     pub(super) fn returns_as_is(&self, decision: Decision) -> bool {
-        matches!(decision, Decision::Return | Decision::Stop { .. }) && first_try(&self.state)
+        matches!(decision, Decision::Return | Decision::Stop { .. }) && plain(&self.state)
     }
 
     /// The whole call, for a body that may have to be read into memory first.
@@ -381,10 +382,10 @@ impl Call {
     }
 }
 
-/// Whether the call is at its first attempt, with no wait: its response carries no
-/// [`RetryInfo`].
-fn first_try(state: &State) -> bool {
-    state.attempts <= 1 && state.waited.is_zero()
+/// Whether the call's response carries no [`RetryInfo`]: answered at the first attempt, with
+/// no wait, and not judged as an answer that may hide an applied request.
+fn plain(state: &State) -> bool {
+    state.attempts <= 1 && state.waited.is_zero() && !state.maybe_applied
 }
 
 /// What the caller gets when the call ends.
@@ -398,7 +399,7 @@ fn end<R>(
         (Decision::Return | Decision::Stop { .. }, Last::Response(mut response)) => {
             // A first-try answer carries none: `RetryInfo::of` reads its absence as one attempt,
             // and the common case allocates no extension map for it.
-            if !first_try(state) {
+            if !plain(state) {
                 response.extensions_mut().insert(RetryInfo {
                     attempts: state.attempts,
                     waited: state.waited,

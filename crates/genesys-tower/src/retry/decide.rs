@@ -131,7 +131,12 @@ pub(super) fn decide(
                     kind: ErrorKind::OutcomeUnknown,
                     reason: None,
                 },
-                Outcome::Response(..) => Decision::Return,
+                // Returned as it is, with a `RetryInfo` that says the request may have been
+                // applied (the status alone does not say it was judged so).
+                Outcome::Response(..) => {
+                    state.maybe_applied = true;
+                    Decision::Return
+                }
             };
         }
         Classification::Ambiguous if outcome.status() == Some(StatusCode::REQUEST_TIMEOUT) => {

@@ -254,8 +254,10 @@ impl Shared {
 /// The response extension that says how a call went: attempts sent and time spent waiting
 /// between them. Read it with [`RetryInfo::of`].
 ///
-/// Only a response that took more than one attempt, or waited, carries it: a call answered at
-/// the first try, the common case, costs no allocation for it.
+/// Only a response that took more than one attempt, or waited, or that may hide an applied
+/// request (an ambiguous answer, such as a gateway's 502 to a request not safe to send twice,
+/// returned as it is) carries it: a call answered at the first try, the common case, costs no
+/// allocation for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct RetryInfo {
@@ -265,8 +267,9 @@ pub struct RetryInfo {
     pub waited: Duration,
     /// Whether an attempt may have been applied by the server although its outcome was not
     /// seen: it failed after the request may have reached the server (a reset, a timeout, a
-    /// 408), and the request was sent again as safe to send twice. The request may then have
-    /// taken effect even when this response, the last attempt's, is an error: send it again
+    /// 408), and the request was sent again as safe to send twice; or this response is itself
+    /// such an answer, returned as it is because the request is not safe to send twice. The
+    /// request may then have taken effect even when this response is an error: send it again
     /// only with the same `Idempotency-Key`, or after checking.
     pub maybe_applied: bool,
 }
