@@ -236,5 +236,18 @@ async fn a_raw_call_marked_unsafe_reports_a_gateway_error_as_an_unknown_outcome(
     assert!(err.is_outcome_unknown(), "{err}");
     assert!(err.may_have_been_applied());
     assert_eq!(sim.ledger_len(), before + 1, "run once, not sent again");
+
+    // Marked by the caller, under a policy whose classifier retries gateway errors as answers
+    // (not Genesys's): still an unknown outcome once the answer comes back.
+    let plain = client_for(&sim)
+        .retry_policy(
+            genesys_tower::retry::RetryPolicy::builder()
+                .base_delay(Duration::from_millis(1))
+                .build(),
+        )
+        .build()
+        .unwrap();
+    let err = plain.call(request(true)).await.unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err}");
     sim.shutdown().await;
 }

@@ -194,6 +194,17 @@ fn redis_error(e: &redis::RedisError) -> String {
 
 impl Fleet {
     /// Opens the job's record under `key`, or joins the one the other workers opened.
+    /// Whether Redis holds a fleet job's record under `key` (running or done).
+    pub(crate) async fn exists(url: &str, key: &str) -> Result<bool, String> {
+        let mut conn =
+            genesys_tower::redis_conn::connect(url, "the fleet job", Duration::from_secs(2))?;
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query_async::<bool>(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))
+    }
+
     pub(crate) async fn open(
         url: &str,
         key: String,

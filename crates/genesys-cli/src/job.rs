@@ -568,13 +568,14 @@ pub(crate) async fn run<D: Deliver>(
             stopping || engine.tally.credentials_refused.is_some() || engine.journal_broken();
         while let Some((items, metas, resumed)) = turn.get_mut().pop_front() {
             *queued -= 1;
-            if engine.fenced() {
-                // A fleet shard whose lease no longer surely holds: the taker sends them.
-                engine.tally.other_shards += metas.len() as u64;
-            } else if stopping {
+            // In the order `dispatch` judges a unit in.
+            if stopping {
                 for meta in &metas {
                     engine.not_started(meta);
                 }
+            } else if engine.fenced() {
+                // A fleet shard whose lease no longer surely holds: the taker sends them.
+                engine.tally.other_shards += metas.len() as u64;
             } else {
                 send(engine, set, in_flight, items, metas, resumed);
                 return;

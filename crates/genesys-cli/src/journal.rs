@@ -137,6 +137,16 @@ impl JobSpec {
     /// The fleet job's identity: the command, the input's content, the action and the chunk
     /// size (not the path, which differs between machines; not the shard).
     pub(crate) fn fleet_identity(&self) -> String {
+        self.identity(self.shard_by.as_deref())
+    }
+
+    /// The fleet identity the same job had when its shards were split by line (gcx before the
+    /// split by entity): a record under it is a job of an earlier gcx.
+    pub(crate) fn fleet_identity_by_line(&self) -> Option<String> {
+        self.shard_by.as_ref().map(|_| self.identity(None))
+    }
+
+    fn identity(&self, shard_by: Option<&str>) -> String {
         let identity = format!(
             "{}|{}|{}|{}|{}|{}",
             self.command,
@@ -146,7 +156,7 @@ impl JobSpec {
             self.chunk_size,
             self.schema.as_deref().unwrap_or("")
         );
-        let identity = match &self.shard_by {
+        let identity = match shard_by {
             Some(by) => format!("{identity}|shards by {by}"),
             None => identity,
         };
@@ -827,7 +837,9 @@ pub(crate) fn default_path_for(
         spec.action_id.as_deref().unwrap_or("")
     );
     // Each worker of a sharded job has a journal of its own.
-    if let Some(shard) = spec.shard_text() {
+    // By `I/N` alone: a journal of the same shard split another way is found, and refused for
+    // it, rather than passed by.
+    if let Some(shard) = spec.shard {
         identity.push_str(&format!("|shard {shard}"));
     }
     if let Some(run) = &spec.run {

@@ -148,7 +148,7 @@ pub struct GenesysClientBuilder {
     retry_policy: Option<RetryPolicy>,
     retry_switch: Option<PolicySwitch>,
     refresh_margin: Option<Duration>,
-    token_fetch_timeout: Option<Duration>,
+    token_fetch_timeout: Option<FetchTimeout>,
     attempt_timeout: Option<Duration>,
     max_response_body: usize,
     max_error_body: usize,
@@ -303,11 +303,19 @@ impl GenesysClientBuilder {
     /// token fail ([`AuthLayer::fetch_timeout`]). Unset, a source given to
     /// [`token_source`](Self::token_source) gets the auth layer's default (60 s), and client
     /// credentials the longest their retry loop takes (every token request within the attempt
-    /// timeout, and the waits between them: 7 minutes by default), and a minute more for what a
-    /// [`wrap_token_source`](Self::wrap_token_source) wrapper waits for; without an attempt
-    /// timeout, the layer's default.
+    /// timeout, or a minute without one, and the waits between them: 7 minutes by default),
+    /// and a minute more for what a [`wrap_token_source`](Self::wrap_token_source) wrapper
+    /// waits for.
     pub fn token_fetch_timeout(mut self, timeout: Duration) -> Self {
-        self.token_fetch_timeout = Some(timeout);
+        self.token_fetch_timeout = Some(FetchTimeout::After(timeout));
+        self
+    }
+
+    /// No time limit on the token source in the auth layer
+    /// ([`AuthLayer::no_fetch_timeout`]): for a source that bounds its own time, or a runtime
+    /// without its time driver.
+    pub fn no_token_fetch_timeout(mut self) -> Self {
+        self.token_fetch_timeout = Some(FetchTimeout::Never);
         self
     }
 
@@ -610,15 +618,18 @@ impl GenesysClientBuilder {
         if let Some(margin) = self.refresh_margin {
             auth = auth.refresh_margin(margin);
         }
-        auth = match (self.token_fetch_timeout, &credentials, self.attempt_timeout) {
-            (Some(timeout), _, _) => auth.fetch_timeout(timeout),
-            // Client credentials take at most their retry loop's attempts and waits; a minute
-            // more for what a wrapper (a fleet's shared token) waits for.
-            (None, Some(_), Some(attempt)) => auth.fetch_timeout(
-                token_fetch_bound(self.token_retry, attempt)
-                    .saturating_add(AuthLayer::<DynTokenSource>::DEFAULT_FETCH_TIMEOUT),
+        let a_minute = AuthLayer::<DynTokenSource>::DEFAULT_FETCH_TIMEOUT;
+        auth = match (self.token_fetch_timeout, &credentials) {
+            (Some(FetchTimeout::After(timeout)), _) => auth.fetch_timeout(timeout),
+            (Some(FetchTimeout::Never), _) => auth.no_fetch_timeout(),
+            // Client credentials take at most their retry loop's attempts (each within the
+            // attempt timeout, or a minute without one) and waits; a minute more for what a
+            // wrapper (a fleet's shared token) waits for.
+            (None, Some(_)) => auth.fetch_timeout(
+                token_fetch_bound(self.token_retry, self.attempt_timeout.unwrap_or(a_minute))
+                    .saturating_add(a_minute),
             ),
-            _ => auth,
+            (None, None) => auth,
         };
         let concurrency = match self.concurrency_layer.clone() {
             Some(layer) => layer,
@@ -832,6 +843,13 @@ impl GenesysClient {
             .classifier(crate::GenesysClassifier::new())
             .deadline(DEFAULT_DEADLINE)
     }
+}
+
+/// The auth layer's limit on the token source, when set.
+#[derive(Debug, Clone, Copy)]
+enum FetchTimeout {
+    After(Duration),
+    Never,
 }
 
 /// The longest a client-credentials fetch with `retry` takes, each token request within

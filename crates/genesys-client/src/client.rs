@@ -127,9 +127,10 @@ impl GenesysClient {
     ///
     /// A relative URI (`/api/v2/users/me`) is resolved against the API base URL; an absolute one
     /// must be on the API host (the bearer token is never sent elsewhere). A non-2xx answer is a
-    /// [`GenesysError::Api`], but for a gateway's 500, 502 or 504 to a request that may have been
-    /// applied all the same (marked [`RetrySafety::Unsafe`] by the caller or by the retry
-    /// policy's rules, or sent again after an attempt that may have been applied): that is
+    /// [`GenesysError::Api`], but for a gateway's 500, 502 or 504 to a write (a method that is
+    /// not idempotent) that may have been applied all the same (marked
+    /// [`RetrySafety::Unsafe`] by the caller or by the retry policy's rules, or sent again after
+    /// an attempt that may have been applied): that is
     /// [`GenesysError::OutcomeUnknown`] (over the [`ApiError`], which [`GenesysError::api`]
     /// reaches), as for [`execute_action`](Self::execute_action).
     pub async fn call(&self, request: Request<Body>) -> Result<ApiResponse, GenesysError> {
@@ -191,6 +192,7 @@ impl GenesysClient {
     /// Sends a request built by [`request`](Self::request); a non-2xx answer is an error.
     pub(crate) async fn send(&self, request: Request<Body>) -> Result<ApiResponse, GenesysError> {
         let idempotent_method = request.method().is_idempotent();
+        let marked_unsafe = request.extensions().get::<RetrySafety>() == Some(&RetrySafety::Unsafe);
         let mut svc = self.inner.stack.clone();
         let response = svc
             .ready()
@@ -229,10 +231,12 @@ impl GenesysClient {
             .with_retry_after(retry_after)
             .with_attempts(retry_info.as_ref().map(|i| i.attempts))
             .with_maybe_applied(retry_info.is_some_and(|i| i.maybe_applied));
-            // A gateway's 500, 502 or 504 that the retry layer judged may hide an applied
-            // request (one not safe to send twice, or sent again after an attempt that may
-            // have been applied): the outcome is unknown.
-            if is_gateway_error(parts.status) && retry_info.is_some_and(|i| i.maybe_applied) {
+            // A gateway's 500, 502 or 504 to a write that may have been applied all the same
+            // (marked unsafe by the caller, or judged so by the retry layer: marked by a rule,
+            // or sent again after an attempt that may have been applied): the outcome is
+            // unknown. A read's is the error it is.
+            let maybe_applied = marked_unsafe || retry_info.is_some_and(|i| i.maybe_applied);
+            if is_gateway_error(parts.status) && maybe_applied && !idempotent_method {
                 return Err(GenesysError::OutcomeUnknown {
                     source: Box::new(api),
                 });

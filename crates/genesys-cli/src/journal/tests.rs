@@ -128,6 +128,17 @@ async fn a_shard_split_by_line_is_not_resumed_as_one_split_by_user() {
         "{msg}"
     );
     assert_ne!(by_line.fleet_identity(), by_user.fleet_identity());
+    // Where a fleet job of an earlier gcx would be found, to refuse it.
+    assert_eq!(
+        by_user.fleet_identity_by_line(),
+        Some(by_line.fleet_identity())
+    );
+    assert_eq!(by_line.fleet_identity_by_line(), None);
+    // And the shard's default journal is the same file, so that its header refuses it.
+    assert_eq!(
+        default_path(&by_line).unwrap(),
+        default_path(&by_user).unwrap()
+    );
 }
 
 #[test]
