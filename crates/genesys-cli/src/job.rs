@@ -9,7 +9,7 @@
 //! real client by the commands.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -363,6 +363,59 @@ fn decide<D: Deliver>(
     }
 }
 
+/// Why an entity's later lines, delivered earlier, go again on a resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reopened {
+    /// An earlier line about it goes again in this run.
+    ThisRun,
+    /// An earlier line about it went again in an earlier resume: the later lines that resume
+    /// did not send again were delivered before it.
+    Earlier,
+}
+
+/// On a resume of a job that keeps each entity's lines in order, the decision for a unit about
+/// `entity` at `line`, given the lines about it before: one delivered earlier goes again, told
+/// to resolve first, when a line before it went again after it was delivered. So the last line
+/// about an entity holds whatever runs it took.
+fn reorder(
+    decision: Decision,
+    entity: &str,
+    past: &crate::journal::Past,
+    line: u64,
+    reopened: &mut HashMap<String, Reopened>,
+) -> Decision {
+    let resent = past.resent(line);
+    match decision {
+        Decision::Skip => {
+            let again = match reopened.get(entity) {
+                Some(Reopened::ThisRun) => true,
+                // Sent again by the same resume as that line, after it: it holds.
+                Some(Reopened::Earlier) => !resent,
+                None => false,
+            };
+            if again {
+                return Decision::Send { resumed: true };
+            }
+            if resent {
+                reopened
+                    .entry(entity.to_owned())
+                    .or_insert(Reopened::Earlier);
+            }
+            Decision::Skip
+        }
+        Decision::Send { .. } => {
+            if matches!(
+                past.state(line),
+                UnitState::Started | UnitState::Failed | UnitState::Unknown
+            ) {
+                reopened.insert(entity.to_owned(), Reopened::ThisRun);
+            }
+            decision
+        }
+        Decision::ListUnknown => decision,
+    }
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -415,9 +468,9 @@ pub(crate) async fn run<D: Deliver>(
     let mut set: JoinSet<(Result<(), Undelivered>, Duration)> = JoinSet::new();
     let mut in_flight: HashMap<Id, Unit> = HashMap::new();
     let mut waiting: Waiting<D::Item> = HashMap::new();
-    // On a resume, the entities with a line sent again that an earlier run had started but not
-    // delivered: their later lines go again too (as many as the earlier run left undelivered).
-    let mut reopened: HashSet<String> = HashSet::new();
+    // On a resume, the entities whose later lines, delivered earlier, go again after an earlier
+    // line about them that went again: in this run, or in an earlier resume.
+    let mut reopened: HashMap<String, Reopened> = HashMap::new();
     // Units in `waiting`: they count against the concurrency, as units in flight do.
     let mut queued = 0usize;
     let mut pending_items: Vec<D::Item> = Vec::with_capacity(chunk_size);
@@ -485,7 +538,7 @@ pub(crate) async fn run<D: Deliver>(
                     in_flight: &mut HashMap<Id, Unit>,
                     waiting: &mut Waiting<D::Item>,
                     queued: &mut usize,
-                    reopened: &mut HashSet<String>,
+                    reopened: &mut HashMap<String, Reopened>,
                     items: Vec<D::Item>,
                     metas: Unit,
                     stopping: bool| {
@@ -504,21 +557,11 @@ pub(crate) async fn run<D: Deliver>(
             return;
         }
         let entity = unit_entity::<D>(&metas);
-        let decision = match decide::<D>(engine.journal.as_ref(), line, options.retry_unknown) {
-            // Delivered earlier, but after a line about the same entity that goes again now:
-            // it goes again after that one (resolved first), so that the last line still holds.
-            Decision::Skip if entity.as_ref().is_some_and(|e| reopened.contains(e)) => {
-                Decision::Send { resumed: true }
-            }
-            decision => decision,
-        };
-        if let (Decision::Send { .. }, Some(e), Some(j)) = (&decision, &entity, &engine.journal)
-            && matches!(
-                j.journal.past.state(line),
-                UnitState::Started | UnitState::Failed | UnitState::Unknown
-            )
+        let mut decision = decide::<D>(engine.journal.as_ref(), line, options.retry_unknown);
+        if let (Some(e), Some(j)) = (&entity, &engine.journal)
+            && D::REPLAY == Replay::Safe
         {
-            reopened.insert(e.clone());
+            decision = reorder(decision, e, &j.journal.past, line, reopened);
         }
         match decision {
             Decision::Skip => {

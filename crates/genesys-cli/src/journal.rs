@@ -352,6 +352,10 @@ impl UnitState {
     }
 }
 
+/// The bit of a unit's byte in [`Past`] that says it was started again after an earlier run
+/// had started it: sent again by a resume.
+const RESENT: u8 = 0x80;
+
 /// What earlier runs of the job did: one byte per input line, flat in memory.
 #[derive(Debug, Default)]
 pub(crate) struct Past {
@@ -373,7 +377,16 @@ impl Past {
         usize::try_from(line)
             .ok()
             .and_then(|i| self.states.get(i))
-            .map_or(UnitState::New, |c| UnitState::from_code(*c))
+            .map_or(UnitState::New, |c| UnitState::from_code(*c & !RESENT))
+    }
+
+    /// Whether an earlier run sent the unit at `line` again, after a run before it had started
+    /// it (a resume's re-send).
+    pub(crate) fn resent(&self, line: u64) -> bool {
+        usize::try_from(line)
+            .ok()
+            .and_then(|i| self.states.get(i))
+            .is_some_and(|c| c & RESENT != 0)
     }
 
     /// True when this run continues an earlier one.
@@ -416,7 +429,7 @@ impl Past {
         if self.states.len() <= i {
             self.states.resize(i + 1, 0);
         }
-        self.states[i] = state.code();
+        self.states[i] = state.code() | (self.states[i] & RESENT);
         Ok(())
     }
 }
@@ -788,6 +801,14 @@ fn apply(past: &mut Past, entry: &EntryIn, max_line: u64) -> Result<(), String> 
         .ok_or_else(|| format!("a `{}` entry without its line", entry.s))?;
     let before = past.state(line);
     past.set(line, state, max_line)?;
+    if state == UnitState::Started
+        && before != UnitState::New
+        && let Some(byte) = usize::try_from(line)
+            .ok()
+            .and_then(|i| past.states.get_mut(i))
+    {
+        *byte |= RESENT;
+    }
     if state == UnitState::Done && before != UnitState::Done {
         past.done_units += 1;
     } else if before == UnitState::Done && state != UnitState::Done {

@@ -814,3 +814,40 @@ async fn a_resume_that_sends_an_earlier_line_about_a_user_sends_the_later_ones_a
     assert_eq!((tally.delivered, tally.delivered_earlier), (3, 1));
     journal.close("complete").await.unwrap();
 }
+
+/// A resume sends line 1 again and is killed before line 2, about the same user, goes again.
+/// The next resume finds both delivered, and still sends line 2 again, since line 1 went after
+/// it; the one after that sends nothing.
+#[tokio::test]
+async fn a_resume_cut_short_after_an_earlier_line_went_again_leaves_the_later_ones_to_the_next() {
+    use crate::journal::OpenMode;
+    let (spec, path) = job_spec("resume-in-order-cut");
+    let records = [
+        (1, Some("u-a"), 1),
+        (2, Some("u-a"), 2),
+        (3, Some("u-b"), 3),
+    ];
+    let run_once = |fail: bool, lines: usize| {
+        let (spec, path) = (spec.clone(), path.clone());
+        async move {
+            let mode = if fail {
+                OpenMode::Fresh
+            } else {
+                OpenMode::Resume
+            };
+            let journal = Journal::open(&path, &spec, mode).unwrap();
+            let d = Arc::new(OneUser::default());
+            d.fail.store(fail, Ordering::SeqCst);
+            let some = records.into_iter().take(lines);
+            run_records(d.clone(), some, (1, 4), None, None, Some(&journal)).await;
+            journal.close("incomplete").await.unwrap();
+            let seen: Vec<u64> = d.seen.lock().unwrap().iter().map(|s| s.0).collect();
+            seen
+        }
+    };
+    assert_eq!(run_once(true, 3).await, [1, 3, 2], "line 1 fails");
+    // Killed once line 1 went again: line 2 was not even read.
+    assert_eq!(run_once(false, 1).await, [1]);
+    assert_eq!(run_once(false, 3).await, [2], "line 1 went after line 2");
+    assert!(run_once(false, 3).await.is_empty());
+}
