@@ -368,8 +368,8 @@ fn decide<D: Deliver>(
 enum Reopened {
     /// An earlier line about it goes again in this run.
     ThisRun,
-    /// An earlier line about it went again in an earlier resume: the later lines that resume
-    /// did not send again were delivered before it.
+    /// An earlier line about it went in an earlier resume: the later lines no resume sent
+    /// were delivered before it.
     Earlier,
 }
 
@@ -389,7 +389,7 @@ fn reorder(
         Decision::Skip => {
             let again = match reopened.get(entity) {
                 Some(Reopened::ThisRun) => true,
-                // Sent again by the same resume as that line, after it: it holds.
+                // Sent by a resume, in the order it kept: after that line.
                 Some(Reopened::Earlier) => !resent,
                 None => false,
             };

@@ -352,8 +352,7 @@ impl UnitState {
     }
 }
 
-/// The bit of a unit's byte in [`Past`] that says it was started again after an earlier run
-/// had started it: sent again by a resume.
+/// The bit of a unit's byte in [`Past`] that says a resume (a run after the first) started it.
 const RESENT: u8 = 0x80;
 
 /// What earlier runs of the job did: one byte per input line, flat in memory.
@@ -380,8 +379,7 @@ impl Past {
             .map_or(UnitState::New, |c| UnitState::from_code(*c & !RESENT))
     }
 
-    /// Whether an earlier run sent the unit at `line` again, after a run before it had started
-    /// it (a resume's re-send).
+    /// Whether a resume (an earlier run, not the first) started the unit at `line`.
     pub(crate) fn resent(&self, line: u64) -> bool {
         usize::try_from(line)
             .ok()
@@ -801,8 +799,10 @@ fn apply(past: &mut Past, entry: &EntryIn, max_line: u64) -> Result<(), String> 
         .ok_or_else(|| format!("a `{}` entry without its line", entry.s))?;
     let before = past.state(line);
     past.set(line, state, max_line)?;
+    // Started by a resume (any run after the first): sent in the order that resume kept, after
+    // every line about the same entity that it sent again.
     if state == UnitState::Started
-        && before != UnitState::New
+        && past.runs >= 2
         && let Some(byte) = usize::try_from(line)
             .ok()
             .and_then(|i| past.states.get_mut(i))
