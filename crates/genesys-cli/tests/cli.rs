@@ -19,9 +19,7 @@ async fn users_patch_delivers_everything_through_faults() {
     let (lines, wanted) = user_lines(&sim, 30);
     let input = write(&d.join("users.jsonl"), lines.as_bytes());
     let report = d.join("report.json");
-    let out = gcx(&sim)
-        .args(["users", "patch", "--input"])
-        .arg(&input)
+    let out = users_patch(&sim, &input)
         .arg("--report")
         .arg(&report)
         .output()
@@ -62,9 +60,8 @@ async fn lines_about_one_user_are_applied_in_their_order() {
     }
     let input = write(&d.join("users.jsonl"), lines.as_bytes());
     let report = d.join("report.json");
-    let out = gcx(&sim)
-        .args(["users", "patch", "--concurrency", "16", "--input"])
-        .arg(&input)
+    let out = users_patch(&sim, &input)
+        .args(["--concurrency", "16"])
         .arg("--report")
         .arg(&report)
         .output()
@@ -158,9 +155,7 @@ async fn bad_records_are_quarantined_with_their_line_and_the_run_goes_on() {
     .unwrap();
     let input = write(&d.join("users.jsonl"), &input);
     let (report, quarantine, failed) = (d.join("r.json"), d.join("q.jsonl"), d.join("f.jsonl"));
-    let out = gcx(&sim)
-        .args(["users", "patch", "--input"])
-        .arg(&input)
+    let out = users_patch(&sim, &input)
         .arg("--report")
         .arg(&report)
         .arg("--quarantine")
@@ -209,11 +204,7 @@ async fn a_byte_order_mark_from_a_spreadsheet_export_is_not_part_of_the_header()
     let id = &sim.user_ids()[0];
     let csv = format!("\u{feff}user_id,title\n{id},Lead\n");
     let input = write(&d.join("users.csv"), csv.as_bytes());
-    let out = gcx(&sim)
-        .args(["users", "patch", "--input"])
-        .arg(&input)
-        .output()
-        .unwrap();
+    let out = users_patch(&sim, &input).output().unwrap();
     assert_exit(&out, 0);
     assert_eq!(sim.user(id).unwrap()["title"], "Lead");
 }
@@ -229,9 +220,7 @@ async fn csv_rows_and_a_failed_csv_keep_the_header() {
     );
     let input = write(&d.join("users.csv"), csv.as_bytes());
     let failed = d.join("failed.csv");
-    let out = gcx(&sim)
-        .args(["users", "patch", "--input"])
-        .arg(&input)
+    let out = users_patch(&sim, &input)
         .arg("--failed")
         .arg(&failed)
         .output()
@@ -291,9 +280,7 @@ async fn configuration_errors_exit_2_before_anything_is_sent() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid JSON Schema"));
 
-    let out = gcx(&sim)
-        .args(["users", "patch", "--input"])
-        .arg(&input)
+    let out = users_patch(&sim, &input)
         .arg("--failed")
         .arg(&input)
         .output()
@@ -315,9 +302,7 @@ async fn two_outputs_in_one_file_are_refused() {
     let (lines, _) = user_lines(&sim, 2);
     let input = write(&d.join("u.jsonl"), lines.as_bytes());
     for (a, b) in [("--failed", "--unknown"), ("--report", "--journal")] {
-        let out = gcx(&sim)
-            .args(["users", "patch", "--input"])
-            .arg(&input)
+        let out = users_patch(&sim, &input)
             .arg(a)
             .arg(d.join("out.jsonl"))
             .arg(b)
@@ -331,9 +316,7 @@ async fn two_outputs_in_one_file_are_refused() {
     }
     assert!(sim.ledger().is_empty(), "nothing sent");
     // Two outputs thrown away are not one file written twice.
-    let out = gcx(&sim)
-        .args(["users", "patch", "--input"])
-        .arg(&input)
+    let out = users_patch(&sim, &input)
         .args(["--failed", "/dev/null", "--unknown", "/dev/null"])
         .output()
         .unwrap();
@@ -397,11 +380,7 @@ async fn an_empty_input_says_so() {
     let sim = Simulator::spawn(config(1)).await.unwrap();
     let d = dir("empty");
     let input = write(&d.join("u.jsonl"), b"\n\n");
-    let out = gcx(&sim)
-        .args(["users", "patch", "--input"])
-        .arg(&input)
-        .output()
-        .unwrap();
+    let out = users_patch(&sim, &input).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no records"));
 }
@@ -756,9 +735,8 @@ async fn ctrl_c_leaves_a_complete_report_and_a_rerun_delivers_the_rest() {
     let (lines, wanted) = user_lines(&sim, 40);
     let input = write(&d.join("users.jsonl"), lines.as_bytes());
     let (report, failed) = (d.join("r.json"), d.join("failed.jsonl"));
-    let mut child = gcx(&sim)
-        .args(["users", "patch", "--concurrency", "2", "--input"])
-        .arg(&input)
+    let mut child = users_patch(&sim, &input)
+        .args(["--concurrency", "2"])
         .arg("--report")
         .arg(&report)
         .arg("--failed")

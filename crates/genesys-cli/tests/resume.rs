@@ -472,9 +472,7 @@ async fn output_paths_that_cannot_be_written_exit_2_before_anything_is_sent() {
         "--quarantine",
         "--journal",
     ] {
-        let out = gcx(&sim)
-            .args(["users", "patch", "--input"])
-            .arg(&input)
+        let out = users_patch(&sim, &input)
             .arg(flag)
             .arg(missing.join("out"))
             .output()
@@ -485,9 +483,7 @@ async fn output_paths_that_cannot_be_written_exit_2_before_anything_is_sent() {
         assert_eq!(sim.ledger_len(), 0, "{flag}: nothing sent");
     }
     // A journal that is not one is refused too.
-    let out = gcx(&sim)
-        .args(["users", "patch", "--input"])
-        .arg(&input)
+    let out = users_patch(&sim, &input)
         .args(["--journal", "/dev/full"])
         .output()
         .unwrap();
@@ -502,9 +498,7 @@ async fn a_full_disk_is_an_honest_non_zero_exit() {
     let (mut lines, _) = user_lines(&sim, 3);
     lines.push_str("{\"user_id\": \"no-such-user\", \"updates\": {\"title\": \"x\"}}\n");
     let input = write(&d.join("users.jsonl"), lines.as_bytes());
-    let out = gcx(&sim)
-        .args(["users", "patch", "--input"])
-        .arg(&input)
+    let out = users_patch(&sim, &input)
         .args(["--failed", "/dev/full"])
         .output()
         .unwrap();
@@ -525,9 +519,7 @@ async fn a_journal_of_another_input_is_refused_with_what_differs() {
     let (lines, _) = user_lines(&sim, 4);
     let input = write(&d.join("users.jsonl"), lines.as_bytes());
     let journal = d.join("j.journal");
-    let out = gcx(&sim)
-        .args(["users", "patch", "--input"])
-        .arg(&input)
+    let out = users_patch(&sim, &input)
         .arg("--journal")
         .arg(&journal)
         .output()
@@ -535,9 +527,7 @@ async fn a_journal_of_another_input_is_refused_with_what_differs() {
     assert_exit(&out, 0);
     let before = sim.ledger_len();
     write(&input, lines.replace("Title 0", "Title zero").as_bytes());
-    let out = gcx(&sim)
-        .args(["users", "patch", "--input"])
-        .arg(&input)
+    let out = users_patch(&sim, &input)
         .arg("--journal")
         .arg(&journal)
         .output()

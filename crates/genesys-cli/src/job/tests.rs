@@ -789,30 +789,46 @@ impl Deliver for OneUser {
     }
 }
 
+/// One run of the first `lines` of `records` through a [`OneUser`] on the journal at `path`: a
+/// fresh journal where line 1 fails when `fail`, else a resume. Returns the tally and the units
+/// it was given (line, told to resolve first).
+async fn one_user_run(
+    (spec, path): &(crate::journal::JobSpec, std::path::PathBuf),
+    records: [(u64, Option<&'static str>, u64); 3],
+    fail: bool,
+    lines: usize,
+) -> (Tally, Vec<(u64, bool)>) {
+    use crate::journal::OpenMode;
+    let mode = if fail {
+        OpenMode::Fresh
+    } else {
+        OpenMode::Resume
+    };
+    let journal = Journal::open(path, spec, mode).unwrap();
+    let d = Arc::new(OneUser::default());
+    d.fail.store(fail, Ordering::SeqCst);
+    let some = records.into_iter().take(lines);
+    let tally = run_records(d.clone(), some, (1, 4), None, None, Some(&journal)).await;
+    journal.close("incomplete").await.unwrap();
+    let seen = d.seen.lock().unwrap().clone();
+    (tally, seen)
+}
+
 /// Line 1 failed and line 2, about the same user, was delivered after it. A resume sends line 1
 /// again, and so line 2 after it (told to resolve first): the last line still holds.
 #[tokio::test]
 async fn a_resume_that_sends_an_earlier_line_about_a_user_sends_the_later_ones_again() {
-    use crate::journal::OpenMode;
-    let (spec, path) = job_spec("resume-in-order");
+    let job = job_spec("resume-in-order");
     let records = [
         (1, Some("u-a"), 1),
         (2, Some("U-A"), 2),
         (3, Some("u-b"), 3),
     ];
-    let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
-    let first = Arc::new(OneUser::default());
-    first.fail.store(true, Ordering::SeqCst);
-    let tally = run_records(first.clone(), records, (1, 4), None, None, Some(&journal)).await;
+    let (tally, _) = one_user_run(&job, records, true, 3).await;
     assert_eq!((tally.delivered, tally.failed), (2, 1));
-    journal.close("incomplete").await.unwrap();
-
-    let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
-    let second = Arc::new(OneUser::default());
-    let tally = run_records(second.clone(), records, (1, 4), None, None, Some(&journal)).await;
-    assert_eq!(*second.seen.lock().unwrap(), [(1, true), (2, true)]);
+    let (tally, seen) = one_user_run(&job, records, false, 3).await;
+    assert_eq!(seen, [(1, true), (2, true)]);
     assert_eq!((tally.delivered, tally.delivered_earlier), (3, 1));
-    journal.close("complete").await.unwrap();
 }
 
 /// A resume sends line 1 again and is killed before line 2, about the same user, goes again.
@@ -820,34 +836,24 @@ async fn a_resume_that_sends_an_earlier_line_about_a_user_sends_the_later_ones_a
 /// it; the one after that sends nothing.
 #[tokio::test]
 async fn a_resume_cut_short_after_an_earlier_line_went_again_leaves_the_later_ones_to_the_next() {
-    use crate::journal::OpenMode;
-    let (spec, path) = job_spec("resume-in-order-cut");
+    let job = job_spec("resume-in-order-cut");
     let records = [
         (1, Some("u-a"), 1),
         (2, Some("u-a"), 2),
         (3, Some("u-b"), 3),
     ];
-    let run_once = |fail: bool, lines: usize| {
-        let (spec, path) = (spec.clone(), path.clone());
-        async move {
-            let mode = if fail {
-                OpenMode::Fresh
-            } else {
-                OpenMode::Resume
-            };
-            let journal = Journal::open(&path, &spec, mode).unwrap();
-            let d = Arc::new(OneUser::default());
-            d.fail.store(fail, Ordering::SeqCst);
-            let some = records.into_iter().take(lines);
-            run_records(d.clone(), some, (1, 4), None, None, Some(&journal)).await;
-            journal.close("incomplete").await.unwrap();
-            let seen: Vec<u64> = d.seen.lock().unwrap().iter().map(|s| s.0).collect();
-            seen
-        }
-    };
-    assert_eq!(run_once(true, 3).await, [1, 3, 2], "line 1 fails");
+    let lines = |run: (Tally, Vec<(u64, bool)>)| run.1.into_iter().map(|s| s.0).collect::<Vec<_>>();
+    assert_eq!(
+        lines(one_user_run(&job, records, true, 3).await),
+        [1, 3, 2],
+        "line 1 fails"
+    );
     // Killed once line 1 went again: line 2 was not even read.
-    assert_eq!(run_once(false, 1).await, [1]);
-    assert_eq!(run_once(false, 3).await, [2], "line 1 went after line 2");
-    assert!(run_once(false, 3).await.is_empty());
+    assert_eq!(lines(one_user_run(&job, records, false, 1).await), [1]);
+    assert_eq!(
+        lines(one_user_run(&job, records, false, 3).await),
+        [2],
+        "line 1 went after line 2"
+    );
+    assert!(lines(one_user_run(&job, records, false, 3).await).is_empty());
 }

@@ -173,3 +173,10 @@ pub fn ingest(sim: &SimHandle, input: &Path, schema: &Path, report: &Path, q: &P
         .arg(q);
     cmd
 }
+
+/// `gcx users patch --input INPUT` against `sim`.
+pub fn users_patch(sim: &SimHandle, input: &Path) -> Command {
+    let mut cmd = gcx(sim);
+    cmd.args(["users", "patch", "--input"]).arg(input);
+    cmd
+}
