@@ -101,22 +101,13 @@ pub(crate) async fn prepare<P: Parse>(
                 .with_run(common.fleet_run.clone());
             let jobs = crate::deliver::fleet_key(common, "job");
             let key = format!("{jobs}:{}", spec.fleet_identity());
-            if let Some(by_line) = spec.fleet_identity_by_line() {
-                let earlier = Fleet::exists(url, &format!("{jobs}:{by_line}"))
-                    .await
-                    .unwrap_or(false);
-                if earlier {
-                    return Err(CliError::usage(
-                        "a fleet job on this input whose shards are split by line (started by \
-                         an earlier gcx) is in Redis: finish it with that gcx, or run this one \
-                         as a new job with the same new --fleet-run LABEL for every worker",
-                    ));
-                }
-            }
+            let earlier = spec
+                .fleet_identity_by_line()
+                .map(|by_line| format!("{jobs}:{by_line}"));
             let lease = common
                 .fleet_lease
                 .map_or(crate::fleet::DEFAULT_LEASE, std::time::Duration::from_secs);
-            let fleet = Fleet::open(url, key, shard.count, lease)
+            let fleet = Fleet::open(url, key, earlier, shard.count, lease)
                 .await
                 .map_err(|e| {
                     CliError::usage(format!(

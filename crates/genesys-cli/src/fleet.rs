@@ -194,25 +194,33 @@ fn redis_error(e: &redis::RedisError) -> String {
 
 impl Fleet {
     /// Opens the job's record under `key`, or joins the one the other workers opened.
-    /// Whether Redis holds a fleet job's record under `key` (running or done).
-    pub(crate) async fn exists(url: &str, key: &str) -> Result<bool, String> {
-        let mut conn =
-            genesys_tower::redis_conn::connect(url, "the fleet job", Duration::from_secs(2))?;
-        redis::cmd("EXISTS")
-            .arg(key)
-            .query_async::<bool>(&mut conn)
-            .await
-            .map_err(|e| redis_error(&e))
-    }
-
+    ///
+    /// `earlier` is where the same job of an earlier gcx, whose shards split the input
+    /// otherwise, would be recorded: when Redis holds it, the job is refused.
     pub(crate) async fn open(
         url: &str,
         key: String,
+        earlier: Option<String>,
         shards: u32,
         lease: Duration,
     ) -> Result<Self, String> {
         let mut conn =
             genesys_tower::redis_conn::connect(url, "the fleet job", Duration::from_secs(2))?;
+        if let Some(earlier) = earlier {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(&earlier)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            if exists {
+                return Err(
+                    "a fleet job on this input whose shards are split by line (started \
+                            by an earlier gcx) is recorded: finish it with that gcx, or run this \
+                            one as a new job with the same new --fleet-run LABEL for every worker"
+                        .to_owned(),
+                );
+            }
+        }
         let (what, value): (String, String) = OPEN
             .key(&key)
             .arg(unique("job"))

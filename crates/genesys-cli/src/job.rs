@@ -363,6 +363,40 @@ fn decide<D: Deliver>(
     }
 }
 
+/// The units the engine has taken on and not yet settled.
+struct Units<I> {
+    /// The units in flight, each a task.
+    set: JoinSet<(Result<(), Undelivered>, Duration)>,
+    /// The records of each task's unit.
+    in_flight: HashMap<Id, Unit>,
+    /// Units waiting for their turn behind one about the same entity.
+    waiting: Waiting<I>,
+    /// Units in `waiting`: they count against the concurrency, as units in flight do.
+    queued: usize,
+    /// On a resume, the entities whose later lines, delivered earlier, go again after an
+    /// earlier line about them that went again: in this run, or in an earlier resume.
+    reopened: HashMap<String, Reopened>,
+}
+
+impl<I> Default for Units<I> {
+    fn default() -> Self {
+        Units {
+            set: JoinSet::new(),
+            in_flight: HashMap::new(),
+            waiting: HashMap::new(),
+            queued: 0,
+            reopened: HashMap::new(),
+        }
+    }
+}
+
+impl<I> Units<I> {
+    /// Units in flight or waiting.
+    fn taken(&self) -> usize {
+        self.set.len() + self.queued
+    }
+}
+
 /// Why an entity's later lines, delivered earlier, go again on a resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reopened {
@@ -465,14 +499,7 @@ pub(crate) async fn run<D: Deliver>(
         tally: Tally::default(),
         run_id: run_id(),
     };
-    let mut set: JoinSet<(Result<(), Undelivered>, Duration)> = JoinSet::new();
-    let mut in_flight: HashMap<Id, Unit> = HashMap::new();
-    let mut waiting: Waiting<D::Item> = HashMap::new();
-    // On a resume, the entities whose later lines, delivered earlier, go again after an earlier
-    // line about them that went again: in this run, or in an earlier resume.
-    let mut reopened: HashMap<String, Reopened> = HashMap::new();
-    // Units in `waiting`: they count against the concurrency, as units in flight do.
-    let mut queued = 0usize;
+    let mut units = Units::<D::Item>::default();
     let mut pending_items: Vec<D::Item> = Vec::with_capacity(chunk_size);
     let mut pending_metas: Unit = Vec::with_capacity(chunk_size);
     // Records of the chunk being formed, and the bytes of the request being formed.
@@ -486,8 +513,7 @@ pub(crate) async fn run<D: Deliver>(
 
     // Sends a unit: its start journaled, then its request, in a task of its own.
     let send = |engine: &mut Engine<'_>,
-                set: &mut JoinSet<_>,
-                in_flight: &mut HashMap<Id, Unit>,
+                units: &mut Units<D::Item>,
                 items: Vec<D::Item>,
                 metas: Unit,
                 resumed: bool| {
@@ -510,7 +536,7 @@ pub(crate) async fn run<D: Deliver>(
             journal: handle,
         };
         let d = deliver.clone();
-        let task = set.spawn(async move {
+        let task = units.set.spawn(async move {
             if D::REPLAY == Replay::Never
                 && let Some(h) = &ctx.journal
                 && let Err(e) = h.sync().await
@@ -527,18 +553,14 @@ pub(crate) async fn run<D: Deliver>(
             let r = d.deliver(ctx, items).await;
             (r, t.elapsed())
         });
-        in_flight.insert(task.id(), metas);
+        units.in_flight.insert(task.id(), metas);
         engine.tally.requests += 1;
     };
 
     // Forms a unit: not started (stopping), skipped (delivered earlier), listed as unknown,
     // sent, or set to wait for a unit about the same entity still in flight.
     let dispatch = |engine: &mut Engine<'_>,
-                    set: &mut JoinSet<_>,
-                    in_flight: &mut HashMap<Id, Unit>,
-                    waiting: &mut Waiting<D::Item>,
-                    queued: &mut usize,
-                    reopened: &mut HashMap<String, Reopened>,
+                    units: &mut Units<D::Item>,
                     items: Vec<D::Item>,
                     metas: Unit,
                     stopping: bool| {
@@ -561,7 +583,7 @@ pub(crate) async fn run<D: Deliver>(
         if let (Some(e), Some(j)) = (&entity, &engine.journal)
             && D::REPLAY == Replay::Safe
         {
-            decision = reorder(decision, e, &j.journal.past, line, reopened);
+            decision = reorder(decision, e, &j.journal.past, line, &mut units.reopened);
         }
         match decision {
             Decision::Skip => {
@@ -578,64 +600,60 @@ pub(crate) async fn run<D: Deliver>(
                     .is_some_and(|j| j.journal.past.state(line) == UnitState::Started);
                 engine.unknown(&metas, reason, started);
             }
-            Decision::Send { resumed } => match entity.map(|e| waiting.entry(e)) {
+            Decision::Send { resumed } => match entity.map(|e| units.waiting.entry(e)) {
                 Some(Entry::Occupied(mut turn)) => {
                     turn.get_mut().push_back((items, metas, resumed));
-                    *queued += 1;
+                    units.queued += 1;
                 }
                 Some(Entry::Vacant(free)) => {
                     free.insert(VecDeque::new());
-                    send(engine, set, in_flight, items, metas, resumed);
+                    send(engine, units, items, metas, resumed);
                 }
-                None => send(engine, set, in_flight, items, metas, resumed),
+                None => send(engine, units, items, metas, resumed),
             },
         }
     };
 
     // A unit ended: the next one about its entity goes, or, when the job is stopping, is listed
     // as not started with every other one waiting for it.
-    let next_turn = |engine: &mut Engine<'_>,
-                     set: &mut JoinSet<_>,
-                     in_flight: &mut HashMap<Id, Unit>,
-                     waiting: &mut Waiting<D::Item>,
-                     queued: &mut usize,
-                     ended: &[Meta],
-                     stopping: bool| {
-        let Some(entity) = unit_entity::<D>(ended) else {
-            return;
-        };
-        let Entry::Occupied(mut turn) = waiting.entry(entity) else {
-            return;
-        };
-        let stopping =
-            stopping || engine.tally.credentials_refused.is_some() || engine.journal_broken();
-        while let Some((items, metas, resumed)) = turn.get_mut().pop_front() {
-            *queued -= 1;
-            // In the order `dispatch` judges a unit in.
-            if stopping {
-                for meta in &metas {
-                    engine.not_started(meta);
-                }
-            } else if engine.fenced() {
-                // A fleet shard whose lease no longer surely holds: the taker sends them.
-                engine.tally.other_shards += metas.len() as u64;
-            } else {
-                send(engine, set, in_flight, items, metas, resumed);
+    let next_turn =
+        |engine: &mut Engine<'_>, units: &mut Units<D::Item>, ended: &[Meta], stopping: bool| {
+            let Some(entity) = unit_entity::<D>(ended) else {
                 return;
+            };
+            let Some(mut turn) = units.waiting.remove(&entity) else {
+                return;
+            };
+            let stopping =
+                stopping || engine.tally.credentials_refused.is_some() || engine.journal_broken();
+            while let Some((items, metas, resumed)) = turn.pop_front() {
+                units.queued -= 1;
+                // In the order `dispatch` judges a unit in.
+                if stopping {
+                    for meta in &metas {
+                        engine.not_started(meta);
+                    }
+                } else if engine.fenced() {
+                    // A fleet shard whose lease no longer surely holds: the taker sends them.
+                    engine.tally.other_shards += metas.len() as u64;
+                } else {
+                    // Its turn: the rest wait behind it.
+                    units.waiting.insert(entity, turn);
+                    send(engine, units, items, metas, resumed);
+                    return;
+                }
             }
-        }
-        turn.remove();
-    };
+        };
 
     loop {
-        if input_done && set.is_empty() {
+        if input_done && units.set.is_empty() {
             break;
         }
         if !stopping && (engine.journal_broken() || engine.tally.credentials_refused.is_some()) {
             // The unit being formed, and every one after it, is listed as not started.
             stopping = true;
         }
-        let taking = !input_done && (stopping || set.len() + queued < concurrency);
+        let taking = !input_done && (stopping || units.taken() < concurrency);
         tokio::select! {
             biased;
             signal = interrupts.recv(), if interrupts_open => {
@@ -654,33 +672,33 @@ pub(crate) async fn run<D: Deliver>(
                     engine.progress.note(&format!(
                         "interrupted: finishing {} request(s) in flight; records not started go to the failed file{resume} \
                          (Ctrl-C again to stop now)",
-                        set.len()
+                        units.set.len()
                     ));
                 } else {
                     engine.progress.note("stopping now: requests in flight are recorded as outcome unknown");
-                    set.abort_all();
+                    units.set.abort_all();
                     grace_ends = None;
                 }
             }
-            () = sleep_until(grace_ends), if grace_ends.is_some() && !set.is_empty() => {
+            () = sleep_until(grace_ends), if grace_ends.is_some() && !units.set.is_empty() => {
                 engine.progress.note(&format!(
                     "{} request(s) still in flight after {:?}: recorded as outcome unknown",
-                    set.len(),
+                    units.set.len(),
                     options.grace
                 ));
-                set.abort_all();
+                units.set.abort_all();
                 grace_ends = None;
             }
-            joined = set.join_next_with_id(), if !set.is_empty() => {
+            joined = units.set.join_next_with_id(), if !units.set.is_empty() => {
                 let Some(joined) = joined else { continue };
                 match joined {
                     Ok((id, (result, took))) => {
-                        let metas = in_flight.remove(&id).unwrap_or_default();
+                        let metas = units.in_flight.remove(&id).unwrap_or_default();
                         engine.settle(&metas, result, took);
-                        next_turn(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, &metas, stopping);
+                        next_turn(&mut engine, &mut units, &metas, stopping);
                     }
                     Err(e) => {
-                        let metas = in_flight.remove(&e.id()).unwrap_or_default();
+                        let metas = units.in_flight.remove(&e.id()).unwrap_or_default();
                         let reason = if e.is_cancelled() {
                             engine.tally.aborted_in_flight += metas.len() as u64;
                             "interrupted while in flight: the outcome is unknown".to_owned()
@@ -688,7 +706,7 @@ pub(crate) async fn run<D: Deliver>(
                             format!("delivery task failed, the outcome is unknown: {e}")
                         };
                         engine.unknown(&metas, &reason, true);
-                        next_turn(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, &metas, stopping);
+                        next_turn(&mut engine, &mut units, &metas, stopping);
                     }
                 }
                 engine.tick();
@@ -704,7 +722,7 @@ pub(crate) async fn run<D: Deliver>(
                             // records are listed as not started, and a resume sends the whole
                             // chunk (journaled, a short one would stand for all of it).
                             let cut_short = engine.tally.broken_input.is_some();
-                            dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, &mut reopened, items, metas, stopping || cut_short);
+                            dispatch(&mut engine, &mut units, items, metas, stopping || cut_short);
                         }
                     }
                     // With --shard I/N, a line is this worker's when its number modulo N is I
@@ -752,7 +770,7 @@ pub(crate) async fn run<D: Deliver>(
                                 if !pending_metas.is_empty() && pending_bytes + size + 1 > max {
                                     let items = std::mem::take(&mut pending_items);
                                     let metas = std::mem::take(&mut pending_metas);
-                                    dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, &mut reopened, items, metas, stopping);
+                                    dispatch(&mut engine, &mut units, items, metas, stopping);
                                     pending_bytes = BODY_BRACKETS;
                                 }
                                 // A comma before every record but the first.
@@ -769,7 +787,7 @@ pub(crate) async fn run<D: Deliver>(
                             if !pending_metas.is_empty() {
                                 let items = std::mem::replace(&mut pending_items, Vec::with_capacity(chunk_size));
                                 let metas = std::mem::replace(&mut pending_metas, Vec::with_capacity(chunk_size));
-                                dispatch(&mut engine, &mut set, &mut in_flight, &mut waiting, &mut queued, &mut reopened, items, metas, stopping);
+                                dispatch(&mut engine, &mut units, items, metas, stopping);
                             }
                             engine.tick();
                         }
