@@ -138,6 +138,46 @@ async fn users_patch_killed_at_several_points_then_resumed_patches_every_user_on
     }
 }
 
+/// Five lines about each user, one after another in the input, through the faults and three
+/// SIGKILLs: once resumed to the end, every user holds its last line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_patch_with_several_lines_a_user_killed_and_resumed_ends_at_each_last_line() {
+    let n = 30;
+    let sim = Simulator::spawn(config(n).faults(FAULTS.parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("kill_users_in_order");
+    let ids = sim.user_ids();
+    let mut lines = String::new();
+    for id in &ids {
+        for round in 0..5 {
+            let update = json!({"user_id": id, "updates": {"title": format!("Title {round}")}});
+            lines.push_str(&format!("{update}\n"));
+        }
+    }
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let journal = d.join("users.journal");
+    let run = || {
+        let mut cmd = users_patch(&sim, &input);
+        cmd.args(["--concurrency", "8", "--journal"]).arg(&journal);
+        cmd
+    };
+    for at in [20, 60, 100] {
+        kill_at(&sim, run(), at).await;
+    }
+    let report = d.join("report.json");
+    let out = run().arg("--report").arg(&report).output().unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(read_json(&report)["counts"]["delivered"], 5 * n);
+    for id in &ids {
+        assert_eq!(
+            sim.user(id).unwrap()["title"],
+            json!("Title 4"),
+            "user {id}: the last line holds"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_killed_at_several_points_then_resumed_applies_every_record_once() {
     let sim = Simulator::spawn(config(1).faults(FAULTS.parse().unwrap()))

@@ -109,6 +109,15 @@ impl<T> AuthLayer<T> {
     /// here, or [`no_fetch_timeout`](Self::no_fetch_timeout) when it has one. The timeout needs
     /// the runtime's time driver (`enable_time`, which `#[tokio::main]` and `enable_all` turn
     /// on); on a runtime without it, use `no_fetch_timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use genesys_tower::auth::{AuthLayer, Token, token_source_fn};
+    ///
+    /// let layer = AuthLayer::new(token_source_fn(|| async { Ok(Token::new("t0k3n", None)) }))
+    ///     .fetch_timeout(Duration::from_secs(10));
+    /// assert!(format!("{layer:?}").contains("fetch_timeout: Some(10s)"));
+    /// ```
     #[must_use]
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.fetch_timeout = Some(timeout);
