@@ -172,6 +172,8 @@ mod spare;
 )]
 pub mod stack;
 mod time;
+#[cfg(all(feature = "retry", feature = "auth", feature = "idempotency"))]
+mod timer;
 
 pub use body::Body;
 pub use error::NotSent;

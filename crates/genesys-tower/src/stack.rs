@@ -65,7 +65,7 @@ use std::time::Duration;
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -77,6 +77,7 @@ use crate::body::ReplayBody;
 use crate::idempotency::{self, Idempotency, IdempotencyKey, IdempotencyLayer, Route};
 use crate::per_thread::PerThread;
 use crate::retry::{self, AfterFirst, Attempt, Call, Retry, RetryLayer};
+use crate::timer::Timer;
 
 type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
@@ -653,8 +654,7 @@ pin_project! {
     pub(crate) struct Timed<F> {
         #[pin]
         future: F,
-        #[pin]
-        sleep: Option<Sleep>,
+        timer: Option<Timer>,
     }
 }
 
@@ -662,7 +662,7 @@ impl<F> Timed<F> {
     fn new(future: F, timeout: Option<Duration>) -> Self {
         Timed {
             future,
-            sleep: timeout.map(tokio::time::sleep),
+            timer: timeout.map(|t| Timer::until(crate::time::from_now(t))),
         }
     }
 
@@ -670,7 +670,7 @@ impl<F> Timed<F> {
     fn new_at(future: F, timeout: Option<Duration>, start: Instant) -> Self {
         Timed {
             future,
-            sleep: timeout.map(|t| tokio::time::sleep_until(crate::time::after(start, t))),
+            timer: timeout.map(|t| Timer::until(crate::time::after(start, t))),
         }
     }
 }
@@ -687,9 +687,9 @@ where
         if let Poll::Ready(outcome) = this.future.poll(cx) {
             return Poll::Ready(outcome.map_err(Into::into));
         }
-        match this.sleep.as_pin_mut() {
-            Some(sleep) => {
-                ready!(sleep.poll(cx));
+        match this.timer {
+            Some(timer) => {
+                ready!(timer.poll_elapsed(cx));
                 Poll::Ready(Err(tower::timeout::error::Elapsed::new().into()))
             }
             None => Poll::Pending,

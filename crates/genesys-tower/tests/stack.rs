@@ -583,3 +583,49 @@ async fn a_refusing_token_source_sends_nothing() {
         seen.answers
     );
 }
+
+/// Each attempt gets its whole timeout, counted from its own start, though its timer may be one
+/// an earlier attempt used (set then for an earlier deadline); and the time an attempt waits
+/// for an answer is the same through the stack and through tower's timeout.
+#[tokio::test(start_paused = true)]
+async fn each_attempt_has_its_whole_timeout_from_its_own_start() {
+    for stack in [false, true] {
+        let (api, seen) = api(|n| if n == 1 { Act::Answer(200) } else { Act::Hang });
+        let auth = AuthLayer::new(Arc::new(Source::default()));
+        let retry = RetryLayer::new(RetryPolicy::builder().max_attempts(1).build());
+        let mut client = match stack {
+            true => BoxCloneService::new(
+                StackLayer::new(retry, auth)
+                    .attempt_timeout(ATTEMPT_TIMEOUT)
+                    .layer(api),
+            ),
+            false => BoxCloneService::new(
+                ServiceBuilder::new()
+                    .layer(retry)
+                    .layer(auth)
+                    .layer(tower::timeout::TimeoutLayer::new(ATTEMPT_TIMEOUT))
+                    .service(api),
+            ),
+        };
+        let first = client.ready().await.unwrap().call(get()).await;
+        assert_eq!(first.unwrap().status(), 200);
+        // The first attempt's deadline passes while the second waits for its answer.
+        tokio::time::sleep(ATTEMPT_TIMEOUT * 3 / 5).await;
+        let start = tokio::time::Instant::now();
+        let second = client.ready().await.unwrap().call(get()).await;
+        let waited = start.elapsed();
+        let e = second.expect_err("the API never answers the second request");
+        // The stack's own error, or the retry layer's, whose source is the attempt's.
+        let elapsed =
+            |e: &(dyn std::error::Error + 'static)| e.is::<tower::timeout::error::Elapsed>();
+        assert!(
+            elapsed(&*e) || std::error::Error::source(&*e).is_some_and(elapsed),
+            "stack {stack}: {e}"
+        );
+        assert!(
+            waited >= ATTEMPT_TIMEOUT && waited <= ATTEMPT_TIMEOUT + Duration::from_millis(2),
+            "stack {stack}: waited {waited:?} for a timeout of {ATTEMPT_TIMEOUT:?}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+}
