@@ -5,11 +5,14 @@
 //! attempt that is answered in time does both, and on a runtime whose threads all send, that
 //! lock's cache line goes from core to core on every attempt.
 //!
+//! An attempt takes a timer only when it is first polled and not answered: one answered at its
+//! first poll (a service in memory, an answer already there) needs none.
+//!
 //! A timer is not dropped when its attempt ends: it goes back, still in the wheel, to a short
-//! list the thread keeps. The next attempt on that thread takes it and moves its deadline
-//! later, which tokio does with one compare-and-swap on the timer itself and no lock. The wheel
-//! finds the later deadline when it reaches the earlier one, and puts the timer back in its
-//! place.
+//! list the thread keeps. The next attempt on that thread takes it as it is, set for the
+//! deadline of the attempt that used it last, which is earlier than its own: no lock. When it
+//! fires at that earlier deadline, the attempt sets it for its own (under the lock, once per
+//! timeout or so), and waits on.
 //!
 //! What a kept timer must not do, and why it does not:
 //!
@@ -53,49 +56,51 @@ thread_local! {
 }
 
 /// An attempt's timer: fires at its deadline, and goes back to its thread's list when dropped.
+///
+/// It takes a tokio timer only when first polled: an attempt answered at its first poll (a
+/// service in memory, an answer already there) needs none.
 pub(crate) struct Timer {
-    sleep: Option<Pin<Box<Sleep>>>,
     /// When the attempt's time is up. A kept timer may be set earlier than that (an earlier
     /// attempt's deadline): it is set again only if it fires before this.
     deadline: Instant,
-    runtime: Option<Id>,
+    /// The tokio timer, from the first poll on, and the runtime it was taken under.
+    sleep: Option<(Pin<Box<Sleep>>, Id)>,
 }
 
 impl Timer {
-    /// A timer that fires at `deadline`: one the thread kept when there is one, else a new one.
-    ///
-    /// Outside a runtime, as `tokio::time::sleep_until`: a panic that says so.
+    /// A timer that fires at `deadline`.
     pub(crate) fn until(deadline: Instant) -> Timer {
-        let runtime = Handle::try_current().ok().map(|handle| handle.id());
-        let sleep = match runtime.and_then(take) {
-            // Set for an earlier deadline than this one, and still in the wheel: left as it is
-            // (no lock), until it fires.
-            Some(sleep) if sleep.deadline() <= deadline && !sleep.is_elapsed() => sleep,
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
-                sleep
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
         Timer {
-            sleep: Some(sleep),
             deadline,
-            runtime,
+            sleep: None,
         }
     }
 
-    /// Ready once the deadline is past.
+    /// Ready once the deadline is past. The first poll takes a timer the thread kept when
+    /// there is one, else a new one; outside a runtime it panics, as tokio's timers do.
     pub(crate) fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(sleep) = &mut self.sleep else {
-            return Poll::Pending;
-        };
+        let deadline = self.deadline;
+        let (sleep, _) = self.sleep.get_or_insert_with(|| {
+            let runtime = Handle::current().id();
+            let sleep = match take(runtime) {
+                // Set for an earlier deadline than this one, and still in the wheel: left as
+                // it is (no lock), until it fires.
+                Some(sleep) if sleep.deadline() <= deadline && !sleep.is_elapsed() => sleep,
+                Some(mut sleep) => {
+                    sleep.as_mut().reset(deadline);
+                    sleep
+                }
+                None => Box::pin(tokio::time::sleep_until(deadline)),
+            };
+            (sleep, runtime)
+        });
         loop {
             ready!(sleep.as_mut().poll(cx));
-            if sleep.deadline() >= self.deadline {
+            if sleep.deadline() >= deadline {
                 return Poll::Ready(());
             }
             // A kept timer, at the earlier deadline it had: set for this one now.
-            sleep.as_mut().reset(self.deadline);
+            sleep.as_mut().reset(deadline);
         }
     }
 }
@@ -120,7 +125,7 @@ fn take(runtime: Id) -> Option<Pin<Box<Sleep>>> {
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        let (Some(mut sleep), Some(runtime)) = (self.sleep.take(), self.runtime) else {
+        let Some((mut sleep, runtime)) = self.sleep.take() else {
             return;
         };
         let _ = KEPT.try_with(|kept| {
@@ -168,7 +173,22 @@ mod tests {
         timer.poll_elapsed(&mut Context::from_waker(&waker))
     }
 
+    /// A timer for `deadline`, polled once (so that it has a tokio timer).
+    fn polled(deadline: Instant) -> Timer {
+        let mut timer = Timer::until(deadline);
+        assert!(poll(&mut timer, &Arc::new(Count::default())).is_pending());
+        timer
+    }
+
     const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_never_polled_takes_none_and_keeps_none() {
+        drop(polled(Instant::now() + SECOND));
+        assert_eq!(kept().1, 1);
+        drop(Timer::until(Instant::now() + SECOND));
+        assert_eq!(kept().1, 1, "a timer never polled took one, or kept one");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_kept_timer_fires_at_the_new_deadline_and_never_wakes_its_last_task() {
@@ -181,8 +201,8 @@ mod tests {
 
         // Taken by the next attempt, for a later deadline: it is the one kept.
         let mut timer = Timer::until(start + 20 * SECOND);
-        assert_eq!(kept().1, 0);
         assert!(poll(&mut timer, &second).is_pending());
+        assert_eq!(kept().1, 0);
         // Past the first deadline: the timer fired there, woke the second task (not the
         // first), and is set again for the second deadline.
         tokio::time::sleep(15 * SECOND).await;
@@ -216,7 +236,7 @@ mod tests {
         let start = Instant::now();
         let count = Arc::new(Count::default());
         // Kept, then fired while no one used it.
-        drop(Timer::until(start + SECOND));
+        drop(polled(start + SECOND));
         tokio::time::sleep(2 * SECOND).await;
         let mut timer = Timer::until(Instant::now() + 5 * SECOND);
         assert!(
@@ -229,7 +249,7 @@ mod tests {
         assert!(poll(&mut timer, &count).is_ready());
         drop(timer);
         // Kept at a later deadline than the next attempt's: set earlier for it.
-        drop(Timer::until(Instant::now() + 60 * SECOND));
+        drop(polled(Instant::now() + 60 * SECOND));
         let mut timer = Timer::until(Instant::now() + SECOND);
         assert!(poll(&mut timer, &count).is_pending());
         tokio::time::sleep(SECOND).await;
@@ -239,7 +259,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_thread_keeps_a_bounded_number() {
         let deadline = Instant::now() + SECOND;
-        let timers: Vec<_> = (0..3 * KEEP).map(|_| Timer::until(deadline)).collect();
+        let timers: Vec<_> = (0..3 * KEEP).map(|_| polled(deadline)).collect();
         drop(timers);
         assert_eq!(kept().1, KEEP);
     }
@@ -255,7 +275,7 @@ mod tests {
         };
         let (a, b) = (runtime(), runtime());
         let a_id = a.block_on(async {
-            drop(Timer::until(Instant::now() + SECOND));
+            drop(polled(Instant::now() + SECOND));
             Handle::current().id()
         });
         assert_eq!(kept(), (Some(a_id), 1));
@@ -264,13 +284,13 @@ mod tests {
         b.block_on(async {
             let count = Arc::new(Count::default());
             let mut timer = Timer::until(Instant::now() + 2 * SECOND);
-            assert_eq!(kept(), (Some(Handle::current().id()), 0));
             assert!(poll(&mut timer, &count).is_pending());
+            assert_eq!(kept(), (Some(Handle::current().id()), 0));
             tokio::time::sleep(2 * SECOND).await;
             assert!(poll(&mut timer, &count).is_ready());
         });
         // Back under the first, then after it shut down: no timer of a runtime that is gone.
-        a.block_on(async { drop(Timer::until(Instant::now() + SECOND)) });
+        a.block_on(async { drop(polled(Instant::now() + SECOND)) });
         assert_eq!(kept(), (Some(a_id), 1));
         drop(a);
         b.block_on(async {
