@@ -449,6 +449,14 @@ impl Deliver for Users {
     const REPLAY: Replay = Replay::Safe;
     // Several lines about one user: applied in their order, so the last one holds.
     const ENTITY: Option<&'static str> = Some("user id");
+    // A line too large for one PATCH is quarantined rather than refused with a 413.
+    const MAX_UNIT_BYTES: Option<usize> = Some(MAX_REQUEST_BYTES);
+
+    /// The PATCH's body: the fields, and the version the client adds (`,"version":` and at
+    /// most 20 digits).
+    fn wire_size(u: &UserUpdate) -> usize {
+        json_size(&u.fields).saturating_add(31)
+    }
 
     async fn deliver(&self, unit: UnitCtx, items: Vec<UserUpdate>) -> Result<(), Undelivered> {
         for u in items {
@@ -502,6 +510,16 @@ impl std::io::Write for Counter {
     }
 }
 
+/// The bytes `value` takes as JSON.
+fn json_size(value: &impl serde::Serialize) -> usize {
+    let mut counter = Counter(0);
+    // Writing to a counter cannot fail, and a map of JSON values always serializes.
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 impl Deliver for Ingest {
     type Item = Value;
     const REPLAY: Replay = Replay::Safe;
@@ -509,12 +527,7 @@ impl Deliver for Ingest {
     const MAX_UNIT_BYTES: Option<usize> = Some(MAX_REQUEST_BYTES);
 
     fn wire_size(item: &Value) -> usize {
-        let mut counter = Counter(0);
-        // Writing to a counter cannot fail, and a `Value` always serializes.
-        match serde_json::to_writer(&mut counter, item) {
-            Ok(()) => counter.0,
-            Err(_) => usize::MAX,
-        }
+        json_size(item)
     }
 
     async fn deliver(&self, unit: UnitCtx, items: Vec<Value>) -> Result<(), Undelivered> {
@@ -554,6 +567,12 @@ pub(crate) struct Actions {
 impl Deliver for Actions {
     type Item = Value;
     const REPLAY: Replay = Replay::Never;
+    // An input too large for one request is quarantined rather than refused with a 413.
+    const MAX_UNIT_BYTES: Option<usize> = Some(MAX_REQUEST_BYTES);
+
+    fn wire_size(input: &Value) -> usize {
+        json_size(input)
+    }
 
     async fn deliver(&self, unit: UnitCtx, items: Vec<Value>) -> Result<(), Undelivered> {
         for input in items {

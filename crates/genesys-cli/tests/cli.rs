@@ -536,6 +536,58 @@ async fn a_chunk_past_the_apis_size_limit_goes_as_several_requests() {
     assert_eq!(sim.ledger_len(), 300);
 }
 
+/// A user's line or an action's input too large for one request (the API takes at most
+/// 512,000 bytes) is quarantined with its size, not sent to be refused with a 413 and listed
+/// failed, which a re-run of the failed file would send again to the same end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_line_or_an_action_input_too_large_to_send_is_quarantined() {
+    let sim = Simulator::spawn(config(2)).await.unwrap();
+    let d = dir("too_large_single");
+    let ids = sim.user_ids();
+    let lines = format!(
+        "{}\n{}\n",
+        json!({"user_id": ids[0], "updates": {"title": "x".repeat(600_000)}}),
+        json!({"user_id": ids[1], "updates": {"title": "Lead"}}),
+    );
+    let batch = format!(
+        "{}\n{}\n",
+        json!({"n": 1}),
+        json!({"note": "x".repeat(600_000)})
+    );
+    let users_input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let actions_input = write(&d.join("actions.jsonl"), batch.as_bytes());
+    let users = users_patch(&sim, &users_input);
+    let mut actions = gcx(&sim);
+    actions
+        .args(["actions", "execute", "echo", "--batch"])
+        .arg(&actions_input);
+    for (what, mut cmd) in [("users patch", users), ("actions execute", actions)] {
+        let q = d.join(format!("{}.q.jsonl", what.replace(' ', "_")));
+        let out = cmd
+            .arg("--json")
+            .arg("--quarantine")
+            .arg(&q)
+            .output()
+            .unwrap();
+        assert_exit(&out, 1);
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let counts = &summary["counts"];
+        assert_eq!(counts["delivered"], 1, "{what}: {counts}");
+        assert_eq!(counts["failed"], 0, "{what}: {counts}");
+        assert_eq!(counts["quarantined"], 1, "{what}: {counts}");
+        let q = jsonl(&q);
+        assert_eq!(
+            q[0]["line"],
+            if what == "users patch" { 1 } else { 2 },
+            "{what}"
+        );
+        let reason = q[0]["reason"].as_str().unwrap();
+        assert!(reason.contains("at most 512000"), "{what}: {reason}");
+    }
+    assert_eq!(patches(&sim, &ids[0]), 0, "the large line was sent");
+    assert_eq!(patches(&sim, &ids[1]), 1);
+}
+
 /// Two runs without a journal send keys of their own: the endpoint, which drops a repeat of a
 /// key it has seen, ingests the second file too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
