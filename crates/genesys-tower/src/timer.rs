@@ -22,8 +22,11 @@
 //!   its timers. An attempt under another runtime empties it (dropping its timers) and starts
 //!   it again for its own. A timer whose runtime shut down, or that fired while it waited, has
 //!   elapsed, and is dropped rather than taken.
-//! - **Keep memory for ever**: a thread keeps at most [`KEEP`] timers. A kept timer is dropped
-//!   when it fires (after the timeout, with no attempt to reuse it), or when its thread ends.
+//! - **Keep memory for ever**: a thread keeps at most [`KEEP`] timers. A kept timer that fires
+//!   (no attempt took it for a timeout's length) leaves the wheel but stays in the list, and the
+//!   next attempt sets it again, under the lock. The list goes when its thread ends, or when the
+//!   thread next takes a timer under another runtime; until then, the timers of a runtime
+//!   dropped since hold that runtime's handle.
 //!
 //! A kept timer still counts as a pending timer for a paused clock's automatic advance: a
 //! runtime with nothing to do may advance to a kept timer's deadline, where nothing happens,
