@@ -1,32 +1,34 @@
 //! The attempt timeout's timers, registered once and kept by each thread for the next attempt.
 //!
-//! A tokio `Sleep` takes the runtime's timer lock twice in its life: when it is first polled
-//! (it goes into the timer wheel) and when it is dropped before it fires (it comes out). An
-//! attempt that is answered in time does both, and on a runtime whose threads all send, that
-//! lock's cache line goes from core to core on every attempt.
+//! A tokio `Sleep` takes the runtime's one timer lock when it is first polled (it goes into the
+//! timer wheel) and again when it is dropped (it comes out). An attempt that is answered in time
+//! does both, and on a runtime whose threads all send, that lock's cache line goes from core to
+//! core on every attempt.
 //!
 //! An attempt takes a timer only when it is first polled and not answered: one answered at its
 //! first poll (a service in memory, an answer already there) needs none.
 //!
 //! A timer is not dropped when its attempt ends: it goes back, still in the wheel, to a short
-//! list the thread keeps. The next attempt on that thread takes it as it is, set for the
-//! deadline of the attempt that used it last, which is earlier than its own: no lock. When it
-//! fires at that earlier deadline, the attempt sets it for its own (under the lock, once per
-//! timeout or so), and waits on.
+//! list the thread keeps. The next attempt on that thread takes it as it is, still set for an
+//! earlier attempt's deadline: no lock. When it fires at that earlier deadline, the attempt sets
+//! it for its own (under the lock, about once per timeout) and waits on. A kept timer set for a
+//! later deadline than the attempt's, or one that fired while it was kept, is set for the
+//! attempt's deadline when it is taken, under the lock.
 //!
 //! What a kept timer must not do, and why it does not:
 //!
 //! - **Wake the task that used it last**, or keep that task's memory until it fires: before
-//!   it is kept, it is polled once with a waker that wakes no one, which replaces the task's.
+//!   it is kept, it is polled once, outside the task's cooperative budget, with a waker that
+//!   wakes no one, which replaces the task's.
 //! - **Serve a runtime it does not belong to**: the list is for one runtime, the one that made
 //!   its timers. An attempt under another runtime empties it (dropping its timers) and starts
-//!   it again for its own. A timer whose runtime shut down, or that fired while it waited, has
-//!   elapsed, and is dropped rather than taken.
+//!   it again for its own. A timer that has fired when its attempt ends (its deadline passed,
+//!   or its runtime shut down, which fires them all) is dropped, not kept; so is any while the
+//!   thread unwinds from a panic.
 //! - **Keep memory for ever**: a thread keeps at most [`KEEP`] timers. A kept timer that fires
-//!   (no attempt took it for a timeout's length) leaves the wheel but stays in the list, and the
-//!   next attempt sets it again, under the lock. The list goes when its thread ends, or when the
-//!   thread next takes a timer under another runtime; until then, the timers of a runtime
-//!   dropped since hold that runtime's handle.
+//!   (no attempt took it for a timeout's length) leaves the wheel but stays in the list. The
+//!   list goes when its thread ends, or when the thread next takes a timer under another
+//!   runtime; until then, the timers of a runtime dropped since hold that runtime's handle.
 //!
 //! A kept timer still counts as a pending timer for a paused clock's automatic advance: a
 //! runtime with nothing to do may advance to a kept timer's deadline, where nothing happens,
@@ -61,12 +63,16 @@ thread_local! {
 /// An attempt's timer: fires at its deadline, and goes back to its thread's list when dropped.
 ///
 /// It takes a tokio timer only when first polled: an attempt answered at its first poll (a
-/// service in memory, an answer already there) needs none.
+/// service in memory, an answer already there) needs none. The timer is the runtime's the
+/// attempt was made under, wherever it is polled, as a tokio timer made then would be.
 pub(crate) struct Timer {
     /// When the attempt's time is up. A kept timer may be set earlier than that (an earlier
     /// attempt's deadline): it is set again only if it fires before this.
     deadline: Instant,
-    /// The tokio timer, from the first poll on, and the runtime it was taken under.
+    /// The runtime the attempt was made under (`None`: made outside any; then the one it is
+    /// first polled under).
+    runtime: Option<Handle>,
+    /// The tokio timer, from the first poll on, and its runtime's id.
     sleep: Option<(Pin<Box<Sleep>>, Id)>,
 }
 
@@ -75,27 +81,35 @@ impl Timer {
     pub(crate) fn until(deadline: Instant) -> Timer {
         Timer {
             deadline,
+            runtime: Handle::try_current().ok(),
             sleep: None,
         }
     }
 
-    /// Ready once the deadline is past. The first poll takes a timer the thread kept when
-    /// there is one, else a new one; outside a runtime it panics, as tokio's timers do.
+    /// Ready once the deadline is past. The first poll takes a timer the thread kept for the
+    /// runtime when there is one, else a new one. Made and first polled outside any runtime,
+    /// it panics, as a tokio timer made there does.
     pub(crate) fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let deadline = self.deadline;
+        let runtime = &mut self.runtime;
         let (sleep, _) = self.sleep.get_or_insert_with(|| {
-            let runtime = Handle::current().id();
-            let sleep = match take(runtime) {
+            let handle = runtime.get_or_insert_with(Handle::current);
+            let id = handle.id();
+            let sleep = match take(id) {
                 // Set for an earlier deadline than this one, and still in the wheel: left as
                 // it is (no lock), until it fires.
                 Some(sleep) if sleep.deadline() <= deadline && !sleep.is_elapsed() => sleep,
+                // Fired while it was kept, or set for a later deadline: set for this one.
                 Some(mut sleep) => {
                     sleep.as_mut().reset(deadline);
                     sleep
                 }
-                None => Box::pin(tokio::time::sleep_until(deadline)),
+                None => {
+                    let _runtime = handle.enter();
+                    Box::pin(tokio::time::sleep_until(deadline))
+                }
             };
-            (sleep, runtime)
+            (sleep, id)
         });
         loop {
             ready!(sleep.as_mut().poll(cx));
@@ -131,13 +145,20 @@ impl Drop for Timer {
         let Some((mut sleep, runtime)) = self.sleep.take() else {
             return;
         };
+        // A timer that fired (its runtime's shutdown fires them all) has no waker left and
+        // must not be polled again; nor is anything kept while the thread unwinds.
+        if sleep.is_elapsed() || std::thread::panicking() {
+            return;
+        }
         let _ = KEPT.try_with(|kept| {
             let Ok(mut kept) = kept.try_borrow_mut() else {
                 return;
             };
             if kept.runtime == Some(runtime) && kept.timers.len() < KEEP {
-                // The waker of the task that polled it last, replaced by one that wakes no one.
-                let _ = sleep.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+                // The waker of the task that polled it last, replaced by one that wakes no
+                // one; outside the task's budget, which could otherwise leave the old one.
+                let noop = &mut Context::from_waker(Waker::noop());
+                let _ = std::pin::pin!(tokio::task::unconstrained(sleep.as_mut())).poll(noop);
                 kept.timers.push(sleep);
             }
         });
@@ -189,8 +210,50 @@ mod tests {
     async fn a_timer_never_polled_takes_none_and_keeps_none() {
         drop(polled(Instant::now() + SECOND));
         assert_eq!(kept().1, 1);
-        drop(Timer::until(Instant::now() + SECOND));
-        assert_eq!(kept().1, 1, "a timer never polled took one, or kept one");
+        let unpolled = Timer::until(Instant::now() + SECOND);
+        assert_eq!(kept().1, 1, "a timer never polled took one");
+        drop(unpolled);
+        assert_eq!(kept().1, 1, "a timer never polled kept one");
+    }
+
+    #[test]
+    fn a_timer_dropped_after_its_runtime_shut_down_is_not_kept() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let timer = runtime.block_on(async { polled(Instant::now() + SECOND) });
+        drop(runtime);
+        // tokio panics when a timer of a runtime that shut down is polled: not kept, not
+        // polled.
+        drop(timer);
+        assert_eq!(kept().1, 0);
+    }
+
+    #[test]
+    fn a_timer_made_under_a_runtime_fires_there_wherever_it_is_polled() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut timer = runtime.block_on(async { Timer::until(Instant::now() + SECOND / 50) });
+        // Polled on a thread of no runtime, woken by the runtime's timer.
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let give_up = std::time::Instant::now() + 10 * SECOND;
+        while timer
+            .poll_elapsed(&mut Context::from_waker(&waker))
+            .is_pending()
+        {
+            assert!(std::time::Instant::now() < give_up, "the timer never fired");
+            std::thread::park_timeout(SECOND);
+        }
     }
 
     #[tokio::test(start_paused = true)]

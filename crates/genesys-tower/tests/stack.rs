@@ -65,6 +65,8 @@ impl Setup {
 #[derive(Clone, Copy, Debug)]
 enum Act {
     Answer(u16),
+    /// Answers with this status after one pending poll (the attempt takes its timer).
+    AnswerAfterAWait(u16),
     /// Answers 401 unless the request carries `token-N` with N at least this.
     RefuseTokensBefore(usize),
     /// Never answers: only the attempt's timeout ends it.
@@ -124,6 +126,10 @@ fn api(script: Script) -> (Client, Arc<Mutex<Vec<Seen>>>) {
             };
             let status = match script(n) {
                 Act::Answer(status) => status,
+                Act::AnswerAfterAWait(status) => {
+                    tokio::task::yield_now().await;
+                    status
+                }
                 Act::RefuseTokensBefore(min) => {
                     let number = token
                         .as_deref()
@@ -590,7 +596,13 @@ async fn a_refusing_token_source_sends_nothing() {
 #[tokio::test(start_paused = true)]
 async fn each_attempt_has_its_whole_timeout_from_its_own_start() {
     for stack in [false, true] {
-        let (api, seen) = api(|n| if n == 1 { Act::Answer(200) } else { Act::Hang });
+        let (api, seen) = api(|n| {
+            if n == 1 {
+                Act::AnswerAfterAWait(200)
+            } else {
+                Act::Hang
+            }
+        });
         let auth = AuthLayer::new(Arc::new(Source::default()));
         let retry = RetryLayer::new(RetryPolicy::builder().max_attempts(1).build());
         let mut client = match stack {
