@@ -8,7 +8,8 @@
 //! `{"u":LINE,"s":"start","n":N,"k":KEY}`, `{"u":LINE,"s":"read","v":VERSION}` (users: the
 //! version the PATCH is sent with), and one of `{"u":LINE,"s":"done"}`,
 //! `{"u":LINE,"s":"failed","why":...}` (a definite failure: nothing was applied) or
-//! `{"u":LINE,"s":"unknown","why":...}`; `{"s":"end","status":...}` when a run ends. `LINE` is the
+//! `{"u":LINE,"s":"unknown","why":...}`; `{"s":"resends"}` when a fleet worker's run follows
+//! earlier work on its shard; `{"s":"end","status":...}` when a run ends. `LINE` is the
 //! line of the unit's first record in the input; the last entry of a unit wins.
 //!
 //! Entries are written by a thread of their own, batched, and synced to disk within
@@ -368,6 +369,10 @@ pub(crate) struct Past {
     /// The journal existed before this run: whatever it says, an earlier run may have sent
     /// requests whose entries did not reach the disk.
     existed: bool,
+    /// While reading the journal back: the run being read sends after an earlier one (it is not
+    /// the journal's first, or it said so with a `resends` entry), so what it starts is marked
+    /// [`RESENT`].
+    resending: bool,
 }
 
 impl Past {
@@ -404,7 +409,7 @@ impl Past {
                 UnitState::Done => 3,
             }
         }
-        let theirs = UnitState::from_code(code);
+        let theirs = UnitState::from_code(code & !RESENT);
         let mine = self.state(line);
         if rank(theirs) > rank(mine)
             && self.set(line, theirs, max_line).is_ok()
@@ -412,6 +417,28 @@ impl Past {
         {
             self.done_units += 1;
         }
+        // Started by a resume, by whichever worker: kept whichever state won.
+        if code & RESENT != 0
+            && line >= 1
+            && line <= max_line
+            && let Some(byte) = usize::try_from(line)
+                .ok()
+                .and_then(|i| self.states.get_mut(i))
+        {
+            *byte |= RESENT;
+        }
+    }
+
+    /// Whether any unit of the job has a state: some run (this machine's or, in a fleet,
+    /// another worker's) worked on it before.
+    pub(crate) fn any_state(&self) -> bool {
+        self.states.iter().any(|c| c & !RESENT != 0)
+    }
+
+    /// The state code the fleet's record keeps for a unit in `state`, written by a run that
+    /// sends after an earlier one (`resending`) or not.
+    pub(crate) fn fleet_code(state: UnitState, resending: bool) -> u8 {
+        state.code() | if resending { RESENT } else { 0 }
     }
 
     /// Another worker may have applied part of this job: resolve before applying.
@@ -559,6 +586,7 @@ impl Journal {
         let handle = JournalHandle {
             shared,
             mirror: None,
+            resending: false,
         };
         if thread.is_none() {
             let _ = handle
@@ -597,8 +625,18 @@ impl Journal {
 
     /// Binds the journal to a fleet shard's lease: every unit's state is mirrored to the
     /// fleet's record as well, and units are sent only while `fence` holds.
+    ///
+    /// A run that follows earlier work on the shard (this journal's earlier runs, or states the
+    /// fleet recorded, which [`Past::overlay`] has added) says so in the journal and in every
+    /// state it mirrors: a worker that takes the shard over later keeps the lines about one
+    /// entity in order across both.
     pub(crate) fn lease_to(&mut self, mirror: crate::fleet::Mirror, fence: crate::fleet::Fence) {
+        let resending = self.past.runs >= 1 || self.past.any_state();
+        if resending {
+            self.handle.send(&EntryOut::new(None, "resends"));
+        }
         self.handle.mirror = Some(mirror);
+        self.handle.resending = resending;
         self.fence = Some(fence);
     }
 
@@ -781,6 +819,12 @@ fn apply(past: &mut Past, entry: &EntryIn, max_line: u64) -> Result<(), String> 
         "run" => {
             past.runs = past.runs.saturating_add(1);
             past.last_end = None;
+            past.resending = past.runs >= 2;
+            return Ok(());
+        }
+        // This run follows another's work on the job (in a fleet, a worker's on the shard).
+        "resends" => {
+            past.resending = true;
             return Ok(());
         }
         "end" => {
@@ -802,7 +846,7 @@ fn apply(past: &mut Past, entry: &EntryIn, max_line: u64) -> Result<(), String> 
     // Started by a resume (any run after the first): sent in the order that resume kept, after
     // every line about the same entity that it sent again.
     if state == UnitState::Started
-        && past.runs >= 2
+        && past.resending
         && let Some(byte) = usize::try_from(line)
             .ok()
             .and_then(|i| past.states.get_mut(i))

@@ -857,3 +857,39 @@ async fn a_resume_cut_short_after_an_earlier_line_went_again_leaves_the_later_on
     );
     assert!(lines(one_user_run(&job, records, false, 3).await).is_empty());
 }
+
+/// The same cut-short resume in a fleet, where a worker takes the shard over: its journal is
+/// new, and what it knows of the earlier runs is what they mirrored to the fleet's record. The
+/// resume's mirror says that it sent line 1 again, so the taker sends line 2 again after it.
+#[tokio::test]
+async fn a_takeover_after_a_resume_cut_short_sends_the_later_lines_again() {
+    use crate::journal::{OpenMode, Past, UnitState};
+    let (spec, _) = job_spec("takeover-in-order");
+    let taker = temp("takeover-in-order.taker.journal");
+    let mut journal = Journal::open(&taker, &spec, OpenMode::Fresh).unwrap();
+    // The shard's first run: line 1 failed, lines 3 and 2 delivered. Its resume: line 1
+    // delivered, and killed before line 2 went again.
+    let mirrored = [
+        (1, Past::fleet_code(UnitState::Done, true)),
+        (2, Past::fleet_code(UnitState::Done, false)),
+        (3, Past::fleet_code(UnitState::Done, false)),
+    ];
+    for (line, code) in mirrored {
+        journal.past.overlay(line, code, 6);
+    }
+    journal.past.mark_resumed();
+    let d = Arc::new(OneUser::default());
+    let records = [
+        (1, Some("u-a"), 1),
+        (2, Some("u-a"), 2),
+        (3, Some("u-b"), 3),
+    ];
+    let tally = run_records(d.clone(), records, (1, 4), None, None, Some(&journal)).await;
+    journal.close("incomplete").await.unwrap();
+    assert_eq!(
+        *d.seen.lock().unwrap(),
+        [(2, true)],
+        "line 1 went after line 2"
+    );
+    assert_eq!((tally.delivered, tally.delivered_earlier), (3, 2));
+}

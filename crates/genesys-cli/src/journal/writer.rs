@@ -57,6 +57,8 @@ pub(crate) struct JournalHandle {
     pub(super) shared: Arc<Shared>,
     /// A fleet job's record of unit states, written along with the journal.
     pub(super) mirror: Option<Mirror>,
+    /// This run sends after earlier work on the job: the states it mirrors say so.
+    pub(super) resending: bool,
 }
 
 type Waiter = oneshot::Sender<Result<(), String>>;
@@ -119,7 +121,7 @@ impl JournalHandle {
 
     fn mirror(&self, line: u64, state: UnitState) {
         if let Some(m) = &self.mirror {
-            m.set(line, state.code());
+            m.set(line, super::Past::fleet_code(state, self.resending));
         }
     }
 
