@@ -623,7 +623,10 @@ impl Mirrored {
 
     /// Writes `pending` under the lease: `Ok(false)` when the lease is no longer ours.
     async fn write(&mut self, pending: &HashMap<u64, u8>) -> Result<bool, String> {
-        let entries: Vec<(&u64, &u8)> = pending.iter().collect();
+        // In the order of the input: a batch cut short leaves an entity's later lines, never
+        // its earlier ones, at their older state (sent again, rather than skipped).
+        let mut entries: Vec<(&u64, &u8)> = pending.iter().collect();
+        entries.sort_unstable_by_key(|(line, _)| **line);
         for batch in entries.chunks(BATCH) {
             let mut script = MIRROR.prepare_invoke();
             script

@@ -373,9 +373,8 @@ struct Units<I> {
     waiting: Waiting<I>,
     /// Units in `waiting`: they count against the concurrency, as units in flight do.
     queued: usize,
-    /// On a resume, the entities whose later lines, delivered earlier, go again after an
-    /// earlier line about them that went again: in this run, or in an earlier resume.
-    reopened: HashMap<String, Reopened>,
+    /// On a resume, what the lines read so far say of each entity's order: see [`reorder`].
+    order: HashMap<String, Order>,
 }
 
 impl<I> Default for Units<I> {
@@ -385,7 +384,7 @@ impl<I> Default for Units<I> {
             in_flight: HashMap::new(),
             waiting: HashMap::new(),
             queued: 0,
-            reopened: HashMap::new(),
+            order: HashMap::new(),
         }
     }
 }
@@ -397,43 +396,44 @@ impl<I> Units<I> {
     }
 }
 
-/// Why an entity's later lines, delivered earlier, go again on a resume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reopened {
-    /// An earlier line about it goes again in this run.
-    ThisRun,
-    /// An earlier line about it went in an earlier resume: the later lines no resume sent
-    /// were delivered before it.
-    Earlier,
+/// What the lines about one entity read so far say of their order, on a resume.
+#[derive(Debug, Clone, Copy, Default)]
+struct Order {
+    /// One of them goes again in this run: every later line goes after it.
+    this_run: bool,
+    /// The highest generation among those delivered earlier (0: none, or only the job's first
+    /// run's, which sent them in order).
+    latest: u8,
 }
 
 /// On a resume of a job that keeps each entity's lines in order, the decision for a unit about
 /// `entity` at `line`, given the lines about it before: one delivered earlier goes again, told
-/// to resolve first, when a line before it went again after it was delivered. So the last line
-/// about an entity holds whatever runs it took.
+/// to resolve first, when a line before it goes again in this run or went in a later run than
+/// it did (a higher generation). So the last line about an entity holds whatever runs it took.
 fn reorder(
     decision: Decision,
     entity: &str,
     past: &crate::journal::Past,
     line: u64,
-    reopened: &mut HashMap<String, Reopened>,
+    order: &mut HashMap<String, Order>,
 ) -> Decision {
-    let resent = past.resent(line);
+    use crate::journal::MAX_GENERATION;
     match decision {
         Decision::Skip => {
-            let again = match reopened.get(entity) {
-                Some(Reopened::ThisRun) => true,
-                // Sent by a resume, in the order it kept: after that line.
-                Some(Reopened::Earlier) => !resent,
-                None => false,
-            };
+            let generation = past.generation(line);
+            let before = order.get(entity).copied().unwrap_or_default();
+            // At the top of the count, two runs cannot be told apart: sent again.
+            let again = before.this_run
+                || before.latest > generation
+                || (before.latest >= MAX_GENERATION && generation >= MAX_GENERATION);
             if again {
+                order.entry(entity.to_owned()).or_default().this_run = true;
                 return Decision::Send { resumed: true };
             }
-            if resent {
-                reopened
-                    .entry(entity.to_owned())
-                    .or_insert(Reopened::Earlier);
+            // The job's first run sent every entity's lines in order: nothing to keep.
+            if generation > 1 {
+                let o = order.entry(entity.to_owned()).or_default();
+                o.latest = o.latest.max(generation);
             }
             Decision::Skip
         }
@@ -442,7 +442,7 @@ fn reorder(
                 past.state(line),
                 UnitState::Started | UnitState::Failed | UnitState::Unknown
             ) {
-                reopened.insert(entity.to_owned(), Reopened::ThisRun);
+                order.entry(entity.to_owned()).or_default().this_run = true;
             }
             decision
         }
@@ -583,7 +583,7 @@ pub(crate) async fn run<D: Deliver>(
         if let (Some(e), Some(j)) = (&entity, &engine.journal)
             && D::REPLAY == Replay::Safe
         {
-            decision = reorder(decision, e, &j.journal.past, line, &mut units.reopened);
+            decision = reorder(decision, e, &j.journal.past, line, &mut units.order);
         }
         match decision {
             Decision::Skip => {

@@ -8,8 +8,9 @@
 //! `{"u":LINE,"s":"start","n":N,"k":KEY}`, `{"u":LINE,"s":"read","v":VERSION}` (users: the
 //! version the PATCH is sent with), and one of `{"u":LINE,"s":"done"}`,
 //! `{"u":LINE,"s":"failed","why":...}` (a definite failure: nothing was applied) or
-//! `{"u":LINE,"s":"unknown","why":...}`; `{"s":"resends"}` when a fleet worker's run follows
-//! earlier work on its shard; `{"s":"end","status":...}` when a run ends. `LINE` is the
+//! `{"u":LINE,"s":"unknown","why":...}`; `{"s":"gen","g":N}` when a fleet worker's run counts as
+//! the `N`-th on its shard (not its number in this journal); `{"s":"end","status":...}` when a
+//! run ends. `LINE` is the
 //! line of the unit's first record in the input; the last entry of a unit wins.
 //!
 //! Entries are written by a thread of their own, batched, and synced to disk within
@@ -353,8 +354,17 @@ impl UnitState {
     }
 }
 
-/// The bit of a unit's byte in [`Past`] that says a resume (a run after the first) started it.
-const RESENT: u8 = 0x80;
+/// The bits of a unit's byte in [`Past`] that hold its state; the others hold its generation.
+const STATE_BITS: u8 = 0x07;
+/// Where a unit's generation starts in its byte.
+const GENERATION_SHIFT: u8 = 3;
+/// The highest generation a unit's byte holds: runs past it count as this one.
+pub(crate) const MAX_GENERATION: u8 = u8::MAX >> GENERATION_SHIFT;
+
+/// The generation of the `n`-th run of a job (from 1), as a unit's byte holds it.
+fn generation_of(n: u32) -> u8 {
+    u8::try_from(n).map_or(MAX_GENERATION, |n| n.min(MAX_GENERATION))
+}
 
 /// What earlier runs of the job did: one byte per input line, flat in memory.
 #[derive(Debug, Default)]
@@ -369,10 +379,9 @@ pub(crate) struct Past {
     /// The journal existed before this run: whatever it says, an earlier run may have sent
     /// requests whose entries did not reach the disk.
     existed: bool,
-    /// While reading the journal back: the run being read sends after an earlier one (it is not
-    /// the journal's first, or it said so with a `resends` entry), so what it starts is marked
-    /// [`RESENT`].
-    resending: bool,
+    /// While reading the journal back: the generation of the run being read, which what it
+    /// starts is marked with (its number in the journal, or what its `gen` entry says).
+    generation: u8,
 }
 
 impl Past {
@@ -381,15 +390,26 @@ impl Past {
         usize::try_from(line)
             .ok()
             .and_then(|i| self.states.get(i))
-            .map_or(UnitState::New, |c| UnitState::from_code(*c & !RESENT))
+            .map_or(UnitState::New, |c| UnitState::from_code(*c & STATE_BITS))
     }
 
-    /// Whether a resume (an earlier run, not the first) started the unit at `line`.
-    pub(crate) fn resent(&self, line: u64) -> bool {
+    /// The generation of the run that last started the unit at `line` (0: none did). Runs
+    /// count from 1 in the order they ran, a fleet's workers on one shard included; from
+    /// [`MAX_GENERATION`] on, runs are not told apart.
+    pub(crate) fn generation(&self, line: u64) -> u8 {
         usize::try_from(line)
             .ok()
             .and_then(|i| self.states.get(i))
-            .is_some_and(|c| c & RESENT != 0)
+            .map_or(0, |c| c >> GENERATION_SHIFT)
+    }
+
+    /// The highest generation of any unit.
+    pub(crate) fn max_generation(&self) -> u8 {
+        self.states
+            .iter()
+            .map(|c| c >> GENERATION_SHIFT)
+            .max()
+            .unwrap_or(0)
     }
 
     /// True when this run continues an earlier one.
@@ -409,7 +429,7 @@ impl Past {
                 UnitState::Done => 3,
             }
         }
-        let theirs = UnitState::from_code(code & !RESENT);
+        let theirs = UnitState::from_code(code & STATE_BITS);
         let mine = self.state(line);
         if rank(theirs) > rank(mine)
             && self.set(line, theirs, max_line).is_ok()
@@ -417,28 +437,28 @@ impl Past {
         {
             self.done_units += 1;
         }
-        // Started by a resume, by whichever worker: kept whichever state won.
-        if code & RESENT != 0
-            && line >= 1
-            && line <= max_line
-            && let Some(byte) = usize::try_from(line)
-                .ok()
-                .and_then(|i| self.states.get_mut(i))
-        {
-            *byte |= RESENT;
+        // The later of the two starts, whichever state won.
+        let theirs = code >> GENERATION_SHIFT;
+        if theirs > self.generation(line) && line >= 1 && line <= max_line {
+            self.started_in(line, theirs);
         }
     }
 
-    /// Whether any unit of the job has a state: some run (this machine's or, in a fleet,
-    /// another worker's) worked on it before.
-    pub(crate) fn any_state(&self) -> bool {
-        self.states.iter().any(|c| c & !RESENT != 0)
+    /// Marks the unit at `line` (in the input, its byte there) as started by a run of
+    /// `generation`.
+    fn started_in(&mut self, line: u64, generation: u8) {
+        if let Some(byte) = usize::try_from(line)
+            .ok()
+            .and_then(|i| self.states.get_mut(i))
+        {
+            *byte = (*byte & STATE_BITS) | (generation.min(MAX_GENERATION) << GENERATION_SHIFT);
+        }
     }
 
-    /// The state code the fleet's record keeps for a unit in `state`, written by a run that
-    /// sends after an earlier one (`resending`) or not.
-    pub(crate) fn fleet_code(state: UnitState, resending: bool) -> u8 {
-        state.code() | if resending { RESENT } else { 0 }
+    /// The state code the fleet's record keeps for a unit in `state`, written by a run of
+    /// `generation`.
+    pub(crate) fn fleet_code(state: UnitState, generation: u8) -> u8 {
+        state.code() | (generation.min(MAX_GENERATION) << GENERATION_SHIFT)
     }
 
     /// Another worker may have applied part of this job: resolve before applying.
@@ -454,7 +474,7 @@ impl Past {
         if self.states.len() <= i {
             self.states.resize(i + 1, 0);
         }
-        self.states[i] = state.code() | (self.states[i] & RESENT);
+        self.states[i] = state.code() | (self.states[i] & !STATE_BITS);
         Ok(())
     }
 }
@@ -467,6 +487,9 @@ struct EntryIn {
     s: String,
     #[serde(default)]
     status: Option<String>,
+    /// A `gen` entry's generation.
+    #[serde(default)]
+    g: Option<u64>,
 }
 
 /// How an existing journal is treated when it is opened.
@@ -586,7 +609,7 @@ impl Journal {
         let handle = JournalHandle {
             shared,
             mirror: None,
-            resending: false,
+            generation: 1,
         };
         if thread.is_none() {
             let _ = handle
@@ -626,17 +649,23 @@ impl Journal {
     /// Binds the journal to a fleet shard's lease: every unit's state is mirrored to the
     /// fleet's record as well, and units are sent only while `fence` holds.
     ///
-    /// A run that follows earlier work on the shard (this journal's earlier runs, or states the
-    /// fleet recorded, which [`Past::overlay`] has added) says so in the journal and in every
-    /// state it mirrors: a worker that takes the shard over later keeps the lines about one
-    /// entity in order across both.
+    /// This run's generation follows every earlier one on the shard: this journal's runs', and
+    /// those the fleet recorded (which [`Past::overlay`] has added). It says so in the journal
+    /// (a `gen` entry) and in every state it mirrors, so that a worker that takes the shard over
+    /// later knows which lines about an entity went after which.
     pub(crate) fn lease_to(&mut self, mirror: crate::fleet::Mirror, fence: crate::fleet::Fence) {
-        let resending = self.past.runs >= 1 || self.past.any_state();
-        if resending {
-            self.handle.send(&EntryOut::new(None, "resends"));
-        }
+        let mine = generation_of(self.past.runs.saturating_add(1));
+        let generation = mine.max(
+            self.past
+                .max_generation()
+                .saturating_add(1)
+                .min(MAX_GENERATION),
+        );
+        let mut entry = EntryOut::new(None, "gen");
+        entry.g = Some(u64::from(generation));
+        self.handle.send(&entry);
         self.handle.mirror = Some(mirror);
-        self.handle.resending = resending;
+        self.handle.generation = generation;
         self.fence = Some(fence);
     }
 
@@ -819,12 +848,15 @@ fn apply(past: &mut Past, entry: &EntryIn, max_line: u64) -> Result<(), String> 
         "run" => {
             past.runs = past.runs.saturating_add(1);
             past.last_end = None;
-            past.resending = past.runs >= 2;
+            past.generation = generation_of(past.runs);
             return Ok(());
         }
-        // This run follows another's work on the job (in a fleet, a worker's on the shard).
-        "resends" => {
-            past.resending = true;
+        // The run's generation, when it is not its number in this journal (a fleet worker's
+        // run on a shard others worked on).
+        "gen" => {
+            if let Some(g) = entry.g {
+                past.generation = generation_of(u32::try_from(g).unwrap_or(u32::MAX));
+            }
             return Ok(());
         }
         "end" => {
@@ -843,15 +875,10 @@ fn apply(past: &mut Past, entry: &EntryIn, max_line: u64) -> Result<(), String> 
         .ok_or_else(|| format!("a `{}` entry without its line", entry.s))?;
     let before = past.state(line);
     past.set(line, state, max_line)?;
-    // Started by a resume (any run after the first): sent in the order that resume kept, after
-    // every line about the same entity that it sent again.
-    if state == UnitState::Started
-        && past.resending
-        && let Some(byte) = usize::try_from(line)
-            .ok()
-            .and_then(|i| past.states.get_mut(i))
-    {
-        *byte |= RESENT;
+    // Which run started it: a line about an entity that a later run started went after the
+    // earlier runs' lines about it.
+    if state == UnitState::Started {
+        past.started_in(line, past.generation);
     }
     if state == UnitState::Done && before != UnitState::Done {
         past.done_units += 1;

@@ -69,6 +69,35 @@ fn spawn(mut cmd: std::process::Command) -> std::process::Child {
         .unwrap()
 }
 
+/// The unit state codes the fleet recorded for `shard` of the job whose id is `job`.
+async fn shard_codes(job: &str, shard: u32) -> Vec<u8> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let suffix = format!(":units:{shard}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("gcx:job:*{suffix}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in keys {
+        let id: Option<String> = redis::cmd("HGET")
+            .arg(key.trim_end_matches(&suffix))
+            .arg("id")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if id.as_deref() == Some(job) {
+            let codes: Vec<(String, u8)> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            return codes.into_iter().map(|(_, c)| c).collect();
+        }
+    }
+    panic!("no record of shard {shard} of job {job} in Redis");
+}
+
 /// Waits until the simulator's ledger holds `n` entries.
 async fn ledger_reaches(sim: &genesys_sim::SimHandle, n: usize) {
     let start = Instant::now();
@@ -142,6 +171,20 @@ async fn a_killed_workers_shard_is_taken_over_and_every_user_is_patched_once() {
         );
     }
     assert_eq!(taken_over, vec![json!(1)], "one worker took shard 1 over");
+    // The fleet's record of shard 1: every unit delivered, the taker's with a later generation
+    // than the dead worker's (a state code's low 3 bits, then the generation).
+    let job = read_json(&d.join("report-0.json"))["fleet"]["job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let codes = shard_codes(&job, 1).await;
+    assert!(!codes.is_empty());
+    assert!(codes.iter().all(|c| c & 7 == 2), "all delivered: {codes:?}");
+    let generations: Vec<u8> = codes.iter().map(|c| c >> 3).collect();
+    assert!(
+        generations.iter().all(|g| (1..=2).contains(g)) && generations.contains(&2),
+        "the taker's units carry generation 2: {generations:?}"
+    );
     assert_eq!(
         delivered, n as u64,
         "the two live workers account for the whole job"

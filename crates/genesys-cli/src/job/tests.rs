@@ -793,16 +793,27 @@ impl Deliver for OneUser {
 /// fresh journal where line 1 fails when `fail`, else a resume. Returns the tally and the units
 /// it was given (line, told to resolve first).
 async fn one_user_run(
-    (spec, path): &(crate::journal::JobSpec, std::path::PathBuf),
+    job: &(crate::journal::JobSpec, std::path::PathBuf),
     records: [(u64, Option<&'static str>, u64); 3],
     fail: bool,
     lines: usize,
 ) -> (Tally, Vec<(u64, bool)>) {
+    one_user_pass(job, records, !fail, fail, lines).await
+}
+
+/// [`one_user_run`], a resume (`resume`) or on a fresh journal, line 1 failing when `fail`.
+async fn one_user_pass(
+    (spec, path): &(crate::journal::JobSpec, std::path::PathBuf),
+    records: [(u64, Option<&'static str>, u64); 3],
+    resume: bool,
+    fail: bool,
+    lines: usize,
+) -> (Tally, Vec<(u64, bool)>) {
     use crate::journal::OpenMode;
-    let mode = if fail {
-        OpenMode::Fresh
-    } else {
+    let mode = if resume {
         OpenMode::Resume
+    } else {
+        OpenMode::Fresh
     };
     let journal = Journal::open(path, spec, mode).unwrap();
     let d = Arc::new(OneUser::default());
@@ -831,31 +842,60 @@ async fn a_resume_that_sends_an_earlier_line_about_a_user_sends_the_later_ones_a
     assert_eq!((tally.delivered, tally.delivered_earlier), (3, 1));
 }
 
+/// Lines 1 and 2 about one user, line 3 about another.
+const TWO_USERS: [(u64, Option<&str>, u64); 3] = [
+    (1, Some("u-a"), 1),
+    (2, Some("u-a"), 2),
+    (3, Some("u-b"), 3),
+];
+
+/// The lines [`one_user_pass`] of the first `lines` of [`TWO_USERS`] sends.
+async fn sent(
+    job: &(crate::journal::JobSpec, std::path::PathBuf),
+    resume: bool,
+    fail: bool,
+    lines: usize,
+) -> Vec<u64> {
+    let (_, seen) = one_user_pass(job, TWO_USERS, resume, fail, lines).await;
+    seen.into_iter().map(|s| s.0).collect()
+}
+
 /// A resume sends line 1 again and is killed before line 2, about the same user, goes again.
 /// The next resume finds both delivered, and still sends line 2 again, since line 1 went after
 /// it; the one after that sends nothing.
 #[tokio::test]
 async fn a_resume_cut_short_after_an_earlier_line_went_again_leaves_the_later_ones_to_the_next() {
     let job = job_spec("resume-in-order-cut");
-    let records = [
-        (1, Some("u-a"), 1),
-        (2, Some("u-a"), 2),
-        (3, Some("u-b"), 3),
-    ];
-    let lines = |run: (Tally, Vec<(u64, bool)>)| run.1.into_iter().map(|s| s.0).collect::<Vec<_>>();
-    assert_eq!(
-        lines(one_user_run(&job, records, true, 3).await),
-        [1, 3, 2],
-        "line 1 fails"
-    );
+    assert_eq!(sent(&job, false, true, 3).await, [1, 3, 2], "line 1 fails");
     // Killed once line 1 went again: line 2 was not even read.
-    assert_eq!(lines(one_user_run(&job, records, false, 1).await), [1]);
+    assert_eq!(sent(&job, true, false, 1).await, [1]);
     assert_eq!(
-        lines(one_user_run(&job, records, false, 3).await),
+        sent(&job, true, false, 3).await,
         [2],
         "line 1 went after line 2"
     );
-    assert!(lines(one_user_run(&job, records, false, 3).await).is_empty());
+    assert!(sent(&job, true, false, 3).await.is_empty());
+}
+
+/// Two resumes send line 1 again: the first fails it once more and sends line 2 after it, the
+/// second delivers it and is killed before line 2. Line 1 now went after line 2 again, though
+/// both went in resumes: the next resume sends line 2 again.
+#[tokio::test]
+async fn a_second_resume_cut_short_after_an_earlier_line_leaves_the_later_ones_to_the_next() {
+    let job = job_spec("resume-in-order-twice");
+    assert_eq!(sent(&job, false, true, 3).await, [1, 3, 2]);
+    assert_eq!(
+        sent(&job, true, true, 3).await,
+        [1, 2],
+        "line 1 fails again, line 2 goes after it"
+    );
+    assert_eq!(sent(&job, true, false, 1).await, [1]);
+    assert_eq!(
+        sent(&job, true, false, 3).await,
+        [2],
+        "line 1 went after line 2"
+    );
+    assert!(sent(&job, true, false, 3).await.is_empty());
 }
 
 /// The same cut-short resume in a fleet, where a worker takes the shard over: its journal is
@@ -870,21 +910,16 @@ async fn a_takeover_after_a_resume_cut_short_sends_the_later_lines_again() {
     // The shard's first run: line 1 failed, lines 3 and 2 delivered. Its resume: line 1
     // delivered, and killed before line 2 went again.
     let mirrored = [
-        (1, Past::fleet_code(UnitState::Done, true)),
-        (2, Past::fleet_code(UnitState::Done, false)),
-        (3, Past::fleet_code(UnitState::Done, false)),
+        (1, Past::fleet_code(UnitState::Done, 2)),
+        (2, Past::fleet_code(UnitState::Done, 1)),
+        (3, Past::fleet_code(UnitState::Done, 1)),
     ];
     for (line, code) in mirrored {
         journal.past.overlay(line, code, 6);
     }
     journal.past.mark_resumed();
     let d = Arc::new(OneUser::default());
-    let records = [
-        (1, Some("u-a"), 1),
-        (2, Some("u-a"), 2),
-        (3, Some("u-b"), 3),
-    ];
-    let tally = run_records(d.clone(), records, (1, 4), None, None, Some(&journal)).await;
+    let tally = run_records(d.clone(), TWO_USERS, (1, 4), None, None, Some(&journal)).await;
     journal.close("incomplete").await.unwrap();
     assert_eq!(
         *d.seen.lock().unwrap(),

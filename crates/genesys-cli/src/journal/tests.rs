@@ -174,26 +174,31 @@ fn the_fleets_states_overlay_the_local_ones_the_more_cautious_winning() {
     assert_eq!(past.state(4), UnitState::Unknown);
     assert_eq!(past.state(99), UnitState::New);
     assert_eq!(past.done_units, 2);
-    // Started by a resume there: the mark is kept, though delivered here wins.
-    assert!(!past.resent(2));
-    past.overlay(2, Past::fleet_code(UnitState::Started, true), max);
+    // Started again by a later run there: its generation is kept, though delivered here wins;
+    // an earlier generation there changes nothing.
+    past.overlay(2, Past::fleet_code(UnitState::Started, 3), max);
     assert_eq!(past.state(2), UnitState::Done);
-    assert!(past.resent(2));
+    assert_eq!(past.generation(2), 3);
+    past.overlay(2, Past::fleet_code(UnitState::Done, 2), max);
+    assert_eq!(past.generation(2), 3);
     assert_eq!(past.done_units, 2);
+    assert_eq!(past.max_generation(), 3);
 }
 
-/// A run that says it follows earlier work (a fleet worker on a shard others worked on) marks
-/// what it starts as a resume's, as a journal's second run does.
+/// Each run marks what it starts with its generation: its number in the journal, or what a
+/// `gen` entry says (a fleet worker's run on a shard others worked on).
 #[tokio::test]
-async fn a_run_that_resends_marks_what_it_starts() {
-    let input = temp("in-resends.jsonl");
+async fn each_run_marks_what_it_starts_with_its_generation() {
+    let input = temp("in-gen.jsonl");
     std::fs::write(&input, "a\nb\nc\n").unwrap();
-    let path = temp("j-resends.journal");
+    let path = temp("j-gen.journal");
     let j = Journal::open(&path, &spec(&input), OpenMode::Fresh).unwrap();
     let h = j.handle();
     h.start(1, 1, &j.key(1));
     h.done(1);
-    h.send(&EntryOut::new(None, "resends"));
+    let mut entry = EntryOut::new(None, "gen");
+    entry.g = Some(4);
+    h.send(&entry);
     h.start(2, 1, &j.key(2));
     h.done(2);
     h.sync().await.unwrap();
@@ -201,17 +206,27 @@ async fn a_run_that_resends_marks_what_it_starts() {
     j.close("incomplete").await.unwrap();
     let j = Journal::open(&path, &spec(&input), OpenMode::Resume).unwrap();
     assert_eq!(j.past.state(1), UnitState::Done);
-    assert!(!j.past.resent(1), "started before the run said it resends");
-    assert_eq!(j.past.state(2), UnitState::Done);
-    assert!(j.past.resent(2));
-    // This second run's starts are a resume's anyway.
+    assert_eq!(
+        j.past.generation(1),
+        1,
+        "started before the run said its generation"
+    );
+    assert_eq!(
+        (j.past.state(2), j.past.generation(2)),
+        (UnitState::Done, 4)
+    );
+    assert_eq!(j.past.generation(3), 0);
+    // The journal's second run.
     let h = j.handle();
     h.start(3, 1, &j.key(3));
     h.sync().await.unwrap();
     drop(h);
     j.close("incomplete").await.unwrap();
     let j = Journal::open(&path, &spec(&input), OpenMode::Resume).unwrap();
-    assert!(j.past.resent(3));
+    assert_eq!(
+        (j.past.state(3), j.past.generation(3)),
+        (UnitState::Started, 2)
+    );
     j.close("incomplete").await.unwrap();
 }
 

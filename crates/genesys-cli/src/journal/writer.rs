@@ -30,6 +30,8 @@ pub(super) struct EntryOut<'a> {
     pub(super) status: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) g: Option<u64>,
 }
 
 impl<'a> EntryOut<'a> {
@@ -43,6 +45,7 @@ impl<'a> EntryOut<'a> {
             why: None,
             status: None,
             at: None,
+            g: None,
         }
     }
 }
@@ -57,8 +60,8 @@ pub(crate) struct JournalHandle {
     pub(super) shared: Arc<Shared>,
     /// A fleet job's record of unit states, written along with the journal.
     pub(super) mirror: Option<Mirror>,
-    /// This run sends after earlier work on the job: the states it mirrors say so.
-    pub(super) resending: bool,
+    /// This run's generation (a fleet worker's), which the states it mirrors carry.
+    pub(super) generation: u8,
 }
 
 type Waiter = oneshot::Sender<Result<(), String>>;
@@ -121,7 +124,7 @@ impl JournalHandle {
 
     fn mirror(&self, line: u64, state: UnitState) {
         if let Some(m) = &self.mirror {
-            m.set(line, super::Past::fleet_code(state, self.resending));
+            m.set(line, super::Past::fleet_code(state, self.generation));
         }
     }
 
