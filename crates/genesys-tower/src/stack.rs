@@ -251,6 +251,9 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // One clock read for the call's start, the token's expiry and the attempt's timer, lent
+        // to a pacer below that starts the call in `poll_ready`.
+        let now = Instant::now();
         // The idempotency layer's role: a key of the stack's own for a guarded method, in the
         // request's header; the caller's key goes through the layer itself.
         let key = match &self.idempotency {
@@ -264,10 +267,10 @@ where
                 // As the idempotency layer does: the service below is asked here, with a waker
                 // that wakes no one. Not ready at once, it goes with the call, which waits for
                 // it with the caller's waker.
-                match self
-                    .inner
-                    .poll_ready(&mut Context::from_waker(Waker::noop()))
-                {
+                let inner = &mut self.inner;
+                match crate::time::lend(now, || {
+                    inner.poll_ready(&mut Context::from_waker(Waker::noop()))
+                }) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return self.not_ready(e.into()),
                     Poll::Pending => return self.detour(Detour::NotReady(request, key)),
@@ -277,8 +280,6 @@ where
         };
         let (parts, body) = request.into_parts();
         let body = body.into_replay();
-        // One clock read for the call's start, the token's expiry and the attempt's timer.
-        let now = Instant::now();
         // The auth layer's role: a token at hand, for a request in its scope whose body can be
         // sent again after a 401.
         let token = match self.auth.in_scope(&parts) && body.is_replayable() {

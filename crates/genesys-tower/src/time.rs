@@ -1,5 +1,10 @@
-//! Instant arithmetic that never panics.
+//! Instant arithmetic that never panics, and a clock read lent to the layers below a call.
 
+#[cfg(any(
+    feature = "concurrency",
+    all(feature = "retry", feature = "auth", feature = "idempotency")
+))]
+use std::cell::Cell;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -20,6 +25,37 @@ pub(crate) fn from_now(d: Duration) -> Instant {
     after(Instant::now(), d)
 }
 
+#[cfg(any(
+    feature = "concurrency",
+    all(feature = "retry", feature = "auth", feature = "idempotency")
+))]
+thread_local! {
+    /// The clock read lent by [`lend`] on this thread, while it runs.
+    static LENT: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with `now`, a clock read just made, standing for the clock in [`now`] on this
+/// thread: a layer that read the clock as a call began lends that read to the layers it calls
+/// synchronously, which would otherwise each read the clock again within the same microseconds.
+/// The read is taken back when `f` returns or unwinds; lends nest.
+#[cfg(all(feature = "retry", feature = "auth", feature = "idempotency"))]
+pub(crate) fn lend<R>(now: Instant, f: impl FnOnce() -> R) -> R {
+    struct TakeBack(Option<Instant>);
+    impl Drop for TakeBack {
+        fn drop(&mut self) {
+            LENT.set(self.0);
+        }
+    }
+    let _take_back = TakeBack(LENT.replace(Some(now)));
+    f()
+}
+
+/// The clock read lent by a `lend` running on this thread, or a new one.
+#[cfg(feature = "concurrency")]
+pub(crate) fn now() -> Instant {
+    LENT.get().unwrap_or_else(Instant::now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,5 +69,29 @@ mod tests {
             now + Duration::from_secs(5)
         );
         assert!(from_now(Duration::MAX) > now);
+    }
+
+    #[cfg(all(
+        feature = "concurrency",
+        feature = "retry",
+        feature = "auth",
+        feature = "idempotency"
+    ))]
+    #[test]
+    fn a_lent_read_stands_for_the_clock_while_it_is_lent_only() {
+        let lent = Instant::now() - Duration::from_secs(60);
+        let inner = lent - Duration::from_secs(60);
+        lend(lent, || {
+            assert_eq!(now(), lent);
+            lend(inner, || assert_eq!(now(), inner));
+            assert_eq!(now(), lent, "a nested lend gives the outer read back");
+            // Another thread has its own clock.
+            let elsewhere = std::thread::spawn(now).join().expect("no panic");
+            assert!(elsewhere > lent);
+        });
+        assert!(now() > lent, "the read is taken back when the lend returns");
+        let unwound = std::panic::catch_unwind(|| lend(lent, || panic!("a layer panics")));
+        assert!(unwound.is_err());
+        assert!(now() > lent, "the read is taken back when the lend unwinds");
     }
 }

@@ -239,7 +239,8 @@ impl Pacer {
         if self.quiet.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.try_start_at(Instant::now(), shard())
+        // The clock read of the call this start is for, when a layer above lends it.
+        self.try_start_at(crate::time::now(), shard())
     }
 
     /// [`try_start`](Self::try_start) at `now`, for a thread of `shard`.

@@ -597,3 +597,25 @@ fn each_family_of_rate_limit_fields_is_read_on_a_200() {
     assert!(pacer.quiet.load(Ordering::Relaxed));
     assert!(pacer.try_start().is_ok());
 }
+
+#[cfg(all(feature = "retry", feature = "auth", feature = "idempotency"))]
+#[tokio::test(start_paused = true)]
+async fn a_start_counts_at_the_clock_read_its_call_lends() {
+    let pacer = Pacer::new(
+        Some(Rate {
+            requests: 1,
+            window: Duration::from_secs(1),
+        }),
+        false,
+        0,
+        Duration::from_secs(180),
+    );
+    let now = Instant::now();
+    // A call that began two windows ago (its clock read lent to the layers below it) starts
+    // in the window of then, which has passed: the next start finds room.
+    let earlier = now - Duration::from_secs(2);
+    assert!(crate::time::lend(earlier, || pacer.try_start()).is_ok());
+    assert!(pacer.try_start().is_ok());
+    // Without a lend, the start counts now and fills the window.
+    assert_eq!(pacer.try_start(), Err(now + Duration::from_secs(1)));
+}
