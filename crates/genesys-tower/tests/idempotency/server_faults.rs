@@ -259,3 +259,183 @@ async fn an_answer_lost_for_good_leaves_the_key_outcome_unknown_not_runnable() {
     assert_eq!(json(repeat).await["error"], "idempotency_outcome_unknown");
     assert_eq!(handler.runs(), 1);
 }
+
+/// A tower service (not an axum handler, whose errors are answers) that does its work, then
+/// fails without an answer on its first run when `fail_after_work`, answers `body_fails_with`
+/// and a body that fails halfway on its first run when set, or is not ready on its first call
+/// when `not_ready_first`; later runs answer 201.
+#[derive(Clone, Default)]
+struct Failing {
+    runs: Arc<std::sync::atomic::AtomicUsize>,
+    readiness_asked: Arc<std::sync::atomic::AtomicUsize>,
+    fail_after_work: bool,
+    body_fails_with: Option<StatusCode>,
+    not_ready_first: bool,
+}
+
+impl tower::Service<http::Request<genesys_tower::Body>> for Failing {
+    type Response = http::Response<genesys_tower::Body>;
+    type Error = genesys_tower::BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let asked = self.readiness_asked.fetch_add(1, SeqCst);
+        if self.not_ready_first && asked == 0 {
+            return std::task::Poll::Ready(Err("the database pool is closed".into()));
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: http::Request<genesys_tower::Body>) -> Self::Future {
+        let run = self.runs.fetch_add(1, SeqCst);
+        let fail = self.fail_after_work && run == 0;
+        let body_fails_with = self.body_fails_with.filter(|_| run == 0);
+        Box::pin(async move {
+            if fail {
+                return Err("the connection to the database dropped after the write".into());
+            }
+            if let Some(status) = body_fails_with {
+                let frames: Vec<Result<http_body::Frame<bytes::Bytes>, genesys_tower::BoxError>> = vec![
+                    Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                        b"{\"id\":",
+                    ))),
+                    Err("the result stream broke".into()),
+                ];
+                let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                let mut response = http::Response::new(genesys_tower::Body::new(body));
+                *response.status_mut() = status;
+                return Ok(response);
+            }
+            let mut response = http::Response::new(genesys_tower::Body::from("{\"id\":1}"));
+            *response.status_mut() = StatusCode::CREATED;
+            Ok(response)
+        })
+    }
+}
+
+/// Sends `body` with `key` to `service`.
+async fn call_failing<S>(
+    service: &S,
+    key: &str,
+) -> Result<http::Response<genesys_tower::Body>, genesys_tower::BoxError>
+where
+    S: tower::Service<
+            http::Request<genesys_tower::Body>,
+            Response = http::Response<genesys_tower::Body>,
+            Error = genesys_tower::BoxError,
+        > + Clone,
+{
+    use tower::ServiceExt;
+    let request = http::Request::post("/orders")
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(genesys_tower::Body::from("{}"))
+        .unwrap();
+    service.clone().oneshot(request).await
+}
+
+async fn error_code(response: http::Response<genesys_tower::Body>) -> String {
+    use http_body_util::BodyExt;
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    body["error"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_fails_after_it_started_leaves_its_key_outcome_unknown_not_runnable() {
+    use tower::Layer;
+    let inner = Failing {
+        fail_after_work: true,
+        ..Failing::default()
+    };
+    let service = layer().layer(inner.clone());
+    let error = call_failing(&service, "k").await.unwrap_err();
+    assert!(
+        error.to_string().contains("dropped after the write"),
+        "{error}"
+    );
+    let failed = tokio::time::Instant::now();
+
+    // The caller retries at once: the first run may have had its effect.
+    let early = call_failing(&service, "k").await.unwrap();
+    assert_eq!(early.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(early).await, "idempotency_request_in_progress");
+    tokio::time::sleep_until(failed + LEASE * 2).await;
+    let later = call_failing(&service, "k").await.unwrap();
+    assert_eq!(later.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(later).await, "idempotency_outcome_unknown");
+    assert_eq!(inner.runs.load(SeqCst), 1, "never run a second time");
+
+    // Another key runs as usual.
+    let other = call_failing(&service, "k2").await.unwrap();
+    assert_eq!(other.status(), StatusCode::CREATED);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_rerun_abandoned_a_handler_that_failed_runs_again_once_the_lease_ends() {
+    use tower::Layer;
+    let inner = Failing {
+        fail_after_work: true,
+        ..Failing::default()
+    };
+    let service = layer().rerun_abandoned(true).layer(inner.clone());
+    call_failing(&service, "k").await.unwrap_err();
+    tokio::time::sleep(LEASE * 2).await;
+    let again = call_failing(&service, "k").await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(inner.runs.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_never_ready_frees_its_key_at_once() {
+    use tower::Layer;
+    let inner = Failing {
+        not_ready_first: true,
+        ..Failing::default()
+    };
+    let service = layer().layer(inner.clone());
+    let error = call_failing(&service, "k").await.unwrap_err();
+    assert!(error.to_string().contains("pool is closed"), "{error}");
+    assert_eq!(inner.runs.load(SeqCst), 0);
+    // Nothing ran: the retry runs the handler at once.
+    let retried = call_failing(&service, "k").await.unwrap();
+    assert_eq!(retried.status(), StatusCode::CREATED);
+    assert_eq!(inner.runs.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_whose_body_fails_holds_its_key_unless_it_says_nothing_was_processed() {
+    use http_body_util::BodyExt;
+    use tower::Layer;
+    for (status, held) in [
+        (StatusCode::CREATED, true),
+        (StatusCode::BAD_REQUEST, false),
+    ] {
+        let inner = Failing {
+            body_fails_with: Some(status),
+            ..Failing::default()
+        };
+        let service = layer().layer(inner.clone());
+        let first = call_failing(&service, "k").await.unwrap();
+        assert_eq!(first.status(), status);
+        assert!(
+            first.into_body().collect().await.is_err(),
+            "the failure is passed on"
+        );
+        tokio::time::sleep(LEASE * 2).await;
+        let repeat = call_failing(&service, "k").await.unwrap();
+        if held {
+            assert_eq!(repeat.status(), StatusCode::CONFLICT, "after {status}");
+            assert_eq!(error_code(repeat).await, "idempotency_outcome_unknown");
+            assert_eq!(inner.runs.load(SeqCst), 1);
+        } else {
+            assert_eq!(repeat.status(), StatusCode::CREATED, "after {status}");
+            assert_eq!(inner.runs.load(SeqCst), 2);
+        }
+    }
+}

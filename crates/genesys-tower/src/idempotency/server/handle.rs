@@ -274,7 +274,12 @@ where
     let (head, body) = match renewing(config, store_key, &token, work).await {
         Ok(response) => response,
         Err(e) => {
-            settle(config, store_key, token, Settle::Release).await;
+            if started.load(Ordering::Relaxed) {
+                unanswered("the handler failed without an answer");
+            } else {
+                // The service below was never ready: nothing ran.
+                settle(config, store_key, token, Settle::Release).await;
+            }
             guard.disarm();
             return Err(e);
         }
@@ -282,8 +287,13 @@ where
     let body = match body {
         Ok(body) => body,
         Err(e) => {
-            // The handler's body failed: pass the failure on, remember nothing.
-            settle(config, store_key, token, Settle::Release).await;
+            // The handler's body failed: the failure is passed on. An answer that says the
+            // request was not processed (one `should_store` turns away) frees the key.
+            if (config.should_store)(head.status) {
+                unanswered("the handler's response body failed");
+            } else {
+                settle(config, store_key, token, Settle::Release).await;
+            }
             guard.disarm();
             return Ok(Response::from_parts(head, failed_body(e)));
         }
@@ -308,6 +318,16 @@ where
     settle(config, store_key, token, outcome).await;
     guard.disarm();
     Ok(Response::from_parts(head, body))
+}
+
+/// A handler that ran and gave no answer to keep: whether it had its effect is unknown, so its
+/// claim is left to run out, as when its client hangs up mid-handler. Repeats are told it is in
+/// progress until the lease ends, then that its outcome is unknown (or, with `rerun_abandoned`,
+/// run it again): never run again at once, which could apply the effect twice.
+fn unanswered(what: &str) {
+    tracing::warn!(
+        "{what}: its idempotency key is held as abandoned (its effect is unknown), not released"
+    );
 }
 
 async fn call<S, ResB>(inner: S, req: Request<Body>) -> Result<Response<Body>, S::Error>

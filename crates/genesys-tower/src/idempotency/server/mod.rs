@@ -12,7 +12,7 @@
 //! | same key, different method, path, query or body | 422, handler not called |
 //! | same key while the first request is still running | 409 with `Retry-After: 1`, or wait for it ([`wait_in_flight`](ServerIdempotencyLayer::wait_in_flight)) |
 //! | same key after completion | the original status, headers and body, plus `Idempotent-Replayed: true` |
-//! | same key, first request abandoned (its server died or lost the store mid-request, no response kept) | 409 `idempotency_outcome_unknown` until the retention ends, handler not called (or run again with [`rerun_abandoned`](ServerIdempotencyLayer::rerun_abandoned)) |
+//! | same key, first request abandoned (its server died or lost the store mid-request, its handler failed without an answer, no response kept) | 409 `idempotency_outcome_unknown` until the retention ends, handler not called (or run again with [`rerun_abandoned`](ServerIdempotencyLayer::rerun_abandoned)) |
 //! | the store cannot be reached, or does not answer within the [store timeout](ServerIdempotencyLayer::store_timeout) | 503, handler not called (or called anyway with [`fail_open`](ServerIdempotencyLayer::fail_open)) |
 //! | the store lost its records recently (Redis restarted without persistence) and has none for the key | 503 `idempotency_store_lost`, handler not called (see `RedisStore`) |
 //!
@@ -45,8 +45,11 @@
 //! The claim on a key is a lease ([`lock_ttl`](ServerIdempotencyLayer::lock_ttl), 30 s by
 //! default) that the layer renews every third of it while the handler runs, so a slow handler
 //! keeps its key. A request that stops without storing a response leaves an *abandoned* claim:
-//! its process crashed, the client hung up and the server dropped the request mid-handler, or the
-//! store could not be reached when the response was ready. Within the lease, repeats get 409
+//! its process crashed, the client hung up and the server dropped the request mid-handler, the
+//! handler failed without an answer (its service returned an error, or its response body failed
+//! halfway, unless the status is one [`should_store`] turns away), or the store could not be
+//! reached when the response was ready. A service that was never ready frees the key at once:
+//! nothing ran. Within the lease, repeats get 409
 //! "in progress"; after it, nobody can know whether the handler had its effect, so by default
 //! the claim is held until the retention ends and repeats get 409 `idempotency_outcome_unknown`:
 //! the key never runs twice. [`rerun_abandoned`](ServerIdempotencyLayer::rerun_abandoned) runs
