@@ -34,10 +34,11 @@ thread_local! {
     static LENT: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
-/// Runs `f` with `now`, a clock read just made, standing for the clock in [`now`] on this
-/// thread: a layer that read the clock as a call began lends that read to the layers it calls
-/// synchronously, which would otherwise each read the clock again within the same microseconds.
-/// The read is taken back when `f` returns or unwinds; lends nest.
+/// Runs `f` with `now`, a clock read just made, standing for the clock in the next [`now`] on
+/// this thread: a layer that read the clock as a call began lends that read to the layer it
+/// calls synchronously, which would otherwise read the clock again within the same
+/// microseconds. The read serves once (a second reader, such as a pacer that waits and looks
+/// again, reads the clock), and is taken back when `f` returns or unwinds; lends nest.
 #[cfg(all(feature = "retry", feature = "auth", feature = "idempotency"))]
 pub(crate) fn lend<R>(now: Instant, f: impl FnOnce() -> R) -> R {
     struct TakeBack(Option<Instant>);
@@ -50,10 +51,10 @@ pub(crate) fn lend<R>(now: Instant, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// The clock read lent by a `lend` running on this thread, or a new one.
+/// The clock read lent by a `lend` running on this thread, used up, or a new one.
 #[cfg(feature = "concurrency")]
 pub(crate) fn now() -> Instant {
-    LENT.get().unwrap_or_else(Instant::now)
+    LENT.take().unwrap_or_else(Instant::now)
 }
 
 #[cfg(test)]
@@ -78,20 +79,26 @@ mod tests {
         feature = "idempotency"
     ))]
     #[test]
-    fn a_lent_read_stands_for_the_clock_while_it_is_lent_only() {
-        let lent = Instant::now() - Duration::from_secs(60);
-        let inner = lent - Duration::from_secs(60);
+    fn a_lent_read_stands_for_the_clock_once_while_it_is_lent() {
+        // Reads later than any real one, so that a real read is told from a lent one.
+        let lent = Instant::now() + Duration::from_secs(60);
+        let inner = lent + Duration::from_secs(60);
         lend(lent, || {
             assert_eq!(now(), lent);
+            assert!(now() < lent, "a lent read serves once");
             lend(inner, || assert_eq!(now(), inner));
-            assert_eq!(now(), lent, "a nested lend gives the outer read back");
             // Another thread has its own clock.
             let elsewhere = std::thread::spawn(now).join().expect("no panic");
-            assert!(elsewhere > lent);
+            assert!(elsewhere < lent);
         });
-        assert!(now() > lent, "the read is taken back when the lend returns");
+        lend(lent, || {
+            lend(inner, || {});
+            assert_eq!(now(), lent, "a nested lend gives the outer read back");
+        });
+        lend(lent, || {});
+        assert!(now() < lent, "the read is taken back when the lend returns");
         let unwound = std::panic::catch_unwind(|| lend(lent, || panic!("a layer panics")));
         assert!(unwound.is_err());
-        assert!(now() > lent, "the read is taken back when the lend unwinds");
+        assert!(now() < lent, "the read is taken back when the lend unwinds");
     }
 }

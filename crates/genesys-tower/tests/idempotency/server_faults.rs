@@ -262,8 +262,8 @@ async fn an_answer_lost_for_good_leaves_the_key_outcome_unknown_not_runnable() {
 
 /// A tower service (not an axum handler, whose errors are answers) that does its work, then
 /// fails without an answer on its first run when `fail_after_work`, answers `body_fails_with`
-/// and a body that fails halfway on its first run when set, or is not ready on its first call
-/// when `not_ready_first`; later runs answer 201.
+/// and a body that fails halfway on its first run when set, is not ready on its first call
+/// when `not_ready_first`, or refuses it when `refuse_first`; later runs answer 201.
 #[derive(Clone, Default)]
 struct Failing {
     runs: Arc<std::sync::atomic::AtomicUsize>,
@@ -271,6 +271,8 @@ struct Failing {
     fail_after_work: bool,
     body_fails_with: Option<StatusCode>,
     not_ready_first: bool,
+    /// The first call is refused with a `NotSent` error, as a load shedder refuses.
+    refuse_first: bool,
 }
 
 impl tower::Service<http::Request<genesys_tower::Body>> for Failing {
@@ -292,6 +294,10 @@ impl tower::Service<http::Request<genesys_tower::Body>> for Failing {
     }
 
     fn call(&mut self, _request: http::Request<genesys_tower::Body>) -> Self::Future {
+        if self.refuse_first && self.readiness_asked.load(SeqCst) == 1 {
+            let refused = genesys_tower::NotSent::new("overloaded: the request was not run");
+            return Box::pin(async move { Err(refused.into()) });
+        }
         let run = self.runs.fetch_add(1, SeqCst);
         let fail = self.fail_after_work && run == 0;
         let body_fails_with = self.body_fails_with.filter(|_| run == 0);
@@ -385,6 +391,8 @@ async fn with_rerun_abandoned_a_handler_that_failed_runs_again_once_the_lease_en
     };
     let service = layer().rerun_abandoned(true).layer(inner.clone());
     call_failing(&service, "k").await.unwrap_err();
+    let early = call_failing(&service, "k").await.unwrap();
+    assert_eq!(error_code(early).await, "idempotency_request_in_progress");
     tokio::time::sleep(LEASE * 2).await;
     let again = call_failing(&service, "k").await.unwrap();
     assert_eq!(again.status(), StatusCode::CREATED);
@@ -392,20 +400,26 @@ async fn with_rerun_abandoned_a_handler_that_failed_runs_again_once_the_lease_en
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_handler_never_ready_frees_its_key_at_once() {
+async fn a_handler_never_ready_or_refused_as_not_sent_frees_its_key_at_once() {
     use tower::Layer;
-    let inner = Failing {
+    let never_ready = Failing {
         not_ready_first: true,
         ..Failing::default()
     };
-    let service = layer().layer(inner.clone());
-    let error = call_failing(&service, "k").await.unwrap_err();
-    assert!(error.to_string().contains("pool is closed"), "{error}");
-    assert_eq!(inner.runs.load(SeqCst), 0);
-    // Nothing ran: the retry runs the handler at once.
-    let retried = call_failing(&service, "k").await.unwrap();
-    assert_eq!(retried.status(), StatusCode::CREATED);
-    assert_eq!(inner.runs.load(SeqCst), 1);
+    let refused = Failing {
+        refuse_first: true,
+        ..Failing::default()
+    };
+    for (inner, says) in [(never_ready, "pool is closed"), (refused, "overloaded")] {
+        let service = layer().layer(inner.clone());
+        let error = call_failing(&service, "k").await.unwrap_err();
+        assert!(error.to_string().contains(says), "{error}");
+        assert_eq!(inner.runs.load(SeqCst), 0);
+        // Nothing ran: the retry runs the handler at once.
+        let retried = call_failing(&service, "k").await.unwrap();
+        assert_eq!(retried.status(), StatusCode::CREATED, "after {says}");
+        assert_eq!(inner.runs.load(SeqCst), 1);
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -427,7 +441,11 @@ async fn an_answer_whose_body_fails_holds_its_key_unless_it_says_nothing_was_pro
             first.into_body().collect().await.is_err(),
             "the failure is passed on"
         );
-        tokio::time::sleep(LEASE * 2).await;
+        if held {
+            let early = call_failing(&service, "k").await.unwrap();
+            assert_eq!(error_code(early).await, "idempotency_request_in_progress");
+            tokio::time::sleep(LEASE * 2).await;
+        }
         let repeat = call_failing(&service, "k").await.unwrap();
         if held {
             assert_eq!(repeat.status(), StatusCode::CONFLICT, "after {status}");

@@ -16,7 +16,7 @@ use super::super::{ClaimToken, Fingerprint, IDEMPOTENCY_KEY, IdempotencyKey};
 use super::answer::{error, failed_body, missing_key};
 use super::layer::{Config, InFlight};
 use super::lease::{Settle, SettleOnDrop, bounded, claim_options, renewing, settle};
-use crate::{Body, BoxError};
+use crate::{Body, BoxError, NotSent};
 
 /// Handles a request of a guarded method: [`step`], then claim the key and run, replay or
 /// refuse.
@@ -74,8 +74,9 @@ where
                     StatusCode::CONFLICT,
                     "idempotency_outcome_unknown",
                     "the first request with this Idempotency-Key did not finish: its server \
-                     stopped or lost its idempotency store while handling it, and no response \
-                     was kept, so it may or may not have taken effect. It will not be run \
+                     stopped, lost its idempotency store or failed without an answer while \
+                     handling it, and no response was kept, so it may or may not have taken \
+                     effect. It will not be run \
                      again with this key: check the resource's state, and if the operation did \
                      not happen, send it with a new key"
                         .to_owned(),
@@ -257,6 +258,7 @@ async fn run_claimed<S, ResB>(
 ) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<ResB>>,
+    S::Error: 'static,
     ResB: http_body::Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
@@ -274,10 +276,11 @@ where
     let (head, body) = match renewing(config, store_key, &token, work).await {
         Ok(response) => response,
         Err(e) => {
-            if started.load(Ordering::Relaxed) {
+            if started.load(Ordering::Relaxed) && !never_ran(&e) {
                 unanswered("the handler failed without an answer");
             } else {
-                // The service below was never ready: nothing ran.
+                // The service below was never ready, or refused the request (a `NotSent`
+                // error, as a load shedder's): nothing ran.
                 settle(config, store_key, token, Settle::Release).await;
             }
             guard.disarm();
@@ -318,6 +321,16 @@ where
     settle(config, store_key, token, outcome).await;
     guard.disarm();
     Ok(Response::from_parts(head, body))
+}
+
+/// Whether `error` says the request never reached the handler: a [`NotSent`] anywhere in its
+/// chain, for an error that is one, or a `BoxError` (the error type of most tower stacks).
+fn never_ran<E: 'static>(error: &E) -> bool {
+    let error: &dyn std::any::Any = error;
+    if let Some(boxed) = error.downcast_ref::<BoxError>() {
+        return NotSent::is_in(&**boxed);
+    }
+    error.is::<NotSent>()
 }
 
 /// A handler that ran and gave no answer to keep: whether it had its effect is unknown, so its

@@ -48,8 +48,9 @@
 //! its process crashed, the client hung up and the server dropped the request mid-handler, the
 //! handler failed without an answer (its service returned an error, or its response body failed
 //! halfway, unless the status is one [`should_store`] turns away), or the store could not be
-//! reached when the response was ready. A service that was never ready frees the key at once:
-//! nothing ran. Within the lease, repeats get 409
+//! reached when the response was ready. A service that was never ready, or that refused the
+//! request with a [`NotSent`](crate::NotSent) error (a load shedder's, a full concurrency
+//! limit's), frees the key at once: nothing ran. Within the lease, repeats get 409
 //! "in progress"; after it, nobody can know whether the handler had its effect, so by default
 //! the claim is held until the retention ends and repeats get 409 `idempotency_outcome_unknown`:
 //! the key never runs twice. [`rerun_abandoned`](ServerIdempotencyLayer::rerun_abandoned) runs
