@@ -1,9 +1,6 @@
 //! Instant arithmetic that never panics, and a clock read lent to the layers below a call.
 
-#[cfg(any(
-    feature = "concurrency",
-    all(feature = "retry", feature = "auth", feature = "idempotency")
-))]
+#[cfg(any(feature = "retry", feature = "concurrency", feature = "auth"))]
 use std::cell::Cell;
 use std::time::Duration;
 
@@ -25,10 +22,7 @@ pub(crate) fn from_now(d: Duration) -> Instant {
     after(Instant::now(), d)
 }
 
-#[cfg(any(
-    feature = "concurrency",
-    all(feature = "retry", feature = "auth", feature = "idempotency")
-))]
+#[cfg(any(feature = "retry", feature = "concurrency", feature = "auth"))]
 thread_local! {
     /// The clock read lent by [`lend`] on this thread, while it runs.
     static LENT: Cell<Option<Instant>> = const { Cell::new(None) };
@@ -39,7 +33,7 @@ thread_local! {
 /// calls synchronously, which would otherwise read the clock again within the same
 /// microseconds. The read serves once (a second reader, such as a pacer that waits and looks
 /// again, reads the clock), and is taken back when `f` returns or unwinds; lends nest.
-#[cfg(all(feature = "retry", feature = "auth", feature = "idempotency"))]
+#[cfg(feature = "retry")]
 pub(crate) fn lend<R>(now: Instant, f: impl FnOnce() -> R) -> R {
     struct TakeBack(Option<Instant>);
     impl Drop for TakeBack {
@@ -52,9 +46,15 @@ pub(crate) fn lend<R>(now: Instant, f: impl FnOnce() -> R) -> R {
 }
 
 /// The clock read lent by a `lend` running on this thread, used up, or a new one.
-#[cfg(feature = "concurrency")]
+#[cfg(any(feature = "concurrency", feature = "auth"))]
 pub(crate) fn now() -> Instant {
     LENT.take().unwrap_or_else(Instant::now)
+}
+
+/// Whether a read is lent on this thread now (for tests of the layers that lend).
+#[cfg(all(test, feature = "retry"))]
+pub(crate) fn is_lent() -> bool {
+    LENT.get().is_some()
 }
 
 #[cfg(test)]

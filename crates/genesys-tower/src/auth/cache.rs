@@ -136,7 +136,8 @@ impl Cache {
     /// atomic load, no write to anything another thread reads); otherwise under the shared
     /// lock, and the thread's copy renewed.
     pub(crate) fn current(&self, margin: Duration) -> Option<Cached> {
-        self.current_at(margin, Instant::now())
+        // The clock read of the call, when a layer above (the retry layer) lends it.
+        self.current_at(margin, crate::time::now())
     }
 
     /// [`current`](Self::current), judged at `now` (a clock read the caller already made).
@@ -330,9 +331,8 @@ mod tests {
         }
     }
 
-    /// Two layers with different margins over one cache each get their own answer.
-    #[tokio::test(start_paused = true)]
-    async fn each_margin_is_judged_on_its_own() {
+    /// A cache holding a token `t` issued now for 600 s.
+    fn holding_a_token_for_600_s() -> Cache {
         let cache = Cache::default();
         let token = Token::new("t", Some(Duration::from_secs(600)));
         let header = HeaderValue::from_static("Bearer t");
@@ -340,6 +340,13 @@ mod tests {
             let mut state = cache.lock();
             cache.set_current(&mut state, Some(Cached { token, header }));
         }
+        cache
+    }
+
+    /// Two layers with different margins over one cache each get their own answer.
+    #[tokio::test(start_paused = true)]
+    async fn each_margin_is_judged_on_its_own() {
+        let cache = holding_a_token_for_600_s();
         let (short, long) = (Duration::from_secs(10), Duration::from_secs(100));
         tokio::time::advance(Duration::from_secs(550)).await;
         for _ in 0..2 {
@@ -354,18 +361,23 @@ mod tests {
     /// first share the copy's header bytes (an allocation of the thread's own).
     #[test]
     fn a_threads_copy_is_made_once_per_token() {
-        let cache = Cache::default();
-        let token = Token::new("t", Some(Duration::from_secs(600)));
-        let header = HeaderValue::from_static("Bearer t");
-        {
-            let mut state = cache.lock();
-            cache.set_current(&mut state, Some(Cached { token, header }));
-        }
+        let cache = holding_a_token_for_600_s();
         let margin = Duration::from_secs(60);
         // Kept, so that an allocation freed by one cannot be handed to the next.
         let tokens: Vec<Cached> = (0..4).filter_map(|_| cache.current(margin)).collect();
         assert_eq!(tokens.len(), 4);
         let first = tokens[0].header.as_bytes().as_ptr();
         assert!(tokens.iter().all(|c| c.header.as_bytes().as_ptr() == first));
+    }
+
+    /// The token's expiry is judged at the call's clock read when a layer above lends it.
+    #[cfg(feature = "retry")]
+    #[tokio::test(start_paused = true)]
+    async fn a_lent_clock_read_judges_the_token() {
+        let cache = holding_a_token_for_600_s();
+        let margin = Duration::from_secs(60);
+        let past_refresh = Instant::now() + Duration::from_secs(590);
+        assert!(crate::time::lend(past_refresh, || cache.current(margin)).is_none());
+        assert!(cache.current(margin).is_some(), "without a lend, the clock");
     }
 }

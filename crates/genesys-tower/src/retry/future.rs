@@ -101,7 +101,8 @@ where
                 "the retry layer's future was not made as its first attempt".into(),
             )));
         };
-        let call = Call::begin(call_slot, shared, parts, tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        let call = Call::begin(call_slot, shared, parts, now);
         let (request, attempt) = match call.first_attempt::<B>(body) {
             Ok(first) => first,
             Err(e) => {
@@ -112,7 +113,9 @@ where
                 return Self::boxed(std::future::ready(result));
             }
         };
-        *future = Some(attempt.send(inner, request));
+        // The call's clock read, lent to the layers below for the time of their `call` (the
+        // auth layer's look at its token's expiry).
+        *future = Some(crate::time::lend(now, || attempt.send(inner, request)));
         *attempt_slot = Some(attempt);
         // After the call: the spare, when it has to be made, is made from the service as its
         // call left it.

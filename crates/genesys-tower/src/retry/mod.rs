@@ -485,4 +485,34 @@ mod tests {
         assert_eq!(tag, &state.tag, "a value no call changes");
         assert!(Arc::ptr_eq(spare, &state.spare), "the spare's cell");
     }
+
+    /// The first attempt is sent with the call's clock read lent to the layers below (the auth
+    /// layer's look at its token), for the time of their `call` only.
+    #[tokio::test]
+    async fn the_first_attempt_is_sent_with_the_calls_clock_read_lent() {
+        use tower::ServiceExt;
+        use tower_layer::Layer;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        #[derive(Clone)]
+        struct Below(Arc<std::sync::Mutex<Vec<bool>>>);
+        impl Service<Request<crate::Body>> for Below {
+            type Response = Response<crate::Body>;
+            type Error = BoxError;
+            type Future = std::future::Ready<Result<Self::Response, BoxError>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Request<crate::Body>) -> Self::Future {
+                self.0.lock().unwrap().push(crate::time::is_lent());
+                std::future::ready(Ok(Response::new(crate::Body::empty())))
+            }
+        }
+        let retry = RetryLayer::new(RetryPolicy::default()).layer(Below(seen.clone()));
+        let request = Request::get("http://api.test/")
+            .body(crate::Body::empty())
+            .unwrap();
+        retry.oneshot(request).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), [true]);
+        assert!(!crate::time::is_lent(), "taken back after the call");
+    }
 }

@@ -598,7 +598,7 @@ fn each_family_of_rate_limit_fields_is_read_on_a_200() {
     assert!(pacer.try_start().is_ok());
 }
 
-#[cfg(all(feature = "retry", feature = "auth", feature = "idempotency"))]
+#[cfg(feature = "retry")]
 #[tokio::test(start_paused = true)]
 async fn a_start_counts_at_the_clock_read_its_call_lends() {
     let pacer = Pacer::new(
