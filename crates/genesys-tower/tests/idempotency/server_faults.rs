@@ -273,6 +273,8 @@ struct Failing {
     not_ready_first: bool,
     /// The first call is refused with a `NotSent` error, as a load shedder refuses.
     refuse_first: bool,
+    /// Not ready at the first ask (tower's load shedder above it then refuses the call).
+    busy_first: bool,
 }
 
 impl tower::Service<http::Request<genesys_tower::Body>> for Failing {
@@ -289,6 +291,9 @@ impl tower::Service<http::Request<genesys_tower::Body>> for Failing {
         let asked = self.readiness_asked.fetch_add(1, SeqCst);
         if self.not_ready_first && asked == 0 {
             return std::task::Poll::Ready(Err("the database pool is closed".into()));
+        }
+        if self.busy_first && asked == 0 {
+            return std::task::Poll::Pending;
         }
         std::task::Poll::Ready(Ok(()))
     }
@@ -420,6 +425,26 @@ async fn a_handler_never_ready_or_refused_as_not_sent_frees_its_key_at_once() {
         assert_eq!(retried.status(), StatusCode::CREATED, "after {says}");
         assert_eq!(inner.runs.load(SeqCst), 1);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_shed_by_towers_load_shedder_frees_its_key_at_once() {
+    use tower::Layer;
+    let inner = Failing {
+        busy_first: true,
+        ..Failing::default()
+    };
+    let service = layer().layer(
+        tower::ServiceBuilder::new()
+            .load_shed()
+            .service(inner.clone()),
+    );
+    let error = call_failing(&service, "k").await.unwrap_err();
+    assert!(error.is::<tower::load_shed::error::Overloaded>(), "{error}");
+    assert_eq!(inner.runs.load(SeqCst), 0);
+    let retried = call_failing(&service, "k").await.unwrap();
+    assert_eq!(retried.status(), StatusCode::CREATED);
+    assert_eq!(inner.runs.load(SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@ use http::header::RETRY_AFTER;
 use http::{HeaderValue, Request, Response, StatusCode};
 use tokio::time::{Instant, timeout_at};
 use tower::ServiceExt;
+use tower::load_shed::error::Overloaded;
 use tower_service::Service;
 
 use super::super::store::{Claim, StoreError, StoredResponse};
@@ -280,7 +281,7 @@ where
                 unanswered("the handler failed without an answer");
             } else {
                 // The service below was never ready, or refused the request (a `NotSent`
-                // error, as a load shedder's): nothing ran.
+                // error, or a load shedder's `Overloaded`): nothing ran.
                 settle(config, store_key, token, Settle::Release).await;
             }
             guard.disarm();
@@ -323,14 +324,22 @@ where
     Ok(Response::from_parts(head, body))
 }
 
-/// Whether `error` says the request never reached the handler: a [`NotSent`] anywhere in its
-/// chain, for an error that is one, or a `BoxError` (the error type of most tower stacks).
+/// Whether `error` says the request never reached the handler: a [`NotSent`] or tower's load
+/// shedder's `Overloaded` anywhere in its chain, for an error that is one of them or a
+/// `BoxError` (the error type of most tower stacks).
 fn never_ran<E: 'static>(error: &E) -> bool {
     let error: &dyn std::any::Any = error;
-    if let Some(boxed) = error.downcast_ref::<BoxError>() {
-        return NotSent::is_in(&**boxed);
-    }
-    error.is::<NotSent>()
+    let chain: &(dyn std::error::Error + 'static) =
+        if let Some(boxed) = error.downcast_ref::<BoxError>() {
+            &**boxed
+        } else if let Some(not_sent) = error.downcast_ref::<NotSent>() {
+            not_sent
+        } else if let Some(shed) = error.downcast_ref::<Overloaded>() {
+            shed
+        } else {
+            return false;
+        };
+    NotSent::is_in(chain) || crate::error::find::<Overloaded>(chain).is_some()
 }
 
 /// A handler that ran and gave no answer to keep: whether it had its effect is unknown, so its

@@ -49,8 +49,10 @@
 //! handler failed without an answer (its service returned an error, or its response body failed
 //! halfway, unless the status is one [`should_store`] turns away), or the store could not be
 //! reached when the response was ready. A service that was never ready, or that refused the
-//! request with a [`NotSent`](crate::NotSent) error (a load shedder's, a full concurrency
-//! limit's), frees the key at once: nothing ran. Within the lease, repeats get 409
+//! request with a [`NotSent`](crate::NotSent) error (a full concurrency limit's, a refusal of
+//! your own) or tower's load shedder's `Overloaded`, frees the key at once: nothing ran. Any
+//! other error after the handler started holds the key: mark a refusal of your own with
+//! `NotSent`. Within the lease, repeats get 409
 //! "in progress"; after it, nobody can know whether the handler had its effect, so by default
 //! the claim is held until the retention ends and repeats get 409 `idempotency_outcome_unknown`:
 //! the key never runs twice. [`rerun_abandoned`](ServerIdempotencyLayer::rerun_abandoned) runs
