@@ -77,9 +77,8 @@ where
                     "the first request with this Idempotency-Key did not finish: its server \
                      stopped, lost its idempotency store or failed without an answer while \
                      handling it, and no response was kept, so it may or may not have taken \
-                     effect. It will not be run \
-                     again with this key: check the resource's state, and if the operation did \
-                     not happen, send it with a new key"
+                     effect. It will not be run again with this key: check the resource's \
+                     state, and if the operation did not happen, send it with a new key"
                         .to_owned(),
                 ));
             }

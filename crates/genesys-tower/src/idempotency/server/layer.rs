@@ -164,10 +164,10 @@ impl ServerIdempotencyLayer {
     }
 
     /// Whether a key whose claim was abandoned (its process died, hung or lost the store while
-    /// the handler ran, or the handler failed without an answer, and no response was stored) runs again once the claim's lease ends
-    /// (default: no). By default it is held until the retention ends, and repeats get 409
-    /// `idempotency_outcome_unknown`, because the first run may have had its effect. Say yes
-    /// only for handlers that are safe to run twice.
+    /// the handler ran, or the handler failed without an answer, and no response was stored)
+    /// runs again once the claim's lease ends (default: no). By default it is held until the
+    /// retention ends, and repeats get 409 `idempotency_outcome_unknown`, because the first run
+    /// may have had its effect. Say yes only for handlers that are safe to run twice.
     #[must_use]
     pub fn rerun_abandoned(mut self, rerun: bool) -> Self {
         self.config.rerun_abandoned = rerun;

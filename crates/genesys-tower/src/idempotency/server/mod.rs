@@ -52,11 +52,11 @@
 //! request with a [`NotSent`](crate::NotSent) error (a full concurrency limit's, a refusal of
 //! your own) or tower's load shedder's `Overloaded`, frees the key at once: nothing ran. Any
 //! other error after the handler started holds the key: mark a refusal of your own with
-//! `NotSent`. Within the lease, repeats get 409
-//! "in progress"; after it, nobody can know whether the handler had its effect, so by default
-//! the claim is held until the retention ends and repeats get 409 `idempotency_outcome_unknown`:
-//! the key never runs twice. [`rerun_abandoned`](ServerIdempotencyLayer::rerun_abandoned) runs
-//! such keys again instead, for handlers that are safe to repeat.
+//! `NotSent`. Within the lease, repeats get 409 "in progress"; after it, nobody can know
+//! whether the handler had its effect, so by default the claim is held until the retention
+//! ends and repeats get 409 `idempotency_outcome_unknown`: the key never runs twice.
+//! [`rerun_abandoned`](ServerIdempotencyLayer::rerun_abandoned) runs such keys again instead,
+//! for handlers that are safe to repeat.
 //!
 //! A response the store could not take (the connection to Redis dropped as it was stored) is
 //! still given to the caller, and kept in memory to be stored when the store answers again,
