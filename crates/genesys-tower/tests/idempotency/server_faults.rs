@@ -329,17 +329,32 @@ impl tower::Service<http::Request<genesys_tower::Body>> for Failing {
     }
 }
 
-/// Sends `body` with `key` to `service`.
+/// A server stack as these tests call it: the layer over a [`Failing`] service.
+trait Server:
+    tower::Service<
+        http::Request<genesys_tower::Body>,
+        Response = http::Response<genesys_tower::Body>,
+        Error = genesys_tower::BoxError,
+    > + Clone
+{
+}
+
+impl<S> Server for S where
+    S: tower::Service<
+            http::Request<genesys_tower::Body>,
+            Response = http::Response<genesys_tower::Body>,
+            Error = genesys_tower::BoxError,
+        > + Clone
+{
+}
+
+/// Sends a POST of `{}` with the Idempotency-Key `key` to `service`.
 async fn call_failing<S>(
     service: &S,
     key: &str,
 ) -> Result<http::Response<genesys_tower::Body>, genesys_tower::BoxError>
 where
-    S: tower::Service<
-            http::Request<genesys_tower::Body>,
-            Response = http::Response<genesys_tower::Body>,
-            Error = genesys_tower::BoxError,
-        > + Clone,
+    S: Server,
 {
     use tower::ServiceExt;
     let request = http::Request::post("/orders")
@@ -348,6 +363,22 @@ where
         .body(genesys_tower::Body::from("{}"))
         .unwrap();
     service.clone().oneshot(request).await
+}
+
+/// Sends a request with key `k` that `service` refuses before `inner`'s handler runs, then the
+/// same key again: the key was freed at once, so the retry runs the handler. Returns the
+/// refusal.
+async fn refused_then_run<S>(service: &S, inner: &Failing) -> genesys_tower::BoxError
+where
+    S: Server,
+{
+    let error = call_failing(service, "k").await.unwrap_err();
+    assert_eq!(inner.runs.load(SeqCst), 0);
+    // Nothing ran: the retry runs the handler at once.
+    let retried = call_failing(service, "k").await.unwrap();
+    assert_eq!(retried.status(), StatusCode::CREATED, "after {error}");
+    assert_eq!(inner.runs.load(SeqCst), 1);
+    error
 }
 
 async fn error_code(response: http::Response<genesys_tower::Body>) -> String {
@@ -417,13 +448,8 @@ async fn a_handler_never_ready_or_refused_as_not_sent_frees_its_key_at_once() {
     };
     for (inner, says) in [(never_ready, "pool is closed"), (refused, "overloaded")] {
         let service = layer().layer(inner.clone());
-        let error = call_failing(&service, "k").await.unwrap_err();
+        let error = refused_then_run(&service, &inner).await;
         assert!(error.to_string().contains(says), "{error}");
-        assert_eq!(inner.runs.load(SeqCst), 0);
-        // Nothing ran: the retry runs the handler at once.
-        let retried = call_failing(&service, "k").await.unwrap();
-        assert_eq!(retried.status(), StatusCode::CREATED, "after {says}");
-        assert_eq!(inner.runs.load(SeqCst), 1);
     }
 }
 
@@ -439,12 +465,8 @@ async fn a_request_shed_by_towers_load_shedder_frees_its_key_at_once() {
             .load_shed()
             .service(inner.clone()),
     );
-    let error = call_failing(&service, "k").await.unwrap_err();
+    let error = refused_then_run(&service, &inner).await;
     assert!(error.is::<tower::load_shed::error::Overloaded>(), "{error}");
-    assert_eq!(inner.runs.load(SeqCst), 0);
-    let retried = call_failing(&service, "k").await.unwrap();
-    assert_eq!(retried.status(), StatusCode::CREATED);
-    assert_eq!(inner.runs.load(SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]
