@@ -207,6 +207,14 @@ impl Source {
                     )));
                 }
                 header = Some(rec);
+            } else if reader.fill_buf().is_ok_and(|rest| !rest.is_empty()) {
+                // A blank first line, and more after it: read as a file without a header, every
+                // row would be left out and the job would end with nothing to do.
+                return Err(CliError::usage(format!(
+                    "{}: the first line of the CSV is blank; the first line must name the \
+                     columns, e.g. `user_id,department,title`: remove the blank lines above it",
+                    path.display()
+                )));
             }
         }
         Ok(Source {
@@ -636,6 +644,26 @@ mod tests {
         let path = file("b.csv", b"name,title\nx,y\n");
         let err = Source::open(&path, Format::Csv, &Obj).unwrap_err();
         assert!(err.to_string().contains("no id column"), "{err}");
+    }
+
+    #[test]
+    fn a_csv_with_a_blank_first_line_is_refused_not_read_as_empty() {
+        for (name, bytes) in [
+            ("blank.csv", &b"\nid,title\nabc,Boss\n"[..]),
+            ("crlf.csv", &b"\r\nid,title\r\nabc,Boss\r\n"[..]),
+        ] {
+            let path = file(name, bytes);
+            let err = Source::open(&path, Format::Csv, &Obj)
+                .err()
+                .unwrap_or_else(|| panic!("{name}: a blank first line was read as no header"));
+            assert!(
+                err.to_string().contains("first line of the CSV is blank"),
+                "{err}"
+            );
+        }
+        // An empty file is still an input with no records.
+        let path = file("empty.csv", b"");
+        assert!(drain(&path, Format::Csv).is_empty());
     }
 
     #[test]

@@ -237,7 +237,11 @@ impl Engine<'_> {
         self.tally.not_started += 1;
     }
 
-    fn quarantine(&mut self, q: Quarantined) {
+    fn quarantine(&mut self, mut q: Quarantined) {
+        // Kept for the report, up to `LISTED_MAX` of them: never the size of a record.
+        if let std::borrow::Cow::Owned(cut) = crate::journal::cut_reason(&q.reason) {
+            q.reason = cut;
+        }
         let r = self.sinks.write_quarantine(&q);
         self.io(r);
         self.tally.quarantined += 1;

@@ -41,6 +41,15 @@ const VERSION: u32 = 1;
 /// The longest reason kept in an entry, in characters.
 const REASON_MAX: usize = 500;
 
+/// `reason`, cut to [`REASON_MAX`] characters: for a journal entry, and for every reason a
+/// job keeps or writes (a schema error can quote the whole record it refused).
+pub(crate) fn cut_reason(reason: &str) -> std::borrow::Cow<'_, str> {
+    match reason.char_indices().nth(REASON_MAX) {
+        None => reason.into(),
+        Some((i, _)) => format!("{}...", &reason[..i]).into(),
+    }
+}
+
 /// The longest line read back: far above any entry gcx writes.
 const LINE_MAX: u64 = 64 * 1024;
 

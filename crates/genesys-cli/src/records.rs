@@ -227,7 +227,9 @@ impl Parse for IngestRecords {
             .iter_errors(&value)
             .take(3)
             .map(|e| {
+                // Masked: the rule and the path, not the value, which can be the whole record.
                 let at = e.instance_path().to_string();
+                let e = e.masked();
                 if at.is_empty() {
                     format!("schema: {e}")
                 } else {
@@ -250,22 +252,27 @@ impl Parse for IngestRecords {
         for (column, cell) in row {
             let text = cell.as_str().unwrap_or_default();
             let typed = match self.column_type(&column) {
-                Some("integer") => text
-                    .trim()
-                    .parse::<i64>()
-                    .map(Value::from)
-                    .map_err(|_| format!("column {column}: `{text}` is not an integer"))?,
+                Some("integer") => {
+                    text.trim().parse::<i64>().map(Value::from).map_err(|_| {
+                        format!("column {column}: `{}` is not an integer", cut(text))
+                    })?
+                }
                 Some("number") => text
                     .trim()
                     .parse::<f64>()
                     .ok()
                     .and_then(serde_json::Number::from_f64)
                     .map(Value::Number)
-                    .ok_or_else(|| format!("column {column}: `{text}` is not a number"))?,
+                    .ok_or_else(|| format!("column {column}: `{}` is not a number", cut(text)))?,
                 Some("boolean") => match text.trim() {
                     "true" | "TRUE" | "True" => Value::Bool(true),
                     "false" | "FALSE" | "False" => Value::Bool(false),
-                    _ => return Err(format!("column {column}: `{text}` is not true or false")),
+                    _ => {
+                        return Err(format!(
+                            "column {column}: `{}` is not true or false",
+                            cut(text)
+                        ));
+                    }
                 },
                 _ => cell,
             };

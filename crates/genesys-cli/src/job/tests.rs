@@ -102,43 +102,58 @@ async fn every_record_is_accounted_for() {
     );
 }
 
+/// Runs `inputs` as a job of chunks of one, `concurrency` at a time, against a service that
+/// answers at once.
+async fn run_inputs(
+    inputs: impl IntoIterator<Item = Input<u64>, IntoIter: Send + 'static>,
+    sinks: &mut Sinks,
+    concurrency: usize,
+) -> Tally {
+    let (tx, rx) = mpsc::channel(64);
+    let (_itx, irx) = mpsc::unbounded_channel();
+    let inputs = inputs.into_iter();
+    tokio::spawn(async move {
+        for input in inputs {
+            tx.send(input).await.unwrap();
+        }
+    });
+    let options = Options {
+        concurrency,
+        chunk_size: 1,
+        retry_unknown: false,
+        grace: Duration::from_secs(60),
+        shard: None,
+    };
+    let progress = Progress::hidden();
+    run(
+        Arc::new(Fake::default()),
+        rx,
+        irx,
+        sinks,
+        &progress,
+        None,
+        options,
+    )
+    .await
+}
+
 #[tokio::test(start_paused = true)]
 async fn past_the_listing_cap_records_are_counted_and_written_not_kept() {
     let (failed, quarantine) = (temp("failed-cap.jsonl"), temp("q-cap.jsonl"));
     let mut sinks =
         Sinks::open(Some(&failed), None, Some(&quarantine), Format::Jsonl, None).unwrap();
     let n = LISTED_MAX as u64 + 5;
-    let (tx, rx) = mpsc::channel(64);
-    let (_itx, irx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        for i in 0..n {
-            tx.send(record(2 * i + 1)).await.unwrap();
-            tx.send(Input::Quarantined(Quarantined {
+    let inputs = (0..n).flat_map(|i| {
+        [
+            record(2 * i + 1),
+            Input::Quarantined(Quarantined {
                 line: 2 * i + 2,
                 reason: "malformed JSON".into(),
                 raw: "{".into(),
-            }))
-            .await
-            .unwrap();
-        }
+            }),
+        ]
     });
-    let options = Options {
-        concurrency: 8,
-        chunk_size: 1,
-        retry_unknown: false,
-        grace: Duration::from_secs(60),
-        shard: None,
-    };
-    let tally = run(
-        Arc::new(Fake::default()),
-        rx,
-        irx,
-        &mut sinks,
-        &Progress::hidden(),
-        None,
-        options,
-    )
-    .await;
+    let tally = run_inputs(inputs, &mut sinks, 8).await;
     drop(sinks);
     assert_eq!((tally.failed, tally.quarantined), (n, n));
     assert_eq!(tally.failures.len(), LISTED_MAX);
@@ -495,6 +510,32 @@ async fn a_resumed_job_resolves_units_that_may_be_resent() {
     );
     assert_eq!(tally.delivered_earlier, 3);
     journal.close("incomplete").await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quarantine_reason_is_kept_cut_however_long_it_came() {
+    let quarantine = temp("q-long.jsonl");
+    let mut sinks = Sinks::open(None, None, Some(&quarantine), Format::Jsonl, None).unwrap();
+    let long = Input::Quarantined(Quarantined {
+        line: 1,
+        reason: format!("schema: {} is not valid", "x".repeat(1 << 20)),
+        raw: "{}".into(),
+    });
+    let tally = run_inputs([long], &mut sinks, 1).await;
+    sinks.flush().unwrap();
+    assert_eq!(tally.quarantined, 1);
+    let kept = &tally.quarantine[0].reason;
+    assert!(kept.len() < 600, "a reason of {} bytes kept", kept.len());
+    assert!(
+        kept.starts_with("schema: xxx") && kept.ends_with("..."),
+        "{kept}"
+    );
+    let written = std::fs::read_to_string(&quarantine).unwrap();
+    assert!(
+        written.len() < 1000,
+        "a reason of {} bytes written",
+        written.len()
+    );
 }
 
 /// Runs the 30 even records 2..=60 (in chunks of `chunk_size`) and two invalid lines as worker

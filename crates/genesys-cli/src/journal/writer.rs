@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{REASON_MAX, SYNC_EVERY, UnitState};
+use super::{SYNC_EVERY, UnitState};
 use crate::fleet::Mirror;
 
 /// One journal line, as written.
@@ -144,7 +144,7 @@ impl JournalHandle {
     /// The unit at `line` failed for sure: nothing was applied.
     pub(crate) fn failed(&self, line: u64, why: &str) {
         let mut e = EntryOut::new(Some(line), "failed");
-        let why = cut(why);
+        let why = super::cut_reason(why);
         e.why = Some(&why);
         self.send(&e);
         self.mirror(line, UnitState::Failed);
@@ -153,7 +153,7 @@ impl JournalHandle {
     /// The outcome of the unit at `line` is unknown.
     pub(crate) fn unknown(&self, line: u64, why: &str) {
         let mut e = EntryOut::new(Some(line), "unknown");
-        let why = cut(why);
+        let why = super::cut_reason(why);
         e.why = Some(&why);
         self.send(&e);
         self.mirror(line, UnitState::Unknown);
@@ -192,13 +192,6 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn cut(s: &str) -> std::borrow::Cow<'_, str> {
-    match s.char_indices().nth(REASON_MAX) {
-        None => s.into(),
-        Some((i, _)) => format!("{}...", &s[..i]).into(),
-    }
 }
 
 /// The writer thread: every [`DRAIN_EVERY`], or at once when a sync is asked for, takes the

@@ -97,6 +97,23 @@ fn ingestion_schema() {
     let (v, _) = r.csv_record(row).unwrap();
     assert_eq!(v, json!({"n": 42, "ok": true}));
 
+    // The reason names the rule, not the value: a record refused as a whole is not quoted.
+    let secret = "x".repeat(10_000);
+    let err = r.json_record(json!([secret])).unwrap_err();
+    assert!(err.contains("is not of type"), "{err}");
+    assert!(
+        !err.contains("xxxx"),
+        "the record is quoted in its reason: {err}"
+    );
+    let mut row = Map::new();
+    row.insert("n".into(), json!(secret));
+    let err = r.csv_record(row).unwrap_err();
+    assert!(
+        err.len() < 200,
+        "the cell is quoted whole: {} bytes",
+        err.len()
+    );
+
     let err = IngestRecords::new(json!({"type": "no-such-type"})).unwrap_err();
     assert!(!err.is_empty());
     assert!(IngestRecords::new(json!(3)).is_err());
