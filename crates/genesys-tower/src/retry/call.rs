@@ -218,6 +218,7 @@ impl Call {
         let policy = &self.shared.policy;
         let metrics = &self.shared.metrics;
         let status = outcome.status();
+        self.state.last_status = status;
         self.metrics.attempt(status, attempt.sent);
         span::attempt_outcome(
             &attempt.span,
@@ -311,12 +312,16 @@ impl Call {
                 tokio::time::sleep_until(wake).await;
                 self.state.waited = self.state.waited.saturating_add(delay);
             }
-            self.state.attempts += 1;
-            if self.state.attempts > 1
-                && let Err(e) = service.ready().await
-            {
-                break Err(e.into());
+            if self.state.attempts > 0 {
+                // What the service below makes a retry wait for (a concurrency permit, a pacing
+                // window) counts against the deadline too: no attempt starts after it.
+                match self.ready_in_time(&mut service).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => break Err(e.into()),
+                    Err(passed) => break Err(passed),
+                }
             }
+            self.state.attempts += 1;
             let (future, attempt) = match self.send::<S, B>(&mut service) {
                 Ok(sent) => sent,
                 Err(e) => break Err(e),
@@ -343,6 +348,29 @@ impl Call {
             result => result,
         };
         self.finish(result)
+    }
+
+    /// Waits for `service` to be ready for the next attempt, until the call's deadline when it
+    /// has one; past it, the error the call ends with (nothing more was sent).
+    async fn ready_in_time<'s, S, B>(
+        &self,
+        service: &'s mut S,
+    ) -> Result<Result<&'s mut S, S::Error>, BoxError>
+    where
+        S: Service<Request<B>>,
+    {
+        let Some((started, total)) = self.state.deadline else {
+            return Ok(service.ready().await);
+        };
+        tokio::time::timeout_at(crate::time::after(started, total), service.ready())
+            .await
+            .map_err(|_| {
+                Error::new(ErrorKind::DeadlineExceeded, self.state.attempts)
+                    .with_status(self.state.last_status)
+                    .with_maybe_applied(self.state.maybe_applied)
+                    .with_method(self.parts.method.clone())
+                    .into()
+            })
     }
 
     /// Counts the attempt that is about to be sent (the first of a call goes through here too).

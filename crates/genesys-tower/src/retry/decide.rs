@@ -26,6 +26,8 @@ pub(super) struct State {
     /// An attempt failed after the request may have reached the server, and the request was
     /// safe to send again: it may have been applied, whatever the later attempts get.
     pub(super) maybe_applied: bool,
+    /// The status of the last attempt's response (`None`: no attempt yet, or an error).
+    pub(super) last_status: Option<http::StatusCode>,
     /// The call's backoff schedule, made at its first retry (boxed: most calls never retry,
     /// and the state is moved with the call).
     backoff: Option<Box<Backoff>>,
@@ -44,6 +46,7 @@ impl State {
             deadline,
             replayable,
             maybe_applied: false,
+            last_status: None,
             backoff: None,
             seed,
         }

@@ -349,8 +349,10 @@ impl RetryPolicyBuilder {
     /// A total deadline across attempts, counted from the call (default none). No attempt starts
     /// after it: when the next delay, or the server's hint, would pass it, the call ends at once
     /// with an [`Error`](super::Error) of kind
-    /// [`DeadlineExceeded`](super::ErrorKind::DeadlineExceeded). An attempt in flight is not cut
-    /// short: put a timeout layer above the retry layer for that.
+    /// [`DeadlineExceeded`](super::ErrorKind::DeadlineExceeded); so it does, at the deadline,
+    /// when the service below is still not ready for the retry (a concurrency permit, a pacing
+    /// window). An attempt in flight is not cut short: put a timeout layer above the retry
+    /// layer for that.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self

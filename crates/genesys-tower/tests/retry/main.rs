@@ -363,6 +363,39 @@ async fn no_attempt_starts_after_the_deadline() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_for_a_permit_gives_up_at_the_deadline() {
+    use genesys_tower::concurrency::ConcurrencyLayer;
+
+    let start = Instant::now();
+    // The call's first attempt gets a 503; meanwhile another caller takes the only permit of
+    // the concurrency limit below, and keeps it for a minute.
+    let server = Server::new([status(503), Step::Slow(Duration::from_secs(60))]);
+    let limited = ConcurrencyLayer::new(1).layer(server.clone());
+    let policy = exact().deadline(Duration::from_secs(3)).build();
+    let retried = RetryLayer::new(policy).layer(limited.clone());
+    let call = tokio::spawn(retried.oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.seen().len(), 1, "the first attempt was answered");
+    let other = tokio::spawn(limited.oneshot(get()));
+
+    let err = retry_error(call.await.unwrap());
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(
+        Instant::now() - start,
+        Duration::from_secs(3),
+        "ended at the deadline"
+    );
+    assert_eq!(
+        server.seen().len(),
+        2,
+        "no attempt started after the deadline"
+    );
+    assert!(other.await.unwrap().is_ok());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Budget
 
