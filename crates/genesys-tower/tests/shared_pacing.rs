@@ -107,6 +107,35 @@ async fn a_429_seen_by_one_process_holds_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_a_daily_hint_holds_no_one() {
+    let key = unique_key("daily");
+    let pacer =
+        || RedisPacer::open(&redis_url(), key.clone(), 1000, Duration::from_secs(1)).unwrap();
+    // A daily quota spent: a hint of two hours, past the longest hold. Waiting it out would
+    // stall every call of the fleet, then meet the same 429.
+    let daily = service_fn(|_req: Request<()>| async {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        response
+            .headers_mut()
+            .insert("retry-after", http::HeaderValue::from_static("7200"));
+        Ok::<_, Infallible>(response)
+    });
+    let a = ConcurrencyLayer::new(1).shared_pacing(pacer()).layer(daily);
+    a.oneshot(Request::new(())).await.unwrap();
+    // The hint would be shared in the background: give it a moment to land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let b = ConcurrencyLayer::new(1).shared_pacing(pacer());
+    let starts: Starts = Arc::default();
+    let sent = send_all(b, 1, starts.clone(), StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(60), sent)
+        .await
+        .expect("another process was held for the daily quota's hint");
+    assert_eq!(starts.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_a_process_paces_alone_at_its_share_never_unpaced() {
     // A port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -30,7 +30,7 @@ impl Rate {
 
 /// Learned policies longer than this are left to the holds: pacing a daily quota with a log of
 /// every start would cost memory for no gain.
-const MAX_LEARNED_WINDOW: Duration = Duration::from_secs(3600);
+pub(super) const MAX_LEARNED_WINDOW: Duration = Duration::from_secs(3600);
 /// Learned quotas above this are ignored for the same reason.
 const MAX_LEARNED_REQUESTS: u64 = 100_000;
 /// Longer windows and holds are cut to this, so that adding them to an `Instant` cannot overflow.
@@ -491,12 +491,23 @@ impl Pacer {
 
         // The quota hint: a published policy (quota and window), else the quota of a window
         // (`inin-ratelimit-allowed`, `RateLimit-Limit`) over the inferred window length.
+        let learnable = |r: &Rate| {
+            r.requests > 0
+                && r.requests <= MAX_LEARNED_REQUESTS
+                && !r.window.is_zero()
+                && r.window <= MAX_LEARNED_WINDOW
+        };
+        // The slowest of the policies this pacer can pace: a daily quota's next to a minute's
+        // leaves the minute's to learn.
         let hint = hints
-            .slowest_policy()
+            .policies
+            .iter()
             .map(|p| Rate {
                 requests: p.quota,
                 window: p.window,
             })
+            .filter(learnable)
+            .reduce(|a, b| if b.slower_than(a) { b } else { a })
             .or_else(|| {
                 // A window that resets past the longest one learned (a daily quota's) is not the
                 // window whose length was inferred: its quota says nothing about that one.
@@ -511,12 +522,7 @@ impl Pacer {
                     requests: quota,
                     window: state.learning.longest_reset?,
                 })
-            })
-            .filter(|r| {
-                r.requests > 0
-                    && r.requests <= MAX_LEARNED_REQUESTS
-                    && !r.window.is_zero()
-                    && r.window <= MAX_LEARNED_WINDOW
+                .filter(learnable)
             });
         if let Some(hint) = hint
             && state.learning.hint != Some(hint)

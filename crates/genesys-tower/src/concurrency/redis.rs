@@ -9,7 +9,7 @@ use http::{HeaderMap, StatusCode};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-use super::pacing::{Pacer, Rate};
+use super::pacing::{MAX_LEARNED_WINDOW, Pacer, Rate};
 use super::shared::{AcquireFuture, SharedPacer};
 use crate::BoxError;
 use crate::headers::RateLimitHints;
@@ -389,22 +389,27 @@ impl RedisPacer {
         }
         let hints = RateLimitHints::parse(headers, SystemTime::now());
         if limited {
-            let hold = hints
-                .retry_after
-                .or(hints.inin.reset)
-                .unwrap_or(DEFAULT_HOLD)
-                .min(MAX_HOLD);
-            self.share(&HOLD, [micros(hold), 0]);
+            // The retry layer's reading of the same headers. A hint past the longest hold (a
+            // daily quota's) holds no one, as in a process's own pacer: each call meets the
+            // 429, whose hint the retry layer returns at once, rather than the fleet stalling.
+            match hints.hint(true).unwrap_or(DEFAULT_HOLD) {
+                hold if hold <= MAX_HOLD => self.share(&HOLD, [micros(hold), 0]),
+                hold => tracing::debug!(
+                    hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
+                    "rate limit hint longer than the fleet's longest hold: not holding for it"
+                ),
+            }
         }
         // The slowest quota policy the server published, if slower than ours.
         let slowest = hints
             .policies
             .iter()
-            .filter(|p| p.quota > 0 && !p.window.is_zero())
+            // A daily quota is not paced request by request (that would stall the fleet for
+            // hours between two starts, or pace it for a day): such policies are left to the
+            // 429s and their holds.
+            .filter(|p| p.quota > 0 && !p.window.is_zero() && p.window <= MAX_LEARNED_WINDOW)
             .map(|p| ((micros(p.window) / p.quota) as f64 / self.headroom) as u64)
             .max()
-            // A daily quota is not paced request by request (that would stall the fleet for
-            // hours between two starts): such policies are left to the 429s and their holds.
             .filter(|&i| i <= micros(MAX_LEARNED_INTERVAL));
         if let Some(interval) = slowest.filter(|&i| i > self.interval_us())
             && self.learned.swap(interval, Ordering::Relaxed) != interval

@@ -364,6 +364,23 @@ async fn a_policy_sets_the_rate_and_a_plus_sign_is_not_a_number() {
     assert!(pacer.try_start().is_err());
 }
 
+/// A daily policy published next to a short one leaves the short one to learn: the slowest
+/// policy is taken among those a pacer can pace.
+#[tokio::test(start_paused = true)]
+async fn a_daily_policy_does_not_hide_the_short_one_next_to_it() {
+    let pacer = Pacer::new(None, true, 0, Duration::from_secs(180));
+    pacer.observe(
+        StatusCode::OK,
+        &headers(&[("ratelimit-policy", "\"d\";q=10000;w=86400, \"s\";q=2;w=1")]),
+    );
+    assert!(pacer.try_start().is_ok());
+    assert!(pacer.try_start().is_ok());
+    assert!(
+        pacer.try_start().is_err(),
+        "the 2 per second policy was not learned"
+    );
+}
+
 /// A pacer with nothing to pace lets starts through without its lock, and still holds them the
 /// moment a response says to, and only for as long as it says.
 #[tokio::test(start_paused = true)]
