@@ -397,7 +397,8 @@ pub struct IdempotencyConfig {
     pub store_password_env: Option<String>,
     /// How long final responses are kept for a repeat: 1m to 7d (default 24h).
     pub retention: Dur,
-    /// How long a call holds its key before another may take it over: 1s to 1h (default 5m).
+    /// The lease of a call's claim on its key, renewed while the call runs: how long a claim
+    /// outlives a process that died with it: 1s to 1h (default 5m).
     pub lock_ttl: Dur,
 }
 
@@ -671,7 +672,7 @@ impl StackConfig {
                 ),
             );
         }
-        idempotency_problems(&self.idempotency, self.retry.deadline, &mut bad);
+        idempotency_problems(&self.idempotency, &mut bad);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -872,7 +873,7 @@ fn route_rules(
 }
 
 /// `[idempotency]`: known methods, a store this crate can open, bounded durations.
-fn idempotency_problems(i: &IdempotencyConfig, deadline: Dur, bad: &mut impl FnMut(&str, String)) {
+fn idempotency_problems(i: &IdempotencyConfig, bad: &mut impl FnMut(&str, String)) {
     let mut seen = std::collections::BTreeSet::new();
     for method in &i.methods {
         if !KEYED_METHODS.contains(&method.as_str()) {
@@ -944,15 +945,6 @@ fn idempotency_problems(i: &IdempotencyConfig, deadline: Dur, bad: &mut impl FnM
         bad(
             "idempotency.lock_ttl",
             format!("{} is outside 1s to 1h", i.lock_ttl),
-        );
-    } else if i.redis_url().is_some() && i.lock_ttl < deadline {
-        bad(
-            "idempotency.lock_ttl",
-            format!(
-                "{} is below retry.deadline ({deadline}): with a shared store another process \
-                 could take a key over while its call still runs; raise lock_ttl to the deadline",
-                i.lock_ttl
-            ),
         );
     }
 }

@@ -158,10 +158,6 @@ fn every_rule_has_its_message() {
             "idempotency.store: \"rediss://cache:6380\" is neither \"memory\" nor a redis:// URL",
         ),
         (
-            "[idempotency]\nstore = \"redis://cache:6379\"\nlock_ttl = \"30s\"",
-            "idempotency.lock_ttl: 30s is below retry.deadline (5m)",
-        ),
-        (
             "[idempotency]\nmethods = [\"POST\", \"GET\"]",
             "idempotency.methods: \"GET\" is not one of POST, PATCH, PUT, DELETE",
         ),

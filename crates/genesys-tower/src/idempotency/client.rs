@@ -10,13 +10,14 @@ use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::store::{Claim, ClaimToken, IdempotencyStore, StoreError, StoredResponse};
+use super::store::{Claim, ClaimOptions, ClaimToken, IdempotencyStore, StoreError, StoredResponse};
 use super::{Fingerprint, IDEMPOTENCY_KEY, IdempotencyKey, MemoryStore};
 use crate::body::{DEFAULT_REPLAY_LIMIT, ReplayBody, rebuild, rebuild_response};
 use crate::{Body, BoxError, Metrics};
 
-/// How long a client call holds its key by default before another call with the same key may
-/// take it over: 5 minutes, longer than any sane retry schedule below the layer.
+/// The default lease of a client call's claim on its key: 5 minutes. It is renewed while the
+/// call runs; a claim whose process died with it is taken over by another call with the key
+/// once it ends.
 pub const DEFAULT_CLIENT_LOCK_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// How long completed responses are kept by default: 24 hours.
@@ -131,9 +132,10 @@ impl IdempotencyLayer {
         self
     }
 
-    /// How long a call holds its key before another call with the same key may take it over
-    /// (default [`DEFAULT_CLIENT_LOCK_TTL`]); the key is released at once when a call ends without
-    /// a final response, or is dropped.
+    /// The lease of a call's claim on its key (default [`DEFAULT_CLIENT_LOCK_TTL`]): renewed every
+    /// third of it while the call runs, so that another call with the key waits for this one
+    /// however long it takes; a claim whose process died with it is taken over one lease later.
+    /// The key is released at once when a call ends without a final response, or is dropped.
     #[must_use]
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.config.lock_ttl = ttl;
@@ -362,15 +364,20 @@ impl std::error::Error for Error {
     }
 }
 
-/// Whether the client layer stores a response: 2xx, and 4xx other than 408, 409 and 429 (those
-/// three, 3xx and 5xx are transient or incomplete: the next call with the key goes to the server).
+/// Whether the client layer stores a response: 2xx, and 4xx other than 401, 403, 408, 409 and
+/// 429 (a refused credential, a transient answer; 3xx and 5xx are transient or incomplete too:
+/// the next call with the key goes to the server).
 #[must_use]
 pub fn is_final(status: StatusCode) -> bool {
     status.is_success()
         || (status.is_client_error()
             && !matches!(
                 status,
-                StatusCode::REQUEST_TIMEOUT | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS
+                StatusCode::UNAUTHORIZED
+                    | StatusCode::FORBIDDEN
+                    | StatusCode::REQUEST_TIMEOUT
+                    | StatusCode::CONFLICT
+                    | StatusCode::TOO_MANY_REQUESTS
             ))
 }
 
@@ -497,17 +504,26 @@ where
                     token: Some(token),
                     answer: None,
                 };
-                let outcome = async {
+                let work = async {
                     let body = rebuild::<ReqB>(Body::from_bytes(bytes))?;
                     let request = Request::from_parts(parts, body);
                     let (head, body) = send(inner, request).await?.into_parts();
                     let body = body.into_replay().buffer(config.response_limit).await?;
                     Ok::<_, BoxError>((head, body))
-                }
-                .await;
+                };
+                // The lease is renewed while the call runs (its retries, their waits, a token
+                // fetch), so that a repeat waits for it however long it takes: `lock_ttl` is how
+                // long a claim outlives a process that died with it, not the longest call.
+                let period = (config.lock_ttl / 3).max(Duration::from_millis(10));
+                let token = guard.token.clone().expect("the token is set until settled");
+                let renew = || {
+                    config
+                        .store
+                        .renew(&key, &token, ClaimOptions::new(config.lock_ttl))
+                };
+                let outcome = super::store::renewing(period, renew, work).await;
                 // Settled below; a drop while the store is asked (a round trip to Redis) still
                 // settles, in the background, as `ReleaseOnDrop` says.
-                let token = guard.token.clone().expect("the token is set until settled");
                 let (head, body) = match outcome {
                     Ok(response) => response,
                     Err(e) => {
@@ -534,8 +550,8 @@ where
                         match completed {
                             Ok(true) => {}
                             Ok(false) => tracing::warn!(
-                                "idempotency lock expired before the response arrived; not stored \
-                                 (raise lock_ttl above the longest call)"
+                                "idempotency claim lost before the response arrived (its lease \
+                                 was not renewed in time); not stored"
                             ),
                             // The response is real: hand it over even if it cannot be remembered.
                             Err(e) => tracing::warn!(error = %e, "response not stored"),

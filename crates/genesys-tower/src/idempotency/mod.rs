@@ -38,8 +38,10 @@
 //!   one of the waiters sends its own copy, with the same key.
 //! - **Misuse.** The same key with another method, path or body is refused with
 //!   [`Error::KeyReused`] before anything is sent.
-//! - **What is stored.** Final responses only ([`is_final`]): 2xx, and 4xx other than 408, 409
-//!   and 429. Other statuses and errors release the key, so the next call with it is sent.
+//! - **What is stored.** Final responses only ([`is_final`]): 2xx, and 4xx other than 401, 403,
+//!   408, 409 and 429 (a refused credential says nothing about the operation: stored, it would
+//!   answer the key long after the credential is fixed). Other statuses and errors release the
+//!   key, so the next call with it is sent.
 //!   A response body larger than [`response_limit`](IdempotencyLayer::response_limit) (1 MiB by
 //!   default) is passed to the caller as it streams and not stored. A request body larger than
 //!   the body limit is sent once with its key, without fingerprint, store or joining.

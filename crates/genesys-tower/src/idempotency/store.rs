@@ -506,6 +506,44 @@ impl<'de> Deserialize<'de> for StoredResponse {
     }
 }
 
+/// Runs `work` while renewing a claim's lease every `period` with `renew` (true: still ours), so
+/// that work slower than the lease keeps its claim, and a claim whose owner is gone ends one lease
+/// after it went. Renewal stops when the claim is no longer ours; `work` always runs to its end.
+pub(super) async fn renewing<F, R>(
+    period: Duration,
+    mut renew: impl FnMut() -> R,
+    work: F,
+) -> F::Output
+where
+    F: Future,
+    R: Future<Output = Result<bool, StoreError>>,
+{
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(period).await;
+            match renew().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        "idempotency claim lost while its request ran (another caller took the \
+                         key over)"
+                    );
+                    return;
+                }
+                // The lease may end before the work does: what a repeat is told then is the
+                // store's rule for a claim past its lease.
+                Err(e) => tracing::warn!(error = %e, "idempotency lease not renewed"),
+            }
+        }
+    };
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        biased;
+        output = &mut work => output,
+        () = heartbeat => work.await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -306,7 +306,9 @@ async fn another_body_is_refused_while_the_first_is_in_flight() {
 
 #[tokio::test]
 async fn transient_statuses_are_not_stored() {
-    for transient in [503, 429, 408, 409, 500] {
+    // 401 and 403 too: a refused credential says nothing of the operation, and a stored one
+    // would answer the key for its whole retention, long after the credential is fixed.
+    for transient in [503, 429, 408, 409, 500, 401, 403] {
         let seen = Seen::default();
         let svc = IdempotencyLayer::new().layer(scripted(&seen, &[transient, 200], Duration::ZERO));
 
@@ -321,6 +323,23 @@ async fn transient_statuses_are_not_stored() {
         // Both calls used the caller's key.
         assert!(seen.keys().iter().all(|k| k.as_deref() == Some("k")));
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_slower_than_its_lease_keeps_its_key_and_a_repeat_waits_for_it() {
+    let seen = Seen::default();
+    // A lease of 1 s, a call of 5 s (its retries, their waits): renewed while it runs.
+    let svc = IdempotencyLayer::new()
+        .lock_ttl(Duration::from_secs(1))
+        .layer(scripted(&seen, &[201], Duration::from_secs(5)));
+    let first = tokio::spawn(svc.clone().oneshot(keyed("slow", "{}")));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let repeat = svc.clone().oneshot(keyed("slow", "{}")).await.unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(seen.count(), 1, "the repeat ran the request a second time");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert_eq!(repeat.status(), StatusCode::CREATED);
+    assert_eq!(text(repeat).await, "call 0");
 }
 
 #[tokio::test]

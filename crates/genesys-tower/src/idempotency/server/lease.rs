@@ -52,32 +52,13 @@ pub(super) async fn renewing<F: Future>(
     work: F,
 ) -> F::Output {
     let period = (config.lock_ttl / 3).max(Duration::from_millis(10));
-    // Ends only when the claim is no longer ours: nothing left to renew.
-    let heartbeat = async {
-        loop {
-            tokio::time::sleep(period).await;
-            let renewal = config.store.renew(key, token, claim_options(config));
-            match bounded(config, renewal).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(
-                        "idempotency claim lost while the handler ran (another request took \
-                         the key over)"
-                    );
-                    return;
-                }
-                // The lease may end before the handler does: repeats are then told that the
-                // outcome is unknown, never run a second time (unless rerun_abandoned).
-                Err(e) => tracing::warn!(error = %e, "idempotency lease not renewed"),
-            }
-        }
+    let renew = || {
+        bounded(
+            config,
+            config.store.renew(key, token, claim_options(config)),
+        )
     };
-    let mut work = std::pin::pin!(work);
-    tokio::select! {
-        biased;
-        output = &mut work => output,
-        () = heartbeat => work.await,
-    }
+    super::super::store::renewing(period, renew, work).await
 }
 
 /// What becomes of a claim once the handler is done.
