@@ -71,6 +71,24 @@ struct State {
     generation: u64,
     /// The outcome of the last fetch when it failed.
     last_error: Option<Error>,
+    /// After a failed fetch, no other before this instant: meanwhile its error is the answer
+    /// (a token that has not expired still serves).
+    retry_at: Option<Instant>,
+    /// Fetches failed in a row: the pause doubles with each.
+    failures: u32,
+}
+
+/// The pause after the first failed fetch; it doubles with each failure in a row, up to
+/// [`MAX_PAUSE`]. A source that fails at once (a revoked secret) is not called again by every
+/// request that comes, which would hammer the login host as fast as requests arrive.
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between two fetches after failures.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// The pause after `failures` failed fetches in a row (at least one).
+fn pause(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FIRST_PAUSE.saturating_mul(1 << doublings).min(MAX_PAUSE)
 }
 
 #[derive(Clone, Copy)]
@@ -233,6 +251,15 @@ impl Cache {
                 }
             }
             let now = Instant::now();
+            if let (Some(at), Some(err)) = (state.retry_at, &state.last_error)
+                && now < at
+            {
+                // A fetch failed a moment ago: not tried again before its pause is over.
+                return match &state.current {
+                    Some(c) if !expired(&c.token, now) => Ok(c.clone()),
+                    _ => Err(err.clone()),
+                };
+            }
             match &state.current {
                 Some(c) if !due(&c.token, margin, now) => return Ok(c.clone()),
                 Some(c) if !expired(&c.token, now) => {
@@ -293,13 +320,22 @@ impl Cache {
                 );
                 self.set_current(&mut state, Some(cached.clone()));
                 state.last_error = None;
+                state.retry_at = None;
+                state.failures = 0;
                 Ok(cached)
             }
             Err(err) => {
-                tracing::warn!(error = %err, "token source failed");
+                state.failures = state.failures.saturating_add(1);
+                let pause = pause(state.failures);
+                tracing::warn!(
+                    error = %err,
+                    pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                    "token source failed; not called again before the pause is over"
+                );
+                state.retry_at = Some(crate::time::from_now(pause));
                 state.last_error = Some(err.clone());
-                // A token that has not expired yet still serves; the next request will try the
-                // source again, since the token is still due for refresh.
+                // A token that has not expired yet still serves; the first request after the
+                // pause tries the source again, since the token is still due for refresh.
                 match &state.current {
                     Some(c) if !expired(&c.token, Instant::now()) => Ok(c.clone()),
                     _ => Err(err),

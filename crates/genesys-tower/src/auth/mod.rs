@@ -48,10 +48,12 @@
 //!
 //! However many requests find the token missing or expired, or see a 401, at the same moment,
 //! exactly one of them calls [`TokenSource::fetch`] and the others wait for its outcome. A
-//! failure is shared the same way: every waiter gets a clone of the same [`Error`], and the
-//! source is tried again by the next request that comes after it, never in a loop. If the
-//! refresh of a token that has not expired yet fails, the old token keeps serving until it
-//! expires.
+//! failure is shared the same way: every waiter gets a clone of the same [`Error`], and so does
+//! every request during a pause after it (1 s after a first failure, doubling with each failure
+//! in a row up to 30 s): the source is tried again by the first request after the pause, never
+//! in a loop, and a source that fails at once (a revoked secret) is not called by every request
+//! that comes. If the refresh of a token that has not expired yet fails, the old token keeps
+//! serving until it expires.
 //!
 //! A fetch that gives no token within [`fetch_timeout`](AuthLayer::fetch_timeout) (60 s by
 //! default) fails the same way, with an error that says so: a source that never answers does

@@ -285,11 +285,37 @@ async fn a_failing_source_gives_one_error_naming_the_cause_to_every_waiter() {
     assert_eq!(source.fetches(), 1, "the waiters shared the one failure");
     assert!(api.seen().is_empty(), "nothing was sent without a token");
 
-    // The next call tries again, and succeeds once the source does.
+    // The first call after the pause tries again, and succeeds once the source does.
     source.fail.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let response = svc.clone().oneshot(get("/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(source.fetches(), 2);
+}
+
+/// A source that fails at once (a revoked secret) is not called by every request that comes:
+/// after a failure, its error answers for a pause that doubles with each failure in a row.
+#[tokio::test(start_paused = true)]
+async fn after_a_failed_fetch_the_source_rests_for_a_pause_that_doubles() {
+    let source = Source::new(DAY, Duration::ZERO);
+    source.fail.store(true, SeqCst);
+    let api = Api::accepting("*");
+    let svc = AuthLayer::new(source.clone()).layer(api.service(Duration::ZERO));
+    let start = Instant::now();
+    // A request every 100 ms for 10 s: fetched at 0, 1, 3 and 7 s.
+    while start.elapsed() < Duration::from_secs(10) {
+        let err = svc.clone().oneshot(get("/")).await.unwrap_err();
+        assert!(err.to_string().contains("invalid_client"), "{err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(source.fetches(), 4, "the source was not left to rest");
+    // Working again: the first request after the pause gets a token, and the pause is over.
+    source.fail.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let response = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(source.fetches(), 5);
+    assert_eq!(api.seen().len(), 1, "nothing was sent without a token");
 }
 
 #[tokio::test(start_paused = true)]
@@ -631,7 +657,8 @@ async fn a_source_that_never_answers_fails_its_waiters_at_the_fetch_timeout() {
     assert_eq!(started.elapsed(), Duration::from_secs(5));
     assert_eq!(source.0.load(SeqCst), 1, "the waiters shared the one fetch");
     assert!(api.seen().is_empty(), "nothing was sent without a token");
-    // The next request calls the source again.
+    // The first request after the pause calls the source again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let response = svc.clone().oneshot(get("/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(source.0.load(SeqCst), 2);
