@@ -106,9 +106,10 @@
 //! The configured rate ([`pacing`](ConcurrencyLayer::pacing)) is where pacing starts. With
 //! learning on, the rate then follows what the server says:
 //!
-//! - **The window is inferred, not assumed.** Its length is the longest reset any window has
-//!   reported (`inin-ratelimit-reset`, `RateLimit` `t=`, `RateLimit-Reset`): a server whose
-//!   resets never exceed 1 s has a 1-second window, whatever the configured one. A
+//! - **The window is inferred, not assumed.** Its length is the longest reset the windows of
+//!   its quota have reported (`inin-ratelimit-reset`, `RateLimit` `t=`, `RateLimit-Reset`): a
+//!   server whose resets never exceed 1 s has a 1-second window, whatever the configured one,
+//!   and a window of another quota (another limiter's, an hourly one) does not stretch it. A
 //!   `RateLimit-Policy` gives quota and window outright.
 //! - **The quota is a hint.** A published quota (`RateLimit-Policy`, or `inin-ratelimit-allowed`
 //!   / `RateLimit-Limit` over the inferred window) becomes the rate when it first arrives or

@@ -10,7 +10,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use self::log::Log;
-use crate::headers::RateLimitHints;
+use crate::headers::{RateLimitHints, Window};
 use crate::per_thread::{SHARDS, shard};
 
 /// At most `requests` starts in any `window`.
@@ -123,9 +123,11 @@ struct State {
 /// period delivered without a 429).
 #[derive(Debug, Default)]
 struct Learning {
-    /// The longest reset any window reported: its length, inferred (a window that never says
-    /// more than 1 s to its reset is not a minute long).
-    longest_reset: Option<Duration>,
+    /// The longest reset each quota's windows reported: their length, inferred (a window that
+    /// never says more than 1 s to its reset is not a minute long). Kept per quota (`None`: a
+    /// window that names none), for the last [`QUOTAS_KEPT`] quotas seen, so that a window of
+    /// another limiter (an hourly one, another API's) does not stretch this one's for good.
+    longest_resets: Vec<(Option<u64>, Duration)>,
     /// The hint last applied, so that the same hint does not reset the rate again.
     hint: Option<Rate>,
     /// How much the rate rises per good period.
@@ -143,6 +145,32 @@ struct Learning {
     last_good: Option<u64>,
     /// When the rate was last cut.
     last_cut: Option<Instant>,
+}
+
+/// How many quotas' inferred windows a pacer keeps.
+const QUOTAS_KEPT: usize = 8;
+
+impl Learning {
+    /// Records a reset reported by a window of `quota`.
+    fn record_reset(&mut self, quota: Option<u64>, reset: Duration) {
+        match self.longest_resets.iter_mut().find(|(q, _)| *q == quota) {
+            Some((_, longest)) => *longest = (*longest).max(reset),
+            None => {
+                if self.longest_resets.len() == QUOTAS_KEPT {
+                    self.longest_resets.remove(0);
+                }
+                self.longest_resets.push((quota, reset));
+            }
+        }
+    }
+
+    /// The window length inferred for `quota`'s windows.
+    fn longest_reset(&self, quota: Option<u64>) -> Option<Duration> {
+        self.longest_resets
+            .iter()
+            .find(|(q, _)| *q == quota)
+            .map(|(_, longest)| *longest)
+    }
 }
 
 impl Pacer {
@@ -473,15 +501,17 @@ impl Pacer {
     }
 
     fn learn_from(&self, state: &mut State, now: Instant, limited: bool, hints: &RateLimitHints) {
-        // The window's length, inferred from the longest reset any window reported.
+        // A window's quota, as it is named (`inin-ratelimit-allowed`, `RateLimit-Limit`).
+        let quota_of = |w: &Window| w.quota.or(hints.inin.allowed).or(hints.legacy.limit);
+        // The window's length, inferred from the longest reset its quota's windows reported.
         let first_window = hints.windows().next();
         for window in hints.windows() {
             let reset = window.reset.max(Duration::from_secs(1));
             let l = &mut state.learning;
             // A reset past the longest window learned (a daily quota's) names no window this
             // pacer can pace: recorded, it would void every inference after it.
-            if reset <= MAX_LEARNED_WINDOW && l.longest_reset.is_none_or(|r| r < reset) {
-                l.longest_reset = Some(reset);
+            if reset <= MAX_LEARNED_WINDOW {
+                l.record_reset(quota_of(&window), reset);
             }
             l.period_min_remaining = Some(
                 l.period_min_remaining
@@ -514,13 +544,10 @@ impl Pacer {
                 if first_window.is_some_and(|w| w.reset > MAX_LEARNED_WINDOW) {
                     return None;
                 }
-                let quota = first_window
-                    .and_then(|w| w.quota)
-                    .or(hints.inin.allowed)
-                    .or(hints.legacy.limit)?;
+                let quota = quota_of(first_window.as_ref()?)?;
                 Some(Rate {
                     requests: quota,
-                    window: state.learning.longest_reset?,
+                    window: state.learning.longest_reset(Some(quota))?,
                 })
                 .filter(learnable)
             });

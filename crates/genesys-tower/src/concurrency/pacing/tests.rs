@@ -258,6 +258,32 @@ async fn a_reset_of_more_than_an_hour_does_not_stop_the_inference() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn another_limiters_longer_window_does_not_stretch_this_one_for_good() {
+    // A 40 per 1 s server, learned; then one answer of another limiter (1000 an hour, 3000 s
+    // to its reset), then the 40 per second server again.
+    let pacer = learning(Some((300, 60)));
+    let mut server = FixedWindow::new(40, 1, 2);
+    run(&pacer, &mut server, Duration::from_secs(30)).await;
+    let rate = pacer.rate().unwrap();
+    assert_eq!(rate.window, Duration::from_secs(1), "{rate:?}");
+    pacer.observe(
+        StatusCode::OK,
+        &headers(&[
+            ("inin-ratelimit-allowed", "1000"),
+            ("inin-ratelimit-count", "1"),
+            ("inin-ratelimit-reset", "3000"),
+        ]),
+    );
+    run(&pacer, &mut server, Duration::from_secs(30)).await;
+    let rate = pacer.rate().unwrap();
+    assert_eq!(
+        rate.window,
+        Duration::from_secs(1),
+        "40 a second read as 40 per 3000 s: {rate:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_minute_window_is_inferred_too() {
     let pacer = learning(None);
     let mut server = FixedWindow::new(300, 60, 2);
