@@ -227,33 +227,35 @@ async fn a_one_second_window_is_inferred_with_headers_on_half_the_answers() {
     assert!(limited * 20 < ok + limited, "{limited} 429s for {ok}");
 }
 
+/// The three `inin-ratelimit-*` fields of one answer.
+fn inin(allowed: &'static str, count: &'static str, reset: &'static str) -> HeaderMap {
+    headers(&[
+        ("inin-ratelimit-allowed", allowed),
+        ("inin-ratelimit-count", count),
+        ("inin-ratelimit-reset", reset),
+    ])
+}
+
+/// Runs `server` (40 a second) for 30 s through `pacer`, and returns the rate it learned: 40
+/// per second.
+async fn learned_in_30_s(pacer: &Pacer, server: &mut FixedWindow) -> Rate {
+    run(pacer, server, Duration::from_secs(30)).await;
+    let rate = pacer.rate().unwrap();
+    assert_eq!(rate.window, Duration::from_secs(1), "{rate:?}");
+    rate
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_reset_of_more_than_an_hour_does_not_stop_the_inference() {
     // One answer about a daily quota (its reset hours away), then a 40 per 1 s server.
     let pacer = learning(Some((300, 60)));
-    pacer.observe(
-        StatusCode::OK,
-        &headers(&[
-            ("inin-ratelimit-allowed", "300"),
-            ("inin-ratelimit-count", "1"),
-            ("inin-ratelimit-reset", "7200"),
-        ]),
-    );
+    pacer.observe(StatusCode::OK, &inin("300", "1", "7200"));
     let mut server = FixedWindow::new(40, 1, 2);
-    run(&pacer, &mut server, Duration::from_secs(30)).await;
-    let rate = pacer.rate().unwrap();
-    assert_eq!(rate.window, Duration::from_secs(1), "{rate:?}");
+    let rate = learned_in_30_s(&pacer, &mut server).await;
 
     // The daily quota's answer once more, now that the second's window is known: its quota is
     // not taken for that window's.
-    pacer.observe(
-        StatusCode::OK,
-        &headers(&[
-            ("inin-ratelimit-allowed", "300"),
-            ("inin-ratelimit-count", "2"),
-            ("inin-ratelimit-reset", "7000"),
-        ]),
-    );
+    pacer.observe(StatusCode::OK, &inin("300", "2", "7000"));
     assert_eq!(pacer.rate().unwrap(), rate, "not 300 per second");
 }
 
@@ -263,17 +265,8 @@ async fn another_limiters_longer_window_does_not_stretch_this_one_for_good() {
     // to its reset), then the 40 per second server again.
     let pacer = learning(Some((300, 60)));
     let mut server = FixedWindow::new(40, 1, 2);
-    run(&pacer, &mut server, Duration::from_secs(30)).await;
-    let rate = pacer.rate().unwrap();
-    assert_eq!(rate.window, Duration::from_secs(1), "{rate:?}");
-    pacer.observe(
-        StatusCode::OK,
-        &headers(&[
-            ("inin-ratelimit-allowed", "1000"),
-            ("inin-ratelimit-count", "1"),
-            ("inin-ratelimit-reset", "3000"),
-        ]),
-    );
+    learned_in_30_s(&pacer, &mut server).await;
+    pacer.observe(StatusCode::OK, &inin("1000", "1", "3000"));
     run(&pacer, &mut server, Duration::from_secs(30)).await;
     let rate = pacer.rate().unwrap();
     assert_eq!(
