@@ -367,8 +367,14 @@ impl Writer<'_> {
     /// first (a crash between the two leaves a log one entry ahead, which `audit verify`
     /// reports and the next change cuts off); in Redis, both in one script.
     pub(crate) fn commit(mut self, entry: Entry) -> Result<Entry, CliError> {
-        let entry =
-            Entry { at: now(), ..entry }.seal(self.state.audit.seq + 1, &self.state.audit.hash);
+        // The sequence is read from the store's state: a damaged one must not wrap it to 0.
+        let Some(seq) = self.state.audit.seq.checked_add(1) else {
+            return Err(CliError::usage(
+                "the policy store's audit log is at its last sequence number: its state is \
+                 damaged; run gcx policy audit verify, and restore the store from a copy",
+            ));
+        };
+        let entry = Entry { at: now(), ..entry }.seal(seq, &self.state.audit.hash);
         if let (Some(r), Some(token)) = (&self.store.redis, &self.token) {
             let line = serde_json::to_vec(&entry).map_err(|e| redis_error(r, &e.to_string()))?;
             self.state.audit = AuditHead {

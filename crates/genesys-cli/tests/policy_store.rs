@@ -184,6 +184,27 @@ fn versions_are_applied_promoted_rolled_back_and_audited() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("[retry] only"));
 }
 
+#[test]
+fn a_damaged_audit_sequence_is_refused_not_wrapped() {
+    let d = dir("policy_store_seq");
+    let store = d.join("store");
+    let v1 = write(&d.join("v1.toml"), b"[retry]\nmax_attempts = 3\n");
+    let v2 = write(&d.join("v2.toml"), b"[retry]\nmax_attempts = 4\n");
+    assert_exit(&run(&store, &["policy", "apply", v1.to_str().unwrap()]), 0);
+    // The state's sequence number at its last value, as a damaged or edited file may have it.
+    let path = store.join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["audit"]["seq"] = Value::from(u64::MAX);
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let out = run(&store, &["policy", "apply", v2.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("audit log is at its last sequence number"),
+        "{stderr}"
+    );
+}
+
 fn status(store: &Path) -> Value {
     let out = run(store, &["--json", "policy", "status"]);
     assert_exit(&out, 0);
