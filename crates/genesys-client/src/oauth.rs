@@ -241,13 +241,34 @@ fn rand_unit() -> f64 {
 
 fn parse_token(body: &[u8]) -> Result<Token, TokenError> {
     #[derive(Deserialize)]
-    struct Raw {
+    struct Raw<E> {
         access_token: Option<String>,
         token_type: Option<String>,
-        expires_in: Option<serde_json::Value>,
+        expires_in: Option<E>,
     }
-    let raw: Raw = serde_json::from_slice(body)
-        .map_err(|e| TokenError::Malformed(format!("the token response is not JSON: {e}")))?;
+    let raw: Raw<serde_json::Value> = match serde_json::from_slice(body) {
+        Ok(raw) => raw,
+        Err(e) => {
+            // A number past a float's range (`"expires_in": 1e400`) fails the whole parse: read
+            // the rest without it, and take the token without a known expiry, as for any
+            // `expires_in` that is not a number of seconds.
+            let lenient: Raw<serde::de::IgnoredAny> =
+                serde_json::from_slice(body).map_err(|_| {
+                    TokenError::Malformed(format!("the token response is not JSON: {e}"))
+                })?;
+            if lenient.expires_in.is_some() {
+                tracing::warn!(
+                    "the token's expires_in is not a number of seconds this client can read; \
+                     ignoring it"
+                );
+            }
+            Raw {
+                access_token: lenient.access_token,
+                token_type: lenient.token_type,
+                expires_in: None,
+            }
+        }
+    };
     let value = raw
         .access_token
         .filter(|t| !t.is_empty())
@@ -519,6 +540,9 @@ mod tests {
             (r#"null"#, None),
             (r#"[1]"#, None),
             (r#"18446744073709551615"#, Some(172_800)),
+            // Past a float's range: the token is taken, without a known expiry.
+            (r#"1e400"#, None),
+            (r#"-1e400"#, None),
         ];
         for (raw, want) in cases {
             let body =
