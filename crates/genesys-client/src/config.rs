@@ -398,7 +398,8 @@ pub struct IdempotencyConfig {
     /// How long final responses are kept for a repeat: 1m to 7d (default 24h).
     pub retention: Dur,
     /// The lease of a call's claim on its key, renewed while the call runs: how long a claim
-    /// outlives a process that died with it: 1s to 1h (default 5m).
+    /// outlives a process that died with it: 1s to 1h, at least 10s with a Redis store (default
+    /// 5m).
     pub lock_ttl: Dur,
 }
 
@@ -872,6 +873,10 @@ fn route_rules(
         .collect()
 }
 
+/// The shortest `idempotency.lock_ttl` with a Redis store: a claim is renewed every third of
+/// it, over the network.
+const REDIS_LOCK_TTL_MIN: Duration = Duration::from_secs(10);
+
 /// `[idempotency]`: known methods, a store this crate can open, bounded durations.
 fn idempotency_problems(i: &IdempotencyConfig, bad: &mut impl FnMut(&str, String)) {
     let mut seen = std::collections::BTreeSet::new();
@@ -945,6 +950,16 @@ fn idempotency_problems(i: &IdempotencyConfig, bad: &mut impl FnMut(&str, String
         bad(
             "idempotency.lock_ttl",
             format!("{} is outside 1s to 1h", i.lock_ttl),
+        );
+    } else if i.redis_url().is_some() && i.lock_ttl.0 < REDIS_LOCK_TTL_MIN {
+        bad(
+            "idempotency.lock_ttl",
+            format!(
+                "{} is below 10s with a Redis store: a call's claim is renewed every third of it \
+                 over the network, and one renewal too late lets another process send the call \
+                 again; raise lock_ttl to 10s or more",
+                i.lock_ttl
+            ),
         );
     }
 }

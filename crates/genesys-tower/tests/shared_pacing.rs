@@ -84,14 +84,11 @@ async fn three_processes_together_never_exceed_the_one_quota() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_seen_by_one_process_holds_the_others() {
-    let key = unique_key("hold");
-    let pacer =
-        || RedisPacer::open(&redis_url(), key.clone(), 1000, Duration::from_secs(1)).unwrap();
+/// How long a process of `pacer`'s fleet waits to start after another was answered 429 with
+/// `Retry-After: 2`.
+async fn held_after_a_429(pacer: impl Fn() -> RedisPacer) -> Duration {
     let a = ConcurrencyLayer::new(1).shared_pacing(pacer());
-    let limited: Starts = Arc::default();
-    send_all(a, 1, limited.clone(), StatusCode::TOO_MANY_REQUESTS).await;
+    send_all(a, 1, Arc::default(), StatusCode::TOO_MANY_REQUESTS).await;
     let answered = Instant::now();
     // The hint is shared in the background: give it a moment to land.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -99,7 +96,16 @@ async fn a_429_seen_by_one_process_holds_the_others() {
     let b = ConcurrencyLayer::new(1).shared_pacing(pacer());
     let starts: Starts = Arc::default();
     send_all(b, 1, starts.clone(), StatusCode::OK).await;
-    let waited = starts.lock().unwrap()[0] - answered;
+    let started = starts.lock().unwrap()[0];
+    started - answered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_seen_by_one_process_holds_the_others() {
+    let key = unique_key("hold");
+    let pacer =
+        || RedisPacer::open(&redis_url(), key.clone(), 1000, Duration::from_secs(1)).unwrap();
+    let waited = held_after_a_429(pacer).await;
     assert!(
         waited >= Duration::from_millis(1800),
         "another process started {waited:?} after a 429 with Retry-After: 2"
@@ -133,6 +139,13 @@ async fn a_429_with_a_daily_hint_holds_no_one() {
         .await
         .expect("another process was held for the daily quota's hint");
     assert_eq!(starts.lock().unwrap().len(), 1);
+
+    // The fleet's hold works under that key (Redis is there): a short hint holds the others.
+    let waited = held_after_a_429(pacer).await;
+    assert!(
+        waited >= Duration::from_millis(1800),
+        "not held by a 429 with Retry-After: 2 ({waited:?}): is Redis there?"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,6 +158,10 @@ fn every_rule_has_its_message() {
             "idempotency.store: \"rediss://cache:6380\" is neither \"memory\" nor a redis:// URL",
         ),
         (
+            "[idempotency]\nstore = \"redis://cache:6379\"\nlock_ttl = \"5s\"",
+            "idempotency.lock_ttl: 5s is below 10s with a Redis store",
+        ),
+        (
             "[idempotency]\nmethods = [\"POST\", \"GET\"]",
             "idempotency.methods: \"GET\" is not one of POST, PATCH, PUT, DELETE",
         ),

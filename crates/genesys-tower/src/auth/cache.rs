@@ -82,8 +82,9 @@ struct State {
 /// [`MAX_PAUSE`]. A source that fails at once (a revoked secret) is not called again by every
 /// request that comes, which would hammer the login host as fast as requests arrive.
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
-/// The longest pause between two fetches after failures.
-const MAX_PAUSE: Duration = Duration::from_secs(30);
+/// The longest pause between two fetches after failures: a source that recovers is called
+/// again within it, and requests that need a token fail at once meanwhile.
+const MAX_PAUSE: Duration = Duration::from_secs(10);
 
 /// The pause after `failures` failed fetches in a row (at least one).
 fn pause(failures: u32) -> Duration {

@@ -101,8 +101,9 @@ impl<T> AuthLayer<T> {
     /// A call of the token source that has not given a token after this long (default
     /// [`DEFAULT_FETCH_TIMEOUT`](AuthLayer::DEFAULT_FETCH_TIMEOUT)) fails, as a failed fetch
     /// does: every request waiting for it gets an [`Error`](super::Error) that says so, and the
-    /// first request after the pause that follows a failure calls the source again. Without it, a source that never answers would hold
-    /// every request that needs a token for as long as the caller waits.
+    /// first request after the pause that follows a failure calls the source again. Without it,
+    /// a source that never answers would hold every request that needs a token for as long as
+    /// the caller waits.
     ///
     /// A source that waits or retries on its own (an OAuth client with a retry loop, a cache
     /// shared by a fleet that waits for another process's fetch) needs at least its own bound

@@ -50,7 +50,7 @@
 //! exactly one of them calls [`TokenSource::fetch`] and the others wait for its outcome. A
 //! failure is shared the same way: every waiter gets a clone of the same [`Error`], and so does
 //! every request during a pause after it (1 s after a first failure, doubling with each failure
-//! in a row up to 30 s): the source is tried again by the first request after the pause, never
+//! in a row up to 10 s): the source is tried again by the first request after the pause, never
 //! in a loop, and a source that fails at once (a revoked secret) is not called by every request
 //! that comes. If the refresh of a token that has not expired yet fails, the old token keeps
 //! serving until it expires.

@@ -151,17 +151,22 @@ struct Learning {
 const QUOTAS_KEPT: usize = 8;
 
 impl Learning {
-    /// Records a reset reported by a window of `quota`.
+    /// Records a reset reported by a window of `quota`. A quota not seen before starts from its
+    /// first reset, as the first answer does: what is left of its window, which later answers
+    /// lengthen (taking another quota's window for its own could stretch or shrink it).
     fn record_reset(&mut self, quota: Option<u64>, reset: Duration) {
-        match self.longest_resets.iter_mut().find(|(q, _)| *q == quota) {
-            Some((_, longest)) => *longest = (*longest).max(reset),
+        let longest = match self.longest_resets.iter().position(|(q, _)| *q == quota) {
+            Some(i) => self.longest_resets.remove(i).1.max(reset),
             None => {
                 if self.longest_resets.len() == QUOTAS_KEPT {
+                    // The quota seen least lately.
                     self.longest_resets.remove(0);
                 }
-                self.longest_resets.push((quota, reset));
+                reset
             }
-        }
+        };
+        // Last: the quotas seen most lately are kept.
+        self.longest_resets.push((quota, longest));
     }
 
     /// The window length inferred for `quota`'s windows.
@@ -501,7 +506,9 @@ impl Pacer {
     }
 
     fn learn_from(&self, state: &mut State, now: Instant, limited: bool, hints: &RateLimitHints) {
-        // A window's quota, as it is named (`inin-ratelimit-allowed`, `RateLimit-Limit`).
+        // The quota a window's quota hint is read from (`inin-ratelimit-allowed`,
+        // `RateLimit-Limit`); its inferred length is kept under the window's own quota (`None`
+        // for an IETF item, which names none), so that no other window's reset is taken for it.
         let quota_of = |w: &Window| w.quota.or(hints.inin.allowed).or(hints.legacy.limit);
         // The window's length, inferred from the longest reset its quota's windows reported.
         let first_window = hints.windows().next();
@@ -511,7 +518,7 @@ impl Pacer {
             // A reset past the longest window learned (a daily quota's) names no window this
             // pacer can pace: recorded, it would void every inference after it.
             if reset <= MAX_LEARNED_WINDOW {
-                l.record_reset(quota_of(&window), reset);
+                l.record_reset(window.quota, reset);
             }
             l.period_min_remaining = Some(
                 l.period_min_remaining
@@ -544,10 +551,10 @@ impl Pacer {
                 if first_window.is_some_and(|w| w.reset > MAX_LEARNED_WINDOW) {
                     return None;
                 }
-                let quota = quota_of(first_window.as_ref()?)?;
+                let first = first_window.as_ref()?;
                 Some(Rate {
-                    requests: quota,
-                    window: state.learning.longest_reset(Some(quota))?,
+                    requests: quota_of(first)?,
+                    window: state.learning.longest_reset(first.quota)?,
                 })
                 .filter(learnable)
             });

@@ -126,9 +126,11 @@ const DEFAULT_HOLD: Duration = Duration::from_secs(1);
 /// horizon ask again together as room frees up (about one call to Redis each per interval), and
 /// are not served in the order they came.
 ///
-/// What the fleet learns is shared too: a 429 holds every process for its `Retry-After`
-/// (at most 180 s), and a quota policy in the response headers that is slower than the
-/// configured rate is applied by all for an hour.
+/// What the fleet learns is shared too: a 429 holds every process for its hint (`Retry-After`,
+/// else the rate-limit fields' reset, as the retry layer reads them; 1 s without one), unless
+/// the hint is past 180 s (a daily quota's), which holds no one; and a quota policy of at most
+/// an hour in the response headers that is slower than the configured rate is applied by all
+/// for an hour.
 ///
 /// When Redis cannot be reached (or does not answer within the
 /// [`timeout`](RedisPacer::timeout), 500 ms by default), the process paces on its own at its

@@ -134,7 +134,10 @@ impl IdempotencyLayer {
 
     /// The lease of a call's claim on its key (default [`DEFAULT_CLIENT_LOCK_TTL`]): renewed every
     /// third of it while the call runs, so that another call with the key waits for this one
-    /// however long it takes; a claim whose process died with it is taken over one lease later.
+    /// however long it takes (bound calls with a timeout, as the client's stack does, so that
+    /// one that hangs does not hold its repeats for ever); a claim whose process died with it is
+    /// taken over one lease later. With a store shared over the network, keep the lease long
+    /// enough for a renewal to get through (the client's configuration asks for 10 s at least).
     /// The key is released at once when a call ends without a final response, or is dropped.
     #[must_use]
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
@@ -516,10 +519,20 @@ where
                 // long a claim outlives a process that died with it, not the longest call.
                 let period = (config.lock_ttl / 3).max(Duration::from_millis(10));
                 let token = guard.token.clone().expect("the token is set until settled");
-                let renew = || {
-                    config
-                        .store
-                        .renew(&key, &token, ClaimOptions::new(config.lock_ttl))
+                // Each renewal within the period, so that one lost to a slow store does not
+                // hold up the next.
+                let renew = || async {
+                    let renewal =
+                        config
+                            .store
+                            .renew(&key, &token, ClaimOptions::new(config.lock_ttl));
+                    tokio::time::timeout(period, renewal)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(StoreError::new(format!(
+                                "no answer within {period:?} (a third of lock_ttl)"
+                            )))
+                        })
                 };
                 let outcome = super::store::renewing(period, renew, work).await;
                 // Settled below; a drop while the store is asked (a round trip to Redis) still

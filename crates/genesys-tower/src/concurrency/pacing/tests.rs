@@ -274,6 +274,20 @@ async fn another_limiters_longer_window_does_not_stretch_this_one_for_good() {
         Duration::from_secs(1),
         "40 a second read as 40 per 3000 s: {rate:?}"
     );
+    // The same with the other limiter's window as an IETF item, which names no quota, next to
+    // the 40 a second's own fields.
+    pacer.observe(
+        StatusCode::OK,
+        &headers(&[
+            ("inin-ratelimit-allowed", "40"),
+            ("inin-ratelimit-count", "1"),
+            ("inin-ratelimit-reset", "1"),
+            ("ratelimit", "\"hourly\";r=999;t=3000"),
+        ]),
+    );
+    run(&pacer, &mut server, Duration::from_secs(30)).await;
+    let rate = pacer.rate().unwrap();
+    assert_eq!(rate.window, Duration::from_secs(1), "{rate:?}");
 }
 
 #[tokio::test(start_paused = true)]
