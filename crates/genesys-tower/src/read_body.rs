@@ -173,9 +173,12 @@ where
             let (parts, body) = response.into_parts();
             let status = parts.status;
             let bytes = if status.is_success() {
+                // A body that has ended already (the answer to a HEAD) has no length to check:
+                // its `Content-Length` is the resource's, which was not sent.
                 let declared = parts
                     .headers
                     .get(header::CONTENT_LENGTH)
+                    .filter(|_| !body.is_end_stream())
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok());
                 if let Some(declared) = declared

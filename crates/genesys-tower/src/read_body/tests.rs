@@ -3,7 +3,7 @@ use http::Request;
 use http_body::{Frame, SizeHint};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 
 /// A body of `chunk`-byte frames that never ends (or declares `declared` bytes), counting
 /// what was handed out.
@@ -91,6 +91,26 @@ async fn a_declared_huge_body_fails_before_reading() {
         .unwrap_err();
     assert!(err.downcast_ref::<Error>().unwrap().is_too_large());
     assert_eq!(served.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn the_answer_to_a_head_is_not_judged_by_the_length_it_declares() {
+    // A HEAD's answer names the resource's length and sends no body.
+    let svc = service_fn(|_req: Request<()>| async {
+        let response = Response::builder()
+            .header(header::CONTENT_LENGTH, "1000000000")
+            .body(String::new())
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let response = ReadBodyLayer::new()
+        .max_success_body(1 << 20)
+        .layer(svc)
+        .oneshot(Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.body().as_bytes().is_some_and(Bytes::is_empty));
 }
 
 #[tokio::test]
