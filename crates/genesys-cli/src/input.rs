@@ -241,8 +241,24 @@ impl Source {
         self,
         parser: std::sync::Arc<P>,
         capacity: usize,
-    ) -> mpsc::Receiver<Input<P::Item>> {
+    ) -> InputRx<P::Item> {
+        self.stream_within(parser, capacity, READ_AHEAD_BYTES)
+    }
+
+    /// [`stream`](Self::stream), with at most `limit` bytes read ahead.
+    fn stream_within<P: Parse>(
+        self,
+        parser: std::sync::Arc<P>,
+        capacity: usize,
+        limit: usize,
+    ) -> InputRx<P::Item> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
+        let budget = std::sync::Arc::new(Budget::default());
+        let rx = InputRx {
+            rx,
+            budget: Some(budget.clone()),
+        };
+        let tx = InputTx { tx, budget, limit };
         std::thread::Builder::new()
             .name("gcx-input".into())
             .spawn(move || {
@@ -253,15 +269,114 @@ impl Source {
                     Format::Json => read_document(self.reader, &*parser, &tx),
                 };
                 if let Err(e) = result {
-                    let _ = tx.blocking_send(Input::Broken(format!(
-                        "reading {} failed: {e}",
-                        path.display()
-                    )));
+                    let broken = Input::Broken(format!("reading {} failed: {e}", path.display()));
+                    let _ = send(&tx, broken);
                 }
             })
             .expect("spawning the input thread");
         rx
     }
+}
+
+/// The most bytes of records read ahead and not yet taken by the job: however many records
+/// the read-ahead counts (`--concurrency` times `--chunk-size`, twice), large records do not
+/// pile up past it. One record larger than it still goes, alone.
+pub(crate) const READ_AHEAD_BYTES: usize = 64 * 1024 * 1024;
+
+/// The bytes the reader has sent and the job has not taken yet.
+#[derive(Default)]
+struct Budget {
+    held: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Budget {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits (on the reader's thread) until `n` more bytes fit, or nothing is held; gives up
+    /// when `gone` says the job stopped listening.
+    fn take(&self, n: usize, limit: usize, gone: impl Fn() -> bool) -> Result<(), Closed> {
+        let mut held = self.lock();
+        while *held > 0 && held.saturating_add(n) > limit {
+            if gone() {
+                return Err(Closed);
+            }
+            held = self
+                .freed
+                .wait_timeout(held, std::time::Duration::from_millis(100))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        *held = held.saturating_add(n);
+        Ok(())
+    }
+
+    fn give_back(&self, n: usize) {
+        let mut held = self.lock();
+        *held = held.saturating_sub(n);
+        self.freed.notify_one();
+    }
+}
+
+/// What a message weighs against [`READ_AHEAD_BYTES`]: its raw bytes, twice for a record (the
+/// raw record and the item parsed from it).
+fn weight<I>(msg: &Input<I>) -> usize {
+    match msg {
+        Input::Record(r) => match &r.meta.raw {
+            Raw::Line(bytes) => bytes.len(),
+            Raw::Csv(rec) => rec.as_slice().len(),
+        }
+        .saturating_mul(2),
+        Input::Quarantined(q) => q.raw.len().saturating_add(q.reason.len()),
+        Input::Broken(why) => why.len(),
+    }
+}
+
+/// The job's end of the reader: its messages, in order, within [`READ_AHEAD_BYTES`] when it
+/// comes from [`Source::stream`].
+pub(crate) struct InputRx<I> {
+    rx: mpsc::Receiver<Input<I>>,
+    budget: Option<std::sync::Arc<Budget>>,
+}
+
+impl<I> InputRx<I> {
+    /// The next message; `None` once the reader is done.
+    pub(crate) async fn recv(&mut self) -> Option<Input<I>> {
+        let msg = self.rx.recv().await?;
+        Some(self.taken(msg))
+    }
+
+    /// [`recv`](Self::recv), from a thread outside the runtime.
+    #[cfg(test)]
+    pub(crate) fn blocking_recv(&mut self) -> Option<Input<I>> {
+        let msg = self.rx.blocking_recv()?;
+        Some(self.taken(msg))
+    }
+
+    fn taken(&self, msg: Input<I>) -> Input<I> {
+        if let Some(budget) = &self.budget {
+            budget.give_back(weight(&msg));
+        }
+        msg
+    }
+}
+
+/// Messages sent by hand (tests), without a byte budget.
+impl<I> From<mpsc::Receiver<Input<I>>> for InputRx<I> {
+    fn from(rx: mpsc::Receiver<Input<I>>) -> Self {
+        InputRx { rx, budget: None }
+    }
+}
+
+/// The reader's end: sends each message once its bytes fit in the read-ahead.
+struct InputTx<I> {
+    tx: mpsc::Sender<Input<I>>,
+    budget: std::sync::Arc<Budget>,
+    limit: usize,
 }
 
 /// A closed channel means the job stopped listening: not an error, stop reading.
@@ -273,8 +388,10 @@ impl From<Closed> for std::io::Error {
     }
 }
 
-fn send<I>(tx: &mpsc::Sender<Input<I>>, msg: Input<I>) -> Result<(), Closed> {
-    tx.blocking_send(msg).map_err(|_| Closed)
+fn send<I>(tx: &InputTx<I>, msg: Input<I>) -> Result<(), Closed> {
+    tx.budget
+        .take(weight(&msg), tx.limit, || tx.tx.is_closed())?;
+    tx.tx.blocking_send(msg).map_err(|_| Closed)
 }
 
 /// The longest record gcx holds in memory: 16 MiB (a JSONL line, a CSV row, a JSON
@@ -402,7 +519,7 @@ pub(crate) fn parse_json<P: Parse>(
 fn read_jsonl<P: Parse>(
     mut reader: BufReader<File>,
     parser: &P,
-    tx: &mpsc::Sender<Input<P::Item>>,
+    tx: &InputTx<P::Item>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut line = 0u64;
@@ -442,7 +559,7 @@ fn read_jsonl<P: Parse>(
 fn read_document<P: Parse>(
     mut reader: BufReader<File>,
     parser: &P,
-    tx: &mpsc::Sender<Input<P::Item>>,
+    tx: &InputTx<P::Item>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let limit = u64::try_from(MAX_RECORD).unwrap_or(u64::MAX);
@@ -475,7 +592,7 @@ fn read_csv<P: Parse>(
     reader: BufReader<File>,
     header: Option<csv::ByteRecord>,
     parser: &P,
-    tx: &mpsc::Sender<Input<P::Item>>,
+    tx: &InputTx<P::Item>,
 ) -> std::io::Result<()> {
     let Some(header) = header else {
         return Ok(());
@@ -637,6 +754,37 @@ mod tests {
         assert_eq!(summary[3], "q 5 no id");
         assert_eq!(summary[4], "ok 6");
         assert_eq!(summary.len(), 5);
+    }
+
+    #[test]
+    fn large_records_are_read_ahead_within_the_byte_budget_and_none_is_lost() {
+        // 20 records of about 1 MB (each weighs 2 MB: the line and its item), 3 MB read ahead.
+        let mut bytes = Vec::new();
+        for n in 0..20 {
+            bytes.extend_from_slice(format!("{{\"id\":\"{n}\",\"pad\":\"").as_bytes());
+            bytes.extend(std::iter::repeat_n(b'x', 1 << 20));
+            bytes.extend_from_slice(b"\"}\n");
+        }
+        let path = file("large.jsonl", &bytes);
+        let src = Source::open(&path, Format::Jsonl, &Obj).unwrap();
+        let mut rx = src.stream_within(Arc::new(Obj), 64, 3 << 20);
+        let mut got = 0;
+        loop {
+            // Time for the reader to run ahead as far as it may.
+            std::thread::sleep(std::time::Duration::from_millis(if got == 0 {
+                500
+            } else {
+                5
+            }));
+            let queued = rx.rx.len();
+            assert!(queued <= 1, "{queued} records of 1 MB read ahead past 3 MB");
+            match rx.blocking_recv() {
+                Some(Input::Record(_)) => got += 1,
+                Some(other) => panic!("{other:?}"),
+                None => break,
+            }
+        }
+        assert_eq!(got, 20, "every record arrives");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::{Id, JoinSet};
 
 use crate::cli::Shard;
-use crate::input::{Input, Meta, Quarantined, Record};
+use crate::input::{Input, InputRx, Meta, Quarantined, Record};
 use crate::journal::{Journal, JournalHandle, UnitState};
 use crate::progress::Progress;
 use crate::sinks::Sinks;
@@ -483,13 +483,14 @@ fn run_id() -> String {
 
 pub(crate) async fn run<D: Deliver>(
     deliver: Arc<D>,
-    mut input: mpsc::Receiver<Input<D::Item>>,
+    input: impl Into<InputRx<D::Item>>,
     mut interrupts: mpsc::UnboundedReceiver<()>,
     sinks: &mut Sinks,
     progress: &Progress,
     journal: Option<&Journal>,
     options: Options,
 ) -> Tally {
+    let mut input = input.into();
     let start = Instant::now();
     let concurrency = options.concurrency.max(1);
     let chunk_size = options.chunk_size.max(1);

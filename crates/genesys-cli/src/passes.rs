@@ -19,7 +19,8 @@ use crate::report::FleetReport;
 use crate::sinks::Sinks;
 use crate::tally::Tally;
 
-/// How many records the reader may run ahead of the senders, per unit in flight.
+/// How many records the reader may run ahead of the senders, per unit in flight (and at most
+/// [`crate::input::READ_AHEAD_BYTES`] of them).
 const READ_AHEAD_UNITS: usize = 2;
 
 /// How often a fleet worker waiting for the other shards looks at them again (at most).
