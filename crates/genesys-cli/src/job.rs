@@ -191,14 +191,17 @@ impl Engine<'_> {
         }
     }
 
-    fn list(&mut self, meta: &Meta, reason: &str) {
-        if self.tally.failures.len() < LISTED_MAX {
+    /// Lists `meta` among the failures with `reason`, while there is room: whether it was.
+    fn list(&mut self, meta: &Meta, reason: &str) -> bool {
+        let room = self.tally.failures.len() < LISTED_MAX;
+        if room {
             self.tally.failures.push(Failure {
                 line: meta.line,
                 id: meta.key.clone(),
                 reason: reason.to_owned(),
             });
         }
+        room
     }
 
     fn fail(&mut self, metas: &[Meta], reason: &str) {
@@ -209,7 +212,7 @@ impl Engine<'_> {
             let r = self.sinks.write_failed(&meta.raw);
             self.io(r);
             self.tally.failed += 1;
-            self.list(meta, reason);
+            let _ = self.list(meta, reason);
         }
     }
 
@@ -273,7 +276,9 @@ impl Engine<'_> {
                 }
                 for meta in metas {
                     self.not_started(meta);
-                    self.list(meta, &reason);
+                    if self.list(meta, &reason) {
+                        self.tally.failures_not_started += 1;
+                    }
                 }
             }
             Err(Undelivered::LeftToFleet) => {

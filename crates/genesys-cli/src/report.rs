@@ -60,8 +60,8 @@ pub(crate) struct Report {
     /// Where the quarantined records were written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) quarantine_file: Option<PathBuf>,
-    /// Every failed item with its reason (items not started are counted, not listed), up to
-    /// the first 10,000.
+    /// Every failed item with its reason, up to the first 10,000 (items not started are counted,
+    /// not listed, unless for a reason of their own: the journal could not record their start).
     pub(crate) failures: Vec<Failure>,
     /// Failed items past the first 10,000: counted here, listed in the failed file only.
     #[serde(skip_serializing_if = "is_zero")]
@@ -286,7 +286,7 @@ impl Report {
             quarantine_file: quarantine_file.map(Path::to_owned),
             failures: tally.failures.clone(),
             unknown: tally.unknowns.clone(),
-            failures_not_listed: tally.failed.saturating_sub(tally.failures.len() as u64),
+            failures_not_listed: tally.failures_not_listed(),
             quarantined: tally.quarantine.clone(),
             quarantined_not_listed: tally
                 .quarantined

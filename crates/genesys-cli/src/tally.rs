@@ -132,7 +132,11 @@ pub(crate) struct Tally {
     pub(crate) fleet_error: Option<String>,
     /// The login host refused the credentials: the job stopped (exit 2).
     pub(crate) credentials_refused: Option<String>,
+    /// Failed records, and records not started for a reason of their own (the journal could
+    /// not record their start), with the reason, up to [`LISTED_MAX`].
     pub(crate) failures: Vec<Failure>,
+    /// How many of `failures` are records not started (counted in `not_started`).
+    pub(crate) failures_not_started: u64,
     /// Records whose outcome is unknown, with the reason, up to [`LISTED_MAX`].
     pub(crate) unknowns: Vec<Failure>,
     pub(crate) quarantine: Vec<QuarantineEntry>,
@@ -141,6 +145,12 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    /// Failed records past the listing cap: counted, not listed in `failures`.
+    pub(crate) fn failures_not_listed(&self) -> u64 {
+        let listed_failed = (self.failures.len() as u64).saturating_sub(self.failures_not_started);
+        self.failed.saturating_sub(listed_failed)
+    }
+
     /// Records read from the input (valid or not).
     pub(crate) fn records(&self) -> u64 {
         self.delivered

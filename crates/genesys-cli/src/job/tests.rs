@@ -102,9 +102,42 @@ async fn every_record_is_accounted_for() {
     );
 }
 
-/// Runs `inputs` as a job of chunks of one, `concurrency` at a time, against a service that
-/// answers at once.
-async fn run_inputs(
+/// Answers even items as not sent (as when the journal cannot record their start), and fails
+/// odd ones.
+struct NotSentOrFailed;
+
+impl Deliver for NotSentOrFailed {
+    type Item = u64;
+    const REPLAY: Replay = Replay::Never;
+    async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
+        match items.iter().all(|i| i % 2 == 0) {
+            true => Err(Undelivered::NotSent("not sent: the journal is full".into())),
+            false => Err(Undelivered::Failed(format!("odd: {items:?}"))),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_past_the_listing_cap_are_counted_when_records_not_started_fill_it() {
+    let mut sinks = Sinks::open(None, None, None, Format::Jsonl, None).unwrap();
+    // The listing fills with records not started, then 5 fail.
+    let n = LISTED_MAX as u64;
+    let inputs = (1..=n)
+        .map(|i| record(2 * i))
+        .chain((0..5).map(|i| record(2 * i + 1)));
+    let tally = run_inputs(Arc::new(NotSentOrFailed), inputs, &mut sinks, 1).await;
+    assert_eq!((tally.not_started, tally.failed), (n, 5));
+    assert_eq!(tally.failures.len(), LISTED_MAX, "listed with their reason");
+    assert_eq!(
+        tally.failures_not_listed(),
+        5,
+        "failed, not listed, and not counted"
+    );
+}
+
+/// Runs `inputs` as a job of chunks of one, `concurrency` at a time, through `deliver`.
+async fn run_inputs<D: Deliver<Item = u64>>(
+    deliver: Arc<D>,
     inputs: impl IntoIterator<Item = Input<u64>, IntoIter: Send + 'static>,
     sinks: &mut Sinks,
     concurrency: usize,
@@ -125,16 +158,7 @@ async fn run_inputs(
         shard: None,
     };
     let progress = Progress::hidden();
-    run(
-        Arc::new(Fake::default()),
-        rx,
-        irx,
-        sinks,
-        &progress,
-        None,
-        options,
-    )
-    .await
+    run(deliver, rx, irx, sinks, &progress, None, options).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -153,7 +177,7 @@ async fn past_the_listing_cap_records_are_counted_and_written_not_kept() {
             }),
         ]
     });
-    let tally = run_inputs(inputs, &mut sinks, 8).await;
+    let tally = run_inputs(Arc::new(Fake::default()), inputs, &mut sinks, 8).await;
     drop(sinks);
     assert_eq!((tally.failed, tally.quarantined), (n, n));
     assert_eq!(tally.failures.len(), LISTED_MAX);
@@ -521,7 +545,7 @@ async fn a_quarantine_reason_is_kept_cut_however_long_it_came() {
         reason: format!("schema: {} is not valid", "x".repeat(1 << 20)),
         raw: "{}".into(),
     });
-    let tally = run_inputs([long], &mut sinks, 1).await;
+    let tally = run_inputs(Arc::new(Fake::default()), [long], &mut sinks, 1).await;
     sinks.flush().unwrap();
     assert_eq!(tally.quarantined, 1);
     let kept = &tally.quarantine[0].reason;
