@@ -19,6 +19,43 @@ async fn full_body_is_replayed_without_copy() {
     assert_eq!(body.collect_bytes().await.unwrap(), "hello");
 }
 
+/// Empty data frames without end, every other poll pending (as frames that come over a
+/// connection), counting the frames handed out.
+struct EmptyFrames(std::sync::Arc<std::sync::atomic::AtomicUsize>, bool);
+
+impl http_body::Body for EmptyFrames {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.1 = !self.1;
+        if self.1 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::new()))))
+    }
+}
+
+#[tokio::test]
+async fn a_stream_of_empty_frames_is_read_no_further_than_the_limit() {
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let body = Body::new(EmptyFrames(read.clone(), false));
+    let buffered = tokio::time::timeout(std::time::Duration::from_secs(10), body.buffer(1024))
+        .await
+        .expect("empty frames were read without end");
+    let body = buffered.unwrap();
+    assert!(
+        !body.is_replayable(),
+        "a stream past the limit is not replayable"
+    );
+    assert_eq!(read.load(std::sync::atomic::Ordering::Relaxed), 1025);
+}
+
 #[tokio::test]
 async fn body_passed_twice_is_not_boxed_again() {
     let body = Body::new(Body::from("abc"));
