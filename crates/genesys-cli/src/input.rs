@@ -322,19 +322,25 @@ impl Budget {
     }
 }
 
-/// What a message weighs against [`READ_AHEAD_BYTES`]: its raw bytes, twice for a record (the
-/// raw record and the item parsed from it).
+/// What a message weighs against [`READ_AHEAD_BYTES`], about: a record four times its raw
+/// bytes (the raw record, and the item parsed from it, which holds more than its text), and
+/// every message [`MESSAGE_COST`] more, so that tiny records are not free.
 fn weight<I>(msg: &Input<I>) -> usize {
-    match msg {
+    let bytes = match msg {
         Input::Record(r) => match &r.meta.raw {
             Raw::Line(bytes) => bytes.len(),
             Raw::Csv(rec) => rec.as_slice().len(),
         }
-        .saturating_mul(2),
+        .saturating_mul(4)
+        .saturating_add(r.meta.key.as_ref().map_or(0, String::len)),
         Input::Quarantined(q) => q.raw.len().saturating_add(q.reason.len()),
         Input::Broken(why) => why.len(),
-    }
+    };
+    bytes.saturating_add(MESSAGE_COST)
 }
+
+/// What a message weighs besides its bytes: the message itself and its allocations.
+const MESSAGE_COST: usize = 256;
 
 /// The job's end of the reader: its messages, in order, within [`READ_AHEAD_BYTES`] when it
 /// comes from [`Source::stream`].
@@ -758,7 +764,7 @@ mod tests {
 
     #[test]
     fn large_records_are_read_ahead_within_the_byte_budget_and_none_is_lost() {
-        // 20 records of about 1 MB (each weighs 2 MB: the line and its item), 3 MB read ahead.
+        // 20 records of about 1 MB (each weighs 4 MB: the line and its item), 3 MB read ahead.
         let mut bytes = Vec::new();
         for n in 0..20 {
             bytes.extend_from_slice(format!("{{\"id\":\"{n}\",\"pad\":\"").as_bytes());

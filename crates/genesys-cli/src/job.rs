@@ -191,17 +191,17 @@ impl Engine<'_> {
         }
     }
 
-    /// Lists `meta` among the failures with `reason`, while there is room: whether it was.
-    fn list(&mut self, meta: &Meta, reason: &str) -> bool {
-        let room = self.tally.failures.len() < LISTED_MAX;
-        if room {
+    /// Lists `meta` among the failures with `reason` (`not_started`: a record not started),
+    /// while there is room.
+    fn list(&mut self, meta: &Meta, reason: &str, not_started: bool) {
+        if self.tally.failures.len() < LISTED_MAX {
             self.tally.failures.push(Failure {
                 line: meta.line,
                 id: meta.key.clone(),
                 reason: reason.to_owned(),
+                not_started,
             });
         }
-        room
     }
 
     fn fail(&mut self, metas: &[Meta], reason: &str) {
@@ -212,7 +212,7 @@ impl Engine<'_> {
             let r = self.sinks.write_failed(&meta.raw);
             self.io(r);
             self.tally.failed += 1;
-            let _ = self.list(meta, reason);
+            self.list(meta, reason, false);
         }
     }
 
@@ -229,6 +229,7 @@ impl Engine<'_> {
                     line: meta.line,
                     id: meta.key.clone(),
                     reason: reason.to_owned(),
+                    not_started: false,
                 });
             }
         }
@@ -276,9 +277,7 @@ impl Engine<'_> {
                 }
                 for meta in metas {
                     self.not_started(meta);
-                    if self.list(meta, &reason) {
-                        self.tally.failures_not_started += 1;
-                    }
+                    self.list(meta, &reason, true);
                 }
             }
             Err(Undelivered::LeftToFleet) => {

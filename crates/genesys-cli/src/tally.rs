@@ -15,6 +15,9 @@ pub(crate) struct Failure {
     pub(crate) id: Option<String>,
     /// What went wrong.
     pub(crate) reason: String,
+    /// Not started (counted in `not_started`, listed for a reason of its own), not failed.
+    #[serde(skip)]
+    pub(crate) not_started: bool,
 }
 
 /// A quarantined record as the report lists it (the raw text is in the quarantine file).
@@ -135,8 +138,6 @@ pub(crate) struct Tally {
     /// Failed records, and records not started for a reason of their own (the journal could
     /// not record their start), with the reason, up to [`LISTED_MAX`].
     pub(crate) failures: Vec<Failure>,
-    /// How many of `failures` are records not started (counted in `not_started`).
-    pub(crate) failures_not_started: u64,
     /// Records whose outcome is unknown, with the reason, up to [`LISTED_MAX`].
     pub(crate) unknowns: Vec<Failure>,
     pub(crate) quarantine: Vec<QuarantineEntry>,
@@ -147,8 +148,8 @@ pub(crate) struct Tally {
 impl Tally {
     /// Failed records past the listing cap: counted, not listed in `failures`.
     pub(crate) fn failures_not_listed(&self) -> u64 {
-        let listed_failed = (self.failures.len() as u64).saturating_sub(self.failures_not_started);
-        self.failed.saturating_sub(listed_failed)
+        let listed_failed = self.failures.iter().filter(|f| !f.not_started).count();
+        self.failed.saturating_sub(listed_failed as u64)
     }
 
     /// Records read from the input (valid or not).
@@ -273,6 +274,30 @@ mod tests {
         assert_eq!(merged.latencies.max(), Duration::from_millis(3));
         assert_eq!(merged.requests, 2);
         assert_eq!(Tally::merge(Vec::new()).records(), 0);
+    }
+
+    #[test]
+    fn merged_passes_count_the_failed_records_they_do_not_list() {
+        let entry = |line, not_started| Failure {
+            line,
+            id: None,
+            reason: "why".into(),
+            not_started,
+        };
+        // Shard 0 filled the listing with records not started; shard 1 failed 5, listed.
+        let own = Tally {
+            not_started: LISTED_MAX as u64,
+            failures: (0..LISTED_MAX as u64).map(|l| entry(l, true)).collect(),
+            ..Tally::default()
+        };
+        let taken = Tally {
+            failed: 5,
+            failures: (0..5).map(|l| entry(l, false)).collect(),
+            ..Tally::default()
+        };
+        let merged = Tally::merge(vec![(0, own), (1, taken)]);
+        assert_eq!(merged.failures.len(), LISTED_MAX);
+        assert_eq!(merged.failures_not_listed(), 5);
     }
 
     #[test]

@@ -185,14 +185,14 @@ impl Body {
             .iter()
             .filter_map(|f| f.data_ref().map(Bytes::len))
             .sum();
-        // Frames read, empty ones included: a stream of empty frames (which carry nothing, and
-        // are not kept) is read no further than one of bytes would be.
-        let mut frames = prefix.len();
+        // Empty data frames read: they carry nothing and are not kept, and a stream of them is
+        // read no further than one of bytes would be.
+        let mut empties = 0usize;
         loop {
             // A body that has ended is kept in memory, even past the limit: it is already read
             // (a large `Full` body, say), so keeping it costs nothing more.
             let ended = http_body::Body::is_end_stream(rest.get_mut());
-            if !ended && (len > limit || frames > limit) {
+            if !ended && (len > limit || empties > limit) {
                 break;
             }
             let frame = if ended {
@@ -204,9 +204,11 @@ impl Body {
                 None => return Ok(Body::from_frames(prefix, len)),
                 Some(frame) => {
                     let frame = frame?;
-                    frames = frames.saturating_add(1);
                     match frame.data_ref() {
-                        Some(data) if data.is_empty() => continue,
+                        Some(data) if data.is_empty() => {
+                            empties = empties.saturating_add(1);
+                            continue;
+                        }
                         Some(data) => len = len.saturating_add(data.len()),
                         None => {}
                     }

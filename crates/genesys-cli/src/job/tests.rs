@@ -816,6 +816,45 @@ async fn a_chunk_too_large_for_one_request_goes_as_several_and_keeps_its_bounds(
     assert_eq!(tally.requests, 4);
 }
 
+/// [`SizeLimited`]'s limit, each unit 10 ms in flight, counting the units in flight at once.
+#[derive(Default)]
+struct SlowSizeLimited {
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    delivered: AtomicUsize,
+}
+
+impl Deliver for SlowSizeLimited {
+    type Item = u64;
+    const REPLAY: Replay = Replay::Safe;
+    const MAX_UNIT_BYTES: Option<usize> = SizeLimited::MAX_UNIT_BYTES;
+    fn wire_size(item: &u64) -> usize {
+        SizeLimited::wire_size(item)
+    }
+    async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.delivered.fetch_add(items.len(), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pieces_of_a_split_chunk_count_against_the_concurrency() {
+    // Records of 15 bytes: each goes alone (two would be 33 bytes), so a chunk of 10 is 10
+    // requests; at most 2 in flight, whatever the chunk.
+    let records = (1..=30).map(|line| (line, None, 15));
+    let d = Arc::new(SlowSizeLimited::default());
+    let tally = run_records(d.clone(), records, (10, 2), None, None, None).await;
+    assert_eq!(tally.delivered, 30);
+    assert_eq!(d.delivered.load(Ordering::SeqCst), 30);
+    assert_eq!(tally.requests, 30);
+    let max = d.max_in_flight.load(Ordering::SeqCst);
+    assert!(max <= 2, "{max} units in flight with a concurrency of 2");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_interrupt_lists_a_unit_waiting_for_its_turn_as_not_started() {
     // Line 1 is in flight for 30 ms at the interrupt, line 2 waits for it.
