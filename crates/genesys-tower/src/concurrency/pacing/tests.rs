@@ -651,15 +651,7 @@ fn each_family_of_rate_limit_fields_is_read_on_a_200() {
 #[cfg(feature = "retry")]
 #[tokio::test(start_paused = true)]
 async fn a_start_counts_at_the_clock_read_its_call_lends() {
-    let pacer = Pacer::new(
-        Some(Rate {
-            requests: 1,
-            window: Duration::from_secs(1),
-        }),
-        false,
-        0,
-        Duration::from_secs(180),
-    );
+    let pacer = fixed(1, Duration::from_secs(1));
     let now = Instant::now();
     assert!(pacer.try_start().is_ok(), "a start now fills the window");
     // A call whose clock read, lent to the layers below it, is two seconds later starts in a
