@@ -53,7 +53,14 @@ pub(crate) struct Common {
     /// The policy store: versions of the stack's configuration applied with `gcx policy
     /// apply`, whose stable version (and canary) jobs run. Default:
     /// $XDG_STATE_HOME/gcx/policies, else ~/.local/state/gcx/policies.
-    #[arg(long, global = true, value_name = "DIR", env = "GCX_POLICY_STORE")]
+    /// A store in Redis is `redis://...#NAME` (its password, if any, is never shown).
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "GCX_POLICY_STORE",
+        hide_env_values = true
+    )]
     pub(crate) policy_store: Option<PathBuf>,
 
     /// Use the profile NAME of the configuration file ([profiles.NAME]): its region, its
@@ -260,8 +267,9 @@ pub(crate) enum AuditCommand {
 /// Who changes the store, and why.
 #[derive(Debug, Args)]
 pub(crate) struct PolicyChangeArgs {
-    /// Who makes the change, for the audit log (default: the OS user).
-    #[arg(long, value_name = "NAME")]
+    /// Who makes the change, for the audit log (default: the OS user); at most 200
+    /// characters.
+    #[arg(long, value_name = "NAME", value_parser = parse_actor)]
     pub(crate) actor: Option<String>,
 
     /// Why, for the audit log.
@@ -534,6 +542,17 @@ fn parse_label(s: &str) -> Result<String, String> {
 pub(crate) struct Rate {
     pub(crate) requests: u32,
     pub(crate) window: Duration,
+}
+
+/// The longest `--actor`, in characters: an audit line stays far below the longest line the
+/// log is read back with.
+pub(crate) const ACTOR_MAX: usize = 200;
+
+fn parse_actor(s: &str) -> Result<String, String> {
+    if s.chars().count() > ACTOR_MAX {
+        return Err(format!("at most {ACTOR_MAX} characters"));
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_rate(s: &str) -> Result<Rate, String> {

@@ -222,21 +222,34 @@ impl Store {
         }
     }
 
+    /// An error about `name`, a part of the store (a file of its directory, or the same part
+    /// of a store in Redis), named as [`shown`](Self::shown) names the store: a Redis URL's
+    /// credentials are never in the message.
+    fn damaged(&self, name: &str, e: &dyn std::fmt::Display) -> CliError {
+        let place = match &self.redis {
+            Some(r) => format!("{} ({name})", r.shown()),
+            None => self.dir.join(name).display().to_string(),
+        };
+        CliError::usage(format!(
+            "the policy store: {place}: {e}; check --policy-store"
+        ))
+    }
+
     fn audit_path(&self) -> PathBuf {
         self.dir.join("audit.jsonl")
     }
 
     /// The current state (the empty state when nothing was applied yet).
     pub(crate) fn state(&self) -> Result<State, CliError> {
-        let path = self.dir.join("state.json");
         let bytes = match &self.redis {
             Some(r) => r.state().map_err(|e| redis_error(r, &e))?,
-            None => read_small(&path)?,
+            None => read_small(&self.dir.join("state.json"))?,
         };
         match bytes {
             None => Ok(State::default()),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| io(&path, &format!("not a policy store's state ({e})"))),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                self.damaged("state.json", &format!("not a policy store's state ({e})"))
+            }),
         }
     }
 
@@ -300,16 +313,16 @@ impl Store {
                 .ok_or_else(|| CliError::usage("the policy store has no canary"))?,
             prefix => self.resolve(prefix)?,
         };
-        let path = self.dir.join("versions").join(format!("{id}.json"));
+        let name = format!("versions/{id}.json");
         let bytes = match &self.redis {
             Some(r) => r.version(&id).map_err(|e| redis_error(r, &e))?,
-            None => read_small(&path)?,
+            None => read_small(&self.dir.join(&name))?,
         };
-        let bytes = bytes.ok_or_else(|| io(&path, &"the version's file is missing"))?;
+        let bytes = bytes.ok_or_else(|| self.damaged(&name, &"the version's file is missing"))?;
         if sha256_hex(&bytes)[..ID_LEN] != id {
-            return Err(io(&path, &"its content does not match its id (edited)"));
+            return Err(self.damaged(&name, &"its content does not match its id (edited)"));
         }
-        let tree = serde_json::from_slice(&bytes).map_err(|e| io(&path, &e))?;
+        let tree = serde_json::from_slice(&bytes).map_err(|e| self.damaged(&name, &e))?;
         Ok((id, tree))
     }
 
@@ -389,7 +402,14 @@ impl Writer<'_> {
             return Ok(entry);
         }
         let path = self.store.audit_path();
-        let len = audit::append(&path, self.state.audit.len, &entry).map_err(|e| io(&path, &e))?;
+        let known = match self.state.audit {
+            // A state written before it kept the log's length: the log up to its last entry.
+            AuditHead { seq, len: 0, .. } if seq > 0 => {
+                audit::end_of(&path, seq).map_err(|e| io(&path, &e))?
+            }
+            AuditHead { len, .. } => len,
+        };
+        let len = audit::append(&path, known, &entry).map_err(|e| io(&path, &e))?;
         self.state.audit = AuditHead {
             seq: entry.seq,
             hash: entry.hash.clone(),

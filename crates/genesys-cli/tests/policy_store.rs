@@ -211,6 +211,45 @@ fn status(store: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A state written before the state kept the log's length: the next change appends after the
+/// log's entries, as it did then, rather than cut the log to nothing.
+#[test]
+fn a_state_without_the_logs_length_keeps_the_log() {
+    let d = dir("policy_store_len");
+    let store = d.join("store");
+    let v1 = write(&d.join("v1.toml"), b"[retry]\nmax_attempts = 3\n");
+    let v2 = write(&d.join("v2.toml"), b"[retry]\nmax_attempts = 4\n");
+    let v3 = write(&d.join("v3.toml"), b"[retry]\nmax_attempts = 5\n");
+    assert_exit(&run(&store, &["policy", "apply", v1.to_str().unwrap()]), 0);
+    assert_exit(&run(&store, &["policy", "apply", v2.to_str().unwrap()]), 0);
+    let path = store.join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["audit"].as_object_mut().unwrap().remove("len");
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    assert_exit(&run(&store, &["policy", "apply", v3.to_str().unwrap()]), 0);
+    let out = run(&store, &["policy", "audit", "verify"]);
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact: 3 entries"));
+}
+
+/// An `--actor` longer than an audit line can hold is refused, and the log stays readable.
+#[test]
+fn an_actor_too_long_for_the_log_is_refused() {
+    let d = dir("policy_store_actor");
+    let store = d.join("store");
+    let v1 = write(&d.join("v1.toml"), b"[retry]\nmax_attempts = 3\n");
+    let actor = "a".repeat(70_000);
+    let out = run(
+        &store,
+        &["policy", "apply", "--actor", &actor, v1.to_str().unwrap()],
+    );
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at most 200 characters"), "{stderr}");
+    assert_exit(&run(&store, &["policy", "apply", v1.to_str().unwrap()]), 0);
+    assert_exit(&run(&store, &["policy", "audit", "verify"]), 0);
+}
+
 /// A simulator of `n` users whose `faults` hit only the calls tagged with policy `version`.
 async fn sim_failing_for(n: usize, faults: &str, version: &str) -> genesys_sim::SimHandle {
     genesys_sim::Simulator::spawn(
@@ -472,4 +511,49 @@ fn a_store_in_redis_keeps_versions_and_the_audit_chain() {
     let out = run(store, &["policy", "audit", "verify"]);
     assert_exit(&out, 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact: 3 entries"));
+}
+
+/// A store in Redis whose URL holds a password: a damaged state (or version) is reported
+/// with the store named as `policy status` names it, never with the password.
+#[test]
+fn a_damaged_store_in_redis_is_reported_without_its_password() {
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let host = redis.trim_start_matches("redis://");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    // Redis takes any password for a user without one (`nopass`), as its default user is
+    // unless the server asks for one.
+    let store_url = format!("redis://default:s3cr3t-pw@{host}#leak-{nanos}");
+    let store = Path::new(&store_url);
+    let mut conn = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // A field this gcx does not know (a newer gcx's, or an edit): not a state it can read.
+    let _: () = redis::cmd("SET")
+        .arg(format!("gcx:policies:leak-{nanos}:state"))
+        .arg(r#"{"bogus":1}"#)
+        .query(&mut conn)
+        .unwrap();
+    for args in [&["policy", "status"][..], &["policy", "history"][..]] {
+        let out = run(store, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("not a policy store's state"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("leak-{nanos}")),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("s3cr3t"), "{args:?}: {stderr}");
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(format!("gcx:policies:leak-{nanos}:state"))
+        .query(&mut conn)
+        .unwrap();
 }

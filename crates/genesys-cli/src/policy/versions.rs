@@ -23,6 +23,8 @@ fn actor(change: &PolicyChangeArgs) -> String {
         .or_else(|| std::env::var("USER").ok())
         .or_else(|| std::env::var("LOGNAME").ok())
         .filter(|a| !a.trim().is_empty())
+        // `--actor` is bounded where it is parsed; the OS user's name, here.
+        .map(|a| a.chars().take(crate::cli::ACTOR_MAX).collect())
         .unwrap_or_else(|| "unknown".to_owned())
 }
 

@@ -342,8 +342,12 @@ fn judge(common: &Common, state: &Mutex<Policies>, report: &Mutex<PolicyReport>)
     let (stable_policy, canary_policy) = current.switch.current();
     let verdict = match versions::decide_canary(common, &canary.version, promote, &evidence) {
         Ok(true) => format!("{what}: {evidence}"),
-        // Another run (or a person) decided first: the next reload takes the store's verdict.
+        // Another run (or a person) decided first. The canary stops here now: its verdict is
+        // the store's, which the next reload takes (a promotion, there, runs it again as the
+        // stable version; a rollback leaves the store as this job now runs, so that reload
+        // finds nothing to change).
         Ok(false) => {
+            current.switch.set(stable_policy, None);
             current.canary = None;
             lock(report).decisions.push(format!(
                 "the store's canary {} was decided by another run first; this job's evidence: {evidence}",
@@ -374,4 +378,98 @@ fn judge(common: &Common, state: &Mutex<Policies>, report: &Mutex<PolicyReport>)
     current.canary = None;
     tracing::warn!(canary = %canary.version, "canary {verdict}");
     lock(report).decisions.push(verdict);
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use genesys_tower::retry::RetryLayer;
+    use genesys_tower::{Body, BoxError};
+    use http::{Request, Response, StatusCode};
+    use serde_json::json;
+    use tower::{Layer, ServiceExt, service_fn};
+
+    use super::*;
+    use crate::cli::Cli;
+    use crate::store::{self, Store};
+
+    /// A canary that another run (or a person) rolled back between this job's reading of the
+    /// store and its verdict stops running in this job: its calls go to the stable version.
+    #[tokio::test]
+    async fn a_canary_decided_by_another_run_first_stops_running_here() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!("gcx-watch-{}-{nanos}", std::process::id()));
+        let common = Cli::try_parse_from([
+            "gcx",
+            "--policy-store",
+            dir.to_str().unwrap(),
+            "config",
+            "show",
+        ])
+        .unwrap()
+        .common;
+        let store = Store::open(&dir).unwrap();
+        let stable = store
+            .put_version(&json!({"retry": {"max_attempts": 3}}))
+            .unwrap();
+        let canary = store
+            .put_version(&json!({"retry": {"max_attempts": 2}}))
+            .unwrap();
+        let mut writer = store.writer().unwrap();
+        writer.state.stable = Some(stable.clone());
+        writer.state.canary = Some(Canary {
+            version: canary.clone(),
+            share: 0.5,
+            rollback_below: 0.9,
+            since: 0,
+            promote_after: None,
+            max_added_latency_ms: None,
+        });
+        writer.commit(store::entry("test", "apply")).unwrap();
+        let settings = settings::load(&common).unwrap();
+        let state = Mutex::new(Policies::from_settings(&settings).unwrap());
+        let report = Mutex::new(PolicyReport::default());
+
+        // The canary's calls fail (a 500 is not retried), the stable version's succeed.
+        let switch = lock(&state).switch.clone();
+        let version = canary.clone();
+        let api = service_fn(move |req: Request<Body>| {
+            let failing = req.headers()[VERSION_HEADER] == version.as_str();
+            async move {
+                let mut response = Response::new(Body::empty());
+                if failing {
+                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                Ok::<_, BoxError>(response)
+            }
+        });
+        let client = RetryLayer::new(RetryPolicy::default())
+            .switch(switch.clone())
+            .layer(api);
+        for _ in 0..200 {
+            let request = Request::get("http://api.test/")
+                .body(Body::empty())
+                .unwrap();
+            client.clone().oneshot(request).await.unwrap();
+        }
+
+        // Another run rolls the canary back first.
+        let mut writer = store.writer().unwrap();
+        writer.state.canary = None;
+        writer
+            .commit(store::entry("another run", "rollback"))
+            .unwrap();
+        judge(&common, &state, &report);
+        reload(&common, &state, &mut None);
+        assert!(switch.current().1.is_none(), "the canary still runs");
+        assert!(
+            lock(&report).decisions[0].contains("decided by another run first"),
+            "{:?}",
+            lock(&report).decisions
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

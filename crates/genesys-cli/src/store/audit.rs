@@ -115,6 +115,30 @@ pub(crate) fn append(path: &Path, len: u64, entry: &Entry) -> std::io::Result<u6
     Ok(len + line.len() as u64)
 }
 
+/// Where the log in a file ends after its first `entries` lines: the length of the log a
+/// state knows of when that state predates the length it keeps now (it kept the last entry's
+/// number only). Fewer lines than that: the file's length.
+pub(crate) fn end_of(path: &Path, entries: u64) -> std::io::Result<u64> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut reader = BufReader::new(file);
+    let mut end = 0u64;
+    for _ in 0..entries {
+        let mut buf = Vec::new();
+        let n = (&mut reader).take(LINE_MAX).read_until(b'\n', &mut buf)?;
+        if n == 0 || buf.last() != Some(&b'\n') {
+            // The end of the file, or a line too long for an entry: cut there at the latest.
+            end = end.saturating_add(n as u64);
+            break;
+        }
+        end = end.saturating_add(n as u64);
+    }
+    Ok(end)
+}
+
 /// Reads the log in a file: every entry, or the first line that breaks the chain (its number
 /// and what is wrong). `head` is what the store's state says the last entry is (number, hash).
 pub(crate) fn verify(path: &Path, head: (u64, &str)) -> Result<Vec<Entry>, String> {
