@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use genesys_client::{GenesysClient, GenesysError, Metrics};
 use genesys_sim::SimConfig;
 use genesys_tower::retry::RetryBudget;
@@ -187,6 +187,33 @@ async fn users_are_listed_page_by_page_and_missing_ones_are_typed() {
     assert!(api.context_id().is_some());
     assert_eq!(api.context_id(), api.correlation_id());
     assert!(matches!(err, GenesysError::Api(_)));
+    sim.shutdown().await;
+}
+
+/// Behind a cache that ignores the query string, every page asked for is answered with the
+/// first one: the listing ends with an error that says so, rather than list the first page's
+/// users over and over (or for ever).
+#[tokio::test]
+async fn a_listing_behind_a_cache_that_ignores_the_query_ends_with_an_error() {
+    let sim = spawn(
+        SimConfig::default()
+            .users(250)
+            .rate_limit(None)
+            .faults("stale-page=1".parse().unwrap()),
+    )
+    .await;
+    let client = client_for(&sim).no_pacing().build().unwrap();
+    // At the default page size (25), page 1 is right, and page 2 comes back as page 1.
+    let pages: Vec<_> = client.list_user_pages(25).collect().await;
+    assert_eq!(pages.len(), 2, "{pages:?}");
+    assert_eq!(pages[0].as_ref().unwrap().entities.len(), 25);
+    let err = pages[1].as_ref().unwrap_err();
+    assert!(matches!(err, GenesysError::Decode { .. }), "{err}");
+    assert!(err.to_string().contains("page 2 of the users"), "{err}");
+    // At another size, the first answer is already of the wrong size.
+    let result: Result<Vec<_>, _> = client.list_users(100).try_collect().await;
+    let err = result.unwrap_err();
+    assert!(err.to_string().contains("not the 100 asked for"), "{err}");
     sim.shutdown().await;
 }
 

@@ -132,6 +132,77 @@ fn contains(actual: &Value, wanted: &Value) -> bool {
     }
 }
 
+/// The most users [`GenesysClient::list_user_pages`] lists (ten million, far more than any
+/// org holds): past it the listing ends with an error rather than grow without end.
+pub const MAX_LISTED_USERS: u64 = 10_000_000;
+
+/// Where a listing of users is: the page to ask for next, the users listed so far, and the
+/// first user of the last page (to tell a page repeated from the next one).
+struct Paging {
+    number: u64,
+    listed: u64,
+    first_of_last: Option<String>,
+}
+
+impl Paging {
+    /// After `page`, the answer to page `self.number`: where the listing goes next (`None`: it
+    /// is over), or why the answer cannot be the page asked for.
+    fn after(self, page: &UsersPage, page_size: u64) -> Result<Option<Paging>, GenesysError> {
+        let number = self.number;
+        let refused = |what: String| GenesysError::Decode {
+            status: http::StatusCode::OK,
+            message: format!("page {number} of the users: {what}; the listing stops here"),
+            correlation_id: None,
+        };
+        // What a cache or proxy in front of the API that ignores the query answers.
+        let not_the_page = |what: &str| {
+            refused(format!(
+                "{what} (a cache or proxy that ignores the query would answer so)"
+            ))
+        };
+        // `pageNumber` is 0 when the answer has none.
+        if page.page_number != 0 && page.page_number != number {
+            return Err(not_the_page(&format!(
+                "the answer is page {}",
+                page.page_number
+            )));
+        }
+        // Pages of another size would skip users (or list some twice) from here on.
+        if page.page_size != 0 && page.page_size != page_size {
+            return Err(not_the_page(&format!(
+                "the answer's pages hold {} users, not the {page_size} asked for",
+                page.page_size
+            )));
+        }
+        let first = page.entities.first().map(|user| user.id.clone());
+        if first.is_some() && first == self.first_of_last {
+            return Err(not_the_page(
+                "the answer starts with the same user as the page before",
+            ));
+        }
+        let listed = self.listed.saturating_add(page.entities.len() as u64);
+        let last = match (page.page_count, page.total) {
+            (Some(count), _) => number >= count,
+            (None, Some(total)) => listed >= total,
+            (None, None) => (page.entities.len() as u64) < page_size,
+        } || page.entities.is_empty();
+        if last {
+            return Ok(None);
+        }
+        if listed >= MAX_LISTED_USERS {
+            return Err(refused(format!(
+                "{listed} users are listed, and the answers say more are to come: at most \
+                 {MAX_LISTED_USERS} are listed"
+            )));
+        }
+        Ok(Some(Paging {
+            number: number.saturating_add(1),
+            listed,
+            first_of_last: first,
+        }))
+    }
+}
+
 impl GenesysClient {
     /// `GET /api/v2/users/{id}`.
     pub async fn get_user(&self, id: &str) -> Result<User, GenesysError> {
@@ -160,26 +231,32 @@ impl GenesysClient {
 
     /// Every page of `GET /api/v2/users`, fetched one after another as the stream is polled.
     ///
-    /// Ends after the last page (by `pageCount`, or at the first short or empty page). An error
-    /// ends the stream after it is yielded.
+    /// Ends after the last page (by `pageCount`, by `total`, or at the first short or empty
+    /// page). An error ends the stream after it is yielded, and so does an answer that is not
+    /// the page asked for: one numbered otherwise, of another size, or one that repeats the
+    /// page before it (a cache or proxy that ignores the query would otherwise repeat a page
+    /// for ever, or list its users over and over), and a listing past [`MAX_LISTED_USERS`]
+    /// users.
     pub fn list_user_pages(
         &self,
         page_size: u64,
     ) -> impl Stream<Item = Result<UsersPage, GenesysError>> + Send + 'static {
         let client = self.clone();
         let page_size = page_size.clamp(1, 500);
-        stream::try_unfold(Some(1u64), move |next| {
+        let start = Paging {
+            number: 1,
+            listed: 0,
+            first_of_last: None,
+        };
+        stream::try_unfold(Some(start), move |paging| {
             let client = client.clone();
             async move {
-                let Some(number) = next else {
+                let Some(paging) = paging else {
                     return Ok(None);
                 };
-                let page = client.list_users_page(page_size, number).await?;
-                let last = match page.page_count {
-                    Some(count) => number >= count,
-                    None => (page.entities.len() as u64) < page_size,
-                } || page.entities.is_empty();
-                Ok(Some((page, (!last).then_some(number + 1))))
+                let page = client.list_users_page(page_size, paging.number).await?;
+                let next = paging.after(&page, page_size)?;
+                Ok(Some((page, next)))
             }
         })
     }

@@ -18,9 +18,11 @@
 //! | `stall-body` | probability | the effect is applied; the headers and half the body are sent, then nothing more (the connection stays open) |
 //! | `drip-body` | probability | the effect is applied; the body is sent one byte every 5 s |
 //! | `504-after` | probability | the effect is applied, then a gateway answers 504 `gateway.timeout` in its place |
+//! | `stale-page` | probability | a cache in front of the API that ignores the query string: the request is served as if it had none (a listing answers its first page, of the default size, whatever page was asked) |
 //!
 //! The probabilities of `5xx`, `500`, `503-retry-after`, `reset-before`, `reset-after`,
-//! `long-retry-after`, the four `*-body` faults and `504-after` are exclusive outcomes of one
+//! `long-retry-after`, the four `*-body` faults, `504-after` and `stale-page` are exclusive
+//! outcomes of one
 //! draw, so they
 //! must sum to at most 1.
 //! The draw for the n-th API request depends only on the seed and n, so a sequential client
@@ -45,7 +47,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 pub const FAULT_KEYS: &str = "5xx, 500, 503-retry-after, reset-before, reset-after, \
 long-retry-after (probabilities 0..=1), latency (MIN..MAX or a single duration, e.g. 5ms..50ms), \
 revoke-every (a duration, e.g. 30s), token-5xx, endless-body, huge-body, stall-body, drip-body, \
-504-after (probabilities)";
+504-after, stale-page (probabilities)";
 
 /// The fault configuration: what goes wrong, how often. `Faults::default()` injects nothing.
 ///
@@ -81,6 +83,9 @@ pub struct Faults {
     /// `504-after=p`: probability that the effect is applied, then a gateway answers 504 in
     /// place of the answer (what a gateway that gave up waiting does).
     pub gateway_after: f64,
+    /// `stale-page=p`: probability that the request is served as if it had no query string,
+    /// as a cache in front of the API that ignores it does (a listing answers its first page).
+    pub stale_page: f64,
 }
 
 /// Which API requests the probability faults may hit (by default, all): a share of the traffic
@@ -160,7 +165,7 @@ macro_rules! probability_fault {
 
 /// The probability faults, in the order of the draw (the order keeps seeded runs reproducible).
 /// Those with an outcome are exclusive outcomes of one draw per API request.
-const PROBABILITY_FAULTS: [ProbabilityFault; 12] = [
+const PROBABILITY_FAULTS: [ProbabilityFault; 13] = [
     probability_fault!(
         "5xx",
         server_error,
@@ -201,6 +206,7 @@ const PROBABILITY_FAULTS: [ProbabilityFault; 12] = [
         Some(|_| Fault::Body(BodyFault::Drip))
     ),
     probability_fault!("504-after", gateway_after, Some(|_| Fault::GatewayAfter)),
+    probability_fault!("stale-page", stale_page, Some(|_| Fault::StalePage)),
 ];
 
 /// A fault spec that could not be parsed: says what is wrong and what is allowed.
@@ -318,6 +324,8 @@ pub(crate) enum Fault {
     Body(BodyFault),
     /// The handler runs (the effect is applied); a gateway's 504 is answered in its place.
     GatewayAfter,
+    /// The handler runs as if the request had no query string.
+    StalePage,
 }
 
 /// How an answer's body misbehaves.
@@ -352,6 +360,7 @@ impl Fault {
             Fault::Body(BodyFault::Stall) => "stall-body",
             Fault::Body(BodyFault::Drip) => "drip-body",
             Fault::GatewayAfter => "504-after",
+            Fault::StalePage => "stale-page",
         })
     }
 }

@@ -508,7 +508,11 @@ async fn api(
             .into_response(cid),
         ),
         Fault::ResetBefore => conn.reset().await,
-        Fault::None | Fault::ResetAfter | Fault::Body(_) | Fault::GatewayAfter => None,
+        Fault::None
+        | Fault::ResetAfter
+        | Fault::Body(_)
+        | Fault::GatewayAfter
+        | Fault::StalePage => None,
     };
     let mut resp = match early {
         Some(r) => r,
@@ -523,7 +527,8 @@ async fn api(
             let call = Call {
                 param,
                 body: &body,
-                query: parts.uri.query(),
+                // A cache that ignores the query string serves the answer to the bare path.
+                query: parts.uri.query().filter(|_| fault != Fault::StalePage),
             };
             handler(&ctx, &call).unwrap_or_else(|e| e.into_response(cid))
         }
