@@ -253,3 +253,60 @@ async fn a_key_reserved_for_days_does_not_stall_the_fleet() {
     assert_eq!(starts.lock().unwrap().len(), 3);
     assert!(reserved_ahead(&redis_url(), &key).await < Duration::from_secs(60));
 }
+
+/// The interval a pacer under `key` learned from the server, as shared in Redis (`None`: none).
+async fn shared_interval(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<u64> {
+    redis::cmd("HGET")
+        .arg(key)
+        .arg("interval")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits up to 2 s for the interval learned under `key` to be in Redis.
+async fn shared_within(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<u64> {
+    for _ in 0..40 {
+        if let Some(interval) = shared_interval(conn, key).await {
+            return Some(interval);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// A slower quota the server publishes is shared with the fleet, and shared again once Redis
+/// has forgotten it (its period ran out, Redis restarted, or the first write was lost) while
+/// the server still says so: the fleet does not go back to the faster configured rate for
+/// good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_learned_from_the_server_is_shared_again_once_redis_forgot_it() {
+    let key = unique_key("learned");
+    let pacer = RedisPacer::open(&redis_url(), key.clone(), 1000, Duration::from_secs(1))
+        .unwrap()
+        .learned_for(Duration::from_secs(1));
+    let leaf = service_fn(|_req: Request<()>| async {
+        let mut response = Response::new(());
+        response.headers_mut().insert(
+            "ratelimit-policy",
+            http::HeaderValue::from_static("\"p\";q=10;w=1"),
+        );
+        Ok::<_, Infallible>(response)
+    });
+    let service = ConcurrencyLayer::new(1).shared_pacing(pacer).layer(leaf);
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+
+    // 10 a second at the default headroom of 0.95. The second time, Redis has forgotten it
+    // (a quarter of the period before): the next answer shares it again.
+    for wait in [Duration::ZERO, Duration::from_millis(300)] {
+        tokio::time::sleep(wait).await;
+        service.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(shared_within(&mut conn, &key).await, Some(105_263));
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}

@@ -149,3 +149,49 @@ async fn an_absurd_lock_time_is_taken_within_bounds() {
     assert_eq!(call(&service).await, StatusCode::OK);
     assert_eq!(fetches.load(SeqCst), 1);
 }
+
+/// A shared token's lifetime is bounded by its key's own time to live, which no process's
+/// clock skews: a record written by a process whose clock runs an hour ahead (or a forged
+/// one) is not taken as living an hour longer than it does. A record with an expiry on a key
+/// that never expires is not one the cache wrote: the process fetches its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_tokens_lifetime_is_bounded_by_its_keys_time_to_live() {
+    use genesys_tower::auth::TokenSource;
+
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let hour_ahead = format!("{}\nskewed", now_ms + 3_600_000);
+
+    let key = unique_key("skewed-expiry");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&hour_ahead)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let cache = RedisTokenCache::open(&redis_url(), key.clone(), login(fetches.clone())).unwrap();
+    let token = cache.fetch().await.unwrap();
+    assert_eq!(token.secret(), "skewed");
+    let lifetime = token.lifetime().unwrap();
+    assert!(lifetime <= Duration::from_secs(60), "{lifetime:?}");
+    assert_eq!(fetches.load(SeqCst), 0);
+
+    let key = unique_key("persistent-expiry");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&hour_ahead)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let cache = RedisTokenCache::open(&redis_url(), key.clone(), login(fetches.clone())).unwrap();
+    let token = cache.fetch().await.unwrap();
+    assert_eq!(token.secret(), "token-0");
+    assert_eq!(fetches.load(SeqCst), 1);
+}

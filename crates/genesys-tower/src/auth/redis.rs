@@ -24,6 +24,17 @@ return 0
     )
 });
 
+/// The shared record and the key's own time to live (ms; negative: none), read at once.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local record = redis.call('GET', KEYS[1])
+if not record then return false end
+return {record, redis.call('PTTL', KEYS[1])}
+",
+    )
+});
+
 /// Drops the fetch lock, only if it is still ours.
 static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -152,9 +163,13 @@ impl<S: TokenSource> RedisTokenCache<S> {
     /// enough. Forgets the one this process was given last.
     async fn read(&self) -> Result<Option<Token>, BoxError> {
         let mut conn = self.conn.clone();
-        let stored: Option<String> = self
-            .bounded(redis::cmd("GET").arg(&*self.key).query_async(&mut conn))
+        let read: Option<(String, i64)> = self
+            .bounded(READ.key(&*self.key).invoke_async(&mut conn))
             .await?;
+        let (stored, ttl_ms) = match read {
+            Some((record, ttl_ms)) => (Some(record), ttl_ms),
+            None => (None, -1),
+        };
         let Some((expires_ms, value)) = stored.as_deref().and_then(|s| s.split_once('\n')) else {
             return Ok(None);
         };
@@ -165,17 +180,26 @@ impl<S: TokenSource> RedisTokenCache<S> {
             self.bounded(forget.invoke_async::<i64>(&mut conn)).await?;
             return Ok(None);
         }
-        let lifetime = match expires_ms.parse::<u64>() {
+        // The key lives as long as the token it holds (it is stored so): a bound that, unlike
+        // the expiry in the record (the storing process's wall clock), no clock can skew.
+        let ttl = u64::try_from(ttl_ms)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis);
+        let lifetime = match (expires_ms.parse::<u64>(), ttl) {
             // No expiry given by the source.
-            Ok(0) => None,
-            Ok(ms) => {
+            (Ok(0), _) => None,
+            (Ok(ms), Some(ttl)) => {
                 let left = Duration::from_millis(ms.saturating_sub(unix_ms(SystemTime::now())));
+                let left = left.min(ttl);
                 if left < MIN_LIFETIME {
                     return Ok(None);
                 }
                 Some(left)
             }
-            Err(_) => return Ok(None),
+            // An expiry on a key that never expires, or no number: not a record this cache
+            // wrote; this process fetches its own.
+            (Ok(_), None) | (Err(_), _) => return Ok(None),
         };
         Ok(Some(Token::new(value, lifetime)))
     }

@@ -1,13 +1,14 @@
 //! [`RedisPacer`]: one quota for a fleet of processes, kept in Redis (feature `redis`).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
 use redis::Script;
 use redis::aio::ConnectionManager;
+use tokio::time::Instant;
 
 use super::pacing::{MAX_LEARNED_WINDOW, Pacer, Rate};
 use super::shared::{AcquireFuture, SharedPacer};
@@ -102,6 +103,8 @@ const MAX_LEARNED_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a quota learned from headers is applied before the configured one is trusted again.
 const LEARNED_FOR: Duration = Duration::from_secs(3600);
+/// The longest [`RedisPacer::learned_for`].
+const MAX_LEARNED_FOR: Duration = Duration::from_secs(86_400);
 /// The longest fleet-wide hold a 429 can set.
 const MAX_HOLD: Duration = Duration::from_secs(180);
 /// How far ahead a start may be reserved, and the longest one wait lasts: the longest hold.
@@ -162,8 +165,12 @@ pub struct RedisPacer {
     timeout: Duration,
     fallback: Arc<Pacer>,
     degraded: Arc<AtomicBool>,
-    /// The interval (µs) last shared from a response's quota policy: not shared again.
-    learned: Arc<AtomicU64>,
+    /// How long a quota learned from a response's policy is applied fleet-wide.
+    learned_for: Duration,
+    /// The interval (µs) last shared from a response's quota policy, and when: shared again
+    /// once a quarter of `learned_for` has passed (Redis forgets it after `learned_for`, or
+    /// sooner when it restarts), or at the next response when sharing it failed.
+    learned: Arc<Mutex<Option<(u64, Instant)>>>,
 }
 
 impl RedisPacer {
@@ -204,7 +211,8 @@ impl RedisPacer {
             timeout: Duration::from_millis(500),
             fallback: Arc::new(Pacer::with_ceiling(Some(rate), None, false, 0, MAX_HOLD)),
             degraded: Arc::new(AtomicBool::new(false)),
-            learned: Arc::new(AtomicU64::new(0)),
+            learned_for: LEARNED_FOR,
+            learned: Arc::new(Mutex::new(None)),
         };
         pacer.rebuild_fallback();
         Ok(pacer)
@@ -246,6 +254,16 @@ impl RedisPacer {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long a slower quota learned from a response's `RateLimit-Policy` (or Genesys's
+    /// own fields) paces the whole fleet (default 1 h, at least 1 s): after it the configured
+    /// rate is trusted again, unless a process still sees the slower quota and shares it
+    /// again, as each does every quarter of this while it sees it.
+    #[must_use]
+    pub fn learned_for(mut self, period: Duration) -> Self {
+        self.learned_for = period.clamp(Duration::from_secs(1), MAX_LEARNED_FOR);
         self
     }
 
@@ -298,8 +316,13 @@ impl RedisPacer {
         }
     }
 
-    /// Runs a fire-and-forget script on the key.
-    fn share(&self, script: &'static Script, args: [u64; 2]) {
+    /// Runs a fire-and-forget script on the key; `failed` runs if it could not be.
+    fn share(
+        &self,
+        script: &'static Script,
+        args: [u64; 2],
+        failed: impl FnOnce() + Send + 'static,
+    ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -311,8 +334,14 @@ impl RedisPacer {
             invocation.arg(args[0]).arg(args[1]);
             match tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut conn)).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "shared pacing: hint not shared"),
-                Err(_) => tracing::debug!("shared pacing: hint not shared (timed out)"),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "shared pacing: hint not shared");
+                    failed();
+                }
+                Err(_) => {
+                    tracing::debug!("shared pacing: hint not shared (timed out)");
+                    failed();
+                }
             }
         });
     }
@@ -395,7 +424,7 @@ impl RedisPacer {
             // daily quota's) holds no one, as in a process's own pacer: each call meets the
             // 429, whose hint the retry layer returns at once, rather than the fleet stalling.
             match hints.hint(true).unwrap_or(DEFAULT_HOLD) {
-                hold if hold <= MAX_HOLD => self.share(&HOLD, [micros(hold), 0]),
+                hold if hold <= MAX_HOLD => self.share(&HOLD, [micros(hold), 0], || {}),
                 hold => tracing::debug!(
                     hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
                     "rate limit hint longer than the fleet's longest hold: not holding for it"
@@ -413,11 +442,25 @@ impl RedisPacer {
             .map(|p| ((micros(p.window) / p.quota) as f64 / self.headroom) as u64)
             .max()
             .filter(|&i| i <= micros(MAX_LEARNED_INTERVAL));
-        if let Some(interval) = slowest.filter(|&i| i > self.interval_us())
-            && self.learned.swap(interval, Ordering::Relaxed) != interval
+        let Some(interval) = slowest.filter(|&i| i > self.interval_us()) else {
+            return;
+        };
+        let now = Instant::now();
         {
-            self.share(&LEARN, [interval, micros(LEARNED_FOR)]);
+            let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
+            let fresh = learned.is_some_and(|(shared, at)| {
+                shared == interval && now.saturating_duration_since(at) < self.learned_for / 4
+            });
+            if fresh {
+                return;
+            }
+            *learned = Some((interval, now));
         }
+        let learned = self.learned.clone();
+        self.share(&LEARN, [interval, micros(self.learned_for)], move || {
+            // Shared again at the next response that shows it.
+            *learned.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        });
     }
 }
 

@@ -232,6 +232,13 @@ impl ServerIdempotencyLayer {
     /// Keys live in the namespace `f` returns for a request (the authenticated client, say), so
     /// that two clients who pick the same key never see each other's responses. Requests for
     /// which `f` returns `None` share one namespace of their own, apart from every client's.
+    ///
+    /// Set it on any service with more than one caller. Without it every caller shares one
+    /// namespace: a caller who sends another's key with the same request is answered with the
+    /// other's stored response, headers and body included (a secret it returned, a cookie it
+    /// set). Name the caller by what stays the same across its retries, its client id or
+    /// account, not by its bearer token: a token refreshed between two attempts would
+    /// otherwise put the retry in another namespace, where the handler runs again.
     #[must_use]
     pub fn scope(mut self, f: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
         self.config.scope = Some(Arc::new(f));

@@ -18,6 +18,10 @@
 //!
 //! Every error body is JSON: `{"error": "<code>", "message": "<what happened and what to do>"}`.
 //!
+//! Keys are the callers' own choice: on a service with more than one caller, give each its own
+//! namespace with [`scope`](ServerIdempotencyLayer::scope), or a caller who sends another's key
+//! and request is answered with the other's stored response.
+//!
 //! # What is stored
 //!
 //! Following Stripe's practice, a response is stored (and replayed) unless the request did not get
