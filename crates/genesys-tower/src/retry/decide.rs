@@ -180,8 +180,14 @@ pub(super) fn decide(
         .backoff
         .get_or_insert_with(|| Box::new(policy.backoff_with_seed(state.seed)));
     let mut delay = backoff.next_delay();
-    if let Some(hint) = hint.filter(|h| *h >= delay) {
-        delay = hint.saturating_add(backoff.spread(policy.spread_for(hint)));
+    // The server's hint, when it is the floor of the wait (not a shorter one the backoff
+    // already waits past): the spread above it never takes the wait past the longest hint
+    // the policy waits for.
+    let floor = hint.filter(|h| *h >= delay);
+    if let Some(hint) = floor {
+        delay = hint
+            .saturating_add(backoff.spread(policy.spread_for(hint)))
+            .min(policy.max_retry_after());
     }
     // tokio's timers tick in whole milliseconds: round up, so that `waited` is what the call
     // really waits.
@@ -195,15 +201,17 @@ pub(super) fn decide(
                 limit: left,
             };
         }
-        if delay > left {
-            if hint.is_none() {
+        if delay > left || left.is_zero() {
+            // A hint that is the floor and fits: only the spread above it is trimmed. Anything
+            // else past what is left (the backoff, which a shorter hint does not shorten), or
+            // no time left at all, ends the call.
+            if floor.is_none() || left.is_zero() {
                 return Decision::Fail {
                     kind: ErrorKind::DeadlineExceeded,
                     retry_after: None,
                     limit: left,
                 };
             }
-            // The hint fits: only the spread above it is trimmed.
             delay = left;
         }
     }

@@ -363,6 +363,34 @@ async fn no_attempt_starts_after_the_deadline() {
     );
 }
 
+/// A server that answers slowly with `Retry-After: 0` does not carry the call past its
+/// deadline: the hint does not shorten the backoff, and an answer that comes after the deadline
+/// ends the call.
+#[tokio::test(start_paused = true)]
+async fn a_zero_hint_does_not_carry_a_call_past_its_deadline() {
+    let start = Instant::now();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let seen = sent.clone();
+    let server = tower::service_fn(move |_req: Request<Body>| {
+        seen.lock().unwrap().push(Instant::now());
+        async {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let mut response = Response::new(String::new());
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("0"));
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let policy = exact().deadline(Duration::from_secs(3)).build();
+    let err = retry_error(RetryLayer::new(policy).layer(server).oneshot(get()).await);
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(Instant::now() - start, Duration::from_secs(4));
+    assert_eq!(sent.lock().unwrap().len(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_retry_waiting_for_a_permit_gives_up_at_the_deadline() {
     use genesys_tower::concurrency::ConcurrencyLayer;

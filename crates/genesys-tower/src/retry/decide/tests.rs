@@ -166,6 +166,50 @@ fn a_backoff_past_the_deadline_ends_the_call_but_a_hint_that_fits_is_kept() {
     );
 }
 
+/// A hint shorter than the backoff (`Retry-After: 0`, a date in the past) does not shorten it:
+/// a backoff past what is left of the deadline ends the call, as it does without a hint, and so
+/// does a deadline already past, whatever the hint.
+#[test]
+fn a_hint_shorter_than_the_backoff_does_not_carry_a_retry_past_the_deadline() {
+    let zero = retry_after("0");
+    let p = policy().base_delay(4 * SECOND).build();
+    assert_eq!(
+        after(&p, 1, Method::GET, status(503, &zero), Some(SECOND)),
+        Decision::Fail {
+            kind: ErrorKind::DeadlineExceeded,
+            retry_after: None,
+            limit: SECOND
+        }
+    );
+    let p = policy().build();
+    for h in [&zero, &retry_after("2")] {
+        assert_eq!(
+            after(&p, 1, Method::GET, status(503, h), Some(Duration::ZERO)),
+            Decision::Fail {
+                kind: ErrorKind::DeadlineExceeded,
+                retry_after: if h == &zero { None } else { Some(2 * SECOND) },
+                limit: Duration::ZERO
+            }
+        );
+    }
+}
+
+/// The spread above a hint never takes the wait past the longest hint the policy waits for.
+#[test]
+fn the_spread_above_a_hint_stops_at_the_longest_hint_waited_for() {
+    let p = policy()
+        .retry_after_spread(1.0, SECOND)
+        .max_retry_after(5 * SECOND)
+        .build();
+    assert_eq!(
+        after(&p, 1, Method::GET, status(429, &retry_after("5")), None),
+        Decision::Retry {
+            reason: RetryReason::RateLimited,
+            delay: 5 * SECOND
+        }
+    );
+}
+
 #[test]
 fn an_ambiguous_error_is_replayed_only_when_the_request_is_safe_to_send_twice() {
     let p = policy().build();
