@@ -375,7 +375,7 @@ pub struct SimConfig {
     /// Field of a record that names it in the ledger (default `external_id`; records without it
     /// are named `records[i]`).
     pub ingestion_record_key: String,
-    /// Maximum request body in bytes, 413 above (default 512000).
+    /// Maximum request body in bytes, 413 above (default 512000, at most 8 MiB).
     pub max_body_bytes: usize,
     /// Maximum records per ingestion batch, 413 above (default 500).
     pub max_records: usize,

@@ -262,10 +262,10 @@ impl Faults {
             )));
         }
         if let Some(d) = self.revoke_every
-            && (d.is_zero() || d > MAX_DURATION)
+            && !(MIN_REVOKE_EVERY..=MAX_DURATION).contains(&d)
         {
             return Err(bad(format!(
-                "fault `revoke-every` must be longer than 0 and at most {} s",
+                "fault `revoke-every` must be at least 1ms and at most {} s",
                 MAX_DURATION.as_secs()
             )));
         }
@@ -340,6 +340,9 @@ pub(crate) enum BodyFault {
     /// One byte every [`DRIP_EVERY`].
     Drip,
 }
+
+/// The shortest `revoke-every`: a shorter period only keeps a core busy revoking.
+const MIN_REVOKE_EVERY: Duration = Duration::from_millis(1);
 
 /// How often a `drip-body` answer sends a byte.
 pub(crate) const DRIP_EVERY: Duration = Duration::from_secs(5);
@@ -488,8 +491,8 @@ impl FromStr for Faults {
                 "revoke-every" => {
                     let d = parse_duration(value)
                         .map_err(|e| bad(format!("fault `revoke-every`: {e}")))?;
-                    if d.is_zero() {
-                        return Err(bad("fault `revoke-every` must be longer than 0".into()));
+                    if d < MIN_REVOKE_EVERY {
+                        return Err(bad("fault `revoke-every` must be at least 1ms".into()));
                     }
                     f.revoke_every = Some(d);
                 }

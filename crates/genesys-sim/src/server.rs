@@ -16,7 +16,7 @@ use http_body::{Frame, SizeHint};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -65,6 +65,8 @@ impl Simulator {
                 let now = tokio::time::Instant::now();
                 let start = now.checked_add(every).unwrap_or(now);
                 let mut tick = tokio::time::interval_at(start, every);
+                // Ticks missed while the machine was busy are not made up back to back.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {
@@ -87,12 +89,23 @@ impl Simulator {
     }
 }
 
+/// How long a connection may take to send a request's head, idle time before it included.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pause after a failed `accept`.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors, say: the error comes back at once until a
+                    // connection closes, so wait a little rather than spin on it.
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 conns.spawn(serve(stream, shared.clone(), stop.clone()));
             }
@@ -113,6 +126,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver
     });
     let mut conn = http1::Builder::new()
         .keep_alive(true)
+        // As a real server does: a client that does not send a whole request head in time
+        // (one that sends part of it and stops, or sits idle on a kept-alive connection) is
+        // disconnected, so that such connections do not pile up.
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), svc);
     tokio::select! {
         _ = &mut conn => {}

@@ -358,7 +358,13 @@ impl Tokens {
 
     pub(crate) fn insert(&self, token: String, client: Arc<str>, ttl: Duration) {
         let now = Instant::now();
-        lock(&self.shards[shard_of(&token)]).insert(
+        let mut shard = lock(&self.shards[shard_of(&token)]);
+        // Tokens no one presents again are dropped here: each time a shard doubles, what has
+        // expired goes (so that a client that fetches a token per call grows nothing).
+        if shard.len() >= 16 && shard.len().is_power_of_two() {
+            shard.retain(|_, entry| now < entry.expires_at);
+        }
+        shard.insert(
             token,
             TokenEntry {
                 client,
@@ -390,11 +396,12 @@ impl Tokens {
 
     /// Forgets every token; returns how many were live.
     pub(crate) fn revoke_all(&self) -> usize {
+        let now = Instant::now();
         self.shards
             .iter()
             .map(|s| {
                 let mut s = lock(s);
-                let n = s.len();
+                let n = s.values().filter(|entry| now < entry.expires_at).count();
                 s.clear();
                 n
             })
@@ -457,6 +464,22 @@ impl Shared {
             return Err(SimError::Config(format!(
                 "the rate limit window must be at most {} s (365 days)",
                 MAX_DURATION.as_secs()
+            )));
+        }
+        if let Some((n, w)) = cfg.client_rate_limit
+            && (n == 0 || w.is_zero() || w > MAX_DURATION)
+        {
+            return Err(SimError::Config(format!(
+                "the client rate limit needs at least 1 request in a window longer than 0 and \
+                 at most {} s (365 days)",
+                MAX_DURATION.as_secs()
+            )));
+        }
+        if cfg.max_body_bytes > crate::routes::DRAIN_CAP {
+            return Err(SimError::Config(format!(
+                "the largest request body must be at most {} bytes, got {}",
+                crate::routes::DRAIN_CAP,
+                cfg.max_body_bytes
             )));
         }
         if cfg.token_ttl.is_zero() || cfg.token_ttl > MAX_DURATION {

@@ -148,3 +148,28 @@ async fn test_route_reports_operations_and_configured_actions_work() {
     .unwrap();
     r.error_body(400, "bad.request");
 }
+
+/// A flattened answer whose keys would spell a deep path once per leaf is refused with a 400,
+/// rather than built: a body under the limit cannot make the simulator build gigabytes.
+#[tokio::test]
+async fn a_flattened_answer_too_large_is_refused() {
+    let sim = Simulator::spawn(SimConfig::default().users(1))
+        .await
+        .unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    // 20 levels of 1,000-character keys over 400 leaves: about 8 MB of keys once flattened.
+    let key = "k".repeat(1_000);
+    let leaves: serde_json::Map<String, serde_json::Value> =
+        (0..400).map(|i| (format!("l{i}"), json!(i))).collect();
+    let mut input = serde_json::Value::Object(leaves);
+    for _ in 0..20 {
+        input = json!({ key.clone(): input });
+    }
+    let path = format!("/api/v2/integrations/actions/{ECHO_ACTION_ID}/execute?flatten=true");
+    let r = api(&base, &t, "POST", &path, &input.to_string(), &[])
+        .await
+        .unwrap();
+    r.error_body(400, "bad.request");
+    assert!(r.body.len() < 4096, "{} bytes", r.body.len());
+}

@@ -232,3 +232,38 @@ async fn concurrent_repeats_of_one_key_apply_once() {
     );
     assert_eq!(sim.ledger_len(), 3, "applied exactly once");
 }
+
+/// An `Idempotency-Key` longer than 255 bytes is refused before anything is applied, rather
+/// than copied into every ledger entry of the batch.
+#[tokio::test]
+async fn an_idempotency_key_too_long_is_refused() {
+    let sim = Simulator::spawn(SimConfig::default()).await.unwrap();
+    let base = sim.base_url();
+    let t = token(&base).await;
+    let batch = serde_json::to_string(&(0..3).map(record).collect::<Vec<_>>()).unwrap();
+    let key = "k".repeat(256);
+    let r = api(
+        &base,
+        &t,
+        "POST",
+        PATH,
+        &batch,
+        &[("idempotency-key", &key)],
+    )
+    .await
+    .unwrap();
+    r.error_body(400, "bad.request");
+    assert_eq!(sim.ledger_len(), 0);
+    let r = api(
+        &base,
+        &t,
+        "POST",
+        PATH,
+        &batch,
+        &[("idempotency-key", &key[..255])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(sim.ledger_len(), 3);
+}

@@ -159,12 +159,40 @@ async fn a_one_second_window_with_headers_on_half_the_answers() {
         .unwrap();
     assert_eq!(r.status, 429);
     assert_eq!(r.header("retry-after"), Some("1"));
+    let body = r.json();
     assert!(
-        r.json()["message"]
+        body["message"]
             .as_str()
             .unwrap()
             .contains("within [1] seconds")
     );
+    // The limit's key names a rate per minute: its value is the limits endpoint's, 40 a
+    // second being 2400 a minute.
+    assert_eq!(
+        body["limit"]["key"],
+        "client.credentials.token.rate.per.minute"
+    );
+    assert_eq!(body["limit"]["value"], 2400);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let limits = api(
+        &base,
+        &t,
+        "GET",
+        "/api/v2/organizations/limits/namespaces/platform.api",
+        "",
+        &[],
+    )
+    .await
+    .unwrap()
+    .json();
+    let listed = limits["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["key"] == body["limit"]["key"])
+        .unwrap()
+        .clone();
+    assert_eq!(listed["value"], body["limit"]["value"]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -2,23 +2,37 @@
 
 use super::*;
 
-/// Architect's flattening: nested objects become dotted keys.
-fn flatten(prefix: &str, v: &Value, out: &mut Map<String, Value>) {
+/// The most bytes of keys a flattened answer may hold: a deeply nested object with long keys
+/// and many leaves would otherwise spell its whole path once per leaf, gigabytes from a body
+/// under the body limit.
+const FLAT_KEYS_MAX: usize = 4 * 1024 * 1024;
+
+/// Architect's flattening: nested objects become dotted keys. `Err` when the keys would take
+/// more than `budget` bytes in all.
+fn flatten(
+    prefix: &str,
+    v: &Value,
+    out: &mut Map<String, Value>,
+    budget: &mut usize,
+) -> Result<(), ()> {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, v) in m {
+                let len = prefix.len() + 1 + k.len();
+                *budget = budget.checked_sub(len).ok_or(())?;
                 let key = if prefix.is_empty() {
                     k.clone()
                 } else {
                     format!("{prefix}.{k}")
                 };
-                flatten(&key, v, out);
+                flatten(&key, v, out, budget)?;
             }
         }
         other => {
             out.insert(prefix.to_string(), other.clone());
         }
     }
+    Ok(())
 }
 
 /// `POST /api/v2/integrations/actions/{actionId}/execute`.
@@ -76,7 +90,17 @@ fn run(ctx: &Ctx<'_>, call: &Call<'_>, test: bool) -> Handled {
         Ok(out) => {
             let out = if query_param(query, "flatten") == Some("true") {
                 let mut flat = Map::new();
-                flatten("", &out, &mut flat);
+                let mut budget = FLAT_KEYS_MAX;
+                if flatten("", &out, &mut flat, &mut budget).is_err() {
+                    return Err(ApiError::new(
+                        400,
+                        "bad.request",
+                        format!(
+                            "The flattened output would hold more than [{FLAT_KEYS_MAX}] bytes \
+                             of keys; call the action without flatten=true"
+                        ),
+                    ));
+                }
                 Value::Object(flat)
             } else {
                 out

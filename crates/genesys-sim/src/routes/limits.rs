@@ -12,10 +12,9 @@ pub(super) fn limits(ctx: &Ctx<'_>, call: &Call<'_>) -> Handled {
             if let Some((n, w)) = cfg.rate_limit {
                 // The key names a rate per minute, as in the real API: a quota over another
                 // window is scaled to it (rounded down). Nothing says the window itself.
-                let per_minute = u128::from(n) * 60_000 / w.as_millis().max(1);
                 v.push(json!({
                     "key": "client.credentials.token.rate.per.minute",
-                    "value": u64::try_from(per_minute).unwrap_or(u64::MAX),
+                    "value": per_minute(n, w),
                 }));
             }
             v

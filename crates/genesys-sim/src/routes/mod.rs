@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -26,7 +27,10 @@ const STREAM_TOKEN_FAULTS: u64 = 11;
 const STREAM_HEADERS: u64 = 12;
 
 /// A body beyond this is not even drained: the connection is closed after the 413.
-const DRAIN_CAP: usize = 8 * 1024 * 1024;
+pub(crate) const DRAIN_CAP: usize = 8 * 1024 * 1024;
+
+/// The longest `Idempotency-Key` accepted, in bytes.
+pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 const NS_PLATFORM: &str = "platform.api";
 
@@ -349,11 +353,21 @@ enum Kind {
     Client,
 }
 
+/// `n` requests per `window` as the rate per minute a `*.rate.per.minute` limit names (rounded
+/// down): the value the limits endpoint and a 429's `limit` give for the same quota.
+pub(crate) fn per_minute(n: u32, window: Duration) -> u64 {
+    let per_minute = u128::from(n) * 60_000 / window.as_millis().max(1);
+    u64::try_from(per_minute).unwrap_or(u64::MAX)
+}
+
 /// A 429 for a spent quota, as Genesys words it.
-fn rate_limited(sh: &Shared, q: Quota, window: u64, kind: Kind, cid: &str, n: u64) -> Resp {
+fn rate_limited(sh: &Shared, q: Quota, window: Duration, kind: Kind, cid: &str, n: u64) -> Resp {
     sh.stats.rate_limited.fetch_add(1, Relaxed);
+    // The message counts whole seconds (a window under a second reads as 1).
+    let window_secs = window.as_secs().max(1);
+    let rate = per_minute(q.allowed, window);
     let msg = format!(
-        "Rate limit exceeded the maximum [{}] requests within [{window}] seconds",
+        "Rate limit exceeded the maximum [{}] requests within [{window_secs}] seconds",
         q.allowed
     );
     let mut resp = ApiError::new(429, "too.many.requests", msg)
@@ -361,7 +375,7 @@ fn rate_limited(sh: &Shared, q: Quota, window: u64, kind: Kind, cid: &str, n: u6
             "Rate limit exceeded the maximum [{limit}] requests within [{window}] seconds",
             &[
                 ("limit", &q.allowed.to_string()),
-                ("window", &window.to_string()),
+                ("window", &window_secs.to_string()),
             ],
         )
         .limit(
@@ -370,7 +384,7 @@ fn rate_limited(sh: &Shared, q: Quota, window: u64, kind: Kind, cid: &str, n: u6
                 Kind::Client => "client.credentials.client.rate.per.minute",
             },
             NS_PLATFORM,
-            u64::from(q.allowed),
+            rate,
         )
         .header("retry-after", sh.cfg.retry_after_format.value(q.reset_secs))
         .into_response(cid);
@@ -410,6 +424,20 @@ async fn api(
         sh.stats.fault("latency");
         tokio::time::sleep(delay).await;
     }
+    // A key is a client's choice of at most a few dozen characters; a longer one is refused
+    // rather than copied into every ledger entry of the request.
+    if req
+        .headers()
+        .get("idempotency-key")
+        .is_some_and(|key| key.len() > MAX_IDEMPOTENCY_KEY)
+    {
+        return ApiError::new(
+            400,
+            "bad.request",
+            format!("The Idempotency-Key header is longer than [{MAX_IDEMPOTENCY_KEY}] characters"),
+        )
+        .into_response(cid);
+    }
     let (parts, body) = req.into_parts();
     let body = if def.has_body {
         match read_body(&parts.headers, body, sh.cfg.max_body_bytes).await {
@@ -441,7 +469,10 @@ async fn api(
                 .into_response(cid);
         }
         TokenCheck::Limited(q) => {
-            let window = sh.cfg.rate_limit.map_or(60, |(_, w)| w.as_secs());
+            let window = sh
+                .cfg
+                .rate_limit
+                .map_or(Duration::from_secs(60), |(_, w)| w);
             return rate_limited(sh, q, window, Kind::Token, cid, n);
         }
     };
@@ -450,7 +481,7 @@ async fn api(
         None => quota,
         Some(limit) => match sh.client_quotas.take(&client, limit) {
             Ok(q) => Some(q),
-            Err(q) => return rate_limited(sh, q, limit.1.as_secs(), Kind::Client, cid, n),
+            Err(q) => return rate_limited(sh, q, limit.1, Kind::Client, cid, n),
         },
     };
 
