@@ -47,6 +47,9 @@ pub(crate) struct JobKind<'a> {
     pub(crate) schema: Option<&'a str>,
     /// What `--shard` splits the input by when not by line: `user id` for `users patch`.
     pub(crate) shard_by: Option<&'a str>,
+    /// The endpoint's path, for a job that names one (`ingest --path`): with the API, what
+    /// the job writes to.
+    pub(crate) endpoint: Option<&'a str>,
 }
 
 /// Opens `input` for `parser`, the fleet job's record, the output files and the journal, or
@@ -127,10 +130,19 @@ pub(crate) async fn prepare<P: Parse>(
         .map(ReportFile::create)
         .transpose()?;
     let journal = if kind.journaled && !common.no_journal && fleet.is_none() {
+        let target = [
+            crate::deliver::api_target(common)?,
+            kind.endpoint.map(str::to_owned),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
         let spec = JobSpec::new(kind.command, input, kind.action_id, kind.chunk_size)?
             .with_schema(kind.schema.map(str::to_owned))
             .with_shard_by(kind.shard_by)
-            .with_shard(common.shard);
+            .with_shard(common.shard)
+            .with_target(Some(target).filter(|t| !t.is_empty()));
         let (path, mode) = match &common.journal {
             Some(path) if common.fresh => (path.clone(), OpenMode::Fresh),
             Some(path) => (path.clone(), OpenMode::Resume),

@@ -391,8 +391,10 @@ fn positive(s: &str) -> Result<f64, String> {
 /// `gcx demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// How many users to create and update.
-    #[arg(long, default_value_t = 2000, value_name = "N")]
+    /// How many users to create and update (1 to 1,000,000: the simulator holds them all in
+    /// memory).
+    #[arg(long, default_value_t = 2000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) users: u32,
 
     /// Faults the simulator injects, e.g. `5xx=0.05,reset-before=0.01,reset-after=0.01`.

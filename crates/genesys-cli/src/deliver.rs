@@ -290,6 +290,17 @@ type Sourced = Option<(String, String)>;
 
 /// The API to talk to: the region, or the base URL, each with where it came from. `--region`
 /// or `--base-url`, else `GENESYSCLOUD_REGION`, else the profile's.
+/// The API a job writes to, as the flags, the environment or the profile name it (`region
+/// us-east-1`, or the base URL); `None` when nothing names one.
+pub(crate) fn api_target(common: &Common) -> Result<Option<String>, CliError> {
+    let settings = settings::load(common)?;
+    Ok(match api(common, settings.profile.as_ref()) {
+        (Some((region, _)), _) => Some(format!("region {region}")),
+        (None, Some((url, _))) => Some(url.trim_end_matches('/').to_owned()),
+        (None, None) => None,
+    })
+}
+
 fn api(common: &Common, profile: Option<&Profile>) -> (Sourced, Sourced) {
     match (&common.region, &common.base_url) {
         (Some(region), _) => return (Some((region.clone(), "--region".into())), None),

@@ -56,9 +56,6 @@ pub(crate) async fn run(
              `gcx users patch` for a real org)",
         ));
     }
-    if args.users == 0 {
-        return Err(CliError::usage("--users must be at least 1"));
-    }
     let faults: Faults = args
         .faults
         .parse()

@@ -566,7 +566,7 @@ pub(crate) async fn run<D: Deliver>(
         engine.tally.requests += 1;
     };
 
-    // Forms a unit: not started (stopping), skipped (delivered earlier), listed as unknown,
+    // Forms a unit: skipped (delivered earlier), listed as unknown, not started (stopping),
     // sent, or set to wait for a unit about the same entity still in flight.
     let dispatch = |engine: &mut Engine<'_>,
                     units: &mut Units<D::Item>,
@@ -576,13 +576,7 @@ pub(crate) async fn run<D: Deliver>(
         let Some(line) = metas.first().map(|m| m.line) else {
             return;
         };
-        if stopping {
-            for meta in &metas {
-                engine.not_started(meta);
-            }
-            return;
-        }
-        if engine.fenced() {
+        if !stopping && engine.fenced() {
             // A fleet shard whose lease no longer surely holds: another worker has it.
             engine.tally.other_shards += metas.len() as u64;
             return;
@@ -593,6 +587,16 @@ pub(crate) async fn run<D: Deliver>(
             && D::REPLAY == Replay::Safe
         {
             decision = reorder(decision, e, &j.journal.past, line, &mut units.order);
+        }
+        // Stopping, what would be sent is listed as not started (in the input's order, a line
+        // delivered earlier after one that goes again included). What an earlier run delivered,
+        // or left with an unknown outcome, is still said so: listed as not started, it would be
+        // sent again by a re-run of the failed records, a new job with keys of its own.
+        if stopping && let Decision::Send { .. } = decision {
+            for meta in &metas {
+                engine.not_started(meta);
+            }
+            return;
         }
         match decision {
             Decision::Skip => {

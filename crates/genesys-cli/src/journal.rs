@@ -79,6 +79,10 @@ pub(crate) struct Header {
     /// The worker's share of the input (`--shard I/N`), when sharded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) shard: Option<String>,
+    /// The API the job writes to (its region or base URL, and the endpoint's path when the
+    /// job names one): a journal of gcx before it kept it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) target: Option<String>,
     /// The job's id: idempotency keys are derived from it and the unit's line.
     pub(crate) job: String,
 }
@@ -103,12 +107,22 @@ pub(crate) struct JobSpec {
     pub(crate) job: Option<String>,
     /// A fleet job's run label (`--fleet-run`): part of its identity.
     pub(crate) run: Option<String>,
+    /// The API the job writes to: a journal of the same job against another API is refused
+    /// (what it says was delivered was delivered there).
+    pub(crate) target: Option<String>,
 }
 
 impl JobSpec {
     /// The same job, one worker's share of it (`--shard I/N`).
     pub(crate) fn with_shard(mut self, shard: Option<Shard>) -> Self {
         self.shard = shard;
+        self
+    }
+
+    /// The same job, writing to `target` (the API, and the endpoint's path when the job names
+    /// one).
+    pub(crate) fn with_target(mut self, target: Option<String>) -> Self {
+        self.target = target;
         self
     }
 
@@ -203,6 +217,7 @@ impl JobSpec {
             shard_by: None,
             job: None,
             run: None,
+            target: None,
         })
     }
 
@@ -229,6 +244,7 @@ impl JobSpec {
             chunk_size: self.chunk_size,
             schema: self.schema.clone(),
             shard: self.shard_text(),
+            target: self.target.clone(),
             job: self
                 .job
                 .clone()
@@ -282,6 +298,15 @@ impl JobSpec {
                 "--shard (journal: {}, now: {})",
                 header.shard.as_deref().unwrap_or("none"),
                 shard.as_deref().unwrap_or("none")
+            ));
+        }
+        // A journal of gcx before it kept the target says nothing about it.
+        if let (Some(then), Some(now)) = (&header.target, &self.target)
+            && then != now
+        {
+            out.push(format!(
+                "the API it writes to (journal: {then}, now: {now}; what the journal says was \
+                 delivered was delivered there)"
             ));
         }
         if let Some(job) = self.job.as_deref().filter(|j| *j != header.job) {
@@ -573,12 +598,12 @@ impl Journal {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(cannot(path, &e)),
         }
-        // A fleet job's default journal of an earlier job (finished, or given up) starts over;
-        // one that did not finish is refused by `read`, which names what differs.
+        // A default journal whose job finished is replaced by the next run, whatever it was
+        // (the same command on an input whose content changed since, a fleet job of an earlier
+        // run); one that did not finish is refused by `read`, which names what differs.
         let stale = exists
             && mode == OpenMode::ResumeUnfinished
-            && spec.job.is_some()
-            && peek(path).is_some_and(|(job, complete)| complete && Some(job) != spec.job);
+            && peek(path).is_some_and(|(_, complete)| complete);
         if exists && mode != OpenMode::Fresh && !stale {
             let (header, mut past, good_len) = read(path, spec)?;
             past.existed = true;

@@ -157,6 +157,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 journaled: true,
                 schema: None,
                 shard_by: <deliver::Users as job::Deliver>::ENTITY,
+                endpoint: None,
             };
             let mut prepared = app::prepare(common, &args.input, format, UserRecords, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
@@ -202,13 +203,14 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 journaled: true,
                 schema: Some(&schema),
                 shard_by: None,
+                endpoint: Some(&path),
             };
             let mut prepared = app::prepare(common, &args.input, format, records, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;
             let watcher = policies.map(|p| policy::watch::Watcher::start(common, p));
             let deliver = deliver::Ingest {
                 client: client.clone(),
-                path: path.into(),
+                path: path.as_str().into(),
             };
             let mut ran = app::execute(
                 common,
@@ -253,6 +255,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 journaled: format == Format::Jsonl,
                 schema: None,
                 shard_by: None,
+                endpoint: None,
             };
             let mut prepared = app::prepare(common, input, format, ActionInputs, kind).await?;
             let (client, pace) = app::connect(builder, common, &mut prepared).await?;

@@ -677,9 +677,10 @@ impl ReportFile {
             written = written
                 .and_then(|()| self.file.sync_all())
                 .and_then(|()| std::fs::rename(temp, &self.path));
-            if written.is_err() {
-                let _ = std::fs::remove_file(temp);
-            }
+        }
+        if written.is_ok() {
+            // In place: nothing left for `drop` to remove.
+            self.temp = None;
         }
         written.map_err(|e| {
             CliError::runtime(format!(
@@ -687,5 +688,15 @@ impl ReportFile {
                 self.path.display()
             ))
         })
+    }
+}
+
+impl Drop for ReportFile {
+    /// A report never written (the job refused before it ran, or the write failed) leaves no
+    /// temporary file behind.
+    fn drop(&mut self) {
+        if let Some(temp) = &self.temp {
+            let _ = std::fs::remove_file(temp);
+        }
     }
 }

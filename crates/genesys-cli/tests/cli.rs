@@ -1267,3 +1267,40 @@ async fn a_profile_connects_a_job_and_config_show_names_every_layer() {
     assert!(stderr.contains("SIM_SECRET is not set"), "{stderr}");
     assert_eq!(sim.stats().total_responses, responses);
 }
+
+/// A job refused before it runs (here, a journal of another job) leaves no temporary report
+/// file behind, and a demo of more users than the simulator can hold is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_job_leaves_no_temporary_report_and_a_huge_demo_is_refused() {
+    let sim = Simulator::spawn(config(2)).await.unwrap();
+    let d = dir("refused_report");
+    let (input, schema) = ingest_input(&d, "records.jsonl", 0..5);
+    let journal = d.join("job.journal");
+    let out = ingest_journaled(&sim, &input, &schema, &journal)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let (users, _) = user_lines(&sim, 2);
+    let users = write(&d.join("users.jsonl"), users.as_bytes());
+    let out = users_patch(&sim, &users)
+        .arg("--journal")
+        .arg(&journal)
+        .arg("--report")
+        .arg(d.join("r.json"))
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let left: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".r.json"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gcx"))
+        .args(["demo", "--users", "5000000"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--users"));
+}

@@ -621,3 +621,58 @@ async fn the_same_command_resumes_from_the_default_journal() {
         assert_eq!(patches(&sim, id), 2, "user {id}: a new job");
     }
 }
+
+/// A journal is the record of what one API received: the same job run against another API
+/// with that journal is refused, rather than skip what the first API got as delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_is_not_resumed_against_another_api() {
+    let staging = Simulator::spawn(config(1)).await.unwrap();
+    let production = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("journal_other_api");
+    let (input, schema) = ingest_input(&d, "records.jsonl", 0..20);
+    let journal = d.join("ingest.journal");
+    let run = |sim: &SimHandle| {
+        ingest_journaled(sim, &input, &schema, &journal)
+            .args(["--chunk-size", "5"])
+            .output()
+            .unwrap()
+    };
+    assert_exit(&run(&staging), 0);
+    assert_eq!(staging.ledger_len(), 20);
+    let out = run(&production);
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the API it writes to"), "{stderr}");
+    assert!(stderr.contains(&staging.base_url()), "{stderr}");
+    assert_eq!(production.ledger_len(), 0);
+    // Its own journal delivers everything there.
+    let out = ingest_journaled(&production, &input, &schema, &journal)
+        .args(["--chunk-size", "5", "--fresh"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(production.ledger_len(), 20);
+}
+
+/// A finished job's default journal is replaced by the next run of the same command, also when
+/// the input file now holds another batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_default_journal_gives_way_to_the_next_batch_in_the_same_file() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("next_batch_same_file");
+    let (input, schema) = ingest_input(&d, "records.jsonl", 0..10);
+    let run = || {
+        gcx(&sim)
+            .args(["ingest", "--chunk-size", "5", "--input"])
+            .arg(&input)
+            .arg("--schema")
+            .arg(&schema)
+            .output()
+            .unwrap()
+    };
+    assert_exit(&run(), 0);
+    // The next batch, written over the first.
+    ingest_input(&d, "records.jsonl", 10..25);
+    assert_exit(&run(), 0);
+    assert_eq!(sim.ledger_len(), 25);
+}

@@ -1032,3 +1032,75 @@ async fn a_takeover_after_a_resume_cut_short_sends_the_later_lines_again() {
     );
     assert_eq!((tally.delivered, tally.delivered_earlier), (3, 2));
 }
+
+/// Fails line 1 (nothing applied), leaves line 5's outcome unknown, delivers the others.
+struct FailsOneLosesFive;
+
+impl Deliver for FailsOneLosesFive {
+    type Item = u64;
+    const REPLAY: Replay = Replay::Never;
+    async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
+        match items[0] {
+            1 => Err(Undelivered::Failed("refused".into())),
+            5 => Err(Undelivered::Unknown("connection reset".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Takes 2 s over each unit.
+struct Slow;
+
+impl Deliver for Slow {
+    type Item = u64;
+    const REPLAY: Replay = Replay::Never;
+    async fn deliver(&self, _unit: UnitCtx, _items: Vec<u64>) -> Result<(), Undelivered> {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(())
+    }
+}
+
+/// A resume interrupted while it sends the line an earlier run failed: the lines that run
+/// delivered are counted delivered earlier and the unknown one listed unknown, as without the
+/// interrupt. None is listed as not started: a re-run of the failed records (a new job) would
+/// execute them again.
+///
+/// On the real clock: the journal syncs a data action's start on a blocking thread, during
+/// which a paused clock would jump to the end of the grace.
+#[tokio::test]
+async fn an_interrupted_resume_lists_as_not_started_only_what_was_never_delivered() {
+    use crate::journal::OpenMode;
+    let input = temp("resume-interrupted.jsonl");
+    std::fs::write(&input, "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n").unwrap();
+    let spec = crate::journal::JobSpec::new("actions execute", &input, Some("a"), 1).unwrap();
+    let path = temp("resume-interrupted.journal");
+    let records = || (1..=10u64).map(|n| (n, None, n));
+    let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
+    let d = Arc::new(FailsOneLosesFive);
+    let tally = run_records(d, records(), (1, 1), None, None, Some(&journal)).await;
+    assert_eq!((tally.delivered, tally.unknown, tally.failed), (8, 1, 1));
+    journal.close("incomplete").await.unwrap();
+
+    // Line 1 goes again, and takes 2 s: the interrupt comes while it is in flight (on a
+    // machine too slow to send it within 200 ms, before it is sent: then it is not started).
+    let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
+    let interrupt = Some(Duration::from_millis(200));
+    let tally = run_records(
+        Arc::new(Slow),
+        records(),
+        (1, 1),
+        None,
+        interrupt,
+        Some(&journal),
+    )
+    .await;
+    assert!(tally.interrupted);
+    assert_eq!(tally.delivered_earlier, 8);
+    assert_eq!(tally.unknown, 1, "{:?}", tally.unknowns);
+    assert_eq!(tally.unknowns[0].line, 5);
+    assert_eq!(
+        tally.delivered - tally.delivered_earlier + tally.not_started,
+        1
+    );
+    journal.close("incomplete").await.unwrap();
+}

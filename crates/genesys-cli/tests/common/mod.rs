@@ -174,6 +174,18 @@ pub fn ingest(sim: &SimHandle, input: &Path, schema: &Path, report: &Path, q: &P
     cmd
 }
 
+/// `gcx ingest` of `input` against `schema`, with `journal` as its journal.
+pub fn ingest_journaled(sim: &SimHandle, input: &Path, schema: &Path, journal: &Path) -> Command {
+    let mut cmd = gcx(sim);
+    cmd.args(["ingest", "--input"])
+        .arg(input)
+        .arg("--schema")
+        .arg(schema)
+        .arg("--journal")
+        .arg(journal);
+    cmd
+}
+
 /// `gcx users patch --input INPUT` against `sim`.
 pub fn users_patch(sim: &SimHandle, input: &Path) -> Command {
     let mut cmd = gcx(sim);
