@@ -382,7 +382,7 @@ struct Units<I> {
     /// Units in `waiting`: they count against the concurrency, as units in flight do.
     queued: usize,
     /// On a resume, what the lines read so far say of each entity's order: see [`reorder`].
-    order: HashMap<String, Order>,
+    order: HashMap<u64, Order>,
 }
 
 impl<I> Default for Units<I> {
@@ -423,24 +423,28 @@ fn reorder(
     entity: &str,
     past: &crate::journal::Past,
     line: u64,
-    order: &mut HashMap<String, Order>,
+    order: &mut HashMap<u64, Order>,
 ) -> Decision {
     use crate::journal::MAX_GENERATION;
+    // Kept by a hash of the entity, not its name: a few bytes per user a resume must order.
+    // Two users whose names share a hash are ordered as one, which only sends a line again
+    // that could have been skipped (these units are safe to send again).
+    let entity = crate::journal::fnv1a(entity.as_bytes());
     match decision {
         Decision::Skip => {
             let generation = past.generation(line);
-            let before = order.get(entity).copied().unwrap_or_default();
+            let before = order.get(&entity).copied().unwrap_or_default();
             // At the top of the count, two runs cannot be told apart: sent again.
             let again = before.this_run
                 || before.latest > generation
                 || (before.latest >= MAX_GENERATION && generation >= MAX_GENERATION);
             if again {
-                order.entry(entity.to_owned()).or_default().this_run = true;
+                order.entry(entity).or_default().this_run = true;
                 return Decision::Send { resumed: true };
             }
             // The job's first run sent every entity's lines in order: nothing to keep.
             if generation > 1 {
-                let o = order.entry(entity.to_owned()).or_default();
+                let o = order.entry(entity).or_default();
                 o.latest = o.latest.max(generation);
             }
             Decision::Skip
@@ -450,7 +454,7 @@ fn reorder(
                 past.state(line),
                 UnitState::Started | UnitState::Failed | UnitState::Unknown
             ) {
-                order.entry(entity.to_owned()).or_default().this_run = true;
+                order.entry(entity).or_default().this_run = true;
             }
             decision
         }
