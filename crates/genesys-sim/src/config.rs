@@ -364,6 +364,13 @@ pub struct SimConfig {
     /// [`ratelimit_headers`](Self::ratelimit_headers) is on (default 1: all). Which answers do is
     /// a seeded draw per API request.
     pub ratelimit_headers_share: f64,
+    /// The share of answers (0 to 1, default 0.5) that say a thing in the real API's other
+    /// words for it: a 429 coded `too.many.requests.retry.after` rather than
+    /// `too.many.requests`, a 401 coded `authentication.required` where `bad.credentials` is
+    /// the rule (and the reverse), a stale version answered 400 `bad.request` rather than 409
+    /// `general.conflict` (with the same message). A client that tells them apart by code
+    /// meets both. Which answers do is a seeded draw per API request.
+    pub code_variants: f64,
     /// How `Retry-After` is written on 429s and 503s (default whole seconds, as Genesys does).
     pub retry_after_format: RetryAfterFormat,
     /// The data actions (default: [`ECHO_ACTION_ID`]).
@@ -399,6 +406,7 @@ impl Default for SimConfig {
             seed: 0,
             ratelimit_headers: true,
             ratelimit_headers_share: 1.0,
+            code_variants: 0.5,
             retry_after_format: RetryAfterFormat::Seconds,
             actions: Actions::default(),
             ingestion_schema: default_ingestion_schema(),
@@ -487,6 +495,13 @@ impl SimConfig {
     /// The share of answers that carry the `inin-ratelimit-*` headers (0 to 1).
     pub fn ratelimit_headers_share(mut self, share: f64) -> Self {
         self.ratelimit_headers_share = share;
+        self
+    }
+
+    /// The share of answers in the real API's other words (0 to 1): see
+    /// [`code_variants`](Self::code_variants).
+    pub fn code_variants(mut self, share: f64) -> Self {
+        self.code_variants = share;
         self
     }
 

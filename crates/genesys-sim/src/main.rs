@@ -60,6 +60,12 @@ struct Args {
     #[arg(long, value_name = "SHARE", default_value = "1", value_parser = genesys_sim::parse_share)]
     ratelimit_headers_share: f64,
 
+    /// The share of answers (0 to 1) in the real API's other words: a 429 coded
+    /// too.many.requests.retry.after, the other 401 code, a stale version as a 400 (a seeded
+    /// draw).
+    #[arg(long, value_name = "SHARE", default_value = "0.5", value_parser = genesys_sim::parse_share)]
+    code_variants: f64,
+
     /// How Retry-After is written on 429s and 503s: seconds, http-date or malformed.
     #[arg(long, value_name = "FORMAT", default_value = "seconds", value_parser = genesys_sim::RetryAfterFormat::parse)]
     retry_after_format: genesys_sim::RetryAfterFormat,
@@ -107,6 +113,7 @@ fn main() -> ExitCode {
         .seed(args.seed)
         .ratelimit_headers(!args.no_ratelimit_headers)
         .ratelimit_headers_share(args.ratelimit_headers_share)
+        .code_variants(args.code_variants)
         .retry_after_format(args.retry_after_format)
         .ingestion_path(args.ingestion_path);
     if !args.clients.is_empty() {

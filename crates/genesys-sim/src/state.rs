@@ -511,6 +511,12 @@ impl Shared {
                 cfg.ratelimit_headers_share
             )));
         }
+        if !(0.0..=1.0).contains(&cfg.code_variants) {
+            return Err(SimError::Config(format!(
+                "the share of answers in other words must be between 0 and 1, got {}",
+                cfg.code_variants
+            )));
+        }
         if cfg.clients.is_empty() {
             return Err(SimError::Config(
                 "at least one OAuth client is needed".into(),

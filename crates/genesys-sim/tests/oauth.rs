@@ -131,7 +131,7 @@ async fn token_errors_use_the_oauth_shape() {
 
 #[tokio::test]
 async fn missing_and_invalid_tokens_get_401_error_bodies() {
-    let sim = Simulator::spawn(SimConfig::default().users(1))
+    let sim = Simulator::spawn(SimConfig::default().code_variants(0.0).users(1))
         .await
         .unwrap();
     let base = sim.base_url();
@@ -149,6 +149,7 @@ async fn missing_and_invalid_tokens_get_401_error_bodies() {
 async fn expired_tokens_get_401() {
     let sim = Simulator::spawn(
         SimConfig::default()
+            .code_variants(0.0)
             .users(1)
             .token_ttl(Duration::from_secs(300)),
     )
@@ -173,7 +174,7 @@ async fn expired_tokens_get_401() {
 
 #[tokio::test]
 async fn revoked_tokens_get_401_and_a_new_token_works() {
-    let sim = Simulator::spawn(SimConfig::default().users(1))
+    let sim = Simulator::spawn(SimConfig::default().code_variants(0.0).users(1))
         .await
         .unwrap();
     let base = sim.base_url();
@@ -221,4 +222,69 @@ async fn other_clients_can_be_configured() {
     assert_eq!(r.status, 200);
     // Secrets never show in Debug.
     assert!(!format!("{:?}", sim.config()).contains("s3cret"));
+}
+
+/// With every answer in the real API's other words: a missing token is `bad.credentials`, an
+/// invalid one `authentication.required`, a spent quota `too.many.requests.retry.after`, a
+/// stale version a 400 with the conflict's message. And a token request without its form
+/// `Content-Type` is refused, as the real endpoint documents.
+#[tokio::test]
+async fn the_real_apis_other_words_for_the_same_answers() {
+    let sim = Simulator::spawn(
+        SimConfig::default()
+            .users(1)
+            .code_variants(1.0)
+            .rate_limit(Some((3, Duration::from_secs(60)))),
+    )
+    .await
+    .unwrap();
+    let base = sim.base_url();
+    let r = send(&base, "GET", "/api/v2/users", &[], "").await.unwrap();
+    r.error_body(401, "bad.credentials");
+    let r = api(&base, "not-a-token", "GET", "/api/v2/users", "", &[])
+        .await
+        .unwrap();
+    r.error_body(401, "authentication.required");
+    let t = token(&base).await;
+    let id = sim.user_ids()[0].clone();
+    let stale = serde_json::json!({"version": 999, "name": "N"}).to_string();
+    let r = api(
+        &base,
+        &t,
+        "PATCH",
+        &format!("/api/v2/users/{id}"),
+        &stale,
+        &[],
+    )
+    .await
+    .unwrap();
+    let body = r.error_body(400, "bad.request");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not match the current version"),
+        "{body}"
+    );
+    for _ in 0..2 {
+        api(&base, &t, "GET", "/api/v2/users", "", &[])
+            .await
+            .unwrap();
+    }
+    let r = api(&base, &t, "GET", "/api/v2/users", "", &[])
+        .await
+        .unwrap();
+    r.error_body(429, "too.many.requests.retry.after");
+
+    let r = send(
+        &base,
+        "POST",
+        "/oauth/token",
+        &[("authorization", &basic("demo-client", "demo-secret"))],
+        "grant_type=client_credentials",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"], "invalid_request");
 }

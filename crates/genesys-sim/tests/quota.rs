@@ -12,6 +12,7 @@ use genesys_sim::{SimConfig, Simulator};
 async fn request_n_plus_one_gets_429_and_the_next_window_admits() {
     let sim = Simulator::spawn(
         SimConfig::default()
+            .code_variants(0.0)
             .users(1)
             .rate_limit(Some((5, Duration::from_secs(60)))),
     )
@@ -72,7 +73,7 @@ async fn request_n_plus_one_gets_429_and_the_next_window_admits() {
 
 #[tokio::test(start_paused = true)]
 async fn the_default_quota_is_300_per_minute() {
-    let sim = Simulator::spawn(SimConfig::default().users(1))
+    let sim = Simulator::spawn(SimConfig::default().code_variants(0.0).users(1))
         .await
         .unwrap();
     let base = sim.base_url();
@@ -245,6 +246,7 @@ async fn retry_after_can_be_an_http_date_or_malformed() {
 async fn a_client_quota_is_shared_by_all_of_the_clients_tokens() {
     let sim = Simulator::spawn(
         SimConfig::default()
+            .code_variants(0.0)
             .users(1)
             .rate_limit(Some((100, Duration::from_secs(60))))
             .client_rate_limit(Some((6, Duration::from_secs(60)))),

@@ -25,6 +25,7 @@ use crate::state::{Effect, Quota, Route, RouteNames, Shared, Stored, TokenCheck,
 const STREAM_FAULTS: u64 = 10;
 const STREAM_TOKEN_FAULTS: u64 = 11;
 const STREAM_HEADERS: u64 = 12;
+const STREAM_VARIANTS: u64 = 13;
 
 /// A body beyond this is not even drained: the connection is closed after the 413.
 pub(crate) const DRAIN_CAP: usize = 8 * 1024 * 1024;
@@ -360,9 +361,21 @@ pub(crate) fn per_minute(n: u32, window: Duration) -> u64 {
     u64::try_from(per_minute).unwrap_or(u64::MAX)
 }
 
-/// A 429 for a spent quota, as Genesys words it.
+/// Whether the `n`-th API request is answered in the real API's other words, when it has two
+/// for the answer (a seeded draw: see `SimConfig::code_variants`).
+fn variant(sh: &Shared, n: u64) -> bool {
+    let share = sh.cfg.code_variants;
+    share > 0.0 && rng_for(sh.cfg.seed, STREAM_VARIANTS, n).random::<f64>() < share
+}
+
+/// A 429 for a spent quota, as Genesys words it (its newer code on a share of them).
 fn rate_limited(sh: &Shared, q: Quota, window: Duration, kind: Kind, cid: &str, n: u64) -> Resp {
     sh.stats.rate_limited.fetch_add(1, Relaxed);
+    let code = if variant(sh, n) {
+        "too.many.requests.retry.after"
+    } else {
+        "too.many.requests"
+    };
     // The message counts whole seconds (a window under a second reads as 1).
     let window_secs = window.as_secs().max(1);
     let rate = per_minute(q.allowed, window);
@@ -370,7 +383,7 @@ fn rate_limited(sh: &Shared, q: Quota, window: Duration, kind: Kind, cid: &str, 
         "Rate limit exceeded the maximum [{}] requests within [{window_secs}] seconds",
         q.allowed
     );
-    let mut resp = ApiError::new(429, "too.many.requests", msg)
+    let mut resp = ApiError::new(429, code, msg)
         .params(
             "Rate limit exceeded the maximum [{limit}] requests within [{window}] seconds",
             &[
@@ -454,10 +467,19 @@ async fn api(
         Bytes::new()
     };
 
+    // The real API's other words for this answer (see `SimConfig::code_variants`).
+    let variant = variant(sh, n);
+    let unauthorized = |rule: bool| {
+        if rule {
+            "authentication.required"
+        } else {
+            "bad.credentials"
+        }
+    };
     let Some(token) = bearer(&parts.headers) else {
         return ApiError::new(
             401,
-            "authentication.required",
+            unauthorized(!variant),
             "No authentication bearer token specified in authorization header.",
         )
         .into_response(cid);
@@ -465,7 +487,7 @@ async fn api(
     let (client, quota) = match sh.tokens.check(token, sh.cfg.rate_limit) {
         TokenCheck::Ok(client, quota) => (client, quota),
         TokenCheck::Unknown | TokenCheck::Expired => {
-            return ApiError::new(401, "bad.credentials", "Invalid login credentials.")
+            return ApiError::new(401, unauthorized(variant), "Invalid login credentials.")
                 .into_response(cid);
         }
         TokenCheck::Limited(q) => {
@@ -554,6 +576,7 @@ async fn api(
                 headers: &parts.headers,
                 client: &client,
                 route,
+                variant,
             };
             let call = Call {
                 param,
@@ -593,6 +616,8 @@ pub(crate) struct Ctx<'a> {
     client: &'a Arc<str>,
     /// The route being served.
     route: Route,
+    /// The answer is in the real API's other words, where it has two.
+    variant: bool,
 }
 
 impl Ctx<'_> {

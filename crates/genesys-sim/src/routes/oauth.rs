@@ -41,13 +41,14 @@ pub(super) async fn oauth_token(sh: &Shared, req: Request<Incoming>) -> Resp {
             );
         }
     };
-    if let Some(ct) = parts.headers.get(CONTENT_TYPE)
-        && !ct
-            .to_str()
+    // Required, as the real endpoint documents it: a client that leaves it out is told so.
+    let form_type = parts.headers.get(CONTENT_TYPE).is_some_and(|ct| {
+        ct.to_str()
             .unwrap_or_default()
             .to_ascii_lowercase()
             .starts_with("application/x-www-form-urlencoded")
-    {
+    });
+    if !form_type {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",

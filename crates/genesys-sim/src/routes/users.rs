@@ -176,7 +176,13 @@ pub(super) fn patch_user(ctx: &Ctx<'_>, call: &Call<'_>) -> Handled {
     let cell = ctx.sh.users.get(id).ok_or_else(|| user_not_found(id))?;
     let mut user = lock(cell);
     if version != user.version {
-        return Err(ApiError::new(409, "general.conflict", USER_VERSION_MISMATCH).entity(id));
+        // The real API also answers it as a 400 with the same message.
+        let (status, code) = if ctx.variant {
+            (400, "bad.request")
+        } else {
+            (409, "general.conflict")
+        };
+        return Err(ApiError::new(status, code, USER_VERSION_MISMATCH).entity(id));
     }
     for (k, v) in &patch {
         let s = || v.as_str().unwrap_or_default().to_string();
