@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 512_000;
 /// The most users a simulator seeds (each costs about a kilobyte).
 pub const MAX_USERS: usize = 10_000_000;
 
+/// The most bytes of a request body the simulator reads (a larger one is not even drained: the
+/// connection is closed after the 413), and so the largest `max_body_bytes`.
+pub(crate) const DRAIN_CAP: usize = 8 * 1024 * 1024;
+
 /// The most integrations a simulator seeds.
 pub const MAX_INTEGRATIONS: usize = 100_000;
 

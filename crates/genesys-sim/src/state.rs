@@ -475,10 +475,10 @@ impl Shared {
                 MAX_DURATION.as_secs()
             )));
         }
-        if cfg.max_body_bytes > crate::routes::DRAIN_CAP {
+        if cfg.max_body_bytes > crate::config::DRAIN_CAP {
             return Err(SimError::Config(format!(
                 "the largest request body must be at most {} bytes, got {}",
-                crate::routes::DRAIN_CAP,
+                crate::config::DRAIN_CAP,
                 cfg.max_body_bytes
             )));
         }

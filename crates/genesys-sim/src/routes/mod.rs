@@ -27,9 +27,6 @@ const STREAM_TOKEN_FAULTS: u64 = 11;
 const STREAM_HEADERS: u64 = 12;
 const STREAM_VARIANTS: u64 = 13;
 
-/// A body beyond this is not even drained: the connection is closed after the 413.
-pub(crate) const DRAIN_CAP: usize = 8 * 1024 * 1024;
-
 /// The longest `Idempotency-Key` accepted, in bytes.
 pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -86,6 +83,7 @@ pub(crate) struct RouteDef {
 /// How many routes [`ROUTES`] holds.
 pub(crate) const ROUTE_COUNT: usize = 13;
 
+use crate::config::DRAIN_CAP;
 use crate::config::INGESTION_TEMPLATE as INGESTION;
 
 /// Every route of the simulator.
