@@ -474,7 +474,8 @@ pub(crate) struct ExecuteArgs {
     pub(crate) batch: Option<PathBuf>,
 
     /// Idempotency key for the call; with --batch each line gets `KEY-<hash of the line>`.
-    #[arg(long, value_name = "K")]
+    /// Visible ASCII, at most 200 characters (a server refuses a longer key).
+    #[arg(long, value_name = "K", value_parser = parse_idempotency_key)]
     pub(crate) idempotency_key: Option<String>,
 
     /// On a resumed --batch, execute again the lines whose earlier outcome is unknown (they
@@ -549,6 +550,19 @@ pub(crate) struct Rate {
 /// The longest `--actor`, in characters: an audit line stays far below the longest line the
 /// log is read back with.
 pub(crate) const ACTOR_MAX: usize = 200;
+
+/// The longest `--idempotency-key`, in characters: with the suffix `--batch` adds, a key stays
+/// within what servers take (255).
+const IDEMPOTENCY_KEY_MAX: usize = 200;
+
+fn parse_idempotency_key(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > IDEMPOTENCY_KEY_MAX || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "an idempotency key is 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"
+        ));
+    }
+    Ok(s.to_owned())
+}
 
 fn parse_actor(s: &str) -> Result<String, String> {
     if s.chars().count() > ACTOR_MAX {

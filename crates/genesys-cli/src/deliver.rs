@@ -288,19 +288,23 @@ pub(crate) async fn build_client(
 /// A value, and where it came from.
 type Sourced = Option<(String, String)>;
 
-/// The API to talk to: the region, or the base URL, each with where it came from. `--region`
-/// or `--base-url`, else `GENESYSCLOUD_REGION`, else the profile's.
-/// The API a job writes to, as the flags, the environment or the profile name it (`region
-/// us-east-1`, or the base URL); `None` when nothing names one.
+/// The API a job writes to, as the flags, the environment or the profile name it: the
+/// region's name however it was spelled (`region us-east-1` for `US-EAST-1` or
+/// `mypurecloud.com`), or the base URL without credentials; `None` when nothing names one.
 pub(crate) fn api_target(common: &Common) -> Result<Option<String>, CliError> {
     let settings = settings::load(common)?;
     Ok(match api(common, settings.profile.as_ref()) {
-        (Some((region, _)), _) => Some(format!("region {region}")),
-        (None, Some((url, _))) => Some(url.trim_end_matches('/').to_owned()),
+        (Some((region, _)), _) => Some(match region.parse::<Region>() {
+            Ok(region) => format!("region {}", region.name()),
+            Err(_) => format!("region {region}"),
+        }),
+        (None, Some((url, _))) => Some(redact_url(url.trim_end_matches('/'))),
         (None, None) => None,
     })
 }
 
+/// The API to talk to: the region, or the base URL, each with where it came from. `--region`
+/// or `--base-url`, else `GENESYSCLOUD_REGION`, else the profile's.
 fn api(common: &Common, profile: Option<&Profile>) -> (Sourced, Sourced) {
     match (&common.region, &common.base_url) {
         (Some(region), _) => return (Some((region.clone(), "--region".into())), None),
@@ -637,6 +641,33 @@ fn percent_segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A journal's API is named the same however the region is spelled, and a base URL
+    /// without its credentials.
+    #[test]
+    fn the_api_a_job_writes_to_is_named_one_way() {
+        use clap::Parser;
+        let target = |args: &[&str]| {
+            let argv = [&["gcx"], args, &["config", "show"]].concat();
+            api_target(&crate::cli::Cli::try_parse_from(argv).unwrap().common).unwrap()
+        };
+        for spelling in [
+            "us-east-1",
+            "US-EAST-1",
+            "mypurecloud.com",
+            "api.mypurecloud.com",
+        ] {
+            assert_eq!(
+                target(&["--region", spelling]).as_deref(),
+                Some("region us-east-1"),
+                "{spelling}"
+            );
+        }
+        assert_eq!(
+            target(&["--base-url", "https://user:s3cr3t@api.example.test/"]).as_deref(),
+            Some("https://…@api.example.test")
+        );
+    }
 
     #[test]
     fn segments_are_escaped() {

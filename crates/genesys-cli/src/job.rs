@@ -593,10 +593,18 @@ pub(crate) async fn run<D: Deliver>(
             decision = reorder(decision, e, &j.journal.past, line, &mut units.order);
         }
         // Stopping, what would be sent is listed as not started (in the input's order, a line
-        // delivered earlier after one that goes again included). What an earlier run delivered,
-        // or left with an unknown outcome, is still said so: listed as not started, it would be
-        // sent again by a re-run of the failed records, a new job with keys of its own.
+        // delivered earlier after one that goes again included), unless an earlier run may have
+        // applied it: that is listed as unknown, for the same command to resume. What an earlier
+        // run delivered is still said so. Listed as not started, either would be sent again by
+        // a re-run of the failed records, a new job with keys of its own.
         if stopping && let Decision::Send { .. } = decision {
+            let past = engine.journal.as_ref().map(|j| j.journal.past.state(line));
+            if let Some(state @ (UnitState::Started | UnitState::Unknown)) = past {
+                let reason = "outcome unknown in an earlier run, and this run stopped before \
+                              it was resolved: run the same command again to resume it";
+                engine.unknown(&metas, reason, state == UnitState::Started);
+                return;
+            }
             for meta in &metas {
                 engine.not_started(meta);
             }

@@ -797,6 +797,9 @@ impl fmt::Debug for GenesysClientBuilder {
 
 /// The default leaf: hyper-util's pooled client over rustls (webpki roots, ring), http and https,
 /// HTTP/1.1 and HTTP/2.
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 fn hyper_leaf() -> Result<HttpService, GenesysError> {
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -810,7 +813,10 @@ fn hyper_leaf() -> Result<HttpService, GenesysError> {
         .build();
     let client: Client<_, Body> = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        // Below the idle timeout of the servers and gateways in front of the API (often 30 to
+        // 60 s): a connection they close while it idles is never picked for a request in the
+        // instant the close is under way, which would fail it with its outcome unknown.
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .build(https);
     Ok(BoxCloneSyncService::new(
         client

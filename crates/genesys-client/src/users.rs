@@ -136,10 +136,16 @@ fn contains(actual: &Value, wanted: &Value) -> bool {
 /// org holds): past it the listing ends with an error rather than grow without end.
 pub const MAX_LISTED_USERS: u64 = 10_000_000;
 
+/// The largest page the users endpoint gives.
+const MAX_PAGE_SIZE: u64 = 500;
+
 /// Where a listing of users is: the page to ask for next, the users listed so far, and the
 /// first user of the last page (to tell a page repeated from the next one).
 struct Paging {
     number: u64,
+    /// The page size asked for: the caller's, or the one the server answered the first page
+    /// with (a server may cap it).
+    size: u64,
     listed: u64,
     first_of_last: Option<String>,
 }
@@ -147,7 +153,7 @@ struct Paging {
 impl Paging {
     /// After `page`, the answer to page `self.number`: where the listing goes next (`None`: it
     /// is over), or why the answer cannot be the page asked for.
-    fn after(self, page: &UsersPage, page_size: u64) -> Result<Option<Paging>, GenesysError> {
+    fn after(self, page: &UsersPage) -> Result<Option<Paging>, GenesysError> {
         let number = self.number;
         let refused = |what: String| GenesysError::Decode {
             status: http::StatusCode::OK,
@@ -167,13 +173,19 @@ impl Paging {
                 page.page_number
             )));
         }
-        // Pages of another size would skip users (or list some twice) from here on.
-        if page.page_size != 0 && page.page_size != page_size {
-            return Err(not_the_page(&format!(
-                "the answer's pages hold {} users, not the {page_size} asked for",
-                page.page_size
-            )));
-        }
+        // The first page's size is the listing's (a server may cap the size asked for); a later
+        // page of another size would skip users, or list some twice.
+        let page_size = match page.page_size {
+            0 => self.size,
+            size if size == self.size => size,
+            size if number == 1 && (1..=MAX_PAGE_SIZE).contains(&size) => size,
+            size => {
+                return Err(not_the_page(&format!(
+                    "the answer's pages hold {size} users, not the {} of the pages before",
+                    self.size
+                )));
+            }
+        };
         let first = page.entities.first().map(|user| user.id.clone());
         if first.is_some() && first == self.first_of_last {
             return Err(not_the_page(
@@ -197,6 +209,7 @@ impl Paging {
         }
         Ok(Some(Paging {
             number: number.saturating_add(1),
+            size: page_size,
             listed,
             first_of_last: first,
         }))
@@ -232,9 +245,10 @@ impl GenesysClient {
     /// Every page of `GET /api/v2/users`, fetched one after another as the stream is polled.
     ///
     /// Ends after the last page (by `pageCount`, by `total`, or at the first short or empty
-    /// page). An error ends the stream after it is yielded, and so does an answer that is not
-    /// the page asked for: one numbered otherwise, of another size, or one that repeats the
-    /// page before it (a cache or proxy that ignores the query would otherwise repeat a page
+    /// page). The pages are of the size the server answers the first one with (it may cap the
+    /// size asked for). An error ends the stream after it is yielded, and so does an answer that
+    /// is not the page asked for: one numbered otherwise, of another size than the first, or one
+    /// that repeats the page before it (a cache or proxy that ignores the query would otherwise repeat a page
     /// for ever, or list its users over and over), and a listing past [`MAX_LISTED_USERS`]
     /// users.
     pub fn list_user_pages(
@@ -242,9 +256,9 @@ impl GenesysClient {
         page_size: u64,
     ) -> impl Stream<Item = Result<UsersPage, GenesysError>> + Send + 'static {
         let client = self.clone();
-        let page_size = page_size.clamp(1, 500);
         let start = Paging {
             number: 1,
+            size: page_size.clamp(1, MAX_PAGE_SIZE),
             listed: 0,
             first_of_last: None,
         };
@@ -254,8 +268,8 @@ impl GenesysClient {
                 let Some(paging) = paging else {
                     return Ok(None);
                 };
-                let page = client.list_users_page(page_size, paging.number).await?;
-                let next = paging.after(&page, page_size)?;
+                let page = client.list_users_page(paging.size, paging.number).await?;
+                let next = paging.after(&page)?;
                 Ok(Some((page, next)))
             }
         })
@@ -413,6 +427,38 @@ mod tests {
         assert!(u.holds(&fields(json!({"title":"Lead","name":"Ada"}))));
         assert!(!u.holds(&fields(json!({"title":"Boss"}))));
         assert!(!u.holds(&fields(json!({"department":"x"}))));
+    }
+
+    /// A server that caps the page size: the listing goes on at its size; a later page of
+    /// another size, or numbered otherwise, ends it.
+    #[test]
+    fn the_first_pages_size_is_the_listings() {
+        let page = |number: u64, size: u64, ids: &[&str]| UsersPage {
+            entities: ids
+                .iter()
+                .map(|id| serde_json::from_value(json!({"id": id})).unwrap())
+                .collect(),
+            page_size: size,
+            page_number: number,
+            total: Some(4),
+            page_count: Some(2),
+        };
+        let start = Paging {
+            number: 1,
+            size: 100,
+            listed: 0,
+            first_of_last: None,
+        };
+        let next = start.after(&page(1, 2, &["a", "b"])).unwrap().unwrap();
+        assert_eq!((next.number, next.size), (2, 2));
+        assert!(next.after(&page(2, 2, &["c", "d"])).unwrap().is_none());
+        let next = Paging {
+            number: 2,
+            size: 2,
+            listed: 2,
+            first_of_last: Some("a".into()),
+        };
+        assert!(next.after(&page(2, 3, &["c", "d", "e"])).is_err());
     }
 
     #[test]

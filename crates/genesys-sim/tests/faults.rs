@@ -263,7 +263,7 @@ async fn latency_delays_on_the_tokio_clock() {
 
 #[tokio::test(start_paused = true)]
 async fn revoke_every_revokes_all_tokens_periodically() {
-    let sim = Simulator::spawn(config("revoke-every=30s", 1))
+    let sim = Simulator::spawn(config("revoke-every=30s", 1).code_variants(0.0))
         .await
         .unwrap();
     let base = sim.base_url();

@@ -62,7 +62,7 @@ async fn seeded_users_are_stable_and_listed_in_pages() {
 
 #[tokio::test]
 async fn patch_follows_the_version_rules() {
-    let sim = Simulator::spawn(SimConfig::default().users(3))
+    let sim = Simulator::spawn(SimConfig::default().users(3).code_variants(0.0))
         .await
         .unwrap();
     let base = sim.base_url();

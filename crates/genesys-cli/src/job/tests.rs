@@ -1033,12 +1033,13 @@ async fn a_takeover_after_a_resume_cut_short_sends_the_later_lines_again() {
     assert_eq!((tally.delivered, tally.delivered_earlier), (3, 2));
 }
 
-/// Fails line 1 (nothing applied), leaves line 5's outcome unknown, delivers the others.
-struct FailsOneLosesFive;
+/// Fails line 1 (nothing applied), leaves line 5's outcome unknown, delivers the others; safe
+/// to send again (as `ingest` and `users patch` are) or not (as a data action is).
+struct FailsOneLosesFive<const SAFE: bool>;
 
-impl Deliver for FailsOneLosesFive {
+impl<const SAFE: bool> Deliver for FailsOneLosesFive<SAFE> {
     type Item = u64;
-    const REPLAY: Replay = Replay::Never;
+    const REPLAY: Replay = if SAFE { Replay::Safe } else { Replay::Never };
     async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
         match items[0] {
             1 => Err(Undelivered::Failed("refused".into())),
@@ -1049,11 +1050,11 @@ impl Deliver for FailsOneLosesFive {
 }
 
 /// Takes 2 s over each unit.
-struct Slow;
+struct Slow<const SAFE: bool>;
 
-impl Deliver for Slow {
+impl<const SAFE: bool> Deliver for Slow<SAFE> {
     type Item = u64;
-    const REPLAY: Replay = Replay::Never;
+    const REPLAY: Replay = if SAFE { Replay::Safe } else { Replay::Never };
     async fn deliver(&self, _unit: UnitCtx, _items: Vec<u64>) -> Result<(), Undelivered> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         Ok(())
@@ -1061,22 +1062,29 @@ impl Deliver for Slow {
 }
 
 /// A resume interrupted while it sends the line an earlier run failed: the lines that run
-/// delivered are counted delivered earlier and the unknown one listed unknown, as without the
-/// interrupt. None is listed as not started: a re-run of the failed records (a new job) would
-/// execute them again.
+/// delivered are counted delivered earlier and the one it left unknown listed unknown (a unit
+/// safe to send again included: the stop came before it was resolved). None is listed as not
+/// started: a re-run of the failed records (a new job, with keys of its own) would apply them
+/// again.
 ///
 /// On the real clock: the journal syncs a data action's start on a blocking thread, during
 /// which a paused clock would jump to the end of the grace.
 #[tokio::test]
 async fn an_interrupted_resume_lists_as_not_started_only_what_was_never_delivered() {
+    resume_interrupted::<false>("resume-interrupted-never").await;
+    resume_interrupted::<true>("resume-interrupted-safe").await;
+}
+
+async fn resume_interrupted<const SAFE: bool>(name: &str) {
     use crate::journal::OpenMode;
-    let input = temp("resume-interrupted.jsonl");
+    let input = temp(&format!("{name}.jsonl"));
     std::fs::write(&input, "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n").unwrap();
-    let spec = crate::journal::JobSpec::new("actions execute", &input, Some("a"), 1).unwrap();
-    let path = temp("resume-interrupted.journal");
+    let command = if SAFE { "ingest" } else { "actions execute" };
+    let spec = crate::journal::JobSpec::new(command, &input, Some("a"), 1).unwrap();
+    let path = temp(&format!("{name}.journal"));
     let records = || (1..=10u64).map(|n| (n, None, n));
     let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
-    let d = Arc::new(FailsOneLosesFive);
+    let d = Arc::new(FailsOneLosesFive::<SAFE>);
     let tally = run_records(d, records(), (1, 1), None, None, Some(&journal)).await;
     assert_eq!((tally.delivered, tally.unknown, tally.failed), (8, 1, 1));
     journal.close("incomplete").await.unwrap();
@@ -1085,18 +1093,11 @@ async fn an_interrupted_resume_lists_as_not_started_only_what_was_never_delivere
     // machine too slow to send it within 200 ms, before it is sent: then it is not started).
     let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
     let interrupt = Some(Duration::from_millis(200));
-    let tally = run_records(
-        Arc::new(Slow),
-        records(),
-        (1, 1),
-        None,
-        interrupt,
-        Some(&journal),
-    )
-    .await;
+    let d = Arc::new(Slow::<SAFE>);
+    let tally = run_records(d, records(), (1, 1), None, interrupt, Some(&journal)).await;
     assert!(tally.interrupted);
-    assert_eq!(tally.delivered_earlier, 8);
-    assert_eq!(tally.unknown, 1, "{:?}", tally.unknowns);
+    assert_eq!(tally.delivered_earlier, 8, "safe: {SAFE}");
+    assert_eq!(tally.unknown, 1, "safe: {SAFE}: {:?}", tally.unknowns);
     assert_eq!(tally.unknowns[0].line, 5);
     assert_eq!(
         tally.delivered - tally.delivered_earlier + tally.not_started,

@@ -445,7 +445,7 @@ async fn api(
         return ApiError::new(
             400,
             "bad.request",
-            format!("The Idempotency-Key header is longer than [{MAX_IDEMPOTENCY_KEY}] characters"),
+            format!("The Idempotency-Key header is longer than [{MAX_IDEMPOTENCY_KEY}] bytes"),
         )
         .into_response(cid);
     }

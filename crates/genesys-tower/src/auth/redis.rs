@@ -29,7 +29,7 @@ static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local record = redis.call('GET', KEYS[1])
-if not record then return false end
+if not record then return nil end
 return {record, redis.call('PTTL', KEYS[1])}
 ",
     )

@@ -183,8 +183,7 @@ pub(super) fn decide(
     // The server's hint, when it is the floor of the wait (not a shorter one the backoff
     // already waits past): the spread above it never takes the wait past the longest hint
     // the policy waits for.
-    let floor = hint.filter(|h| *h >= delay);
-    if let Some(hint) = floor {
+    if let Some(hint) = hint.filter(|h| *h >= delay) {
         delay = hint
             .saturating_add(backoff.spread(policy.spread_for(hint)))
             .min(policy.max_retry_after());
@@ -202,10 +201,10 @@ pub(super) fn decide(
             };
         }
         if delay > left || left.is_zero() {
-            // A hint that is the floor and fits: only the spread above it is trimmed. Anything
-            // else past what is left (the backoff, which a shorter hint does not shorten), or
-            // no time left at all, ends the call.
-            if floor.is_none() || left.is_zero() {
+            // A hint that fits: the wait is trimmed to what is left (the spread above the hint,
+            // or a backoff longer than it), and the server's wait is kept. Without a hint, a
+            // backoff past what is left ends the call, and so does no time left at all.
+            if hint.is_none() || left.is_zero() {
                 return Decision::Fail {
                     kind: ErrorKind::DeadlineExceeded,
                     retry_after: None,
