@@ -30,6 +30,11 @@ pub(crate) struct Prepared<P> {
     pub(crate) report: Option<ReportFile>,
     /// A fleet job (`--fleet-redis` with `--shard`): its journals are opened per shard.
     pub(crate) fleet: Option<FleetJob>,
+    /// How long requests in flight may finish after a Ctrl-C: the attempt timeout the job's
+    /// client has (`timeouts.attempt`).
+    pub(crate) grace: std::time::Duration,
+    /// Requests in flight at once, as the job's client has them.
+    pub(crate) concurrency: usize,
 }
 
 /// Which job a run is, for its journal.
@@ -183,6 +188,9 @@ pub(crate) async fn prepare<P: Parse>(
             );
         }
     }
+    let settings = crate::settings::load(common)?;
+    let grace = settings.layered.config().timeouts.attempt.0;
+    let concurrency = crate::deliver::job_concurrency(common, &settings.layered);
     Ok(Prepared {
         parser: Arc::new(parser),
         source,
@@ -191,6 +199,8 @@ pub(crate) async fn prepare<P: Parse>(
         journal,
         report,
         fleet,
+        grace,
+        concurrency,
     })
 }
 
@@ -271,6 +281,8 @@ where
         journal,
         report,
         fleet,
+        grace,
+        concurrency,
     } = prepared;
     let passes = Passes {
         common,
@@ -280,6 +292,8 @@ where
         deliver,
         chunk_size,
         retry_unknown,
+        grace,
+        concurrency,
     };
     match fleet {
         None => {

@@ -183,13 +183,6 @@ pub(crate) struct Common {
     pub(crate) json: bool,
 }
 
-impl Common {
-    /// Requests in flight at once: `--concurrency`, or 8.
-    pub(crate) fn concurrency(&self) -> usize {
-        self.concurrency.map_or(8, |n| n as usize)
-    }
-}
-
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
@@ -546,6 +539,9 @@ pub(crate) struct Rate {
     pub(crate) requests: u32,
     pub(crate) window: Duration,
 }
+
+/// Requests in flight at once for a job when nothing sets it.
+pub(crate) const DEFAULT_CONCURRENCY: usize = 8;
 
 /// The longest `--actor`, in characters: an audit line stays far below the longest line the
 /// log is read back with.

@@ -137,13 +137,11 @@ pub(crate) fn client_builder(
     // The policy store's versions, when it has any: each call's retry policy from a switch.
     let policies = Policies::from_settings(&settings);
     if layered.is_default() {
-        builder = builder.max_in_flight(common.concurrency());
+        builder = builder.max_in_flight(job_concurrency(common, layered));
     } else {
         builder = builder.config(layered.config());
-        // The flag wins over the file and the environment.
-        if common.concurrency.is_some() {
-            builder = builder.max_in_flight(common.concurrency());
-        }
+        // The flag wins over the file and the environment; without either, gcx's default.
+        builder = builder.max_in_flight(job_concurrency(common, layered));
     }
     // A Redis store named by the configuration is kept; else a small one in memory.
     if layered.config().idempotency.redis_url().is_none() {
@@ -324,6 +322,19 @@ fn api(common: &Common, profile: Option<&Profile>) -> (Sourced, Sourced) {
     )
 }
 
+/// Requests in flight at once for a job: `--concurrency`, else `concurrency.limit` where a
+/// file, a profile, the environment or the policy store sets it, else gcx's default (8, not
+/// the client's 16: a bulk job shares its org's quota with everything else the org runs).
+pub(crate) fn job_concurrency(common: &Common, layered: &genesys_client::config::Layered) -> usize {
+    match (common.concurrency, layered.origin("concurrency.limit")) {
+        (Some(n), _) => n as usize,
+        (None, Some(origin)) if *origin != Origin::Default => {
+            layered.config().concurrency.limit as usize
+        }
+        (None, _) => crate::cli::DEFAULT_CONCURRENCY,
+    }
+}
+
 /// `gcx config show`: every setting with its value and where it came from, then the
 /// credentials a job would use (never the secret).
 pub(crate) fn show_config(common: &Common) -> Result<u8, CliError> {
@@ -338,6 +349,15 @@ pub(crate) fn show_config(common: &Common) -> Result<u8, CliError> {
                 Origin::Flag("--concurrency".into()),
             )
             .map_err(|e| CliError::usage(format!("--concurrency: {e}")))?;
+    } else if layered.origin("concurrency.limit") == Some(&Origin::Default) {
+        // What a job runs with when nothing sets it.
+        layered = layered
+            .set(
+                "concurrency.limit",
+                serde_json::json!(crate::cli::DEFAULT_CONCURRENCY),
+                Origin::Default,
+            )
+            .map_err(|e| CliError::runtime(format!("gcx's default concurrency: {e}")))?;
     }
     if let Some(rate) = common.rate_limit {
         let text = format!("{}/{}", rate.requests, rate.window.as_secs_f64());
@@ -667,6 +687,30 @@ mod tests {
             target(&["--base-url", "https://user:s3cr3t@api.example.test/"]).as_deref(),
             Some("https://…@api.example.test")
         );
+    }
+
+    /// A job's concurrency: the flag, else `concurrency.limit` where something sets it, else
+    /// 8, whatever else the configuration sets.
+    #[test]
+    fn a_jobs_concurrency_is_the_flag_the_configured_limit_or_eight() {
+        use clap::Parser;
+        let dir = std::env::temp_dir().join(format!("gcx-concurrency-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let retry_only = dir.join("retry.toml");
+        std::fs::write(&retry_only, "[retry]\nmax_attempts = 4\n").unwrap();
+        let limit = dir.join("limit.toml");
+        std::fs::write(&limit, "[concurrency]\nlimit = 24\n").unwrap();
+        let concurrency = |args: &[&str]| {
+            let argv = [&["gcx"], args, &["config", "show"]].concat();
+            let common = crate::cli::Cli::try_parse_from(argv).unwrap().common;
+            let settings = settings::load(&common).unwrap();
+            job_concurrency(&common, &settings.layered)
+        };
+        let retry_only = retry_only.to_str().unwrap();
+        let limit = limit.to_str().unwrap();
+        assert_eq!(concurrency(&["--config", retry_only]), 8);
+        assert_eq!(concurrency(&["--config", limit]), 24);
+        assert_eq!(concurrency(&["--config", limit, "--concurrency", "3"]), 3);
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub(crate) struct Passes<'a, P, D> {
     pub(crate) deliver: Arc<D>,
     pub(crate) chunk_size: usize,
     pub(crate) retry_unknown: bool,
+    /// How long requests in flight may finish after a Ctrl-C.
+    pub(crate) grace: std::time::Duration,
+    /// Requests in flight at once.
+    pub(crate) concurrency: usize,
 }
 
 /// A fleet worker's job: the fleet's record, the job as its journals name it, and the worker's
@@ -69,7 +73,7 @@ where
         shard: Option<Shard>,
         interrupts: mpsc::UnboundedReceiver<()>,
     ) -> Tally {
-        let concurrency = self.common.concurrency();
+        let concurrency = self.concurrency;
         let progress = Progress::new(self.common.quiet, None);
         // Counting lines costs a read of the file: only worth it for a bar on a terminal.
         if progress.is_bar() && !matches!(source.format(), Format::Json) {
@@ -96,7 +100,7 @@ where
                 concurrency,
                 chunk_size: self.chunk_size,
                 retry_unknown: self.retry_unknown,
-                grace: genesys_client::builder::DEFAULT_ATTEMPT_TIMEOUT,
+                grace: self.grace,
                 shard,
             },
         )

@@ -9,7 +9,7 @@
 //! | `503-retry-after` | probability | 503 `service.unavailable` with `Retry-After: 1..=3` |
 //! | `reset-before` | probability | the connection is reset before anything is applied; no response |
 //! | `reset-after` | probability | the effect is applied and recorded in the ledger, then the connection is reset; no response |
-//! | `long-retry-after` | probability | 429 `too.many.requests` with `Retry-After` between 181 and 3600 s |
+//! | `long-retry-after` | probability | 429 `too.many.requests.retry.after` with `Retry-After` between 181 and 3600 s |
 //! | `latency` | `5ms..50ms` or `20ms` | every API request waits a uniform delay in the range first |
 //! | `revoke-every` | duration (`30s`) | every token is revoked periodically (the next call gets 401) |
 //! | `token-5xx` | probability | `POST /oauth/token` answers 503 |
