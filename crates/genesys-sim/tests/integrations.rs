@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{api, token};
+use common::{api, platform_limits, token};
 use genesys_sim::{SimConfig, Simulator, integration_id};
 use serde_json::json;
 
@@ -98,16 +98,7 @@ async fn limits_report_the_configured_values() {
     .unwrap();
     let base = sim.base_url();
     let t = token(&base).await;
-    let r = api(
-        &base,
-        &t,
-        "GET",
-        "/api/v2/organizations/limits/namespaces/platform.api",
-        "",
-        &[],
-    )
-    .await
-    .unwrap();
+    let r = platform_limits(&base, &t).await;
     assert_eq!(r.status, 200);
     // The API's LimitsEntityListing: entities that each name their namespace, and paging.
     let body = r.json();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{api, token};
+use common::{api, platform_limits, token};
 use genesys_sim::{SimConfig, Simulator};
 
 #[tokio::test(start_paused = true)]
@@ -175,17 +175,7 @@ async fn a_one_second_window_with_headers_on_half_the_answers() {
     );
     assert_eq!(body["limit"]["value"], 2400);
     tokio::time::advance(Duration::from_secs(1)).await;
-    let limits = api(
-        &base,
-        &t,
-        "GET",
-        "/api/v2/organizations/limits/namespaces/platform.api",
-        "",
-        &[],
-    )
-    .await
-    .unwrap()
-    .json();
+    let limits = platform_limits(&base, &t).await.json();
     let listed = limits["entities"]
         .as_array()
         .unwrap()

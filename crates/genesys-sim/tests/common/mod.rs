@@ -120,3 +120,17 @@ pub async fn api(
     headers.extend_from_slice(extra);
     send(base, method, path, &headers, body.to_string()).await
 }
+
+/// `GET /api/v2/organizations/limits/namespaces/platform.api` with `token`.
+pub async fn platform_limits(base: &str, token: &str) -> Resp {
+    api(
+        base,
+        token,
+        "GET",
+        "/api/v2/organizations/limits/namespaces/platform.api",
+        "",
+        &[],
+    )
+    .await
+    .unwrap()
+}
