@@ -134,9 +134,11 @@ pub(crate) async fn prepare<P: Parse>(
         .as_deref()
         .map(ReportFile::create)
         .transpose()?;
+    // Read once: the API the journal names, the grace after a Ctrl-C, the concurrency.
+    let settings = crate::settings::load(common)?;
     let journal = if kind.journaled && !common.no_journal && fleet.is_none() {
         let target = [
-            crate::deliver::api_target(common)?,
+            crate::deliver::api_target(common, settings.profile.as_ref()),
             kind.endpoint.map(str::to_owned),
         ]
         .into_iter()
@@ -188,7 +190,6 @@ pub(crate) async fn prepare<P: Parse>(
             );
         }
     }
-    let settings = crate::settings::load(common)?;
     let grace = settings.layered.config().timeouts.attempt.0;
     let concurrency = crate::deliver::job_concurrency(common, &settings.layered);
     Ok(Prepared {

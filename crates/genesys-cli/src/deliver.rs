@@ -289,16 +289,15 @@ type Sourced = Option<(String, String)>;
 /// The API a job writes to, as the flags, the environment or the profile name it: the
 /// region's name however it was spelled (`region us-east-1` for `US-EAST-1` or
 /// `mypurecloud.com`), or the base URL without credentials; `None` when nothing names one.
-pub(crate) fn api_target(common: &Common) -> Result<Option<String>, CliError> {
-    let settings = settings::load(common)?;
-    Ok(match api(common, settings.profile.as_ref()) {
+pub(crate) fn api_target(common: &Common, profile: Option<&Profile>) -> Option<String> {
+    match api(common, profile) {
         (Some((region, _)), _) => Some(match region.parse::<Region>() {
             Ok(region) => format!("region {}", region.name()),
             Err(_) => format!("region {region}"),
         }),
         (None, Some((url, _))) => Some(redact_url(url.trim_end_matches('/'))),
         (None, None) => None,
-    })
+    }
 }
 
 /// The API to talk to: the region, or the base URL, each with where it came from. `--region`
@@ -669,7 +668,7 @@ mod tests {
         use clap::Parser;
         let target = |args: &[&str]| {
             let argv = [&["gcx"], args, &["config", "show"]].concat();
-            api_target(&crate::cli::Cli::try_parse_from(argv).unwrap().common).unwrap()
+            api_target(&crate::cli::Cli::try_parse_from(argv).unwrap().common, None)
         };
         for spelling in [
             "us-east-1",
