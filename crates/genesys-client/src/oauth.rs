@@ -308,7 +308,9 @@ fn token_lifetime(expires_in: Option<&serde_json::Value>) -> Option<Duration> {
         serde_json::Value::Null => return None,
         _ => None,
     }
-    .filter(|s| !s.is_nan());
+    // Past a float's range (`"1e400"`) reads as infinite: not a number of seconds either, as
+    // the same value written as a number is not (it fails the parse, above).
+    .filter(|s| s.is_finite());
     let Some(secs) = secs else {
         tracing::warn!(
             expires_in = %shorten(&raw.to_string()),
@@ -526,8 +528,11 @@ mod tests {
             (r#"1e30"#, Some(172_800)),
             (r#""1e300""#, Some(172_800)),
             (r#"1e308"#, Some(172_800)),
-            (r#""inf""#, Some(172_800)),
-            (r#""-inf""#, Some(1)),
+            // Infinite, or past a float's range, as text or as a number: not a number of
+            // seconds; the token is taken without a known expiry.
+            (r#""inf""#, None),
+            (r#""-inf""#, None),
+            (r#""1e400""#, None),
             (r#"0"#, Some(1)),
             (r#"-5"#, Some(1)),
             (r#"0.25"#, Some(1)),
@@ -540,7 +545,6 @@ mod tests {
             (r#"null"#, None),
             (r#"[1]"#, None),
             (r#"18446744073709551615"#, Some(172_800)),
-            // Past a float's range: the token is taken, without a known expiry.
             (r#"1e400"#, None),
             (r#"-1e400"#, None),
         ];

@@ -753,12 +753,12 @@ impl Handler {
     }
 }
 
-fn order(key: Option<&str>, body: &'static str) -> Request<axum::body::Body> {
+fn order(key: Option<&str>, body: impl Into<String>) -> Request<axum::body::Body> {
     let mut builder = Request::post("/orders").header("content-type", "application/json");
     if let Some(key) = key {
         builder = builder.header("idempotency-key", key);
     }
-    builder.body(axum::body::Body::from(body)).unwrap()
+    builder.body(axum::body::Body::from(body.into())).unwrap()
 }
 
 async fn json(response: axum::response::Response) -> serde_json::Value {
@@ -1007,6 +1007,26 @@ async fn the_key_can_come_from_the_body() {
     let again = send(&app, order(None, body)).await;
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(handler.runs(), 1);
+}
+
+/// A key from the body is held to what a header key may be: a line break or a byte past
+/// ASCII is refused, and the handler does not run.
+#[tokio::test]
+async fn a_key_from_the_body_must_be_visible_ascii() {
+    let handler = Handler::default();
+    let app = handler.router(ServerIdempotencyLayer::new().require_key(true).key_from(
+        |_, body| {
+            let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+            Some(json.get("idempotency_key")?.as_str()?.to_owned())
+        },
+    ));
+    for key in ["evt\\n1", "evt\\u00e91", "evt\\u00001"] {
+        let body = format!("{{\"idempotency_key\":\"{key}\"}}");
+        let response = send(&app, order(None, body)).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{key}");
+        assert_eq!(json(response).await["error"], "idempotency_key_invalid");
+    }
+    assert_eq!(handler.runs(), 0);
 }
 
 #[tokio::test]

@@ -218,6 +218,15 @@ where
         }
         return Step::Pass(Request::from_parts(parts, Body::from_bytes(bytes)));
     };
+    // A key from the body (`key_from`) may hold anything: kept to what a header key may be,
+    // so that no key carries a line break into a log line or a store's key.
+    if !key.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        return Step::Answer(error(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_invalid",
+            "the Idempotency-Key must be visible ASCII (a UUID is a good key)".to_owned(),
+        ));
+    }
     if key.is_empty() || key.chars().count() > config.max_key_len {
         return Step::Answer(error(
             StatusCode::BAD_REQUEST,
