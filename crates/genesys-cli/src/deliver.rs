@@ -1,7 +1,9 @@
 //! The real deliverers: each job's unit of work sent through a [`GenesysClient`], and the client
 //! built from the common flags and the environment.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use genesys_client::builder::DynTokenSource;
 use genesys_client::config::Origin;
@@ -470,6 +472,50 @@ pub(crate) fn small_store() -> MemoryStore {
     MemoryStore::with_capacity(1024 * 1024)
 }
 
+/// The longest a unit waits for an access token while the login host is unavailable (it
+/// answers 429 or 5xx past the token source's own retries, or cannot be reached): then the job
+/// stops, for the same command to resume. A short outage only slows the job down.
+pub(crate) const LOGIN_OUTAGE_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// The longest wait between two tries for a token, while the login host is unavailable.
+const LOGIN_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// `call`'s outcome; made again while it fails for want of a token, the login host unavailable
+/// (nothing was sent), 1 s after the first failure, then twice as long each time up to
+/// [`LOGIN_RETRY_MAX`], for at most [`LOGIN_OUTAGE_MAX`] in all. The unit holds its place in
+/// the job meanwhile, so that a job whose login host is down waits rather than fail record
+/// after record.
+async fn with_token<T, F, Fut>(mut call: F) -> Result<T, Undelivered>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, GenesysError>>,
+{
+    let mut first = None;
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let e = match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_token_unavailable() => e,
+            Err(e) => return Err(Undelivered::from_error(&e)),
+        };
+        let now = tokio::time::Instant::now();
+        let since = *first.get_or_insert_with(|| {
+            tracing::warn!("no access token ({e}): waiting for the login host");
+            now
+        });
+        let left = LOGIN_OUTAGE_MAX.saturating_sub(now.duration_since(since));
+        if left.is_zero() {
+            return Err(Undelivered::LoginUnavailable(format!(
+                "no access token could be had for {} minutes, the login host unavailable \
+                 ({e}); run the same command again once it is back",
+                LOGIN_OUTAGE_MAX.as_secs() / 60
+            )));
+        }
+        tokio::time::sleep(wait.min(left)).await;
+        wait = wait.saturating_mul(2).min(LOGIN_RETRY_MAX);
+    }
+}
+
 /// `gcx users patch`: one user a unit: GET the version, PATCH with it, resolve conflicts
 /// ([`GenesysClient::update_user_with`]). Lines about the same user go one after another, in
 /// the input's order. The PATCH is conditional on the version, so a unit whose
@@ -494,11 +540,7 @@ impl Deliver for Users {
 
     async fn deliver(&self, unit: UnitCtx, items: Vec<UserUpdate>) -> Result<(), Undelivered> {
         for u in items {
-            let current = self
-                .0
-                .get_user(&u.user_id)
-                .await
-                .map_err(|e| Undelivered::from_error(&e))?;
+            let current = with_token(|| self.0.get_user(&u.user_id)).await?;
             if unit.resumed && current.holds(&u.fields) {
                 // An earlier run's PATCH landed and its answer (or its journal entry) was lost.
                 continue;
@@ -507,10 +549,7 @@ impl Deliver for Users {
                 j.read_version(unit.line, current.version);
             }
             let options = UpdateUserOptions::default().known_version(current.version);
-            self.0
-                .update_user_with(&u.user_id, u.fields, options)
-                .await
-                .map_err(|e| Undelivered::from_error(&e))?;
+            with_token(|| self.0.update_user_with(&u.user_id, &u.fields, options)).await?;
         }
         Ok(())
     }
@@ -566,21 +605,23 @@ impl Deliver for Ingest {
 
     async fn deliver(&self, unit: UnitCtx, items: Vec<Value>) -> Result<(), Undelivered> {
         let body = serde_json::to_vec(&items).map_err(|e| Undelivered::Failed(e.to_string()))?;
-        let key = unit.key;
-        let request = Request::builder()
+        let body = bytes::Bytes::from(body);
+        let (head, ()) = Request::builder()
             .method(Method::POST)
             .uri(&*self.path)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
-            .extension(IdempotencyKey::new(key))
+            .extension(IdempotencyKey::new(unit.key))
             .extension(RetrySafety::KeyHonoured)
-            .body(genesys_tower::Body::from(body))
-            .map_err(|e| Undelivered::Failed(format!("invalid request: {e}")))?;
-        self.client
-            .call(request)
-            .await
-            .map(drop)
-            .map_err(|e| Undelivered::from_error(&e))
+            .body(())
+            .map_err(|e| Undelivered::Failed(format!("invalid request: {e}")))?
+            .into_parts();
+        with_token(|| {
+            let body = genesys_tower::Body::from_bytes(body.clone());
+            let request = Request::from_parts(head.clone(), body);
+            async move { self.client.call(request).await.map(drop) }
+        })
+        .await
     }
 }
 
@@ -628,16 +669,22 @@ impl Deliver for Actions {
                 None => unit.key.clone(),
             };
             builder = builder.extension(IdempotencyKey::new(key));
-            let request = builder
-                .body(genesys_tower::Body::from(body))
-                .map_err(|e| Undelivered::Failed(format!("invalid request: {e}")))?;
+            let (head, ()) = builder
+                .body(())
+                .map_err(|e| Undelivered::Failed(format!("invalid request: {e}")))?
+                .into_parts();
+            let body = bytes::Bytes::from(body);
             // Marked unsafe to repeat: a gateway's 500, 502 or 504, which may come after the
-            // action ran, is an unknown outcome.
-            let response = self
-                .client
-                .call(request)
-                .await
-                .map_err(|e| Undelivered::from_error(&e))?;
+            // action ran, is an unknown outcome. Sent again only when no token could be had, so
+            // that it was not sent at all.
+            let response = with_token(|| {
+                let request = Request::from_parts(
+                    head.clone(),
+                    genesys_tower::Body::from_bytes(body.clone()),
+                );
+                async move { self.client.call(request).await }
+            })
+            .await?;
             if self.print_output {
                 println!("{}", String::from_utf8_lossy(&response.body));
             }
@@ -659,7 +706,63 @@ fn percent_segment(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use genesys_client::{OAuthError, OAuthErrorKind};
+
     use super::*;
+
+    fn login(status: u16, code: &str) -> GenesysError {
+        GenesysError::OAuth(OAuthError {
+            error: OAuthErrorKind::Other(code.to_owned()),
+            description: None,
+            status: http::StatusCode::from_u16(status).unwrap(),
+        })
+    }
+
+    /// A call that finds no token is made again, waiting longer each time: it goes through
+    /// once the login host is back, and the job stops once it has been down for 15 minutes.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waits_for_the_login_host_then_gives_up() {
+        let calls = AtomicU32::new(0);
+        let back_after = |n: u32| {
+            let calls = &calls;
+            move || {
+                let i = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match i < n {
+                        true => Err(login(503, "temporarily_unavailable")),
+                        false => Ok(i),
+                    }
+                }
+            }
+        };
+        let start = tokio::time::Instant::now();
+        assert_eq!(with_token(back_after(4)).await, Ok(4));
+        // Waits of 1, 2, 4 and 8 s.
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+
+        calls.store(0, Ordering::SeqCst);
+        let start = tokio::time::Instant::now();
+        let Err(Undelivered::LoginUnavailable(reason)) = with_token(back_after(u32::MAX)).await
+        else {
+            panic!("the job stops");
+        };
+        assert_eq!(start.elapsed(), LOGIN_OUTAGE_MAX);
+        assert!(reason.contains("15 minutes"), "{reason}");
+        // 1 + 2 + 4 + 8 + 16 s, then every 30 s.
+        assert_eq!(calls.load(Ordering::SeqCst), 6 + (900 - 31) / 30 + 1);
+
+        // Refused credentials are not waited on.
+        calls.store(0, Ordering::SeqCst);
+        let refused = with_token(|| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(login(401, "invalid_client")) }
+        })
+        .await;
+        assert!(matches!(refused, Err(Undelivered::CredentialsRefused(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 
     /// A journal's API is named the same however the region is spelled, and a base URL
     /// without its credentials.

@@ -42,6 +42,10 @@ pub(crate) struct Report {
     /// The login host refused the credentials mid-job: the job stopped (exit 2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) credentials_refused: Option<String>,
+    /// No access token could be had for 15 minutes, the login host unavailable: the job
+    /// stopped (exit 1), for the same command to resume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) login_unavailable: Option<String>,
     /// The journal could not be written: a resume is not safe past the last entry on disk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) journal_error: Option<String>,
@@ -235,6 +239,8 @@ impl Report {
             input: input.map(Path::to_owned),
             status: if tally.credentials_refused.is_some() {
                 "credentials refused"
+            } else if tally.login_unavailable.is_some() {
+                "login host unavailable"
             } else if tally.interrupted {
                 "interrupted"
             } else if complete {
@@ -279,6 +285,7 @@ impl Report {
             output_error: tally.output_error.clone(),
             journal_error: tally.journal_error.clone(),
             credentials_refused: tally.credentials_refused.clone(),
+            login_unavailable: tally.login_unavailable.clone(),
             fleet_error: tally.fleet_error.clone(),
             journal: journal.map(Path::to_owned),
             failed_file: failed_file.map(Path::to_owned),
@@ -530,7 +537,11 @@ impl Report {
                 "  output error: {e} (the files named below may be incomplete)"
             );
         }
-        if let Some(e) = &self.credentials_refused {
+        if let Some(e) = self
+            .credentials_refused
+            .as_ref()
+            .or(self.login_unavailable.as_ref())
+        {
             let _ = writeln!(s, "  stopped: {e}");
         }
         if let Some(e) = &self.fleet_error {

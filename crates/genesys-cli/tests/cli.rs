@@ -1304,3 +1304,65 @@ async fn a_refused_job_leaves_no_temporary_report_and_a_huge_demo_is_refused() {
     assert_exit(&out, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--users"));
 }
+
+/// The login host down for a while in the middle of a job (tokens revoked meanwhile, so every
+/// request needs a new one): the job waits for it and then delivers everything, rather than
+/// fail the records that came up during the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waits_out_a_login_outage() {
+    let sim = Simulator::spawn(config(120).faults("latency=2ms..6ms".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("login_outage");
+    let (lines, wanted) = user_lines(&sim, 120);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let report = d.join("report.json");
+    let mut child = users_patch(&sim, &input)
+        .args(["--concurrency", "4", "--report"])
+        .arg(&report)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until("the first patches", || sim.ledger_len() >= 10).await;
+    sim.set_login_down(true);
+    sim.revoke_tokens();
+    // Several token requests refused: every unit in flight has met the outage.
+    until("the outage to be met", || {
+        sim.stats().faults.get("login-down").copied().unwrap_or(0) >= 4
+    })
+    .await;
+    let during = sim.ledger_len();
+    sim.set_login_down(false);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let r = read_json(&report);
+    assert_eq!(status.code(), Some(0), "{}", r["counts"]);
+    assert_eq!(r["status"], "complete");
+    assert_eq!(r["counts"]["delivered"], 120);
+    assert_eq!(r["counts"]["failed"], 0);
+    assert!(
+        sim.ledger_len() > during,
+        "the job went on after the outage"
+    );
+    for (id, title) in wanted {
+        assert_eq!(sim.user(&id).unwrap()["title"], json!(title));
+        assert_eq!(patches(&sim, &id), 1, "user {id} patched once");
+    }
+}
+
+/// Waits until `done`, two minutes at most.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "waited too long for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

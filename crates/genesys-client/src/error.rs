@@ -497,9 +497,21 @@ impl OAuthError {
     }
 }
 
+impl OAuthError {
+    /// Whether the login host answered 429 or 5xx: it did not judge the credentials, and may
+    /// issue a token later.
+    pub fn is_unavailable(&self) -> bool {
+        self.status == StatusCode::TOO_MANY_REQUESTS || self.status.is_server_error()
+    }
+}
+
 impl fmt::Display for OAuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the login host refused the client credentials")?;
+        f.write_str(if self.is_unavailable() {
+            "the login host is unavailable"
+        } else {
+            "the login host refused the client credentials"
+        })?;
         if self.error.as_str().is_empty() {
             write!(f, " (HTTP {})", self.status.as_u16())?;
         } else {
@@ -523,7 +535,8 @@ impl std::error::Error for OAuthError {}
 pub enum GenesysError {
     /// The API answered with a non-2xx status (after any retries the stack made).
     Api(Box<ApiError>),
-    /// No token could be had: the login host refused the credentials.
+    /// No token could be had: the login host refused the credentials, or answered 429 or 5xx
+    /// past the token source's retries ([`is_token_unavailable`](Self::is_token_unavailable)).
     OAuth(OAuthError),
     /// The request may or may not have been applied: it failed after it may have reached the
     /// server (a reset, a timeout) and was not safe to send again. Check before repeating it.
@@ -607,6 +620,32 @@ impl GenesysError {
             GenesysError::Api(e) => Some(e),
             GenesysError::OutcomeUnknown { source } => source.downcast_ref::<ApiError>(),
             _ => None,
+        }
+    }
+
+    /// Whether the call failed for want of a token, while the login host was unavailable: it
+    /// answered 429 or 5xx past the token source's own retries, could not be reached, did not
+    /// answer in time, or answered something that is not a token. Nothing was sent, and the same
+    /// call may succeed once the login host is back. A refusal of the credentials is not this
+    /// (see [`OAuthError::is_bad_credentials`]), nor an invalid token URL.
+    pub fn is_token_unavailable(&self) -> bool {
+        if self.may_have_been_applied() {
+            // An earlier attempt may have been applied before a later one found no token.
+            return false;
+        }
+        match self {
+            GenesysError::OAuth(e) => e.is_unavailable(),
+            GenesysError::Transport { source } => {
+                match genesys_tower::error::find::<crate::oauth::TokenError>(&**source) {
+                    Some(crate::oauth::TokenError::Request(_)) => false,
+                    Some(crate::oauth::TokenError::OAuth(e)) => e.is_unavailable(),
+                    Some(_) => true,
+                    // Another token source's failure, or the auth layer's fetch timeout.
+                    None => genesys_tower::error::find::<genesys_tower::auth::Error>(&**source)
+                        .is_some_and(genesys_tower::auth::Error::is_token_source),
+                }
+            }
+            _ => false,
         }
     }
 

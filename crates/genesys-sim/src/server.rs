@@ -339,6 +339,15 @@ impl SimHandle {
         self.shared.tokens.revoke_all()
     }
 
+    /// Takes the login host down (`true`) or brings it back (`false`): while it is down, every
+    /// `POST /oauth/token` is answered 503 `temporarily_unavailable` (counted as the fault
+    /// `login-down`), as during an outage of the real one. Tokens already issued still work.
+    pub fn set_login_down(&self, down: bool) {
+        self.shared
+            .login_down
+            .store(down, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Stops accepting, closes every connection and waits until the listener is gone.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);

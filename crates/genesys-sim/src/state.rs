@@ -431,6 +431,9 @@ pub(crate) struct Shared {
     pub(crate) schema: jsonschema::Validator,
     pub(crate) api_seq: AtomicU64,
     pub(crate) token_seq: AtomicU64,
+    /// Set by [`SimHandle::set_login_down`](crate::SimHandle::set_login_down): every token
+    /// request is answered 503 meanwhile.
+    pub(crate) login_down: std::sync::atomic::AtomicBool,
     started: Instant,
 }
 
@@ -555,6 +558,7 @@ impl Shared {
             schema,
             api_seq: AtomicU64::new(0),
             token_seq: AtomicU64::new(0),
+            login_down: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
             cfg,
         })

@@ -359,24 +359,26 @@ async fn in_flight_units_that_outlast_the_grace_are_unknown() {
     assert_eq!(tally.delivered, 0);
 }
 
-/// Refuses the credentials from the third unit on.
+/// From the third unit on, refuses the credentials (`true`), or finds the login host
+/// unavailable for too long (`false`).
 #[derive(Default)]
-struct Refusing(AtomicUsize);
+struct Refusing<const REFUSED: bool>(AtomicUsize);
 
-impl Deliver for Refusing {
+impl<const REFUSED: bool> Deliver for Refusing<REFUSED> {
     type Item = u64;
     const REPLAY: Replay = Replay::Safe;
     async fn deliver(&self, _unit: UnitCtx, _items: Vec<u64>) -> Result<(), Undelivered> {
-        if self.0.fetch_add(1, Ordering::SeqCst) >= 2 {
+        if self.0.fetch_add(1, Ordering::SeqCst) < 2 {
+            Ok(())
+        } else if REFUSED {
             Err(Undelivered::CredentialsRefused("invalid_client".into()))
         } else {
-            Ok(())
+            Err(Undelivered::LoginUnavailable("no access token".into()))
         }
     }
 }
 
-#[tokio::test]
-async fn refused_credentials_stop_the_whole_job() {
+async fn run_refusing<const REFUSED: bool>() -> (usize, Tally) {
     let (tx, rx) = mpsc::channel(2);
     let (_itx, irx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -384,7 +386,7 @@ async fn refused_credentials_stop_the_whole_job() {
             let _ = tx.send(record(n)).await;
         }
     });
-    let refusing = Arc::new(Refusing::default());
+    let refusing = Arc::new(Refusing::<REFUSED>::default());
     let tally = run(
         refusing.clone(),
         rx,
@@ -401,11 +403,29 @@ async fn refused_credentials_stop_the_whole_job() {
         },
     )
     .await;
-    assert_eq!(refusing.0.load(Ordering::SeqCst), 3, "nothing more is sent");
+    (refusing.0.load(Ordering::SeqCst), tally)
+}
+
+#[tokio::test]
+async fn refused_credentials_stop_the_whole_job() {
+    let (sent, tally) = run_refusing::<true>().await;
+    assert_eq!(sent, 3, "nothing more is sent");
     assert_eq!(tally.delivered, 2);
     assert_eq!(tally.not_started, 48);
     assert!(tally.credentials_refused.is_some());
     assert!(!tally.complete());
+}
+
+/// No token for too long, the login host unavailable: the job stops as for refused
+/// credentials, the rest not started, for the same command to resume.
+#[tokio::test]
+async fn a_login_host_down_too_long_stops_the_whole_job() {
+    let (sent, tally) = run_refusing::<false>().await;
+    assert_eq!(sent, 3, "nothing more is sent");
+    assert_eq!(tally.delivered, 2);
+    assert_eq!(tally.not_started, 48);
+    assert!(tally.login_unavailable.is_some() && tally.credentials_refused.is_none());
+    assert!(!tally.complete() && !tally.settled());
 }
 
 /// Records each unit it is given with its key and whether it was told to resolve first.

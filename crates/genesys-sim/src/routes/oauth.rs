@@ -19,6 +19,15 @@ fn form_decode(s: &str) -> String {
 /// `POST /oauth/token`: client credentials in a Basic header or in the form body.
 pub(super) async fn oauth_token(sh: &Shared, req: Request<Incoming>) -> Resp {
     let (parts, body) = req.into_parts();
+    if sh.login_down.load(Relaxed) {
+        // A login host that is down for a while: every request answered alike until it is back.
+        sh.stats.fault("login-down");
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "The authorization server is temporarily unavailable",
+        );
+    }
     if sh.cfg.faults.token_error > 0.0 {
         let n = sh.token_seq.fetch_add(1, Relaxed);
         let u: f64 = rng_for(sh.cfg.seed, STREAM_TOKEN_FAULTS, n).random();
