@@ -80,6 +80,33 @@ impl GenesysError {
     pub fn from_stack(err: BoxError) -> Self {
         classify(err)
     }
+
+    /// Whether the call failed for want of a token, while the login host was unavailable: it
+    /// answered 429 or 5xx past the token source's own retries, could not be reached, did not
+    /// answer in time, or answered something that is not a token. Nothing was sent, and the same
+    /// call may succeed once the login host is back. A refusal of the credentials is not this
+    /// (see [`OAuthError::is_bad_credentials`]), nor an invalid token URL.
+    pub fn is_token_unavailable(&self) -> bool {
+        if self.may_have_been_applied() {
+            // An earlier attempt may have been applied before a later one found no token.
+            return false;
+        }
+        match self {
+            GenesysError::OAuth(e) => e.is_unavailable(),
+            GenesysError::Transport { source } => {
+                match find::<TokenError>(&**source) {
+                    Some(TokenError::Request(_)) => false,
+                    Some(TokenError::OAuth(e)) => e.is_unavailable(),
+                    Some(_) => true,
+                    // Another token source's failure, or the auth layer's fetch timeout.
+                    None => {
+                        find::<auth::Error>(&**source).is_some_and(auth::Error::is_token_source)
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
 }
 
 fn classify(err: BoxError) -> GenesysError {

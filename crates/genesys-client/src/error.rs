@@ -623,32 +623,6 @@ impl GenesysError {
         }
     }
 
-    /// Whether the call failed for want of a token, while the login host was unavailable: it
-    /// answered 429 or 5xx past the token source's own retries, could not be reached, did not
-    /// answer in time, or answered something that is not a token. Nothing was sent, and the same
-    /// call may succeed once the login host is back. A refusal of the credentials is not this
-    /// (see [`OAuthError::is_bad_credentials`]), nor an invalid token URL.
-    pub fn is_token_unavailable(&self) -> bool {
-        if self.may_have_been_applied() {
-            // An earlier attempt may have been applied before a later one found no token.
-            return false;
-        }
-        match self {
-            GenesysError::OAuth(e) => e.is_unavailable(),
-            GenesysError::Transport { source } => {
-                match genesys_tower::error::find::<crate::oauth::TokenError>(&**source) {
-                    Some(crate::oauth::TokenError::Request(_)) => false,
-                    Some(crate::oauth::TokenError::OAuth(e)) => e.is_unavailable(),
-                    Some(_) => true,
-                    // Another token source's failure, or the auth layer's fetch timeout.
-                    None => genesys_tower::error::find::<genesys_tower::auth::Error>(&**source)
-                        .is_some_and(genesys_tower::auth::Error::is_token_source),
-                }
-            }
-            _ => false,
-        }
-    }
-
     /// Whether the outcome of the call is unknown (it may have been applied).
     pub fn is_outcome_unknown(&self) -> bool {
         matches!(self, GenesysError::OutcomeUnknown { .. })
