@@ -152,6 +152,9 @@ fn cut(s: &str) -> String {
 
 /// Ingestion records: any JSON value the schema accepts. CSV cells are converted to the type the
 /// schema gives their column (`integer`, `number`, `boolean`), so a CSV can satisfy a typed schema.
+/// The largest schema file read (a schema is a few kilobytes; a larger file is a wrong path).
+const SCHEMA_MAX: usize = 4 << 20;
+
 #[derive(Debug)]
 pub(crate) struct IngestRecords {
     schema: Value,
@@ -162,12 +165,25 @@ impl IngestRecords {
     /// Loads and checks the schema: refused (exit 2) when it is missing, not JSON, or not a valid
     /// JSON Schema.
     pub(crate) fn load(path: &Path) -> Result<Self, CliError> {
-        let text = std::fs::read(path).map_err(|e| {
+        let cannot = |e: &dyn std::fmt::Display| {
             CliError::usage(format!(
                 "cannot read the schema {}: {e}; check the path given to --schema",
                 path.display()
             ))
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, SCHEMA_MAX as u64 + 1),
+            &mut text,
+        )
+        .map_err(|e| cannot(&e))?;
+        if text.len() > SCHEMA_MAX {
+            return Err(cannot(&format_args!(
+                "it is larger than {} MiB, more than any schema needs",
+                SCHEMA_MAX >> 20
+            )));
+        }
         let schema: Value = serde_json::from_slice(&text).map_err(|e| {
             CliError::usage(format!(
                 "the schema {} is not JSON ({e}); --schema takes a JSON Schema document",

@@ -92,7 +92,9 @@ impl Latencies {
         if self.count == 0 {
             Duration::ZERO
         } else {
-            self.total / self.count as u32
+            // Divided as nanoseconds: a count past `u32::MAX` would be cut (to 0 at 2^32).
+            let nanos = self.total.as_nanos() / u128::from(self.count);
+            Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
         }
     }
 
@@ -253,6 +255,31 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mean of more latencies than a `u32` counts: not cut, and no division by zero.
+    #[test]
+    fn the_mean_of_any_count_is_the_mean() {
+        for (count, total, mean) in [
+            (
+                1u64 << 32,
+                Duration::from_secs(1 << 32),
+                Duration::from_secs(1),
+            ),
+            (
+                (1 << 32) + 2,
+                Duration::from_secs((1 << 32) + 2),
+                Duration::from_secs(1),
+            ),
+            (3, Duration::from_nanos(10), Duration::from_nanos(3)),
+        ] {
+            let latencies = Latencies {
+                count,
+                total,
+                ..Latencies::default()
+            };
+            assert_eq!(latencies.mean(), mean, "{count}");
+        }
+    }
 
     #[test]
     fn passes_merge_into_one_count_per_record() {

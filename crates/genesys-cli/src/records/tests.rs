@@ -175,3 +175,18 @@ proptest::proptest! {
         }
     }
 }
+
+/// A schema file is read up to a bound: a wrong path to a huge file, or to a device that never
+/// ends, is refused without reading it whole.
+#[test]
+fn a_schema_past_its_bound_is_refused_unread() {
+    let dir = std::env::temp_dir().join(format!("gcx-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("big.json");
+    std::fs::write(&big, vec![b' '; SCHEMA_MAX + 1]).unwrap();
+    for path in [big.as_path(), std::path::Path::new("/dev/zero")] {
+        let e = IngestRecords::load(path).unwrap_err().to_string();
+        assert!(e.contains("larger than 4 MiB"), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

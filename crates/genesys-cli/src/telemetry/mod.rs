@@ -52,11 +52,38 @@ const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0,
 ];
 
-/// The recorder's handle, and the `/metrics` server when there is one.
+/// How often the recorder's latency samples are folded into its histograms. The recorder
+/// keeps every sample until then: folded only when `/metrics` was read, a job that nothing
+/// scrapes would hold all of them (some 16 bytes a sample, several a record) to its end.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The recorder's handle, its upkeep, and the `/metrics` server when there is one.
 #[derive(Debug)]
 pub(crate) struct Telemetry {
     handle: PrometheusHandle,
+    upkeep: JoinHandle<()>,
     server: Option<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.upkeep.abort();
+        if let Some((_, server)) = &self.server {
+            server.abort();
+        }
+    }
+}
+
+/// Runs `upkeep` every [`UPKEEP_EVERY`], until aborted.
+fn every_period(upkeep: impl Fn() + Send + 'static) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            upkeep();
+        }
+    })
 }
 
 impl Telemetry {
@@ -104,7 +131,15 @@ impl Telemetry {
                 Some((bound, tokio::spawn(serve(listener, handle.clone()))))
             }
         };
-        Ok(Telemetry { handle, server })
+        let upkeep = every_period({
+            let handle = handle.clone();
+            move || handle.run_upkeep()
+        });
+        Ok(Telemetry {
+            handle,
+            upkeep,
+            server,
+        })
     }
 
     /// Where `/metrics` is served, if it is.
@@ -128,8 +163,8 @@ impl Telemetry {
 
     /// Keeps serving `/metrics` for `linger` after the job (so that a scraper reads the final
     /// counts), or until Ctrl-C; then stops.
-    pub(crate) async fn stop(self, linger: Duration) {
-        let Some((addr, task)) = self.server else {
+    pub(crate) async fn stop(mut self, linger: Duration) {
+        let Some((addr, task)) = self.server.take() else {
             return;
         };
         if !linger.is_zero() {
@@ -334,6 +369,22 @@ pub(crate) fn routes(text: &str) -> Vec<RouteMetrics> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The samples are folded in every few seconds, whether or not anything reads `/metrics`.
+    #[tokio::test(start_paused = true)]
+    async fn the_recorder_is_kept_up_without_a_scraper() {
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let task = every_period({
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        tokio::time::sleep(UPKEEP_EVERY * 10 + UPKEEP_EVERY / 2).await;
+        // At once, then every period.
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 11);
+        task.abort();
+    }
 
     const TEXT: &str = r#"# TYPE genesys_tower_calls_total counter
 genesys_tower_calls_total{method="PATCH",route="/api/v2/users/{userId}",outcome="2xx",policy_version="default"} 9
