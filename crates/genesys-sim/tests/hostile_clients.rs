@@ -70,6 +70,39 @@ async fn a_request_head_never_finished_is_disconnected() {
     );
 }
 
+/// A request whose body stops coming is answered 408 after 30 s without any of it, and the
+/// connection closed, rather than held for ever (the head alone has its own timeout).
+#[tokio::test(start_paused = true)]
+async fn a_request_body_never_finished_is_answered_and_disconnected() {
+    let sim = Simulator::spawn(SimConfig::default().users(1))
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(sim.addr()).await.unwrap();
+    stream
+        .write_all(
+            b"PATCH /api/v2/users/u1 HTTP/1.1\r\nhost: sim\r\ncontent-type: application/json\r\n\
+              content-length: 10\r\n\r\n{\"",
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut answer)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection is still open after two minutes"
+    );
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(40),
+        "{waited:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request.timeout"), "{answer}");
+}
+
 /// Tokens no one presents again are not kept for ever: once they expire they no longer count
 /// as live.
 #[tokio::test(start_paused = true)]

@@ -281,7 +281,13 @@ enum BodyError {
         drained: bool,
     },
     Broken,
+    /// No part of the body came for [`BODY_READ_TIMEOUT`].
+    TimedOut,
 }
+
+/// The longest pause while a request's body comes in, as a real server allows: a client that
+/// sends part of a body and stops is answered 408 and disconnected rather than held for ever.
+pub(crate) const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads a body of at most `max` bytes; a larger one is drained (up to a cap) and refused.
 async fn read_body(
@@ -298,7 +304,11 @@ async fn read_body(
     }
     let mut buf = BytesMut::new();
     let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = tokio::time::timeout(BODY_READ_TIMEOUT, body.frame());
+        let Some(frame) = next.await.map_err(|_| BodyError::TimedOut)? else {
+            break;
+        };
         let frame = frame.map_err(|_| BodyError::Broken)?;
         if let Ok(data) = frame.into_data() {
             total += data.len();
@@ -459,6 +469,14 @@ async fn api(
             Err(BodyError::Broken) => {
                 return ApiError::bad_request("The request body could not be read")
                     .into_response(cid);
+            }
+            Err(BodyError::TimedOut) => {
+                return ApiError::new(
+                    408,
+                    "request.timeout",
+                    "The request body did not arrive in time".to_owned(),
+                )
+                .into_response(cid);
             }
         }
     } else {
