@@ -254,6 +254,43 @@ async fn a_key_reserved_for_days_does_not_stall_the_fleet() {
     assert!(reserved_ahead(&redis_url(), &key).await < Duration::from_secs(60));
 }
 
+/// Redis's clock stepped back ten minutes since the fleet last wrote (an NTP step, a resumed
+/// virtual machine, a failover to another host): the fleet's reservations and hold, written
+/// on the clock before the step, are not waited out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_back_of_the_redis_clock_does_not_stall_the_fleet() {
+    let key = unique_key("clock-step");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    // What the fleet wrote a moment before the step, on the clock of then: ten minutes ahead
+    // of the clock of now.
+    let then = (secs + 600) * 1_000_000 + micros;
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("at")
+        .arg(then)
+        .arg("tat")
+        .arg(then + 10_000)
+        .arg("hold_until")
+        .arg(then + 1_000_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fleet = RedisPacer::open(&redis_url(), key.clone(), 100, Duration::from_secs(1)).unwrap();
+    let starts: Starts = Arc::default();
+    let layer = ConcurrencyLayer::new(4).shared_pacing(fleet);
+    // A bound for a hang, not a measure of speed: the hold left is 1 s, the starts 10 ms apart.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        send_all(layer, 3, starts.clone(), StatusCode::OK),
+    )
+    .await
+    .expect("the fleet does not wait out the step");
+    assert_eq!(starts.lock().unwrap().len(), 3);
+    assert!(reserved_ahead(&redis_url(), &key).await < Duration::from_secs(60));
+}
+
 /// The interval a pacer under `key` learned from the server, as shared in Redis (`None`: none).
 async fn shared_interval(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<u64> {
     redis::cmd("HGET")

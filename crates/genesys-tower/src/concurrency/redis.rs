@@ -15,6 +15,29 @@ use super::shared::{AcquireFuture, SharedPacer};
 use crate::BoxError;
 use crate::headers::RateLimitHints;
 
+/// The start of every script: Redis's clock now, in µs, as `now`, and the key's times moved back
+/// by as much as that clock went back since the key was last written (`at`). Redis's clock is
+/// the wall clock of its host, which an NTP step, a resumed virtual machine or a failover to
+/// another host can move back: without this, a fleet would wait out the step on reservations
+/// and holds that lie that much further ahead than the fleet wrote them.
+macro_rules! clock_prelude {
+    () => {
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '0') or 0
+if at > now then
+  local back = at - now
+  for _, field in ipairs({'tat', 'hold_until', 'interval_until'}) do
+    local v = tonumber(redis.call('HGET', KEYS[1], field) or '')
+    if v then redis.call('HSET', KEYS[1], field, string.format('%.0f', v - back)) end
+  end
+end
+redis.call('HSET', KEYS[1], 'at', string.format('%.0f', now))
+"
+    };
+}
+
 /// GCRA (the generic cell rate algorithm) on Redis's clock, in microseconds, in its reserving
 /// form: each call takes the next start the quota allows (within the burst tolerance of the
 /// key's theoretical arrival time, `tat`, and not before a fleet-wide hold from a 429), moves
@@ -29,10 +52,9 @@ use crate::headers::RateLimitHints;
 /// for `tat`, past the horizon and `burst` intervals of `ARGV[4]` µs, the longest interval any
 /// process's rate may have (so that no process's reservations look damaged to another's).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        clock_prelude!(),
         r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local horizon = tonumber(ARGV[3])
@@ -59,16 +81,15 @@ redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat))
 redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + 3600000)
 return start - now
 ",
-    )
+    ))
 });
 
 /// Holds the whole fleet until `now + ARGV[1]` µs (a 429's hint), never shortening a hold or
 /// the key's life (reservations may run further ahead than an hour).
 static HOLD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        clock_prelude!(),
         r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local hold = now + tonumber(ARGV[1])
 local current = tonumber(redis.call('HGET', KEYS[1], 'hold_until') or '0') or 0
 if hold > current then redis.call('HSET', KEYS[1], 'hold_until', string.format('%.0f', hold)) end
@@ -76,21 +97,20 @@ local ttl = 3600000 + math.ceil(tonumber(ARGV[1]) / 1000)
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
 ",
-    )
+    ))
 });
 
 /// Sets a slower interval (µs) learned from the server's quota policy, for ARGV[2] µs.
 static LEARN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        clock_prelude!(),
         r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('HSET', KEYS[1], 'interval', ARGV[1], 'interval_until', string.format('%.0f', now + tonumber(ARGV[2])))
 local ttl = 3600000 + math.ceil(tonumber(ARGV[2]) / 1000)
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
 ",
-    )
+    ))
 });
 
 /// The share of the quota a fleet aims at by default.
