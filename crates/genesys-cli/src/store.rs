@@ -369,7 +369,7 @@ impl Store {
         let state = self.state().map_err(|e| e.to_string())?;
         let head = (state.audit.seq, state.audit.hash.as_str());
         match &self.redis {
-            Some(r) => audit::verify_lines(r.audit()?, head),
+            Some(r) => audit::verify_lines(r.audit()?.into_iter().map(Ok), head),
             None => audit::verify(&self.audit_path(), head),
         }
     }

@@ -557,3 +557,31 @@ fn a_damaged_store_in_redis_is_reported_without_its_password() {
         .query(&mut conn)
         .unwrap();
 }
+
+/// An audit log that is not one (here a file without end) is refused at its first line, not
+/// read whole first.
+#[test]
+fn an_endless_audit_log_is_refused_at_its_first_line() {
+    let store = dir("audit_endless").join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", store.join("audit.jsonl")).unwrap();
+    let mut child = gcx_store(&store)
+        .args(["policy", "audit", "verify"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A bound for a hang: the first 64 KiB are refused at once.
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("still reading after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 1"), "{stderr}");
+}

@@ -150,26 +150,28 @@ pub(crate) fn verify(path: &Path, head: (u64, &str)) -> Result<Vec<Entry>, Strin
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let mut reader = BufReader::new(file);
-    let mut lines = Vec::new();
-    loop {
+    // Read as they are checked: a log that goes wrong is not read past its first bad line (a
+    // file that never ends, say, stops at its first 64 KiB).
+    let lines = std::iter::from_fn(|| {
         let mut buf = Vec::new();
-        let n = (&mut reader)
-            .take(LINE_MAX)
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if n == 0 {
-            break;
+        match (&mut reader).take(LINE_MAX).read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) => Some(Ok(buf)),
+            Err(e) => Some(Err(format!("cannot read {}: {e}", path.display()))),
         }
-        lines.push(buf);
-    }
+    });
     verify_lines(lines, head)
 }
 
 /// Checks the chain of `lines` (one entry each) against `head`.
-pub(crate) fn verify_lines(lines: Vec<Vec<u8>>, head: (u64, &str)) -> Result<Vec<Entry>, String> {
+pub(crate) fn verify_lines(
+    lines: impl IntoIterator<Item = Result<Vec<u8>, String>>,
+    head: (u64, &str),
+) -> Result<Vec<Entry>, String> {
     let mut entries: Vec<Entry> = Vec::new();
     let mut prev = GENESIS.to_owned();
     for buf in lines {
+        let buf = buf?;
         let line = entries.len() + 1;
         let entry: Entry = serde_json::from_slice(buf.trim_ascii_end())
             .map_err(|e| format!("line {line}: not an audit entry ({e})"))?;
