@@ -795,11 +795,16 @@ impl fmt::Debug for GenesysClientBuilder {
     }
 }
 
-/// The default leaf: hyper-util's pooled client over rustls (webpki roots, ring), http and https,
-/// HTTP/1.1 and HTTP/2.
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How often an HTTP/2 connection is pinged, and how long an answer may take before the
+/// connection is given up.
+const H2_PING_EVERY: Duration = Duration::from_secs(15);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default leaf: hyper-util's pooled client over rustls (webpki roots, ring), http and https,
+/// HTTP/1.1 and HTTP/2.
 fn hyper_leaf() -> Result<HttpService, GenesysError> {
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -817,6 +822,15 @@ fn hyper_leaf() -> Result<HttpService, GenesysError> {
         // 60 s): a connection they close while it idles is never picked for a request in the
         // instant the close is under way, which would fail it with its outcome unknown.
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        // One HTTP/2 connection carries every request to a host. Silently dead (a firewall or
+        // NAT that dropped the flow, a laptop that changed networks), it would take each
+        // attempt and its retries until the kernel gave up on it, a quarter of an hour later;
+        // an HTTP/1 connection is dropped with its timed-out request. Pings find it dead in
+        // seconds, and the next attempt opens another.
+        .timer(TokioTimer::new())
+        .http2_keep_alive_interval(H2_PING_EVERY)
+        .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+        .http2_keep_alive_while_idle(true)
         .build(https);
     Ok(BoxCloneSyncService::new(
         client
