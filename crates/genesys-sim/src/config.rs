@@ -372,8 +372,9 @@ pub struct SimConfig {
     /// words for it: a 429 coded `too.many.requests.retry.after` rather than
     /// `too.many.requests`, a 401 coded `authentication.required` where `bad.credentials` is
     /// the rule (and the reverse), a stale version answered 400 `bad.request` rather than 409
-    /// `general.conflict` (with the same message). A client that tells them apart by code
-    /// meets both. Which answers do is a seeded draw per API request.
+    /// `general.conflict` (with the same message), a token's `token_type` spelled `Bearer`
+    /// rather than `bearer`. A client that tells them apart by code or case meets both. Which
+    /// answers do is a seeded draw per API request (per token for the type).
     pub code_variants: f64,
     /// How `Retry-After` is written on 429s and 503s (default whole seconds, as Genesys does).
     pub retry_after_format: RetryAfterFormat,

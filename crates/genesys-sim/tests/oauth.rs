@@ -12,7 +12,7 @@ const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded")
 
 #[tokio::test]
 async fn basic_header_and_form_body_both_get_a_token() {
-    let sim = Simulator::spawn(SimConfig::default().users(3))
+    let sim = Simulator::spawn(SimConfig::default().users(3).code_variants(0.0))
         .await
         .unwrap();
     let base = sim.base_url();
@@ -53,6 +53,29 @@ async fn basic_header_and_form_body_both_get_a_token() {
         .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(sim.stats().tokens_issued, 2);
+}
+
+/// The token type's case is not promised: on the variants' share, `Bearer`.
+#[tokio::test]
+async fn the_token_type_is_spelled_both_ways() {
+    for (share, spelled) in [(0.0, "bearer"), (1.0, "Bearer")] {
+        let sim = Simulator::spawn(SimConfig::default().users(1).code_variants(share))
+            .await
+            .unwrap();
+        let r = send(
+            &sim.base_url(),
+            "POST",
+            "/oauth/token",
+            &[
+                ("authorization", &basic("demo-client", "demo-secret")),
+                FORM,
+            ],
+            "grant_type=client_credentials",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.json()["token_type"], spelled);
+    }
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ const STREAM_FAULTS: u64 = 10;
 const STREAM_TOKEN_FAULTS: u64 = 11;
 const STREAM_HEADERS: u64 = 12;
 const STREAM_VARIANTS: u64 = 13;
+const STREAM_TOKEN_VARIANTS: u64 = 14;
 
 /// The longest `Idempotency-Key` accepted, in bytes.
 pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 255;

@@ -144,12 +144,17 @@ pub(super) async fn oauth_token(sh: &Shared, req: Request<Incoming>) -> Resp {
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
     sh.tokens
         .insert(token.clone(), Arc::from(id.as_str()), sh.cfg.token_ttl);
-    sh.stats.tokens_issued.fetch_add(1, Relaxed);
+    let issued = sh.stats.tokens_issued.fetch_add(1, Relaxed);
+    // The type's case is not promised (OAuth's token types are case-insensitive): on a share of
+    // the tokens (`SimConfig::code_variants`), another spelling.
+    let share = sh.cfg.code_variants;
+    let other_case =
+        share > 0.0 && rng_for(sh.cfg.seed, STREAM_TOKEN_VARIANTS, issued).random::<f64>() < share;
     let mut resp = json_response(
         StatusCode::OK,
         &json!({
             "access_token": token,
-            "token_type": "bearer",
+            "token_type": if other_case { "Bearer" } else { "bearer" },
             "expires_in": sh.cfg.token_ttl.as_secs(),
         }),
     );
