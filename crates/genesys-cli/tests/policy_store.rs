@@ -585,3 +585,61 @@ fn an_endless_audit_log_is_refused_at_its_first_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 1"), "{stderr}");
 }
+
+/// Items in a Redis store larger than any gcx writes (a damaged or foreign value) are refused
+/// in Redis, not read whole first: the state, and an audit entry deep in the list (read a
+/// page at a time).
+#[test]
+fn oversized_items_in_a_redis_store_are_refused_unread() {
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut conn = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let huge = vec![b'x'; 2 << 20];
+
+    let state_store = format!("{redis}#huge-state-{nanos}");
+    let _: () = redis::cmd("SET")
+        .arg(format!("gcx:policies:huge-state-{nanos}:state"))
+        .arg(&huge)
+        .query(&mut conn)
+        .unwrap();
+    let out = run(Path::new(&state_store), &["policy", "status"]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("larger than any the store writes"),
+        "{stderr}"
+    );
+
+    let audit_store = format!("{redis}#huge-audit-{nanos}");
+    let audit_key = format!("gcx:policies:huge-audit-{nanos}:audit");
+    for _ in 0..399 {
+        let _: () = redis::cmd("RPUSH")
+            .arg(&audit_key)
+            .arg("{}")
+            .query(&mut conn)
+            .unwrap();
+    }
+    let _: () = redis::cmd("RPUSH")
+        .arg(&audit_key)
+        .arg(&huge)
+        .query(&mut conn)
+        .unwrap();
+    let out = run(Path::new(&audit_store), &["policy", "audit", "verify"]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("an audit entry larger than any the store writes"),
+        "{stderr}"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(format!("gcx:policies:huge-state-{nanos}:state"))
+        .arg(&audit_key)
+        .query(&mut conn)
+        .unwrap();
+}

@@ -28,6 +28,31 @@ redis.call('SET', KEYS[3], ARGV[3])
 return 1
 ";
 
+/// A string (`GET`, `ARGV[2]` empty) or a hash field (`HGET` of `ARGV[2]`), refused in Redis
+/// when larger than `ARGV[1]` bytes: a damaged or foreign value is never sent to be read whole.
+const READ: &str = r"
+local v
+if ARGV[2] == '' then v = redis.call('GET', KEYS[1]) else v = redis.call('HGET', KEYS[1], ARGV[2]) end
+if not v then return nil end
+if #v > tonumber(ARGV[1]) then return redis.error_reply('TOOLARGE an item larger than any the store writes') end
+return v
+";
+
+/// The audit list's items `ARGV[1]` to `ARGV[2]`, refused in Redis when one is larger than
+/// `ARGV[3]` bytes.
+const AUDIT_PAGE: &str = r"
+local items = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
+for _, v in ipairs(items) do
+  if #v > tonumber(ARGV[3]) then
+    return redis.error_reply('TOOLARGE an audit entry larger than any the store writes')
+  end
+end
+return items
+";
+
+/// Audit entries read from Redis at a time.
+const AUDIT_PAGE_LEN: usize = 256;
+
 const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
@@ -43,13 +68,6 @@ pub(crate) struct RedisStore {
 
 fn err(e: &redis::RedisError) -> String {
     format!("Redis: {e}")
-}
-
-fn bounded(bytes: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, String> {
-    match bytes {
-        Some(b) if b.len() > ITEM_MAX => Err("an item larger than any the store writes".into()),
-        other => Ok(other),
-    }
 }
 
 impl RedisStore {
@@ -114,9 +132,19 @@ impl RedisStore {
         Ok(conn)
     }
 
+    /// The value at `key` (its `field`, for a hash), within [`ITEM_MAX`].
+    fn read(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, String> {
+        redis::Script::new(READ)
+            .key(key)
+            .arg(ITEM_MAX)
+            .arg(field)
+            .invoke(&mut self.conn()?)
+            .map_err(|e| err(&e))
+    }
+
     /// The state's JSON, if any.
     pub(crate) fn state(&self) -> Result<Option<Vec<u8>>, String> {
-        bounded(self.conn()?.get(self.key("state")).map_err(|e| err(&e))?)
+        self.read(&self.key("state"), "")
     }
 
     /// Takes the writer's lock, waiting for another writer: its token.
@@ -173,11 +201,11 @@ impl RedisStore {
 
     /// A version's JSON.
     pub(crate) fn version(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
-        bounded(
-            self.conn()?
-                .hget(self.key("versions"), id)
-                .map_err(|e| err(&e))?,
-        )
+        if id.is_empty() {
+            // `READ` takes an empty field for a plain string.
+            return Ok(None);
+        }
+        self.read(&self.key("versions"), id)
     }
 
     /// Every version's id.
@@ -188,15 +216,25 @@ impl RedisStore {
     }
 
     /// The audit log's entries, in order.
+    /// Read a page at a time, each item within [`ITEM_MAX`] (checked in Redis).
     pub(crate) fn audit(&self) -> Result<Vec<Vec<u8>>, String> {
-        let lines: Vec<Vec<u8>> = self
-            .conn()?
-            .lrange(self.key("audit"), 0, -1)
-            .map_err(|e| err(&e))?;
-        if lines.iter().any(|l| l.len() > ITEM_MAX) {
-            return Err("an audit entry larger than any the store writes".into());
+        let mut conn = self.conn()?;
+        let script = redis::Script::new(AUDIT_PAGE);
+        let mut lines = Vec::new();
+        loop {
+            let page: Vec<Vec<u8>> = script
+                .key(self.key("audit"))
+                .arg(lines.len())
+                .arg(lines.len() + AUDIT_PAGE_LEN - 1)
+                .arg(ITEM_MAX)
+                .invoke(&mut conn)
+                .map_err(|e| err(&e))?;
+            let last = page.len() < AUDIT_PAGE_LEN;
+            lines.extend(page);
+            if last {
+                return Ok(lines);
+            }
         }
-        Ok(lines)
     }
 
     /// Appends `entry` to the audit log and sets `state`, together, when `token` still holds
