@@ -221,6 +221,13 @@ pub(crate) async fn build_client(
     common: &Common,
 ) -> Result<(GenesysClient, Option<Pace>), CliError> {
     let refused = |e: GenesysError| {
+        if e.is_token_unavailable() {
+            // Not the credentials' fault: the login host did not judge them.
+            return CliError::runtime(format!(
+                "{e}; nothing was sent: the login host is unavailable, run the same command \
+                 again later (or check --login-url and the network if it never answers)"
+            ));
+        }
         CliError::usage(format!(
             "{e}; nothing was sent: check the client id and secret \
              (GENESYSCLOUD_OAUTHCLIENT_ID/SECRET or GENESYS_CLIENT_ID/SECRET) and the region"
@@ -275,11 +282,13 @@ pub(crate) async fn build_client(
     if common.rate_limit.is_some() {
         // Anything but a refusal (no permission, an older org) says nothing against the
         // credentials.
-        if let Err(e @ GenesysError::OAuth(_)) = client
+        match client
             .organization_limits(genesys_client::limits::PLATFORM_API_NAMESPACE)
             .await
         {
-            return Err(refused(e));
+            Err(e @ GenesysError::OAuth(_)) => return Err(refused(e)),
+            Err(e) if e.is_token_unavailable() => return Err(refused(e)),
+            _ => {}
         }
     }
     Ok((client, pace))
@@ -482,27 +491,31 @@ const LOGIN_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// `call`'s outcome; made again while it fails for want of a token, the login host unavailable
 /// (nothing was sent), 1 s after the first failure, then twice as long each time up to
-/// [`LOGIN_RETRY_MAX`], for at most [`LOGIN_OUTAGE_MAX`] in all. The unit holds its place in
-/// the job meanwhile, so that a job whose login host is down waits rather than fail record
-/// after record.
-async fn with_token<T, F, Fut>(mut call: F) -> Result<T, Undelivered>
+/// [`LOGIN_RETRY_MAX`]. The unit holds its place in the job meanwhile, so that a job whose login
+/// host is down waits rather than fail record after record. It gives up, unsent, once the login
+/// host has been down for [`LOGIN_OUTAGE_MAX`] (counted from the first unit of the run that found
+/// it down: the job then stops), when the job stops, or when a fleet shard's lease lapses.
+async fn with_token<T, F, Fut>(unit: &UnitCtx, mut call: F) -> Result<T, Undelivered>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, GenesysError>>,
 {
-    let mut first = None;
+    let mut warned = false;
     let mut wait = Duration::from_secs(1);
     loop {
         let e = match call().await {
-            Ok(value) => return Ok(value),
+            Ok(value) => {
+                unit.gate.outage_over();
+                return Ok(value);
+            }
             Err(e) if e.is_token_unavailable() => e,
             Err(e) => return Err(Undelivered::from_error(&e)),
         };
         let now = tokio::time::Instant::now();
-        let since = *first.get_or_insert_with(|| {
+        let since = unit.gate.outage_since(now);
+        if !std::mem::replace(&mut warned, true) {
             tracing::warn!("no access token ({e}): waiting for the login host");
-            now
-        });
+        }
         let left = LOGIN_OUTAGE_MAX.saturating_sub(now.duration_since(since));
         if left.is_zero() {
             return Err(Undelivered::LoginUnavailable(format!(
@@ -511,7 +524,11 @@ where
                 LOGIN_OUTAGE_MAX.as_secs() / 60
             )));
         }
-        tokio::time::sleep(wait.min(left)).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait.min(left)) => {}
+            () = unit.gate.stopping() => {}
+        }
+        unit.may_send()?;
         wait = wait.saturating_mul(2).min(LOGIN_RETRY_MAX);
     }
 }
@@ -540,7 +557,7 @@ impl Deliver for Users {
 
     async fn deliver(&self, unit: UnitCtx, items: Vec<UserUpdate>) -> Result<(), Undelivered> {
         for u in items {
-            let current = with_token(|| self.0.get_user(&u.user_id)).await?;
+            let current = with_token(&unit, || self.0.get_user(&u.user_id)).await?;
             if unit.resumed && current.holds(&u.fields) {
                 // An earlier run's PATCH landed and its answer (or its journal entry) was lost.
                 continue;
@@ -549,7 +566,10 @@ impl Deliver for Users {
                 j.read_version(unit.line, current.version);
             }
             let options = UpdateUserOptions::default().known_version(current.version);
-            with_token(|| self.0.update_user_with(&u.user_id, &u.fields, options)).await?;
+            with_token(&unit, || {
+                self.0.update_user_with(&u.user_id, &u.fields, options)
+            })
+            .await?;
         }
         Ok(())
     }
@@ -611,12 +631,12 @@ impl Deliver for Ingest {
             .uri(&*self.path)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
-            .extension(IdempotencyKey::new(unit.key))
+            .extension(IdempotencyKey::new(unit.key.clone()))
             .extension(RetrySafety::KeyHonoured)
             .body(())
             .map_err(|e| Undelivered::Failed(format!("invalid request: {e}")))?
             .into_parts();
-        with_token(|| {
+        with_token(&unit, || {
             let body = genesys_tower::Body::from_bytes(body.clone());
             let request = Request::from_parts(head.clone(), body);
             async move { self.client.call(request).await.map(drop) }
@@ -677,7 +697,7 @@ impl Deliver for Actions {
             // Marked unsafe to repeat: a gateway's 500, 502 or 504, which may come after the
             // action ran, is an unknown outcome. Sent again only when no token could be had, so
             // that it was not sent at all.
-            let response = with_token(|| {
+            let response = with_token(&unit, || {
                 let request = Request::from_parts(
                     head.clone(),
                     genesys_tower::Body::from_bytes(body.clone()),
@@ -720,6 +740,17 @@ mod tests {
         })
     }
 
+    fn unit() -> UnitCtx {
+        UnitCtx {
+            line: 1,
+            key: "k".to_owned(),
+            resumed: false,
+            journal: None,
+            gate: Arc::default(),
+            fence: None,
+        }
+    }
+
     /// A call that finds no token is made again, waiting longer each time: it goes through
     /// once the login host is back, and the job stops once it has been down for 15 minutes.
     #[tokio::test(start_paused = true)]
@@ -738,13 +769,14 @@ mod tests {
             }
         };
         let start = tokio::time::Instant::now();
-        assert_eq!(with_token(back_after(4)).await, Ok(4));
+        assert_eq!(with_token(&unit(), back_after(4)).await, Ok(4));
         // Waits of 1, 2, 4 and 8 s.
         assert_eq!(start.elapsed(), Duration::from_secs(15));
 
         calls.store(0, Ordering::SeqCst);
         let start = tokio::time::Instant::now();
-        let Err(Undelivered::LoginUnavailable(reason)) = with_token(back_after(u32::MAX)).await
+        let Err(Undelivered::LoginUnavailable(reason)) =
+            with_token(&unit(), back_after(u32::MAX)).await
         else {
             panic!("the job stops");
         };
@@ -753,15 +785,45 @@ mod tests {
         // 1 + 2 + 4 + 8 + 16 s, then every 30 s.
         assert_eq!(calls.load(Ordering::SeqCst), 6 + (900 - 31) / 30 + 1);
 
+        // The outage is the run's: a unit that meets it ten minutes after another did waits
+        // the five minutes left.
+        let late = unit();
+        late.gate.outage_since(tokio::time::Instant::now());
+        tokio::time::advance(Duration::from_secs(600)).await;
+        let start = tokio::time::Instant::now();
+        let gave_up = with_token(&late, back_after(u32::MAX)).await;
+        assert!(matches!(gave_up, Err(Undelivered::LoginUnavailable(_))));
+        assert_eq!(start.elapsed(), Duration::from_secs(300));
+
         // Refused credentials are not waited on.
         calls.store(0, Ordering::SeqCst);
-        let refused = with_token(|| {
+        let refused = with_token(&unit(), || {
             calls.fetch_add(1, Ordering::SeqCst);
             async { Err::<(), _>(login(401, "invalid_client")) }
         })
         .await;
         assert!(matches!(refused, Err(Undelivered::CredentialsRefused(_))));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A unit waiting for the login host gives up at once, unsent, when the job stops (a
+    /// Ctrl-C, another unit that gave up): it is listed as not started, never as unknown.
+    #[tokio::test(start_paused = true)]
+    async fn a_job_that_stops_ends_the_wait_unsent() {
+        let waiting = unit();
+        let gate = waiting.gate.clone();
+        let start = tokio::time::Instant::now();
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            gate.stop();
+        });
+        let r = with_token(&waiting, || async {
+            Err::<(), _>(login(503, "temporarily_unavailable"))
+        })
+        .await;
+        assert!(matches!(r, Err(Undelivered::NotSent(_))), "{r:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(100));
+        stopper.await.unwrap();
     }
 
     /// A journal's API is named the same however the region is spelled, and a base URL

@@ -35,6 +35,60 @@ pub(crate) enum Replay {
     Never,
 }
 
+/// What every unit of a run shares while the login host is down: when the outage began (as the
+/// units saw it: the first that found no token, until one gets a token again), and whether the
+/// job is stopping, so that a unit waiting for a token gives up at once, unsent.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    stop: tokio::sync::watch::Sender<bool>,
+    outage_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            stop: tokio::sync::watch::channel(false).0,
+            outage_since: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Gate {
+    /// The job is stopping: units waiting for a token give up.
+    pub(crate) fn stop(&self) {
+        self.stop
+            .send_if_modified(|stopped| !std::mem::replace(stopped, true));
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves once the job is stopping.
+    pub(crate) async fn stopping(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+
+    /// When the login host was first found down in the outage under way (`now` if this is
+    /// the first to find it).
+    pub(crate) fn outage_since(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        *self
+            .outage_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(now)
+    }
+
+    /// A token was had: the outage, if any, is over.
+    pub(crate) fn outage_over(&self) {
+        *self
+            .outage_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
 /// What the deliverer is told about the unit it sends.
 #[derive(Debug, Clone)]
 pub(crate) struct UnitCtx {
@@ -46,6 +100,27 @@ pub(crate) struct UnitCtx {
     pub(crate) resumed: bool,
     /// The job's journal, for notes such as the version a user is patched with.
     pub(crate) journal: Option<JournalHandle>,
+    /// What the run's units share while the login host is down.
+    pub(crate) gate: Arc<Gate>,
+    /// A fleet shard's lease: nothing may leave once it no longer surely holds.
+    pub(crate) fence: Option<crate::fleet::Fence>,
+}
+
+impl UnitCtx {
+    /// Whether the unit may still be sent after a wait: not once the job is stopping (it was
+    /// not sent: listed as not started), nor once a fleet shard's lease lapsed (left to the
+    /// worker that takes the shard over).
+    pub(crate) fn may_send(&self) -> Result<(), Undelivered> {
+        if self.gate.stopped() {
+            return Err(Undelivered::NotSent(
+                "not sent: the job stopped while this waited for the login host".to_owned(),
+            ));
+        }
+        if self.fence.as_ref().is_some_and(|f| !f.holds()) {
+            return Err(Undelivered::LeftToFleet);
+        }
+        Ok(())
+    }
 }
 
 /// Why a unit was not delivered.
@@ -535,6 +610,7 @@ pub(crate) async fn run<D: Deliver>(
     let mut interrupt_count = 0u32;
     let mut stopping = false;
     let mut grace_ends: Option<tokio::time::Instant> = None;
+    let gate = Arc::new(Gate::default());
 
     // Sends a unit: its start journaled, then its request, in a task of its own.
     let send = |engine: &mut Engine<'_>,
@@ -559,6 +635,8 @@ pub(crate) async fn run<D: Deliver>(
             key,
             resumed,
             journal: handle,
+            gate: gate.clone(),
+            fence: fence.clone(),
         };
         let d = deliver.clone();
         let task = units.set.spawn(async move {
@@ -571,8 +649,8 @@ pub(crate) async fn run<D: Deliver>(
             }
             // The last moment to find a fleet lease lapsed (paused since the dispatch, or while
             // the start was recorded): nothing has left yet.
-            if fence.as_ref().is_some_and(|f| !f.holds()) {
-                return (Err(Undelivered::LeftToFleet), Duration::ZERO);
+            if let Err(e) = ctx.may_send() {
+                return (Err(e), Duration::ZERO);
             }
             let t = Instant::now();
             let r = d.deliver(ctx, items).await;
@@ -689,6 +767,10 @@ pub(crate) async fn run<D: Deliver>(
         if !stopping && (engine.journal_broken() || engine.tally.login_stopped().is_some()) {
             // The unit being formed, and every one after it, is listed as not started.
             stopping = true;
+        }
+        if stopping {
+            // Units waiting for the login host give up, unsent.
+            gate.stop();
         }
         let taking = !input_done && (stopping || units.taken() < concurrency);
         tokio::select! {

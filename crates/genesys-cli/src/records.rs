@@ -150,11 +150,11 @@ fn cut(s: &str) -> String {
     }
 }
 
-/// Ingestion records: any JSON value the schema accepts. CSV cells are converted to the type the
-/// schema gives their column (`integer`, `number`, `boolean`), so a CSV can satisfy a typed schema.
 /// The largest schema file read (a schema is a few kilobytes; a larger file is a wrong path).
 const SCHEMA_MAX: usize = 4 << 20;
 
+/// Ingestion records: any JSON value the schema accepts. CSV cells are converted to the type the
+/// schema gives their column (`integer`, `number`, `boolean`), so a CSV can satisfy a typed schema.
 #[derive(Debug)]
 pub(crate) struct IngestRecords {
     schema: Value,

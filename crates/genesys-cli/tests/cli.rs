@@ -1355,6 +1355,29 @@ async fn a_job_waits_out_a_login_outage() {
     }
 }
 
+/// The login host down when a job starts: nothing is sent, and the job says the login host is
+/// unavailable (exit 1), not that the credentials are wrong (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_starts_while_the_login_host_is_down_blames_no_credentials() {
+    let sim = Simulator::spawn(config(3)).await.unwrap();
+    sim.set_login_down(true);
+    let d = dir("login_down_at_start");
+    let (lines, _) = user_lines(&sim, 3);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    for rate in [None, Some("100/60")] {
+        let mut cmd = users_patch(&sim, &input);
+        if let Some(rate) = rate {
+            cmd.args(["--rate-limit", rate]);
+        }
+        let out = cmd.output().unwrap();
+        assert_exit(&out, 1);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("the login host is unavailable"), "{stderr}");
+        assert!(!stderr.contains("check the client id"), "{stderr}");
+    }
+    assert_eq!(sim.ledger_len(), 0, "nothing applied");
+}
+
 /// Waits until `done`, two minutes at most.
 async fn until(what: &str, done: impl Fn() -> bool) {
     let start = Instant::now();

@@ -95,7 +95,9 @@ impl GenesysError {
             GenesysError::OAuth(e) => e.is_unavailable(),
             GenesysError::Transport { source } => {
                 match find::<TokenError>(&**source) {
-                    Some(TokenError::Request(_)) => false,
+                    // An invalid token URL, or a login host that answers something that is not
+                    // a token: a setting to fix, not an outage to wait out.
+                    Some(TokenError::Request(_) | TokenError::Malformed(_)) => false,
                     Some(TokenError::OAuth(e)) => e.is_unavailable(),
                     Some(_) => true,
                     // Another token source's failure, or the auth layer's fetch timeout.
@@ -167,4 +169,50 @@ fn find_oauth(err: &(dyn StdError + 'static)) -> Option<OAuthError> {
         };
     }
     find::<OAuthError>(err).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oauth(status: u16, code: &str) -> OAuthError {
+        OAuthError {
+            error: crate::error::OAuthErrorKind::Other(code.to_owned()),
+            description: None,
+            status: StatusCode::from_u16(status).unwrap(),
+        }
+    }
+
+    /// Only a login host that could not judge the credentials is an outage to wait out: not a
+    /// refusal, not a setting to fix.
+    #[test]
+    fn a_token_is_unavailable_only_while_the_login_host_is() {
+        let transport = |e: TokenError| GenesysError::Transport {
+            source: Box::new(e),
+        };
+        let unavailable = [
+            GenesysError::OAuth(oauth(503, "temporarily_unavailable")),
+            GenesysError::OAuth(oauth(429, "")),
+            transport(TokenError::Transport("connection refused".into())),
+            transport(TokenError::GaveUp {
+                attempts: 4,
+                last: Box::new(TokenError::OAuth(oauth(502, ""))),
+            }),
+        ];
+        for e in &unavailable {
+            assert!(e.is_token_unavailable(), "{e}");
+        }
+        let not = [
+            GenesysError::OAuth(oauth(401, "invalid_client")),
+            GenesysError::OAuth(oauth(400, "invalid_request")),
+            transport(TokenError::Malformed("not a token".into())),
+            transport(TokenError::Request("an invalid token URL".into())),
+            GenesysError::Transport {
+                source: "connection reset".into(),
+            },
+        ];
+        for e in &not {
+            assert!(!e.is_token_unavailable(), "{e}");
+        }
+    }
 }

@@ -145,7 +145,9 @@ impl GenesysClientBuilder {
     /// older org, a proxy), the pacing stays as it was (300 per 60 s by default).
     ///
     /// It fetches a token and makes one request; refused credentials end it with
-    /// [`GenesysError::OAuth`].
+    /// [`GenesysError::OAuth`], and so does a token that cannot be had while the login host is
+    /// unavailable ([`GenesysError::is_token_unavailable`], a transport error when the host
+    /// cannot be reached): the client could send nothing either.
     pub async fn discover_limits(mut self) -> Result<Self, GenesysError> {
         let probe = self.clone().metrics(Metrics::new()).build()?;
         match probe.organization_limits(PLATFORM_API_NAMESPACE).await {
@@ -166,6 +168,7 @@ impl GenesysClientBuilder {
                 Ok(self)
             }
             Err(e @ GenesysError::OAuth(_)) => Err(e),
+            Err(e) if e.is_token_unavailable() => Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "the org's limits could not be read; keeping the pacing");
                 Ok(self)
