@@ -481,55 +481,103 @@ pub(crate) fn small_store() -> MemoryStore {
     MemoryStore::with_capacity(1024 * 1024)
 }
 
-/// The longest a unit waits for an access token while the login host is unavailable (it
-/// answers 429 or 5xx past the token source's own retries, or cannot be reached): then the job
-/// stops, for the same command to resume. A short outage only slows the job down.
-pub(crate) const LOGIN_OUTAGE_MAX: Duration = Duration::from_secs(15 * 60);
+/// The longest a job waits while it is turned away: no access token to be had, the login host
+/// unavailable (it answers 429 or 5xx past the token source's own retries, or cannot be
+/// reached), or the API asking to wait longer than a call waits (a 429's `Retry-After` past the
+/// retry policy's `max_retry_after`, a daily quota's, say). Past it, or for a hint longer than
+/// what is left of it, the job stops, for the same command to resume. A shorter spell only
+/// slows the job down.
+pub(crate) const TURNED_AWAY_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// The longest wait between two tries for a token, while the login host is unavailable.
 const LOGIN_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// `call`'s outcome; made again while it fails for want of a token, the login host unavailable
-/// (nothing was sent), 1 s after the first failure, then twice as long each time up to
-/// [`LOGIN_RETRY_MAX`]. The unit holds its place in the job meanwhile, so that a job whose login
-/// host is down waits rather than fail record after record. It gives up, unsent, once the login
-/// host has been down for [`LOGIN_OUTAGE_MAX`] (counted from the first unit of the run that found
-/// it down: the job then stops), when the job stops, or when a fleet shard's lease lapses.
-async fn with_token<T, F, Fut>(unit: &UnitCtx, mut call: F) -> Result<T, Undelivered>
+/// Why a call that sent nothing (or nothing that was applied) may be made again later.
+enum TurnedAway {
+    /// No token: tried again after a backoff.
+    NoToken,
+    /// The API asked to wait this long (a 429 or 503 whose hint the call would not wait for).
+    Asked(Duration),
+}
+
+impl TurnedAway {
+    fn of(e: &GenesysError) -> Option<Self> {
+        if e.is_token_unavailable() {
+            return Some(TurnedAway::NoToken);
+        }
+        if e.may_have_been_applied() {
+            return None;
+        }
+        match e {
+            GenesysError::RetryAfterTooLong { retry_after, .. } => {
+                Some(TurnedAway::Asked(*retry_after))
+            }
+            GenesysError::DeadlineExceeded {
+                retry_after: Some(hint),
+                ..
+            } => Some(TurnedAway::Asked(*hint)),
+            _ => None,
+        }
+    }
+}
+
+/// `call`'s outcome; made again while it is turned away with nothing applied
+/// ([`TurnedAway`]): without a token, 1 s after the first failure, then twice as long each time
+/// up to [`LOGIN_RETRY_MAX`]; asked to wait, after the wait asked for. The unit holds its place
+/// in the job meanwhile, so that a job turned away waits rather than fail record after record.
+/// It gives up, unsent, once the job has been turned away for [`TURNED_AWAY_MAX`] (counted from
+/// the first unit of the run that was: the job then stops), at once for a wait longer than
+/// what is left of it, when the job stops, or when a fleet shard's lease lapses.
+async fn patiently<T, F, Fut>(unit: &UnitCtx, mut call: F) -> Result<T, Undelivered>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, GenesysError>>,
 {
     let mut warned = false;
-    let mut wait = Duration::from_secs(1);
+    let mut backoff = Duration::from_secs(1);
     loop {
-        let e = match call().await {
+        let (e, away) = match call().await {
             Ok(value) => {
                 unit.gate.outage_over();
                 return Ok(value);
             }
-            Err(e) if e.is_token_unavailable() => e,
-            Err(e) => return Err(Undelivered::from_error(&e)),
+            Err(e) => match TurnedAway::of(&e) {
+                Some(away) => (e, away),
+                None => return Err(Undelivered::from_error(&e)),
+            },
         };
         let now = tokio::time::Instant::now();
         let since = unit.gate.outage_since(now);
-        if !std::mem::replace(&mut warned, true) {
-            tracing::warn!("no access token ({e}): waiting for the login host");
-        }
-        let left = LOGIN_OUTAGE_MAX.saturating_sub(now.duration_since(since));
-        if left.is_zero() {
-            return Err(Undelivered::LoginUnavailable(format!(
-                "no access token could be had for {} minutes, the login host unavailable \
-                 ({e}); run the same command again once it is back",
-                LOGIN_OUTAGE_MAX.as_secs() / 60
+        let left = TURNED_AWAY_MAX.saturating_sub(now.duration_since(since));
+        let wait = match away {
+            TurnedAway::NoToken => backoff.min(left),
+            TurnedAway::Asked(hint) => hint,
+        };
+        if left.is_zero() || wait > left {
+            let (what, how_long) = match away {
+                TurnedAway::NoToken => (
+                    "no access token could be had, the login host unavailable",
+                    format!("for {} minutes", TURNED_AWAY_MAX.as_secs() / 60),
+                ),
+                TurnedAway::Asked(hint) => {
+                    ("the API asks to wait", format!("{} s", hint.as_secs()))
+                }
+            };
+            return Err(Undelivered::Unavailable(format!(
+                "{what} {how_long} ({e}); run the same command again later to resume"
             )));
         }
+        if !std::mem::replace(&mut warned, true) {
+            tracing::warn!("turned away ({e}): waiting {} s", wait.as_secs());
+        }
         tokio::select! {
-            () = tokio::time::sleep(wait.min(left)) => {}
+            () = tokio::time::sleep(wait) => {}
             () = unit.gate.stopping() => {}
         }
         unit.may_send()?;
-        wait = wait.saturating_mul(2).min(LOGIN_RETRY_MAX);
+        if let TurnedAway::NoToken = away {
+            backoff = backoff.saturating_mul(2).min(LOGIN_RETRY_MAX);
+        }
     }
 }
 
@@ -557,7 +605,7 @@ impl Deliver for Users {
 
     async fn deliver(&self, unit: UnitCtx, items: Vec<UserUpdate>) -> Result<(), Undelivered> {
         for u in items {
-            let current = with_token(&unit, || self.0.get_user(&u.user_id)).await?;
+            let current = patiently(&unit, || self.0.get_user(&u.user_id)).await?;
             if unit.resumed && current.holds(&u.fields) {
                 // An earlier run's PATCH landed and its answer (or its journal entry) was lost.
                 continue;
@@ -566,7 +614,7 @@ impl Deliver for Users {
                 j.read_version(unit.line, current.version);
             }
             let options = UpdateUserOptions::default().known_version(current.version);
-            with_token(&unit, || {
+            patiently(&unit, || {
                 self.0.update_user_with(&u.user_id, &u.fields, options)
             })
             .await?;
@@ -636,7 +684,7 @@ impl Deliver for Ingest {
             .body(())
             .map_err(|e| Undelivered::Failed(format!("invalid request: {e}")))?
             .into_parts();
-        with_token(&unit, || {
+        patiently(&unit, || {
             let body = genesys_tower::Body::from_bytes(body.clone());
             let request = Request::from_parts(head.clone(), body);
             async move { self.client.call(request).await.map(drop) }
@@ -697,7 +745,7 @@ impl Deliver for Actions {
             // Marked unsafe to repeat: a gateway's 500, 502 or 504, which may come after the
             // action ran, is an unknown outcome. Sent again only when no token could be had, so
             // that it was not sent at all.
-            let response = with_token(&unit, || {
+            let response = patiently(&unit, || {
                 let request = Request::from_parts(
                     head.clone(),
                     genesys_tower::Body::from_bytes(body.clone()),
@@ -769,18 +817,17 @@ mod tests {
             }
         };
         let start = tokio::time::Instant::now();
-        assert_eq!(with_token(&unit(), back_after(4)).await, Ok(4));
+        assert_eq!(patiently(&unit(), back_after(4)).await, Ok(4));
         // Waits of 1, 2, 4 and 8 s.
         assert_eq!(start.elapsed(), Duration::from_secs(15));
 
         calls.store(0, Ordering::SeqCst);
         let start = tokio::time::Instant::now();
-        let Err(Undelivered::LoginUnavailable(reason)) =
-            with_token(&unit(), back_after(u32::MAX)).await
+        let Err(Undelivered::Unavailable(reason)) = patiently(&unit(), back_after(u32::MAX)).await
         else {
             panic!("the job stops");
         };
-        assert_eq!(start.elapsed(), LOGIN_OUTAGE_MAX);
+        assert_eq!(start.elapsed(), TURNED_AWAY_MAX);
         assert!(reason.contains("15 minutes"), "{reason}");
         // 1 + 2 + 4 + 8 + 16 s, then every 30 s.
         assert_eq!(calls.load(Ordering::SeqCst), 6 + (900 - 31) / 30 + 1);
@@ -791,19 +838,51 @@ mod tests {
         late.gate.outage_since(tokio::time::Instant::now());
         tokio::time::advance(Duration::from_secs(600)).await;
         let start = tokio::time::Instant::now();
-        let gave_up = with_token(&late, back_after(u32::MAX)).await;
-        assert!(matches!(gave_up, Err(Undelivered::LoginUnavailable(_))));
+        let gave_up = patiently(&late, back_after(u32::MAX)).await;
+        assert!(matches!(gave_up, Err(Undelivered::Unavailable(_))));
         assert_eq!(start.elapsed(), Duration::from_secs(300));
 
         // Refused credentials are not waited on.
         calls.store(0, Ordering::SeqCst);
-        let refused = with_token(&unit(), || {
+        let refused = patiently(&unit(), || {
             calls.fetch_add(1, Ordering::SeqCst);
             async { Err::<(), _>(login(401, "invalid_client")) }
         })
         .await;
         assert!(matches!(refused, Err(Undelivered::CredentialsRefused(_))));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// The API asking to wait longer than a call waits: the unit waits what it asks and goes
+    /// on; a wait longer than the job's patience stops the job at once, unsent.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_asked_to_wait_waits_or_stops_the_job() {
+        let asked = |secs: u64| GenesysError::RetryAfterTooLong {
+            retry_after: Duration::from_secs(secs),
+            source: "429".into(),
+        };
+        let calls = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let r = patiently(&unit(), || {
+            let i = calls.fetch_add(1, Ordering::SeqCst);
+            async move { if i < 2 { Err(asked(200)) } else { Ok(i) } }
+        })
+        .await;
+        assert_eq!(r, Ok(2));
+        assert_eq!(start.elapsed(), Duration::from_secs(400));
+
+        let start = tokio::time::Instant::now();
+        let Err(Undelivered::Unavailable(reason)) =
+            patiently(&unit(), || async { Err::<(), _>(asked(3600)) }).await
+        else {
+            panic!("the job stops");
+        };
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "no wait for what will not be waited out"
+        );
+        assert!(reason.contains("the API asks to wait 3600 s"), "{reason}");
     }
 
     /// A unit waiting for the login host gives up at once, unsent, when the job stops (a
@@ -817,7 +896,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(100)).await;
             gate.stop();
         });
-        let r = with_token(&waiting, || async {
+        let r = patiently(&waiting, || async {
             Err::<(), _>(login(503, "temporarily_unavailable"))
         })
         .await;

@@ -138,10 +138,10 @@ pub(crate) enum Undelivered {
     /// The login host refused the credentials: nothing was sent, and nothing more can be. The
     /// whole job stops.
     CredentialsRefused(String),
-    /// No token could be had for [`LOGIN_OUTAGE_MAX`](crate::deliver::LOGIN_OUTAGE_MAX), the
-    /// login host unavailable all along: nothing was sent. The whole job stops, for the same
-    /// command to resume once the login host is back.
-    LoginUnavailable(String),
+    /// Turned away for [`TURNED_AWAY_MAX`](crate::deliver::TURNED_AWAY_MAX), or asked to wait
+    /// longer than that: no token to be had (the login host unavailable all along), or the API
+    /// asking to wait. Nothing was applied. The whole job stops, for the same command to resume.
+    Unavailable(String),
 }
 
 impl Undelivered {
@@ -370,12 +370,12 @@ impl Engine<'_> {
                 self.tally.other_shards += metas.len() as u64;
             }
             Err(Undelivered::CredentialsRefused(reason)) => {
-                self.login_stops(metas, "the credentials were refused", &reason);
+                self.stops(metas, "the credentials were refused", &reason);
                 self.tally.credentials_refused.get_or_insert(reason);
             }
-            Err(Undelivered::LoginUnavailable(reason)) => {
-                self.login_stops(metas, "no access token could be had", &reason);
-                self.tally.login_unavailable.get_or_insert(reason);
+            Err(Undelivered::Unavailable(reason)) => {
+                self.stops(metas, "turned away by the login host or the API", &reason);
+                self.tally.unavailable.get_or_insert(reason);
             }
         }
     }
@@ -383,14 +383,14 @@ impl Engine<'_> {
     /// Refused at the door (a 401, or no token at all): nothing was applied, and the journal
     /// says so, so that a resume sends it again rather than list it unknown. The first such
     /// end stops the job.
-    fn login_stops(&mut self, metas: &[Meta], why: &str, reason: &str) {
+    fn stops(&mut self, metas: &[Meta], why: &str, reason: &str) {
         if let (Some(j), Some(first)) = (&self.journal, metas.first()) {
             j.handle.failed(first.line, &format!("not applied: {why}"));
         }
         for meta in metas {
             self.not_started(meta);
         }
-        if self.tally.login_stopped().is_none() {
+        if self.tally.stopped_by().is_none() {
             self.progress.note(&format!(
                 "{reason}: stopping the job (nothing more is sent)"
             ));
@@ -740,7 +740,7 @@ pub(crate) async fn run<D: Deliver>(
                 return;
             };
             let stopping =
-                stopping || engine.tally.login_stopped().is_some() || engine.journal_broken();
+                stopping || engine.tally.stopped_by().is_some() || engine.journal_broken();
             while let Some((items, metas, resumed)) = turn.pop_front() {
                 units.queued -= 1;
                 // In the order `dispatch` judges a unit in.
@@ -764,7 +764,7 @@ pub(crate) async fn run<D: Deliver>(
         if input_done && units.set.is_empty() {
             break;
         }
-        if !stopping && (engine.journal_broken() || engine.tally.login_stopped().is_some()) {
+        if !stopping && (engine.journal_broken() || engine.tally.stopped_by().is_some()) {
             // The unit being formed, and every one after it, is listed as not started.
             stopping = true;
         }

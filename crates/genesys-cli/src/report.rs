@@ -42,10 +42,11 @@ pub(crate) struct Report {
     /// The login host refused the credentials mid-job: the job stopped (exit 2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) credentials_refused: Option<String>,
-    /// No access token could be had for 15 minutes, the login host unavailable: the job
-    /// stopped (exit 1), for the same command to resume.
+    /// Turned away for too long (no access token for 15 minutes, the login host unavailable, or
+    /// the API asking to wait longer than what is left of them): the job stopped (exit 1), for
+    /// the same command to resume.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) login_unavailable: Option<String>,
+    pub(crate) unavailable: Option<String>,
     /// The journal could not be written: a resume is not safe past the last entry on disk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) journal_error: Option<String>,
@@ -239,8 +240,8 @@ impl Report {
             input: input.map(Path::to_owned),
             status: if tally.credentials_refused.is_some() {
                 "credentials refused"
-            } else if tally.login_unavailable.is_some() {
-                "login host unavailable"
+            } else if tally.unavailable.is_some() {
+                "unavailable"
             } else if tally.interrupted {
                 "interrupted"
             } else if complete {
@@ -285,7 +286,7 @@ impl Report {
             output_error: tally.output_error.clone(),
             journal_error: tally.journal_error.clone(),
             credentials_refused: tally.credentials_refused.clone(),
-            login_unavailable: tally.login_unavailable.clone(),
+            unavailable: tally.unavailable.clone(),
             fleet_error: tally.fleet_error.clone(),
             journal: journal.map(Path::to_owned),
             failed_file: failed_file.map(Path::to_owned),
@@ -540,7 +541,7 @@ impl Report {
         if let Some(e) = self
             .credentials_refused
             .as_ref()
-            .or(self.login_unavailable.as_ref())
+            .or(self.unavailable.as_ref())
         {
             let _ = writeln!(s, "  stopped: {e}");
         }

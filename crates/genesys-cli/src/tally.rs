@@ -137,9 +137,9 @@ pub(crate) struct Tally {
     pub(crate) fleet_error: Option<String>,
     /// The login host refused the credentials: the job stopped (exit 2).
     pub(crate) credentials_refused: Option<String>,
-    /// No token could be had for [`LOGIN_OUTAGE_MAX`](crate::deliver::LOGIN_OUTAGE_MAX): the
-    /// login host stayed unavailable, and the job stopped (exit 1; the same command resumes).
-    pub(crate) login_unavailable: Option<String>,
+    /// Turned away for too long (no token to be had, or the API asking to wait): the job
+    /// stopped (exit 1; the same command resumes).
+    pub(crate) unavailable: Option<String>,
     /// Failed records, and records not started for a reason of their own (the journal could
     /// not record their start), with the reason, up to [`LISTED_MAX`].
     pub(crate) failures: Vec<Failure>,
@@ -176,16 +176,16 @@ impl Tally {
             && self.broken_input.is_none()
             && self.output_error.is_none()
             && self.journal_error.is_none()
-            && self.login_stopped().is_none()
+            && self.stopped_by().is_none()
             && self.fleet_error.is_none()
     }
 
     /// Why the login host stopped the job, when it did: the credentials refused, or no token
     /// to be had for too long.
-    pub(crate) fn login_stopped(&self) -> Option<&str> {
+    pub(crate) fn stopped_by(&self) -> Option<&str> {
         self.credentials_refused
             .as_deref()
-            .or(self.login_unavailable.as_deref())
+            .or(self.unavailable.as_deref())
     }
 
     /// True when every record of the pass was settled: delivered, failed, unknown or
@@ -197,7 +197,7 @@ impl Tally {
             && self.broken_input.is_none()
             && self.output_error.is_none()
             && self.journal_error.is_none()
-            && self.login_stopped().is_none()
+            && self.stopped_by().is_none()
     }
 
     /// One tally of several passes over the same input, each over one shard (a fleet worker's
@@ -235,7 +235,7 @@ impl Tally {
             out.output_error = out.output_error.or(t.output_error);
             out.journal_error = out.journal_error.or(t.journal_error);
             out.credentials_refused = out.credentials_refused.or(t.credentials_refused);
-            out.login_unavailable = out.login_unavailable.or(t.login_unavailable);
+            out.unavailable = out.unavailable.or(t.unavailable);
             out.fleet_error = out.fleet_error.or(t.fleet_error);
             for (list, more) in [
                 (&mut out.failures, t.failures),

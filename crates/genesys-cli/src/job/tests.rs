@@ -373,7 +373,7 @@ impl<const REFUSED: bool> Deliver for Refusing<REFUSED> {
         } else if REFUSED {
             Err(Undelivered::CredentialsRefused("invalid_client".into()))
         } else {
-            Err(Undelivered::LoginUnavailable("no access token".into()))
+            Err(Undelivered::Unavailable("no access token".into()))
         }
     }
 }
@@ -424,7 +424,7 @@ async fn a_login_host_down_too_long_stops_the_whole_job() {
     assert_eq!(sent, 3, "nothing more is sent");
     assert_eq!(tally.delivered, 2);
     assert_eq!(tally.not_started, 48);
-    assert!(tally.login_unavailable.is_some() && tally.credentials_refused.is_none());
+    assert!(tally.unavailable.is_some() && tally.credentials_refused.is_none());
     assert!(!tally.complete() && !tally.settled());
 }
 
