@@ -251,3 +251,30 @@ async fn a_raw_call_marked_unsafe_reports_a_gateway_error_as_an_unknown_outcome(
     assert!(err.is_outcome_unknown(), "{err}");
     sim.shutdown().await;
 }
+
+/// A CDN in front of the API answers 520 (its own HTML page) after the action ran: a 5xx
+/// outside the usual three is an unknown outcome too, never "failed, safe to send again".
+#[tokio::test]
+async fn a_cdns_520_after_the_action_ran_is_an_unknown_outcome() {
+    let sim = spawn(
+        SimConfig::default()
+            .users(1)
+            .rate_limit(None)
+            .faults("520-after=1".parse().unwrap()),
+    )
+    .await;
+    let client = client_for(&sim).build().unwrap();
+    let err = client
+        .execute_action(ECHO_ACTION_ID, &json!({"charge": 1}))
+        .await
+        .unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err}");
+    assert!(err.may_have_been_applied());
+    assert_eq!(err.api().map(|a| a.status().as_u16()), Some(520));
+    let executions = sim
+        .ledger()
+        .iter()
+        .filter(|e| e.entity == ECHO_ACTION_ID)
+        .count();
+    assert_eq!(executions, 1, "the action ran once and was not replayed");
+}

@@ -12,7 +12,8 @@ use genesys_tower::retry::{
 use http::{HeaderMap, StatusCode, request};
 
 /// The retry classification of the default stack: [`DefaultClassifier`], except that a failure
-/// of the token source is final, and that 500, 502 and 504 are ambiguous for requests marked
+/// of the token source is final, and that 500, 502, 504 and the other 5xx that may come after
+/// the work was done (all but 501, 503, 505 and 511) are ambiguous for requests marked
 /// [`RetrySafety::Unsafe`] (data actions), which are then never replayed after them.
 ///
 /// The token source retries the login host itself (429, 5xx, connection failures) and never

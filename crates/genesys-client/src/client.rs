@@ -127,7 +127,8 @@ impl GenesysClient {
     ///
     /// A relative URI (`/api/v2/users/me`) is resolved against the API base URL; an absolute one
     /// must be on the API host (the bearer token is never sent elsewhere). A non-2xx answer is a
-    /// [`GenesysError::Api`], but for a gateway's 500, 502 or 504 to a write (a method that is
+    /// [`GenesysError::Api`], but for a gateway's 500, 502 or 504 (or another 5xx that may come
+    /// after the work was done, [`GenesysError::is_gateway_error`]) to a write (a method that is
     /// not idempotent) that may have been applied all the same (marked
     /// [`RetrySafety::Unsafe`] by the caller or by the retry policy's rules, or sent again after
     /// an attempt that may have been applied): that is
@@ -231,7 +232,7 @@ impl GenesysClient {
             .with_retry_after(retry_after)
             .with_attempts(retry_info.as_ref().map(|i| i.attempts))
             .with_maybe_applied(retry_info.is_some_and(|i| i.maybe_applied));
-            // A gateway's 500, 502 or 504 to a write that may have been applied all the same
+            // A gateway's 500, 502 or 504 (or a CDN's 520...) to a write that may have been applied all the same
             // (marked unsafe by the caller, or judged so by the retry layer: marked by a rule,
             // or sent again after an attempt that may have been applied): the outcome is
             // unknown. A read's is the error it is.

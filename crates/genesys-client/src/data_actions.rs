@@ -4,8 +4,9 @@
 //! runs it and reports each step. Genesys does **not** honour `Idempotency-Key` on these routes,
 //! so a key alone cannot make a replay safe: the requests are marked [`RetrySafety::Unsafe`].
 //! A 429 or a 503 is still retried (the server said it did not run the action), but a failure
-//! after the request may have reached the server (a reset, a timeout, or a 500, 502 or 504,
-//! which a gateway can answer after the action ran) ends the call with
+//! after the request may have reached the server (a reset, a timeout, or a 500, 502, 504 or
+//! another 5xx but 501, 503, 505 and 511, which a gateway or a CDN can answer after the action
+//! ran) ends the call with
 //! [`GenesysError::OutcomeUnknown`]: the action may or may not have run, and the caller decides.
 
 use genesys_tower::retry::RetrySafety;

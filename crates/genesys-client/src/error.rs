@@ -656,7 +656,8 @@ impl GenesysError {
         }
     }
 
-    /// Whether the answer is a 500, 502 or 504: what a gateway in front of the work answers
+    /// Whether the answer is a 500, 502, 504 or another 5xx that may come after the work was
+    /// done (every one but 501, 503, 505 and 511: a CDN's 520, say): what a gateway in front of the work answers
     /// when it gave up, which may be after the work was done. When the request may have been
     /// applied all the same (not safe to send twice, as data actions are, or sent again after
     /// an attempt that may have been applied), it is reported as
@@ -769,10 +770,10 @@ impl From<BoxError> for GenesysError {
 #[cfg(test)]
 mod tests;
 
-/// 500, 502 and 504: the answer of something in front of the work, which may have been done.
+/// A 5xx that may come after the work was done: 500, 502 and 504, the answers of a gateway in
+/// front of the work, and every other 5xx but those that say the work was not done (501 not
+/// implemented, 503 unavailable, 505 version not supported, 511 network sign-in): a CDN's 520
+/// to 527 ("the origin's answer was lost"), a proxy's 598 or 599.
 pub(crate) fn is_gateway_error(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::INTERNAL_SERVER_ERROR | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
-    )
+    status.is_server_error() && !matches!(status.as_u16(), 501 | 503 | 505 | 511)
 }

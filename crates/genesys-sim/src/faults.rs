@@ -18,10 +18,11 @@
 //! | `stall-body` | probability | the effect is applied; the headers and half the body are sent, then nothing more (the connection stays open) |
 //! | `drip-body` | probability | the effect is applied; the body is sent one byte every 5 s |
 //! | `504-after` | probability | the effect is applied, then a gateway answers 504 `gateway.timeout` in its place |
+//! | `520-after` | probability | the effect is applied, then a CDN answers 520 with an HTML page in its place |
 //! | `stale-page` | probability | a cache in front of the API that ignores the query string: the request is served as if it had none (a listing answers its first page, of the default size, whatever page was asked) |
 //!
 //! The probabilities of `5xx`, `500`, `503-retry-after`, `reset-before`, `reset-after`,
-//! `long-retry-after`, the four `*-body` faults, `504-after` and `stale-page` are exclusive
+//! `long-retry-after`, the four `*-body` faults, `504-after`, `520-after` and `stale-page` are exclusive
 //! outcomes of one
 //! draw, so they
 //! must sum to at most 1.
@@ -47,7 +48,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 pub const FAULT_KEYS: &str = "5xx, 500, 503-retry-after, reset-before, reset-after, \
 long-retry-after (probabilities 0..=1), latency (MIN..MAX or a single duration, e.g. 5ms..50ms), \
 revoke-every (a duration, e.g. 30s), token-5xx, endless-body, huge-body, stall-body, drip-body, \
-504-after, stale-page (probabilities)";
+504-after, 520-after, stale-page (probabilities)";
 
 /// The fault configuration: what goes wrong, how often. `Faults::default()` injects nothing.
 ///
@@ -83,6 +84,10 @@ pub struct Faults {
     /// `504-after=p`: probability that the effect is applied, then a gateway answers 504 in
     /// place of the answer (what a gateway that gave up waiting does).
     pub gateway_after: f64,
+    /// `520-after=p`: probability that the effect is applied, then a CDN in front of the API
+    /// answers 520 ("the origin returned an unknown error") with an HTML page in its place: a
+    /// status outside the usual three, as Cloudflare's 520 to 527 are.
+    pub cdn_after: f64,
     /// `stale-page=p`: probability that the request is served as if it had no query string,
     /// as a cache in front of the API that ignores it does (a listing answers its first page).
     pub stale_page: f64,
@@ -165,7 +170,7 @@ macro_rules! probability_fault {
 
 /// The probability faults, in the order of the draw (the order keeps seeded runs reproducible).
 /// Those with an outcome are exclusive outcomes of one draw per API request.
-const PROBABILITY_FAULTS: [ProbabilityFault; 13] = [
+const PROBABILITY_FAULTS: [ProbabilityFault; 14] = [
     probability_fault!(
         "5xx",
         server_error,
@@ -206,6 +211,7 @@ const PROBABILITY_FAULTS: [ProbabilityFault; 13] = [
         Some(|_| Fault::Body(BodyFault::Drip))
     ),
     probability_fault!("504-after", gateway_after, Some(|_| Fault::GatewayAfter)),
+    probability_fault!("520-after", cdn_after, Some(|_| Fault::CdnAfter)),
     probability_fault!("stale-page", stale_page, Some(|_| Fault::StalePage)),
 ];
 
@@ -324,6 +330,8 @@ pub(crate) enum Fault {
     Body(BodyFault),
     /// The handler runs (the effect is applied); a gateway's 504 is answered in its place.
     GatewayAfter,
+    /// The handler runs (the effect is applied); a CDN's 520 page is answered in its place.
+    CdnAfter,
     /// The handler runs as if the request had no query string.
     StalePage,
 }
@@ -363,6 +371,7 @@ impl Fault {
             Fault::Body(BodyFault::Stall) => "stall-body",
             Fault::Body(BodyFault::Drip) => "drip-body",
             Fault::GatewayAfter => "504-after",
+            Fault::CdnAfter => "520-after",
             Fault::StalePage => "stale-page",
         })
     }

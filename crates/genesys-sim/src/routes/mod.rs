@@ -582,6 +582,7 @@ async fn api(
         | Fault::ResetAfter
         | Fault::Body(_)
         | Fault::GatewayAfter
+        | Fault::CdnAfter
         | Fault::StalePage => None,
     };
     let mut resp = match early {
@@ -621,6 +622,19 @@ async fn api(
             "The upstream service did not respond in time",
         )
         .into_response(cid);
+    }
+    if fault == Fault::CdnAfter {
+        // The effect is applied; the caller hears a CDN's page, not the API's JSON.
+        let mut page = http::Response::new(http_body_util::Full::new(Bytes::from_static(
+            b"<!DOCTYPE html><html><head><title>520: Web server is returning an unknown error\
+              </title></head><body><h1>Web server is returning an unknown error</h1></body></html>",
+        )));
+        *page.status_mut() = StatusCode::from_u16(520).unwrap_or(StatusCode::BAD_GATEWAY);
+        page.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=UTF-8"),
+        );
+        resp = page;
     }
     resp
 }
