@@ -64,8 +64,8 @@ use crate::region::{Endpoints, Region};
 use crate::service::{HttpService, MAX_TOKEN_BODY};
 
 pub use crate::defaults::{
-    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BODY_IDLE_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_ERROR_BODY,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_PACING,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BODY_IDLE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE,
+    DEFAULT_MAX_ERROR_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_PACING,
 };
 
 /// Where a client's pacing setting came from.
@@ -150,6 +150,7 @@ pub struct GenesysClientBuilder {
     refresh_margin: Option<Duration>,
     token_fetch_timeout: Option<FetchTimeout>,
     attempt_timeout: Option<Duration>,
+    connect_timeout: Duration,
     max_response_body: usize,
     max_error_body: usize,
     body_idle_timeout: Option<Duration>,
@@ -185,6 +186,7 @@ impl Default for GenesysClientBuilder {
             refresh_margin: None,
             token_fetch_timeout: None,
             attempt_timeout: Some(DEFAULT_ATTEMPT_TIMEOUT),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,
             max_error_body: DEFAULT_MAX_ERROR_BODY,
             body_idle_timeout: Some(DEFAULT_BODY_IDLE_TIMEOUT),
@@ -323,6 +325,17 @@ impl GenesysClientBuilder {
     /// an ambiguous failure: retried only when the request is safe to send twice.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// How long the default leaf waits for a TCP connection to the API or the login host
+    /// (default [`DEFAULT_CONNECT_TIMEOUT`], 10 s), shared among the host's addresses. A
+    /// connection that does not open in time (a firewall that drops it, an address that is
+    /// gone) is a connection failure, retried for any request, since nothing was sent; without
+    /// it the attempt's own timeout would end it as an ambiguous failure, whose outcome is
+    /// unknown. Has no effect on a leaf given with [`service`](Self::service).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
@@ -567,7 +580,7 @@ impl GenesysClientBuilder {
         let endpoints = self.endpoints()?;
         let leaf = match self.leaf.clone() {
             Some(leaf) => leaf,
-            None => hyper_leaf()?,
+            None => hyper_leaf(self.connect_timeout)?,
         };
         // Token requests: the leaf with the per-attempt timeout over reading the whole (small)
         // answer, without pacing (another host).
@@ -805,17 +818,23 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default leaf: hyper-util's pooled client over rustls (webpki roots, ring), http and https,
 /// HTTP/1.1 and HTTP/2.
-fn hyper_leaf() -> Result<HttpService, GenesysError> {
+fn hyper_leaf(connect_timeout: Duration) -> Result<HttpService, GenesysError> {
     use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+    let mut tcp = HttpConnector::new();
+    // https URLs go through the TLS connector around it.
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(connect_timeout));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
         .map_err(|e| GenesysError::Config(format!("TLS set-up failed: {e}")))?
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .build();
+        .wrap_connector(tcp);
     let client: Client<_, Body> = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         // Below the idle timeout of the servers and gateways in front of the API (often 30 to

@@ -9,6 +9,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 pub const DEFAULT_PACING: (u64, Duration) = (300, Duration::from_secs(60));
 /// The default per-attempt timeout.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default TCP connect timeout of the default leaf (see
+/// [`GenesysClientBuilder::connect_timeout`](crate::GenesysClientBuilder::connect_timeout)).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default total deadline of a call, retries included.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
 /// The default limit of a success body: 16 MiB (see [`GenesysClientBuilder::max_response_body`](crate::GenesysClientBuilder::max_response_body)).
