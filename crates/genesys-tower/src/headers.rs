@@ -292,10 +292,21 @@ impl RateLimitHints {
 /// headers.insert("retry-after", HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
 /// assert_eq!(retry_after(&headers, SystemTime::now()), Some(Duration::ZERO)); // in the past
 ///
+/// // A date counts from the answer's `Date`, the server's clock, when there is one.
+/// headers.insert("date", HeaderValue::from_static("Sun, 06 Nov 1994 08:49:07 GMT"));
+/// assert_eq!(retry_after(&headers, SystemTime::now()), Some(Duration::from_secs(30)));
+/// headers.remove("date");
+///
 /// headers.insert("retry-after", HeaderValue::from_static("soon"));
 /// assert_eq!(retry_after(&headers, SystemTime::now()), None); // malformed: ignored
 /// ```
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    // A date is counted from the answer's own `Date` when it has one: both are the server's
+    // clock, so a client whose clock is off by minutes still waits what the server meant.
+    let now = headers
+        .get(http::header::DATE)
+        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
+        .unwrap_or(now);
     headers
         .get_all(RETRY_AFTER)
         .iter()

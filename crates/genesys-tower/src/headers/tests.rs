@@ -188,3 +188,43 @@ proptest::proptest! {
         );
     }
 }
+
+/// A date counts from the answer's `Date` (the server's clock), not the client's: a client
+/// three minutes slow or fast still waits the 30 s meant; without a usable `Date`, from now.
+#[test]
+fn a_retry_after_date_counts_from_the_answers_date() {
+    let server = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:07 GMT").unwrap();
+    let with_date = headers(&[
+        ("date", "Sun, 06 Nov 1994 08:49:07 GMT"),
+        ("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ]);
+    for skew in [0i64, -180, 180] {
+        let client = if skew < 0 {
+            server - Duration::from_secs(skew.unsigned_abs())
+        } else {
+            server + Duration::from_secs(skew as u64)
+        };
+        assert_eq!(
+            retry_after(&with_date, client),
+            Some(Duration::from_secs(30)),
+            "client clock {skew:+} s"
+        );
+    }
+    let bad_date = headers(&[
+        ("date", "yesterday"),
+        ("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ]);
+    assert_eq!(
+        retry_after(&bad_date, server),
+        Some(Duration::from_secs(30))
+    );
+    // Seconds are seconds, whatever the `Date`.
+    let seconds = headers(&[
+        ("date", "Sun, 06 Nov 1994 08:49:07 GMT"),
+        ("retry-after", "7"),
+    ]);
+    assert_eq!(
+        retry_after(&seconds, SystemTime::now()),
+        Some(Duration::from_secs(7))
+    );
+}
