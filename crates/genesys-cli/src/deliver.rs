@@ -228,6 +228,16 @@ pub(crate) async fn build_client(
                  again later (or check --login-url and the network if it never answers)"
             ));
         }
+        if let GenesysError::OAuth(o) = &e
+            && !o.is_bad_credentials()
+        {
+            // Not a verdict on the credentials either: a request the login host would not take,
+            // or an answer from something else on the way.
+            return CliError::usage(format!(
+                "{e}; nothing was sent: check the login URL (--login-url, or the region), and \
+                 any proxy or firewall on the way to it"
+            ));
+        }
         CliError::usage(format!(
             "{e}; nothing was sent: check the client id and secret \
              (GENESYSCLOUD_OAUTHCLIENT_ID/SECRET or GENESYS_CLIENT_ID/SECRET) and the region"

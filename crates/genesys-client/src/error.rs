@@ -507,10 +507,15 @@ impl OAuthError {
 
 impl fmt::Display for OAuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let oauth = !self.error.as_str().is_empty();
         f.write_str(if self.is_unavailable() {
             "the login host is unavailable"
-        } else {
+        } else if oauth || self.status == StatusCode::UNAUTHORIZED {
             "the login host refused the client credentials"
+        } else {
+            // No OAuth error: an answer from something else on the way (a proxy, a firewall),
+            // or a login URL that is not the token endpoint.
+            "the login host answered without issuing a token"
         })?;
         if self.error.as_str().is_empty() {
             write!(f, " (HTTP {})", self.status.as_u16())?;

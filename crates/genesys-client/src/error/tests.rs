@@ -66,6 +66,25 @@ fn oauth_errors_are_typed() {
     assert_eq!(e.description.as_deref(), Some("bad"));
 }
 
+/// What the login host's answer says is named as it is: a refusal, an outage, or an answer
+/// that is no OAuth error at all (a firewall's page), which blames no credentials.
+#[test]
+fn a_login_answer_is_named_for_what_it_is() {
+    let shown = |status: u16, body: &[u8]| {
+        OAuthError::from_response(StatusCode::from_u16(status).unwrap(), body).to_string()
+    };
+    let refused = shown(401, br#"{"error":"invalid_client"}"#);
+    assert!(
+        refused.contains("refused the client credentials"),
+        "{refused}"
+    );
+    let down = shown(503, br#"{"error":"temporarily_unavailable"}"#);
+    assert!(down.contains("login host is unavailable"), "{down}");
+    let waf = shown(403, b"<html>Access denied</html>");
+    assert!(waf.contains("answered without issuing a token"), "{waf}");
+    assert!(!waf.contains("credentials"), "{waf}");
+}
+
 #[test]
 fn placeholders_without_values_are_kept() {
     let b: ErrorBody = serde_json::from_str(
