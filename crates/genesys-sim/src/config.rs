@@ -392,7 +392,9 @@ pub struct SimConfig {
     /// Maximum records per ingestion batch, 413 above (default 500).
     pub max_records: usize,
     /// Most ledger entries kept (default unlimited). Long benchmarks of writes can bound the
-    /// memory with it; effects beyond it are counted in [`crate::Stats::ledger_dropped`].
+    /// memory with it; effects beyond it are counted in [`crate::Stats::ledger_dropped`]. It
+    /// bounds the ingestion endpoint's stored `Idempotency-Key`s too (the oldest forgotten first,
+    /// as a store's retention forgets them: a repeat of a forgotten key is applied again).
     pub ledger_limit: Option<usize>,
 }
 

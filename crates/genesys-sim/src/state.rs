@@ -416,6 +416,46 @@ pub(crate) struct Stored {
     pub(crate) body: Bytes,
 }
 
+/// The ingestion endpoint's keys and their answers, per OAuth client, in the order they were
+/// stored: with [`SimConfig::ledger_limit`], at most that many are kept (the oldest forgotten
+/// first, as a real store's retention forgets them), so that a long benchmark's memory stays
+/// bounded here as in the ledger.
+#[derive(Default)]
+pub(crate) struct KeyStore {
+    answers: HashMap<(Arc<str>, String), Stored>,
+    order: std::collections::VecDeque<(Arc<str>, String)>,
+}
+
+impl KeyStore {
+    pub(crate) fn get(&self, slot: &(Arc<str>, String)) -> Option<&Stored> {
+        self.answers.get(slot)
+    }
+
+    /// Stores `answer` under `slot` (new), forgetting the oldest past `limit`.
+    pub(crate) fn insert(
+        &mut self,
+        slot: (Arc<str>, String),
+        answer: Stored,
+        limit: Option<usize>,
+    ) {
+        if self.answers.insert(slot.clone(), answer).is_none() {
+            self.order.push_back(slot);
+        }
+        while limit.is_some_and(|n| self.answers.len() > n) {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.answers.remove(&oldest);
+        }
+    }
+
+    /// How many keys are kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.answers.len()
+    }
+}
+
 /// Everything the handlers share.
 pub(crate) struct Shared {
     pub(crate) cfg: SimConfig,
@@ -427,7 +467,7 @@ pub(crate) struct Shared {
     pub(crate) integration_ids: Vec<String>,
     pub(crate) ledger: Mutex<Vec<LedgerEntry>>,
     pub(crate) stats: StatsInner,
-    pub(crate) idempotency: Mutex<HashMap<(Arc<str>, String), Stored>>,
+    pub(crate) idempotency: Mutex<KeyStore>,
     pub(crate) schema: jsonschema::Validator,
     pub(crate) api_seq: AtomicU64,
     pub(crate) token_seq: AtomicU64,
@@ -554,7 +594,7 @@ impl Shared {
             integration_ids,
             ledger: Mutex::new(Vec::new()),
             stats: StatsInner::new(routes),
-            idempotency: Mutex::new(HashMap::new()),
+            idempotency: Mutex::new(KeyStore::default()),
             schema,
             api_seq: AtomicU64::new(0),
             token_seq: AtomicU64::new(0),
@@ -607,4 +647,30 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+#[cfg(test)]
+mod key_store_tests {
+    use super::*;
+
+    /// With a ledger limit, the ingestion keys are bounded too, the oldest forgotten first.
+    #[test]
+    fn keys_past_the_limit_are_forgotten_oldest_first() {
+        let answer = || Stored {
+            payload_hash: 0,
+            status: 200,
+            body: Bytes::new(),
+        };
+        let client: Arc<str> = Arc::from("c");
+        let slot = |i: usize| (client.clone(), format!("k{i}"));
+        let mut bounded = KeyStore::default();
+        let mut unbounded = KeyStore::default();
+        for i in 0..100 {
+            bounded.insert(slot(i), answer(), Some(10));
+            unbounded.insert(slot(i), answer(), None);
+        }
+        assert_eq!(bounded.len(), 10);
+        assert!(bounded.get(&slot(89)).is_none() && bounded.get(&slot(90)).is_some());
+        assert_eq!(unbounded.len(), 100);
+    }
 }

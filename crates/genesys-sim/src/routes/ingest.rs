@@ -148,6 +148,7 @@ pub(super) fn ingest(ctx: &Ctx<'_>, call: &Call<'_>) -> Handled {
                 status: 200,
                 body: resp_body.clone(),
             },
+            sh.cfg.ledger_limit,
         );
     }
     for (i, record) in records.iter().enumerate() {
