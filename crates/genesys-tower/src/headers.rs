@@ -301,16 +301,16 @@ impl RateLimitHints {
 /// assert_eq!(retry_after(&headers, SystemTime::now()), None); // malformed: ignored
 /// ```
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let mut values = headers.get_all(RETRY_AFTER).iter().peekable();
+    // Most answers have none: nothing else is read for them.
+    values.peek()?;
     // A date is counted from the answer's own `Date` when it has one: both are the server's
     // clock, so a client whose clock is off by minutes still waits what the server meant.
     let now = headers
         .get(http::header::DATE)
         .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
         .unwrap_or(now);
-    headers
-        .get_all(RETRY_AFTER)
-        .iter()
-        .find_map(|v| parse_retry_after(v.as_bytes(), now))
+    values.find_map(|v| parse_retry_after(v.as_bytes(), now))
 }
 
 /// Parses one `Retry-After` value: delta-seconds or an HTTP-date (any of the three formats).
