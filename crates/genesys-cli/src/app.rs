@@ -57,6 +57,32 @@ pub(crate) struct JobKind<'a> {
     pub(crate) endpoint: Option<&'a str>,
 }
 
+/// The files a job writes, with the flags that name them.
+fn outputs(common: &Common) -> Vec<(&'static str, &Path)> {
+    [
+        ("--failed", &common.failed),
+        ("--unknown", &common.unknown),
+        ("--quarantine", &common.quarantine),
+        ("--report", &common.report),
+        ("--journal", &common.journal),
+    ]
+    .into_iter()
+    .filter_map(|(flag, path)| Some((flag, path.as_deref()?)))
+    .collect()
+}
+
+/// Refuses an output that is `read`, a file the job reads before [`prepare`] (the schema).
+pub(crate) fn check_outputs_spare(
+    common: &Common,
+    read: &Path,
+    what: &str,
+) -> Result<(), CliError> {
+    for (flag, path) in outputs(common) {
+        crate::sinks::check_not_over(read, what, path, flag)?;
+    }
+    Ok(())
+}
+
 /// Opens `input` for `parser`, the fleet job's record, the output files and the journal, or
 /// says why not (exit 2). Nothing is sent before this has succeeded.
 pub(crate) async fn prepare<P: Parse>(
@@ -67,27 +93,13 @@ pub(crate) async fn prepare<P: Parse>(
     kind: JobKind<'_>,
 ) -> Result<Prepared<P>, CliError> {
     let source = Source::open(input, format, &parser)?;
-    for (flag, path) in [
-        ("--failed", &common.failed),
-        ("--unknown", &common.unknown),
-        ("--quarantine", &common.quarantine),
-        ("--report", &common.report),
-        ("--journal", &common.journal),
-    ] {
-        if let Some(path) = path {
-            check_distinct(input, path, flag)?;
+    let outputs = outputs(common);
+    for (flag, path) in &outputs {
+        check_distinct(input, path, flag)?;
+        if let Some(config) = &common.config {
+            crate::sinks::check_not_over(config, "the configuration file", path, flag)?;
         }
     }
-    let outputs: Vec<(&str, &Path)> = [
-        ("--failed", &common.failed),
-        ("--unknown", &common.unknown),
-        ("--quarantine", &common.quarantine),
-        ("--report", &common.report),
-        ("--journal", &common.journal),
-    ]
-    .into_iter()
-    .filter_map(|(flag, path)| Some((flag, path.as_deref()?)))
-    .collect();
     check_outputs_distinct(&outputs)?;
     let fleet = match (&common.fleet_redis, common.shard) {
         (Some(url), Some(shard)) if kind.journaled => {
@@ -177,14 +189,14 @@ pub(crate) async fn prepare<P: Parse>(
         && !common.quiet
     {
         if j.past.resumed() {
-            eprintln!(
+            say!(
                 "gcx: resuming from the journal {} ({} unit(s) delivered earlier are skipped; \
                  --fresh starts over)",
                 j.path.display(),
                 j.past.done_units
             );
         } else {
-            eprintln!(
+            say!(
                 "gcx: journal {} (after a crash, the same command resumes from it)",
                 j.path.display()
             );
@@ -403,14 +415,14 @@ pub(crate) async fn finish(
         });
     }
     if common.json {
-        println!("{}", report.to_json());
+        out!("{}", report.to_json());
         if !common.quiet {
-            eprint!("{}", report.table());
+            say_part!("{}", report.table());
         }
     } else if !common.quiet {
-        print!("{}", report.table());
+        out_part!("{}", report.table());
     } else if report.exit_code != EXIT_OK {
-        eprintln!(
+        say!(
             "gcx {command}: {} ({} delivered, {} failed, {} unknown, {} quarantined, {} not started)",
             report.status,
             report.counts.delivered,

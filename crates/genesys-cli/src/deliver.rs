@@ -427,7 +427,7 @@ pub(crate) fn show_config(common: &Common) -> Result<u8, CliError> {
             "settings": settings,
             "credentials": credentials,
         });
-        println!("{out}");
+        out!("{out}");
     } else {
         let entries = layered.entries();
         let width = entries.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
@@ -437,16 +437,16 @@ pub(crate) fn show_config(common: &Common) -> Result<u8, CliError> {
                 Value::String(s) => s,
                 other => other.to_string(),
             };
-            println!("{key:<width$}  {value:<12}  {origin}");
+            out!("{key:<width$}  {value:<12}  {origin}");
         }
-        println!();
+        out!();
         if let Some(p) = profile {
-            println!("profile      {}", p.name);
+            out!("profile      {}", p.name);
         }
         for (key, value, origin) in &connection {
-            println!("{key:<12} {value}  ({origin})");
+            out!("{key:<12} {value}  ({origin})");
         }
-        println!("credentials  {credentials}");
+        out!("credentials  {credentials}");
     }
     Ok(0)
 }
@@ -764,7 +764,7 @@ impl Deliver for Actions {
             })
             .await?;
             if self.print_output {
-                println!("{}", String::from_utf8_lossy(&response.body));
+                out!("{}", String::from_utf8_lossy(&response.body));
             }
         }
         Ok(())

@@ -106,7 +106,7 @@ pub(crate) async fn run(
         .map_err(|e| CliError::runtime(format!("cannot set up the client: {e}")))?;
 
     if !common.quiet {
-        eprintln!(
+        say!(
             "gcx demo: simulator on {} with faults `{}`, quota {} requests per {} s per token, \
              tokens valid {} s; updating {users} users with {concurrency} in flight",
             sim.base_url(),
@@ -116,7 +116,7 @@ pub(crate) async fn run(
             TOKEN_TTL.as_secs()
         );
         if let Some(addr) = telemetry.addr() {
-            eprintln!(
+            say!(
                 "gcx demo: the client's metrics on http://{addr}/metrics, the simulator's on {}/sim/metrics",
                 sim.base_url()
             );
@@ -218,9 +218,9 @@ pub(crate) async fn run(
             )
         };
         if common.json {
-            eprintln!("{out}\n{line}");
+            say!("{out}\n{line}");
         } else {
-            println!("{out}\n{line}");
+            out!("{out}\n{line}");
         }
     }
     sim.shutdown().await;

@@ -591,8 +591,9 @@ impl Journal {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(CliError::usage(format!(
-                    "the journal {} is in use by another gcx run of this job (on this machine); \
-                     wait for it to end, or give this run another --journal FILE",
+                    "the journal {} is in use by another gcx run of this job (on this machine): \
+                     wait for it to end, or stop it; do not start this job with another \
+                     --journal or --fresh meanwhile, which would send everything again",
                     path.display()
                 )));
             }

@@ -7,6 +7,35 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+// Printing that never panics. A job writes its progress and its summary to streams that may be
+// pipes whose reader went away (`2>&1 | head`, a log shipper that restarted): Rust's own
+// `println!` panics then, and a job would end mid-way, its requests in flight abandoned. A line
+// that cannot be written is lost; the job goes on, and its files and journal say the rest.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! out_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+macro_rules! say_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod app;
 mod cli;
 mod deliver;
@@ -54,7 +83,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("gcx: cannot start the async runtime: {e}");
+            say!("gcx: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -65,7 +94,7 @@ fn main() -> ExitCode {
     {
         Ok(otlp) => otlp,
         Err(e) => {
-            eprintln!("gcx: {e}");
+            say!("gcx: {e}");
             return ExitCode::from(e.code());
         }
     };
@@ -81,7 +110,7 @@ fn main() -> ExitCode {
     match code {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("gcx: {e}");
+            say!("gcx: {e}");
             ExitCode::from(e.code())
         }
     }
@@ -192,6 +221,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 )));
             }
             let (builder, policies) = deliver::client_builder(common)?;
+            app::check_outputs_spare(common, &args.schema, "the schema")?;
             let records = IngestRecords::load(&args.schema)?;
             let format = Format::from_path(&args.input);
             let chunk_size = args.chunk_size as usize;

@@ -189,7 +189,7 @@ where
                 Ok(None) => {
                     unreachable_since = None;
                     if !said_waiting && !self.common.quiet {
-                        eprintln!(
+                        say!(
                             "gcx: waiting for the other workers' shards: a shard whose worker \
                              stops renewing its lease ({:?}) is taken over",
                             fleet.lease()
@@ -320,7 +320,7 @@ where
         journal.lease_to(lease.mirror(), lease.fence());
         if !self.common.quiet {
             if takeover {
-                eprintln!(
+                say!(
                     "gcx: taking over shard {shard} (its worker stopped renewing its lease): \
                      {} unit(s) it delivered are skipped, the others are checked before they \
                      are applied; journal {}",
@@ -328,7 +328,7 @@ where
                     journal.path.display()
                 );
             } else {
-                eprintln!(
+                say!(
                     "gcx: shard {shard} of fleet job {}; journal {}",
                     job.fleet.job(),
                     journal.path.display()
@@ -359,7 +359,7 @@ where
         let processed = tally.settled() && !lost;
         let finished = lease.finish(processed).await;
         if lost && !self.common.quiet {
-            eprintln!(
+            say!(
                 "gcx: this worker lost shard {shard}'s lease (another worker took it over): it \
                  stopped sending that shard"
             );

@@ -81,12 +81,12 @@ pub(crate) fn check(args: &PolicyCheckArgs, json: bool) -> Result<u8, CliError> 
         })?;
     }
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string(&preview).unwrap_or_else(|_| "{}".to_owned())
         );
     } else {
-        print!("{}", table(&preview));
+        out_part!("{}", table(&preview));
     }
     Ok(EXIT_OK)
 }

@@ -92,7 +92,7 @@ impl Progress {
                 if last.elapsed() >= PLAIN_EVERY {
                     *last = Instant::now();
                     let secs = start.elapsed().as_secs_f64().max(0.001);
-                    eprintln!(
+                    say!(
                         "gcx: {:>6.1}s  delivered {}  failed {}  unknown {}  quarantined {}  ({:.0} records/s)",
                         secs,
                         t.delivered,
@@ -111,7 +111,7 @@ impl Progress {
         match &self.mode {
             Mode::Hidden => {}
             Mode::Bar(bar) => bar.println(format!("gcx: {msg}")),
-            Mode::Plain { .. } => eprintln!("gcx: {msg}"),
+            Mode::Plain { .. } => say!("gcx: {msg}"),
         }
     }
 

@@ -662,6 +662,15 @@ impl ReportFile {
                 file,
             });
         }
+        // `reports/` names a directory, not a file in it: refused here, before anything is sent,
+        // rather than when the report is moved into place at the end.
+        if path.as_os_str().to_string_lossy().ends_with('/') || path.is_dir() {
+            return Err(CliError::usage(format!(
+                "--report {}: a directory; give a file name, e.g. {}",
+                path.display(),
+                path.join("report.json").display()
+            )));
+        }
         let name = path.file_name().ok_or_else(|| {
             CliError::usage(format!(
                 "--report {}: give a file name, e.g. report.json",

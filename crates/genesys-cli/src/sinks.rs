@@ -35,9 +35,20 @@ fn create(path: &Path, flag: &str) -> Result<File, CliError> {
 
 /// Refuses an output path that is the input itself: writing it would destroy the input.
 pub(crate) fn check_distinct(input: &Path, output: &Path, flag: &str) -> Result<(), CliError> {
-    if same_file(input, output) {
+    check_not_over(input, "the input file", output, flag)
+}
+
+/// Refuses an output that is `read`, a file the job reads (`what`: the input, the schema, the
+/// configuration): it would be truncated and overwritten.
+pub(crate) fn check_not_over(
+    read: &Path,
+    what: &str,
+    output: &Path,
+    flag: &str,
+) -> Result<(), CliError> {
+    if same_file(read, output) {
         return Err(CliError::usage(format!(
-            "{flag} {} is the input file; write to another file (e.g. {}.next) and re-run from it",
+            "{flag} {} is {what}; write to another file (e.g. {}.next)",
             output.display(),
             output.display()
         )));

@@ -1378,6 +1378,41 @@ async fn a_job_that_starts_while_the_login_host_is_down_blames_no_credentials() 
     assert_eq!(sim.ledger_len(), 0, "nothing applied");
 }
 
+/// A job whose stderr (or stdout) is a pipe nobody reads any more (`2>&1 | head`, a log
+/// shipper that went away) finishes as it would have, its report written: a line it cannot
+/// print is lost, not the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_output_stream_does_not_end_the_job() {
+    let sim = Simulator::spawn(config(20)).await.unwrap();
+    let d = dir("closed_streams");
+    let (lines, wanted) = user_lines(&sim, 20);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    for (i, json) in [true, false].into_iter().enumerate() {
+        let report = d.join(format!("report-{i}.json"));
+        let mut cmd = users_patch(&sim, &input);
+        cmd.args(["--fresh", "--report"]).arg(&report);
+        if json {
+            // The summary's table goes to stderr, the JSON to stdout.
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Both read ends closed before the job writes anything.
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "json {json}");
+        let r = read_json(&report);
+        assert_eq!(r["counts"]["delivered"], 20, "json {json}");
+    }
+    for (id, title) in wanted {
+        assert_eq!(sim.user(&id).unwrap()["title"], json!(title));
+    }
+}
+
 /// Waits until `done`, two minutes at most.
 async fn until(what: &str, done: impl Fn() -> bool) {
     let start = Instant::now();

@@ -529,6 +529,53 @@ async fn output_paths_that_cannot_be_written_exit_2_before_anything_is_sent() {
         .unwrap();
     assert_exit(&out, 2);
     assert_eq!(sim.ledger_len(), 0);
+    // A report named as a directory, existing or not: refused before anything is sent, not
+    // when the report is moved into place at the end.
+    for report in [format!("{}/", missing.display()), d.display().to_string()] {
+        let out = users_patch(&sim, &input)
+            .args(["--report", &report])
+            .output()
+            .unwrap();
+        assert_exit(&out, 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("a directory"), "{report}: {stderr}");
+        assert_eq!(sim.ledger_len(), 0, "{report}: nothing sent");
+    }
+    // An output over a file the job reads (the configuration here) is refused, and the file
+    // is left as it was.
+    let config_file = write(&d.join("gcx.toml"), b"[retry]\nmax_attempts = 3\n");
+    let out = users_patch(&sim, &input)
+        .arg("--config")
+        .arg(&config_file)
+        .arg("--quarantine")
+        .arg(&config_file)
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the configuration file"));
+    assert_eq!(
+        std::fs::read_to_string(&config_file).unwrap(),
+        "[retry]\nmax_attempts = 3\n"
+    );
+    assert_eq!(sim.ledger_len(), 0);
+}
+
+/// An output over the ingestion schema is refused before the schema is read, and the schema
+/// is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_over_the_schema_is_refused() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("output_over_schema");
+    let (input, schema) = ingest_input(&d, "records.jsonl", 0..3);
+    let before = std::fs::read(&schema).unwrap();
+    let out = ingest(&sim, &input, &schema, &d.join("report.json"), &schema)
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is the schema"), "{stderr}");
+    assert_eq!(std::fs::read(&schema).unwrap(), before);
+    assert_eq!(sim.ledger_len(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,7 +133,7 @@ fn apply(args: &PolicyApplyArgs, common: &Common) -> Result<u8, CliError> {
                 ));
             };
             if *stable == id {
-                println!(
+                out!(
                     "{} is already the stable version: nothing to do",
                     short(&id)
                 );
@@ -157,7 +157,7 @@ fn apply(args: &PolicyApplyArgs, common: &Common) -> Result<u8, CliError> {
         }
         None => {
             if state.stable.as_deref() == Some(id.as_str()) {
-                println!(
+                out!(
                     "{} is already the stable version: nothing to do",
                     short(&id)
                 );
@@ -170,7 +170,7 @@ fn apply(args: &PolicyApplyArgs, common: &Common) -> Result<u8, CliError> {
     }
     let entry = writer.commit(entry)?;
     match args.canary {
-        Some(share) => println!(
+        Some(share) => out!(
             "{} runs as a canary on {:.1} % of the calls; rolled back automatically below \
              {:.2} of the stable version's success rate (audit entry {})",
             short(&id),
@@ -178,7 +178,7 @@ fn apply(args: &PolicyApplyArgs, common: &Common) -> Result<u8, CliError> {
             args.rollback_below,
             entry.seq
         ),
-        None => println!(
+        None => out!(
             "{} is the stable version (audit entry {})",
             short(&id),
             entry.seq
@@ -202,7 +202,7 @@ fn promote(change: &PolicyChangeArgs, common: &Common) -> Result<u8, CliError> {
         state.history.push(before);
     }
     writer.commit(entry)?;
-    println!("{} is the stable version", short(&canary.version));
+    out!("{} is the stable version", short(&canary.version));
     Ok(EXIT_OK)
 }
 
@@ -237,7 +237,7 @@ pub(crate) fn rollback(
         format!("{} is the stable version again", short(&before))
     };
     writer.commit(entry)?;
-    println!("{message}");
+    out!("{message}");
     Ok(EXIT_OK)
 }
 
@@ -280,15 +280,15 @@ fn status(common: &Common) -> Result<u8, CliError> {
     let store = open(common)?;
     let state = store.state()?;
     if common.json {
-        println!(
+        out!(
             "{}",
             json!({"store": store.shown(), "stable": state.stable, "canary": state.canary,
                    "history": state.history})
         );
         return Ok(EXIT_OK);
     }
-    println!("store   {}", store.shown());
-    println!(
+    out!("store   {}", store.shown());
+    out!(
         "stable  {}",
         state
             .stable
@@ -296,14 +296,14 @@ fn status(common: &Common) -> Result<u8, CliError> {
             .unwrap_or("(none: gcx policy apply FILE)")
     );
     match &state.canary {
-        Some(c) => println!(
+        Some(c) => out!(
             "canary  {} on {:.1} % of the calls, rolled back below {:.2} of the stable's \
              success rate",
             c.version,
             c.share * 100.0,
             c.rollback_below
         ),
-        None => println!("canary  (none)"),
+        None => out!("canary  (none)"),
     }
     Ok(EXIT_OK)
 }
@@ -317,14 +317,14 @@ fn history(common: &Common) -> Result<u8, CliError> {
         ))
     })?;
     if common.json {
-        println!("{}", serde_json::to_string(&entries).unwrap_or_default());
+        out!("{}", serde_json::to_string(&entries).unwrap_or_default());
         return Ok(EXIT_OK);
     }
     for e in &entries {
-        println!("{}", line(e));
+        out!("{}", line(e));
     }
     if entries.is_empty() {
-        println!("(no change yet)");
+        out!("(no change yet)");
     }
     Ok(EXIT_OK)
 }
@@ -355,16 +355,16 @@ fn diff(a: &str, b: &str, common: &Common) -> Result<u8, CliError> {
     let before: std::collections::BTreeMap<String, Value> =
         la.entries().into_iter().map(|(k, v, _)| (k, v)).collect();
     let mut changed = 0;
-    println!("{} -> {}", short(&ia), short(&ib));
+    out!("{} -> {}", short(&ia), short(&ib));
     for (key, value, _) in lb.entries() {
         let old = before.get(&key).cloned().unwrap_or(Value::Null);
         if old != value {
             changed += 1;
-            println!("  {key}: {old} -> {value}");
+            out!("  {key}: {old} -> {value}");
         }
     }
     if changed == 0 {
-        println!("  (the same settings)");
+        out!("  (the same settings)");
     }
     Ok(EXIT_OK)
 }
@@ -373,7 +373,7 @@ fn verify(common: &Common) -> Result<u8, CliError> {
     let store = open(common)?;
     match store.audit() {
         Ok(entries) => {
-            println!(
+            out!(
                 "the audit log of {} is intact: {} entries",
                 store.shown(),
                 entries.len()
@@ -381,7 +381,7 @@ fn verify(common: &Common) -> Result<u8, CliError> {
             Ok(EXIT_OK)
         }
         Err(e) => {
-            eprintln!("gcx: the audit log of {} is not intact: {e}", store.shown());
+            say!("gcx: the audit log of {} is not intact: {e}", store.shown());
             Ok(EXIT_INCOMPLETE)
         }
     }

@@ -168,7 +168,7 @@ impl Telemetry {
             return;
         };
         if !linger.is_zero() {
-            eprintln!(
+            say!(
                 "gcx: serving the final metrics on http://{addr}/metrics for {}s (Ctrl-C to stop)",
                 linger.as_secs()
             );

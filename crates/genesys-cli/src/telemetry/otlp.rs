@@ -107,10 +107,10 @@ impl Otlp {
     /// Exports what is left and stops. Blocks: call it off the runtime's threads.
     pub(crate) fn shutdown(self) {
         if let Err(e) = self.tracer.shutdown() {
-            eprintln!("gcx: OTLP: the last spans were not exported: {e}");
+            say!("gcx: OTLP: the last spans were not exported: {e}");
         }
         if let Err(e) = self.meter.shutdown() {
-            eprintln!("gcx: OTLP: the last metrics were not exported: {e}");
+            say!("gcx: OTLP: the last metrics were not exported: {e}");
         }
     }
 }
