@@ -936,18 +936,30 @@ pub(crate) fn default_path_for(
     spec: &JobSpec,
     takeover: Option<&str>,
 ) -> Result<PathBuf, CliError> {
+    // Only absolute directories: a relative one names another directory from wherever gcx is
+    // started, and the same command run from there would not find its journal (it would be a
+    // new job, sending everything again).
+    let absolute = |d: std::ffi::OsString| Some(PathBuf::from(d)).filter(|d| d.is_absolute());
     let dir = if let Some(d) = std::env::var_os("GCX_STATE_DIR").filter(|d| !d.is_empty()) {
-        PathBuf::from(d)
-    } else if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        PathBuf::from(d).join("gcx").join("journals")
-    } else if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        PathBuf::from(home)
-            .join(".local")
+        absolute(d.clone()).ok_or_else(|| {
+            CliError::usage(format!(
+                "GCX_STATE_DIR is {}, a relative path: give an absolute one",
+                PathBuf::from(d).display()
+            ))
+        })?
+    } else if let Some(d) = std::env::var_os("XDG_STATE_HOME").and_then(absolute) {
+        // A relative XDG_STATE_HOME is ignored, as the XDG base directory rules say.
+        d.join("gcx").join("journals")
+    } else if let Some(home) = std::env::var_os("HOME").and_then(absolute) {
+        home.join(".local")
             .join("state")
             .join("gcx")
             .join("journals")
     } else {
-        PathBuf::from(".gcx").join("journals")
+        return Err(CliError::usage(
+            "no directory for the job's journal: HOME is not set (or not absolute); set \
+             GCX_STATE_DIR to an absolute directory, or give --journal FILE",
+        ));
     };
     std::fs::create_dir_all(&dir).map_err(|e| {
         CliError::usage(format!(
