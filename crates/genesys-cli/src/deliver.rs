@@ -163,6 +163,13 @@ pub(crate) fn client_builder(
         }
     };
     let (region, base_url) = api(common, profile);
+    // The profile's login host goes with the profile's API only: a flag or the environment
+    // that names another API means that API's own login host (else a token of one would be
+    // fetched for the other, with credentials that may be that other's).
+    let api_from_profile = region
+        .as_ref()
+        .or(base_url.as_ref())
+        .is_some_and(|(_, from)| from.starts_with("profile "));
     builder = match (region, &base_url) {
         (Some((region, from)), _) => {
             let region: Region = region.parse().map_err(|e| {
@@ -181,10 +188,9 @@ pub(crate) fn client_builder(
             ));
         }
     };
-    if let Some(login) = common
-        .login_url
-        .as_ref()
-        .or(profile.and_then(|p| p.login_url.as_ref()))
+    if let Some(login) = common.login_url.as_ref().or(profile
+        .filter(|_| api_from_profile)
+        .and_then(|p| p.login_url.as_ref()))
     {
         builder = builder.login_url(login.clone());
     }

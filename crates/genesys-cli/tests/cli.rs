@@ -1424,3 +1424,37 @@ async fn until(what: &str, done: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A profile's login host goes with the profile's API: `--base-url` naming another API takes
+/// that API's own login host, and the profile's is never asked for a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profiles_login_host_stays_with_the_profiles_api() {
+    let here = Simulator::spawn(config(2)).await.unwrap();
+    let profiles = Simulator::spawn(config(2)).await.unwrap();
+    let d = dir("profile_login");
+    let file = write(
+        &d.join("config.toml"),
+        format!(
+            "[profiles.other]\nbase_url = \"{0}\"\nlogin_url = \"{0}\"\n",
+            profiles.base_url()
+        )
+        .as_bytes(),
+    );
+    let (lines, wanted) = user_lines(&here, 2);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    // `gcx` names `here` with --base-url; the profile names the other simulator.
+    let out = users_patch(&here, &input)
+        .env("GCX_CONFIG", &file)
+        .env("GCX_PROFILE", "other")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(
+        profiles.stats().tokens_issued,
+        0,
+        "no token from the profile's login host"
+    );
+    for (id, title) in wanted {
+        assert_eq!(here.user(&id).unwrap()["title"], json!(title));
+    }
+}

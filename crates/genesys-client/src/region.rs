@@ -280,7 +280,24 @@ fn normalise(url: &str) -> Result<String, InvalidUrl> {
     let trimmed = url.trim().trim_end_matches('/');
     let uri: Uri = trimmed.parse().map_err(|_| InvalidUrl::new(url))?;
     match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => Ok(trimmed.to_owned()),
+        (Some("https"), Some(_)) => Ok(trimmed.to_owned()),
+        (Some("http"), Some(authority)) => {
+            let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+            let local = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !local {
+                // Allowed (a test server, a proxy of one's own), but said: the client secret
+                // and every token would cross the network in clear.
+                tracing::warn!(
+                    host,
+                    "an http:// URL for a host that is not this machine: credentials and \
+                     tokens are sent to it unencrypted; use https://"
+                );
+            }
+            Ok(trimmed.to_owned())
+        }
         _ => Err(InvalidUrl::new(url)),
     }
 }
