@@ -333,7 +333,7 @@ fn fnv1a_from(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     let mut reader = BufReader::with_capacity(256 * 1024, File::open(path)?);
     let mut h = 0xcbf2_9ce4_8422_2325;
     let mut len = 0u64;

@@ -227,7 +227,24 @@ where
             let i = lease.shard;
             let source = match source.take() {
                 Some(s) => Ok(s),
-                None => Source::open(self.input, self.format, &*self.parser),
+                // Opened again for a shard taken over, maybe hours later: its lines and keys
+                // are the job's only while the file is the one the job started on (a nightly
+                // export written over it would be skipped as delivered, or sent under its
+                // keys and dropped as repeats).
+                None => match crate::journal::hash_file(self.input) {
+                    Ok((hash, _)) if hash == job.spec.input_hash => {
+                        Source::open(self.input, self.format, &*self.parser)
+                    }
+                    Ok(_) => Err(crate::error::CliError::usage(format!(
+                        "the input {} changed since this job started: the shard is not taken \
+                         over (its lines would not be the job's)",
+                        self.input.display()
+                    ))),
+                    Err(e) => Err(crate::error::CliError::usage(format!(
+                        "cannot read the input {} again: {e}",
+                        self.input.display()
+                    ))),
+                },
             };
             let (tally, path) = match source {
                 Ok(source) => self.shard_pass(job, lease, source, sinks, rx).await,

@@ -413,3 +413,49 @@ async fn a_shard_that_does_not_exist_is_refused_before_anything_is_sent() {
     assert!(stderr.contains("I from 0 to N-1"), "{stderr}");
     assert_eq!(sim.stats().total_responses, 0);
 }
+
+/// A shard taken over after its worker died is read from the input again: if the file was
+/// replaced meanwhile (a nightly export written over it), it is not the job's, and the
+/// takeover is refused rather than skip its lines as delivered or send them under the job's
+/// keys. Nothing is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_of_an_input_replaced_since_the_start_is_refused() {
+    let n = 90;
+    let sim = Simulator::spawn(config(n).client_rate_limit(Some((100, Duration::from_secs(1)))))
+        .await
+        .unwrap();
+    let d = dir("fleet_replaced");
+    let (lines, _) = unique_lines(&sim, n);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let worker = |i: u32| worker(&sim, &input, i, &d.join(format!("report-{i}.json")));
+    let mut children: Vec<_> = (0..3).map(|i| spawn(worker(i))).collect();
+    ledger_reaches(&sim, 30).await;
+    children[1].kill().unwrap();
+    children[1].wait().unwrap();
+    // Replaced (renamed over, as an export tool does): the running workers keep reading the
+    // file they opened; a takeover opens the new one.
+    let other: String = lines.lines().rev().map(|l| format!("{l}\n")).collect();
+    let fresh = write(&d.join("users.jsonl.new"), other.as_bytes());
+    std::fs::rename(&fresh, &input).unwrap();
+    let mut refused = 0;
+    for i in [0, 2] {
+        let code = children[i].wait().unwrap().code();
+        let report = read_json(&d.join(format!("report-{i}.json")));
+        let error = report["input_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if error.contains("changed since this job started") {
+            refused += 1;
+            assert_eq!(code, Some(1), "worker {i}: {error}");
+        }
+        assert!(
+            report["fleet"]["taken_over"].as_array().unwrap().is_empty(),
+            "worker {i}: no shard taken over"
+        );
+    }
+    assert!(refused >= 1, "a worker tried the takeover and refused it");
+    for id in sim.user_ids() {
+        assert!(patches(&sim, &id) <= 1, "user {id} patched at most once");
+    }
+}

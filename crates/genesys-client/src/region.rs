@@ -282,7 +282,10 @@ fn normalise(url: &str) -> Result<String, InvalidUrl> {
     match (uri.scheme_str(), uri.authority()) {
         (Some("https"), Some(_)) => Ok(trimmed.to_owned()),
         (Some("http"), Some(authority)) => {
-            let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
             let local = host.eq_ignore_ascii_case("localhost")
                 || host
                     .parse::<std::net::IpAddr>()
