@@ -235,8 +235,9 @@ pub(crate) async fn connect<P>(
     }
 }
 
-/// Sends a unit on every Ctrl-C (and SIGTERM, and SIGHUP: the terminal closed), from now on:
-/// installed before the job starts so that an early Ctrl-C is not lost.
+/// Sends a unit on every Ctrl-C (and SIGTERM), from now on: installed before the job starts so
+/// that an early Ctrl-C is not lost. SIGHUP keeps its default (a job started under `nohup` runs
+/// on after its terminal closes; one that is not ends as if killed, and its journal resumes it).
 pub(crate) fn interrupts() -> mpsc::UnboundedReceiver<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     let ctrl_c = tx.clone();
@@ -248,23 +249,16 @@ pub(crate) fn interrupts() -> mpsc::UnboundedReceiver<()> {
         }
     });
     #[cfg(unix)]
-    for kind in [
-        tokio::signal::unix::SignalKind::terminate(),
-        tokio::signal::unix::SignalKind::hangup(),
-    ] {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            if let Ok(mut signals) = tokio::signal::unix::signal(kind) {
-                while signals.recv().await.is_some() {
-                    if tx.send(()).is_err() {
-                        break;
-                    }
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            while term.recv().await.is_some() {
+                if tx.send(()).is_err() {
+                    break;
                 }
             }
-        });
-    }
-    #[cfg(not(unix))]
-    drop(tx);
+        }
+    });
     rx
 }
 

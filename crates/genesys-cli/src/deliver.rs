@@ -559,7 +559,11 @@ where
             }
             Err(e) => match TurnedAway::of(&e) {
                 Some(away) => (e, away),
-                None => return Err(Undelivered::from_error(&e)),
+                None => {
+                    // An answer that is not a turn-away: whatever turned the job away is over.
+                    unit.gate.outage_over();
+                    return Err(Undelivered::from_error(&e));
+                }
             },
         };
         let now = tokio::time::Instant::now();
@@ -586,11 +590,20 @@ where
         if !std::mem::replace(&mut warned, true) {
             tracing::warn!("turned away ({e}): waiting {} s", wait.as_secs());
         }
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = unit.gate.stopping() => {}
+        // In steps of a second at most, so that a fleet lease that lapses meanwhile ends the
+        // wait soon after (a stopping job ends it at once).
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let step = until.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                () = tokio::time::sleep_until(step) => {}
+                () = unit.gate.stopping() => {}
+            }
+            unit.may_send()?;
+            if step >= until {
+                break;
+            }
         }
-        unit.may_send()?;
         if let TurnedAway::NoToken = away {
             backoff = backoff.saturating_mul(2).min(LOGIN_RETRY_MAX);
         }
@@ -899,6 +912,58 @@ mod tests {
             "no wait for what will not be waited out"
         );
         assert!(reason.contains("the API asks to wait 3600 s"), "{reason}");
+    }
+
+    /// A wait ends, unsent, within a second of the unit's fleet lease lapsing (left to the
+    /// worker that takes the shard over), however long the wait asked.
+    #[tokio::test(start_paused = true)]
+    async fn a_lapsed_lease_ends_a_wait() {
+        let fence = crate::fleet::Fence::holding();
+        let waiting = UnitCtx {
+            fence: Some(fence.clone()),
+            ..unit()
+        };
+        let start = tokio::time::Instant::now();
+        let lapse = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            fence.lose();
+        });
+        let r = patiently(&waiting, || async {
+            Err::<(), _>(GenesysError::RetryAfterTooLong {
+                retry_after: Duration::from_secs(600),
+                source: "429".into(),
+            })
+        })
+        .await;
+        assert!(matches!(r, Err(Undelivered::LeftToFleet)), "{r:?}");
+        assert!(
+            start.elapsed() <= Duration::from_secs(101),
+            "{:?}",
+            start.elapsed()
+        );
+        lapse.await.unwrap();
+    }
+
+    /// Another answer than a turn-away ends the outage the run's units count: a later one is
+    /// counted afresh, not from the first.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_ends_the_outage_clock() {
+        let u = unit();
+        let calls = AtomicU32::new(0);
+        let r = patiently(&u, || {
+            let i = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match i {
+                    0 => Err::<(), _>(login(503, "temporarily_unavailable")),
+                    _ => Err(GenesysError::Config("not found".into())),
+                }
+            }
+        })
+        .await;
+        assert!(matches!(r, Err(Undelivered::Failed(_))), "{r:?}");
+        tokio::time::advance(Duration::from_secs(1000)).await;
+        let now = tokio::time::Instant::now();
+        assert_eq!(u.gate.outage_since(now), now, "counted afresh");
     }
 
     /// A unit waiting for the login host gives up at once, unsent, when the job stops (a

@@ -366,8 +366,16 @@ impl Fence {
         self.until_ms.fetch_max(until, Ordering::SeqCst);
     }
 
-    fn lose(&self) {
+    pub(crate) fn lose(&self) {
         self.lost.store(true, Ordering::SeqCst);
+    }
+
+    /// A lease that holds for an hour, unless lost.
+    #[cfg(test)]
+    pub(crate) fn holding() -> Self {
+        let fence = Fence::new();
+        fence.renewed(fence.now_ms(), Duration::from_secs(4800));
+        fence
     }
 
     /// The lease holds: the shard's units may be sent.

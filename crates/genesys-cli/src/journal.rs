@@ -947,9 +947,19 @@ pub(crate) fn default_path_for(
                 PathBuf::from(d).display()
             ))
         })?
-    } else if let Some(d) = std::env::var_os("XDG_STATE_HOME").and_then(absolute) {
-        // A relative XDG_STATE_HOME is ignored, as the XDG base directory rules say.
-        d.join("gcx").join("journals")
+    } else if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        // Refused rather than ignored (as the XDG rules would have it): a journal an earlier
+        // gcx kept there would not be found, and the job would start again from nothing.
+        absolute(d.clone())
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "XDG_STATE_HOME is {}, a relative path: give an absolute one (or set \
+                     GCX_STATE_DIR)",
+                    PathBuf::from(d).display()
+                ))
+            })?
+            .join("gcx")
+            .join("journals")
     } else if let Some(home) = std::env::var_os("HOME").and_then(absolute) {
         home.join(".local")
             .join("state")

@@ -10,17 +10,19 @@
 // Printing that never panics. A job writes its progress and its summary to streams that may be
 // pipes whose reader went away (`2>&1 | head`, a log shipper that restarted): Rust's own
 // `println!` panics then, and a job would end mid-way, its requests in flight abandoned. A line
-// that cannot be written is lost; the job goes on, and its files and journal say the rest.
+// that cannot be written is lost; the job goes on, and its files and journal say the rest. What
+// stdout could not take for another reason than a reader gone (a full disk under `--json >
+// out.json`) is said at the end, and the exit code is not 0.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        $crate::stdout_written(writeln!(std::io::stdout(), $($arg)*));
     }};
 }
 macro_rules! out_part {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($arg)*);
+        $crate::stdout_written(write!(std::io::stdout(), $($arg)*));
     }};
 }
 macro_rules! say {
@@ -58,6 +60,7 @@ mod telemetry;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::Parser;
@@ -67,6 +70,21 @@ use crate::error::{CliError, EXIT_USAGE};
 use crate::input::Format;
 use crate::records::{ActionInputs, IngestRecords, UserRecords};
 use crate::telemetry::Telemetry;
+
+/// The first error writing to stdout, other than a reader gone.
+static STDOUT_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Keeps the first error of a write to stdout that was not a closed pipe.
+fn stdout_written(result: std::io::Result<()>) {
+    if let Err(e) = result
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        STDOUT_ERROR
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(|| e.to_string());
+    }
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -107,7 +125,17 @@ fn main() -> ExitCode {
     if let Some(otlp) = otlp {
         otlp.shutdown();
     }
+    // Flushed here, as at exit, so that a write error of its last bytes is seen too.
+    stdout_written(std::io::Write::flush(&mut std::io::stdout()));
+    let lost = STDOUT_ERROR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(e) = &lost {
+        say!("gcx: what was printed on stdout was not all written: {e}");
+    }
     match code {
+        Ok(0) if lost.is_some() => ExitCode::from(error::EXIT_INCOMPLETE),
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             say!("gcx: {e}");

@@ -1413,6 +1413,31 @@ async fn a_closed_output_stream_does_not_end_the_job() {
     }
 }
 
+/// Stdout that cannot take what the job prints (a full disk under `--json > out.json`): the
+/// job still runs to its end, and says so with a non-zero exit rather than exit 0 with its
+/// JSON lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_that_could_not_be_written_is_not_exit_0() {
+    let sim = Simulator::spawn(config(3)).await.unwrap();
+    let d = dir("stdout_full");
+    let (lines, _) = user_lines(&sim, 3);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = users_patch(&sim, &input)
+        .args(["--json", "--report"])
+        .arg(d.join("report.json"))
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not all written"), "{stderr}");
+    assert_eq!(read_json(&d.join("report.json"))["counts"]["delivered"], 3);
+}
+
 /// Waits until `done`, two minutes at most.
 async fn until(what: &str, done: impl Fn() -> bool) {
     let start = Instant::now();

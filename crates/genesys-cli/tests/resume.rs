@@ -756,38 +756,3 @@ async fn a_relative_state_directory_is_refused() {
     assert_eq!(sim.ledger_len(), 0, "nothing sent");
     assert!(!d.join("state").exists() && !d.join(".gcx").exists());
 }
-
-/// A SIGHUP (the terminal closed) stops a job as a first Ctrl-C does: the requests in flight
-/// finish, the rest is listed, and the report and journal are written.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hangup_stops_the_job_as_a_ctrl_c_does() {
-    let sim = Simulator::spawn(config(40).faults("latency=20ms..30ms".parse().unwrap()))
-        .await
-        .unwrap();
-    let d = dir("hangup");
-    let (lines, _) = user_lines(&sim, 40);
-    let input = write(&d.join("users.jsonl"), lines.as_bytes());
-    let report = d.join("report.json");
-    let mut child = users_patch(&sim, &input)
-        .args(["--concurrency", "2", "--report"])
-        .arg(&report)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ledger(&sim, 4).await;
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = child.wait().unwrap();
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "ended by gcx itself, not by the signal"
-    );
-    let r = read_json(&report);
-    assert_eq!(r["status"], "interrupted", "{}", r["counts"]);
-    assert_eq!(r["counts"]["unknown"], 0);
-}

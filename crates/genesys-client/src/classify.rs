@@ -84,9 +84,10 @@ impl GenesysError {
 
     /// Whether the call failed for want of a token, while the login host was unavailable: it
     /// answered 429 or 5xx past the token source's own retries, could not be reached, did not
-    /// answer in time, or answered something that is not a token. Nothing was sent, and the same
-    /// call may succeed once the login host is back. A refusal of the credentials is not this
-    /// (see [`OAuthError::is_bad_credentials`]), nor an invalid token URL.
+    /// answer in time, or answered something that is not a token (a captive portal's page).
+    /// Nothing was sent, and the same call may succeed once the login host is back. A refusal of
+    /// the credentials is not this (see [`OAuthError::is_bad_credentials`]), nor an invalid
+    /// token URL.
     pub fn is_token_unavailable(&self) -> bool {
         if self.may_have_been_applied() {
             // An earlier attempt may have been applied before a later one found no token.
@@ -96,9 +97,11 @@ impl GenesysError {
             GenesysError::OAuth(e) => e.is_unavailable(),
             GenesysError::Transport { source } => {
                 match find::<TokenError>(&**source) {
-                    // An invalid token URL, or a login host that answers something that is not
-                    // a token: a setting to fix, not an outage to wait out.
-                    Some(TokenError::Request(_) | TokenError::Malformed(_)) => false,
+                    // An invalid token URL: a setting to fix, not an outage to wait out. A login
+                    // host that answers something that is not a token (a captive portal, a
+                    // proxy's page) is waited out like one that is down; at the start of a
+                    // job it ends the run at once.
+                    Some(TokenError::Request(_)) => false,
                     Some(TokenError::OAuth(e)) => e.is_unavailable(),
                     Some(_) => true,
                     // Another token source's failure, or the auth layer's fetch timeout.
@@ -195,6 +198,7 @@ mod tests {
             GenesysError::OAuth(oauth(503, "temporarily_unavailable")),
             GenesysError::OAuth(oauth(429, "")),
             transport(TokenError::Transport("connection refused".into())),
+            transport(TokenError::Malformed("not a token".into())),
             transport(TokenError::GaveUp {
                 attempts: 4,
                 last: Box::new(TokenError::OAuth(oauth(502, ""))),
@@ -206,7 +210,6 @@ mod tests {
         let not = [
             GenesysError::OAuth(oauth(401, "invalid_client")),
             GenesysError::OAuth(oauth(400, "invalid_request")),
-            transport(TokenError::Malformed("not a token".into())),
             transport(TokenError::Request("an invalid token URL".into())),
             GenesysError::Transport {
                 source: "connection reset".into(),

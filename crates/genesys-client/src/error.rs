@@ -776,9 +776,15 @@ impl From<BoxError> for GenesysError {
 mod tests;
 
 /// A 5xx that may come after the work was done: 500, 502 and 504, the answers of a gateway in
-/// front of the work, and every other 5xx but those that say the work was not done (501 not
-/// implemented, 503 unavailable, 505 version not supported, 511 network sign-in): a CDN's 520
-/// to 527 ("the origin's answer was lost"), a proxy's 598 or 599.
+/// front of the work, and every other 5xx but those that say the work was not done: 501 not
+/// implemented, 503 unavailable, 505 version not supported, 511 network sign-in, and a CDN's
+/// 521 to 523, 525, 526 and 530 (the origin refused, unreachable, or its TLS failed: never
+/// reached). So a CDN's 520 (the origin's answer was unreadable) or 524 (no answer in time), a
+/// proxy's 598 or 599, count.
 pub(crate) fn is_gateway_error(status: StatusCode) -> bool {
-    status.is_server_error() && !matches!(status.as_u16(), 501 | 503 | 505 | 511)
+    status.is_server_error()
+        && !matches!(
+            status.as_u16(),
+            501 | 503 | 505 | 511 | 521 | 522 | 523 | 525 | 526 | 530
+        )
 }

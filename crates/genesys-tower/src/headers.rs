@@ -292,9 +292,11 @@ impl RateLimitHints {
 /// headers.insert("retry-after", HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
 /// assert_eq!(retry_after(&headers, SystemTime::now()), Some(Duration::ZERO)); // in the past
 ///
-/// // A date counts from the answer's `Date`, the server's clock, when there is one.
+/// // A date counts from the answer's `Date`, the server's clock, when there is one (and it
+/// // is within a day of this clock): here this clock is 3 minutes ahead of the server's.
 /// headers.insert("date", HeaderValue::from_static("Sun, 06 Nov 1994 08:49:07 GMT"));
-/// assert_eq!(retry_after(&headers, SystemTime::now()), Some(Duration::from_secs(30)));
+/// let clock = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_747 + 180);
+/// assert_eq!(retry_after(&headers, clock), Some(Duration::from_secs(30)));
 /// headers.remove("date");
 ///
 /// headers.insert("retry-after", HeaderValue::from_static("soon"));
@@ -306,9 +308,19 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     values.peek()?;
     // A date is counted from the answer's own `Date` when it has one: both are the server's
     // clock, so a client whose clock is off by minutes still waits what the server meant.
+    // A `Date` a day or more away from this clock is not believed (a proxy whose own clock is
+    // wrong may write it): the date is then counted from this clock.
+    let believable = |date: &SystemTime| {
+        let apart = date
+            .duration_since(now)
+            .or_else(|_| now.duration_since(*date))
+            .unwrap_or(Duration::MAX);
+        apart < Duration::from_secs(86_400)
+    };
     let now = headers
         .get(http::header::DATE)
         .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
+        .filter(believable)
         .unwrap_or(now);
     values.find_map(|v| parse_retry_after(v.as_bytes(), now))
 }

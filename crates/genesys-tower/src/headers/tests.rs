@@ -218,6 +218,12 @@ fn a_retry_after_date_counts_from_the_answers_date() {
         retry_after(&bad_date, server),
         Some(Duration::from_secs(30))
     );
+    // A `Date` a day or more from this clock (a proxy's clock set to 1970) is not believed.
+    let far = headers(&[
+        ("date", "Thu, 01 Jan 1970 00:00:00 GMT"),
+        ("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ]);
+    assert_eq!(retry_after(&far, server), Some(Duration::from_secs(30)));
     // Seconds are seconds, whatever the `Date`.
     let seconds = headers(&[
         ("date", "Sun, 06 Nov 1994 08:49:07 GMT"),
