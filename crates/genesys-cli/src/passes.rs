@@ -231,7 +231,7 @@ where
                 // are the job's only while the file is the one the job started on (a nightly
                 // export written over it would be skipped as delivered, or sent under its
                 // keys and dropped as repeats).
-                None => match crate::journal::hash_file(self.input) {
+                None => match hash_apart(self.input).await {
                     Ok((hash, _)) if hash == job.spec.input_hash => {
                         Source::open(self.input, self.format, &*self.parser)
                     }
@@ -420,4 +420,12 @@ where
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The input's hash, read on a thread of its own: a large input takes a while.
+async fn hash_apart(input: &Path) -> std::io::Result<(String, u64)> {
+    let path = input.to_owned();
+    tokio::task::spawn_blocking(move || crate::journal::hash_file(&path))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
