@@ -136,12 +136,11 @@ async fn a_gateway_error_after_the_action_ran_is_an_unknown_outcome_not_a_retry(
     assert!(err.to_string().contains("outcome unknown"), "{err}");
     let api = err.api().expect("the 502 behind it");
     assert_eq!(api.status(), StatusCode::BAD_GATEWAY);
-    let executions = sim
-        .ledger()
-        .iter()
-        .filter(|e| e.entity == ECHO_ACTION_ID)
-        .count();
-    assert_eq!(executions, 1, "the action ran once and was not replayed");
+    assert_eq!(
+        executions(&sim),
+        1,
+        "the action ran once and was not replayed"
+    );
 
     // An idempotent read behind the same gateway: the 502 is retried, the read succeeds.
     let id = sim.user_ids()[0].clone();
@@ -183,13 +182,7 @@ async fn a_raw_call_marked_unsafe_reports_a_gateway_error_as_an_unknown_outcome(
     use genesys_tower::retry::RetrySafety;
     use http::{Method, Request, StatusCode};
 
-    let sim = spawn(
-        SimConfig::default()
-            .users(1)
-            .rate_limit(None)
-            .faults("504-after=1".parse().unwrap()),
-    )
-    .await;
+    let sim = with_fault("504-after=1").await;
     let client = client_for(&sim).build().unwrap();
     let request = |marked: bool| {
         let builder = Request::builder()
@@ -256,13 +249,7 @@ async fn a_raw_call_marked_unsafe_reports_a_gateway_error_as_an_unknown_outcome(
 /// outside the usual three is an unknown outcome too, never "failed, safe to send again".
 #[tokio::test]
 async fn a_cdns_520_after_the_action_ran_is_an_unknown_outcome() {
-    let sim = spawn(
-        SimConfig::default()
-            .users(1)
-            .rate_limit(None)
-            .faults("520-after=1".parse().unwrap()),
-    )
-    .await;
+    let sim = with_fault("520-after=1").await;
     let client = client_for(&sim).build().unwrap();
     let err = client
         .execute_action(ECHO_ACTION_ID, &json!({"charge": 1}))
@@ -271,10 +258,28 @@ async fn a_cdns_520_after_the_action_ran_is_an_unknown_outcome() {
     assert!(err.is_outcome_unknown(), "{err}");
     assert!(err.may_have_been_applied());
     assert_eq!(err.api().map(|a| a.status().as_u16()), Some(520));
-    let executions = sim
-        .ledger()
+    assert_eq!(
+        executions(&sim),
+        1,
+        "the action ran once and was not replayed"
+    );
+}
+
+/// A simulator without a quota, whose every API answer meets `fault`.
+async fn with_fault(fault: &str) -> genesys_sim::SimHandle {
+    spawn(
+        SimConfig::default()
+            .users(1)
+            .rate_limit(None)
+            .faults(fault.parse().unwrap()),
+    )
+    .await
+}
+
+/// How many times the echo action ran.
+fn executions(sim: &genesys_sim::SimHandle) -> usize {
+    sim.ledger()
         .iter()
         .filter(|e| e.entity == ECHO_ACTION_ID)
-        .count();
-    assert_eq!(executions, 1, "the action ran once and was not replayed");
+        .count()
 }

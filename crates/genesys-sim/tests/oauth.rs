@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{api, basic, send, token};
+use common::{api, basic, send, token, token_answer};
 use genesys_sim::{SimConfig, Simulator};
 
 const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
@@ -17,18 +17,7 @@ async fn basic_header_and_form_body_both_get_a_token() {
         .unwrap();
     let base = sim.base_url();
 
-    let r = send(
-        &base,
-        "POST",
-        "/oauth/token",
-        &[
-            ("authorization", &basic("demo-client", "demo-secret")),
-            FORM,
-        ],
-        "grant_type=client_credentials",
-    )
-    .await
-    .unwrap();
+    let r = token_answer(&base).await;
     assert_eq!(r.status, 200);
     let b = r.json();
     assert_eq!(b["token_type"], "bearer");
@@ -62,18 +51,7 @@ async fn the_token_type_is_spelled_both_ways() {
         let sim = Simulator::spawn(SimConfig::default().users(1).code_variants(share))
             .await
             .unwrap();
-        let r = send(
-            &sim.base_url(),
-            "POST",
-            "/oauth/token",
-            &[
-                ("authorization", &basic("demo-client", "demo-secret")),
-                FORM,
-            ],
-            "grant_type=client_credentials",
-        )
-        .await
-        .unwrap();
+        let r = token_answer(&sim.base_url()).await;
         assert_eq!(r.json()["token_type"], spelled);
     }
 }

@@ -222,36 +222,43 @@ async fn callers_who_give_up_never_push_the_queue_past_the_horizon() {
     );
 }
 
-/// A reservation or a hold far past anything the fleet writes (a damaged key, another writer)
-/// is not waited for: the fleet goes on at its pace.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_reserved_for_days_does_not_stall_the_fleet() {
-    let key = unique_key("damaged");
+/// Writes `fields` into a fresh pacing key (the times made from Redis's clock now, in µs),
+/// then sends 3 requests through a pacer on it: they must go at the fleet's pace, within a
+/// minute (a bound for a hang, not a measure of speed: they take tens of milliseconds, or the
+/// second of hold left), and leave no reservation a minute ahead.
+async fn the_fleet_goes_on_after(test: &str, fields: impl Fn(u64) -> Vec<(&'static str, u64)>) {
+    let key = unique_key(test);
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
-    let days_ahead = (secs + 10 * 86_400) * 1_000_000;
-    let _: () = redis::cmd("HSET")
-        .arg(&key)
-        .arg("tat")
-        .arg(days_ahead)
-        .arg("hold_until")
-        .arg(days_ahead)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let mut hset = redis::cmd("HSET");
+    hset.arg(&key);
+    for (field, value) in fields(secs * 1_000_000 + micros) {
+        hset.arg(field).arg(value);
+    }
+    let _: () = hset.query_async(&mut conn).await.unwrap();
     let fleet = RedisPacer::open(&redis_url(), key.clone(), 100, Duration::from_secs(1)).unwrap();
     let starts: Starts = Arc::default();
     let layer = ConcurrencyLayer::new(4).shared_pacing(fleet);
-    // A bound for a hang, not a measure of speed: the 3 starts take a few tens of milliseconds.
     tokio::time::timeout(
         Duration::from_secs(60),
         send_all(layer, 3, starts.clone(), StatusCode::OK),
     )
     .await
-    .expect("the fleet is not held for days");
+    .unwrap_or_else(|_| panic!("{test}: the fleet is held"));
     assert_eq!(starts.lock().unwrap().len(), 3);
     assert!(reserved_ahead(&redis_url(), &key).await < Duration::from_secs(60));
+}
+
+/// A reservation or a hold far past anything the fleet writes (a damaged key, another writer)
+/// is not waited for: the fleet goes on at its pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reserved_for_days_does_not_stall_the_fleet() {
+    the_fleet_goes_on_after("damaged", |now| {
+        let days_ahead = now + 10 * 86_400 * 1_000_000;
+        vec![("tat", days_ahead), ("hold_until", days_ahead)]
+    })
+    .await;
 }
 
 /// Redis's clock stepped back ten minutes since the fleet last wrote (an NTP step, a resumed
@@ -259,36 +266,17 @@ async fn a_key_reserved_for_days_does_not_stall_the_fleet() {
 /// on the clock before the step, are not waited out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_back_of_the_redis_clock_does_not_stall_the_fleet() {
-    let key = unique_key("clock-step");
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
-    // What the fleet wrote a moment before the step, on the clock of then: ten minutes ahead
-    // of the clock of now.
-    let then = (secs + 600) * 1_000_000 + micros;
-    let _: () = redis::cmd("HSET")
-        .arg(&key)
-        .arg("at")
-        .arg(then)
-        .arg("tat")
-        .arg(then + 10_000)
-        .arg("hold_until")
-        .arg(then + 1_000_000)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let fleet = RedisPacer::open(&redis_url(), key.clone(), 100, Duration::from_secs(1)).unwrap();
-    let starts: Starts = Arc::default();
-    let layer = ConcurrencyLayer::new(4).shared_pacing(fleet);
-    // A bound for a hang, not a measure of speed: the hold left is 1 s, the starts 10 ms apart.
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        send_all(layer, 3, starts.clone(), StatusCode::OK),
-    )
-    .await
-    .expect("the fleet does not wait out the step");
-    assert_eq!(starts.lock().unwrap().len(), 3);
-    assert!(reserved_ahead(&redis_url(), &key).await < Duration::from_secs(60));
+    the_fleet_goes_on_after("clock-step", |now| {
+        // What the fleet wrote a moment before the step, on the clock of then: ten minutes
+        // ahead of the clock of now.
+        let then = now + 600 * 1_000_000;
+        vec![
+            ("at", then),
+            ("tat", then + 10_000),
+            ("hold_until", then + 1_000_000),
+        ]
+    })
+    .await;
 }
 
 /// The interval a pacer under `key` learned from the server, as shared in Redis (`None`: none).

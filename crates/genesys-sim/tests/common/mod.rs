@@ -86,8 +86,9 @@ pub fn basic(id: &str, secret: &str) -> String {
     )
 }
 
-pub async fn token(base: &str) -> String {
-    let r = send(
+/// The answer to a client-credentials token request with the demo client in a Basic header.
+pub async fn token_answer(base: &str) -> Resp {
+    send(
         base,
         "POST",
         "/oauth/token",
@@ -98,7 +99,11 @@ pub async fn token(base: &str) -> String {
         "grant_type=client_credentials",
     )
     .await
-    .expect("token request");
+    .expect("token request")
+}
+
+pub async fn token(base: &str) -> String {
+    let r = token_answer(base).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()["access_token"].as_str().unwrap().to_string()
 }
