@@ -227,6 +227,10 @@ pub(crate) async fn build_client(
     common: &Common,
 ) -> Result<(GenesysClient, Option<Pace>), CliError> {
     let refused = |e: GenesysError| {
+        if let GenesysError::Config(_) = e {
+            // A setting the client cannot be built with (a proxy variable it cannot use).
+            return CliError::usage(format!("cannot set up the client: {e}"));
+        }
         if e.is_token_unavailable() {
             // Not the credentials' fault: the login host did not judge them.
             return CliError::runtime(format!(

@@ -235,6 +235,28 @@ async fn csv_rows_and_a_failed_csv_keep_the_header() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_variable_gcx_cannot_use_is_exit_2_naming_it_and_nothing_is_sent() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("proxy-variable");
+    let input = write(
+        &d.join("u.jsonl"),
+        b"{\"user_id\":\"x\",\"updates\":{\"title\":\"t\"}}\n",
+    );
+    let out = gcx(&sim)
+        .env("ALL_PROXY", "socks5://gcx:s3cret@proxy.example:1080")
+        .args(["users", "patch", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_exit(&out, 2);
+    assert!(stderr.contains("ALL_PROXY"), "{stderr}");
+    assert!(stderr.contains("socks5://"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert_eq!(sim.stats().total_responses, 0, "nothing sent: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configuration_errors_exit_2_before_anything_is_sent() {
     let sim = Simulator::spawn(config(1)).await.unwrap();
     let d = dir("config");

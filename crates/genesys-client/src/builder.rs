@@ -60,6 +60,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use crate::client::{ClientInner, GenesysClient};
 use crate::error::GenesysError;
 use crate::oauth::{ClientCredentials, TokenRetry};
+use crate::proxy::{Proxy, ProxyConnector, Route};
 use crate::region::{Endpoints, Region};
 use crate::service::{HttpService, MAX_TOKEN_BODY};
 
@@ -151,6 +152,7 @@ pub struct GenesysClientBuilder {
     token_fetch_timeout: Option<FetchTimeout>,
     attempt_timeout: Option<Duration>,
     connect_timeout: Duration,
+    proxy: Proxy,
     max_response_body: usize,
     max_error_body: usize,
     body_idle_timeout: Option<Duration>,
@@ -187,6 +189,7 @@ impl Default for GenesysClientBuilder {
             token_fetch_timeout: None,
             attempt_timeout: Some(DEFAULT_ATTEMPT_TIMEOUT),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            proxy: Proxy::from_env(),
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,
             max_error_body: DEFAULT_MAX_ERROR_BODY,
             body_idle_timeout: Some(DEFAULT_BODY_IDLE_TIMEOUT),
@@ -336,6 +339,15 @@ impl GenesysClientBuilder {
     /// unknown. Has no effect on a leaf given with [`service`](Self::service).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Which proxy the default leaf connects through (default [`Proxy::from_env`]: the
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` variables, read by `build`).
+    /// See [`proxy`](crate::proxy). Has no effect on a leaf given with
+    /// [`service`](Self::service).
+    pub fn proxy(mut self, proxy: Proxy) -> Self {
+        self.proxy = proxy;
         self
     }
 
@@ -580,7 +592,7 @@ impl GenesysClientBuilder {
         let endpoints = self.endpoints()?;
         let leaf = match self.leaf.clone() {
             Some(leaf) => leaf,
-            None => hyper_leaf(self.connect_timeout)?,
+            None => hyper_leaf(self.connect_timeout, self.proxy.resolve()?)?,
         };
         // Token requests: the leaf with the per-attempt timeout over reading the whole (small)
         // answer, without pacing (another host).
@@ -803,6 +815,7 @@ impl fmt::Debug for GenesysClientBuilder {
             .field("max_rate", &self.max_rate)
             .field("reject_when_full", &self.reject_when_full)
             .field("idempotency", &self.idempotency)
+            .field("proxy", &self.proxy)
             .field("custom_leaf", &self.leaf.is_some())
             .finish_non_exhaustive()
     }
@@ -817,8 +830,11 @@ const H2_PING_EVERY: Duration = Duration::from_secs(15);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default leaf: hyper-util's pooled client over rustls (webpki roots, ring), http and https,
-/// HTTP/1.1 and HTTP/2.
-fn hyper_leaf(connect_timeout: Duration) -> Result<HttpService, GenesysError> {
+/// HTTP/1.1 and HTTP/2, through a proxy's tunnel when `proxy` routes a host through one.
+fn hyper_leaf(
+    connect_timeout: Duration,
+    proxy: Option<Route>,
+) -> Result<HttpService, GenesysError> {
     use hyper_util::client::legacy::Client;
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -834,7 +850,7 @@ fn hyper_leaf(connect_timeout: Duration) -> Result<HttpService, GenesysError> {
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(tcp);
+        .wrap_connector(ProxyConnector::new(tcp, proxy, connect_timeout));
     let client: Client<_, Body> = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         // Below the idle timeout of the servers and gateways in front of the API (often 30 to

@@ -711,7 +711,9 @@ impl fmt::Display for GenesysError {
             GenesysError::DeadlineExceeded { source, .. } => {
                 write!(f, "the call ran out of its time budget: {source}")
             }
-            GenesysError::Transport { source } => write!(f, "request failed: {source}"),
+            GenesysError::Transport { source } => {
+                write!(f, "request failed: {}", with_causes(source.as_ref()))
+            }
             GenesysError::ResponseTooLarge { status, limit, .. } => write!(
                 f,
                 "the answer (HTTP {}) has a body larger than this client's limit of {limit} \
@@ -737,6 +739,24 @@ impl fmt::Display for GenesysError {
             GenesysError::Config(msg) => write!(f, "invalid configuration: {msg}"),
         }
     }
+}
+
+/// `e`'s message followed by its sources' (hyper's own says "client error (Connect)" and leaves
+/// the why to its source), each one left out when a message before it already says it.
+pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    // A chain is short; this bounds a cyclic one.
+    for _ in 0..16 {
+        let Some(cause) = source else { break };
+        let said = cause.to_string();
+        if !said.is_empty() && !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl std::error::Error for GenesysError {

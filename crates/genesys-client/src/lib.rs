@@ -55,6 +55,7 @@ pub mod ingestion;
 pub mod integrations;
 pub mod limits;
 pub mod oauth;
+pub mod proxy;
 pub mod region;
 mod routes;
 mod service;

@@ -393,7 +393,11 @@ impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TokenError::OAuth(e) => fmt::Display::fmt(e, f),
-            TokenError::Transport(e) => write!(f, "the login host could not be reached: {e}"),
+            TokenError::Transport(e) => write!(
+                f,
+                "the login host could not be reached: {}",
+                crate::error::with_causes(e.as_ref())
+            ),
             TokenError::Malformed(m) => write!(f, "the login host sent no usable token: {m}"),
             TokenError::Request(m) => write!(f, "the token request could not be built: {m}"),
             TokenError::GaveUp { attempts, last } => {

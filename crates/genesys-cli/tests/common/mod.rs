@@ -61,8 +61,24 @@ pub fn gcx(sim: &SimHandle) -> Command {
         .env("GCX_POLICY_STORE", state_dir().join("no-policies"))
         .args(["--base-url", &sim.base_url()])
         .stdin(Stdio::null());
+    // Never the machine's own proxy.
+    for name in PROXY_VARIABLES {
+        cmd.env_remove(name);
+    }
     cmd
 }
+
+/// The variables that name a proxy, as gcx reads them.
+pub const PROXY_VARIABLES: [&str; 8] = [
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
 
 /// Asserts gcx's exit code, showing its stderr when it is not the one expected.
 #[track_caller]

@@ -1,0 +1,154 @@
+//! The default leaf through an HTTP proxy: a `CONNECT` proxy of the test's own in front of the
+//! simulator, as a corporate network puts one in front of every outside host. The API is named
+//! by a host name that does not resolve here, so the client can reach it only through the
+//! proxy, which resolves every name to this machine.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use genesys_client::GenesysClient;
+use genesys_client::proxy::Proxy;
+use genesys_sim::{SimConfig, Simulator};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the proxy does with a `CONNECT`.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Tunnels it when it carries `Proxy-Authorization: <this>`; 407 otherwise.
+    Tunnel(&'static str),
+}
+
+/// A `CONNECT` proxy on 127.0.0.1: the heads of the requests it got, and its address.
+async fn proxy(mode: Mode) -> (Arc<Mutex<Vec<String>>>, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                log.lock().unwrap().push(head.clone());
+                let Mode::Tunnel(credentials) = mode;
+                if !head.contains(&format!("Proxy-Authorization: {credentials}\r\n")) {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                // "CONNECT host:port HTTP/1.1": any host is this machine.
+                let target = head.split(' ').nth(1).unwrap_or_default();
+                let port = target.rsplit(':').next().unwrap_or_default();
+                let Ok(mut upstream) = TcpStream::connect(format!("127.0.0.1:{port}")).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (seen, addr)
+}
+
+/// A client of the simulator's API under a name only the proxy knows.
+fn client(api: &str, proxy: Proxy) -> GenesysClient {
+    GenesysClient::builder()
+        .base_url(api)
+        .login_url(api)
+        .client_credentials("demo-client", "demo-secret")
+        .proxy(proxy)
+        .connect_timeout(Duration::from_millis(500))
+        .retry_policy(
+            GenesysClient::retry_policy_builder()
+                .max_attempts(2)
+                .base_delay(Duration::from_millis(1))
+                .build(),
+        )
+        .no_pacing()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_api_and_its_login_host_are_reached_through_the_proxy_with_its_credentials() {
+    let sim = Simulator::spawn(SimConfig::default().users(3))
+        .await
+        .unwrap();
+    // "Basic " and base64 of "gcx:p@ss word".
+    let (seen, addr) = proxy(Mode::Tunnel("Basic Z2N4OnBAc3Mgd29yZA==")).await;
+    let api = format!("http://api.behind-proxy.test:{}", sim.addr().port());
+    let client = client(&api, Proxy::url(format!("http://gcx:p%40ss%20word@{addr}")));
+    let page = client.list_users_page(10, 1).await.unwrap();
+    assert_eq!(page.entities.len(), 3);
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    for head in &seen {
+        assert!(
+            head.starts_with(&format!(
+                "CONNECT api.behind-proxy.test:{} HTTP/1.1\r\n",
+                sim.addr().port()
+            )),
+            "{head}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_that_wants_other_credentials_is_a_connection_failure_that_says_so() {
+    let (seen, addr) = proxy(Mode::Tunnel("Basic bm90IHRoZXNl")).await;
+    let client = client(
+        "http://api.behind-proxy.test:9",
+        Proxy::url(format!("http://gcx:hunter2@{addr}")),
+    );
+    let err = client
+        .execute_action("echo", &serde_json::json!({}))
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("407"), "{text}");
+    assert!(text.contains("user and password"), "{text}");
+    assert!(!text.contains("hunter2"), "the proxy's password in {text}");
+    assert!(!err.may_have_been_applied(), "{err}");
+    assert!(!seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn loopback_hosts_and_no_proxy_hosts_are_reached_directly() {
+    let sim = Simulator::spawn(SimConfig::default().users(2))
+        .await
+        .unwrap();
+    // A proxy that would refuse every tunnel: any request through it fails.
+    let (seen, addr) = proxy(Mode::Tunnel("never")).await;
+    let direct = client(&sim.base_url(), Proxy::url(format!("http://{addr}")));
+    assert_eq!(
+        direct.list_users_page(10, 1).await.unwrap().entities.len(),
+        2
+    );
+    let named = format!("http://localhost:{}", sim.addr().port());
+    let by_name = client(&named, Proxy::url(format!("http://{addr}")));
+    assert_eq!(
+        by_name.list_users_page(10, 1).await.unwrap().entities.len(),
+        2
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
