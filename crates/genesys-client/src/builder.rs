@@ -153,6 +153,7 @@ pub struct GenesysClientBuilder {
     attempt_timeout: Option<Duration>,
     connect_timeout: Duration,
     proxy: Proxy,
+    root_certificates: Vec<Arc<[u8]>>,
     max_response_body: usize,
     max_error_body: usize,
     body_idle_timeout: Option<Duration>,
@@ -190,6 +191,7 @@ impl Default for GenesysClientBuilder {
             attempt_timeout: Some(DEFAULT_ATTEMPT_TIMEOUT),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             proxy: Proxy::from_env(),
+            root_certificates: Vec::new(),
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,
             max_error_body: DEFAULT_MAX_ERROR_BODY,
             body_idle_timeout: Some(DEFAULT_BODY_IDLE_TIMEOUT),
@@ -348,6 +350,16 @@ impl GenesysClientBuilder {
     /// [`service`](Self::service).
     pub fn proxy(mut self, proxy: Proxy) -> Self {
         self.proxy = proxy;
+        self
+    }
+
+    /// Certificate authorities (PEM, one or more `-----BEGIN CERTIFICATE-----` blocks) the
+    /// default leaf trusts besides the built-in ones and those of `SSL_CERT_FILE`: a network
+    /// whose proxy inspects TLS signs every host's certificate with an authority of its own.
+    /// Checked by `build`. See [`tls`](crate::tls). Has no effect on a leaf given with
+    /// [`service`](Self::service).
+    pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates.push(Arc::from(pem.into()));
         self
     }
 
@@ -592,7 +604,11 @@ impl GenesysClientBuilder {
         let endpoints = self.endpoints()?;
         let leaf = match self.leaf.clone() {
             Some(leaf) => leaf,
-            None => hyper_leaf(self.connect_timeout, self.proxy.resolve()?)?,
+            None => hyper_leaf(
+                self.connect_timeout,
+                self.proxy.resolve()?,
+                crate::tls::client_config(&self.root_certificates)?,
+            )?,
         };
         // Token requests: the leaf with the per-attempt timeout over reading the whole (small)
         // answer, without pacing (another host).
@@ -816,6 +832,7 @@ impl fmt::Debug for GenesysClientBuilder {
             .field("reject_when_full", &self.reject_when_full)
             .field("idempotency", &self.idempotency)
             .field("proxy", &self.proxy)
+            .field("root_certificates", &self.root_certificates.len())
             .field("custom_leaf", &self.leaf.is_some())
             .finish_non_exhaustive()
     }
@@ -829,11 +846,12 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const H2_PING_EVERY: Duration = Duration::from_secs(15);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The default leaf: hyper-util's pooled client over rustls (webpki roots, ring), http and https,
-/// HTTP/1.1 and HTTP/2, through a proxy's tunnel when `proxy` routes a host through one.
+/// The default leaf: hyper-util's pooled client over rustls (ring, the roots of `tls`), http and
+/// https, HTTP/1.1 and HTTP/2, through a proxy's tunnel when `proxy` routes a host through one.
 fn hyper_leaf(
     connect_timeout: Duration,
     proxy: Option<Route>,
+    tls: rustls::ClientConfig,
 ) -> Result<HttpService, GenesysError> {
     use hyper_util::client::legacy::Client;
     use hyper_util::client::legacy::connect::HttpConnector;
@@ -845,8 +863,7 @@ fn hyper_leaf(
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(connect_timeout));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
-        .map_err(|e| GenesysError::Config(format!("TLS set-up failed: {e}")))?
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()

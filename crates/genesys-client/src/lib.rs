@@ -59,6 +59,7 @@ pub mod proxy;
 pub mod region;
 mod routes;
 mod service;
+pub mod tls;
 pub mod users;
 
 pub use builder::{GenesysClientBuilder, PacingSource};

@@ -152,3 +152,81 @@ async fn loopback_hosts_and_no_proxy_hosts_are_reached_directly() {
         seen.lock().unwrap()
     );
 }
+
+/// A TLS server in front of the simulator (as a load balancer terminates TLS before the API),
+/// with the test authority's certificate for `localhost` and `api.behind-proxy.test`: its port.
+async fn tls_in_front_of(sim: std::net::SocketAddr) -> u16 {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(include_bytes!("fixtures/server.pem"))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(include_bytes!("fixtures/server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut upstream) = TcpStream::connect(sim).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn https_through_the_tunnel_with_an_authority_of_the_networks_own() {
+    let sim = Simulator::spawn(SimConfig::default().users(2))
+        .await
+        .unwrap();
+    let port = tls_in_front_of(sim.addr()).await;
+    let (seen, addr) = proxy(Mode::Tunnel("Basic Z2N4Omd4Yw==")).await;
+    let api = format!("https://api.behind-proxy.test:{port}");
+    let proxy_url = format!("http://gcx:gxc@{addr}");
+    let ca = include_bytes!("fixtures/ca.pem");
+
+    // The authority trusted: the API and the login host answer through the tunnel.
+    let trusted = GenesysClient::builder()
+        .base_url(&api)
+        .login_url(&api)
+        .client_credentials("demo-client", "demo-secret")
+        .proxy(Proxy::url(&proxy_url))
+        .root_certificates_pem(&ca[..])
+        .no_pacing()
+        .build()
+        .unwrap();
+    assert_eq!(
+        trusted.list_users_page(10, 1).await.unwrap().entities.len(),
+        2
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|head| head.starts_with(&format!("CONNECT api.behind-proxy.test:{port} "))),
+    );
+
+    // Not trusted: a connection failure that says why, with nothing sent.
+    let untrusted = client(&api, Proxy::url(&proxy_url));
+    let err = untrusted.list_users_page(10, 1).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("certificate"), "{text}");
+    assert!(!err.may_have_been_applied(), "{err}");
+}

@@ -61,10 +61,11 @@ pub fn gcx(sim: &SimHandle) -> Command {
         .env("GCX_POLICY_STORE", state_dir().join("no-policies"))
         .args(["--base-url", &sim.base_url()])
         .stdin(Stdio::null());
-    // Never the machine's own proxy.
+    // Never the machine's own proxy or certificate authorities.
     for name in PROXY_VARIABLES {
         cmd.env_remove(name);
     }
+    cmd.env_remove("SSL_CERT_FILE");
     cmd
 }
 

@@ -1,0 +1,137 @@
+//! The default leaf's TLS: which certificate authorities it trusts.
+//!
+//! The Mozilla roots built in (`webpki-roots`), and besides them:
+//!
+//! - the certificates of the PEM file `SSL_CERT_FILE` names, when it is set (read when the
+//!   client is built): a network whose proxy inspects TLS signs every host's certificate with
+//!   an authority of its own, which must be trusted for any connection to open;
+//! - those given to [`GenesysClientBuilder::root_certificates_pem`](crate::GenesysClientBuilder::root_certificates_pem).
+//!
+//! A file that cannot be read, or holds no certificate, fails the build, naming it: a client
+//! that went on without it would fail every connection with a certificate error instead.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use crate::error::GenesysError;
+
+/// The variable naming a PEM file of certificate authorities to trust besides the built-in
+/// ones.
+pub const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
+
+/// The largest certificate file read (a system's whole bundle is about 200 KB).
+const MAX_FILE: u64 = 16 * 1024 * 1024;
+
+/// The TLS configuration of the default leaf: the built-in roots, `SSL_CERT_FILE`'s and
+/// `extra`'s (PEM).
+pub(crate) fn client_config(extra: &[Arc<[u8]>]) -> Result<rustls::ClientConfig, GenesysError> {
+    let roots = roots(std::env::var_os(SSL_CERT_FILE), extra)?;
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| GenesysError::Config(format!("TLS set-up failed: {e}")))
+        .map(|config| config.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The roots to trust: the built-in ones, those of the file `file` names, and `extra`'s.
+fn roots(
+    file: Option<std::ffi::OsString>,
+    extra: &[Arc<[u8]>],
+) -> Result<RootCertStore, GenesysError> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = file.filter(|p| !p.is_empty()) {
+        let shown = format!("{SSL_CERT_FILE}={}", std::path::Path::new(&path).display());
+        let pem = read_bounded(std::path::Path::new(&path))
+            .map_err(|e| GenesysError::Config(format!("{shown}: {e}")))?;
+        add(&mut roots, &pem, &shown)?;
+    }
+    for (i, pem) in extra.iter().enumerate() {
+        add(&mut roots, pem, &format!("root certificates #{}", i + 1))?;
+    }
+    Ok(roots)
+}
+
+/// Reads the file at `path`, up to [`MAX_FILE`] bytes.
+fn read_bounded(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    let mut pem = Vec::new();
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if pem.len() as u64 > MAX_FILE {
+        return Err(format!(
+            "it is over {} MiB, larger than any certificate bundle: name a PEM file of \
+             certificate authorities",
+            MAX_FILE / (1024 * 1024)
+        ));
+    }
+    Ok(pem)
+}
+
+/// Adds the certificates of `pem` to `roots`: an error, naming `source`, when it holds none
+/// that can be a root.
+fn add(roots: &mut RootCertStore, pem: &[u8], source: &str) -> Result<(), GenesysError> {
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            GenesysError::Config(format!(
+                "{source}: not a PEM file of certificates ({e}): name a file of \
+                 -----BEGIN CERTIFICATE----- blocks"
+            ))
+        })?;
+    let (added, _unusable) = roots.add_parsable_certificates(certificates);
+    if added == 0 {
+        return Err(GenesysError::Config(format!(
+            "{source}: holds no certificate that can be a certificate authority: name a file \
+             of -----BEGIN CERTIFICATE----- blocks"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CA: &[u8] = include_bytes!("../tests/fixtures/ca.pem");
+
+    #[test]
+    fn the_built_in_roots_and_the_ones_added() {
+        let built_in = roots(None, &[]).unwrap().len();
+        assert!(built_in > 100, "{built_in}");
+        assert_eq!(roots(None, &[Arc::from(CA)]).unwrap().len(), built_in + 1);
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_used_fails_naming_it() {
+        let dir = std::env::temp_dir().join(format!("genesys-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("ca.pem");
+        std::fs::write(&ok, CA).unwrap();
+        let built_in = roots(None, &[]).unwrap().len();
+        assert_eq!(
+            roots(Some(ok.into_os_string()), &[]).unwrap().len(),
+            built_in + 1
+        );
+        let not_pem = dir.join("key.txt");
+        std::fs::write(&not_pem, b"hello").unwrap();
+        let missing = dir.join("missing.pem");
+        for (path, says) in [(not_pem, "no certificate"), (missing, "cannot open")] {
+            let Err(GenesysError::Config(message)) = roots(Some(path.clone().into()), &[]) else {
+                panic!("{} accepted", path.display());
+            };
+            assert!(message.contains("SSL_CERT_FILE"), "{message}");
+            assert!(message.contains(says), "{message}");
+        }
+        let Err(GenesysError::Config(message)) = roots(None, &[Arc::from(&b"junk"[..])]) else {
+            panic!("junk accepted");
+        };
+        assert!(message.contains("root certificates #1"), "{message}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
