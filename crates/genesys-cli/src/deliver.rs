@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use genesys_client::builder::DynTokenSource;
 use genesys_client::config::Origin;
+use genesys_client::proxy::ProxyError;
 use genesys_client::{
     GenesysClient, GenesysClientBuilder, GenesysError, PacingSource, Region, UpdateUserOptions,
 };
@@ -230,6 +231,12 @@ pub(crate) async fn build_client(
         if let GenesysError::Config(_) = e {
             // A setting the client cannot be built with (a proxy variable it cannot use).
             return CliError::usage(format!("cannot set up the client: {e}"));
+        }
+        if genesys_tower::error::find::<ProxyError>(&e).is_some_and(ProxyError::is_refusal) {
+            return CliError::usage(format!(
+                "{e}; nothing was sent: check the proxy's URL and credentials (https_proxy, \
+                 HTTPS_PROXY, all_proxy), or list the host in NO_PROXY"
+            ));
         }
         if e.is_token_unavailable() {
             // Not the credentials' fault: the login host did not judge them.

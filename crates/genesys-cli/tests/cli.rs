@@ -237,23 +237,65 @@ async fn csv_rows_and_a_failed_csv_keep_the_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_variable_gcx_cannot_use_is_exit_2_naming_it_and_nothing_is_sent() {
     let sim = Simulator::spawn(config(1)).await.unwrap();
-    let d = dir("proxy-variable");
+    let stderr = patch_through_proxy(
+        gcx(&sim).env("ALL_PROXY", "socks5://gcx:s3cret@proxy.example:1080"),
+        "proxy-variable",
+    );
+    assert!(stderr.contains("ALL_PROXY"), "{stderr}");
+    assert!(stderr.contains("socks5://"), "{stderr}");
+    assert_eq!(sim.stats().total_responses, 0, "nothing sent: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_refuses_the_tunnel_is_exit_2_after_one_try() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                .await;
+        }
+    });
+    // A name, not a loopback address: reached through the proxy.
+    let api = format!("http://api.behind-proxy.test:{}", sim.addr().port());
+    let stderr = patch_through_proxy(
+        gcx_at(&api).env("http_proxy", format!("http://gcx:s3cret@{proxy}")),
+        "proxy-refuses",
+    );
+    assert!(stderr.contains("407"), "{stderr}");
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "{stderr}"
+    );
+}
+
+/// Runs `gcx users patch` on one line with `gcx` (a proxy set): it must exit 2, naming the
+/// proxy and not its password (`s3cret`). Its stderr.
+fn patch_through_proxy(gcx: &mut std::process::Command, test: &str) -> String {
+    let d = dir(test);
     let input = write(
         &d.join("u.jsonl"),
         b"{\"user_id\":\"x\",\"updates\":{\"title\":\"t\"}}\n",
     );
-    let out = gcx(&sim)
-        .env("ALL_PROXY", "socks5://gcx:s3cret@proxy.example:1080")
+    let out = gcx
         .args(["users", "patch", "--input"])
         .arg(&input)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_exit(&out, 2);
-    assert!(stderr.contains("ALL_PROXY"), "{stderr}");
-    assert!(stderr.contains("socks5://"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("proxy"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "{stderr}");
-    assert_eq!(sim.stats().total_responses, 0, "nothing sent: {stderr}");
+    stderr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,9 @@ impl Classify for GenesysClassifier {
     ) -> Classification {
         if find::<auth::Error>(error).is_some_and(auth::Error::is_token_source)
             || find::<TokenError>(error).is_some()
+            // A proxy that refused the tunnel would refuse it again (and may lock the account
+            // whose password it was given after a few tries).
+            || find::<ProxyError>(error).is_some_and(ProxyError::is_refusal)
         {
             return Classification::Final;
         }
@@ -71,6 +74,7 @@ impl Classify for GenesysClassifier {
 
 use crate::error::{GenesysError, OAuthError, is_gateway_error};
 use crate::oauth::TokenError;
+use crate::proxy::ProxyError;
 
 impl GenesysError {
     /// Classifies an error that came out of the tower stack (a [`BoxError`]).
@@ -91,6 +95,10 @@ impl GenesysError {
     pub fn is_token_unavailable(&self) -> bool {
         if self.may_have_been_applied() {
             // An earlier attempt may have been applied before a later one found no token.
+            return false;
+        }
+        if find::<ProxyError>(self).is_some_and(ProxyError::is_refusal) {
+            // A proxy that refuses the tunnel to the login host: a setting to fix.
             return false;
         }
         match self {

@@ -7,17 +7,27 @@
 //! never in a log or a `Debug` output.
 //!
 //! Which connections go through it, by default ([`Proxy::from_env`]), as curl reads the same
-//! variables: a `https://` host through `HTTPS_PROXY` (or `https_proxy`), a `http://` host through
-//! `HTTP_PROXY` (or `http_proxy`), either through `ALL_PROXY` (or `all_proxy`) when its own is not
-//! set, except the hosts `NO_PROXY` (or `no_proxy`) lists (names, which cover their subdomains,
-//! addresses, networks such as `10.0.0.0/8`, or `*` for every host). A loopback host
-//! (`localhost`, `127.0.0.0/8`, `::1`) is never reached through a proxy: a proxy elsewhere
-//! would reach its own.
+//! variables (lower case first, an empty one as unset): a `https://` host through `https_proxy`
+//! (or `HTTPS_PROXY`), a `http://` host through `http_proxy` (never `HTTP_PROXY` in upper case,
+//! which a CGI program gets from a request's `Proxy:` header), either through `all_proxy` (or
+//! `ALL_PROXY`) when its own is not set, except the hosts `no_proxy` (or `NO_PROXY`) lists:
+//! names, which cover their subdomains (`corp.example`, `.corp.example` or `*.corp.example`),
+//! addresses, networks such as `10.0.0.0/8`, or `*` for every host; a port written after an
+//! entry is left out. A loopback host (`localhost`, `127.0.0.0/8`, `::1`) is never reached
+//! through a proxy: a proxy elsewhere would reach its own.
 //!
-//! Only `http://` proxy URLs are supported (a URL without a scheme is taken as one). Any other
-//! (`https://`, `socks5://`) is refused when the client is built, saying which variable holds
-//! it, rather than ignored: a client that ignored it would try to connect directly, which the
-//! network that set a proxy usually forbids.
+//! A tunnel the proxy refuses (a 4xx answer: 403 for a host or port it does not allow, 407 for
+//! missing or wrong credentials) is a final failure, never asked again: a proxy may lock an
+//! account after a few wrong passwords. The connection to the proxy and its answer share the
+//! connect timeout; past it, the connection failed and nothing was sent. A `http://` host goes
+//! through a `CONNECT` tunnel too, to its port 80, which some proxies allow only to 443.
+//!
+//! Only `http://` proxy URLs are supported (a URL without a scheme is taken as one), with the
+//! user and password percent-encoded. Any other (`https://`, `socks5://`) is refused when the
+//! client is built, saying which variable holds it, rather than ignored: a client that ignored
+//! it would try to connect directly, which the network that set a proxy usually forbids. Only a
+//! variable that applies is checked: a `socks5://` `all_proxy` beside an `https_proxy` and an
+//! `http_proxy` is left alone.
 //!
 //! ```
 //! use genesys_client::proxy::Proxy;
@@ -46,11 +56,12 @@ use tower_service::Service;
 use crate::BoxError;
 use crate::error::GenesysError;
 
-/// The proxy variables, in the order they are looked for, each name then its lower-case form.
-const ALL: [&str; 2] = ["ALL_PROXY", "all_proxy"];
-const HTTPS: [&str; 2] = ["HTTPS_PROXY", "https_proxy"];
-const HTTP: [&str; 2] = ["HTTP_PROXY", "http_proxy"];
-const NO: [&str; 2] = ["NO_PROXY", "no_proxy"];
+/// The proxy variables, in the order curl looks for them: lower case first. `HTTP_PROXY` in
+/// upper case is never read: a CGI program gets it from a request's `Proxy:` header.
+const ALL: &[&str] = &["all_proxy", "ALL_PROXY"];
+const HTTPS: &[&str] = &["https_proxy", "HTTPS_PROXY"];
+const HTTP: &[&str] = &["http_proxy"];
+const NO: &[&str] = &["no_proxy", "NO_PROXY"];
 
 /// Which proxy the default leaf connects through; see the [module docs](self).
 #[derive(Clone, PartialEq, Eq)]
@@ -108,42 +119,71 @@ impl Proxy {
         &self,
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Route>, GenesysError> {
-        let first = |names: [&'static str; 2]| {
-            names
-                .into_iter()
-                .find_map(|name| var(name).map(|value| (name, value)))
+        // The first of `names` set to something other than blanks.
+        let first = |names: &[&'static str]| {
+            names.iter().find_map(|name| {
+                var(name)
+                    .map(|value| value.trim().to_owned())
+                    .filter(|value| !value.is_empty())
+                    .map(|value| (*name, value))
+            })
         };
-        let mut builder = Matcher::builder();
-        let mut any = false;
-        match &self.0 {
+        let (https, http, no) = match &self.0 {
             Kind::None => return Ok(None),
             Kind::Url { url, no_proxy } => {
-                check(url, "the proxy URL")?;
-                builder = builder.all(url.trim().to_owned()).no(no_proxy.clone());
-                any = true;
+                let url = ("the proxy URL", url.trim().to_owned());
+                (Some(url.clone()), Some(url), no_proxy.clone())
             }
-            Kind::Env => {
-                for names in [ALL, HTTPS, HTTP] {
-                    let Some((name, value)) = first(names).filter(|(_, v)| !v.trim().is_empty())
-                    else {
-                        continue;
-                    };
-                    let value = value.trim().to_owned();
-                    check(&value, name)?;
-                    builder = match names {
-                        ALL => builder.all(value),
-                        HTTPS => builder.https(value),
-                        _ => builder.http(value),
-                    };
-                    any = true;
-                }
-                if let Some((_, value)) = first(NO) {
-                    builder = builder.no(value);
-                }
-            }
+            // Each scheme's own variable, else ALL_PROXY: only a variable that applies is
+            // checked (a socks ALL_PROXY beside an https_proxy is another tool's).
+            Kind::Env => (
+                first(HTTPS).or_else(|| first(ALL)),
+                first(HTTP).or_else(|| first(ALL)),
+                first(NO).map(|(_, list)| list).unwrap_or_default(),
+            ),
+        };
+        if https.is_none() && http.is_none() {
+            return Ok(None);
         }
-        Ok(any.then(|| Route(Arc::new(builder.build()))))
+        let mut builder = Matcher::builder().no(no_proxy_list(&no));
+        if let Some((name, url)) = https {
+            check(&url, name)?;
+            builder = builder.https(url);
+        }
+        if let Some((name, url)) = http {
+            check(&url, name)?;
+            builder = builder.http(url);
+        }
+        Ok(Some(Route(Arc::new(builder.build()))))
     }
+}
+
+/// A `NO_PROXY` list as the matcher reads it, from the forms other tools accept too: an entry's
+/// port left out (`api.corp:8443`, `[fd00::1]:443`), an IPv6 address's brackets, and
+/// `*.corp.example` for the domain's hosts.
+fn no_proxy_list(list: &str) -> String {
+    list.split(',')
+        .map(str::trim)
+        .map(|entry| {
+            let entry = entry.strip_prefix("*.").map_or(entry, |domain| {
+                // `.corp.example`: the domain and every host under it.
+                &entry[entry.len() - domain.len() - 1..]
+            });
+            if let Some(v6) = entry.strip_prefix('[') {
+                return v6.split(']').next().unwrap_or_default().to_owned();
+            }
+            match entry.rsplit_once(':') {
+                // One colon: a host and its port. More: an IPv6 address.
+                Some((host, port))
+                    if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    host.to_owned()
+                }
+                _ => entry.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Default for Proxy {
@@ -170,6 +210,17 @@ impl fmt::Debug for Proxy {
 /// `source` names where it came from, for the error.
 fn check(value: &str, source: &str) -> Result<(), GenesysError> {
     let shown = redacted(value);
+    // A user or password with a `/`, `?`, `#` or `@` of its own: parsers disagree on where the
+    // host starts, and a part of the password could be taken for it (and shown as it).
+    let after_scheme = value.split_once("://").map_or(value, |(_, rest)| rest);
+    if let Some((userinfo, _)) = after_scheme.rsplit_once('@')
+        && userinfo.contains(['/', '?', '#', '@'])
+    {
+        return Err(GenesysError::Config(format!(
+            "{source} {shown:?}: its user or password holds a '/', '?', '#' or '@'; write \
+             them percent-encoded (%2F, %3F, %23, %40)"
+        )));
+    }
     let uri: Uri = value.trim().parse().map_err(|_| {
         GenesysError::Config(format!(
             "{source} {shown:?} is not a URL: write it as http://[user:password@]host:port, \
@@ -205,20 +256,21 @@ fn check(value: &str, source: &str) -> Result<(), GenesysError> {
     Ok(())
 }
 
-/// A proxy URL without its user and password, for messages.
+/// A proxy URL without its user and password (everything before its last `@`) nor its path,
+/// for messages.
 pub(crate) fn redacted(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, url),
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let rest = match rest[..end].rfind('@') {
-        Some(at) => format!("***@{}", &rest[at + 1..end]),
-        None => rest[..end].to_owned(),
+    let (hidden, rest) = match rest.rsplit_once('@') {
+        Some((_, host)) => ("***@", host),
+        None => ("", rest),
     };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
     match scheme {
-        Some(scheme) => format!("{scheme}://{rest}"),
-        None => rest,
+        Some(scheme) => format!("{scheme}://{hidden}{host}"),
+        None => format!("{hidden}{host}"),
     }
 }
 
@@ -303,24 +355,37 @@ impl Service<Uri> for ProxyConnector {
         let connecting = self.tcp.call(proxy.uri().clone());
         let timeout = self.handshake_timeout;
         Box::pin(async move {
-            let fail = |reason: String| ProxyError {
+            let fail = |reason: String, refused: bool| ProxyError {
                 proxy: shown.clone(),
                 reason,
+                refused,
             };
-            let io = connecting.await.map_err(|e| {
-                fail(format!(
-                    "cannot connect to it: {}",
-                    crate::error::with_causes(&e)
-                ))
-            })?;
-            let target = target(&dst).ok_or_else(|| fail(format!("{dst} names no host")))?;
-            match tokio::time::timeout(timeout, handshake(io.into_inner(), &target, auth)).await {
+            // The connection to the proxy and its answer to the CONNECT, within the one
+            // connect timeout (past it, the attempt's own would make the failure ambiguous).
+            let tunnel = async {
+                let io = connecting.await.map_err(|e| {
+                    let e = crate::error::with_causes(&e);
+                    fail(format!("cannot connect to it: {e}"), false)
+                })?;
+                let target =
+                    target(&dst).ok_or_else(|| fail(format!("{dst} names no host"), false))?;
+                handshake(io.into_inner(), &target, auth)
+                    .await
+                    .map_err(|(reason, refused)| {
+                        fail(format!("CONNECT {target}: {reason}"), refused)
+                    })
+            };
+            match tokio::time::timeout(timeout, tunnel).await {
                 Ok(Ok(stream)) => Ok(TokioIo::new(stream)),
-                Ok(Err(reason)) => Err(fail(format!("CONNECT {target}: {reason}")).into()),
-                Err(_) => Err(fail(format!(
-                    "CONNECT {target}: no answer within {} s",
-                    timeout.as_secs_f64()
-                ))
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(fail(
+                    format!(
+                        "no tunnel to {} within {} s",
+                        target(&dst).unwrap_or_default(),
+                        timeout.as_secs_f64()
+                    ),
+                    false,
+                )
                 .into()),
             }
         })
@@ -344,12 +409,12 @@ fn target(dst: &Uri) -> Option<String> {
 const MAX_ANSWER: usize = 8 * 1024;
 
 /// Asks the proxy on `stream` for a tunnel to `target`: the stream, once the proxy said yes;
-/// what it said otherwise.
+/// otherwise what went wrong, and whether it was the proxy's refusal (a 4xx answer).
 async fn handshake(
     mut stream: TcpStream,
     target: &str,
     auth: Option<HeaderValue>,
-) -> Result<TcpStream, String> {
+) -> Result<TcpStream, (String, bool)> {
     let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n").into_bytes();
     if let Some(auth) = auth {
         head.extend_from_slice(b"Proxy-Authorization: ");
@@ -360,16 +425,19 @@ async fn handshake(
     stream
         .write_all(&head)
         .await
-        .map_err(|e| format!("cannot send it: {e}"))?;
+        .map_err(|e| (format!("cannot send it: {e}"), false))?;
     let mut answer = Vec::with_capacity(512);
     loop {
         let mut chunk = [0u8; 1024];
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("cannot read the answer: {e}"))?;
+            .map_err(|e| (format!("cannot read the answer: {e}"), false))?;
         if n == 0 {
-            return Err("the proxy closed the connection without answering".into());
+            return Err((
+                "the proxy closed the connection without answering".into(),
+                false,
+            ));
         }
         answer.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -379,30 +447,40 @@ async fn handshake(
                 let code = response.code.unwrap_or(0);
                 if !(200..300).contains(&code) {
                     let reason = response.reason.unwrap_or("").to_owned();
-                    return Err(format!(
-                        "the proxy answered {code} {reason}{}",
-                        match code {
-                            407 =>
-                                "; it wants a user and password: put them in its URL, \
+                    let refused = (400..500).contains(&code);
+                    return Err((
+                        format!(
+                            "the proxy answered {code} {reason}{}",
+                            match code {
+                                407 =>
+                                    "; it wants a user and password: put them in its URL, \
                                     http://user:password@host:port",
-                            403 =>
-                                "; it does not allow this host or port: ask its \
+                                403 =>
+                                    "; it does not allow this host or port: ask its \
                                     administrators, or set NO_PROXY if the host is reachable \
                                     directly",
-                            _ => "",
-                        }
+                                _ => "",
+                            }
+                        ),
+                        refused,
                     ));
                 }
                 if len != answer.len() {
-                    return Err("the proxy sent data after its answer to CONNECT".into());
+                    return Err((
+                        "the proxy sent data after its answer to CONNECT".into(),
+                        false,
+                    ));
                 }
                 return Ok(stream);
             }
             Ok(httparse::Status::Partial) if answer.len() < MAX_ANSWER => {}
             Ok(httparse::Status::Partial) => {
-                return Err(format!("its answer's head is over {MAX_ANSWER} bytes"));
+                return Err((
+                    format!("its answer's head is over {MAX_ANSWER} bytes"),
+                    false,
+                ));
             }
-            Err(e) => return Err(format!("its answer is not HTTP: {e}")),
+            Err(e) => return Err((format!("its answer is not HTTP: {e}"), false)),
         }
     }
 }
@@ -412,6 +490,17 @@ async fn handshake(
 pub struct ProxyError {
     proxy: String,
     reason: String,
+    refused: bool,
+}
+
+impl ProxyError {
+    /// Whether the proxy refused the tunnel (a 4xx answer: 403 for a host or port it does not
+    /// allow, 407 for missing or wrong credentials). Such a failure is final: the client does
+    /// not ask again (a proxy may lock an account after a few wrong passwords), and a job does
+    /// not wait for it to pass.
+    pub fn is_refusal(&self) -> bool {
+        self.refused
+    }
 }
 
 impl fmt::Display for ProxyError {

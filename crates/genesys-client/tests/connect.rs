@@ -46,7 +46,11 @@ async fn a_proxy_that_never_answers_is_a_connect_failure_not_an_unknown_outcome(
         Proxy::url(format!("http://{addr}")),
     );
     let err = assert_connect_failure(&client).await;
-    assert!(err.to_string().contains("no answer"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no tunnel to api.behind-proxy.test:9 within"),
+        "{err}"
+    );
 }
 
 /// A client of `api` through `proxy`, with a token at hand, a connect timeout of 200 ms and

@@ -49,6 +49,11 @@ pub fn state_dir() -> PathBuf {
 
 /// `gcx` with the simulator's credentials in the environment and its URL as `--base-url`.
 pub fn gcx(sim: &SimHandle) -> Command {
+    gcx_at(&sim.base_url())
+}
+
+/// [`gcx`] with the API at `base_url`.
+pub fn gcx_at(base_url: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gcx"));
     cmd.env("GCX_STATE_DIR", state_dir())
         .env("GENESYS_CLIENT_ID", "demo-client")
@@ -59,7 +64,7 @@ pub fn gcx(sim: &SimHandle) -> Command {
         .env_remove("GCX_CONFIG")
         .env_remove("GCX_PROFILE")
         .env("GCX_POLICY_STORE", state_dir().join("no-policies"))
-        .args(["--base-url", &sim.base_url()])
+        .args(["--base-url", base_url])
         .stdin(Stdio::null());
     // Never the machine's own proxy or certificate authorities.
     for name in PROXY_VARIABLES {

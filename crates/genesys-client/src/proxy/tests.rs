@@ -51,15 +51,58 @@ fn each_scheme_goes_through_its_own_variable_or_all_proxy() {
         through(&route, "http://api.example/").as_deref(),
         Some("other:8080")
     );
-    let route = resolve(&Proxy::from_env(), &[("HTTP_PROXY", "http://plain:80")]).unwrap();
+    let route = resolve(&Proxy::from_env(), &[("http_proxy", "http://plain:80")]).unwrap();
     assert_eq!(through(&route, "https://api.mypurecloud.com/"), None);
+    assert_eq!(
+        through(&route, "http://api.example/").as_deref(),
+        Some("plain:80")
+    );
+    // An empty lower-case variable does not hide the upper-case one.
+    let route = resolve(
+        &Proxy::from_env(),
+        &[("https_proxy", ""), ("HTTPS_PROXY", "http://upper:1")],
+    )
+    .unwrap();
+    assert_eq!(
+        through(&route, "https://api.mypurecloud.com/").as_deref(),
+        Some("upper:1")
+    );
+}
+
+#[test]
+fn upper_case_http_proxy_is_never_read() {
+    // A CGI program gets HTTP_PROXY from a request's `Proxy:` header.
+    let route = resolve(&Proxy::from_env(), &[("HTTP_PROXY", "http://evil:1")]).unwrap();
+    assert!(route.is_none());
+}
+
+#[test]
+fn a_variable_that_does_not_apply_is_not_checked() {
+    // What some proxy tools export: a socks all_proxy beside the http ones.
+    let route = resolve(
+        &Proxy::from_env(),
+        &[
+            ("https_proxy", "http://127.0.0.2:7890"),
+            ("http_proxy", "http://127.0.0.2:7890"),
+            ("all_proxy", "socks5://127.0.0.2:7890"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        through(&route, "https://api.mypurecloud.com/").as_deref(),
+        Some("127.0.0.2:7890")
+    );
 }
 
 #[test]
 fn no_proxy_and_loopback_hosts_are_reached_directly() {
     let env = [
         ("HTTPS_PROXY", "http://p:3128"),
-        ("NO_PROXY", "internal.example, 10.0.0.0/8"),
+        (
+            "NO_PROXY",
+            "internal.example, 10.0.0.0/8, api.corp:8443, 192.0.2.7:443, [fd00::1], \
+             [fd00::2]:443, *.wild.example",
+        ),
     ];
     let route = resolve(&Proxy::from_env(), &env).unwrap();
     for direct in [
@@ -71,6 +114,11 @@ fn no_proxy_and_loopback_hosts_are_reached_directly() {
         "https://127.0.0.1:1/",
         "https://127.8.9.10/",
         "https://[::1]:8443/",
+        "https://api.corp/",
+        "https://192.0.2.7/",
+        "https://[fd00::1]/",
+        "https://[fd00::2]:8443/",
+        "https://a.wild.example/",
     ] {
         assert_eq!(through(&route, direct), None, "{direct}");
     }
@@ -93,8 +141,17 @@ fn a_proxy_that_cannot_be_used_is_refused_by_name_without_its_password() {
     for (name, value, says) in [
         ("HTTPS_PROXY", "socks5://u:s3cret@p:1080", "socks5://"),
         ("all_proxy", "https://u:s3cret@p:443", "https://"),
-        ("HTTP_PROXY", "http://u:s3cret@/", "not a URL"),
+        ("http_proxy", "http://u:s3cret@/", "not a URL"),
         ("HTTPS_PROXY", "http://u:s3cret@p:99999", "not a URL"),
+        // A password with a character of its own that ends the host's part, or an `@`.
+        ("HTTPS_PROXY", "http://u:s3c/ret@p:3128", "percent-encoded"),
+        (
+            "HTTPS_PROXY",
+            "http://u:2024/s3cret@p:3128",
+            "percent-encoded",
+        ),
+        ("HTTPS_PROXY", "http://u:p@s3cret@p:3128", "percent-encoded"),
+        ("HTTPS_PROXY", "http://u:s3cret#x@p:3128", "percent-encoded"),
     ] {
         let Err(GenesysError::Config(message)) = resolve(&Proxy::from_env(), &[(name, value)])
         else {
@@ -102,7 +159,8 @@ fn a_proxy_that_cannot_be_used_is_refused_by_name_without_its_password() {
         };
         assert!(message.contains(name), "{message}");
         assert!(message.contains(says), "{message}");
-        assert!(!message.contains("s3cret"), "{message}");
+        assert!(!message.contains("s3c"), "{message}");
+        assert!(!message.contains("ret"), "{message}");
     }
     let Err(GenesysError::Config(message)) = resolve(&Proxy::url("socks5://p:1"), &[]) else {
         panic!("a socks proxy accepted");
@@ -117,6 +175,15 @@ fn credentials_stay_out_of_debug_and_messages() {
     assert_eq!(redacted("http://user:s3cret@p:3128/x"), "http://***@p:3128");
     assert_eq!(redacted("u:p@host:1"), "***@host:1");
     assert_eq!(redacted("http://host:1"), "http://host:1");
+    assert_eq!(redacted("http://u:s3c/ret@p:3128/x"), "http://***@p:3128");
+    assert_eq!(redacted("http://u:p@s3cret@p:3128"), "http://***@p:3128");
+    for url in [
+        "http://u:s3c/ret@p:1",
+        "http://u:s3c#ret@p:1",
+        "http://u:s3c?ret@p:1",
+    ] {
+        assert!(!format!("{:?}", Proxy::url(url)).contains("s3c"), "{url}");
+    }
     let route = resolve(&Proxy::url("http://user:s3cret@p:3128"), &[]).unwrap();
     assert!(!format!("{route:?}").contains("s3cret"));
 }
@@ -171,10 +238,11 @@ async fn a_refused_tunnel_says_what_the_proxy_answered() {
     ] {
         let answer: &'static [u8] = Box::leak(answer.to_vec().into_boxed_slice());
         let (stream, _server) = answering(answer).await;
-        let Err(reason) = handshake(stream, "h:443", None).await else {
+        let Err((reason, refused)) = handshake(stream, "h:443", None).await else {
             panic!("{} accepted", String::from_utf8_lossy(answer));
         };
         assert!(reason.contains(says), "{reason}");
+        assert_eq!(refused, reason.contains(" 4"), "{reason}");
     }
 }
 
