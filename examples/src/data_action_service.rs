@@ -549,6 +549,10 @@ const KEPT: &str = "This answer is kept for the idempotency key: a retry with th
 /// The answer for a failed call: see the table in the [module docs](self).
 pub fn genesys_error(e: &GenesysError) -> Response {
     let (status, code, ran, retry_after) = match e {
+        // Whatever the last answer said, an attempt before it may have run the action.
+        e if e.may_have_been_applied() => {
+            (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", true, None)
+        }
         GenesysError::Api(api) => match api.status() {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 (StatusCode::BAD_GATEWAY, "genesys_auth_failed", false, None)
@@ -559,12 +563,17 @@ pub fn genesys_error(e: &GenesysError) -> Response {
                 false,
                 Some(api.retry_after().unwrap_or(Duration::from_secs(60))),
             ),
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => (
+            StatusCode::SERVICE_UNAVAILABLE => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "genesys_unavailable",
                 false,
                 Some(api.retry_after().unwrap_or(Duration::from_secs(5))),
             ),
+            // The request may have arrived whole after all: the server gave up waiting for it,
+            // or a timeout on the way made the 408 up.
+            StatusCode::REQUEST_TIMEOUT => {
+                (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", true, None)
+            }
             s if s.is_client_error() => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "genesys_rejected",

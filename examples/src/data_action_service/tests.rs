@@ -45,3 +45,49 @@ fn only_completed_and_maybe_ran_answers_are_stored() {
         );
     }
 }
+
+/// What Genesys Cloud's answer says about the action, kept under the key when it may have run.
+#[test]
+fn a_408_or_an_earlier_attempt_that_may_have_run_is_outcome_unknown() {
+    let code = |e: GenesysError| {
+        let response = genesys_error(&e);
+        let status = response.status();
+        let body = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(
+            response.into_body(),
+        ))
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (
+            status,
+            body["error"].as_str().unwrap().to_owned(),
+            body["action_may_have_run"].clone(),
+        )
+    };
+    let api = |status: u16| {
+        GenesysError::from(genesys_client::ApiError::from_response(
+            StatusCode::from_u16(status).unwrap(),
+            None,
+            b"{}",
+        ))
+    };
+    assert_eq!(
+        code(api(408)),
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            "outcome_unknown".to_owned(),
+            serde_json::json!(true)
+        )
+    );
+    assert!(is_stored(StatusCode::GATEWAY_TIMEOUT));
+    assert_eq!(
+        code(api(503)),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "genesys_unavailable".to_owned(),
+            serde_json::json!(false)
+        )
+    );
+    assert_eq!(code(api(400)).1, "genesys_rejected");
+}

@@ -22,6 +22,12 @@ pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
 /// server layer answers 503) rather than grow without bound.
 pub const MAX_CLAIMED_KEYS: usize = 100_000;
 
+/// The most keys a [`MemoryStore`] keeps whose response it dropped for room before their
+/// retention ended (a few hundred bytes each): past it, a claim of a new key fails with a
+/// [`StoreError`] (the server layer answers 503) until some of them expire, rather than forget
+/// that a key was done.
+pub const MAX_EVICTED_KEYS: usize = 100_000;
+
 /// How often a full store looks for held claims whose hold ended, at most.
 const FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -29,6 +35,12 @@ const FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// ([moka], weighed by response size, least recently used entries evicted first), each kept for the
 /// retention its layer asks for; in-flight claims in a map beside it, at most
 /// [`MAX_CLAIMED_KEYS`] of them.
+///
+/// A response evicted for room before its retention ends leaves its key behind, until that
+/// retention ends: a request with the key is then answered [`Claim::Evicted`] (the server layer
+/// answers 409), never run again. At most [`MAX_EVICTED_KEYS`] are kept so; past that, new keys
+/// are refused until some expire. Give the store room for the responses of a retention's
+/// worth of keys to keep them all.
 ///
 /// Clones share the same records. Waiting callers are woken the moment a key completes or is
 /// released, not by polling. Lock and retention deadlines follow tokio's clock, so they can be
@@ -53,6 +65,9 @@ pub struct MemoryStore {
 struct Inner {
     completed: Cache<String, Arc<Completed>>,
     in_flight: Mutex<HashMap<String, Lock>>,
+    /// Keys whose response was evicted for room before their retention ended, with their
+    /// fingerprint and when that retention ends (filled by the cache's eviction listener).
+    evicted: Arc<Mutex<HashMap<String, (Fingerprint, Instant)>>>,
     /// When full, the earliest a claim looks through every held claim again for ones whose
     /// hold ended (taken with `in_flight` held): a full store refuses new keys in constant time.
     next_full_sweep: Mutex<Option<Instant>>,
@@ -97,10 +112,13 @@ impl MemoryStore {
         Self::with_capacity(DEFAULT_MEMORY_CAPACITY)
     }
 
-    /// A store bounded to `max_bytes` of responses (body and headers). When full, the entries
-    /// least recently used are evicted; an evicted key is treated as new.
+    /// A store bounded to `max_bytes` of responses (body and headers). When full, the responses
+    /// least recently used are evicted, and their keys kept until their retention ends (see
+    /// the type's docs).
     #[must_use]
     pub fn with_capacity(max_bytes: u64) -> Self {
+        let evicted: Arc<Mutex<HashMap<String, (Fingerprint, Instant)>>> = Arc::default();
+        let listener = evicted.clone();
         let completed = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, value: &Arc<Completed>| {
@@ -112,11 +130,17 @@ impl MemoryStore {
             // turn away the answer just completed, the one a retry after a lost response asks
             // for next, and run its request again.
             .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .eviction_listener(move |key: Arc<String>, value: Arc<Completed>, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    lock(&listener).insert((*key).clone(), (value.fingerprint, value.expires_at));
+                }
+            })
             .build();
         MemoryStore {
             inner: Arc::new(Inner {
                 completed,
                 in_flight: Mutex::new(HashMap::new()),
+                evicted,
                 next_full_sweep: Mutex::new(None),
             }),
         }
@@ -125,6 +149,9 @@ impl MemoryStore {
     /// The number of keys completed and kept (approximate: evictions run lazily).
     #[must_use]
     pub fn completed_len(&self) -> u64 {
+        // Under the claims' lock: an eviction this runs is never half seen by a claim (the
+        // response gone, its key not yet kept).
+        let _locks = self.locks();
         self.inner.completed.run_pending_tasks();
         self.inner.completed.entry_count()
     }
@@ -140,12 +167,31 @@ impl MemoryStore {
     }
 
     fn locks(&self) -> MutexGuard<'_, HashMap<String, Lock>> {
-        // A panic while holding the lock cannot leave the map half-updated (every update is one
-        // insert or remove), so a poisoned lock is safe to use.
-        self.inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner.in_flight)
+    }
+
+    /// The fingerprint of `key` if its response was evicted and its retention has not ended.
+    fn evicted(&self, key: &str, now: Instant) -> Option<Fingerprint> {
+        let mut evicted = lock(&self.inner.evicted);
+        match evicted.get(key) {
+            Some((fingerprint, until)) if *until > now => Some(*fingerprint),
+            Some(_) => {
+                evicted.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Whether the store keeps as many evicted keys as it may: those whose retention ended are
+    /// dropped first.
+    fn evicted_full(&self, now: Instant) -> bool {
+        let mut evicted = lock(&self.inner.evicted);
+        if evicted.len() < MAX_EVICTED_KEYS {
+            return false;
+        }
+        evicted.retain(|_, (_, until)| *until > now);
+        evicted.len() >= MAX_EVICTED_KEYS
     }
 
     fn get_live(&self, key: &str, now: Instant) -> Option<Arc<Completed>> {
@@ -182,6 +228,21 @@ impl MemoryStore {
             } else {
                 Claim::Abandoned
             });
+        }
+        if let Some(done) = self.evicted(key, now) {
+            return Ok(if done == fingerprint {
+                Claim::Evicted
+            } else {
+                Claim::Mismatch
+            });
+        }
+        if !locks.contains_key(key) && self.evicted_full(now) {
+            return Err(StoreError::new(format!(
+                "this process's idempotency store dropped the responses of {MAX_EVICTED_KEYS} \
+                 keys to stay within its size, and keeps those keys until their retention ends \
+                 so that none runs twice; new keys are refused until some expire: give the \
+                 store more room (MemoryStore::with_capacity) or a shorter retention"
+            )));
         }
         // Absent, or abandoned and no longer held: the key is ours.
         if locks.len() >= 1024 && locks.len().is_power_of_two() {
@@ -233,7 +294,7 @@ impl MemoryStore {
         // Ours, lease ended or not; or no record at all (nobody else holds the key).
         let ours = match locks.get(key) {
             Some(lock) => lock.token == *token,
-            None => self.get_live(key, now).is_none(),
+            None => self.get_live(key, now).is_none() && self.evicted(key, now).is_none(),
         };
         if !ours {
             return false;
@@ -266,6 +327,14 @@ impl MemoryStore {
             locks.remove(key);
         }
     }
+}
+
+/// `mutex`, locked. A panic while holding one cannot leave its map half-updated (every update
+/// is one insert, remove or retain), so a poisoned lock is safe to use.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// When a lease taken at `now` ends, and when its claim stops being held.
@@ -391,6 +460,80 @@ mod tests {
             );
         }
         assert!(store.completed_len() <= 8, "the bound holds");
+        // The keys whose answers made room are still known: never run again, within their
+        // retention.
+        for i in 0..30 {
+            let key = format!("k{i}");
+            assert!(
+                matches!(
+                    store.claim(&key, fp("a"), lock.into()).await.unwrap(),
+                    Claim::Evicted
+                ),
+                "{key}, evicted, is not new"
+            );
+            assert!(matches!(
+                store.claim(&key, fp("b"), lock.into()).await.unwrap(),
+                Claim::Mismatch
+            ));
+        }
+    }
+
+    /// An evicted key is kept until its retention ends, then is new again; past
+    /// [`MAX_EVICTED_KEYS`] of them, new keys are refused rather than an old one forgotten.
+    #[tokio::test(start_paused = true)]
+    async fn evicted_keys_are_kept_for_their_retention_and_bounded() {
+        let store = MemoryStore::with_capacity(4 * 1100);
+        let lock = Duration::from_secs(30);
+        let retention = Duration::from_secs(3600);
+        for i in 0..20 {
+            let key = format!("k{i}");
+            let Claim::Acquired(token) = store.claim(&key, fp("a"), lock.into()).await.unwrap()
+            else {
+                panic!("{key} is new");
+            };
+            let response = StoredResponse::new(
+                StatusCode::OK,
+                HeaderMap::new(),
+                Bytes::from(vec![b'x'; 1024]),
+            );
+            assert!(
+                store
+                    .complete(&key, &token, response, retention)
+                    .await
+                    .unwrap()
+            );
+        }
+        assert!(store.completed_len() < 20, "answers were dropped for room");
+        assert!(matches!(
+            store.claim("k0", fp("a"), lock.into()).await.unwrap(),
+            Claim::Evicted
+        ));
+        tokio::time::advance(retention + Duration::from_secs(1)).await;
+        assert!(matches!(
+            store.claim("k0", fp("a"), lock.into()).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+
+        let until = crate::time::after(Instant::now(), retention);
+        lock_evicted(&store)
+            .extend((0..MAX_EVICTED_KEYS).map(|i| (format!("e{i}"), (fp("a"), until))));
+        let e = store.claim("new", fp("a"), lock.into()).await.unwrap_err();
+        assert!(e.to_string().contains("more room"), "{e}");
+        assert!(matches!(
+            store.claim("e7", fp("a"), lock.into()).await.unwrap(),
+            Claim::Evicted
+        ));
+        tokio::time::advance(retention).await;
+        assert!(matches!(
+            store.claim("new", fp("a"), lock.into()).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+    }
+
+    fn lock_evicted(
+        store: &MemoryStore,
+    ) -> MutexGuard<'_, HashMap<String, (Fingerprint, Instant)>> {
+        lock(&store.inner.evicted)
     }
 
     /// Claims that are never settled (calls dropped mid-way) fill the store only up to its

@@ -116,7 +116,7 @@ pub use client::{
     ResponseFuture, is_final,
 };
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
-pub use memory::{DEFAULT_MEMORY_CAPACITY, MAX_CLAIMED_KEYS, MemoryStore};
+pub use memory::{DEFAULT_MEMORY_CAPACITY, MAX_CLAIMED_KEYS, MAX_EVICTED_KEYS, MemoryStore};
 #[cfg(feature = "redis")]
 pub use redis::{DEFAULT_LOSS_QUARANTINE, Durability, RedisStore};
 pub use store::{

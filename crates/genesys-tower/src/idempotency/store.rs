@@ -222,6 +222,10 @@ pub enum Claim {
     /// The key is in flight or completed with another fingerprint: the same key was used for a
     /// different request.
     Mismatch,
+    /// The key was completed with the same fingerprint, within its retention, but its response
+    /// was dropped to keep the store within its size ([`MemoryStore`](super::MemoryStore)): the
+    /// work was done, and running the request again would do it twice.
+    Evicted,
 }
 
 /// Proof of a claim: an id unique to one claim, and the fingerprint it was made with.

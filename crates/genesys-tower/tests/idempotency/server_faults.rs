@@ -504,3 +504,24 @@ async fn an_answer_whose_body_fails_holds_its_key_unless_it_says_nothing_was_pro
         }
     }
 }
+
+/// A memory store too small for a retention's worth of answers drops the oldest to make room,
+/// and keeps their keys: a retry with one is told its request was processed, never run again.
+#[tokio::test(start_paused = true)]
+async fn a_key_whose_answer_was_dropped_for_room_is_never_run_again() {
+    let store = MemoryStore::with_capacity(1_000);
+    let handler = Handler::default();
+    let app = handler.router(layer().store(store.clone()));
+    for i in 0..40 {
+        let response = send(&app, order(Some(&format!("k{i}")), "{}")).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    assert!(
+        store.completed_len() < 40,
+        "some answers were dropped for room"
+    );
+    let again = send(&app, order(Some("k0"), "{}")).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(json(again).await["error"], "idempotency_response_evicted");
+    assert_eq!(handler.runs(), 40, "k0 ran once");
+}

@@ -82,6 +82,18 @@ where
                         .to_owned(),
                 ));
             }
+            Claim::Evicted => {
+                tracing::warn!("idempotency key completed, its response dropped for room: 409");
+                return Ok(error(
+                    StatusCode::CONFLICT,
+                    "idempotency_response_evicted",
+                    "the first request with this Idempotency-Key was processed, but its response \
+                     was dropped to keep the idempotency store within its size before its \
+                     retention ended. It will not be run again with this key: read the \
+                     resource's state for the outcome"
+                        .to_owned(),
+                ));
+            }
             Claim::Lost => {
                 tracing::warn!("idempotency store lost its records: outcome unknown, 503");
                 return Ok(error(

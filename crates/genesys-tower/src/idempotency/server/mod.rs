@@ -35,6 +35,12 @@
 //! it streams and is not stored; the key is released, so a repeat runs the handler again: raise
 //! the limit on routes with large responses.
 //!
+//! The [`MemoryStore`](super::MemoryStore) (the default) holds at most its capacity of
+//! responses (64 MiB by default). Past it, the least recently used responses are dropped, but
+//! their keys are kept until their retention ends: a repeat is answered 409
+//! `idempotency_response_evicted` (the request was processed; its response is gone), never run
+//! again. Give the store room for a retention's worth of responses to replay them all.
+//!
 //! # Several instances
 //!
 //! Give every instance the same Redis store (feature `redis`) and the same prefix: the claim is
