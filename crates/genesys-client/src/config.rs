@@ -125,8 +125,8 @@ impl JitterMode {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct StackConfig {
-    /// `"test"` allows delays under 100 ms (tests against a simulator); anything else is
-    /// production.
+    /// `"test"` allows delays under 100 ms (tests against a simulator); unset is production.
+    /// Any other value is refused.
     pub profile: Option<String>,
     /// The retry layer.
     pub retry: RetryConfig,
@@ -553,6 +553,16 @@ impl StackConfig {
                 message,
             });
         };
+        if let Some(profile) = self.profile.as_deref().filter(|p| *p != "test") {
+            bad(
+                "profile",
+                format!(
+                    "{profile:?} is not a value of this key: \"test\" allows test delays, and \
+                     nothing else is (a profile of the file is chosen with --profile or \
+                     GCX_PROFILE)"
+                ),
+            );
+        }
         let r = &self.retry;
         if !(1..=MAX_ATTEMPTS).contains(&r.max_attempts) {
             bad(

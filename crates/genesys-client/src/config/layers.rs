@@ -138,6 +138,10 @@ impl Layered {
         let mut layered = self;
         let mut problems = Vec::new();
         for path in paths {
+            if path == "profile" {
+                // GCX_PROFILE names a profile of the file (gcx's --profile), not this key.
+                continue;
+            }
             let name = Layered::env_var(&path);
             let Some(text) = lookup(&name) else { continue };
             match layered

@@ -611,3 +611,21 @@ fn a_partial_tree_is_laid_over_the_layers_with_its_origin_and_paths() {
         .unwrap_err();
     assert_eq!(err.problems()[0].path, "retry.max_attempts");
 }
+
+/// `GCX_PROFILE` is gcx's `--profile` (a profile of the file), not the `profile` key; the key
+/// takes `"test"` or nothing.
+#[test]
+fn gcx_profile_is_not_the_profile_key_and_the_key_is_test_or_unset() {
+    let env = |name: &str| (name == "GCX_PROFILE").then(|| "prod".to_owned());
+    let layered = Layered::defaults().env(env).unwrap();
+    assert_eq!(layered.config().profile, None);
+    assert_eq!(layered.origin("profile"), Some(&Origin::Default));
+    assert!(problems("profile = \"test\"").is_empty());
+    let said = problems("profile = \"prod\"");
+    assert!(
+        said.len() == 1
+            && said[0].starts_with("profile: \"prod\" is not a value")
+            && said[0].contains("--profile"),
+        "{said:?}"
+    );
+}
