@@ -1,14 +1,22 @@
 //! The default leaf's TLS: which certificate authorities it trusts.
 //!
-//! The Mozilla roots built in (`webpki-roots`), and besides them:
+//! The Mozilla roots built in (`webpki-roots`), and besides them, read when the client is built:
 //!
-//! - the certificates of the PEM file `SSL_CERT_FILE` names, when it is set (read when the
-//!   client is built): a network whose proxy inspects TLS signs every host's certificate with
-//!   an authority of its own, which must be trusted for any connection to open;
-//! - those given to [`GenesysClientBuilder::root_certificates_pem`](crate::GenesysClientBuilder::root_certificates_pem).
+//! - the system's own bundle, as curl and OpenSSL read it: the first of
+//!   `/etc/ssl/certs/ca-certificates.crt` (Debian, Ubuntu, Alpine, Arch),
+//!   `/etc/pki/tls/certs/ca-bundle.crt` (Fedora, RHEL), `/etc/ssl/ca-bundle.pem` (openSUSE),
+//!   `/etc/pki/tls/cacert.pem` and `/etc/ssl/cert.pem` (macOS, the BSDs) that exists. A network
+//!   whose proxy inspects TLS signs every host's certificate with an authority of its own, which
+//!   its administrators add to the system's bundle;
+//! - or, in its place, the PEM file `SSL_CERT_FILE` names, when it is set (as OpenSSL reads it);
+//! - the certificates given to
+//!   [`GenesysClientBuilder::root_certificates_pem`](crate::GenesysClientBuilder::root_certificates_pem).
 //!
-//! A file that cannot be read, or holds no certificate, fails the build, naming it: a client
-//! that went on without it would fail every connection with a certificate error instead.
+//! A file `SSL_CERT_FILE` names, or certificates given, that cannot be read or hold no
+//! certificate fail the build, naming them: a client that went on without them would fail every
+//! connection with a certificate error instead. A system bundle that cannot be read is passed
+//! over. Keys that macOS or Windows keep in their own stores, not in a file, are not read:
+//! export such an authority to a PEM file and name it in `SSL_CERT_FILE`.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -26,19 +34,31 @@ pub const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
 /// The largest certificate file read (a system's whole bundle is about 200 KB).
 const MAX_FILE: u64 = 16 * 1024 * 1024;
 
-/// The TLS configuration of the default leaf: the built-in roots, `SSL_CERT_FILE`'s and
-/// `extra`'s (PEM).
+/// Where systems keep their bundle of certificate authorities, in the order they are looked
+/// for (OpenSSL's and curl's).
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The TLS configuration of the default leaf: the built-in roots, the system's bundle or
+/// `SSL_CERT_FILE`'s, and `extra`'s (PEM).
 pub(crate) fn client_config(extra: &[Arc<[u8]>]) -> Result<rustls::ClientConfig, GenesysError> {
-    let roots = roots(std::env::var_os(SSL_CERT_FILE), extra)?;
+    let roots = roots(std::env::var_os(SSL_CERT_FILE), SYSTEM_BUNDLES, extra)?;
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| GenesysError::Config(format!("TLS set-up failed: {e}")))
         .map(|config| config.with_root_certificates(roots).with_no_client_auth())
 }
 
-/// The roots to trust: the built-in ones, those of the file `file` names, and `extra`'s.
+/// The roots to trust: the built-in ones, those of the file `file` names or else of the first
+/// of `system` that can be read, and `extra`'s.
 fn roots(
     file: Option<std::ffi::OsString>,
+    system: &[&str],
     extra: &[Arc<[u8]>],
 ) -> Result<RootCertStore, GenesysError> {
     let mut roots = RootCertStore {
@@ -49,6 +69,12 @@ fn roots(
         let pem = read_bounded(std::path::Path::new(&path))
             .map_err(|e| GenesysError::Config(format!("{shown}: {e}")))?;
         add(&mut roots, &pem, &shown)?;
+    } else if let Some((path, pem)) = system
+        .iter()
+        .find_map(|path| Some((*path, read_bounded(std::path::Path::new(path)).ok()?)))
+        && let Err(e) = add(&mut roots, &pem, path)
+    {
+        tracing::debug!(error = %e, "the system's certificate bundle passed over");
     }
     for (i, pem) in extra.iter().enumerate() {
         add(&mut roots, pem, &format!("root certificates #{}", i + 1))?;
@@ -102,9 +128,42 @@ mod tests {
 
     #[test]
     fn the_built_in_roots_and_the_ones_added() {
-        let built_in = roots(None, &[]).unwrap().len();
+        let built_in = roots(None, &[], &[]).unwrap().len();
         assert!(built_in > 100, "{built_in}");
-        assert_eq!(roots(None, &[Arc::from(CA)]).unwrap().len(), built_in + 1);
+        assert_eq!(
+            roots(None, &[], &[Arc::from(CA)]).unwrap().len(),
+            built_in + 1
+        );
+    }
+
+    #[test]
+    fn the_systems_bundle_unless_ssl_cert_file_names_another() {
+        let dir = std::env::temp_dir().join(format!("genesys-tls-system-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bundle = dir.join("ca-certificates.crt");
+        std::fs::write(&bundle, CA).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, b"junk").unwrap();
+        let missing = dir.join("missing.crt");
+        let (bundle, junk, missing) = (
+            bundle.to_str().unwrap(),
+            junk.to_str().unwrap(),
+            missing.to_str().unwrap(),
+        );
+        let built_in = roots(None, &[], &[]).unwrap().len();
+        // The first that exists, however many follow.
+        assert_eq!(
+            roots(None, &[missing, bundle, junk], &[]).unwrap().len(),
+            built_in + 1
+        );
+        // One that holds nothing usable is passed over, not an error.
+        assert_eq!(roots(None, &[junk, bundle], &[]).unwrap().len(), built_in);
+        // SSL_CERT_FILE in its place.
+        let other = dir.join("other.pem");
+        std::fs::write(&other, include_bytes!("../tests/fixtures/server.pem")).unwrap();
+        let named = roots(Some(other.into_os_string()), &[bundle], &[]).unwrap();
+        assert_eq!(named.len(), built_in + 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -113,22 +172,24 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let ok = dir.join("ca.pem");
         std::fs::write(&ok, CA).unwrap();
-        let built_in = roots(None, &[]).unwrap().len();
+        let built_in = roots(None, &[], &[]).unwrap().len();
         assert_eq!(
-            roots(Some(ok.into_os_string()), &[]).unwrap().len(),
+            roots(Some(ok.into_os_string()), &[], &[]).unwrap().len(),
             built_in + 1
         );
         let not_pem = dir.join("key.txt");
         std::fs::write(&not_pem, b"hello").unwrap();
         let missing = dir.join("missing.pem");
         for (path, says) in [(not_pem, "no certificate"), (missing, "cannot open")] {
-            let Err(GenesysError::Config(message)) = roots(Some(path.clone().into()), &[]) else {
+            let Err(GenesysError::Config(message)) = roots(Some(path.clone().into()), &[], &[])
+            else {
                 panic!("{} accepted", path.display());
             };
             assert!(message.contains("SSL_CERT_FILE"), "{message}");
             assert!(message.contains(says), "{message}");
         }
-        let Err(GenesysError::Config(message)) = roots(None, &[Arc::from(&b"junk"[..])]) else {
+        let Err(GenesysError::Config(message)) = roots(None, &[], &[Arc::from(&b"junk"[..])])
+        else {
             panic!("junk accepted");
         };
         assert!(message.contains("root certificates #1"), "{message}");
