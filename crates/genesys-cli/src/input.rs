@@ -120,6 +120,8 @@ pub(crate) struct Source {
     path: PathBuf,
     format: Format,
     reader: BufReader<File>,
+    /// The file's size and modification time when it was opened.
+    opened: Option<Stamp>,
     /// The CSV header, also written first to the failed file.
     header: Option<csv::ByteRecord>,
 }
@@ -137,7 +139,14 @@ impl Source {
                 path.display()
             ))
         })?;
-        let kind = file.metadata().map(|m| m.file_type());
+        let metadata = file.metadata();
+        // A pipe's times move as it is written to: only a file's are compared.
+        let opened = metadata
+            .as_ref()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(Stamp::of);
+        let kind = metadata.map(|m| m.file_type());
         if kind.as_ref().is_ok_and(std::fs::FileType::is_dir) {
             return Err(CliError::usage(format!(
                 "input {} is a directory; give a JSONL or CSV file",
@@ -221,6 +230,7 @@ impl Source {
             path: path.to_owned(),
             format,
             reader,
+            opened,
             header,
         })
     }
@@ -263,6 +273,9 @@ impl Source {
             .name("gcx-input".into())
             .spawn(move || {
                 let path = self.path.clone();
+                // The file itself, as opened (not its path, which may name another by now).
+                let file = self.reader.get_ref().try_clone().ok();
+                let opened = self.opened;
                 let result = match self.format {
                     Format::Jsonl => read_jsonl(self.reader, &*parser, &tx),
                     Format::Csv => read_csv(self.reader, self.header, &*parser, &tx),
@@ -271,11 +284,53 @@ impl Source {
                 if let Err(e) = result {
                     let broken = Input::Broken(format!("reading {} failed: {e}", path.display()));
                     let _ = send(&tx, broken);
+                    return;
+                }
+                // Written over while it was read (an export rewritten in place, an editor's
+                // save): the records read after that came from another file than the one the
+                // job was started on, and its journal describes.
+                let now = file.and_then(|f| f.metadata().ok()).map(|m| Stamp::of(&m));
+                if let (Some(before), Some(after)) = (opened, now)
+                    && before != after
+                {
+                    let _ = send(&tx, Input::Broken(changed(&path, before, after)));
                 }
             })
             .expect("spawning the input thread");
         rx
     }
+}
+
+/// A file's size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Stamp {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        Stamp {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+        }
+    }
+}
+
+/// What the job says of an input written over while it was read.
+fn changed(path: &Path, before: Stamp, after: Stamp) -> String {
+    let how = if before.len == after.len {
+        format!("modified, {} bytes", after.len)
+    } else {
+        format!("{} bytes, then {}", before.len, after.len)
+    };
+    format!(
+        "the input {} changed while the job read it ({how}): records read after the change may \
+         come from its new content, which the journal does not describe. Check the failed and \
+         unknown records listed, then run the job on a copy that nothing writes to (with \
+         --fresh, or another --journal)",
+        path.display()
+    )
 }
 
 /// The most bytes of records read ahead and not yet taken by the job: however many records
@@ -791,6 +846,34 @@ mod tests {
             }
         }
         assert_eq!(got, 20, "every record arrives");
+    }
+
+    #[test]
+    fn an_input_written_over_while_it_is_read_breaks_the_job_saying_so() {
+        let lines: String = (0..200).map(|n| format!("{{\"id\":\"{n}\"}}\n")).collect();
+        let path = file("rewritten.jsonl", lines.as_bytes());
+        let src = Source::open(&path, Format::Jsonl, &Obj).unwrap();
+        let mut rx = src.stream(Arc::new(Obj), 1);
+        assert!(matches!(rx.blocking_recv(), Some(Input::Record(_))));
+        // Rewritten in place, as an export run again writes it, while the reader waits.
+        std::fs::write(&path, b"{\"id\":\"other\"}\n").unwrap();
+        let mut last = None;
+        while let Some(m) = rx.blocking_recv() {
+            last = Some(m);
+        }
+        match last {
+            Some(Input::Broken(why)) => {
+                assert!(why.contains("changed while the job read it"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Read whole and unchanged: nothing said.
+        let path = file("kept.jsonl", lines.as_bytes());
+        assert!(
+            drain(&path, Format::Jsonl)
+                .iter()
+                .all(|m| matches!(m, Input::Record(_)))
+        );
     }
 
     #[test]
