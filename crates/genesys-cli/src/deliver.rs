@@ -235,7 +235,7 @@ pub(crate) async fn build_client(
         if genesys_tower::error::find::<ProxyError>(&e).is_some_and(ProxyError::is_refusal) {
             return CliError::usage(format!(
                 "{e}; nothing was sent: check the proxy's URL and credentials (https_proxy, \
-                 HTTPS_PROXY, all_proxy), or list the host in NO_PROXY"
+                 HTTPS_PROXY, http_proxy, all_proxy), or list the host in NO_PROXY"
             ));
         }
         if e.is_token_unavailable() {
@@ -315,6 +315,12 @@ pub(crate) async fn build_client(
         {
             Err(e @ GenesysError::OAuth(_)) => return Err(refused(e)),
             Err(e) if e.is_token_unavailable() => return Err(refused(e)),
+            Err(e)
+                if genesys_tower::error::find::<ProxyError>(&e)
+                    .is_some_and(ProxyError::is_refusal) =>
+            {
+                return Err(refused(e));
+            }
             _ => {}
         }
     }

@@ -152,7 +152,10 @@ impl Undelivered {
         let refused = match e {
             genesys_client::GenesysError::OAuth(oauth) => oauth.is_bad_credentials(),
             _ => e.status() == Some(http::StatusCode::UNAUTHORIZED),
-        };
+        } || genesys_tower::error::find::<genesys_client::proxy::ProxyError>(e)
+            // The proxy's credentials, or its rules: asked again for every record, it would
+            // refuse each (and may lock the account after a few wrong passwords).
+            .is_some_and(genesys_client::proxy::ProxyError::is_refusal);
         if e.may_have_been_applied() {
             // Applied, or perhaps: never "safe to send again", nor "not applied" for a refusal
             // that came after an attempt that may have been.

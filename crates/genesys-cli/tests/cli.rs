@@ -264,18 +264,24 @@ async fn a_proxy_that_refuses_the_tunnel_is_exit_2_after_one_try() {
                 .await;
         }
     });
-    // A name, not a loopback address: reached through the proxy.
+    // A name, not a loopback address: reached through the proxy. Asked once, whether the
+    // start reads the org's limits (refused there) or checks the credentials after building
+    // the client (--rate-limit).
     let api = format!("http://api.behind-proxy.test:{}", sim.addr().port());
-    let stderr = patch_through_proxy(
-        gcx_at(&api).env("http_proxy", format!("http://gcx:s3cret@{proxy}")),
-        "proxy-refuses",
-    );
-    assert!(stderr.contains("407"), "{stderr}");
-    assert_eq!(
-        asked.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "{stderr}"
-    );
+    for (run, flags) in [(0, &[][..]), (1, &["--rate-limit", "100/1"][..])] {
+        let stderr = patch_through_proxy(
+            gcx_at(&api)
+                .env("http_proxy", format!("http://gcx:s3cret@{proxy}"))
+                .args(flags),
+            &format!("proxy-refuses-{run}"),
+        );
+        assert!(stderr.contains("407"), "{stderr}");
+        assert_eq!(
+            asked.swap(0, std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{flags:?}: {stderr}"
+        );
+    }
 }
 
 /// Runs `gcx users patch` on one line with `gcx` (a proxy set): it must exit 2, naming the
@@ -284,7 +290,9 @@ fn patch_through_proxy(gcx: &mut std::process::Command, test: &str) -> String {
     let d = dir(test);
     let input = write(
         &d.join("u.jsonl"),
-        b"{\"user_id\":\"x\",\"updates\":{\"title\":\"t\"}}\n",
+        b"{\"user_id\":\"x\",\"updates\":{\"title\":\"t\"}}\n\
+          {\"user_id\":\"y\",\"updates\":{\"title\":\"t\"}}\n\
+          {\"user_id\":\"z\",\"updates\":{\"title\":\"t\"}}\n",
     );
     let out = gcx
         .args(["users", "patch", "--input"])

@@ -345,7 +345,8 @@ impl GenesysClientBuilder {
     }
 
     /// Which proxy the default leaf connects through (default [`Proxy::from_env`]: the
-    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` variables, read by `build`).
+    /// `https_proxy`, `http_proxy`, `all_proxy` and `no_proxy` variables, as curl reads them,
+    /// read by `build`).
     /// See [`proxy`](crate::proxy). Has no effect on a leaf given with
     /// [`service`](Self::service).
     pub fn proxy(mut self, proxy: Proxy) -> Self {

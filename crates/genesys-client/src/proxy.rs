@@ -16,8 +16,8 @@
 //! entry is left out. A loopback host (`localhost`, `127.0.0.0/8`, `::1`) is never reached
 //! through a proxy: a proxy elsewhere would reach its own.
 //!
-//! A tunnel the proxy refuses (a 4xx answer: 403 for a host or port it does not allow, 407 for
-//! missing or wrong credentials) is a final failure, never asked again: a proxy may lock an
+//! A tunnel the proxy refuses (a 4xx answer but 408 and 429: 403 for a host or port it does not
+//! allow, 407 for missing or wrong credentials) is a final failure, never asked again: a proxy may lock an
 //! account after a few wrong passwords. The connection to the proxy and its answer share the
 //! connect timeout; past it, the connection failed and nothing was sent. A `http://` host goes
 //! through a `CONNECT` tunnel too, to its port 80, which some proxies allow only to 443.
@@ -78,8 +78,9 @@ enum Kind {
 }
 
 impl Proxy {
-    /// The proxy the environment names (the default): `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`
-    /// and `NO_PROXY`, upper or lower case, read when the client is built.
+    /// The proxy the environment names (the default): `https_proxy`, `http_proxy`, `all_proxy`
+    /// and `no_proxy`, lower case first then upper case (but `HTTP_PROXY`, never read), when
+    /// the client is built.
     pub fn from_env() -> Self {
         Proxy(Kind::Env)
     }
@@ -142,7 +143,10 @@ impl Proxy {
                 first(NO).map(|(_, list)| list).unwrap_or_default(),
             ),
         };
-        if https.is_none() && http.is_none() {
+        // `*`: every host directly, whatever the proxy variables say (the matcher would still
+        // send a host written as an address through the proxy).
+        let everything_direct = no.split(',').any(|entry| entry.trim() == "*");
+        if everything_direct || (https.is_none() && http.is_none()) {
             return Ok(None);
         }
         let mut builder = Matcher::builder().no(no_proxy_list(&no));
@@ -170,7 +174,12 @@ fn no_proxy_list(list: &str) -> String {
                 &entry[entry.len() - domain.len() - 1..]
             });
             if let Some(v6) = entry.strip_prefix('[') {
-                return v6.split(']').next().unwrap_or_default().to_owned();
+                // `[fd00::1]`, `[fd00::1]:443`, or a network, `[fd00::]/64`.
+                let (address, rest) = v6.split_once(']').unwrap_or((v6, ""));
+                return match rest.strip_prefix('/') {
+                    Some(bits) => format!("{address}/{bits}"),
+                    None => address.to_owned(),
+                };
             }
             match entry.rsplit_once(':') {
                 // One colon: a host and its port. More: an IPv6 address.
@@ -447,7 +456,8 @@ async fn handshake(
                 let code = response.code.unwrap_or(0);
                 if !(200..300).contains(&code) {
                     let reason = response.reason.unwrap_or("").to_owned();
-                    let refused = (400..500).contains(&code);
+                    // A 408 or a 429 passes (a proxy busy, or slow to read): asked again later.
+                    let refused = (400..500).contains(&code) && code != 408 && code != 429;
                     return Err((
                         format!(
                             "the proxy answered {code} {reason}{}",
@@ -494,8 +504,8 @@ pub struct ProxyError {
 }
 
 impl ProxyError {
-    /// Whether the proxy refused the tunnel (a 4xx answer: 403 for a host or port it does not
-    /// allow, 407 for missing or wrong credentials). Such a failure is final: the client does
+    /// Whether the proxy refused the tunnel (a 4xx answer but 408 and 429: 403 for a host or
+    /// port it does not allow, 407 for missing or wrong credentials). Such a failure is final: the client does
     /// not ask again (a proxy may lock an account after a few wrong passwords), and a job does
     /// not wait for it to pass.
     pub fn is_refusal(&self) -> bool {

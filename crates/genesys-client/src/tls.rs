@@ -47,18 +47,31 @@ const SYSTEM_BUNDLES: &[&str] = &[
 /// The TLS configuration of the default leaf: the built-in roots, the system's bundle or
 /// `SSL_CERT_FILE`'s, and `extra`'s (PEM).
 pub(crate) fn client_config(extra: &[Arc<[u8]>]) -> Result<rustls::ClientConfig, GenesysError> {
-    let roots = roots(std::env::var_os(SSL_CERT_FILE), SYSTEM_BUNDLES, extra)?;
+    // Read once a process: a program may build clients in its async code, where reading a file
+    // blocks its thread.
+    static SYSTEM: std::sync::OnceLock<Option<(&'static str, Vec<u8>)>> =
+        std::sync::OnceLock::new();
+    let system = SYSTEM.get_or_init(|| first_readable(SYSTEM_BUNDLES));
+    let system = system.as_ref().map(|(path, pem)| (*path, pem.as_slice()));
+    let roots = roots(std::env::var_os(SSL_CERT_FILE), system, extra)?;
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| GenesysError::Config(format!("TLS set-up failed: {e}")))
         .map(|config| config.with_root_certificates(roots).with_no_client_auth())
 }
 
-/// The roots to trust: the built-in ones, those of the file `file` names or else of the first
-/// of `system` that can be read, and `extra`'s.
+/// The first of `paths` that can be read, and its bytes.
+fn first_readable(paths: &[&'static str]) -> Option<(&'static str, Vec<u8>)> {
+    paths
+        .iter()
+        .find_map(|path| Some((*path, read_bounded(std::path::Path::new(path)).ok()?)))
+}
+
+/// The roots to trust: the built-in ones, those of the file `file` names or else of the
+/// system's bundle (its path and bytes), and `extra`'s.
 fn roots(
     file: Option<std::ffi::OsString>,
-    system: &[&str],
+    system: Option<(&str, &[u8])>,
     extra: &[Arc<[u8]>],
 ) -> Result<RootCertStore, GenesysError> {
     let mut roots = RootCertStore {
@@ -70,9 +83,7 @@ fn roots(
             .map_err(|e| GenesysError::Config(format!("{shown}: {e}")))?;
         add(&mut roots, &pem, &shown)?;
     } else if let Some((path, pem)) = system
-        .iter()
-        .find_map(|path| Some((*path, read_bounded(std::path::Path::new(path)).ok()?)))
-        && let Err(e) = add(&mut roots, &pem, path)
+        && let Err(e) = add(&mut roots, pem, path)
     {
         tracing::debug!(error = %e, "the system's certificate bundle passed over");
     }
@@ -128,10 +139,10 @@ mod tests {
 
     #[test]
     fn the_built_in_roots_and_the_ones_added() {
-        let built_in = roots(None, &[], &[]).unwrap().len();
+        let built_in = roots(None, None, &[]).unwrap().len();
         assert!(built_in > 100, "{built_in}");
         assert_eq!(
-            roots(None, &[], &[Arc::from(CA)]).unwrap().len(),
+            roots(None, None, &[Arc::from(CA)]).unwrap().len(),
             built_in + 1
         );
     }
@@ -145,23 +156,30 @@ mod tests {
         let junk = dir.join("junk.pem");
         std::fs::write(&junk, b"junk").unwrap();
         let missing = dir.join("missing.crt");
-        let (bundle, junk, missing) = (
-            bundle.to_str().unwrap(),
-            junk.to_str().unwrap(),
-            missing.to_str().unwrap(),
-        );
-        let built_in = roots(None, &[], &[]).unwrap().len();
+        // Leaked: the system's paths are static.
+        let path = |p: std::path::PathBuf| -> &'static str {
+            Box::leak(p.to_str().unwrap().to_owned().into_boxed_str())
+        };
+        let (bundle, junk, missing) = (path(bundle), path(junk), path(missing));
+        let system = |paths: &[&'static str]| first_readable(paths);
+        let built_in = roots(None, None, &[]).unwrap().len();
         // The first that exists, however many follow.
+        let first = system(&[missing, bundle, junk]).unwrap();
+        assert_eq!(first.0, bundle);
         assert_eq!(
-            roots(None, &[missing, bundle, junk], &[]).unwrap().len(),
+            roots(None, Some((first.0, &first.1)), &[]).unwrap().len(),
             built_in + 1
         );
         // One that holds nothing usable is passed over, not an error.
-        assert_eq!(roots(None, &[junk, bundle], &[]).unwrap().len(), built_in);
+        let first = system(&[junk, bundle]).unwrap();
+        assert_eq!(
+            roots(None, Some((first.0, &first.1)), &[]).unwrap().len(),
+            built_in
+        );
         // SSL_CERT_FILE in its place.
         let other = dir.join("other.pem");
         std::fs::write(&other, include_bytes!("../tests/fixtures/server.pem")).unwrap();
-        let named = roots(Some(other.into_os_string()), &[bundle], &[]).unwrap();
+        let named = roots(Some(other.into_os_string()), Some((bundle, CA)), &[]).unwrap();
         assert_eq!(named.len(), built_in + 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -172,23 +190,23 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let ok = dir.join("ca.pem");
         std::fs::write(&ok, CA).unwrap();
-        let built_in = roots(None, &[], &[]).unwrap().len();
+        let built_in = roots(None, None, &[]).unwrap().len();
         assert_eq!(
-            roots(Some(ok.into_os_string()), &[], &[]).unwrap().len(),
+            roots(Some(ok.into_os_string()), None, &[]).unwrap().len(),
             built_in + 1
         );
         let not_pem = dir.join("key.txt");
         std::fs::write(&not_pem, b"hello").unwrap();
         let missing = dir.join("missing.pem");
         for (path, says) in [(not_pem, "no certificate"), (missing, "cannot open")] {
-            let Err(GenesysError::Config(message)) = roots(Some(path.clone().into()), &[], &[])
+            let Err(GenesysError::Config(message)) = roots(Some(path.clone().into()), None, &[])
             else {
                 panic!("{} accepted", path.display());
             };
             assert!(message.contains("SSL_CERT_FILE"), "{message}");
             assert!(message.contains(says), "{message}");
         }
-        let Err(GenesysError::Config(message)) = roots(None, &[], &[Arc::from(&b"junk"[..])])
+        let Err(GenesysError::Config(message)) = roots(None, None, &[Arc::from(&b"junk"[..])])
         else {
             panic!("junk accepted");
         };

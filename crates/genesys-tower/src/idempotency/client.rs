@@ -479,9 +479,10 @@ where
             Claim::Mismatch => return Err(Error::KeyReused { key }.into()),
             Claim::Abandoned | Claim::Lost | Claim::Evicted => {
                 // The store cannot tell whether this key was sent before (a claim held past its
-                // owner, or records lost), or knows it was and has no response to give back. A target that deduplicates by key can: a request
-                // marked so is sent with its key, without a claim here. Any other might do its
-                // work twice (a data action does not deduplicate): nothing is sent.
+                // owner, or records lost), or knows it was and has no response to give back. A
+                // target that deduplicates by key can: a request marked so is sent with its
+                // key, without a claim here. Any other might do its work twice (a data action
+                // does not deduplicate): nothing is sent.
                 if !key_honoured(&parts) {
                     return Err(Error::OutcomeUnknown { key }.into());
                 }

@@ -23,9 +23,9 @@ pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
 pub const MAX_CLAIMED_KEYS: usize = 100_000;
 
 /// The most keys a [`MemoryStore`] keeps whose response it dropped for room before their
-/// retention ended (a few hundred bytes each): past it, a claim of a new key fails with a
-/// [`StoreError`] (the server layer answers 503) until some of them expire, rather than forget
-/// that a key was done.
+/// retention ended: one per KiB of its capacity (about a quarter of it, at a few hundred bytes
+/// a key), at least 256, at most this. Past it, the key dropped longest ago is forgotten (the
+/// store warns once): a repeat with it would run again.
 pub const MAX_EVICTED_KEYS: usize = 100_000;
 
 /// How often a full store looks for held claims whose hold ended, at most.
@@ -38,9 +38,9 @@ const FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 ///
 /// A response evicted for room before its retention ends leaves its key behind, until that
 /// retention ends: a request with the key is then answered [`Claim::Evicted`] (the server layer
-/// answers 409), never run again. At most [`MAX_EVICTED_KEYS`] are kept so; past that, new keys
-/// are refused until some expire. Give the store room for the responses of a retention's
-/// worth of keys to keep them all.
+/// answers 409), never run again. One key per KiB of capacity is kept so (see
+/// [`MAX_EVICTED_KEYS`]); past that, the oldest is forgotten, with a warning. Give the store
+/// room for the responses of a retention's worth of keys to keep them all.
 ///
 /// Clones share the same records. Waiting callers are woken the moment a key completes or is
 /// released, not by polling. Lock and retention deadlines follow tokio's clock, so they can be
@@ -65,9 +65,9 @@ pub struct MemoryStore {
 struct Inner {
     completed: Cache<String, Arc<Completed>>,
     in_flight: Mutex<HashMap<String, Lock>>,
-    /// Keys whose response was evicted for room before their retention ended, with their
-    /// fingerprint and when that retention ends (filled by the cache's eviction listener).
-    evicted: Arc<Mutex<HashMap<String, (Fingerprint, Instant)>>>,
+    /// Keys whose response was evicted for room before their retention ended (filled by the
+    /// cache's eviction listener).
+    evicted: Arc<Mutex<Evicted>>,
     /// When full, the earliest a claim looks through every held claim again for ones whose
     /// hold ended (taken with `in_flight` held): a full store refuses new keys in constant time.
     next_full_sweep: Mutex<Option<Instant>>,
@@ -117,7 +117,10 @@ impl MemoryStore {
     /// the type's docs).
     #[must_use]
     pub fn with_capacity(max_bytes: u64) -> Self {
-        let evicted: Arc<Mutex<HashMap<String, (Fingerprint, Instant)>>> = Arc::default();
+        let most = usize::try_from(max_bytes / 1024)
+            .unwrap_or(usize::MAX)
+            .clamp(256, MAX_EVICTED_KEYS);
+        let evicted = Arc::new(Mutex::new(Evicted::new(most)));
         let listener = evicted.clone();
         let completed = Cache::builder()
             .max_capacity(max_bytes)
@@ -132,7 +135,7 @@ impl MemoryStore {
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .eviction_listener(move |key: Arc<String>, value: Arc<Completed>, cause| {
                 if cause == moka::notification::RemovalCause::Size {
-                    lock(&listener).insert((*key).clone(), (value.fingerprint, value.expires_at));
+                    lock(&listener).keep(&key, value.fingerprint, value.expires_at);
                 }
             })
             .build();
@@ -172,26 +175,7 @@ impl MemoryStore {
 
     /// The fingerprint of `key` if its response was evicted and its retention has not ended.
     fn evicted(&self, key: &str, now: Instant) -> Option<Fingerprint> {
-        let mut evicted = lock(&self.inner.evicted);
-        match evicted.get(key) {
-            Some((fingerprint, until)) if *until > now => Some(*fingerprint),
-            Some(_) => {
-                evicted.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Whether the store keeps as many evicted keys as it may: those whose retention ended are
-    /// dropped first.
-    fn evicted_full(&self, now: Instant) -> bool {
-        let mut evicted = lock(&self.inner.evicted);
-        if evicted.len() < MAX_EVICTED_KEYS {
-            return false;
-        }
-        evicted.retain(|_, (_, until)| *until > now);
-        evicted.len() >= MAX_EVICTED_KEYS
+        lock(&self.inner.evicted).get(key, now)
     }
 
     fn get_live(&self, key: &str, now: Instant) -> Option<Arc<Completed>> {
@@ -235,14 +219,6 @@ impl MemoryStore {
             } else {
                 Claim::Mismatch
             });
-        }
-        if !locks.contains_key(key) && self.evicted_full(now) {
-            return Err(StoreError::new(format!(
-                "this process's idempotency store dropped the responses of {MAX_EVICTED_KEYS} \
-                 keys to stay within its size, and keeps those keys until their retention ends \
-                 so that none runs twice; new keys are refused until some expire: give the \
-                 store more room (MemoryStore::with_capacity) or a shorter retention"
-            )));
         }
         // Absent, or abandoned and no longer held: the key is ours.
         if locks.len() >= 1024 && locks.len().is_power_of_two() {
@@ -326,6 +302,72 @@ impl MemoryStore {
         if locks.get(key).is_some_and(|l| l.token == *token) {
             locks.remove(key);
         }
+    }
+}
+
+/// The keys whose responses were evicted for room, until their retention ends: at most `most`,
+/// the one evicted longest ago forgotten first.
+struct Evicted {
+    keys: HashMap<Arc<str>, (Fingerprint, Instant)>,
+    /// The keys in the order they were evicted (some maybe gone from `keys` already).
+    order: std::collections::VecDeque<Arc<str>>,
+    most: usize,
+    warned: bool,
+}
+
+impl Evicted {
+    fn new(most: usize) -> Self {
+        Evicted {
+            keys: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            most,
+            warned: false,
+        }
+    }
+
+    fn get(&mut self, key: &str, now: Instant) -> Option<Fingerprint> {
+        match self.keys.get(key) {
+            Some((fingerprint, until)) if *until > now => Some(*fingerprint),
+            Some(_) => {
+                self.keys.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps `key`, evicted now, until `until`.
+    fn keep(&mut self, key: &str, fingerprint: Fingerprint, until: Instant) {
+        let now = Instant::now();
+        // Those whose retention ended, then the oldest past the bound.
+        while let Some(oldest) = self.order.front() {
+            let gone = match self.keys.get(oldest) {
+                None => true,
+                Some((_, ends)) if *ends <= now => true,
+                Some(_) if self.keys.len() >= self.most => {
+                    if !self.warned {
+                        self.warned = true;
+                        tracing::warn!(
+                            kept = self.most,
+                            "idempotency store: the keys of responses dropped for room are \
+                             forgotten past this many; a repeat with one would run again: give \
+                             the store more room"
+                        );
+                    }
+                    true
+                }
+                Some(_) => false,
+            };
+            if !gone {
+                break;
+            }
+            if let Some(oldest) = self.order.pop_front() {
+                self.keys.remove(&oldest);
+            }
+        }
+        let key: Arc<str> = Arc::from(key);
+        self.keys.insert(key.clone(), (fingerprint, until));
+        self.order.push_back(key);
     }
 }
 
@@ -478,8 +520,8 @@ mod tests {
         }
     }
 
-    /// An evicted key is kept until its retention ends, then is new again; past
-    /// [`MAX_EVICTED_KEYS`] of them, new keys are refused rather than an old one forgotten.
+    /// An evicted key is kept until its retention ends, then is new again; past the bound, the
+    /// one evicted longest ago is forgotten, and new keys are still taken.
     #[tokio::test(start_paused = true)]
     async fn evicted_keys_are_kept_for_their_retention_and_bounded() {
         let store = MemoryStore::with_capacity(4 * 1100);
@@ -514,25 +556,30 @@ mod tests {
             Claim::Acquired(_)
         ));
 
+        // 256 kept at most for this small store: the first of 300 is forgotten, the last kept.
         let until = crate::time::after(Instant::now(), retention);
-        lock_evicted(&store)
-            .extend((0..MAX_EVICTED_KEYS).map(|i| (format!("e{i}"), (fp("a"), until))));
-        let e = store.claim("new", fp("a"), lock.into()).await.unwrap_err();
-        assert!(e.to_string().contains("more room"), "{e}");
+        {
+            let mut evicted = lock_evicted(&store);
+            for i in 0..300 {
+                evicted.keep(&format!("e{i}"), fp("a"), until);
+            }
+            assert_eq!(evicted.keys.len(), 256);
+        }
         assert!(matches!(
-            store.claim("e7", fp("a"), lock.into()).await.unwrap(),
+            store.claim("e0", fp("a"), lock.into()).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+        assert!(matches!(
+            store.claim("e299", fp("a"), lock.into()).await.unwrap(),
             Claim::Evicted
         ));
-        tokio::time::advance(retention).await;
         assert!(matches!(
             store.claim("new", fp("a"), lock.into()).await.unwrap(),
             Claim::Acquired(_)
         ));
     }
 
-    fn lock_evicted(
-        store: &MemoryStore,
-    ) -> MutexGuard<'_, HashMap<String, (Fingerprint, Instant)>> {
+    fn lock_evicted(store: &MemoryStore) -> MutexGuard<'_, Evicted> {
         lock(&store.inner.evicted)
     }
 

@@ -39,7 +39,9 @@
 //! responses (64 MiB by default). Past it, the least recently used responses are dropped, but
 //! their keys are kept until their retention ends: a repeat is answered 409
 //! `idempotency_response_evicted` (the request was processed; its response is gone), never run
-//! again. Give the store room for a retention's worth of responses to replay them all.
+//! again (one such key per KiB of the store's capacity is kept; past that, the oldest is
+//! forgotten, with a warning). Give the store room for a retention's worth of responses to
+//! replay them all.
 //!
 //! # Several instances
 //!
