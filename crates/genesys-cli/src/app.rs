@@ -119,6 +119,7 @@ pub(crate) async fn prepare<P: Parse>(
                 .with_schema(kind.schema.map(str::to_owned))
                 .with_shard_by(kind.shard_by)
                 .with_run(common.fleet_run.clone());
+            source.check_still_at(input)?;
             let jobs = crate::deliver::fleet_key(common, "job");
             let key = format!("{jobs}:{}", spec.fleet_identity());
             let earlier = spec
@@ -162,6 +163,8 @@ pub(crate) async fn prepare<P: Parse>(
             .with_shard_by(kind.shard_by)
             .with_shard(common.shard)
             .with_target(Some(target).filter(|t| !t.is_empty()));
+        // Hashed by its path after it was opened: the same file, or the job would be another's.
+        source.check_still_at(input)?;
         let (path, mode) = match &common.journal {
             Some(path) if common.fresh => (path.clone(), OpenMode::Fresh),
             Some(path) => (path.clone(), OpenMode::Resume),

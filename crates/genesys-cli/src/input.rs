@@ -235,6 +235,30 @@ impl Source {
         })
     }
 
+    /// Whether `path` still names the file this source reads: not replaced (renamed over)
+    /// since it was opened. The job's journal describes the file at `path`, hashed after the
+    /// open; a file put in its place in between would be read under another file's name.
+    pub(crate) fn check_still_at(&self, path: &Path) -> Result<(), CliError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let opened = self.reader.get_ref().metadata();
+            let named = std::fs::metadata(path);
+            if let (Ok(opened), Ok(named)) = (opened, named)
+                && (opened.dev(), opened.ino()) != (named.dev(), named.ino())
+            {
+                return Err(CliError::usage(format!(
+                    "the input {} was replaced by another file while the job started: run it \
+                     again on a file that nothing writes to",
+                    path.display()
+                )));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = path;
+        Ok(())
+    }
+
     /// The CSV header, if the input is CSV and has one.
     pub(crate) fn header(&self) -> Option<&csv::ByteRecord> {
         self.header.as_ref()
@@ -874,6 +898,17 @@ mod tests {
                 .iter()
                 .all(|m| matches!(m, Input::Record(_)))
         );
+    }
+
+    #[test]
+    fn an_input_renamed_over_after_it_was_opened_is_refused() {
+        let path = file("renamed.jsonl", b"{\"id\":\"a\"}\n");
+        let src = Source::open(&path, Format::Jsonl, &Obj).unwrap();
+        src.check_still_at(&path).unwrap();
+        let other = file("other.jsonl", b"{\"id\":\"b\"}\n");
+        std::fs::rename(&other, &path).unwrap();
+        let err = src.check_still_at(&path).unwrap_err();
+        assert!(err.to_string().contains("was replaced"), "{err}");
     }
 
     #[test]
