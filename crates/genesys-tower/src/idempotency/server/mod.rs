@@ -33,7 +33,9 @@
 //!
 //! A response body larger than the response limit (1 MiB by default) is passed to the caller as
 //! it streams and is not stored; the key is released, so a repeat runs the handler again: raise
-//! the limit on routes with large responses.
+//! the limit on routes with large responses. The layer holds a body back until it passes the
+//! limit or ends, so a response that streams slowly (server-sent events, progress) reaches the
+//! caller only then: leave such routes out of the layer.
 //!
 //! The [`MemoryStore`](super::MemoryStore) (the default) holds at most its capacity of
 //! responses (64 MiB by default). Past it, the least recently used responses are dropped, but
@@ -68,7 +70,11 @@
 //! whether the handler had its effect, so by default the claim is held until the retention
 //! ends and repeats get 409 `idempotency_outcome_unknown`: the key never runs twice.
 //! [`rerun_abandoned`](ServerIdempotencyLayer::rerun_abandoned) runs such keys again instead,
-//! for handlers that are safe to repeat.
+//! for handlers that are safe to repeat. Held claims count against the memory store's bound
+//! ([`MAX_CLAIMED_KEYS`](super::MAX_CLAIMED_KEYS)) until their retention ends: a caller that
+//! sends requests with new keys and hangs up mid-handler can fill it, after which new keys are
+//! refused (503). Limit each caller's rate in front of the layer, and give it a
+//! [`scope`](ServerIdempotencyLayer::scope) per caller.
 //!
 //! A response the store could not take (the connection to Redis dropped as it was stored) is
 //! still given to the caller, and kept in memory to be stored when the store answers again,
