@@ -235,7 +235,8 @@ pub(crate) async fn build_client(
         if genesys_tower::error::find::<ProxyError>(&e).is_some_and(ProxyError::is_refusal) {
             return CliError::usage(format!(
                 "{e}; nothing was sent: check the proxy's URL and credentials (https_proxy, \
-                 HTTPS_PROXY, http_proxy, all_proxy), or list the host in NO_PROXY"
+                 http_proxy or all_proxy, or their upper-case forms), or list the host in \
+                 no_proxy"
             ));
         }
         if e.is_token_unavailable() {

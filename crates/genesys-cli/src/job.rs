@@ -138,6 +138,9 @@ pub(crate) enum Undelivered {
     /// The login host refused the credentials: nothing was sent, and nothing more can be. The
     /// whole job stops.
     CredentialsRefused(String),
+    /// The proxy on the way refused the tunnel (its credentials, or its rules): nothing was
+    /// sent, and nothing more can be. The whole job stops.
+    ProxyRefused(String),
     /// Turned away for [`TURNED_AWAY_MAX`](crate::deliver::TURNED_AWAY_MAX), or asked to wait
     /// longer than that: no token to be had (the login host unavailable all along), or the API
     /// asking to wait. Nothing was applied. The whole job stops, for the same command to resume.
@@ -152,14 +155,17 @@ impl Undelivered {
         let refused = match e {
             genesys_client::GenesysError::OAuth(oauth) => oauth.is_bad_credentials(),
             _ => e.status() == Some(http::StatusCode::UNAUTHORIZED),
-        } || genesys_tower::error::find::<genesys_client::proxy::ProxyError>(e)
-            // The proxy's credentials, or its rules: asked again for every record, it would
-            // refuse each (and may lock the account after a few wrong passwords).
+        };
+        // The proxy's credentials, or its rules: asked again for every record, it would refuse
+        // each (and may lock the account after a few wrong passwords).
+        let proxy_refused = genesys_tower::error::find::<genesys_client::proxy::ProxyError>(e)
             .is_some_and(genesys_client::proxy::ProxyError::is_refusal);
         if e.may_have_been_applied() {
             // Applied, or perhaps: never "safe to send again", nor "not applied" for a refusal
             // that came after an attempt that may have been.
             Undelivered::Unknown(e.to_string())
+        } else if proxy_refused {
+            Undelivered::ProxyRefused(e.to_string())
         } else if refused {
             Undelivered::CredentialsRefused(e.to_string())
         } else {
@@ -375,6 +381,13 @@ impl Engine<'_> {
             Err(Undelivered::CredentialsRefused(reason)) => {
                 self.stops(metas, "the credentials were refused", &reason);
                 self.tally.credentials_refused.get_or_insert(reason);
+            }
+            Err(Undelivered::ProxyRefused(reason)) => {
+                self.stops(metas, "the proxy refused the tunnel", &reason);
+                if self.tally.credentials_refused.is_none() {
+                    self.tally.proxy_refused = true;
+                    self.tally.credentials_refused = Some(reason);
+                }
             }
             Err(Undelivered::Unavailable(reason)) => {
                 self.stops(metas, "turned away by the login host or the API", &reason);

@@ -231,19 +231,24 @@ where
                 // are the job's only while the file is the one the job started on (a nightly
                 // export written over it would be skipped as delivered, or sent under its
                 // keys and dropped as repeats).
-                None => match hash_apart(self.input).await {
-                    Ok((hash, _)) if hash == job.spec.input_hash => {
-                        Source::open(self.input, self.format, &*self.parser)
-                    }
-                    Ok(_) => Err(crate::error::CliError::usage(format!(
-                        "the input {} changed since this job started: the shard is not taken \
-                         over (its lines would not be the job's)",
-                        self.input.display()
-                    ))),
-                    Err(e) => Err(crate::error::CliError::usage(format!(
-                        "cannot read the input {} again: {e}",
-                        self.input.display()
-                    ))),
+                // Opened first, then hashed by its path, then checked to be the same file: a
+                // file renamed over it in between is not read under the job's hash.
+                None => match Source::open(self.input, self.format, &*self.parser) {
+                    Ok(source) => match hash_apart(self.input).await {
+                        Ok((hash, _)) if hash == job.spec.input_hash => {
+                            source.check_still_at(self.input).map(|()| source)
+                        }
+                        Ok(_) => Err(crate::error::CliError::usage(format!(
+                            "the input {} changed since this job started: the shard is not \
+                             taken over (its lines would not be the job's)",
+                            self.input.display()
+                        ))),
+                        Err(e) => Err(crate::error::CliError::usage(format!(
+                            "cannot read the input {} again: {e}",
+                            self.input.display()
+                        ))),
+                    },
+                    Err(e) => Err(e),
                 },
             };
             let (tally, path) = match source {

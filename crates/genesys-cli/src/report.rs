@@ -238,7 +238,9 @@ impl Report {
         Report {
             command: command.to_owned(),
             input: input.map(Path::to_owned),
-            status: if tally.credentials_refused.is_some() {
+            status: if tally.proxy_refused {
+                "proxy refused"
+            } else if tally.credentials_refused.is_some() {
                 "credentials refused"
             } else if tally.unavailable.is_some() {
                 "unavailable"

@@ -79,6 +79,16 @@ fn same_file(a: &Path, b: &Path) -> bool {
     if special(a) || special(b) {
         return false;
     }
+    // Two names of one file (a hard link, a bind mount): the same device and inode.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b))
+            && (x.dev(), x.ino()) == (y.dev(), y.ino())
+        {
+            return true;
+        }
+    }
     match (resolved(a), resolved(b)) {
         (Some(a), Some(b)) => a == b,
         _ => false,
@@ -208,5 +218,27 @@ impl ItemWriter {
             ItemWriter::Lines(w) => w.flush(),
             ItemWriter::Csv(w) => w.flush(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hard link to the input is the input: writing to it would truncate what the job reads.
+    #[cfg(unix)]
+    #[test]
+    fn an_output_that_is_a_hard_link_to_the_input_is_refused() {
+        let dir = std::env::temp_dir().join(format!("gcx-sinks-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("u.jsonl");
+        std::fs::write(&input, b"{}\n").unwrap();
+        let link = dir.join("failed.jsonl");
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&input, &link).unwrap();
+        let err = check_distinct(&input, &link, "--failed").unwrap_err();
+        assert!(err.to_string().contains("--failed"), "{err}");
+        check_distinct(&input, &dir.join("other.jsonl"), "--failed").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -135,8 +135,11 @@ pub(crate) struct Tally {
     /// A fleet job's coordination failed (Redis unreachable past a lease): the worker left
     /// the rest to the fleet.
     pub(crate) fleet_error: Option<String>,
-    /// The login host refused the credentials: the job stopped (exit 2).
+    /// The login host refused the credentials, or the proxy the tunnel: the job stopped (exit
+    /// 2).
     pub(crate) credentials_refused: Option<String>,
+    /// It was the proxy that refused (`credentials_refused` says how).
+    pub(crate) proxy_refused: bool,
     /// Turned away for too long (no token to be had, or the API asking to wait): the job
     /// stopped (exit 1; the same command resumes).
     pub(crate) unavailable: Option<String>,
@@ -234,6 +237,9 @@ impl Tally {
             out.broken_input = out.broken_input.or(t.broken_input);
             out.output_error = out.output_error.or(t.output_error);
             out.journal_error = out.journal_error.or(t.journal_error);
+            if out.credentials_refused.is_none() {
+                out.proxy_refused = t.proxy_refused;
+            }
             out.credentials_refused = out.credentials_refused.or(t.credentials_refused);
             out.unavailable = out.unavailable.or(t.unavailable);
             out.fleet_error = out.fleet_error.or(t.fleet_error);

@@ -47,13 +47,18 @@ const SYSTEM_BUNDLES: &[&str] = &[
 /// The TLS configuration of the default leaf: the built-in roots, the system's bundle or
 /// `SSL_CERT_FILE`'s, and `extra`'s (PEM).
 pub(crate) fn client_config(extra: &[Arc<[u8]>]) -> Result<rustls::ClientConfig, GenesysError> {
-    // Read once a process: a program may build clients in its async code, where reading a file
-    // blocks its thread.
-    static SYSTEM: std::sync::OnceLock<Option<(&'static str, Vec<u8>)>> =
-        std::sync::OnceLock::new();
-    let system = SYSTEM.get_or_init(|| first_readable(SYSTEM_BUNDLES));
-    let system = system.as_ref().map(|(path, pem)| (*path, pem.as_slice()));
-    let roots = roots(std::env::var_os(SSL_CERT_FILE), system, extra)?;
+    // Read once a process, when SSL_CERT_FILE does not name another: a program may build
+    // clients in its async code, where reading a file blocks its thread. A bundle that could
+    // not be read (too many files open, say) is looked for again by the next build.
+    static SYSTEM: std::sync::OnceLock<(&'static str, Vec<u8>)> = std::sync::OnceLock::new();
+    let file = std::env::var_os(SSL_CERT_FILE).filter(|p| !p.is_empty());
+    let system = match (&file, SYSTEM.get()) {
+        (Some(_), _) => None,
+        (None, Some(found)) => Some(found),
+        (None, None) => first_readable(SYSTEM_BUNDLES).map(|found| SYSTEM.get_or_init(|| found)),
+    };
+    let system = system.map(|(path, pem)| (*path, pem.as_slice()));
+    let roots = roots(file, system, extra)?;
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| GenesysError::Config(format!("TLS set-up failed: {e}")))

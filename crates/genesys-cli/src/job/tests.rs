@@ -1125,3 +1125,34 @@ async fn resume_interrupted<const SAFE: bool>(name: &str) {
     );
     journal.close("incomplete").await.unwrap();
 }
+
+/// A unit whose tunnel the proxy refused on its third unit.
+struct ProxyRefusesAtThree;
+
+impl Deliver for ProxyRefusesAtThree {
+    type Item = u64;
+    const REPLAY: Replay = Replay::Never;
+    async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
+        match items[0] {
+            3 => Err(Undelivered::ProxyRefused("the proxy answered 407".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A proxy's refusal stops the job as refused credentials do, and the report says it was the
+/// proxy (an operator would otherwise rotate the OAuth secret).
+#[tokio::test]
+async fn a_tunnel_the_proxy_refused_stops_the_job_reported_as_the_proxys() {
+    use crate::journal::OpenMode;
+    let (spec, path) = job_spec("proxy-refused");
+    let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
+    let tally = run_journaled(Arc::new(ProxyRefusesAtThree), &journal, 5, false).await;
+    assert!(tally.proxy_refused);
+    assert_eq!(tally.stopped_by(), Some("the proxy answered 407"));
+    let report =
+        crate::report::Report::new("users patch", None, &tally, None, None, None, None, None);
+    assert_eq!(report.status, "proxy refused");
+    assert_eq!(report.exit_code, crate::error::EXIT_USAGE);
+    journal.close("incomplete").await.unwrap();
+}

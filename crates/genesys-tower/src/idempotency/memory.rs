@@ -308,10 +308,15 @@ impl MemoryStore {
 /// The keys whose responses were evicted for room, until their retention ends: at most `most`,
 /// the one evicted longest ago forgotten first.
 struct Evicted {
-    keys: HashMap<Arc<str>, (Fingerprint, Instant)>,
-    /// The keys in the order they were evicted (some maybe gone from `keys` already).
-    order: std::collections::VecDeque<Arc<str>>,
+    /// Each key's fingerprint, when its retention ends, and the number of its place in `order`.
+    keys: HashMap<Arc<str>, (Fingerprint, Instant, u64)>,
+    /// The keys in the order they were evicted, each with its number: an entry whose number is
+    /// not its key's in `keys` is stale (the key expired, or was evicted again since).
+    order: std::collections::VecDeque<(Arc<str>, u64)>,
+    next: u64,
     most: usize,
+    /// When `keep` may next look through every key for expired ones.
+    next_sweep: Option<Instant>,
     warned: bool,
 }
 
@@ -320,14 +325,16 @@ impl Evicted {
         Evicted {
             keys: HashMap::new(),
             order: std::collections::VecDeque::new(),
+            next: 0,
             most,
+            next_sweep: None,
             warned: false,
         }
     }
 
     fn get(&mut self, key: &str, now: Instant) -> Option<Fingerprint> {
         match self.keys.get(key) {
-            Some((fingerprint, until)) if *until > now => Some(*fingerprint),
+            Some((fingerprint, until, _)) if *until > now => Some(*fingerprint),
             Some(_) => {
                 self.keys.remove(key);
                 None
@@ -336,38 +343,51 @@ impl Evicted {
         }
     }
 
-    /// Keeps `key`, evicted now, until `until`.
+    /// Keeps `key`, evicted now, until `until`. At the bound, the expired keys go first (looked
+    /// for at most once a second: eviction order is not expiry order), then the one evicted
+    /// longest ago.
     fn keep(&mut self, key: &str, fingerprint: Fingerprint, until: Instant) {
         let now = Instant::now();
-        // Those whose retention ended, then the oldest past the bound.
-        while let Some(oldest) = self.order.front() {
-            let gone = match self.keys.get(oldest) {
-                None => true,
-                Some((_, ends)) if *ends <= now => true,
-                Some(_) if self.keys.len() >= self.most => {
-                    if !self.warned {
-                        self.warned = true;
-                        tracing::warn!(
-                            kept = self.most,
-                            "idempotency store: the keys of responses dropped for room are \
-                             forgotten past this many; a repeat with one would run again: give \
-                             the store more room"
-                        );
-                    }
-                    true
-                }
-                Some(_) => false,
-            };
-            if !gone {
+        if self.keys.len() >= self.most && self.next_sweep.is_none_or(|at| at <= now) {
+            self.keys.retain(|_, (_, ends, _)| *ends > now);
+            self.next_sweep = Some(crate::time::after(now, FULL_SWEEP_EVERY));
+        }
+        while self.keys.len() >= self.most {
+            let Some((oldest, number)) = self.order.pop_front() else {
                 break;
-            }
-            if let Some(oldest) = self.order.pop_front() {
+            };
+            if self.keys.get(&oldest).is_some_and(|(_, _, n)| *n == number) {
                 self.keys.remove(&oldest);
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(
+                        kept = self.most,
+                        "idempotency store: the keys of responses dropped for room are \
+                         forgotten past this many; a repeat with one would run again: give \
+                         the store more room"
+                    );
+                }
             }
         }
+        // Stale entries (keys expired or evicted again) are dropped from the front, and all of
+        // them once they are as many as the live ones: `order` stays within twice the bound.
+        while self
+            .order
+            .front()
+            .is_some_and(|(k, n)| self.keys.get(k).is_none_or(|(_, _, m)| m != n))
+        {
+            self.order.pop_front();
+        }
+        if self.order.len() >= 2 * self.most {
+            let keys = &self.keys;
+            self.order
+                .retain(|(k, n)| keys.get(k).is_some_and(|(_, _, m)| m == n));
+        }
         let key: Arc<str> = Arc::from(key);
-        self.keys.insert(key.clone(), (fingerprint, until));
-        self.order.push_back(key);
+        let number = self.next;
+        self.next = self.next.wrapping_add(1);
+        self.keys.insert(key.clone(), (fingerprint, until, number));
+        self.order.push_back((key, number));
     }
 }
 
@@ -564,6 +584,7 @@ mod tests {
                 evicted.keep(&format!("e{i}"), fp("a"), until);
             }
             assert_eq!(evicted.keys.len(), 256);
+            assert!(evicted.order.len() <= 2 * 256);
         }
         assert!(matches!(
             store.claim("e0", fp("a"), lock.into()).await.unwrap(),
@@ -577,6 +598,38 @@ mod tests {
             store.claim("new", fp("a"), lock.into()).await.unwrap(),
             Claim::Acquired(_)
         ));
+    }
+
+    /// Expired keys make room before live ones, wherever they are in eviction order; a key
+    /// evicted again is not forgotten for its earlier eviction.
+    #[tokio::test(start_paused = true)]
+    async fn expired_evicted_keys_make_room_before_live_ones() {
+        let mut evicted = Evicted::new(256);
+        let now = Instant::now();
+        let long = crate::time::after(now, Duration::from_secs(3600));
+        let short = crate::time::after(now, Duration::from_secs(1));
+        evicted.keep("live", fp("a"), long);
+        evicted.keep("again", fp("a"), short);
+        for i in 0..253 {
+            evicted.keep(&format!("e{i}"), fp("a"), short);
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let now = Instant::now();
+        assert_eq!(evicted.get("again", now), None, "expired");
+        let long = crate::time::after(now, Duration::from_secs(3600));
+        evicted.keep("again", fp("a"), long);
+        evicted.keep("n1", fp("a"), long);
+        evicted.keep("n2", fp("a"), long);
+        for key in ["live", "again", "n1", "n2"] {
+            assert!(evicted.get(key, now).is_some(), "{key} is kept");
+        }
+        // Full of live keys: the one evicted longest ago goes first.
+        for i in 0..300 {
+            evicted.keep(&format!("x{i}"), fp("a"), long);
+        }
+        assert_eq!(evicted.keys.len(), 256);
+        assert!(evicted.get("live", now).is_none());
+        assert!(evicted.get("x299", now).is_some());
     }
 
     fn lock_evicted(store: &MemoryStore) -> MutexGuard<'_, Evicted> {
