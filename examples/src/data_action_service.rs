@@ -600,16 +600,12 @@ pub fn genesys_error(e: &GenesysError) -> Response {
         ),
         // A proxy that refused the tunnel: its settings are the service's to fix, and a retry
         // would only be refused again.
-        e if genesys_tower::error::find::<genesys_client::proxy::ProxyError>(e)
-            .is_some_and(genesys_client::proxy::ProxyError::is_refusal) =>
-        {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "service_misconfigured",
-                false,
-                None,
-            )
-        }
+        e if e.is_proxy_refusal() => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "service_misconfigured",
+            false,
+            None,
+        ),
         GenesysError::Transport { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             "genesys_unavailable",

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use genesys_client::builder::DynTokenSource;
 use genesys_client::config::Origin;
-use genesys_client::proxy::ProxyError;
 use genesys_client::{
     GenesysClient, GenesysClientBuilder, GenesysError, PacingSource, Region, UpdateUserOptions,
 };
@@ -232,7 +231,7 @@ pub(crate) async fn build_client(
             // A setting the client cannot be built with (a proxy variable it cannot use).
             return CliError::usage(format!("cannot set up the client: {e}"));
         }
-        if genesys_tower::error::find::<ProxyError>(&e).is_some_and(ProxyError::is_refusal) {
+        if e.is_proxy_refusal() {
             return CliError::usage(format!(
                 "{e}; nothing was sent: check the proxy's URL and credentials (https_proxy, \
                  http_proxy or all_proxy, or their upper-case forms), or list the host in \
@@ -316,12 +315,7 @@ pub(crate) async fn build_client(
         {
             Err(e @ GenesysError::OAuth(_)) => return Err(refused(e)),
             Err(e) if e.is_token_unavailable() => return Err(refused(e)),
-            Err(e)
-                if genesys_tower::error::find::<ProxyError>(&e)
-                    .is_some_and(ProxyError::is_refusal) =>
-            {
-                return Err(refused(e));
-            }
+            Err(e) if e.is_proxy_refusal() => return Err(refused(e)),
             _ => {}
         }
     }

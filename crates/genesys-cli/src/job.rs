@@ -158,8 +158,7 @@ impl Undelivered {
         };
         // The proxy's credentials, or its rules: asked again for every record, it would refuse
         // each (and may lock the account after a few wrong passwords).
-        let proxy_refused = genesys_tower::error::find::<genesys_client::proxy::ProxyError>(e)
-            .is_some_and(genesys_client::proxy::ProxyError::is_refusal);
+        let proxy_refused = e.is_proxy_refusal();
         if e.may_have_been_applied() {
             // Applied, or perhaps: never "safe to send again", nor "not applied" for a refusal
             // that came after an attempt that may have been.

@@ -64,7 +64,7 @@ impl Classify for GenesysClassifier {
             || find::<TokenError>(error).is_some()
             // A proxy that refused the tunnel would refuse it again (and may lock the account
             // whose password it was given after a few tries).
-            || find::<ProxyError>(error).is_some_and(ProxyError::is_refusal)
+            || crate::proxy::refused_in(error)
         {
             return Classification::Final;
         }
@@ -74,7 +74,6 @@ impl Classify for GenesysClassifier {
 
 use crate::error::{GenesysError, OAuthError, is_gateway_error};
 use crate::oauth::TokenError;
-use crate::proxy::ProxyError;
 
 impl GenesysError {
     /// Classifies an error that came out of the tower stack (a [`BoxError`]).
@@ -84,6 +83,13 @@ impl GenesysError {
     /// a timeout. Anything else is a [`GenesysError::Transport`].
     pub fn from_stack(err: BoxError) -> Self {
         classify(err)
+    }
+
+    /// Whether the call failed because a proxy on the way refused the tunnel (its credentials,
+    /// or its rules: a 4xx answer to `CONNECT` but 408 and 429). Nothing was sent, and asking
+    /// again would be refused again; see [`proxy`](crate::proxy).
+    pub fn is_proxy_refusal(&self) -> bool {
+        crate::proxy::refused_in(self)
     }
 
     /// Whether the call failed for want of a token, while the login host was unavailable: it
@@ -97,7 +103,7 @@ impl GenesysError {
             // An earlier attempt may have been applied before a later one found no token.
             return false;
         }
-        if find::<ProxyError>(self).is_some_and(ProxyError::is_refusal) {
+        if self.is_proxy_refusal() {
             // A proxy that refuses the tunnel to the login host: a setting to fix.
             return false;
         }

@@ -170,12 +170,7 @@ impl GenesysClientBuilder {
             Err(e @ GenesysError::OAuth(_)) => Err(e),
             Err(e) if e.is_token_unavailable() => Err(e),
             // A proxy that refuses the tunnel would refuse the job's every request.
-            Err(e)
-                if genesys_tower::error::find::<crate::proxy::ProxyError>(&e)
-                    .is_some_and(crate::proxy::ProxyError::is_refusal) =>
-            {
-                Err(e)
-            }
+            Err(e) if e.is_proxy_refusal() => Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "the org's limits could not be read; keeping the pacing");
                 Ok(self)

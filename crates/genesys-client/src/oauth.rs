@@ -177,10 +177,7 @@ impl ClientCredentials {
             Ok(r) => r,
             // A proxy that refused the tunnel would refuse it again, and may lock the account
             // whose password it was given after a few tries.
-            Err(e)
-                if genesys_tower::error::find::<crate::proxy::ProxyError>(&*e)
-                    .is_some_and(crate::proxy::ProxyError::is_refusal) =>
-            {
+            Err(e) if crate::proxy::refused_in(&*e) => {
                 return Err(Failure::Final(TokenError::Transport(e)));
             }
             Err(e) => {

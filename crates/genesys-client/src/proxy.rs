@@ -503,6 +503,12 @@ pub struct ProxyError {
     refused: bool,
 }
 
+/// Whether `error`, or one of its sources, is a proxy's refusal of the tunnel
+/// ([`ProxyError::is_refusal`]).
+pub(crate) fn refused_in(error: &(dyn std::error::Error + 'static)) -> bool {
+    genesys_tower::error::find::<ProxyError>(error).is_some_and(ProxyError::is_refusal)
+}
+
 impl ProxyError {
     /// Whether the proxy refused the tunnel (a 4xx answer but 408 and 429: 403 for a host or
     /// port it does not allow, 407 for missing or wrong credentials). Such a failure is final: the client does
