@@ -123,3 +123,40 @@ async fn default_chunks_fit_the_documented_limits_on_a_configured_path() {
     assert_eq!(sim.ledger_len(), 1_200);
     sim.shutdown().await;
 }
+
+/// A path of the caller's, not said to deduplicate by key, on an endpoint that does not (as the
+/// API's real bulk endpoints do not): a chunk applied behind a gateway's 504 is never sent again,
+/// and fails as may have been applied.
+#[tokio::test]
+async fn a_path_that_ignores_keys_never_gets_a_chunk_twice() {
+    const PATH: &str = "/api/v2/bulk/records";
+    let sim = spawn(
+        SimConfig::default()
+            .users(1)
+            .rate_limit(None)
+            .ingestion_path(PATH)
+            .ingestion_deduplicates(false)
+            .faults("504-after=1".parse().unwrap()),
+    )
+    .await;
+    let client = client_for(&sim).build().unwrap();
+    let ingestion = client
+        .ingestion()
+        .path(PATH)
+        .schema(interaction_record_schema())
+        .max_records(5)
+        .build()
+        .unwrap();
+    let report = ingestion.ingest((0..10).map(record).collect()).await;
+    assert_eq!(report.failed.len(), 2, "{:?}", report.delivered);
+    for failure in &report.failed {
+        assert!(failure.error.may_have_been_applied(), "{}", failure.error);
+    }
+    assert_eq!(sim.ledger_len(), 10, "each chunk applied once");
+    assert_eq!(
+        sim.stats().fault_count("504-after"),
+        2,
+        "no chunk sent twice"
+    );
+    sim.shutdown().await;
+}

@@ -438,6 +438,21 @@ pub(crate) struct IngestArgs {
     /// at your own).
     #[arg(long, value_name = "P")]
     pub(crate) path: Option<String>,
+
+    /// The endpoint at --path deduplicates requests by their Idempotency-Key (a repeated key is
+    /// answered from its store, never applied twice), as the default endpoint does. Then a
+    /// chunk whose outcome is unknown (a connection lost after the request left, a gateway's
+    /// 502) is sent again with its key, by the retries and by a resumed job. Without it, as for
+    /// the API's real bulk endpoints (none honours the key), such a chunk is never sent again
+    /// automatically: it is listed as unknown (--unknown FILE), for you to check.
+    #[arg(long)]
+    pub(crate) endpoint_deduplicates: bool,
+
+    /// On a resumed job whose endpoint does not deduplicate, send again the chunks whose
+    /// earlier outcome is unknown (they may have been applied: check them first). Without it
+    /// they are listed, never sent again.
+    #[arg(long)]
+    pub(crate) retry_unknown: bool,
 }
 
 /// `gcx actions ...`.

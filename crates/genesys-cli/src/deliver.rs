@@ -666,12 +666,16 @@ impl Deliver for Users {
 
 /// `gcx ingest`: one chunk a unit (split into several when its request would pass
 /// [`MAX_REQUEST_BYTES`]), one POST of a JSON array with the unit's `Idempotency-Key`
-/// (derived from the job and the chunk's first line), so a retry, and a resumed run, carries the
-/// same key and the endpoint, which deduplicates by key, applies the chunk once.
+/// (derived from the job and the chunk's first line). To an endpoint that deduplicates by key,
+/// a retry and a resumed run carry the same key, and the chunk is applied once. To any other
+/// (a real bulk endpoint of the API: none honours the key), a chunk whose outcome is unknown is
+/// never sent again automatically, as a data action's execution is not.
 #[derive(Debug, Clone)]
 pub(crate) struct Ingest {
     pub(crate) client: GenesysClient,
     pub(crate) path: Arc<str>,
+    /// Whether the endpoint deduplicates requests by their `Idempotency-Key`.
+    pub(crate) deduplicates: bool,
 }
 
 /// The most bytes a request body to the API may hold: the Platform API's `request.bytes.max`
@@ -708,6 +712,13 @@ impl Deliver for Ingest {
     // A chunk whose request would be larger goes as several requests.
     const MAX_UNIT_BYTES: Option<usize> = Some(MAX_REQUEST_BYTES);
 
+    fn replay(&self) -> Replay {
+        match self.deduplicates {
+            true => Replay::Safe,
+            false => Replay::Never,
+        }
+    }
+
     fn wire_size(item: &Value) -> usize {
         json_size(item)
     }
@@ -721,7 +732,12 @@ impl Deliver for Ingest {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
             .extension(IdempotencyKey::new(unit.key.clone()))
-            .extension(RetrySafety::KeyHonoured)
+            // Without a key the endpoint honours, a gateway's 500, 502 or 504, or a connection
+            // lost once the request left, is an unknown outcome, never retried.
+            .extension(match self.deduplicates {
+                true => RetrySafety::KeyHonoured,
+                false => RetrySafety::Unsafe,
+            })
             .body(())
             .map_err(|e| Undelivered::Failed(format!("invalid request: {e}")))?
             .into_parts();

@@ -181,6 +181,12 @@ pub(crate) trait Deliver: Send + Sync + 'static {
     /// Whether a unit whose outcome is unknown may be sent again.
     const REPLAY: Replay;
 
+    /// [`REPLAY`](Self::REPLAY) for this deliverer, when it depends on what it sends to (an
+    /// ingestion endpoint that deduplicates by key, or one that does not).
+    fn replay(&self) -> Replay {
+        Self::REPLAY
+    }
+
     /// What a record is about (`user id`), when units about the same entity (the key of their
     /// first record, compared without regard to ASCII case) must go one after another in the
     /// input's order, each once the one before has ended, so that the last line about an
@@ -451,9 +457,10 @@ enum Decision {
     ListUnknown,
 }
 
-fn decide<D: Deliver>(
+fn decide(
     journal: Option<&JobJournal<'_>>,
     line: u64,
+    replay: Replay,
     retry_unknown: bool,
 ) -> Decision {
     let Some(j) = journal else {
@@ -462,7 +469,7 @@ fn decide<D: Deliver>(
     let past = &j.journal.past;
     match past.state(line) {
         UnitState::Done => Decision::Skip,
-        UnitState::Started | UnitState::Unknown if D::REPLAY == Replay::Never && !retry_unknown => {
+        UnitState::Started | UnitState::Unknown if replay == Replay::Never && !retry_unknown => {
             Decision::ListUnknown
         }
         // For a unit that may be resent, a missing start entry proves nothing (starts are not
@@ -626,6 +633,7 @@ pub(crate) async fn run<D: Deliver>(
     let mut stopping = false;
     let mut grace_ends: Option<tokio::time::Instant> = None;
     let gate = Arc::new(Gate::default());
+    let replay = deliver.replay();
 
     // Sends a unit: its start journaled, then its request, in a task of its own.
     let send = |engine: &mut Engine<'_>,
@@ -655,7 +663,7 @@ pub(crate) async fn run<D: Deliver>(
         };
         let d = deliver.clone();
         let task = units.set.spawn(async move {
-            if D::REPLAY == Replay::Never
+            if replay == Replay::Never
                 && let Some(h) = &ctx.journal
                 && let Err(e) = h.sync().await
             {
@@ -691,9 +699,9 @@ pub(crate) async fn run<D: Deliver>(
             return;
         }
         let entity = unit_entity::<D>(&metas);
-        let mut decision = decide::<D>(engine.journal.as_ref(), line, options.retry_unknown);
+        let mut decision = decide(engine.journal.as_ref(), line, replay, options.retry_unknown);
         if let (Some(e), Some(j)) = (&entity, &engine.journal)
-            && D::REPLAY == Replay::Safe
+            && replay == Replay::Safe
         {
             decision = reorder(decision, e, &j.journal.past, line, &mut units.order);
         }

@@ -269,13 +269,16 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
             let deliver = deliver::Ingest {
                 client: client.clone(),
                 path: path.as_str().into(),
+                // The default endpoint is the seed's, which deduplicates (as the simulator's
+                // does); an endpoint of the caller's is taken not to unless they say so.
+                deduplicates: args.path.is_none() || args.endpoint_deduplicates,
             };
             let mut ran = app::execute(
                 common,
                 prepared,
                 Arc::new(deliver),
                 chunk_size,
-                false,
+                args.retry_unknown,
                 app::interrupts(),
             )
             .await;

@@ -849,6 +849,89 @@ async fn actions_that_ran_behind_a_504_or_an_unreadable_answer_are_unknown_and_n
     assert_eq!(read_json(&report)["counts"]["unknown"], 6);
 }
 
+/// An endpoint of the caller's that does not deduplicate by key (the API's real bulk endpoints
+/// do not): a chunk it applied behind a gateway's 504 is listed unknown, never sent again by the
+/// retries nor by a re-run of the command; `--retry-unknown` sends it again, once asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_to_an_endpoint_that_ignores_keys_never_sends_an_unknown_chunk_again() {
+    const PATH: &str = "/api/v2/bulk/records";
+    let sim = Simulator::spawn(
+        config(1)
+            .ingestion_path(PATH)
+            .ingestion_deduplicates(false)
+            .faults("504-after=1".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let d = dir("ingest_no_dedup");
+    let (input, schema) = ingest_input(&d, "records.jsonl", 0..10);
+    let (report, quarantine, unknown) = (d.join("r.json"), d.join("q.jsonl"), d.join("u.jsonl"));
+    let run = |extra: &[&str]| {
+        ingest(&sim, &input, &schema, &report, &quarantine)
+            .args(["--chunk-size", "5", "--path", PATH, "--unknown"])
+            .arg(&unknown)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_exit(&out, 1);
+    let counts = &read_json(&report)["counts"];
+    assert_eq!(counts["unknown"], 10, "{counts}");
+    assert_eq!(counts["requests"], 2, "{counts}");
+    assert_eq!(
+        sim.ledger_len(),
+        10,
+        "each chunk applied once, never retried"
+    );
+    assert_eq!(jsonl(&unknown).len(), 10);
+
+    // The same command again: the job resumes, and sends neither chunk.
+    let out = run(&[]);
+    assert_exit(&out, 1);
+    assert_eq!(read_json(&report)["counts"]["unknown"], 10);
+    assert_eq!(sim.ledger_len(), 10, "no chunk sent again");
+
+    // Asked to: both go again, once each.
+    let out = run(&["--retry-unknown"]);
+    assert_exit(&out, 1);
+    assert_eq!(sim.ledger_len(), 20, "both chunks sent again, once");
+}
+
+/// The same endpoint, said to deduplicate (`--endpoint-deduplicates`): a chunk lost behind a
+/// reset is sent again with its key by the stack's retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_to_an_endpoint_said_to_deduplicate_retries_a_lost_chunk_with_its_key() {
+    const PATH: &str = "/api/v2/my/ingestion";
+    let sim = Simulator::spawn(
+        config(1)
+            .ingestion_path(PATH)
+            .faults("reset-after=0.5".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let d = dir("ingest_dedup");
+    let (input, schema) = ingest_input(&d, "records.jsonl", 0..40);
+    let (report, quarantine) = (d.join("r.json"), d.join("q.jsonl"));
+    let out = ingest(&sim, &input, &schema, &report, &quarantine)
+        .args([
+            "--chunk-size",
+            "5",
+            "--path",
+            PATH,
+            "--endpoint-deduplicates",
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(
+        sim.stats().fault_count("reset-after") > 0,
+        "a chunk was lost"
+    );
+    assert_eq!(read_json(&report)["counts"]["delivered"], 40);
+    assert_eq!(sim.ledger_len(), 40, "every record once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_leaves_a_complete_report_and_a_rerun_delivers_the_rest() {
     // Slow responses, few in flight: the run is still going when it is interrupted.

@@ -10,9 +10,14 @@
 //! 2. Valid records are packed into chunks of at most 500 records and 512000 bytes (the documented
 //!    `request.bytes.max`), as a JSON array.
 //! 3. Each chunk carries its own stable `Idempotency-Key` (`<prefix>-<chunk index>`, the prefix a
-//!    UUID drawn once per batch unless you set one) and is marked [`RetrySafety::KeyHonoured`]:
-//!    the target deduplicates by key, so the retry layer may send it again after a lost response,
-//!    and the second delivery is answered from the server's store instead of being applied twice.
+//!    UUID drawn once per batch unless you set one). To a target that deduplicates by key (the
+//!    default path's, and any you mark with [`IngestionBuilder::deduplicates_by_key`]), a chunk is
+//!    marked [`RetrySafety::KeyHonoured`]: the retry layer may send it again after a lost
+//!    response, and the second delivery is answered from the target's store instead of being
+//!    applied twice. To any other target (a real bulk endpoint of the API: none honours the key),
+//!    a chunk is marked [`RetrySafety::Unsafe`]: after an attempt that may have reached the
+//!    target, it is never sent again, and fails with an error whose
+//!    [`may_have_been_applied`](GenesysError::may_have_been_applied) is true.
 //!
 //! ```no_run
 //! use serde_json::json;
@@ -80,12 +85,26 @@ pub struct IngestionBuilder {
     max_bytes: usize,
     concurrency: usize,
     key_prefix: Option<String>,
+    deduplicates: Option<bool>,
 }
 
 impl IngestionBuilder {
-    /// The path to post chunks to (default [`DEFAULT_INGESTION_PATH`]).
+    /// The path to post chunks to (default [`DEFAULT_INGESTION_PATH`]). Unless you also say
+    /// that it [deduplicates by key](Self::deduplicates_by_key), a chunk sent there is never
+    /// sent again after an attempt that may have reached it.
     pub fn path(mut self, path: impl Into<String>) -> Self {
         self.path = path.into();
+        self
+    }
+
+    /// Whether the target deduplicates requests by their `Idempotency-Key` (a repeated key
+    /// answered from its store, never applied twice). Default: true for
+    /// [`DEFAULT_INGESTION_PATH`] (the simulator's, as seed 000 describes it), false for a path
+    /// of yours. When true, a chunk whose response was lost is sent again with its key; when
+    /// false, it fails as [may have been applied](GenesysError::may_have_been_applied), for you
+    /// to check before sending it again.
+    pub fn deduplicates_by_key(mut self, deduplicates: bool) -> Self {
+        self.deduplicates = Some(deduplicates);
         self
     }
 
@@ -138,8 +157,12 @@ impl IngestionBuilder {
                 "max_bytes must leave room for at least one record".into(),
             ));
         }
+        let deduplicates = self
+            .deduplicates
+            .unwrap_or(self.path == DEFAULT_INGESTION_PATH);
         Ok(Ingestion {
             client: self.client,
+            deduplicates,
             path: self.path,
             validator,
             max_records: self.max_records,
@@ -160,6 +183,8 @@ pub struct Ingestion {
     max_bytes: usize,
     concurrency: usize,
     key_prefix: Option<String>,
+    /// Whether the target deduplicates by key: the chunks' [`RetrySafety`].
+    deduplicates: bool,
 }
 
 impl fmt::Debug for Ingestion {
@@ -171,6 +196,7 @@ impl fmt::Debug for Ingestion {
             .field("max_bytes", &self.max_bytes)
             .field("concurrency", &self.concurrency)
             .field("key_prefix", &self.key_prefix)
+            .field("deduplicates", &self.deduplicates)
             .finish()
     }
 }
@@ -237,8 +263,9 @@ pub struct ChunkOutcome {
 pub struct ChunkFailure {
     /// The chunk's number.
     pub index: usize,
-    /// Its `Idempotency-Key`: send the chunk again with it, and the target applies it at most
-    /// once.
+    /// Its `Idempotency-Key`: send the chunk again with it, and a target that deduplicates by
+    /// key applies it at most once. Check what any other target holds first when the error
+    /// [may have been applied](GenesysError::may_have_been_applied).
     pub key: String,
     /// The input indices of its records.
     pub records: Vec<usize>,
@@ -286,6 +313,7 @@ impl GenesysClient {
             max_bytes: DEFAULT_MAX_BYTES,
             concurrency: DEFAULT_CONCURRENCY,
             key_prefix: None,
+            deduplicates: None,
         }
     }
 }
@@ -380,13 +408,17 @@ impl Ingestion {
         out
     }
 
-    /// Sends one chunk (with its key; safe to call again for the same chunk).
+    /// Sends one chunk, with its key: safe to call again for the same chunk when the target
+    /// [deduplicates by key](IngestionBuilder::deduplicates_by_key).
     pub async fn send(&self, chunk: &Chunk) -> Result<ChunkOutcome, GenesysError> {
         let mut request = self.client.request(
             Method::POST,
             &self.path,
             None,
-            Some(RetrySafety::KeyHonoured),
+            Some(match self.deduplicates {
+                true => RetrySafety::KeyHonoured,
+                false => RetrySafety::Unsafe,
+            }),
         )?;
         *request.body_mut() = genesys_tower::Body::from(chunk.body.clone());
         if request.extensions().get::<Route>().is_none() {

@@ -384,6 +384,10 @@ pub struct SimConfig {
     pub ingestion_schema: Value,
     /// Path of the ingestion endpoint (default [`DEFAULT_INGESTION_PATH`]).
     pub ingestion_path: String,
+    /// Whether the ingestion endpoint deduplicates by `Idempotency-Key` (default true, as seed
+    /// 000 describes it). False makes it a real bulk endpoint of the API, none of which honours
+    /// the key: every request is applied, a repeat of a key included.
+    pub ingestion_deduplicates: bool,
     /// Field of a record that names it in the ledger (default `external_id`; records without it
     /// are named `records[i]`).
     pub ingestion_record_key: String,
@@ -418,6 +422,7 @@ impl Default for SimConfig {
             actions: Actions::default(),
             ingestion_schema: default_ingestion_schema(),
             ingestion_path: DEFAULT_INGESTION_PATH.to_string(),
+            ingestion_deduplicates: true,
             ingestion_record_key: "external_id".to_string(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_records: DEFAULT_MAX_RECORDS,
@@ -545,6 +550,13 @@ impl SimConfig {
     /// Serve ingestion on another path.
     pub fn ingestion_path(mut self, path: impl Into<String>) -> Self {
         self.ingestion_path = path.into();
+        self
+    }
+
+    /// Whether the ingestion endpoint deduplicates by `Idempotency-Key` (default true); see
+    /// [`ingestion_deduplicates`](Self::ingestion_deduplicates).
+    pub fn ingestion_deduplicates(mut self, deduplicates: bool) -> Self {
+        self.ingestion_deduplicates = deduplicates;
         self
     }
 }

@@ -73,6 +73,11 @@ struct Args {
     /// Serve the ingestion endpoint on this path.
     #[arg(long, value_name = "PATH", default_value = genesys_sim::DEFAULT_INGESTION_PATH)]
     ingestion_path: String,
+
+    /// The ingestion endpoint ignores Idempotency-Key and applies every request, a repeat
+    /// included, as the API's real bulk endpoints do.
+    #[arg(long)]
+    ingestion_ignores_keys: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +120,8 @@ fn main() -> ExitCode {
         .ratelimit_headers_share(args.ratelimit_headers_share)
         .code_variants(args.code_variants)
         .retry_after_format(args.retry_after_format)
-        .ingestion_path(args.ingestion_path);
+        .ingestion_path(args.ingestion_path)
+        .ingestion_deduplicates(!args.ingestion_ignores_keys);
     if !args.clients.is_empty() {
         config = config.clients(args.clients);
     }

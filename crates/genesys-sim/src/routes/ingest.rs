@@ -1,4 +1,5 @@
-//! Seed 000's ingestion endpoint: JSON Schema validation, honours `Idempotency-Key`.
+//! Seed 000's ingestion endpoint: JSON Schema validation, honours `Idempotency-Key` (unless
+//! configured as a real bulk endpoint, which ignores it).
 
 use super::*;
 
@@ -53,7 +54,11 @@ pub(super) fn ingest(ctx: &Ctx<'_>, call: &Call<'_>) -> Handled {
         .limit("ingestion.records.max", "data.exchange", max as u64));
     }
 
-    let key = ctx.idempotency_key().map(str::to_string);
+    // A real bulk endpoint ignores the header: every request is applied.
+    let key = match sh.cfg.ingestion_deduplicates {
+        true => ctx.idempotency_key().map(str::to_string),
+        false => None,
+    };
     let hash = fnv1a(body);
     let replay = |stored: &Stored| -> Handled {
         if stored.payload_hash != hash {
