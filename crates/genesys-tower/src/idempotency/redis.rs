@@ -87,15 +87,12 @@ return 1
 });
 
 /// Deletes our claim, only while it is still ours.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+const RELEASE_SCRIPT: &str = r"
 local record = redis.call('GET', KEYS[1])
 if not record or string.sub(record, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
-",
-    )
-});
+";
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_SCRIPT));
 
 /// The default quarantine after Redis lost its records: 24 hours, the default retention.
 pub const DEFAULT_LOSS_QUARANTINE: Duration = Duration::from_secs(24 * 3600);
@@ -475,6 +472,44 @@ fn parse(record: &[u8], fingerprint: Fingerprint, now: i64) -> Result<Claim, Sto
 /// A claim script's answer: `[code, epoch, Redis's clock, record]`.
 type ClaimAnswer = (String, String, String, Vec<u8>);
 
+/// Releases, in the background, a claim whose answer never reached its caller: `prefix` is the
+/// claim's, `None` once the answer is handed over.
+struct ReleaseOnDrop {
+    conn: ConnectionManager,
+    key: String,
+    prefix: Option<String>,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let Some(prefix) = self.prefix.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (mut conn, key) = (self.conn.clone(), std::mem::take(&mut self.key));
+        // Sent after the claim on the same connection, so run after it, and before anything
+        // sent later (a retry's claim): a claim made is deleted, one never made (or another's)
+        // is left as it is. Sent whole (`EVAL`), so that a Redis that lacks the script in its
+        // cache does not make it a second round trip, after what was sent meanwhile.
+        runtime.spawn(async move {
+            let released: Result<i64, _> = redis::cmd("EVAL")
+                .arg(RELEASE_SCRIPT)
+                .arg(1)
+                .arg(key)
+                .arg(prefix)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = released {
+                tracing::debug!(
+                    "could not release a claim whose answer was lost ({e}); it ends with its lease"
+                );
+            }
+        });
+    }
+}
+
 impl IdempotencyStore for RedisStore {
     fn claim<'a>(
         &'a self,
@@ -485,6 +520,14 @@ impl IdempotencyStore for RedisStore {
         Box::pin(async move {
             let token = ClaimToken::new(fingerprint);
             let mut conn = self.conn.clone();
+            // Until its answer is in the caller's hands, a claim that may have been made is
+            // released if this future is dropped (the caller gone) or fails (the reply lost):
+            // no one would ever own it, and the key would wait out its lease.
+            let mut unowned = ReleaseOnDrop {
+                conn: self.conn.clone(),
+                key: self.redis_key(key),
+                prefix: Some(lock_prefix(&token)),
+            };
             let (code, epoch, clock, record): ClaimAnswer = CLAIM
                 .key(self.redis_key(key))
                 .key(self.epoch_key())
@@ -502,6 +545,8 @@ impl IdempotencyStore for RedisStore {
                 .parse()
                 .map_err(|_| StoreError::new(format!("redis answered a clock of {clock:?}")))?;
             self.learn(&epoch, now);
+            // Made and handed over, or not made at all.
+            unowned.prefix = None;
             match code.as_str() {
                 "acquired" => Ok(Claim::Acquired(token)),
                 "found" => parse(&record, fingerprint, now),

@@ -47,6 +47,12 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// Stores are shared: clones of a store (and of a layer that holds it) see the same records.
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// Claims `key` for a request with `fingerprint`, under a lease of `options.lease()`.
+    ///
+    /// A claim whose `Acquired` answer never reaches the caller (the future dropped, its caller
+    /// gone or timed out, or an error after the claim may have been made) is owned by no one:
+    /// a store whose claim can be made after such a point should release it (as
+    /// [`RedisStore`](super::RedisStore) does, in the background), or the key waits out the
+    /// lease.
     fn claim<'a>(
         &'a self,
         key: &'a str,

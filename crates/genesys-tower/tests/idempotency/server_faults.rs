@@ -134,11 +134,13 @@ async fn with_rerun_abandoned_the_key_runs_again_once_the_lease_ends() {
     assert_eq!(handler.runs(), 2);
 }
 
-/// A memory store that can be switched off, as a connection to Redis that drops.
+/// A memory store that can be switched off, as a connection to Redis that drops, and whose
+/// releases take `release_delay` to reach it.
 #[derive(Clone, Default)]
 struct Switchable {
     store: MemoryStore,
     down: Arc<AtomicBool>,
+    release_delay: Duration,
 }
 
 impl Switchable {
@@ -191,6 +193,7 @@ impl IdempotencyStore for Switchable {
 
     fn release<'a>(&'a self, key: &'a str, token: &'a ClaimToken) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            tokio::time::sleep(self.release_delay).await;
             self.check()?;
             self.store.release(key, token).await
         })
@@ -450,6 +453,36 @@ async fn a_handler_never_ready_or_refused_as_not_sent_frees_its_key_at_once() {
         let service = layer().layer(inner.clone());
         let error = refused_then_run(&service, &inner).await;
         assert!(error.to_string().contains(says), "{error}");
+    }
+}
+
+/// The caller hangs up while the key of a request that did not run is being released (a
+/// refusal as `NotSent`, an answer that says nothing was processed): the release goes on
+/// without it, and a retry runs.
+#[tokio::test(start_paused = true)]
+async fn a_key_being_freed_when_its_caller_hangs_up_is_still_freed() {
+    use tower::Layer;
+    let refused = Failing {
+        refuse_first: true,
+        ..Failing::default()
+    };
+    let not_processed = Failing {
+        body_fails_with: Some(StatusCode::BAD_REQUEST),
+        ..Failing::default()
+    };
+    for inner in [refused, not_processed] {
+        let store = Switchable {
+            release_delay: Duration::from_millis(500),
+            ..Switchable::default()
+        };
+        let service = layer().store(store).layer(inner.clone());
+        let hung_up =
+            tokio::time::timeout(Duration::from_millis(100), call_failing(&service, "k")).await;
+        assert!(hung_up.is_err(), "dropped while the key is released");
+        // Past the lease: a key left to it would be outcome unknown by now.
+        tokio::time::sleep(LEASE * 2).await;
+        let retried = call_failing(&service, "k").await.unwrap();
+        assert_eq!(retried.status(), StatusCode::CREATED);
     }
 }
 

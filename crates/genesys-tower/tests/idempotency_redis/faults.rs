@@ -169,6 +169,17 @@ async fn answer_after_restart(app: &Router, key: &str) -> (StatusCode, serde_jso
     panic!("the store did not reconnect to the restarted Redis");
 }
 
+/// An instance over `redis`, its store's connection up: it answered a request.
+async fn answering(redis: &PrivateRedis) -> (Instance, Router) {
+    let instance = Instance {
+        name: "a",
+        ..Instance::default()
+    };
+    let app = instance.router(layer(store(redis)));
+    assert_eq!(answer(&app, "before").await.0, StatusCode::CREATED);
+    (instance, app)
+}
+
 fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("key-{i}")).collect()
 }
@@ -297,12 +308,7 @@ async fn a_restart_with_persistence_replays_every_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_queued_while_redis_was_paused_lock_no_key_once_it_resumes() {
     let redis = PrivateRedis::volatile();
-    let instance = Instance {
-        name: "a",
-        ..Instance::default()
-    };
-    let app = instance.router(layer(store(&redis)));
-    assert_eq!(answer(&app, "before").await.0, StatusCode::CREATED);
+    let (instance, app) = answering(&redis).await;
 
     redis.pause();
     let during = futures_util::future::join_all(keys(20).into_iter().map(|key| {
@@ -463,4 +469,77 @@ async fn durability_names_the_settings_that_fall_short() {
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems[0].contains("appendfsync always"), "{problems:?}");
     assert!(problems[1].contains("noeviction"), "{problems:?}");
+}
+
+/// A server call dropped (its client hung up) while its claim is on its way to a paused Redis:
+/// the claim is made once Redis resumes, within its deadline, but its answer reaches no one. The
+/// store releases it: the retry runs at once, rather than waiting out the lease and then being
+/// told the outcome is unknown, though the handler never ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_caller_hung_up_before_its_answer_leaves_no_lock() {
+    let redis = PrivateRedis::volatile();
+    let (instance, app) = answering(&redis).await;
+
+    redis.pause();
+    let hung_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        app.clone().oneshot(invoke("k", "{}")),
+    )
+    .await;
+    assert!(hung_up.is_err(), "no answer while Redis is paused");
+    // Resumed within the claim's deadline (the store timeout): the claim is made.
+    redis.resume();
+    let (status, json, _) = answer(&app, "k").await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    assert_eq!(instance.total_runs(), 2, "the key ran once");
+}
+
+/// The client layer's claim, sent without a deadline, made by a paused Redis after its caller
+/// gave up: released as soon as Redis runs it, so the repeat is sent, not held for the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_claim_given_up_during_a_pause_leaves_no_lock() {
+    use genesys_tower::idempotency::{IdempotencyKey, IdempotencyLayer};
+    use genesys_tower::{Body, BoxError};
+    use tower::{Layer, service_fn};
+
+    let redis = PrivateRedis::volatile();
+    let sent = Arc::new(Mutex::new(0usize));
+    let counted = sent.clone();
+    let client = IdempotencyLayer::new()
+        .store(store(&redis))
+        .retention(RETENTION)
+        .layer(service_fn(move |_req: http::Request<Body>| {
+            *counted.lock().unwrap() += 1;
+            async move {
+                let mut response = http::Response::new(Body::from("created"));
+                *response.status_mut() = StatusCode::CREATED;
+                Ok::<_, BoxError>(response)
+            }
+        }));
+    let order = |key: &str| {
+        let mut request = http::Request::post("/orders")
+            .body(Body::from("{\"qty\":1}"))
+            .unwrap();
+        request.extensions_mut().insert(IdempotencyKey::new(key));
+        request
+    };
+    // The store's connection is up before the pause.
+    let before = client.clone().oneshot(order("order-6")).await.unwrap();
+    assert_eq!(before.status(), StatusCode::CREATED);
+
+    redis.pause();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        client.clone().oneshot(order("order-7")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "no answer while Redis is paused");
+    redis.resume();
+    // A guard against a hang, far below the layer's 5-minute lease: not a measure of speed.
+    let repeat = tokio::time::timeout(Duration::from_secs(30), client.oneshot(order("order-7")))
+        .await
+        .expect("the repeat is not held by the abandoned claim")
+        .unwrap();
+    assert_eq!(repeat.status(), StatusCode::CREATED);
+    assert_eq!(*sent.lock().unwrap(), 2, "order-7 sent once");
 }

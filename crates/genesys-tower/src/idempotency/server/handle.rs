@@ -301,7 +301,9 @@ where
                 unanswered("the handler failed without an answer");
             } else {
                 // The service below was never ready, or refused the request (a `NotSent`
-                // error, or a load shedder's `Overloaded`): nothing ran.
+                // error, or a load shedder's `Overloaded`): nothing ran. A drop during the
+                // release (the caller gone) still releases.
+                guard.answered(&Settle::Release);
                 settle(config, store_key, token, Settle::Release).await;
             }
             guard.disarm();
@@ -316,6 +318,7 @@ where
             if (config.should_store)(head.status) {
                 unanswered("the handler's response body failed");
             } else {
+                guard.answered(&Settle::Release);
                 settle(config, store_key, token, Settle::Release).await;
             }
             guard.disarm();

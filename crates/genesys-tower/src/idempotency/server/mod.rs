@@ -81,9 +81,10 @@
 //! retried with backoff for 15 minutes (at most 256 such responses at once); once it lands,
 //! repeats get it as a replay. A claim or a renewal that reaches the store after half the store
 //! timeout (a Redis that was paused runs its queued commands when it resumes) does nothing, so a
-//! request answered 503 leaves no lock behind; the one exception is a claim made just in time
-//! whose answer then takes longer than the other half to come back, which leaves its key in
-//! flight, then "outcome unknown", though its handler never ran.
+//! request answered 503 leaves no lock behind. A claim made whose answer then reaches no one (it
+//! came back past the store timeout, or the client hung up while it was on its way) is released
+//! by the `RedisStore` in the background, so that its key, whose handler never ran, is free
+//! again as soon as Redis runs the release.
 //!
 //! # Example
 //!
