@@ -120,11 +120,21 @@ pub(crate) async fn prepare<P: Parse>(
                 .with_shard_by(kind.shard_by)
                 .with_run(common.fleet_run.clone());
             source.check_still_at(input)?;
-            let jobs = crate::deliver::fleet_key(common, "job");
+            let (jobs, jobs_before) = crate::deliver::fleet_job_keys(common, kind.endpoint);
             let key = format!("{jobs}:{}", spec.fleet_identity());
-            let earlier = spec
-                .fleet_identity_by_line()
-                .map(|by_line| format!("{jobs}:{by_line}"));
+            // Where an earlier gcx recorded the same job: under its own prefix, or with its
+            // shards split by line.
+            let mut earlier: Vec<String> = jobs_before
+                .iter()
+                .map(|before| format!("{before}:{}", spec.fleet_identity()))
+                .collect();
+            if let Some(by_line) = spec.fleet_identity_by_line() {
+                earlier.extend(
+                    std::iter::once(&jobs)
+                        .chain(&jobs_before)
+                        .map(|prefix| format!("{prefix}:{by_line}")),
+                );
+            }
             let lease = common
                 .fleet_lease
                 .map_or(crate::fleet::DEFAULT_LEASE, std::time::Duration::from_secs);

@@ -469,14 +469,12 @@ pub(crate) fn show_config(common: &Common) -> Result<u8, CliError> {
     Ok(0)
 }
 
-/// The Redis key the fleet shares its `what` (pacing, token) under: the API and the OAuth
-/// client, whose quota and token it is (no secret in it).
+/// The Redis key the fleet shares its `what` (pacing, token) under: the API (its region's
+/// name however it is spelled, or its URL without a trailing `/`) and the OAuth client, whose
+/// quota and token it is (no secret in it).
 pub(crate) fn fleet_key(common: &Common, what: &str) -> String {
     let profile = settings::load(common).ok().and_then(|s| s.profile);
-    let api = match api(common, profile.as_ref()) {
-        (_, Some((url, _))) | (Some((url, _)), None) => url,
-        (None, None) => String::new(),
-    };
+    let api = api_target(common, profile.as_ref()).unwrap_or_default();
     let client = match credentials(profile.as_ref()) {
         Ok(Credentials::Client { id, .. }) => id,
         // The quota of a ready token is its own: keyed by a hash of it, never the token.
@@ -484,6 +482,39 @@ pub(crate) fn fleet_key(common: &Common, what: &str) -> String {
         Err(_) => "none".to_owned(),
     };
     format!("gcx:{what}:{api}:{client}")
+}
+
+/// The prefix of a fleet job's record in Redis: the API and the endpoint it writes to (as the
+/// journal names them) and the OAuth client, but not a ready token, which the workers of a job
+/// resumed later hold a new one of; and the prefix an earlier gcx gave the same job (the API as
+/// spelled, and a hash of a ready token), `None` when it is the same.
+pub(crate) fn fleet_job_keys(common: &Common, endpoint: Option<&str>) -> (String, Option<String>) {
+    let profile = settings::load(common).ok().and_then(|s| s.profile);
+    let target = [
+        api_target(common, profile.as_ref()),
+        endpoint.map(str::to_owned),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" ");
+    let client = match credentials(profile.as_ref()) {
+        Ok(Credentials::Client { id, .. }) => id,
+        Ok(Credentials::Token(_)) => "token".to_owned(),
+        Err(_) => "none".to_owned(),
+    };
+    let now = format!("gcx:job:{target}:{client}");
+    let api = match api(common, profile.as_ref()) {
+        (_, Some((url, _))) | (Some((url, _)), None) => url,
+        (None, None) => String::new(),
+    };
+    let client = match credentials(profile.as_ref()) {
+        Ok(Credentials::Token(token)) => format!("token-{:016x}", fnv1a(token.as_bytes())),
+        _ => client,
+    };
+    let before = format!("gcx:job:{api}:{client}");
+    let before = (before != now).then_some(before);
+    (now, before)
 }
 
 /// A Redis URL without its user and password (nor its query, which may hold them), for

@@ -195,28 +195,28 @@ fn redis_error(e: &redis::RedisError) -> String {
 impl Fleet {
     /// Opens the job's record under `key`, or joins the one the other workers opened.
     ///
-    /// `earlier` is where the same job of an earlier gcx, whose shards split the input
-    /// otherwise, would be recorded: when Redis holds it, the job is refused.
+    /// `earlier` is where an earlier gcx would have recorded the same job (under another name,
+    /// or with its shards split otherwise): when Redis holds one, the job is refused.
     pub(crate) async fn open(
         url: &str,
         key: String,
-        earlier: Option<String>,
+        earlier: Vec<String>,
         shards: u32,
         lease: Duration,
     ) -> Result<Self, String> {
         let mut conn =
             genesys_tower::redis_conn::connect(url, "the fleet job", Duration::from_secs(2))?;
-        if let Some(earlier) = earlier {
+        for earlier in earlier.iter().filter(|earlier| **earlier != key) {
             let exists: bool = redis::cmd("EXISTS")
-                .arg(&earlier)
+                .arg(earlier)
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| redis_error(&e))?;
             if exists {
                 return Err(
-                    "a fleet job on this input whose shards are split by line (started \
-                            by an earlier gcx) is recorded: finish it with that gcx, or run this \
-                            one as a new job with the same new --fleet-run LABEL for every worker"
+                    "a fleet job on this input started by an earlier gcx (which named or split \
+                     it otherwise) is recorded: finish it with that gcx, or run this one as a \
+                     new job with the same new --fleet-run LABEL for every worker"
                         .to_owned(),
                 );
             }

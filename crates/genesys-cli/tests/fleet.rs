@@ -289,14 +289,7 @@ async fn a_killed_workers_data_actions_are_taken_over_without_running_twice() {
         .unwrap();
     let d = dir("fleet_actions");
     let inputs = 240;
-    let nonce = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let lines: String = (0..inputs)
-        .map(|n| format!("{}\n", json!({ "n": n, "run": nonce.to_string() })))
-        .collect();
-    let input = write(&d.join("batch.jsonl"), lines.as_bytes());
+    let (input, nonce) = action_batch(&d, inputs);
     let worker = |i: u32| {
         let mut cmd = gcx(&sim);
         cmd.args(["actions", "execute", "echo", "--concurrency", "4"])
@@ -343,12 +336,7 @@ async fn a_killed_workers_data_actions_are_taken_over_without_running_twice() {
     let mut executed = vec![0usize; inputs];
     for e in sim.ledger() {
         if let Some(n) = (0..inputs).find(|n| {
-            e.payload_hash
-                == fnv1a(
-                    json!({ "n": n, "run": nonce.to_string() })
-                        .to_string()
-                        .as_bytes(),
-                )
+            e.payload_hash == fnv1a(json!({ "n": n, "run": nonce }).to_string().as_bytes())
         }) {
             executed[n] += 1;
         }
@@ -366,6 +354,93 @@ async fn a_killed_workers_data_actions_are_taken_over_without_running_twice() {
         "{} listed as unknown: {listed:?}",
         listed.len()
     );
+}
+
+/// Two workers of one job that name its API differently (a trailing `/`): one job all the same.
+/// The second, started once the first has done the whole input (its own shard, then the other,
+/// which no worker held), finds the job complete and runs no action a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_that_spell_the_api_differently_are_one_job() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("fleet_spelling");
+    let inputs = 20;
+    let (input, nonce) = action_batch(&d, inputs);
+    let worker = |i: u32, base_url: &str| {
+        let mut cmd = gcx_at(base_url);
+        cmd.args(["actions", "execute", "echo", "--fleet-lease", "2"])
+            .args(["--shard", &format!("{i}/2"), "--fleet-redis", &redis_url()])
+            .arg("--batch")
+            .arg(&input)
+            .arg("--report")
+            .arg(d.join(format!("report-{i}.json")));
+        cmd
+    };
+    let out = worker(0, &sim.base_url()).output().unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(sim.ledger_count_for("echo"), inputs);
+    let out = worker(1, &format!("{}/", sim.base_url())).output().unwrap();
+    assert_exit(&out, 0);
+    let report = read_json(&d.join("report-1.json"));
+    assert_eq!(report["fleet"]["job_complete"], true, "{report}");
+    assert_eq!(sim.ledger_count_for("echo"), inputs, "no action ran twice");
+
+    // With ready tokens, the second worker's another: still the same job (a job resumed after
+    // its token expired holds a new one).
+    write(
+        &input,
+        action_inputs(inputs, &format!("{nonce}-token")).as_bytes(),
+    );
+    for i in 0..2 {
+        let mut cmd = worker(i, &sim.base_url());
+        cmd.env_remove("GENESYS_CLIENT_ID")
+            .env_remove("GENESYS_CLIENT_SECRET")
+            .env("GENESYSCLOUD_ACCESS_TOKEN", token(&sim));
+        assert_exit(&cmd.output().unwrap(), 0);
+    }
+    assert_eq!(
+        sim.ledger_count_for("echo"),
+        2 * inputs,
+        "no action ran twice"
+    );
+}
+
+/// `n` inputs of the echo action in `d/batch.jsonl`, each naming a run no earlier test run
+/// used (the fleet's record in Redis is keyed by the input's content): the file, and the run.
+fn action_batch(d: &std::path::Path, n: usize) -> (std::path::PathBuf, String) {
+    let run = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        .to_string();
+    let input = write(&d.join("batch.jsonl"), action_inputs(n, &run).as_bytes());
+    (input, run)
+}
+
+/// `n` inputs of the echo action, as JSONL, each naming `run`.
+fn action_inputs(n: usize, run: &str) -> String {
+    (0..n)
+        .map(|n| format!("{}\n", json!({ "n": n, "run": run })))
+        .collect()
+}
+
+/// A token of the simulator's, fetched with the demo client's credentials.
+fn token(sim: &genesys_sim::SimHandle) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(sim.addr()).unwrap();
+    let body = "grant_type=client_credentials";
+    write!(
+        stream,
+        "POST /oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic \
+         ZGVtby1jbGllbnQ6ZGVtby1zZWNyZXQ=\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (_, json) = answer.split_once("\r\n\r\n").unwrap();
+    let json: serde_json::Value = serde_json::from_str(json).unwrap();
+    json["access_token"].as_str().unwrap().to_owned()
 }
 
 /// A Redis that does not answer: a fleet job refuses to start (exit 2, nothing sent), rather
