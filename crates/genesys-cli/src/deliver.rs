@@ -653,6 +653,9 @@ where
     }
 }
 
+/// PATCHes of one line, each after a fresh read, before a version conflict fails it.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
 /// `gcx users patch`: one user a unit: GET the version, PATCH with it, resolve conflicts
 /// ([`GenesysClient::update_user_with`]). Lines about the same user go one after another, in
 /// the input's order. The PATCH is conditional on the version, so a unit whose
@@ -676,20 +679,48 @@ impl Deliver for Users {
     }
 
     async fn deliver(&self, unit: UnitCtx, items: Vec<UserUpdate>) -> Result<(), Undelivered> {
+        // In a fleet, a version conflict comes back here, so that the lease is checked before
+        // the user is read and patched again: a conflict may be the taker's doing, once the
+        // lease lapsed during the PATCH's waits (a 429's hold), and this line must not then be
+        // applied over a later one the taker applied.
+        let fleet = unit.fence.is_some();
         for u in items {
-            let current = patiently(&unit, || self.0.get_user(&u.user_id)).await?;
-            if unit.resumed && current.holds(&u.fields) {
-                // An earlier run's PATCH landed and its answer (or its journal entry) was lost.
-                continue;
+            let mut conflicts = 0;
+            loop {
+                let current = patiently(&unit, || self.0.get_user(&u.user_id)).await?;
+                if (unit.resumed || conflicts > 0) && current.holds(&u.fields) {
+                    // An earlier run's PATCH landed and its answer (or its journal entry) was
+                    // lost, or the PATCH that conflicted was another's with the same fields.
+                    break;
+                }
+                if let Some(j) = &unit.journal {
+                    j.read_version(unit.line, current.version);
+                }
+                // The lease may have lapsed while the read waited (a 429's hold, a slow
+                // answer): the taker may have applied this line, and later ones, since.
+                unit.lease_holds()?;
+                let back_here = fleet && conflicts + 1 < CONFLICT_ATTEMPTS;
+                let options = UpdateUserOptions::default()
+                    .known_version(current.version)
+                    .max_attempts(if fleet { 1 } else { CONFLICT_ATTEMPTS });
+                let patched = patiently(&unit, || async {
+                    match self
+                        .0
+                        .update_user_with(&u.user_id, &u.fields, options)
+                        .await
+                    {
+                        Err(GenesysError::Api(e)) if back_here && e.is_version_conflict() => {
+                            Ok(false)
+                        }
+                        other => other.map(|_| true),
+                    }
+                })
+                .await?;
+                if patched {
+                    break;
+                }
+                conflicts += 1;
             }
-            if let Some(j) = &unit.journal {
-                j.read_version(unit.line, current.version);
-            }
-            let options = UpdateUserOptions::default().known_version(current.version);
-            patiently(&unit, || {
-                self.0.update_user_with(&u.user_id, &u.fields, options)
-            })
-            .await?;
         }
         Ok(())
     }
@@ -1001,6 +1032,112 @@ mod tests {
             start.elapsed()
         );
         lapse.await.unwrap();
+    }
+
+    /// A fleet lease that lapses while a user is read: the PATCH is not sent (the worker that
+    /// takes the shard over may have applied this line, and a later one about the user).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_lapsed_during_the_read_sends_no_patch() {
+        let sim = genesys_sim::Simulator::spawn(
+            genesys_sim::SimConfig::default()
+                .users(1)
+                .rate_limit(None)
+                .faults("latency=300ms..300ms".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+        let client = GenesysClient::builder()
+            .base_url(sim.base_url())
+            .client_credentials("demo-client", "demo-secret")
+            .build()
+            .unwrap();
+        let user = sim.user_ids().remove(0);
+        let fence = crate::fleet::Fence::holding();
+        let unit = UnitCtx {
+            fence: Some(fence.clone()),
+            ..unit()
+        };
+        let lapse = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            fence.lose();
+        });
+        let update = UserUpdate {
+            user_id: user.clone(),
+            fields: serde_json::json!({"title": "Late"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let r = Users(client).deliver(unit, vec![update]).await;
+        lapse.await.unwrap();
+        assert!(matches!(r, Err(Undelivered::LeftToFleet)), "{r:?}");
+        assert_eq!(sim.ledger_count_for(&user), 0, "no PATCH sent");
+    }
+
+    /// In a fleet, a PATCH that conflicts because the lease lapsed and the taker patched the
+    /// user meanwhile (this line, then a later one) is not applied again over the taker's: the
+    /// line is left to the taker, and the later line holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_conflict_after_the_lease_lapsed_is_left_to_the_taker() {
+        use std::sync::atomic::AtomicBool;
+
+        let sim = genesys_sim::Simulator::spawn(
+            genesys_sim::SimConfig::default().users(1).rate_limit(None),
+        )
+        .await
+        .unwrap();
+        let user = sim.user_ids().remove(0);
+        let credentials = |b: genesys_client::GenesysClientBuilder| {
+            b.base_url(sim.base_url())
+                .client_credentials("demo-client", "demo-secret")
+        };
+        let taker = credentials(GenesysClient::builder()).build().unwrap();
+        let fence = crate::fleet::Fence::holding();
+        let hyper =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<genesys_tower::Body>();
+        let taken = Arc::new(AtomicBool::new(false));
+        let (lapse, id) = (fence.clone(), user.clone());
+        let leaf = tower::service_fn(move |req: http::Request<genesys_tower::Body>| {
+            let (hyper, lapse, taker, id, taken) = (
+                hyper.clone(),
+                lapse.clone(),
+                taker.clone(),
+                id.clone(),
+                taken.clone(),
+            );
+            async move {
+                if req.method() == Method::PATCH && !taken.swap(true, Ordering::SeqCst) {
+                    // The lease lapses as the PATCH waits; the taker applies a later line.
+                    lapse.lose();
+                    let later = serde_json::json!({"title": "Later"});
+                    let later = later.as_object().unwrap();
+                    taker
+                        .update_user_with(&id, later, UpdateUserOptions::default())
+                        .await
+                        .unwrap();
+                }
+                hyper.request(req).await
+            }
+        });
+        let client = credentials(GenesysClient::builder())
+            .service(leaf)
+            .build()
+            .unwrap();
+        let unit = UnitCtx {
+            fence: Some(fence),
+            ..unit()
+        };
+        let earlier = UserUpdate {
+            user_id: user.clone(),
+            fields: serde_json::json!({"title": "Earlier"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let r = Users(client).deliver(unit, vec![earlier]).await;
+        assert!(matches!(r, Err(Undelivered::LeftToFleet)), "{r:?}");
+        assert_eq!(sim.user(&user).unwrap()["title"], "Later");
     }
 
     /// Another answer than a turn-away ends the outage the run's units count: a later one is

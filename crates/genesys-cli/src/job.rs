@@ -116,6 +116,13 @@ impl UnitCtx {
                 "not sent: the job stopped while this waited for the login host".to_owned(),
             ));
         }
+        self.lease_holds()
+    }
+
+    /// Whether a fleet shard's lease still surely holds (always, outside a fleet): once it
+    /// does not, nothing more of the unit may leave; it is left to the worker that takes the
+    /// shard over.
+    pub(crate) fn lease_holds(&self) -> Result<(), Undelivered> {
         if self.fence.as_ref().is_some_and(|f| !f.holds()) {
             return Err(Undelivered::LeftToFleet);
         }
