@@ -10,7 +10,7 @@ use crate::cli::Common;
 use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK};
 use crate::fleet::Fleet;
 use crate::input::{Format, Parse, Source};
-use crate::job::Deliver;
+use crate::job::{Deliver, Interrupt};
 use crate::journal::{JobSpec, Journal, OpenMode};
 use crate::passes::{FleetJob, Passes};
 use crate::report::{FleetReport, Pace, Report, ReportFile, Verdict};
@@ -248,15 +248,33 @@ pub(crate) async fn connect<P>(
     }
 }
 
+/// Returns at the first Ctrl-C or SIGTERM from now on: a stop asked for after the job (once
+/// [`interrupts`] has installed a handler for SIGTERM, the signal no longer ends the process by
+/// itself).
+pub(crate) async fn stop_asked() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Sends a unit on every Ctrl-C (and SIGTERM), from now on: installed before the job starts so
 /// that an early Ctrl-C is not lost. SIGHUP keeps its default (a job started under `nohup` runs
 /// on after its terminal closes; one that is not ends as if killed, and its journal resumes it).
-pub(crate) fn interrupts() -> mpsc::UnboundedReceiver<()> {
+pub(crate) fn interrupts() -> mpsc::UnboundedReceiver<Interrupt> {
     let (tx, rx) = mpsc::unbounded_channel();
     let ctrl_c = tx.clone();
     tokio::spawn(async move {
         while tokio::signal::ctrl_c().await.is_ok() {
-            if ctrl_c.send(()).is_err() {
+            if ctrl_c.send(Interrupt::CtrlC).is_err() {
                 break;
             }
         }
@@ -266,7 +284,7 @@ pub(crate) fn interrupts() -> mpsc::UnboundedReceiver<()> {
         use tokio::signal::unix::{SignalKind, signal};
         if let Ok(mut term) = signal(SignalKind::terminate()) {
             while term.recv().await.is_some() {
-                if tx.send(()).is_err() {
+                if tx.send(Interrupt::Term).is_err() {
                     break;
                 }
             }
@@ -294,7 +312,7 @@ pub(crate) async fn execute<P, D>(
     deliver: Arc<D>,
     chunk_size: usize,
     retry_unknown: bool,
-    interrupts: mpsc::UnboundedReceiver<()>,
+    interrupts: mpsc::UnboundedReceiver<Interrupt>,
 ) -> Ran
 where
     P: Parse,

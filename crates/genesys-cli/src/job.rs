@@ -24,6 +24,20 @@ use crate::progress::Progress;
 use crate::sinks::Sinks;
 use crate::tally::{Failure, LISTED_MAX, QuarantineEntry, Tally};
 
+/// A stop asked for from outside the job, by its signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interrupt {
+    /// Ctrl-C (SIGINT): units in flight get the whole grace.
+    CtrlC,
+    /// SIGTERM, a scheduler's stop, which its SIGKILL follows: units in flight get at most
+    /// [`TERM_GRACE`].
+    Term,
+}
+
+/// After SIGTERM, the longest units in flight may take to finish: within the 30 s Kubernetes
+/// leaves by default before its SIGKILL, with time left to write the report and the lists.
+pub(crate) const TERM_GRACE: Duration = Duration::from_secs(20);
+
 /// What the engine may do with a unit whose earlier attempt has an unknown outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Replay {
@@ -608,7 +622,7 @@ fn run_id() -> String {
 pub(crate) async fn run<D: Deliver>(
     deliver: Arc<D>,
     input: impl Into<InputRx<D::Item>>,
-    mut interrupts: mpsc::UnboundedReceiver<()>,
+    mut interrupts: mpsc::UnboundedReceiver<Interrupt>,
     sinks: &mut Sinks,
     progress: &Progress,
     journal: Option<&Journal>,
@@ -639,6 +653,7 @@ pub(crate) async fn run<D: Deliver>(
     let mut interrupt_count = 0u32;
     let mut stopping = false;
     let mut grace_ends: Option<tokio::time::Instant> = None;
+    let mut grace = options.grace;
     let gate = Arc::new(Gate::default());
     let replay = deliver.replay();
 
@@ -806,7 +821,7 @@ pub(crate) async fn run<D: Deliver>(
         tokio::select! {
             biased;
             signal = interrupts.recv(), if interrupts_open => {
-                let Some(()) = signal else {
+                let Some(signal) = signal else {
                     interrupts_open = false;
                     continue;
                 };
@@ -814,7 +829,11 @@ pub(crate) async fn run<D: Deliver>(
                 if interrupt_count == 1 {
                     engine.tally.interrupted = true;
                     stopping = true;
-                    grace_ends = Some(tokio::time::Instant::now() + options.grace);
+                    grace = match signal {
+                        Interrupt::CtrlC => options.grace,
+                        Interrupt::Term => options.grace.min(TERM_GRACE),
+                    };
+                    grace_ends = Some(tokio::time::Instant::now() + grace);
                     let resume = engine.journal.as_ref().map_or(String::new(), |j| {
                         format!("; the journal {} resumes the rest", j.journal.path.display())
                     });
@@ -833,7 +852,7 @@ pub(crate) async fn run<D: Deliver>(
                 engine.progress.note(&format!(
                     "{} request(s) still in flight after {:?}: recorded as outcome unknown",
                     units.set.len(),
-                    options.grace
+                    grace
                 ));
                 units.set.abort_all();
                 grace_ends = None;

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::cli::{Common, Shard};
 use crate::fleet::{Fleet, Lease, ShardStatus};
 use crate::input::{Format, Parse, Source};
-use crate::job::{self, Deliver, Options};
+use crate::job::{self, Deliver, Interrupt, Options};
 use crate::journal::{self, JobSpec, Journal, OpenMode};
 use crate::progress::Progress;
 use crate::report::FleetReport;
@@ -71,7 +71,7 @@ where
         sinks: &mut Sinks,
         journal: Option<&Journal>,
         shard: Option<Shard>,
-        interrupts: mpsc::UnboundedReceiver<()>,
+        interrupts: mpsc::UnboundedReceiver<Interrupt>,
     ) -> Tally {
         let concurrency = self.concurrency;
         let progress = Progress::new(self.common.quiet, None);
@@ -117,22 +117,22 @@ where
         job: &FleetJob,
         first: Source,
         sinks: &mut Sinks,
-        mut interrupts: mpsc::UnboundedReceiver<()>,
+        mut interrupts: mpsc::UnboundedReceiver<Interrupt>,
     ) -> FleetRan {
         // Ctrl-C goes to the pass under way; between passes it ends the worker.
-        let current: Arc<Mutex<Option<mpsc::UnboundedSender<()>>>> = Arc::default();
+        let current: Arc<Mutex<Option<mpsc::UnboundedSender<Interrupt>>>> = Arc::default();
         let user = Arc::new(AtomicBool::new(false));
         let woke = Arc::new(Notify::new());
         let forwarder = {
             let (current, user, woke) = (current.clone(), user.clone(), woke.clone());
             tokio::spawn(async move {
-                while interrupts.recv().await.is_some() {
+                while let Some(signal) = interrupts.recv().await {
                     // Under the lock that starts a pass: a pass either sees the flag before it
                     // starts, or gets the signal.
                     let current = lock(&current);
                     user.store(true, Ordering::SeqCst);
                     if let Some(tx) = current.as_ref() {
-                        let _ = tx.send(());
+                        let _ = tx.send(signal);
                     }
                     drop(current);
                     woke.notify_one();
@@ -301,7 +301,7 @@ where
         lease: Lease,
         source: Source,
         sinks: &mut Sinks,
-        interrupts: mpsc::UnboundedReceiver<()>,
+        interrupts: mpsc::UnboundedReceiver<Interrupt>,
     ) -> (Tally, Option<(PathBuf, bool)>) {
         let i = lease.shard;
         let shard = Shard {

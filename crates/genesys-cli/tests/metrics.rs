@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -260,4 +260,48 @@ async fn idle_connections_are_closed_and_do_not_stop_a_scrape() {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// SIGTERM (a scheduler stopping the job) ends the wait that keeps the final metrics served, as
+/// Ctrl-C does: the process exits with the job's code, not when the linger runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_linger() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("metrics_sigterm");
+    let (lines, _) = user_lines(&sim, 1);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = gcx(&sim)
+        .args(["users", "patch", "--metrics-addr", &addr])
+        .args(["--metrics-linger", "3600", "--input"])
+        .arg(&input)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("serving the final metrics") {
+        line.clear();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "gcx ended before its linger");
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A guard against a hang, far below the linger: not a measure of speed.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("SIGTERM did not end the linger");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
 }

@@ -249,7 +249,7 @@ async fn an_interrupt_finishes_in_flight_and_keeps_the_rest() {
     tokio::spawn(async move {
         // Two units of two are in flight by then.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        itx.send(()).unwrap();
+        itx.send(Interrupt::CtrlC).unwrap();
     });
     let tally = run(
         fake.clone(),
@@ -291,8 +291,8 @@ async fn a_second_interrupt_abandons_in_flight_as_failed() {
     });
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        itx.send(()).unwrap();
-        itx.send(()).unwrap();
+        itx.send(Interrupt::CtrlC).unwrap();
+        itx.send(Interrupt::CtrlC).unwrap();
     });
     let tally = run(
         fake,
@@ -316,47 +316,55 @@ async fn a_second_interrupt_abandons_in_flight_as_failed() {
     assert_eq!(tally.not_started, 2);
 }
 
+/// Units in flight past the grace after a first interrupt are abandoned as unknown: the whole
+/// grace after Ctrl-C, at most [`TERM_GRACE`] after SIGTERM (a scheduler's SIGKILL follows it).
 #[tokio::test(start_paused = true)]
 async fn in_flight_units_that_outlast_the_grace_are_unknown() {
-    let (tx, rx) = mpsc::channel(2);
-    let (itx, irx) = mpsc::unbounded_channel();
-    let fake = Arc::new(Fake {
-        delay: Duration::from_secs(600),
-        ..Fake::default()
-    });
-    tokio::spawn(async move {
-        for n in 1..=4u64 {
-            tx.send(record(n * 2)).await.unwrap();
-        }
-    });
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        itx.send(()).unwrap();
-    });
-    let started = tokio::time::Instant::now();
-    let tally = run(
-        fake,
-        rx,
-        irx,
-        &mut Sinks::default(),
-        &Progress::hidden(),
-        None,
-        Options {
-            concurrency: 2,
-            chunk_size: 1,
-            retry_unknown: false,
-            grace: Duration::from_secs(30),
-            shard: None,
-        },
-    )
-    .await;
-    assert_eq!(
-        started.elapsed(),
-        Duration::from_secs(31),
-        "1 s, then the grace"
-    );
-    assert_eq!((tally.unknown, tally.not_started), (2, 2));
-    assert_eq!(tally.delivered, 0);
+    for (signal, grace, ends_after) in [
+        (Interrupt::CtrlC, 30, 30),
+        (Interrupt::Term, 60, TERM_GRACE.as_secs()),
+        (Interrupt::Term, 10, 10),
+    ] {
+        let (tx, rx) = mpsc::channel(2);
+        let (itx, irx) = mpsc::unbounded_channel();
+        let fake = Arc::new(Fake {
+            delay: Duration::from_secs(600),
+            ..Fake::default()
+        });
+        tokio::spawn(async move {
+            for n in 1..=4u64 {
+                tx.send(record(n * 2)).await.unwrap();
+            }
+        });
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            itx.send(signal).unwrap();
+        });
+        let started = tokio::time::Instant::now();
+        let tally = run(
+            fake,
+            rx,
+            irx,
+            &mut Sinks::default(),
+            &Progress::hidden(),
+            None,
+            Options {
+                concurrency: 2,
+                chunk_size: 1,
+                retry_unknown: false,
+                grace: Duration::from_secs(grace),
+                shard: None,
+            },
+        )
+        .await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(1 + ends_after),
+            "{signal:?}, grace {grace} s: 1 s, then the grace"
+        );
+        assert_eq!((tally.unknown, tally.not_started), (2, 2));
+        assert_eq!(tally.delivered, 0);
+    }
 }
 
 /// From the third unit on, refuses the credentials (`true`), or finds the login host
@@ -724,7 +732,7 @@ async fn run_records<D: Deliver<Item = u64>>(
     tokio::spawn(async move {
         if let Some(after) = interrupt {
             tokio::time::sleep(after).await;
-            let _ = itx.send(());
+            let _ = itx.send(Interrupt::CtrlC);
         }
         // Held open until then: a closed channel is not an interrupt.
         std::future::pending::<()>().await;

@@ -162,19 +162,20 @@ impl Telemetry {
     }
 
     /// Keeps serving `/metrics` for `linger` after the job (so that a scraper reads the final
-    /// counts), or until Ctrl-C; then stops.
+    /// counts), or until Ctrl-C or SIGTERM; then stops.
     pub(crate) async fn stop(mut self, linger: Duration) {
         let Some((addr, task)) = self.server.take() else {
             return;
         };
         if !linger.is_zero() {
             say!(
-                "gcx: serving the final metrics on http://{addr}/metrics for {}s (Ctrl-C to stop)",
+                "gcx: serving the final metrics on http://{addr}/metrics for {}s (Ctrl-C or \
+                 SIGTERM to stop)",
                 linger.as_secs()
             );
             tokio::select! {
                 () = tokio::time::sleep(linger) => {}
-                _ = tokio::signal::ctrl_c() => {}
+                () = crate::app::stop_asked() => {}
             }
         }
         task.abort();
