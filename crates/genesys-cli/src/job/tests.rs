@@ -231,26 +231,50 @@ async fn chunks_fail_as_a_whole() {
     assert_eq!(tally.requests, 3);
 }
 
+/// `records` even records for a [`Fake`] that takes `delay` a unit, and `signals` sent `at`
+/// after the start.
+fn interrupted(
+    records: u64,
+    delay: Duration,
+    at: Duration,
+    signals: &[Interrupt],
+) -> (
+    Arc<Fake>,
+    mpsc::Receiver<Input<u64>>,
+    mpsc::UnboundedReceiver<Interrupt>,
+) {
+    let (tx, rx) = mpsc::channel(2);
+    let (itx, irx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for n in 1..=records {
+            tx.send(record(n * 2)).await.unwrap();
+        }
+    });
+    let signals = signals.to_vec();
+    tokio::spawn(async move {
+        tokio::time::sleep(at).await;
+        for signal in signals {
+            itx.send(signal).unwrap();
+        }
+    });
+    let fake = Arc::new(Fake {
+        delay,
+        ..Fake::default()
+    });
+    (fake, rx, irx)
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_interrupt_finishes_in_flight_and_keeps_the_rest() {
     let failed = temp("failed2.jsonl");
     let mut sinks = Sinks::open(Some(&failed), None, None, Format::Jsonl, None).unwrap();
-    let (tx, rx) = mpsc::channel(2);
-    let (itx, irx) = mpsc::unbounded_channel();
-    let fake = Arc::new(Fake {
-        delay: Duration::from_secs(1),
-        ..Fake::default()
-    });
-    tokio::spawn(async move {
-        for n in 1..=10u64 {
-            tx.send(record(n * 2)).await.unwrap();
-        }
-    });
-    tokio::spawn(async move {
-        // Two units of two are in flight by then.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        itx.send(Interrupt::CtrlC).unwrap();
-    });
+    // Two units of two are in flight when it comes.
+    let (fake, rx, irx) = interrupted(
+        10,
+        Duration::from_secs(1),
+        Duration::from_millis(500),
+        &[Interrupt::CtrlC],
+    );
     let tally = run(
         fake.clone(),
         rx,
@@ -278,22 +302,12 @@ async fn an_interrupt_finishes_in_flight_and_keeps_the_rest() {
 
 #[tokio::test(start_paused = true)]
 async fn a_second_interrupt_abandons_in_flight_as_failed() {
-    let (tx, rx) = mpsc::channel(2);
-    let (itx, irx) = mpsc::unbounded_channel();
-    let fake = Arc::new(Fake {
-        delay: Duration::from_secs(60),
-        ..Fake::default()
-    });
-    tokio::spawn(async move {
-        for n in 1..=3u64 {
-            tx.send(record(n * 2)).await.unwrap();
-        }
-    });
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        itx.send(Interrupt::CtrlC).unwrap();
-        itx.send(Interrupt::CtrlC).unwrap();
-    });
+    let (fake, rx, irx) = interrupted(
+        3,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        &[Interrupt::CtrlC, Interrupt::CtrlC],
+    );
     let tally = run(
         fake,
         rx,
@@ -325,21 +339,12 @@ async fn in_flight_units_that_outlast_the_grace_are_unknown() {
         (Interrupt::Term, 60, TERM_GRACE.as_secs()),
         (Interrupt::Term, 10, 10),
     ] {
-        let (tx, rx) = mpsc::channel(2);
-        let (itx, irx) = mpsc::unbounded_channel();
-        let fake = Arc::new(Fake {
-            delay: Duration::from_secs(600),
-            ..Fake::default()
-        });
-        tokio::spawn(async move {
-            for n in 1..=4u64 {
-                tx.send(record(n * 2)).await.unwrap();
-            }
-        });
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            itx.send(signal).unwrap();
-        });
+        let (fake, rx, irx) = interrupted(
+            4,
+            Duration::from_secs(600),
+            Duration::from_secs(1),
+            &[signal],
+        );
         let started = tokio::time::Instant::now();
         let tally = run(
             fake,
