@@ -48,10 +48,10 @@ static OPEN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local n = redis.call('HGET', KEYS[1], 'shards')
-if n and n ~= ARGV[2] then return {'shards', n} end
-if not n then redis.call('HSET', KEYS[1], 'id', ARGV[1], 'shards', ARGV[2]) end
+if n and n ~= ARGV[2] then return {'shards', n, ''} end
+if not n then redis.call('HSET', KEYS[1], 'id', ARGV[1], 'shards', ARGV[2], 'redis', ARGV[4]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {'id', redis.call('HGET', KEYS[1], 'id')}
+return {'id', redis.call('HGET', KEYS[1], 'id'), redis.call('HGET', KEYS[1], 'redis') or ''}
 ",
     )
 });
@@ -156,6 +156,9 @@ struct Inner {
     worker: String,
     shards: u32,
     lease: Duration,
+    /// The `run_id` of the Redis server the job's record was made on (empty for a record of an
+    /// earlier gcx): another one means Redis restarted since.
+    redis_run: String,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -192,6 +195,38 @@ fn redis_error(e: &redis::RedisError) -> String {
     format!("Redis: {e}")
 }
 
+/// Whether Redis writes every command to its append-only file before it answers
+/// (`appendonly yes` and `appendfsync always`), so that a restart loses nothing it answered;
+/// false when it cannot tell (`CONFIG` refused, as some hosted Redis do).
+async fn appends_always(conn: &mut ConnectionManager) -> bool {
+    let mut setting = async |name: &str| -> Option<String> {
+        let pair: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(conn)
+            .await
+            .ok()?;
+        pair.into_iter().nth(1)
+    };
+    setting("appendonly").await.as_deref() == Some("yes")
+        && setting("appendfsync").await.as_deref() == Some("always")
+}
+
+/// The Redis server's `run_id` (`INFO server`), which changes at every start of the server;
+/// empty when its `INFO` does not give one.
+async fn redis_run(conn: &mut ConnectionManager) -> Result<String, String> {
+    let server: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .map_err(|e| redis_error(&e))?;
+    Ok(server
+        .lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_default())
+}
+
 impl Fleet {
     /// Opens the job's record under `key`, or joins the one the other workers opened.
     ///
@@ -221,11 +256,13 @@ impl Fleet {
                 );
             }
         }
-        let (what, value): (String, String) = OPEN
+        let run = redis_run(&mut conn).await?;
+        let (what, value, redis_run): (String, String, String) = OPEN
             .key(&key)
             .arg(unique("job"))
             .arg(shards)
             .arg(millis(RECORD_LIFE))
+            .arg(&run)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| redis_error(&e))?;
@@ -249,8 +286,51 @@ impl Fleet {
                 worker: unique("worker"),
                 shards,
                 lease,
+                redis_run,
             }),
         })
+    }
+
+    /// Whether the units' states the fleet recorded can be trusted to hold every write: not
+    /// once Redis restarted since the job's record was made (a restart from a snapshot, or
+    /// with `appendfsync everysec`, loses the last writes while the record survives), unless it
+    /// appends every write to its file before it answers (`appendfsync always`), nor while
+    /// it may evict keys (a `maxmemory` with a policy other than `noeviction`: the states'
+    /// keys expire, so every policy may take them). The reason, when they cannot.
+    pub(crate) async fn states_lost(&self) -> Result<Option<String>, String> {
+        let mut conn = self.inner.conn.clone();
+        let run = redis_run(&mut conn).await?;
+        if !self.inner.redis_run.is_empty()
+            && run != self.inner.redis_run
+            && !appends_always(&mut conn).await
+        {
+            return Ok(Some(
+                "Redis restarted since this fleet job began (its run_id changed), and a restart \
+                 may lose the last writes before it (from a snapshot, or with appendfsync \
+                 everysec)"
+                    .to_owned(),
+            ));
+        }
+        let memory: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        let field = |name: &str| {
+            memory.lines().find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    .map(str::trim)
+            })
+        };
+        let limited = field("maxmemory").is_some_and(|max| max != "0");
+        match field("maxmemory_policy") {
+            Some(policy) if limited && policy != "noeviction" => Ok(Some(format!(
+                "Redis may evict keys (maxmemory with maxmemory-policy {policy}), and an evicted \
+                 state would read as never started"
+            ))),
+            _ => Ok(None),
+        }
     }
 
     /// The job's id, shared by the fleet.

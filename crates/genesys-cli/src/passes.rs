@@ -12,7 +12,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::cli::{Common, Shard};
 use crate::fleet::{Fleet, Lease, ShardStatus};
 use crate::input::{Format, Parse, Source};
-use crate::job::{self, Deliver, Interrupt, Options};
+use crate::job::{self, Deliver, Interrupt, Options, Replay};
 use crate::journal::{self, JobSpec, Journal, OpenMode};
 use crate::progress::Progress;
 use crate::report::FleetReport;
@@ -214,6 +214,27 @@ where
                     continue;
                 }
             };
+            // A data action whose start the fleet recorded, in a write Redis then lost, would
+            // read as never started and run again: no shard of such a job is taken while the
+            // recorded states may lack writes.
+            if self.deliver.replay() == Replay::Never {
+                let lost = match fleet.states_lost().await {
+                    Ok(lost) => lost,
+                    Err(e) => Some(format!("{e}; the fleet's record could not be checked")),
+                };
+                if let Some(why) = lost {
+                    let shard = lease.shard;
+                    let _ = lease.finish(false).await;
+                    fleet_error = Some(format!(
+                        "shard {shard} not taken: {why}. The states the fleet recorded may lack \
+                         some, and an execution recorded as started may read as never started \
+                         and run a second time. Check which of the job's inputs ran (the \
+                         workers' reports and journals, the actions' own systems), then run \
+                         those that did not as a new job (--fleet-run LABEL)",
+                    ));
+                    break;
+                }
+            }
             unreachable_since = None;
             {
                 let mut current = lock(&current);
