@@ -597,6 +597,19 @@ impl GenesysClientBuilder {
         }
     }
 
+    /// The HTTP client the default leaf is (hyper-util over rustls), with this builder's proxy,
+    /// certificate authorities and connect timeout, and none of the client's layers: for other
+    /// HTTP a program sends next to the API's (a telemetry exporter's), through the same network
+    /// as the API's. Fails as [`build`](Self::build) does on a proxy or a certificate it cannot
+    /// use. Needs a tokio runtime when it is used.
+    pub fn http_service(&self) -> Result<HttpService, GenesysError> {
+        hyper_leaf(
+            self.connect_timeout,
+            self.proxy.resolve()?,
+            crate::tls::client_config(&self.root_certificates)?,
+        )
+    }
+
     /// Builds the client.
     ///
     /// Fails when no region or base URL, or no credentials, were given, or a URL is invalid.
@@ -605,11 +618,7 @@ impl GenesysClientBuilder {
         let endpoints = self.endpoints()?;
         let leaf = match self.leaf.clone() {
             Some(leaf) => leaf,
-            None => hyper_leaf(
-                self.connect_timeout,
-                self.proxy.resolve()?,
-                crate::tls::client_config(&self.root_certificates)?,
-            )?,
+            None => self.http_service()?,
         };
         // Token requests: the leaf with the per-attempt timeout over reading the whole (small)
         // answer, without pacing (another host).

@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use genesys_client::{GenesysClient, HttpService};
+use http_body_util::{BodyExt, Limited};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Meter, MeterProvider as _};
@@ -23,6 +21,7 @@ use opentelemetry_otlp::WithHttpConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tower::ServiceExt;
 
 use crate::error::CliError;
 
@@ -60,13 +59,13 @@ impl fmt::Debug for Otlp {
 impl Otlp {
     /// Builds the exporters. Their requests run on `runtime`, whatever thread exports.
     pub(crate) fn start(runtime: tokio::runtime::Handle) -> Result<Otlp, CliError> {
-        let client = TokioHttp::new(runtime);
+        let setup = |e: &dyn fmt::Display| CliError::usage(format!("OTLP export: {e}"));
+        let client = TokioHttp::new(runtime).map_err(|e| setup(&e))?;
         let mut resource = Resource::builder();
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name("gcx");
         }
         let resource = resource.build();
-        let setup = |e: &dyn fmt::Display| CliError::usage(format!("OTLP export: {e}"));
         let spans = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(client.clone())
@@ -115,23 +114,19 @@ impl Otlp {
     }
 }
 
-/// OTLP over hyper-util, run on a tokio runtime from whatever thread the SDK exports on.
+/// OTLP over the client's own HTTP client (the proxy the environment names, the system's
+/// certificate authorities and `SSL_CERT_FILE`, as for the API), run on a tokio runtime from
+/// whatever thread the SDK exports on.
 #[derive(Clone)]
 struct TokioHttp {
     runtime: tokio::runtime::Handle,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    service: HttpService,
 }
 
 impl TokioHttp {
-    fn new(runtime: tokio::runtime::Handle) -> Self {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
-            .unwrap_or_else(|_| hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots())
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new()).build(https);
-        TokioHttp { runtime, client }
+    fn new(runtime: tokio::runtime::Handle) -> Result<Self, genesys_client::GenesysError> {
+        let service = GenesysClient::builder().http_service()?;
+        Ok(TokioHttp { runtime, service })
     }
 }
 
@@ -144,9 +139,11 @@ impl fmt::Debug for TokioHttp {
 #[async_trait]
 impl HttpClient for TokioHttp {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let client = self.client.clone();
+        let service = self.service.clone();
         let exchange = async move {
-            let response = client.request(request.map(Full::new)).await?;
+            let response = service
+                .oneshot(request.map(genesys_client::Body::from_bytes))
+                .await?;
             let (head, body) = response.into_parts();
             let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
             Ok::<_, HttpError>(Response::from_parts(head, body))
