@@ -3,8 +3,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::cli::Common;
 use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK};
@@ -248,22 +249,38 @@ pub(crate) async fn connect<P>(
     }
 }
 
-/// Returns at the first Ctrl-C or SIGTERM from now on: a stop asked for after the job (once
-/// [`interrupts`] has installed a handler for SIGTERM, the signal no longer ends the process by
-/// itself).
+/// Whether a Ctrl-C or a SIGTERM came since [`interrupts`] was installed, and who waits for one.
+static STOP_ASKED: AtomicBool = AtomicBool::new(false);
+static STOP_NOTIFY: Notify = Notify::const_new();
+
+/// Returns once a Ctrl-C or a SIGTERM came since [`interrupts`] was installed (at once when one
+/// already did, during the job: the one that stopped it): after the job, the handler that
+/// [`interrupts`] installed has taken SIGTERM over, so the signal no longer ends the process by
+/// itself.
 pub(crate) async fn stop_asked() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+    loop {
+        let notified = STOP_NOTIFY.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a signal in between wakes it.
+        notified.as_mut().enable();
+        if STOP_ASKED.load(Ordering::SeqCst) {
             return;
         }
+        notified.await;
     }
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Whether a Ctrl-C or a SIGTERM came since [`interrupts`] was installed.
+pub(crate) fn stop_was_asked() -> bool {
+    STOP_ASKED.load(Ordering::SeqCst)
+}
+
+/// Records a stop asked for, for [`stop_asked`], and sends it to the job while it runs.
+fn asked(tx: &mpsc::UnboundedSender<Interrupt>, signal: Interrupt) {
+    STOP_ASKED.store(true, Ordering::SeqCst);
+    STOP_NOTIFY.notify_waiters();
+    // The job may have ended: the signal is then for `stop_asked` only.
+    let _ = tx.send(signal);
 }
 
 /// Sends a unit on every Ctrl-C (and SIGTERM), from now on: installed before the job starts so
@@ -274,9 +291,7 @@ pub(crate) fn interrupts() -> mpsc::UnboundedReceiver<Interrupt> {
     let ctrl_c = tx.clone();
     tokio::spawn(async move {
         while tokio::signal::ctrl_c().await.is_ok() {
-            if ctrl_c.send(Interrupt::CtrlC).is_err() {
-                break;
-            }
+            asked(&ctrl_c, Interrupt::CtrlC);
         }
     });
     #[cfg(unix)]
@@ -284,9 +299,7 @@ pub(crate) fn interrupts() -> mpsc::UnboundedReceiver<Interrupt> {
         use tokio::signal::unix::{SignalKind, signal};
         if let Ok(mut term) = signal(SignalKind::terminate()) {
             while term.recv().await.is_some() {
-                if tx.send(Interrupt::Term).is_err() {
-                    break;
-                }
+                asked(&tx, Interrupt::Term);
             }
         }
     });

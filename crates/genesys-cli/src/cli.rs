@@ -125,8 +125,9 @@ pub(crate) struct Common {
     #[arg(long, global = true, value_name = "ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 
-    /// After the job, keep serving --metrics-addr for SECS seconds (or until Ctrl-C), so that
-    /// a scraper reads the final counts.
+    /// After the job, keep serving --metrics-addr for SECS seconds (or until Ctrl-C or
+    /// SIGTERM; not at all after one stopped the job), so that a scraper reads the final
+    /// counts.
     #[arg(long, global = true, value_name = "SECS", default_value_t = 0, requires = "metrics_addr",
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub(crate) metrics_linger: u64,

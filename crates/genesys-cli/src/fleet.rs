@@ -49,7 +49,8 @@ static OPEN: LazyLock<redis::Script> = LazyLock::new(|| {
         r"
 local n = redis.call('HGET', KEYS[1], 'shards')
 if n and n ~= ARGV[2] then return {'shards', n, ''} end
-if not n then redis.call('HSET', KEYS[1], 'id', ARGV[1], 'shards', ARGV[2], 'redis', ARGV[4]) end
+if not n then redis.call('HSET', KEYS[1], 'id', ARGV[1], 'shards', ARGV[2]) end
+if ARGV[4] ~= '' then redis.call('HSETNX', KEYS[1], 'redis', ARGV[4]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {'id', redis.call('HGET', KEYS[1], 'id'), redis.call('HGET', KEYS[1], 'redis') or ''}
 ",
@@ -195,23 +196,6 @@ fn redis_error(e: &redis::RedisError) -> String {
     format!("Redis: {e}")
 }
 
-/// Whether Redis writes every command to its append-only file before it answers
-/// (`appendonly yes` and `appendfsync always`), so that a restart loses nothing it answered;
-/// false when it cannot tell (`CONFIG` refused, as some hosted Redis do).
-async fn appends_always(conn: &mut ConnectionManager) -> bool {
-    let mut setting = async |name: &str| -> Option<String> {
-        let pair: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg(name)
-            .query_async(conn)
-            .await
-            .ok()?;
-        pair.into_iter().nth(1)
-    };
-    setting("appendonly").await.as_deref() == Some("yes")
-        && setting("appendfsync").await.as_deref() == Some("always")
-}
-
 /// The Redis server's `run_id` (`INFO server`), which changes at every start of the server;
 /// empty when its `INFO` does not give one.
 async fn redis_run(conn: &mut ConnectionManager) -> Result<String, String> {
@@ -256,7 +240,9 @@ impl Fleet {
                 );
             }
         }
-        let run = redis_run(&mut conn).await?;
+        // Not every Redis lets a client read INFO (an ACL without @dangerous): only the jobs
+        // that must tell a restart need it, and find out when they take a shard.
+        let run = redis_run(&mut conn).await.unwrap_or_default();
         let (what, value, redis_run): (String, String, String) = OPEN
             .key(&key)
             .arg(unique("job"))
@@ -292,22 +278,21 @@ impl Fleet {
     }
 
     /// Whether the units' states the fleet recorded can be trusted to hold every write: not
-    /// once Redis restarted since the job's record was made (a restart from a snapshot, or
-    /// with `appendfsync everysec`, loses the last writes while the record survives), unless it
-    /// appends every write to its file before it answers (`appendfsync always`), nor while
+    /// once the Redis server changed since the job's record was made or first opened by this
+    /// gcx (a restart from a snapshot, or with `appendfsync everysec`, loses the last writes
+    /// while the record survives; a promoted replica may lack them, whatever its settings), nor
+    /// while
     /// it may evict keys (a `maxmemory` with a policy other than `noeviction`: the states'
     /// keys expire, so every policy may take them). The reason, when they cannot.
     pub(crate) async fn states_lost(&self) -> Result<Option<String>, String> {
         let mut conn = self.inner.conn.clone();
         let run = redis_run(&mut conn).await?;
-        if !self.inner.redis_run.is_empty()
-            && run != self.inner.redis_run
-            && !appends_always(&mut conn).await
-        {
+        if run.is_empty() || run != self.inner.redis_run {
             return Ok(Some(
-                "Redis restarted since this fleet job began (its run_id changed), and a restart \
-                 may lose the last writes before it (from a snapshot, or with appendfsync \
-                 everysec)"
+                "Redis restarted, or another server took its place, since this fleet job began \
+                 (its run_id changed), and either may have lost the last writes before it (a \
+                 restart from a snapshot, or with appendfsync everysec; a replica promoted \
+                 before it had them)"
                     .to_owned(),
             ));
         }

@@ -270,8 +270,9 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 client: client.clone(),
                 path: path.as_str().into(),
                 // The default endpoint is the seed's, which deduplicates (as the simulator's
-                // does); an endpoint of the caller's is taken not to unless they say so.
-                deduplicates: args.path.is_none() || args.endpoint_deduplicates,
+                // does), however it is named; another is taken not to unless they say so.
+                deduplicates: args.endpoint_deduplicates
+                    || path == genesys_client::DEFAULT_INGESTION_PATH,
             };
             let mut ran = app::execute(
                 common,

@@ -23,6 +23,13 @@ use crate::tally::Tally;
 /// [`crate::input::READ_AHEAD_BYTES`] of them).
 const READ_AHEAD_UNITS: usize = 2;
 
+/// What a worker says when a data action job's states in Redis may lack writes.
+const UNTRUSTED: &str = "The states the fleet recorded may lack some, and an execution recorded \
+                         as started may read as never started and run a second time. Check \
+                         which of the job's inputs ran (the workers' reports and journals, the \
+                         actions' own systems), then run those that did not as a new job \
+                         (--fleet-run LABEL)";
+
 /// How often a fleet worker waiting for the other shards looks at them again (at most).
 const STATUS_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -214,27 +221,6 @@ where
                     continue;
                 }
             };
-            // A data action whose start the fleet recorded, in a write Redis then lost, would
-            // read as never started and run again: no shard of such a job is taken while the
-            // recorded states may lack writes.
-            if self.deliver.replay() == Replay::Never {
-                let lost = match fleet.states_lost().await {
-                    Ok(lost) => lost,
-                    Err(e) => Some(format!("{e}; the fleet's record could not be checked")),
-                };
-                if let Some(why) = lost {
-                    let shard = lease.shard;
-                    let _ = lease.finish(false).await;
-                    fleet_error = Some(format!(
-                        "shard {shard} not taken: {why}. The states the fleet recorded may lack \
-                         some, and an execution recorded as started may read as never started \
-                         and run a second time. Check which of the job's inputs ran (the \
-                         workers' reports and journals, the actions' own systems), then run \
-                         those that did not as a new job (--fleet-run LABEL)",
-                    ));
-                    break;
-                }
-            }
             unreachable_since = None;
             {
                 let mut current = lock(&current);
@@ -296,9 +282,10 @@ where
                 }
             }
             // A pass that ended unsettled for a reason of its own (a journal or an output file
-            // that cannot be written, refused credentials, a broken input) would end so again:
-            // the shard is left to the others. A lapsed lease is not the worker's fault.
-            let stop = !tally.settled() && !tally.fenced;
+            // that cannot be written, refused credentials, a broken input), or that could not
+            // trust the fleet's states, would end so again: the shard is left to the others. A
+            // lapsed lease is not the worker's fault.
+            let stop = (!tally.settled() && !tally.fenced) || tally.fleet_error.is_some();
             passes.push((i, tally));
             if stop {
                 break;
@@ -309,7 +296,8 @@ where
         if user.load(Ordering::SeqCst) {
             ran.tally.interrupted = true;
         }
-        ran.tally.fleet_error = fleet_error;
+        // A pass's own (its shard's states out of reach, or not to be trusted) stays.
+        ran.tally.fleet_error = fleet_error.or(ran.tally.fleet_error.take());
         ran
     }
 
@@ -347,12 +335,30 @@ where
         let overlaid = lease
             .states(|line, code| journal.past.overlay(line, code, max_line))
             .await;
-        if let Err(e) = overlaid {
+        // A data action whose start the fleet recorded, in a write Redis then lost, would
+        // read as never started and run again: no shard of such a job is taken while the
+        // states read may lack writes (checked after they were read: a loss after it leaves
+        // them whole).
+        let untrusted = match overlaid {
+            Err(e) => Some(format!("reading shard {shard}'s states: {e}")),
+            Ok(()) if self.deliver.replay() == Replay::Never => {
+                match job.fleet.states_lost().await {
+                    Ok(None) => None,
+                    Ok(Some(why)) => Some(format!("shard {shard} not taken: {why}. {UNTRUSTED}")),
+                    Err(e) => Some(format!(
+                        "shard {shard} not taken: {e}; whether Redis lost writes could not be \
+                         checked. {UNTRUSTED}"
+                    )),
+                }
+            }
+            Ok(()) => None,
+        };
+        if let Some(error) = untrusted {
             // Without the fleet's states, nothing of this shard is safe to send.
             let _ = lease.finish(false).await;
             journal.discard().await;
             let tally = Tally {
-                fleet_error: Some(format!("reading shard {shard}'s states: {e}")),
+                fleet_error: Some(error),
                 ..Tally::default()
             };
             return (tally, None);

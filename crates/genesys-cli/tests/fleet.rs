@@ -535,17 +535,15 @@ async fn a_takeover_of_an_input_replaced_since_the_start_is_refused() {
     }
 }
 
-/// A `redis-server` of the test's own, on a free port, keeping its snapshot (`SAVE`) in `dir`,
-/// and, when `durable`, every write in its append-only file before it answers.
+/// A `redis-server` of the test's own, on a free port, keeping its snapshot (`SAVE`) in `dir`.
 struct SnapshotRedis {
     child: Option<std::process::Child>,
     port: u16,
     dir: std::path::PathBuf,
-    durable: bool,
 }
 
 impl SnapshotRedis {
-    fn start(dir: std::path::PathBuf, durable: bool) -> Self {
+    fn start(dir: std::path::PathBuf) -> Self {
         std::fs::create_dir_all(&dir).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -556,7 +554,6 @@ impl SnapshotRedis {
             child: None,
             port,
             dir,
-            durable,
         };
         redis.restart();
         redis
@@ -572,11 +569,7 @@ impl SnapshotRedis {
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--dir")
             .arg(&self.dir)
-            .args(["--save", ""])
-            .args(match self.durable {
-                true => ["--appendonly", "yes", "--appendfsync", "always"],
-                false => ["--appendonly", "no", "--appendfsync", "everysec"],
-            })
+            .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server on the PATH (`.ci/run` installs it)");
@@ -613,69 +606,57 @@ impl Drop for SnapshotRedis {
     }
 }
 
-/// Redis restarted mid-job, killed (SIGKILL) with the job's first worker: from a snapshot, which
-/// lost the states recorded after it, a worker takes no shard of a data action job (an execution
-/// recorded as started would read as never started, and run again) and says why; from an
-/// append-only file synced at every write, it takes the first worker's shard over. No input runs
-/// twice either way.
+/// Redis killed (SIGKILL) mid-job with the job's first worker, and restarted from a snapshot,
+/// which lost the states recorded after it: a worker takes no shard of a data action job then
+/// (an execution recorded as started would read as never started, and run again), says why, and
+/// no input runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_restarted_mid_job_stops_a_takeover_of_data_actions_unless_durable() {
-    for durable in [false, true] {
-        let sim = Simulator::spawn(config(1).faults("latency=50ms..50ms".parse().unwrap()))
-            .await
-            .unwrap();
-        let d = dir(&format!("fleet_restart_{durable}"));
-        let inputs = 40;
-        let (input, nonce) = action_batch(&d, inputs);
-        let mut redis = SnapshotRedis::start(d.join("redis"), durable);
-        let url = redis.url();
-        let worker = |i: u32| {
-            let mut cmd = gcx(&sim);
-            cmd.args(["actions", "execute", "echo", "--concurrency", "1"])
-                .args(["--fleet-lease", "2", "--shard", &format!("{i}/2")])
-                .args(["--fleet-redis", &url])
-                .arg("--batch")
-                .arg(&input)
-                .arg("--report")
-                .arg(d.join(format!("report-{i}.json")));
-            cmd
-        };
-        let mut first = spawn(worker(0));
-        ledger_reaches(&sim, 4).await;
-        redis.save().await;
-        ledger_reaches(&sim, 10).await;
-        redis.kill();
-        first.kill().unwrap();
-        first.wait().unwrap();
-        redis.restart();
+async fn a_redis_restored_from_a_snapshot_stops_the_takeover_of_data_actions() {
+    let sim = Simulator::spawn(config(1).faults("latency=50ms..50ms".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("fleet_snapshot");
+    let inputs = 40;
+    let (input, nonce) = action_batch(&d, inputs);
+    let mut redis = SnapshotRedis::start(d.join("redis"));
+    let url = redis.url();
+    let worker = |i: u32| {
+        let mut cmd = gcx(&sim);
+        cmd.args(["actions", "execute", "echo", "--concurrency", "1"])
+            .args(["--fleet-lease", "2", "--shard", &format!("{i}/2")])
+            .args(["--fleet-redis", &url])
+            .arg("--batch")
+            .arg(&input)
+            .arg("--report")
+            .arg(d.join(format!("report-{i}.json")));
+        cmd
+    };
+    let mut first = spawn(worker(0));
+    ledger_reaches(&sim, 4).await;
+    redis.save().await;
+    ledger_reaches(&sim, 10).await;
+    redis.kill();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    redis.restart();
 
-        let out = worker(1).output().unwrap();
-        let mut executed = vec![0usize; inputs];
-        for e in sim.ledger() {
-            if let Some(n) = (0..inputs).find(|n| {
-                e.payload_hash == fnv1a(json!({ "n": n, "run": nonce }).to_string().as_bytes())
-            }) {
-                executed[n] += 1;
-            }
-        }
-        assert!(
-            executed.iter().all(|times| *times <= 1),
-            "durable {durable}: an input ran twice: {executed:?}"
-        );
-        let report = read_json(&d.join("report-1.json"));
-        let error = report["fleet_error"].as_str().unwrap_or_default();
-        if durable {
-            assert_eq!(report["fleet"]["job_complete"], true, "{report}");
-            assert_eq!(report["fleet"]["taken_over"], json!([0]), "{report}");
-            // The action in flight when the first worker was killed, if one was: unknown.
-            let unknown = report["counts"]["unknown"].as_u64().unwrap();
-            assert!(unknown <= 1, "{report}");
-            assert_exit(&out, if unknown == 0 { 0 } else { 1 });
-        } else {
-            assert!(error.contains("Redis restarted"), "{report}");
-            assert_exit(&out, 1);
+    let out = worker(1).output().unwrap();
+    let mut executed = vec![0usize; inputs];
+    for e in sim.ledger() {
+        if let Some(n) = (0..inputs).find(|n| {
+            e.payload_hash == fnv1a(json!({ "n": n, "run": nonce }).to_string().as_bytes())
+        }) {
+            executed[n] += 1;
         }
     }
+    assert!(
+        executed.iter().all(|times| *times <= 1),
+        "an input ran twice: {executed:?}"
+    );
+    assert_exit(&out, 1);
+    let report = read_json(&d.join("report-1.json"));
+    let error = report["fleet_error"].as_str().unwrap_or_default();
+    assert!(error.contains("Redis restarted"), "{report}");
 }
 
 /// A Redis that may evict the fleet's keys (a `maxmemory` with an evicting policy): a data action
@@ -685,7 +666,7 @@ async fn a_redis_that_may_evict_takes_no_shard_of_data_actions() {
     let sim = Simulator::spawn(config(1)).await.unwrap();
     let d = dir("fleet_evicting");
     let (input, _) = action_batch(&d, 4);
-    let redis = SnapshotRedis::start(d.join("redis"), false);
+    let redis = SnapshotRedis::start(d.join("redis"));
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for (name, value) in [("maxmemory", "64mb"), ("maxmemory-policy", "volatile-lru")] {

@@ -262,6 +262,27 @@ async fn idle_connections_are_closed_and_do_not_stop_a_scrape() {
     let _ = child.wait();
 }
 
+/// Sends `child` a SIGTERM and waits for it to end; `hang` if it does not within a minute (a
+/// guard against a hang, far below the lingers here: not a measure of speed).
+async fn terminate(child: &mut std::process::Child, hang: &str) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("{hang}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// SIGTERM (a scheduler stopping the job) ends the wait that keeps the final metrics served, as
 /// Ctrl-C does: the process exits with the job's code, not when the linger runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,22 +307,46 @@ async fn sigterm_ends_the_linger() {
         let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
         assert!(read > 0, "gcx ended before its linger");
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    // A guard against a hang, far below the linger: not a measure of speed.
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            child.kill().unwrap();
-            panic!("SIGTERM did not end the linger");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = terminate(&mut child, "SIGTERM did not end the linger").await;
     assert_eq!(status.code(), Some(0));
+}
+
+/// The SIGTERM that stops a job (a scheduler's, which sends one) ends it with its report, and
+/// no linger after it waits for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_during_the_job_ends_it_without_a_linger() {
+    let sim = Simulator::spawn(config(20).faults("latency=200ms..200ms".parse().unwrap()))
+        .await
+        .unwrap();
+    let d = dir("metrics_sigterm_job");
+    let (lines, _) = user_lines(&sim, 20);
+    let input = write(&d.join("users.jsonl"), lines.as_bytes());
+    let report = d.join("report.json");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = gcx(&sim)
+        .args([
+            "users",
+            "patch",
+            "--concurrency",
+            "1",
+            "--metrics-addr",
+            &addr,
+        ])
+        .args(["--metrics-linger", "3600", "--quiet", "--report"])
+        .arg(&report)
+        .arg("--input")
+        .arg(&input)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while sim.ledger_len() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = terminate(&mut child, "the job did not end after SIGTERM").await;
+    assert_eq!(status.code(), Some(1), "records not started");
+    let counts = &read_json(&report)["counts"];
+    assert!(counts["not_started"].as_u64().unwrap() > 0, "{counts}");
 }

@@ -162,12 +162,12 @@ impl Telemetry {
     }
 
     /// Keeps serving `/metrics` for `linger` after the job (so that a scraper reads the final
-    /// counts), or until Ctrl-C or SIGTERM; then stops.
+    /// counts), or until Ctrl-C or SIGTERM (not at all after one stopped the job); then stops.
     pub(crate) async fn stop(mut self, linger: Duration) {
         let Some((addr, task)) = self.server.take() else {
             return;
         };
-        if !linger.is_zero() {
+        if !linger.is_zero() && !crate::app::stop_was_asked() {
             say!(
                 "gcx: serving the final metrics on http://{addr}/metrics for {}s (Ctrl-C or \
                  SIGTERM to stop)",
