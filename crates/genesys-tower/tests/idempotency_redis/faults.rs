@@ -478,7 +478,14 @@ async fn durability_names_the_settings_that_fall_short() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_caller_hung_up_before_its_answer_leaves_no_lock() {
     let redis = PrivateRedis::volatile();
-    let (instance, app) = answering(&redis).await;
+    let instance = Instance {
+        name: "a",
+        ..Instance::default()
+    };
+    // A claim's deadline of 10 s (half the store timeout): made when Redis resumes, however
+    // slow the machine, so that its answer surely reaches no one.
+    let app = instance.router(layer(store(&redis)).store_timeout(Duration::from_secs(20)));
+    assert_eq!(answer(&app, "before").await.0, StatusCode::CREATED);
 
     redis.pause();
     let hung_up = tokio::time::timeout(
@@ -487,7 +494,6 @@ async fn a_claim_whose_caller_hung_up_before_its_answer_leaves_no_lock() {
     )
     .await;
     assert!(hung_up.is_err(), "no answer while Redis is paused");
-    // Resumed within the claim's deadline (the store timeout): the claim is made.
     redis.resume();
     let (status, json, _) = answer(&app, "k").await;
     assert_eq!(status, StatusCode::CREATED, "{json}");
