@@ -3,9 +3,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use crate::cli::Common;
 use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK};
@@ -121,7 +120,9 @@ pub(crate) async fn prepare<P: Parse>(
                 .with_shard_by(kind.shard_by)
                 .with_run(common.fleet_run.clone());
             source.check_still_at(input)?;
-            let (jobs, jobs_before) = crate::deliver::fleet_job_keys(common, kind.endpoint);
+            let organization = crate::deliver::token_organization(common).await;
+            let (jobs, jobs_before) =
+                crate::deliver::fleet_job_keys(common, kind.endpoint, organization.as_deref());
             let key = format!("{jobs}:{}", spec.fleet_identity());
             // Where an earlier gcx recorded the same job: under its own prefix, or with its
             // shards split by line.
@@ -247,63 +248,6 @@ pub(crate) async fn connect<P>(
             Err(e)
         }
     }
-}
-
-/// Whether a Ctrl-C or a SIGTERM came since [`interrupts`] was installed, and who waits for one.
-static STOP_ASKED: AtomicBool = AtomicBool::new(false);
-static STOP_NOTIFY: Notify = Notify::const_new();
-
-/// Returns once a Ctrl-C or a SIGTERM came since [`interrupts`] was installed (at once when one
-/// already did, during the job: the one that stopped it): after the job, the handler that
-/// [`interrupts`] installed has taken SIGTERM over, so the signal no longer ends the process by
-/// itself.
-pub(crate) async fn stop_asked() {
-    loop {
-        let notified = STOP_NOTIFY.notified();
-        tokio::pin!(notified);
-        // Registered before the flag is read: a signal in between wakes it.
-        notified.as_mut().enable();
-        if STOP_ASKED.load(Ordering::SeqCst) {
-            return;
-        }
-        notified.await;
-    }
-}
-
-/// Whether a Ctrl-C or a SIGTERM came since [`interrupts`] was installed.
-pub(crate) fn stop_was_asked() -> bool {
-    STOP_ASKED.load(Ordering::SeqCst)
-}
-
-/// Records a stop asked for, for [`stop_asked`], and sends it to the job while it runs.
-fn asked(tx: &mpsc::UnboundedSender<Interrupt>, signal: Interrupt) {
-    STOP_ASKED.store(true, Ordering::SeqCst);
-    STOP_NOTIFY.notify_waiters();
-    // The job may have ended: the signal is then for `stop_asked` only.
-    let _ = tx.send(signal);
-}
-
-/// Sends a unit on every Ctrl-C (and SIGTERM), from now on: installed before the job starts so
-/// that an early Ctrl-C is not lost. SIGHUP keeps its default (a job started under `nohup` runs
-/// on after its terminal closes; one that is not ends as if killed, and its journal resumes it).
-pub(crate) fn interrupts() -> mpsc::UnboundedReceiver<Interrupt> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let ctrl_c = tx.clone();
-    tokio::spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            asked(&ctrl_c, Interrupt::CtrlC);
-        }
-    });
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            while term.recv().await.is_some() {
-                asked(&tx, Interrupt::Term);
-            }
-        }
-    });
-    rx
 }
 
 /// What a run leaves for [`finish`]: its tally, journal and report file.

@@ -484,11 +484,37 @@ pub(crate) fn fleet_key(common: &Common, what: &str) -> String {
     format!("gcx:{what}:{api}:{client}")
 }
 
+/// The organization a ready token acts in (`GET /api/v2/tokens/me`), which names a fleet job
+/// run on ready tokens: `None` with client credentials (their id names it), or when the API
+/// does not say (the token refused, an API without the endpoint).
+pub(crate) async fn token_organization(common: &Common) -> Option<String> {
+    let profile = settings::load(common).ok().and_then(|s| s.profile);
+    let Ok(Credentials::Token(_)) = credentials(profile.as_ref()) else {
+        return None;
+    };
+    let client = client_builder(common).ok()?.0.build().ok()?;
+    match client.token_info().await {
+        Ok(info) => info.organization.map(|org| org.id),
+        Err(e) => {
+            tracing::warn!(
+                "the token's organization is unknown ({e}): the fleet job is named by the \
+                 token itself, and a new token will start it over"
+            );
+            None
+        }
+    }
+}
+
 /// The prefix of a fleet job's record in Redis: the API and the endpoint it writes to (as the
-/// journal names them) and the OAuth client, but not a ready token, which the workers of a job
-/// resumed later hold a new one of; and the prefix an earlier gcx gave the same job (the API as
-/// spelled, and a hash of a ready token), `None` when it is the same.
-pub(crate) fn fleet_job_keys(common: &Common, endpoint: Option<&str>) -> (String, Option<String>) {
+/// journal names them) and the OAuth client, or for a ready token the organization it acts in
+/// (`organization`: the workers of a job resumed later hold new tokens), else a hash of the
+/// token; and the prefix an earlier gcx gave the same job (the API as spelled, and a hash of a
+/// ready token), `None` when it is the same.
+pub(crate) fn fleet_job_keys(
+    common: &Common,
+    endpoint: Option<&str>,
+    organization: Option<&str>,
+) -> (String, Option<String>) {
     let profile = settings::load(common).ok().and_then(|s| s.profile);
     let target = [
         api_target(common, profile.as_ref()),
@@ -498,9 +524,13 @@ pub(crate) fn fleet_job_keys(common: &Common, endpoint: Option<&str>) -> (String
     .flatten()
     .collect::<Vec<_>>()
     .join(" ");
+    let hashed = |token: &str| format!("token-{:016x}", fnv1a(token.as_bytes()));
     let client = match credentials(profile.as_ref()) {
         Ok(Credentials::Client { id, .. }) => id,
-        Ok(Credentials::Token(_)) => "token".to_owned(),
+        Ok(Credentials::Token(token)) => match organization {
+            Some(org) => format!("org-{org}"),
+            None => hashed(&token),
+        },
         Err(_) => "none".to_owned(),
     };
     let now = format!("gcx:job:{target}:{client}");
@@ -509,7 +539,7 @@ pub(crate) fn fleet_job_keys(common: &Common, endpoint: Option<&str>) -> (String
         (None, None) => String::new(),
     };
     let client = match credentials(profile.as_ref()) {
-        Ok(Credentials::Token(token)) => format!("token-{:016x}", fnv1a(token.as_bytes())),
+        Ok(Credentials::Token(token)) => hashed(&token),
         _ => client,
     };
     let before = format!("gcx:job:{api}:{client}");

@@ -21,6 +21,7 @@ use crate::progress::Progress;
 use crate::records::UserUpdate;
 use crate::report::ReportFile;
 use crate::report::Verdict;
+use crate::signals;
 use crate::sinks::Sinks;
 use crate::telemetry::Telemetry;
 
@@ -157,7 +158,7 @@ pub(crate) async fn run(
     let tally = job::run(
         Arc::new(deliver::Users(client.clone())),
         rx,
-        app::interrupts(),
+        signals::interrupts(),
         &mut sinks,
         &progress,
         // The demo's simulator lives and dies with the run: nothing to resume.

@@ -24,15 +24,7 @@ use crate::progress::Progress;
 use crate::sinks::Sinks;
 use crate::tally::{Failure, LISTED_MAX, QuarantineEntry, Tally};
 
-/// A stop asked for from outside the job, by its signal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Interrupt {
-    /// Ctrl-C (SIGINT): units in flight get the whole grace.
-    CtrlC,
-    /// SIGTERM, a scheduler's stop, which its SIGKILL follows: units in flight get at most
-    /// [`TERM_GRACE`].
-    Term,
-}
+pub(crate) use crate::signals::Interrupt;
 
 /// After SIGTERM, the longest units in flight may take to finish: within the 30 s Kubernetes
 /// leaves by default before its SIGKILL, with time left to write the report and the lists.

@@ -53,6 +53,7 @@ mod progress;
 mod records;
 mod report;
 mod settings;
+mod signals;
 mod sinks;
 mod store;
 mod tally;
@@ -221,7 +222,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
             let watcher = policies.map(|p| policy::watch::Watcher::start(common, p));
             let deliver = Arc::new(deliver::Users(client.clone()));
             let mut ran =
-                app::execute(common, prepared, deliver, 1, false, app::interrupts()).await;
+                app::execute(common, prepared, deliver, 1, false, signals::interrupts()).await;
             if let Some(w) = watcher {
                 ran.policy = Some(w.finish(common).await);
             }
@@ -280,7 +281,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 Arc::new(deliver),
                 chunk_size,
                 args.retry_unknown,
-                app::interrupts(),
+                signals::interrupts(),
             )
             .await;
             if let Some(w) = watcher {
@@ -335,7 +336,7 @@ async fn job(cli: &Cli, telemetry: &Telemetry) -> Result<u8, CliError> {
                 Arc::new(deliver),
                 1,
                 args.retry_unknown,
-                app::interrupts(),
+                signals::interrupts(),
             )
             .await;
             if let Some(w) = watcher {

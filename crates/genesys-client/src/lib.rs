@@ -60,6 +60,7 @@ pub mod region;
 mod routes;
 mod service;
 pub mod tls;
+pub mod tokens;
 pub mod users;
 
 pub use builder::{GenesysClientBuilder, PacingSource};
@@ -80,6 +81,7 @@ pub use oauth::{
     ClientCredentials, MAX_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME, TokenError, TokenRetry,
 };
 pub use region::{Endpoints, InvalidUrl, ParseRegionError, Region};
+pub use tokens::{NamedEntity, TokenInfo};
 pub use users::{UpdateUserOptions, User, UsersPage};
 
 /// Re-exported so that users of this crate need not depend on `genesys-tower` for the basics.

@@ -13,6 +13,7 @@ const ROUTES: &[&str] = &[
     "/api/v2/integrations/actions/{actionId}/test",
     "/api/v2/integrations/{integrationId}/config/current",
     "/api/v2/organizations/limits/namespaces/{namespace}",
+    "/api/v2/tokens/me",
     DEFAULT_INGESTION_PATH,
 ];
 

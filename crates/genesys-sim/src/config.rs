@@ -19,6 +19,8 @@ pub(crate) const INGESTION_TEMPLATE: &str = "{ingestion}";
 
 /// The default path of the ingestion endpoint (seed 000's; it does not exist in the public API).
 pub const DEFAULT_INGESTION_PATH: &str = "/api/v2/dataexchange/ingestion";
+/// The simulated organization's id, unless configured otherwise.
+pub const DEFAULT_ORG_ID: &str = "5e1d0a7e-0000-4000-8000-000000000001";
 
 /// The documented default maximum request body (`request.bytes.max`).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 512_000;
@@ -384,6 +386,8 @@ pub struct SimConfig {
     pub ingestion_schema: Value,
     /// Path of the ingestion endpoint (default [`DEFAULT_INGESTION_PATH`]).
     pub ingestion_path: String,
+    /// The organization's id, which `GET /api/v2/tokens/me` names (default [`DEFAULT_ORG_ID`]).
+    pub org_id: String,
     /// Whether the ingestion endpoint deduplicates by `Idempotency-Key` (default true, as seed
     /// 000 describes it). False makes it a real bulk endpoint of the API, none of which honours
     /// the key: every request is applied, a repeat of a key included.
@@ -423,6 +427,7 @@ impl Default for SimConfig {
             ingestion_schema: default_ingestion_schema(),
             ingestion_path: DEFAULT_INGESTION_PATH.to_string(),
             ingestion_deduplicates: true,
+            org_id: DEFAULT_ORG_ID.to_string(),
             ingestion_record_key: "external_id".to_string(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_records: DEFAULT_MAX_RECORDS,
@@ -550,6 +555,12 @@ impl SimConfig {
     /// Serve ingestion on another path.
     pub fn ingestion_path(mut self, path: impl Into<String>) -> Self {
         self.ingestion_path = path.into();
+        self
+    }
+
+    /// The organization's id (default [`DEFAULT_ORG_ID`]).
+    pub fn org_id(mut self, id: impl Into<String>) -> Self {
+        self.org_id = id.into();
         self
     }
 

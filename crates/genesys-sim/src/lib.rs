@@ -51,9 +51,9 @@ mod state;
 
 pub use config::{
     Action, ActionFailure, Actions, ClientCredentials, DEFAULT_INGESTION_PATH,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RECORDS, ECHO_ACTION_ID, MAX_INTEGRATIONS, MAX_USERS,
-    RetryAfterFormat, SimConfig, default_ingestion_schema, parse_rate_limit, parse_share,
-    parse_token_ttl,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RECORDS, DEFAULT_ORG_ID, ECHO_ACTION_ID, MAX_INTEGRATIONS,
+    MAX_USERS, RetryAfterFormat, SimConfig, default_ingestion_schema, parse_rate_limit,
+    parse_share, parse_token_ttl,
 };
 pub use data::{integration_id, user_id};
 pub use error::SimError;

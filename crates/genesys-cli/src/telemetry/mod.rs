@@ -167,7 +167,7 @@ impl Telemetry {
         let Some((addr, task)) = self.server.take() else {
             return;
         };
-        if !linger.is_zero() && !crate::app::stop_was_asked() {
+        if !linger.is_zero() && !crate::signals::stop_was_asked() {
             say!(
                 "gcx: serving the final metrics on http://{addr}/metrics for {}s (Ctrl-C or \
                  SIGTERM to stop)",
@@ -175,7 +175,7 @@ impl Telemetry {
             );
             tokio::select! {
                 () = tokio::time::sleep(linger) => {}
-                () = crate::app::stop_asked() => {}
+                () = crate::signals::stop_asked() => {}
             }
         }
         task.abort();

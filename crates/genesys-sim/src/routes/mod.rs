@@ -49,6 +49,7 @@ mod ingest;
 mod integrations;
 mod limits;
 mod oauth;
+mod tokens;
 mod users;
 
 /// What serves a route.
@@ -82,7 +83,7 @@ pub(crate) struct RouteDef {
 }
 
 /// How many routes [`ROUTES`] holds.
-pub(crate) const ROUTE_COUNT: usize = 13;
+pub(crate) const ROUTE_COUNT: usize = 14;
 
 use crate::config::DRAIN_CAP;
 use crate::config::INGESTION_TEMPLATE as INGESTION;
@@ -148,6 +149,12 @@ pub(crate) static ROUTES: [RouteDef; ROUTE_COUNT] = [
         template: "/api/v2/organizations/limits/namespaces/{namespace}",
         has_body: false,
         serve: Serve::Api(limits::limits),
+    },
+    RouteDef {
+        method: Method::GET,
+        template: "/api/v2/tokens/me",
+        has_body: false,
+        serve: Serve::Api(tokens::me),
     },
     RouteDef {
         method: Method::GET,
