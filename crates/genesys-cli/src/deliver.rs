@@ -718,6 +718,10 @@ impl Deliver for Users {
             let mut conflicts = 0;
             loop {
                 let current = patiently(&unit, || self.0.get_user(&u.user_id)).await?;
+                // The lease may have lapsed while the read waited (a 429's hold, a slow
+                // answer): the taker may have applied this line, and later ones, since; the
+                // line is its own to count.
+                unit.lease_holds()?;
                 if (unit.resumed || conflicts > 0) && current.holds(&u.fields) {
                     // An earlier run's PATCH landed and its answer (or its journal entry) was
                     // lost, or the PATCH that conflicted was another's with the same fields.
@@ -726,9 +730,6 @@ impl Deliver for Users {
                 if let Some(j) = &unit.journal {
                     j.read_version(unit.line, current.version);
                 }
-                // The lease may have lapsed while the read waited (a 429's hold, a slow
-                // answer): the taker may have applied this line, and later ones, since.
-                unit.lease_holds()?;
                 let back_here = fleet && conflicts + 1 < CONFLICT_ATTEMPTS;
                 let options = UpdateUserOptions::default()
                     .known_version(current.version)
