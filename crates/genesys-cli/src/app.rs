@@ -120,7 +120,7 @@ pub(crate) async fn prepare<P: Parse>(
                 .with_shard_by(kind.shard_by)
                 .with_run(common.fleet_run.clone());
             source.check_still_at(input)?;
-            let organization = crate::deliver::token_organization(common).await;
+            let organization = crate::deliver::token_organization(common).await?;
             let (jobs, jobs_before) =
                 crate::deliver::fleet_job_keys(common, kind.endpoint, organization.as_deref());
             let key = format!("{jobs}:{}", spec.fleet_identity());

@@ -485,30 +485,46 @@ pub(crate) fn fleet_key(common: &Common, what: &str) -> String {
 }
 
 /// The organization a ready token acts in (`GET /api/v2/tokens/me`), which names a fleet job
-/// run on ready tokens: `None` with client credentials (their id names it), or when the API
-/// does not say (the token refused, an API without the endpoint).
-pub(crate) async fn token_organization(common: &Common) -> Option<String> {
-    let profile = settings::load(common).ok().and_then(|s| s.profile);
-    let Ok(Credentials::Token(_)) = credentials(profile.as_ref()) else {
-        return None;
+/// run on ready tokens: `None` with client credentials (their id names it). When the API does
+/// not say, the job cannot be named as its other workers name it: refused (exit 2).
+pub(crate) async fn token_organization(common: &Common) -> Result<Option<String>, CliError> {
+    let profile = settings::load(common)?.profile;
+    let Credentials::Token(_) = credentials(profile.as_ref())? else {
+        return Ok(None);
     };
-    let client = client_builder(common).ok()?.0.build().ok()?;
-    match client.token_info().await {
-        Ok(info) => info.organization.map(|org| org.id),
-        Err(e) => {
-            tracing::warn!(
-                "the token's organization is unknown ({e}): the fleet job is named by the \
-                 token itself, and a new token will start it over"
-            );
-            None
-        }
+    let refused = |why: String| {
+        CliError::usage(format!(
+            "a fleet job on a ready token is named by the organization the token acts in, and \
+             GET /api/v2/tokens/me did not say it ({why}); nothing was sent: run the worker \
+             again, or give the fleet an OAuth client (GENESYSCLOUD_OAUTHCLIENT_ID and _SECRET)"
+        ))
+    };
+    let client = client_builder(common)?
+        .0
+        .build()
+        .map_err(|e| refused(e.to_string()))?;
+    // Retried as any GET is, within a bound: the worker has sent nothing yet.
+    let asked = tokio::time::timeout(TOKEN_INFO_TIMEOUT, client.token_info()).await;
+    match asked {
+        Ok(Ok(info)) => match info.organization {
+            Some(org) => Ok(Some(org.id)),
+            None => Err(refused("its answer names no organization".to_owned())),
+        },
+        Ok(Err(e)) => Err(refused(e.to_string())),
+        Err(_) => Err(refused(format!(
+            "no answer within {} s",
+            TOKEN_INFO_TIMEOUT.as_secs()
+        ))),
     }
 }
 
+/// How long a fleet worker on a ready token waits for the token's organization.
+const TOKEN_INFO_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The prefix of a fleet job's record in Redis: the API and the endpoint it writes to (as the
 /// journal names them) and the OAuth client, or for a ready token the organization it acts in
-/// (`organization`: the workers of a job resumed later hold new tokens), else a hash of the
-/// token; and the prefix an earlier gcx gave the same job (the API as spelled, and a hash of a
+/// (`organization`, from [`token_organization`]: the workers of a job resumed later hold new
+/// tokens); and the prefix an earlier gcx gave the same job (the API as spelled, and a hash of a
 /// ready token), `None` when it is the same.
 pub(crate) fn fleet_job_keys(
     common: &Common,
@@ -525,13 +541,11 @@ pub(crate) fn fleet_job_keys(
     .collect::<Vec<_>>()
     .join(" ");
     let hashed = |token: &str| format!("token-{:016x}", fnv1a(token.as_bytes()));
-    let client = match credentials(profile.as_ref()) {
-        Ok(Credentials::Client { id, .. }) => id,
-        Ok(Credentials::Token(token)) => match organization {
-            Some(org) => format!("org-{org}"),
-            None => hashed(&token),
-        },
-        Err(_) => "none".to_owned(),
+    let client = match (credentials(profile.as_ref()), organization) {
+        (Ok(Credentials::Client { id, .. }), _) => id,
+        (Ok(Credentials::Token(_)), Some(org)) => format!("org-{org}"),
+        (Ok(Credentials::Token(token)), None) => hashed(&token),
+        (Err(_), _) => "none".to_owned(),
     };
     let now = format!("gcx:job:{target}:{client}");
     let api = match api(common, profile.as_ref()) {

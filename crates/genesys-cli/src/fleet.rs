@@ -49,8 +49,10 @@ static OPEN: LazyLock<redis::Script> = LazyLock::new(|| {
         r"
 local n = redis.call('HGET', KEYS[1], 'shards')
 if n and n ~= ARGV[2] then return {'shards', n, ''} end
-if not n then redis.call('HSET', KEYS[1], 'id', ARGV[1], 'shards', ARGV[2]) end
-if ARGV[4] ~= '' then redis.call('HSETNX', KEYS[1], 'redis', ARGV[4]) end
+if not n then
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'shards', ARGV[2])
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'redis', ARGV[4]) end
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {'id', redis.call('HGET', KEYS[1], 'id'), redis.call('HGET', KEYS[1], 'redis') or ''}
 ",
@@ -157,8 +159,8 @@ struct Inner {
     worker: String,
     shards: u32,
     lease: Duration,
-    /// The `run_id` of the Redis server the job's record was made on (empty for a record of an
-    /// earlier gcx): another one means Redis restarted since.
+    /// The `run_id` of the Redis server the job's record was made on (empty when INFO was
+    /// refused then, or for a record of an earlier gcx): another one means Redis restarted.
     redis_run: String,
 }
 
@@ -278,16 +280,23 @@ impl Fleet {
     }
 
     /// Whether the units' states the fleet recorded can be trusted to hold every write: not
-    /// once the Redis server changed since the job's record was made or first opened by this
-    /// gcx (a restart from a snapshot, or with `appendfsync everysec`, loses the last writes
+    /// once the Redis server changed since the job's record was made, nor when the record does
+    /// not say which server that was (a restart from a snapshot, or with `appendfsync everysec`, loses the last writes
     /// while the record survives; a promoted replica may lack them, whatever its settings), nor
     /// while
     /// it may evict keys (a `maxmemory` with a policy other than `noeviction`: the states'
     /// keys expire, so every policy may take them). The reason, when they cannot.
     pub(crate) async fn states_lost(&self) -> Result<Option<String>, String> {
         let mut conn = self.inner.conn.clone();
+        if self.inner.redis_run.is_empty() {
+            return Ok(Some(
+                "the job's record does not say which Redis server it was made on (made when \
+                 INFO was refused, or by an earlier gcx), so a restart since cannot be told"
+                    .to_owned(),
+            ));
+        }
         let run = redis_run(&mut conn).await?;
-        if run.is_empty() || run != self.inner.redis_run {
+        if run != self.inner.redis_run {
             return Ok(Some(
                 "Redis restarted, or another server took its place, since this fleet job began \
                  (its run_id changed), and either may have lost the last writes before it (a \

@@ -23,6 +23,9 @@ use crate::tally::Tally;
 /// [`crate::input::READ_AHEAD_BYTES`] of them).
 const READ_AHEAD_UNITS: usize = 2;
 
+/// A shard's states could not be read from Redis: nothing of it was done.
+struct Unread(String);
+
 /// What a worker says when a data action job's states in Redis may lack writes.
 const UNTRUSTED: &str = "The states the fleet recorded may lack some, and an execution recorded \
                          as started may read as never started and run a second time. Check \
@@ -161,6 +164,7 @@ where
         let mut passes = Vec::new();
         let mut source = Some(first);
         let mut unreachable_since: Option<Instant> = None;
+        let mut unread_since: Option<Instant> = None;
         let mut fleet_error = None;
         let mut said_waiting = false;
         // How often a worker with nothing to take looks at the shards again: soon enough that
@@ -259,7 +263,29 @@ where
                 },
             };
             let (tally, path) = match source {
-                Ok(source) => self.shard_pass(job, lease, source, sinks, rx).await,
+                Ok(source) => match self.shard_pass(job, lease, source, sinks, rx).await {
+                    Ok(pass) => {
+                        unread_since = None;
+                        pass
+                    }
+                    // The shard's states out of reach: as the record out of reach, tried again
+                    // until that has lasted a lease.
+                    Err(Unread(e)) => {
+                        *lock(&current) = None;
+                        let since = *unread_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= fleet.lease() {
+                            fleet_error = Some(format!(
+                                "{e}; the shards' states were out of reach for {:?}: the shards \
+                                 this worker did not process are left to the other workers (or \
+                                 to a re-run of the same command)",
+                                since.elapsed()
+                            ));
+                            break;
+                        }
+                        wait().await;
+                        continue;
+                    }
+                },
                 Err(e) => {
                     let _ = lease.finish(false).await;
                     let tally = Tally {
@@ -311,7 +337,7 @@ where
         source: Source,
         sinks: &mut Sinks,
         interrupts: mpsc::UnboundedReceiver<Interrupt>,
-    ) -> (Tally, Option<(PathBuf, bool)>) {
+    ) -> Result<(Tally, Option<(PathBuf, bool)>), Unread> {
         let i = lease.shard;
         let shard = Shard {
             index: i,
@@ -328,30 +354,33 @@ where
                     journal_error: Some(e.to_string()),
                     ..Tally::default()
                 };
-                return (tally, None);
+                return Ok((tally, None));
             }
         };
         let max_line = spec.input_bytes.saturating_add(1);
         let overlaid = lease
             .states(|line, code| journal.past.overlay(line, code, max_line))
             .await;
+        if let Err(e) = overlaid {
+            // Without the fleet's states, nothing of this shard is safe to send.
+            let _ = lease.finish(false).await;
+            journal.discard().await;
+            return Err(Unread(format!("reading shard {shard}'s states: {e}")));
+        }
         // A data action whose start the fleet recorded, in a write Redis then lost, would
         // read as never started and run again: no shard of such a job is taken while the
         // states read may lack writes (checked after they were read: a loss after it leaves
         // them whole).
-        let untrusted = match overlaid {
-            Err(e) => Some(format!("reading shard {shard}'s states: {e}")),
-            Ok(()) if self.deliver.replay() == Replay::Never => {
-                match job.fleet.states_lost().await {
-                    Ok(None) => None,
-                    Ok(Some(why)) => Some(format!("shard {shard} not taken: {why}. {UNTRUSTED}")),
-                    Err(e) => Some(format!(
-                        "shard {shard} not taken: {e}; whether Redis lost writes could not be \
-                         checked. {UNTRUSTED}"
-                    )),
-                }
-            }
-            Ok(()) => None,
+        let untrusted = match self.deliver.replay() {
+            Replay::Never => match job.fleet.states_lost().await {
+                Ok(None) => None,
+                Ok(Some(why)) => Some(format!("shard {shard} not taken: {why}. {UNTRUSTED}")),
+                Err(e) => Some(format!(
+                    "shard {shard} not taken: {e}; whether Redis lost writes could not be \
+                     checked. {UNTRUSTED}"
+                )),
+            },
+            Replay::Safe => None,
         };
         if let Some(error) = untrusted {
             // Without the fleet's states, nothing of this shard is safe to send.
@@ -361,7 +390,7 @@ where
                 fleet_error: Some(error),
                 ..Tally::default()
             };
-            return (tally, None);
+            return Ok((tally, None));
         }
         // Every unit is resolved before it is applied, even on the shard's first run: a worker
         // cut off past its lease may still have units in flight when another takes the shard.
@@ -413,7 +442,7 @@ where
                  stopped sending that shard"
             );
         }
-        (tally, Some((path, processed && finished.is_ok())))
+        Ok((tally, Some((path, processed && finished.is_ok()))))
     }
 
     /// The journal of shard `spec.shard` on this machine: the worker's own (`--journal FILE`,

@@ -2,6 +2,7 @@
 //! (the metrics linger).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Once, PoisonError};
 
 use tokio::sync::{Notify, mpsc};
 
@@ -15,15 +16,62 @@ pub(crate) enum Interrupt {
     Term,
 }
 
-/// Whether a Ctrl-C or a SIGTERM came since [`interrupts`] was installed, and who waits for one.
+/// Whether a Ctrl-C or a SIGTERM came since the handlers were installed, and who waits for one.
 static STOP_ASKED: AtomicBool = AtomicBool::new(false);
 static STOP_NOTIFY: Notify = Notify::const_new();
 
-/// Returns once a Ctrl-C or a SIGTERM came since [`interrupts`] was installed (at once when one
-/// already did, during the job: the one that stopped it): after the job, the handler that
-/// [`interrupts`] installed has taken SIGTERM over, so the signal no longer ends the process by
-/// itself.
+/// Where a signal goes while a job runs: the sender of the last [`interrupts`].
+static JOB: Mutex<Option<mpsc::UnboundedSender<Interrupt>>> = Mutex::new(None);
+/// Whether the handlers are installed (once a process).
+static INSTALLED: Once = Once::new();
+
+/// Installs the handlers of Ctrl-C and SIGTERM, once: from then on each is recorded (for
+/// [`stop_asked`]) and sent to the job that runs, if one does. SIGHUP keeps its default (a job
+/// started under `nohup` runs on after its terminal closes; one that is not ends as if killed,
+/// and its journal resumes it).
+/// Registered before it returns: a signal that comes after is recorded. Needs a tokio runtime.
+pub(crate) fn install() {
+    INSTALLED.call_once(|| {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            for (kind, which) in [
+                (SignalKind::interrupt(), Interrupt::CtrlC),
+                (SignalKind::terminate(), Interrupt::Term),
+            ] {
+                if let Ok(mut received) = signal(kind) {
+                    tokio::spawn(async move {
+                        while received.recv().await.is_some() {
+                            asked(which);
+                        }
+                    });
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::spawn(async {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                asked(Interrupt::CtrlC);
+            }
+        });
+    });
+}
+
+/// Records a stop asked for, for [`stop_asked`], and sends it to the job while it runs.
+fn asked(signal: Interrupt) {
+    STOP_ASKED.store(true, Ordering::SeqCst);
+    STOP_NOTIFY.notify_waiters();
+    if let Some(job) = JOB.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        // The job may have ended: the signal is then for `stop_asked` only.
+        let _ = job.send(signal);
+    }
+}
+
+/// Returns once a Ctrl-C or a SIGTERM came (at once when one already did, during the job: the
+/// one that stopped it). Once the handlers are installed, SIGTERM no longer ends the process by
+/// itself: what waits after a job (the metrics linger) waits for this.
 pub(crate) async fn stop_asked() {
+    install();
     loop {
         let notified = STOP_NOTIFY.notified();
         tokio::pin!(notified);
@@ -36,38 +84,16 @@ pub(crate) async fn stop_asked() {
     }
 }
 
-/// Whether a Ctrl-C or a SIGTERM came since [`interrupts`] was installed.
+/// Whether a Ctrl-C or a SIGTERM came since the handlers were installed.
 pub(crate) fn stop_was_asked() -> bool {
     STOP_ASKED.load(Ordering::SeqCst)
 }
 
-/// Records a stop asked for, for [`stop_asked`], and sends it to the job while it runs.
-fn asked(tx: &mpsc::UnboundedSender<Interrupt>, signal: Interrupt) {
-    STOP_ASKED.store(true, Ordering::SeqCst);
-    STOP_NOTIFY.notify_waiters();
-    // The job may have ended: the signal is then for `stop_asked` only.
-    let _ = tx.send(signal);
-}
-
 /// Sends a unit on every Ctrl-C (and SIGTERM), from now on: installed before the job starts so
-/// that an early Ctrl-C is not lost. SIGHUP keeps its default (a job started under `nohup` runs
-/// on after its terminal closes; one that is not ends as if killed, and its journal resumes it).
+/// that an early Ctrl-C is not lost.
 pub(crate) fn interrupts() -> mpsc::UnboundedReceiver<Interrupt> {
+    install();
     let (tx, rx) = mpsc::unbounded_channel();
-    let ctrl_c = tx.clone();
-    tokio::spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            asked(&ctrl_c, Interrupt::CtrlC);
-        }
-    });
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            while term.recv().await.is_some() {
-                asked(&tx, Interrupt::Term);
-            }
-        }
-    });
+    *JOB.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
     rx
 }

@@ -350,3 +350,29 @@ async fn a_sigterm_during_the_job_ends_it_without_a_linger() {
     let counts = &read_json(&report)["counts"];
     assert!(counts["not_started"].as_u64().unwrap() > 0, "{counts}");
 }
+
+/// A job that never starts (its input is missing: exit 2) still lingers, and a SIGTERM ends the
+/// linger with that exit code, not the signal's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_linger_of_a_job_that_never_started() {
+    let sim = Simulator::spawn(config(1)).await.unwrap();
+    let d = dir("metrics_sigterm_usage");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = gcx(&sim)
+        .args(["users", "patch", "--metrics-addr", &addr])
+        .args(["--metrics-linger", "3600", "--input"])
+        .arg(d.join("missing.jsonl"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("serving the final metrics") {
+        line.clear();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "gcx ended before its linger");
+    }
+    let status = terminate(&mut child, "SIGTERM did not end the linger").await;
+    assert_eq!(status.code(), Some(2));
+}

@@ -167,6 +167,8 @@ impl Telemetry {
         let Some((addr, task)) = self.server.take() else {
             return;
         };
+        // Before it says how to stop it: a signal from then on ends the linger.
+        crate::signals::install();
         if !linger.is_zero() && !crate::signals::stop_was_asked() {
             say!(
                 "gcx: serving the final metrics on http://{addr}/metrics for {}s (Ctrl-C or \
