@@ -262,6 +262,27 @@ async fn idle_connections_are_closed_and_do_not_stop_a_scrape() {
     let _ = child.wait();
 }
 
+/// `gcx users patch` of `input` with the final metrics kept an hour, once it says it serves them.
+fn lingering(sim: &genesys_sim::SimHandle, input: &std::path::Path) -> std::process::Child {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = gcx(sim)
+        .args(["users", "patch", "--metrics-addr", &addr])
+        .args(["--metrics-linger", "3600", "--input"])
+        .arg(input)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("serving the final metrics") {
+        line.clear();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "gcx ended before its linger");
+    }
+    child
+}
+
 /// Sends `child` a SIGTERM and waits for it to end; `hang` if it does not within a minute (a
 /// guard against a hang, far below the lingers here: not a measure of speed).
 async fn terminate(child: &mut std::process::Child, hang: &str) -> std::process::ExitStatus {
@@ -291,22 +312,7 @@ async fn sigterm_ends_the_linger() {
     let d = dir("metrics_sigterm");
     let (lines, _) = user_lines(&sim, 1);
     let input = write(&d.join("users.jsonl"), lines.as_bytes());
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = gcx(&sim)
-        .args(["users", "patch", "--metrics-addr", &addr])
-        .args(["--metrics-linger", "3600", "--input"])
-        .arg(&input)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("serving the final metrics") {
-        line.clear();
-        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        assert!(read > 0, "gcx ended before its linger");
-    }
+    let mut child = lingering(&sim, &input);
     let status = terminate(&mut child, "SIGTERM did not end the linger").await;
     assert_eq!(status.code(), Some(0));
 }
@@ -357,22 +363,7 @@ async fn a_sigterm_during_the_job_ends_it_without_a_linger() {
 async fn sigterm_ends_the_linger_of_a_job_that_never_started() {
     let sim = Simulator::spawn(config(1)).await.unwrap();
     let d = dir("metrics_sigterm_usage");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = gcx(&sim)
-        .args(["users", "patch", "--metrics-addr", &addr])
-        .args(["--metrics-linger", "3600", "--input"])
-        .arg(d.join("missing.jsonl"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("serving the final metrics") {
-        line.clear();
-        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        assert!(read > 0, "gcx ended before its linger");
-    }
+    let mut child = lingering(&sim, &d.join("missing.jsonl"));
     let status = terminate(&mut child, "SIGTERM did not end the linger").await;
     assert_eq!(status.code(), Some(2));
 }
