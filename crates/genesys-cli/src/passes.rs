@@ -199,6 +199,7 @@ where
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
                     unreachable_since = None;
+                    unread_since = None;
                     if !said_waiting && !self.common.quiet {
                         say!(
                             "gcx: waiting for the other workers' shards: a shard whose worker \
@@ -282,7 +283,12 @@ where
                             ));
                             break;
                         }
-                        wait().await;
+                        // Not as often as the shards are looked at: each try opens the shard's
+                        // journal (a run more in it) and reads the input again.
+                        tokio::select! {
+                            () = tokio::time::sleep(fleet.lease() / 3) => {}
+                            () = woke.notified() => {}
+                        }
                         continue;
                     }
                 },
