@@ -330,15 +330,9 @@ async fn a_sigterm_during_the_job_ends_it_without_a_linger() {
     let report = d.join("report.json");
     let addr = format!("127.0.0.1:{}", free_port());
     let mut child = gcx(&sim)
-        .args([
-            "users",
-            "patch",
-            "--concurrency",
-            "1",
-            "--metrics-addr",
-            &addr,
-        ])
-        .args(["--metrics-linger", "3600", "--quiet", "--report"])
+        .args(["users", "patch", "--concurrency", "1"])
+        .args(["--metrics-addr", &addr, "--metrics-linger", "3600"])
+        .args(["--quiet", "--report"])
         .arg(&report)
         .arg("--input")
         .arg(&input)

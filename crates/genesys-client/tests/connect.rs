@@ -3,6 +3,8 @@
 //! a CONNECT: a connection that does not open is a connection failure, retried for any request
 //! and never an unknown outcome.
 
+mod common;
+
 use std::time::Duration;
 
 use genesys_client::proxy::Proxy;
@@ -56,25 +58,20 @@ async fn a_proxy_that_never_answers_is_a_connect_failure_not_an_unknown_outcome(
 /// A client of `api` through `proxy`, with a token at hand, a connect timeout of 200 ms and
 /// two attempts a call.
 fn client(api: &str, proxy: Proxy) -> GenesysClient {
-    GenesysClient::builder()
-        .base_url(api)
-        .token_source(token_source_fn(|| async {
-            Ok(Token::new("t", Some(Duration::from_secs(3600))))
-        }))
-        .proxy(proxy)
-        .connect_timeout(Duration::from_millis(200))
-        // Longer than the connect timeout: the attempt's timeout would make the failure
-        // ambiguous.
-        .attempt_timeout(Duration::from_secs(20))
-        .retry_policy(
-            GenesysClient::retry_policy_builder()
-                .max_attempts(2)
-                .base_delay(Duration::from_millis(1))
-                .build(),
-        )
-        .no_pacing()
-        .build()
-        .unwrap()
+    common::quick_retries(
+        GenesysClient::builder()
+            .base_url(api)
+            .token_source(token_source_fn(|| async {
+                Ok(Token::new("t", Some(Duration::from_secs(3600))))
+            }))
+            .proxy(proxy)
+            .connect_timeout(Duration::from_millis(200))
+            // Longer than the connect timeout: the attempt's timeout would make the failure
+            // ambiguous.
+            .attempt_timeout(Duration::from_secs(20)),
+    )
+    .build()
+    .unwrap()
 }
 
 /// A data action through `client` fails as a connection failure, retried once, never as one

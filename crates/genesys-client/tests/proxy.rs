@@ -3,6 +3,8 @@
 //! by a host name that does not resolve here, so the client can reach it only through the
 //! proxy, which resolves every name to this machine.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,21 +70,16 @@ async fn proxy(mode: Mode) -> (Arc<Mutex<Vec<String>>>, std::net::SocketAddr) {
 
 /// A client of the simulator's API under a name only the proxy knows.
 fn client(api: &str, proxy: Proxy) -> GenesysClient {
-    GenesysClient::builder()
-        .base_url(api)
-        .login_url(api)
-        .client_credentials("demo-client", "demo-secret")
-        .proxy(proxy)
-        .connect_timeout(Duration::from_millis(500))
-        .retry_policy(
-            GenesysClient::retry_policy_builder()
-                .max_attempts(2)
-                .base_delay(Duration::from_millis(1))
-                .build(),
-        )
-        .no_pacing()
-        .build()
-        .unwrap()
+    common::quick_retries(
+        GenesysClient::builder()
+            .base_url(api)
+            .login_url(api)
+            .client_credentials("demo-client", "demo-secret")
+            .proxy(proxy)
+            .connect_timeout(Duration::from_millis(500)),
+    )
+    .build()
+    .unwrap()
 }
 
 #[tokio::test]

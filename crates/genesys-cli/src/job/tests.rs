@@ -300,6 +300,35 @@ async fn an_interrupt_finishes_in_flight_and_keeps_the_rest() {
     assert!(lines.contains("{\"n\":20}"));
 }
 
+/// A run of `fake` over `rx`, a record a unit, `concurrency` of them at once, with `grace` after
+/// a first interrupt, no journal and no files.
+async fn run_units(
+    fake: Arc<Fake>,
+    rx: mpsc::Receiver<Input<u64>>,
+    irx: mpsc::UnboundedReceiver<Interrupt>,
+    concurrency: usize,
+    grace: Duration,
+) -> Tally {
+    let options = Options {
+        concurrency,
+        chunk_size: 1,
+        retry_unknown: false,
+        grace,
+        shard: None,
+    };
+    let progress = Progress::hidden();
+    run(
+        fake,
+        rx,
+        irx,
+        &mut Sinks::default(),
+        &progress,
+        None,
+        options,
+    )
+    .await
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_second_interrupt_abandons_in_flight_as_failed() {
     let (fake, rx, irx) = interrupted(
@@ -308,22 +337,7 @@ async fn a_second_interrupt_abandons_in_flight_as_failed() {
         Duration::from_secs(1),
         &[Interrupt::CtrlC, Interrupt::CtrlC],
     );
-    let tally = run(
-        fake,
-        rx,
-        irx,
-        &mut Sinks::default(),
-        &Progress::hidden(),
-        None,
-        Options {
-            concurrency: 1,
-            chunk_size: 1,
-            retry_unknown: false,
-            grace: Duration::from_secs(60),
-            shard: None,
-        },
-    )
-    .await;
+    let tally = run_units(fake, rx, irx, 1, Duration::from_secs(60)).await;
     assert_eq!((tally.failed, tally.unknown), (0, 1), "never as failed");
     assert_eq!(tally.aborted_in_flight, 1);
     assert!(tally.unknowns[0].reason.contains("outcome is unknown"));
@@ -346,22 +360,7 @@ async fn in_flight_units_that_outlast_the_grace_are_unknown() {
             &[signal],
         );
         let started = tokio::time::Instant::now();
-        let tally = run(
-            fake,
-            rx,
-            irx,
-            &mut Sinks::default(),
-            &Progress::hidden(),
-            None,
-            Options {
-                concurrency: 2,
-                chunk_size: 1,
-                retry_unknown: false,
-                grace: Duration::from_secs(grace),
-                shard: None,
-            },
-        )
-        .await;
+        let tally = run_units(fake, rx, irx, 2, Duration::from_secs(grace)).await;
         assert_eq!(
             started.elapsed(),
             Duration::from_secs(1 + ends_after),
@@ -656,28 +655,43 @@ async fn three_shards_deliver_every_record_once_between_them() {
     }
 }
 
-/// A data action refused at the door on its third unit (a 401: nothing applied).
-struct RefusedAtThree;
+/// A data action stopped on its third unit with what the function gives (nothing applied).
+struct StoppedAtThree(fn() -> Undelivered);
 
-impl Deliver for RefusedAtThree {
+impl Deliver for StoppedAtThree {
     type Item = u64;
     const REPLAY: Replay = Replay::Never;
     async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
         match items[0] {
-            3 => Err(Undelivered::CredentialsRefused("invalid_client".into())),
+            3 => Err((self.0)()),
             _ => Ok(()),
         }
     }
 }
 
+/// Refused at the door (a 401).
+fn refused() -> Undelivered {
+    Undelivered::CredentialsRefused("invalid_client".into())
+}
+
+/// A journaled run of five units of [`StoppedAtThree`] with `stop`, its journal closed: the
+/// job's spec, its journal's path and the tally.
+async fn stopped_at_three(
+    name: &str,
+    stop: fn() -> Undelivered,
+) -> (crate::journal::JobSpec, std::path::PathBuf, Tally) {
+    let (spec, path) = job_spec(name);
+    let journal = Journal::open(&path, &spec, crate::journal::OpenMode::Fresh).unwrap();
+    let tally = run_journaled(Arc::new(StoppedAtThree(stop)), &journal, 5, false).await;
+    journal.close("incomplete").await.unwrap();
+    (spec, path, tally)
+}
+
 #[tokio::test]
 async fn a_unit_refused_for_its_credentials_is_sent_again_on_resume_not_listed_unknown() {
     use crate::journal::OpenMode;
-    let (spec, path) = job_spec("resume-refused");
-    let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
-    let tally = run_journaled(Arc::new(RefusedAtThree), &journal, 5, false).await;
+    let (spec, path, tally) = stopped_at_three("resume-refused", refused).await;
     assert!(tally.credentials_refused.is_some());
-    journal.close("incomplete").await.unwrap();
 
     let journal = Journal::open(&path, &spec, OpenMode::Resume).unwrap();
     let second = Arc::new(Recorder::<true>::default());
@@ -1139,33 +1153,20 @@ async fn resume_interrupted<const SAFE: bool>(name: &str) {
     journal.close("incomplete").await.unwrap();
 }
 
-/// A unit whose tunnel the proxy refused on its third unit.
-struct ProxyRefusesAtThree;
-
-impl Deliver for ProxyRefusesAtThree {
-    type Item = u64;
-    const REPLAY: Replay = Replay::Never;
-    async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
-        match items[0] {
-            3 => Err(Undelivered::ProxyRefused("the proxy answered 407".into())),
-            _ => Ok(()),
-        }
-    }
+/// The tunnel refused by the proxy.
+fn proxy_refused() -> Undelivered {
+    Undelivered::ProxyRefused("the proxy answered 407".into())
 }
 
 /// A proxy's refusal stops the job as refused credentials do, and the report says it was the
 /// proxy (an operator would otherwise rotate the OAuth secret).
 #[tokio::test]
 async fn a_tunnel_the_proxy_refused_stops_the_job_reported_as_the_proxys() {
-    use crate::journal::OpenMode;
-    let (spec, path) = job_spec("proxy-refused");
-    let journal = Journal::open(&path, &spec, OpenMode::Fresh).unwrap();
-    let tally = run_journaled(Arc::new(ProxyRefusesAtThree), &journal, 5, false).await;
+    let (_, _, tally) = stopped_at_three("proxy-refused", proxy_refused).await;
     assert!(tally.proxy_refused);
     assert_eq!(tally.stopped_by(), Some("the proxy answered 407"));
     let report =
         crate::report::Report::new("users patch", None, &tally, None, None, None, None, None);
     assert_eq!(report.status, "proxy refused");
     assert_eq!(report.exit_code, crate::error::EXIT_USAGE);
-    journal.close("incomplete").await.unwrap();
 }
