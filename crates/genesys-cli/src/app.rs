@@ -238,7 +238,7 @@ pub(crate) async fn connect<P>(
     builder: genesys_client::GenesysClientBuilder,
     common: &Common,
     prepared: &mut Prepared<P>,
-) -> Result<(genesys_client::GenesysClient, Option<Pace>), CliError> {
+) -> Result<(crate::departures::WatchedClient, Option<Pace>), CliError> {
     match crate::deliver::build_client(builder, common).await {
         Ok(built) => Ok(built),
         Err(e) => {

@@ -18,6 +18,7 @@ use http::{Method, Request, header};
 use serde_json::Value;
 
 use crate::cli::Common;
+use crate::departures::WatchedClient;
 use crate::error::CliError;
 use crate::job::{Deliver, Replay, Undelivered, UnitCtx};
 use crate::journal::fnv1a;
@@ -225,7 +226,7 @@ pub(crate) fn client_builder(
 pub(crate) async fn build_client(
     builder: GenesysClientBuilder,
     common: &Common,
-) -> Result<(GenesysClient, Option<Pace>), CliError> {
+) -> Result<(WatchedClient, Option<Pace>), CliError> {
     let refused = |e: GenesysError| {
         if let GenesysError::Config(_) = e {
             // A setting the client cannot be built with (a proxy variable it cannot use).
@@ -303,8 +304,7 @@ pub(crate) async fn build_client(
             }
         },
     });
-    let client = builder
-        .build()
+    let client = WatchedClient::build(builder)
         .map_err(|e| CliError::usage(format!("cannot set up the client: {e}")))?;
     if common.rate_limit.is_some() {
         // Anything but a refusal (no permission, an older org) says nothing against the
@@ -706,11 +706,16 @@ const CONFLICT_ATTEMPTS: u32 = 5;
 /// outcome is unknown is resolved by reading the user: already as requested means delivered,
 /// with no second PATCH.
 #[derive(Debug, Clone)]
-pub(crate) struct Users(pub(crate) GenesysClient);
+pub(crate) struct Users(pub(crate) WatchedClient);
 
 impl Deliver for Users {
     type Item = UserUpdate;
     const REPLAY: Replay = Replay::Safe;
+
+    /// It sends through its [`WatchedClient`] alone.
+    fn watches_departures(&self) -> bool {
+        true
+    }
     // Several lines about one user: applied in their order, so the last one holds.
     const ENTITY: Option<&'static str> = Some("user id");
     // A line too large for one PATCH is quarantined rather than refused with a 413.
@@ -779,7 +784,7 @@ impl Deliver for Users {
 /// never sent again automatically, as a data action's execution is not.
 #[derive(Debug, Clone)]
 pub(crate) struct Ingest {
-    pub(crate) client: GenesysClient,
+    pub(crate) client: WatchedClient,
     pub(crate) path: Arc<str>,
     /// Whether the endpoint deduplicates requests by their `Idempotency-Key`.
     pub(crate) deduplicates: bool,
@@ -816,6 +821,11 @@ fn json_size(value: &impl serde::Serialize) -> usize {
 impl Deliver for Ingest {
     type Item = Value;
     const REPLAY: Replay = Replay::Safe;
+
+    /// It sends through its [`WatchedClient`] alone.
+    fn watches_departures(&self) -> bool {
+        true
+    }
     // A chunk whose request would be larger goes as several requests.
     const MAX_UNIT_BYTES: Option<usize> = Some(MAX_REQUEST_BYTES);
 
@@ -862,7 +872,7 @@ impl Deliver for Ingest {
 /// journal has its start on disk before it is sent, and an unknown outcome is listed.
 #[derive(Debug, Clone)]
 pub(crate) struct Actions {
-    pub(crate) client: GenesysClient,
+    pub(crate) client: WatchedClient,
     pub(crate) action_id: Arc<str>,
     pub(crate) key: Option<Arc<str>>,
     /// Per-line keys (`KEY-<hash of the line>`) for a batch; the key as given for one input.
@@ -874,6 +884,14 @@ pub(crate) struct Actions {
 impl Deliver for Actions {
     type Item = Value;
     const REPLAY: Replay = Replay::Never;
+
+    /// It sends through its [`WatchedClient`] alone; but with `--idempotency-key`, two lines
+    /// alike share a key, and the second one's unit may wait on the first one's execution (the
+    /// idempotency layer joins them) without sending anything itself: stopped there, it is in
+    /// doubt all the same.
+    fn watches_departures(&self) -> bool {
+        !(self.key.is_some() && self.per_line_keys)
+    }
     // An input too large for one request is quarantined rather than refused with a 413.
     const MAX_UNIT_BYTES: Option<usize> = Some(MAX_REQUEST_BYTES);
 
@@ -1079,6 +1097,80 @@ mod tests {
         lapse.await.unwrap();
     }
 
+    /// An execution answered 429 and waiting to be sent again has nothing in doubt: stopped
+    /// there, its unit is listed as not sent. Through the client's whole stack, on the
+    /// simulator's quota.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_execution_waiting_after_a_429_is_not_in_doubt() {
+        let sim = genesys_sim::Simulator::spawn(
+            genesys_sim::SimConfig::default()
+                .users(1)
+                .rate_limit(Some((1, Duration::from_secs(60))))
+                // No headers to learn the quota from: the execution is sent, and answered 429.
+                .ratelimit_headers(false),
+        )
+        .await
+        .unwrap();
+        let builder = GenesysClient::builder()
+            .base_url(sim.base_url())
+            .client_credentials("demo-client", "demo-secret")
+            .no_pacing();
+        let client = WatchedClient::build(builder).unwrap();
+        // The window's one request.
+        client.token_info().await.unwrap();
+        let actions = Actions {
+            client,
+            action_id: "echo".into(),
+            key: None,
+            per_line_keys: false,
+            print_output: false,
+        };
+        let departures = crate::departures::Departures::default();
+        let counted = departures.clone();
+        let task = tokio::spawn(async move {
+            let execution = actions.deliver(unit(), vec![serde_json::json!({"n": 1})]);
+            counted.scope(execution).await
+        });
+        let start = std::time::Instant::now();
+        while sim.stats().rate_limited == 0 {
+            assert!(start.elapsed() < Duration::from_secs(60), "no 429");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert!(!departures.in_doubt(), "answered 429: not processed");
+        assert_eq!(sim.ledger_count_for("echo"), 0);
+    }
+
+    /// Identical lines of a batch with `--idempotency-key` share a key: their units are not
+    /// taken as watched (one may wait on another's execution without sending anything).
+    #[test]
+    fn actions_with_shared_keys_are_not_watched() {
+        let builder = GenesysClient::builder()
+            .base_url("http://127.0.0.1:9")
+            .client_credentials("demo-client", "demo-secret");
+        let client = WatchedClient::build(builder).unwrap();
+        for (key, per_line_keys, watched) in [
+            (None, false, true),
+            (None, true, true),
+            (Some("order"), false, true),
+            (Some("order"), true, false),
+        ] {
+            let actions = Actions {
+                client: client.clone(),
+                action_id: "echo".into(),
+                key: key.map(Into::into),
+                per_line_keys,
+                print_output: false,
+            };
+            assert_eq!(
+                actions.watches_departures(),
+                watched,
+                "{key:?}, {per_line_keys}"
+            );
+        }
+    }
+
     /// A fleet lease that lapses while a user is read: the PATCH is not sent (the worker that
     /// takes the shard over may have applied this line, and a later one about the user).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1091,11 +1183,10 @@ mod tests {
         )
         .await
         .unwrap();
-        let client = GenesysClient::builder()
+        let builder = GenesysClient::builder()
             .base_url(sim.base_url())
-            .client_credentials("demo-client", "demo-secret")
-            .build()
-            .unwrap();
+            .client_credentials("demo-client", "demo-secret");
+        let client = WatchedClient::build(builder).unwrap();
         let user = sim.user_ids().remove(0);
         let fence = crate::fleet::Fence::holding();
         let unit = UnitCtx {
@@ -1165,10 +1256,7 @@ mod tests {
                 hyper.request(req).await
             }
         });
-        let client = credentials(GenesysClient::builder())
-            .service(leaf)
-            .build()
-            .unwrap();
+        let client = WatchedClient::over(credentials(GenesysClient::builder()), leaf).unwrap();
         let unit = UnitCtx {
             fence: Some(fence),
             ..unit()

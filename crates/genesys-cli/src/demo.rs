@@ -102,8 +102,7 @@ pub(crate) async fn run(
             .max_rate(u64::from(rate.requests), rate.window),
         None => builder.no_pacing(),
     };
-    let client = builder
-        .build()
+    let client = crate::departures::WatchedClient::build(builder)
         .map_err(|e| CliError::runtime(format!("cannot set up the client: {e}")))?;
 
     if !common.quiet {

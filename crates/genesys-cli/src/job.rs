@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::{Id, JoinSet};
 
 use crate::cli::Shard;
+use crate::departures::Departures;
 use crate::input::{Input, InputRx, Meta, Quarantined, Record};
 use crate::journal::{Journal, JournalHandle, UnitState};
 use crate::progress::Progress;
@@ -198,6 +199,14 @@ pub(crate) trait Deliver: Send + Sync + 'static {
     /// ingestion endpoint that deduplicates by key, or one that does not).
     fn replay(&self) -> Replay {
         Self::REPLAY
+    }
+
+    /// Whether every request this deliverer sends goes through a
+    /// [`Watch`](crate::departures::Watch), so that a unit stopped in flight with no request
+    /// [in doubt](crate::departures::Departures::in_doubt) was surely not applied and is listed
+    /// as not sent. Without it (the default), such a unit is recorded as outcome unknown.
+    fn watches_departures(&self) -> bool {
+        false
     }
 
     /// What a record is about (`user id`), when units about the same entity (the key of their
@@ -497,8 +506,8 @@ fn decide(
 struct Units<I> {
     /// The units in flight, each a task.
     set: JoinSet<(Result<(), Undelivered>, Duration)>,
-    /// The records of each task's unit.
-    in_flight: HashMap<Id, Unit>,
+    /// The records of each task's unit, and whether a request of it left.
+    in_flight: HashMap<Id, (Unit, Departures)>,
     /// Units waiting for their turn behind one about the same entity.
     waiting: Waiting<I>,
     /// Units in `waiting`: they count against the concurrency, as units in flight do.
@@ -648,6 +657,7 @@ pub(crate) async fn run<D: Deliver>(
     let mut grace = options.grace;
     let gate = Arc::new(Gate::default());
     let replay = deliver.replay();
+    let watched = deliver.watches_departures();
 
     // Sends a unit: its start journaled, then its request, in a task of its own.
     let send = |engine: &mut Engine<'_>,
@@ -676,6 +686,8 @@ pub(crate) async fn run<D: Deliver>(
             fence: fence.clone(),
         };
         let d = deliver.clone();
+        let departures = Departures::default();
+        let counted = departures.clone();
         let task = units.set.spawn(async move {
             if replay == Replay::Never
                 && let Some(h) = &ctx.journal
@@ -690,10 +702,10 @@ pub(crate) async fn run<D: Deliver>(
                 return (Err(e), Duration::ZERO);
             }
             let t = Instant::now();
-            let r = d.deliver(ctx, items).await;
+            let r = counted.scope(d.deliver(ctx, items)).await;
             (r, t.elapsed())
         });
-        units.in_flight.insert(task.id(), metas);
+        units.in_flight.insert(task.id(), (metas, departures));
         engine.tally.requests += 1;
     };
 
@@ -835,16 +847,20 @@ pub(crate) async fn run<D: Deliver>(
                         units.set.len()
                     ));
                 } else {
-                    engine.progress.note("stopping now: requests in flight are recorded as outcome unknown");
+                    engine.progress.note(&format!(
+                        "stopping now: requests in flight are recorded as outcome unknown{}",
+                        if watched { " (those that had not left yet, as not sent)" } else { "" }
+                    ));
                     units.set.abort_all();
                     grace_ends = None;
                 }
             }
             () = sleep_until(grace_ends), if grace_ends.is_some() && !units.set.is_empty() => {
                 engine.progress.note(&format!(
-                    "{} request(s) still in flight after {:?}: recorded as outcome unknown",
+                    "{} request(s) still in flight after {:?}: recorded as outcome unknown{}",
                     units.set.len(),
-                    grace
+                    grace,
+                    if watched { " (those that had not left yet, as not sent)" } else { "" }
                 ));
                 units.set.abort_all();
                 grace_ends = None;
@@ -853,19 +869,26 @@ pub(crate) async fn run<D: Deliver>(
                 let Some(joined) = joined else { continue };
                 match joined {
                     Ok((id, (result, took))) => {
-                        let metas = units.in_flight.remove(&id).unwrap_or_default();
+                        let (metas, _) = units.in_flight.remove(&id).unwrap_or_default();
                         engine.settle(&metas, result, took);
                         next_turn(&mut engine, &mut units, &metas, stopping);
                     }
                     Err(e) => {
-                        let metas = units.in_flight.remove(&e.id()).unwrap_or_default();
-                        let reason = if e.is_cancelled() {
-                            engine.tally.aborted_in_flight += metas.len() as u64;
-                            "interrupted while in flight: the outcome is unknown".to_owned()
+                        let (metas, departures) = units.in_flight.remove(&e.id()).unwrap_or_default();
+                        if e.is_cancelled() && watched && !departures.in_doubt() {
+                            // Stopped before anything that could change data left: surely not
+                            // applied, and sent by the next run.
+                            let why = "not sent: interrupted before its request left";
+                            engine.settle(&metas, Err(Undelivered::NotSent(why.to_owned())), Duration::ZERO);
                         } else {
-                            format!("delivery task failed, the outcome is unknown: {e}")
-                        };
-                        engine.unknown(&metas, &reason, true);
+                            let reason = if e.is_cancelled() {
+                                engine.tally.aborted_in_flight += metas.len() as u64;
+                                "interrupted while in flight: the outcome is unknown".to_owned()
+                            } else {
+                                format!("delivery task failed, the outcome is unknown: {e}")
+                            };
+                            engine.unknown(&metas, &reason, true);
+                        }
                         next_turn(&mut engine, &mut units, &metas, stopping);
                     }
                 }

@@ -42,6 +42,7 @@ mod app;
 mod cli;
 mod deliver;
 mod demo;
+mod departures;
 mod error;
 mod fleet;
 mod input;

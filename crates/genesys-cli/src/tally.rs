@@ -124,6 +124,8 @@ pub(crate) struct Tally {
     pub(crate) delivered_earlier: u64,
     pub(crate) requests: u64,
     pub(crate) interrupted: bool,
+    /// Records of units stopped in flight and recorded as outcome unknown (not those listed as
+    /// not sent: their request had not left).
     pub(crate) aborted_in_flight: u64,
     pub(crate) broken_input: Option<String>,
     pub(crate) output_error: Option<String>,

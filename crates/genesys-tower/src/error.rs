@@ -94,6 +94,46 @@ pub fn find<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> O
     None
 }
 
+/// Whether `error` says that nothing of its request reached a server: a connection that could
+/// not be made (hyper-util's `is_connect()`, with this crate's `hyper-util` feature, or a refused
+/// connection) or a [`NotSent`], anywhere in its source chain. `false` says nothing either way:
+/// the request may have been sent.
+///
+/// ```
+/// use genesys_tower::error::never_sent;
+/// use genesys_tower::{BoxError, NotSent};
+/// use std::io;
+///
+/// let refused: BoxError = io::Error::from(io::ErrorKind::ConnectionRefused).into();
+/// assert!(never_sent(&*refused));
+/// assert!(never_sent(&*BoxError::from(NotSent::new("no token"))));
+/// let reset: BoxError = io::Error::from(io::ErrorKind::ConnectionReset).into();
+/// assert!(!never_sent(&*reset), "a reset may come after the request was read");
+/// ```
+#[must_use]
+pub fn never_sent(error: &(dyn StdError + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<NotSent>() || is_connect_failure(e) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// A failure to connect (this error alone, not its chain): nothing of the request was sent.
+pub(crate) fn is_connect_failure(e: &(dyn StdError + 'static)) -> bool {
+    #[cfg(feature = "hyper-util")]
+    if e.downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(hyper_util::client::legacy::Error::is_connect)
+    {
+        return true;
+    }
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
 impl fmt::Display for NotSent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The wrapped errors of this crate already say that nothing was sent; a caller who prints

@@ -11,14 +11,24 @@ struct Fake {
     max_in_flight: AtomicUsize,
     units: Mutex<Vec<Vec<u64>>>,
     delay: Duration,
+    /// Sends as a watched client does: its request leaves after this wait (for pacing, say),
+    /// then takes `delay`.
+    leaves_after: Option<Duration>,
 }
 
 impl Deliver for Fake {
     type Item = u64;
     const REPLAY: Replay = Replay::Never;
+    fn watches_departures(&self) -> bool {
+        self.leaves_after.is_some()
+    }
     async fn deliver(&self, _unit: UnitCtx, items: Vec<u64>) -> Result<(), Undelivered> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        if let Some(wait) = self.leaves_after {
+            tokio::time::sleep(wait).await;
+            crate::departures::leave();
+        }
         tokio::time::sleep(self.delay).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.units.lock().unwrap().push(items.clone());
@@ -368,6 +378,40 @@ async fn in_flight_units_that_outlast_the_grace_are_unknown() {
         );
         assert_eq!((tally.unknown, tally.not_started), (2, 2));
         assert_eq!(tally.delivered, 0);
+    }
+}
+
+/// A unit stopped in flight by the end of the grace is listed as not sent when its request had
+/// not left yet (it waited for pacing, say), so that the next run sends it; one whose request
+/// left is unknown, never sent again without a look.
+#[tokio::test(start_paused = true)]
+async fn units_stopped_before_their_request_left_are_not_sent() {
+    for (leaves_after, unknown, not_started) in [(600, 0, 4), (0, 2, 2)] {
+        let (fake, rx, irx) = interrupted(
+            4,
+            Duration::from_secs(600),
+            Duration::from_secs(1),
+            &[Interrupt::CtrlC],
+        );
+        let fake = Arc::new(Fake {
+            delay: fake.delay,
+            leaves_after: Some(Duration::from_secs(leaves_after)),
+            ..Fake::default()
+        });
+        let tally = run_units(fake, rx, irx, 2, Duration::from_secs(30)).await;
+        assert_eq!(
+            (tally.unknown, tally.not_started, tally.delivered),
+            (unknown, not_started, 0),
+            "leaving after {leaves_after} s"
+        );
+        let reasons: Vec<&str> = tally.failures.iter().map(|f| f.reason.as_str()).collect();
+        match unknown {
+            0 => assert_eq!(
+                reasons, ["not sent: interrupted before its request left"; 2],
+                "the two stopped in flight are listed, not-started"
+            ),
+            _ => assert!(reasons.is_empty(), "{reasons:?}"),
+        }
     }
 }
 

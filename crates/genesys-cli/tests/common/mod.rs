@@ -124,8 +124,13 @@ pub fn patches(sim: &SimHandle, id: &str) -> usize {
 
 /// Sends SIGINT (a Ctrl-C) to `pid`.
 pub fn interrupt(pid: u32) {
+    signal(pid, "INT");
+}
+
+/// Sends signal `name` (`INT`, `TERM`) to `pid`.
+pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());

@@ -2,7 +2,6 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::io;
 
 use http::{HeaderMap, StatusCode, request};
 
@@ -292,25 +291,13 @@ impl Classify for DefaultClassifier {
             {
                 return Classification::Final;
             }
-            if is_connect_error(e) {
+            if crate::error::is_connect_failure(e) {
                 return Classification::Retry(RetryReason::Connect);
             }
             cause = e.source();
         }
         Classification::Ambiguous
     }
-}
-
-/// A failure to connect: nothing of the request was sent.
-fn is_connect_error(e: &(dyn StdError + 'static)) -> bool {
-    #[cfg(feature = "hyper-util")]
-    if e.downcast_ref::<hyper_util::client::legacy::Error>()
-        .is_some_and(hyper_util::client::legacy::Error::is_connect)
-    {
-        return true;
-    }
-    e.downcast_ref::<io::Error>()
-        .is_some_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
 }
 
 /// Whether a request may be replayed after an ambiguous failure, set as a request extension.
