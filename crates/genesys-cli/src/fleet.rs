@@ -372,7 +372,7 @@ impl Fleet {
     pub(crate) async fn acquire(&self, shard: u32) -> Result<Option<Lease>, String> {
         let token = format!("{}-{}", self.inner.worker, unique("lease"));
         let fence = Fence::new();
-        let asked = fence.now_ms();
+        let asked = fence.now();
         let code: i64 = ACQUIRE
             .key(&self.inner.key)
             .key(self.lease_key(shard))
@@ -409,35 +409,67 @@ impl Fleet {
 }
 
 /// Whether this worker may still act for a shard: its lease was not lost, and was renewed
-/// recently enough that no other worker can have taken it. The monotonic clock runs on while a
-/// process is paused, so a worker that wakes past its lease finds it gone at once, before it
-/// sends anything more.
+/// recently enough that no other worker can have taken it, by both clocks. The monotonic clock
+/// runs on while a process is paused (SIGSTOP), so a worker that wakes past its lease finds it
+/// gone at once, before it sends anything more; but it stops while the machine sleeps (a laptop
+/// closed, a virtual machine paused), while Redis's clock, which ends the lease, runs on. The
+/// wall clock runs on then: a lease holds only while neither clock says its time is up. (A wall
+/// clock stepped forward by more than a quarter of the lease ends it early: the worker takes
+/// its shard's units for another's until its next renewal, which is safe.)
 #[derive(Debug, Clone)]
 pub(crate) struct Fence {
     base: Instant,
+    wall_base: SystemTime,
     lost: Arc<AtomicBool>,
     /// Milliseconds after `base` until which the lease surely holds.
     until_ms: Arc<AtomicU64>,
+    /// Milliseconds after `wall_base` until which the lease surely holds.
+    until_wall_ms: Arc<AtomicU64>,
+}
+
+/// When a renewal was asked, by both of a [`Fence`]'s clocks.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    ms: u64,
+    wall_ms: u64,
 }
 
 impl Fence {
     fn new() -> Self {
         Fence {
             base: Instant::now(),
+            wall_base: SystemTime::now(),
             lost: Arc::new(AtomicBool::new(false)),
             until_ms: Arc::new(AtomicU64::new(0)),
+            until_wall_ms: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn now(&self) -> Asked {
+        // A wall clock stepped back before the fence was made reads as its making.
+        let wall = SystemTime::now()
+            .duration_since(self.wall_base)
+            .unwrap_or_default();
+        Asked {
+            ms: millis(self.base.elapsed()),
+            wall_ms: millis(wall),
+        }
     }
 
-    /// A renewal asked at `asked_ms` succeeded: the lease holds for three quarters of its
-    /// life from the asking (Redis counts its life from a moment after it).
-    fn renewed(&self, asked_ms: u64, life: Duration) {
-        let until = asked_ms.saturating_add(millis(life) / 4 * 3);
-        self.until_ms.fetch_max(until, Ordering::SeqCst);
+    /// A renewal asked at `asked` succeeded: the lease holds for three quarters of its life
+    /// from the asking (Redis counts its life from a moment after it).
+    fn renewed(&self, asked: Asked, life: Duration) {
+        let margin = millis(life) / 4 * 3;
+        self.until_ms
+            .fetch_max(asked.ms.saturating_add(margin), Ordering::SeqCst);
+        self.until_wall_ms
+            .fetch_max(asked.wall_ms.saturating_add(margin), Ordering::SeqCst);
+    }
+
+    /// The machine slept for `slept` (tests): the wall clock ran on, the monotonic one did not.
+    #[cfg(test)]
+    fn slept(&mut self, slept: Duration) {
+        self.wall_base -= slept;
     }
 
     pub(crate) fn lose(&self) {
@@ -448,13 +480,16 @@ impl Fence {
     #[cfg(test)]
     pub(crate) fn holding() -> Self {
         let fence = Fence::new();
-        fence.renewed(fence.now_ms(), Duration::from_secs(4800));
+        fence.renewed(fence.now(), Duration::from_secs(4800));
         fence
     }
 
     /// The lease holds: the shard's units may be sent.
     pub(crate) fn holds(&self) -> bool {
-        !self.lost.load(Ordering::SeqCst) && self.now_ms() < self.until_ms.load(Ordering::SeqCst)
+        let now = self.now();
+        !self.lost.load(Ordering::SeqCst)
+            && now.ms < self.until_ms.load(Ordering::SeqCst)
+            && now.wall_ms < self.until_wall_ms.load(Ordering::SeqCst)
     }
 
     fn lost(&self) -> bool {
@@ -469,7 +504,7 @@ async fn renew(fleet: Fleet, key: String, token: String, fence: Fence) {
     let mut conn = fleet.inner.conn.clone();
     loop {
         tokio::time::sleep(life / 3).await;
-        let asked = fence.now_ms();
+        let asked = fence.now();
         let renewed: Result<i64, _> = RENEW
             .key(&key)
             .key(&fleet.inner.key)
@@ -730,5 +765,29 @@ impl Mirrored {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A machine that sleeps (a laptop closed, a virtual machine paused) stops the monotonic
+    /// clock, not Redis's, which ends the lease: a worker that wakes past its lease must not
+    /// take it for held.
+    #[test]
+    fn a_lease_does_not_hold_once_the_machine_slept_past_it() {
+        let mut fence = Fence::new();
+        fence.renewed(fence.now(), Duration::from_secs(30));
+        assert!(fence.holds());
+        fence.slept(Duration::from_secs(20));
+        assert!(fence.holds(), "within three quarters of its life");
+        fence.slept(Duration::from_secs(3));
+        assert!(
+            !fence.holds(),
+            "past three quarters of its life, by the wall clock"
+        );
+        fence.renewed(fence.now(), Duration::from_secs(30));
+        assert!(fence.holds(), "renewed after the wake");
     }
 }

@@ -586,7 +586,7 @@ impl Journal {
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| cannot(path, &e))?;
+            .map_err(|e| cannot(path, &e, exists))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -597,7 +597,7 @@ impl Journal {
                     path.display()
                 )));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(cannot(path, &e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(cannot(path, &e, exists)),
         }
         // A default journal whose job finished is replaced by the next run, whatever it was
         // (the same command on an input whose content changed since, a fleet job of an earlier
@@ -611,20 +611,21 @@ impl Journal {
             let complete = past.last_end.as_deref() == Some("complete");
             if !(mode == OpenMode::ResumeUnfinished && complete) {
                 // A torn last entry (the crash came mid-write) is cut off.
-                file.set_len(good_len).map_err(|e| cannot(path, &e))?;
-                file.seek(SeekFrom::End(0)).map_err(|e| cannot(path, &e))?;
+                file.set_len(good_len).map_err(|e| cannot(path, &e, true))?;
+                file.seek(SeekFrom::End(0))
+                    .map_err(|e| cannot(path, &e, true))?;
                 return Ok(Self::start(path, header, past, file));
             }
         }
         let header = spec.header();
         file.set_len(0)
             .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
-            .map_err(|e| cannot(path, &e))?;
-        let mut line = serde_json::to_vec(&header).map_err(|e| cannot(path, &e))?;
+            .map_err(|e| cannot(path, &e, false))?;
+        let mut line = serde_json::to_vec(&header).map_err(|e| cannot(path, &e, false))?;
         line.push(b'\n');
         file.write_all(&line)
             .and_then(|()| file.sync_all())
-            .map_err(|e| cannot(path, &e))?;
+            .map_err(|e| cannot(path, &e, false))?;
         // The new file's name must survive a crash too.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && let Ok(d) = File::open(dir)
@@ -759,7 +760,18 @@ impl Drop for Journal {
     }
 }
 
-fn cannot(path: &Path, e: &dyn std::fmt::Display) -> CliError {
+/// The journal at `path` cannot be written; `resuming`: it holds a job's progress, which a
+/// journal elsewhere would not have.
+fn cannot(path: &Path, e: &dyn std::fmt::Display, resuming: bool) -> CliError {
+    if resuming {
+        return CliError::usage(format!(
+            "cannot write the journal {}: {e}; it holds this job's progress: make it writable \
+             (free space, permissions, a file system that takes locks) and run the same command \
+             again, or copy it to a writable place and pass the copy with --journal FILE; a new \
+             journal would start the job over and send every record again",
+            path.display()
+        ));
+    }
     CliError::usage(format!(
         "cannot write the journal {}: {e}; choose a writable path with --journal FILE",
         path.display()

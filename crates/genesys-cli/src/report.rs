@@ -553,7 +553,9 @@ impl Report {
         if let Some(e) = &self.journal_error {
             let _ = writeln!(
                 s,
-                "  journal error: {e} (a resume is safe only up to the journal's last entry on disk)"
+                "  journal error: {e} (fix the disk, then run the same command again to resume: \
+                 what the journal did not record is checked, or sent again only where that is \
+                 safe)"
             );
         }
         if let Some(j) = &self.journal {

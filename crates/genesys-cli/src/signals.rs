@@ -1,5 +1,5 @@
-//! Ctrl-C and SIGTERM: sent to the job while it runs, and remembered for what waits after it
-//! (the metrics linger).
+//! Ctrl-C, SIGTERM and SIGHUP: sent to the job while it runs, and remembered for what waits
+//! after it (the metrics linger).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once, PoisonError};
@@ -26,19 +26,24 @@ static JOB: Mutex<Option<mpsc::UnboundedSender<Interrupt>>> = Mutex::new(None);
 static INSTALLED: Once = Once::new();
 
 /// Installs the handlers of Ctrl-C and SIGTERM, once: from then on each is recorded (for
-/// [`stop_asked`]) and sent to the job that runs, if one does. SIGHUP keeps its default (a job
-/// started under `nohup` runs on after its terminal closes; one that is not ends as if killed,
-/// and its journal resumes it).
+/// [`stop_asked`]) and sent to the job that runs, if one does. SIGHUP (the terminal or the ssh
+/// session went away) stops the job as SIGTERM does, with its report and lists written, unless
+/// the process ignores it: a job started under `nohup` runs on after its terminal closes.
 /// Registered before it returns: a signal that comes after is recorded. Needs a tokio runtime.
 pub(crate) fn install() {
     INSTALLED.call_once(|| {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
+            // Read before any handler is set: a handler replaces the disposition inherited.
+            let hangup = (!hangup_ignored()).then_some((SignalKind::hangup(), Interrupt::Term));
             for (kind, which) in [
                 (SignalKind::interrupt(), Interrupt::CtrlC),
                 (SignalKind::terminate(), Interrupt::Term),
-            ] {
+            ]
+            .into_iter()
+            .chain(hangup)
+            {
                 if let Ok(mut received) = signal(kind) {
                     tokio::spawn(async move {
                         while received.recv().await.is_some() {
@@ -55,6 +60,22 @@ pub(crate) fn install() {
             }
         });
     });
+}
+
+/// Whether this process ignores SIGHUP (started under `nohup`, or by a parent that ignores it),
+/// from the kernel's account of it (`SigIgn` in `/proc/self/status`). Where that cannot be read
+/// (another system than Linux), taken as ignored: SIGHUP then keeps its disposition.
+#[cfg(unix)]
+fn hangup_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        // SIGHUP is signal 1: the mask's lowest bit.
+        .is_none_or(|mask| mask & 1 != 0)
 }
 
 /// Records a stop asked for, for [`stop_asked`], and sends it to the job while it runs.

@@ -230,72 +230,134 @@ async fn ingest_killed_at_several_points_then_resumed_applies_every_record_once(
     }
 }
 
+/// A paced job of six data actions, stopped by signals: see [`paced_actions`].
+struct Paced {
+    sim: SimHandle,
+    inputs: usize,
+    input: std::path::PathBuf,
+    journal: std::path::PathBuf,
+    report: std::path::PathBuf,
+}
+
+impl Paced {
+    async fn new(test: &str) -> Paced {
+        let sim = Simulator::spawn(config(1)).await.unwrap();
+        let d = dir(test);
+        let inputs = 6;
+        let lines: String = (0..inputs)
+            .map(|n| format!("{}\n", json!({ "n": n })))
+            .collect();
+        Paced {
+            sim,
+            inputs,
+            input: write(&d.join("batch.jsonl"), lines.as_bytes()),
+            journal: d.join("actions.journal"),
+            report: d.join("report.json"),
+        }
+    }
+
+    /// The job's command, journaled, with its report.
+    fn run(&self) -> Command {
+        let mut cmd = gcx(&self.sim);
+        cmd.args(["actions", "execute", "echo", "--concurrency", "4"])
+            .arg("--batch")
+            .arg(&self.input)
+            .arg("--journal")
+            .arg(&self.journal)
+            .arg("--report")
+            .arg(&self.report);
+        cmd
+    }
+
+    /// Starts the job at two requests a minute (the first checks the credentials): the first
+    /// execution goes, and the others in flight wait for pacing. The grace after a stop is the
+    /// attempt timeout, 2 s here. SIGHUP is `hangup` in the process, as a shell (`SIG_DFL`) or
+    /// `nohup` (`SIG_IGN`) leaves it. Returns once the first execution ran.
+    async fn start(&self, hangup: libc::sighandler_t) -> Child {
+        let mut cmd = self.run();
+        cmd.args(["--rate-limit", "2/60"])
+            .env("GCX_TIMEOUTS_ATTEMPT", "2s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: `signal` is async-signal-safe, as what runs between fork and exec must be.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                libc::signal(libc::SIGHUP, hangup);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        wait_ledger(&self.sim, 1).await;
+        child
+    }
+
+    /// What a stopped run left: nothing unknown (what waited for pacing had not left), every
+    /// record delivered or not started, and those stopped in flight listed as not sent; then
+    /// the same command again executes each input once.
+    fn stopped_then_resumed(&self, status: std::process::ExitStatus) {
+        assert_eq!(status.code(), Some(1), "records not sent");
+        let r = read_json(&self.report);
+        let c = &r["counts"];
+        assert_eq!(
+            c["unknown"], 0,
+            "nothing that waited for pacing is unknown: {c}"
+        );
+        let delivered = c["delivered"].as_u64().unwrap();
+        assert_eq!(delivered, self.sim.ledger_len() as u64);
+        assert_eq!(
+            delivered + c["not_started"].as_u64().unwrap(),
+            self.inputs as u64,
+            "{c}"
+        );
+        let stopped = r["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["reason"] == "not sent: interrupted before its request left")
+            .count();
+        assert!(stopped > 0, "executions stopped in flight are listed: {r}");
+
+        let out = self.run().output().unwrap();
+        assert_exit(&out, 0);
+        assert_eq!(
+            executions(&self.sim, self.inputs),
+            vec![1; self.inputs],
+            "each executed once"
+        );
+    }
+}
+
 /// A job of data actions stopped by SIGTERM (a scheduler's) while some of its executions wait
 /// for pacing: once the grace runs out, those whose request had not left are listed as not
 /// sent, never as unknown, and the same command again executes each of them once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_stopped_while_waiting_for_pacing_are_sent_by_the_next_run() {
-    let sim = Simulator::spawn(config(1)).await.unwrap();
-    let d = dir("term_paced_actions");
-    let inputs = 6;
-    let lines: String = (0..inputs)
-        .map(|n| format!("{}\n", json!({ "n": n })))
-        .collect();
-    let input = write(&d.join("batch.jsonl"), lines.as_bytes());
-    let (journal, report) = (d.join("actions.journal"), d.join("report.json"));
-    let run = || {
-        let mut cmd = gcx(&sim);
-        cmd.args(["actions", "execute", "echo", "--concurrency", "4"])
-            .arg("--batch")
-            .arg(&input)
-            .arg("--journal")
-            .arg(&journal)
-            .arg("--report")
-            .arg(&report);
-        cmd
-    };
-    // Two requests a minute (the first checks the credentials): the first execution goes, and
-    // the others in flight wait for pacing. The grace after SIGTERM is the attempt timeout, 2 s
-    // here.
-    let mut child = run()
-        .args(["--rate-limit", "2/60"])
-        .env("GCX_TIMEOUTS_ATTEMPT", "2s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ledger(&sim, 1).await;
+    let job = Paced::new("term_paced_actions").await;
+    let mut child = job.start(libc::SIG_DFL).await;
     signal(child.id(), "TERM");
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "records not sent");
-    let r = read_json(&report);
-    let c = &r["counts"];
-    assert_eq!(
-        c["unknown"], 0,
-        "nothing that waited for pacing is unknown: {c}"
-    );
-    let delivered = c["delivered"].as_u64().unwrap();
-    assert_eq!(delivered, sim.ledger_len() as u64);
-    assert_eq!(
-        delivered + c["not_started"].as_u64().unwrap(),
-        inputs as u64,
-        "{c}"
-    );
-    let stopped = r["failures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["reason"] == "not sent: interrupted before its request left")
-        .count();
-    assert!(stopped > 0, "executions stopped in flight are listed: {r}");
+    job.stopped_then_resumed(child.wait().unwrap());
+}
 
-    let out = run().output().unwrap();
-    assert_exit(&out, 0);
-    assert_eq!(
-        executions(&sim, inputs),
-        vec![1; inputs],
-        "each executed once"
+/// SIGHUP (the ssh session or the terminal went away) stops the job as SIGTERM does, with its
+/// report and lists written; under `nohup`, which ignores it, the job runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hangup_stops_the_job_as_sigterm_does_unless_it_runs_under_nohup() {
+    let job = Paced::new("hup_paced_actions").await;
+    let mut child = job.start(libc::SIG_DFL).await;
+    signal(child.id(), "HUP");
+    job.stopped_then_resumed(child.wait().unwrap());
+
+    let job = Paced::new("nohup_paced_actions").await;
+    let mut child = job.start(libc::SIG_IGN).await;
+    signal(child.id(), "HUP");
+    // Past the grace a stop would have had (2 s): still running.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a job under nohup runs on after SIGHUP"
     );
+    signal(child.id(), "TERM");
+    job.stopped_then_resumed(child.wait().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

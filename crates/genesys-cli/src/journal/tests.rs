@@ -271,3 +271,22 @@ async fn a_journal_cut_before_its_header_was_written_is_new() {
     std::fs::write(&path, b"not a header\n").unwrap();
     assert!(Journal::open(&path, &spec(&input), OpenMode::Resume).is_err());
 }
+
+/// A journal that holds a job's progress and cannot be written is never answered with "choose
+/// another path": a journal elsewhere starts the job over and sends every record again.
+#[test]
+fn a_journal_that_cannot_be_written_on_a_resume_is_not_replaced() {
+    let e = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+    let resuming = cannot(Path::new("j.journal"), &e, true).to_string();
+    assert!(!resuming.contains("choose a writable path"), "{resuming}");
+    assert!(
+        resuming.contains("run the same command again"),
+        "{resuming}"
+    );
+    assert!(resuming.contains("copy it"), "{resuming}");
+    let new = cannot(Path::new("j.journal"), &e, false).to_string();
+    assert!(
+        new.contains("choose a writable path with --journal FILE"),
+        "{new}"
+    );
+}
