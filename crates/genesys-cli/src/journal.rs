@@ -997,6 +997,14 @@ pub(crate) fn default_path_for(
         canonical.display(),
         spec.action_id.as_deref().unwrap_or("")
     );
+    // A path that is not UTF-8 shows its odd bytes as U+FFFD, and two such paths may show
+    // alike: its bytes tell them apart (a UTF-8 path's name is as it always was).
+    if canonical.to_str().is_none() {
+        identity.push_str(&format!(
+            "|bytes {:02x?}",
+            canonical.as_os_str().as_encoded_bytes()
+        ));
+    }
     // Each worker of a sharded job has a journal of its own.
     // By `I/N` alone: a journal of the same shard split another way is found, and refused for
     // it, rather than passed by.

@@ -180,8 +180,17 @@ fn init_tracing(verbose: u8, quiet: bool, export: Option<&telemetry::Export>) {
 async fn run(cli: Cli, export: Option<&telemetry::Export>) -> Result<u8, CliError> {
     if let Command::Completions { shell } = &cli.command {
         let mut command = <Cli as clap::CommandFactory>::command();
-        clap_complete::generate(*shell, &mut command, "gcx", &mut std::io::stdout());
-        return Ok(0);
+        // Written in memory first: clap_complete panics when its writer fails (a closed pipe,
+        // `gcx completions bash | head -1`), which a write of ours only reports.
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut command, "gcx", &mut script);
+        return match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+            Ok(()) => Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+            Err(e) => Err(CliError::runtime(format!(
+                "cannot write the completions: {e}"
+            ))),
+        };
     }
     if let Command::Policy(PolicyCommand::Check(args)) = &cli.command {
         return policy::check(args, cli.common.json);

@@ -13,13 +13,22 @@ use crate::error::{CliError, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE};
 use crate::tally::{Failure, QuarantineEntry, Tally};
 use crate::telemetry::RouteMetrics;
 
+/// `path` as text, any bytes of it that are not UTF-8 replaced (U+FFFD): serde refuses such a
+/// path, and would refuse the whole report with it, at the end of the job.
+fn lossy_path<S: serde::Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => s.serialize_some(&path.to_string_lossy()),
+        None => s.serialize_none(),
+    }
+}
+
 /// The machine-readable account of one run.
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
     /// The subcommand, e.g. `users patch`.
     pub(crate) command: String,
     /// The input file.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "lossy_path")]
     pub(crate) input: Option<PathBuf>,
     /// `complete`, `incomplete` or `interrupted`.
     pub(crate) status: &'static str,
@@ -54,16 +63,16 @@ pub(crate) struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) fleet_error: Option<String>,
     /// The job's journal: the same command resumes from it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "lossy_path")]
     pub(crate) journal: Option<PathBuf>,
     /// Where the failed items were written.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "lossy_path")]
     pub(crate) failed_file: Option<PathBuf>,
     /// Where the items whose outcome is unknown were written.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "lossy_path")]
     pub(crate) unknown_file: Option<PathBuf>,
     /// Where the quarantined records were written.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "lossy_path")]
     pub(crate) quarantine_file: Option<PathBuf>,
     /// Every failed item with its reason, up to the first 10,000 (items not started are counted,
     /// not listed, unless for a reason of their own: the journal could not record their start).

@@ -42,6 +42,38 @@ async fn users_patch_delivers_everything_through_faults() {
     assert!(stdout.contains("delivered      30"), "{stdout}");
 }
 
+/// An input whose name is not UTF-8 (a Latin-1 file name): the job runs and its report is
+/// written, the name's odd bytes shown as U+FFFD. The report was refused at the end of the job,
+/// its failures lost with it.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_whose_name_is_not_utf8_gets_its_report() {
+    use std::os::unix::ffi::OsStrExt;
+    let sim = Simulator::spawn(config(2)).await.unwrap();
+    let d = dir("not_utf8_input");
+    let (lines, _) = user_lines(&sim, 2);
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.jsonl");
+    let input = write(&d.join(name), lines.as_bytes());
+    let report = d.join("report.json");
+    for json in [false, true] {
+        let mut cmd = users_patch(&sim, &input);
+        cmd.arg("--report").arg(&report);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert_exit(&out, 0);
+        let r = read_json(&report);
+        assert_eq!(r["counts"]["records"], 2, "{r}");
+        let shown = r["input"].as_str().unwrap();
+        assert!(shown.ends_with("caf\u{fffd}.jsonl"), "{shown}");
+        if json {
+            let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(printed["input"], shown);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_about_one_user_are_applied_in_their_order() {
     // Answers that take from 1 to 40 ms: a later line about a user, sent at once, would often
@@ -1082,6 +1114,30 @@ fn completions_are_printed_for_a_shell() {
     assert!(
         script.contains("gcx") && script.contains("--journal"),
         "{script}"
+    );
+}
+
+/// `gcx completions bash | head -1`: the reader goes away after a line; gcx ends quietly, as
+/// any command whose output is cut short should (clap_complete panicked on the closed pipe).
+#[test]
+fn completions_cut_short_by_their_reader_end_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gcx"))
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    // The script is larger than the pipe holds: gcx is still writing when the pipe closes.
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

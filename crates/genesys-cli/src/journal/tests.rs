@@ -290,3 +290,31 @@ fn a_journal_that_cannot_be_written_on_a_resume_is_not_replaced() {
         "{new}"
     );
 }
+
+/// Two inputs whose names differ only in bytes that are not UTF-8 are two jobs, with a journal
+/// each: shown alike, they shared one, and the second was refused as the first's (or, with
+/// --fresh, wiped the first's progress).
+#[cfg(unix)]
+#[test]
+fn inputs_whose_names_are_not_utf8_have_a_journal_each() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = temp("not-utf8");
+    std::fs::create_dir_all(&dir).unwrap();
+    let [a, b] =
+        [b"a\xff.jsonl", b"a\xfe.jsonl"].map(|name| dir.join(std::ffi::OsStr::from_bytes(name)));
+    for input in [&a, &b] {
+        std::fs::write(input, "a\n").unwrap();
+    }
+    assert_ne!(
+        default_path(&spec(&a)).unwrap(),
+        default_path(&spec(&b)).unwrap()
+    );
+    // A UTF-8 name keeps the journal it always had: its identity has no bytes part.
+    let plain = temp("plain.jsonl");
+    std::fs::write(&plain, "a\n").unwrap();
+    let name = default_path(&spec(&plain)).unwrap();
+    assert!(
+        name.to_string_lossy().contains("users-patch-plain-"),
+        "{name:?}"
+    );
+}
