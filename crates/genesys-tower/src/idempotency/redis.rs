@@ -58,18 +58,20 @@ return {'acquired', epoch, clock, ''}
 /// worked: nobody else holds the key, and we are still at work). A renewal that reaches Redis
 /// after its deadline (it waited in a paused server) does nothing, and says so (-1): its owner
 /// may be done, or may renew again.
+/// Every answer carries Redis's clock (ms), as a claim's does.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local clock = string.format('%.0f', now)
 local deadline = tonumber(ARGV[4])
-if deadline > 0 and now > deadline then return -1 end
+if deadline > 0 and now > deadline then return {-1, clock} end
 local record = redis.call('GET', KEYS[1])
-if record and string.sub(record, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
+if record and string.sub(record, 1, #ARGV[1]) ~= ARGV[1] then return {0, clock} end
 local lease = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1] .. string.format('%.0f', now + lease), 'PX', lease + tonumber(ARGV[3]))
-return 1
+return {1, clock}
 ",
     )
 });
@@ -307,7 +309,13 @@ impl RedisStore {
         }
     }
 
-    /// Learns the epoch and the clock offset from a claim's answer.
+    /// Whether `deadline` (on our clock) is not past at `redis_now`, by the offset known now.
+    fn in_time(&self, deadline: Option<SystemTime>, redis_now: i64) -> bool {
+        let deadline = self.redis_deadline(deadline);
+        deadline == 0 || redis_now <= deadline
+    }
+
+    /// Learns the epoch (none: `""`) and the clock offset from an answer.
     fn learn(&self, epoch: &str, redis_now: i64) {
         let offset = redis_now.saturating_sub(unix_ms(SystemTime::now()));
         self.state.offset_ms.store(offset, Ordering::Relaxed);
@@ -472,6 +480,13 @@ fn parse(record: &[u8], fingerprint: Fingerprint, now: i64) -> Result<Claim, Sto
 /// A claim script's answer: `[code, epoch, Redis's clock, record]`.
 type ClaimAnswer = (String, String, String, Vec<u8>);
 
+/// Redis's clock in an answer (ms since the epoch).
+fn redis_clock(clock: &str) -> Result<i64, StoreError> {
+    clock
+        .parse()
+        .map_err(|_| StoreError::new(format!("redis answered a clock of {clock:?}")))
+}
+
 /// Releases, in the background, a claim whose answer never reached its caller: `prefix` is the
 /// claim's, `None` once the answer is handed over.
 struct ReleaseOnDrop {
@@ -528,23 +543,31 @@ impl IdempotencyStore for RedisStore {
                 key: self.redis_key(key),
                 prefix: Some(lock_prefix(&token)),
             };
-            let (code, epoch, clock, record): ClaimAnswer = CLAIM
-                .key(self.redis_key(key))
-                .key(self.epoch_key())
-                .arg(lock_prefix(&token))
-                .arg(millis(options.lease()))
-                .arg(millis_or_zero(options.hold()))
-                .arg(self.redis_deadline(options.deadline()))
-                .arg(self.known_epoch())
-                .arg(uuid::Uuid::new_v4().simple().to_string())
-                .arg(millis_or_zero(self.loss_quarantine))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_error)?;
-            let now: i64 = clock
-                .parse()
-                .map_err(|_| StoreError::new(format!("redis answered a clock of {clock:?}")))?;
-            self.learn(&epoch, now);
+            let mut asked = 0;
+            let (code, record, now) = loop {
+                asked += 1;
+                let (code, epoch, clock, record): ClaimAnswer = CLAIM
+                    .key(self.redis_key(key))
+                    .key(self.epoch_key())
+                    .arg(lock_prefix(&token))
+                    .arg(millis(options.lease()))
+                    .arg(millis_or_zero(options.hold()))
+                    .arg(self.redis_deadline(options.deadline()))
+                    .arg(self.known_epoch())
+                    .arg(uuid::Uuid::new_v4().simple().to_string())
+                    .arg(millis_or_zero(self.loss_quarantine))
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                let now = redis_clock(&clock)?;
+                self.learn(&epoch, now);
+                if code == "late" && asked == 1 && self.in_time(options.deadline(), now) {
+                    // Late by the offset learned before, in time by the one just learned: this
+                    // machine's clock was stepped (or Redis's), nothing was paused. Once more.
+                    continue;
+                }
+                break (code, record, now);
+            };
             // Made and handed over, or not made at all.
             unowned.prefix = None;
             match code.as_str() {
@@ -570,15 +593,26 @@ impl IdempotencyStore for RedisStore {
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let renewed: i64 = RENEW
-                .key(self.redis_key(key))
-                .arg(lock_prefix(token))
-                .arg(millis(options.lease()))
-                .arg(millis_or_zero(options.hold()))
-                .arg(self.redis_deadline(options.deadline()))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_error)?;
+            let mut asked = 0;
+            let renewed = loop {
+                asked += 1;
+                let (renewed, clock): (i64, String) = RENEW
+                    .key(self.redis_key(key))
+                    .arg(lock_prefix(token))
+                    .arg(millis(options.lease()))
+                    .arg(millis_or_zero(options.hold()))
+                    .arg(self.redis_deadline(options.deadline()))
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                let now = redis_clock(&clock)?;
+                self.learn("", now);
+                // As a claim: late only by a stepped clock, asked once more.
+                if renewed == -1 && asked == 1 && self.in_time(options.deadline(), now) {
+                    continue;
+                }
+                break renewed;
+            };
             match renewed {
                 // Late: nothing was done, and the claim may still be ours. Not a loss of the
                 // claim, which would stop its owner renewing it.
@@ -641,6 +675,37 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use http::{HeaderMap, Method, StatusCode};
+
+    /// This machine's clock stepped back after the store learned Redis's (an NTP correction, a
+    /// virtual machine restored): claims and renewals reached Redis late by the offset known,
+    /// and a renewal never learned better, so a lease lapsed mid-request. Asked once more by the
+    /// offset their answer gives, they go through; one late by Redis's clock is still refused.
+    /// With a real Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`).
+    #[tokio::test]
+    async fn a_stepped_clock_makes_no_claim_or_renewal_late() {
+        let url =
+            std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let prefix = format!("gt-test-step-{}:", uuid::Uuid::new_v4().simple());
+        let store = RedisStore::open(&url).unwrap().prefix(prefix);
+        let fp = Fingerprint::of(&Method::POST, &"/x".parse().unwrap(), b"{}");
+        let within = |d: SystemTime| ClaimOptions::new(Duration::from_secs(30)).not_after(d);
+        let soon = || within(SystemTime::now() + Duration::from_secs(1));
+        let Claim::Acquired(token) = store.claim("a", fp, soon()).await.unwrap() else {
+            panic!("claimed")
+        };
+        // The clock steps back 5 s: the offset known is 5 s short.
+        store.state.offset_ms.fetch_sub(5_000, Ordering::Relaxed);
+        assert!(store.renew("a", &token, soon()).await.unwrap(), "renewed");
+        store.state.offset_ms.fetch_sub(5_000, Ordering::Relaxed);
+        let claimed = store.claim("b", fp, soon()).await.unwrap();
+        assert!(matches!(claimed, Claim::Acquired(_)), "{claimed:?}");
+        let past = SystemTime::now() - Duration::from_secs(5);
+        assert!(store.claim("c", fp, within(past)).await.is_err(), "late");
+        assert!(
+            store.renew("a", &token, within(past)).await.is_err(),
+            "late"
+        );
+    }
 
     #[test]
     fn records_parse_back() {
