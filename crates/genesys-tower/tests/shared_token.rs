@@ -150,12 +150,12 @@ async fn an_absurd_lock_time_is_taken_within_bounds() {
     assert_eq!(fetches.load(SeqCst), 1);
 }
 
-/// A shared token's lifetime is bounded by its key's own time to live, which no process's
-/// clock skews: a record written by a process whose clock runs an hour ahead (or a forged
-/// one) is not taken as living an hour longer than it does. A record with an expiry on a key
+/// A shared token's lifetime is its key's own time to live, which no process's clock skews: a
+/// record written by a process whose clock runs an hour ahead (or a forged one) is not taken as
+/// living an hour longer than it does, nor one whose clock runs behind as expired. A record with an expiry on a key
 /// that never expires is not one the cache wrote: the process fetches its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shared_tokens_lifetime_is_bounded_by_its_keys_time_to_live() {
+async fn a_shared_tokens_lifetime_is_its_keys_time_to_live() {
     use genesys_tower::auth::TokenSource;
 
     let client = redis::Client::open(redis_url()).unwrap();
@@ -181,6 +181,24 @@ async fn a_shared_tokens_lifetime_is_bounded_by_its_keys_time_to_live() {
     assert_eq!(token.secret(), "skewed");
     let lifetime = token.lifetime().unwrap();
     assert!(lifetime <= Duration::from_secs(60), "{lifetime:?}");
+    assert_eq!(fetches.load(SeqCst), 0);
+
+    // Stored by a process whose clock runs an hour behind this one's: the key's minute holds,
+    // and the token is not taken as expired (which had this process fetch another for all).
+    let key = unique_key("behind-expiry");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(format!("{}\nbehind", now_ms - 3_600_000))
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let cache = RedisTokenCache::open(&redis_url(), key.clone(), login(fetches.clone())).unwrap();
+    let token = cache.fetch().await.unwrap();
+    assert_eq!(token.secret(), "behind");
+    let lifetime = token.lifetime().unwrap();
+    assert!(lifetime > Duration::from_secs(50), "{lifetime:?}");
     assert_eq!(fetches.load(SeqCst), 0);
 
     let key = unique_key("persistent-expiry");

@@ -189,13 +189,14 @@ impl<S: TokenSource> RedisTokenCache<S> {
         let lifetime = match (expires_ms.parse::<u64>(), ttl) {
             // No expiry given by the source.
             (Ok(0), _) => None,
-            (Ok(ms), Some(ttl)) => {
-                let left = Duration::from_millis(ms.saturating_sub(unix_ms(SystemTime::now())));
-                let left = left.min(ttl);
-                if left < MIN_LIFETIME {
+            // The key's time to live alone: the record's expiry is on the storing process's
+            // clock, and a clock of this process ahead of that one would cut the token short
+            // (and, under the minimum, have this process fetch another for the whole fleet).
+            (Ok(_), Some(ttl)) => {
+                if ttl < MIN_LIFETIME {
                     return Ok(None);
                 }
-                Some(left)
+                Some(ttl)
             }
             // An expiry on a key that never expires, or no number: not a record this cache
             // wrote; this process fetches its own.
