@@ -119,7 +119,7 @@ impl Format {
 pub(crate) struct Source {
     path: PathBuf,
     format: Format,
-    reader: BufReader<File>,
+    reader: BufReader<Unchanged>,
     /// The file's size and modification time when it was opened.
     opened: Option<Stamp>,
     /// The CSV header, also written first to the failed file.
@@ -164,7 +164,14 @@ impl Source {
                 path.display()
             )));
         }
-        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        let mut reader = BufReader::with_capacity(
+            64 * 1024,
+            Unchanged {
+                file,
+                opened,
+                path: path.to_owned(),
+            },
+        );
         // A UTF-8 byte order mark (spreadsheet exports write one) is not part of the first
         // record: without this, a CSV header would read `\u{feff}user_id`.
         if reader
@@ -242,7 +249,7 @@ impl Source {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
-            let opened = self.reader.get_ref().metadata();
+            let opened = self.reader.get_ref().file.metadata();
             let named = std::fs::metadata(path);
             if let (Ok(opened), Ok(named)) = (opened, named)
                 && (opened.dev(), opened.ino()) != (named.dev(), named.ino())
@@ -298,7 +305,7 @@ impl Source {
             .spawn(move || {
                 let path = self.path.clone();
                 // The file itself, as opened (not its path, which may name another by now).
-                let file = self.reader.get_ref().try_clone().ok();
+                let file = self.reader.get_ref().file.try_clone().ok();
                 let opened = self.opened;
                 let result = match self.format {
                     Format::Jsonl => read_jsonl(self.reader, &*parser, &tx),
@@ -306,8 +313,11 @@ impl Source {
                     Format::Json => read_document(self.reader, &*parser, &tx),
                 };
                 if let Err(e) = result {
-                    let broken = Input::Broken(format!("reading {} failed: {e}", path.display()));
-                    let _ = send(&tx, broken);
+                    let why = match e.get_ref().and_then(|e| e.downcast_ref::<Changed>()) {
+                        Some(Changed(why)) => why.clone(),
+                        None => format!("reading {} failed: {e}", path.display()),
+                    };
+                    let _ = send(&tx, Input::Broken(why));
                     return;
                 }
                 // Written over while it was read (an export rewritten in place, an editor's
@@ -322,6 +332,47 @@ impl Source {
             })
             .expect("spawning the input thread");
         rx
+    }
+}
+
+/// The input file, read only while it is as it was opened: every read (the reader's buffer is
+/// refilled every 64 KiB) first checks its size and modification time, and fails with
+/// [`Changed`] once they moved. Without it, a file rewritten in place early in a long job was
+/// read on, from its new content, to its end before the change was noticed.
+#[derive(Debug)]
+struct Unchanged {
+    file: File,
+    /// Its size and modification time when it was opened (`None`: not a regular file, whose
+    /// times move as it is written to).
+    opened: Option<Stamp>,
+    path: PathBuf,
+}
+
+/// Why [`Unchanged`] stopped: the message for the job.
+#[derive(Debug)]
+struct Changed(String);
+
+impl std::fmt::Display for Changed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Changed {}
+
+impl Read for Unchanged {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(before) = self.opened
+            && let Ok(now) = self.file.metadata()
+        {
+            let after = Stamp::of(&now);
+            if after != before {
+                return Err(std::io::Error::other(Changed(changed(
+                    &self.path, before, after,
+                ))));
+            }
+        }
+        self.file.read(buf)
     }
 }
 
@@ -602,7 +653,7 @@ pub(crate) fn parse_json<P: Parse>(
 }
 
 fn read_jsonl<P: Parse>(
-    mut reader: BufReader<File>,
+    mut reader: BufReader<Unchanged>,
     parser: &P,
     tx: &InputTx<P::Item>,
 ) -> std::io::Result<()> {
@@ -642,7 +693,7 @@ fn read_jsonl<P: Parse>(
 }
 
 fn read_document<P: Parse>(
-    mut reader: BufReader<File>,
+    mut reader: BufReader<Unchanged>,
     parser: &P,
     tx: &InputTx<P::Item>,
 ) -> std::io::Result<()> {
@@ -674,7 +725,7 @@ fn read_document<P: Parse>(
 }
 
 fn read_csv<P: Parse>(
-    reader: BufReader<File>,
+    reader: BufReader<Unchanged>,
     header: Option<csv::ByteRecord>,
     parser: &P,
     tx: &InputTx<P::Item>,
@@ -870,6 +921,36 @@ mod tests {
             }
         }
         assert_eq!(got, 20, "every record arrives");
+    }
+
+    /// A long input rewritten in place early in the job: the reader stops at its next buffer
+    /// (every 64 KiB), not at the end of the file, having sent its new content all along.
+    #[test]
+    fn an_input_written_over_is_noticed_at_the_next_read_not_at_its_end() {
+        let records = 20_000;
+        let lines: String = (0..records)
+            .map(|n| format!("{{\"id\":\"{n:0>40}\"}}\n"))
+            .collect();
+        let path = file("rewritten-long.jsonl", lines.as_bytes());
+        let src = Source::open(&path, Format::Jsonl, &Obj).unwrap();
+        let mut rx = src.stream(Arc::new(Obj), 1);
+        assert!(matches!(rx.blocking_recv(), Some(Input::Record(_))));
+        let mut other = lines.replace("\"id\":\"0", "\"id\":\"x");
+        other.push('\n');
+        std::fs::write(&path, other).unwrap();
+        let mut got = 1;
+        let why = loop {
+            match rx.blocking_recv() {
+                Some(Input::Record(_)) => got += 1,
+                Some(Input::Broken(why)) => break why,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(why.contains("changed while the job read it"), "{why}");
+        assert!(
+            got < records / 4,
+            "{got} of {records} records sent before the change was noticed"
+        );
     }
 
     #[test]
