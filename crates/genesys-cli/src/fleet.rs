@@ -412,10 +412,11 @@ impl Fleet {
 /// recently enough that no other worker can have taken it, by both clocks. The monotonic clock
 /// runs on while a process is paused (SIGSTOP), so a worker that wakes past its lease finds it
 /// gone at once, before it sends anything more; but it stops while the machine sleeps (a laptop
-/// closed, a virtual machine paused), while Redis's clock, which ends the lease, runs on. The
-/// wall clock runs on then: a lease holds only while neither clock says its time is up. (A wall
-/// clock stepped forward by more than a quarter of the lease ends it early: the worker takes
-/// its shard's units for another's until its next renewal, which is safe.)
+/// closed), while Redis's clock, which ends the lease, runs on. The wall clock runs on then (or,
+/// in a virtual machine paused and resumed, is set right after): a lease holds only while
+/// neither clock says its time is up. A wall clock stepped forward past what is left of the
+/// lease's three quarters ends it early, which is safe: the worker leaves the rest of the shard
+/// to another pass.
 #[derive(Debug, Clone)]
 pub(crate) struct Fence {
     base: Instant,
@@ -462,8 +463,10 @@ impl Fence {
         let margin = millis(life) / 4 * 3;
         self.until_ms
             .fetch_max(asked.ms.saturating_add(margin), Ordering::SeqCst);
+        // Stored, not raised: after a wall clock stepped back, a bound set before the step would
+        // hold for as long as the step.
         self.until_wall_ms
-            .fetch_max(asked.wall_ms.saturating_add(margin), Ordering::SeqCst);
+            .store(asked.wall_ms.saturating_add(margin), Ordering::SeqCst);
     }
 
     /// The machine slept for `slept` (tests): the wall clock ran on, the monotonic one did not.

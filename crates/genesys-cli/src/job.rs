@@ -829,12 +829,19 @@ pub(crate) async fn run<D: Deliver>(
                     interrupts_open = false;
                     continue;
                 };
+                // A terminal that closes often hangs up twice (the shell passes its SIGHUP on,
+                // then the kernel sends one as the session ends): the second is no order to
+                // abandon what is in flight.
+                if signal == Interrupt::Hangup && interrupt_count > 0 {
+                    continue;
+                }
                 interrupt_count += 1;
                 if interrupt_count == 1 {
                     engine.tally.interrupted = true;
                     stopping = true;
                     grace = match signal {
-                        Interrupt::CtrlC => options.grace,
+                        // No SIGKILL follows a hangup: the whole grace, as after Ctrl-C.
+                        Interrupt::CtrlC | Interrupt::Hangup => options.grace,
                         Interrupt::Term => options.grace.min(TERM_GRACE),
                     };
                     grace_ends = Some(tokio::time::Instant::now() + grace);

@@ -586,7 +586,7 @@ impl Journal {
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| cannot(path, &e, exists))?;
+            .map_err(|e| cannot(path, &e, exists && mode != OpenMode::Fresh))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -597,7 +597,9 @@ impl Journal {
                     path.display()
                 )));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(cannot(path, &e, exists)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(cannot(path, &e, exists && mode != OpenMode::Fresh));
+            }
         }
         // A default journal whose job finished is replaced by the next run, whatever it was
         // (the same command on an input whose content changed since, a fleet job of an earlier
@@ -991,31 +993,24 @@ pub(crate) fn default_path_for(
         ))
     })?;
     let canonical = std::fs::canonicalize(&spec.input).unwrap_or_else(|_| spec.input.clone());
-    let mut identity = format!(
+    let shown = format!(
         "{}|{}|{}",
         spec.command,
         canonical.display(),
         spec.action_id.as_deref().unwrap_or("")
     );
-    // A path that is not UTF-8 shows its odd bytes as U+FFFD, and two such paths may show
-    // alike: its bytes tell them apart (a UTF-8 path's name is as it always was).
-    if canonical.to_str().is_none() {
-        identity.push_str(&format!(
-            "|bytes {:02x?}",
-            canonical.as_os_str().as_encoded_bytes()
-        ));
-    }
+    let mut rest = String::new();
     // Each worker of a sharded job has a journal of its own.
     // By `I/N` alone: a journal of the same shard split another way is found, and refused for
     // it, rather than passed by.
     if let Some(shard) = spec.shard {
-        identity.push_str(&format!("|shard {shard}"));
+        rest.push_str(&format!("|shard {shard}"));
     }
     if let Some(run) = &spec.run {
-        identity.push_str(&format!("|run {run}"));
+        rest.push_str(&format!("|run {run}"));
     }
     if let Some(taker) = takeover {
-        identity.push_str(&format!("|takeover by {taker}"));
+        rest.push_str(&format!("|takeover by {taker}"));
     }
     let stem: String = spec
         .input
@@ -1032,11 +1027,31 @@ pub(crate) fn default_path_for(
         })
         .take(40)
         .collect();
-    Ok(dir.join(format!(
-        "{}-{stem}-{:016x}.journal",
-        spec.command.replace(' ', "-"),
-        fnv1a(identity.as_bytes())
-    )))
+    let named = |identity: &str| {
+        dir.join(format!(
+            "{}-{stem}-{:016x}.journal",
+            spec.command.replace(' ', "-"),
+            fnv1a(identity.as_bytes())
+        ))
+    };
+    let journal = named(&format!("{shown}{rest}"));
+    if canonical.to_str().is_some() {
+        return Ok(journal);
+    }
+    // A path that is not UTF-8 shows its odd bytes as U+FFFD, and two such paths may show alike:
+    // its bytes tell them apart. A journal an earlier gcx kept by the name alone is still found
+    // (its header refuses it if it is another input's).
+    let bytes: String = canonical
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let own = named(&format!("{shown}|bytes {bytes}{rest}"));
+    Ok(match !own.exists() && journal.exists() {
+        true => journal,
+        false => own,
+    })
 }
 
 #[cfg(test)]

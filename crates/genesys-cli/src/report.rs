@@ -563,8 +563,8 @@ impl Report {
             let _ = writeln!(
                 s,
                 "  journal error: {e} (fix the disk, then run the same command again to resume: \
-                 what the journal did not record is checked, or sent again only where that is \
-                 safe)"
+                 what the journal did not record as ended is resolved as any resume does, a data \
+                 action that may have run listed as unknown, never run again)"
             );
         }
         if let Some(j) = &self.journal {

@@ -14,6 +14,9 @@ pub(crate) enum Interrupt {
     /// SIGTERM, a scheduler's stop, which its SIGKILL follows: units in flight get at most
     /// [`TERM_GRACE`](crate::job::TERM_GRACE).
     Term,
+    /// SIGHUP, the terminal or the ssh session gone: the whole grace, as after Ctrl-C, and a
+    /// second one (a closing terminal often sends two) is not a second interrupt.
+    Hangup,
 }
 
 /// Whether a Ctrl-C or a SIGTERM came since the handlers were installed, and who waits for one.
@@ -26,9 +29,10 @@ static JOB: Mutex<Option<mpsc::UnboundedSender<Interrupt>>> = Mutex::new(None);
 static INSTALLED: Once = Once::new();
 
 /// Installs the handlers of Ctrl-C and SIGTERM, once: from then on each is recorded (for
-/// [`stop_asked`]) and sent to the job that runs, if one does. SIGHUP (the terminal or the ssh
-/// session went away) stops the job as SIGTERM does, with its report and lists written, unless
-/// the process ignores it: a job started under `nohup` runs on after its terminal closes.
+/// [`stop_asked`]) and sent to the job that runs, if one does. On Linux, SIGHUP (the terminal or
+/// the ssh session went away) stops the job as an interrupt does, with its report and lists
+/// written, unless the process ignores it: a job started under `nohup` runs on after its
+/// terminal closes. Elsewhere SIGHUP keeps its disposition.
 /// Registered before it returns: a signal that comes after is recorded. Needs a tokio runtime.
 pub(crate) fn install() {
     INSTALLED.call_once(|| {
@@ -36,7 +40,7 @@ pub(crate) fn install() {
         {
             use tokio::signal::unix::{SignalKind, signal};
             // Read before any handler is set: a handler replaces the disposition inherited.
-            let hangup = (!hangup_ignored()).then_some((SignalKind::hangup(), Interrupt::Term));
+            let hangup = (!hangup_ignored()).then_some((SignalKind::hangup(), Interrupt::Hangup));
             for (kind, which) in [
                 (SignalKind::interrupt(), Interrupt::CtrlC),
                 (SignalKind::terminate(), Interrupt::Term),

@@ -272,7 +272,8 @@ impl Paced {
     /// Starts the job at two requests a minute (the first checks the credentials): the first
     /// execution goes, and the others in flight wait for pacing. The grace after a stop is the
     /// attempt timeout, 2 s here. SIGHUP is `hangup` in the process, as a shell (`SIG_DFL`) or
-    /// `nohup` (`SIG_IGN`) leaves it. Returns once the first execution ran.
+    /// `nohup` (`SIG_IGN`) leaves it. Returns once the first execution ran and three more are
+    /// in flight.
     async fn start(&self, hangup: libc::sighandler_t) -> Child {
         let mut cmd = self.run();
         cmd.args(["--rate-limit", "2/60"])
@@ -288,6 +289,17 @@ impl Paced {
         }
         let child = cmd.spawn().unwrap();
         wait_ledger(&self.sim, 1).await;
+        // And the three after it in flight, waiting for pacing: their starts are on disk before
+        // they may leave (however slowly this machine read the input to them).
+        let started = Instant::now();
+        loop {
+            let journal = std::fs::read_to_string(&self.journal).unwrap_or_default();
+            if journal.matches(r#""s":"start""#).count() >= 4 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{journal}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         child
     }
 
@@ -338,8 +350,75 @@ async fn actions_stopped_while_waiting_for_pacing_are_sent_by_the_next_run() {
     job.stopped_then_resumed(child.wait().unwrap());
 }
 
-/// SIGHUP (the ssh session or the terminal went away) stops the job as SIGTERM does, with its
-/// report and lists written; under `nohup`, which ignores it, the job runs on.
+/// A terminal that closes often sends SIGHUP twice (the shell passes its own on, then the
+/// kernel sends one as the session ends): the second is not a second Ctrl-C, which would
+/// abandon the executions in flight as unknown; they finish within the grace.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hangup_that_comes_twice_lets_the_executions_in_flight_finish() {
+    // The executions alone are held (they alone carry a JSON body).
+    let json_body = genesys_sim::FaultTarget::parse("header:content-type=application/json");
+    let sim = Simulator::spawn(
+        config(1)
+            .faults("latency=1s..1s".parse().unwrap())
+            .faults_only_for(Some(json_body.unwrap())),
+    )
+    .await
+    .unwrap();
+    let d = dir("hup_twice_actions");
+    let lines: String = (0..4).map(|n| format!("{}\n", json!({ "n": n }))).collect();
+    let input = write(&d.join("batch.jsonl"), lines.as_bytes());
+    let report = d.join("report.json");
+    let mut cmd = gcx(&sim);
+    cmd.args([
+        "actions",
+        "execute",
+        "echo",
+        "--concurrency",
+        "4",
+        "--batch",
+    ])
+    .arg(&input)
+    .arg("--report")
+    .arg(&report)
+    .env("GCX_TIMEOUTS_ATTEMPT", "30s")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    // SAFETY: `signal` is async-signal-safe, as what runs between fork and exec must be.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // The four executions, held by the simulator.
+    let arrived = || sim.stats().faults.get("latency").copied().unwrap_or(0);
+    let start = Instant::now();
+    while arrived() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} arrived",
+            arrived()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(child.id(), "HUP");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    signal(child.id(), "HUP");
+    child.wait().unwrap();
+    let c = read_json(&report)["counts"].clone();
+    assert_eq!(
+        (c["delivered"].as_u64(), c["unknown"].as_u64()),
+        (Some(4), Some(0)),
+        "{c}"
+    );
+    assert_eq!(sim.ledger_len(), 4);
+}
+
+/// SIGHUP (the ssh session or the terminal went away) stops the job as an interrupt does, with
+/// its report and lists written; under `nohup`, which ignores it, the job runs on.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hangup_stops_the_job_as_sigterm_does_unless_it_runs_under_nohup() {
     let job = Paced::new("hup_paced_actions").await;

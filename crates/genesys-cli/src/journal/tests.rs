@@ -305,16 +305,35 @@ fn inputs_whose_names_are_not_utf8_have_a_journal_each() {
     for input in [&a, &b] {
         std::fs::write(input, "a\n").unwrap();
     }
-    assert_ne!(
+    let (own_a, own_b) = (
         default_path(&spec(&a)).unwrap(),
-        default_path(&spec(&b)).unwrap()
+        default_path(&spec(&b)).unwrap(),
     );
+    assert_ne!(own_a, own_b);
+    // The name an earlier gcx gave both (by the shown path alone): a job it left unfinished is
+    // still found there, rather than started over under new keys.
+    let earlier = |input: &Path| {
+        let canonical = std::fs::canonicalize(input).unwrap();
+        let identity = format!("users patch|{}|", canonical.display());
+        own_a.with_file_name(format!(
+            "users-patch-a_-{:016x}.journal",
+            fnv1a(identity.as_bytes())
+        ))
+    };
+    assert_eq!(earlier(&a), earlier(&b));
+    std::fs::write(earlier(&a), "").unwrap();
+    assert_eq!(default_path(&spec(&a)).unwrap(), earlier(&a));
+    std::fs::remove_file(earlier(&a)).unwrap();
     // A UTF-8 name keeps the journal it always had: its identity has no bytes part.
     let plain = temp("plain.jsonl");
     std::fs::write(&plain, "a\n").unwrap();
-    let name = default_path(&spec(&plain)).unwrap();
-    assert!(
-        name.to_string_lossy().contains("users-patch-plain-"),
-        "{name:?}"
+    let canonical = std::fs::canonicalize(&plain).unwrap();
+    let identity = format!("users patch|{}|", canonical.display());
+    assert_eq!(
+        default_path(&spec(&plain)).unwrap().file_name().unwrap(),
+        &*format!(
+            "users-patch-plain-{:016x}.journal",
+            fnv1a(identity.as_bytes())
+        )
     );
 }

@@ -689,14 +689,15 @@ mod tests {
         let store = RedisStore::open(&url).unwrap().prefix(prefix);
         let fp = Fingerprint::of(&Method::POST, &"/x".parse().unwrap(), b"{}");
         let within = |d: SystemTime| ClaimOptions::new(Duration::from_secs(30)).not_after(d);
-        let soon = || within(SystemTime::now() + Duration::from_secs(1));
+        // Far enough for a loaded machine; the steps below are longer.
+        let soon = || within(SystemTime::now() + Duration::from_secs(20));
         let Claim::Acquired(token) = store.claim("a", fp, soon()).await.unwrap() else {
             panic!("claimed")
         };
-        // The clock steps back 5 s: the offset known is 5 s short.
-        store.state.offset_ms.fetch_sub(5_000, Ordering::Relaxed);
+        // The clock steps back a minute: the offset known is a minute short.
+        store.state.offset_ms.fetch_sub(60_000, Ordering::Relaxed);
         assert!(store.renew("a", &token, soon()).await.unwrap(), "renewed");
-        store.state.offset_ms.fetch_sub(5_000, Ordering::Relaxed);
+        store.state.offset_ms.fetch_sub(60_000, Ordering::Relaxed);
         let claimed = store.claim("b", fp, soon()).await.unwrap();
         assert!(matches!(claimed, Claim::Acquired(_)), "{claimed:?}");
         let past = SystemTime::now() - Duration::from_secs(5);
@@ -705,6 +706,18 @@ mod tests {
             store.renew("a", &token, within(past)).await.is_err(),
             "late"
         );
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys = [
+            store.redis_key("a"),
+            store.redis_key("b"),
+            store.epoch_key(),
+        ];
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
 
     #[test]
