@@ -230,7 +230,22 @@ async fn ingest_killed_at_several_points_then_resumed_applies_every_record_once(
     }
 }
 
-/// A paced job of six data actions, stopped by signals: see [`paced_actions`].
+/// `gcx actions execute echo --concurrency 4 --batch INPUT` against `sim`.
+fn batch_of_actions(sim: &SimHandle, input: &Path) -> Command {
+    let mut cmd = gcx(sim);
+    cmd.args([
+        "actions",
+        "execute",
+        "echo",
+        "--concurrency",
+        "4",
+        "--batch",
+    ])
+    .arg(input);
+    cmd
+}
+
+/// A paced job of six data actions, stopped by signals: see [`Paced::start`].
 struct Paced {
     sim: SimHandle,
     inputs: usize,
@@ -258,11 +273,8 @@ impl Paced {
 
     /// The job's command, journaled, with its report.
     fn run(&self) -> Command {
-        let mut cmd = gcx(&self.sim);
-        cmd.args(["actions", "execute", "echo", "--concurrency", "4"])
-            .arg("--batch")
-            .arg(&self.input)
-            .arg("--journal")
+        let mut cmd = batch_of_actions(&self.sim, &self.input);
+        cmd.arg("--journal")
             .arg(&self.journal)
             .arg("--report")
             .arg(&self.report);
@@ -369,21 +381,12 @@ async fn a_hangup_that_comes_twice_lets_the_executions_in_flight_finish() {
     let lines: String = (0..4).map(|n| format!("{}\n", json!({ "n": n }))).collect();
     let input = write(&d.join("batch.jsonl"), lines.as_bytes());
     let report = d.join("report.json");
-    let mut cmd = gcx(&sim);
-    cmd.args([
-        "actions",
-        "execute",
-        "echo",
-        "--concurrency",
-        "4",
-        "--batch",
-    ])
-    .arg(&input)
-    .arg("--report")
-    .arg(&report)
-    .env("GCX_TIMEOUTS_ATTEMPT", "30s")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    let mut cmd = batch_of_actions(&sim, &input);
+    cmd.arg("--report")
+        .arg(&report)
+        .env("GCX_TIMEOUTS_ATTEMPT", "30s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // SAFETY: `signal` is async-signal-safe, as what runs between fork and exec must be.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
@@ -555,24 +558,15 @@ async fn two_ctrl_c_record_in_flight_actions_as_unknown_and_a_resume_never_runs_
         d.join("unknown.jsonl"),
         d.join("r.json"),
     );
-    let mut cmd = gcx(&sim);
-    cmd.args([
-        "actions",
-        "execute",
-        "echo",
-        "--concurrency",
-        "4",
-        "--batch",
-    ])
-    .arg(&input)
-    .arg("--journal")
-    .arg(&journal)
-    .arg("--failed")
-    .arg(&failed)
-    .arg("--unknown")
-    .arg(&unknown)
-    .arg("--report")
-    .arg(&report);
+    let mut cmd = batch_of_actions(&sim, &input);
+    cmd.arg("--journal")
+        .arg(&journal)
+        .arg("--failed")
+        .arg(&failed)
+        .arg("--unknown")
+        .arg(&unknown)
+        .arg("--report")
+        .arg(&report);
     let out = interrupt_twice_at(&sim, cmd, 4).await;
     assert_eq!(out.status.code(), Some(1));
     let r = read_json(&report);
@@ -596,16 +590,7 @@ async fn two_ctrl_c_record_in_flight_actions_as_unknown_and_a_resume_never_runs_
 
     // Let the abandoned executions land, then resume.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let out = gcx(&sim)
-        .args([
-            "actions",
-            "execute",
-            "echo",
-            "--concurrency",
-            "4",
-            "--batch",
-        ])
-        .arg(&input)
+    let out = batch_of_actions(&sim, &input)
         .arg("--journal")
         .arg(&journal)
         .arg("--json")
