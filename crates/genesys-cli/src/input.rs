@@ -246,6 +246,24 @@ impl Source {
     /// since it was opened. The job's journal describes the file at `path`, hashed after the
     /// open; a file put in its place in between would be read under another file's name.
     pub(crate) fn check_still_at(&self, path: &Path) -> Result<(), CliError> {
+        // Written over in place since it was opened (its first 64 KiB are read by then): the
+        // journal would describe the new content, and the job would send the old.
+        let now = self
+            .reader
+            .get_ref()
+            .file
+            .metadata()
+            .ok()
+            .map(|m| Stamp::of(&m));
+        if let (Some(before), Some(after)) = (self.opened, now)
+            && before != after
+        {
+            return Err(CliError::usage(format!(
+                "the input {} changed while the job started: run it again on a file that \
+                 nothing writes to",
+                path.display()
+            )));
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
@@ -314,7 +332,7 @@ impl Source {
                 };
                 if let Err(e) = result {
                     let why = match e.get_ref().and_then(|e| e.downcast_ref::<Changed>()) {
-                        Some(Changed(why)) => why.clone(),
+                        Some(changed) => changed.to_string(),
                         None => format!("reading {} failed: {e}", path.display()),
                     };
                     let _ = send(&tx, Input::Broken(why));
@@ -327,7 +345,10 @@ impl Source {
                 if let (Some(before), Some(after)) = (opened, now)
                     && before != after
                 {
-                    let _ = send(&tx, Input::Broken(changed(&path, before, after)));
+                    let _ = send(
+                        &tx,
+                        Input::Broken(changed(&path, before, after, Stop::AfterTheEnd)),
+                    );
                 }
             })
             .expect("spawning the input thread");
@@ -348,13 +369,19 @@ struct Unchanged {
     path: PathBuf,
 }
 
-/// Why [`Unchanged`] stopped: the message for the job.
+/// Why [`Unchanged`] stopped, and where (the line, once the reader that met it says).
 #[derive(Debug)]
-struct Changed(String);
+struct Changed {
+    path: PathBuf,
+    before: Stamp,
+    after: Stamp,
+    line: Option<u64>,
+}
 
 impl std::fmt::Display for Changed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        let stop = self.line.map_or(Stop::Midway, Stop::AtLine);
+        f.write_str(&changed(&self.path, self.before, self.after, stop))
     }
 }
 
@@ -367,9 +394,12 @@ impl Read for Unchanged {
         {
             let after = Stamp::of(&now);
             if after != before {
-                return Err(std::io::Error::other(Changed(changed(
-                    &self.path, before, after,
-                ))));
+                return Err(std::io::Error::other(Changed {
+                    path: self.path.clone(),
+                    before,
+                    after,
+                    line: None,
+                }));
             }
         }
         self.file.read(buf)
@@ -393,19 +423,62 @@ impl Stamp {
 }
 
 /// What the job says of an input written over while it was read.
-fn changed(path: &Path, before: Stamp, after: Stamp) -> String {
+/// Where reading was when an input was found changed.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// It stopped before this line.
+    AtLine(u64),
+    /// It stopped, at a line not known.
+    Midway,
+    /// It had read the whole input: the change came after its last read.
+    AfterTheEnd,
+}
+
+fn changed(path: &Path, before: Stamp, after: Stamp, stop: Stop) -> String {
     let how = if before.len == after.len {
         format!("modified, {} bytes", after.len)
     } else {
         format!("{} bytes, then {}", before.len, after.len)
     };
+    let read = match stop {
+        Stop::AtLine(line) => format!(
+            "reading stopped at line {line}: it and the lines after it were not read, and \
+             nothing of them was sent"
+        ),
+        Stop::Midway => "reading stopped: what was left of it was not read, and nothing of \
+                         it was sent"
+            .to_owned(),
+        Stop::AfterTheEnd => "records read last may come from its new content".to_owned(),
+    };
     format!(
-        "the input {} changed while the job read it ({how}): records read after the change may \
-         come from its new content, which the journal does not describe. Check the failed and \
-         unknown records listed, then run the job on a copy that nothing writes to (with \
-         --fresh, or another --journal)",
+        "the input {} changed while the job read it ({how}); {read}. If only its time changed \
+         (a `touch`), run the same command again: the journal resumes the job. If its content \
+         changed, the journal describes the old content: check the records listed (failed, \
+         unknown), then run the job on a copy that nothing writes to, with --fresh or another \
+         --journal",
         path.display()
     )
+}
+
+/// `e`, with the line where reading stopped when it is a [`Changed`].
+fn stopped_at(e: std::io::Error, line: u64) -> std::io::Error {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Changed>())
+    {
+        Some(Changed {
+            path,
+            before,
+            after,
+            ..
+        }) => std::io::Error::other(Changed {
+            path: path.clone(),
+            before: *before,
+            after: *after,
+            line: Some(line),
+        }),
+        None => e,
+    }
 }
 
 /// The most bytes of records read ahead and not yet taken by the job: however many records
@@ -660,7 +733,7 @@ fn read_jsonl<P: Parse>(
     let mut buf = Vec::new();
     let mut line = 0u64;
     loop {
-        match read_line(&mut reader, &mut buf)? {
+        match read_line(&mut reader, &mut buf).map_err(|e| stopped_at(e, line + 1))? {
             Line::End => break,
             Line::Read => {}
             Line::TooLong => {
@@ -757,7 +830,10 @@ fn read_csv<P: Parse>(
             Ok(true) => {}
             Err(e) => match e.kind() {
                 csv::ErrorKind::Io(_) => {
-                    return Err(std::io::Error::other(e.to_string()));
+                    return Err(match e.into_kind() {
+                        csv::ErrorKind::Io(io) => stopped_at(io, line),
+                        other => std::io::Error::other(format!("{other:?}")),
+                    });
                 }
                 _ => {
                     send(
@@ -951,6 +1027,34 @@ mod tests {
             got < records / 4,
             "{got} of {records} records sent before the change was noticed"
         );
+        // Where it stopped, for the report: the line after the last one sent.
+        let stopped = format!(
+            "reading stopped at line {}: it and the lines after it",
+            got + 1
+        );
+        assert!(why.contains(&stopped), "{why}");
+
+        // Only touched: the same, and the advice says the same command resumes it.
+        let path = file("touched-long.jsonl", lines.as_bytes());
+        let src = Source::open(&path, Format::Jsonl, &Obj).unwrap();
+        let mut rx = src.stream(Arc::new(Obj), 1);
+        assert!(matches!(rx.blocking_recv(), Some(Input::Record(_))));
+        let an_hour_on = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(an_hour_on)
+            .unwrap();
+        let why = loop {
+            match rx.blocking_recv() {
+                Some(Input::Record(_)) => {}
+                Some(Input::Broken(why)) => break why,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(why.contains("If only its time changed"), "{why}");
+        assert!(why.contains("run the same command again"), "{why}");
     }
 
     #[test]
@@ -990,6 +1094,20 @@ mod tests {
         std::fs::rename(&other, &path).unwrap();
         let err = src.check_still_at(&path).unwrap_err();
         assert!(err.to_string().contains("was replaced"), "{err}");
+    }
+
+    /// Written over in place between its opening and its hashing (the journal would describe
+    /// the new content while the job sends the old, read at the opening): refused.
+    #[test]
+    fn an_input_written_over_as_the_job_starts_is_refused() {
+        let path = file("written-at-start.jsonl", b"{\"id\":\"a\"}\n");
+        let src = Source::open(&path, Format::Jsonl, &Obj).unwrap();
+        std::fs::write(&path, b"{\"id\":\"b\"}\n{\"id\":\"c\"}\n").unwrap();
+        let err = src.check_still_at(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("changed while the job started"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -652,6 +652,8 @@ pub(crate) async fn run<D: Deliver>(
     let mut input_done = false;
     let mut interrupts_open = true;
     let mut interrupt_count = 0u32;
+    // The first interrupt was a hangup, and no SIGTERM came since.
+    let mut hung_up = false;
     let mut stopping = false;
     let mut grace_ends: Option<tokio::time::Instant> = None;
     let mut grace = options.grace;
@@ -835,6 +837,18 @@ pub(crate) async fn run<D: Deliver>(
                 if signal == Interrupt::Hangup && interrupt_count > 0 {
                     continue;
                 }
+                // Nor is a SIGTERM after a hangup (a session manager stopping what the closed
+                // session left running): it only shortens the grace to what SIGTERM gives,
+                // since a SIGKILL may follow it.
+                if signal == Interrupt::Term && hung_up {
+                    hung_up = false;
+                    let term_ends = tokio::time::Instant::now() + options.grace.min(TERM_GRACE);
+                    if let Some(ends) = grace_ends.as_mut() {
+                        *ends = (*ends).min(term_ends);
+                    }
+                    continue;
+                }
+                hung_up = signal == Interrupt::Hangup && interrupt_count == 0;
                 interrupt_count += 1;
                 if interrupt_count == 1 {
                     engine.tally.interrupted = true;

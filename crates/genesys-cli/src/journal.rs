@@ -1048,10 +1048,23 @@ pub(crate) fn default_path_for(
         .map(|b| format!("{b:02x}"))
         .collect();
     let own = named(&format!("{shown}|bytes {bytes}{rest}"));
-    Ok(match !own.exists() && journal.exists() {
-        true => journal,
-        false => own,
-    })
+    // Only a journal of this very input, unfinished: another input shown alike keeps its own.
+    let earlier = !own.exists()
+        && header_of(&journal).is_some_and(|h| {
+            (h.input_hash.as_str(), h.input_bytes) == (spec.input_hash.as_str(), spec.input_bytes)
+        })
+        && peek(&journal).is_some_and(|(_, complete)| !complete);
+    Ok(if earlier { journal } else { own })
+}
+
+/// The header of the journal at `path`, when it has one.
+fn header_of(path: &Path) -> Option<Header> {
+    let mut first = Vec::new();
+    BufReader::new(File::open(path).ok()?)
+        .take(LINE_MAX)
+        .read_until(b'\n', &mut first)
+        .ok()?;
+    serde_json::from_slice(first.trim_ascii_end()).ok()
 }
 
 #[cfg(test)]

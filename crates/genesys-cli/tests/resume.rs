@@ -292,13 +292,7 @@ impl Paced {
             .env("GCX_TIMEOUTS_ATTEMPT", "2s")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: `signal` is async-signal-safe, as what runs between fork and exec must be.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                libc::signal(libc::SIGHUP, hangup);
-                Ok(())
-            });
-        }
+        hangup_as(&mut cmd, hangup);
         let child = cmd.spawn().unwrap();
         wait_ledger(&self.sim, 1).await;
         // And the three after it in flight, waiting for pacing: their starts are on disk before
@@ -363,60 +357,69 @@ async fn actions_stopped_while_waiting_for_pacing_are_sent_by_the_next_run() {
 }
 
 /// A terminal that closes often sends SIGHUP twice (the shell passes its own on, then the
-/// kernel sends one as the session ends): the second is not a second Ctrl-C, which would
-/// abandon the executions in flight as unknown; they finish within the grace.
+/// kernel sends one as the session ends), and a session manager may then stop what the session
+/// left with SIGTERM: neither is a second Ctrl-C, which would abandon the executions in flight
+/// as unknown; they finish within the grace.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hangup_that_comes_twice_lets_the_executions_in_flight_finish() {
-    // The executions alone are held (they alone carry a JSON body).
-    let json_body = genesys_sim::FaultTarget::parse("header:content-type=application/json");
-    let sim = Simulator::spawn(
-        config(1)
-            .faults("latency=1s..1s".parse().unwrap())
-            .faults_only_for(Some(json_body.unwrap())),
-    )
-    .await
-    .unwrap();
-    let d = dir("hup_twice_actions");
-    let lines: String = (0..4).map(|n| format!("{}\n", json!({ "n": n }))).collect();
-    let input = write(&d.join("batch.jsonl"), lines.as_bytes());
-    let report = d.join("report.json");
-    let mut cmd = batch_of_actions(&sim, &input);
-    cmd.arg("--report")
-        .arg(&report)
-        .env("GCX_TIMEOUTS_ATTEMPT", "30s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+async fn a_hangup_then_another_or_a_sigterm_lets_the_executions_in_flight_finish() {
+    for second in ["HUP", "TERM"] {
+        // The executions alone are held (they alone carry a JSON body).
+        let json_body = genesys_sim::FaultTarget::parse("header:content-type=application/json");
+        let sim = Simulator::spawn(
+            config(1)
+                .faults("latency=1s..1s".parse().unwrap())
+                .faults_only_for(Some(json_body.unwrap())),
+        )
+        .await
+        .unwrap();
+        let d = dir(&format!("hup_then_{second}"));
+        let lines: String = (0..4).map(|n| format!("{}\n", json!({ "n": n }))).collect();
+        let input = write(&d.join("batch.jsonl"), lines.as_bytes());
+        let report = d.join("report.json");
+        let mut cmd = batch_of_actions(&sim, &input);
+        cmd.arg("--report")
+            .arg(&report)
+            .env("GCX_TIMEOUTS_ATTEMPT", "30s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        hangup_as(&mut cmd, libc::SIG_DFL);
+        let mut child = cmd.spawn().unwrap();
+        // The four executions, held by the simulator.
+        let arrived = || sim.stats().faults.get("latency").copied().unwrap_or(0);
+        let start = Instant::now();
+        while arrived() < 4 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{} arrived",
+                arrived()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        signal(child.id(), "HUP");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        signal(child.id(), second);
+        child.wait().unwrap();
+        let c = read_json(&report)["counts"].clone();
+        assert_eq!(
+            (c["delivered"].as_u64(), c["unknown"].as_u64()),
+            (Some(4), Some(0)),
+            "SIGHUP, then SIG{second}: {c}"
+        );
+        assert_eq!(sim.ledger_len(), 4);
+    }
+}
+
+/// Sets what SIGHUP does in the process `cmd` starts: `SIG_DFL`, as a shell leaves it, or
+/// `SIG_IGN`, as `nohup` does (whatever the test process's own is).
+fn hangup_as(cmd: &mut Command, hangup: libc::sighandler_t) {
     // SAFETY: `signal` is async-signal-safe, as what runs between fork and exec must be.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            libc::signal(libc::SIGHUP, hangup);
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    // The four executions, held by the simulator.
-    let arrived = || sim.stats().faults.get("latency").copied().unwrap_or(0);
-    let start = Instant::now();
-    while arrived() < 4 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} arrived",
-            arrived()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    signal(child.id(), "HUP");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    signal(child.id(), "HUP");
-    child.wait().unwrap();
-    let c = read_json(&report)["counts"].clone();
-    assert_eq!(
-        (c["delivered"].as_u64(), c["unknown"].as_u64()),
-        (Some(4), Some(0)),
-        "{c}"
-    );
-    assert_eq!(sim.ledger_len(), 4);
 }
 
 /// SIGHUP (the ssh session or the terminal went away) stops the job as an interrupt does, with

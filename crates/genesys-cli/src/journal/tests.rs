@@ -295,16 +295,15 @@ fn a_journal_that_cannot_be_written_on_a_resume_is_not_replaced() {
 /// each: shown alike, they shared one, and the second was refused as the first's (or, with
 /// --fresh, wiped the first's progress).
 #[cfg(unix)]
-#[test]
-fn inputs_whose_names_are_not_utf8_have_a_journal_each() {
+#[tokio::test]
+async fn inputs_whose_names_are_not_utf8_have_a_journal_each() {
     use std::os::unix::ffi::OsStrExt;
     let dir = temp("not-utf8");
     std::fs::create_dir_all(&dir).unwrap();
     let [a, b] =
         [b"a\xff.jsonl", b"a\xfe.jsonl"].map(|name| dir.join(std::ffi::OsStr::from_bytes(name)));
-    for input in [&a, &b] {
-        std::fs::write(input, "a\n").unwrap();
-    }
+    std::fs::write(&a, "a\n").unwrap();
+    std::fs::write(&b, "b\n").unwrap();
     let (own_a, own_b) = (
         default_path(&spec(&a)).unwrap(),
         default_path(&spec(&b)).unwrap(),
@@ -321,8 +320,14 @@ fn inputs_whose_names_are_not_utf8_have_a_journal_each() {
         ))
     };
     assert_eq!(earlier(&a), earlier(&b));
-    std::fs::write(earlier(&a), "").unwrap();
+    Journal::open(&earlier(&a), &spec(&a), OpenMode::Fresh)
+        .unwrap()
+        .close("incomplete")
+        .await
+        .unwrap();
     assert_eq!(default_path(&spec(&a)).unwrap(), earlier(&a));
+    // Not b's: b keeps its own (a's progress is not offered to another input).
+    assert_eq!(default_path(&spec(&b)).unwrap(), own_b);
     std::fs::remove_file(earlier(&a)).unwrap();
     // A UTF-8 name keeps the journal it always had: its identity has no bytes part.
     let plain = temp("plain.jsonl");
