@@ -1139,7 +1139,10 @@ mod tests {
         // Once the client has the 429 (the simulator counts it before it goes), the unit waits
         // to send again, with nothing in doubt.
         while departures.in_doubt() {
-            assert!(start.elapsed() < Duration::from_secs(60), "still in doubt after its 429");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "still in doubt after its 429"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         task.abort();

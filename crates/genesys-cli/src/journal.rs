@@ -1048,23 +1048,11 @@ pub(crate) fn default_path_for(
         .map(|b| format!("{b:02x}"))
         .collect();
     let own = named(&format!("{shown}|bytes {bytes}{rest}"));
-    // Only a journal of this very input, unfinished: another input shown alike keeps its own.
-    let earlier = !own.exists()
-        && header_of(&journal).is_some_and(|h| {
-            (h.input_hash.as_str(), h.input_bytes) == (spec.input_hash.as_str(), spec.input_bytes)
-        })
-        && peek(&journal).is_some_and(|(_, complete)| !complete);
+    // Only an unfinished one: its header then says whether it is this input's job, and refuses
+    // it with what differs when it is not (this input's content changed, or another input
+    // shown alike), as it did, rather than start this job over in silence.
+    let earlier = !own.exists() && peek(&journal).is_some_and(|(_, complete)| !complete);
     Ok(if earlier { journal } else { own })
-}
-
-/// The header of the journal at `path`, when it has one.
-fn header_of(path: &Path) -> Option<Header> {
-    let mut first = Vec::new();
-    BufReader::new(File::open(path).ok()?)
-        .take(LINE_MAX)
-        .read_until(b'\n', &mut first)
-        .ok()?;
-    serde_json::from_slice(first.trim_ascii_end()).ok()
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ async fn users_patch_delivers_everything_through_faults() {
 /// An input whose name is not UTF-8 (a Latin-1 file name): the job runs and its report is
 /// written, the name's odd bytes shown as U+FFFD. The report was refused at the end of the job,
 /// its failures lost with it.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_whose_name_is_not_utf8_gets_its_report() {
     use std::os::unix::ffi::OsStrExt;

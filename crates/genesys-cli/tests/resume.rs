@@ -3,6 +3,7 @@
 //! again on the same journal; the simulator's ledger shows every user patched exactly once,
 //! every ingested record applied once and every data action executed at most once, and the
 //! actions not executed are listed as unknown.
+#![cfg(unix)]
 
 mod common;
 
@@ -252,6 +253,8 @@ struct Paced {
     input: std::path::PathBuf,
     journal: std::path::PathBuf,
     report: std::path::PathBuf,
+    /// What the run printed on stderr.
+    stderr: std::path::PathBuf,
 }
 
 impl Paced {
@@ -268,7 +271,13 @@ impl Paced {
             input: write(&d.join("batch.jsonl"), lines.as_bytes()),
             journal: d.join("actions.journal"),
             report: d.join("report.json"),
+            stderr: d.join("stderr.txt"),
         }
+    }
+
+    /// What the run printed on stderr so far.
+    fn printed(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     /// The job's command, journaled, with its report.
@@ -283,15 +292,16 @@ impl Paced {
 
     /// Starts the job at two requests a minute (the first checks the credentials): the first
     /// execution goes, and the others in flight wait for pacing. The grace after a stop is the
-    /// attempt timeout, 2 s here. SIGHUP is `hangup` in the process, as a shell (`SIG_DFL`) or
-    /// `nohup` (`SIG_IGN`) leaves it. Returns once the first execution ran and three more are
-    /// in flight.
+    /// attempt timeout, 10 s here (far below the pacing's wait; an attempt timeout is also what
+    /// each request has, which a loaded machine must not reach). SIGHUP is `hangup` in the
+    /// process, as a shell (`SIG_DFL`) or `nohup` (`SIG_IGN`) leaves it. Returns once the first
+    /// execution ran and three more are in flight.
     async fn start(&self, hangup: libc::sighandler_t) -> Child {
         let mut cmd = self.run();
         cmd.args(["--rate-limit", "2/60"])
-            .env("GCX_TIMEOUTS_ATTEMPT", "2s")
+            .env("GCX_TIMEOUTS_ATTEMPT", "10s")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(&self.stderr).unwrap());
         hangup_as(&mut cmd, hangup);
         let child = cmd.spawn().unwrap();
         wait_ledger(&self.sim, 1).await;
@@ -431,12 +441,18 @@ async fn a_hangup_stops_the_job_as_sigterm_does_unless_it_runs_under_nohup() {
     let mut child = job.start(libc::SIG_DFL).await;
     signal(child.id(), "HUP");
     job.stopped_then_resumed(child.wait().unwrap());
+    assert!(
+        job.printed().contains("interrupted: finishing"),
+        "{}",
+        job.printed()
+    );
 
     let job = Paced::new("nohup_paced_actions").await;
     let mut child = job.start(libc::SIG_IGN).await;
     signal(child.id(), "HUP");
-    // Past the grace a stop would have had (2 s): still running.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A stop taken says so at once; a job under nohup says nothing, and runs on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!job.printed().contains("interrupted"), "{}", job.printed());
     assert!(
         child.try_wait().unwrap().is_none(),
         "a job under nohup runs on after SIGHUP"
