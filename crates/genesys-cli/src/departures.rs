@@ -8,7 +8,7 @@
 //!
 //! The job's client sends through [`Watch`], at the bottom of its stack, just above the network.
 //! Each unit's task runs in a [`Departures::scope`]; `Watch` counts there every request that may
-//! change data (not a `GET`, `HEAD`, `OPTIONS` or `TRACE`, and sent to the API: with a bearer
+//! change data (not of a safe method, `GET` or `HEAD` say, and sent to the API: with a bearer
 //! token, so that a token request to the login host is not counted) and takes it off again
 //! when its answer says it was not processed (a 429 or a 503, which the stack sends again
 //! whatever the method, or a 401, which its auth layer sends again with a new token) or its
@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use genesys_client::{GenesysClient, GenesysClientBuilder, GenesysError};
 use genesys_tower::{Body, BoxError};
 use http::header::AUTHORIZATION;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -69,8 +69,7 @@ fn undo(count: &AtomicU32) {
 
 /// Whether `request` may change data at the API: see the [module docs](self).
 fn may_change_data<B>(request: &Request<B>) -> bool {
-    let safe = [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE];
-    !safe.contains(request.method())
+    !request.method().is_safe()
         && request
             .headers()
             .get(AUTHORIZATION)
@@ -185,6 +184,8 @@ impl std::ops::Deref for WatchedClient {
 
 #[cfg(test)]
 mod tests {
+    use http::Method;
+
     use super::*;
 
     /// A service that answers every request with `status` (or a refused connection, for 0).

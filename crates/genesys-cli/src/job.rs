@@ -660,6 +660,12 @@ pub(crate) async fn run<D: Deliver>(
     let gate = Arc::new(Gate::default());
     let replay = deliver.replay();
     let watched = deliver.watches_departures();
+    // What the notes of a stop say of the units in flight that had sent nothing.
+    let unsent_too = if watched {
+        " (those that had not left yet, as not sent)"
+    } else {
+        ""
+    };
 
     // Sends a unit: its start journaled, then its request, in a task of its own.
     let send = |engine: &mut Engine<'_>,
@@ -870,7 +876,7 @@ pub(crate) async fn run<D: Deliver>(
                 } else {
                     engine.progress.note(&format!(
                         "stopping now: requests in flight are recorded as outcome unknown{}",
-                        if watched { " (those that had not left yet, as not sent)" } else { "" }
+                        unsent_too
                     ));
                     units.set.abort_all();
                     grace_ends = None;
@@ -881,7 +887,7 @@ pub(crate) async fn run<D: Deliver>(
                     "{} request(s) still in flight after {:?}: recorded as outcome unknown{}",
                     units.set.len(),
                     grace,
-                    if watched { " (those that had not left yet, as not sent)" } else { "" }
+                    unsent_too
                 ));
                 units.set.abort_all();
                 grace_ends = None;
